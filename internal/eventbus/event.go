@@ -1,0 +1,126 @@
+// Package eventbus carries ordermesh's protobuf events over RabbitMQ: one
+// topic exchange, a durable quorum queue per consuming service, publisher
+// confirms, typed handlers, a delayed-retry ladder and a dead-letter queue.
+//
+// The AMQP body is the protobuf-encoded event and nothing else; metadata
+// rides in AMQP properties and headers named after CloudEvents attributes
+// (see Meta). The routing key of an event is declared in its schema with
+// the (ordermesh.eventbus.v1.event) message option and read with RoutingKey,
+// so publishers and consumers cannot disagree on it.
+package eventbus
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	eventbusv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/eventbus/v1"
+)
+
+// ContentType is the AMQP content type of every event body.
+const ContentType = "application/protobuf"
+
+// ErrNotEvent is returned for a message type that declares no routing key.
+var ErrNotEvent = errors.New("message is not an event: it declares no (ordermesh.eventbus.v1.event).routing_key")
+
+// RoutingKey returns the routing key the event's schema declares with the
+// (ordermesh.eventbus.v1.event) option, or ErrNotEvent.
+func RoutingKey(desc protoreflect.MessageDescriptor) (string, error) {
+	opts := desc.Options()
+	if opts == nil || !proto.HasExtension(opts, eventbusv1.E_Event) {
+		return "", fmt.Errorf("%s: %w", desc.FullName(), ErrNotEvent)
+	}
+	ev, ok := proto.GetExtension(opts, eventbusv1.E_Event).(*eventbusv1.EventOptions)
+	if !ok || ev.GetRoutingKey() == "" {
+		return "", fmt.Errorf("%s: %w", desc.FullName(), ErrNotEvent)
+	}
+	return ev.GetRoutingKey(), nil
+}
+
+// Meta is the metadata of one event, carried in AMQP properties and headers.
+type Meta struct {
+	// ID is the event id (AMQP message_id), a UUIDv7. Consumers dedupe on it.
+	ID string
+	// Type is the full protobuf name of the event (AMQP type).
+	Type string
+	// RoutingKey is the routing key the event was published with.
+	RoutingKey string
+	// Source is the producing service (AMQP app_id).
+	Source string
+	// Time is when the event was created (AMQP timestamp, whole seconds on
+	// the wire).
+	Time time.Time
+	// CorrelationID ties the event to its order (AMQP correlation_id).
+	CorrelationID string
+	// TraceParent and TraceState are the W3C trace context headers.
+	TraceParent string
+	TraceState  string
+	// Attempt counts deliveries through the retry ladder; 1 on the first.
+	Attempt int
+	// Redelivered is set when the broker redelivered the message.
+	Redelivered bool
+}
+
+// Message is an event encoded for the wire: what the outbox stores and the
+// publisher sends.
+type Message struct {
+	Meta
+	// Body is the protobuf encoding of the event.
+	Body []byte
+}
+
+// NewMessage encodes an event for publishing. It assigns a new UUIDv7 id
+// and the current time; source is the producing service and correlationID
+// the order id.
+func NewMessage(event proto.Message, source, correlationID string) (Message, error) {
+	desc := event.ProtoReflect().Descriptor()
+	key, err := RoutingKey(desc)
+	if err != nil {
+		return Message{}, err
+	}
+	body, err := proto.Marshal(event)
+	if err != nil {
+		return Message{}, fmt.Errorf("encode %s: %w", desc.FullName(), err)
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return Message{}, fmt.Errorf("new event id: %w", err)
+	}
+	return Message{
+		Meta: Meta{
+			ID:            id.String(),
+			Type:          string(desc.FullName()),
+			RoutingKey:    key,
+			Source:        source,
+			Time:          time.Now().UTC(),
+			CorrelationID: correlationID,
+		},
+		Body: body,
+	}, nil
+}
+
+// permanentError marks an error that retrying cannot fix.
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as permanent: a handler returning it sends the
+// message to the dead-letter queue at once instead of retrying it.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanentError{err: err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked with
+// Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
