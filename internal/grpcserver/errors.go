@@ -1,0 +1,97 @@
+package grpcserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// internalMessage is the only text a client sees for an unexpected failure;
+// the cause is logged on the server.
+const internalMessage = "internal error"
+
+// ErrorCode maps a domain sentinel error to the gRPC code an API returns for
+// it.
+type ErrorCode struct {
+	// Err is matched with errors.Is.
+	Err error
+	// Code is the code returned for an error that matches Err.
+	Code codes.Code
+}
+
+// MapError turns the error a handler got from its application layer into the
+// status error it returns. It is the one place an API decides what a client
+// learns about a failure:
+//
+//   - nil stays nil;
+//   - an error that is or wraps a gRPC status error returns that status
+//     unchanged (without the wrapping text);
+//   - an error matching context.Canceled or context.DeadlineExceeded returns
+//     CANCELED or DEADLINE_EXCEEDED with a generic message;
+//   - an error matching the Err of an entry in mapping (checked in order, the
+//     first match wins) returns that entry's Code with err.Error() as the
+//     message, so sentinel messages must be fit for clients;
+//   - anything else returns INTERNAL with the message "internal error" and is
+//     logged at error level on log together with the RPC's method.
+//
+// mapping is a slice rather than a map so that an error matching several
+// sentinels maps deterministically.
+func MapError(ctx context.Context, log *slog.Logger, err error, mapping []ErrorCode) error {
+	if err == nil {
+		return nil
+	}
+	if st, ok := statusFromError(err); ok {
+		return st.Err()
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "request canceled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+	}
+	for _, m := range mapping {
+		if m.Err != nil && errors.Is(err, m.Err) {
+			return status.Error(m.Code, err.Error())
+		}
+	}
+	log.ErrorContext(ctx, "request failed", slog.String("method", methodFromContext(ctx)), slog.Any("error", err))
+	return status.Error(codes.Internal, internalMessage)
+}
+
+// statusFromError returns the status of err or of the first error in its
+// chain that carries one. Unlike status.FromError it keeps the status's own
+// message instead of replacing it with the wrapping chain's text.
+func statusFromError(err error) (*status.Status, bool) {
+	type grpcStatus interface {
+		error
+		GRPCStatus() *status.Status
+	}
+	gs, ok := errors.AsType[grpcStatus](err)
+	if !ok {
+		return nil, false
+	}
+	st := gs.GRPCStatus()
+	if st == nil || st.Code() == codes.OK {
+		return nil, false
+	}
+	return st, true
+}
+
+// methodFromContext returns the full method name of the RPC ctx belongs to,
+// or "unknown".
+func methodFromContext(ctx context.Context) string {
+	if m, ok := grpc.Method(ctx); ok {
+		return m
+	}
+	return "unknown"
+}
+
+// typeName returns the dynamic type of v for log messages.
+func typeName(v any) string {
+	return fmt.Sprintf("%T", v)
+}

@@ -1,0 +1,142 @@
+package grpcserver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger
+// shared by server goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func testLogger(t *testing.T) (*slog.Logger, *syncBuffer) {
+	t.Helper()
+	buf := &syncBuffer{}
+	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+}
+
+var (
+	errNotFound      = errors.New("order not found")
+	errAlreadyExists = errors.New("request id already used with a different payload")
+	errTerminal      = errors.New("order is terminal")
+)
+
+func TestMapError(t *testing.T) {
+	mapping := []ErrorCode{
+		{Err: errNotFound, Code: codes.NotFound},
+		{Err: errAlreadyExists, Code: codes.AlreadyExists},
+		{Err: errTerminal, Code: codes.FailedPrecondition},
+	}
+	tests := []struct {
+		name     string
+		err      error
+		wantNil  bool
+		wantCode codes.Code
+		wantMsg  string
+		wantLog  bool
+	}{
+		{name: "nil", err: nil, wantNil: true},
+		{
+			name:     "sentinel",
+			err:      errNotFound,
+			wantCode: codes.NotFound,
+			wantMsg:  "order not found",
+		},
+		{
+			name:     "wrapped sentinel keeps the wrapping message",
+			err:      fmt.Errorf("get order 42: %w", errNotFound),
+			wantCode: codes.NotFound,
+			wantMsg:  "get order 42: order not found",
+		},
+		{
+			name:     "first matching entry wins",
+			err:      errors.Join(errTerminal, errNotFound),
+			wantCode: codes.NotFound,
+			wantMsg:  "order is terminal\norder not found",
+		},
+		{
+			name:     "status error passes through",
+			err:      status.Error(codes.ResourceExhausted, "slow down"),
+			wantCode: codes.ResourceExhausted,
+			wantMsg:  "slow down",
+		},
+		{
+			name:     "wrapped status error passes through without the wrapping text",
+			err:      fmt.Errorf("reserve stock: %w", status.Error(codes.Unavailable, "inventory is down")),
+			wantCode: codes.Unavailable,
+			wantMsg:  "inventory is down",
+		},
+		{
+			name:     "canceled",
+			err:      fmt.Errorf("query orders: %w", context.Canceled),
+			wantCode: codes.Canceled,
+			wantMsg:  "request canceled",
+		},
+		{
+			name:     "deadline exceeded",
+			err:      fmt.Errorf("query orders: %w", context.DeadlineExceeded),
+			wantCode: codes.DeadlineExceeded,
+			wantMsg:  "deadline exceeded",
+		},
+		{
+			name:     "unknown error is internal and logged",
+			err:      errors.New("insert order: pq: password authentication failed for user secret"),
+			wantCode: codes.Internal,
+			wantMsg:  "internal error",
+			wantLog:  true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			log, buf := testLogger(t)
+			got := MapError(context.Background(), log, tt.err, mapping)
+			if tt.wantNil {
+				if got != nil {
+					t.Fatalf("MapError() = %v, want nil", got)
+				}
+				return
+			}
+			st, ok := status.FromError(got)
+			if !ok {
+				t.Fatalf("MapError() = %v, not a status error", got)
+			}
+			if st.Code() != tt.wantCode || st.Message() != tt.wantMsg {
+				t.Errorf("MapError() = %v %q, want %v %q", st.Code(), st.Message(), tt.wantCode, tt.wantMsg)
+			}
+			logged := buf.String()
+			if tt.wantLog != (logged != "") {
+				t.Errorf("logged %q, want logging %v", logged, tt.wantLog)
+			}
+			if tt.wantLog && !strings.Contains(logged, tt.err.Error()) {
+				t.Errorf("log %q does not contain the error %q", logged, tt.err)
+			}
+			if tt.wantLog && !strings.Contains(logged, `"method":"unknown"`) {
+				t.Errorf("log %q does not name the method", logged)
+			}
+		})
+	}
+}
