@@ -1,0 +1,164 @@
+package postgres
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// MigrationsTable is the table, in each migrated schema, that records the
+// applied migrations.
+const MigrationsTable = "schema_migrations"
+
+// Source is one set of migrations: a service's domain tables, or the
+// tables of a platform package such as the outbox or the inbox.
+//
+// FS holds files named <version>_<description>.sql (e.g. 001_orders.sql)
+// anywhere in its tree; versions are positive integers, unique within the
+// source, applied in ascending order. Each file runs in its own transaction
+// with search_path set to the target schema, so its SQL is unqualified. A
+// file must therefore not contain statements that cannot run in a
+// transaction (CREATE INDEX CONCURRENTLY, VACUUM). Applied files must never
+// change: Migrate refuses a source whose applied file's checksum differs.
+type Source struct {
+	// Name identifies the source in the migrations table; versions are
+	// tracked per name, so sources number their files independently.
+	Name string
+	FS   fs.FS
+}
+
+// migration is one parsed migration file.
+type migration struct {
+	version  int
+	file     string
+	sql      string
+	checksum string
+}
+
+// Migrate applies every migration of sources that schema has not had yet,
+// creating the schema if needed. Sources are applied in the order given, and
+// each source's files in version order. Every migration runs in its own
+// transaction holding a transaction-level advisory lock keyed by the schema
+// name, so concurrent migrators (several replicas starting at once) apply
+// each migration exactly once and never interleave.
+func Migrate(ctx context.Context, db TxBeginner, schema string, sources ...Source) error {
+	if schema == "" {
+		return errors.New("migrate: empty schema name")
+	}
+	for _, src := range sources {
+		migs, err := readSource(src)
+		if err != nil {
+			return err
+		}
+		for _, m := range migs {
+			if err := apply(ctx, db, schema, src.Name, m); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readSource lists and parses src's migration files.
+func readSource(src Source) ([]migration, error) {
+	if src.Name == "" {
+		return nil, errors.New("read migrations: source has no name")
+	}
+	if src.FS == nil {
+		return nil, fmt.Errorf("read migrations %s: nil FS", src.Name)
+	}
+	var migs []migration
+	seen := map[int]string{}
+	err := fs.WalkDir(src.FS, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() || path.Ext(p) != ".sql" {
+			return nil
+		}
+		base := path.Base(p)
+		prefix, _, ok := strings.Cut(base, "_")
+		version, convErr := strconv.Atoi(prefix)
+		if !ok || convErr != nil || version <= 0 {
+			return fmt.Errorf("file %s: name must be <version>_<description>.sql with a positive version", p)
+		}
+		if other, dup := seen[version]; dup {
+			return fmt.Errorf("files %s and %s share version %d", other, p, version)
+		}
+		seen[version] = p
+		body, err := fs.ReadFile(src.FS, p)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(body)
+		migs = append(migs, migration{version: version, file: base, sql: string(body), checksum: hex.EncodeToString(sum[:])})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read migrations %s: %w", src.Name, err)
+	}
+	slices.SortFunc(migs, func(a, b migration) int { return a.version - b.version })
+	return migs, nil
+}
+
+// apply runs one migration unless the schema already has it.
+func apply(ctx context.Context, db TxBeginner, schema, source string, m migration) error {
+	err := WithTx(ctx, db, func(tx pgx.Tx) error {
+		// Serialize migrators of this schema; the lock ends with the
+		// transaction.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, "ordermesh.migrate."+schema); err != nil {
+			return fmt.Errorf("lock schema: %w", err)
+		}
+		ident := pgx.Identifier{schema}.Sanitize()
+		if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+ident); err != nil {
+			return fmt.Errorf("create schema: %w", err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT set_config('search_path', $1, true)", ident); err != nil {
+			return fmt.Errorf("set search_path: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+MigrationsTable+` (
+			source     text        NOT NULL,
+			version    integer     NOT NULL,
+			file       text        NOT NULL,
+			checksum   text        NOT NULL,
+			applied_at timestamptz NOT NULL DEFAULT now(),
+			PRIMARY KEY (source, version)
+		)`); err != nil {
+			return fmt.Errorf("create migrations table: %w", err)
+		}
+		var applied string
+		err := tx.QueryRow(ctx, `SELECT checksum FROM `+MigrationsTable+` WHERE source = $1 AND version = $2`, source, m.version).Scan(&applied)
+		switch {
+		case err == nil:
+			if applied != m.checksum {
+				return errors.New("applied file has changed since (checksum differs); add a new migration instead")
+			}
+			return nil
+		case !errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("read applied version: %w", err)
+		}
+		// No arguments: pgx sends the file with the simple protocol, which
+		// allows several statements.
+		if _, err := tx.Exec(ctx, m.sql); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+MigrationsTable+` (source, version, file, checksum) VALUES ($1, $2, $3, $4)`,
+			source, m.version, m.file, m.checksum); err != nil {
+			return fmt.Errorf("record version: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("migrate %s %s/%s: %w", schema, source, m.file, err)
+	}
+	return nil
+}

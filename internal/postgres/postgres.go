@@ -1,0 +1,184 @@
+// Package postgres is ordermesh's PostgreSQL platform code: a pgx
+// connection pool bound to one service's schema, per-schema migrations from
+// embedded SQL files, and a transaction helper.
+//
+// Every service owns one schema. The pool sets the connection's search_path
+// to that schema (see Open), so SQL in services, the outbox and the inbox is
+// written unqualified and always lands in the owning service's schema.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Pool defaults, used unless the URL sets the matching pool_* parameter or an
+// Option overrides them.
+const (
+	DefaultMaxConns          = 10
+	DefaultMinConns          = 1
+	DefaultMaxConnLifetime   = time.Hour
+	DefaultMaxConnIdleTime   = 10 * time.Minute
+	DefaultHealthCheckPeriod = 30 * time.Second
+	DefaultConnectTimeout    = 5 * time.Second
+	// DefaultPingTimeout bounds Ping when the caller's context has no
+	// earlier deadline.
+	DefaultPingTimeout = 2 * time.Second
+)
+
+// Option adjusts the pool configuration built by Open.
+type Option func(*pgxpool.Config)
+
+// WithMaxConns sets the maximum number of pooled connections.
+func WithMaxConns(n int32) Option {
+	return func(c *pgxpool.Config) { c.MaxConns = n }
+}
+
+// WithMinConns sets the number of connections the pool keeps open when idle.
+func WithMinConns(n int32) Option {
+	return func(c *pgxpool.Config) { c.MinConns = n }
+}
+
+// WithApplicationName sets application_name, which shows in
+// pg_stat_activity.
+func WithApplicationName(name string) Option {
+	return func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["application_name"] = name }
+}
+
+// Open returns a pool of connections to the database at url whose
+// search_path is schema (unless schema is empty, which keeps the server's
+// default). It applies the package's pool defaults where the URL sets no
+// pool_* parameter, then opts, and verifies the database answers before
+// returning. The schema need not exist yet: Migrate creates it. The caller
+// closes the pool.
+func Open(ctx context.Context, url, schema string, opts ...Option) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	setDefault := func(param string, apply func()) {
+		if !strings.Contains(url, param) {
+			apply()
+		}
+	}
+	setDefault("pool_max_conns", func() { cfg.MaxConns = DefaultMaxConns })
+	setDefault("pool_min_conns", func() { cfg.MinConns = DefaultMinConns })
+	setDefault("pool_max_conn_lifetime", func() { cfg.MaxConnLifetime = DefaultMaxConnLifetime })
+	setDefault("pool_max_conn_idle_time", func() { cfg.MaxConnIdleTime = DefaultMaxConnIdleTime })
+	setDefault("pool_health_check_period", func() { cfg.HealthCheckPeriod = DefaultHealthCheckPeriod })
+	setDefault("connect_timeout", func() { cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout })
+	if schema != "" {
+		cfg.ConnConfig.RuntimeParams["search_path"] = SearchPath(schema)
+	}
+	for _, opt := range opts {
+		opt(cfg)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open database pool: %w", err)
+	}
+	if err := Ping(ctx, pool); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
+}
+
+// SearchPath returns the search_path value that selects only schema, quoted
+// so that reserved words ("order") and mixed case survive.
+func SearchPath(schema string) string {
+	return pgx.Identifier{schema}.Sanitize()
+}
+
+// Ping reports whether the database answers a round trip, within
+// DefaultPingTimeout unless ctx ends sooner. It is meant for readiness
+// checks.
+func Ping(ctx context.Context, pool *pgxpool.Pool) error {
+	ctx, cancel := context.WithTimeout(ctx, DefaultPingTimeout)
+	defer cancel()
+	if err := pool.Ping(ctx); err != nil {
+		return fmt.Errorf("ping database: %w", err)
+	}
+	return nil
+}
+
+// TxBeginner starts transactions; *pgxpool.Pool, *pgx.Conn and pgx.Tx (as a
+// savepoint) implement it.
+type TxBeginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// WithTx runs fn in a transaction started on db. It commits when fn returns
+// nil and rolls back otherwise (also when fn panics, before the panic goes
+// on). fn's error is returned as is, so callers can match it with errors.Is
+// and errors.As; commit failures are wrapped.
+func WithTx(ctx context.Context, db TxBeginner, fn func(tx pgx.Tx) error) error {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	// Rollback after a successful Commit is a no-op returning ErrTxClosed.
+	defer rollback(ctx, tx)
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit transaction: %w", err)
+	}
+	return nil
+}
+
+// rollback ends tx even when ctx is already cancelled, so the connection goes
+// back to the pool clean instead of being discarded.
+func rollback(ctx context.Context, tx pgx.Tx) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = tx.Rollback(ctx) // The transaction's own error, if any, is what matters to the caller.
+}
+
+// CreateDatabaseIfMissing creates the database named in url unless it
+// exists. It connects to the "postgres" maintenance database on the same
+// server with the same credentials. Concurrent callers are safe: losing the
+// race to create it is not an error.
+func CreateDatabaseIfMissing(ctx context.Context, url string) error {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return fmt.Errorf("parse database url: %w", err)
+	}
+	name := cfg.Database
+	if name == "" {
+		return errors.New("create database: url names no database")
+	}
+	maint := cfg.Copy()
+	maint.Database = "postgres"
+	conn, err := pgx.ConnectConfig(ctx, maint)
+	if err != nil {
+		return fmt.Errorf("connect to maintenance database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up database %q: %w", name, err)
+	}
+	if exists {
+		return nil
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "23505") {
+			// 42P04 duplicate_database; 23505 when a concurrent CREATE won
+			// the race on pg_database's unique index.
+			return nil
+		}
+		return fmt.Errorf("create database %q: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,308 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
+)
+
+// domain is a two-file source whose second file counts its own runs, so a
+// migration applied twice shows.
+var domain = postgres.Source{Name: "domain", FS: fstest.MapFS{
+	"migrations/001_widgets.sql": {Data: []byte(`
+		CREATE TABLE widgets (id bigint PRIMARY KEY, name text NOT NULL);
+		CREATE TABLE runs (n integer NOT NULL);`)},
+	"migrations/002_seed.sql": {Data: []byte(`
+		INSERT INTO widgets VALUES (1, 'first');
+		INSERT INTO runs VALUES (1);`)},
+	"migrations/README.md": {Data: []byte("not a migration")},
+}}
+
+// platform numbers its files independently of domain.
+var platform = postgres.Source{Name: "platform", FS: fstest.MapFS{
+	"001_things.sql": {Data: []byte(`CREATE TABLE things (id bigint PRIMARY KEY);`)},
+}}
+
+// freshSchema returns a pool on a random schema that has no migrations yet.
+func freshSchema(t *testing.T) (*pgxpool.Pool, string) {
+	t.Helper()
+	return postgrestest.NewSchema(t)
+}
+
+func count(t *testing.T, db *pgxpool.Pool, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+func TestMigrateAppliesOnceAndIsIdempotent(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := freshSchema(t)
+
+	for run := 1; run <= 3; run++ {
+		if err := postgres.Migrate(ctx, pool, schema, domain, platform); err != nil {
+			t.Fatalf("run %d: Migrate: %v", run, err)
+		}
+	}
+	if got := count(t, pool, `SELECT count(*) FROM runs`); got != 1 {
+		t.Errorf("seed migration ran %d times, want 1", got)
+	}
+	rows, err := pool.Query(ctx, `SELECT source, version, file FROM schema_migrations ORDER BY source, version`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type applied struct {
+		Source  string
+		Version int
+		File    string
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[applied])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []applied{
+		{"domain", 1, "001_widgets.sql"},
+		{"domain", 2, "002_seed.sql"},
+		{"platform", 1, "001_things.sql"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("schema_migrations (-want +got):\n%s", diff)
+	}
+	// The tables live in the test schema, not in public.
+	if got := count(t, pool, `SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename IN ('widgets', 'runs', 'things')`, schema); got != 3 {
+		t.Errorf("tables in %s: %d, want 3", schema, got)
+	}
+}
+
+func TestMigrateConcurrentMigratorsDoNotCollide(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := freshSchema(t)
+
+	const migrators = 8
+	var wg sync.WaitGroup
+	errs := make([]error, migrators)
+	for i := range migrators {
+		wg.Go(func() {
+			// Each migrator has its own pool, like separate replicas.
+			p, err := postgres.Open(ctx, postgrestest.URL(), schema, postgres.WithMaxConns(2))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer p.Close()
+			errs[i] = postgres.Migrate(ctx, p, schema, domain, platform)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("concurrent Migrate: %v", err)
+	}
+	if got := count(t, pool, `SELECT count(*) FROM runs`); got != 1 {
+		t.Errorf("seed migration ran %d times, want 1", got)
+	}
+	if got := count(t, pool, `SELECT count(*) FROM schema_migrations`); got != 3 {
+		t.Errorf("schema_migrations has %d rows, want 3", got)
+	}
+}
+
+func TestMigrateFailingFileRollsBackAndStops(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := freshSchema(t)
+	bad := postgres.Source{Name: "bad", FS: fstest.MapFS{
+		"001_ok.sql":      {Data: []byte(`CREATE TABLE ok (id int);`)},
+		"002_broken.sql":  {Data: []byte(`CREATE TABLE half (id int); SELECT * FROM no_such_table;`)},
+		"003_skipped.sql": {Data: []byte(`CREATE TABLE skipped (id int);`)},
+	}}
+	err := postgres.Migrate(ctx, pool, schema, bad)
+	if err == nil || !strings.Contains(err.Error(), "002_broken.sql") {
+		t.Fatalf("Migrate error = %v, want one naming 002_broken.sql", err)
+	}
+	tables := count(t, pool, `SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename IN ('ok', 'half', 'skipped')`, schema)
+	if tables != 1 {
+		t.Errorf("tables after failed migration: %d, want only 'ok'", tables)
+	}
+	if got := count(t, pool, `SELECT count(*) FROM schema_migrations`); got != 1 {
+		t.Errorf("schema_migrations has %d rows, want 1", got)
+	}
+}
+
+func TestMigrateRefusesChangedFile(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := freshSchema(t)
+	v1 := postgres.Source{Name: "s", FS: fstest.MapFS{"001_a.sql": {Data: []byte(`CREATE TABLE a (id int);`)}}}
+	v2 := postgres.Source{Name: "s", FS: fstest.MapFS{"001_a.sql": {Data: []byte(`CREATE TABLE a (id bigint);`)}}}
+	if err := postgres.Migrate(ctx, pool, schema, v1); err != nil {
+		t.Fatal(err)
+	}
+	if err := postgres.Migrate(ctx, pool, schema, v2); err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Fatalf("Migrate with an edited file: %v, want a checksum error", err)
+	}
+}
+
+func TestMigrateRejectsBadSources(t *testing.T) {
+	tests := []struct {
+		name string
+		src  postgres.Source
+		want string
+	}{
+		{"no name", postgres.Source{FS: fstest.MapFS{}}, "no name"},
+		{"nil fs", postgres.Source{Name: "x"}, "nil FS"},
+		{"no version", postgres.Source{Name: "x", FS: fstest.MapFS{"orders.sql": {}}}, "positive version"},
+		{"zero version", postgres.Source{Name: "x", FS: fstest.MapFS{"000_orders.sql": {}}}, "positive version"},
+		{"not a number", postgres.Source{Name: "x", FS: fstest.MapFS{"v1_orders.sql": {}}}, "positive version"},
+		{"duplicate version", postgres.Source{Name: "x", FS: fstest.MapFS{"1_a.sql": {}, "001_b.sql": {}}}, "share version 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Sources are read before any connection is used.
+			err := postgres.Migrate(context.Background(), nil, "unused", tt.src)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Migrate = %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestOpenSetsSearchPathForAwkwardSchemaNames(t *testing.T) {
+	ctx := context.Background()
+	// Mixed case and a reserved word need quoting everywhere.
+	schema := "Order_" + postgrestest.RandomSchema(t)
+	t.Cleanup(func() { postgrestest.DropSchema(t, schema) })
+	pool, err := postgres.Open(ctx, postgrestest.URL(), schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := postgres.Migrate(ctx, pool, schema, platform); err != nil {
+		t.Fatal(err)
+	}
+	var current string
+	if err := pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&current); err != nil {
+		t.Fatal(err)
+	}
+	if current != schema {
+		t.Errorf("current_schema() = %q, want %q", current, schema)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO things VALUES (1)`); err != nil {
+		t.Errorf("unqualified insert: %v", err)
+	}
+	if err := postgres.Ping(ctx, pool); err != nil {
+		t.Errorf("Ping: %v", err)
+	}
+}
+
+func TestOpenFailsFastOnUnreachableDatabase(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Port 1 is closed on any sane host.
+	_, err := postgres.Open(ctx, "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable", "x")
+	if err == nil {
+		t.Fatal("Open on a closed port succeeded")
+	}
+}
+
+func TestWithTx(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := postgrestest.NewSchema(t, platform)
+	errBoom := errors.New("boom")
+
+	tests := []struct {
+		name    string
+		id      int
+		fnErr   error
+		wantErr error
+		wantRow bool
+	}{
+		{name: "commit on nil", id: 1, wantRow: true},
+		{name: "rollback on error", id: 2, fnErr: errBoom, wantErr: errBoom},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, `INSERT INTO things VALUES ($1)`, tt.id); err != nil {
+					return err
+				}
+				return tt.fnErr
+			})
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("WithTx = %v, want %v", err, tt.wantErr)
+			}
+			if got := count(t, pool, `SELECT count(*) FROM things WHERE id = $1`, tt.id) == 1; got != tt.wantRow {
+				t.Errorf("row present = %v, want %v", got, tt.wantRow)
+			}
+		})
+	}
+	t.Run("rollback on panic", func(t *testing.T) {
+		func() {
+			defer func() { _ = recover() }()
+			_ = postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, `INSERT INTO things VALUES (3)`); err != nil {
+					return err
+				}
+				panic("handler bug")
+			})
+		}()
+		if got := count(t, pool, `SELECT count(*) FROM things WHERE id = 3`); got != 0 {
+			t.Errorf("row of a panicking transaction committed")
+		}
+		// The pool is still usable: the connection went back clean.
+		if err := postgres.Ping(ctx, pool); err != nil {
+			t.Errorf("Ping after panic: %v", err)
+		}
+	})
+}
+
+func TestCreateDatabaseIfMissing(t *testing.T) {
+	ctx := context.Background()
+	name := "ordermesh_" + postgrestest.RandomSchema(t)
+	cfg, err := pgx.ParseConfig(postgrestest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(ctx, postgrestest.URL())
+		if err != nil {
+			t.Errorf("drop database: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+			t.Errorf("drop database: %v", err)
+		}
+	})
+
+	// Several callers at once, then again once it exists.
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() { errs[i] = postgres.CreateDatabaseIfMissing(ctx, url) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("concurrent CreateDatabaseIfMissing: %v", err)
+	}
+	if err := postgres.CreateDatabaseIfMissing(ctx, url); err != nil {
+		t.Fatalf("CreateDatabaseIfMissing on an existing database: %v", err)
+	}
+	pool, err := postgres.Open(ctx, url, "")
+	if err != nil {
+		t.Fatalf("open created database: %v", err)
+	}
+	pool.Close()
+}

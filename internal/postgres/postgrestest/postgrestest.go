@@ -1,0 +1,83 @@
+// Package postgrestest gives each test its own migrated PostgreSQL schema on
+// the shared test server, and removes it when the test ends.
+package postgrestest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ordermesh/ordermesh/internal/postgres"
+)
+
+// DefaultURL is the test database used when ORDERMESH_TEST_DATABASE_URL is
+// unset.
+const DefaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// URL returns the test database URL: ORDERMESH_TEST_DATABASE_URL, or
+// DefaultURL.
+func URL() string {
+	if u := os.Getenv("ORDERMESH_TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return DefaultURL
+}
+
+// RandomSchema returns a fresh schema name, "t_" and 16 hex digits: short
+// enough for channel names derived from it, and unique across concurrent
+// test runs.
+func RandomSchema(tb testing.TB) string {
+	tb.Helper()
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		tb.Fatalf("random schema name: %v", err)
+	}
+	return "t_" + hex.EncodeToString(b[:])
+}
+
+// NewSchema creates a schema with a random name, applies sources to it and
+// returns a pool whose search_path is that schema, with the schema's name.
+// When the test ends the pool is closed and the schema dropped with
+// everything in it. An unreachable database fails the test (it is never
+// skipped), naming the URL and the variable that sets it.
+func NewSchema(tb testing.TB, sources ...postgres.Source) (*pgxpool.Pool, string) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	schema := RandomSchema(tb)
+	pool, err := postgres.Open(ctx, URL(), schema, postgres.WithApplicationName("ordermesh-test-"+schema))
+	if err != nil {
+		tb.Fatalf("PostgreSQL at %s is required (set ORDERMESH_TEST_DATABASE_URL): %v", URL(), err)
+	}
+	tb.Cleanup(func() {
+		pool.Close()
+		DropSchema(tb, schema)
+	})
+	if err := postgres.Migrate(ctx, pool, schema, sources...); err != nil {
+		tb.Fatalf("migrate test schema: %v", err)
+	}
+	return pool, schema
+}
+
+// DropSchema drops schema and everything in it, on its own connection.
+func DropSchema(tb testing.TB, schema string) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, URL())
+	if err != nil {
+		tb.Errorf("drop schema %s: connect: %v", schema, err)
+		return
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+		tb.Errorf("drop schema %s: %v", schema, err)
+	}
+}
