@@ -1,0 +1,177 @@
+// Package outbox implements the transactional outbox: events are written in
+// the same PostgreSQL transaction as the state change that caused them (Add),
+// and a Relay publishes them to the bus after commit, deleting each row only
+// once the broker has confirmed it.
+//
+// Publishing is therefore at-least-once: nothing committed is lost, nothing
+// rolled back is published, and a crash between confirm and delete publishes
+// a row again, which consumers absorb with their inbox.
+//
+// The outbox table lives in the service's own schema and is reached through
+// the connection's search_path (see postgres.Open). Services create it by
+// passing Migrations to postgres.Migrate with their own sources.
+package outbox
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// Migrations creates the outbox table and its notify trigger. Pass it to
+// postgres.Migrate together with the service's own sources.
+var Migrations = postgres.Source{Name: "outbox", FS: migrationFS}
+
+// Channel returns the LISTEN/NOTIFY channel on which commits to the outbox
+// of schema are announced. PostgreSQL limits channel names to 63 bytes, so
+// schema names used with the outbox must stay within 56 bytes.
+func Channel(schema string) string {
+	return "outbox." + schema
+}
+
+// Add writes msgs to the outbox in tx, the caller's transaction; they are
+// published only if and after tx commits. It takes a pgx.Tx, never a pool,
+// so an event cannot be written outside the transaction of the state change
+// that caused it. Every message needs an id, a type, a routing key and a
+// source; use eventbus.NewMessage, or AddEvents, to build them.
+func Add(ctx context.Context, tx pgx.Tx, msgs ...eventbus.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	cols := struct {
+		id, typ, key, source, corr, parent, state []string
+		at                                        []time.Time
+		body                                      [][]byte
+	}{}
+	for i, m := range msgs {
+		if err := validate(m); err != nil {
+			return fmt.Errorf("add outbox message %d: %w", i, err)
+		}
+		at := m.Time
+		if at.IsZero() {
+			at = time.Now()
+		}
+		body := m.Body
+		if body == nil {
+			// An event with every field at its default encodes to no bytes.
+			body = []byte{}
+		}
+		cols.id = append(cols.id, m.ID)
+		cols.typ = append(cols.typ, m.Type)
+		cols.key = append(cols.key, m.RoutingKey)
+		cols.source = append(cols.source, m.Source)
+		cols.corr = append(cols.corr, m.CorrelationID)
+		cols.parent = append(cols.parent, m.TraceParent)
+		cols.state = append(cols.state, m.TraceState)
+		cols.at = append(cols.at, at)
+		cols.body = append(cols.body, body)
+	}
+	// One statement for the whole batch: one round trip, one notification.
+	// WITH ORDINALITY keeps seq in the order the caller gave.
+	_, err := tx.Exec(ctx, `
+		INSERT INTO outbox (id, type, routing_key, source, correlation_id, trace_parent, trace_state, event_time, body)
+		SELECT id, type, routing_key, source, correlation_id, trace_parent, trace_state, event_time, body
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::bytea[])
+			WITH ORDINALITY AS m(id, type, routing_key, source, correlation_id, trace_parent, trace_state, event_time, body, n)
+		ORDER BY n`,
+		cols.id, cols.typ, cols.key, cols.source, cols.corr, cols.parent, cols.state, cols.at, cols.body)
+	if err != nil {
+		return fmt.Errorf("insert outbox messages: %w", err)
+	}
+	return nil
+}
+
+// AddEvents encodes events with eventbus.NewMessage (new ids, the current
+// time, source as the producing service, correlationID as the order id)
+// and writes them to the outbox in tx like Add.
+func AddEvents(ctx context.Context, tx pgx.Tx, source, correlationID string, events ...proto.Message) error {
+	msgs, err := Messages(source, correlationID, events...)
+	if err != nil {
+		return err
+	}
+	return Add(ctx, tx, msgs...)
+}
+
+// Messages encodes events with eventbus.NewMessage.
+func Messages(source, correlationID string, events ...proto.Message) ([]eventbus.Message, error) {
+	msgs := make([]eventbus.Message, 0, len(events))
+	for _, ev := range events {
+		if ev == nil {
+			return nil, errors.New("encode outbox event: nil event")
+		}
+		m, err := eventbus.NewMessage(ev, source, correlationID)
+		if err != nil {
+			return nil, fmt.Errorf("encode outbox event: %w", err)
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
+}
+
+func validate(m eventbus.Message) error {
+	switch {
+	case m.ID == "":
+		return errors.New("missing id")
+	case m.Type == "":
+		return errors.New("missing type")
+	case m.RoutingKey == "":
+		return errors.New("missing routing key")
+	case m.Source == "":
+		return errors.New("missing source")
+	}
+	return nil
+}
+
+// Querier runs a query; *pgxpool.Pool, *pgx.Conn and pgx.Tx implement it.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Stats describes the outbox backlog.
+type Stats struct {
+	// Pending is the number of rows not yet confirmed by the broker,
+	// including rows a relay is publishing right now.
+	Pending int64
+	// OldestAge is how long the oldest pending row has waited since its
+	// transaction wrote it; zero when nothing is pending. It is the relay's
+	// lag.
+	OldestAge time.Duration
+}
+
+// ReadStats returns the backlog of the outbox reached by db's search_path.
+// It is cheap enough to back a gauge scraped every few seconds.
+func ReadStats(ctx context.Context, db Querier) (Stats, error) {
+	var s Stats
+	var age *float64
+	// created_at is the inserting transaction's start time: the age is an
+	// upper bound on the time since commit.
+	err := db.QueryRow(ctx, `SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox`).Scan(&s.Pending, &age)
+	if err != nil {
+		return Stats{}, fmt.Errorf("read outbox stats: %w", err)
+	}
+	if age != nil && *age > 0 {
+		s.OldestAge = time.Duration(*age * float64(time.Second))
+	}
+	return s, nil
+}
+
+// Empty reports whether the outbox has no pending rows: every committed
+// event has been confirmed by the broker.
+func Empty(ctx context.Context, db Querier) (bool, error) {
+	var exists bool
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM outbox)`).Scan(&exists); err != nil {
+		return false, fmt.Errorf("check outbox empty: %w", err)
+	}
+	return !exists, nil
+}

@@ -1,0 +1,579 @@
+package outbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
+)
+
+func newOutbox(tb testing.TB) (*pgxpool.Pool, string) {
+	tb.Helper()
+	return postgrestest.NewSchema(tb, outbox.Migrations)
+}
+
+// event returns a small, valid event and its encoded message.
+func event(tb testing.TB, n int) eventbus.Message {
+	tb.Helper()
+	orderID := uuid.NewString()
+	m, err := eventbus.NewMessage(&orderv1.OrderCancelled{
+		OrderId:       orderID,
+		CustomerEmail: "buyer@example.com",
+		Reason:        fmt.Sprintf("test %d", n),
+	}, testService, orderID)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return m
+}
+
+// commit writes n events in one transaction and returns their ids.
+func commit(tb testing.TB, pool *pgxpool.Pool, n int) []string {
+	tb.Helper()
+	ids, err := tryCommit(pool, n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ids
+}
+
+// tryCommit is commit for goroutines other than the test's.
+func tryCommit(pool *pgxpool.Pool, n int) ([]string, error) {
+	msgs := make([]eventbus.Message, n)
+	ids := make([]string, n)
+	for i := range msgs {
+		orderID := uuid.NewString()
+		m, err := eventbus.NewMessage(&orderv1.OrderCancelled{OrderId: orderID, Reason: fmt.Sprintf("test %d", i)}, testService, orderID)
+		if err != nil {
+			return nil, err
+		}
+		msgs[i], ids[i] = m, m.ID
+	}
+	err := postgres.WithTx(context.Background(), pool, func(tx pgx.Tx) error {
+		return outbox.Add(context.Background(), tx, msgs...)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("commit outbox rows: %w", err)
+	}
+	return ids, nil
+}
+
+func pending(tb testing.TB, pool *pgxpool.Pool) int64 {
+	tb.Helper()
+	s, err := outbox.ReadStats(context.Background(), pool)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s.Pending
+}
+
+// runRelay runs r until the test ends and fails the test if Run errs.
+func runRelay(tb testing.TB, r *outbox.Relay) {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("Relay.Run: %v", err)
+		}
+	})
+}
+
+// waitEmpty waits until the outbox has no rows.
+func waitEmpty(tb testing.TB, pool *pgxpool.Pool, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		empty, err := outbox.Empty(context.Background(), pool)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if empty {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("outbox still has %d rows after %s", pending(tb, pool), timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitListening(tb testing.TB, r *outbox.Relay) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !r.Listening() {
+		if time.Now().After(deadline) {
+			tb.Fatal("relay is not listening after 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestAddRejectsIncompleteMessages(t *testing.T) {
+	pool, _ := newOutbox(t)
+	tests := []struct {
+		name   string
+		modify func(*eventbus.Message)
+		want   string
+	}{
+		{"missing id", func(m *eventbus.Message) { m.ID = "" }, "missing id"},
+		{"missing type", func(m *eventbus.Message) { m.Type = "" }, "missing type"},
+		{"missing routing key", func(m *eventbus.Message) { m.RoutingKey = "" }, "missing routing key"},
+		{"missing source", func(m *eventbus.Message) { m.Source = "" }, "missing source"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			good, bad := event(t, 1), event(t, 2)
+			tt.modify(&bad)
+			err := postgres.WithTx(context.Background(), pool, func(tx pgx.Tx) error {
+				return outbox.Add(context.Background(), tx, good, bad)
+			})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Add = %v, want an error containing %q", err, tt.want)
+			}
+			if n := pending(t, pool); n != 0 {
+				t.Errorf("outbox has %d rows after a rejected Add, want 0", n)
+			}
+		})
+	}
+}
+
+func TestAddStoresEverythingInOrder(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	a, b := event(t, 1), event(t, 2)
+	a.TraceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	a.TraceState = "vendor=1"
+	err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+		if err := outbox.Add(ctx, tx, a, b); err != nil {
+			return err
+		}
+		return outbox.AddEvents(ctx, tx, "other", "corr-1", &orderv1.OrderRejected{OrderId: uuid.NewString(), Reason: "x"})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, `SELECT id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body FROM outbox ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (eventbus.Message, error) {
+		var m eventbus.Message
+		err := r.Scan(&m.ID, &m.Type, &m.RoutingKey, &m.Source, &m.CorrelationID, &m.Time, &m.TraceParent, &m.TraceState, &m.Body)
+		m.Time = m.Time.UTC()
+		return m, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 {
+		t.Fatalf("outbox has %d rows, want 3", len(got))
+	}
+	// PostgreSQL keeps microseconds.
+	a.Time, b.Time = a.Time.Truncate(time.Microsecond), b.Time.Truncate(time.Microsecond)
+	if diff := cmp.Diff([]eventbus.Message{a, b}, got[:2]); diff != "" {
+		t.Errorf("stored messages (-want +got):\n%s", diff)
+	}
+	third := got[2]
+	if third.Source != "other" || third.CorrelationID != "corr-1" || third.RoutingKey != "order.rejected" || third.Type != "ordermesh.order.v1.OrderRejected" {
+		t.Errorf("AddEvents row = %+v", third.Meta)
+	}
+}
+
+func TestReadStatsAndEmpty(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	if empty, err := outbox.Empty(ctx, pool); err != nil || !empty {
+		t.Fatalf("Empty on a new outbox = %v, %v", empty, err)
+	}
+	if s, err := outbox.ReadStats(ctx, pool); err != nil || s != (outbox.Stats{}) {
+		t.Fatalf("ReadStats on a new outbox = %+v, %v", s, err)
+	}
+	commit(t, pool, 3)
+	time.Sleep(50 * time.Millisecond)
+	s, err := outbox.ReadStats(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Pending != 3 || s.OldestAge < 50*time.Millisecond || s.OldestAge > time.Minute {
+		t.Errorf("ReadStats = %+v, want 3 pending at least 50ms old", s)
+	}
+	if empty, err := outbox.Empty(ctx, pool); err != nil || empty {
+		t.Errorf("Empty with 3 rows = %v, %v", empty, err)
+	}
+}
+
+func TestRelayPublishesOnNotifyBeforePoll(t *testing.T) {
+	pool, _ := newOutbox(t)
+	bk := newBroker(t)
+	relay := outbox.NewRelay(pool, bk.upPublisher(t), outbox.Config{PollInterval: time.Minute})
+	runRelay(t, relay)
+	waitListening(t, relay)
+	// The first poll runs at start; let it pass so only a notification can
+	// explain a prompt publish.
+	time.Sleep(100 * time.Millisecond)
+
+	msg := event(t, 1)
+	msg.TraceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	committed := time.Now()
+	if err := postgres.WithTx(context.Background(), pool, func(tx pgx.Tx) error {
+		return outbox.Add(context.Background(), tx, msg)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	bk.waitFor(t, 5*time.Second, msg.ID)
+	latency := bk.firstArrival(msg.ID).Sub(committed)
+	t.Logf("commit to delivery: %s (poll interval 1m)", latency)
+	if latency > 5*time.Second {
+		t.Errorf("published %s after commit; the notification did not wake the relay", latency)
+	}
+
+	d, _ := bk.lastDelivery(msg.ID)
+	got := struct{ ID, Type, Key, AppID, Corr, CT, TraceParent string }{
+		d.MessageId, d.Type, d.RoutingKey, d.AppId, d.CorrelationId, d.ContentType, fmt.Sprint(d.Headers["traceparent"]),
+	}
+	want := struct{ ID, Type, Key, AppID, Corr, CT, TraceParent string }{
+		msg.ID, msg.Type, msg.RoutingKey, msg.Source, msg.CorrelationID, eventbus.ContentType, msg.TraceParent,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("delivery properties (-want +got):\n%s", diff)
+	}
+	var body orderv1.OrderCancelled
+	if err := proto.Unmarshal(d.Body, &body); err != nil || body.GetReason() != "test 1" {
+		t.Errorf("delivered body = %v, %v", &body, err)
+	}
+	waitEmpty(t, pool, 5*time.Second)
+}
+
+func TestRelayRolledBackTransactionPublishesNothing(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	bk := newBroker(t)
+	relay := outbox.NewRelay(pool, bk.upPublisher(t), outbox.Config{PollInterval: 50 * time.Millisecond})
+	runRelay(t, relay)
+
+	rolledBack := event(t, 1)
+	errAbort := errors.New("abort")
+	err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+		if err := outbox.Add(ctx, tx, rolledBack); err != nil {
+			return err
+		}
+		return errAbort
+	})
+	if !errors.Is(err, errAbort) {
+		t.Fatalf("WithTx = %v", err)
+	}
+	// A later commit is published; by then the rolled-back one would have
+	// been too, had it been written.
+	marker := commit(t, pool, 1)
+	bk.waitFor(t, 5*time.Second, marker...)
+	time.Sleep(200 * time.Millisecond)
+	if diff := cmp.Diff(map[string]int{marker[0]: 1}, bk.counts()); diff != "" {
+		t.Errorf("deliveries by message id (-want +got):\n%s", diff)
+	}
+}
+
+// switchPublisher forwards to whichever publisher it currently holds.
+type switchPublisher struct {
+	cur   atomic.Pointer[eventbus.Publisher]
+	fails atomic.Int64
+}
+
+func (s *switchPublisher) Publish(ctx context.Context, msgs ...eventbus.Message) error {
+	err := s.cur.Load().Publish(ctx, msgs...)
+	if err != nil {
+		s.fails.Add(1)
+	}
+	return err
+}
+
+func TestRelayBrokerOutageOnlyDelays(t *testing.T) {
+	pool, _ := newOutbox(t)
+	bk := newBroker(t)
+	// Nothing listens on port 1: the publisher's link stays down.
+	var pub switchPublisher
+	pub.cur.Store(bk.publisher(t, "amqp://guest:guest@127.0.0.1:1/"))
+	var failedBatches atomic.Int64
+	relay := outbox.NewRelay(pool, &pub, outbox.Config{
+		PollInterval: 50 * time.Millisecond,
+		BatchSize:    20,
+		MinBackoff:   20 * time.Millisecond,
+		MaxBackoff:   200 * time.Millisecond,
+		Metrics:      outbox.Metrics{Failed: func(int, error) { failedBatches.Add(1) }},
+	})
+	runRelay(t, relay)
+
+	var ids []string
+	for range 5 {
+		ids = append(ids, commit(t, pool, 10)...)
+	}
+	time.Sleep(time.Second)
+	if n := len(bk.counts()); n != 0 {
+		t.Fatalf("%d messages delivered while the broker was unreachable", n)
+	}
+	if n := pending(t, pool); n != int64(len(ids)) {
+		t.Fatalf("outbox has %d rows during the outage, want %d", n, len(ids))
+	}
+	if failedBatches.Load() == 0 {
+		t.Fatal("no failed batch reported during the outage")
+	}
+	t.Logf("failed batches during a 1s outage: %d", failedBatches.Load())
+
+	// The broker "returns".
+	pub.cur.Store(bk.upPublisher(t))
+	bk.waitFor(t, 10*time.Second, ids...)
+	waitEmpty(t, pool, 5*time.Second)
+	for id, n := range bk.counts() {
+		if n != 1 {
+			t.Errorf("message %s delivered %d times, want 1", id, n)
+		}
+	}
+}
+
+// holdingPublisher publishes through the real publisher, then reports the
+// confirmed batch and waits for release before returning.
+type holdingPublisher struct {
+	inner     outbox.Publisher
+	confirmed chan []string
+	release   chan struct{}
+}
+
+func (h *holdingPublisher) Publish(ctx context.Context, msgs ...eventbus.Message) error {
+	if err := h.inner.Publish(ctx, msgs...); err != nil {
+		return err
+	}
+	ids := make([]string, len(msgs))
+	for i, m := range msgs {
+		ids[i] = m.ID
+	}
+	h.confirmed <- ids
+	select {
+	case <-h.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func TestRelayDeletesRowsOnlyAfterConfirm(t *testing.T) {
+	pool, _ := newOutbox(t)
+	bk := newBroker(t)
+	hold := &holdingPublisher{inner: bk.upPublisher(t), confirmed: make(chan []string, 1), release: make(chan struct{})}
+	relay := outbox.NewRelay(pool, hold, outbox.Config{PollInterval: 50 * time.Millisecond})
+	runRelay(t, relay)
+
+	ids := commit(t, pool, 5)
+	var got []string
+	select {
+	case got = <-hold.confirmed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("relay did not publish within 5s")
+	}
+	if diff := cmp.Diff(ids, got); diff != "" {
+		t.Errorf("published batch (-want +got):\n%s", diff)
+	}
+	// The broker confirmed (and delivered) them, but until Publish returns
+	// the rows stay.
+	bk.waitFor(t, 5*time.Second, ids...)
+	if n := pending(t, pool); n != 5 {
+		t.Errorf("outbox has %d rows before Publish returned, want 5", n)
+	}
+	close(hold.release)
+	waitEmpty(t, pool, 5*time.Second)
+}
+
+func TestTwoRelaysPublishEachRowOnce(t *testing.T) {
+	pool, _ := newOutbox(t)
+	bk := newBroker(t)
+	var published [2]atomic.Int64
+	for i := range published {
+		r := outbox.NewRelay(pool, bk.upPublisher(t), outbox.Config{
+			PollInterval: 20 * time.Millisecond,
+			BatchSize:    25,
+			Workers:      2,
+			Metrics:      outbox.Metrics{Published: func(n int) { published[i].Add(int64(n)) }},
+		})
+		runRelay(t, r)
+	}
+
+	// Commit while both relays run, from several writers.
+	const writers, txs, perTx = 4, 25, 10
+	var (
+		mu  sync.Mutex
+		ids []string
+	)
+	var g errgroup.Group
+	for range writers {
+		g.Go(func() error {
+			for range txs {
+				got, err := tryCommit(pool, perTx)
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				ids = append(ids, got...)
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	bk.waitFor(t, 20*time.Second, ids...)
+	waitEmpty(t, pool, 5*time.Second)
+	time.Sleep(200 * time.Millisecond) // Let any duplicate arrive.
+
+	counts := bk.counts()
+	if len(counts) != len(ids) {
+		t.Errorf("%d distinct messages delivered, want %d", len(counts), len(ids))
+	}
+	for id, n := range counts {
+		if n != 1 {
+			t.Errorf("message %s delivered %d times, want 1", id, n)
+		}
+	}
+	t.Logf("rows published by relay 1: %d, relay 2: %d", published[0].Load(), published[1].Load())
+	if total := published[0].Load() + published[1].Load(); total != int64(len(ids)) {
+		t.Errorf("relays report %d published rows, want %d", total, len(ids))
+	}
+}
+
+func TestRelayListensAgainAfterConnectionLoss(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := newOutbox(t)
+	bk := newBroker(t)
+	name := "ordermesh-outbox-test-" + schema
+	relay := outbox.NewRelay(pool, bk.upPublisher(t), outbox.Config{
+		PollInterval: time.Minute,
+		Name:         name,
+		MinBackoff:   20 * time.Millisecond,
+		MaxBackoff:   100 * time.Millisecond,
+	})
+	runRelay(t, relay)
+	waitListening(t, relay)
+
+	var killed int
+	if err := pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1`, name).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed != 1 {
+		t.Fatalf("terminated %d listening backends, want 1", killed)
+	}
+	// It notices, then listens on a new connection.
+	deadline := time.Now().Add(5 * time.Second)
+	for relay.Listening() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitListening(t, relay)
+
+	ids := commit(t, pool, 1)
+	start := time.Now()
+	bk.waitFor(t, 5*time.Second, ids...)
+	t.Logf("delivered %s after commit on the new listening connection", time.Since(start))
+}
+
+func TestDrainPublishesEverything(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	bk := newBroker(t)
+	relay := outbox.NewRelay(pool, bk.upPublisher(t), outbox.Config{BatchSize: 7})
+	ids := commit(t, pool, 30)
+	if err := relay.Drain(ctx); err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+	if n := pending(t, pool); n != 0 {
+		t.Errorf("outbox has %d rows after Drain", n)
+	}
+	bk.waitFor(t, 5*time.Second, ids...)
+}
+
+// closeConnections closes this test's broker connections whose
+// client-provided name is name, and returns how many it closed.
+func closeConnections(tb testing.TB, name string) int {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "client_properties").CombinedOutput()
+	if err != nil {
+		tb.Fatalf("rabbitmqctl list_connections: %v\n%s", err, out)
+	}
+	closed := 0
+	for line := range strings.Lines(string(out)) {
+		if !strings.Contains(line, `{"connection_name","`+name+`"}`) {
+			continue
+		}
+		pid, _, _ := strings.Cut(line, "\t")
+		if out, err := exec.CommandContext(ctx, "rabbitmqctl", "close_connection", pid, "outbox test: simulated connection loss").CombinedOutput(); err != nil {
+			tb.Fatalf("rabbitmqctl close_connection: %v\n%s", err, out)
+		}
+		closed++
+	}
+	return closed
+}
+
+func TestRelaySurvivesBrokerConnectionLoss(t *testing.T) {
+	pool, _ := newOutbox(t)
+	bk := newBroker(t)
+	pub := bk.upPublisher(t)
+	relay := outbox.NewRelay(pool, pub, outbox.Config{
+		PollInterval: 50 * time.Millisecond,
+		BatchSize:    50,
+		MinBackoff:   20 * time.Millisecond,
+		MaxBackoff:   200 * time.Millisecond,
+	})
+	runRelay(t, relay)
+
+	// Commit steadily while the publisher's connection is cut twice.
+	var (
+		all     []string
+		writers errgroup.Group
+	)
+	writers.Go(func() error {
+		for range 40 {
+			ids, err := tryCommit(pool, 25)
+			if err != nil {
+				return err
+			}
+			all = append(all, ids...)
+			time.Sleep(20 * time.Millisecond)
+		}
+		return nil
+	})
+	for range 2 {
+		time.Sleep(200 * time.Millisecond)
+		if n := closeConnections(t, bk.prefix+testService+".publisher"); n != 1 {
+			t.Errorf("closed %d publisher connections, want 1", n)
+		}
+	}
+	if err := writers.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	bk.waitFor(t, 30*time.Second, all...)
+	waitEmpty(t, pool, 10*time.Second)
+	dups := 0
+	for _, n := range bk.counts() {
+		dups += n - 1
+	}
+	t.Logf("%d events delivered after 2 connection losses; %d duplicate deliveries", len(all), dups)
+}

@@ -1,0 +1,376 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+)
+
+// Publisher sends messages to the broker. Publish returns nil only once the
+// broker has confirmed every message; on error some messages may have been
+// confirmed and some not, and the relay publishes all of them again later.
+// It must honour ctx's deadline. internal/eventbus's publisher implements
+// it.
+type Publisher interface {
+	Publish(ctx context.Context, msgs ...eventbus.Message) error
+}
+
+// Relay defaults, used for zero Config fields.
+const (
+	DefaultPollInterval   = 500 * time.Millisecond
+	DefaultBatchSize      = 100
+	DefaultPublishTimeout = 30 * time.Second
+	DefaultMinBackoff     = 100 * time.Millisecond
+	DefaultMaxBackoff     = 10 * time.Second
+	DefaultListenCheck    = 30 * time.Second
+)
+
+// Config tunes a Relay. Zero fields take the defaults above.
+type Config struct {
+	// PollInterval is how often the relay looks for rows when no
+	// notification woke it. Notifications make publishing prompt; polling
+	// covers notifications lost while the listening connection was down.
+	PollInterval time.Duration
+	// BatchSize is the most rows claimed, published and deleted in one
+	// transaction.
+	BatchSize int
+	// Workers is how many batches this relay publishes at once (default 1).
+	// Workers, like separate relays, never claim the same row.
+	Workers int
+	// PublishTimeout bounds one batch's Publish call.
+	PublishTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the wait after a failed batch or a lost
+	// listening connection; it doubles on each consecutive failure.
+	MinBackoff, MaxBackoff time.Duration
+	// ListenCheck is how long the listening connection may stay silent
+	// before the relay checks that it is still alive.
+	ListenCheck time.Duration
+	// Name labels the listening connection's application_name.
+	Name string
+	// Logger receives failures; nil discards them.
+	Logger *slog.Logger
+	// Metrics receives counts; nil fields are skipped.
+	Metrics Metrics
+}
+
+// Metrics are hooks for counters, e.g. Prometheus ones. They are called
+// from the relay's goroutines and must be safe for concurrent use. The
+// backlog gauges come from ReadStats.
+type Metrics struct {
+	// Published is called with the number of rows a batch published, had
+	// confirmed and deleted.
+	Published func(n int)
+	// Failed is called when a batch of n rows could not be published or
+	// deleted; the rows stay and are retried.
+	Failed func(n int, err error)
+}
+
+// Relay publishes committed outbox rows of one schema (the pool's
+// search_path) through a Publisher, oldest first, and deletes them once
+// confirmed. Any number of relays, in one process or many, can run against
+// the same outbox: each row is claimed by one of them with FOR UPDATE SKIP
+// LOCKED.
+type Relay struct {
+	pool      *pgxpool.Pool
+	pub       Publisher
+	cfg       Config
+	log       *slog.Logger
+	listening atomic.Bool
+}
+
+// NewRelay returns a relay that moves rows from pool's outbox to pub. Call
+// Run to start it.
+func NewRelay(pool *pgxpool.Pool, pub Publisher, cfg Config) *Relay {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.PollInterval, DefaultPollInterval)
+	def(&cfg.PublishTimeout, DefaultPublishTimeout)
+	def(&cfg.MinBackoff, DefaultMinBackoff)
+	def(&cfg.MaxBackoff, DefaultMaxBackoff)
+	def(&cfg.ListenCheck, DefaultListenCheck)
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = cfg.MinBackoff
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = DefaultBatchSize
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 1
+	}
+	if cfg.Name == "" {
+		cfg.Name = "ordermesh-outbox-relay"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Relay{pool: pool, pub: pub, cfg: cfg, log: log}
+}
+
+// Run publishes rows until ctx ends, then returns nil once its goroutines
+// have stopped. Broker and database failures never end it: it logs them,
+// backs off and tries again, keeping the rows. A batch in flight when ctx
+// ends is rolled back unless the broker already confirmed it.
+func (r *Relay) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	wakes := make([]chan struct{}, r.cfg.Workers)
+	for i := range wakes {
+		wakes[i] = make(chan struct{}, 1)
+	}
+	wakeAll := func() {
+		for _, w := range wakes {
+			select {
+			case w <- struct{}{}:
+			default: // A wake-up is already pending; one is enough.
+			}
+		}
+	}
+	g.Go(func() error { return r.listen(ctx, wakeAll) })
+	for _, w := range wakes {
+		g.Go(func() error { return r.work(ctx, w) })
+	}
+	return g.Wait()
+}
+
+// Listening reports whether the relay currently holds a LISTEN connection;
+// without one it still publishes, at the poll interval.
+func (r *Relay) Listening() bool { return r.listening.Load() }
+
+// Stats returns the backlog of the relay's outbox.
+func (r *Relay) Stats(ctx context.Context) (Stats, error) { return ReadStats(ctx, r.pool) }
+
+// Drain publishes batches until it finds no row left to claim, or ctx ends
+// or a batch fails. Rows another relay holds at that moment are not waited
+// for. It suits a graceful shutdown ("flush the outbox") and tests.
+func (r *Relay) Drain(ctx context.Context) error {
+	for {
+		n, err := r.PublishBatch(ctx)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+}
+
+// work publishes batches whenever woken or polled, backing off on failure.
+func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
+	timer := time.NewTimer(r.cfg.PollInterval)
+	defer timer.Stop()
+	backoff := r.cfg.MinBackoff
+	for {
+		n, err := r.PublishBatch(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			r.log.WarnContext(ctx, "outbox relay: batch failed; rows kept for retry", "error", err, "retry_in", backoff)
+			if !sleep(ctx, jitter(backoff)) {
+				return nil
+			}
+			backoff = min(2*backoff, r.cfg.MaxBackoff)
+			continue
+		}
+		backoff = r.cfg.MinBackoff
+		if n == r.cfg.BatchSize {
+			continue // There may be more right away.
+		}
+		timer.Reset(r.cfg.PollInterval)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// PublishBatch claims up to BatchSize unclaimed rows, oldest first, publishes
+// them and deletes them in one transaction, and returns how many it
+// published. Rows are deleted only after Publish returned nil; on any error
+// the transaction rolls back and the rows stay for the next attempt. Run
+// calls it; it is exported for Drain-like uses and tests.
+func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("begin outbox batch: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tx.Rollback(rctx) // No-op after commit; otherwise the batch error is what matters.
+	}()
+
+	seqs, msgs, err := claim(ctx, tx, r.cfg.BatchSize)
+	if err != nil {
+		return 0, err
+	}
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+	err = r.pub.Publish(pctx, msgs...)
+	cancel()
+	if err != nil {
+		r.failed(len(msgs), err)
+		return 0, fmt.Errorf("publish %d outbox messages: %w", len(msgs), err)
+	}
+	// The broker has the messages now. Finish even if ctx just ended, so a
+	// graceful stop does not publish them a second time.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := tx.Exec(dctx, `DELETE FROM outbox WHERE seq = ANY($1)`, seqs); err != nil {
+		r.failed(len(msgs), err)
+		return 0, fmt.Errorf("delete published outbox rows: %w", err)
+	}
+	if err := tx.Commit(dctx); err != nil {
+		r.failed(len(msgs), err)
+		return 0, fmt.Errorf("commit outbox batch: %w", err)
+	}
+	if r.cfg.Metrics.Published != nil {
+		r.cfg.Metrics.Published(len(msgs))
+	}
+	return len(msgs), nil
+}
+
+func (r *Relay) failed(n int, err error) {
+	if r.cfg.Metrics.Failed != nil {
+		r.cfg.Metrics.Failed(n, err)
+	}
+}
+
+// claim locks up to limit rows no other transaction holds and decodes them.
+func claim(ctx context.Context, tx pgx.Tx, limit int) ([]int64, []eventbus.Message, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
+		FROM outbox
+		ORDER BY seq
+		LIMIT $1
+		FOR UPDATE SKIP LOCKED`, limit)
+	if err != nil {
+		return nil, nil, fmt.Errorf("claim outbox rows: %w", err)
+	}
+	var (
+		seqs []int64
+		msgs []eventbus.Message
+	)
+	for rows.Next() {
+		var (
+			seq int64
+			m   eventbus.Message
+		)
+		if err := rows.Scan(&seq, &m.ID, &m.Type, &m.RoutingKey, &m.Source, &m.CorrelationID, &m.Time, &m.TraceParent, &m.TraceState, &m.Body); err != nil {
+			rows.Close()
+			return nil, nil, fmt.Errorf("read outbox row: %w", err)
+		}
+		m.Time = m.Time.UTC()
+		seqs = append(seqs, seq)
+		msgs = append(msgs, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("claim outbox rows: %w", err)
+	}
+	return seqs, msgs, nil
+}
+
+// listen keeps a LISTEN connection open for the outbox's channel and wakes
+// the workers on every notification, reconnecting after any loss.
+func (r *Relay) listen(ctx context.Context, wakeAll func()) error {
+	backoff := r.cfg.MinBackoff
+	for {
+		start := time.Now()
+		err := r.listenOnce(ctx, wakeAll)
+		r.listening.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > r.cfg.MaxBackoff {
+			backoff = r.cfg.MinBackoff // It had been up a while; reconnect promptly.
+		}
+		r.log.WarnContext(ctx, "outbox relay: listening connection lost; polling until it is back", "error", err, "retry_in", backoff)
+		if !sleep(ctx, jitter(backoff)) {
+			return nil
+		}
+		backoff = min(2*backoff, r.cfg.MaxBackoff)
+	}
+}
+
+// listenOnce runs one LISTEN connection until it fails or ctx ends.
+func (r *Relay) listenOnce(ctx context.Context, wakeAll func()) error {
+	cfg := r.pool.Config().ConnConfig
+	cfg.RuntimeParams["application_name"] = r.cfg.Name
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connect listener: %w", err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = conn.Close(cctx) // The connection is being discarded either way.
+	}()
+
+	var schema *string
+	if err := conn.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		return fmt.Errorf("read listener schema: %w", err)
+	}
+	if schema == nil {
+		return errors.New("read listener schema: search_path names no existing schema")
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{Channel(*schema)}.Sanitize()); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	r.listening.Store(true)
+	// Catch up on commits made while nobody was listening.
+	wakeAll()
+	for {
+		wctx, cancel := context.WithTimeout(ctx, r.cfg.ListenCheck)
+		_, err := conn.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case err == nil:
+			wakeAll()
+		case ctx.Err() != nil:
+			return nil
+		case wctx.Err() != nil:
+			// Silence is normal; make sure the connection still works.
+			if err := conn.Ping(ctx); err != nil {
+				return fmt.Errorf("ping listener: %w", err)
+			}
+		default:
+			return fmt.Errorf("wait for notification: %w", err)
+		}
+	}
+}
+
+// sleep waits d, or less if ctx ends first; it reports whether ctx is still
+// live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// jitter spreads d by ±20% so relays that failed together do not retry in
+// lockstep.
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
