@@ -1,0 +1,256 @@
+// Package inbox gives event handlers effectively-once effects on top of the
+// bus's at-least-once delivery. For each delivery a Runner, in one
+// PostgreSQL transaction, records the event id in the inbox table, runs the
+// handler's database work, and writes the handler's outgoing events to the
+// outbox. A redelivered or duplicated event finds its id already recorded
+// and is skipped without effect; a failing handler leaves no trace, so the
+// bus's retry starts from scratch.
+//
+// The inbox table lives in the service's own schema, reached through the
+// connection's search_path (see postgres.Open); pass Migrations to
+// postgres.Migrate with the service's own sources and outbox.Migrations.
+//
+// Deduplication lasts as long as inbox rows are kept: Prune must keep them
+// well beyond the longest time an event can be redelivered, including the
+// retry ladder and replays from the dead-letter queue.
+package inbox
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// Migrations creates the inbox table. Pass it to postgres.Migrate together
+// with the service's own sources and outbox.Migrations.
+var Migrations = postgres.Source{Name: "inbox", FS: migrationFS}
+
+// ErrMissingID is returned, marked permanent, for a delivery without an
+// event id: it cannot be deduplicated, so it must not be processed.
+var ErrMissingID = errors.New("event has no id")
+
+// Handler does one event's database work in tx and returns the events it
+// emits, which the runner writes to the outbox in the same transaction.
+// Returning an error rolls everything back; mark it with eventbus.Permanent
+// when retrying cannot help. A handler must do all its effects through tx:
+// anything else it does (a call to another system) is not undone on error
+// and may happen again on redelivery.
+type Handler[PT proto.Message] func(ctx context.Context, tx pgx.Tx, ev PT, meta eventbus.Meta) ([]proto.Message, error)
+
+// Work is the untyped form of a Handler, bound to its event.
+type Work func(ctx context.Context, tx pgx.Tx) ([]proto.Message, error)
+
+// Outcome says what happened to a delivery.
+type Outcome int
+
+// Outcomes of Runner.Process.
+const (
+	// Processed: the handler ran and its transaction committed.
+	Processed Outcome = iota + 1
+	// Duplicate: the event had been processed before; nothing ran.
+	Duplicate
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Processed:
+		return "processed"
+	case Duplicate:
+		return "duplicate"
+	default:
+		return "unknown"
+	}
+}
+
+// Metrics are hooks for counters, e.g. Prometheus ones; nil fields are
+// skipped. They must be safe for concurrent use and must not block.
+type Metrics struct {
+	// Processed is called after an event's transaction committed.
+	Processed func(meta eventbus.Meta)
+	// Duplicate is called for an event skipped as already processed.
+	Duplicate func(meta eventbus.Meta)
+	// Failed is called when an event's processing failed and rolled back.
+	Failed func(meta eventbus.Meta, err error)
+}
+
+// Counts are a Runner's totals since it was created.
+type Counts struct {
+	Processed  int64
+	Duplicates int64
+	Failed     int64
+}
+
+// Runner processes deliveries for one service. It is safe for concurrent
+// use: deliveries of different events run in parallel, and concurrent
+// deliveries of the same event are serialized by the inbox row's unique
+// key, so exactly one of them runs the handler.
+type Runner struct {
+	db      postgres.TxBeginner
+	service string
+	metrics Metrics
+
+	processed, duplicates, failed atomic.Int64
+}
+
+// NewRunner returns a runner that opens its transactions on db (the
+// service's pool) and writes outgoing events with service as their source.
+func NewRunner(db postgres.TxBeginner, service string, metrics Metrics) *Runner {
+	return &Runner{db: db, service: service, metrics: metrics}
+}
+
+// Counts returns the runner's totals. Duplicates is the number of
+// deliveries absorbed as already processed.
+func (r *Runner) Counts() Counts {
+	return Counts{Processed: r.processed.Load(), Duplicates: r.duplicates.Load(), Failed: r.failed.Load()}
+}
+
+// Wrap adapts h to the bus's typed handler signature, so a service
+// registers eventbus.Handle(sub, inbox.Wrap(runner, handleOrderCreated)).
+// The returned function returns nil for a processed or duplicate event (the
+// bus acks it) and the error otherwise (the bus retries it, or
+// dead-letters it if the error is permanent).
+func Wrap[PT proto.Message](r *Runner, h Handler[PT]) func(context.Context, PT, eventbus.Meta) error {
+	return func(ctx context.Context, ev PT, meta eventbus.Meta) error {
+		_, err := r.Process(ctx, meta, func(ctx context.Context, tx pgx.Tx) ([]proto.Message, error) {
+			return h(ctx, tx, ev, meta)
+		})
+		return err
+	}
+}
+
+// errDuplicate rolls back the transaction of a duplicate delivery.
+var errDuplicate = errors.New("duplicate event")
+
+// Process handles one delivery in its own transaction: it records meta.ID,
+// runs work and writes work's events to the outbox, committing all or
+// nothing. A delivery whose id is already recorded is not run and reports
+// Duplicate with a nil error. On error the Outcome is zero and nothing was
+// committed. Errors from work are returned wrapped, so errors.Is, errors.As
+// and eventbus.IsPermanent see through them.
+func (r *Runner) Process(ctx context.Context, meta eventbus.Meta, work Work) (Outcome, error) {
+	err := postgres.WithTx(ctx, r.db, func(tx pgx.Tx) error {
+		return r.process(ctx, tx, meta, work)
+	})
+	return r.settle(meta, err)
+}
+
+// ProcessTx handles one delivery like Process but inside tx, the caller's
+// transaction, under a savepoint: on error the delivery's writes are undone
+// and tx stays usable, so several deliveries can share one transaction. The
+// caller commits tx; until it does, nothing is processed, and if it rolls
+// back, the caller must treat every delivery in it as failed. A delivery
+// whose id another open transaction has just recorded waits for that
+// transaction to end, so callers batching deliveries should not hold the
+// same event in two batches at once.
+func (r *Runner) ProcessTx(ctx context.Context, tx pgx.Tx, meta eventbus.Meta, work Work) (Outcome, error) {
+	err := postgres.WithTx(ctx, tx, func(sp pgx.Tx) error {
+		return r.process(ctx, sp, meta, work)
+	})
+	return r.settle(meta, err)
+}
+
+// process is one delivery's work inside tx.
+func (r *Runner) process(ctx context.Context, tx pgx.Tx, meta eventbus.Meta, work Work) error {
+	if meta.ID == "" {
+		return eventbus.Permanent(fmt.Errorf("process %s: %w", meta.Type, ErrMissingID))
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO inbox (event_id) VALUES ($1) ON CONFLICT (event_id) DO NOTHING`, meta.ID)
+	if err != nil {
+		return fmt.Errorf("record event %s in inbox: %w", meta.ID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return errDuplicate
+	}
+	events, err := work(ctx, tx)
+	if err != nil {
+		return fmt.Errorf("handle %s %s: %w", meta.Type, meta.ID, err)
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	msgs, err := outbox.Messages(r.service, meta.CorrelationID, events...)
+	if err != nil {
+		return fmt.Errorf("handle %s %s: %w", meta.Type, meta.ID, err)
+	}
+	for i := range msgs {
+		// The outgoing events continue the incoming event's trace.
+		msgs[i].TraceParent, msgs[i].TraceState = meta.TraceParent, meta.TraceState
+	}
+	if err := outbox.Add(ctx, tx, msgs...); err != nil {
+		return fmt.Errorf("handle %s %s: %w", meta.Type, meta.ID, err)
+	}
+	return nil
+}
+
+// settle counts the outcome of a finished delivery.
+func (r *Runner) settle(meta eventbus.Meta, err error) (Outcome, error) {
+	switch {
+	case err == nil:
+		r.processed.Add(1)
+		if r.metrics.Processed != nil {
+			r.metrics.Processed(meta)
+		}
+		return Processed, nil
+	case errors.Is(err, errDuplicate):
+		r.duplicates.Add(1)
+		if r.metrics.Duplicate != nil {
+			r.metrics.Duplicate(meta)
+		}
+		return Duplicate, nil
+	default:
+		r.failed.Add(1)
+		if r.metrics.Failed != nil {
+			r.metrics.Failed(meta, err)
+		}
+		return 0, err
+	}
+}
+
+// Execer runs a statement; *pgxpool.Pool, *pgx.Conn and pgx.Tx implement it.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// pruneBatch bounds each DELETE so pruning a large backlog never holds many
+// locks or a long transaction.
+const pruneBatch = 10000
+
+// Prune deletes inbox rows processed more than retention ago, in batches,
+// and returns how many it deleted. Events older than that are no longer
+// deduplicated: keep retention well above the longest redelivery horizon.
+func Prune(ctx context.Context, db Execer, retention time.Duration) (int64, error) {
+	if retention <= 0 {
+		return 0, fmt.Errorf("prune inbox: retention must be positive, got %s", retention)
+	}
+	var total int64
+	for {
+		tag, err := db.Exec(ctx, `
+			DELETE FROM inbox WHERE event_id IN (
+				SELECT event_id FROM inbox
+				WHERE processed_at < now() - make_interval(secs => $1)
+				ORDER BY processed_at
+				LIMIT $2)`,
+			retention.Seconds(), pruneBatch)
+		if err != nil {
+			return total, fmt.Errorf("prune inbox: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < pruneBatch {
+			return total, nil
+		}
+	}
+}
