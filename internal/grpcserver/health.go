@@ -163,7 +163,7 @@ func (r *Readiness) Evaluate(ctx context.Context) {
 		if r.current[name] == next {
 			continue
 		}
-		attrs := append([]any{slog.String("service", displayName(name)), slog.String("status", next.String())}, reason...)
+		attrs := append([]any{slog.String("health_service", displayName(name)), slog.String("status", next.String())}, reason...)
 		if next == healthpb.HealthCheckResponse_SERVING {
 			r.log.InfoContext(ctx, "health status changed", attrs...)
 		} else {
@@ -189,7 +189,7 @@ func (r *Readiness) Shutdown(ctx context.Context) {
 		r.hs.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
 	}
 	r.hs.Shutdown()
-	r.log.InfoContext(ctx, "health status changed", slog.String("service", displayName("")), slog.String("status", "NOT_SERVING"), slog.String("reason", "shutting down"))
+	r.log.InfoContext(ctx, "health status changed", slog.String("health_service", displayName("")), slog.String("status", "NOT_SERVING"), slog.String("reason", "shutting down"))
 }
 
 // displayName names the overall status readably in logs.

@@ -1,0 +1,145 @@
+// Command gateway serves ordermesh's REST API in front of its gRPC
+// services: the routes of OrderService and InventoryService (from their
+// google.api.http rules), the OpenAPI document at /openapi.json, and
+// /healthz reflecting the order service's health.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ordermesh/ordermesh/internal/rest"
+	"github.com/ordermesh/ordermesh/internal/config"
+	"github.com/ordermesh/ordermesh/internal/telemetry"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Getenv, os.Stdout, nil)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+// Config is the gateway's configuration, read from the environment.
+type Config struct {
+	HTTPAddr        string
+	OrderAddr       string
+	InventoryAddr   string
+	UpstreamTimeout time.Duration
+	MaxBodyBytes    int
+	ShutdownTimeout time.Duration
+	LogLevel        slog.Level
+}
+
+func loadConfig(getenv func(string) string) (Config, error) {
+	env := config.NewEnv(getenv)
+	cfg := Config{
+		HTTPAddr:        env.Addr("ORDERMESH_HTTP_ADDR", ":8080"),
+		OrderAddr:       env.Addr("ORDERMESH_ORDER_ADDR", "127.0.0.1:50051"),
+		InventoryAddr:   env.Addr("ORDERMESH_INVENTORY_ADDR", "127.0.0.1:50052"),
+		UpstreamTimeout: env.Duration("ORDERMESH_UPSTREAM_TIMEOUT", 10*time.Second),
+		MaxBodyBytes:    env.Int("ORDERMESH_MAX_BODY_BYTES", 1<<20),
+		ShutdownTimeout: env.Duration("ORDERMESH_SHUTDOWN_TIMEOUT", 10*time.Second),
+	}
+	level, err := telemetry.ParseLevel(env.String("ORDERMESH_LOG_LEVEL", "info"))
+	if err != nil {
+		env.Fail("ORDERMESH_LOG_LEVEL", err)
+	}
+	cfg.LogLevel = level
+	if cfg.MaxBodyBytes <= 0 {
+		env.Fail("ORDERMESH_MAX_BODY_BYTES", errors.New("must be positive"))
+	}
+	if err := env.Err(); err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return cfg, nil
+}
+
+// run serves until ctx ends. When ready is not nil it receives the
+// listener's address once the gateway accepts connections.
+func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	log := telemetry.NewLogger(stdout, "gateway", cfg.LogLevel)
+	log.InfoContext(ctx, "starting", slog.Any("config", config.LogValue(cfg)))
+
+	// Upstream connections: created lazily by gRPC, so the gateway starts
+	// even while a service is still coming up (/healthz says so).
+	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
+	orderConn, err := grpc.NewClient(cfg.OrderAddr, creds)
+	if err != nil {
+		return fmt.Errorf("order service address: %w", err)
+	}
+	defer orderConn.Close()
+	invConn, err := grpc.NewClient(cfg.InventoryAddr, creds)
+	if err != nil {
+		return fmt.Errorf("inventory service address: %w", err)
+	}
+	defer invConn.Close()
+
+	// HTTP server. Watch streams end when shutdown begins; other requests
+	// are drained.
+	streams, endStreams := context.WithCancel(context.WithoutCancel(ctx))
+	defer endStreams()
+	handler, err := rest.NewHandler(ctx, log, rest.Upstreams{Order: orderConn, Inventory: invConn}, rest.Options{
+		MaxBodyBytes:    int64(cfg.MaxBodyBytes),
+		UpstreamTimeout: cfg.UpstreamTimeout,
+		Streams:         streams,
+	})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv.RegisterOnShutdown(endStreams)
+	log.InfoContext(ctx, "serving REST", slog.String("addr", lis.Addr().String()))
+	if ready != nil {
+		ready <- lis.Addr()
+	}
+
+	// Serve until ctx ends, then drain: Shutdown stops accepting and waits
+	// for in-flight requests up to the shutdown timeout.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.InfoContext(ctx, "shutting down")
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			return fmt.Errorf("shutdown http: %w", err)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	log.InfoContext(ctx, "stopped")
+	return nil
+}

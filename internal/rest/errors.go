@@ -1,0 +1,96 @@
+package rest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// httpStatus maps a gRPC code to the HTTP status the gateway answers with.
+// It follows grpc-gateway's table except that FAILED_PRECONDITION (e.g.
+// cancelling a rejected order) is 409 Conflict: the request was well formed
+// but conflicts with the resource's state.
+func httpStatus(c codes.Code) int {
+	if c == codes.FailedPrecondition {
+		return http.StatusConflict
+	}
+	return runtime.HTTPStatusFromCode(c)
+}
+
+type bodyLimitKey struct{}
+
+// bodyLimit records that a request body hit the size limit, so the error
+// handler can answer 413 instead of the decoder's generic 400.
+type bodyLimit struct {
+	max      int64
+	exceeded atomic.Bool
+}
+
+// limitBody rejects bodies larger than max bytes with 413: at once when
+// Content-Length says so, otherwise when reading passes the limit.
+func limitBody(max int64, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > max {
+			writeStatus(w, http.StatusRequestEntityTooLarge, tooLarge(max))
+			return
+		}
+		lim := &bodyLimit{max: max}
+		r.Body = &limitedReader{r: http.MaxBytesReader(w, r.Body, max), lim: lim}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), bodyLimitKey{}, lim)))
+	})
+}
+
+type limitedReader struct {
+	r   io.ReadCloser
+	lim *bodyLimit
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if _, ok := err.(*http.MaxBytesError); ok {
+		l.lim.exceeded.Store(true)
+	}
+	return n, err
+}
+
+func (l *limitedReader) Close() error { return l.r.Close() }
+
+func tooLarge(max int64) *status.Status {
+	return status.New(codes.InvalidArgument, fmt.Sprintf("request body exceeds %d bytes", max))
+}
+
+// errorHandler writes errors as JSON in the shape of a google.rpc.Status
+// ({"code", "message", "details"}); validation failures keep their
+// google.rpc.BadRequest detail, which names each offending field.
+func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
+	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+		st := status.Convert(err)
+		code := httpStatus(st.Code())
+		if lim, ok := ctx.Value(bodyLimitKey{}).(*bodyLimit); ok && lim.exceeded.Load() {
+			st, code = tooLarge(lim.max), http.StatusRequestEntityTooLarge
+		}
+		if code >= 500 {
+			log.ErrorContext(ctx, "upstream call failed", "method", r.Method, "path", r.URL.Path, "code", st.Code().String(), "error", st.Message())
+		}
+		runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: code, Err: st.Err()})
+	}
+}
+
+// writeStatus writes st as JSON outside grpc-gateway (before routing).
+func writeStatus(w http.ResponseWriter, code int, st *status.Status) {
+	body, err := (&runtime.JSONPb{}).Marshal(st.Proto())
+	if err != nil {
+		http.Error(w, st.Message(), code)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(body)
+}

@@ -1,0 +1,164 @@
+// Package rest serves ordermesh's REST API: the OrderService and
+// InventoryService routes generated from their google.api.http rules
+// (grpc-gateway), the OpenAPI document, and a health endpoint that reflects
+// the upstream gRPC services.
+package rest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/gen/openapiv2"
+)
+
+// Upstreams are the gRPC connections the gateway forwards to.
+type Upstreams struct {
+	Order     grpc.ClientConnInterface
+	Inventory grpc.ClientConnInterface
+}
+
+// Options tune the handler; the zero value gets the defaults.
+type Options struct {
+	// MaxBodyBytes caps request bodies; larger ones get 413. Default 1 MiB.
+	MaxBodyBytes int64
+	// UpstreamTimeout bounds every unary upstream call. Default 10 s.
+	// Streams (WatchOrder) are bounded only by the client.
+	UpstreamTimeout time.Duration
+	// HealthTimeout bounds the upstream health checks of /healthz. Default 2 s.
+	HealthTimeout time.Duration
+	// Streams, when set, ends every WatchOrder stream once it is done, so
+	// long-lived streams do not hold up a graceful shutdown.
+	Streams context.Context
+}
+
+func (o *Options) defaults() {
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 1 << 20
+	}
+	if o.UpstreamTimeout <= 0 {
+		o.UpstreamTimeout = 10 * time.Second
+	}
+	if o.HealthTimeout <= 0 {
+		o.HealthTimeout = 2 * time.Second
+	}
+}
+
+// orderServiceName is the health service name that gates /healthz.
+const orderServiceName = "ordermesh.order.v1.OrderService"
+
+// NewHandler returns the gateway's HTTP handler: /v1/... REST routes,
+// /openapi.json and /healthz.
+func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Options) (http.Handler, error) {
+	opts.defaults()
+	jsonpb := &runtime.JSONPb{
+		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+		UnmarshalOptions: protojson.UnmarshalOptions{},
+	}
+	gw := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonpb),
+		runtime.WithMarshalerOption(eventStreamMIME, &sseMarshaler{JSONPb: jsonpb}),
+		runtime.WithErrorHandler(errorHandler(log)),
+		runtime.WithMiddlewares(upstreamTimeout(opts.UpstreamTimeout, opts.Streams)),
+	)
+	if err := orderv1.RegisterOrderServiceHandlerClient(ctx, gw, orderv1.NewOrderServiceClient(up.Order)); err != nil {
+		return nil, fmt.Errorf("register order routes: %w", err)
+	}
+	if err := inventoryv1.RegisterInventoryServiceHandlerClient(ctx, gw, inventoryv1.NewInventoryServiceClient(up.Inventory)); err != nil {
+		return nil, fmt.Errorf("register inventory routes: %w", err)
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", limitBody(opts.MaxBodyBytes, gw))
+	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
+	mux.Handle("GET /healthz", &healthHandler{
+		timeout: opts.HealthTimeout,
+		checks: []healthCheck{
+			{name: orderServiceName, client: healthpb.NewHealthClient(up.Order), gates: true},
+			{name: "ordermesh.inventory.v1.InventoryService", client: healthpb.NewHealthClient(up.Inventory)},
+		},
+	})
+	return mux, nil
+}
+
+func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(openapiv2.JSON)
+}
+
+// upstreamTimeout bounds unary calls; WatchOrder streams (":watch") run as
+// long as the client stays, or until streams ends.
+func upstreamTimeout(d time.Duration, streams context.Context) runtime.Middleware {
+	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+			if strings.HasSuffix(r.URL.Path, ":watch") {
+				if streams != nil {
+					ctx, cancel := context.WithCancel(r.Context())
+					defer cancel()
+					stop := context.AfterFunc(streams, cancel)
+					defer stop()
+					r = r.WithContext(ctx)
+				}
+				next(w, r, params)
+				return
+			}
+			ctx, cancel := context.WithTimeout(r.Context(), d)
+			defer cancel()
+			next(w, r.WithContext(ctx), params)
+		}
+	}
+}
+
+type healthCheck struct {
+	name   string
+	client healthpb.HealthClient
+	// gates makes /healthz answer 503 while this upstream is not SERVING.
+	gates bool
+}
+
+type healthHandler struct {
+	timeout time.Duration
+	checks  []healthCheck
+}
+
+// ServeHTTP answers 200 when every gating upstream is SERVING, 503
+// otherwise, with each upstream's status in the body.
+func (h *healthHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
+	defer cancel()
+	upstreams := make(map[string]string, len(h.checks))
+	code := http.StatusOK
+	for _, c := range h.checks {
+		st := "UNREACHABLE"
+		resp, err := c.client.Check(ctx, &healthpb.HealthCheckRequest{Service: c.name})
+		if err == nil {
+			st = resp.GetStatus().String()
+		}
+		upstreams[c.name] = st
+		if c.gates && st != healthpb.HealthCheckResponse_SERVING.String() {
+			code = http.StatusServiceUnavailable
+		}
+	}
+	overall := "SERVING"
+	if code != http.StatusOK {
+		overall = "NOT_SERVING"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]any{"status": overall, "upstreams": upstreams})
+}
+
+// errBodyTooLarge marks a request whose body exceeded the limit.
+var errBodyTooLarge = errors.New("request body too large")

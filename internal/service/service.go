@@ -1,0 +1,251 @@
+// Package service runs an ordermesh service process: the parts every
+// service has, wired the same way and shut down in the same order, so a
+// service's main only names what is its own (schema migrations, gRPC API,
+// event handlers).
+//
+// A service gets:
+//   - a PostgreSQL pool on its own schema, migrated with its migrations plus
+//     the outbox and inbox tables;
+//   - an event-bus Publisher feeding an outbox Relay, and a Subscriber whose
+//     handlers run through the inbox Runner (effectively-once);
+//   - a gRPC server with health (database and broker checks), reflection
+//     and the interceptors of internal/grpcserver.
+//
+// Shutdown (when ctx ends) runs in this order: health NOT_SERVING and gRPC
+// graceful stop, consumers stop and in-flight deliveries finish and settle,
+// the relay flushes what those deliveries wrote to the outbox, then the
+// broker connection and the database pool close.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ordermesh/ordermesh/internal/config"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/grpcserver"
+	"github.com/ordermesh/ordermesh/internal/inbox"
+	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/telemetry"
+)
+
+// BrokerHealthName is the health service name under which every service
+// reports its broker link.
+const BrokerHealthName = "ordermesh.eventbus"
+
+// Config is the configuration every service reads from the environment.
+type Config struct {
+	GRPCAddr        string
+	DatabaseURL     string
+	DatabaseSchema  string
+	AMQPURL         string
+	TopologyPrefix  string
+	Prefetch        int
+	Concurrency     int
+	RetryDelays     []time.Duration
+	RelayInterval   time.Duration
+	ShutdownTimeout time.Duration
+	LogLevel        slog.Level
+}
+
+// ReadConfig reads the common variables for service name, whose gRPC port
+// defaults to grpcAddr; problems are recorded on env.
+func ReadConfig(env *config.Env, name, grpcAddr string) Config {
+	cfg := Config{
+		GRPCAddr:        env.Addr("ORDERMESH_GRPC_ADDR", grpcAddr),
+		DatabaseURL:     env.URL("ORDERMESH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ordermesh?sslmode=disable", "postgres", "postgresql"),
+		DatabaseSchema:  env.String("ORDERMESH_DATABASE_SCHEMA", name),
+		AMQPURL:         env.URL("ORDERMESH_AMQP_URL", eventbus.DefaultURL, "amqp", "amqps"),
+		TopologyPrefix:  env.String("ORDERMESH_TOPOLOGY_PREFIX", ""),
+		Prefetch:        env.Int("ORDERMESH_PREFETCH", 200),
+		Concurrency:     env.Int("ORDERMESH_CONCURRENCY", 8),
+		RelayInterval:   env.Duration("ORDERMESH_RELAY_POLL_INTERVAL", outbox.DefaultPollInterval),
+		ShutdownTimeout: env.Duration("ORDERMESH_SHUTDOWN_TIMEOUT", 15*time.Second),
+	}
+	for _, d := range strings.Split(env.String("ORDERMESH_RETRY_DELAYS", "1s,10s,60s"), ",") {
+		v, err := time.ParseDuration(strings.TrimSpace(d))
+		if err != nil || v <= 0 {
+			env.Fail("ORDERMESH_RETRY_DELAYS", fmt.Errorf("%q is not a positive duration (want e.g. 1s,10s,60s)", d))
+			continue
+		}
+		cfg.RetryDelays = append(cfg.RetryDelays, v)
+	}
+	level, err := telemetry.ParseLevel(env.String("ORDERMESH_LOG_LEVEL", "info"))
+	if err != nil {
+		env.Fail("ORDERMESH_LOG_LEVEL", err)
+	}
+	cfg.LogLevel = level
+	for name, v := range map[string]int{"ORDERMESH_PREFETCH": cfg.Prefetch, "ORDERMESH_CONCURRENCY": cfg.Concurrency} {
+		if v <= 0 {
+			env.Fail(name, errors.New("must be positive"))
+		}
+	}
+	if cfg.DatabaseSchema == "" {
+		env.Fail("ORDERMESH_DATABASE_SCHEMA", errors.New("must not be empty"))
+	}
+	return cfg
+}
+
+// Spec describes one service.
+type Spec struct {
+	// Name is the service's name: its queue, its events' source (app_id)
+	// and its default schema.
+	Name string
+	// Migrations are the service's own schema migrations; the outbox and
+	// inbox tables are added.
+	Migrations []postgres.Source
+	// BrokerGatesServing makes a lost broker link (or an unsubscribed
+	// consumer) turn the whole service NOT_SERVING, as workers need. When
+	// false (the order service, which keeps taking orders into its outbox
+	// while the broker is away) the link is reported only under
+	// BrokerHealthName.
+	BrokerGatesServing bool
+	// Setup registers the service's gRPC services and event handlers. It
+	// may return tasks to run beside the service until ctx ends.
+	Setup func(ctx context.Context, s *Service) ([]Task, error)
+}
+
+// Task is a background job that runs until ctx ends.
+type Task func(ctx context.Context) error
+
+// Service is what Setup gets to register its parts on.
+type Service struct {
+	Name       string
+	Log        *slog.Logger
+	Config     Config
+	Pool       *pgxpool.Pool
+	GRPC       *grpcserver.Server
+	Subscriber *eventbus.Subscriber
+	Inbox      *inbox.Runner
+}
+
+// Run runs the service until ctx ends, then shuts it down gracefully. If
+// ready is not nil it receives the gRPC listener's address once serving.
+func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready chan<- net.Addr) error {
+	log.InfoContext(ctx, "starting", slog.Any("config", config.LogValue(cfg)))
+
+	// Database: the service's schema with its tables, the outbox and the
+	// inbox.
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL, cfg.DatabaseSchema, postgres.WithApplicationName("ordermesh-"+spec.Name))
+	if err != nil {
+		return fmt.Errorf("database at %s: %w", config.RedactURL(cfg.DatabaseURL), err)
+	}
+	defer pool.Close()
+	migrations := append(append([]postgres.Source{}, spec.Migrations...), outbox.Migrations, inbox.Migrations)
+	if err := postgres.Migrate(ctx, pool, cfg.DatabaseSchema, migrations...); err != nil {
+		return fmt.Errorf("migrate schema %s: %w", cfg.DatabaseSchema, err)
+	}
+
+	// Event bus: a publisher for the outbox relay, a subscriber for the
+	// handlers.
+	busCfg := eventbus.Config{
+		URL:         cfg.AMQPURL,
+		Prefix:      cfg.TopologyPrefix,
+		Service:     spec.Name,
+		Prefetch:    cfg.Prefetch,
+		Concurrency: cfg.Concurrency,
+		RetryDelays: cfg.RetryDelays,
+	}
+	publisher, err := eventbus.NewPublisher(busCfg, log)
+	if err != nil {
+		return fmt.Errorf("event bus publisher: %w", err)
+	}
+	defer publisher.Close()
+	subscriber, err := eventbus.NewSubscriber(busCfg, log)
+	if err != nil {
+		return fmt.Errorf("event bus subscriber: %w", err)
+	}
+	relay := outbox.NewRelay(pool, publisher, outbox.Config{
+		PollInterval: cfg.RelayInterval,
+		Name:         "ordermesh-" + spec.Name + "-relay",
+		Logger:       log,
+	})
+
+	// gRPC server with health: the database gates everything; the broker
+	// link gates everything only for workers.
+	brokerLink := func(context.Context) error {
+		if st := publisher.State(); !st.Up {
+			return fmt.Errorf("publisher link down: %s", st.Reason)
+		}
+		if !subscriber.Subscribed() {
+			return fmt.Errorf("consumer not subscribed: %s", subscriber.State().Reason)
+		}
+		return nil
+	}
+	checks := []grpcserver.Option{
+		grpcserver.WithShutdownTimeout(cfg.ShutdownTimeout),
+		grpcserver.WithCheck(grpcserver.Check{Name: "database", Func: func(ctx context.Context) error { return postgres.Ping(ctx, pool) }}),
+		// The link is always reported under its own name.
+		grpcserver.WithCheck(grpcserver.Check{Name: "broker", Func: brokerLink, Services: []string{BrokerHealthName}}),
+	}
+	if spec.BrokerGatesServing {
+		checks = append(checks, grpcserver.WithCheck(grpcserver.Check{Name: "broker", Func: brokerLink}))
+	}
+	srv, err := grpcserver.New(log, checks...)
+	if err != nil {
+		return err
+	}
+
+	svc := &Service{
+		Name:       spec.Name,
+		Log:        log,
+		Config:     cfg,
+		Pool:       pool,
+		GRPC:       srv,
+		Subscriber: subscriber,
+		Inbox:      inbox.NewRunner(pool, spec.Name, inbox.Metrics{}),
+	}
+	tasks, err := spec.Setup(ctx, svc)
+	if err != nil {
+		return fmt.Errorf("set up %s: %w", spec.Name, err)
+	}
+
+	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.GRPCAddr, err)
+	}
+	if ready != nil {
+		ready <- lis.Addr()
+	}
+
+	// Run. The relay outlives the consumers so that it can flush the
+	// events their last deliveries wrote.
+	relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRelay()
+	relayDone := make(chan error, 1)
+	go func() { relayDone <- relay.Run(relayCtx) }()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(gctx, lis) })
+	g.Go(func() error { return subscriber.Run(gctx) })
+	for _, t := range tasks {
+		g.Go(func() error { return t(gctx) })
+	}
+	runErr := g.Wait()
+
+	// Flush the outbox, bounded by the shutdown timeout, then stop the
+	// relay; whatever is left is published after the next start.
+	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	if err := relay.Drain(flushCtx); err != nil {
+		log.WarnContext(ctx, "outbox not flushed before shutdown; the rest is published after the next start", slog.Any("error", err))
+	}
+	cancel()
+	stopRelay()
+	if err := <-relayDone; err != nil && runErr == nil {
+		runErr = err
+	}
+	if runErr != nil {
+		return runErr
+	}
+	log.InfoContext(ctx, "stopped")
+	return nil
+}

@@ -1,0 +1,235 @@
+// Package app is the order service's application layer: it runs the order
+// domain's rules inside PostgreSQL transactions, writes the resulting events
+// to the outbox in the same transaction, and serves the queries behind
+// OrderService. The gRPC adapter and the event handlers call it.
+package app
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/services/order/internal/order"
+	"github.com/ordermesh/ordermesh/services/order/internal/store"
+)
+
+// Source is the app_id of every event the order service publishes.
+const Source = "order"
+
+// DefaultPageSize is the page size of ListOrders when the client asks for 0.
+const DefaultPageSize = 50
+
+// ErrInvalidPageToken is returned for a page token this service did not
+// issue, or issued for another filter.
+var ErrInvalidPageToken = errors.New("invalid page token")
+
+// App runs the order use cases.
+type App struct {
+	pool    *pgxpool.Pool
+	watcher *store.Watcher
+	log     *slog.Logger
+	now     func() time.Time
+}
+
+// New returns an App storing orders in pool and watching changes with w.
+func New(pool *pgxpool.Pool, w *store.Watcher, log *slog.Logger) *App {
+	return &App{pool: pool, watcher: w, log: log, now: func() time.Time { return time.Now().UTC() }}
+}
+
+// Create places the order req asks for, or returns the order a previous
+// request with the same request id placed. The order and its order.created
+// event commit together. A request id reused with another payload fails
+// with an error wrapping order.ErrRequestConflict.
+func (a *App) Create(ctx context.Context, req order.Request) (order.Order, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return order.Order{}, fmt.Errorf("new order id: %w", err)
+	}
+	o, err := order.New(id.String(), req, a.now().Truncate(time.Microsecond))
+	if err != nil {
+		return order.Order{}, err
+	}
+	var result order.Order
+	err = postgres.WithTx(ctx, a.pool, func(tx pgx.Tx) error {
+		inserted, err := store.Insert(ctx, tx, o)
+		if err != nil {
+			return err
+		}
+		if !inserted {
+			prev, err := store.GetByRequestID(ctx, tx, req.RequestID)
+			if err != nil {
+				return err
+			}
+			if err := prev.CheckRepeat(req); err != nil {
+				return err
+			}
+			result = prev
+			return nil
+		}
+		result = o
+		return outbox.AddEvents(ctx, tx, Source, o.ID, orderCreated(o))
+	})
+	if err != nil {
+		return order.Order{}, fmt.Errorf("create order: %w", unavailable(err))
+	}
+	return result, nil
+}
+
+// Get returns the order with id, or an error wrapping order.ErrNotFound.
+func (a *App) Get(ctx context.Context, id string) (order.Order, error) {
+	o, err := store.Get(ctx, a.pool, id)
+	return o, unavailable(err)
+}
+
+// List returns a page of orders matching f, newest first, and the token of
+// the next page ("" after the last). pageToken is "" for the first page.
+func (a *App) List(ctx context.Context, f store.Filter, pageSize int, pageToken string) ([]order.Order, string, error) {
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	cursor, err := decodePageToken(pageToken, f)
+	if err != nil {
+		return nil, "", err
+	}
+	page, err := store.List(ctx, a.pool, f, cursor, pageSize)
+	if err != nil {
+		return nil, "", unavailable(err)
+	}
+	return page.Orders, encodePageToken(page.Next, f), nil
+}
+
+// Cancel cancels order id; see order.Order.Apply for which orders can be
+// cancelled. The change and its order.cancelled event commit together.
+func (a *App) Cancel(ctx context.Context, id, reason string) (order.Order, error) {
+	var result order.Order
+	err := postgres.WithTx(ctx, a.pool, func(tx pgx.Tx) error {
+		o, err := store.GetForUpdate(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		events, next, err := a.apply(ctx, tx, o, order.Cancel{Reason: reason})
+		if err != nil {
+			return err
+		}
+		result = next
+		return outbox.AddEvents(ctx, tx, Source, o.ID, events...)
+	})
+	if err != nil {
+		return order.Order{}, fmt.Errorf("cancel order %s: %w", id, unavailable(err))
+	}
+	return result, nil
+}
+
+// Apply folds a saga input into order id inside tx (the inbox runner's
+// transaction) and returns the events to publish.
+func (a *App) Apply(ctx context.Context, tx pgx.Tx, id string, in order.Input) ([]proto.Message, error) {
+	o, err := store.GetForUpdate(ctx, tx, id)
+	if err != nil {
+		return nil, err
+	}
+	events, _, err := a.apply(ctx, tx, o, in)
+	return events, err
+}
+
+// apply runs one transition and stores it when it changed the order.
+func (a *App) apply(ctx context.Context, tx pgx.Tx, o order.Order, in order.Input) ([]proto.Message, order.Order, error) {
+	t, err := o.Apply(in, a.now().Truncate(time.Microsecond))
+	if err != nil {
+		return nil, o, err
+	}
+	if !t.Changed {
+		return nil, o, nil
+	}
+	if err := store.Update(ctx, tx, t.Order); err != nil {
+		return nil, o, err
+	}
+	events := make([]proto.Message, 0, len(t.Events))
+	for _, ev := range t.Events {
+		msg, err := eventToProto(t.Order, ev)
+		if err != nil {
+			return nil, o, err
+		}
+		events = append(events, msg)
+	}
+	return events, t.Order, nil
+}
+
+// Watch calls send with order id as it is now and again after every change,
+// until the order is terminal, send fails or ctx ends.
+func (a *App) Watch(ctx context.Context, id string, send func(order.Order) error) error {
+	changed, stop := a.watcher.Subscribe(id)
+	defer stop()
+	var last order.Order
+	for first := true; ; first = false {
+		o, err := store.Get(ctx, a.pool, id)
+		if err != nil {
+			return unavailable(err)
+		}
+		if first || o.UpdateTime != last.UpdateTime || o.Status != last.Status {
+			if err := send(o); err != nil {
+				return err
+			}
+			last = o
+		}
+		if o.Status.Terminal() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// Page tokens are "<cursor>.<filter digest>" in unpadded base64url: opaque
+// to clients, and bound to the filter they were issued for.
+func encodePageToken(cursor int64, f store.Filter) string {
+	if cursor == 0 {
+		return ""
+	}
+	raw := strconv.FormatInt(cursor, 10) + "." + filterDigest(f)
+	return base64.RawURLEncoding.EncodeToString([]byte(raw))
+}
+
+func decodePageToken(token string, f store.Filter) (int64, error) {
+	if token == "" {
+		return 0, nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil {
+		return 0, fmt.Errorf("%w: not issued by this service", ErrInvalidPageToken)
+	}
+	cursorText, digest, ok := strings.Cut(string(raw), ".")
+	cursor, err := strconv.ParseInt(cursorText, 10, 64)
+	if !ok || err != nil || cursor <= 0 {
+		return 0, fmt.Errorf("%w: not issued by this service", ErrInvalidPageToken)
+	}
+	if digest != filterDigest(f) {
+		return 0, fmt.Errorf("%w: issued for a different filter", ErrInvalidPageToken)
+	}
+	return cursor, nil
+}
+
+func filterDigest(f store.Filter) string {
+	h := sha256.New()
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(f.Status))
+	h.Write(b[:])
+	h.Write([]byte(f.CustomerEmail))
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:6])
+}

@@ -1,0 +1,385 @@
+package app_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	paymentv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
+	"github.com/ordermesh/ordermesh/services/order/internal/app"
+	"github.com/ordermesh/ordermesh/services/order/internal/order"
+	"github.com/ordermesh/ordermesh/services/order/internal/store"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+type fixture struct {
+	pool   *pgxpool.Pool
+	schema string
+	app    *app.App
+}
+
+// newFixture gives a test its own migrated schema and an App running its
+// watcher until the test ends.
+func newFixture(t *testing.T) fixture {
+	t.Helper()
+	pool, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
+	return fixture{pool: pool, schema: schema, app: newApp(t, pool, schema)}
+}
+
+// newApp starts another instance of the service on the same schema.
+func newApp(t *testing.T, pool *pgxpool.Pool, schema string) *app.App {
+	t.Helper()
+	w := store.NewWatcher(postgrestest.URL(), schema, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = w.Run(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return app.New(pool, w, quiet)
+}
+
+func request() order.Request {
+	return order.Request{
+		RequestID:     uuid.NewString(),
+		CustomerEmail: "ada@example.com",
+		Items: []order.LineItem{
+			{ProductID: "SKU-1", Quantity: 2, UnitPrice: order.Money{CurrencyCode: "EUR", Units: 9, Nanos: 500000000}},
+			{ProductID: "SKU-2", Quantity: 1, UnitPrice: order.Money{CurrencyCode: "EUR", Units: 1}},
+		},
+		PaymentToken: "tok_visa",
+	}
+}
+
+// outboxTypes lists the event types waiting in the outbox, oldest first.
+func outboxTypes(t *testing.T, pool *pgxpool.Pool) []string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), `SELECT type FROM outbox ORDER BY seq`)
+	if err != nil {
+		t.Fatalf("read outbox: %v", err)
+	}
+	types, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("read outbox: %v", err)
+	}
+	return types
+}
+
+func TestCreateComputesTotalAndWritesEvent(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	o, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if want := (order.Money{CurrencyCode: "EUR", Units: 20}); o.Total != want {
+		t.Errorf("total = %v, want %v", o.Total, want)
+	}
+	if o.Status != order.StatusPending {
+		t.Errorf("status = %v, want PENDING", o.Status)
+	}
+	got, err := f.app.Get(ctx, o.ID)
+	if err != nil {
+		t.Fatalf("get: %v", err)
+	}
+	if got.ID != o.ID || got.Total != o.Total || len(got.Items) != 2 || !got.CreateTime.Equal(o.CreateTime) {
+		t.Errorf("stored order %+v differs from created %+v", got, o)
+	}
+	if types := outboxTypes(t, f.pool); len(types) != 1 || types[0] != "ordermesh.order.v1.OrderCreated" {
+		t.Errorf("outbox = %v, want one OrderCreated", types)
+	}
+}
+
+func TestCreateIsIdempotentOnRequestID(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	req := request()
+	first, err := f.app.Create(ctx, req)
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	again, err := f.app.Create(ctx, req)
+	if err != nil {
+		t.Fatalf("repeat create: %v", err)
+	}
+	if again.ID != first.ID {
+		t.Errorf("repeat returned order %s, want %s", again.ID, first.ID)
+	}
+	if n := len(outboxTypes(t, f.pool)); n != 1 {
+		t.Errorf("outbox has %d events after a repeated request, want 1", n)
+	}
+
+	changed := req
+	changed.CustomerEmail = "grace@example.com"
+	if _, err := f.app.Create(ctx, changed); !errors.Is(err, order.ErrRequestConflict) {
+		t.Errorf("same request id, other payload: err = %v, want ErrRequestConflict", err)
+	}
+}
+
+func TestCreateConcurrentRepeatsMakeOneOrder(t *testing.T) {
+	f := newFixture(t)
+	req := request()
+	var g errgroup.Group
+	ids := make([]string, 8)
+	for i := range ids {
+		g.Go(func() error {
+			o, err := f.app.Create(context.Background(), req)
+			ids[i] = o.ID
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	for _, id := range ids {
+		if id != ids[0] {
+			t.Fatalf("concurrent repeats returned different orders: %v", ids)
+		}
+	}
+	if n := len(outboxTypes(t, f.pool)); n != 1 {
+		t.Errorf("outbox has %d events, want 1", n)
+	}
+}
+
+func TestCreateRejectsMixedCurrency(t *testing.T) {
+	f := newFixture(t)
+	req := request()
+	req.Items[1].UnitPrice.CurrencyCode = "USD"
+	if _, err := f.app.Create(context.Background(), req); !errors.Is(err, order.ErrMixedCurrency) {
+		t.Fatalf("err = %v, want ErrMixedCurrency", err)
+	}
+}
+
+func TestGetUnknown(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.app.Get(context.Background(), uuid.NewString()); !errors.Is(err, order.ErrNotFound) {
+		t.Fatalf("err = %v, want ErrNotFound", err)
+	}
+}
+
+func TestListPagesAndFilters(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	var created []string
+	for i := range 7 {
+		req := request()
+		if i%2 == 1 {
+			req.CustomerEmail = "grace@example.com"
+		}
+		o, err := f.app.Create(ctx, req)
+		if err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		created = append(created, o.ID)
+	}
+	if _, err := f.app.Cancel(ctx, created[0], "test"); err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+
+	// All orders, newest first, three per page.
+	var got []string
+	token := ""
+	for page := 0; ; page++ {
+		orders, next, err := f.app.List(ctx, store.Filter{}, 3, token)
+		if err != nil {
+			t.Fatalf("list page %d: %v", page, err)
+		}
+		for _, o := range orders {
+			got = append(got, o.ID)
+		}
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	if len(got) != len(created) {
+		t.Fatalf("listed %d orders, want %d", len(got), len(created))
+	}
+	for i := range got {
+		if got[i] != created[len(created)-1-i] {
+			t.Fatalf("listing order %v, want newest first %v", got, created)
+		}
+	}
+
+	grace, _, err := f.app.List(ctx, store.Filter{CustomerEmail: "grace@example.com"}, 0, "")
+	if err != nil || len(grace) != 3 {
+		t.Errorf("filter by email: %d orders, err %v; want 3", len(grace), err)
+	}
+	cancelled, _, err := f.app.List(ctx, store.Filter{Status: order.StatusCancelled}, 0, "")
+	if err != nil || len(cancelled) != 1 || cancelled[0].ID != created[0] {
+		t.Errorf("filter by status: %v, err %v; want the cancelled order", cancelled, err)
+	}
+
+	_, next, err := f.app.List(ctx, store.Filter{}, 2, "")
+	if err != nil || next == "" {
+		t.Fatalf("first page: next %q, err %v", next, err)
+	}
+	if _, _, err := f.app.List(ctx, store.Filter{Status: order.StatusPending}, 2, next); !errors.Is(err, app.ErrInvalidPageToken) {
+		t.Errorf("token for another filter: err = %v, want ErrInvalidPageToken", err)
+	}
+	if _, _, err := f.app.List(ctx, store.Filter{}, 2, "garbage!"); !errors.Is(err, app.ErrInvalidPageToken) {
+		t.Errorf("garbage token: err = %v, want ErrInvalidPageToken", err)
+	}
+}
+
+// inTx runs an event handler the way the inbox runner does: in one
+// transaction, with its returned events written to the outbox.
+func inTx[E any](t *testing.T, f fixture, h func(context.Context, pgx.Tx, E, eventbus.Meta) ([]proto.Message, error), ev E) error {
+	t.Helper()
+	ctx := context.Background()
+	return postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
+		out, err := h(ctx, tx, ev, eventbus.Meta{})
+		if err != nil {
+			return err
+		}
+		return outbox.AddEvents(ctx, tx, app.Source, "", out...)
+	})
+}
+
+func TestOutcomesConfirmThenCancel(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	o, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if err := inTx(t, f, f.app.PaymentSucceeded, &paymentv1.PaymentSucceeded{OrderId: o.ID, PaymentId: "ch_1"}); err != nil {
+		t.Fatalf("payment succeeded: %v", err)
+	}
+	if got, _ := f.app.Get(ctx, o.ID); got.Status != order.StatusPending {
+		t.Fatalf("after payment only: %v, want PENDING", got.Status)
+	}
+	if err := inTx(t, f, f.app.StockReserved, &inventoryv1.StockReserved{OrderId: o.ID}); err != nil {
+		t.Fatalf("stock reserved: %v", err)
+	}
+	if got, _ := f.app.Get(ctx, o.ID); got.Status != order.StatusConfirmed {
+		t.Fatalf("after both: %v, want CONFIRMED", got.Status)
+	}
+	if _, err := f.app.Cancel(ctx, o.ID, "changed my mind"); err != nil {
+		t.Fatalf("cancel confirmed: %v", err)
+	}
+	if _, err := f.app.Cancel(ctx, o.ID, "again"); !errors.Is(err, order.ErrNotCancellable) {
+		t.Fatalf("cancel twice: err = %v, want ErrNotCancellable", err)
+	}
+	want := []string{"ordermesh.order.v1.OrderCreated", "ordermesh.order.v1.OrderConfirmed", "ordermesh.order.v1.OrderCancelled"}
+	if got := outboxTypes(t, f.pool); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("outbox = %v, want %v", got, want)
+	}
+}
+
+func TestOutcomeRejects(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	o, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if err := inTx(t, f, f.app.StockReservationFailed, &inventoryv1.StockReservationFailed{OrderId: o.ID, Reason: "out of stock: SKU-1"}); err != nil {
+		t.Fatalf("stock failed: %v", err)
+	}
+	// A late success changes nothing.
+	if err := inTx(t, f, f.app.PaymentSucceeded, &paymentv1.PaymentSucceeded{OrderId: o.ID, PaymentId: "ch_1"}); err != nil {
+		t.Fatalf("late payment: %v", err)
+	}
+	got, err := f.app.Get(ctx, o.ID)
+	if err != nil {
+		t.Fatalf("get: %v", err)
+	}
+	if got.Status != order.StatusRejected || got.StatusReason != "out of stock: SKU-1" {
+		t.Errorf("order = %v %q, want REJECTED with the stock reason", got.Status, got.StatusReason)
+	}
+	want := []string{"ordermesh.order.v1.OrderCreated", "ordermesh.order.v1.OrderRejected"}
+	if got := outboxTypes(t, f.pool); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("outbox = %v, want %v", got, want)
+	}
+}
+
+func TestOutcomeForUnknownOrderIsPermanent(t *testing.T) {
+	f := newFixture(t)
+	err := inTx(t, f, f.app.StockReserved, &inventoryv1.StockReserved{OrderId: uuid.NewString()})
+	if !eventbus.IsPermanent(err) || !errors.Is(err, order.ErrNotFound) {
+		t.Fatalf("err = %v, want a permanent ErrNotFound", err)
+	}
+}
+
+// TestWatchSeesChangesFromAnotherInstance watches through one App while a
+// second App on its own pool (another instance of the service) changes the
+// order.
+func TestWatchSeesChangesFromAnotherInstance(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	o, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	otherPool, err := postgres.Open(ctx, postgrestest.URL(), f.schema)
+	if err != nil {
+		t.Fatalf("open second pool: %v", err)
+	}
+	defer otherPool.Close()
+	other := newApp(t, otherPool, f.schema)
+
+	var mu sync.Mutex
+	var seen []order.Status
+	first := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- f.app.Watch(ctx, o.ID, func(o order.Order) error {
+			mu.Lock()
+			seen = append(seen, o.Status)
+			if len(seen) == 1 {
+				close(first)
+			}
+			mu.Unlock()
+			return nil
+		})
+	}()
+	select {
+	case <-first:
+	case <-ctx.Done():
+		t.Fatal("no first snapshot")
+	}
+	if _, err := other.Cancel(ctx, o.ID, "from another instance"); err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("watch: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("watch did not end after the order became terminal")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(seen) != "[PENDING CANCELLED]" {
+		t.Errorf("watch saw %v, want [PENDING CANCELLED]", seen)
+	}
+}
+
+func TestWatchUnknownOrder(t *testing.T) {
+	f := newFixture(t)
+	err := f.app.Watch(context.Background(), uuid.NewString(), func(order.Order) error { return nil })
+	if !errors.Is(err, order.ErrNotFound) {
+		t.Fatalf("err = %v, want ErrNotFound", err)
+	}
+}

@@ -1,0 +1,663 @@
+package grpcapi_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/grpcserver"
+	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
+	"github.com/ordermesh/ordermesh/internal/rest"
+	"github.com/ordermesh/ordermesh/services/order/internal/app"
+	"github.com/ordermesh/ordermesh/services/order/internal/grpcapi"
+	"github.com/ordermesh/ordermesh/services/order/internal/store"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// env is an in-process order service on its own schema, with the REST
+// gateway in front of it, reached by real gRPC and HTTP clients.
+type env struct {
+	pool   *pgxpool.Pool
+	app    *app.App
+	client orderv1.OrderServiceClient
+	health healthpb.HealthClient
+	http   *httptest.Server
+}
+
+// start runs the service on pool until the test ends.
+func start(t *testing.T, pool *pgxpool.Pool, schema string) env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	w := store.NewWatcher(postgrestest.URL(), schema, quiet)
+	a := app.New(pool, w, quiet)
+	srv, err := grpcserver.New(quiet,
+		grpcserver.WithHealthInterval(100*time.Millisecond),
+		grpcserver.WithCheck(grpcserver.Check{Name: "database", Func: func(ctx context.Context) error { return postgres.Ping(ctx, pool) }}),
+	)
+	if err != nil {
+		t.Fatalf("new grpc server: %v", err)
+	}
+	orderv1.RegisterOrderServiceServer(srv, grpcapi.New(a, quiet, srv.Draining()))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = w.Run(ctx) }()
+	go func() { defer wg.Done(); _ = srv.Serve(ctx, lis) }()
+
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	h, err := rest.NewHandler(ctx, quiet, rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{HealthTimeout: time.Second})
+	if err != nil {
+		t.Fatalf("gateway: %v", err)
+	}
+	hs := httptest.NewServer(h)
+	t.Cleanup(hs.Close)
+	e := env{pool: pool, app: a, client: orderv1.NewOrderServiceClient(conn), health: healthpb.NewHealthClient(conn), http: hs}
+	e.waitHealth(t, "", healthpb.HealthCheckResponse_SERVING)
+	return e
+}
+
+func newEnv(t *testing.T) env {
+	t.Helper()
+	pool, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
+	return start(t, pool, schema)
+}
+
+func (e env) waitHealth(t *testing.T, service string, want healthpb.HealthCheckResponse_ServingStatus) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var last healthpb.HealthCheckResponse_ServingStatus
+	for time.Now().Before(deadline) {
+		resp, err := e.health.Check(context.Background(), &healthpb.HealthCheckRequest{Service: service})
+		if err == nil {
+			if last = resp.GetStatus(); last == want {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("health %q is %v, want %v", service, last, want)
+}
+
+func createRequest() *orderv1.CreateOrderRequest {
+	return &orderv1.CreateOrderRequest{
+		RequestId:     uuid.NewString(),
+		CustomerEmail: "ada@example.com",
+		PaymentToken:  "tok_visa",
+		Items: []*orderv1.LineItem{
+			{ProductId: "SKU-1", Quantity: 2, UnitPrice: &moneyv1.Money{CurrencyCode: "EUR", Units: 9, Nanos: 500000000}},
+			{ProductId: "SKU-2", Quantity: 1, UnitPrice: &moneyv1.Money{CurrencyCode: "EUR", Units: 1}},
+		},
+	}
+}
+
+// do sends an HTTP request to the gateway and returns status and body.
+func (e env) do(t *testing.T, method, path, body string, header ...string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, e.http.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("new request: %v", err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := e.http.Client().Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return resp.StatusCode, b
+}
+
+func badRequestFields(t *testing.T, err error) []string {
+	t.Helper()
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument {
+		t.Fatalf("code = %v (%v), want InvalidArgument", st.Code(), err)
+	}
+	var fields []string
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				fields = append(fields, v.GetField())
+			}
+		}
+	}
+	return fields
+}
+
+func TestGRPCCreateGetListCancel(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	created, err := e.client.CreateOrder(ctx, createRequest())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	o := created.GetOrder()
+	if o.GetStatus() != orderv1.OrderStatus_ORDER_STATUS_PENDING || o.GetTotal().GetUnits() != 20 || o.GetTotal().GetNanos() != 0 {
+		t.Errorf("created = %v, want PENDING with total 20 EUR", o)
+	}
+	if _, err := uuid.Parse(o.GetId()); err != nil {
+		t.Errorf("id %q is not a UUID", o.GetId())
+	}
+	got, err := e.client.GetOrder(ctx, &orderv1.GetOrderRequest{OrderId: o.GetId()})
+	if err != nil || got.GetOrder().GetId() != o.GetId() {
+		t.Fatalf("get: %v, %v", got, err)
+	}
+	list, err := e.client.ListOrders(ctx, &orderv1.ListOrdersRequest{CustomerEmail: "ada@example.com"})
+	if err != nil || len(list.GetOrders()) != 1 {
+		t.Fatalf("list: %v, %v", list, err)
+	}
+	cancelled, err := e.client.CancelOrder(ctx, &orderv1.CancelOrderRequest{OrderId: o.GetId(), Reason: "changed my mind"})
+	if err != nil || cancelled.GetOrder().GetStatus() != orderv1.OrderStatus_ORDER_STATUS_CANCELLED || cancelled.GetOrder().GetStatusReason() != "changed my mind" {
+		t.Fatalf("cancel: %v, %v", cancelled, err)
+	}
+	_, err = e.client.CancelOrder(ctx, &orderv1.CancelOrderRequest{OrderId: o.GetId()})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("cancel twice: %v, want FailedPrecondition", err)
+	}
+	_, err = e.client.GetOrder(ctx, &orderv1.GetOrderRequest{OrderId: uuid.NewString()})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("get unknown: %v, want NotFound", err)
+	}
+}
+
+func TestGRPCIdempotency(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	req := createRequest()
+	first, err := e.client.CreateOrder(ctx, req)
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	again, err := e.client.CreateOrder(ctx, req)
+	if err != nil || again.GetOrder().GetId() != first.GetOrder().GetId() {
+		t.Fatalf("repeat: %v, %v; want the same order", again, err)
+	}
+	req.Items[0].Quantity = 3
+	_, err = e.client.CreateOrder(ctx, req)
+	if status.Code(err) != codes.AlreadyExists || !strings.Contains(status.Convert(err).Message(), "different payload") {
+		t.Fatalf("same id, other payload: %v; want AlreadyExists saying so", err)
+	}
+}
+
+func TestGRPCValidation(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	req := createRequest()
+	req.CustomerEmail = "not-an-email"
+	req.Items[0].Quantity = 0
+	_, err := e.client.CreateOrder(ctx, req)
+	fields := badRequestFields(t, err)
+	for _, want := range []string{"customer_email", "items[0].quantity"} {
+		if !contains(fields, want) {
+			t.Errorf("violations %v lack %s", fields, want)
+		}
+	}
+
+	mixed := createRequest()
+	mixed.Items[1].UnitPrice.CurrencyCode = "USD"
+	if _, err := e.client.CreateOrder(ctx, mixed); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("mixed currency: %v, want InvalidArgument", err)
+	}
+	if _, err := e.client.GetOrder(ctx, &orderv1.GetOrderRequest{OrderId: "42"}); !contains(badRequestFields(t, err), "order_id") {
+		t.Errorf("get with bad id: %v", err)
+	}
+	if _, err := e.client.ListOrders(ctx, &orderv1.ListOrdersRequest{PageSize: 5000}); !contains(badRequestFields(t, err), "page_size") {
+		t.Errorf("list with page_size 5000: %v", err)
+	}
+	if _, err := e.client.ListOrders(ctx, &orderv1.ListOrdersRequest{PageToken: "nope"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("list with a foreign page token: %v, want InvalidArgument", err)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// restError is the JSON error body of the gateway.
+type restError struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	Details []struct {
+		Type            string `json:"@type"`
+		FieldViolations []struct {
+			Field       string `json:"field"`
+			Description string `json:"description"`
+		} `json:"field_violations"`
+	} `json:"details"`
+}
+
+func TestRESTOrders(t *testing.T) {
+	e := newEnv(t)
+	reqID := uuid.NewString()
+	body := `{"request_id": "` + reqID + `", "customer_email": "ada@example.com", "payment_token": "tok_visa",
+		"items": [{"product_id": "SKU-1", "quantity": 2, "unit_price": {"currency_code": "EUR", "units": 19, "nanos": 990000000}}]}`
+	code, b := e.do(t, http.MethodPost, "/v1/orders", body)
+	if code != http.StatusOK {
+		t.Fatalf("POST /v1/orders = %d %s", code, b)
+	}
+	var created struct {
+		Order struct {
+			ID     string `json:"id"`
+			Status string `json:"status"`
+			Total  struct {
+				Units string `json:"units"`
+				Nanos int    `json:"nanos"`
+			} `json:"total"`
+		} `json:"order"`
+	}
+	if err := json.Unmarshal(b, &created); err != nil {
+		t.Fatalf("decode %s: %v", b, err)
+	}
+	if created.Order.Status != "ORDER_STATUS_PENDING" || created.Order.Total.Units != "39" || created.Order.Total.Nanos != 980000000 {
+		t.Errorf("created = %+v", created.Order)
+	}
+	id := created.Order.ID
+
+	// Idempotency both ways.
+	if code, b := e.do(t, http.MethodPost, "/v1/orders", body); code != http.StatusOK || !bytes.Contains(b, []byte(id)) {
+		t.Errorf("repeated POST = %d %s, want 200 with the same order", code, b)
+	}
+	conflict := strings.Replace(body, `"quantity": 2`, `"quantity": 3`, 1)
+	if code, b := e.do(t, http.MethodPost, "/v1/orders", conflict); code != http.StatusConflict {
+		t.Errorf("same request id, other payload = %d %s, want 409", code, b)
+	}
+
+	if code, b := e.do(t, http.MethodGet, "/v1/orders/"+id, ""); code != http.StatusOK || !bytes.Contains(b, []byte(id)) {
+		t.Errorf("GET order = %d %s", code, b)
+	}
+	if code, b := e.do(t, http.MethodGet, "/v1/orders?customer_email=ada@example.com&status=ORDER_STATUS_PENDING", ""); code != http.StatusOK || !bytes.Contains(b, []byte(id)) {
+		t.Errorf("GET orders filtered = %d %s", code, b)
+	}
+	if code, b := e.do(t, http.MethodGet, "/v1/orders/"+uuid.NewString(), ""); code != http.StatusNotFound {
+		t.Errorf("GET unknown = %d %s, want 404", code, b)
+	}
+	if code, b := e.do(t, http.MethodPost, "/v1/orders/"+id+":cancel", `{"reason": "test"}`); code != http.StatusOK || !bytes.Contains(b, []byte("ORDER_STATUS_CANCELLED")) {
+		t.Errorf("cancel = %d %s", code, b)
+	}
+	if code, b := e.do(t, http.MethodPost, "/v1/orders/"+id+":cancel", `{}`); code != http.StatusConflict {
+		t.Errorf("cancel twice = %d %s, want 409", code, b)
+	}
+}
+
+func TestRESTErrors(t *testing.T) {
+	e := newEnv(t)
+	// Validation: 400 naming each field.
+	body := `{"request_id": "` + uuid.NewString() + `", "customer_email": "nope", "payment_token": "tok_visa",
+		"items": [{"product_id": "SKU 1", "quantity": 0, "unit_price": {"currency_code": "EUR", "units": 1}}]}`
+	code, b := e.do(t, http.MethodPost, "/v1/orders", body)
+	if code != http.StatusBadRequest {
+		t.Fatalf("invalid order = %d %s, want 400", code, b)
+	}
+	var re restError
+	if err := json.Unmarshal(b, &re); err != nil {
+		t.Fatalf("decode %s: %v", b, err)
+	}
+	var fields []string
+	for _, d := range re.Details {
+		if d.Type == "type.googleapis.com/google.rpc.BadRequest" {
+			for _, v := range d.FieldViolations {
+				fields = append(fields, v.Field)
+				if v.Description == "" {
+					t.Errorf("violation of %s has no description", v.Field)
+				}
+			}
+		}
+	}
+	for _, want := range []string{"customer_email", "items[0].quantity", "items[0].product_id"} {
+		if !contains(fields, want) {
+			t.Errorf("400 body names %v, lacks %s: %s", fields, want, b)
+		}
+	}
+
+	tests := []struct {
+		name, method, path, body string
+		want                     int
+	}{
+		{"malformed JSON", http.MethodPost, "/v1/orders", `{"request_id": `, http.StatusBadRequest},
+		{"unknown field", http.MethodPost, "/v1/orders", `{"requestid": "x"}`, http.StatusBadRequest},
+		{"bad id in path", http.MethodGet, "/v1/orders/42", "", http.StatusBadRequest},
+		{"unknown route", http.MethodGet, "/v1/nothing", "", http.StatusNotFound},
+		{"body over 1 MiB", http.MethodPost, "/v1/orders", `{"customer_email": "` + strings.Repeat("a", 1<<20) + `"}`, http.StatusRequestEntityTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, b := e.do(t, tt.method, tt.path, tt.body)
+			if code != tt.want {
+				t.Fatalf("%s %s = %d %.200s, want %d", tt.method, tt.path, code, b, tt.want)
+			}
+			var re restError
+			if tt.want != http.StatusNotFound {
+				if err := json.Unmarshal(b, &re); err != nil || re.Message == "" {
+					t.Errorf("body %.200s is not a status JSON: %v", b, err)
+				}
+			}
+		})
+	}
+
+	// A chunked body (no Content-Length) over the limit is 413 too.
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write([]byte(`{"customer_email": "`))
+		_, _ = pw.Write(bytes.Repeat([]byte("a"), 2<<20))
+		_ = pw.Close()
+	}()
+	req, _ := http.NewRequest(http.MethodPost, e.http.URL+"/v1/orders", pr)
+	resp, err := e.http.Client().Do(req)
+	if err != nil {
+		t.Fatalf("chunked POST: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("chunked body over the limit = %d, want 413", resp.StatusCode)
+	}
+}
+
+// reject makes order id REJECTED the way the saga does.
+func (e env) reject(t *testing.T, id string) {
+	t.Helper()
+	ctx := context.Background()
+	err := postgres.WithTx(ctx, e.pool, func(tx pgx.Tx) error {
+		out, err := e.app.StockReservationFailed(ctx, tx, &inventoryv1.StockReservationFailed{OrderId: id, Reason: "out of stock: SKU-1"}, eventbus.Meta{})
+		if err != nil {
+			return err
+		}
+		return outbox.AddEvents(ctx, tx, app.Source, id, out...)
+	})
+	if err != nil {
+		t.Fatalf("reject %s: %v", id, err)
+	}
+}
+
+func TestGRPCWatchSeesChangeFromAnotherConnection(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	created, err := e.client.CreateOrder(ctx, createRequest())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	id := created.GetOrder().GetId()
+	stream, err := e.client.WatchOrder(ctx, &orderv1.WatchOrderRequest{OrderId: id})
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	first, err := stream.Recv()
+	if err != nil || first.GetOrder().GetStatus() != orderv1.OrderStatus_ORDER_STATUS_PENDING {
+		t.Fatalf("first snapshot: %v, %v", first, err)
+	}
+	// The change comes through the gateway, another connection.
+	if code, b := e.do(t, http.MethodPost, "/v1/orders/"+id+":cancel", `{}`); code != http.StatusOK {
+		t.Fatalf("cancel over REST = %d %s", code, b)
+	}
+	next, err := stream.Recv()
+	if err != nil || next.GetOrder().GetStatus() != orderv1.OrderStatus_ORDER_STATUS_CANCELLED {
+		t.Fatalf("second snapshot: %v, %v", next, err)
+	}
+	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("stream after terminal status: %v, want EOF", err)
+	}
+}
+
+// streamREST opens a watch over HTTP with the given Accept header, then
+// rejects the order and returns the lines received.
+func (e env) streamREST(t *testing.T, accept string) (string, []string) {
+	t.Helper()
+	created, err := e.client.CreateOrder(context.Background(), createRequest())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	id := created.GetOrder().GetId()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.http.URL+"/v1/orders/"+id+":watch", nil)
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	resp, err := e.http.Client().Do(req)
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	var lines []string
+	rejected := false
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if !rejected && strings.Contains(sc.Text(), "ORDER_STATUS_PENDING") {
+			e.reject(t, id)
+			rejected = true
+		}
+	}
+	return resp.Header.Get("Content-Type"), lines
+}
+
+func TestRESTWatchNDJSON(t *testing.T) {
+	e := newEnv(t)
+	_, lines := e.streamREST(t, "")
+	if len(lines) != 2 {
+		t.Fatalf("got %d lines %q, want 2 snapshots", len(lines), lines)
+	}
+	for i, want := range []string{"ORDER_STATUS_PENDING", "ORDER_STATUS_REJECTED"} {
+		var chunk struct {
+			Result struct {
+				Order struct {
+					Status       string `json:"status"`
+					StatusReason string `json:"status_reason"`
+				} `json:"order"`
+			} `json:"result"`
+		}
+		if err := json.Unmarshal([]byte(lines[i]), &chunk); err != nil {
+			t.Fatalf("line %d %q is not JSON: %v", i, lines[i], err)
+		}
+		if chunk.Result.Order.Status != want {
+			t.Errorf("line %d status %s, want %s", i, chunk.Result.Order.Status, want)
+		}
+	}
+	if !strings.Contains(lines[1], "out of stock: SKU-1") {
+		t.Errorf("rejected snapshot lacks the reason: %s", lines[1])
+	}
+}
+
+func TestRESTWatchServerSentEvents(t *testing.T) {
+	e := newEnv(t)
+	ctype, lines := e.streamREST(t, "text/event-stream")
+	if ctype != "text/event-stream" {
+		t.Errorf("Content-Type = %q, want text/event-stream", ctype)
+	}
+	// Two events, each "data: {...}" followed by a blank line.
+	want := []string{"ORDER_STATUS_PENDING", "", "ORDER_STATUS_REJECTED", ""}
+	if len(lines) != len(want) {
+		t.Fatalf("got %q, want two SSE events", lines)
+	}
+	for i, w := range want {
+		if w == "" {
+			if lines[i] != "" {
+				t.Errorf("line %d = %q, want the blank line ending an event", i, lines[i])
+			}
+			continue
+		}
+		data, ok := strings.CutPrefix(lines[i], "data: ")
+		if !ok || !json.Valid([]byte(data)) || !strings.Contains(data, w) {
+			t.Errorf("line %d = %q, want data: JSON with %s", i, lines[i], w)
+		}
+	}
+}
+
+func TestRESTOpenAPIAndHealth(t *testing.T) {
+	e := newEnv(t)
+	code, b := e.do(t, http.MethodGet, "/openapi.json", "")
+	var doc struct {
+		Swagger string                    `json:"swagger"`
+		Paths   map[string]map[string]any `json:"paths"`
+	}
+	if code != http.StatusOK || json.Unmarshal(b, &doc) != nil {
+		t.Fatalf("GET /openapi.json = %d %.100s", code, b)
+	}
+	for _, p := range []string{"/v1/orders", "/v1/orders/{order_id}", "/v1/orders/{order_id}:cancel", "/v1/orders/{order_id}:watch", "/v1/stock/{product_id}"} {
+		if doc.Paths[p] == nil {
+			t.Errorf("OpenAPI document lacks %s", p)
+		}
+	}
+	if code, b := e.do(t, http.MethodGet, "/healthz", ""); code != http.StatusOK || !bytes.Contains(b, []byte(`"SERVING"`)) {
+		t.Errorf("GET /healthz = %d %s, want 200 SERVING", code, b)
+	}
+}
+
+// TestHealthFollowsDatabase runs the service through a TCP proxy to
+// PostgreSQL; cutting the proxy makes health NOT_SERVING (and /healthz
+// 503), restoring it brings SERVING back.
+func TestHealthFollowsDatabase(t *testing.T) {
+	_, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
+	proxy := newProxy(t, "127.0.0.1:5432")
+	url := strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.addr(), 1)
+	pool, err := postgres.Open(context.Background(), url, schema)
+	if err != nil {
+		t.Fatalf("open through proxy: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	e := start(t, pool, schema)
+
+	proxy.setUp(false)
+	e.waitHealth(t, "", healthpb.HealthCheckResponse_NOT_SERVING)
+	e.waitHealth(t, "ordermesh.order.v1.OrderService", healthpb.HealthCheckResponse_NOT_SERVING)
+	if code, b := e.do(t, http.MethodGet, "/healthz", ""); code != http.StatusServiceUnavailable {
+		t.Errorf("GET /healthz with the database down = %d %s, want 503", code, b)
+	}
+	_, err = e.client.GetOrder(context.Background(), &orderv1.GetOrderRequest{OrderId: uuid.NewString()})
+	if c := status.Code(err); c != codes.Unavailable {
+		t.Errorf("GetOrder with the database down: %v, want Unavailable", err)
+	}
+
+	proxy.setUp(true)
+	e.waitHealth(t, "", healthpb.HealthCheckResponse_SERVING)
+	if code, _ := e.do(t, http.MethodGet, "/healthz", ""); code != http.StatusOK {
+		t.Errorf("GET /healthz after recovery = %d, want 200", code)
+	}
+}
+
+// proxy forwards TCP connections to a target while up; setUp(false) cuts
+// every connection and refuses new ones.
+type proxy struct {
+	lis    net.Listener
+	target string
+	mu     sync.Mutex
+	up     bool
+	conns  map[net.Conn]struct{}
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("proxy listen: %v", err)
+	}
+	p := &proxy{lis: lis, target: target, up: true, conns: map[net.Conn]struct{}{}}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); p.serve(c) }()
+		}
+	}()
+	t.Cleanup(func() { lis.Close(); p.setUp(false); wg.Wait() })
+	return p
+}
+
+func (p *proxy) addr() string { return p.lis.Addr().String() }
+
+func (p *proxy) setUp(up bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.up = up
+	if !up {
+		for c := range p.conns {
+			c.Close()
+		}
+		clear(p.conns)
+	}
+}
+
+func (p *proxy) track(cs ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.up {
+		return false
+	}
+	for _, c := range cs {
+		p.conns[c] = struct{}{}
+	}
+	return true
+}
+
+func (p *proxy) serve(c net.Conn) {
+	defer c.Close()
+	up, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	if !p.track(c, up) {
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+	<-done
+	c.Close()
+	up.Close()
+	<-done
+}
+

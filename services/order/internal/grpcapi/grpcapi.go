@@ -1,0 +1,124 @@
+// Package grpcapi serves ordermesh.order.v1.OrderService over gRPC. It
+// converts requests to the application layer's calls and maps its errors
+// to status codes, in one place. Request validation (protovalidate rules)
+// happens in the server's interceptor before a handler runs.
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/grpcserver"
+	"github.com/ordermesh/ordermesh/services/order/internal/app"
+	"github.com/ordermesh/ordermesh/services/order/internal/order"
+	"github.com/ordermesh/ordermesh/services/order/internal/store"
+)
+
+// Server implements orderv1.OrderServiceServer.
+type Server struct {
+	orderv1.UnimplementedOrderServiceServer
+	app      *app.App
+	log      *slog.Logger
+	draining <-chan struct{}
+}
+
+var _ orderv1.OrderServiceServer = (*Server)(nil)
+
+// New returns the OrderService backed by a. WatchOrder streams end with
+// UNAVAILABLE when draining is closed (the server is shutting down), so
+// clients reconnect elsewhere instead of holding up the shutdown.
+func New(a *app.App, log *slog.Logger, draining <-chan struct{}) *Server {
+	return &Server{app: a, log: log, draining: draining}
+}
+
+// errorCodes maps the application's sentinel errors to gRPC codes; the
+// first match wins, anything unmatched is INTERNAL.
+var errorCodes = []grpcserver.ErrorCode{
+	{Err: order.ErrNotFound, Code: codes.NotFound},
+	{Err: order.ErrRequestConflict, Code: codes.AlreadyExists},
+	{Err: order.ErrNotCancellable, Code: codes.FailedPrecondition},
+	{Err: order.ErrMixedCurrency, Code: codes.InvalidArgument},
+	{Err: order.ErrInvalid, Code: codes.InvalidArgument},
+	{Err: app.ErrInvalidPageToken, Code: codes.InvalidArgument},
+	{Err: app.ErrUnavailable, Code: codes.Unavailable},
+}
+
+func (s *Server) status(ctx context.Context, err error) error {
+	return grpcserver.MapError(ctx, s.log, err, errorCodes)
+}
+
+// CreateOrder places an order, idempotently on request_id.
+func (s *Server) CreateOrder(ctx context.Context, req *orderv1.CreateOrderRequest) (*orderv1.CreateOrderResponse, error) {
+	o, err := s.app.Create(ctx, order.Request{
+		RequestID:     req.GetRequestId(),
+		CustomerEmail: req.GetCustomerEmail(),
+		Items:         app.ItemsFromProto(req.GetItems()),
+		PaymentToken:  req.GetPaymentToken(),
+	})
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	return &orderv1.CreateOrderResponse{Order: app.OrderToProto(o)}, nil
+}
+
+// GetOrder returns one order.
+func (s *Server) GetOrder(ctx context.Context, req *orderv1.GetOrderRequest) (*orderv1.GetOrderResponse, error) {
+	o, err := s.app.Get(ctx, req.GetOrderId())
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	return &orderv1.GetOrderResponse{Order: app.OrderToProto(o)}, nil
+}
+
+// ListOrders returns a page of orders, newest first.
+func (s *Server) ListOrders(ctx context.Context, req *orderv1.ListOrdersRequest) (*orderv1.ListOrdersResponse, error) {
+	f := store.Filter{Status: app.StatusFromProto(req.GetStatus()), CustomerEmail: req.GetCustomerEmail()}
+	orders, next, err := s.app.List(ctx, f, int(req.GetPageSize()), req.GetPageToken())
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	resp := &orderv1.ListOrdersResponse{NextPageToken: next, Orders: make([]*orderv1.Order, len(orders))}
+	for i, o := range orders {
+		resp.Orders[i] = app.OrderToProto(o)
+	}
+	return resp, nil
+}
+
+// CancelOrder cancels a pending or confirmed order.
+func (s *Server) CancelOrder(ctx context.Context, req *orderv1.CancelOrderRequest) (*orderv1.CancelOrderResponse, error) {
+	o, err := s.app.Cancel(ctx, req.GetOrderId(), req.GetReason())
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	return &orderv1.CancelOrderResponse{Order: app.OrderToProto(o)}, nil
+}
+
+// WatchOrder streams the order now and after every change until it is
+// terminal or the client leaves.
+func (s *Server) WatchOrder(req *orderv1.WatchOrderRequest, stream orderv1.OrderService_WatchOrderServer) error {
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
+	if s.draining != nil {
+		go func() {
+			select {
+			case <-s.draining:
+				cancel(errShuttingDown)
+			case <-ctx.Done():
+			}
+		}()
+	}
+	err := s.app.Watch(ctx, req.GetOrderId(), func(o order.Order) error {
+		return stream.Send(&orderv1.WatchOrderResponse{Order: app.OrderToProto(o)})
+	})
+	if errors.Is(context.Cause(ctx), errShuttingDown) {
+		return status.Error(codes.Unavailable, "server shutting down; watch again")
+	}
+	return s.status(stream.Context(), err)
+}
+
+var errShuttingDown = errors.New("server shutting down")
