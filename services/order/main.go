@@ -56,12 +56,16 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			a := app.New(s.Pool, watcher, log)
 			orderv1.RegisterOrderServiceServer(s.GRPC, grpcapi.New(a, log, s.GRPC.Draining()))
 
-			// The saga's inputs, each applied effectively once.
+			// The saga's inputs, each applied effectively once, and the
+			// compensations and notifications for the orders' timelines.
 			for _, err := range []error{
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReserved)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReservationFailed)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.PaymentSucceeded)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.PaymentFailed)),
+				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReleased)),
+				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.PaymentRefunded)),
+				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.NotificationSent)),
 			} {
 				if err != nil {
 					return nil, fmt.Errorf("register handler: %w", err)

@@ -81,7 +81,7 @@ func (a *App) Create(ctx context.Context, req order.Request) (order.Order, error
 			return nil
 		}
 		result = o
-		return outbox.AddEvents(ctx, tx, Source, o.ID, orderCreated(o))
+		return publish(ctx, tx, o.ID, orderCreated(o))
 	})
 	if err != nil {
 		return order.Order{}, fmt.Errorf("create order: %w", unavailable(err))
@@ -126,7 +126,7 @@ func (a *App) Cancel(ctx context.Context, id, reason string) (order.Order, error
 			return err
 		}
 		result = next
-		return outbox.AddEvents(ctx, tx, Source, o.ID, events...)
+		return publish(ctx, tx, o.ID, events...)
 	})
 	if err != nil {
 		return order.Order{}, fmt.Errorf("cancel order %s: %w", id, unavailable(err))
@@ -135,14 +135,48 @@ func (a *App) Cancel(ctx context.Context, id, reason string) (order.Order, error
 }
 
 // Apply folds a saga input into order id inside tx (the inbox runner's
-// transaction) and returns the events to publish.
-func (a *App) Apply(ctx context.Context, tx pgx.Tx, id string, in order.Input) ([]proto.Message, error) {
+// transaction) and writes the resulting events to the outbox and the
+// order's timeline.
+func (a *App) Apply(ctx context.Context, tx pgx.Tx, id string, in order.Input) error {
 	o, err := store.GetForUpdate(ctx, tx, id)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	events, _, err := a.apply(ctx, tx, o, in)
-	return events, err
+	if err != nil {
+		return err
+	}
+	return publish(ctx, tx, id, events...)
+}
+
+// Events returns order id's timeline, or an error wrapping
+// order.ErrNotFound.
+func (a *App) Events(ctx context.Context, id string) ([]store.Event, error) {
+	if _, err := store.Get(ctx, a.pool, id); err != nil {
+		return nil, unavailable(err)
+	}
+	events, err := store.ListEvents(ctx, a.pool, id)
+	return events, unavailable(err)
+}
+
+// publish writes the order service's events about order id to the outbox
+// and to the order's timeline, in tx.
+func publish(ctx context.Context, tx pgx.Tx, id string, events ...proto.Message) error {
+	if len(events) == 0 {
+		return nil
+	}
+	msgs, err := outbox.Messages(Source, id, events...)
+	if err != nil {
+		return err
+	}
+	if err := outbox.Add(ctx, tx, msgs...); err != nil {
+		return err
+	}
+	records := make([]store.Event, len(msgs))
+	for i, m := range msgs {
+		records[i] = eventRecord(id, m.Meta, events[i])
+	}
+	return store.RecordEvents(ctx, tx, records...)
 }
 
 // apply runs one transition and stores it when it changed the order.

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	notificationv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
 	paymentv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/outbox"
@@ -242,11 +243,19 @@ func TestListPagesAndFilters(t *testing.T) {
 
 // inTx runs an event handler the way the inbox runner does: in one
 // transaction, with its returned events written to the outbox.
-func inTx[E any](t *testing.T, f fixture, h func(context.Context, pgx.Tx, E, eventbus.Meta) ([]proto.Message, error), ev E) error {
+func inTx[E proto.Message](t *testing.T, f fixture, h func(context.Context, pgx.Tx, E, eventbus.Meta) ([]proto.Message, error), ev E) error {
 	t.Helper()
 	ctx := context.Background()
+	key, err := eventbus.RoutingKey(ev.ProtoReflect().Descriptor())
+	if err != nil {
+		t.Fatalf("routing key: %v", err)
+	}
+	meta := eventbus.Meta{
+		ID: uuid.NewString(), Type: string(ev.ProtoReflect().Descriptor().FullName()),
+		RoutingKey: key, Source: "test", Time: time.Now().UTC(),
+	}
 	return postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
-		out, err := h(ctx, tx, ev, eventbus.Meta{})
+		out, err := h(ctx, tx, ev, meta)
 		if err != nil {
 			return err
 		}
@@ -381,5 +390,55 @@ func TestWatchUnknownOrder(t *testing.T) {
 	err := f.app.Watch(context.Background(), uuid.NewString(), func(order.Order) error { return nil })
 	if !errors.Is(err, order.ErrNotFound) {
 		t.Fatalf("err = %v, want ErrNotFound", err)
+	}
+}
+
+func TestTimelineRecordsPublishedAndConsumedEvents(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	o, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	steps := []func() error{
+		func() error {
+			return inTx(t, f, f.app.StockReserved, &inventoryv1.StockReserved{OrderId: o.ID, Items: []*inventoryv1.StockLine{{ProductId: "SKU-1", Quantity: 2}}})
+		},
+		func() error {
+			return inTx(t, f, f.app.PaymentFailed, &paymentv1.PaymentFailed{OrderId: o.ID, Reason: "card declined"})
+		},
+		func() error {
+			return inTx(t, f, f.app.StockReleased, &inventoryv1.StockReleased{OrderId: o.ID, Items: []*inventoryv1.StockLine{{ProductId: "SKU-1", Quantity: 2}}})
+		},
+		func() error {
+			return inTx(t, f, f.app.NotificationSent, &notificationv1.NotificationSent{OrderId: o.ID, Recipient: "ada@example.com", Kind: notificationv1.NotificationKind_NOTIFICATION_KIND_ORDER_REJECTED})
+		},
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+	events, err := f.app.Events(ctx, o.ID)
+	if err != nil {
+		t.Fatalf("events: %v", err)
+	}
+	var got []string
+	for _, e := range events {
+		got = append(got, e.RoutingKey+": "+e.Summary)
+	}
+	want := []string{
+		"order.created: 2 line(s), total EUR 20.00",
+		"stock.reserved: reserved 2 unit(s)",
+		"payment.failed: card declined",
+		"order.rejected: card declined",
+		"stock.released: released 2 unit(s)",
+		"notification.sent: emailed ada@example.com: order rejected",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("timeline:\n got %q\nwant %q", got, want)
+	}
+	if _, err := f.app.Events(ctx, uuid.NewString()); !errors.Is(err, order.ErrNotFound) {
+		t.Errorf("events of an unknown order: %v, want ErrNotFound", err)
 	}
 }

@@ -2,13 +2,19 @@ package app
 
 import (
 	"fmt"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	notificationv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	paymentv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/services/order/internal/order"
+	"github.com/ordermesh/ordermesh/services/order/internal/store"
 )
 
 // MoneyToProto converts a domain amount to its wire form.
@@ -110,4 +116,60 @@ func eventToProto(o order.Order, ev order.Event) (proto.Message, error) {
 	default:
 		return nil, fmt.Errorf("no wire event for domain event %T", ev)
 	}
+}
+
+// eventRecord is the timeline entry of an event about order id.
+func eventRecord(id string, meta eventbus.Meta, ev proto.Message) store.Event {
+	return store.Event{
+		OrderID:    id,
+		EventID:    meta.ID,
+		RoutingKey: meta.RoutingKey,
+		Type:       meta.Type,
+		Source:     meta.Source,
+		Time:       meta.Time,
+		Summary:    summarize(ev),
+	}
+}
+
+// summarize describes an event in one line for the timeline.
+func summarize(ev proto.Message) string {
+	switch ev := ev.(type) {
+	case *orderv1.OrderCreated:
+		return fmt.Sprintf("%d line(s), total %s", len(ev.GetItems()), moneyText(ev.GetTotal()))
+	case *orderv1.OrderConfirmed:
+		return "confirmed, total " + moneyText(ev.GetTotal())
+	case *orderv1.OrderRejected:
+		return ev.GetReason()
+	case *orderv1.OrderCancelled:
+		return ev.GetReason()
+	case *inventoryv1.StockReserved:
+		return fmt.Sprintf("reserved %d unit(s)", units(ev.GetItems()))
+	case *inventoryv1.StockReservationFailed:
+		return ev.GetReason()
+	case *inventoryv1.StockReleased:
+		return fmt.Sprintf("released %d unit(s)", units(ev.GetItems()))
+	case *paymentv1.PaymentSucceeded:
+		return fmt.Sprintf("charged %s (%s)", moneyText(ev.GetAmount()), ev.GetPaymentId())
+	case *paymentv1.PaymentFailed:
+		return ev.GetReason()
+	case *paymentv1.PaymentRefunded:
+		return fmt.Sprintf("refunded %s (%s)", moneyText(ev.GetAmount()), ev.GetPaymentId())
+	case *notificationv1.NotificationSent:
+		kind := strings.ToLower(strings.TrimPrefix(ev.GetKind().String(), "NOTIFICATION_KIND_"))
+		return fmt.Sprintf("emailed %s: %s", ev.GetRecipient(), strings.ReplaceAll(kind, "_", " "))
+	default:
+		return ""
+	}
+}
+
+func units(lines []*inventoryv1.StockLine) int64 {
+	var n int64
+	for _, l := range lines {
+		n += int64(l.GetQuantity())
+	}
+	return n
+}
+
+func moneyText(m *moneyv1.Money) string {
+	return MoneyFromProto(m).String()
 }

@@ -660,4 +660,3 @@ func (p *proxy) serve(c net.Conn) {
 	up.Close()
 	<-done
 }
-

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/grpcserver"
@@ -96,6 +97,26 @@ func (s *Server) CancelOrder(ctx context.Context, req *orderv1.CancelOrderReques
 		return nil, s.status(ctx, err)
 	}
 	return &orderv1.CancelOrderResponse{Order: app.OrderToProto(o)}, nil
+}
+
+// ListOrderEvents returns the order's event timeline.
+func (s *Server) ListOrderEvents(ctx context.Context, req *orderv1.ListOrderEventsRequest) (*orderv1.ListOrderEventsResponse, error) {
+	events, err := s.app.Events(ctx, req.GetOrderId())
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	resp := &orderv1.ListOrderEventsResponse{Events: make([]*orderv1.OrderEvent, len(events))}
+	for i, e := range events {
+		resp.Events[i] = &orderv1.OrderEvent{
+			EventId:    e.EventID,
+			RoutingKey: e.RoutingKey,
+			Type:       e.Type,
+			Source:     e.Source,
+			Time:       timestamppb.New(e.Time),
+			Summary:    e.Summary,
+		}
+	}
+	return resp, nil
 }
 
 // WatchOrder streams the order now and after every change until it is

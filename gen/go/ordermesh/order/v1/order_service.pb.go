@@ -12,6 +12,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -558,11 +559,194 @@ func (x *WatchOrderResponse) GetOrder() *Order {
 	return nil
 }
 
+// ListOrderEventsRequest names the order.
+type ListOrderEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The order's id.
+	OrderId       string `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOrderEventsRequest) Reset() {
+	*x = ListOrderEventsRequest{}
+	mi := &file_ordermesh_order_v1_order_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOrderEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOrderEventsRequest) ProtoMessage() {}
+
+func (x *ListOrderEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ordermesh_order_v1_order_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOrderEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListOrderEventsRequest) Descriptor() ([]byte, []int) {
+	return file_ordermesh_order_v1_order_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListOrderEventsRequest) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+// ListOrderEventsResponse lists an order's events, oldest first.
+type ListOrderEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The events.
+	Events        []*OrderEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOrderEventsResponse) Reset() {
+	*x = ListOrderEventsResponse{}
+	mi := &file_ordermesh_order_v1_order_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOrderEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOrderEventsResponse) ProtoMessage() {}
+
+func (x *ListOrderEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ordermesh_order_v1_order_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOrderEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListOrderEventsResponse) Descriptor() ([]byte, []int) {
+	return file_ordermesh_order_v1_order_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListOrderEventsResponse) GetEvents() []*OrderEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// OrderEvent is one event of an order's saga.
+type OrderEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event's id (its AMQP message_id).
+	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The event's routing key, e.g. "stock.reserved".
+	RoutingKey string `protobuf:"bytes,2,opt,name=routing_key,json=routingKey,proto3" json:"routing_key,omitempty"`
+	// The full protobuf name of the event, e.g. "ordermesh.inventory.v1.StockReserved".
+	Type string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	// The service that published it, e.g. "inventory".
+	Source string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// When the event was created.
+	Time *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	// A one-line description, e.g. the rejection reason.
+	Summary       string `protobuf:"bytes,6,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OrderEvent) Reset() {
+	*x = OrderEvent{}
+	mi := &file_ordermesh_order_v1_order_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OrderEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OrderEvent) ProtoMessage() {}
+
+func (x *OrderEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_ordermesh_order_v1_order_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OrderEvent.ProtoReflect.Descriptor instead.
+func (*OrderEvent) Descriptor() ([]byte, []int) {
+	return file_ordermesh_order_v1_order_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *OrderEvent) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *OrderEvent) GetRoutingKey() string {
+	if x != nil {
+		return x.RoutingKey
+	}
+	return ""
+}
+
+func (x *OrderEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *OrderEvent) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *OrderEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *OrderEvent) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
 var File_ordermesh_order_v1_order_service_proto protoreflect.FileDescriptor
 
 const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\n" +
-	"&ordermesh/order/v1/order_service.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1eordermesh/order/v1/order.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xe7\x01\n" +
+	"&ordermesh/order/v1/order_service.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/order/v1/order.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xe7\x01\n" +
 	"\x12CreateOrderRequest\x12*\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\trequestId\x124\n" +
@@ -597,7 +781,20 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\x11WatchOrderRequest\x12&\n" +
 	"\border_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\"E\n" +
 	"\x12WatchOrderResponse\x12/\n" +
-	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order2\xfb\x04\n" +
+	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\"@\n" +
+	"\x16ListOrderEventsRequest\x12&\n" +
+	"\border_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\"Q\n" +
+	"\x17ListOrderEventsResponse\x126\n" +
+	"\x06events\x18\x01 \x03(\v2\x1e.ordermesh.order.v1.OrderEventR\x06events\"\xbe\x01\n" +
+	"\n" +
+	"OrderEvent\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1f\n" +
+	"\vrouting_key\x18\x02 \x01(\tR\n" +
+	"routingKey\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12.\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
+	"\asummary\x18\x06 \x01(\tR\asummary2\x8e\x06\n" +
 	"\fOrderService\x12u\n" +
 	"\vCreateOrder\x12&.ordermesh.order.v1.CreateOrderRequest\x1a'.ordermesh.order.v1.CreateOrderResponse\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
 	"/v1/orders\x12t\n" +
@@ -605,7 +802,8 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\n" +
 	"ListOrders\x12%.ordermesh.order.v1.ListOrdersRequest\x1a&.ordermesh.order.v1.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
 	"/v1/orders\x12\x87\x01\n" +
-	"\vCancelOrder\x12&.ordermesh.order.v1.CancelOrderRequest\x1a'.ordermesh.order.v1.CancelOrderResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/orders/{order_id}:cancel\x12\x82\x01\n" +
+	"\vCancelOrder\x12&.ordermesh.order.v1.CancelOrderRequest\x1a'.ordermesh.order.v1.CancelOrderResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/orders/{order_id}:cancel\x12\x90\x01\n" +
+	"\x0fListOrderEvents\x12*.ordermesh.order.v1.ListOrderEventsRequest\x1a+.ordermesh.order.v1.ListOrderEventsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/orders/{order_id}/events\x12\x82\x01\n" +
 	"\n" +
 	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xd6\x02\x92A|\x12V\n" +
 	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/json\n" +
@@ -623,45 +821,53 @@ func file_ordermesh_order_v1_order_service_proto_rawDescGZIP() []byte {
 	return file_ordermesh_order_v1_order_service_proto_rawDescData
 }
 
-var file_ordermesh_order_v1_order_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_ordermesh_order_v1_order_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_ordermesh_order_v1_order_service_proto_goTypes = []any{
-	(*CreateOrderRequest)(nil),  // 0: ordermesh.order.v1.CreateOrderRequest
-	(*CreateOrderResponse)(nil), // 1: ordermesh.order.v1.CreateOrderResponse
-	(*GetOrderRequest)(nil),     // 2: ordermesh.order.v1.GetOrderRequest
-	(*GetOrderResponse)(nil),    // 3: ordermesh.order.v1.GetOrderResponse
-	(*ListOrdersRequest)(nil),   // 4: ordermesh.order.v1.ListOrdersRequest
-	(*ListOrdersResponse)(nil),  // 5: ordermesh.order.v1.ListOrdersResponse
-	(*CancelOrderRequest)(nil),  // 6: ordermesh.order.v1.CancelOrderRequest
-	(*CancelOrderResponse)(nil), // 7: ordermesh.order.v1.CancelOrderResponse
-	(*WatchOrderRequest)(nil),   // 8: ordermesh.order.v1.WatchOrderRequest
-	(*WatchOrderResponse)(nil),  // 9: ordermesh.order.v1.WatchOrderResponse
-	(*LineItem)(nil),            // 10: ordermesh.order.v1.LineItem
-	(*Order)(nil),               // 11: ordermesh.order.v1.Order
-	(OrderStatus)(0),            // 12: ordermesh.order.v1.OrderStatus
+	(*CreateOrderRequest)(nil),      // 0: ordermesh.order.v1.CreateOrderRequest
+	(*CreateOrderResponse)(nil),     // 1: ordermesh.order.v1.CreateOrderResponse
+	(*GetOrderRequest)(nil),         // 2: ordermesh.order.v1.GetOrderRequest
+	(*GetOrderResponse)(nil),        // 3: ordermesh.order.v1.GetOrderResponse
+	(*ListOrdersRequest)(nil),       // 4: ordermesh.order.v1.ListOrdersRequest
+	(*ListOrdersResponse)(nil),      // 5: ordermesh.order.v1.ListOrdersResponse
+	(*CancelOrderRequest)(nil),      // 6: ordermesh.order.v1.CancelOrderRequest
+	(*CancelOrderResponse)(nil),     // 7: ordermesh.order.v1.CancelOrderResponse
+	(*WatchOrderRequest)(nil),       // 8: ordermesh.order.v1.WatchOrderRequest
+	(*WatchOrderResponse)(nil),      // 9: ordermesh.order.v1.WatchOrderResponse
+	(*ListOrderEventsRequest)(nil),  // 10: ordermesh.order.v1.ListOrderEventsRequest
+	(*ListOrderEventsResponse)(nil), // 11: ordermesh.order.v1.ListOrderEventsResponse
+	(*OrderEvent)(nil),              // 12: ordermesh.order.v1.OrderEvent
+	(*LineItem)(nil),                // 13: ordermesh.order.v1.LineItem
+	(*Order)(nil),                   // 14: ordermesh.order.v1.Order
+	(OrderStatus)(0),                // 15: ordermesh.order.v1.OrderStatus
+	(*timestamppb.Timestamp)(nil),   // 16: google.protobuf.Timestamp
 }
 var file_ordermesh_order_v1_order_service_proto_depIdxs = []int32{
-	10, // 0: ordermesh.order.v1.CreateOrderRequest.items:type_name -> ordermesh.order.v1.LineItem
-	11, // 1: ordermesh.order.v1.CreateOrderResponse.order:type_name -> ordermesh.order.v1.Order
-	11, // 2: ordermesh.order.v1.GetOrderResponse.order:type_name -> ordermesh.order.v1.Order
-	12, // 3: ordermesh.order.v1.ListOrdersRequest.status:type_name -> ordermesh.order.v1.OrderStatus
-	11, // 4: ordermesh.order.v1.ListOrdersResponse.orders:type_name -> ordermesh.order.v1.Order
-	11, // 5: ordermesh.order.v1.CancelOrderResponse.order:type_name -> ordermesh.order.v1.Order
-	11, // 6: ordermesh.order.v1.WatchOrderResponse.order:type_name -> ordermesh.order.v1.Order
-	0,  // 7: ordermesh.order.v1.OrderService.CreateOrder:input_type -> ordermesh.order.v1.CreateOrderRequest
-	2,  // 8: ordermesh.order.v1.OrderService.GetOrder:input_type -> ordermesh.order.v1.GetOrderRequest
-	4,  // 9: ordermesh.order.v1.OrderService.ListOrders:input_type -> ordermesh.order.v1.ListOrdersRequest
-	6,  // 10: ordermesh.order.v1.OrderService.CancelOrder:input_type -> ordermesh.order.v1.CancelOrderRequest
-	8,  // 11: ordermesh.order.v1.OrderService.WatchOrder:input_type -> ordermesh.order.v1.WatchOrderRequest
-	1,  // 12: ordermesh.order.v1.OrderService.CreateOrder:output_type -> ordermesh.order.v1.CreateOrderResponse
-	3,  // 13: ordermesh.order.v1.OrderService.GetOrder:output_type -> ordermesh.order.v1.GetOrderResponse
-	5,  // 14: ordermesh.order.v1.OrderService.ListOrders:output_type -> ordermesh.order.v1.ListOrdersResponse
-	7,  // 15: ordermesh.order.v1.OrderService.CancelOrder:output_type -> ordermesh.order.v1.CancelOrderResponse
-	9,  // 16: ordermesh.order.v1.OrderService.WatchOrder:output_type -> ordermesh.order.v1.WatchOrderResponse
-	12, // [12:17] is the sub-list for method output_type
-	7,  // [7:12] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	13, // 0: ordermesh.order.v1.CreateOrderRequest.items:type_name -> ordermesh.order.v1.LineItem
+	14, // 1: ordermesh.order.v1.CreateOrderResponse.order:type_name -> ordermesh.order.v1.Order
+	14, // 2: ordermesh.order.v1.GetOrderResponse.order:type_name -> ordermesh.order.v1.Order
+	15, // 3: ordermesh.order.v1.ListOrdersRequest.status:type_name -> ordermesh.order.v1.OrderStatus
+	14, // 4: ordermesh.order.v1.ListOrdersResponse.orders:type_name -> ordermesh.order.v1.Order
+	14, // 5: ordermesh.order.v1.CancelOrderResponse.order:type_name -> ordermesh.order.v1.Order
+	14, // 6: ordermesh.order.v1.WatchOrderResponse.order:type_name -> ordermesh.order.v1.Order
+	12, // 7: ordermesh.order.v1.ListOrderEventsResponse.events:type_name -> ordermesh.order.v1.OrderEvent
+	16, // 8: ordermesh.order.v1.OrderEvent.time:type_name -> google.protobuf.Timestamp
+	0,  // 9: ordermesh.order.v1.OrderService.CreateOrder:input_type -> ordermesh.order.v1.CreateOrderRequest
+	2,  // 10: ordermesh.order.v1.OrderService.GetOrder:input_type -> ordermesh.order.v1.GetOrderRequest
+	4,  // 11: ordermesh.order.v1.OrderService.ListOrders:input_type -> ordermesh.order.v1.ListOrdersRequest
+	6,  // 12: ordermesh.order.v1.OrderService.CancelOrder:input_type -> ordermesh.order.v1.CancelOrderRequest
+	10, // 13: ordermesh.order.v1.OrderService.ListOrderEvents:input_type -> ordermesh.order.v1.ListOrderEventsRequest
+	8,  // 14: ordermesh.order.v1.OrderService.WatchOrder:input_type -> ordermesh.order.v1.WatchOrderRequest
+	1,  // 15: ordermesh.order.v1.OrderService.CreateOrder:output_type -> ordermesh.order.v1.CreateOrderResponse
+	3,  // 16: ordermesh.order.v1.OrderService.GetOrder:output_type -> ordermesh.order.v1.GetOrderResponse
+	5,  // 17: ordermesh.order.v1.OrderService.ListOrders:output_type -> ordermesh.order.v1.ListOrdersResponse
+	7,  // 18: ordermesh.order.v1.OrderService.CancelOrder:output_type -> ordermesh.order.v1.CancelOrderResponse
+	11, // 19: ordermesh.order.v1.OrderService.ListOrderEvents:output_type -> ordermesh.order.v1.ListOrderEventsResponse
+	9,  // 20: ordermesh.order.v1.OrderService.WatchOrder:output_type -> ordermesh.order.v1.WatchOrderResponse
+	15, // [15:21] is the sub-list for method output_type
+	9,  // [9:15] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ordermesh_order_v1_order_service_proto_init() }
@@ -676,7 +882,7 @@ func file_ordermesh_order_v1_order_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ordermesh_order_v1_order_service_proto_rawDesc), len(file_ordermesh_order_v1_order_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	OrderService_CreateOrder_FullMethodName = "/ordermesh.order.v1.OrderService/CreateOrder"
-	OrderService_GetOrder_FullMethodName    = "/ordermesh.order.v1.OrderService/GetOrder"
-	OrderService_ListOrders_FullMethodName  = "/ordermesh.order.v1.OrderService/ListOrders"
-	OrderService_CancelOrder_FullMethodName = "/ordermesh.order.v1.OrderService/CancelOrder"
-	OrderService_WatchOrder_FullMethodName  = "/ordermesh.order.v1.OrderService/WatchOrder"
+	OrderService_CreateOrder_FullMethodName     = "/ordermesh.order.v1.OrderService/CreateOrder"
+	OrderService_GetOrder_FullMethodName        = "/ordermesh.order.v1.OrderService/GetOrder"
+	OrderService_ListOrders_FullMethodName      = "/ordermesh.order.v1.OrderService/ListOrders"
+	OrderService_CancelOrder_FullMethodName     = "/ordermesh.order.v1.OrderService/CancelOrder"
+	OrderService_ListOrderEvents_FullMethodName = "/ordermesh.order.v1.OrderService/ListOrderEvents"
+	OrderService_WatchOrder_FullMethodName      = "/ordermesh.order.v1.OrderService/WatchOrder"
 )
 
 // OrderServiceClient is the client API for OrderService service.
@@ -45,6 +46,11 @@ type OrderServiceClient interface {
 	// compensated. Cancelling a rejected or cancelled order fails with
 	// FAILED_PRECONDITION.
 	CancelOrder(ctx context.Context, in *CancelOrderRequest, opts ...grpc.CallOption) (*CancelOrderResponse, error)
+	// ListOrderEvents returns the events of an order's saga that the order
+	// service has seen, oldest first: its own (order.created, ...) and the
+	// other services' (stock.reserved, payment.succeeded, notification.sent,
+	// ...). Events of other services appear once they were consumed.
+	ListOrderEvents(ctx context.Context, in *ListOrderEventsRequest, opts ...grpc.CallOption) (*ListOrderEventsResponse, error)
 	// WatchOrder sends the order as it is now, then again after every change,
 	// and ends once the order has reached a terminal status.
 	WatchOrder(ctx context.Context, in *WatchOrderRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchOrderResponse], error)
@@ -98,6 +104,16 @@ func (c *orderServiceClient) CancelOrder(ctx context.Context, in *CancelOrderReq
 	return out, nil
 }
 
+func (c *orderServiceClient) ListOrderEvents(ctx context.Context, in *ListOrderEventsRequest, opts ...grpc.CallOption) (*ListOrderEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListOrderEventsResponse)
+	err := c.cc.Invoke(ctx, OrderService_ListOrderEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *orderServiceClient) WatchOrder(ctx context.Context, in *WatchOrderRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchOrderResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &OrderService_ServiceDesc.Streams[0], OrderService_WatchOrder_FullMethodName, cOpts...)
@@ -136,6 +152,11 @@ type OrderServiceServer interface {
 	// compensated. Cancelling a rejected or cancelled order fails with
 	// FAILED_PRECONDITION.
 	CancelOrder(context.Context, *CancelOrderRequest) (*CancelOrderResponse, error)
+	// ListOrderEvents returns the events of an order's saga that the order
+	// service has seen, oldest first: its own (order.created, ...) and the
+	// other services' (stock.reserved, payment.succeeded, notification.sent,
+	// ...). Events of other services appear once they were consumed.
+	ListOrderEvents(context.Context, *ListOrderEventsRequest) (*ListOrderEventsResponse, error)
 	// WatchOrder sends the order as it is now, then again after every change,
 	// and ends once the order has reached a terminal status.
 	WatchOrder(*WatchOrderRequest, grpc.ServerStreamingServer[WatchOrderResponse]) error
@@ -160,6 +181,9 @@ func (UnimplementedOrderServiceServer) ListOrders(context.Context, *ListOrdersRe
 }
 func (UnimplementedOrderServiceServer) CancelOrder(context.Context, *CancelOrderRequest) (*CancelOrderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelOrder not implemented")
+}
+func (UnimplementedOrderServiceServer) ListOrderEvents(context.Context, *ListOrderEventsRequest) (*ListOrderEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListOrderEvents not implemented")
 }
 func (UnimplementedOrderServiceServer) WatchOrder(*WatchOrderRequest, grpc.ServerStreamingServer[WatchOrderResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchOrder not implemented")
@@ -257,6 +281,24 @@ func _OrderService_CancelOrder_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OrderService_ListOrderEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListOrderEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OrderServiceServer).ListOrderEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OrderService_ListOrderEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OrderServiceServer).ListOrderEvents(ctx, req.(*ListOrderEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _OrderService_WatchOrder_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchOrderRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -290,6 +332,10 @@ var OrderService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelOrder",
 			Handler:    _OrderService_CancelOrder_Handler,
+		},
+		{
+			MethodName: "ListOrderEvents",
+			Handler:    _OrderService_ListOrderEvents_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
