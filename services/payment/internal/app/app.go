@@ -1,0 +1,220 @@
+// Package app is the payment service's application layer: the handlers of
+// the order events, which charge and refund through the provider port and
+// record what they did in the inbox runner's transaction, returning the
+// events to write to the outbox in it.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+
+	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	paymentv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/services/payment/internal/payment"
+	"github.com/ordermesh/ordermesh/services/payment/internal/provider"
+	"github.com/ordermesh/ordermesh/services/payment/internal/store"
+)
+
+// Source is the app_id of every event the payment service publishes.
+const Source = "payment"
+
+// MaxReasonLen is the longest failure reason PaymentFailed carries, in
+// bytes.
+const MaxReasonLen = 512
+
+// App runs the payment use cases. It is safe for concurrent use.
+type App struct {
+	pool     *pgxpool.Pool
+	provider provider.Provider
+	log      *slog.Logger
+}
+
+// New returns an App recording payments in pool and moving money with p.
+func New(pool *pgxpool.Pool, p provider.Provider, log *slog.Logger) *App {
+	return &App{pool: pool, provider: p, log: log}
+}
+
+// Payment returns what the service recorded about order id's payment; its
+// status is payment.StatusNone when it never heard of the order.
+func (a *App) Payment(ctx context.Context, id string) (payment.Payment, error) {
+	return store.Get(ctx, a.pool, id)
+}
+
+// The handlers below run in the inbox runner's transaction (tx): the
+// record of a charge or refund commits together with the event's inbox row
+// and the outgoing event. Each first takes the order's lock
+// (store.LockOrder), so events of one order are applied one at a time, in
+// whatever order they arrive.
+//
+// The provider is called inside the transaction, with the order id as the
+// idempotency key. If the transaction then fails to commit, the event is
+// delivered again and the provider returns the charge it already made
+// instead of charging twice. One gap remains: if the order is rejected or
+// cancelled between such a failed commit and the redelivery, the order is
+// blocked and the charge the provider made is never recorded or refunded.
+// Closing it needs a provider lookup by idempotency key, which the
+// Provider port does not offer; the window is one failed commit wide.
+//
+// Errors: a transient provider failure (provider.ErrUnavailable) or a
+// database error is returned as it is, so the bus retries the event
+// through its retry ladder; a request the provider can never accept
+// (provider.ErrInvalidRequest, provider.ErrIdempotencyConflict) or an
+// event that can never be applied (a malformed order id) is returned as a
+// permanent error, so the bus parks it in the dead-letter queue. A decline
+// is not an error but an outcome (PaymentFailed).
+
+// OrderCreated handles order.created: it charges the order's total to its
+// payment token and returns PaymentSucceeded with the charge, or, when the
+// provider declines, records the failure and returns PaymentFailed with
+// the provider's reason. An order handled before (the event repeated under
+// another id) returns nothing: its outcome was published the first time.
+//
+// An order already rejected or cancelled (blocked) is never charged, and
+// nothing is returned for it: the order is final and the order service
+// ignores late outcomes.
+func (a *App) OrderCreated(ctx context.Context, tx pgx.Tx, ev *orderv1.OrderCreated, _ eventbus.Meta) ([]proto.Message, error) {
+	id, err := parseOrderID(ev.GetOrderId())
+	if err != nil {
+		return nil, err
+	}
+	p, err := lockPayment(ctx, tx, id)
+	if err != nil {
+		return nil, err
+	}
+	if payment.OnCreated(p.Status) != payment.ActionCharge {
+		a.log.InfoContext(ctx, "order.created ignored", slog.String("order_id", id), slog.String("payment", p.Status.String()))
+		return nil, nil
+	}
+
+	amount := moneyFromProto(ev.GetTotal())
+	charge, err := a.provider.Charge(ctx, provider.ChargeRequest{IdempotencyKey: id, Amount: amount, Token: ev.GetPaymentToken()})
+	if errors.Is(err, provider.ErrDeclined) {
+		p = payment.Payment{OrderID: id, Status: payment.StatusFailed, Amount: amount, Reason: declineReason(err)}
+		if err := store.Insert(ctx, tx, p); err != nil {
+			return nil, err
+		}
+		a.log.InfoContext(ctx, "payment declined", slog.String("order_id", id), slog.String("reason", p.Reason))
+		return []proto.Message{&paymentv1.PaymentFailed{OrderId: id, Reason: p.Reason}}, nil
+	}
+	if err != nil {
+		return nil, providerError(fmt.Errorf("charge order %s: %w", id, err))
+	}
+
+	p = payment.Payment{OrderID: id, Status: payment.StatusCharged, Amount: charge.Amount, ChargeID: charge.ID}
+	if err := store.Insert(ctx, tx, p); err != nil {
+		return nil, err
+	}
+	a.log.InfoContext(ctx, "payment charged", slog.String("order_id", id), slog.String("charge_id", charge.ID), slog.String("amount", charge.Amount.String()))
+	return []proto.Message{&paymentv1.PaymentSucceeded{OrderId: id, PaymentId: charge.ID, Amount: moneyToProto(charge.Amount)}}, nil
+}
+
+// OrderRejected handles order.rejected like OrderCancelled.
+func (a *App) OrderRejected(ctx context.Context, tx pgx.Tx, ev *orderv1.OrderRejected, _ eventbus.Meta) ([]proto.Message, error) {
+	return a.ended(ctx, tx, ev.GetOrderId())
+}
+
+// OrderCancelled handles order.cancelled: a charged order is refunded in
+// full, once, and PaymentRefunded is returned. An order with nothing
+// charged (declined, already refunded) returns nothing. An order not seen
+// yet is recorded as blocked, so a later order.created never charges it.
+func (a *App) OrderCancelled(ctx context.Context, tx pgx.Tx, ev *orderv1.OrderCancelled, _ eventbus.Meta) ([]proto.Message, error) {
+	return a.ended(ctx, tx, ev.GetOrderId())
+}
+
+func (a *App) ended(ctx context.Context, tx pgx.Tx, orderID string) ([]proto.Message, error) {
+	id, err := parseOrderID(orderID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := lockPayment(ctx, tx, id)
+	if err != nil {
+		return nil, err
+	}
+	switch payment.OnEnded(p.Status) {
+	case payment.ActionBlock:
+		a.log.InfoContext(ctx, "order blocked before it was created", slog.String("order_id", id))
+		return nil, store.Insert(ctx, tx, payment.Payment{OrderID: id, Status: payment.StatusBlocked})
+	case payment.ActionRefund:
+	default:
+		return nil, nil
+	}
+
+	refund, err := a.provider.Refund(ctx, provider.RefundRequest{IdempotencyKey: id, ChargeID: p.ChargeID, Amount: p.Amount})
+	if err != nil {
+		return nil, providerError(fmt.Errorf("refund order %s: %w", id, err))
+	}
+	if err := store.MarkRefunded(ctx, tx, id, refund.ID); err != nil {
+		return nil, err
+	}
+	a.log.InfoContext(ctx, "payment refunded", slog.String("order_id", id), slog.String("refund_id", refund.ID), slog.String("amount", p.Amount.String()))
+	return []proto.Message{&paymentv1.PaymentRefunded{OrderId: id, PaymentId: p.ChargeID, Amount: moneyToProto(p.Amount)}}, nil
+}
+
+// lockPayment takes order id's lock for the rest of tx and returns its
+// payment.
+func lockPayment(ctx context.Context, tx pgx.Tx, id string) (payment.Payment, error) {
+	if err := store.LockOrder(ctx, tx, id); err != nil {
+		return payment.Payment{}, err
+	}
+	return store.Get(ctx, tx, id)
+}
+
+// providerError marks provider errors that retrying cannot fix as
+// permanent. Transient failures, ctx's errors and errors of unknown kind
+// stay retryable: the retry ladder bounds them, and a request the provider
+// might still accept is not given up early.
+func providerError(err error) error {
+	if errors.Is(err, provider.ErrInvalidRequest) || errors.Is(err, provider.ErrIdempotencyConflict) || errors.Is(err, provider.ErrDeclined) {
+		return eventbus.Permanent(err)
+	}
+	return err
+}
+
+// declineReason returns the part of a decline error fit for the customer,
+// from the sentinel's text on ("payment declined: card declined"), at most
+// MaxReasonLen bytes.
+func declineReason(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, provider.ErrDeclined.Error()); i >= 0 {
+		msg = msg[i:]
+	}
+	if len(msg) > MaxReasonLen {
+		msg = msg[:MaxReasonLen]
+		for !utf8.ValidString(msg) {
+			msg = msg[:len(msg)-1]
+		}
+	}
+	return msg
+}
+
+// errInvalidOrderID marks an event whose order id is not a UUID.
+var errInvalidOrderID = errors.New("order id is not a UUID")
+
+// parseOrderID returns id in canonical form, or a permanent error: an
+// event without a valid order id can never be applied.
+func parseOrderID(id string) (string, error) {
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return "", eventbus.Permanent(fmt.Errorf("parse order id %q: %w", id, errInvalidOrderID))
+	}
+	return u.String(), nil
+}
+
+func moneyFromProto(m *moneyv1.Money) provider.Money {
+	return provider.Money{CurrencyCode: m.GetCurrencyCode(), Units: m.GetUnits(), Nanos: m.GetNanos()}
+}
+
+func moneyToProto(m provider.Money) *moneyv1.Money {
+	return &moneyv1.Money{CurrencyCode: m.CurrencyCode, Units: m.Units, Nanos: m.Nanos}
+}
