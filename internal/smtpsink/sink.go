@@ -1,0 +1,380 @@
+// Package smtpsink is a tiny SMTP server that accepts every message, logs
+// one line per message and keeps what it received in memory for inspection.
+// Local runs use it as the mail catcher the notification service sends to
+// (on 127.0.0.1:1025); tests start one on 127.0.0.1:0 and read the messages
+// it received.
+//
+// It is not a mail server: it relays nothing, stores nothing on disk and
+// accepts any credentials. Bind it to a loopback address only.
+package smtpsink
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Defaults of a Sink.
+const (
+	// DefaultAddr is where the run command starts the sink.
+	DefaultAddr = "127.0.0.1:1025"
+	// MaxMessageBytes bounds the size of one message; larger ones are
+	// refused with 552.
+	MaxMessageBytes = 10 << 20
+	// ioTimeout bounds each read and write on a connection, so a stuck
+	// client cannot hold a connection open forever.
+	ioTimeout = 30 * time.Second
+	// closeTimeout bounds how long Close waits for connection handlers
+	// after closing their connections.
+	closeTimeout = 5 * time.Second
+)
+
+// Option adjusts a Sink started by Start.
+type Option func(*Sink)
+
+// WithLogger sets the logger that gets one line per received message and
+// the server's connection errors. The default discards everything.
+func WithLogger(log *slog.Logger) Option {
+	return func(s *Sink) { s.log = log }
+}
+
+// Sink is a running SMTP server. Its methods are safe for concurrent use.
+type Sink struct {
+	log  *slog.Logger
+	srv  *smtp.Server
+	lis  *trackingListener
+	done chan struct{} // closed when the serving goroutines have returned
+
+	closeOnce sync.Once
+	closeErr  error
+
+	mu       sync.Mutex
+	messages []Message
+	changed  chan struct{} // closed and replaced whenever a message arrives
+	rejects  map[string]*smtp.SMTPError
+}
+
+// Start listens on addr ("127.0.0.1:0" picks a free port) and serves SMTP
+// until Close is called or ctx ends. It returns once the sink accepts
+// connections.
+func Start(ctx context.Context, addr string, opts ...Option) (*Sink, error) {
+	s := &Sink{
+		log:     slog.New(slog.DiscardHandler),
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+		rejects: map[string]*smtp.SMTPError{},
+	}
+	for _, opt := range opts {
+		opt(s)
+	}
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("start smtp sink: %w", err)
+	}
+	s.lis = &trackingListener{Listener: l, conns: map[net.Conn]struct{}{}}
+
+	s.srv = smtp.NewServer(backend{s})
+	s.srv.Addr = l.Addr().String()
+	s.srv.Domain = "localhost"
+	s.srv.MaxMessageBytes = MaxMessageBytes
+	s.srv.MaxRecipients = 100
+	s.srv.AllowInsecureAuth = true
+	s.srv.ReadTimeout = ioTimeout
+	s.srv.WriteTimeout = ioTimeout
+	s.srv.ErrorLog = errorLog{s.log}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		defer close(stop)
+		// Serve returns nil after Shutdown; anything else means the
+		// listener broke, and the sink is of no use any more.
+		if err := s.srv.Serve(s.lis); err != nil {
+			s.log.ErrorContext(ctx, "smtp sink stopped serving", slog.String("addr", s.Addr()), slog.Any("error", err))
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+			_ = s.shutdown() // Close reports the error to whoever calls it.
+		case <-stop:
+		}
+	}()
+	go func() {
+		wg.Wait()
+		close(s.done)
+	}()
+	return s, nil
+}
+
+// Run serves SMTP on addr until ctx ends, then closes the sink. It is the
+// form the run command starts in its errgroup.
+func Run(ctx context.Context, addr string, log *slog.Logger) error {
+	s, err := Start(ctx, addr, WithLogger(log))
+	if err != nil {
+		return err
+	}
+	log.InfoContext(ctx, "smtp sink listening", slog.String("addr", s.Addr()))
+	<-ctx.Done()
+	return s.Close()
+}
+
+// Addr returns the address the sink listens on, with the port it chose.
+func (s *Sink) Addr() string {
+	return s.lis.Addr().String()
+}
+
+// Close stops accepting connections, closes open ones (a message not yet
+// fully received is lost, and its client sees an error) and waits for the
+// sink's goroutines to return. The received messages stay readable. Calling
+// Close again returns the first call's result.
+func (s *Sink) Close() error {
+	err := s.shutdown()
+	<-s.done
+	return err
+}
+
+func (s *Sink) shutdown() error {
+	s.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		defer cancel()
+		// Shutdown closes the listener, which closes every open connection
+		// (see trackingListener), and then waits for their handlers.
+		if err := s.srv.Shutdown(ctx); err != nil {
+			s.closeErr = fmt.Errorf("close smtp sink: %w", err)
+		}
+		// Serve registers the listener with the server only when it runs;
+		// closing it here too stops a Serve that had not started yet.
+		_ = s.lis.Close()
+	})
+	return s.closeErr
+}
+
+// Reject makes the sink answer RCPT TO for rcpt (compared without case)
+// with code and text instead of accepting it, e.g. 550 for an unknown
+// mailbox or 451 for a temporary failure. A code of 0 accepts rcpt again.
+func (s *Sink) Reject(rcpt string, code int, text string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := strings.ToLower(rcpt)
+	if code == 0 {
+		delete(s.rejects, key)
+		return
+	}
+	s.rejects[key] = &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCodeNotSet, Message: text}
+}
+
+func (s *Sink) rejection(rcpt string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.rejects[strings.ToLower(rcpt)]; ok {
+		return e
+	}
+	return nil
+}
+
+// Messages returns a copy of the messages received so far, oldest first.
+func (s *Sink) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Message, len(s.messages))
+	for i, m := range s.messages {
+		out[i] = m.clone()
+	}
+	return out
+}
+
+// Matching returns the received messages for which match reports true,
+// oldest first.
+func (s *Sink) Matching(match func(Message) bool) []Message {
+	var out []Message
+	for _, m := range s.Messages() {
+		if match(m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// WaitFor returns the first received message for which match reports true,
+// waiting for one to arrive until ctx ends.
+func (s *Sink) WaitFor(ctx context.Context, match func(Message) bool) (Message, error) {
+	for {
+		s.mu.Lock()
+		changed := s.changed
+		for _, m := range s.messages {
+			if match(m) {
+				s.mu.Unlock()
+				return m.clone(), nil
+			}
+		}
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return Message{}, fmt.Errorf("wait for smtp message: %w", ctx.Err())
+		case <-changed:
+		}
+	}
+}
+
+// Reset forgets the received messages.
+func (s *Sink) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.messages = nil
+}
+
+func (s *Sink) add(m Message) {
+	s.mu.Lock()
+	s.messages = append(s.messages, m)
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	s.log.Info("smtp message received",
+		slog.String("from", m.From),
+		slog.String("to", strings.Join(m.To, ", ")),
+		slog.String("subject", m.Subject),
+		slog.String("message_id", m.MessageID),
+		slog.Int("bytes", len(m.Raw)))
+}
+
+// backend starts a session per connection.
+type backend struct{ sink *Sink }
+
+func (b backend) NewSession(*smtp.Conn) (smtp.Session, error) {
+	return &session{sink: b.sink}, nil
+}
+
+// session is one SMTP connection's transaction state.
+type session struct {
+	sink *Sink
+	from string
+	to   []string
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+// AuthMechanisms offers PLAIN, so clients configured with credentials can
+// talk to the sink too.
+func (*session) AuthMechanisms() []string { return []string{sasl.Plain} }
+
+// Auth accepts any credentials.
+func (*session) Auth(string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(_, _, _ string) error { return nil }), nil
+}
+
+func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	s.from = from
+	return nil
+}
+
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if err := s.sink.rejection(to); err != nil {
+		return err
+	}
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("read message: %w", err)
+	}
+	m := parse(raw)
+	m.From, m.To, m.Received = s.from, append([]string(nil), s.to...), time.Now()
+	s.sink.add(m)
+	return nil
+}
+
+func (s *session) Reset() {
+	s.from, s.to = "", nil
+}
+
+func (*session) Logout() error { return nil }
+
+// trackingListener remembers the connections it accepted, so that closing
+// it (which smtp.Server.Shutdown does) also closes them and Shutdown does
+// not wait on idle clients.
+type trackingListener struct {
+	net.Listener
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		_ = c.Close()
+		return nil, net.ErrClosed
+	}
+	tc := &trackedConn{Conn: c, l: l}
+	l.conns[tc] = struct{}{}
+	return tc, nil
+}
+
+// Close closes the listener and every connection it accepted. Calls after
+// the first do nothing.
+func (l *trackingListener) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	conns := make([]net.Conn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	err := l.Listener.Close()
+	for _, c := range conns {
+		_ = c.Close() // The connection's handler sees the error and returns.
+	}
+	return err
+}
+
+type trackedConn struct {
+	net.Conn
+	l    *trackingListener
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// errorLog sends the SMTP server's own log lines to slog.
+type errorLog struct{ log *slog.Logger }
+
+func (e errorLog) Printf(format string, v ...any) {
+	e.log.Warn("smtp sink", slog.String("detail", fmt.Sprintf(format, v...)))
+}
+
+func (e errorLog) Println(v ...any) {
+	e.log.Warn("smtp sink", slog.String("detail", strings.TrimSuffix(fmt.Sprintln(v...), "\n")))
+}
