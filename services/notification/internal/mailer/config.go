@@ -1,0 +1,133 @@
+package mailer
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/mail"
+	"time"
+
+	"github.com/ordermesh/ordermesh/internal/config"
+)
+
+// TLSMode says how the connection to the SMTP server is encrypted.
+type TLSMode string
+
+// TLS modes.
+const (
+	// TLSNone sends in plain text, as local mail catchers expect.
+	TLSNone TLSMode = "none"
+	// TLSStartTLS connects in plain text and upgrades with STARTTLS; a
+	// server that does not offer it is an error (port 587, usually).
+	TLSStartTLS TLSMode = "starttls"
+	// TLSImplicit speaks TLS from the first byte (port 465, usually).
+	TLSImplicit TLSMode = "tls"
+)
+
+// Environment variables read by ReadConfig, and their defaults.
+const (
+	EnvAddr     = "ORDERMESH_SMTP_ADDR"     // host:port of the SMTP server
+	EnvUsername = "ORDERMESH_SMTP_USERNAME" // SMTP AUTH user; empty: no authentication
+	EnvPassword = "ORDERMESH_SMTP_PASSWORD" // SMTP AUTH password
+	EnvTLS      = "ORDERMESH_SMTP_TLS"      // none, starttls or tls
+	EnvFrom     = "ORDERMESH_SMTP_FROM"     // From header and envelope sender
+	EnvTimeout  = "ORDERMESH_SMTP_TIMEOUT"  // bound on one email's whole SMTP exchange
+
+	DefaultAddr    = "127.0.0.1:1025"
+	DefaultTLS     = TLSNone
+	DefaultFrom    = "ordermesh <orders@ordermesh.localhost>"
+	DefaultTimeout = 10 * time.Second
+)
+
+// Config is how the notification service reaches its SMTP server. The
+// defaults suit a local run against the built-in SMTP sink (or Mailpit) on
+// 127.0.0.1:1025.
+//
+//	variable                 field     default
+//	ORDERMESH_SMTP_ADDR      Addr      127.0.0.1:1025
+//	ORDERMESH_SMTP_USERNAME  Username  "" (no SMTP AUTH)
+//	ORDERMESH_SMTP_PASSWORD  Password  ""
+//	ORDERMESH_SMTP_TLS       TLS       none (none | starttls | tls)
+//	ORDERMESH_SMTP_FROM      From      ordermesh <orders@ordermesh.localhost>
+//	ORDERMESH_SMTP_TIMEOUT   Timeout   10s
+type Config struct {
+	// Addr is the server's host:port.
+	Addr string
+	// Username and Password are SMTP AUTH credentials; with an empty
+	// Username the client does not authenticate. The client picks the
+	// strongest mechanism the server offers; over an unencrypted
+	// connection it refuses mechanisms that would send the password in
+	// the clear.
+	Username string
+	Password string `secret:"true"`
+	// TLS says how the connection is encrypted.
+	TLS TLSMode
+	// From is the sender, an RFC 5322 address with an optional name.
+	From string
+	// Timeout bounds one email: connecting, every command and the message
+	// data. A send that takes longer fails, and the bus retries it.
+	Timeout time.Duration
+}
+
+// DefaultConfig returns the configuration used when no variable is set.
+func DefaultConfig() Config {
+	return Config{Addr: DefaultAddr, TLS: DefaultTLS, From: DefaultFrom, Timeout: DefaultTimeout}
+}
+
+// ReadConfig reads the SMTP configuration from env (see Config for the
+// variables and defaults). Problems are recorded in env, each naming its
+// variable, for the caller to report with env.Err().
+func ReadConfig(env *config.Env) Config {
+	def := DefaultConfig()
+	cfg := Config{
+		Addr:     env.Addr(EnvAddr, def.Addr),
+		Username: env.String(EnvUsername, ""),
+		Password: env.String(EnvPassword, ""),
+		TLS:      TLSMode(env.String(EnvTLS, string(def.TLS))),
+		From:     env.String(EnvFrom, def.From),
+		Timeout:  env.Duration(EnvTimeout, def.Timeout),
+	}
+	for _, p := range cfg.problems() {
+		env.Fail(p.name, p.err)
+	}
+	return cfg
+}
+
+// Validate reports every problem with c, each naming the variable that
+// sets the field.
+func (c Config) Validate() error {
+	var errs []error
+	for _, p := range c.problems() {
+		errs = append(errs, fmt.Errorf("%s: %w", p.name, p.err))
+	}
+	return errors.Join(errs...)
+}
+
+type problem struct {
+	name string
+	err  error
+}
+
+func (c Config) problems() []problem {
+	var ps []problem
+	if host, port, err := net.SplitHostPort(c.Addr); err != nil {
+		ps = append(ps, problem{EnvAddr, fmt.Errorf("invalid address %q: %w", c.Addr, err)})
+	} else if host == "" || port == "" || port == "0" {
+		ps = append(ps, problem{EnvAddr, fmt.Errorf("invalid address %q: want host:port", c.Addr)})
+	}
+	switch c.TLS {
+	case TLSNone, TLSStartTLS, TLSImplicit:
+	default:
+		ps = append(ps, problem{EnvTLS, fmt.Errorf("invalid TLS mode %q: want none, starttls or tls", c.TLS)})
+	}
+	if _, err := mail.ParseAddress(c.From); err != nil {
+		ps = append(ps, problem{EnvFrom, fmt.Errorf("invalid address %q: %w", c.From, err)})
+	}
+	if c.Timeout <= 0 {
+		ps = append(ps, problem{EnvTimeout, fmt.Errorf("must be positive, got %s", c.Timeout)})
+	}
+	if c.Password != "" && c.Username == "" {
+		ps = append(ps, problem{EnvPassword, fmt.Errorf("set without %s", EnvUsername)})
+	}
+	return ps
+}
