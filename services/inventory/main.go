@@ -1,0 +1,67 @@
+// Command inventory runs the inventory service: stock levels in
+// PostgreSQL, InventoryService over gRPC, and reservations made and
+// released as order events arrive (effectively once, through the inbox),
+// with the outcomes published through the outbox.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	"github.com/ordermesh/ordermesh/internal/config"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/inbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/service"
+	"github.com/ordermesh/ordermesh/internal/telemetry"
+	"github.com/ordermesh/ordermesh/services/inventory/internal/app"
+	"github.com/ordermesh/ordermesh/services/inventory/internal/grpcapi"
+	"github.com/ordermesh/ordermesh/services/inventory/internal/store"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Getenv, os.Stdout, nil)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "inventory:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
+	env := config.NewEnv(getenv)
+	cfg := service.ReadConfig(env, app.Source, ":50052")
+	if err := env.Err(); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	log := telemetry.NewLogger(stdout, app.Source, cfg.LogLevel)
+
+	spec := service.Spec{
+		Name:               app.Source,
+		Migrations:         []postgres.Source{store.Migrations},
+		BrokerGatesServing: true,
+		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
+			a := app.New(s.Pool, log)
+			inventoryv1.RegisterInventoryServiceServer(s.GRPC, grpcapi.New(a, log))
+			for _, err := range []error{
+				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCreated)),
+				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderConfirmed)),
+				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderRejected)),
+				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCancelled)),
+			} {
+				if err != nil {
+					return nil, fmt.Errorf("register handler: %w", err)
+				}
+			}
+			return nil, nil
+		},
+	}
+	return service.Run(ctx, spec, cfg, log, ready)
+}

@@ -1,0 +1,65 @@
+// Command payment runs the payment service: it charges an order's total
+// when the order is created and refunds the charge when the order is
+// rejected or cancelled, each effectively once (inbox), through a Provider
+// (the built-in deterministic one), and publishes the outcomes through the
+// outbox. It serves gRPC health and reflection only.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/ordermesh/ordermesh/internal/config"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/inbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/service"
+	"github.com/ordermesh/ordermesh/internal/telemetry"
+	"github.com/ordermesh/ordermesh/services/payment/internal/app"
+	"github.com/ordermesh/ordermesh/services/payment/internal/provider"
+	"github.com/ordermesh/ordermesh/services/payment/internal/store"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Getenv, os.Stdout, nil)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "payment:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
+	env := config.NewEnv(getenv)
+	cfg := service.ReadConfig(env, app.Source, ":50053")
+	if err := env.Err(); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	log := telemetry.NewLogger(stdout, app.Source, cfg.LogLevel)
+
+	spec := service.Spec{
+		Name:               app.Source,
+		Migrations:         []postgres.Source{store.Migrations},
+		BrokerGatesServing: true,
+		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
+			a := app.New(s.Pool, provider.NewDeterministic(), log)
+			for _, err := range []error{
+				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCreated)),
+				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderRejected)),
+				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCancelled)),
+			} {
+				if err != nil {
+					return nil, fmt.Errorf("register handler: %w", err)
+				}
+			}
+			return nil, nil
+		},
+	}
+	return service.Run(ctx, spec, cfg, log, ready)
+}
