@@ -1,0 +1,373 @@
+// Command devrun runs the whole platform on this machine for development:
+// it checks that RabbitMQ and PostgreSQL answer, creates the database if
+// missing, builds the binaries, starts a local SMTP sink (unless something
+// already listens on the SMTP port), starts every service and the gateway
+// with their output prefixed by name, waits until all report SERVING, and
+// prints where everything is. Ctrl-C or SIGTERM stops it all gracefully.
+//
+// It is what `make run` runs.
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ordermesh/ordermesh/internal/postgres"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Getenv, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ordermesh:", err)
+		os.Exit(1)
+	}
+}
+
+// process is one binary devrun starts.
+type process struct {
+	name string
+	// pkg is the Go package to build.
+	pkg string
+	// grpcAddr is where it serves gRPC (health is checked there); empty for
+	// the gateway, which is checked over HTTP.
+	grpcAddr string
+	env      []string
+}
+
+type config struct {
+	amqpURL     string
+	databaseURL string
+	smtpAddr    string
+	httpAddr    string
+	binDir      string
+}
+
+func loadConfig(getenv func(string) string) config {
+	get := func(key, def string) string {
+		if v := getenv(key); v != "" {
+			return v
+		}
+		return def
+	}
+	return config{
+		amqpURL:     get("ORDERMESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+		databaseURL: get("ORDERMESH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ordermesh?sslmode=disable"),
+		smtpAddr:    get("ORDERMESH_SMTP_ADDR", "127.0.0.1:1025"),
+		httpAddr:    get("ORDERMESH_HTTP_ADDR", "127.0.0.1:8080"),
+		binDir:      get("ORDERMESH_BIN_DIR", filepath.Join(".run", "bin")),
+	}
+}
+
+func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	cfg := loadConfig(getenv)
+	out := &lockedWriter{w: stdout}
+	say := func(format string, args ...any) { fmt.Fprintf(out, "devrun  | "+format+"\n", args...) }
+
+	// Preflight: the broker and the database.
+	if err := checkRabbitMQ(ctx, cfg.amqpURL); err != nil {
+		return err
+	}
+	say("RabbitMQ is up at %s", redact(cfg.amqpURL))
+	if err := checkPostgres(ctx, cfg.databaseURL); err != nil {
+		return err
+	}
+	say("PostgreSQL is up; database ready at %s", redact(cfg.databaseURL))
+
+	// Build.
+	procs := []process{
+		{name: "order", pkg: "./services/order", grpcAddr: "127.0.0.1:50051"},
+		{name: "inventory", pkg: "./services/inventory", grpcAddr: "127.0.0.1:50052"},
+		{name: "payment", pkg: "./services/payment", grpcAddr: "127.0.0.1:50053"},
+		{name: "notification", pkg: "./services/notification", grpcAddr: "127.0.0.1:50054"},
+		{name: "gateway", pkg: "./gateway"},
+	}
+	say("building %d binaries into %s", len(procs), cfg.binDir)
+	if err := build(ctx, cfg.binDir, procs); err != nil {
+		return err
+	}
+
+	// Mail: a local sink unless something already listens on the SMTP port.
+	mailWhere, stopSink, err := startMail(ctx, cfg.smtpAddr, out)
+	if err != nil {
+		return err
+	}
+	defer stopSink()
+
+	// Start everything.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	exited := make(chan string, len(procs))
+	var cmds []*exec.Cmd
+	for _, p := range procs {
+		cmd := exec.Command(filepath.Join(cfg.binDir, p.name))
+		cmd.Env = os.Environ()
+		if p.grpcAddr != "" {
+			cmd.Env = append(cmd.Env, "ORDERMESH_GRPC_ADDR="+p.grpcAddr)
+		} else {
+			cmd.Env = append(cmd.Env, "ORDERMESH_HTTP_ADDR="+cfg.httpAddr)
+		}
+		cmd.Env = append(cmd.Env, p.env...)
+		cmd.Stdout = prefixed(out, p.name)
+		cmd.Stderr = cmd.Stdout
+		// Own process group: Ctrl-C reaches devrun, which then stops each
+		// child with SIGTERM in order.
+		// If devrun itself dies, the kernel stops the children too.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+		if err := cmd.Start(); err != nil {
+			cancel()
+			stopAll(cmds, out)
+			return fmt.Errorf("start %s: %w", p.name, err)
+		}
+		cmds = append(cmds, cmd)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := cmd.Wait()
+			if ctx.Err() == nil {
+				say("%s exited unexpectedly: %v", p.name, err)
+			}
+			exited <- p.name
+		}()
+	}
+	defer func() {
+		stopAll(cmds, out)
+		wg.Wait()
+		say("stopped")
+	}()
+
+	// Wait for health.
+	if err := waitServing(ctx, procs, cfg.httpAddr, exited); err != nil {
+		return err
+	}
+	printBanner(out, cfg, procs, mailWhere)
+
+	select {
+	case <-ctx.Done():
+		say("shutting down")
+		return nil
+	case name := <-exited:
+		return fmt.Errorf("%s stopped; shutting the rest down", name)
+	}
+}
+
+func checkRabbitMQ(ctx context.Context, rawURL string) error {
+	conn, err := amqp.DialConfig(rawURL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
+	if err != nil {
+		return fmt.Errorf(`RabbitMQ is not reachable at %s: %v
+  Start it:   sudo systemctl start rabbitmq-server   (install: sudo apt-get install rabbitmq-server)
+  or:         docker compose up -d rabbitmq
+  or point ORDERMESH_AMQP_URL at another broker`, redact(rawURL), err)
+	}
+	_ = conn.Close()
+	return ctx.Err()
+}
+
+func checkPostgres(ctx context.Context, rawURL string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := postgres.CreateDatabaseIfMissing(ctx, rawURL); err != nil {
+		return fmt.Errorf(`PostgreSQL is not usable at %s: %v
+  Start it:   sudo systemctl start postgresql   (install: sudo apt-get install postgresql)
+  or:         docker compose up -d postgres
+  or point ORDERMESH_DATABASE_URL at another server`, redact(rawURL), err)
+	}
+	return nil
+}
+
+func build(ctx context.Context, dir string, procs []process) error {
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	for _, p := range procs {
+		args = append(args, p.pkg)
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("build: %w", err)
+	}
+	return nil
+}
+
+// waitServing polls every service's gRPC health and the gateway's /healthz
+// until all answer SERVING, a process exits, or a minute passes.
+func waitServing(ctx context.Context, procs []process, httpAddr string, exited <-chan string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for _, p := range procs {
+		for {
+			var err error
+			if p.grpcAddr != "" {
+				err = grpcServing(ctx, p.grpcAddr)
+			} else {
+				err = httpHealthy(ctx, "http://"+httpAddr+"/healthz")
+			}
+			if err == nil {
+				break
+			}
+			select {
+			case name := <-exited:
+				return fmt.Errorf("%s stopped before it was ready", name)
+			case <-ctx.Done():
+				return fmt.Errorf("%s did not become ready: %v", p.name, err)
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+func grpcServing(ctx context.Context, addr string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("health is %s", resp.GetStatus())
+	}
+	return nil
+}
+
+func httpHealthy(ctx context.Context, u string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %s", u, resp.Status)
+	}
+	return nil
+}
+
+// stopAll sends SIGTERM to every process (the gateway first, so no new
+// requests arrive), and SIGKILL to any still running after 20 s.
+func stopAll(cmds []*exec.Cmd, out io.Writer) {
+	for i := len(cmds) - 1; i >= 0; i-- {
+		if p := cmds[i].Process; p != nil && cmds[i].ProcessState == nil {
+			_ = p.Signal(syscall.SIGTERM)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for _, c := range cmds {
+		for c.ProcessState == nil && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if c.ProcessState == nil && c.Process != nil {
+			fmt.Fprintf(out, "devrun  | %s did not stop within 20 s; killing it\n", filepath.Base(c.Path))
+			_ = c.Process.Kill()
+		}
+	}
+}
+
+func printBanner(w io.Writer, cfg config, procs []process, mailWhere string) {
+	base := "http://" + cfg.httpAddr
+	fmt.Fprintf(w, `
+================================================================================
+ ordermesh is running.  Ctrl-C stops everything.
+
+ gRPC       order %s · inventory %s · payment %s · notification %s
+ REST       %s/v1/orders   (stock: %s/v1/stock/{product_id})
+ OpenAPI    %s/openapi.json
+ Health     %s/healthz
+ Mail       %s
+
+ Stock a product, then place an order:
+   curl -s -X PUT %s/v1/stock/SKU-1 -d '{"available": 100}'
+   curl -s -X POST %s/v1/orders -d '{"request_id": "'$(cat /proc/sys/kernel/random/uuid)'", "customer_email": "ada@example.com", "payment_token": "tok_visa", "items": [{"product_id": "SKU-1", "quantity": 2, "unit_price": {"currency_code": "EUR", "units": 19, "nanos": 990000000}}]}'
+ Then watch it: curl -sN %s/v1/orders/<id>:watch
+================================================================================
+`, procs[0].grpcAddr, procs[1].grpcAddr, procs[2].grpcAddr, procs[3].grpcAddr,
+		base, base, base, base, mailWhere, base, base, base)
+}
+
+// redact hides a URL's password.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// lockedWriter serializes whole writes from several processes.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// prefixed returns a writer that writes each complete line to w prefixed
+// with name; a partial line waits for its end (or is lost when the process
+// dies mid-line, which is fine for logs).
+func prefixed(w io.Writer, name string) io.Writer {
+	return &linePrefixer{w: w, prefix: fmt.Sprintf("%-7.7s | ", name)}
+}
+
+type linePrefixer struct {
+	w       io.Writer
+	prefix  string
+	partial []byte
+}
+
+func (l *linePrefixer) Write(p []byte) (int, error) {
+	l.partial = append(l.partial, p...)
+	for {
+		i := bytes.IndexByte(l.partial, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := make([]byte, 0, len(l.prefix)+i+1)
+		line = append(append(line, l.prefix...), l.partial[:i+1]...)
+		if _, err := l.w.Write(line); err != nil {
+			return len(p), err
+		}
+		l.partial = l.partial[i+1:]
+	}
+}
+
+// listening reports whether something accepts connections on addr.
+func listening(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
+}
