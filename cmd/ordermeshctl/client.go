@@ -1,0 +1,374 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+)
+
+type client struct {
+	opts      options
+	out       io.Writer
+	orderConn *grpc.ClientConn
+	invConn   *grpc.ClientConn
+	orders    orderv1.OrderServiceClient
+	inventory inventoryv1.InventoryServiceClient
+}
+
+func newClient(opts options, out io.Writer) (*client, error) {
+	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
+	oc, err := grpc.NewClient(opts.addr, creds)
+	if err != nil {
+		return nil, fmt.Errorf("order service address %q: %w", opts.addr, err)
+	}
+	ic, err := grpc.NewClient(opts.inventoryAddr, creds)
+	if err != nil {
+		_ = oc.Close()
+		return nil, fmt.Errorf("inventory service address %q: %w", opts.inventoryAddr, err)
+	}
+	return &client{
+		opts: opts, out: out,
+		orderConn: oc, invConn: ic,
+		orders:    orderv1.NewOrderServiceClient(oc),
+		inventory: inventoryv1.NewInventoryServiceClient(ic),
+	}, nil
+}
+
+func (c *client) close() {
+	_ = c.orderConn.Close()
+	_ = c.invConn.Close()
+}
+
+func (c *client) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.opts.timeout)
+}
+
+var jsonOut = protojson.MarshalOptions{UseProtoNames: true}
+
+// emit prints a message as one JSON line (--json) or as text.
+func (c *client) emit(m proto.Message, text func() string) {
+	if c.opts.json {
+		b, err := jsonOut.Marshal(m)
+		if err != nil {
+			fmt.Fprintf(c.out, "{\"error\": %q}\n", err.Error())
+			return
+		}
+		fmt.Fprintln(c.out, string(b))
+		return
+	}
+	fmt.Fprintln(c.out, text())
+}
+
+func (c *client) place(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("place", flag.ContinueOnError)
+	email := fs.String("email", "", "customer email (required)")
+	token := fs.String("token", "tok_visa", "payment token (tok_decline declines, tok_unavailable fails twice first)")
+	requestID := fs.String("request-id", "", "idempotency key (a UUID; default: a new one)")
+	if err := fs.Parse(args); err != nil {
+		return usagef("place: %v", err)
+	}
+	if *email == "" || fs.NArg() == 0 {
+		return usagef("place: need --email and at least one SKU:QTY:PRICE item")
+	}
+	items := make([]*orderv1.LineItem, 0, fs.NArg())
+	for _, arg := range fs.Args() {
+		it, err := parseItem(arg)
+		if err != nil {
+			return usagef("place: %v", err)
+		}
+		items = append(items, it)
+	}
+	if *requestID == "" {
+		*requestID = uuid.NewString()
+	}
+	ctx, cancel := c.call(ctx)
+	defer cancel()
+	resp, err := c.orders.CreateOrder(ctx, &orderv1.CreateOrderRequest{
+		RequestId: *requestID, CustomerEmail: *email, Items: items, PaymentToken: *token,
+	})
+	if err != nil {
+		return err
+	}
+	c.emit(resp.GetOrder(), func() string { return formatOrder(resp.GetOrder()) })
+	return nil
+}
+
+func (c *client) get(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return usagef("get: need exactly one ORDER_ID")
+	}
+	ctx, cancel := c.call(ctx)
+	defer cancel()
+	resp, err := c.orders.GetOrder(ctx, &orderv1.GetOrderRequest{OrderId: args[0]})
+	if err != nil {
+		return err
+	}
+	c.emit(resp.GetOrder(), func() string { return formatOrder(resp.GetOrder()) })
+	return nil
+}
+
+func (c *client) list(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("list", flag.ContinueOnError)
+	st := fs.String("status", "", "only orders with this status: pending, confirmed, rejected, cancelled")
+	email := fs.String("email", "", "only orders of this customer")
+	limit := fs.Int("limit", 20, "most orders to show (0 = all)")
+	if err := fs.Parse(args); err != nil {
+		return usagef("list: %v", err)
+	}
+	req := &orderv1.ListOrdersRequest{CustomerEmail: *email}
+	if *st != "" {
+		v, ok := orderv1.OrderStatus_value["ORDER_STATUS_"+strings.ToUpper(*st)]
+		if !ok {
+			return usagef("list: unknown status %q", *st)
+		}
+		req.Status = orderv1.OrderStatus(v)
+	}
+	shown := 0
+	for {
+		req.PageSize = 100
+		if *limit > 0 {
+			req.PageSize = int32(min(100, *limit-shown))
+		}
+		callCtx, cancel := c.call(ctx)
+		resp, err := c.orders.ListOrders(callCtx, req)
+		cancel()
+		if err != nil {
+			return err
+		}
+		for _, o := range resp.GetOrders() {
+			c.emit(o, func() string { return formatOrderLine(o) })
+			shown++
+		}
+		if resp.GetNextPageToken() == "" || (*limit > 0 && shown >= *limit) {
+			return nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
+func (c *client) cancel(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return usagef("cancel: need an ORDER_ID")
+	}
+	fs := flag.NewFlagSet("cancel", flag.ContinueOnError)
+	reason := fs.String("reason", "", "why the order is cancelled")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usagef("cancel: %v", err)
+	}
+	ctx, cancel := c.call(ctx)
+	defer cancel()
+	resp, err := c.orders.CancelOrder(ctx, &orderv1.CancelOrderRequest{OrderId: args[0], Reason: *reason})
+	if err != nil {
+		return err
+	}
+	c.emit(resp.GetOrder(), func() string { return formatOrder(resp.GetOrder()) })
+	return nil
+}
+
+func (c *client) watch(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return usagef("watch: need exactly one ORDER_ID")
+	}
+	return c.watchOrder(ctx, args[0], func(o *orderv1.Order) {
+		c.emit(o, func() string { return formatOrderLine(o) })
+	})
+}
+
+// watchOrder streams order id to fn until the stream ends.
+func (c *client) watchOrder(ctx context.Context, id string, fn func(*orderv1.Order)) error {
+	stream, err := c.orders.WatchOrder(ctx, &orderv1.WatchOrderRequest{OrderId: id})
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		fn(resp.GetOrder())
+	}
+}
+
+func (c *client) stock(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return usagef("stock: need set or get")
+	}
+	ctx, cancel := c.call(ctx)
+	defer cancel()
+	var s *inventoryv1.Stock
+	switch {
+	case args[0] == "set" && len(args) == 3:
+		n, err := strconv.ParseInt(args[2], 10, 64)
+		if err != nil {
+			return usagef("stock set: AVAILABLE must be a whole number, got %q", args[2])
+		}
+		resp, err := c.inventory.SetStock(ctx, &inventoryv1.SetStockRequest{ProductId: args[1], Available: n})
+		if err != nil {
+			return err
+		}
+		s = resp.GetStock()
+	case args[0] == "get" && len(args) == 2:
+		resp, err := c.inventory.GetStock(ctx, &inventoryv1.GetStockRequest{ProductId: args[1]})
+		if err != nil {
+			return err
+		}
+		s = resp.GetStock()
+	default:
+		return usagef("stock: use 'stock set SKU AVAILABLE' or 'stock get SKU'")
+	}
+	c.emit(s, func() string {
+		return fmt.Sprintf("%s  available %d  reserved %d", s.GetProductId(), s.GetAvailable(), s.GetReserved())
+	})
+	return nil
+}
+
+func (c *client) health(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("health", flag.ContinueOnError)
+	service := fs.String("service", "", "health service name (default: the server overall)")
+	httpURL := fs.String("http", "", "check this HTTP URL (e.g. the gateway's /healthz) instead of gRPC health")
+	if err := fs.Parse(args); err != nil {
+		return usagef("health: %v", err)
+	}
+	ctx, cancel := c.call(ctx)
+	defer cancel()
+	if *httpURL != "" {
+		return c.httpHealth(ctx, *httpURL)
+	}
+	resp, err := healthpb.NewHealthClient(c.orderConn).Check(ctx, &healthpb.HealthCheckRequest{Service: *service})
+	if err != nil {
+		return err
+	}
+	c.emit(resp, func() string { return resp.GetStatus().String() })
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("%s: %w", c.opts.addr, errNotServing)
+	}
+	return nil
+}
+
+// httpHealth checks that url answers 200.
+func (c *client) httpHealth(ctx context.Context, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return usagef("health: %v", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	fmt.Fprintln(c.out, strings.TrimSpace(string(body)))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %s: %w", url, resp.Status, errNotServing)
+	}
+	return nil
+}
+
+// parseItem reads SKU:QTY:PRICE, PRICE being e.g. 19.99EUR.
+func parseItem(s string) (*orderv1.LineItem, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("item %q: want SKU:QTY:PRICE, e.g. SKU-1:2:19.99EUR", s)
+	}
+	qty, err := strconv.ParseInt(parts[1], 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("item %q: quantity %q is not a whole number", s, parts[1])
+	}
+	price, err := parseMoney(parts[2])
+	if err != nil {
+		return nil, fmt.Errorf("item %q: %w", s, err)
+	}
+	return &orderv1.LineItem{ProductId: parts[0], Quantity: int32(qty), UnitPrice: price}, nil
+}
+
+// parseMoney reads an amount with up to nine decimals and a three-letter
+// currency code, e.g. 19.99EUR, exactly (no floating point).
+func parseMoney(s string) (*moneyv1.Money, error) {
+	if len(s) < 4 {
+		return nil, fmt.Errorf("price %q: want an amount and a currency, e.g. 19.99EUR", s)
+	}
+	amount, currency := s[:len(s)-3], strings.ToUpper(s[len(s)-3:])
+	whole, frac, _ := strings.Cut(amount, ".")
+	units, err := strconv.ParseInt(whole, 10, 64)
+	if err != nil || len(frac) > 9 || units < 0 {
+		return nil, fmt.Errorf("price %q: want a non-negative amount with up to 9 decimals", s)
+	}
+	var nanos int64
+	if frac != "" {
+		if nanos, err = strconv.ParseInt(frac+strings.Repeat("0", 9-len(frac)), 10, 32); err != nil {
+			return nil, fmt.Errorf("price %q: bad decimals", s)
+		}
+	}
+	return &moneyv1.Money{CurrencyCode: currency, Units: units, Nanos: int32(nanos)}, nil
+}
+
+func formatMoney(m *moneyv1.Money) string {
+	frac := strings.TrimRight(fmt.Sprintf("%09d", m.GetNanos()), "0")
+	if len(frac) < 2 {
+		frac += strings.Repeat("0", 2-len(frac))
+	}
+	return fmt.Sprintf("%d.%s %s", m.GetUnits(), frac, m.GetCurrencyCode())
+}
+
+func statusName(s orderv1.OrderStatus) string {
+	return strings.TrimPrefix(s.String(), "ORDER_STATUS_")
+}
+
+func formatOrderLine(o *orderv1.Order) string {
+	line := fmt.Sprintf("%s  %-9s  %12s  %s", o.GetId(), statusName(o.GetStatus()), formatMoney(o.GetTotal()), o.GetCustomerEmail())
+	if o.GetStatusReason() != "" {
+		line += "  (" + o.GetStatusReason() + ")"
+	}
+	return line
+}
+
+func formatOrder(o *orderv1.Order) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "order    %s\nstatus   %s", o.GetId(), statusName(o.GetStatus()))
+	if o.GetStatusReason() != "" {
+		fmt.Fprintf(&b, " (%s)", o.GetStatusReason())
+	}
+	fmt.Fprintf(&b, "\ncustomer %s\ntotal    %s\ncreated  %s\nupdated  %s\nitems\n",
+		o.GetCustomerEmail(), formatMoney(o.GetTotal()),
+		o.GetCreateTime().AsTime().Format(time.RFC3339), o.GetUpdateTime().AsTime().Format(time.RFC3339))
+	for _, it := range o.GetItems() {
+		fmt.Fprintf(&b, "  %-20s x%-5d %s\n", it.GetProductId(), it.GetQuantity(), formatMoney(it.GetUnitPrice()))
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+// fieldViolations lists a status's google.rpc.BadRequest violations.
+func fieldViolations(st *status.Status) []string {
+	var out []string
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				out = append(out, v.GetField()+": "+v.GetDescription())
+			}
+		}
+	}
+	return out
+}

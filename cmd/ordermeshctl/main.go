@@ -1,0 +1,170 @@
+// Command ordermeshctl talks to ordermesh over gRPC: place, read, list,
+// cancel and watch orders, set and read stock, check health, and run a demo
+// that drives an order to each of the saga's outcomes.
+//
+// Exit codes: 0 success; 1 failure; 2 usage error; 3 not found; 4 request
+// refused (invalid, conflicting or not allowed in the order's state);
+// 5 service unavailable or timed out.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+const usage = `usage: ordermeshctl [flags] <command> [args]
+
+Orders (OrderService at --addr):
+  place  --email E --token T SKU:QTY:PRICE [SKU:QTY:PRICE...]   place an order (PRICE like 19.99EUR)
+  get    ORDER_ID                     show an order
+  list   [--status S] [--email E] [--limit N]   list orders, newest first
+  cancel ORDER_ID [--reason R]        cancel a pending or confirmed order
+  watch  ORDER_ID                     stream an order's changes until it is final
+
+Stock (InventoryService at --inventory-addr):
+  stock set SKU AVAILABLE             set a product's available units
+  stock get SKU                       show a product's stock
+
+Other:
+  health [--service NAME] [--http URL]  check gRPC health of --addr, or an HTTP URL (exit 0 when healthy)
+  demo                                stock products and drive orders to every outcome
+
+Flags (before the command):
+`
+
+// Exit codes.
+const (
+	exitOK          = 0
+	exitFailure     = 1
+	exitUsage       = 2
+	exitNotFound    = 3
+	exitRefused     = 4
+	exitUnavailable = 5
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// options are the global flags.
+type options struct {
+	addr          string
+	inventoryAddr string
+	json          bool
+	timeout       time.Duration
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	envOr := func(key, def string) string {
+		if v := getenv(key); v != "" {
+			return v
+		}
+		return def
+	}
+	var opts options
+	fs := flag.NewFlagSet("ordermeshctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&opts.addr, "addr", envOr("ORDERMESH_ADDR", "127.0.0.1:50051"), "order service gRPC address (env ORDERMESH_ADDR)")
+	fs.StringVar(&opts.inventoryAddr, "inventory-addr", envOr("ORDERMESH_INVENTORY_ADDR", "127.0.0.1:50052"), "inventory service gRPC address (env ORDERMESH_INVENTORY_ADDR)")
+	fs.BoolVar(&opts.json, "json", false, "print JSON (one object per line) instead of text")
+	fs.DurationVar(&opts.timeout, "timeout", 10*time.Second, "timeout of each call (watch and demo wait longer)")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	cli, err := newClient(opts, stdout)
+	if err != nil {
+		fmt.Fprintln(stderr, "ordermeshctl:", err)
+		return exitFailure
+	}
+	defer cli.close()
+
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	commands := map[string]func(context.Context, []string) error{
+		"place":  cli.place,
+		"get":    cli.get,
+		"list":   cli.list,
+		"cancel": cli.cancel,
+		"watch":  cli.watch,
+		"stock":  cli.stock,
+		"health": cli.health,
+		"demo":   cli.demo,
+	}
+	f, ok := commands[cmd]
+	if !ok {
+		fmt.Fprintf(stderr, "ordermeshctl: unknown command %q\n\n", cmd)
+		fs.Usage()
+		return exitUsage
+	}
+	if err := f(ctx, rest); err != nil {
+		fmt.Fprintln(stderr, "ordermeshctl:", describe(err))
+		return exitCode(err)
+	}
+	return exitOK
+}
+
+// usageError is a mistake in the command line.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+// errNotServing is returned by health when the service is not SERVING.
+var errNotServing = errors.New("not serving")
+
+func exitCode(err error) int {
+	var ue usageError
+	switch {
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.Is(err, errNotServing):
+		return exitFailure
+	}
+	switch status.Code(err) {
+	case codes.NotFound:
+		return exitNotFound
+	case codes.InvalidArgument, codes.AlreadyExists, codes.FailedPrecondition, codes.OutOfRange:
+		return exitRefused
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return exitUnavailable
+	}
+	return exitFailure
+}
+
+// describe renders an error for people: a gRPC status as its code and
+// message plus any field violations.
+func describe(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err.Error()
+	}
+	msg := fmt.Sprintf("%s: %s", st.Code(), st.Message())
+	for _, v := range fieldViolations(st) {
+		msg += "\n  " + v
+	}
+	return msg
+}
