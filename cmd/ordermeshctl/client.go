@@ -185,6 +185,24 @@ func (c *client) cancel(ctx context.Context, args []string) error {
 	return nil
 }
 
+func (c *client) events(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return usagef("events: need exactly one ORDER_ID")
+	}
+	ctx, cancel := c.call(ctx)
+	defer cancel()
+	resp, err := c.orders.ListOrderEvents(ctx, &orderv1.ListOrderEventsRequest{OrderId: args[0]})
+	if err != nil {
+		return err
+	}
+	for _, e := range resp.GetEvents() {
+		c.emit(e, func() string {
+			return fmt.Sprintf("%s  %-24s %-12s %s", e.GetTime().AsTime().Format("15:04:05.000"), e.GetRoutingKey(), e.GetSource(), e.GetSummary())
+		})
+	}
+	return nil
+}
+
 func (c *client) watch(ctx context.Context, args []string) error {
 	if len(args) != 1 {
 		return usagef("watch: need exactly one ORDER_ID")

@@ -30,6 +30,7 @@ type demoResult struct {
 	Status   string   `json:"status"`
 	Reason   string   `json:"reason,omitempty"`
 	History  []string `json:"history"`
+	Events   []string `json:"events"`
 	Expected string   `json:"expected"`
 	OK       bool     `json:"ok"`
 }
@@ -115,7 +116,12 @@ func (c *client) runScenario(ctx context.Context, sc scenario) (demoResult, erro
 		}
 		record(cr.GetOrder())
 	}
+	events, err := c.settledEvents(ctx, id)
+	if err != nil {
+		return demoResult{}, fmt.Errorf("events of %s: %w", id, err)
+	}
 	return demoResult{
+		Events:   events,
 		Scenario: sc.name,
 		OrderID:  id,
 		Status:   statusName(last.GetStatus()),
@@ -124,6 +130,33 @@ func (c *client) runScenario(ctx context.Context, sc scenario) (demoResult, erro
 		Expected: statusName(sc.want),
 		OK:       last.GetStatus() == sc.want,
 	}, nil
+}
+
+// settledEvents returns order id's timeline once it stops growing (the
+// last notifications and compensations arrive shortly after the order's
+// final status), waiting at most a few seconds.
+func (c *client) settledEvents(ctx context.Context, id string) ([]string, error) {
+	var last []string
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := c.orders.ListOrderEvents(ctx, &orderv1.ListOrderEventsRequest{OrderId: id})
+		if err != nil {
+			return nil, err
+		}
+		var lines []string
+		for _, e := range resp.GetEvents() {
+			lines = append(lines, fmt.Sprintf("%-24s %-12s %s", e.GetRoutingKey(), e.GetSource(), e.GetSummary()))
+		}
+		if (len(lines) == len(last) && len(lines) > 0) || time.Now().After(deadline) {
+			return lines, nil
+		}
+		last = lines
+		select {
+		case <-ctx.Done():
+			return last, nil
+		case <-time.After(700 * time.Millisecond):
+		}
+	}
 }
 
 func (c *client) say(format string, args ...any) {
@@ -149,5 +182,9 @@ func (c *client) report(r demoResult) {
 	fmt.Fprintf(c.out, "\n%-24s %s  %s\n  order   %s\n  history %s\n", r.Scenario, r.Status, mark, r.OrderID, strings.Join(r.History, " → "))
 	if r.Reason != "" {
 		fmt.Fprintf(c.out, "  reason  %s\n", r.Reason)
+	}
+	fmt.Fprintf(c.out, "  events\n")
+	for _, e := range r.Events {
+		fmt.Fprintf(c.out, "    %s\n", e)
 	}
 }

@@ -30,6 +30,7 @@ Orders (OrderService at --addr):
   list   [--status S] [--email E] [--limit N]   list orders, newest first
   cancel ORDER_ID [--reason R]        cancel a pending or confirmed order
   watch  ORDER_ID                     stream an order's changes until it is final
+  events ORDER_ID                     show the events of an order's saga
 
 Stock (InventoryService at --inventory-addr):
   stock set SKU AVAILABLE             set a product's available units
@@ -109,6 +110,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		"list":   cli.list,
 		"cancel": cli.cancel,
 		"watch":  cli.watch,
+		"events": cli.events,
 		"stock":  cli.stock,
 		"health": cli.health,
 		"demo":   cli.demo,
