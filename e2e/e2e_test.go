@@ -1,0 +1,453 @@
+// Package e2e drives the real ordermesh binaries, started as processes
+// against the machine's RabbitMQ and PostgreSQL, through gRPC and REST.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"golang.org/x/sync/errgroup"
+
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/platformtest"
+	"github.com/ordermesh/ordermesh/internal/smtpsink"
+)
+
+// Outcomes the test orders are designed to reach.
+type outcome int
+
+const (
+	confirmed    outcome = iota // stocked, good card
+	outOfStock                  // product with no stock
+	declined                    // tok_decline
+	cancelled                   // cancelled right after it was placed
+	flakyPayment                // tok_unavailable: two provider errors, then success
+	duplicate                   // repeats an earlier request id and payload
+)
+
+const (
+	skuStocked = "E2E-STOCKED"
+	skuEmpty   = "E2E-EMPTY"
+	stock      = 100000
+)
+
+// plan is one CreateOrder request of the test.
+type plan struct {
+	n         int
+	outcome   outcome
+	overREST  bool
+	requestID string
+	email     string
+	token     string
+	sku       string
+	quantity  int32
+	of        *plan // the original, for a duplicate
+	orderID   string
+}
+
+func (p *plan) want() orderv1.OrderStatus {
+	switch p.outcome {
+	case outOfStock, declined:
+		return orderv1.OrderStatus_ORDER_STATUS_REJECTED
+	case cancelled:
+		return orderv1.OrderStatus_ORDER_STATUS_CANCELLED
+	default:
+		return orderv1.OrderStatus_ORDER_STATUS_CONFIRMED
+	}
+}
+
+// plans builds n requests: 50% confirmed, 10% each out of stock, declined,
+// cancelled, flaky payment and duplicate; every other one over REST.
+func plans(n int) []*plan {
+	var out []*plan
+	for i := range n {
+		p := &plan{n: i, overREST: i%2 == 1, requestID: uuid.NewString(), token: "tok_visa",
+			sku: skuStocked, quantity: int32(1 + i%3), email: fmt.Sprintf("customer-%03d@example.com", i)}
+		switch i % 10 {
+		case 5:
+			p.outcome, p.sku = outOfStock, skuEmpty
+		case 6:
+			p.outcome, p.token = declined, "tok_decline"
+		case 7:
+			p.outcome = cancelled
+		case 8:
+			p.outcome, p.token = flakyPayment, "tok_unavailable"
+		case 9:
+			orig := out[i-9]
+			*p = *orig
+			p.n, p.outcome, p.of, p.overREST = i, duplicate, orig, i%2 == 1
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (p *plan) request() *orderv1.CreateOrderRequest {
+	return &orderv1.CreateOrderRequest{
+		RequestId: p.requestID, CustomerEmail: p.email, PaymentToken: p.token,
+		Items: []*orderv1.LineItem{{ProductId: p.sku, Quantity: p.quantity,
+			UnitPrice: &moneyv1.Money{CurrencyCode: "EUR", Units: 12, Nanos: 500000000}}},
+	}
+}
+
+func TestOrdersEndToEnd(t *testing.T) {
+	pf := platformtest.Start(t, platformtest.Options{})
+	defer func() {
+		if t.Failed() {
+			pf.DumpLogs()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	orders := orderv1.NewOrderServiceClient(pf.Dial("order"))
+	inventory := inventoryv1.NewInventoryServiceClient(pf.Dial("inventory"))
+
+	// Every service stays SERVING throughout.
+	monitor := newHealthMonitor(pf)
+	monitorDone := make(chan struct{})
+	monitorCtx, stopMonitor := context.WithCancel(ctx)
+	go func() { defer close(monitorDone); monitor.run(monitorCtx) }()
+
+	// Stock one product through REST, leave the other empty through gRPC.
+	if code, body := doJSON(t, http.MethodPut, pf.HTTPURL+"/v1/stock/"+skuStocked, fmt.Sprintf(`{"available": %d}`, stock)); code != http.StatusOK {
+		t.Fatalf("stock over REST = %d %s", code, body)
+	}
+	if _, err := inventory.SetStock(ctx, &inventoryv1.SetStockRequest{ProductId: skuEmpty, Available: 0}); err != nil {
+		t.Fatalf("stock over gRPC: %v", err)
+	}
+
+	// Place 200 orders, 16 at a time, half over gRPC and half over REST;
+	// duplicates go after their originals.
+	all := plans(200)
+	place := func(p *plan) error {
+		id, err := createOrder(ctx, t, pf.HTTPURL, orders, p)
+		if err != nil {
+			return fmt.Errorf("order %d: %w", p.n, err)
+		}
+		p.orderID = id
+		if p.outcome == cancelled {
+			if err := cancelOrder(ctx, t, pf.HTTPURL, orders, p); err != nil {
+				return fmt.Errorf("cancel order %d: %w", p.n, err)
+			}
+		}
+		return nil
+	}
+	for _, wave := range [][]*plan{originals(all), duplicates(all)} {
+		g, _ := errgroup.WithContext(ctx)
+		g.SetLimit(16)
+		for _, p := range wave {
+			g.Go(func() error { return place(p) })
+		}
+		if err := g.Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range duplicates(all) {
+		if p.orderID != p.of.orderID {
+			t.Errorf("duplicate request %d returned order %s, want the original %s", p.n, p.orderID, p.of.orderID)
+		}
+	}
+
+	// Every order reaches its expected terminal state.
+	final := waitTerminal(ctx, t, orders, originals(all))
+	for _, p := range originals(all) {
+		if got := final[p.orderID]; got.GetStatus() != p.want() {
+			t.Errorf("order %d (%v) ended %v (%s), want %v", p.n, p.outcome, got.GetStatus(), got.GetStatusReason(), p.want())
+		}
+	}
+	list, err := orders.ListOrders(ctx, &orderv1.ListOrdersRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatalf("list: %v", err)
+	}
+	if got, want := len(list.GetOrders()), len(originals(all)); got != want {
+		t.Errorf("%d orders exist, want %d (duplicates must not create orders)", got, want)
+	}
+
+	// Stock reconciles: what confirmed orders took is gone, the rest is
+	// back, nothing stays reserved.
+	var consumed int64
+	for _, p := range originals(all) {
+		if final[p.orderID].GetStatus() == orderv1.OrderStatus_ORDER_STATUS_CONFIRMED {
+			consumed += int64(p.quantity)
+		}
+	}
+	eventually(ctx, t, "stock reconciles", func() error {
+		resp, err := inventory.GetStock(ctx, &inventoryv1.GetStockRequest{ProductId: skuStocked})
+		if err != nil {
+			return err
+		}
+		s := resp.GetStock()
+		if s.GetAvailable() != stock-consumed || s.GetReserved() != 0 {
+			return fmt.Errorf("available %d reserved %d, want available %d (stock %d − confirmed %d) and none reserved",
+				s.GetAvailable(), s.GetReserved(), stock-consumed, stock, consumed)
+		}
+		return nil
+	})
+
+	// Payments reconcile: one charge per confirmed order; every other order
+	// was never charged, or refunded.
+	eventually(ctx, t, "payments reconcile", func() error { return checkPayments(ctx, pf, originals(all), final) })
+
+	// Each customer got exactly the expected emails.
+	eventually(ctx, t, "emails", func() error { return checkEmails(ctx, orders, pf.Sink, originals(all), final) })
+
+	stopMonitor()
+	<-monitorDone
+	if bad := monitor.failures(); len(bad) > 0 {
+		t.Errorf("services left SERVING during the run: %v", bad)
+	}
+
+	// SIGTERM: everything stops cleanly and nothing is left in an outbox.
+	if failed := pf.Stop(); len(failed) > 0 {
+		t.Errorf("unclean shutdown: %v", failed)
+	}
+	pending, err := pf.OutboxPending(ctx)
+	if err != nil {
+		t.Fatalf("outbox: %v", err)
+	}
+	for s, n := range pending {
+		if n != 0 {
+			t.Errorf("%s outbox holds %d events after shutdown", s, n)
+		}
+	}
+	t.Logf("orders %d (+%d duplicate requests), %d units consumed", len(originals(all)), len(duplicates(all)), consumed)
+}
+
+func originals(all []*plan) []*plan {
+	return slices.DeleteFunc(slices.Clone(all), func(p *plan) bool { return p.outcome == duplicate })
+}
+
+func duplicates(all []*plan) []*plan {
+	return slices.DeleteFunc(slices.Clone(all), func(p *plan) bool { return p.outcome != duplicate })
+}
+
+// createOrder places p over gRPC or REST and returns the order id.
+func createOrder(ctx context.Context, t *testing.T, base string, c orderv1.OrderServiceClient, p *plan) (string, error) {
+	if !p.overREST {
+		resp, err := c.CreateOrder(ctx, p.request())
+		if err != nil {
+			return "", err
+		}
+		return resp.GetOrder().GetId(), nil
+	}
+	body, err := json.Marshal(map[string]any{
+		"request_id": p.requestID, "customer_email": p.email, "payment_token": p.token,
+		"items": []any{map[string]any{"product_id": p.sku, "quantity": p.quantity,
+			"unit_price": map[string]any{"currency_code": "EUR", "units": "12", "nanos": 500000000}}},
+	})
+	if err != nil {
+		return "", err
+	}
+	code, b := doJSON(t, http.MethodPost, base+"/v1/orders", string(body))
+	if code != http.StatusOK {
+		return "", fmt.Errorf("POST /v1/orders = %d %s", code, b)
+	}
+	var resp struct {
+		Order struct {
+			ID string `json:"id"`
+		} `json:"order"`
+	}
+	if err := json.Unmarshal(b, &resp); err != nil {
+		return "", err
+	}
+	return resp.Order.ID, nil
+}
+
+func cancelOrder(ctx context.Context, t *testing.T, base string, c orderv1.OrderServiceClient, p *plan) error {
+	if !p.overREST {
+		_, err := c.CancelOrder(ctx, &orderv1.CancelOrderRequest{OrderId: p.orderID, Reason: "e2e"})
+		return err
+	}
+	if code, b := doJSON(t, http.MethodPost, base+"/v1/orders/"+p.orderID+":cancel", `{"reason": "e2e"}`); code != http.StatusOK {
+		return fmt.Errorf("cancel = %d %s", code, b)
+	}
+	return nil
+}
+
+func doJSON(t *testing.T, method, url, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, []byte(err.Error())
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// waitTerminal polls until every planned order is terminal and returns the
+// orders by id.
+func waitTerminal(ctx context.Context, t *testing.T, c orderv1.OrderServiceClient, ps []*plan) map[string]*orderv1.Order {
+	t.Helper()
+	final := map[string]*orderv1.Order{}
+	eventually(ctx, t, "orders terminal", func() error {
+		resp, err := c.ListOrders(ctx, &orderv1.ListOrdersRequest{PageSize: 1000})
+		if err != nil {
+			return err
+		}
+		pending := 0
+		for _, o := range resp.GetOrders() {
+			final[o.GetId()] = o
+			if o.GetStatus() == orderv1.OrderStatus_ORDER_STATUS_PENDING {
+				pending++
+			}
+		}
+		for _, p := range ps {
+			if final[p.orderID] == nil {
+				return fmt.Errorf("order %d (%s) not listed", p.n, p.orderID)
+			}
+		}
+		if pending > 0 {
+			return fmt.Errorf("%d orders still pending", pending)
+		}
+		return nil
+	})
+	return final
+}
+
+func checkPayments(ctx context.Context, pf *platformtest.Platform, ps []*plan, final map[string]*orderv1.Order) error {
+	rows, done, err := pf.Query(ctx, `SELECT order_id::text, status FROM payment.payments`)
+	if err != nil {
+		return err
+	}
+	defer done()
+	status := map[string]string{}
+	for rows.Next() {
+		var id, st string
+		if err := rows.Scan(&id, &st); err != nil {
+			return err
+		}
+		status[id] = st
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, p := range ps {
+		got := status[p.orderID]
+		switch final[p.orderID].GetStatus() {
+		case orderv1.OrderStatus_ORDER_STATUS_CONFIRMED:
+			if got != "CHARGED" {
+				return fmt.Errorf("confirmed order %d: payment %q, want CHARGED", p.n, got)
+			}
+		default:
+			// Declined: FAILED. Rejected for stock or cancelled: refunded
+			// if it had been charged, or never charged (BLOCKED, FAILED).
+			if got == "CHARGED" || got == "" {
+				return fmt.Errorf("%v order %d: payment %q, want no standing charge", p.outcome, p.n, got)
+			}
+			if p.outcome == declined && got != "FAILED" {
+				return fmt.Errorf("declined order %d: payment %q, want FAILED", p.n, got)
+			}
+		}
+	}
+	return nil
+}
+
+// checkEmails compares each customer's mail with what the order's history
+// calls for: received, plus confirmed (if it ever was), plus rejected or
+// cancelled.
+func checkEmails(ctx context.Context, c orderv1.OrderServiceClient, sink *smtpsink.Sink, ps []*plan, final map[string]*orderv1.Order) error {
+	got := map[string][]string{}
+	for _, m := range sink.Messages() {
+		for _, to := range m.To {
+			got[to] = append(got[to], m.Subject)
+		}
+	}
+	for _, p := range ps {
+		id := p.orderID
+		want := []string{"Order " + id + " received"}
+		confirmedOnce := final[id].GetStatus() == orderv1.OrderStatus_ORDER_STATUS_CONFIRMED
+		if p.outcome == cancelled {
+			ev, err := c.ListOrderEvents(ctx, &orderv1.ListOrderEventsRequest{OrderId: id})
+			if err != nil {
+				return err
+			}
+			for _, e := range ev.GetEvents() {
+				confirmedOnce = confirmedOnce || e.GetRoutingKey() == "order.confirmed"
+			}
+		}
+		if confirmedOnce {
+			want = append(want, "Order "+id+" confirmed")
+		}
+		switch final[id].GetStatus() {
+		case orderv1.OrderStatus_ORDER_STATUS_REJECTED:
+			want = append(want, "Order "+id+" rejected")
+		case orderv1.OrderStatus_ORDER_STATUS_CANCELLED:
+			want = append(want, "Order "+id+" cancelled")
+		}
+		have := slices.Clone(got[p.email])
+		sort.Strings(have)
+		sort.Strings(want)
+		if !slices.Equal(have, want) {
+			return fmt.Errorf("%s got %q, want %q", p.email, have, want)
+		}
+	}
+	return nil
+}
+
+// eventually retries check every 250 ms until it passes or a minute has
+// passed, then fails the test with its last error.
+func eventually(ctx context.Context, t *testing.T, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// healthMonitor checks every process's health every 200 ms.
+type healthMonitor struct {
+	pf  *platformtest.Platform
+	mu  sync.Mutex
+	bad []string
+}
+
+func newHealthMonitor(pf *platformtest.Platform) *healthMonitor { return &healthMonitor{pf: pf} }
+
+func (m *healthMonitor) run(ctx context.Context) {
+	names := append(append([]string{}, platformtest.Services...), "gateway")
+	for {
+		for _, n := range names {
+			if err := m.pf.Healthy(n); err != nil && ctx.Err() == nil {
+				m.mu.Lock()
+				m.bad = append(m.bad, fmt.Sprintf("%s at %s: %v", n, time.Now().Format(time.TimeOnly), err))
+				m.mu.Unlock()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (m *healthMonitor) failures() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.bad)
+}

@@ -1,0 +1,434 @@
+// Package platformtest runs the real ordermesh binaries as processes for
+// end-to-end tests and benchmarks: on an isolated database and topology
+// prefix, against the machine's RabbitMQ and PostgreSQL, with an in-process
+// SMTP sink receiving the mail, and cleans all of it up afterwards.
+package platformtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
+	"github.com/ordermesh/ordermesh/internal/smtpsink"
+)
+
+// Services are the gRPC services of the platform, in start order.
+var Services = []string{"order", "inventory", "payment", "notification"}
+
+// AMQPURL is the test broker: ORDERMESH_TEST_AMQP_URL or the local default.
+func AMQPURL() string {
+	if u := os.Getenv("ORDERMESH_TEST_AMQP_URL"); u != "" {
+		return u
+	}
+	return eventbus.DefaultURL
+}
+
+// Options tune a platform; the zero value gives the defaults.
+type Options struct {
+	// RetryDelays is ORDERMESH_RETRY_DELAYS for every service; default
+	// "200ms,500ms" so retried messages settle quickly.
+	RetryDelays string
+	// Env adds variables to every process.
+	Env []string
+}
+
+// Process is one running binary.
+type Process struct {
+	Name string
+	// Addr is its gRPC address, or the gateway's HTTP address.
+	Addr string
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	mu   *sync.Mutex
+	done chan struct{}
+	err  error
+}
+
+// Log returns what the process printed so far.
+func (p *Process) Log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// Platform is a running set of services and the gateway.
+type Platform struct {
+	t        testing.TB
+	Prefix   string
+	Database string
+	// DatabaseURL reaches the platform's database.
+	DatabaseURL string
+	Sink        *smtpsink.Sink
+	// Procs by name: the four services and "gateway".
+	Procs   map[string]*Process
+	HTTPURL string
+	binDir  string
+	opts    Options
+}
+
+// Build compiles the binaries into dir, from the module root.
+func Build(dir string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	for _, s := range Services {
+		args = append(args, "./services/"+s)
+	}
+	args = append(args, "./gateway")
+	cmd := exec.Command("go", args...)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return nil
+}
+
+func moduleRoot() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("cannot locate the module root")
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..")), nil
+}
+
+// Start builds the binaries (into a temporary directory) and starts the
+// platform on a fresh database and topology prefix; everything is stopped
+// and removed when the test ends. It fails the test if a service does not
+// become SERVING within a minute.
+func Start(t testing.TB, opts Options) *Platform {
+	t.Helper()
+	if opts.RetryDelays == "" {
+		opts.RetryDelays = "200ms,500ms"
+	}
+	binDir := t.TempDir()
+	if err := Build(binDir); err != nil {
+		t.Fatal(err)
+	}
+	id := randomID(t)
+	p := &Platform{t: t, Prefix: "e2e-" + id + ".", Database: "e2e_" + id, Procs: map[string]*Process{}, binDir: binDir, opts: opts}
+
+	u, err := url.Parse(postgrestest.URL())
+	if err != nil {
+		t.Fatalf("parse test database url: %v", err)
+	}
+	u.Path = "/" + p.Database
+	p.DatabaseURL = u.String()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := postgres.CreateDatabaseIfMissing(ctx, p.DatabaseURL); err != nil {
+		t.Fatalf("PostgreSQL at %s is required: %v", postgrestest.URL(), err)
+	}
+	t.Cleanup(p.dropDatabase)
+	t.Cleanup(p.deleteTopology)
+
+	sink, err := smtpsink.Start(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("start smtp sink: %v", err)
+	}
+	p.Sink = sink
+	t.Cleanup(func() { _ = sink.Close() })
+	t.Cleanup(func() { p.Stop() })
+
+	for _, name := range Services {
+		p.start(name, freeAddr(t))
+	}
+	p.start("gateway", freeAddr(t))
+	p.HTTPURL = "http://" + p.Procs["gateway"].Addr
+	p.WaitServing(time.Minute)
+	return p
+}
+
+func (p *Platform) start(name, addr string) {
+	p.t.Helper()
+	env := append(os.Environ(),
+		"ORDERMESH_DATABASE_URL="+p.DatabaseURL,
+		"ORDERMESH_AMQP_URL="+AMQPURL(),
+		"ORDERMESH_TOPOLOGY_PREFIX="+p.Prefix,
+		"ORDERMESH_RETRY_DELAYS="+p.opts.RetryDelays,
+		"ORDERMESH_SMTP_ADDR="+p.Sink.Addr(),
+		"ORDERMESH_SHUTDOWN_TIMEOUT=20s",
+	)
+	if name == "gateway" {
+		env = append(env, "ORDERMESH_HTTP_ADDR="+addr,
+			"ORDERMESH_ORDER_ADDR="+p.Procs["order"].Addr,
+			"ORDERMESH_INVENTORY_ADDR="+p.Procs["inventory"].Addr)
+	} else {
+		env = append(env, "ORDERMESH_GRPC_ADDR="+addr)
+	}
+	env = append(env, p.opts.Env...)
+	proc := &Process{Name: name, Addr: addr, log: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
+	cmd := exec.Command(filepath.Join(p.binDir, name))
+	cmd.Env = env
+	w := &lockedBuffer{buf: proc.log, mu: proc.mu}
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		p.t.Fatalf("start %s: %v", name, err)
+	}
+	proc.cmd = cmd
+	go func() {
+		proc.err = cmd.Wait()
+		close(proc.done)
+	}()
+	p.Procs[name] = proc
+}
+
+// WaitServing waits until every service's overall health is SERVING and
+// the gateway's /healthz answers 200.
+func (p *Platform) WaitServing(timeout time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, name := range append(append([]string{}, Services...), "gateway") {
+		for {
+			err := p.Healthy(name)
+			if err == nil {
+				break
+			}
+			select {
+			case <-p.Procs[name].done:
+				p.t.Fatalf("%s exited before it was ready: %v\n%s", name, p.Procs[name].err, p.Procs[name].Log())
+			default:
+			}
+			if time.Now().After(deadline) {
+				p.t.Fatalf("%s not ready after %v: %v\n%s", name, timeout, err, p.Procs[name].Log())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// Healthy reports whether process name is SERVING (gateway: /healthz 200).
+func (p *Platform) Healthy(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	proc := p.Procs[name]
+	if name == "gateway" {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+proc.Addr+"/healthz", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/healthz answered %s", resp.Status)
+		}
+		return nil
+	}
+	conn, err := grpc.NewClient(proc.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("health is %s", resp.GetStatus())
+	}
+	return nil
+}
+
+// Dial returns a client connection to service name, closed at test end.
+func (p *Platform) Dial(name string) *grpc.ClientConn {
+	p.t.Helper()
+	conn, err := grpc.NewClient(p.Procs[name].Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		p.t.Fatalf("dial %s: %v", name, err)
+	}
+	p.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Stop sends SIGTERM to every process (gateway first) and waits up to 30 s
+// for each; it returns the processes that did not exit cleanly. Stopping a
+// stopped platform does nothing.
+func (p *Platform) Stop() map[string]error {
+	names := append([]string{"gateway"}, Services...)
+	for _, n := range names {
+		proc := p.Procs[n]
+		if proc == nil {
+			continue
+		}
+		select {
+		case <-proc.done:
+		default:
+			_ = proc.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	failed := map[string]error{}
+	for _, n := range names {
+		proc := p.Procs[n]
+		if proc == nil {
+			continue
+		}
+		select {
+		case <-proc.done:
+		case <-time.After(30 * time.Second):
+			_ = proc.cmd.Process.Kill()
+			<-proc.done
+			failed[n] = errors.New("did not stop within 30 s of SIGTERM")
+			continue
+		}
+		if proc.err != nil {
+			failed[n] = proc.err
+		}
+	}
+	return failed
+}
+
+// OutboxPending counts the rows waiting in every service's outbox.
+func (p *Platform) OutboxPending(ctx context.Context) (map[string]int, error) {
+	conn, err := pgx.Connect(ctx, p.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(ctx)
+	out := map[string]int{}
+	for _, s := range Services {
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{s, "outbox"}.Sanitize()).Scan(&n); err != nil {
+			return nil, fmt.Errorf("count %s outbox: %w", s, err)
+		}
+		out[s] = n
+	}
+	return out, nil
+}
+
+// Query runs a query on the platform's database.
+func (p *Platform) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, func(), error) {
+	conn, err := pgx.Connect(ctx, p.DatabaseURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		conn.Close(ctx)
+		return nil, nil, err
+	}
+	return rows, func() { rows.Close(); conn.Close(ctx) }, nil
+}
+
+// DumpLogs writes every process's output to the test log; call it when a
+// test fails.
+func (p *Platform) DumpLogs() {
+	for name, proc := range p.Procs {
+		log := proc.Log()
+		if len(log) > 20000 {
+			log = "…" + log[len(log)-20000:]
+		}
+		p.t.Logf("---- %s ----\n%s", name, log)
+	}
+}
+
+func (p *Platform) dropDatabase() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, postgrestest.URL())
+	if err != nil {
+		p.t.Errorf("drop database %s: %v", p.Database, err)
+		return
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{p.Database}.Sanitize()+" WITH (FORCE)"); err != nil {
+		p.t.Errorf("drop database %s: %v", p.Database, err)
+	}
+}
+
+// deleteTopology removes the exchange and every queue the services
+// declared under the platform's prefix.
+func (p *Platform) deleteTopology() {
+	conn, err := amqp.Dial(AMQPURL())
+	if err != nil {
+		p.t.Errorf("delete topology %s: %v", p.Prefix, err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		p.t.Errorf("delete topology %s: %v", p.Prefix, err)
+		return
+	}
+	defer ch.Close()
+	var delays []time.Duration
+	for _, d := range strings.Split(p.opts.RetryDelays, ",") {
+		if v, err := time.ParseDuration(strings.TrimSpace(d)); err == nil {
+			delays = append(delays, v)
+		}
+	}
+	for _, s := range Services {
+		cfg := eventbus.Config{Prefix: p.Prefix, Service: s}
+		names := []string{cfg.QueueName(), cfg.DLQName()}
+		for _, d := range delays {
+			names = append(names, cfg.RetryQueueName(d))
+		}
+		for _, q := range names {
+			if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+				p.t.Errorf("delete queue %s: %v", q, err)
+				return
+			}
+		}
+	}
+	if err := ch.ExchangeDelete(eventbus.Config{Prefix: p.Prefix}.ExchangeName(), false, false); err != nil {
+		p.t.Errorf("delete exchange: %v", err)
+	}
+}
+
+func randomID(t testing.TB) string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatalf("random id: %v", err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type lockedBuffer struct {
+	buf *bytes.Buffer
+	mu  *sync.Mutex
+}
+
+func (l *lockedBuffer) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(b)
+}
