@@ -173,6 +173,8 @@ func (p *Platform) start(name, addr string) {
 		"ORDERMESH_RETRY_DELAYS="+p.opts.RetryDelays,
 		"ORDERMESH_SMTP_ADDR="+p.Sink.Addr(),
 		"ORDERMESH_SHUTDOWN_TIMEOUT=20s",
+		// Several platforms may run at once: no fixed admin ports.
+		"ORDERMESH_ADMIN_ADDR=off",
 	)
 	if name == "gateway" {
 		env = append(env, "ORDERMESH_HTTP_ADDR="+addr,
