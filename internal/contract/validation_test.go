@@ -153,7 +153,9 @@ func TestGetCancelWatchRequestRules(t *testing.T) {
 			{"order_id missing", func(r *orderv1.GetOrderRequest) { r.OrderId = "" }, "order_id"},
 			{"order_id not a uuid", func(r *orderv1.GetOrderRequest) { r.OrderId = "42" }, "order_id"},
 		})
-	checkRules(t, func() *orderv1.CancelOrderRequest { return &orderv1.CancelOrderRequest{OrderId: validUUID, Reason: "changed my mind"} },
+	checkRules(t, func() *orderv1.CancelOrderRequest {
+		return &orderv1.CancelOrderRequest{OrderId: validUUID, Reason: "changed my mind"}
+	},
 		[]ruleCase[*orderv1.CancelOrderRequest]{
 			{"order_id not a uuid", func(r *orderv1.CancelOrderRequest) { r.OrderId = "x" }, "order_id"},
 			{"reason too long", func(r *orderv1.CancelOrderRequest) { r.Reason = strings.Repeat("r", 513) }, "reason"},
@@ -211,13 +213,17 @@ func TestOrderEventRules(t *testing.T) {
 		{"create_time missing", func(e c) { e.CreateTime = nil }, "create_time"},
 	})
 	type k = *orderv1.OrderConfirmed
-	checkRules(t, func() k { return &orderv1.OrderConfirmed{OrderId: validUUID, CustomerEmail: validEmail, Total: eur(1, 0)} },
+	checkRules(t, func() k {
+		return &orderv1.OrderConfirmed{OrderId: validUUID, CustomerEmail: validEmail, Total: eur(1, 0)}
+	},
 		[]ruleCase[k]{
 			{"order_id missing", func(e k) { e.OrderId = "" }, "order_id"},
 			{"total missing", func(e k) { e.Total = nil }, "total"},
 		})
 	type r = *orderv1.OrderRejected
-	checkRules(t, func() r { return &orderv1.OrderRejected{OrderId: validUUID, CustomerEmail: validEmail, Reason: "out of stock"} },
+	checkRules(t, func() r {
+		return &orderv1.OrderRejected{OrderId: validUUID, CustomerEmail: validEmail, Reason: "out of stock"}
+	},
 		[]ruleCase[r]{
 			{"reason missing", func(e r) { e.Reason = "" }, "reason"},
 			{"reason too long", func(e r) { e.Reason = strings.Repeat("r", 513) }, "reason"},
@@ -234,7 +240,9 @@ func TestOrderEventRules(t *testing.T) {
 func TestInventoryEventRules(t *testing.T) {
 	line := func() *inventoryv1.StockLine { return &inventoryv1.StockLine{ProductId: "SKU-1", Quantity: 3} }
 	type s = *inventoryv1.StockReserved
-	checkRules(t, func() s { return &inventoryv1.StockReserved{OrderId: validUUID, Items: []*inventoryv1.StockLine{line()}} },
+	checkRules(t, func() s {
+		return &inventoryv1.StockReserved{OrderId: validUUID, Items: []*inventoryv1.StockLine{line()}}
+	},
 		[]ruleCase[s]{
 			{"no items", func(e s) { e.Items = nil }, "items"},
 			{"quantity 0", func(e s) { e.Items[0].Quantity = 0 }, "items[0].quantity"},
@@ -254,7 +262,9 @@ func TestInventoryEventRules(t *testing.T) {
 		{"reason missing", func(e f) { e.Reason = "" }, "reason"},
 	})
 	type r = *inventoryv1.StockReleased
-	checkRules(t, func() r { return &inventoryv1.StockReleased{OrderId: validUUID, Items: []*inventoryv1.StockLine{line()}} },
+	checkRules(t, func() r {
+		return &inventoryv1.StockReleased{OrderId: validUUID, Items: []*inventoryv1.StockLine{line()}}
+	},
 		[]ruleCase[r]{
 			{"sku invalid", func(e r) { e.Items[0].ProductId = "no spaces" }, "items[0].product_id"},
 		})

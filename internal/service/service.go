@@ -45,6 +45,7 @@ const BrokerHealthName = "ordermesh.eventbus"
 // Config is the configuration every service reads from the environment.
 type Config struct {
 	GRPCAddr        string
+	AdminAddr       string
 	DatabaseURL     string
 	DatabaseSchema  string
 	AMQPURL         string
@@ -57,9 +58,11 @@ type Config struct {
 	LogLevel        slog.Level
 }
 
-// ReadConfig reads the common variables for service name, whose gRPC port
-// defaults to grpcAddr; problems are recorded on env.
-func ReadConfig(env *config.Env, name, grpcAddr string) Config {
+// ReadConfig reads the common variables for service name, whose gRPC and
+// admin (metrics, pprof) addresses default to grpcAddr and adminAddr;
+// problems are recorded on env. ORDERMESH_ADMIN_ADDR=off disables the admin
+// endpoint.
+func ReadConfig(env *config.Env, name, grpcAddr, adminAddr string) Config {
 	cfg := Config{
 		GRPCAddr:        env.Addr("ORDERMESH_GRPC_ADDR", grpcAddr),
 		DatabaseURL:     env.URL("ORDERMESH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ordermesh?sslmode=disable", "postgres", "postgresql"),
@@ -70,6 +73,9 @@ func ReadConfig(env *config.Env, name, grpcAddr string) Config {
 		Concurrency:     env.Int("ORDERMESH_CONCURRENCY", 8),
 		RelayInterval:   env.Duration("ORDERMESH_RELAY_POLL_INTERVAL", outbox.DefaultPollInterval),
 		ShutdownTimeout: env.Duration("ORDERMESH_SHUTDOWN_TIMEOUT", 15*time.Second),
+	}
+	if v := env.String("ORDERMESH_ADMIN_ADDR", adminAddr); v != "off" {
+		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", adminAddr)
 	}
 	for _, d := range strings.Split(env.String("ORDERMESH_RETRY_DELAYS", "1s,10s,60s"), ",") {
 		v, err := time.ParseDuration(strings.TrimSpace(d))
@@ -145,9 +151,20 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 		return fmt.Errorf("migrate schema %s: %w", cfg.DatabaseSchema, err)
 	}
 
+	// Metrics, served with pprof on the admin address.
+	m := newMetrics()
+	var adminLis net.Listener
+	if cfg.AdminAddr != "" {
+		if adminLis, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			return fmt.Errorf("listen on %s (ORDERMESH_ADMIN_ADDR): %w", cfg.AdminAddr, err)
+		}
+		defer adminLis.Close()
+	}
+
 	// Event bus: a publisher for the outbox relay, a subscriber for the
 	// handlers.
 	busCfg := eventbus.Config{
+		Metrics:     m.bus(),
 		URL:         cfg.AMQPURL,
 		Prefix:      cfg.TopologyPrefix,
 		Service:     spec.Name,
@@ -168,7 +185,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 		PollInterval: cfg.RelayInterval,
 		Name:         "ordermesh-" + spec.Name + "-relay",
 		Logger:       log,
+		Metrics:      m.outbox(),
 	})
+	m.observeLinks(log, pool, publisher, subscriber)
 
 	// gRPC server with health: the database gates everything; the broker
 	// link gates everything only for workers.
@@ -202,7 +221,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 		Pool:       pool,
 		GRPC:       srv,
 		Subscriber: subscriber,
-		Inbox:      inbox.NewRunner(pool, spec.Name, inbox.Metrics{}),
+		Inbox:      inbox.NewRunner(pool, spec.Name, m.inbox()),
 	}
 	tasks, err := spec.Setup(ctx, svc)
 	if err != nil {
@@ -227,6 +246,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(gctx, lis) })
 	g.Go(func() error { return subscriber.Run(gctx) })
+	if adminLis != nil {
+		g.Go(func() error { return serveAdmin(gctx, log, adminLis, m) })
+	}
 	for _, t := range tasks {
 		g.Go(func() error { return t(gctx) })
 	}

@@ -37,7 +37,7 @@ func main() {
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	env := config.NewEnv(getenv)
-	cfg := service.ReadConfig(env, app.Source, ":50052")
+	cfg := service.ReadConfig(env, app.Source, ":50052", "127.0.0.1:9092")
 	if err := env.Err(); err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}

@@ -38,7 +38,7 @@ func main() {
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	env := config.NewEnv(getenv)
-	cfg := service.ReadConfig(env, app.Source, ":50054")
+	cfg := service.ReadConfig(env, app.Source, ":50054", "127.0.0.1:9094")
 	smtp := mailer.ReadConfig(env)
 	if err := env.Err(); err != nil {
 		return fmt.Errorf("read config: %w", err)

@@ -40,7 +40,7 @@ func main() {
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	env := config.NewEnv(getenv)
-	cfg := service.ReadConfig(env, app.Source, ":50051")
+	cfg := service.ReadConfig(env, app.Source, ":50051", "127.0.0.1:9091")
 	if err := env.Err(); err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}

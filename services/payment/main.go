@@ -37,7 +37,7 @@ func main() {
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	env := config.NewEnv(getenv)
-	cfg := service.ReadConfig(env, app.Source, ":50053")
+	cfg := service.ReadConfig(env, app.Source, ":50053", "127.0.0.1:9093")
 	if err := env.Err(); err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}

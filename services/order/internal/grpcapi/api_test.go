@@ -35,6 +35,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/internal/rest"
+	"github.com/ordermesh/ordermesh/internal/testproxy"
 	"github.com/ordermesh/ordermesh/services/order/internal/app"
 	"github.com/ordermesh/ordermesh/services/order/internal/grpcapi"
 	"github.com/ordermesh/ordermesh/services/order/internal/store"
@@ -555,8 +556,8 @@ func TestRESTOpenAPIAndHealth(t *testing.T) {
 // 503), restoring it brings SERVING back.
 func TestHealthFollowsDatabase(t *testing.T) {
 	_, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
-	proxy := newProxy(t, "127.0.0.1:5432")
-	url := strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.addr(), 1)
+	proxy := testproxy.New(t, "127.0.0.1:5432")
+	url := strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.Addr(), 1)
 	pool, err := postgres.Open(context.Background(), url, schema)
 	if err != nil {
 		t.Fatalf("open through proxy: %v", err)
@@ -564,7 +565,7 @@ func TestHealthFollowsDatabase(t *testing.T) {
 	t.Cleanup(pool.Close)
 	e := start(t, pool, schema)
 
-	proxy.setUp(false)
+	proxy.SetUp(false)
 	e.waitHealth(t, "", healthpb.HealthCheckResponse_NOT_SERVING)
 	e.waitHealth(t, "ordermesh.order.v1.OrderService", healthpb.HealthCheckResponse_NOT_SERVING)
 	if code, b := e.do(t, http.MethodGet, "/healthz", ""); code != http.StatusServiceUnavailable {
@@ -575,88 +576,9 @@ func TestHealthFollowsDatabase(t *testing.T) {
 		t.Errorf("GetOrder with the database down: %v, want Unavailable", err)
 	}
 
-	proxy.setUp(true)
+	proxy.SetUp(true)
 	e.waitHealth(t, "", healthpb.HealthCheckResponse_SERVING)
 	if code, _ := e.do(t, http.MethodGet, "/healthz", ""); code != http.StatusOK {
 		t.Errorf("GET /healthz after recovery = %d, want 200", code)
 	}
-}
-
-// proxy forwards TCP connections to a target while up; setUp(false) cuts
-// every connection and refuses new ones.
-type proxy struct {
-	lis    net.Listener
-	target string
-	mu     sync.Mutex
-	up     bool
-	conns  map[net.Conn]struct{}
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("proxy listen: %v", err)
-	}
-	p := &proxy{lis: lis, target: target, up: true, conns: map[net.Conn]struct{}{}}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); p.serve(c) }()
-		}
-	}()
-	t.Cleanup(func() { lis.Close(); p.setUp(false); wg.Wait() })
-	return p
-}
-
-func (p *proxy) addr() string { return p.lis.Addr().String() }
-
-func (p *proxy) setUp(up bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.up = up
-	if !up {
-		for c := range p.conns {
-			c.Close()
-		}
-		clear(p.conns)
-	}
-}
-
-func (p *proxy) track(cs ...net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.up {
-		return false
-	}
-	for _, c := range cs {
-		p.conns[c] = struct{}{}
-	}
-	return true
-}
-
-func (p *proxy) serve(c net.Conn) {
-	defer c.Close()
-	up, err := net.DialTimeout("tcp", p.target, 2*time.Second)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	if !p.track(c, up) {
-		return
-	}
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-	<-done
-	c.Close()
-	up.Close()
-	<-done
 }

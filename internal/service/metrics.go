@@ -1,0 +1,154 @@
+package service
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/inbox"
+	"github.com/ordermesh/ordermesh/internal/outbox"
+)
+
+// metrics holds a service's Prometheus metrics: the event bus's, the
+// inbox's and the outbox relay's counters, the outbox backlog, the broker
+// link state, and the Go runtime's.
+type metrics struct {
+	registry *prometheus.Registry
+
+	published, returned, consumed, acked *prometheus.CounterVec
+	confirmed, retried, deadLettered     *prometheus.CounterVec
+	handleSeconds                        *prometheus.HistogramVec
+	inboxEvents                          *prometheus.CounterVec
+	relayed, relayFailed                 prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ordermesh", Name: name, Help: help}, labels)
+	}
+	m := &metrics{
+		registry:     prometheus.NewRegistry(),
+		published:    counter("eventbus_published_total", "Messages written to the broker.", "routing_key"),
+		confirmed:    counter("eventbus_confirmed_total", "Publisher confirms by result (ack or nack).", "routing_key", "result"),
+		returned:     counter("eventbus_returned_total", "Mandatory messages the broker could not route.", "routing_key"),
+		consumed:     counter("eventbus_consumed_total", "Deliveries handed to the subscriber.", "routing_key"),
+		acked:        counter("eventbus_acked_total", "Deliveries handled and acked.", "routing_key"),
+		retried:      counter("eventbus_retried_total", "Deliveries sent to the retry ladder.", "routing_key"),
+		deadLettered: counter("eventbus_dead_lettered_total", "Deliveries sent to the dead-letter queue, by reason.", "routing_key", "reason"),
+		handleSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "ordermesh", Name: "eventbus_handle_seconds", Help: "Time to handle and ack a delivery.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"routing_key"}),
+		inboxEvents: counter("inbox_events_total", "Deliveries through the inbox by outcome (processed, duplicate, failed).", "outcome"),
+		relayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "ordermesh", Name: "outbox_relayed_total", Help: "Outbox rows published, confirmed and deleted.",
+		}),
+		relayFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "ordermesh", Name: "outbox_relay_failed_total", Help: "Outbox rows whose batch failed and stays for retry.",
+		}),
+	}
+	m.registry.MustRegister(
+		m.published, m.confirmed, m.returned, m.consumed, m.acked, m.retried, m.deadLettered,
+		m.handleSeconds, m.inboxEvents, m.relayed, m.relayFailed,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// observeLinks exports the broker links' state and the outbox backlog,
+// read at each scrape.
+func (m *metrics) observeLinks(log *slog.Logger, pool *pgxpool.Pool, pub *eventbus.Publisher, sub *eventbus.Subscriber) {
+	up := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	m.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "ordermesh", Name: "eventbus_link_up", Help: "1 while the publisher's broker link is up.",
+			ConstLabels: prometheus.Labels{"role": "publisher"},
+		}, func() float64 { return up(pub.State().Up) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "ordermesh", Name: "eventbus_link_up", Help: "1 while the publisher's broker link is up.",
+			ConstLabels: prometheus.Labels{"role": "subscriber"},
+		}, func() float64 { return up(sub.Subscribed()) }),
+		&outboxCollector{log: log, pool: pool},
+	)
+}
+
+// bus adapts the metrics to eventbus.Metrics.
+func (m *metrics) bus() eventbus.Metrics { return busMetrics{m} }
+
+type busMetrics struct{ m *metrics }
+
+var _ eventbus.Metrics = busMetrics{}
+
+func (b busMetrics) Published(l eventbus.Labels) { b.m.published.WithLabelValues(l.RoutingKey).Inc() }
+func (b busMetrics) Confirmed(l eventbus.Labels, ack bool) {
+	result := "ack"
+	if !ack {
+		result = "nack"
+	}
+	b.m.confirmed.WithLabelValues(l.RoutingKey, result).Inc()
+}
+func (b busMetrics) Returned(l eventbus.Labels) { b.m.returned.WithLabelValues(l.RoutingKey).Inc() }
+func (b busMetrics) Consumed(l eventbus.Labels) { b.m.consumed.WithLabelValues(l.RoutingKey).Inc() }
+func (b busMetrics) Acked(l eventbus.Labels, d time.Duration) {
+	b.m.acked.WithLabelValues(l.RoutingKey).Inc()
+	b.m.handleSeconds.WithLabelValues(l.RoutingKey).Observe(d.Seconds())
+}
+func (b busMetrics) Retried(l eventbus.Labels, _ int) {
+	b.m.retried.WithLabelValues(l.RoutingKey).Inc()
+}
+func (b busMetrics) DeadLettered(l eventbus.Labels, reason string) {
+	b.m.deadLettered.WithLabelValues(l.RoutingKey, reason).Inc()
+}
+
+func (m *metrics) inbox() inbox.Metrics {
+	return inbox.Metrics{
+		Processed: func(eventbus.Meta) { m.inboxEvents.WithLabelValues("processed").Inc() },
+		Duplicate: func(eventbus.Meta) { m.inboxEvents.WithLabelValues("duplicate").Inc() },
+		Failed:    func(eventbus.Meta, error) { m.inboxEvents.WithLabelValues("failed").Inc() },
+	}
+}
+
+func (m *metrics) outbox() outbox.Metrics {
+	return outbox.Metrics{
+		Published: func(n int) { m.relayed.Add(float64(n)) },
+		Failed:    func(n int, _ error) { m.relayFailed.Add(float64(n)) },
+	}
+}
+
+// outboxCollector reads the outbox backlog at scrape time.
+type outboxCollector struct {
+	log  *slog.Logger
+	pool *pgxpool.Pool
+}
+
+var (
+	outboxPendingDesc = prometheus.NewDesc("ordermesh_outbox_pending", "Outbox rows not yet confirmed by the broker.", nil, nil)
+	outboxAgeDesc     = prometheus.NewDesc("ordermesh_outbox_oldest_age_seconds", "Age of the oldest pending outbox row (relay lag).", nil, nil)
+)
+
+func (c *outboxCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- outboxPendingDesc
+	ch <- outboxAgeDesc
+}
+
+func (c *outboxCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := outbox.ReadStats(ctx, c.pool)
+	if err != nil {
+		c.log.WarnContext(ctx, "metrics: read outbox stats", slog.Any("error", err))
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(outboxPendingDesc, prometheus.GaugeValue, float64(st.Pending))
+	ch <- prometheus.MustNewConstMetric(outboxAgeDesc, prometheus.GaugeValue, st.OldestAge.Seconds())
+}

@@ -1,0 +1,253 @@
+package service_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/inbox"
+	"github.com/ordermesh/ordermesh/internal/platformtest"
+	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
+	"github.com/ordermesh/ordermesh/internal/service"
+	"github.com/ordermesh/ordermesh/internal/testproxy"
+)
+
+// TestWorkerRuntime runs a worker on the real broker and database: it
+// becomes SERVING, handles an event through the inbox, exports metrics,
+// goes NOT_SERVING within 5 s when its broker connections are cut and
+// SERVING again after it reconnects, and stops cleanly.
+func TestWorkerRuntime(t *testing.T) {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	prefix, name := "svc-"+id+".", "worker"
+	schema := postgrestest.RandomSchema(t)
+	t.Cleanup(func() { postgrestest.DropSchema(t, schema) })
+	t.Cleanup(func() { deleteTopology(t, prefix, name) })
+
+	adminAddr := freeAddr(t)
+	// The worker reaches the broker through a proxy the test can cut.
+	broker, err := url.Parse(platformtest.AMQPURL())
+	if err != nil {
+		t.Fatalf("broker url: %v", err)
+	}
+	proxy := testproxy.New(t, broker.Host)
+	broker.Host = proxy.Addr()
+	amqpURL := broker.String()
+	cfg := service.Config{
+		GRPCAddr: "127.0.0.1:0", AdminAddr: adminAddr,
+		DatabaseURL: postgrestest.URL(), DatabaseSchema: schema,
+		AMQPURL: amqpURL, TopologyPrefix: prefix,
+		Prefetch: 10, Concurrency: 2, RetryDelays: []time.Duration{100 * time.Millisecond},
+		RelayInterval: 100 * time.Millisecond, ShutdownTimeout: 5 * time.Second,
+	}
+	var handled atomic.Int32
+	spec := service.Spec{
+		Name:               name,
+		BrokerGatesServing: true,
+		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
+			h := func(context.Context, pgx.Tx, *orderv1.OrderCreated, eventbus.Meta) ([]proto.Message, error) {
+				handled.Add(1)
+				return nil, nil
+			}
+			return nil, eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, h))
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	go func() { done <- service.Run(ctx, spec, cfg, log, ready) }()
+	var addr net.Addr
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("service did not start")
+	}
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run returned %v after shutdown", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("service did not stop within 20 s")
+		}
+	}()
+
+	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	health := healthpb.NewHealthClient(conn)
+	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
+	waitHealth(t, health, service.BrokerHealthName, healthpb.HealthCheckResponse_SERVING, 5*time.Second)
+
+	// An event reaches the handler through the inbox.
+	pub, err := eventbus.NewPublisher(eventbus.Config{URL: cfg.AMQPURL, Prefix: prefix, Service: "test"}, log)
+	if err != nil {
+		t.Fatalf("publisher: %v", err)
+	}
+	defer pub.Close()
+	pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer pcancel()
+	if err := pub.WaitUp(pctx); err != nil {
+		t.Fatalf("publisher up: %v", err)
+	}
+	orderID := uuid.NewString()
+	ev := &orderv1.OrderCreated{
+		OrderId: orderID, CustomerEmail: "ada@example.com", PaymentToken: "tok", CreateTime: timestamppb.Now(),
+		Items: []*orderv1.LineItem{{ProductId: "SKU-1", Quantity: 1, UnitPrice: &moneyv1.Money{CurrencyCode: "EUR", Units: 1}}},
+		Total: &moneyv1.Money{CurrencyCode: "EUR", Units: 1},
+	}
+	if err := pub.PublishEvents(pctx, orderID, ev); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	waitFor(t, 10*time.Second, "event handled", func() bool { return handled.Load() == 1 })
+
+	// Metrics.
+	body := get(t, "http://"+adminAddr+"/metrics")
+	for _, want := range []string{`ordermesh_eventbus_link_up{role="subscriber"} 1`, `ordermesh_inbox_events_total{outcome="processed"} 1`, "ordermesh_outbox_pending 0", "go_goroutines"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
+	// Cut the path to the broker: NOT_SERVING within 5 s; restore it:
+	// SERVING again within 5 s of the reconnect.
+	proxy.SetUp(false)
+	waitHealth(t, health, "", healthpb.HealthCheckResponse_NOT_SERVING, 5*time.Second)
+	waitHealth(t, health, service.BrokerHealthName, healthpb.HealthCheckResponse_NOT_SERVING, time.Second)
+	proxy.SetUp(true)
+	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
+
+	// A broker that closes the connections (rabbitmqctl close_connection)
+	// is survived too: the worker comes back SERVING and handles events.
+	if n := closeConnections(t, prefix+name+"."); n == 0 {
+		t.Fatal("found no broker connection of the worker to close")
+	}
+	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
+	ev.OrderId = uuid.NewString()
+	pctx2, pcancel2 := context.WithTimeout(ctx, 10*time.Second)
+	defer pcancel2()
+	if err := pub.PublishEvents(pctx2, ev.OrderId, ev); err != nil {
+		t.Fatalf("publish after reconnect: %v", err)
+	}
+	waitFor(t, 10*time.Second, "event handled after reconnect", func() bool { return handled.Load() == 2 })
+}
+
+func waitHealth(t *testing.T, c healthpb.HealthClient, svc string, want healthpb.HealthCheckResponse_ServingStatus, within time.Duration) {
+	t.Helper()
+	waitFor(t, within, fmt.Sprintf("health %q %v", svc, want), func() bool {
+		resp, err := c.Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
+		return err == nil && resp.GetStatus() == want
+	})
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
+	}
+	return string(b)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// closeConnections force-closes the broker connections whose client-given
+// name starts with prefix.
+func closeConnections(t *testing.T, prefix string) int {
+	t.Helper()
+	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties").Output()
+	if err != nil {
+		t.Fatalf("rabbitmqctl list_connections: %v", err)
+	}
+	n := 0
+	for line := range strings.Lines(string(out)) {
+		pid, props, ok := strings.Cut(strings.TrimSpace(line), "\t")
+		if !ok || !strings.Contains(props, `{"connection_name","`+prefix) {
+			continue
+		}
+		if out, err := exec.Command("rabbitmqctl", "-q", "close_connection", pid, "test").CombinedOutput(); err != nil {
+			t.Fatalf("rabbitmqctl close_connection: %v: %s", err, out)
+		}
+		n++
+	}
+	return n
+}
+
+func deleteTopology(t *testing.T, prefix, name string) {
+	conn, err := amqp.Dial(platformtest.AMQPURL())
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	defer ch.Close()
+	cfg := eventbus.Config{Prefix: prefix, Service: name}
+	for _, q := range []string{cfg.QueueName(), cfg.DLQName(), cfg.RetryQueueName(100 * time.Millisecond)} {
+		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+			t.Errorf("delete %s: %v", q, err)
+		}
+	}
+	if err := ch.ExchangeDelete(cfg.ExchangeName(), false, false); err != nil {
+		t.Errorf("delete exchange: %v", err)
+	}
+}
