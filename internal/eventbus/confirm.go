@@ -1,0 +1,254 @@
+package eventbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ErrUnroutable is returned for a mandatory message no queue was bound to
+// receive (basic.return).
+var ErrUnroutable = errors.New("message unroutable")
+
+// ErrNacked is returned for a message the broker refused (basic.nack).
+var ErrNacked = errors.New("message nacked by broker")
+
+// ErrNotConfirmed is returned for a message whose channel closed before
+// the broker confirmed it; the broker may or may not have it.
+var ErrNotConfirmed = errors.New("message not confirmed: channel closed")
+
+// confirmChannel is one channel in confirm mode with pipelined confirms:
+// any number of publishes are in flight, each caller waits for its own
+// confirms. Mandatory returns are matched to confirms: the broker sends a
+// basic.return before the basic.ack of the same message, and amqp091-go
+// queues notifications in that order, so draining returns before handling
+// each confirm attributes every return to its publish.
+type confirmChannel struct {
+	ch      *amqp.Channel
+	metrics Metrics
+
+	// sendSem (capacity 1) serialises tag assignment with the write of
+	// the publish; a channel rather than a mutex so waiters honour ctx
+	// while another caller's write is stalled by broker flow control.
+	sendSem chan struct{}
+
+	mu       sync.Mutex
+	pending  map[uint64]pendingPublish
+	returned map[string][]amqp.Return // by message id
+	closed   bool
+
+	confirms chan amqp.Confirmation
+	returns  chan amqp.Return
+	done     chan struct{}
+	blocked  atomic.Pointer[string]
+}
+
+type pendingPublish struct {
+	b      *publishBatch
+	id     string
+	labels Labels
+}
+
+// publishBatch collects the outcome of one Publish call.
+type publishBatch struct {
+	mu        sync.Mutex
+	remaining int
+	err       error
+	done      chan struct{}
+}
+
+func newPublishBatch(n int) *publishBatch {
+	return &publishBatch{remaining: n, done: make(chan struct{})}
+}
+
+func (b *publishBatch) resolve(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err != nil && b.err == nil {
+		b.err = err
+	}
+	b.remaining--
+	if b.remaining == 0 {
+		close(b.done)
+	}
+}
+
+func (b *publishBatch) result() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+// newConfirmChannel puts ch in confirm mode and starts its confirm loop;
+// the loop ends when ch closes, and wait joins it.
+func newConfirmChannel(ctx context.Context, conn *amqp.Connection, ch *amqp.Channel, timeout time.Duration, m Metrics) (*confirmChannel, error) {
+	if err := call(ctx, conn, timeout, "enable confirms", func() error { return ch.Confirm(false) }); err != nil {
+		return nil, err
+	}
+	c := &confirmChannel{
+		ch:       ch,
+		metrics:  m,
+		pending:  make(map[uint64]pendingPublish),
+		returned: make(map[string][]amqp.Return),
+		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 4096)),
+		returns:  ch.NotifyReturn(make(chan amqp.Return, 256)),
+		done:     make(chan struct{}),
+		sendSem:  make(chan struct{}, 1),
+	}
+	go c.loop()
+	return c, nil
+}
+
+// wait blocks until the confirm loop ended, which follows the channel's
+// close.
+func (c *confirmChannel) wait() { <-c.done }
+
+func (c *confirmChannel) loop() {
+	defer close(c.done)
+	returns := c.returns
+	for {
+		select {
+		case r, ok := <-returns:
+			if !ok {
+				returns = nil
+				continue
+			}
+			c.recordReturn(r)
+		case conf, ok := <-c.confirms:
+			if !ok {
+				c.failAll()
+				return
+			}
+			for drained := false; !drained && returns != nil; {
+				select {
+				case r, ok := <-returns:
+					if !ok {
+						returns = nil
+						continue
+					}
+					c.recordReturn(r)
+				default:
+					drained = true
+				}
+			}
+			c.confirm(conf)
+		}
+	}
+}
+
+func (c *confirmChannel) recordReturn(r amqp.Return) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.returned[r.MessageId] = append(c.returned[r.MessageId], r)
+}
+
+func (c *confirmChannel) confirm(conf amqp.Confirmation) {
+	c.mu.Lock()
+	p, ok := c.pending[conf.DeliveryTag]
+	delete(c.pending, conf.DeliveryTag)
+	var ret *amqp.Return
+	if rs := c.returned[p.id]; ok && len(rs) > 0 {
+		ret = &rs[0]
+		if len(rs) == 1 {
+			delete(c.returned, p.id)
+		} else {
+			c.returned[p.id] = rs[1:]
+		}
+	}
+	c.mu.Unlock()
+	if !ok {
+		return
+	}
+	c.metrics.Confirmed(p.labels, conf.Ack)
+	switch {
+	case !conf.Ack:
+		p.b.resolve(fmt.Errorf("publish %s %s: %w", p.labels.RoutingKey, p.id, ErrNacked))
+	case ret != nil:
+		c.metrics.Returned(p.labels)
+		p.b.resolve(fmt.Errorf("publish %s %s: %w: %d %s", ret.RoutingKey, p.id, ErrUnroutable, ret.ReplyCode, ret.ReplyText))
+	default:
+		p.b.resolve(nil)
+	}
+}
+
+func (c *confirmChannel) failAll() {
+	c.mu.Lock()
+	pending := c.pending
+	c.pending = make(map[uint64]pendingPublish)
+	c.returned = make(map[string][]amqp.Return)
+	c.closed = true
+	c.mu.Unlock()
+	for _, p := range pending {
+		p.b.resolve(fmt.Errorf("publish %s %s: %w", p.labels.RoutingKey, p.id, ErrNotConfirmed))
+	}
+}
+
+// outgoing is one message to write.
+type outgoing struct {
+	exchange, key string
+	msg           amqp.Publishing
+	labels        Labels
+}
+
+// send writes msgs in order, each mandatory, and registers them with b.
+// It returns the first write error; messages before it stay registered
+// and resolve normally.
+func (c *confirmChannel) send(ctx context.Context, b *publishBatch, msgs []outgoing) error {
+	if reason := c.blocked.Load(); reason != nil {
+		return fmt.Errorf("publish: broker blocked publishing (%s): %w", *reason, ErrLinkDown)
+	}
+	select {
+	case c.sendSem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("publish: wait for channel: %w", ctx.Err())
+	}
+	defer func() { <-c.sendSem }()
+	for i, o := range msgs {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("publish %s: %w", o.key, err)
+		}
+		tag := c.ch.GetNextPublishSeqNo()
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return fmt.Errorf("publish %s: %w", o.key, ErrLinkDown)
+		}
+		c.pending[tag] = pendingPublish{b: b, id: o.msg.MessageId, labels: o.labels}
+		c.mu.Unlock()
+		if err := c.ch.Publish(o.exchange, o.key, true, false, o.msg); err != nil {
+			c.mu.Lock()
+			delete(c.pending, tag)
+			c.mu.Unlock()
+			// Messages i.. will never resolve; release their waiters.
+			for range len(msgs) - i {
+				b.resolve(nil)
+			}
+			return fmt.Errorf("publish %s: %w", o.key, err)
+		}
+		c.metrics.Published(o.labels)
+	}
+	return nil
+}
+
+// publish writes msgs and waits until the broker confirmed all of them,
+// ctx ended, or the channel closed.
+func (c *confirmChannel) publish(ctx context.Context, msgs []outgoing) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	b := newPublishBatch(len(msgs))
+	if err := c.send(ctx, b, msgs); err != nil {
+		return err
+	}
+	select {
+	case <-b.done:
+		return b.result()
+	case <-ctx.Done():
+		return fmt.Errorf("wait for confirms: %w", ctx.Err())
+	}
+}

@@ -1,0 +1,174 @@
+package eventbus
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+func TestPublishSetsPropertiesAndReportsUnroutable(t *testing.T) {
+	raw := "raw-" + randomHex(4)
+	cfg := testConfig(t, "publisher")
+	cfg.Metrics = &countingMetrics{}
+	rawQueue := cfg.Prefix + raw
+	conn := rawConn(t)
+	ch := rawChannel(t, conn)
+	t.Cleanup(func() {
+		if _, err := ch.QueueDelete(rawQueue, false, false, false); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	pub := startPublisher(t, cfg)
+	if _, err := ch.QueueDeclare(rawQueue, false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(rawQueue, "order.created", cfg.ExchangeName(), false, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	t.Run("properties", func(t *testing.T) {
+		_, m := newOrderCreated(t)
+		m.TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+		m.TraceState = "a=b"
+		if err := pub.Publish(ctx, m); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		d, ok, err := ch.Get(rawQueue, true)
+		if err != nil || !ok {
+			t.Fatalf("get: ok=%v err=%v", ok, err)
+		}
+		type props struct {
+			MessageID, Type, AppID, ContentType, CorrelationID, RoutingKey string
+			DeliveryMode                                                   uint8
+			Timestamp                                                      int64
+			Headers                                                        amqp.Table
+			Body                                                           []byte
+		}
+		want := props{
+			MessageID: m.ID, Type: m.Type, AppID: "order", ContentType: "application/protobuf",
+			CorrelationID: m.CorrelationID, RoutingKey: "order.created", DeliveryMode: 2,
+			Timestamp: m.Time.Unix(),
+			Headers:   amqp.Table{"traceparent": m.TraceParent, "tracestate": "a=b", "ce-specversion": "1.0"},
+			Body:      m.Body,
+		}
+		got := props{
+			MessageID: d.MessageId, Type: d.Type, AppID: d.AppId, ContentType: d.ContentType,
+			CorrelationID: d.CorrelationId, RoutingKey: d.RoutingKey, DeliveryMode: d.DeliveryMode,
+			Timestamp: d.Timestamp.Unix(), Headers: d.Headers, Body: d.Body,
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("delivery (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("PublishEvents", func(t *testing.T) {
+		ev, _ := newOrderCreated(t)
+		if err := pub.PublishEvents(ctx, ev.GetOrderId(), ev); err != nil {
+			t.Fatalf("PublishEvents: %v", err)
+		}
+		d, ok, err := ch.Get(rawQueue, true)
+		if err != nil || !ok {
+			t.Fatalf("get: ok=%v err=%v", ok, err)
+		}
+		if d.AppId != cfg.Service || d.CorrelationId != ev.GetOrderId() || d.MessageId == "" ||
+			d.Type != "ordermesh.order.v1.OrderCreated" || d.RoutingKey != "order.created" {
+			t.Errorf("delivery app_id=%q correlation_id=%q message_id=%q type=%q key=%q",
+				d.AppId, d.CorrelationId, d.MessageId, d.Type, d.RoutingKey)
+		}
+	})
+
+	t.Run("unroutable", func(t *testing.T) {
+		_, routable := newOrderCreated(t)
+		_, unroutable := newOrderCreated(t)
+		unroutable.RoutingKey = "order.nobody-listens"
+		err := pub.Publish(ctx, routable, unroutable)
+		if !errors.Is(err, ErrUnroutable) {
+			t.Fatalf("Publish = %v, want ErrUnroutable", err)
+		}
+		if n := cfg.Metrics.(*countingMetrics).returned.Load(); n != 1 {
+			t.Errorf("returned metric = %d, want 1", n)
+		}
+		// The link survives a return.
+		if err := pub.Publish(ctx, routable); err != nil {
+			t.Errorf("Publish after return: %v", err)
+		}
+	})
+
+	t.Run("concurrent", func(t *testing.T) {
+		if _, err := ch.QueuePurge(rawQueue, false); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 20)
+		for range 20 {
+			wg.Go(func() {
+				var msgs []Message
+				for range 25 {
+					_, m := newOrderCreated(t)
+					msgs = append(msgs, m)
+				}
+				errs <- pub.Publish(ctx, msgs...)
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Errorf("Publish: %v", err)
+			}
+		}
+		q, err := ch.QueueDeclarePassive(rawQueue, false, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q.Messages != 500 {
+			t.Errorf("queue holds %d, want 500", q.Messages)
+		}
+	})
+
+	t.Run("invalid message", func(t *testing.T) {
+		if err := pub.Publish(ctx, Message{Meta: Meta{Type: "x", RoutingKey: "order.created"}}); !errors.Is(err, ErrInvalidMessage) {
+			t.Errorf("Publish without id = %v, want ErrInvalidMessage", err)
+		}
+	})
+}
+
+func TestPublishWhileDownFailsPromptly(t *testing.T) {
+	pub, err := NewPublisher(Config{
+		URL:         "amqp://guest:guest@127.0.0.1:1/",
+		Service:     "nowhere",
+		DialTimeout: 200 * time.Millisecond,
+	}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	_, m := newOrderCreated(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	err = pub.Publish(ctx, m)
+	if !errors.Is(err, ErrLinkDown) {
+		t.Errorf("Publish = %v, want ErrLinkDown", err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("Publish took %s while down", d)
+	}
+	eventually(t, 5*time.Second, "a down reason", func() bool {
+		st := pub.State()
+		return !st.Up && st.Reason != "connecting"
+	})
+	if err := pub.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if st := pub.State(); st.Up || st.Reason != "closed" {
+		t.Errorf("state after Close = %+v", st)
+	}
+}

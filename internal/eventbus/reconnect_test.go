@@ -1,0 +1,245 @@
+package eventbus
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+)
+
+type transition struct {
+	at     time.Time
+	up     bool
+	reason string
+}
+
+// stateRecorder records every link state change it sees.
+type stateRecorder struct {
+	mu  sync.Mutex
+	log []transition
+}
+
+func (r *stateRecorder) run(ctx context.Context, watch func() (LinkState, <-chan struct{})) {
+	var last *LinkState
+	for {
+		st, changed := watch()
+		if last == nil || st.Up != last.Up || !st.Since.Equal(last.Since) {
+			r.mu.Lock()
+			r.log = append(r.log, transition{at: st.Since, up: st.Up, reason: st.Reason})
+			r.mu.Unlock()
+		}
+		last = &st
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+// outage returns when the link went down at or after t and when it came
+// back up, if it did.
+func (r *stateRecorder) outage(t time.Time) (down, up time.Time, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, tr := range r.log {
+		switch {
+		case down.IsZero() && !tr.up && !tr.at.Before(t):
+			down, reason = tr.at, tr.reason
+		case !down.IsZero() && tr.up:
+			return down, tr.at, reason
+		}
+	}
+	return down, up, reason
+}
+
+func TestReconnectAfterConnectionsClosed(t *testing.T) {
+	cfg := testConfig(t, "reconnect")
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	consumed := make(map[string]bool)
+	if err := Handle(sub, func(_ context.Context, _ *orderv1.OrderCreated, meta Meta) error {
+		mu.Lock()
+		consumed[meta.ID] = true
+		mu.Unlock()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startSubscriber(t, sub)
+	pub := startPublisher(t, cfg)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	var pubStates, subStates stateRecorder
+	wg.Go(func() { pubStates.run(ctx, pub.Watch) })
+	wg.Go(func() { subStates.run(ctx, sub.Watch) })
+
+	// Publishers run through the outage; only confirmed ids count.
+	var cmu sync.Mutex
+	confirmed := make(map[string]time.Time)
+	failures := 0
+	pubCtx, stopPublishing := context.WithCancel(ctx)
+	var pubWG sync.WaitGroup
+	defer pubWG.Wait()
+	defer stopPublishing()
+	for range 2 {
+		pubWG.Go(func() {
+			for pubCtx.Err() == nil {
+				var msgs []Message
+				for range 5 {
+					_, m := newOrderCreated(t)
+					msgs = append(msgs, m)
+				}
+				pctx, pcancel := context.WithTimeout(pubCtx, 5*time.Second)
+				err := pub.Publish(pctx, msgs...)
+				pcancel()
+				cmu.Lock()
+				if err == nil {
+					for _, m := range msgs {
+						confirmed[m.ID] = time.Now()
+					}
+				} else {
+					failures++
+				}
+				cmu.Unlock()
+				if err != nil {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		})
+	}
+
+	time.Sleep(300 * time.Millisecond)
+	t0 := time.Now()
+	if n := closeTestConnections(t, cfg.Prefix); n != 2 {
+		t.Fatalf("closed %d connections, want 2 (publisher and subscriber)", n)
+	}
+	t1 := time.Now()
+	eventually(t, 15*time.Second, "both links back up", func() bool {
+		_, pubUp, _ := pubStates.outage(t0)
+		_, subUp, _ := subStates.outage(t0)
+		return !pubUp.IsZero() && !subUp.IsZero()
+	})
+	time.Sleep(500 * time.Millisecond)
+	stopPublishing()
+	pubWG.Wait()
+
+	cmu.Lock()
+	defer cmu.Unlock()
+	afterRecovery := 0
+	for _, at := range confirmed {
+		if at.After(t1) {
+			afterRecovery++
+		}
+	}
+	t.Logf("confirmed %d messages (%d after the close), %d failed publishes", len(confirmed), afterRecovery, failures)
+	if afterRecovery == 0 {
+		t.Error("no publish confirmed after the connections were closed")
+	}
+	eventually(t, 15*time.Second, "every confirmed message consumed", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for id := range confirmed {
+			if !consumed[id] {
+				return false
+			}
+		}
+		return true
+	})
+
+	for _, c := range []struct {
+		name string
+		rec  *stateRecorder
+	}{{"publisher", &pubStates}, {"subscriber", &subStates}} {
+		t.Run(c.name, func(t *testing.T) {
+			down, up, reason := c.rec.outage(t0)
+			t.Logf("closed in [%s, %s]; down after %s (%s); up %s later",
+				t0.Format(time.StampMilli), t1.Format(time.StampMilli), down.Sub(t0), reason, up.Sub(down))
+			if d := down.Sub(t1); d > 5*time.Second {
+				t.Errorf("went down %s after the close, want within 5s", d)
+			}
+			if d := up.Sub(down); d > 5*time.Second {
+				t.Errorf("came back up %s after going down, want within 5s", d)
+			}
+		})
+	}
+	if !sub.Subscribed() {
+		t.Error("subscriber not subscribed after recovery")
+	}
+
+	ch := rawChannel(t, rawConn(t))
+	if err := ch.ExchangeDeclarePassive(cfg.ExchangeName(), amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+		t.Fatalf("exchange after recovery: %v", err)
+	}
+	for _, q := range []string{cfg.QueueName(), cfg.DLQName(), cfg.RetryQueueName(cfg.RetryDelays[0])} {
+		if _, err := ch.QueueDeclarePassive(q, true, false, false, false, nil); err != nil {
+			t.Fatalf("queue %s after recovery: %v", q, err)
+		}
+	}
+}
+
+func TestResubscribeAfterQueueDeleted(t *testing.T) {
+	cfg := testConfig(t, "requeue")
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 10)
+	if err := Handle(sub, func(_ context.Context, _ *orderv1.OrderCreated, meta Meta) error {
+		got <- meta.ID
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startSubscriber(t, sub)
+	pub := startPublisher(t, cfg)
+
+	// Deleting the queue cancels the consumer; the subscriber must
+	// re-declare the topology and re-subscribe.
+	rctx, rcancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer rcancel()
+	var states stateRecorder
+	wg.Go(func() { states.run(rctx, sub.Watch) })
+	ch := rawChannel(t, rawConn(t))
+	t0 := time.Now()
+	if _, err := ch.QueueDelete(cfg.QueueName(), false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "subscriber down and up again", func() bool {
+		_, up, _ := states.outage(t0)
+		return !up.IsZero()
+	})
+	if _, _, reason := states.outage(t0); reason != "consumer cancelled by broker" {
+		t.Errorf("down reason %q", reason)
+	}
+	if !sub.Subscribed() {
+		t.Error("not subscribed")
+	}
+
+	_, m := newOrderCreated(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, m); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	select {
+	case id := <-got:
+		if id != m.ID {
+			t.Errorf("consumed %s, want %s", id, m.ID)
+		}
+	case <-ctx.Done():
+		t.Fatal("message not consumed after resubscribe")
+	}
+}

@@ -1,0 +1,442 @@
+package eventbus
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	notificationv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	paymentv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
+)
+
+type received struct {
+	ev   proto.Message
+	meta Meta
+}
+
+func collect[PT proto.Message](ch chan<- received) func(context.Context, PT, Meta) error {
+	return func(_ context.Context, ev PT, meta Meta) error {
+		ch <- received{ev: ev, meta: meta}
+		return nil
+	}
+}
+
+func TestRoundTripEveryEventType(t *testing.T) {
+	cfg := testConfig(t, "roundtrip")
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan received, 100)
+	for _, err := range []error{
+		Handle(sub, collect[*orderv1.OrderCreated](got)),
+		Handle(sub, collect[*orderv1.OrderConfirmed](got)),
+		Handle(sub, collect[*orderv1.OrderRejected](got)),
+		Handle(sub, collect[*orderv1.OrderCancelled](got)),
+		Handle(sub, collect[*inventoryv1.StockReserved](got)),
+		Handle(sub, collect[*inventoryv1.StockReservationFailed](got)),
+		Handle(sub, collect[*inventoryv1.StockReleased](got)),
+		Handle(sub, collect[*paymentv1.PaymentSucceeded](got)),
+		Handle(sub, collect[*paymentv1.PaymentFailed](got)),
+		Handle(sub, collect[*paymentv1.PaymentRefunded](got)),
+		Handle(sub, collect[*notificationv1.NotificationSent](got)),
+	} {
+		if err != nil {
+			t.Fatalf("Handle: %v", err)
+		}
+	}
+	if err := Handle(sub, collect[*orderv1.OrderCreated](got)); err == nil {
+		t.Error("second handler for OrderCreated: want error")
+	}
+	startSubscriber(t, sub)
+	pub := startPublisher(t, cfg)
+
+	events := sampleEvents()
+	want := make(map[string]received)
+	var msgs []Message
+	for i, ev := range events {
+		m, err := NewMessage(ev, "order", "corr-"+string(ev.ProtoReflect().Descriptor().Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+		if i%2 == 0 {
+			m.TraceState = "vendor=value"
+		}
+		msgs = append(msgs, m)
+		meta := m.Meta
+		meta.Time = meta.Time.Truncate(time.Second)
+		meta.Attempt = 1
+		want[m.ID] = received{ev: ev, meta: meta}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, msgs...); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+
+	for range events {
+		var r received
+		select {
+		case r = <-got:
+		case <-ctx.Done():
+			t.Fatalf("received %d of %d events", len(events)-len(want), len(events))
+		}
+		w, ok := want[r.meta.ID]
+		if !ok {
+			t.Fatalf("unexpected or duplicate event %s", r.meta.ID)
+		}
+		delete(want, r.meta.ID)
+		t.Run(w.meta.Type, func(t *testing.T) {
+			if diff := cmp.Diff(w.ev, r.ev, protocmp.Transform()); diff != "" {
+				t.Errorf("event (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(w.meta, r.meta, cmpopts.EquateApproxTime(0)); diff != "" {
+				t.Errorf("meta (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestPoisonMessagesGoStraightToDLQ(t *testing.T) {
+	cfg := testConfig(t, "poison")
+	var metrics countingMetrics
+	cfg.Metrics = &metrics
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handled atomic.Int32
+	var handledID atomic.Value
+	if err := Handle(sub, func(_ context.Context, ev *orderv1.OrderCreated, meta Meta) error {
+		handled.Add(1)
+		handledID.Store(meta.ID)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startSubscriber(t, sub)
+
+	conn := rawConn(t)
+	ch := rawChannel(t, conn)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	ev, valid := newOrderCreated(t)
+	body, err := proto.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	invalidBody, err := proto.Marshal(&orderv1.OrderCreated{OrderId: "not-a-uuid"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	typ := string(ev.ProtoReflect().Descriptor().FullName())
+	cases := []struct {
+		name, id, typ, reason string
+		body                  []byte
+	}{
+		{name: "garbage body", id: "garbage", typ: typ, body: []byte{0xff, 0xff, 0xff}, reason: ReasonUndecodable},
+		{name: "unknown type", id: "unknown", typ: "ordermesh.order.v1.OrderTeleported", body: body, reason: ReasonUnknownType},
+		{name: "missing message_id", id: "", typ: typ, body: body, reason: ReasonMissingID},
+		{name: "invalid payload", id: "invalid", typ: typ, body: invalidBody, reason: ReasonInvalid},
+	}
+	for _, c := range cases {
+		publishRaw(t, ch, cfg, "order.created", amqp.Publishing{
+			MessageId: c.id, Type: c.typ, ContentType: ContentType, Body: c.body,
+		})
+	}
+	pub, err := toPublishing(valid, "order")
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishRaw(t, ch, cfg, valid.RoutingKey, pub)
+
+	eventually(t, 10*time.Second, "valid message handled", func() bool { return handled.Load() == 1 })
+	q, err := NewDLQ(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dls := deadLetters(t, q, len(cases))
+	byID := make(map[string]DeadLetter)
+	for _, dl := range dls {
+		byID[dl.ID] = dl
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dl, ok := byID[c.id]
+			if !ok {
+				t.Fatalf("not in DLQ; DLQ ids: %v", keys(byID))
+			}
+			if dl.Reason != c.reason || dl.Error == "" || dl.Attempts != 1 || dl.RoutingKey != "order.created" {
+				t.Errorf("dead letter reason=%q error=%q attempts=%d routing key=%q, want reason %q, an error, 1 attempt, order.created",
+					dl.Reason, dl.Error, dl.Attempts, dl.RoutingKey, c.reason)
+			}
+		})
+	}
+	if got := handledID.Load(); got != valid.ID {
+		t.Errorf("handled %v, want %s", got, valid.ID)
+	}
+	if n := metrics.retried.Load(); n != 0 {
+		t.Errorf("retried %d times, want 0", n)
+	}
+	if n := metrics.deadLettered.Load(); n != int64(len(cases)) {
+		t.Errorf("dead-lettered %d, want %d", n, len(cases))
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// countingMetrics counts some metrics for assertions.
+type countingMetrics struct {
+	NopMetrics
+	retried, deadLettered, acked, returned atomic.Int64
+}
+
+func (m *countingMetrics) Retried(Labels, int)         { m.retried.Add(1) }
+func (m *countingMetrics) DeadLettered(Labels, string) { m.deadLettered.Add(1) }
+func (m *countingMetrics) Acked(Labels, time.Duration) { m.acked.Add(1) }
+func (m *countingMetrics) Returned(Labels)             { m.returned.Add(1) }
+
+func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
+	cfg := testConfig(t, "retry")
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type call struct {
+		attempt    int
+		routingKey string
+	}
+	var mu sync.Mutex
+	calls := make(map[string][]call) // by behaviour
+	succeeded := make(map[string]int)
+	if err := Handle(sub, func(_ context.Context, ev *orderv1.OrderRejected, meta Meta) error {
+		mu.Lock()
+		calls[ev.GetReason()] = append(calls[ev.GetReason()], call{meta.Attempt, meta.RoutingKey})
+		mu.Unlock()
+		var err error
+		switch ev.GetReason() {
+		case "fail twice":
+			if meta.Attempt <= 2 {
+				err = errorf("transient failure %d", meta.Attempt)
+			}
+		case "always fail":
+			err = errorf("database unavailable: %w", errBoom)
+		case "permanent":
+			err = Permanent(errorf("order unknown: %w", errBoom))
+		case "panic once":
+			if meta.Attempt == 1 {
+				panic("handler bug")
+			}
+		}
+		if err == nil {
+			mu.Lock()
+			succeeded[ev.GetReason()]++
+			mu.Unlock()
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startSubscriber(t, sub)
+	pub := startPublisher(t, cfg)
+
+	ids := make(map[string]string)
+	for _, behaviour := range []string{"fail twice", "always fail", "permanent", "panic once"} {
+		ev := sampleEvents()[2].(*orderv1.OrderRejected)
+		ev.Reason = behaviour
+		m, err := NewMessage(ev, "inventory", ev.GetOrderId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[behaviour] = m.ID
+		if err := pub.Publish(context.Background(), m); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	}
+
+	q, err := NewDLQ(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dls := deadLetters(t, q, 2)
+	eventually(t, 10*time.Second, "retried messages to succeed", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return succeeded["fail twice"] == 1 && succeeded["panic once"] == 1
+	})
+	time.Sleep(300 * time.Millisecond) // longer than the ladder: no further calls
+	mu.Lock()
+	defer mu.Unlock()
+
+	key := "order.rejected"
+	wantCalls := map[string][]call{
+		"fail twice":  {{1, key}, {2, key}, {3, key}},
+		"always fail": {{1, key}, {2, key}, {3, key}},
+		"permanent":   {{1, key}},
+		"panic once":  {{1, key}, {2, key}},
+	}
+	if diff := cmp.Diff(wantCalls, calls, cmp.AllowUnexported(call{})); diff != "" {
+		t.Errorf("handler calls (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]int{"fail twice": 1, "panic once": 1}, succeeded); diff != "" {
+		t.Errorf("successes (-want +got):\n%s", diff)
+	}
+
+	type dlView struct {
+		Reason     string
+		Attempts   int
+		RoutingKey string
+		ErrHas     bool
+	}
+	got := make(map[string]dlView)
+	for _, dl := range dls {
+		got[dl.ID] = dlView{dl.Reason, dl.Attempts, dl.RoutingKey, strings.Contains(dl.Error, "boom")}
+	}
+	want := map[string]dlView{
+		ids["always fail"]: {ReasonRetriesExhausted, 3, key, true},
+		ids["permanent"]:   {ReasonPermanent, 1, key, true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("dead letters (-want +got):\n%s", diff)
+	}
+}
+
+func TestGracefulStop(t *testing.T) {
+	cfg := testConfig(t, "graceful")
+	cfg.Concurrency = 2
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan string, 10)
+	release := make(chan struct{})
+	var finished atomic.Int32
+	if err := Handle(sub, func(ctx context.Context, ev *orderv1.OrderCreated, meta Meta) error {
+		started <- meta.ID
+		<-release
+		finished.Add(1)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stop := startSubscriber(t, sub)
+	pub := startPublisher(t, cfg)
+	const total = 6
+	for range total {
+		_, m := newOrderCreated(t)
+		if err := pub.Publish(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range cfg.Concurrency {
+		select {
+		case <-started:
+		case <-time.After(10 * time.Second):
+			t.Fatal("handlers did not start")
+		}
+	}
+
+	stopped := make(chan struct{})
+	go func() {
+		stop()
+		close(stopped)
+	}()
+	eventually(t, 5*time.Second, "consumer cancelled", func() bool { return !sub.Subscribed() })
+	select {
+	case <-stopped:
+		t.Fatal("Run returned while handlers were in flight")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after handlers finished")
+	}
+	if n := finished.Load(); n != int32(cfg.Concurrency) {
+		t.Errorf("%d handlers finished, want %d (only the in-flight ones)", n, cfg.Concurrency)
+	}
+	if st := sub.State(); st.Up {
+		t.Errorf("state after stop = %+v, want down", st)
+	}
+
+	// In-flight deliveries were acked; prefetched ones went back.
+	ch := rawChannel(t, rawConn(t))
+	q, err := ch.QueueDeclarePassive(cfg.QueueName(), true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := total - cfg.Concurrency; q.Messages != want {
+		t.Errorf("queue holds %d messages after stop, want %d", q.Messages, want)
+	}
+}
+
+func TestDeliveryLimitDeadLettersCrashLoops(t *testing.T) {
+	cfg := testConfig(t, "crashloop")
+	cfg.DeliveryLimit = 2
+	conn := rawConn(t)
+	ch := rawChannel(t, conn)
+	ctx := context.Background()
+	if err := declareTopology(ctx, conn, ch, cfg, []string{"order.created"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	_, m := newOrderCreated(t)
+	pub, err := toPublishing(m, "order")
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishRaw(t, ch, cfg, m.RoutingKey, pub)
+
+	// A consumer that dies before settling: requeue without acking.
+	nacks := 0
+	for range 100 {
+		d, ok, err := ch.Get(cfg.QueueName(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			if nacks > cfg.DeliveryLimit {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if err := d.Nack(false, true); err != nil {
+			t.Fatal(err)
+		}
+		nacks++
+	}
+	if nacks != cfg.DeliveryLimit+1 {
+		t.Errorf("message delivered %d times, want %d", nacks, cfg.DeliveryLimit+1)
+	}
+	q, err := NewDLQ(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dls := deadLetters(t, q, 1)
+	if dl := dls[0]; dl.ID != m.ID || dl.Reason != ReasonDeliveryLimit || dl.RoutingKey != m.RoutingKey {
+		t.Errorf("dead letter id=%s reason=%q routing key=%q, want %s %q %q", dl.ID, dl.Reason, dl.RoutingKey, m.ID, ReasonDeliveryLimit, m.RoutingKey)
+	}
+}
