@@ -148,6 +148,13 @@ func TestWorkerRuntime(t *testing.T) {
 	proxy.SetUp(true)
 	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
 
+	// A path that silently stops carrying anything is noticed by the
+	// heartbeats: NOT_SERVING within 5 s as well.
+	proxy.Blackhole()
+	waitHealth(t, health, "", healthpb.HealthCheckResponse_NOT_SERVING, 5*time.Second)
+	proxy.SetUp(true)
+	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 15*time.Second)
+
 	// A broker that closes the connections (rabbitmqctl close_connection)
 	// is survived too: the worker comes back SERVING and handles events.
 	if n := closeConnections(t, prefix+name+"."); n == 0 {

@@ -1,10 +1,10 @@
-// Package testproxy is a TCP proxy for tests that need to cut a real
-// connection: while it is down it closes every connection it carries and
-// refuses new ones, as a dead network path or a stopped server would.
+// Package testproxy is a TCP proxy for tests that need to break a real
+// connection: cut (every connection closed, new ones refused, as a stopped
+// server would) or silently black-holed (connections stay open but nothing
+// gets through, as a dead network path would).
 package testproxy
 
 import (
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -16,10 +16,11 @@ type Proxy struct {
 	lis    net.Listener
 	target string
 
-	mu    sync.Mutex
-	up    bool
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	mu        sync.Mutex
+	up        bool
+	blackhole bool
+	conns     map[net.Conn]struct{}
+	wg        sync.WaitGroup
 }
 
 // New starts a proxy to target on a free loopback port; it stops when the
@@ -45,16 +46,48 @@ func New(t testing.TB, target string) *Proxy {
 func (p *Proxy) Addr() string { return p.lis.Addr().String() }
 
 // SetUp restores the path (true) or cuts it (false): every open connection
-// is closed and new ones are closed at once.
+// is closed and new ones are closed at once. Restoring also ends a black
+// hole.
 func (p *Proxy) SetUp(up bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.up = up
+	p.blackhole = false
 	if !up {
 		for c := range p.conns {
 			_ = c.Close()
 		}
 		clear(p.conns)
+	}
+}
+
+// Blackhole silently drops everything in both directions, on open and new
+// connections alike, until SetUp(true).
+func (p *Proxy) Blackhole() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.blackhole = true
+}
+
+func (p *Proxy) dropping() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.blackhole
+}
+
+// pipe copies src to dst, dropping what it reads while black-holed.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32*1024)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.dropping() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 
@@ -99,8 +132,8 @@ func (p *Proxy) serve(c net.Conn) {
 		return
 	}
 	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+	go func() { p.pipe(up, c); done <- struct{}{} }()
+	go func() { p.pipe(c, up); done <- struct{}{} }()
 	<-done
 	_ = c.Close()
 	_ = up.Close()
