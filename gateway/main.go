@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/ordermesh/ordermesh/internal/rest"
 	"github.com/ordermesh/ordermesh/internal/config"
+	"github.com/ordermesh/ordermesh/internal/rest"
 	"github.com/ordermesh/ordermesh/internal/telemetry"
 )
 
