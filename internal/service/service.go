@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -106,6 +107,11 @@ type Spec struct {
 	// Name is the service's name: its queue, its events' source (app_id)
 	// and its default schema.
 	Name string
+	// GRPCAddr and AdminAddr are the default listen addresses.
+	GRPCAddr, AdminAddr string
+	// ReadConfig, if set, reads the service's own variables from env
+	// alongside the common ones, so every problem is reported at once.
+	ReadConfig func(env *config.Env)
 	// Migrations are the service's own schema migrations; the outbox and
 	// inbox tables are added.
 	Migrations []postgres.Source
@@ -132,6 +138,20 @@ type Service struct {
 	GRPC       *grpcserver.Server
 	Subscriber *eventbus.Subscriber
 	Inbox      *inbox.Runner
+}
+
+// Main reads the configuration from getenv, logs to stdout and runs the
+// service until ctx ends: the whole of a service binary's run function.
+func Main(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr, spec Spec) error {
+	env := config.NewEnv(getenv)
+	cfg := ReadConfig(env, spec.Name, spec.GRPCAddr, spec.AdminAddr)
+	if spec.ReadConfig != nil {
+		spec.ReadConfig(env)
+	}
+	if err := env.Err(); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	return Run(ctx, spec, cfg, telemetry.NewLogger(stdout, spec.Name, cfg.LogLevel), ready)
 }
 
 // Run runs the service until ctx ends, then shuts it down gracefully. If

@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,7 +21,6 @@ import (
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/service"
-	"github.com/ordermesh/ordermesh/internal/telemetry"
 	"github.com/ordermesh/ordermesh/services/notification/internal/app"
 	"github.com/ordermesh/ordermesh/services/notification/internal/mailer"
 	"github.com/ordermesh/ordermesh/services/notification/internal/store"
@@ -37,40 +37,30 @@ func main() {
 }
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
-	env := config.NewEnv(getenv)
-	cfg := service.ReadConfig(env, app.Source, ":50054", "127.0.0.1:9094")
-	smtp := mailer.ReadConfig(env)
-	if err := env.Err(); err != nil {
-		return fmt.Errorf("read config: %w", err)
-	}
-	log := telemetry.NewLogger(stdout, app.Source, cfg.LogLevel)
-	log.InfoContext(ctx, "smtp", slog.Any("config", config.LogValue(smtp)))
-
-	spec := service.Spec{
+	var smtp mailer.Config
+	return service.Main(ctx, getenv, stdout, ready, service.Spec{
 		Name:               app.Source,
+		GRPCAddr:           ":50054",
+		AdminAddr:          "127.0.0.1:9094",
 		Migrations:         []postgres.Source{store.Migrations},
 		BrokerGatesServing: true,
+		ReadConfig:         func(env *config.Env) { smtp = mailer.ReadConfig(env) },
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
-			m, err := mailer.New(smtp, log)
+			s.Log.InfoContext(ctx, "smtp", slog.Any("config", config.LogValue(smtp)))
+			m, err := mailer.New(smtp, s.Log)
 			if err != nil {
 				return nil, err
 			}
-			a, err := app.New(m, log)
+			a, err := app.New(m, s.Log)
 			if err != nil {
 				return nil, err
 			}
-			for _, err := range []error{
+			return nil, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCreated)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderConfirmed)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderRejected)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCancelled)),
-			} {
-				if err != nil {
-					return nil, fmt.Errorf("register handler: %w", err)
-				}
-			}
-			return nil, nil
+			)
 		},
-	}
-	return service.Run(ctx, spec, cfg, log, ready)
+	})
 }

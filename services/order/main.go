@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,12 +18,10 @@ import (
 	"syscall"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
-	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/service"
-	"github.com/ordermesh/ordermesh/internal/telemetry"
 	"github.com/ordermesh/ordermesh/services/order/internal/app"
 	"github.com/ordermesh/ordermesh/services/order/internal/grpcapi"
 	"github.com/ordermesh/ordermesh/services/order/internal/store"
@@ -39,26 +38,21 @@ func main() {
 }
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
-	env := config.NewEnv(getenv)
-	cfg := service.ReadConfig(env, app.Source, ":50051", "127.0.0.1:9091")
-	if err := env.Err(); err != nil {
-		return fmt.Errorf("read config: %w", err)
-	}
-	log := telemetry.NewLogger(stdout, app.Source, cfg.LogLevel)
-
-	spec := service.Spec{
+	return service.Main(ctx, getenv, stdout, ready, service.Spec{
 		Name:       app.Source,
+		GRPCAddr:   ":50051",
+		AdminAddr:  "127.0.0.1:9091",
 		Migrations: []postgres.Source{store.Migrations},
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			// Watchers see order changes from every instance through
 			// PostgreSQL notifications.
-			watcher := store.NewWatcher(cfg.DatabaseURL, cfg.DatabaseSchema, log)
-			a := app.New(s.Pool, watcher, log)
-			orderv1.RegisterOrderServiceServer(s.GRPC, grpcapi.New(a, log, s.GRPC.Draining()))
+			watcher := store.NewWatcher(s.Config.DatabaseURL, s.Config.DatabaseSchema, s.Log)
+			a := app.New(s.Pool, watcher, s.Log)
+			orderv1.RegisterOrderServiceServer(s.GRPC, grpcapi.New(a, s.Log, s.GRPC.Draining()))
 
 			// The saga's inputs, each applied effectively once, and the
 			// compensations and notifications for the orders' timelines.
-			for _, err := range []error{
+			return []service.Task{watcher.Run}, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReserved)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReservationFailed)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.PaymentSucceeded)),
@@ -66,13 +60,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReleased)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.PaymentRefunded)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.NotificationSent)),
-			} {
-				if err != nil {
-					return nil, fmt.Errorf("register handler: %w", err)
-				}
-			}
-			return []service.Task{watcher.Run}, nil
+			)
 		},
-	}
-	return service.Run(ctx, spec, cfg, log, ready)
+	})
 }

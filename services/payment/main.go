@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,12 +15,10 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/service"
-	"github.com/ordermesh/ordermesh/internal/telemetry"
 	"github.com/ordermesh/ordermesh/services/payment/internal/app"
 	"github.com/ordermesh/ordermesh/services/payment/internal/provider"
 	"github.com/ordermesh/ordermesh/services/payment/internal/store"
@@ -36,30 +35,19 @@ func main() {
 }
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
-	env := config.NewEnv(getenv)
-	cfg := service.ReadConfig(env, app.Source, ":50053", "127.0.0.1:9093")
-	if err := env.Err(); err != nil {
-		return fmt.Errorf("read config: %w", err)
-	}
-	log := telemetry.NewLogger(stdout, app.Source, cfg.LogLevel)
-
-	spec := service.Spec{
+	return service.Main(ctx, getenv, stdout, ready, service.Spec{
 		Name:               app.Source,
+		GRPCAddr:           ":50053",
+		AdminAddr:          "127.0.0.1:9093",
 		Migrations:         []postgres.Source{store.Migrations},
 		BrokerGatesServing: true,
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
-			a := app.New(s.Pool, provider.NewDeterministic(), log)
-			for _, err := range []error{
+			a := app.New(s.Pool, provider.NewDeterministic(), s.Log)
+			return nil, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCreated)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderRejected)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCancelled)),
-			} {
-				if err != nil {
-					return nil, fmt.Errorf("register handler: %w", err)
-				}
-			}
-			return nil, nil
+			)
 		},
-	}
-	return service.Run(ctx, spec, cfg, log, ready)
+	})
 }
