@@ -214,6 +214,7 @@ func TestLogValue(t *testing.T) {
 		AMQPURL         string
 		BrokerURL       *url.URL
 		ShutdownTimeout time.Duration
+		RetryDelays     []time.Duration
 		Prefetch        int
 		Debug           bool
 		APIToken        string `secret:"true"`
@@ -226,6 +227,7 @@ func TestLogValue(t *testing.T) {
 		AMQPURL:         "amqp://guest:guest@127.0.0.1:5672/",
 		BrokerURL:       &url.URL{Scheme: "amqps", User: url.UserPassword("svc", "pw"), Host: "mq:5671"},
 		ShutdownTimeout: 10 * time.Second,
+		RetryDelays:     []time.Duration{time.Second, 500 * time.Millisecond},
 		Prefetch:        16,
 		Debug:           true,
 		APIToken:        "tok",
@@ -245,6 +247,7 @@ func TestLogValue(t *testing.T) {
 		"AMQPURL":         "amqp://guest:xxxxx@127.0.0.1:5672/",
 		"BrokerURL":       "amqps://svc:xxxxx@mq:5671",
 		"ShutdownTimeout": "10s",
+		"RetryDelays":     "1s,500ms",
 		"Prefetch":        float64(16),
 		"Debug":           true,
 		"APIToken":        "xxxxx",

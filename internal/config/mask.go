@@ -54,6 +54,12 @@ func logValue(v reflect.Value) slog.Value {
 		return slog.TimeValue(v.Interface().(time.Time))
 	case v.Kind() == reflect.String:
 		return slog.StringValue(RedactURL(v.String()))
+	case v.Kind() == reflect.Slice && v.Type().Elem() == durationType:
+		parts := make([]string, v.Len())
+		for i := range parts {
+			parts[i] = time.Duration(v.Index(i).Int()).String()
+		}
+		return slog.StringValue(strings.Join(parts, ","))
 	case v.Kind() == reflect.Struct:
 		var attrs []slog.Attr
 		t := v.Type()
