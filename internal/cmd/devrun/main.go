@@ -225,7 +225,7 @@ func waitServing(ctx context.Context, procs []process, httpAddr string, exited <
 			}
 			select {
 			case name := <-exited:
-				return fmt.Errorf("%s stopped before it was ready", name)
+				return fmt.Errorf("%s stopped before it was ready; its output above (prefixed %q) says why", name, name)
 			case <-ctx.Done():
 				return fmt.Errorf("%s did not become ready: %v", p.name, err)
 			case <-time.After(200 * time.Millisecond):
