@@ -39,6 +39,9 @@ Stock (InventoryService at --inventory-addr):
 Other:
   health [--service NAME] [--http URL]  check gRPC health of --addr, or an HTTP URL (exit 0 when healthy)
   demo                                stock products and drive orders to every outcome
+  dlq list SERVICE                    list a service's dead-lettered messages with their reasons
+  dlq replay|discard SERVICE (ID|--all)   send them back to the service's queue, or drop them
+                                      (dlq talks to RabbitMQ: --amqp-url, --prefix after SERVICE)
 
 Flags (before the command):
 `
@@ -64,6 +67,8 @@ func main() {
 type options struct {
 	addr          string
 	inventoryAddr string
+	amqpURL       string
+	prefix        string
 	json          bool
 	timeout       time.Duration
 }
@@ -80,6 +85,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.SetOutput(stderr)
 	fs.StringVar(&opts.addr, "addr", envOr("ORDERMESH_ADDR", "127.0.0.1:50051"), "order service gRPC address (env ORDERMESH_ADDR)")
 	fs.StringVar(&opts.inventoryAddr, "inventory-addr", envOr("ORDERMESH_INVENTORY_ADDR", "127.0.0.1:50052"), "inventory service gRPC address (env ORDERMESH_INVENTORY_ADDR)")
+	opts.amqpURL = envOr("ORDERMESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+	opts.prefix = getenv("ORDERMESH_TOPOLOGY_PREFIX")
 	fs.BoolVar(&opts.json, "json", false, "print JSON (one object per line) instead of text")
 	fs.DurationVar(&opts.timeout, "timeout", 10*time.Second, "timeout of each call (watch and demo wait longer)")
 	fs.Usage = func() {
@@ -114,6 +121,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		"stock":  cli.stock,
 		"health": cli.health,
 		"demo":   cli.demo,
+		"dlq":    cli.dlq,
 	}
 	f, ok := commands[cmd]
 	if !ok {

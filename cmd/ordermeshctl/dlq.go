@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+)
+
+// dlq lists, replays and discards the messages parked in a service's
+// dead-letter queue. It talks to RabbitMQ directly (--amqp-url), not to a
+// service.
+func (c *client) dlq(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("dlq", flag.ContinueOnError)
+	amqpURL := fs.String("amqp-url", c.opts.amqpURL, "RabbitMQ URL (env ORDERMESH_AMQP_URL)")
+	prefix := fs.String("prefix", c.opts.prefix, "topology prefix (env ORDERMESH_TOPOLOGY_PREFIX)")
+	all := fs.Bool("all", false, "replay or discard every message")
+	limit := fs.Int("limit", 100, "most messages to list")
+	if len(args) < 2 {
+		return usagef("dlq: use 'dlq list SERVICE', 'dlq replay SERVICE (ID|--all)' or 'dlq discard SERVICE (ID|--all)'")
+	}
+	verb, svc := args[0], args[1]
+	if err := fs.Parse(args[2:]); err != nil {
+		return usagef("dlq: %v", err)
+	}
+	q, err := eventbus.NewDLQ(eventbus.Config{URL: *amqpURL, Prefix: *prefix, Service: svc}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	id := fs.Arg(0)
+	if verb != "list" && (id == "") == !*all {
+		return usagef("dlq %s: give a message id or --all", verb)
+	}
+	switch verb {
+	case "list":
+		dead, err := q.List(ctx, *limit)
+		if err != nil {
+			return err
+		}
+		for _, d := range dead {
+			c.emitDeadLetter(d)
+		}
+		if !c.opts.json {
+			fmt.Fprintf(c.out, "%d message(s) in %s's dead-letter queue\n", len(dead), svc)
+		}
+		return nil
+	case "replay":
+		if *all {
+			n, err := q.ReplayAll(ctx)
+			c.say("replayed %d message(s)", n)
+			return err
+		}
+		return q.Replay(ctx, id)
+	case "discard":
+		if *all {
+			n, err := q.DiscardAll(ctx)
+			c.say("discarded %d message(s)", n)
+			return err
+		}
+		return q.Discard(ctx, id)
+	default:
+		return usagef("dlq: unknown action %q", verb)
+	}
+}
+
+func (c *client) emitDeadLetter(d eventbus.DeadLetter) {
+	if c.opts.json {
+		b, err := json.Marshal(map[string]any{
+			"id": d.ID, "type": d.Type, "routing_key": d.RoutingKey, "correlation_id": d.CorrelationID,
+			"reason": d.Reason, "error": d.Error, "attempts": d.Attempts, "dead_lettered_at": d.DeadLetteredAt,
+		})
+		if err == nil {
+			fmt.Fprintln(c.out, string(b))
+		}
+		return
+	}
+	fmt.Fprintf(c.out, "%s  %-24s %-18s attempts %d  %s\n", d.ID, d.RoutingKey, d.Reason, d.Attempts, d.Error)
+}
