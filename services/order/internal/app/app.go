@@ -19,8 +19,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/services/order/internal/order"
@@ -43,17 +43,21 @@ type App struct {
 	watcher *store.Watcher
 	log     *slog.Logger
 	now     func() time.Time
+	creates committer
 }
 
 // New returns an App storing orders in pool and watching changes with w.
 func New(pool *pgxpool.Pool, w *store.Watcher, log *slog.Logger) *App {
-	return &App{pool: pool, watcher: w, log: log, now: func() time.Time { return time.Now().UTC() }}
+	a := &App{pool: pool, watcher: w, log: log, now: func() time.Time { return time.Now().UTC() }}
+	a.creates.commit = a.commitCreates
+	return a
 }
 
 // Create places the order req asks for, or returns the order a previous
 // request with the same request id placed. The order and its order.created
-// event commit together. A request id reused with another payload fails
-// with an error wrapping order.ErrRequestConflict.
+// event commit together, in a transaction shared with concurrent calls
+// (group commit). A request id reused with another payload fails with an
+// error wrapping order.ErrRequestConflict.
 func (a *App) Create(ctx context.Context, req order.Request) (order.Order, error) {
 	id, err := uuid.NewV7()
 	if err != nil {
@@ -63,30 +67,15 @@ func (a *App) Create(ctx context.Context, req order.Request) (order.Order, error
 	if err != nil {
 		return order.Order{}, err
 	}
-	var result order.Order
-	err = postgres.WithTx(ctx, a.pool, func(tx pgx.Tx) error {
-		inserted, err := store.Insert(ctx, tx, o)
-		if err != nil {
-			return err
-		}
-		if !inserted {
-			prev, err := store.GetByRequestID(ctx, tx, req.RequestID)
-			if err != nil {
-				return err
-			}
-			if err := prev.CheckRepeat(req); err != nil {
-				return err
-			}
-			result = prev
-			return nil
-		}
-		result = o
-		return publish(ctx, tx, o.ID, orderCreated(o))
-	})
-	if err != nil {
-		return order.Order{}, fmt.Errorf("create order: %w", unavailable(err))
+	if err := ctx.Err(); err != nil {
+		return order.Order{}, err
 	}
-	return result, nil
+	call := &createCall{o: o, req: req}
+	a.creates.submit(call)
+	if call.err != nil {
+		return order.Order{}, fmt.Errorf("create order: %w", unavailable(call.err))
+	}
+	return call.res, nil
 }
 
 // Get returns the order with id, or an error wrapping order.ErrNotFound.
@@ -126,7 +115,7 @@ func (a *App) Cancel(ctx context.Context, id, reason string) (order.Order, error
 			return err
 		}
 		result = next
-		return publish(ctx, tx, o.ID, events...)
+		return publish(ctx, tx, events...)
 	})
 	if err != nil {
 		return order.Order{}, fmt.Errorf("cancel order %s: %w", id, unavailable(err))
@@ -146,7 +135,7 @@ func (a *App) Apply(ctx context.Context, tx pgx.Tx, id string, in order.Input) e
 	if err != nil {
 		return err
 	}
-	return publish(ctx, tx, id, events...)
+	return publish(ctx, tx, events...)
 }
 
 // Events returns order id's timeline, or an error wrapping
@@ -159,28 +148,29 @@ func (a *App) Events(ctx context.Context, id string) ([]store.Event, error) {
 	return events, unavailable(err)
 }
 
-// publish writes the order service's events about order id to the outbox
-// and to the order's timeline, in tx.
-func publish(ctx context.Context, tx pgx.Tx, id string, events ...proto.Message) error {
+// publish writes the order service's events to the outbox and to their
+// orders' timelines, in tx.
+func publish(ctx context.Context, tx pgx.Tx, events ...orderEvent) error {
 	if len(events) == 0 {
 		return nil
 	}
-	msgs, err := outbox.Messages(Source, id, events...)
-	if err != nil {
-		return err
+	msgs := make([]eventbus.Message, len(events))
+	records := make([]store.Event, len(events))
+	for i, e := range events {
+		m, err := eventbus.NewMessage(e.event, Source, e.orderID)
+		if err != nil {
+			return err
+		}
+		msgs[i], records[i] = m, eventRecord(e.orderID, m.Meta, e.event)
 	}
 	if err := outbox.Add(ctx, tx, msgs...); err != nil {
 		return err
-	}
-	records := make([]store.Event, len(msgs))
-	for i, m := range msgs {
-		records[i] = eventRecord(id, m.Meta, events[i])
 	}
 	return store.RecordEvents(ctx, tx, records...)
 }
 
 // apply runs one transition and stores it when it changed the order.
-func (a *App) apply(ctx context.Context, tx pgx.Tx, o order.Order, in order.Input) ([]proto.Message, order.Order, error) {
+func (a *App) apply(ctx context.Context, tx pgx.Tx, o order.Order, in order.Input) ([]orderEvent, order.Order, error) {
 	t, err := o.Apply(in, a.now().Truncate(time.Microsecond))
 	if err != nil {
 		return nil, o, err
@@ -191,13 +181,13 @@ func (a *App) apply(ctx context.Context, tx pgx.Tx, o order.Order, in order.Inpu
 	if err := store.Update(ctx, tx, t.Order); err != nil {
 		return nil, o, err
 	}
-	events := make([]proto.Message, 0, len(t.Events))
+	events := make([]orderEvent, 0, len(t.Events))
 	for _, ev := range t.Events {
 		msg, err := eventToProto(t.Order, ev)
 		if err != nil {
 			return nil, o, err
 		}
-		events = append(events, msg)
+		events = append(events, orderEvent{o.ID, msg})
 	}
 	return events, t.Order, nil
 }

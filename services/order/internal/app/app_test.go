@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
+	"github.com/ordermesh/ordermesh/internal/testproxy"
 	"github.com/ordermesh/ordermesh/services/order/internal/app"
 	"github.com/ordermesh/ordermesh/services/order/internal/order"
 	"github.com/ordermesh/ordermesh/services/order/internal/store"
@@ -440,5 +442,98 @@ func TestTimelineRecordsPublishedAndConsumedEvents(t *testing.T) {
 	}
 	if _, err := f.app.Events(ctx, uuid.NewString()); !errors.Is(err, order.ErrNotFound) {
 		t.Errorf("events of an unknown order: %v, want ErrNotFound", err)
+	}
+}
+
+func TestGroupCommitSharesTransactions(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	const calls = 64
+	reqs := make([]order.Request, calls)
+	for i := range reqs {
+		reqs[i] = request()
+	}
+	// Two repeats and one conflicting reuse of request ids ride along.
+	reqs[10] = reqs[3]
+	reqs[20] = reqs[3]
+	conflict := reqs[5]
+	conflict.PaymentToken = "tok_other"
+	reqs[30] = conflict
+
+	ids := make([]string, calls)
+	errs := make([]error, calls)
+	var g errgroup.Group
+	for i := range reqs {
+		g.Go(func() error {
+			o, err := f.app.Create(ctx, reqs[i])
+			ids[i], errs[i] = o.ID, err
+			return nil
+		})
+	}
+	_ = g.Wait()
+
+	conflicts := 0
+	for i, err := range errs {
+		switch {
+		case errors.Is(err, order.ErrRequestConflict):
+			conflicts++
+		case err != nil:
+			t.Errorf("create %d: %v", i, err)
+		}
+	}
+	// Of request 5 and its conflicting reuse, whichever committed first
+	// won; the other conflicts.
+	if conflicts != 1 {
+		t.Errorf("%d conflicts, want 1", conflicts)
+	}
+	if ids[10] != ids[3] || ids[20] != ids[3] {
+		t.Errorf("repeats got orders %s, %s; want %s", ids[10], ids[20], ids[3])
+	}
+	orders, _, err := f.app.List(ctx, store.Filter{}, 1000, "")
+	if err != nil {
+		t.Fatalf("list: %v", err)
+	}
+	if want := calls - 3; len(orders) != want {
+		t.Errorf("%d orders stored, want %d", len(orders), want)
+	}
+	if n := len(outboxTypes(t, f.pool)); n != calls-3 {
+		t.Errorf("%d order.created events, want %d", n, calls-3)
+	}
+	if b := f.app.CreateBatches(); b >= calls {
+		t.Errorf("%d transactions for %d concurrent creates: no group commit", b, calls)
+	} else {
+		t.Logf("%d concurrent creates in %d transactions", calls, b)
+	}
+}
+
+func TestCreateWithDatabaseDownIsUnavailable(t *testing.T) {
+	_, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
+	proxy := testproxy.New(t, "127.0.0.1:5432")
+	pool, err := postgres.Open(context.Background(), strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.Addr(), 1), schema)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	a := newApp(t, pool, schema)
+	if _, err := a.Create(context.Background(), request()); err != nil {
+		t.Fatalf("create while up: %v", err)
+	}
+	proxy.SetUp(false)
+	var g errgroup.Group
+	for range 8 {
+		g.Go(func() error {
+			_, err := a.Create(context.Background(), request())
+			if !errors.Is(err, app.ErrUnavailable) {
+				return fmt.Errorf("create while down: %v, want ErrUnavailable", err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	proxy.SetUp(true)
+	if _, err := a.Create(context.Background(), request()); err != nil {
+		t.Fatalf("create after recovery: %v", err)
 	}
 }

@@ -30,6 +30,7 @@ type Querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 const columns = `id, request_id, customer_email, items, total_currency, total_units, total_nanos,
@@ -67,26 +68,65 @@ func itemsFromRows(rows []itemRow) []order.LineItem {
 	return items
 }
 
+const insertSQL = `
+	INSERT INTO orders (id, request_id, customer_email, items, total_currency, total_units, total_nanos,
+		payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
+		create_time, update_time)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+	ON CONFLICT (request_id) DO NOTHING`
+
+func insertArgs(o order.Order) ([]any, error) {
+	items, err := json.Marshal(itemsToRows(o.Items))
+	if err != nil {
+		return nil, fmt.Errorf("encode items of order %s: %w", o.ID, err)
+	}
+	return []any{o.ID, o.RequestID, o.CustomerEmail, items, o.Total.CurrencyCode, o.Total.Units, o.Total.Nanos,
+		o.PaymentToken, o.Status.String(), o.StatusReason, o.StockReserved, o.PaymentSucceeded, o.PaymentID,
+		o.CreateTime, o.UpdateTime}, nil
+}
+
 // Insert stores a new order unless one with its request id exists; it
 // reports whether it inserted.
 func Insert(ctx context.Context, q Querier, o order.Order) (bool, error) {
-	items, err := json.Marshal(itemsToRows(o.Items))
+	inserted, err := InsertAll(ctx, q, []order.Order{o})
 	if err != nil {
-		return false, fmt.Errorf("encode items of order %s: %w", o.ID, err)
+		return false, err
 	}
-	tag, err := q.Exec(ctx, `
-		INSERT INTO orders (id, request_id, customer_email, items, total_currency, total_units, total_nanos,
-			payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
-			create_time, update_time)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-		ON CONFLICT (request_id) DO NOTHING`,
-		o.ID, o.RequestID, o.CustomerEmail, items, o.Total.CurrencyCode, o.Total.Units, o.Total.Nanos,
-		o.PaymentToken, o.Status.String(), o.StatusReason, o.StockReserved, o.PaymentSucceeded, o.PaymentID,
-		o.CreateTime, o.UpdateTime)
-	if err != nil {
-		return false, fmt.Errorf("insert order %s: %w", o.ID, err)
+	return inserted[0], nil
+}
+
+// Batcher sends several statements in one round trip; pgx.Tx and the
+// pool implement it.
+type Batcher interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// InsertAll stores new orders in one round trip, each unless an order with
+// its request id exists (also one earlier in orders), and reports which it
+// inserted.
+func InsertAll(ctx context.Context, q Batcher, orders []order.Order) ([]bool, error) {
+	b := &pgx.Batch{}
+	for _, o := range orders {
+		args, err := insertArgs(o)
+		if err != nil {
+			return nil, err
+		}
+		b.Queue(insertSQL, args...)
 	}
-	return tag.RowsAffected() == 1, nil
+	res := q.SendBatch(ctx, b)
+	inserted := make([]bool, len(orders))
+	for i, o := range orders {
+		tag, err := res.Exec()
+		if err != nil {
+			_ = res.Close()
+			return nil, fmt.Errorf("insert order %s: %w", o.ID, err)
+		}
+		inserted[i] = tag.RowsAffected() == 1
+	}
+	if err := res.Close(); err != nil {
+		return nil, fmt.Errorf("insert orders: %w", err)
+	}
+	return inserted, nil
 }
 
 // Get returns the order with id, or an error wrapping order.ErrNotFound.
