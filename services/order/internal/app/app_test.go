@@ -537,3 +537,51 @@ func TestCreateWithDatabaseDownIsUnavailable(t *testing.T) {
 		t.Fatalf("create after recovery: %v", err)
 	}
 }
+
+// TestWatchSurvivesSilentDatabaseLoss black-holes the watcher's connection
+// to PostgreSQL: the watcher notices, reconnects once the path is back,
+// and a watch sees a change made afterwards.
+func TestWatchSurvivesSilentDatabaseLoss(t *testing.T) {
+	pool, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
+	proxy := testproxy.New(t, "127.0.0.1:5432")
+	w := store.NewWatcher(strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.Addr(), 1), schema, quiet)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	a := app.New(pool, w, quiet)
+	o, err := a.Create(ctx, request())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	for !w.Listening() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	seen := make(chan order.Status, 4)
+	watchDone := make(chan error, 1)
+	go func() {
+		watchDone <- a.Watch(ctx, o.ID, func(o order.Order) error { seen <- o.Status; return nil })
+	}()
+	if s := <-seen; s != order.StatusPending {
+		t.Fatalf("first snapshot %v", s)
+	}
+	// Long enough for the watcher to find its connection dead.
+	proxy.Blackhole()
+	time.Sleep(10 * time.Second)
+	proxy.SetUp(true)
+	if _, err := a.Cancel(ctx, o.ID, "after the outage"); err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+	select {
+	case s := <-seen:
+		if s != order.StatusCancelled {
+			t.Fatalf("second snapshot %v, want CANCELLED", s)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the watch never saw the change made after the outage")
+	}
+	if err := <-watchDone; err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+}

@@ -582,3 +582,41 @@ func TestHealthFollowsDatabase(t *testing.T) {
 		t.Errorf("GET /healthz after recovery = %d, want 200", code)
 	}
 }
+
+// TestUpperCaseIDsNameTheSameOrder checks that ids are compared as UUIDs:
+// a request repeated with its request_id in upper case is the same
+// request, and an order watched or read by its upper-case id is the same
+// order.
+func TestUpperCaseIDsNameTheSameOrder(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req := createRequest()
+	first, err := e.client.CreateOrder(ctx, req)
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	req.RequestId = strings.ToUpper(req.RequestId)
+	again, err := e.client.CreateOrder(ctx, req)
+	if err != nil || again.GetOrder().GetId() != first.GetOrder().GetId() {
+		t.Fatalf("repeat with an upper-case request_id: %v, %v; want the same order", again, err)
+	}
+	upper := strings.ToUpper(first.GetOrder().GetId())
+	if _, err := e.client.GetOrder(ctx, &orderv1.GetOrderRequest{OrderId: upper}); err != nil {
+		t.Fatalf("get by upper-case id: %v", err)
+	}
+	stream, err := e.client.WatchOrder(ctx, &orderv1.WatchOrderRequest{OrderId: upper})
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("first snapshot: %v", err)
+	}
+	if _, err := e.client.CancelOrder(ctx, &orderv1.CancelOrderRequest{OrderId: upper}); err != nil {
+		t.Fatalf("cancel by upper-case id: %v", err)
+	}
+	next, err := stream.Recv()
+	if err != nil || next.GetOrder().GetStatus() != orderv1.OrderStatus_ORDER_STATUS_CANCELLED {
+		t.Fatalf("watch by upper-case id after cancel: %v, %v", next, err)
+	}
+}

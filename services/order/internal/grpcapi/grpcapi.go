@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 
+	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -56,7 +57,7 @@ func (s *Server) status(ctx context.Context, err error) error {
 // CreateOrder places an order, idempotently on request_id.
 func (s *Server) CreateOrder(ctx context.Context, req *orderv1.CreateOrderRequest) (*orderv1.CreateOrderResponse, error) {
 	o, err := s.app.Create(ctx, order.Request{
-		RequestID:     req.GetRequestId(),
+		RequestID:     canonicalID(req.GetRequestId()),
 		CustomerEmail: req.GetCustomerEmail(),
 		Items:         app.ItemsFromProto(req.GetItems()),
 		PaymentToken:  req.GetPaymentToken(),
@@ -69,7 +70,7 @@ func (s *Server) CreateOrder(ctx context.Context, req *orderv1.CreateOrderReques
 
 // GetOrder returns one order.
 func (s *Server) GetOrder(ctx context.Context, req *orderv1.GetOrderRequest) (*orderv1.GetOrderResponse, error) {
-	o, err := s.app.Get(ctx, req.GetOrderId())
+	o, err := s.app.Get(ctx, canonicalID(req.GetOrderId()))
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
@@ -92,7 +93,7 @@ func (s *Server) ListOrders(ctx context.Context, req *orderv1.ListOrdersRequest)
 
 // CancelOrder cancels a pending or confirmed order.
 func (s *Server) CancelOrder(ctx context.Context, req *orderv1.CancelOrderRequest) (*orderv1.CancelOrderResponse, error) {
-	o, err := s.app.Cancel(ctx, req.GetOrderId(), req.GetReason())
+	o, err := s.app.Cancel(ctx, canonicalID(req.GetOrderId()), req.GetReason())
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
@@ -101,7 +102,7 @@ func (s *Server) CancelOrder(ctx context.Context, req *orderv1.CancelOrderReques
 
 // ListOrderEvents returns the order's event timeline.
 func (s *Server) ListOrderEvents(ctx context.Context, req *orderv1.ListOrderEventsRequest) (*orderv1.ListOrderEventsResponse, error) {
-	events, err := s.app.Events(ctx, req.GetOrderId())
+	events, err := s.app.Events(ctx, canonicalID(req.GetOrderId()))
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
@@ -133,7 +134,7 @@ func (s *Server) WatchOrder(req *orderv1.WatchOrderRequest, stream orderv1.Order
 			}
 		}()
 	}
-	err := s.app.Watch(ctx, req.GetOrderId(), func(o order.Order) error {
+	err := s.app.Watch(ctx, canonicalID(req.GetOrderId()), func(o order.Order) error {
 		return stream.Send(&orderv1.WatchOrderResponse{Order: app.OrderToProto(o)})
 	})
 	if errors.Is(context.Cause(ctx), errShuttingDown) {
@@ -143,3 +144,15 @@ func (s *Server) WatchOrder(req *orderv1.WatchOrderRequest, stream orderv1.Order
 }
 
 var errShuttingDown = errors.New("server shutting down")
+
+// canonicalID returns a UUID in its canonical lower-case form, so that
+// "0192F3A4-…" and "0192f3a4-…" name the same order or request (the
+// validation interceptor has already checked that it is a UUID; anything
+// else is passed on unchanged and is not found).
+func canonicalID(id string) string {
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return id
+	}
+	return u.String()
+}

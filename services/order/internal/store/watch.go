@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -25,9 +26,13 @@ type Watcher struct {
 	channel string
 	log     *slog.Logger
 
-	mu   sync.Mutex
-	subs map[string]map[chan struct{}]struct{}
+	mu        sync.Mutex
+	subs      map[string]map[chan struct{}]struct{}
+	listening atomic.Bool
 }
+
+// Listening reports whether the watcher currently listens for changes.
+func (w *Watcher) Listening() bool { return w.listening.Load() }
 
 // NewWatcher returns a Watcher for the orders in schema of the database at
 // url; Run must be running for it to deliver anything.
@@ -79,7 +84,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 }
 
 func (w *Watcher) listen(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, w.url)
+	setupCtx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(setupCtx, w.url)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -88,22 +95,46 @@ func (w *Watcher) listen(ctx context.Context) error {
 		defer cancel()
 		_ = conn.Close(closeCtx)
 	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{w.channel}.Sanitize()); err != nil {
+	if _, err := conn.Exec(setupCtx, "LISTEN "+pgx.Identifier{w.channel}.Sanitize()); err != nil {
 		return fmt.Errorf("listen %s: %w", w.channel, err)
 	}
+	w.listening.Store(true)
+	defer w.listening.Store(false)
 	// Changes made while no connection listened were missed.
 	w.signalAll()
 	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
-			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-				return nil
+		// A quiet connection is pinged now and then: one that silently
+		// died would otherwise leave every watcher waiting forever.
+		waitCtx, cancel := context.WithTimeout(ctx, livenessInterval)
+		n, err := conn.WaitForNotification(waitCtx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, context.DeadlineExceeded):
+			pingCtx, cancel := context.WithTimeout(ctx, pingTimeout)
+			err := conn.Ping(pingCtx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("ping listening connection: %w", err)
 			}
+		case err != nil:
 			return fmt.Errorf("wait for notification: %w", err)
+		default:
+			w.signal(n.Payload)
 		}
-		w.signal(n.Payload)
 	}
 }
+
+// Connecting and subscribing must take less than setupTimeout. The
+// listening connection is checked after livenessInterval without a
+// notification, and considered dead when a ping takes longer than
+// pingTimeout.
+const (
+	setupTimeout     = 10 * time.Second
+	livenessInterval = 5 * time.Second
+	pingTimeout      = 3 * time.Second
+)
 
 func (w *Watcher) signal(id string) {
 	w.mu.Lock()
