@@ -1,0 +1,463 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/smtpsink"
+)
+
+// Services are the platform's gRPC services in start order; "gateway" is
+// the REST gateway.
+var Services = []string{"order", "inventory", "payment", "notification"}
+
+// Build compiles the four services and the gateway from the module at root
+// into dir.
+func Build(ctx context.Context, root, dir string) error {
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	for _, s := range Services {
+		args = append(args, "./services/"+s)
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, "./gateway")...)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// Proc is one running binary.
+type Proc struct {
+	Name string
+	// Addr is its gRPC address, or the gateway's HTTP address.
+	Addr string
+	// AdminAddr serves /metrics and /debug/pprof (services only).
+	AdminAddr string
+	cmd       *exec.Cmd
+	log       *tail
+	done      chan struct{}
+	err       error
+}
+
+// Pid is the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Platform is a set of ordermesh processes on their own database and
+// topology prefix, with an SMTP sink for the notification service.
+type Platform struct {
+	Prefix      string
+	Database    string
+	DatabaseURL string
+	AMQPURL     string
+	Procs       map[string]*Proc
+	binDir      string
+	adminURL    string
+	sink        *smtpsink.Sink
+	retryDelays string
+}
+
+// PlatformConfig says what to start.
+type PlatformConfig struct {
+	// BinDir holds the binaries built by Build.
+	BinDir string
+	// AdminDatabaseURL reaches a database from which the platform's own
+	// database is created and dropped.
+	AdminDatabaseURL string
+	AMQPURL          string
+	// ID makes the database and prefix names unique.
+	ID string
+	// Names are the processes to start, in order: services and "gateway".
+	Names []string
+	// LogDir receives each process's output as <prefix><name>.log.
+	LogDir string
+}
+
+// StartPlatform creates the platform's database, starts the processes and
+// waits until every one is serving. On error, what was created is removed.
+func StartPlatform(ctx context.Context, cfg PlatformConfig) (_ *Platform, err error) {
+	p := &Platform{
+		Prefix: "bench-" + cfg.ID + ".", Database: "bench_" + cfg.ID, AMQPURL: cfg.AMQPURL,
+		Procs: map[string]*Proc{}, binDir: cfg.BinDir, adminURL: cfg.AdminDatabaseURL, retryDelays: "1s,5s",
+	}
+	u, err := url.Parse(cfg.AdminDatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	u.Path = "/" + p.Database
+	p.DatabaseURL = u.String()
+	if err := postgres.CreateDatabaseIfMissing(ctx, p.DatabaseURL); err != nil {
+		return nil, fmt.Errorf("create database %s: %w", p.Database, err)
+	}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	if p.sink, err = smtpsink.Start(ctx, "127.0.0.1:0"); err != nil {
+		return nil, fmt.Errorf("start smtp sink: %w", err)
+	}
+	for _, name := range cfg.Names {
+		if err := p.start(name, cfg.LogDir); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.waitServing(ctx, time.Minute); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Platform) start(name, logDir string) error {
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	adminAddr := ""
+	if name != "gateway" {
+		if adminAddr, err = freeAddr(); err != nil {
+			return err
+		}
+	}
+	env := append(os.Environ(),
+		"ORDERMESH_DATABASE_URL="+p.DatabaseURL,
+		"ORDERMESH_AMQP_URL="+p.AMQPURL,
+		"ORDERMESH_TOPOLOGY_PREFIX="+p.Prefix,
+		"ORDERMESH_RETRY_DELAYS="+p.retryDelays,
+		"ORDERMESH_SMTP_ADDR="+p.sink.Addr(),
+		"ORDERMESH_SHUTDOWN_TIMEOUT=20s",
+	)
+	if name == "gateway" {
+		inv := "127.0.0.1:1"
+		if pr := p.Procs["inventory"]; pr != nil {
+			inv = pr.Addr
+		}
+		env = append(env, "ORDERMESH_HTTP_ADDR="+addr, "ORDERMESH_ORDER_ADDR="+p.Procs["order"].Addr, "ORDERMESH_INVENTORY_ADDR="+inv)
+	} else {
+		env = append(env, "ORDERMESH_GRPC_ADDR="+addr, "ORDERMESH_ADMIN_ADDR="+adminAddr)
+	}
+	logFile, err := os.Create(filepath.Join(logDir, p.Prefix+name+".log"))
+	if err != nil {
+		return fmt.Errorf("create log of %s: %w", name, err)
+	}
+	proc := &Proc{Name: name, Addr: addr, AdminAddr: adminAddr, log: &tail{max: 16 << 10}, done: make(chan struct{})}
+	cmd := exec.Command(filepath.Join(p.binDir, name))
+	cmd.Env = env
+	// The file gets everything; the tail is for error messages.
+	out := io.MultiWriter(logFile, proc.log)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		_ = logFile.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	proc.cmd = cmd
+	go func() {
+		proc.err = cmd.Wait()
+		_ = logFile.Close()
+		close(proc.done)
+	}()
+	p.Procs[name] = proc
+	return nil
+}
+
+// waitServing waits until every process reports SERVING (the gateway:
+// /healthz answers 200).
+func (p *Platform) waitServing(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for name, proc := range p.Procs {
+		for {
+			err := healthy(ctx, proc)
+			if err == nil {
+				break
+			}
+			select {
+			case <-proc.done:
+				return fmt.Errorf("%s exited before it was ready: %v\n%s", name, proc.err, proc.log)
+			default:
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s not ready after %v: %v\n%s", name, timeout, err, proc.log)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+func healthy(ctx context.Context, proc *Proc) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if proc.Name == "gateway" {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+proc.Addr+"/healthz", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/healthz answered %s", resp.Status)
+		}
+		return nil
+	}
+	conn, err := grpc.NewClient(proc.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("health is %s", resp.GetStatus())
+	}
+	return nil
+}
+
+// Dial returns a client connection to process name.
+func (p *Platform) Dial(name string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(p.Procs[name].Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", name, err)
+	}
+	return conn, nil
+}
+
+// HTTPURL is the gateway's base URL.
+func (p *Platform) HTTPURL() string { return "http://" + p.Procs["gateway"].Addr }
+
+// Names returns the started processes' names in a stable order.
+func (p *Platform) Names() []string {
+	var out []string
+	for _, n := range append(slices.Clone(Services), "gateway") {
+		if p.Procs[n] != nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Close stops every process (SIGTERM, then SIGKILL after 30 s), drops the
+// database and deletes the exchange and queues under the prefix. It
+// returns the first problem and still does everything else.
+func (p *Platform) Close() error {
+	var errs []error
+	for _, proc := range p.Procs {
+		select {
+		case <-proc.done:
+		default:
+			_ = proc.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	for name, proc := range p.Procs {
+		select {
+		case <-proc.done:
+		case <-time.After(30 * time.Second):
+			_ = proc.cmd.Process.Kill()
+			<-proc.done
+			errs = append(errs, fmt.Errorf("%s did not stop within 30 s of SIGTERM", name))
+		}
+	}
+	if p.sink != nil {
+		_ = p.sink.Close()
+	}
+	if err := p.dropDatabase(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := deleteTopology(p.AMQPURL, p.Prefix, Services, p.retryDelays); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Platform) dropDatabase() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, p.adminURL)
+	if err != nil {
+		return fmt.Errorf("drop database %s: %w", p.Database, err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{p.Database}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("drop database %s: %w", p.Database, err)
+	}
+	return nil
+}
+
+// deleteTopology deletes the queues of services (service queue, DLQ,
+// retry queues for the delays in retryDelays) and the exchange under
+// prefix; queues that do not exist are fine.
+func deleteTopology(amqpURL, prefix string, services []string, retryDelays string) error {
+	conn, err := amqp.DialConfig(amqpURL, amqp.Config{Properties: amqp.Table{"connection_name": prefix + "cleanup"}})
+	if err != nil {
+		return fmt.Errorf("delete topology %s: %w", prefix, err)
+	}
+	defer conn.Close()
+	var delays []time.Duration
+	for _, d := range strings.Split(retryDelays, ",") {
+		if v, err := time.ParseDuration(strings.TrimSpace(d)); err == nil {
+			delays = append(delays, v)
+		}
+	}
+	var names []string
+	for _, s := range services {
+		cfg := eventbus.Config{Prefix: prefix, Service: s}
+		names = append(names, cfg.QueueName(), cfg.DLQName())
+		for _, d := range delays {
+			names = append(names, cfg.RetryQueueName(d))
+		}
+	}
+	for _, q := range names {
+		// A failed delete closes the channel, so each gets its own.
+		ch, err := conn.Channel()
+		if err != nil {
+			return fmt.Errorf("delete queue %s: %w", q, err)
+		}
+		_, _ = ch.QueueDelete(q, false, false, false)
+		_ = ch.Close()
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("delete exchange: %w", err)
+	}
+	defer ch.Close()
+	if err := ch.ExchangeDelete(eventbus.Config{Prefix: prefix}.ExchangeName(), false, false); err != nil {
+		return fmt.Errorf("delete exchange: %w", err)
+	}
+	return nil
+}
+
+// PeakRSS returns the process's peak resident set size in bytes (VmHWM).
+func (p *Proc) PeakRSS() (int64, error) {
+	return procStatusKB(p.Pid(), "VmHWM:")
+}
+
+func procStatusKB(pid int, field string) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read status of %d: %w", pid, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse %s of %d: %w", field, pid, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no %s in status of %d", field, pid)
+}
+
+// CPUTime returns the CPU time (user + system) the process used so far.
+func (p *Proc) CPUTime() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid()))
+	if err != nil {
+		return 0, fmt.Errorf("read stat of %s: %w", p.Name, err)
+	}
+	// Fields after the command name, which is in parentheses.
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("parse stat of %s: too few fields", p.Name)
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("parse stat of %s: %w", p.Name, err)
+	}
+	// Linux reports clock ticks of 1/100 s (USER_HZ) on every platform Go
+	// supports.
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// CPUProfile fetches a CPU profile of d from the process into path.
+func (p *Proc) CPUProfile(ctx context.Context, d time.Duration, path string) error {
+	if p.AdminAddr == "" {
+		return fmt.Errorf("profile %s: no admin endpoint", p.Name)
+	}
+	u := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.AdminAddr, int(d.Seconds()))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", p.Name, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", p.Name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile %s: %s", p.Name, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", p.Name, err)
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("profile %s: %w", p.Name, err)
+	}
+	return f.Close()
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// tail keeps the last max bytes written to it.
+type tail struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+	max int
+}
+
+func (t *tail) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf.Write(b)
+	if over := t.buf.Len() - t.max; over > 0 {
+		t.buf.Next(over)
+	}
+	return len(b), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.buf.String()
+}

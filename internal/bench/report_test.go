@@ -1,0 +1,193 @@
+package bench
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/ordermesh/ordermesh/internal/loadgen"
+)
+
+func sampleResult() *Result {
+	start := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
+	return &Result{
+		Started: start, Finished: start.Add(6 * time.Minute), Rounds: 2,
+		Create: map[int]*CreateTrials{
+			8:  {Raw: []float64{2000, 2500}, GRPC: []float64{1000, 900}},
+			50: {Raw: []float64{4000, 3000}, GRPC: []float64{1000, 1200}},
+		},
+		REST:   []float64{600, 840},
+		BusRaw: []float64{10000, 12000, 11000}, Bus: []float64{9000, 10800, 8000},
+		E2E:      loadgen.Summary{Protocol: "grpc", Concurrency: 50, Created: 6000, ConfirmedPerSec: 321.6, TerminalSeconds: 18.7, Tracking: "t"},
+		HalfRate: loadgen.Summary{Protocol: "grpc", TargetRate: 160.8, Created: 4800, Tracking: "t", TerminalLatency: loadgen.Latency{P99: 87.25}},
+		CPU:      map[string]time.Duration{"order": 6 * time.Second, "inventory": 3 * time.Second},
+		RSS:      map[string]int64{"order": 50 << 20, "inventory": 30 << 20, "notification": 45 << 20, "create/order": 40 << 20},
+		Profiles: map[string]string{"order": "flat flat%"},
+	}
+}
+
+func TestRatios(t *testing.T) {
+	r := sampleResult()
+	got := map[string]float64{"create": r.CreateVsRaw(), "bus": r.BusVsRaw(), "rest": r.RESTVsGRPC()}
+	// create: min(1000/2500, 1200/4000) = 0.3; bus 10800/12000; rest 840/1200.
+	want := map[string]float64{"create": 0.3, "bus": 0.9, "rest": 0.7}
+	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 })); diff != "" {
+		t.Errorf("ratios (-want +got):\n%s", diff)
+	}
+	if got := (&Result{Create: map[int]*CreateTrials{}}).CreateVsRaw(); got != 0 {
+		t.Errorf("CreateVsRaw without trials = %v, want 0", got)
+	}
+	if got := Ratio(5, 0); got != 0 {
+		t.Errorf("Ratio(5, 0) = %v, want 0", got)
+	}
+}
+
+func TestFinalLine(t *testing.T) {
+	got := FinalLine(sampleResult())
+	want := "bench: e2e_orders_per_s=322 create_vs_raw_pg=0.30 bus_vs_raw_amqp=0.90 rest_vs_grpc=0.70"
+	if got != want {
+		t.Errorf("FinalLine =\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestMarkdown(t *testing.T) {
+	m := Machine{CPUs: 2, CPUModel: "AMD EPYC", MemTotal: "23.5 GiB", Kernel: "Linux 6", GoVersion: "go1.26.8",
+		RabbitMQ: "3.10.8", PostgreSQL: "15.20", Commit: "abc123"}
+	md := Markdown(sampleResult(), m, "make bench")
+	for _, want := range []string{
+		"- **date**: 2026-05-01 10:00 UTC (took 6m0s)",
+		"- **commit**: abc123",
+		"- **machine**: 2 CPUs (AMD EPYC), 23.5 GiB RAM, Linux 6",
+		"- **software**: go1.26.8, RabbitMQ 3.10.8, PostgreSQL 15.20",
+		"- **command**: `make bench`",
+		"| CreateOrder over gRPC, 8 clients (orders/s) | 1000 | 2500 (pgx: insert order + outbox row, commit) | 0.40 | ≥ 1.0 **not met** |",
+		"| CreateOrder over gRPC, 50 clients (orders/s) | 1200 | 4000 (pgx: insert order + outbox row, commit) | 0.30 | ≥ 1.0 **not met** |",
+		"| 10800 (eventbus Publisher + Subscriber) | 12000 (amqp091-go, pipelined confirms, prefetch 200) | 0.90 | ≥ 0.9 met |",
+		"| CreateOrder through the REST gateway, 50 clients (orders/s) | 840 | 1200 (gRPC direct) | 0.70 | ≥ 0.7 met |",
+		"| end-to-end confirmed orders/s, everything on this machine | 322 | | | ≥ 1000 **not met** |",
+		"| create→confirmed p99 at half that rate (161 orders/s open loop) | 87.2 ms | | | |",
+		"- create, 8 clients: raw pgx 2000, 2500 tx/s; CreateOrder gRPC 1000, 900 orders/s",
+		"| order | 50.0 MiB | 40.0 MiB | 6.0 s | 1.00 ms |  |",
+		"| inventory | 30.0 MiB | — | 3.0 s | 0.50 ms | RSS < 40 MiB met |",
+		"| notification | 45.0 MiB | — | 0.0 s | 0.00 ms | RSS < 40 MiB **not met** |",
+		"<details><summary>order</summary>",
+		"Summary line: `bench: e2e_orders_per_s=322 create_vs_raw_pg=0.30 bus_vs_raw_amqp=0.90 rest_vs_grpc=0.70`",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	for _, line := range strings.Split(md, "\n") {
+		if strings.HasPrefix(line, "bench:") {
+			t.Errorf("report has a line starting with bench: (only the final line may): %q", line)
+		}
+	}
+}
+
+func TestReplaceGenerated(t *testing.T) {
+	tests := []struct {
+		name, doc, want string
+	}{
+		{
+			"replaces between the markers, keeps the rest",
+			"# B\n\nintro\n\n" + beginMarker + "\nold\n" + endMarker + "\n\n## Analysis\nkept\n",
+			"# B\n\nintro\n\n" + beginMarker + "\nnew\n" + endMarker + "\n\n## Analysis\nkept\n",
+		},
+		{
+			"appends markers when missing",
+			"# B\n\nintro\n",
+			"# B\n\nintro\n\n" + beginMarker + "\nnew\n" + endMarker + "\n",
+		},
+		{
+			"markers in the wrong order are treated as missing",
+			endMarker + "\n" + beginMarker + "\n",
+			endMarker + "\n" + beginMarker + "\n\n" + beginMarker + "\nnew\n" + endMarker + "\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, ReplaceGenerated(tt.doc, "new\n\n")); diff != "" {
+				t.Errorf("ReplaceGenerated (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestWriteDoc(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "benchmarks.md")
+	if err := WriteDoc(path, "first"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(strings.Replace(mustRead(t, path), "# Benchmarks\n", "# Benchmarks\n\nhand-written\n", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteDoc(path, "second"); err != nil {
+		t.Fatal(err)
+	}
+	want := "# Benchmarks\n\nhand-written\n\n" + beginMarker + "\nsecond\n" + endMarker + "\n"
+	if diff := cmp.Diff(want, mustRead(t, path)); diff != "" {
+		t.Errorf("document (-want +got):\n%s", diff)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestProcField(t *testing.T) {
+	cpuinfo := "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu\n"
+	if got := procField(cpuinfo, "model name"); got != "AMD EPYC 7B13" {
+		t.Errorf("model name = %q", got)
+	}
+	if got := procField(cpuinfo, "bogus"); got != "unknown" {
+		t.Errorf("missing field = %q, want unknown", got)
+	}
+}
+
+func TestProcStatusOfSelf(t *testing.T) {
+	rss, err := procStatusKB(os.Getpid(), "VmHWM:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rss < 1<<20 || rss > 64<<30 {
+		t.Errorf("own peak RSS = %d bytes, implausible", rss)
+	}
+	if _, err := procStatusKB(os.Getpid(), "NoSuchField:"); err == nil {
+		t.Error("missing field: no error")
+	}
+}
+
+func TestParseHandlerStats(t *testing.T) {
+	text := `# HELP ordermesh_eventbus_handle_seconds Handler duration.
+# TYPE ordermesh_eventbus_handle_seconds histogram
+ordermesh_eventbus_handle_seconds_bucket{routing_key="stock.reserved",le="0.001"} 2
+ordermesh_eventbus_handle_seconds_sum{routing_key="stock.reserved"} 1.5
+ordermesh_eventbus_handle_seconds_count{routing_key="stock.reserved"} 30
+ordermesh_eventbus_handle_seconds_sum{routing_key="payment.succeeded",service="x"} 2.25
+ordermesh_eventbus_handle_seconds_count{routing_key="payment.succeeded",service="x"} 9
+ordermesh_eventbus_consumed_total{routing_key="stock.reserved"} 30
+ordermesh_eventbus_retried_total{routing_key="stock.reserved"} 4
+`
+	got, err := parseHandlerStats(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]HandlerStat{"stock.reserved": {Count: 30, Seconds: 1.5, Retried: 4}, "payment.succeeded": {Count: 9, Seconds: 2.25}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("parseHandlerStats (-want +got):\n%s", diff)
+	}
+	d := diffStats(map[string]HandlerStat{"stock.reserved": {Count: 10, Seconds: 0.5}}, got)
+	wantDiff := map[string]HandlerStat{"stock.reserved": {Count: 20, Seconds: 1, Retried: 4}, "payment.succeeded": {Count: 9, Seconds: 2.25}}
+	if diff := cmp.Diff(wantDiff, d); diff != "" {
+		t.Errorf("diffStats (-want +got):\n%s", diff)
+	}
+}

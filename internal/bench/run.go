@@ -1,0 +1,586 @@
+// Package bench is ordermesh's benchmark harness (what `make bench` runs):
+// in one invocation it measures each figure beside its raw ceiling on the
+// same machine, because absolute numbers on a shared machine are noise.
+//
+//   - CreateOrder over gRPC at 8 and 50 closed-loop clients ÷ raw pgx
+//     "insert order + outbox row, commit" at the same concurrency;
+//   - REST through the gateway ÷ gRPC direct, same load;
+//   - eventbus Publisher+Subscriber ÷ raw amqp091-go, confirms and acks;
+//   - end-to-end confirmed orders/s with every service running, and
+//     create→confirmed latency at half that rate;
+//   - peak RSS and CPU time of every process, and a CPU profile of each
+//     service under the end-to-end load.
+//
+// Everything it creates (databases, schemas, exchanges, queues) is removed
+// before it returns.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/loadgen"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+)
+
+// Options configure a benchmark run; zero durations and counts take the
+// defaults documented on each field.
+type Options struct {
+	// Root is the module root the binaries are built from.
+	Root string
+	// AdminDatabaseURL reaches PostgreSQL; the benchmark creates and drops
+	// its own databases from there.
+	AdminDatabaseURL string
+	AMQPURL          string
+	// WorkDir holds the binaries and profiles; removed by the caller.
+	WorkDir string
+	// Log receives progress; Progress the load generator's live line.
+	Log         io.Writer
+	ProgressTTY bool
+
+	// Trial is the length of each create trial (default 8s) and Rounds
+	// how often each trial runs, interleaved (default 2); the best round
+	// of each counts.
+	Trial  time.Duration
+	Rounds int
+	// BusMessages per bus trial (default 20000).
+	BusMessages int
+	// E2EOrders placed for the end-to-end throughput (default 6000).
+	E2EOrders int
+	// HalfRateDuration is the open-loop latency run (default 30s).
+	HalfRateDuration time.Duration
+	// ProfileDuration is the CPU profile of each service under the
+	// end-to-end load (default 10s; negative: none).
+	ProfileDuration time.Duration
+	// Skip names phases not to run: "create", "bus", "e2e" (for working
+	// on the harness; the report then lacks their figures).
+	Skip map[string]bool
+}
+
+func (o *Options) defaults() {
+	if o.Trial <= 0 {
+		o.Trial = 8 * time.Second
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = 2
+	}
+	if o.BusMessages <= 0 {
+		o.BusMessages = 20000
+	}
+	if o.E2EOrders <= 0 {
+		o.E2EOrders = 6000
+	}
+	if o.HalfRateDuration <= 0 {
+		o.HalfRateDuration = 30 * time.Second
+	}
+	if o.ProfileDuration == 0 {
+		o.ProfileDuration = 10 * time.Second
+	}
+}
+
+// CreateConcurrencies are the closed-loop client counts of the create
+// trials.
+var CreateConcurrencies = []int{8, 50}
+
+// Result holds every figure of a run; rates are per second.
+type Result struct {
+	Started  time.Time
+	Finished time.Time
+	// Rounds is how often each create trial ran (bus trials: one more).
+	Rounds int
+
+	// Create maps a concurrency to its trials.
+	Create map[int]*CreateTrials
+	// REST is CreateOrder through the gateway at the highest concurrency,
+	// beside Create[that].GRPC.
+	REST        []float64
+	RESTSummary loadgen.Summary
+
+	BusRaw []float64
+	Bus    []float64
+
+	// E2E is the throughput run: E2EOrders placed by 50 clients as fast
+	// as they go, until the last is terminal.
+	E2E loadgen.Summary
+	// HalfRate is the open-loop latency run at half E2E's confirmed rate.
+	HalfRate loadgen.Summary
+	// CPU is each process's CPU time over the E2E run.
+	CPU map[string]time.Duration
+	// RSS is each process's peak RSS: the create platform's order service
+	// and gateway under "create/…", the end-to-end platform's processes by
+	// name.
+	RSS map[string]int64
+	// Profiles are `go tool pprof -top` outputs: "create/order" for the
+	// order service under the create-only load at the highest
+	// concurrency, service names for the end-to-end drain.
+	Profiles map[string]string
+	// Handlers are each service's handler durations by routing key over
+	// the end-to-end throughput run.
+	Handlers map[string]map[string]HandlerStat
+	// LoadAvg is /proc/loadavg at the start and at the end.
+	LoadAvg [2]string
+	// Diagnostics are variants of the raw ceiling run once after the
+	// create rounds, to attribute the gap; they are not ratios.
+	Diagnostics []Diagnostic
+}
+
+// Diagnostic is one diagnostic measurement.
+type Diagnostic struct {
+	Name string
+	Rate float64
+}
+
+// CreateTrials are the create trials at one concurrency.
+type CreateTrials struct {
+	Raw         []float64
+	GRPC        []float64
+	GRPCSummary loadgen.Summary // of the best gRPC trial
+}
+
+// Best returns the largest of rates (0 for none).
+func Best(rates []float64) float64 {
+	if len(rates) == 0 {
+		return 0
+	}
+	return slices.Max(rates)
+}
+
+// Ratio is a ÷ b, 0 when b is 0.
+func Ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// CreateVsRaw is the lowest create ratio over CreateConcurrencies.
+func (r *Result) CreateVsRaw() float64 {
+	out := 0.0
+	for i, c := range CreateConcurrencies {
+		t := r.Create[c]
+		if t == nil {
+			return 0
+		}
+		v := Ratio(Best(t.GRPC), Best(t.Raw))
+		if i == 0 || v < out {
+			out = v
+		}
+	}
+	return out
+}
+
+// BusVsRaw is the best bus rate ÷ the best raw rate.
+func (r *Result) BusVsRaw() float64 { return Ratio(Best(r.Bus), Best(r.BusRaw)) }
+
+// RESTVsGRPC is the best REST rate ÷ the best gRPC rate at the same
+// concurrency.
+func (r *Result) RESTVsGRPC() float64 {
+	c := CreateConcurrencies[len(CreateConcurrencies)-1]
+	if r.Create[c] == nil {
+		return 0
+	}
+	return Ratio(Best(r.REST), Best(r.Create[c].GRPC))
+}
+
+// Run runs every phase and returns the figures. It removes what it created
+// even when a phase fails.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	o.defaults()
+	res := &Result{Started: time.Now(), Rounds: o.Rounds, Create: map[int]*CreateTrials{}, CPU: map[string]time.Duration{},
+		RSS: map[string]int64{}, Profiles: map[string]string{},
+		Handlers: map[string]map[string]HandlerStat{}}
+	res.LoadAvg[0] = loadAvg()
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(o.Log, "[bench %s] "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+	}
+
+	binDir := filepath.Join(o.WorkDir, "bin")
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		return nil, fmt.Errorf("make bin dir: %w", err)
+	}
+	logf("building the binaries")
+	if err := Build(ctx, o.Root, binDir); err != nil {
+		return nil, err
+	}
+	id, err := randomID()
+	if err != nil {
+		return nil, err
+	}
+	if o.Skip["create"] {
+	} else if err := runCreate(ctx, o, res, binDir, id+"c", logf); err != nil {
+		return res, fmt.Errorf("create phase: %w", err)
+	}
+	if o.Skip["bus"] {
+	} else if err := runBus(ctx, o, res, id+"b", logf); err != nil {
+		return res, fmt.Errorf("bus phase: %w", err)
+	}
+	if o.Skip["e2e"] {
+	} else if err := runE2E(ctx, o, res, binDir, id+"e", logf); err != nil {
+		return res, fmt.Errorf("end-to-end phase: %w", err)
+	}
+	res.Finished = time.Now()
+	res.LoadAvg[1] = loadAvg()
+	return res, nil
+}
+
+// loadAvg is the first three fields of /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// profile takes a CPU profile of d from proc into dir and returns its
+// flat top.
+func profile(ctx context.Context, proc *Proc, binDir, dir, label string, d time.Duration) (string, error) {
+	path := filepath.Join(dir, strings.ReplaceAll(label, "/", "-")+".cpu.pprof")
+	if err := proc.CPUProfile(ctx, d, path); err != nil {
+		return "", err
+	}
+	return pprofTop(ctx, filepath.Join(binDir, proc.Name), path)
+}
+
+func (o Options) loadConfig(protocol string) loadgen.Config {
+	return loadgen.Config{Protocol: protocol, Products: loadgen.Products("BENCH", 16), Progress: o.Log,
+		ProgressTTY: o.ProgressTTY, ProgressInterval: progressInterval(o.ProgressTTY), DrainTimeout: 3 * time.Minute}
+}
+
+func progressInterval(tty bool) time.Duration {
+	if tty {
+		return 250 * time.Millisecond
+	}
+	return 5 * time.Second
+}
+
+// runCreate measures CreateOrder (gRPC and REST) against the raw pgx
+// ceiling with only the order service and the gateway running. A queue of
+// the benchmark's own, bound to the order events, receives what the
+// order's outbox relay publishes, so the relay runs as in production.
+func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, logf func(string, ...any)) (err error) {
+	logf("create phase: starting the order service and the gateway")
+	pf, err := StartPlatform(ctx, PlatformConfig{BinDir: binDir, AdminDatabaseURL: o.AdminDatabaseURL, AMQPURL: o.AMQPURL,
+		ID: id, Names: []string{"order", "gateway"}, LogDir: o.WorkDir})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, pf.Close()) }()
+	sink, err := newEventSink(o.AMQPURL, pf.Prefix)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, sink.Close()) }()
+
+	conns, err := dialN(pf, "order", 2)
+	if err != nil {
+		return err
+	}
+	defer closeAll(conns)
+	grpcCreator := loadgen.NewGRPCCreator(conns...)
+	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}}
+	defer httpClient.CloseIdleConnections()
+	restCreator := loadgen.NewRESTCreator(pf.HTTPURL(), httpClient)
+
+	maxConc := slices.Max(CreateConcurrencies)
+	raws := map[int]*RawPG{}
+	defer func() {
+		for _, r := range raws {
+			err = errors.Join(err, r.Close(context.WithoutCancel(ctx)))
+		}
+	}()
+	for _, c := range CreateConcurrencies {
+		r, err := NewRawPG(ctx, pf.DatabaseURL, fmt.Sprintf("bench_raw_%d", c), false)
+		if err != nil {
+			return err
+		}
+		raws[c] = r
+		res.Create[c] = &CreateTrials{}
+	}
+
+	trial := func(protocol string, creator loadgen.Creator, clients int) (loadgen.Summary, error) {
+		cfg := o.loadConfig(protocol)
+		cfg.Creator, cfg.Concurrency, cfg.Duration = creator, clients, o.Trial
+		cfg.Progress = nil
+		sum, err := loadgen.Run(ctx, cfg)
+		if err != nil {
+			return sum, err
+		}
+		if sum.Failed > 0 {
+			return sum, fmt.Errorf("%s at %d clients: %d of %d CreateOrders failed: %v", protocol, clients, sum.Failed, sum.Sent, sum.Errors)
+		}
+		return sum, nil
+	}
+	logf("create phase: warming up")
+	if _, err := trial("grpc", grpcCreator, 8); err != nil {
+		return err
+	}
+	for round := 1; round <= o.Rounds; round++ {
+		for _, c := range CreateConcurrencies {
+			rate, err := raws[c].Run(ctx, c, c, o.Trial)
+			if err != nil {
+				return fmt.Errorf("raw pgx at %d clients: %w", c, err)
+			}
+			res.Create[c].Raw = append(res.Create[c].Raw, rate)
+			logf("create phase: round %d: raw pgx, %d clients: %.0f tx/s", round, c, rate)
+
+			var pg errgroup.Group
+			if round == 1 && c == maxConc && o.ProfileDuration > 0 {
+				pg.Go(func() error {
+					top, err := profile(ctx, pf.Procs["order"], binDir, o.WorkDir, "create/order", max(o.Trial-2*time.Second, time.Second))
+					if err != nil {
+						logf("create phase: profiling failed: %v", err)
+						return nil
+					}
+					res.Profiles["create/order"] = top
+					return nil
+				})
+			}
+			sum, err := trial("grpc", grpcCreator, c)
+			_ = pg.Wait()
+			if err != nil {
+				return err
+			}
+			if sum.CreatedPerSec > Best(res.Create[c].GRPC) {
+				res.Create[c].GRPCSummary = sum
+			}
+			res.Create[c].GRPC = append(res.Create[c].GRPC, sum.CreatedPerSec)
+			logf("create phase: round %d: CreateOrder gRPC, %d clients: %.0f orders/s (p99 %.1f ms)", round, c, sum.CreatedPerSec, sum.CreateLatency.P99)
+		}
+		sum, err := trial("rest", restCreator, maxConc)
+		if err != nil {
+			return err
+		}
+		if sum.CreatedPerSec > Best(res.REST) {
+			res.RESTSummary = sum
+		}
+		res.REST = append(res.REST, sum.CreatedPerSec)
+		logf("create phase: round %d: CreateOrder REST, %d clients: %.0f orders/s (p99 %.1f ms)", round, maxConc, sum.CreatedPerSec, sum.CreateLatency.P99)
+	}
+	// Diagnostics, once: the raw ceiling with the order service's pool
+	// size, and with the outbox's NOTIFY trigger, to attribute the gap.
+	for _, d := range []struct {
+		name   string
+		conns  int
+		notify bool
+	}{
+		{fmt.Sprintf("raw pgx, %d clients sharing %d connections (the order service's pool)", maxConc, postgres.DefaultMaxConns), postgres.DefaultMaxConns, false},
+		{fmt.Sprintf("raw pgx, %d clients, with the outbox's NOTIFY trigger", maxConc), maxConc, true},
+	} {
+		r, err := NewRawPG(ctx, pf.DatabaseURL, fmt.Sprintf("bench_diag_%d", len(res.Diagnostics)), d.notify)
+		if err != nil {
+			return err
+		}
+		rate, err := r.Run(ctx, maxConc, d.conns, o.Trial)
+		err = errors.Join(err, r.Close(context.WithoutCancel(ctx)))
+		if err != nil {
+			// A diagnostic is not worth failing the run for (the server's
+			// connections are shared and may run out).
+			logf("create phase: %s: %v", d.name, err)
+			continue
+		}
+		res.Diagnostics = append(res.Diagnostics, Diagnostic{Name: d.name, Rate: rate})
+		logf("create phase: %s: %.0f tx/s", d.name, rate)
+	}
+	for _, name := range pf.Names() {
+		if rss, err := pf.Procs[name].PeakRSS(); err == nil {
+			res.RSS["create/"+name] = rss
+		}
+	}
+	return nil
+}
+
+func runBus(ctx context.Context, o Options, res *Result, id string, logf func(string, ...any)) (err error) {
+	logf("bus phase: %d messages per trial", o.BusMessages)
+	b, err := NewBusBench(ctx, o.AMQPURL, "bench-"+id+".", o.BusMessages)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, b.Close()) }()
+	for round := 1; round <= o.Rounds+1; round++ {
+		raw, err := b.Raw(ctx)
+		if err != nil {
+			return err
+		}
+		bus, err := b.Bus(ctx, -1)
+		if err != nil {
+			return err
+		}
+		res.BusRaw, res.Bus = append(res.BusRaw, raw), append(res.Bus, bus)
+		logf("bus phase: round %d: raw amqp091-go %.0f msg/s, eventbus %.0f msg/s", round, raw, bus)
+	}
+	return nil
+}
+
+// runE2E starts every service and the gateway and measures confirmed
+// orders per second, then latency at half that rate.
+func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf func(string, ...any)) (err error) {
+	logf("end-to-end phase: starting every service and the gateway")
+	pf, err := StartPlatform(ctx, PlatformConfig{BinDir: binDir, AdminDatabaseURL: o.AdminDatabaseURL, AMQPURL: o.AMQPURL,
+		ID: id, Names: append(slices.Clone(Services), "gateway"), LogDir: o.WorkDir})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, pf.Close()) }()
+	conns, err := dialN(pf, "order", 2)
+	if err != nil {
+		return err
+	}
+	defer closeAll(conns)
+	inv, err := pf.Dial("inventory")
+	if err != nil {
+		return err
+	}
+	defer inv.Close()
+	orders := orderv1.NewOrderServiceClient(conns[0])
+	creator := loadgen.NewGRPCCreator(conns...)
+
+	base := o.loadConfig("grpc")
+	if err := loadgen.StockGRPC(ctx, inventoryv1.NewInventoryServiceClient(inv), base.Products, 1_000_000_000); err != nil {
+		return err
+	}
+	run := func(cfg loadgen.Config) (loadgen.Summary, error) {
+		cfg.Creator, cfg.Orders = creator, orders
+		sum, err := loadgen.Run(ctx, cfg)
+		if err != nil {
+			return sum, err
+		}
+		if n := sum.Final["PENDING"] + sum.Missing; n > 0 || sum.Failed > 0 {
+			return sum, fmt.Errorf("%d CreateOrders failed (%v) and %d orders did not finish", sum.Failed, sum.Errors, n)
+		}
+		return sum, nil
+	}
+
+	logf("end-to-end phase: warming up")
+	warm := base
+	warm.Concurrency, warm.Count, warm.Progress = 8, 200, nil
+	if _, err := run(warm); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+
+	logf("end-to-end phase: %d orders from 50 clients, until every one is terminal", o.E2EOrders)
+	before := map[string]time.Duration{}
+	for _, name := range pf.Names() {
+		before[name], _ = pf.Procs[name].CPUTime()
+	}
+	statsBefore := map[string]map[string]HandlerStat{}
+	for _, name := range Services {
+		if statsBefore[name], err = pf.Procs[name].HandlerStats(ctx); err != nil {
+			return err
+		}
+	}
+	// The services are profiled while they work off the backlog, after
+	// the last order was placed: that is event processing alone.
+	var g errgroup.Group
+	var profMu sync.Mutex
+	e2e := base
+	e2e.Concurrency, e2e.Count = 50, o.E2EOrders
+	e2e.AfterLoad = func() {
+		if o.ProfileDuration <= 0 {
+			return
+		}
+		for _, s := range Services {
+			g.Go(func() error {
+				top, err := profile(ctx, pf.Procs[s], binDir, o.WorkDir, s, o.ProfileDuration)
+				if err != nil {
+					logf("end-to-end phase: profiling %s failed: %v", s, err)
+					return nil
+				}
+				profMu.Lock()
+				res.Profiles[s] = top
+				profMu.Unlock()
+				return nil
+			})
+		}
+	}
+	res.E2E, err = run(e2e)
+	_ = g.Wait()
+	if err != nil {
+		return fmt.Errorf("throughput run: %w", err)
+	}
+	for _, name := range Services {
+		after, err := pf.Procs[name].HandlerStats(ctx)
+		if err != nil {
+			return err
+		}
+		res.Handlers[name] = diffStats(statsBefore[name], after)
+	}
+	for _, name := range pf.Names() {
+		after, _ := pf.Procs[name].CPUTime()
+		res.CPU[name] = after - before[name]
+	}
+	logf("end-to-end phase: %.0f confirmed orders/s (%.0f/s while draining the backlog)", res.E2E.ConfirmedPerSec, res.E2E.DrainConfirmedPerSec)
+
+	half := base
+	half.Rate, half.Duration = max(res.E2E.ConfirmedPerSec/2, 1), o.HalfRateDuration
+	half.PollInterval = 500 * time.Millisecond
+	logf("end-to-end phase: open loop at %.0f orders/s for %s", half.Rate, o.HalfRateDuration)
+	if res.HalfRate, err = run(half); err != nil {
+		return fmt.Errorf("half-rate run: %w", err)
+	}
+	for _, name := range pf.Names() {
+		if rss, err := pf.Procs[name].PeakRSS(); err == nil {
+			res.RSS[name] = rss
+		}
+	}
+	return nil
+}
+
+// pprofTop is the flat top of a CPU profile.
+func pprofTop(ctx context.Context, binary, profile string) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=15", binary, profile).Output()
+	if err != nil {
+		return "", fmt.Errorf("pprof %s: %w", profile, err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func dialN(pf *Platform, name string, n int) ([]grpc.ClientConnInterface, error) {
+	var out []grpc.ClientConnInterface
+	for range n {
+		c, err := pf.Dial(name)
+		if err != nil {
+			closeAll(out)
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func closeAll(conns []grpc.ClientConnInterface) {
+	for _, c := range conns {
+		if cc, ok := c.(*grpc.ClientConn); ok {
+			cc.Close()
+		}
+	}
+}
+
+func randomID() (string, error) {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("random id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}

@@ -1,0 +1,112 @@
+// Command bench runs ordermesh's benchmark (see internal/bench) — what
+// `make bench` runs — prints the report, writes it into docs/benchmarks.md
+// between the generated-section markers, and ends with one line:
+//
+//	bench: e2e_orders_per_s=N create_vs_raw_pg=R bus_vs_raw_amqp=R rest_vs_grpc=R
+//
+// The broker and database come from ORDERMESH_TEST_AMQP_URL and
+// ORDERMESH_TEST_DATABASE_URL (defaults: the local servers), like the
+// tests; everything the run creates there is removed again.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ordermesh/ordermesh/internal/bench"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	doc := fs.String("doc", "docs/benchmarks.md", "document to write the report into (empty: none)")
+	profiles := fs.String("profiles", "", "keep the binaries and CPU profiles in this directory (default: a temporary one, removed)")
+	quick := fs.Bool("quick", false, "short trials, for checking the harness (figures are not meaningful)")
+	skip := fs.String("skip", "", "comma-separated phases to skip: create, bus, e2e (for working on the harness)")
+	command := fs.String("command", "make bench", "command recorded in the report")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	root, err := os.Getwd()
+	if err != nil {
+		return fmt.Errorf("find module root: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		return errors.New("run from the module root (make bench does)")
+	}
+	work := *profiles
+	if work == "" {
+		if work, err = os.MkdirTemp("", "ordermesh-bench-"); err != nil {
+			return fmt.Errorf("make work dir: %w", err)
+		}
+		defer os.RemoveAll(work)
+	} else if work, err = filepath.Abs(work); err != nil {
+		return err
+	}
+	opts := bench.Options{
+		Root:             root,
+		AdminDatabaseURL: envOr(getenv, "ORDERMESH_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"),
+		AMQPURL:          envOr(getenv, "ORDERMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+		WorkDir:          work,
+		Log:              stderr,
+		ProgressTTY:      isTerminal(stderr),
+	}
+	if *quick {
+		opts.Trial, opts.Rounds, opts.BusMessages, opts.E2EOrders, opts.HalfRateDuration, opts.ProfileDuration =
+			2*time.Second, 1, 2000, 500, 5*time.Second, 2*time.Second
+	}
+	if *skip != "" {
+		opts.Skip = map[string]bool{}
+		for _, s := range strings.Split(*skip, ",") {
+			opts.Skip[strings.TrimSpace(s)] = true
+		}
+	}
+	machine := bench.DescribeMachine(ctx, root, opts.AdminDatabaseURL, opts.AMQPURL)
+	res, err := bench.Run(ctx, opts)
+	if err != nil {
+		return err
+	}
+	report := bench.Markdown(res, machine, *command)
+	if *doc != "" {
+		if err := bench.WriteDoc(filepath.Join(root, *doc), report); err != nil {
+			return err
+		}
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n%s\n", strings.TrimRight(report, "\n"), bench.FinalLine(res))
+	return err
+}
+
+func envOr(getenv func(string) string, name, def string) string {
+	if v := getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
