@@ -329,6 +329,9 @@ func parseMoney(s string) (*moneyv1.Money, error) {
 		return nil, fmt.Errorf("price %q: want an amount and a currency, e.g. 19.99EUR", s)
 	}
 	amount, currency := s[:len(s)-3], strings.ToUpper(s[len(s)-3:])
+	if strings.HasPrefix(amount, "-") || strings.HasPrefix(amount, "+") {
+		return nil, fmt.Errorf("price %q: want a non-negative amount without a sign", s)
+	}
 	whole, frac, _ := strings.Cut(amount, ".")
 	units, err := strconv.ParseInt(whole, 10, 64)
 	if err != nil || len(frac) > 9 || units < 0 {

@@ -19,6 +19,8 @@ func TestParseMoney(t *testing.T) {
 		{in: "0.000000001CHF", want: &moneyv1.Money{CurrencyCode: "CHF", Nanos: 1}},
 		{in: "1.0000000001EUR", wantErr: true},
 		{in: "-1EUR", wantErr: true},
+		{in: "-0.50EUR", wantErr: true},
+		{in: "+1EUR", wantErr: true},
 		{in: "EUR", wantErr: true},
 		{in: "x.yEUR", wantErr: true},
 	}

@@ -22,6 +22,10 @@ type ErrorCode struct {
 	Err error
 	// Code is the code returned for an error that matches Err.
 	Code codes.Code
+	// Message, if set, is what the client is told instead of the error's
+	// text: for errors whose chain carries details (driver errors, hosts)
+	// that are logged but not for clients.
+	Message string
 }
 
 // MapError turns the error a handler got from its application layer into the
@@ -34,8 +38,9 @@ type ErrorCode struct {
 //   - an error matching context.Canceled or context.DeadlineExceeded returns
 //     CANCELED or DEADLINE_EXCEEDED with a generic message;
 //   - an error matching the Err of an entry in mapping (checked in order, the
-//     first match wins) returns that entry's Code with err.Error() as the
-//     message, so sentinel messages must be fit for clients;
+//     first match wins) returns that entry's Code with the entry's Message,
+//     or err.Error() when it has none (so such sentinel messages must be
+//     fit for clients); an error given a fixed Message is logged;
 //   - anything else returns INTERNAL with the message "internal error" and is
 //     logged at error level on log together with the RPC's method.
 //
@@ -56,6 +61,10 @@ func MapError(ctx context.Context, log *slog.Logger, err error, mapping []ErrorC
 	}
 	for _, m := range mapping {
 		if m.Err != nil && errors.Is(err, m.Err) {
+			if m.Message != "" {
+				log.WarnContext(ctx, "request failed", slog.String("method", methodFromContext(ctx)), slog.Any("error", err))
+				return status.Error(m.Code, m.Message)
+			}
 			return status.Error(m.Code, err.Error())
 		}
 	}

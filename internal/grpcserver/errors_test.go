@@ -40,6 +40,7 @@ func testLogger(t *testing.T) (*slog.Logger, *syncBuffer) {
 }
 
 var (
+	errStoreDown     = errors.New("store down")
 	errNotFound      = errors.New("order not found")
 	errAlreadyExists = errors.New("request id already used with a different payload")
 	errTerminal      = errors.New("order is terminal")
@@ -50,6 +51,7 @@ func TestMapError(t *testing.T) {
 		{Err: errNotFound, Code: codes.NotFound},
 		{Err: errAlreadyExists, Code: codes.AlreadyExists},
 		{Err: errTerminal, Code: codes.FailedPrecondition},
+		{Err: errStoreDown, Code: codes.Unavailable, Message: "store unavailable"},
 	}
 	tests := []struct {
 		name     string
@@ -77,6 +79,13 @@ func TestMapError(t *testing.T) {
 			err:      errors.Join(errTerminal, errNotFound),
 			wantCode: codes.NotFound,
 			wantMsg:  "order is terminal\norder not found",
+		},
+		{
+			name:     "fixed message hides the cause",
+			err:      fmt.Errorf("create order: %w: dial tcp 10.1.2.3:5432: refused", errStoreDown),
+			wantCode: codes.Unavailable,
+			wantMsg:  "store unavailable",
+			wantLog:  true,
 		},
 		{
 			name:     "status error passes through",

@@ -55,6 +55,7 @@ type Config struct {
 	Concurrency     int
 	RetryDelays     []time.Duration
 	RelayInterval   time.Duration
+	InboxRetention  time.Duration
 	ShutdownTimeout time.Duration
 	LogLevel        slog.Level
 }
@@ -73,6 +74,7 @@ func ReadConfig(env *config.Env, name, grpcAddr, adminAddr string) Config {
 		Prefetch:        env.Int("ORDERMESH_PREFETCH", 200),
 		Concurrency:     env.Int("ORDERMESH_CONCURRENCY", 8),
 		RelayInterval:   env.Duration("ORDERMESH_RELAY_POLL_INTERVAL", outbox.DefaultPollInterval),
+		InboxRetention:  env.Duration("ORDERMESH_INBOX_RETENTION", 7*24*time.Hour),
 		ShutdownTimeout: env.Duration("ORDERMESH_SHUTDOWN_TIMEOUT", 15*time.Second),
 	}
 	if v := env.String("ORDERMESH_ADMIN_ADDR", adminAddr); v != "off" {
@@ -95,6 +97,9 @@ func ReadConfig(env *config.Env, name, grpcAddr, adminAddr string) Config {
 		if v <= 0 {
 			env.Fail(name, errors.New("must be positive"))
 		}
+	}
+	if cfg.InboxRetention < time.Hour {
+		env.Fail("ORDERMESH_INBOX_RETENTION", errors.New("must be at least 1h: it must outlast every redelivery and retry"))
 	}
 	if cfg.DatabaseSchema == "" {
 		env.Fail("ORDERMESH_DATABASE_SCHEMA", errors.New("must not be empty"))
@@ -184,13 +189,16 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	// Event bus: a publisher for the outbox relay, a subscriber for the
 	// handlers.
 	busCfg := eventbus.Config{
-		Metrics:     m.bus(),
-		URL:         cfg.AMQPURL,
-		Prefix:      cfg.TopologyPrefix,
-		Service:     spec.Name,
-		Prefetch:    cfg.Prefetch,
-		Concurrency: cfg.Concurrency,
-		RetryDelays: cfg.RetryDelays,
+		Metrics: m.bus(),
+		// A handler may run this long; at shutdown the consumer waits for
+		// the handlers in flight, so this bounds that wait too.
+		HandlerTimeout: cfg.ShutdownTimeout,
+		URL:            cfg.AMQPURL,
+		Prefix:         cfg.TopologyPrefix,
+		Service:        spec.Name,
+		Prefetch:       cfg.Prefetch,
+		Concurrency:    cfg.Concurrency,
+		RetryDelays:    cfg.RetryDelays,
 	}
 	publisher, err := eventbus.NewPublisher(busCfg, log)
 	if err != nil {
@@ -269,25 +277,56 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	if adminLis != nil {
 		g.Go(func() error { return serveAdmin(gctx, log, adminLis, m) })
 	}
+	if cfg.InboxRetention > 0 {
+		g.Go(func() error { return pruneInbox(gctx, log, pool, cfg.InboxRetention) })
+	}
 	for _, t := range tasks {
 		g.Go(func() error { return t(gctx) })
 	}
 	runErr := g.Wait()
 
-	// Flush the outbox, bounded by the shutdown timeout, then stop the
-	// relay; whatever is left is published after the next start.
+	// Stop the running relay (a batch it is publishing is rolled back
+	// unless already confirmed), then flush the outbox on this goroutine,
+	// bounded by the shutdown timeout; whatever is left is published after
+	// the next start. Draining after the relay stopped means no row is
+	// skipped as locked by it.
+	stopRelay()
+	if err := <-relayDone; err != nil && runErr == nil {
+		runErr = err
+	}
 	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	if err := relay.Drain(flushCtx); err != nil {
 		log.WarnContext(ctx, "outbox not flushed before shutdown; the rest is published after the next start", slog.Any("error", err))
 	}
 	cancel()
-	stopRelay()
-	if err := <-relayDone; err != nil && runErr == nil {
-		runErr = err
-	}
 	if runErr != nil {
 		return runErr
 	}
 	log.InfoContext(ctx, "stopped")
 	return nil
+}
+
+// pruneInbox deletes processed-event records older than retention, once at
+// start and then hourly, so the inbox does not grow without bound. A
+// redelivery older than the retention would be processed again, so the
+// retention must outlast the retry ladder and any dead-letter replay.
+func pruneInbox(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, retention time.Duration) error {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		n, err := inbox.Prune(ctx, pool, retention)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			log.WarnContext(ctx, "prune inbox", slog.Any("error", err))
+		case n > 0:
+			log.InfoContext(ctx, "pruned inbox", slog.Int64("rows", n), slog.Duration("retention", retention))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }

@@ -36,7 +36,7 @@ func New(a *app.App, log *slog.Logger) *Server {
 var errorCodes = []grpcserver.ErrorCode{
 	{Err: stock.ErrNotFound, Code: codes.NotFound},
 	{Err: stock.ErrInvalid, Code: codes.InvalidArgument},
-	{Err: app.ErrUnavailable, Code: codes.Unavailable},
+	{Err: app.ErrUnavailable, Code: codes.Unavailable, Message: app.ErrUnavailable.Error()},
 }
 
 func (s *Server) status(ctx context.Context, err error) error {

@@ -47,7 +47,7 @@ var errorCodes = []grpcserver.ErrorCode{
 	{Err: order.ErrMixedCurrency, Code: codes.InvalidArgument},
 	{Err: order.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: app.ErrInvalidPageToken, Code: codes.InvalidArgument},
-	{Err: app.ErrUnavailable, Code: codes.Unavailable},
+	{Err: app.ErrUnavailable, Code: codes.Unavailable, Message: app.ErrUnavailable.Error()},
 }
 
 func (s *Server) status(ctx context.Context, err error) error {
