@@ -50,6 +50,7 @@ type confirmChannel struct {
 
 type pendingPublish struct {
 	b      *publishBatch
+	idx    int
 	id     string
 	labels Labels
 }
@@ -59,30 +60,66 @@ type publishBatch struct {
 	mu        sync.Mutex
 	remaining int
 	err       error
+	confirmed []bool
 	done      chan struct{}
 }
 
 func newPublishBatch(n int) *publishBatch {
-	return &publishBatch{remaining: n, done: make(chan struct{})}
+	return &publishBatch{remaining: n, confirmed: make([]bool, n), done: make(chan struct{})}
 }
 
-func (b *publishBatch) resolve(err error) {
+// resolve records message idx's outcome: confirmed when err is nil.
+func (b *publishBatch) resolve(idx int, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err != nil && b.err == nil {
 		b.err = err
 	}
+	if err == nil {
+		b.confirmed[idx] = true
+	}
+	b.countDown()
+}
+
+// release gives up on a message that was never sent.
+func (b *publishBatch) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.countDown()
+}
+
+func (b *publishBatch) countDown() {
 	b.remaining--
 	if b.remaining == 0 {
 		close(b.done)
 	}
 }
 
-func (b *publishBatch) result() error {
+// fail returns err, or the batch's own error when err is nil, as a
+// PublishError telling which messages the broker confirmed so far.
+func (b *publishBatch) fail(err error) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.err
+	if err == nil {
+		err = b.err
+	}
+	if err == nil {
+		return nil
+	}
+	return &PublishError{Err: err, Confirmed: append([]bool(nil), b.confirmed...)}
 }
+
+// PublishError is returned by Publish when not every message was
+// confirmed. Confirmed[i] tells whether the broker confirmed message i
+// (false also when its fate is unknown), so a caller can settle the
+// confirmed ones and retry only the rest.
+type PublishError struct {
+	Err       error
+	Confirmed []bool
+}
+
+func (e *PublishError) Error() string { return e.Err.Error() }
+func (e *PublishError) Unwrap() error { return e.Err }
 
 // newConfirmChannel puts ch in confirm mode and starts its confirm loop;
 // the loop ends when ch closes, and wait joins it.
@@ -167,12 +204,12 @@ func (c *confirmChannel) confirm(conf amqp.Confirmation) {
 	c.metrics.Confirmed(p.labels, conf.Ack)
 	switch {
 	case !conf.Ack:
-		p.b.resolve(fmt.Errorf("publish %s %s: %w", p.labels.RoutingKey, p.id, ErrNacked))
+		p.b.resolve(p.idx, fmt.Errorf("publish %s %s: %w", p.labels.RoutingKey, p.id, ErrNacked))
 	case ret != nil:
 		c.metrics.Returned(p.labels)
-		p.b.resolve(fmt.Errorf("publish %s %s: %w: %d %s", ret.RoutingKey, p.id, ErrUnroutable, ret.ReplyCode, ret.ReplyText))
+		p.b.resolve(p.idx, fmt.Errorf("publish %s %s: %w: %d %s", ret.RoutingKey, p.id, ErrUnroutable, ret.ReplyCode, ret.ReplyText))
 	default:
-		p.b.resolve(nil)
+		p.b.resolve(p.idx, nil)
 	}
 }
 
@@ -184,7 +221,7 @@ func (c *confirmChannel) failAll() {
 	c.closed = true
 	c.mu.Unlock()
 	for _, p := range pending {
-		p.b.resolve(fmt.Errorf("publish %s %s: %w", p.labels.RoutingKey, p.id, ErrNotConfirmed))
+		p.b.resolve(p.idx, fmt.Errorf("publish %s %s: %w", p.labels.RoutingKey, p.id, ErrNotConfirmed))
 	}
 }
 
@@ -218,7 +255,7 @@ func (c *confirmChannel) send(ctx context.Context, b *publishBatch, msgs []outgo
 			c.mu.Unlock()
 			return fmt.Errorf("publish %s: %w", o.key, ErrLinkDown)
 		}
-		c.pending[tag] = pendingPublish{b: b, id: o.msg.MessageId, labels: o.labels}
+		c.pending[tag] = pendingPublish{b: b, idx: i, id: o.msg.MessageId, labels: o.labels}
 		c.mu.Unlock()
 		if err := c.ch.Publish(o.exchange, o.key, true, false, o.msg); err != nil {
 			c.mu.Lock()
@@ -226,7 +263,7 @@ func (c *confirmChannel) send(ctx context.Context, b *publishBatch, msgs []outgo
 			c.mu.Unlock()
 			// Messages i.. will never resolve; release their waiters.
 			for range len(msgs) - i {
-				b.resolve(nil)
+				b.release()
 			}
 			return fmt.Errorf("publish %s: %w", o.key, err)
 		}
@@ -243,12 +280,12 @@ func (c *confirmChannel) publish(ctx context.Context, msgs []outgoing) error {
 	}
 	b := newPublishBatch(len(msgs))
 	if err := c.send(ctx, b, msgs); err != nil {
-		return err
+		return b.fail(err)
 	}
 	select {
 	case <-b.done:
-		return b.result()
+		return b.fail(nil)
 	case <-ctx.Done():
-		return fmt.Errorf("wait for confirms: %w", ctx.Err())
+		return b.fail(fmt.Errorf("wait for confirms: %w", ctx.Err()))
 	}
 }

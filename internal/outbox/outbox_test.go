@@ -15,9 +15,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/outbox"
@@ -576,4 +578,60 @@ func TestRelaySurvivesBrokerConnectionLoss(t *testing.T) {
 		dups += n - 1
 	}
 	t.Logf("%d events delivered after 2 connection losses; %d duplicate deliveries", len(all), dups)
+}
+
+// TestRelayDefersUnroutableRowsWithoutHoldingUpOthers puts an event no
+// queue is bound to receive at the head of the outbox: the routable events
+// behind it are published once each and deleted, and the unroutable one
+// stays, waiting with a growing delay.
+func TestRelayDefersUnroutableRowsWithoutHoldingUpOthers(t *testing.T) {
+	pool, _ := newOutbox(t)
+	bk := newBroker(t)
+	// Only order events route; a stock event is unroutable.
+	conn, err := amqp.Dial(amqpURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if err := ch.QueueUnbind(bk.prefix+"all", "#", bk.prefix+"ordermesh.events", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(bk.prefix+"all", "order.#", bk.prefix+"ordermesh.events", false, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	orderID := uuid.NewString()
+	stray, err := eventbus.NewMessage(&inventoryv1.StockReserved{OrderId: orderID,
+		Items: []*inventoryv1.StockLine{{ProductId: "SKU-1", Quantity: 1}}}, testService, orderID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := postgres.WithTx(context.Background(), pool, func(tx pgx.Tx) error {
+		return outbox.Add(context.Background(), tx, stray)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ids := commit(t, pool, 5)
+
+	runRelay(t, outbox.NewRelay(pool, bk.upPublisher(t), outbox.Config{PollInterval: 50 * time.Millisecond}))
+	bk.waitFor(t, 10*time.Second, ids...)
+	time.Sleep(time.Second) // let the relay go round a few times more
+	for _, id := range ids {
+		if n := bk.counts()[id]; n != 1 {
+			t.Errorf("event %s delivered %d times, want once", id, n)
+		}
+	}
+	var left int
+	var attempts int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*), max(attempts) FROM outbox`).Scan(&left, &attempts); err != nil {
+		t.Fatal(err)
+	}
+	if left != 1 || attempts < 1 {
+		t.Errorf("outbox holds %d rows (max attempts %d), want only the unroutable one, deferred", left, attempts)
+	}
 }

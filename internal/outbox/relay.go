@@ -199,10 +199,13 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 	}
 }
 
-// PublishBatch claims up to BatchSize unclaimed rows, oldest first, publishes
-// them and deletes them in one transaction, and returns how many it
-// published. Rows are deleted only after Publish returned nil; on any error
-// the transaction rolls back and the rows stay for the next attempt. Run
+// PublishBatch claims up to BatchSize unclaimed rows that are due, oldest
+// first, publishes them and deletes them in one transaction, and returns
+// how many it published. A row is deleted only once the broker confirmed
+// it. When some were confirmed and others not (an unroutable event, say),
+// the confirmed rows are deleted and the others are put back with a
+// growing delay before their next attempt, so they hold up nothing; when
+// none was confirmed the transaction rolls back and every row stays. Run
 // calls it; it is exported for Drain-like uses and tests.
 func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 	tx, err := r.pool.Begin(ctx)
@@ -223,28 +226,65 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
-	err = r.pub.Publish(pctx, msgs...)
+	pubErr := r.pub.Publish(pctx, msgs...)
 	cancel()
-	if err != nil {
-		r.failed(len(msgs), err)
-		return 0, fmt.Errorf("publish %d outbox messages: %w", len(msgs), err)
+	confirmed, failed := settle(seqs, pubErr)
+	if len(confirmed) == 0 {
+		r.failed(len(msgs), pubErr)
+		return 0, fmt.Errorf("publish %d outbox messages: %w", len(msgs), pubErr)
 	}
-	// The broker has the messages now. Finish even if ctx just ended, so a
-	// graceful stop does not publish them a second time.
+	// The broker has these messages now. Finish even if ctx just ended, so
+	// a graceful stop does not publish them a second time.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if _, err := tx.Exec(dctx, `DELETE FROM outbox WHERE seq = ANY($1)`, seqs); err != nil {
+	if _, err := tx.Exec(dctx, `DELETE FROM outbox WHERE seq = ANY($1)`, confirmed); err != nil {
 		r.failed(len(msgs), err)
 		return 0, fmt.Errorf("delete published outbox rows: %w", err)
+	}
+	if len(failed) > 0 {
+		// Back off: 2^attempts × MinBackoff, at most MaxBackoff.
+		if _, err := tx.Exec(dctx, `
+			UPDATE outbox SET attempts = attempts + 1,
+				next_attempt_at = now() + least($2::interval * power(2, least(attempts, 20)), $3::interval)
+			WHERE seq = ANY($1)`, failed, r.cfg.MinBackoff, r.cfg.MaxBackoff); err != nil {
+			r.failed(len(msgs), err)
+			return 0, fmt.Errorf("defer failed outbox rows: %w", err)
+		}
 	}
 	if err := tx.Commit(dctx); err != nil {
 		r.failed(len(msgs), err)
 		return 0, fmt.Errorf("commit outbox batch: %w", err)
 	}
 	if r.cfg.Metrics.Published != nil {
-		r.cfg.Metrics.Published(len(msgs))
+		r.cfg.Metrics.Published(len(confirmed))
 	}
-	return len(msgs), nil
+	if len(failed) > 0 {
+		r.failed(len(failed), pubErr)
+		r.log.WarnContext(ctx, "outbox relay: some events not confirmed; they wait and are retried",
+			"confirmed", len(confirmed), "failed", len(failed), "error", pubErr)
+	}
+	return len(confirmed), nil
+}
+
+// settle splits a batch's rows by the outcome of Publish: all confirmed
+// when it returned nil, per message when it says which were confirmed
+// (eventbus.PublishError), none otherwise.
+func settle(seqs []int64, err error) (confirmed, failed []int64) {
+	if err == nil {
+		return seqs, nil
+	}
+	var pe *eventbus.PublishError
+	if !errors.As(err, &pe) || len(pe.Confirmed) != len(seqs) {
+		return nil, seqs
+	}
+	for i, seq := range seqs {
+		if pe.Confirmed[i] {
+			confirmed = append(confirmed, seq)
+		} else {
+			failed = append(failed, seq)
+		}
+	}
+	return confirmed, failed
 }
 
 func (r *Relay) failed(n int, err error) {
@@ -258,6 +298,7 @@ func claim(ctx context.Context, tx pgx.Tx, limit int) ([]int64, []eventbus.Messa
 	rows, err := tx.Query(ctx, `
 		SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
 		FROM outbox
+		WHERE next_attempt_at <= now()
 		ORDER BY seq
 		LIMIT $1
 		FOR UPDATE SKIP LOCKED`, limit)
