@@ -52,7 +52,9 @@ type OrderServiceClient interface {
 	// ...). Events of other services appear once they were consumed.
 	ListOrderEvents(ctx context.Context, in *ListOrderEventsRequest, opts ...grpc.CallOption) (*ListOrderEventsResponse, error)
 	// WatchOrder sends the order as it is now, then again after every change,
-	// and ends once the order has reached a terminal status.
+	// and ends once the order has reached a terminal status of the saga:
+	// CONFIRMED, REJECTED or CANCELLED. A CONFIRMED order can still be
+	// cancelled later; GetOrder shows that.
 	WatchOrder(ctx context.Context, in *WatchOrderRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchOrderResponse], error)
 }
 
@@ -158,7 +160,9 @@ type OrderServiceServer interface {
 	// ...). Events of other services appear once they were consumed.
 	ListOrderEvents(context.Context, *ListOrderEventsRequest) (*ListOrderEventsResponse, error)
 	// WatchOrder sends the order as it is now, then again after every change,
-	// and ends once the order has reached a terminal status.
+	// and ends once the order has reached a terminal status of the saga:
+	// CONFIRMED, REJECTED or CANCELLED. A CONFIRMED order can still be
+	// cancelled later; GetOrder shows that.
 	WatchOrder(*WatchOrderRequest, grpc.ServerStreamingServer[WatchOrderResponse]) error
 	mustEmbedUnimplementedOrderServiceServer()
 }
