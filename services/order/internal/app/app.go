@@ -19,6 +19,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/outbox"
@@ -33,6 +34,13 @@ const Source = "order"
 // DefaultPageSize is the page size of ListOrders when the client asks for 0.
 const DefaultPageSize = 50
 
+// Group commit of CreateOrder: at most createBatch orders share a
+// transaction, bounded by createBatchTimeout.
+const (
+	createBatch        = 128
+	createBatchTimeout = 15 * time.Second
+)
+
 // ErrInvalidPageToken is returned for a page token this service did not
 // issue, or issued for another filter.
 var ErrInvalidPageToken = errors.New("invalid page token")
@@ -43,14 +51,17 @@ type App struct {
 	watcher *store.Watcher
 	log     *slog.Logger
 	now     func() time.Time
-	creates committer
+	// creates group-commits concurrent Create calls.
+	creates *postgres.GroupCommit
 }
 
 // New returns an App storing orders in pool and watching changes with w.
 func New(pool *pgxpool.Pool, w *store.Watcher, log *slog.Logger) *App {
-	a := &App{pool: pool, watcher: w, log: log, now: func() time.Time { return time.Now().UTC() }}
-	a.creates.commit = a.commitCreates
-	return a
+	return &App{
+		pool: pool, watcher: w, log: log,
+		now:     func() time.Time { return time.Now().UTC() },
+		creates: postgres.NewGroupCommit(pool, createBatch, createBatchTimeout),
+	}
 }
 
 // Create places the order req asks for, or returns the order a previous
@@ -67,15 +78,33 @@ func (a *App) Create(ctx context.Context, req order.Request) (order.Order, error
 	if err != nil {
 		return order.Order{}, err
 	}
-	if err := ctx.Err(); err != nil {
-		return order.Order{}, err
+	var result order.Order
+	err = a.creates.Do(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		inserted, err := store.Insert(ctx, tx, o)
+		if err != nil {
+			return err
+		}
+		if !inserted {
+			prev, err := store.GetByRequestID(ctx, tx, req.RequestID)
+			if err != nil {
+				return err
+			}
+			result = prev
+			return prev.CheckRepeat(req)
+		}
+		result = o
+		return publish(ctx, tx, orderEvent{o.ID, orderCreated(o)})
+	})
+	if err != nil {
+		return order.Order{}, fmt.Errorf("create order: %w", unavailable(err))
 	}
-	call := &createCall{o: o, req: req}
-	a.creates.submit(call)
-	if call.err != nil {
-		return order.Order{}, fmt.Errorf("create order: %w", unavailable(call.err))
-	}
-	return call.res, nil
+	return result, nil
+}
+
+// orderEvent is an event the order service publishes about an order.
+type orderEvent struct {
+	orderID string
+	event   proto.Message
 }
 
 // Get returns the order with id, or an error wrapping order.ErrNotFound.

@@ -1,4 +1,7 @@
 package app
 
 // CreateBatches returns how many transactions Create calls have shared.
-func (a *App) CreateBatches() int64 { return a.creates.batches.Load() }
+func (a *App) CreateBatches() int64 {
+	batches, _ := a.creates.Stats()
+	return batches
+}

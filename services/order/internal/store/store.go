@@ -30,7 +30,6 @@ type Querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 const columns = `id, request_id, customer_email, items, total_currency, total_units, total_nanos,
@@ -88,45 +87,15 @@ func insertArgs(o order.Order) ([]any, error) {
 // Insert stores a new order unless one with its request id exists; it
 // reports whether it inserted.
 func Insert(ctx context.Context, q Querier, o order.Order) (bool, error) {
-	inserted, err := InsertAll(ctx, q, []order.Order{o})
+	args, err := insertArgs(o)
 	if err != nil {
 		return false, err
 	}
-	return inserted[0], nil
-}
-
-// Batcher sends several statements in one round trip; pgx.Tx and the
-// pool implement it.
-type Batcher interface {
-	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
-}
-
-// InsertAll stores new orders in one round trip, each unless an order with
-// its request id exists (also one earlier in orders), and reports which it
-// inserted.
-func InsertAll(ctx context.Context, q Batcher, orders []order.Order) ([]bool, error) {
-	b := &pgx.Batch{}
-	for _, o := range orders {
-		args, err := insertArgs(o)
-		if err != nil {
-			return nil, err
-		}
-		b.Queue(insertSQL, args...)
+	tag, err := q.Exec(ctx, insertSQL, args...)
+	if err != nil {
+		return false, fmt.Errorf("insert order %s: %w", o.ID, err)
 	}
-	res := q.SendBatch(ctx, b)
-	inserted := make([]bool, len(orders))
-	for i, o := range orders {
-		tag, err := res.Exec()
-		if err != nil {
-			_ = res.Close()
-			return nil, fmt.Errorf("insert order %s: %w", o.ID, err)
-		}
-		inserted[i] = tag.RowsAffected() == 1
-	}
-	if err := res.Close(); err != nil {
-		return nil, fmt.Errorf("insert orders: %w", err)
-	}
-	return inserted, nil
+	return tag.RowsAffected() == 1, nil
 }
 
 // Get returns the order with id, or an error wrapping order.ErrNotFound.

@@ -1,0 +1,113 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
+	"github.com/ordermesh/ordermesh/internal/testproxy"
+)
+
+func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
+	pool, schema := postgrestest.NewSchema(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{schema}.Sanitize()+`; CREATE TABLE items (n int PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	g := postgres.NewGroupCommit(pool, 128, 10*time.Second)
+	const calls = 64
+	errs := make([]error, calls)
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = g.Do(ctx, func(ctx context.Context, tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, `INSERT INTO items VALUES ($1)`, i); err != nil {
+					return err
+				}
+				switch i {
+				case 7:
+					return errors.New("unit 7 fails")
+				case 9:
+					panic("unit 9 panics")
+				case 11:
+					// A failing statement aborts only this unit's savepoint.
+					_, err := tx.Exec(ctx, `INSERT INTO items VALUES (0)`)
+					return err
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		wantErr := i == 7 || i == 9 || i == 11
+		if (err != nil) != wantErr {
+			t.Errorf("unit %d: err = %v, want error %v", i, err, wantErr)
+		}
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM items`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != calls-3 {
+		t.Errorf("%d rows committed, want %d (every unit but the three failing ones)", n, calls-3)
+	}
+	batches, units := g.Stats()
+	if units != calls || batches >= calls {
+		t.Errorf("%d units in %d transactions: want %d units sharing fewer transactions", units, batches, calls)
+	}
+	t.Logf("%d units in %d transactions", units, batches)
+}
+
+func TestGroupCommitFailsEveryUnitWhenTheDatabaseIsDown(t *testing.T) {
+	_, schema := postgrestest.NewSchema(t)
+	proxy := testproxy.New(t, "127.0.0.1:5432")
+	pool, err := postgres.Open(context.Background(), strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.Addr(), 1), schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	g := postgres.NewGroupCommit(pool, 16, 5*time.Second)
+	proxy.SetUp(false)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- g.Do(context.Background(), func(ctx context.Context, tx pgx.Tx) error {
+				_, err := tx.Exec(ctx, `SELECT 1`)
+				return err
+			})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err == nil {
+			t.Error("a unit succeeded with the database down")
+		}
+	}
+}
+
+func TestGroupCommitRefusesEndedContext(t *testing.T) {
+	pool, _ := postgrestest.NewSchema(t)
+	g := postgres.NewGroupCommit(pool, 16, 5*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ran := false
+	err := g.Do(ctx, func(context.Context, pgx.Tx) error { ran = true; return nil })
+	if !errors.Is(err, context.Canceled) || ran {
+		t.Fatalf("err = %v, ran = %v; want context.Canceled without running", err, ran)
+	}
+}
+
