@@ -102,14 +102,47 @@ type Runner struct {
 	db      postgres.TxBeginner
 	service string
 	metrics Metrics
+	// group, when set, shares transactions among concurrent deliveries.
+	group *postgres.GroupCommit
 
 	processed, duplicates, failed atomic.Int64
 }
 
 // NewRunner returns a runner that opens its transactions on db (the
 // service's pool) and writes outgoing events with service as their source.
-func NewRunner(db postgres.TxBeginner, service string, metrics Metrics) *Runner {
-	return &Runner{db: db, service: service, metrics: metrics}
+func NewRunner(db postgres.TxBeginner, service string, metrics Metrics, opts ...Option) *Runner {
+	r := &Runner{db: db, service: service, metrics: metrics}
+	for _, opt := range opts {
+		opt(r)
+	}
+	return r
+}
+
+// Option configures a Runner.
+type Option func(*Runner)
+
+// WithBatching makes concurrent deliveries share transactions (group
+// commit, see postgres.GroupCommit): up to max deliveries, each under its
+// own savepoint, commit together, so the service needs one commit for many
+// events. Each delivery still succeeds or fails on its own. Handlers then
+// run one after another on the batch's connection: use it only for
+// handlers that do nothing slow besides their SQL (not for ones that call
+// out, like sending email). timeout bounds a batch.
+func WithBatching(max int, timeout time.Duration) Option {
+	return func(r *Runner) {
+		if max > 1 {
+			r.group = postgres.NewGroupCommit(r.db, max, timeout)
+		}
+	}
+}
+
+// Batches returns how many transactions the runner's deliveries shared and
+// how many deliveries they carried, when batching is on.
+func (r *Runner) Batches() (transactions, deliveries int64) {
+	if r.group == nil {
+		return 0, 0
+	}
+	return r.group.Stats()
 }
 
 // Counts returns the runner's totals. Duplicates is the number of
@@ -142,9 +175,13 @@ var errDuplicate = errors.New("duplicate event")
 // committed. Errors from work are returned wrapped, so errors.Is, errors.As
 // and eventbus.IsPermanent see through them.
 func (r *Runner) Process(ctx context.Context, meta eventbus.Meta, work Work) (Outcome, error) {
-	err := postgres.WithTx(ctx, r.db, func(tx pgx.Tx) error {
-		return r.process(ctx, tx, meta, work)
-	})
+	run := func(ctx context.Context, tx pgx.Tx) error { return r.process(ctx, tx, meta, work) }
+	var err error
+	if r.group != nil {
+		err = r.group.Do(ctx, run)
+	} else {
+		err = postgres.WithTx(ctx, r.db, func(tx pgx.Tx) error { return run(ctx, tx) })
+	}
 	return r.settle(meta, err)
 }
 

@@ -398,3 +398,57 @@ func TestPrune(t *testing.T) {
 		t.Errorf("Prune with zero retention = %v, want an error", err)
 	}
 }
+
+// TestBatchingAppliesEachEventOnceAndIsolatesFailures runs concurrent
+// deliveries through a batching runner: every event (delivered two or
+// three times, concurrently) applies once, a failing handler fails only
+// its own delivery, and the deliveries share transactions.
+func TestBatchingAppliesEachEventOnceAndIsolatesFailures(t *testing.T) {
+	ctx := context.Background()
+	pool := newService(t)
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{}, inbox.WithBatching(64, 10*time.Second))
+	var events []delivery
+	want := state{Totals: map[string]int64{}}
+	for i := range 30 {
+		customer := fmt.Sprintf("c%d@example.com", i%4)
+		d := newDelivery(t, customer, int64(i+1))
+		events = append(events, d)
+		if i != 13 {
+			want.Totals[customer] += int64(i + 1)
+		}
+	}
+	failing := events[13].meta.ID
+	handle := inbox.Wrap(runner, func(ctx context.Context, tx pgx.Tx, ev *orderv1.OrderCreated, meta eventbus.Meta) ([]proto.Message, error) {
+		if meta.ID == failing {
+			return nil, errors.New("this handler fails")
+		}
+		return handleOrderCreated(ctx, tx, ev, meta)
+	})
+	var deliveries []delivery
+	for i, d := range events {
+		deliveries = append(deliveries, d, d)
+		if i%3 == 0 {
+			deliveries = append(deliveries, d)
+		}
+	}
+	errs := make([]error, len(deliveries))
+	var wg sync.WaitGroup
+	for i, d := range deliveries {
+		wg.Go(func() { errs[i] = handle(ctx, d.ev, d.meta) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if (err != nil) != (deliveries[i].meta.ID == failing) {
+			t.Errorf("delivery %d: err = %v", i, err)
+		}
+	}
+	want.Applied, want.Inbox, want.Outbox = len(events)-1, len(events)-1, len(events)-1
+	if diff := cmp.Diff(want, readState(t, pool)); diff != "" {
+		t.Errorf("state (-want +got):\n%s", diff)
+	}
+	tx, n := runner.Batches()
+	if n != int64(len(deliveries)) || tx >= n {
+		t.Errorf("%d deliveries in %d transactions; want all %d, sharing transactions", n, tx, len(deliveries))
+	}
+	t.Logf("%d deliveries in %d transactions", n, tx)
+}

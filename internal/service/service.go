@@ -72,7 +72,7 @@ func ReadConfig(env *config.Env, name, grpcAddr, adminAddr string) Config {
 		AMQPURL:         env.URL("ORDERMESH_AMQP_URL", eventbus.DefaultURL, "amqp", "amqps"),
 		TopologyPrefix:  env.String("ORDERMESH_TOPOLOGY_PREFIX", ""),
 		Prefetch:        env.Int("ORDERMESH_PREFETCH", 200),
-		Concurrency:     env.Int("ORDERMESH_CONCURRENCY", 8),
+		Concurrency:     env.Int("ORDERMESH_CONCURRENCY", 32),
 		RelayInterval:   env.Duration("ORDERMESH_RELAY_POLL_INTERVAL", outbox.DefaultPollInterval),
 		InboxRetention:  env.Duration("ORDERMESH_INBOX_RETENTION", 7*24*time.Hour),
 		ShutdownTimeout: env.Duration("ORDERMESH_SHUTDOWN_TIMEOUT", 15*time.Second),
@@ -126,6 +126,9 @@ type Spec struct {
 	// while the broker is away) the link is reported only under
 	// BrokerHealthName.
 	BrokerGatesServing bool
+	// BatchEvents lets concurrent deliveries share transactions (see
+	// inbox.WithBatching): for services whose handlers do only SQL.
+	BatchEvents bool
 	// Setup registers the service's gRPC services and event handlers. It
 	// may return tasks to run beside the service until ctx ends.
 	Setup func(ctx context.Context, s *Service) ([]Task, error)
@@ -249,7 +252,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 		Pool:       pool,
 		GRPC:       srv,
 		Subscriber: subscriber,
-		Inbox:      inbox.NewRunner(pool, spec.Name, m.inbox()),
+		Inbox:      inbox.NewRunner(pool, spec.Name, m.inbox(), inboxOptions(spec, cfg)...),
 	}
 	tasks, err := spec.Setup(ctx, svc)
 	if err != nil {
@@ -329,4 +332,13 @@ func pruneInbox(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, reten
 		case <-t.C:
 		}
 	}
+}
+
+// inboxOptions turns on batching for services that ask for it: as many
+// deliveries as run at once may share a transaction.
+func inboxOptions(spec Spec, cfg Config) []inbox.Option {
+	if !spec.BatchEvents {
+		return nil
+	}
+	return []inbox.Option{inbox.WithBatching(cfg.Concurrency, cfg.ShutdownTimeout)}
 }

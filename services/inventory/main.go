@@ -39,6 +39,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		Name:               app.Source,
 		GRPCAddr:           ":50052",
 		AdminAddr:          "127.0.0.1:9092",
+		BatchEvents:        true,
 		Migrations:         []postgres.Source{store.Migrations},
 		BrokerGatesServing: true,
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
