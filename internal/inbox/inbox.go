@@ -124,14 +124,17 @@ type Option func(*Runner)
 // WithBatching makes concurrent deliveries share transactions (group
 // commit, see postgres.GroupCommit): up to max deliveries, each under its
 // own savepoint, commit together, so the service needs one commit for many
-// events. Each delivery still succeeds or fails on its own. Handlers then
-// run one after another on the batch's connection: use it only for
-// handlers that do nothing slow besides their SQL (not for ones that call
-// out, like sending email). timeout bounds a batch.
-func WithBatching(max int, timeout time.Duration) Option {
+// events. Each delivery still succeeds or fails on its own. Deliveries are
+// spread over lanes by correlation id (the order), so the events of one
+// order share a lane; lanes run their batches in parallel. Within a lane
+// handlers run one after another: use batching only for handlers that do
+// nothing slow besides their SQL (not for ones that call out, like sending
+// email), and use one lane when handlers of different orders lock the same
+// rows (e.g. stock), or lanes can deadlock. timeout bounds a batch.
+func WithBatching(max, lanes int, timeout time.Duration) Option {
 	return func(r *Runner) {
 		if max > 1 {
-			r.group = postgres.NewGroupCommit(r.db, max, timeout)
+			r.group = postgres.NewGroupCommit(r.db, max, lanes, timeout)
 		}
 	}
 }
@@ -178,7 +181,11 @@ func (r *Runner) Process(ctx context.Context, meta eventbus.Meta, work Work) (Ou
 	run := func(ctx context.Context, tx pgx.Tx) error { return r.process(ctx, tx, meta, work) }
 	var err error
 	if r.group != nil {
-		err = r.group.Do(ctx, run)
+		key := meta.CorrelationID
+		if key == "" {
+			key = meta.ID
+		}
+		err = r.group.Do(ctx, key, run)
 	} else {
 		err = postgres.WithTx(ctx, r.db, func(tx pgx.Tx) error { return run(ctx, tx) })
 	}

@@ -406,7 +406,7 @@ func TestPrune(t *testing.T) {
 func TestBatchingAppliesEachEventOnceAndIsolatesFailures(t *testing.T) {
 	ctx := context.Background()
 	pool := newService(t)
-	runner := inbox.NewRunner(pool, service, inbox.Metrics{}, inbox.WithBatching(64, 10*time.Second))
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{}, inbox.WithBatching(64, 2, 10*time.Second))
 	var events []delivery
 	want := state{Totals: map[string]int64{}}
 	for i := range 30 {

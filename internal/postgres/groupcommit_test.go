@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -21,7 +22,7 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 	if _, err := pool.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{schema}.Sanitize()+`; CREATE TABLE items (n int PRIMARY KEY)`); err != nil {
 		t.Fatal(err)
 	}
-	g := postgres.NewGroupCommit(pool, 128, 10*time.Second)
+	g := postgres.NewGroupCommit(pool, 128, 1, 10*time.Second)
 	const calls = 64
 	errs := make([]error, calls)
 	var wg sync.WaitGroup
@@ -29,7 +30,7 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = g.Do(ctx, func(ctx context.Context, tx pgx.Tx) error {
+			errs[i] = g.Do(ctx, "k", func(ctx context.Context, tx pgx.Tx) error {
 				if _, err := tx.Exec(ctx, `INSERT INTO items VALUES ($1)`, i); err != nil {
 					return err
 				}
@@ -76,7 +77,7 @@ func TestGroupCommitFailsEveryUnitWhenTheDatabaseIsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	g := postgres.NewGroupCommit(pool, 16, 5*time.Second)
+	g := postgres.NewGroupCommit(pool, 16, 2, 5*time.Second)
 	proxy.SetUp(false)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -84,7 +85,7 @@ func TestGroupCommitFailsEveryUnitWhenTheDatabaseIsDown(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- g.Do(context.Background(), func(ctx context.Context, tx pgx.Tx) error {
+			errs <- g.Do(context.Background(), fmt.Sprint(len(errs)), func(ctx context.Context, tx pgx.Tx) error {
 				_, err := tx.Exec(ctx, `SELECT 1`)
 				return err
 			})
@@ -101,13 +102,12 @@ func TestGroupCommitFailsEveryUnitWhenTheDatabaseIsDown(t *testing.T) {
 
 func TestGroupCommitRefusesEndedContext(t *testing.T) {
 	pool, _ := postgrestest.NewSchema(t)
-	g := postgres.NewGroupCommit(pool, 16, 5*time.Second)
+	g := postgres.NewGroupCommit(pool, 16, 2, 5*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	ran := false
-	err := g.Do(ctx, func(context.Context, pgx.Tx) error { ran = true; return nil })
+	err := g.Do(ctx, "k", func(context.Context, pgx.Tx) error { ran = true; return nil })
 	if !errors.Is(err, context.Canceled) || ran {
 		t.Fatalf("err = %v, ran = %v; want context.Canceled without running", err, ran)
 	}
 }
-

@@ -126,9 +126,11 @@ type Spec struct {
 	// while the broker is away) the link is reported only under
 	// BrokerHealthName.
 	BrokerGatesServing bool
-	// BatchEvents lets concurrent deliveries share transactions (see
-	// inbox.WithBatching): for services whose handlers do only SQL.
-	BatchEvents bool
+	// BatchLanes, when positive, lets concurrent deliveries share
+	// transactions in that many parallel lanes keyed by order (see
+	// inbox.WithBatching): for services whose handlers do only SQL. Use
+	// one lane when handlers of different orders lock the same rows.
+	BatchLanes int
 	// Setup registers the service's gRPC services and event handlers. It
 	// may return tasks to run beside the service until ctx ends.
 	Setup func(ctx context.Context, s *Service) ([]Task, error)
@@ -337,8 +339,8 @@ func pruneInbox(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, reten
 // inboxOptions turns on batching for services that ask for it: as many
 // deliveries as run at once may share a transaction.
 func inboxOptions(spec Spec, cfg Config) []inbox.Option {
-	if !spec.BatchEvents {
+	if spec.BatchLanes <= 0 {
 		return nil
 	}
-	return []inbox.Option{inbox.WithBatching(cfg.Concurrency, cfg.ShutdownTimeout)}
+	return []inbox.Option{inbox.WithBatching(cfg.Concurrency, spec.BatchLanes, cfg.ShutdownTimeout)}
 }

@@ -36,10 +36,12 @@ func main() {
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	return service.Main(ctx, getenv, stdout, ready, service.Spec{
-		Name:               app.Source,
-		GRPCAddr:           ":50052",
-		AdminAddr:          "127.0.0.1:9092",
-		BatchEvents:        true,
+		Name:      app.Source,
+		GRPCAddr:  ":50052",
+		AdminAddr: "127.0.0.1:9092",
+		// Reservations of different orders lock the same stock rows: one
+		// lane, so batches never deadlock each other.
+		BatchLanes:         1,
 		Migrations:         []postgres.Source{store.Migrations},
 		BrokerGatesServing: true,
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {

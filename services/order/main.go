@@ -39,11 +39,13 @@ func main() {
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	return service.Main(ctx, getenv, stdout, ready, service.Spec{
-		Name:        app.Source,
-		GRPCAddr:    ":50051",
-		AdminAddr:   "127.0.0.1:9091",
-		BatchEvents: true,
-		Migrations:  []postgres.Source{store.Migrations},
+		Name:      app.Source,
+		GRPCAddr:  ":50051",
+		AdminAddr: "127.0.0.1:9091",
+		// Handlers touch only their own order's rows: lanes keyed by order
+		// never contend.
+		BatchLanes: 4,
+		Migrations: []postgres.Source{store.Migrations},
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			// Watchers see order changes from every instance through
 			// PostgreSQL notifications.

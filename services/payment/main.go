@@ -36,10 +36,13 @@ func main() {
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	return service.Main(ctx, getenv, stdout, ready, service.Spec{
-		Name:               app.Source,
-		GRPCAddr:           ":50053",
-		AdminAddr:          "127.0.0.1:9093",
-		BatchEvents:        true,
+		Name:      app.Source,
+		GRPCAddr:  ":50053",
+		AdminAddr: "127.0.0.1:9093",
+		// The built-in provider answers at once, so deliveries can share
+		// transactions; with a remote provider each charge would hold up
+		// its batch, and batching should be off.
+		BatchLanes:         4,
 		Migrations:         []postgres.Source{store.Migrations},
 		BrokerGatesServing: true,
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {

@@ -35,9 +35,12 @@ const Source = "order"
 const DefaultPageSize = 50
 
 // Group commit of CreateOrder: at most createBatch orders share a
-// transaction, bounded by createBatchTimeout.
+// transaction, bounded by createBatchTimeout, in createLanes transactions
+// at once. Requests with the same request id share a lane, so two batches
+// never wait for each other's insert of it.
 const (
 	createBatch        = 128
+	createLanes        = 4
 	createBatchTimeout = 15 * time.Second
 )
 
@@ -60,7 +63,7 @@ func New(pool *pgxpool.Pool, w *store.Watcher, log *slog.Logger) *App {
 	return &App{
 		pool: pool, watcher: w, log: log,
 		now:     func() time.Time { return time.Now().UTC() },
-		creates: postgres.NewGroupCommit(pool, createBatch, createBatchTimeout),
+		creates: postgres.NewGroupCommit(pool, createBatch, createLanes, createBatchTimeout),
 	}
 }
 
@@ -79,7 +82,7 @@ func (a *App) Create(ctx context.Context, req order.Request) (order.Order, error
 		return order.Order{}, err
 	}
 	var result order.Order
-	err = a.creates.Do(ctx, func(ctx context.Context, tx pgx.Tx) error {
+	err = a.creates.Do(ctx, req.RequestID, func(ctx context.Context, tx pgx.Tx) error {
 		inserted, err := store.Insert(ctx, tx, o)
 		if err != nil {
 			return err
