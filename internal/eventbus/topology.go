@@ -2,6 +2,7 @@ package eventbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -13,17 +14,21 @@ import (
 //	<prefix><service>                 quorum queue bound to the routing keys
 //	                                  of the service's handlers; x-delivery-limit
 //	                                  dead-letters crash loops to the DLQ
-//	<prefix><service>.retry.<delay>   classic queue with x-message-ttl; expired
-//	                                  messages dead-letter through the default
-//	                                  exchange back to <prefix><service>
+//	<prefix><service>.retry.<delay>   quorum queue with x-message-ttl; expired
+//	                                  messages dead-letter at least once
+//	                                  through the default exchange back to
+//	                                  <prefix><service>
 //	<prefix><service>.dlq             classic queue, the parking lot
 //
 // Retries and dead letters are published by the subscriber through the
 // default exchange straight to the queue's name, so they reach only this
 // service and never other services bound to the same routing key. The
-// retry and parking-lot queues are classic so per-queue TTL and repeated
-// peeks (requeues) behave the same on RabbitMQ 3.10 and 4.x, where quorum
-// queues would count each peek against a delivery limit.
+// parking-lot queue is classic so repeated peeks (requeues) behave the same
+// on RabbitMQ 3.10 and 4.x, where quorum queues would count each peek
+// against a delivery limit. The retry queues are never peeked; they are
+// quorum queues because only those dead-letter at least once (3.10+): a
+// classic queue's expired message is lost if the broker stops while moving
+// it back.
 
 // declareExchange declares the topic exchange.
 func declareExchange(ctx context.Context, conn *amqp.Connection, ch *amqp.Channel, cfg Config) error {
@@ -59,10 +64,15 @@ func declareTopology(ctx context.Context, conn *amqp.Connection, ch *amqp.Channe
 			name string
 			args amqp.Table
 		}{cfg.RetryQueueName(d), amqp.Table{
-			amqp.QueueTypeArg:           amqp.QueueTypeClassic,
+			amqp.QueueTypeArg:           amqp.QueueTypeQuorum,
 			"x-message-ttl":             d.Milliseconds(),
 			"x-dead-letter-exchange":    "",
 			"x-dead-letter-routing-key": cfg.QueueName(),
+			// A classic queue dead-letters at most once: a broker crash
+			// or restart while a message moves back to the service
+			// queue loses it.
+			"x-dead-letter-strategy": "at-least-once",
+			"x-overflow":             "reject-publish",
 		}})
 	}
 	for _, q := range queues {
@@ -70,6 +80,11 @@ func declareTopology(ctx context.Context, conn *amqp.Connection, ch *amqp.Channe
 			_, err := ch.QueueDeclare(q.name, true, false, false, false, q.args)
 			return err
 		})
+		var amqpErr *amqp.Error
+		if errors.As(err, &amqpErr) && amqpErr.Code == amqp.PreconditionFailed {
+			return fmt.Errorf("%w (the queue exists with other settings, e.g. made by an older ordermesh: "+
+				"once it is empty, delete it with 'rabbitmqctl delete_queue %s' and it is declared anew)", err, q.name)
+		}
 		if err != nil {
 			return err
 		}
