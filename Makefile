@@ -7,7 +7,7 @@ BIN      := bin
 BINARIES := order inventory payment notification
 GOTEST   ?= $(GO) test -race -count=1
 
-.PHONY: all build run test test-short generate generate-check lint breaking services clean
+.PHONY: all build run test test-faults test-faults-ci generate generate-check lint breaking services clean bench
 
 all: build
 
@@ -24,6 +24,14 @@ run:
 ## test: every test, against the RabbitMQ and PostgreSQL of this machine
 test: services
 	$(GOTEST) ./...
+
+## test-faults: the fault-injection suite, on private RabbitMQ and PostgreSQL it starts itself (FAULTS_FLAGS=-short for the short version)
+test-faults:
+	ORDERMESH_FAULTS=1 $(GOTEST) -v -timeout 45m $(FAULTS_FLAGS) ./faults/
+
+## test-faults-ci: the part of the fault suite CI runs (short loads): broker kill, dropped connections, poison messages
+test-faults-ci:
+	ORDERMESH_FAULTS=1 $(GOTEST) -v -short -timeout 20m -run 'Test(BrokerKill|CloseAllConnections|PoisonMessages)$$' ./faults/
 
 ## services: check RabbitMQ and PostgreSQL are reachable (start them if installed)
 services:
@@ -70,3 +78,7 @@ breaking:
 
 clean:
 	rm -rf $(BIN)
+
+## bench: measure throughput, latency and memory beside raw ceilings; writes docs/benchmarks.md
+bench: services
+	$(GO) run ./internal/cmd/bench

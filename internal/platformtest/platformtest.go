@@ -54,18 +54,75 @@ type Options struct {
 	RetryDelays string
 	// Env adds variables to every process.
 	Env []string
+	// ProcessEnv adds variables to one process, by name ("order", …,
+	// "gateway"), after Env; a variable set here overrides the defaults.
+	ProcessEnv map[string][]string
+	// AMQPURL is the broker of the platform; default AMQPURL().
+	AMQPURL string
+	// AdminDatabaseURL is where the platform's database is created and
+	// finally dropped (any database of the server); default
+	// postgrestest.URL().
+	AdminDatabaseURL string
+	// BinDir holds binaries made by Build; default: Start builds them
+	// into a temporary directory.
+	BinDir string
+	// Rewrite, if set, gives the address ("host:port") process name dials
+	// instead of addr for kind "amqp" (the broker) or "postgres" (the
+	// database), e.g. a fault-injecting proxy in front of it. Returning
+	// addr unchanged keeps the direct link.
+	Rewrite func(name, kind, addr string) string
 }
 
-// Process is one running binary.
+// Address kinds passed to Options.Rewrite.
+const (
+	KindAMQP     = "amqp"
+	KindPostgres = "postgres"
+)
+
+// Process is one running binary. Its fields other than Name and Addr
+// change when the platform restarts it, so they are read through methods.
 type Process struct {
 	Name string
 	// Addr is its gRPC address, or the gateway's HTTP address.
 	Addr string
-	cmd  *exec.Cmd
+	env  []string
 	log  *bytes.Buffer
 	mu   *sync.Mutex
+	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
+	// starts counts how often it was started.
+	starts int
+}
+
+// run returns the current incarnation's command and exit channel.
+func (p *Process) run() (*exec.Cmd, chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd, p.done
+}
+
+// Exited reports whether the current incarnation of the process has
+// exited, and its exit error.
+func (p *Process) Exited() (bool, error) {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	select {
+	case <-done:
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// Starts returns how often the process was started (1 until a Restart).
+func (p *Process) Starts() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.starts
 }
 
 // Log returns what the process printed so far.
@@ -126,14 +183,23 @@ func Start(t testing.TB, opts Options) *Platform {
 	if opts.RetryDelays == "" {
 		opts.RetryDelays = "200ms,500ms"
 	}
-	binDir := t.TempDir()
-	if err := Build(binDir); err != nil {
-		t.Fatal(err)
+	if opts.AMQPURL == "" {
+		opts.AMQPURL = AMQPURL()
+	}
+	if opts.AdminDatabaseURL == "" {
+		opts.AdminDatabaseURL = postgrestest.URL()
+	}
+	binDir := opts.BinDir
+	if binDir == "" {
+		binDir = t.TempDir()
+		if err := Build(binDir); err != nil {
+			t.Fatal(err)
+		}
 	}
 	id := randomID(t)
 	p := &Platform{t: t, Prefix: "e2e-" + id + ".", Database: "e2e_" + id, Procs: map[string]*Process{}, binDir: binDir, opts: opts}
 
-	u, err := url.Parse(postgrestest.URL())
+	u, err := url.Parse(opts.AdminDatabaseURL)
 	if err != nil {
 		t.Fatalf("parse test database url: %v", err)
 	}
@@ -142,7 +208,7 @@ func Start(t testing.TB, opts Options) *Platform {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := postgres.CreateDatabaseIfMissing(ctx, p.DatabaseURL); err != nil {
-		t.Fatalf("PostgreSQL at %s is required: %v", postgrestest.URL(), err)
+		t.Fatalf("PostgreSQL at %s is required: %v", opts.AdminDatabaseURL, err)
 	}
 	t.Cleanup(p.dropDatabase)
 	t.Cleanup(p.deleteTopology)
@@ -167,8 +233,8 @@ func Start(t testing.TB, opts Options) *Platform {
 func (p *Platform) start(name, addr string) {
 	p.t.Helper()
 	env := append(os.Environ(),
-		"ORDERMESH_DATABASE_URL="+p.DatabaseURL,
-		"ORDERMESH_AMQP_URL="+AMQPURL(),
+		"ORDERMESH_DATABASE_URL="+p.rewriteURL(name, KindPostgres, p.DatabaseURL),
+		"ORDERMESH_AMQP_URL="+p.rewriteURL(name, KindAMQP, p.opts.AMQPURL),
 		"ORDERMESH_TOPOLOGY_PREFIX="+p.Prefix,
 		"ORDERMESH_RETRY_DELAYS="+p.opts.RetryDelays,
 		"ORDERMESH_SMTP_ADDR="+p.Sink.Addr(),
@@ -184,21 +250,111 @@ func (p *Platform) start(name, addr string) {
 		env = append(env, "ORDERMESH_GRPC_ADDR="+addr)
 	}
 	env = append(env, p.opts.Env...)
-	proc := &Process{Name: name, Addr: addr, log: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
-	cmd := exec.Command(filepath.Join(p.binDir, name))
-	cmd.Env = env
+	env = append(env, p.opts.ProcessEnv[name]...)
+	proc := &Process{Name: name, Addr: addr, env: env, log: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	if err := p.launch(proc); err != nil {
+		p.t.Fatalf("start %s: %v", name, err)
+	}
+	p.Procs[name] = proc
+}
+
+// rewriteURL applies Options.Rewrite to the host of u.
+func (p *Platform) rewriteURL(name, kind, u string) string {
+	if p.opts.Rewrite == nil {
+		return u
+	}
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	parsed.Host = p.opts.Rewrite(name, kind, parsed.Host)
+	return parsed.String()
+}
+
+// launch starts a new incarnation of proc; its output goes on in the same
+// log.
+func (p *Platform) launch(proc *Process) error {
+	cmd := exec.Command(filepath.Join(p.binDir, proc.Name))
+	cmd.Env = proc.env
 	w := &lockedBuffer{buf: proc.log, mu: proc.mu}
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		p.t.Fatalf("start %s: %v", name, err)
+	proc.mu.Lock()
+	defer proc.mu.Unlock()
+	if proc.starts > 0 {
+		fmt.Fprintf(proc.log, "---- platformtest: restart %d of %s ----\n", proc.starts, proc.Name)
 	}
-	proc.cmd = cmd
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	proc.cmd, proc.done = cmd, done
+	proc.starts++
 	go func() {
-		proc.err = cmd.Wait()
-		close(proc.done)
+		err := cmd.Wait()
+		proc.mu.Lock()
+		proc.err = err
+		proc.mu.Unlock()
+		close(done)
 	}()
-	p.Procs[name] = proc
+	return nil
+}
+
+// Kill sends SIGKILL to process name and waits for it to exit.
+func (p *Platform) Kill(name string) error {
+	proc := p.Procs[name]
+	if proc == nil {
+		return fmt.Errorf("kill %s: no such process", name)
+	}
+	cmd, done := proc.run()
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("kill %s: %w", name, err)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("kill %s: still running 30 s after SIGKILL", name)
+	}
+}
+
+// Restart starts process name again, with the same address and
+// environment, after it exited (see Kill). It does not wait for health;
+// see WaitHealthy.
+func (p *Platform) Restart(name string) error {
+	proc := p.Procs[name]
+	if proc == nil {
+		return fmt.Errorf("restart %s: no such process", name)
+	}
+	if exited, _ := proc.Exited(); !exited {
+		return fmt.Errorf("restart %s: still running", name)
+	}
+	if err := p.launch(proc); err != nil {
+		return fmt.Errorf("restart %s: %w", name, err)
+	}
+	return nil
+}
+
+// WaitHealthy waits until process name is healthy (see Healthy), for at
+// most timeout; it returns the last health error, or an error at once if
+// the process exits.
+func (p *Platform) WaitHealthy(ctx context.Context, name string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		err := p.Healthy(name)
+		if err == nil {
+			return nil
+		}
+		if exited, exitErr := p.Procs[name].Exited(); exited {
+			return fmt.Errorf("%s exited: %v", name, exitErr)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not healthy after %v: %w", name, timeout, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // WaitServing waits until every service's overall health is SERVING and
@@ -212,10 +368,8 @@ func (p *Platform) WaitServing(timeout time.Duration) {
 			if err == nil {
 				break
 			}
-			select {
-			case <-p.Procs[name].done:
-				p.t.Fatalf("%s exited before it was ready: %v\n%s", name, p.Procs[name].err, p.Procs[name].Log())
-			default:
+			if exited, exitErr := p.Procs[name].Exited(); exited {
+				p.t.Fatalf("%s exited before it was ready: %v\n%s", name, exitErr, p.Procs[name].Log())
 			}
 			if time.Now().After(deadline) {
 				p.t.Fatalf("%s not ready after %v: %v\n%s", name, timeout, err, p.Procs[name].Log())
@@ -281,10 +435,11 @@ func (p *Platform) Stop() map[string]error {
 		if proc == nil {
 			continue
 		}
+		cmd, done := proc.run()
 		select {
-		case <-proc.done:
+		case <-done:
 		default:
-			_ = proc.cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Process.Signal(syscall.SIGTERM)
 		}
 	}
 	failed := map[string]error{}
@@ -293,16 +448,17 @@ func (p *Platform) Stop() map[string]error {
 		if proc == nil {
 			continue
 		}
+		cmd, done := proc.run()
 		select {
-		case <-proc.done:
+		case <-done:
 		case <-time.After(30 * time.Second):
-			_ = proc.cmd.Process.Kill()
-			<-proc.done
+			_ = cmd.Process.Kill()
+			<-done
 			failed[n] = errors.New("did not stop within 30 s of SIGTERM")
 			continue
 		}
-		if proc.err != nil {
-			failed[n] = proc.err
+		if _, err := proc.Exited(); err != nil {
+			failed[n] = err
 		}
 	}
 	return failed
@@ -355,7 +511,7 @@ func (p *Platform) DumpLogs() {
 func (p *Platform) dropDatabase() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, postgrestest.URL())
+	conn, err := pgx.Connect(ctx, p.opts.AdminDatabaseURL)
 	if err != nil {
 		p.t.Errorf("drop database %s: %v", p.Database, err)
 		return
@@ -369,7 +525,7 @@ func (p *Platform) dropDatabase() {
 // deleteTopology removes the exchange and every queue the services
 // declared under the platform's prefix.
 func (p *Platform) deleteTopology() {
-	conn, err := amqp.Dial(AMQPURL())
+	conn, err := amqp.DialConfig(p.opts.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(10 * time.Second)})
 	if err != nil {
 		p.t.Errorf("delete topology %s: %v", p.Prefix, err)
 		return

@@ -1,0 +1,530 @@
+package faults
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/platformtest"
+)
+
+// counts is what a scenario observed, for its report.
+type counts struct {
+	placed, accepted, acceptedDespiteError int
+	errorCodes                             map[codes.Code]int
+	byStatus                               map[string]int
+	events, copies                         int
+	// routed copies per service queue, inbox rows per service.
+	routed, inbox map[string]int
+	emails        int
+	emailResent   int
+	deadLetters   int
+	settled       time.Duration
+	tapErrors     int
+	restarts      map[string]int
+}
+
+func (c counts) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "orders placed=%d accepted=%d (plus %d committed although CreateOrder failed) errors=%v; final %v; ",
+		c.placed, c.accepted, c.acceptedDespiteError, c.errorCodes, c.byStatus)
+	fmt.Fprintf(&b, "events=%d published copies=%d (relay republished %d); ", c.events, c.copies, c.copies-c.events)
+	for _, svc := range platformtest.Services {
+		q := c.routed[svc]
+		fmt.Fprintf(&b, "%s: %d copies routed, %d in inbox, ≥%d duplicates absorbed; ", svc, q, c.inbox[svc], max(q-c.inbox[svc], 0))
+	}
+	fmt.Fprintf(&b, "emails=%d (resent in the documented window: %d); dead letters=%d; restarts=%v; tap errors=%d",
+		c.emails, c.emailResent, c.deadLetters, c.restarts, c.tapErrors)
+	return b.String()
+}
+
+// dbOrder is an order row.
+type dbOrder struct {
+	id, requestID, status, reason, email string
+	quantity                             int64
+}
+
+// check verifies every invariant, waiting for the platform to settle
+// where the invariant is about an end state, and returns the counts.
+func (s *scenario) check(ctx context.Context, sp spec, last time.Time) counts {
+	t := s.t
+	c := counts{errorCodes: map[codes.Code]int{}, byStatus: map[string]int{}, inbox: map[string]int{}, restarts: map[string]int{}}
+	placed := s.load.placed()
+	c.placed = len(placed)
+	byRequest := map[string]*order{}
+	for _, o := range placed {
+		byRequest[o.requestID] = o
+		if o.code == codes.OK {
+			c.accepted++
+			continue
+		}
+		c.errorCodes[o.code]++
+		if !slices.Contains(sp.allowed, o.code) {
+			t.Errorf("order %d: CreateOrder = %v (%s), want OK or one of %v", o.n, o.code, o.msg, sp.allowed)
+		}
+	}
+
+	// No process died on its own.
+	for name, p := range s.pf.Procs {
+		c.restarts[name] = p.Starts() - 1
+		if exited, err := p.Exited(); exited {
+			t.Errorf("%s exited during the scenario: %v", name, err)
+		}
+	}
+
+	// Every accepted order is durable and terminal within a minute of the
+	// last fault.
+	deadline := last.Add(terminalWithin)
+	var orders map[string]dbOrder
+	err := until(ctx, deadline, func() error {
+		var err error
+		if orders, err = s.orders(ctx); err != nil {
+			return err
+		}
+		pending := 0
+		for _, o := range orders {
+			if o.status == "PENDING" {
+				pending++
+			}
+		}
+		if pending > 0 {
+			return fmt.Errorf("%d of %d orders still PENDING", pending, len(orders))
+		}
+		return nil
+	})
+	c.settled = time.Since(last)
+	if err != nil {
+		t.Errorf("orders not terminal within %v of the last fault: %v", terminalWithin, err)
+		s.explainPending(ctx, orders)
+	}
+	want := map[string]string{}
+	for _, o := range placed {
+		if o.code != codes.OK {
+			continue
+		}
+		got, ok := orders[o.id]
+		switch {
+		case !ok:
+			t.Errorf("LOST: order %d (%s) was accepted but is not in the database", o.n, o.id)
+			continue
+		case got.requestID != o.requestID:
+			t.Errorf("order %d (%s): request id %s, want %s", o.n, o.id, got.requestID, o.requestID)
+		}
+		want[o.id] = o.wantStatus()
+	}
+	for id, o := range orders {
+		c.byStatus[o.status]++
+		lo := byRequest[o.requestID]
+		switch {
+		case lo == nil:
+			t.Errorf("order %s exists but no request of the load made it", id)
+		case lo.code != codes.OK:
+			// CreateOrder failed but its commit went through (the reply
+			// was lost): a client retrying with the same request id gets
+			// this order. It must reach a consistent end all the same.
+			c.acceptedDespiteError++
+			lo.id = id
+			want[id] = lo.wantStatus()
+			if lo.kind == kindCancel {
+				// Never cancelled: it runs its course.
+				want[id] = "CONFIRMED"
+			}
+		}
+		if w := want[id]; w != "" && o.status != w {
+			t.Errorf("order %s (%v, n=%d): %s (%s), want %s", id, lo.kind, lo.n, o.status, o.reason, w)
+		}
+	}
+
+	// Payments, stock, mail, outboxes and DLQs settle shortly after.
+	settle := time.Now().Add(30 * time.Second)
+	s.checkUntil(ctx, settle, "payments reconcile", func() error { return s.checkPayments(ctx, orders, byRequest) })
+	s.checkUntil(ctx, settle, "stock reconciles", func() error { return s.checkStock(ctx, orders) })
+	s.checkUntil(ctx, settle, "emails", func() error {
+		var err error
+		c.emails, c.emailResent, err = s.checkEmails(ctx, orders, sp.mailWindow)
+		return err
+	})
+	s.checkUntil(ctx, settle, "outboxes empty", func() error {
+		pending, err := s.pf.OutboxPending(ctx)
+		if err != nil {
+			return err
+		}
+		for svc, n := range pending {
+			if n != 0 {
+				return fmt.Errorf("%s outbox holds %d events", svc, n)
+			}
+		}
+		return nil
+	})
+	s.checkUntil(ctx, settle, "dead-letter queues hold exactly the injected poison", func() error {
+		var err error
+		c.deadLetters, err = s.checkDLQs(ctx)
+		return err
+	})
+
+	for _, svc := range platformtest.Services {
+		var n int
+		if err := s.queryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{svc, "inbox"}.Sanitize(), &n); err != nil {
+			t.Errorf("count %s inbox: %v", svc, err)
+		}
+		c.inbox[svc] = n
+	}
+	perQueue := map[string]int{}
+	var tapErrs []string
+	c.events, c.copies, perQueue, tapErrs = s.tap.stats(s.bindings)
+	c.routed = map[string]int{}
+	for _, svc := range platformtest.Services {
+		c.routed[svc] = perQueue[s.pf.Prefix+svc]
+	}
+	if sp.router {
+		// The tap routed each copy twice instead of the exchange.
+		for k := range c.routed {
+			c.routed[k] *= 2
+		}
+	}
+	c.tapErrors = len(tapErrs)
+	return c
+}
+
+// wantStatus is the end state an order of kind o.kind reaches.
+func (o *order) wantStatus() string {
+	switch o.kind {
+	case kindOutOfStock, kindDecline:
+		return "REJECTED"
+	case kindCancel:
+		if o.cancelCode == codes.OK {
+			return "CANCELLED"
+		}
+		return "" // the cancel failed: it may have gone either way
+	default:
+		return "CONFIRMED"
+	}
+}
+
+// until retries f every 250 ms until it passes or deadline passes, and
+// returns its last error.
+func until(ctx context.Context, deadline time.Time, f func() error) error {
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func (s *scenario) checkUntil(ctx context.Context, deadline time.Time, what string, f func() error) {
+	if err := until(ctx, deadline, f); err != nil {
+		s.t.Errorf("%s: %v", what, err)
+	}
+}
+
+func (s *scenario) conn(ctx context.Context) (*pgx.Conn, error) {
+	return pgx.Connect(ctx, s.pf.DatabaseURL)
+}
+
+func (s *scenario) queryRow(ctx context.Context, sql string, dest ...any) error {
+	conn, err := s.conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	return conn.QueryRow(ctx, sql).Scan(dest...)
+}
+
+// rowsOf runs sql and calls scan for each row.
+func (s *scenario) rowsOf(ctx context.Context, sql string, scan func(pgx.Rows) error) error {
+	conn, err := s.conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, sql)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+func (s *scenario) orders(ctx context.Context) (map[string]dbOrder, error) {
+	out := map[string]dbOrder{}
+	err := s.rowsOf(ctx, `SELECT id::text, request_id::text, status, status_reason, customer_email,
+		(SELECT coalesce(sum((i->>'quantity')::bigint), 0) FROM jsonb_array_elements(items) i)
+		FROM "order".orders`, func(r pgx.Rows) error {
+		var o dbOrder
+		if err := r.Scan(&o.id, &o.requestID, &o.status, &o.reason, &o.email, &o.quantity); err != nil {
+			return err
+		}
+		out[o.id] = o
+		return nil
+	})
+	return out, err
+}
+
+// eventCounts counts each order's distinct events by routing key, as the
+// order service recorded them.
+func (s *scenario) eventCounts(ctx context.Context) (map[string]map[string]int, error) {
+	out := map[string]map[string]int{}
+	err := s.rowsOf(ctx, `SELECT order_id::text, routing_key, count(*) FROM "order".order_events GROUP BY 1, 2`, func(r pgx.Rows) error {
+		var id, key string
+		var n int
+		if err := r.Scan(&id, &key, &n); err != nil {
+			return err
+		}
+		if out[id] == nil {
+			out[id] = map[string]int{}
+		}
+		out[id][key] = n
+		return nil
+	})
+	return out, err
+}
+
+// checkPayments: at most one charge per order, a refund for each
+// compensated charge, a standing charge exactly for confirmed orders.
+func (s *scenario) checkPayments(ctx context.Context, orders map[string]dbOrder, byRequest map[string]*order) error {
+	type payment struct{ status, charge, refund string }
+	pays := map[string]payment{}
+	if err := s.rowsOf(ctx, `SELECT order_id::text, status, charge_id, refund_id FROM payment.payments`, func(r pgx.Rows) error {
+		var id string
+		var p payment
+		if err := r.Scan(&id, &p.status, &p.charge, &p.refund); err != nil {
+			return err
+		}
+		pays[id] = p
+		return nil
+	}); err != nil {
+		return err
+	}
+	events, err := s.eventCounts(ctx)
+	if err != nil {
+		return err
+	}
+	var problems []string
+	for id, o := range orders {
+		p, ev := pays[id], events[id]
+		if ev["payment.succeeded"] > 1 {
+			problems = append(problems, fmt.Sprintf("order %s charged %d times", id, ev["payment.succeeded"]))
+		}
+		if ev["payment.refunded"] > 1 {
+			problems = append(problems, fmt.Sprintf("order %s refunded %d times", id, ev["payment.refunded"]))
+		}
+		switch o.status {
+		case "CONFIRMED":
+			if p.status != "CHARGED" || ev["payment.succeeded"] != 1 || ev["payment.refunded"] != 0 {
+				problems = append(problems, fmt.Sprintf("confirmed order %s: payment %q, %d charge and %d refund events, want CHARGED, 1, 0",
+					id, p.status, ev["payment.succeeded"], ev["payment.refunded"]))
+			}
+		default:
+			charged := ev["payment.succeeded"] == 1 || p.charge != ""
+			switch {
+			case p.status == "" || p.status == "CHARGED":
+				problems = append(problems, fmt.Sprintf("%s order %s: payment %q, want no standing charge", o.status, id, p.status))
+			case charged && (p.status != "REFUNDED" || ev["payment.refunded"] != 1):
+				problems = append(problems, fmt.Sprintf("%s order %s was charged: payment %q with %d refund events, want REFUNDED once",
+					o.status, id, p.status, ev["payment.refunded"]))
+			case byRequest[o.requestID] != nil && byRequest[o.requestID].kind == kindDecline && p.status != "FAILED":
+				problems = append(problems, fmt.Sprintf("declined order %s: payment %q, want FAILED", id, p.status))
+			}
+		}
+	}
+	return joinFirst(problems)
+}
+
+// checkStock: what confirmed orders took is gone, nothing stays reserved,
+// and each order's reservation matches its end.
+func (s *scenario) checkStock(ctx context.Context, orders map[string]dbOrder) error {
+	var consumed int64
+	for _, o := range orders {
+		if o.status == "CONFIRMED" {
+			consumed += o.quantity
+		}
+	}
+	var problems []string
+	if err := s.rowsOf(ctx, `SELECT product_id, available, reserved FROM inventory.stock`, func(r pgx.Rows) error {
+		var sku string
+		var available, reserved int64
+		if err := r.Scan(&sku, &available, &reserved); err != nil {
+			return err
+		}
+		want := int64(0)
+		if sku == skuStocked {
+			want = initialStock - consumed
+		}
+		if available != want || reserved != 0 {
+			problems = append(problems, fmt.Sprintf("%s: available %d reserved %d, want available %d and none reserved (%d units confirmed)",
+				sku, available, reserved, want, consumed))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := s.rowsOf(ctx, `SELECT order_id::text, status FROM inventory.reservations`, func(r pgx.Rows) error {
+		var id, st string
+		if err := r.Scan(&id, &st); err != nil {
+			return err
+		}
+		o, ok := orders[id]
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Sprintf("reservation %s for an unknown order", id))
+		case o.status == "CONFIRMED" && st != "COMMITTED":
+			problems = append(problems, fmt.Sprintf("confirmed order %s: reservation %s, want COMMITTED", id, st))
+		case o.status != "CONFIRMED" && (st == "COMMITTED" || st == "RESERVED"):
+			problems = append(problems, fmt.Sprintf("%s order %s: reservation %s still holds stock", o.status, id, st))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	return joinFirst(problems)
+}
+
+// checkEmails: each customer got received, confirmed (if the order ever
+// was), and rejected or cancelled, each once; a repeat is allowed only in
+// the notification service's documented window and must carry the same
+// Message-ID. It returns the emails received and the repeats.
+func (s *scenario) checkEmails(ctx context.Context, orders map[string]dbOrder, window bool) (int, int, error) {
+	events, err := s.eventCounts(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	type mail struct{ subjects, ids []string }
+	got := map[string]*mail{}
+	msgs := s.pf.Sink.Messages()
+	for _, m := range msgs {
+		for _, to := range m.To {
+			if got[to] == nil {
+				got[to] = &mail{}
+			}
+			got[to].subjects = append(got[to].subjects, m.Subject)
+			got[to].ids = append(got[to].ids, m.Subject+" "+m.MessageID)
+		}
+	}
+	var problems []string
+	resent := 0
+	for id, o := range orders {
+		want := []string{"Order " + id + " received"}
+		if events[id]["order.confirmed"] > 0 {
+			want = append(want, "Order "+id+" confirmed")
+		}
+		switch o.status {
+		case "REJECTED":
+			want = append(want, "Order "+id+" rejected")
+		case "CANCELLED":
+			want = append(want, "Order "+id+" cancelled")
+		}
+		var have []string
+		if m := got[o.email]; m != nil {
+			have = slices.Clone(m.subjects)
+			distinct := map[string]bool{}
+			for _, x := range m.ids {
+				distinct[x] = true
+			}
+			dedup := slices.Compact(slices.Sorted(slices.Values(have)))
+			if extra := len(have) - len(dedup); extra > 0 {
+				if !window || len(distinct) != len(dedup) {
+					problems = append(problems, fmt.Sprintf("%s got %q: sent more than once (Message-IDs %q)", o.email, have, m.ids))
+					continue
+				}
+				resent += extra
+				have = dedup
+			}
+		}
+		sort.Strings(have)
+		sort.Strings(want)
+		if !slices.Equal(have, want) {
+			problems = append(problems, fmt.Sprintf("%s got %q, want %q", o.email, have, want))
+		}
+	}
+	return len(msgs), resent, joinFirst(problems)
+}
+
+// checkDLQs: each service's dead-letter queue holds exactly the poison
+// injected into it, each for the expected reason.
+func (s *scenario) checkDLQs(ctx context.Context) (int, error) {
+	var problems []string
+	total := 0
+	for _, svc := range platformtest.Services {
+		dlq, err := eventbus.NewDLQ(eventbus.Config{URL: infra.rabbit.URL, Prefix: s.pf.Prefix, Service: svc}, silentLog)
+		if err != nil {
+			return 0, err
+		}
+		letters, err := dlq.List(ctx, 0)
+		if err != nil {
+			return 0, err
+		}
+		total += len(letters)
+		want := s.poison[svc]
+		seen := map[string]bool{}
+		for _, l := range letters {
+			tag, _ := l.Headers[poisonHeader].(string)
+			reason, ok := want[tag]
+			switch {
+			case !ok:
+				problems = append(problems, fmt.Sprintf("%s DLQ holds a message that was not injected: %s %s (order %s) reason %s: %s",
+					svc, l.Meta.Type, l.Meta.ID, l.Meta.CorrelationID, l.Reason, l.Error))
+			case seen[tag]:
+				problems = append(problems, fmt.Sprintf("%s DLQ holds poison %s twice", svc, tag))
+			case l.Reason != reason:
+				problems = append(problems, fmt.Sprintf("%s DLQ: poison %s parked for %q, want %q (%s)", svc, tag, l.Reason, reason, l.Error))
+			}
+			seen[tag] = true
+		}
+		for tag := range want {
+			if !seen[tag] {
+				problems = append(problems, fmt.Sprintf("%s DLQ lacks poison %s", svc, tag))
+			}
+		}
+	}
+	return total, joinFirst(problems)
+}
+
+// explainPending logs what the first stuck orders lack.
+func (s *scenario) explainPending(ctx context.Context, orders map[string]dbOrder) {
+	events, err := s.eventCounts(ctx)
+	if err != nil {
+		return
+	}
+	n := 0
+	for id, o := range orders {
+		if o.status != "PENDING" {
+			continue
+		}
+		if n++; n > 10 {
+			break
+		}
+		s.t.Logf("stuck order %s: events %v", id, events[id])
+	}
+}
+
+// joinFirst joins the first ten problems into one error.
+func joinFirst(problems []string) error {
+	if len(problems) == 0 {
+		return nil
+	}
+	sort.Strings(problems)
+	more := ""
+	if len(problems) > 10 {
+		more = fmt.Sprintf(" (and %d more)", len(problems)-10)
+		problems = problems[:10]
+	}
+	return errors.New(strings.Join(problems, "; ") + more)
+}

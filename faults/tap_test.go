@@ -1,0 +1,250 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+)
+
+// binding is one routing key bound from the events exchange to a queue.
+type binding struct{ queue, key string }
+
+// tap is a queue bound to every routing key of the platform's exchange. It
+// counts each event id the platform published (copies: a relay that
+// republishes after a lost confirm publishes an event twice). As a router
+// it also takes over delivery: the services' queues are unbound from the
+// exchange and the tap publishes every event twice to each queue that was
+// bound to its key, in shuffled batches, so events arrive duplicated and
+// out of order.
+type tap struct {
+	url, exchange, queue string
+	// route, when set, maps a routing key to the queues to copy it to.
+	route map[string][]string
+
+	mu     sync.Mutex
+	copies map[string]int    // by event id
+	keys   map[string]string // event id → routing key
+	routed int               // copies the router published
+	errs   []string
+
+	done chan struct{}
+}
+
+// startTap declares the tap queue, binds it to "#" and consumes until ctx
+// ends, reconnecting across broker faults; call wait after ending ctx.
+func startTap(ctx context.Context, url, prefix string, route map[string][]string) (*tap, error) {
+	cfg := eventbus.Config{Prefix: prefix}
+	tp := &tap{url: url, exchange: cfg.ExchangeName(), queue: prefix + "faults.tap", route: route,
+		copies: map[string]int{}, keys: map[string]string{}, done: make(chan struct{})}
+	// Declared and bound before it returns, so no event is missed.
+	conn, _, err := tp.dial()
+	if err != nil {
+		return nil, err
+	}
+	_ = conn.Close()
+	go func() {
+		defer close(tp.done)
+		for ctx.Err() == nil {
+			if err := tp.session(ctx); err != nil && ctx.Err() == nil {
+				tp.mu.Lock()
+				if len(tp.errs) < 20 {
+					tp.errs = append(tp.errs, err.Error())
+				}
+				tp.mu.Unlock()
+				select {
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		}
+	}()
+	return tp, nil
+}
+
+func (tp *tap) dial() (*amqp.Connection, *amqp.Channel, error) {
+	conn, err := amqp.DialConfig(tp.url, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second), Heartbeat: 2 * time.Second,
+		Properties: amqp.Table{"connection_name": "faults.tap"}})
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial tap: %w", err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		_ = conn.Close()
+		return nil, nil, fmt.Errorf("tap channel: %w", err)
+	}
+	if _, err := ch.QueueDeclare(tp.queue, true, false, false, false, nil); err != nil {
+		_ = conn.Close()
+		return nil, nil, fmt.Errorf("declare tap: %w", err)
+	}
+	if err := ch.QueueBind(tp.queue, "#", tp.exchange, false, nil); err != nil {
+		_ = conn.Close()
+		return nil, nil, fmt.Errorf("bind tap: %w", err)
+	}
+	return conn, ch, nil
+}
+
+// session consumes on one connection until it fails or ctx ends.
+func (tp *tap) session(ctx context.Context) error {
+	conn, ch, err := tp.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := ch.Qos(500, 0, false); err != nil {
+		return fmt.Errorf("tap qos: %w", err)
+	}
+	var pub *amqp.Channel
+	if tp.route != nil {
+		if pub, err = conn.Channel(); err != nil {
+			return fmt.Errorf("router channel: %w", err)
+		}
+		if err := pub.Confirm(false); err != nil {
+			return fmt.Errorf("router confirms: %w", err)
+		}
+	}
+	deliveries, err := ch.Consume(tp.queue, "", false, false, false, false, nil)
+	if err != nil {
+		return fmt.Errorf("consume tap: %w", err)
+	}
+	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	var batch []amqp.Delivery
+	flushAt := time.Now()
+	for {
+		var timer <-chan time.Time
+		if len(batch) > 0 {
+			timer = time.After(time.Until(flushAt))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case e := <-closed:
+			return fmt.Errorf("tap connection closed: %v", e)
+		case d, ok := <-deliveries:
+			if !ok {
+				return fmt.Errorf("tap deliveries ended")
+			}
+			tp.count(d)
+			if tp.route == nil {
+				if err := d.Ack(false); err != nil {
+					return fmt.Errorf("tap ack: %w", err)
+				}
+				continue
+			}
+			if len(batch) == 0 {
+				// Batches of 20–200 ms: events close in time, such as an
+				// order's created and reserved, trade places.
+				flushAt = time.Now().Add(time.Duration(20+rand.IntN(180)) * time.Millisecond)
+			}
+			batch = append(batch, d)
+		case <-timer:
+			if err := tp.forward(ctx, pub, batch); err != nil {
+				return err
+			}
+			batch = batch[:0]
+		}
+	}
+}
+
+func (tp *tap) count(d amqp.Delivery) {
+	if d.Redelivered {
+		// Our own redelivery after a lost tap connection, already counted.
+		return
+	}
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	tp.copies[d.MessageId]++
+	tp.keys[d.MessageId] = d.RoutingKey
+}
+
+// forward publishes two copies of each delivery of batch to each queue
+// its key was bound to, all in random order, waits for the confirms and
+// acks the batch.
+func (tp *tap) forward(ctx context.Context, pub *amqp.Channel, batch []amqp.Delivery) error {
+	type copyOf struct {
+		d     amqp.Delivery
+		queue string
+	}
+	var out []copyOf
+	for _, d := range batch {
+		for _, q := range tp.route[d.RoutingKey] {
+			out = append(out, copyOf{d, q}, copyOf{d, q})
+		}
+	}
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	var confirms []*amqp.DeferredConfirmation
+	for _, c := range out {
+		h := amqp.Table{}
+		for k, v := range c.d.Headers {
+			h[k] = v
+		}
+		h[eventbus.HeaderRoutingKey] = c.d.RoutingKey
+		dc, err := pub.PublishWithDeferredConfirmWithContext(ctx, "", c.queue, true, false, amqp.Publishing{
+			Headers: h, ContentType: c.d.ContentType, DeliveryMode: amqp.Persistent,
+			CorrelationId: c.d.CorrelationId, MessageId: c.d.MessageId, Timestamp: c.d.Timestamp,
+			Type: c.d.Type, AppId: c.d.AppId, Body: c.d.Body,
+		})
+		if err != nil {
+			return fmt.Errorf("route %s to %s: %w", c.d.MessageId, c.queue, err)
+		}
+		confirms = append(confirms, dc)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, dc := range confirms {
+		ok, err := dc.WaitContext(wctx)
+		if err != nil || !ok {
+			return fmt.Errorf("route confirm: ok=%v err=%v", ok, err)
+		}
+	}
+	tp.mu.Lock()
+	tp.routed += len(out)
+	tp.mu.Unlock()
+	return batch[len(batch)-1].Ack(true)
+}
+
+// wait returns once the tap stopped (after ctx ended).
+func (tp *tap) wait() { <-tp.done }
+
+// stats returns the number of distinct events, of copies published, of
+// copies routed to the given bindings, and the tap's errors.
+func (tp *tap) stats(bindings []binding) (events, copies int, perQueue map[string]int, errs []string) {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	perQueue = map[string]int{}
+	for id, n := range tp.copies {
+		events++
+		copies += n
+		for _, b := range bindings {
+			if b.key == tp.keys[id] {
+				perQueue[b.queue] += n
+			}
+		}
+	}
+	return events, copies, perQueue, append([]string(nil), tp.errs...)
+}
+
+// listBindings returns the bindings from the platform's exchange to its
+// service queues, read with rabbitmqctl.
+func listBindings(ctx context.Context, prefix string) ([]binding, error) {
+	out, err := infra.rabbit.Ctl(ctx, "list_bindings", "-q", "--no-table-headers", "source_name", "destination_name", "routing_key")
+	if err != nil {
+		return nil, err
+	}
+	exchange := eventbus.Config{Prefix: prefix}.ExchangeName()
+	var bs []binding
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 || f[0] != exchange || strings.HasSuffix(f[1], "faults.tap") {
+			continue
+		}
+		bs = append(bs, binding{queue: f[1], key: f[2]})
+	}
+	return bs, nil
+}
