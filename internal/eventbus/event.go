@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	eventbusv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/eventbus/v1"
 )
@@ -123,4 +124,18 @@ func Permanent(err error) error {
 func IsPermanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p)
+}
+
+// Decode returns the event m carries, decoded by its type from the types
+// linked into the program (the generated packages register themselves).
+func Decode(m Message) (proto.Message, error) {
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(m.Type))
+	if err != nil {
+		return nil, fmt.Errorf("decode %s %s: unknown type: %w", m.Type, m.ID, err)
+	}
+	ev := mt.New().Interface()
+	if err := proto.Unmarshal(m.Body, ev); err != nil {
+		return nil, fmt.Errorf("decode %s %s: %w", m.Type, m.ID, err)
+	}
+	return ev, nil
 }

@@ -138,6 +138,33 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+// Lister runs a query; *pgxpool.Pool, *pgx.Conn and pgx.Tx implement it.
+type Lister interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// Pending returns up to limit messages waiting in the outbox reached by
+// db's search_path, oldest first, without claiming them: for inspection
+// and tests.
+func Pending(ctx context.Context, db Lister, limit int) ([]eventbus.Message, error) {
+	rows, err := db.Query(ctx, `
+		SELECT id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
+		FROM outbox ORDER BY seq LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list outbox: %w", err)
+	}
+	msgs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (eventbus.Message, error) {
+		var m eventbus.Message
+		err := row.Scan(&m.ID, &m.Type, &m.RoutingKey, &m.Source, &m.CorrelationID, &m.Time, &m.TraceParent, &m.TraceState, &m.Body)
+		m.Time = m.Time.UTC()
+		return m, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list outbox: %w", err)
+	}
+	return msgs, nil
+}
+
 // Stats describes the outbox backlog.
 type Stats struct {
 	// Pending is the number of rows not yet confirmed by the broker,

@@ -13,8 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -83,30 +81,17 @@ func (f fixture) payment(t *testing.T, orderID string) payment.Payment {
 // outboxEvents decodes the events waiting in the outbox, oldest first.
 func outboxEvents(t *testing.T, pool *pgxpool.Pool) []proto.Message {
 	t.Helper()
-	rows, err := pool.Query(context.Background(), `SELECT type, body FROM outbox ORDER BY seq`)
+	msgs, err := outbox.Pending(context.Background(), pool, 1000)
 	if err != nil {
 		t.Fatalf("read outbox: %v", err)
 	}
-	defer rows.Close()
 	var out []proto.Message
-	for rows.Next() {
-		var typ string
-		var body []byte
-		if err := rows.Scan(&typ, &body); err != nil {
-			t.Fatalf("read outbox: %v", err)
-		}
-		mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(typ))
+	for _, m := range msgs {
+		ev, err := eventbus.Decode(m)
 		if err != nil {
-			t.Fatalf("outbox type %s: %v", typ, err)
+			t.Fatal(err)
 		}
-		m := mt.New().Interface()
-		if err := proto.Unmarshal(body, m); err != nil {
-			t.Fatalf("decode %s: %v", typ, err)
-		}
-		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatalf("read outbox: %v", err)
+		out = append(out, ev)
 	}
 	return out
 }
