@@ -48,12 +48,12 @@ func TestParse(t *testing.T) {
 		})
 	}
 	t.Run("addresses default from the environment", func(t *testing.T) {
-		env := map[string]string{"ORDERMESH_ADDR": "10.0.0.1:1", "ORDERMESH_HTTP_URL": "http://gw:9"}
+		env := map[string]string{"ORDERMESH_ADDR": "127.0.0.2:1", "ORDERMESH_HTTP_URL": "http://gw:9"}
 		o, err := parse([]string{"--concurrency", "1", "--count", "1"}, func(k string) string { return env[k] }, &bytes.Buffer{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if o.addr != "10.0.0.1:1" || o.httpURL != "http://gw:9" || o.inventoryAddr != "127.0.0.1:50052" {
+		if o.addr != "127.0.0.2:1" || o.httpURL != "http://gw:9" || o.inventoryAddr != "127.0.0.1:50052" {
 			t.Errorf("addresses %q %q %q", o.addr, o.httpURL, o.inventoryAddr)
 		}
 	})
