@@ -82,7 +82,7 @@ func TestMapError(t *testing.T) {
 		},
 		{
 			name:     "fixed message hides the cause",
-			err:      fmt.Errorf("create order: %w: dial tcp 10.1.2.3:5432: refused", errStoreDown),
+			err:      fmt.Errorf("create order: %w: dial tcp 127.0.0.9:5432: refused", errStoreDown),
 			wantCode: codes.Unavailable,
 			wantMsg:  "store unavailable",
 			wantLog:  true,
