@@ -40,8 +40,9 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 				case 9:
 					panic("unit 9 panics")
 				case 11:
-					// A failing statement aborts only this unit's savepoint.
-					_, err := tx.Exec(ctx, `INSERT INTO items VALUES (0)`)
+					// A failing statement (its own row again) aborts only
+					// this unit's savepoint.
+					_, err := tx.Exec(ctx, `INSERT INTO items VALUES ($1)`, i)
 					return err
 				}
 				return nil
