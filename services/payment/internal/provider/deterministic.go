@@ -40,7 +40,9 @@ const (
 // hash prefix), so the same key yields the same id in every process, also
 // after a restart. The record of charges, refunds and attempts lives in
 // memory only: a restarted provider has forgotten them, so it starts
-// counting TokenUnavailable attempts again (which still ends in success),
+// counting TokenUnavailable attempts again — a charge whose retries span a
+// restart fails up to UnavailableAttempts more times, which can use up the
+// bus's retry ladder and park the order.created in the dead-letter queue —
 // and it accepts a refund of a well-formed charge id it no longer
 // remembers. No money moves, so that is harmless.
 //
