@@ -270,20 +270,7 @@ func (q *DLQ) replayOne(ctx context.Context, s *dlqSession, d amqp.Delivery) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.cfg.ConfirmTimeout)
 	defer cancel()
-	dc, err := s.ch.PublishWithDeferredConfirmWithContext(ctx, "", q.cfg.QueueName(), false, false, amqp.Publishing{
-		Headers:         h,
-		ContentType:     d.ContentType,
-		ContentEncoding: d.ContentEncoding,
-		DeliveryMode:    amqp.Persistent,
-		Priority:        d.Priority,
-		CorrelationId:   d.CorrelationId,
-		ReplyTo:         d.ReplyTo,
-		MessageId:       d.MessageId,
-		Timestamp:       d.Timestamp,
-		Type:            d.Type,
-		AppId:           d.AppId,
-		Body:            d.Body,
-	})
+	dc, err := s.ch.PublishWithDeferredConfirmWithContext(ctx, "", q.cfg.QueueName(), false, false, copyOf(d, h))
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", d.MessageId, err)
 	}

@@ -428,13 +428,10 @@ func (s *Subscriber) deadLetter(ctx context.Context, d amqp.Delivery, cc *confir
 	}
 }
 
-// republish copies d to queue through the default exchange with headers h
-// and acks d once the copy is confirmed; if the copy fails d is requeued.
-// It reports whether d was moved.
-func (s *Subscriber) republish(ctx context.Context, d amqp.Delivery, cc *confirmChannel, queue string, h amqp.Table, labels Labels) bool {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConfirmTimeout)
-	defer cancel()
-	pub := amqp.Publishing{
+// copyOf is delivery d as a persistent message to publish again, with
+// headers h.
+func copyOf(d amqp.Delivery, h amqp.Table) amqp.Publishing {
+	return amqp.Publishing{
 		Headers:         h,
 		ContentType:     d.ContentType,
 		ContentEncoding: d.ContentEncoding,
@@ -448,6 +445,15 @@ func (s *Subscriber) republish(ctx context.Context, d amqp.Delivery, cc *confirm
 		AppId:           d.AppId,
 		Body:            d.Body,
 	}
+}
+
+// republish copies d to queue through the default exchange with headers h
+// and acks d once the copy is confirmed; if the copy fails d is requeued.
+// It reports whether d was moved.
+func (s *Subscriber) republish(ctx context.Context, d amqp.Delivery, cc *confirmChannel, queue string, h amqp.Table, labels Labels) bool {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConfirmTimeout)
+	defer cancel()
+	pub := copyOf(d, h)
 	err := cc.publish(ctx, []outgoing{{exchange: "", key: queue, msg: pub, labels: labels}})
 	if err != nil {
 		s.log.ErrorContext(ctx, "move message; requeueing", "message_id", d.MessageId, "queue", queue, "err", err)
