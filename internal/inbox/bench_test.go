@@ -23,6 +23,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/platformtest"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 )
 
@@ -43,7 +44,9 @@ func BenchmarkInboxConsume(b *testing.B) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg := eventbus.Config{URL: amqpURL, Prefix: "bench-" + hex.EncodeToString(id[:]) + ".", Service: "inbox", Prefetch: 200, Concurrency: 32}
 	pool, _ := postgrestest.NewSchema(b, ledger, outbox.Migrations, inbox.Migrations)
-	b.Cleanup(func() { deleteBenchTopology(b, amqpURL, cfg) })
+	b.Cleanup(func() {
+		platformtest.DeleteTopology(b, amqpURL, cfg.Prefix, []string{cfg.Service}, []time.Duration{time.Second, 10 * time.Second, time.Minute})
+	})
 
 	pub, err := eventbus.NewPublisher(cfg, log)
 	if err != nil {
@@ -171,36 +174,4 @@ func BenchmarkInboxConsume(b *testing.B) {
 	b.ReportMetric(rate(batched), "inbox-batched-msg/s")
 	b.ReportMetric(rate(single)/rate(raw), "inbox/raw")
 	b.ReportMetric(rate(batched)/rate(raw), "batched/raw")
-}
-
-func deleteBenchTopology(b *testing.B, url string, cfg eventbus.Config) {
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		b.Errorf("cleanup: %v", err)
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		b.Errorf("cleanup: %v", err)
-		return
-	}
-	defer ch.Close()
-	full, err := cfg.WithDefaults()
-	if err != nil {
-		b.Errorf("cleanup: %v", err)
-		return
-	}
-	names := []string{full.QueueName(), full.DLQName()}
-	for _, d := range full.RetryDelays {
-		names = append(names, full.RetryQueueName(d))
-	}
-	for _, q := range names {
-		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-			b.Errorf("delete %s: %v", q, err)
-		}
-	}
-	if err := ch.ExchangeDelete(full.ExchangeName(), false, false); err != nil {
-		b.Errorf("delete exchange: %v", err)
-	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +22,7 @@ import (
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/platformtest"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 )
@@ -510,30 +510,6 @@ func TestDrainPublishesEverything(t *testing.T) {
 	bk.waitFor(t, 5*time.Second, ids...)
 }
 
-// closeConnections closes this test's broker connections whose
-// client-provided name is name, and returns how many it closed.
-func closeConnections(tb testing.TB, name string) int {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "client_properties").CombinedOutput()
-	if err != nil {
-		tb.Fatalf("rabbitmqctl list_connections: %v\n%s", err, out)
-	}
-	closed := 0
-	for line := range strings.Lines(string(out)) {
-		if !strings.Contains(line, `{"connection_name","`+name+`"}`) {
-			continue
-		}
-		pid, _, _ := strings.Cut(line, "\t")
-		if out, err := exec.CommandContext(ctx, "rabbitmqctl", "close_connection", pid, "outbox test: simulated connection loss").CombinedOutput(); err != nil {
-			tb.Fatalf("rabbitmqctl close_connection: %v\n%s", err, out)
-		}
-		closed++
-	}
-	return closed
-}
-
 func TestRelaySurvivesBrokerConnectionLoss(t *testing.T) {
 	pool, _ := newOutbox(t)
 	bk := newBroker(t)
@@ -564,7 +540,7 @@ func TestRelaySurvivesBrokerConnectionLoss(t *testing.T) {
 	})
 	for range 2 {
 		time.Sleep(200 * time.Millisecond)
-		if n := closeConnections(t, bk.prefix+testService+".publisher"); n != 1 {
+		if n := platformtest.CloseConnections(t, bk.prefix+testService+".publisher"); n != 1 {
 			t.Errorf("closed %d publisher connections, want 1", n)
 		}
 	}

@@ -25,7 +25,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -525,40 +524,13 @@ func (p *Platform) dropDatabase() {
 // deleteTopology removes the exchange and every queue the services
 // declared under the platform's prefix.
 func (p *Platform) deleteTopology() {
-	conn, err := amqp.DialConfig(p.opts.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(10 * time.Second)})
-	if err != nil {
-		p.t.Errorf("delete topology %s: %v", p.Prefix, err)
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		p.t.Errorf("delete topology %s: %v", p.Prefix, err)
-		return
-	}
-	defer ch.Close()
 	var delays []time.Duration
 	for _, d := range strings.Split(p.opts.RetryDelays, ",") {
 		if v, err := time.ParseDuration(strings.TrimSpace(d)); err == nil {
 			delays = append(delays, v)
 		}
 	}
-	for _, s := range Services {
-		cfg := eventbus.Config{Prefix: p.Prefix, Service: s}
-		names := []string{cfg.QueueName(), cfg.DLQName()}
-		for _, d := range delays {
-			names = append(names, cfg.RetryQueueName(d))
-		}
-		for _, q := range names {
-			if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-				p.t.Errorf("delete queue %s: %v", q, err)
-				return
-			}
-		}
-	}
-	if err := ch.ExchangeDelete(eventbus.Config{Prefix: p.Prefix}.ExchangeName(), false, false); err != nil {
-		p.t.Errorf("delete exchange: %v", err)
-	}
+	DeleteTopology(p.t, p.opts.AMQPURL, p.Prefix, Services, delays)
 }
 
 func randomID(t testing.TB) string {

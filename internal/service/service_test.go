@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -46,7 +44,9 @@ func TestWorkerRuntime(t *testing.T) {
 	prefix, name := "svc-"+id+".", "worker"
 	schema := postgrestest.RandomSchema(t)
 	t.Cleanup(func() { postgrestest.DropSchema(t, schema) })
-	t.Cleanup(func() { deleteTopology(t, prefix, name) })
+	t.Cleanup(func() {
+		platformtest.DeleteTopology(t, platformtest.AMQPURL(), prefix, []string{name}, []time.Duration{100 * time.Millisecond})
+	})
 
 	adminAddr := freeAddr(t)
 	// The worker reaches the broker through a proxy the test can cut.
@@ -157,7 +157,7 @@ func TestWorkerRuntime(t *testing.T) {
 
 	// A broker that closes the connections (rabbitmqctl close_connection)
 	// is survived too: the worker comes back SERVING and handles events.
-	if n := closeConnections(t, prefix+name+"."); n == 0 {
+	if n := platformtest.CloseConnections(t, prefix+name+"."); n == 0 {
 		t.Fatal("found no broker connection of the worker to close")
 	}
 	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
@@ -211,50 +211,4 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-// closeConnections force-closes the broker connections whose client-given
-// name starts with prefix.
-func closeConnections(t *testing.T, prefix string) int {
-	t.Helper()
-	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties").Output()
-	if err != nil {
-		t.Fatalf("rabbitmqctl list_connections: %v", err)
-	}
-	n := 0
-	for line := range strings.Lines(string(out)) {
-		pid, props, ok := strings.Cut(strings.TrimSpace(line), "\t")
-		if !ok || !strings.Contains(props, `{"connection_name","`+prefix) {
-			continue
-		}
-		if out, err := exec.Command("rabbitmqctl", "-q", "close_connection", pid, "test").CombinedOutput(); err != nil {
-			t.Fatalf("rabbitmqctl close_connection: %v: %s", err, out)
-		}
-		n++
-	}
-	return n
-}
-
-func deleteTopology(t *testing.T, prefix, name string) {
-	conn, err := amqp.Dial(platformtest.AMQPURL())
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		return
-	}
-	defer ch.Close()
-	cfg := eventbus.Config{Prefix: prefix, Service: name}
-	for _, q := range []string{cfg.QueueName(), cfg.DLQName(), cfg.RetryQueueName(100 * time.Millisecond)} {
-		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-			t.Errorf("delete %s: %v", q, err)
-		}
-	}
-	if err := ch.ExchangeDelete(cfg.ExchangeName(), false, false); err != nil {
-		t.Errorf("delete exchange: %v", err)
-	}
 }
