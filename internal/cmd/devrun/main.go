@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -25,10 +24,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/ordermesh/ordermesh/internal/healthcheck"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 )
 
@@ -215,11 +212,13 @@ func waitServing(ctx context.Context, procs []process, httpAddr string, exited <
 	for _, p := range procs {
 		for {
 			var err error
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
 			if p.grpcAddr != "" {
-				err = grpcServing(ctx, p.grpcAddr)
+				err = healthcheck.GRPC(cctx, p.grpcAddr)
 			} else {
-				err = httpHealthy(ctx, "http://"+httpAddr+"/healthz")
+				err = healthcheck.HTTP(cctx, "http://"+httpAddr+"/healthz")
 			}
+			cancel()
 			if err == nil {
 				break
 			}
@@ -231,42 +230,6 @@ func waitServing(ctx context.Context, procs []process, httpAddr string, exited <
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
-	}
-	return nil
-}
-
-func grpcServing(ctx context.Context, addr string) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		return err
-	}
-	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		return fmt.Errorf("health is %s", resp.GetStatus())
-	}
-	return nil
-}
-
-func httpHealthy(ctx context.Context, u string) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s answered %s", u, resp.Status)
 	}
 	return nil
 }
