@@ -575,6 +575,9 @@ func TestHealthFollowsDatabase(t *testing.T) {
 	if c := status.Code(err); c != codes.Unavailable {
 		t.Errorf("GetOrder with the database down: %v, want Unavailable", err)
 	}
+	if code, b := e.do(t, http.MethodGet, "/v1/orders/"+uuid.NewString(), ""); code != http.StatusServiceUnavailable || bytes.Contains(b, []byte("5432")) {
+		t.Errorf("GET order over REST with the database down = %d %s, want 503 without driver details", code, b)
+	}
 
 	proxy.SetUp(true)
 	e.waitHealth(t, "", healthpb.HealthCheckResponse_SERVING)
