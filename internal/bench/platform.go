@@ -19,7 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -102,12 +101,9 @@ func StartPlatform(ctx context.Context, cfg PlatformConfig) (_ *Platform, err er
 		Prefix: "bench-" + cfg.ID + ".", Database: "bench_" + cfg.ID, AMQPURL: cfg.AMQPURL,
 		Procs: map[string]*Proc{}, binDir: cfg.BinDir, adminURL: cfg.AdminDatabaseURL, retryDelays: "1s,5s",
 	}
-	u, err := url.Parse(cfg.AdminDatabaseURL)
-	if err != nil {
-		return nil, fmt.Errorf("parse database url: %w", err)
+	if p.DatabaseURL, err = databaseURL(cfg.AdminDatabaseURL, p.Database); err != nil {
+		return nil, err
 	}
-	u.Path = "/" + p.Database
-	p.DatabaseURL = u.String()
 	if err := postgres.CreateDatabaseIfMissing(ctx, p.DatabaseURL); err != nil {
 		return nil, fmt.Errorf("create database %s: %w", p.Database, err)
 	}
@@ -267,7 +263,7 @@ func (p *Platform) Close() error {
 	if p.sink != nil {
 		_ = p.sink.Close()
 	}
-	if err := p.dropDatabase(); err != nil {
+	if err := dropDatabase(p.adminURL, p.Database); err != nil {
 		errs = append(errs, err)
 	}
 	if err := deleteTopology(p.AMQPURL, p.Prefix, Services, p.retryDelays); err != nil {
@@ -276,18 +272,14 @@ func (p *Platform) Close() error {
 	return errors.Join(errs...)
 }
 
-func (p *Platform) dropDatabase() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, p.adminURL)
+// databaseURL is adminURL with its database replaced by name.
+func databaseURL(adminURL, name string) (string, error) {
+	u, err := url.Parse(adminURL)
 	if err != nil {
-		return fmt.Errorf("drop database %s: %w", p.Database, err)
+		return "", fmt.Errorf("parse database url: %w", err)
 	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{p.Database}.Sanitize()+" WITH (FORCE)"); err != nil {
-		return fmt.Errorf("drop database %s: %w", p.Database, err)
-	}
-	return nil
+	u.Path = "/" + name
+	return u.String(), nil
 }
 
 // deleteTopology deletes the queues of services (service queue, DLQ,
@@ -299,21 +291,7 @@ func deleteTopology(amqpURL, prefix string, services []string, retryDelays strin
 		return fmt.Errorf("delete topology %s: %w", prefix, err)
 	}
 	defer conn.Close()
-	var delays []time.Duration
-	for _, d := range strings.Split(retryDelays, ",") {
-		if v, err := time.ParseDuration(strings.TrimSpace(d)); err == nil {
-			delays = append(delays, v)
-		}
-	}
-	var names []string
-	for _, s := range services {
-		cfg := eventbus.Config{Prefix: prefix, Service: s}
-		names = append(names, cfg.QueueName(), cfg.DLQName())
-		for _, d := range delays {
-			names = append(names, cfg.RetryQueueName(d))
-		}
-	}
-	for _, q := range names {
+	for _, q := range queueNames(prefix, services, retryDelays, true) {
 		// A failed delete closes the channel, so each gets its own.
 		ch, err := conn.Channel()
 		if err != nil {
@@ -331,6 +309,47 @@ func deleteTopology(amqpURL, prefix string, services []string, retryDelays strin
 		return fmt.Errorf("delete exchange: %w", err)
 	}
 	return nil
+}
+
+// queueNames returns the queues of services under prefix: each service
+// queue, its retry queues for the delays in retryDelays and, with dlq, its
+// dead-letter queue.
+func queueNames(prefix string, services []string, retryDelays string, dlq bool) []string {
+	var delays []time.Duration
+	for _, d := range strings.Split(retryDelays, ",") {
+		if v, err := time.ParseDuration(strings.TrimSpace(d)); err == nil {
+			delays = append(delays, v)
+		}
+	}
+	var names []string
+	for _, s := range services {
+		cfg := eventbus.Config{Prefix: prefix, Service: s}
+		names = append(names, cfg.QueueName())
+		if dlq {
+			names = append(names, cfg.DLQName())
+		}
+		for _, d := range delays {
+			names = append(names, cfg.RetryQueueName(d))
+		}
+	}
+	return names
+}
+
+// readyMessages is the number of messages ready for delivery in queue q
+// (a passive declare; messages delivered but not yet acknowledged are not
+// counted).
+func readyMessages(conn *amqp.Connection, q string) (int, error) {
+	// A failed passive declare closes its channel, so each gets its own.
+	ch, err := conn.Channel()
+	if err != nil {
+		return 0, fmt.Errorf("inspect queue %s: %w", q, err)
+	}
+	defer ch.Close()
+	st, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
+	if err != nil {
+		return 0, fmt.Errorf("inspect queue %s: %w", q, err)
+	}
+	return st.Messages, nil
 }
 
 // PeakRSS returns the process's peak resident set size in bytes (VmHWM).

@@ -27,6 +27,13 @@ func sampleResult() *Result {
 		CPU:      map[string]time.Duration{"order": 6 * time.Second, "inventory": 3 * time.Second},
 		RSS:      map[string]int64{"order": 50 << 20, "inventory": 30 << 20, "notification": 45 << 20, "create/order": 40 << 20},
 		Profiles: map[string]string{"order": "flat flat%"},
+		Relay: &RelayLag{
+			Duration: 10 * time.Second, PollInterval: 500 * time.Millisecond,
+			Relay: LagRun{Target: 1000, Rate: 998.6, Lag: loadgen.Latency{P50: 4.25, P95: 9.5, P99: 18.04, Max: 40},
+				ToPublish: loadgen.Latency{P50: 1.5, P99: 6}, Commit: loadgen.Latency{P99: 2.5},
+				Batches: 2000, MeanBatch: 5, MaxBatch: 31, Publish: loadgen.Latency{P50: 2, P99: 7.5}},
+			Raw: LagRun{Target: 1000, Rate: 999.1, Lag: loadgen.Latency{P50: 1.5, P95: 3, P99: 5.25, Max: 12}, Commit: loadgen.Latency{P99: 2}},
+		},
 	}
 }
 
@@ -71,6 +78,10 @@ func TestMarkdown(t *testing.T) {
 		"| end-to-end confirmed orders/s, everything on this machine | 322 | | | ≥ 1000 **not met** |",
 		"| create→confirmed p99 at half that rate (161 orders/s open loop) | 87.2 ms | | | |",
 		"- create, 8 clients: raw pgx 2000, 2500 tx/s; CreateOrder gRPC 1000, 900 orders/s",
+		"| outbox relay lag, commit → consumer, p99 at 1000 events/s (ms) | 18.0 (outbox Relay + eventbus Publisher) | 5.2 (amqp091-go publish right after commit) | | < 20 ms met |",
+		"| outbox Relay (1 worker, batches ≤ 100, LISTEN/NOTIFY, poll 500ms) + eventbus Publisher | 1000 / 999 | 4.2 / 9.5 / 18.0 / 40.0 | 1.5 / 6.0 | 2.5 |",
+		"| no relay: amqp091-go publish right after commit (confirm mode) | 1000 / 999 | 1.5 / 3.0 / 5.2 / 12.0 | 0.0 / 0.0 | 2.0 |",
+		"The relay made 2000 Publish calls (5.0 events each on average, at most 31); one call, send to last confirm, took p50 2.0 / p99 7.5 ms.",
 		"| order | 50.0 MiB | 40.0 MiB | 6.0 s | 1.00 ms |  |",
 		"| inventory | 30.0 MiB | — | 3.0 s | 0.50 ms | RSS < 40 MiB met |",
 		"| notification | 45.0 MiB | — | 0.0 s | 0.00 ms | RSS < 40 MiB **not met** |",
@@ -85,6 +96,38 @@ func TestMarkdown(t *testing.T) {
 		if strings.HasPrefix(line, "bench:") {
 			t.Errorf("report has a line starting with bench: (only the final line may): %q", line)
 		}
+	}
+}
+
+func TestMarkdownWithoutOptionalPhases(t *testing.T) {
+	r := sampleResult()
+	r.Relay = nil
+	md := Markdown(r, Machine{}, "make bench")
+	for _, absent := range []string{"outbox relay lag", "Outbox relay lag"} {
+		if strings.Contains(md, absent) {
+			t.Errorf("report without the relay phase and the drain has %q:\n%s", absent, md)
+		}
+	}
+}
+
+func TestRelayVerdict(t *testing.T) {
+	tests := []struct {
+		name      string
+		rate, p99 float64
+		want      string
+	}{
+		{"under the goal at the offered rate", 990, 19.9, "met"},
+		{"at the goal", 1000, 20, "**not met**"},
+		{"over the goal", 1000, 35, "**not met**"},
+		{"offered rate not reached", 900, 5, "**not met** (only 900 events/s committed)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := &RelayLag{Relay: LagRun{Target: 1000, Rate: tt.rate, Lag: loadgen.Latency{P99: tt.p99}}}
+			if got := l.Verdict(); got != tt.want {
+				t.Errorf("Verdict() = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }
 

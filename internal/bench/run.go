@@ -6,6 +6,8 @@
 //     "insert order + outbox row, commit" at the same concurrency;
 //   - REST through the gateway ÷ gRPC direct, same load;
 //   - eventbus Publisher+Subscriber ÷ raw amqp091-go, confirms and acks;
+//   - the outbox relay's lag (commit → consumer) at 1000 events/s, beside
+//     publishing right after commit;
 //   - end-to-end confirmed orders/s with every service running, and
 //     create→confirmed latency at half that rate;
 //   - peak RSS and CPU time of every process, and a CPU profile of each
@@ -37,6 +39,7 @@ import (
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/loadgen"
+	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 )
 
@@ -69,8 +72,13 @@ type Options struct {
 	// ProfileDuration is the CPU profile of each service under the
 	// end-to-end load (default 10s; negative: none).
 	ProfileDuration time.Duration
-	// Skip names phases not to run: "create", "bus", "e2e" (for working
-	// on the harness; the report then lacks their figures).
+	// RelayRate is the events/s the relay phase commits (default
+	// GoalRelayRate) and RelayDuration how long each of its runs lasts
+	// (default 10s).
+	RelayRate     float64
+	RelayDuration time.Duration
+	// Skip names phases not to run: "create", "bus", "relay", "e2e" (for
+	// working on the harness; the report then lacks their figures).
 	Skip map[string]bool
 }
 
@@ -92,6 +100,12 @@ func (o *Options) defaults() {
 	}
 	if o.ProfileDuration == 0 {
 		o.ProfileDuration = 10 * time.Second
+	}
+	if o.RelayRate <= 0 {
+		o.RelayRate = GoalRelayRate
+	}
+	if o.RelayDuration <= 0 {
+		o.RelayDuration = 10 * time.Second
 	}
 }
 
@@ -115,6 +129,10 @@ type Result struct {
 
 	BusRaw []float64
 	Bus    []float64
+
+	// Relay is the outbox relay's lag beside its ceiling; nil when the
+	// phase was skipped.
+	Relay *RelayLag
 
 	// E2E is the throughput run: E2EOrders placed by 50 clients as fast
 	// as they go, until the last is terminal.
@@ -215,9 +233,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
 		return nil, fmt.Errorf("make bin dir: %w", err)
 	}
-	logf("building the binaries")
-	if err := Build(ctx, o.Root, binDir); err != nil {
-		return nil, err
+	if !o.Skip["create"] || !o.Skip["e2e"] {
+		logf("building the binaries")
+		if err := Build(ctx, o.Root, binDir); err != nil {
+			return nil, err
+		}
 	}
 	id, err := randomID()
 	if err != nil {
@@ -230,6 +250,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Skip["bus"] {
 	} else if err := runBus(ctx, o, res, id+"b", logf); err != nil {
 		return res, fmt.Errorf("bus phase: %w", err)
+	}
+	if o.Skip["relay"] {
+	} else if err := runRelay(ctx, o, res, id+"r", logf); err != nil {
+		return res, fmt.Errorf("relay phase: %w", err)
 	}
 	if o.Skip["e2e"] {
 	} else if err := runE2E(ctx, o, res, binDir, id+"e", logf); err != nil {
@@ -430,6 +454,34 @@ func runBus(ctx context.Context, o Options, res *Result, id string, logf func(st
 		res.BusRaw, res.Bus = append(res.BusRaw, raw), append(res.Bus, bus)
 		logf("bus phase: round %d: raw amqp091-go %.0f msg/s, eventbus %.0f msg/s", round, raw, bus)
 	}
+	return nil
+}
+
+// runRelay measures the outbox relay's lag at RelayRate events/s, after a
+// short warm-up, and the ceiling of publishing right after commit.
+func runRelay(ctx context.Context, o Options, res *Result, id string, logf func(string, ...any)) (err error) {
+	logf("relay phase: %.0f events/s for %s, one transaction each", o.RelayRate, o.RelayDuration)
+	b, err := NewLagBench(ctx, o.AdminDatabaseURL, o.AMQPURL, id, o.Log)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, b.Close()) }()
+	lag := &RelayLag{Duration: o.RelayDuration, PollInterval: outbox.DefaultPollInterval}
+	if _, err := b.Relay(ctx, o.RelayRate, time.Second, lag.PollInterval); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	if lag.Relay, err = b.Relay(ctx, o.RelayRate, o.RelayDuration, lag.PollInterval); err != nil {
+		return fmt.Errorf("outbox relay: %w", err)
+	}
+	logf("relay phase: outbox relay: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms (commit → Publish call p50 %.1f / p99 %.1f ms; %d batches of %.1f on average; commit behind schedule p99 %.1f ms)",
+		lag.Relay.Rate, lag.Relay.Lag.P50, lag.Relay.Lag.P95, lag.Relay.Lag.P99, lag.Relay.Lag.Max,
+		lag.Relay.ToPublish.P50, lag.Relay.ToPublish.P99, lag.Relay.Batches, lag.Relay.MeanBatch, lag.Relay.Commit.P99)
+	if lag.Raw, err = b.Raw(ctx, o.RelayRate, o.RelayDuration); err != nil {
+		return fmt.Errorf("publish after commit: %w", err)
+	}
+	logf("relay phase: publish after commit: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms (commit behind schedule p99 %.1f ms)",
+		lag.Raw.Rate, lag.Raw.Lag.P50, lag.Raw.Lag.P95, lag.Raw.Lag.P99, lag.Raw.Lag.Max, lag.Raw.Commit.P99)
+	res.Relay = lag
 	return nil
 }
 

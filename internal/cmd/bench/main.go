@@ -41,7 +41,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	doc := fs.String("doc", "docs/benchmarks.md", "document to write the report into (empty: none)")
 	profiles := fs.String("profiles", "", "keep the binaries and CPU profiles in this directory (default: a temporary one, removed)")
 	quick := fs.Bool("quick", false, "short trials, for checking the harness (figures are not meaningful)")
-	skip := fs.String("skip", "", "comma-separated phases to skip: create, bus, e2e (for working on the harness)")
+	skip := fs.String("skip", "", "comma-separated phases to skip: create, bus, relay, e2e (for working on the harness)")
 	command := fs.String("command", "make bench", "command recorded in the report")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -71,8 +71,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ProgressTTY:      isTerminal(stderr),
 	}
 	if *quick {
-		opts.Trial, opts.Rounds, opts.BusMessages, opts.E2EOrders, opts.HalfRateDuration, opts.ProfileDuration =
-			2*time.Second, 1, 2000, 500, 5*time.Second, 2*time.Second
+		opts.Trial, opts.Rounds, opts.BusMessages, opts.E2EOrders, opts.HalfRateDuration, opts.ProfileDuration, opts.RelayDuration =
+			2*time.Second, 1, 2000, 500, 5*time.Second, 2*time.Second, 3*time.Second
 	}
 	if *skip != "" {
 		opts.Skip = map[string]bool{}

@@ -1,0 +1,500 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/loadgen"
+	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+)
+
+// Shapes of the relay-lag benchmark.
+const (
+	// lagWriters commit the paced events; enough that a slow commit
+	// delays no other event's commit.
+	lagWriters = 16
+	// lagSchema holds the outbox the writers fill and the relay drains.
+	lagSchema = "relaybench"
+	// lagPrefetch lets the consumer take deliveries as fast as they come.
+	lagPrefetch = 1000
+	// lagReceiveTimeout bounds the wait for the last events after the
+	// last commit.
+	lagReceiveTimeout = 30 * time.Second
+)
+
+// LagRun is one relay-lag run: events committed one per transaction at a
+// fixed rate, and for each the time from its commit to its delivery to a
+// consumer.
+type LagRun struct {
+	// Target is the offered rate (events/s); Rate the achieved one:
+	// events committed ÷ (last commit − first due time).
+	Target float64
+	Rate   float64
+	// Lag is commit returned (writer) → delivery read (consumer).
+	Lag loadgen.Latency
+	// ToPublish is commit returned → the event's first Publish call
+	// began (the relay's wake-up, claim and wait for earlier batches).
+	ToPublish loadgen.Latency
+	// Commit is due time → commit returned: how far the writers fell
+	// behind the schedule.
+	Commit loadgen.Latency
+	// Early counts deliveries read before the writer's Commit had
+	// returned (lag counted as 0).
+	Early int
+	// Batches is how many Publish calls the relay made, MeanBatch and
+	// MaxBatch their sizes and Publish their duration (send and
+	// confirms); zero for the ceiling.
+	Batches   int
+	MeanBatch float64
+	MaxBatch  int
+	Publish   loadgen.Latency
+}
+
+// RelayLag is the relay phase's result.
+type RelayLag struct {
+	// Relay is the outbox Relay publishing through eventbus; Raw the
+	// ceiling: each writer publishes its event with amqp091-go right
+	// after its commit, on one confirm-mode channel, and no relay runs.
+	Relay, Raw LagRun
+	// Duration is the length of each run.
+	Duration time.Duration
+	// PollInterval is the relay's poll interval (its fallback when no
+	// notification wakes it).
+	PollInterval time.Duration
+}
+
+// LagBench measures the outbox relay's lag in a database of its own: a
+// schema with the outbox table (and its NOTIFY trigger), a quorum queue
+// bound to order.created on an exchange under its own prefix, and a
+// consumer reading that queue.
+type LagBench struct {
+	adminURL string
+	database string
+	dbURL    string
+	cfg      eventbus.Config
+	queue    string
+	pool     *pgxpool.Pool
+	conn     *amqp.Connection
+	log      *slog.Logger
+}
+
+// NewLagBench creates the database bench_<id> with the outbox schema and
+// the topology under "bench-<id>."; Close removes them.
+func NewLagBench(ctx context.Context, adminURL, amqpURL, id string, log io.Writer) (_ *LagBench, err error) {
+	b := &LagBench{
+		adminURL: adminURL, database: "bench_" + id,
+		cfg: eventbus.Config{URL: amqpURL, Prefix: "bench-" + id + ".", Service: "order"},
+		log: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	b.queue = b.cfg.Prefix + "bench.relaylag"
+	if b.dbURL, err = databaseURL(adminURL, b.database); err != nil {
+		return nil, err
+	}
+	if err := postgres.CreateDatabaseIfMissing(ctx, b.dbURL); err != nil {
+		return nil, fmt.Errorf("create database %s: %w", b.database, err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, b.Close())
+		}
+	}()
+	b.pool, err = postgres.Open(ctx, b.dbURL, lagSchema, postgres.WithMaxConns(lagWriters), postgres.WithMinConns(lagWriters),
+		postgres.WithApplicationName("ordermesh-bench-writer"))
+	if err != nil {
+		return nil, err
+	}
+	if err := postgres.Migrate(ctx, b.pool, lagSchema, outbox.Migrations); err != nil {
+		return nil, fmt.Errorf("migrate %s: %w", lagSchema, err)
+	}
+	if b.conn, err = amqp.DialConfig(amqpURL, amqp.Config{Properties: amqp.Table{"connection_name": b.cfg.Prefix + "relaylag"}}); err != nil {
+		return nil, fmt.Errorf("dial broker: %w", err)
+	}
+	ch, err := b.conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	// The exchange as eventbus declares it, so the publisher's own
+	// declaration agrees.
+	if err := ch.ExchangeDeclare(b.cfg.ExchangeName(), amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+		return nil, fmt.Errorf("declare exchange: %w", err)
+	}
+	if _, err := ch.QueueDeclare(b.queue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum}); err != nil {
+		return nil, fmt.Errorf("declare %s: %w", b.queue, err)
+	}
+	if err := ch.QueueBind(b.queue, "order.created", b.cfg.ExchangeName(), false, nil); err != nil {
+		return nil, fmt.Errorf("bind %s: %w", b.queue, err)
+	}
+	return b, nil
+}
+
+// Close deletes the queue and the exchange and drops the database; it
+// does all of it even when a step fails.
+func (b *LagBench) Close() error {
+	var errs []error
+	if b.pool != nil {
+		b.pool.Close()
+	}
+	if b.conn != nil {
+		if ch, err := b.conn.Channel(); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", b.queue, err))
+		} else {
+			if _, err := ch.QueueDelete(b.queue, false, false, false); err != nil {
+				errs = append(errs, fmt.Errorf("delete %s: %w", b.queue, err))
+			} else if err := ch.ExchangeDelete(b.cfg.ExchangeName(), false, false); err != nil {
+				errs = append(errs, fmt.Errorf("delete exchange: %w", err))
+			}
+			_ = ch.Close()
+		}
+		_ = b.conn.Close()
+	}
+	if err := dropDatabase(b.adminURL, b.database); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Relay runs the outbox Relay as the services configure it (one worker,
+// batches of up to outbox.DefaultBatchSize, LISTEN/NOTIFY wake-ups and a
+// poll every pollInterval) with an eventbus Publisher, while the writers
+// commit rate events/s for d, and returns the lag of each event. Starting
+// the relay and the publisher is not timed.
+func (b *LagBench) Relay(ctx context.Context, rate float64, d, pollInterval time.Duration) (LagRun, error) {
+	t, err := newLagTrack(rate, d)
+	if err != nil {
+		return LagRun{}, err
+	}
+	pub, err := eventbus.NewPublisher(b.cfg, b.log)
+	if err != nil {
+		return LagRun{}, fmt.Errorf("new publisher: %w", err)
+	}
+	defer pub.Close()
+	relayPool, err := postgres.Open(ctx, b.dbURL, lagSchema, postgres.WithApplicationName("ordermesh-bench-relay"))
+	if err != nil {
+		return LagRun{}, err
+	}
+	defer relayPool.Close()
+	relay := outbox.NewRelay(relayPool, trackingPublisher{pub: pub, t: t},
+		outbox.Config{PollInterval: pollInterval, Name: "ordermesh-bench-relay", Logger: b.log})
+
+	upCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := pub.WaitUp(upCtx); err != nil {
+		return LagRun{}, fmt.Errorf("publisher up: %w", err)
+	}
+	relayCtx, stopRelay := context.WithCancel(ctx)
+	relayDone := make(chan error, 1)
+	go func() { relayDone <- relay.Run(relayCtx) }()
+	defer func() {
+		stopRelay()
+		<-relayDone
+	}()
+	for !relay.Listening() {
+		select {
+		case <-upCtx.Done():
+			return LagRun{}, fmt.Errorf("relay not listening: %w", upCtx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return b.run(ctx, t, nil)
+}
+
+// Raw is the ceiling: no relay; each writer publishes its event on one
+// shared confirm-mode amqp091-go channel right after its commit returns
+// (the confirm is awaited off the writer's path). Rows it leaves in the
+// outbox are deleted afterwards.
+func (b *LagBench) Raw(ctx context.Context, rate float64, d time.Duration) (_ LagRun, err error) {
+	t, err := newLagTrack(rate, d)
+	if err != nil {
+		return LagRun{}, err
+	}
+	ch, err := b.conn.Channel()
+	if err != nil {
+		return LagRun{}, fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	if err := ch.Confirm(false); err != nil {
+		return LagRun{}, fmt.Errorf("confirm mode: %w", err)
+	}
+	defer func() {
+		if _, derr := b.pool.Exec(context.WithoutCancel(ctx), "DELETE FROM outbox"); derr != nil {
+			err = errors.Join(err, fmt.Errorf("empty the outbox: %w", derr))
+		}
+	}()
+	var mu sync.Mutex
+	var confirms []*amqp.DeferredConfirmation
+	run, err := b.run(ctx, t, func(ctx context.Context, i int) error {
+		m := t.msgs[i]
+		t.published[i] = time.Now()
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, b.cfg.ExchangeName(), m.RoutingKey, true, false, rawPublishing(m))
+		if err != nil {
+			return fmt.Errorf("raw publish: %w", err)
+		}
+		mu.Lock()
+		confirms = append(confirms, dc)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return run, err
+	}
+	for _, dc := range confirms {
+		ok, err := dc.WaitContext(ctx)
+		if err != nil {
+			return run, fmt.Errorf("raw confirm: %w", err)
+		}
+		if !ok {
+			return run, errors.New("raw publish nacked")
+		}
+	}
+	return run, nil
+}
+
+// lagTrack holds one run's events and, for each, when it was due, when
+// its commit returned, when it was first handed to a Publish call and
+// when the consumer read it.
+type lagTrack struct {
+	rate  float64
+	msgs  []eventbus.Message
+	index map[string]int
+	// Each slot of due, committed and received is written by one
+	// goroutine only (the pacer, the writer that had the event, the
+	// consumer) and read after all of them have finished.
+	due, committed, received []time.Time
+
+	// mu guards the relay's Publish calls and its writes of published
+	// (relay workers may publish concurrently); without a relay each
+	// writer sets its own events' slots.
+	mu        sync.Mutex
+	published []time.Time
+	sizes     []int
+	calls     []time.Duration
+}
+
+func newLagTrack(rate float64, d time.Duration) (*lagTrack, error) {
+	n := max(int(rate*d.Seconds()), 1)
+	t := &lagTrack{rate: rate, msgs: make([]eventbus.Message, n), index: make(map[string]int, n),
+		due: make([]time.Time, n), committed: make([]time.Time, n), received: make([]time.Time, n), published: make([]time.Time, n)}
+	for i := range t.msgs {
+		m, err := orderCreated()
+		if err != nil {
+			return nil, err
+		}
+		t.msgs[i] = m
+		t.index[m.ID] = i
+	}
+	return t, nil
+}
+
+// trackingPublisher records, for the lag's breakdown, when each event was
+// first handed to the publisher and how long each Publish call took. It
+// passes the call and its error through unchanged.
+type trackingPublisher struct {
+	pub outbox.Publisher
+	t   *lagTrack
+}
+
+var _ outbox.Publisher = trackingPublisher{}
+
+func (p trackingPublisher) Publish(ctx context.Context, msgs ...eventbus.Message) error {
+	start := time.Now()
+	p.t.mu.Lock()
+	for _, m := range msgs {
+		if i, ok := p.t.index[m.ID]; ok && p.t.published[i].IsZero() {
+			p.t.published[i] = start
+		}
+	}
+	p.t.mu.Unlock()
+	err := p.pub.Publish(ctx, msgs...)
+	d := time.Since(start)
+	p.t.mu.Lock()
+	p.t.sizes = append(p.t.sizes, len(msgs))
+	p.t.calls = append(p.t.calls, d)
+	p.t.mu.Unlock()
+	return err
+}
+
+// run commits t's events at t.rate, each in its own transaction (one
+// outbox row, as a CreateOrder writes), paced by schedule: event i is due
+// at start + i/rate and handed to the first free writer, so a slow commit
+// delays no later event's turn. after, when set, runs on the writer right
+// after each commit. A consumer reads the queue meanwhile; run returns once
+// every event was delivered, or fails after lagReceiveTimeout.
+func (b *LagBench) run(ctx context.Context, t *lagTrack, after func(context.Context, int) error) (LagRun, error) {
+	n := len(t.msgs)
+	cch, err := b.conn.Channel()
+	if err != nil {
+		return LagRun{}, fmt.Errorf("open channel: %w", err)
+	}
+	defer cch.Close()
+	if err := cch.Qos(lagPrefetch, 0, false); err != nil {
+		return LagRun{}, fmt.Errorf("qos: %w", err)
+	}
+	deliveries, err := cch.Consume(b.queue, "", false, false, false, false, nil)
+	if err != nil {
+		return LagRun{}, fmt.Errorf("consume: %w", err)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	writersDone := make(chan struct{})
+	g.Go(func() error {
+		var timeout <-chan time.Time
+		finished := writersDone
+		got := 0
+		for got < n {
+			select {
+			case <-gctx.Done():
+				return gctx.Err()
+			case <-finished:
+				finished = nil
+				timeout = time.After(lagReceiveTimeout)
+			case <-timeout:
+				return fmt.Errorf("consumer: %d of %d events delivered %v after the last commit", got, n, lagReceiveTimeout)
+			case dl, ok := <-deliveries:
+				if !ok {
+					return errors.New("consumer: channel closed")
+				}
+				now := time.Now()
+				// Events of an earlier run, and second deliveries
+				// (publishing is at-least-once), are not counted.
+				if i, ok := t.index[dl.MessageId]; ok && t.received[i].IsZero() {
+					t.received[i] = now
+					got++
+				}
+				if err := dl.Ack(false); err != nil {
+					return fmt.Errorf("consumer: ack: %w", err)
+				}
+			}
+		}
+		return nil
+	})
+
+	jobs := make(chan int, n)
+	start := time.Now()
+	pacer := loadgen.NewPacer(start, t.rate)
+	// The writers run in their own group, so the first failure stops the
+	// others and the pacer, and the pacer's goroutine reports it.
+	wg, wctx := errgroup.WithContext(gctx)
+	for range lagWriters {
+		wg.Go(func() error {
+			for i := range jobs {
+				if err := b.commit(wctx, t.msgs[i]); err != nil {
+					return fmt.Errorf("writer: %w", err)
+				}
+				t.committed[i] = time.Now()
+				if after != nil {
+					if err := after(wctx, i); err != nil {
+						return fmt.Errorf("writer: %w", err)
+					}
+				}
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		defer close(writersDone)
+	pace:
+		for i := range n {
+			t.due[i] = pacer.Due(i)
+			if wait := time.Until(t.due[i]); wait > 0 {
+				select {
+				case <-wctx.Done():
+					break pace
+				case <-time.After(wait):
+				}
+			}
+			jobs <- i
+		}
+		close(jobs)
+		return wg.Wait()
+	})
+	if err := g.Wait(); err != nil {
+		return LagRun{}, err
+	}
+	return t.summary(start), nil
+}
+
+// summary computes the run's figures once every goroutine has finished.
+func (t *lagTrack) summary(start time.Time) LagRun {
+	n := len(t.msgs)
+	out := LagRun{Target: t.rate}
+	lags := make([]time.Duration, 0, n)
+	toPublish := make([]time.Duration, 0, n)
+	commits := make([]time.Duration, 0, n)
+	last := start
+	for i := range n {
+		lag := t.received[i].Sub(t.committed[i])
+		if lag < 0 {
+			out.Early++
+			lag = 0
+		}
+		lags = append(lags, lag)
+		if !t.published[i].IsZero() {
+			toPublish = append(toPublish, max(t.published[i].Sub(t.committed[i]), 0))
+		}
+		commits = append(commits, t.committed[i].Sub(t.due[i]))
+		if t.committed[i].After(last) {
+			last = t.committed[i]
+		}
+	}
+	out.Lag, out.ToPublish, out.Commit = loadgen.Summarize(lags), loadgen.Summarize(toPublish), loadgen.Summarize(commits)
+	out.Rate = float64(n) / last.Sub(start).Seconds()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out.Batches = len(t.sizes)
+	total := 0
+	for _, s := range t.sizes {
+		total += s
+		out.MaxBatch = max(out.MaxBatch, s)
+	}
+	if out.Batches > 0 {
+		out.MeanBatch = float64(total) / float64(out.Batches)
+	}
+	out.Publish = loadgen.Summarize(slices.Clone(t.calls))
+	return out
+}
+
+// commit writes m to the outbox in a transaction of its own.
+func (b *LagBench) commit(ctx context.Context, m eventbus.Message) error {
+	return postgres.WithTx(ctx, b.pool, func(tx pgx.Tx) error {
+		return outbox.Add(ctx, tx, m)
+	})
+}
+
+// rawPublishing is m as eventbus publishes it.
+func rawPublishing(m eventbus.Message) amqp.Publishing {
+	return amqp.Publishing{
+		Headers: amqp.Table{eventbus.HeaderSpecVersion: "1.0"}, ContentType: eventbus.ContentType,
+		DeliveryMode: amqp.Persistent, CorrelationId: m.CorrelationID, MessageId: m.ID,
+		Timestamp: m.Time.UTC(), Type: m.Type, AppId: m.Source, Body: m.Body,
+	}
+}
+
+// dropDatabase drops database name, reached through adminURL, with any
+// connections still open to it.
+func dropDatabase(adminURL, name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return fmt.Errorf("drop database %s: %w", name, err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("drop database %s: %w", name, err)
+	}
+	return nil
+}
