@@ -1,0 +1,130 @@
+package postgres
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+)
+
+// Batcher gathers concurrent calls into batches, so that under load one
+// piece of work (typically one transaction and its commit) serves many
+// callers.
+//
+// Items are spread over lanes by a key; each lane has at most one batch in
+// flight. A call of Do joins its lane's queue. When the lane has no batch
+// in flight the call leads: it hands every queued item (up to the batch
+// size) to the flush function, and when flush returns hands the lead to
+// the first call that queued meanwhile. Alone, a call flushes at once;
+// under load a batch carries what arrived while the previous one was in
+// flight. Nothing runs in the background: leaders are callers.
+//
+// Items that touch the same rows should share a key (or use one lane),
+// so that two lanes never wait for each other.
+type Batcher[T any] struct {
+	max   int
+	flush func(ctx context.Context, items []T)
+	lanes []*batchLane[T]
+
+	batches, items atomic.Int64
+}
+
+// batchLane is one queue of a Batcher with at most one batch in flight.
+type batchLane[T any] struct {
+	mu      sync.Mutex
+	queue   []*batchCall[T]
+	leading bool
+}
+
+type batchCall[T any] struct {
+	item T
+	done chan struct{}
+	lead chan struct{}
+}
+
+// NewBatcher returns a Batcher with lanes lanes (at least 1) handing at
+// most batch items (at least 1) at a time to flush. flush must deal with
+// every item it gets, reporting results through the items themselves (T
+// is typically a pointer), and must not retain the slice. It gets a
+// context that does not follow any caller's: a batch belongs to all its
+// callers, so flush should bound its own work.
+func NewBatcher[T any](batch, lanes int, flush func(ctx context.Context, items []T)) *Batcher[T] {
+	b := &Batcher[T]{max: max(batch, 1), flush: flush, lanes: make([]*batchLane[T], max(lanes, 1))}
+	for i := range b.lanes {
+		b.lanes[i] = &batchLane[T]{}
+	}
+	return b
+}
+
+// Do hands item to a flush shared with concurrent calls of the same lane
+// (chosen by key) and returns once that flush returned. It returns ctx's
+// error, without flushing item, if ctx has ended before the call; once
+// item is queued, Do waits for its flush even when ctx ends, because the
+// batch belongs to all its callers.
+func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	l := b.lanes[laneOf(key, len(b.lanes))]
+	c := &batchCall[T]{item: item, done: make(chan struct{}), lead: make(chan struct{})}
+	l.mu.Lock()
+	l.queue = append(l.queue, c)
+	if l.leading {
+		l.mu.Unlock()
+		select {
+		case <-c.done:
+			return nil
+		case <-c.lead:
+		}
+		l.mu.Lock()
+	}
+	l.leading = true
+	n := min(len(l.queue), b.max)
+	batch := l.queue[:n:n]
+	l.queue = l.queue[n:]
+	l.mu.Unlock()
+
+	b.run(context.WithoutCancel(ctx), batch)
+
+	l.mu.Lock()
+	if len(l.queue) > 0 {
+		close(l.queue[0].lead)
+	} else {
+		l.leading = false
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+func (b *Batcher[T]) run(ctx context.Context, batch []*batchCall[T]) {
+	defer func() {
+		for _, c := range batch {
+			close(c.done)
+		}
+	}()
+	b.batches.Add(1)
+	b.items.Add(int64(len(batch)))
+	items := make([]T, len(batch))
+	for i, c := range batch {
+		items[i] = c.item
+	}
+	b.flush(ctx, items)
+}
+
+// Stats returns how many batches were flushed and how many items they
+// carried.
+func (b *Batcher[T]) Stats() (batches, items int64) {
+	return b.batches.Load(), b.items.Load()
+}
+
+// laneOf maps a key to one of n lanes (FNV-1a).
+func laneOf(key string, n int) int {
+	if n == 1 {
+		return 0
+	}
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}

@@ -1,0 +1,96 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ordermesh/ordermesh/internal/postgres"
+)
+
+func TestBatcherGathersConcurrentCallsAndFlushesEachOnce(t *testing.T) {
+	var inFlight, overlap atomic.Int32
+	flushed := make(map[int]int)
+	var mu sync.Mutex
+	b := postgres.NewBatcher(16, 1, func(_ context.Context, items []*int) {
+		if inFlight.Add(1) > 1 {
+			overlap.Add(1)
+		}
+		defer inFlight.Add(-1)
+		time.Sleep(2 * time.Millisecond) // a commit, as far as the callers can tell
+		mu.Lock()
+		defer mu.Unlock()
+		for _, it := range items {
+			flushed[*it]++
+			*it = -*it // the result, read by the caller after Do
+		}
+	})
+	const calls = 200
+	results := make([]int, calls)
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v := i + 1
+			if err := b.Do(context.Background(), "one lane", &v); err != nil {
+				t.Errorf("Do(%d) = %v", i, err)
+			}
+			results[i] = v
+		}()
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r != -(i+1) || flushed[i+1] != 1 {
+			t.Errorf("item %d: result %d flushed %d times, want result %d flushed once", i+1, r, flushed[i+1], -(i + 1))
+		}
+	}
+	batches, items := b.Stats()
+	if items != calls || batches >= calls {
+		t.Errorf("Stats = %d batches, %d items; want %d items in fewer batches", batches, items, calls)
+	}
+	if overlap.Load() != 0 {
+		t.Errorf("%d flushes overlapped in one lane", overlap.Load())
+	}
+	t.Logf("%d calls in %d batches", items, batches)
+}
+
+func TestBatcherRunsLanesInParallel(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan string, 2)
+	b := postgres.NewBatcher(8, 64, func(_ context.Context, items []string) {
+		started <- items[0]
+		<-release
+	})
+	// "a" and "b" hash to different lanes of 64.
+	var wg sync.WaitGroup
+	for _, key := range []string{"a", "b"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = b.Do(context.Background(), key, key)
+		}()
+	}
+	timeout := time.After(5 * time.Second)
+	for range 2 {
+		select {
+		case <-started:
+		case <-timeout:
+			t.Fatal("the second lane's flush did not start while the first was in flight")
+		}
+	}
+	close(release)
+	wg.Wait()
+}
+
+func TestBatcherDoesNotFlushForAnEndedContext(t *testing.T) {
+	b := postgres.NewBatcher(8, 1, func(context.Context, []int) { t.Error("flushed an item whose context had ended") })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := b.Do(ctx, "k", 1); !errors.Is(err, context.Canceled) {
+		t.Errorf("Do = %v, want context.Canceled", err)
+	}
+}
