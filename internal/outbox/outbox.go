@@ -49,6 +49,36 @@ func Add(ctx context.Context, tx pgx.Tx, msgs ...eventbus.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	sql, args, err := insert(msgs)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		return fmt.Errorf("insert outbox messages: %w", err)
+	}
+	return nil
+}
+
+// Queue queues the insert of msgs on b, to be sent with other statements
+// in one round trip (tx.SendBatch); like Add, the batch must be sent on
+// the transaction of the state change the messages announce. An error
+// is returned for an invalid message; the insert's own error comes with
+// the batch's results.
+func Queue(b *pgx.Batch, msgs ...eventbus.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	sql, args, err := insert(msgs)
+	if err != nil {
+		return err
+	}
+	b.Queue(sql, args...)
+	return nil
+}
+
+// insert returns the statement writing msgs: one statement for them all,
+// so one round trip and one notification.
+func insert(msgs []eventbus.Message) (string, []any, error) {
 	cols := struct {
 		id, typ, key, source, corr, parent, state []string
 		at                                        []time.Time
@@ -56,7 +86,7 @@ func Add(ctx context.Context, tx pgx.Tx, msgs ...eventbus.Message) error {
 	}{}
 	for i, m := range msgs {
 		if err := validate(m); err != nil {
-			return fmt.Errorf("add outbox message %d: %w", i, err)
+			return "", nil, fmt.Errorf("add outbox message %d: %w", i, err)
 		}
 		at := m.Time
 		if at.IsZero() {
@@ -77,19 +107,14 @@ func Add(ctx context.Context, tx pgx.Tx, msgs ...eventbus.Message) error {
 		cols.at = append(cols.at, at)
 		cols.body = append(cols.body, body)
 	}
-	// One statement for the whole batch: one round trip, one notification.
 	// WITH ORDINALITY keeps seq in the order the caller gave.
-	_, err := tx.Exec(ctx, `
+	return `
 		INSERT INTO outbox (id, type, routing_key, source, correlation_id, trace_parent, trace_state, event_time, body)
 		SELECT id, type, routing_key, source, correlation_id, trace_parent, trace_state, event_time, body
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::bytea[])
 			WITH ORDINALITY AS m(id, type, routing_key, source, correlation_id, trace_parent, trace_state, event_time, body, n)
 		ORDER BY n`,
-		cols.id, cols.typ, cols.key, cols.source, cols.corr, cols.parent, cols.state, cols.at, cols.body)
-	if err != nil {
-		return fmt.Errorf("insert outbox messages: %w", err)
-	}
-	return nil
+		[]any{cols.id, cols.typ, cols.key, cols.source, cols.corr, cols.parent, cols.state, cols.at, cols.body}, nil
 }
 
 // AddEvents encodes events with eventbus.NewMessage (new ids, the current

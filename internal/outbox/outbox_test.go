@@ -202,6 +202,39 @@ func TestAddStoresEverythingInOrder(t *testing.T) {
 	}
 }
 
+func TestQueueWritesWithTheBatchAndRejectsIncompleteMessages(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	bad := event(t, 3)
+	bad.RoutingKey = ""
+	if err := outbox.Queue(&pgx.Batch{}, event(t, 1), bad); err == nil || !strings.Contains(err.Error(), "missing routing key") {
+		t.Fatalf("Queue with an incomplete message = %v, want an error naming it", err)
+	}
+	a, b := event(t, 1), event(t, 2)
+	err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+		batch := &pgx.Batch{}
+		batch.Queue(`SELECT 1`)
+		if err := outbox.Queue(batch, a, b); err != nil {
+			return err
+		}
+		return tx.SendBatch(ctx, batch).Close()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, `SELECT id FROM outbox ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{a.ID, b.ID}, ids); diff != "" {
+		t.Errorf("outbox ids (-want +got):\n%s", diff)
+	}
+}
+
 func TestReadStatsAndEmpty(t *testing.T) {
 	ctx := context.Background()
 	pool, _ := newOutbox(t)
