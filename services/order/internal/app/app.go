@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
@@ -55,16 +56,17 @@ type App struct {
 	log     *slog.Logger
 	now     func() time.Time
 	// creates group-commits concurrent Create calls.
-	creates *postgres.GroupCommit
+	creates *postgres.Batcher[*createCall]
 }
 
 // New returns an App storing orders in pool and watching changes with w.
 func New(pool *pgxpool.Pool, w *store.Watcher, log *slog.Logger) *App {
-	return &App{
+	a := &App{
 		pool: pool, watcher: w, log: log,
-		now:     func() time.Time { return time.Now().UTC() },
-		creates: postgres.NewGroupCommit(pool, createBatch, createLanes, createBatchTimeout),
+		now: func() time.Time { return time.Now().UTC() },
 	}
+	a.creates = postgres.NewBatcher(createBatch, createLanes, a.insertBatch)
+	return a
 }
 
 // Create places the order req asks for, or returns the order a previous
@@ -81,27 +83,103 @@ func (a *App) Create(ctx context.Context, req order.Request) (order.Order, error
 	if err != nil {
 		return order.Order{}, err
 	}
-	var result order.Order
-	err = a.creates.Do(ctx, req.RequestID, func(ctx context.Context, tx pgx.Tx) error {
-		inserted, err := store.Insert(ctx, tx, o)
-		if err != nil {
-			return err
-		}
-		if !inserted {
-			prev, err := store.GetByRequestID(ctx, tx, req.RequestID)
-			if err != nil {
-				return err
-			}
-			result = prev
-			return prev.CheckRepeat(req)
-		}
-		result = o
-		return publish(ctx, tx, orderEvent{o.ID, orderCreated(o)})
-	})
-	if err != nil {
-		return order.Order{}, fmt.Errorf("create order: %w", unavailable(err))
+	c := &createCall{req: req, order: o}
+	if err := a.creates.Do(ctx, req.RequestID, c); err != nil {
+		return order.Order{}, fmt.Errorf("create order: %w", err)
 	}
-	return result, nil
+	if c.err != nil {
+		return order.Order{}, fmt.Errorf("create order: %w", unavailable(c.err))
+	}
+	return c.result, nil
+}
+
+// createCall is one Create in a batch: the request, the new order it
+// would place, and what the batch did with it.
+type createCall struct {
+	req    order.Request
+	order  order.Order
+	result order.Order
+	err    error
+}
+
+// insertBatch writes a batch of new orders in one transaction with a
+// statement per table (orders, outbox, timeline): four round trips
+// whatever the batch size. A request id that already placed an order gets
+// that order (or ErrRequestConflict) and writes nothing. When the
+// transaction fails on something one order could have caused (a
+// constraint, a bad value), each order is tried again alone, so only the
+// culprit fails; other failures (the database unreachable, the deadline)
+// fail the whole batch.
+func (a *App) insertBatch(ctx context.Context, calls []*createCall) {
+	ctx, cancel := context.WithTimeout(ctx, createBatchTimeout)
+	defer cancel()
+	err := postgres.WithTx(ctx, a.pool, func(tx pgx.Tx) error { return insertOrders(ctx, tx, calls) })
+	if err == nil {
+		return
+	}
+	if len(calls) > 1 && isDataError(err) {
+		for _, c := range calls {
+			c.err = nil
+			a.insertBatch(ctx, []*createCall{c})
+		}
+		return
+	}
+	for _, c := range calls {
+		c.err = err
+	}
+}
+
+func insertOrders(ctx context.Context, tx pgx.Tx, calls []*createCall) error {
+	orders := make([]order.Order, len(calls))
+	for i, c := range calls {
+		orders[i] = c.order
+	}
+	inserted, err := store.Insert(ctx, tx, orders...)
+	if err != nil {
+		return err
+	}
+	var events []orderEvent
+	var repeats []string
+	for _, c := range calls {
+		if !inserted[c.order.ID] {
+			repeats = append(repeats, c.req.RequestID)
+			continue
+		}
+		c.result = c.order
+		events = append(events, orderEvent{c.order.ID, orderCreated(c.order)})
+	}
+	if err := publish(ctx, tx, events...); err != nil {
+		return err
+	}
+	if len(repeats) == 0 {
+		return nil
+	}
+	prev, err := store.GetByRequestIDs(ctx, tx, repeats)
+	if err != nil {
+		return err
+	}
+	for _, c := range calls {
+		if inserted[c.order.ID] {
+			continue
+		}
+		p, ok := prev[c.req.RequestID]
+		if !ok {
+			return fmt.Errorf("order of request %s: neither inserted nor found", c.req.RequestID)
+		}
+		c.result, c.err = p, p.CheckRepeat(c.req)
+	}
+	return nil
+}
+
+// isDataError reports whether err is PostgreSQL refusing a statement for
+// its data (SQLSTATE classes 22, data exception, and 23, integrity
+// constraint violation) rather than the connection or the server failing.
+func isDataError(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	return strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23")
 }
 
 // orderEvent is an event the order service publishes about an order.
@@ -181,7 +259,7 @@ func (a *App) Events(ctx context.Context, id string) ([]store.Event, error) {
 }
 
 // publish writes the order service's events to the outbox and to their
-// orders' timelines, in tx.
+// orders' timelines, in tx, in one round trip.
 func publish(ctx context.Context, tx pgx.Tx, events ...orderEvent) error {
 	if len(events) == 0 {
 		return nil
@@ -195,10 +273,15 @@ func publish(ctx context.Context, tx pgx.Tx, events ...orderEvent) error {
 		}
 		msgs[i], records[i] = m, eventRecord(e.orderID, m.Meta, e.event)
 	}
-	if err := outbox.Add(ctx, tx, msgs...); err != nil {
+	b := &pgx.Batch{}
+	if err := outbox.Queue(b, msgs...); err != nil {
 		return err
 	}
-	return store.RecordEvents(ctx, tx, records...)
+	store.QueueRecordEvents(b, records...)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write %d events to the outbox and timeline: %w", len(events), err)
+	}
+	return nil
 }
 
 // apply runs one transition and stores it when it changed the order.

@@ -445,6 +445,36 @@ func TestTimelineRecordsPublishedAndConsumedEvents(t *testing.T) {
 	}
 }
 
+func TestGroupCommitFailsOnlyTheOrderPostgreSQLRefuses(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	const calls = 32
+	reqs := make([]order.Request, calls)
+	for i := range reqs {
+		reqs[i] = request()
+	}
+	// PostgreSQL text cannot hold a NUL byte: this order's insert fails,
+	// and with it the transaction it shares with the others.
+	reqs[7].CustomerEmail = "ada\x00@example.com"
+	errs := make([]error, calls)
+	var g errgroup.Group
+	for i := range reqs {
+		g.Go(func() error {
+			_, errs[i] = f.app.Create(ctx, reqs[i])
+			return nil
+		})
+	}
+	_ = g.Wait()
+	for i, err := range errs {
+		if (err != nil) != (i == 7) {
+			t.Errorf("create %d: err = %v, want an error only for order 7", i, err)
+		}
+	}
+	if n := len(outboxTypes(t, f.pool)); n != calls-1 {
+		t.Errorf("%d order.created events, want %d", n, calls-1)
+	}
+}
+
 func TestGroupCommitSharesTransactions(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()

@@ -19,20 +19,50 @@ type Event struct {
 	Summary    string
 }
 
-// RecordEvents adds events to their orders' timelines; an event already
-// recorded is kept as it is.
+// RecordEvents adds events to their orders' timelines, in one statement;
+// an event already recorded is kept as it is.
 func RecordEvents(ctx context.Context, q Querier, events ...Event) error {
-	for _, e := range events {
-		_, err := q.Exec(ctx, `
-			INSERT INTO order_events (order_id, event_id, routing_key, type, source, event_time, summary)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)
-			ON CONFLICT (order_id, event_id) DO NOTHING`,
-			e.OrderID, e.EventID, e.RoutingKey, e.Type, e.Source, e.Time, e.Summary)
-		if err != nil {
-			return fmt.Errorf("record event %s of order %s: %w", e.EventID, e.OrderID, err)
-		}
+	if len(events) == 0 {
+		return nil
+	}
+	sql, args := recordEvents(events)
+	if _, err := q.Exec(ctx, sql, args...); err != nil {
+		return fmt.Errorf("record %d events: %w", len(events), err)
 	}
 	return nil
+}
+
+// QueueRecordEvents queues RecordEvents' statement on b, to be sent with
+// other statements in one round trip.
+func QueueRecordEvents(b *pgx.Batch, events ...Event) {
+	if len(events) == 0 {
+		return
+	}
+	sql, args := recordEvents(events)
+	b.Queue(sql, args...)
+}
+
+func recordEvents(events []Event) (string, []any) {
+	var c struct {
+		orderID, eventID, key, typ, source, summary []string
+		at                                          []time.Time
+	}
+	for _, e := range events {
+		c.orderID = append(c.orderID, e.OrderID)
+		c.eventID = append(c.eventID, e.EventID)
+		c.key = append(c.key, e.RoutingKey)
+		c.typ = append(c.typ, e.Type)
+		c.source = append(c.source, e.Source)
+		c.at = append(c.at, e.Time)
+		c.summary = append(c.summary, e.Summary)
+	}
+	return `
+		INSERT INTO order_events (order_id, event_id, routing_key, type, source, event_time, summary)
+		SELECT order_id, event_id, routing_key, type, source, event_time, summary
+		FROM unnest($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
+			AS e(order_id, event_id, routing_key, type, source, event_time, summary)
+		ON CONFLICT (order_id, event_id) DO NOTHING`,
+		[]any{c.orderID, c.eventID, c.key, c.typ, c.source, c.at, c.summary}
 }
 
 // ListEvents returns order id's timeline in the order the events were

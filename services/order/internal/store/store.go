@@ -67,35 +67,72 @@ func itemsFromRows(rows []itemRow) []order.LineItem {
 	return items
 }
 
-const insertSQL = `
-	INSERT INTO orders (id, request_id, customer_email, items, total_currency, total_units, total_nanos,
-		payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
-		create_time, update_time)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-	ON CONFLICT (request_id) DO NOTHING`
-
-func insertArgs(o order.Order) ([]any, error) {
-	items, err := json.Marshal(itemsToRows(o.Items))
-	if err != nil {
-		return nil, fmt.Errorf("encode items of order %s: %w", o.ID, err)
+// Insert stores new orders, in one statement, except those whose request
+// id is already taken, and returns the ids of the orders it inserted. Of
+// several orders with the same request id, at most one is inserted.
+func Insert(ctx context.Context, q Querier, orders ...order.Order) (map[string]bool, error) {
+	if len(orders) == 0 {
+		return nil, nil
 	}
-	return []any{o.ID, o.RequestID, o.CustomerEmail, items, o.Total.CurrencyCode, o.Total.Units, o.Total.Nanos,
-		o.PaymentToken, o.Status.String(), o.StatusReason, o.StockReserved, o.PaymentSucceeded, o.PaymentID,
-		o.CreateTime, o.UpdateTime}, nil
-}
-
-// Insert stores a new order unless one with its request id exists; it
-// reports whether it inserted.
-func Insert(ctx context.Context, q Querier, o order.Order) (bool, error) {
-	args, err := insertArgs(o)
-	if err != nil {
-		return false, err
+	var c struct {
+		id, requestID, email, items, currency, token, status, reason, paymentID []string
+		units                                                                   []int64
+		nanos                                                                   []int32
+		reserved, paid                                                          []bool
+		created, updated                                                        []time.Time
 	}
-	tag, err := q.Exec(ctx, insertSQL, args...)
-	if err != nil {
-		return false, fmt.Errorf("insert order %s: %w", o.ID, err)
+	for _, o := range orders {
+		items, err := json.Marshal(itemsToRows(o.Items))
+		if err != nil {
+			return nil, fmt.Errorf("encode items of order %s: %w", o.ID, err)
+		}
+		c.id = append(c.id, o.ID)
+		c.requestID = append(c.requestID, o.RequestID)
+		c.email = append(c.email, o.CustomerEmail)
+		c.items = append(c.items, string(items))
+		c.currency = append(c.currency, o.Total.CurrencyCode)
+		c.units = append(c.units, o.Total.Units)
+		c.nanos = append(c.nanos, o.Total.Nanos)
+		c.token = append(c.token, o.PaymentToken)
+		c.status = append(c.status, o.Status.String())
+		c.reason = append(c.reason, o.StatusReason)
+		c.reserved = append(c.reserved, o.StockReserved)
+		c.paid = append(c.paid, o.PaymentSucceeded)
+		c.paymentID = append(c.paymentID, o.PaymentID)
+		c.created = append(c.created, o.CreateTime)
+		c.updated = append(c.updated, o.UpdateTime)
 	}
-	return tag.RowsAffected() == 1, nil
+	// WITH ORDINALITY keeps seq in the order the caller gave.
+	rows, err := q.Query(ctx, `
+		INSERT INTO orders (id, request_id, customer_email, items, total_currency, total_units, total_nanos,
+			payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
+			create_time, update_time)
+		SELECT id, request_id, customer_email, items, total_currency, total_units, total_nanos,
+			payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
+			create_time, update_time
+		FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::text[], $4::text[]::jsonb[], $5::text[],
+			$6::bigint[], $7::integer[], $8::text[], $9::text[], $10::text[], $11::boolean[], $12::boolean[],
+			$13::text[], $14::timestamptz[], $15::timestamptz[])
+			WITH ORDINALITY AS o(id, request_id, customer_email, items, total_currency, total_units, total_nanos,
+				payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
+				create_time, update_time, n)
+		ORDER BY n
+		ON CONFLICT (request_id) DO NOTHING
+		RETURNING id::text`,
+		c.id, c.requestID, c.email, c.items, c.currency, c.units, c.nanos, c.token, c.status, c.reason,
+		c.reserved, c.paid, c.paymentID, c.created, c.updated)
+	if err != nil {
+		return nil, fmt.Errorf("insert %d orders: %w", len(orders), err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("insert %d orders: %w", len(orders), err)
+	}
+	inserted := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		inserted[id] = true
+	}
+	return inserted, nil
 }
 
 // Get returns the order with id, or an error wrapping order.ErrNotFound.
@@ -117,14 +154,26 @@ func GetForUpdate(ctx context.Context, tx pgx.Tx, id string) (order.Order, error
 	return o, nil
 }
 
-// GetByRequestID returns the order placed by the request with requestID,
-// or an error wrapping order.ErrNotFound.
-func GetByRequestID(ctx context.Context, q Querier, requestID string) (order.Order, error) {
-	o, _, err := scanOne(q.QueryRow(ctx, `SELECT `+columns+` FROM orders WHERE request_id = $1`, requestID))
+// GetByRequestIDs returns the orders placed by the requests with ids, by
+// request id; requests that placed no order are missing from the result.
+func GetByRequestIDs(ctx context.Context, q Querier, ids []string) (map[string]order.Order, error) {
+	rows, err := q.Query(ctx, `SELECT `+columns+` FROM orders WHERE request_id = ANY($1::text[]::uuid[])`, ids)
 	if err != nil {
-		return order.Order{}, fmt.Errorf("get order of request %s: %w", requestID, err)
+		return nil, fmt.Errorf("get orders of %d requests: %w", len(ids), err)
 	}
-	return o, nil
+	defer rows.Close()
+	out := make(map[string]order.Order, len(ids))
+	for rows.Next() {
+		o, _, err := scanOne(rows)
+		if err != nil {
+			return nil, fmt.Errorf("get orders of %d requests: %w", len(ids), err)
+		}
+		out[o.RequestID] = o
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("get orders of %d requests: %w", len(ids), err)
+	}
+	return out, nil
 }
 
 // Update writes o's status and saga progress. Watchers are notified when
