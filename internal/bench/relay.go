@@ -198,18 +198,28 @@ func (b *LagBench) Relay(ctx context.Context, rate float64, d, pollInterval time
 	relayCtx, stopRelay := context.WithCancel(ctx)
 	relayDone := make(chan error, 1)
 	go func() { relayDone <- relay.Run(relayCtx) }()
-	defer func() {
+	stop := func() error {
 		stopRelay()
-		<-relayDone
-	}()
+		return <-relayDone
+	}
 	for !relay.Listening() {
 		select {
 		case <-upCtx.Done():
-			return LagRun{}, fmt.Errorf("relay not listening: %w", upCtx.Err())
+			return LagRun{}, errors.Join(fmt.Errorf("relay not listening: %w", upCtx.Err()), stop())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	return b.run(ctx, t, nil)
+	run, err := b.run(ctx, t, nil)
+	// The consumer may have read the last event before its Publish call
+	// returned: count the calls once the relay has stopped.
+	if serr := stop(); err == nil && serr != nil {
+		err = fmt.Errorf("relay: %w", serr)
+	}
+	if err != nil {
+		return LagRun{}, err
+	}
+	t.batchStats(&run)
+	return run, nil
 }
 
 // Raw is the ceiling: no relay; each writer publishes its event on one
@@ -452,6 +462,11 @@ func (t *lagTrack) summary(start time.Time) LagRun {
 	}
 	out.Lag, out.ToPublish, out.Commit = loadgen.Summarize(lags), loadgen.Summarize(toPublish), loadgen.Summarize(commits)
 	out.Rate = float64(n) / last.Sub(start).Seconds()
+	return out
+}
+
+// batchStats sets out's figures of the relay's Publish calls.
+func (t *lagTrack) batchStats(out *LagRun) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out.Batches = len(t.sizes)
@@ -464,7 +479,6 @@ func (t *lagTrack) summary(start time.Time) LagRun {
 		out.MeanBatch = float64(total) / float64(out.Batches)
 	}
 	out.Publish = loadgen.Summarize(slices.Clone(t.calls))
-	return out
 }
 
 // commit writes m to the outbox in a transaction of its own.
