@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -333,6 +334,101 @@ func queueNames(prefix string, services []string, retryDelays string, dlq bool) 
 		}
 	}
 	return names
+}
+
+// drainPolls is how many polls in a row must find nothing left before
+// WaitDrained believes it: a delivery a handler holds unacknowledged is in
+// no queue's count, but what it writes shows up in an outbox or a queue by
+// the next poll.
+const (
+	drainPolls    = 3
+	drainInterval = 200 * time.Millisecond
+)
+
+// WaitDrained waits until the running services have no event left to
+// work off: every service queue and retry queue has no ready message and
+// every service's outbox is empty, drainPolls polls in a row. It returns
+// how long that took, or an error naming what was still queued after
+// timeout. Dead-letter queues are not waited for (nothing takes messages
+// out of them); their counts are returned in the error only.
+func (p *Platform) WaitDrained(ctx context.Context, timeout time.Duration) (time.Duration, error) {
+	var services []string
+	for _, s := range Services {
+		if p.Procs[s] != nil {
+			services = append(services, s)
+		}
+	}
+	conn, err := amqp.DialConfig(p.AMQPURL, amqp.Config{Properties: amqp.Table{"connection_name": p.Prefix + "drain"}})
+	if err != nil {
+		return 0, fmt.Errorf("wait for drain: %w", err)
+	}
+	defer conn.Close()
+	db, err := pgx.Connect(ctx, p.DatabaseURL)
+	if err != nil {
+		return 0, fmt.Errorf("wait for drain: %w", err)
+	}
+	defer db.Close(context.WithoutCancel(ctx))
+
+	queues := queueNames(p.Prefix, services, p.retryDelays, false)
+	start := time.Now()
+	deadline := start.Add(timeout)
+	quiet := 0
+	for {
+		left, err := p.backlog(ctx, conn, db, queues, services)
+		if err != nil {
+			return time.Since(start), err
+		}
+		if len(left) == 0 {
+			quiet++
+			if quiet == drainPolls {
+				return time.Since(start), nil
+			}
+		} else {
+			quiet = 0
+		}
+		if time.Now().After(deadline) {
+			return time.Since(start), fmt.Errorf("events not worked off after %v: %s", timeout, strings.Join(left, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return time.Since(start), ctx.Err()
+		case <-time.After(drainInterval):
+		}
+	}
+}
+
+// backlog describes what is left in queues (ready messages) and in the
+// outboxes of services; nil when nothing is.
+func (p *Platform) backlog(ctx context.Context, conn *amqp.Connection, db *pgx.Conn, queues, services []string) ([]string, error) {
+	var left []string
+	for _, q := range queues {
+		n, err := readyMessages(conn, q)
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			left = append(left, fmt.Sprintf("queue %s: %d ready", q, n))
+		}
+	}
+	for _, s := range services {
+		var n int64
+		if err := db.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{s, "outbox"}.Sanitize()).Scan(&n); err != nil {
+			return nil, fmt.Errorf("count %s outbox rows: %w", s, err)
+		}
+		if n > 0 {
+			left = append(left, fmt.Sprintf("%s outbox: %d rows", s, n))
+		}
+	}
+	if len(left) > 0 {
+		// Say what the dead-letter queues hold too, for the error.
+		for _, s := range services {
+			q := eventbus.Config{Prefix: p.Prefix, Service: s}.DLQName()
+			if n, err := readyMessages(conn, q); err == nil && n > 0 {
+				left = append(left, fmt.Sprintf("queue %s: %d dead letters", q, n))
+			}
+		}
+	}
+	return left, nil
 }
 
 // readyMessages is the number of messages ready for delivery in queue q

@@ -3,14 +3,17 @@ package bench
 import (
 	"context"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/platformtest"
+	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 )
 
@@ -94,5 +97,111 @@ func TestLagBench(t *testing.T) {
 	defer conn.Close()
 	if _, err := readyMessages(conn, b.queue); err == nil {
 		t.Errorf("queue %s still exists after Close", b.queue)
+	}
+}
+
+// TestWaitDrained checks that WaitDrained waits for ready messages in the
+// service and retry queues and for outbox rows, names them when it gives
+// up, and ignores the dead-letter queue.
+func TestWaitDrained(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	id := testID(t)
+	admin := postgrestest.URL()
+	p := &Platform{Prefix: "bench-" + id + ".", Database: "bench_" + id, AMQPURL: platformtest.AMQPURL(),
+		Procs: map[string]*Proc{"order": {Name: "order"}}, adminURL: admin, retryDelays: "1s"}
+	dbURL, err := databaseURL(admin, p.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.DatabaseURL = dbURL
+	if err := postgres.CreateDatabaseIfMissing(ctx, dbURL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := dropDatabase(admin, p.Database); err != nil {
+			t.Error(err)
+		}
+	})
+	pool, err := postgres.Open(ctx, dbURL, "order")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := postgres.Migrate(ctx, pool, "order", outbox.Migrations); err != nil {
+		t.Fatal(err)
+	}
+
+	conn, err := amqp.Dial(p.AMQPURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Cleanup(func() {
+		if err := deleteTopology(p.AMQPURL, p.Prefix, []string{"order"}, p.retryDelays); err != nil {
+			t.Error(err)
+		}
+	})
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	cfg := eventbus.Config{Prefix: p.Prefix, Service: "order"}
+	if err := ch.ExchangeDeclare(cfg.ExchangeName(), amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{cfg.QueueName(), cfg.RetryQueueName(time.Second), cfg.DLQName()} {
+		if _, err := ch.QueueDeclare(q, false, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(q string) {
+		t.Helper()
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, true, false, amqp.Publishing{Body: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := dc.WaitContext(ctx); err != nil || !ok {
+			t.Fatalf("publish to %s: confirmed %v, %v", q, ok, err)
+		}
+	}
+	// A dead letter stays; it must not hold the wait up.
+	publish(cfg.DLQName())
+	if _, err := p.WaitDrained(ctx, 10*time.Second); err != nil {
+		t.Fatalf("WaitDrained with only a dead letter: %v", err)
+	}
+
+	publish(cfg.RetryQueueName(time.Second))
+	if err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+		m, err := orderCreated()
+		if err != nil {
+			return err
+		}
+		return outbox.Add(ctx, tx, m)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.WaitDrained(ctx, 500*time.Millisecond)
+	if err == nil {
+		t.Fatal("WaitDrained with a queued message and an outbox row: no error")
+	}
+	for _, want := range []string{"queue " + cfg.RetryQueueName(time.Second) + ": 1 ready", "order outbox: 1 rows", "queue " + cfg.DLQName() + ": 1 dead letters"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("WaitDrained error %q does not say %q", err, want)
+		}
+	}
+
+	if _, err := ch.QueuePurge(cfg.RetryQueueName(time.Second), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "DELETE FROM outbox"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.WaitDrained(ctx, 10*time.Second); err != nil {
+		t.Fatalf("WaitDrained after emptying: %v", err)
 	}
 }

@@ -180,6 +180,10 @@ func Markdown(r *Result, m Machine, command string) string {
 	p("")
 	p("End-to-end confirmed orders/s is %d orders placed by %d closed-loop clients as fast as they go, counted from the first CreateOrder to the last order's terminal update; the platform worked off the backlog left when the last order was placed at %.0f confirmed orders/s.",
 		r.E2E.Created, r.E2E.Concurrency, r.E2E.DrainConfirmedPerSec)
+	if r.HalfRateDrain > 0 {
+		p("The half-rate run started once every service queue, retry queue and outbox was empty (%d polls in a row), %.1f s after the throughput run ended.",
+			drainPolls, r.HalfRateDrain.Seconds())
+	}
 	p("")
 	p("Rounds:")
 	p("")

@@ -22,11 +22,12 @@ func sampleResult() *Result {
 		},
 		REST:   []float64{600, 840},
 		BusRaw: []float64{10000, 12000, 11000}, Bus: []float64{9000, 10800, 8000},
-		E2E:      loadgen.Summary{Protocol: "grpc", Concurrency: 50, Created: 6000, ConfirmedPerSec: 321.6, TerminalSeconds: 18.7, Tracking: "t"},
-		HalfRate: loadgen.Summary{Protocol: "grpc", TargetRate: 160.8, Created: 4800, Tracking: "t", TerminalLatency: loadgen.Latency{P99: 87.25}},
-		CPU:      map[string]time.Duration{"order": 6 * time.Second, "inventory": 3 * time.Second},
-		RSS:      map[string]int64{"order": 50 << 20, "inventory": 30 << 20, "notification": 45 << 20, "create/order": 40 << 20},
-		Profiles: map[string]string{"order": "flat flat%"},
+		E2E:           loadgen.Summary{Protocol: "grpc", Concurrency: 50, Created: 6000, ConfirmedPerSec: 321.6, TerminalSeconds: 18.7, Tracking: "t"},
+		HalfRate:      loadgen.Summary{Protocol: "grpc", TargetRate: 160.8, Created: 4800, Tracking: "t", TerminalLatency: loadgen.Latency{P99: 87.25}},
+		CPU:           map[string]time.Duration{"order": 6 * time.Second, "inventory": 3 * time.Second},
+		RSS:           map[string]int64{"order": 50 << 20, "inventory": 30 << 20, "notification": 45 << 20, "create/order": 40 << 20},
+		Profiles:      map[string]string{"order": "flat flat%"},
+		HalfRateDrain: 4200 * time.Millisecond,
 		Relay: &RelayLag{
 			Duration: 10 * time.Second, PollInterval: 500 * time.Millisecond,
 			Relay: LagRun{Target: 1000, Rate: 998.6, Lag: loadgen.Latency{P50: 4.25, P95: 9.5, P99: 18.04, Max: 40},
@@ -82,6 +83,7 @@ func TestMarkdown(t *testing.T) {
 		"| outbox Relay (1 worker, batches ≤ 100, LISTEN/NOTIFY, poll 500ms) + eventbus Publisher | 1000 / 999 | 4.2 / 9.5 / 18.0 / 40.0 | 1.5 / 6.0 | 2.5 |",
 		"| no relay: amqp091-go publish right after commit (confirm mode) | 1000 / 999 | 1.5 / 3.0 / 5.2 / 12.0 | 0.0 / 0.0 | 2.0 |",
 		"The relay made 2000 Publish calls (5.0 events each on average, at most 31); one call, send to last confirm, took p50 2.0 / p99 7.5 ms.",
+		"The half-rate run started once every service queue, retry queue and outbox was empty (3 polls in a row), 4.2 s after the throughput run ended.",
 		"| order | 50.0 MiB | 40.0 MiB | 6.0 s | 1.00 ms |  |",
 		"| inventory | 30.0 MiB | — | 3.0 s | 0.50 ms | RSS < 40 MiB met |",
 		"| notification | 45.0 MiB | — | 0.0 s | 0.00 ms | RSS < 40 MiB **not met** |",
@@ -101,9 +103,9 @@ func TestMarkdown(t *testing.T) {
 
 func TestMarkdownWithoutOptionalPhases(t *testing.T) {
 	r := sampleResult()
-	r.Relay = nil
+	r.Relay, r.HalfRateDrain = nil, 0
 	md := Markdown(r, Machine{}, "make bench")
-	for _, absent := range []string{"outbox relay lag", "Outbox relay lag"} {
+	for _, absent := range []string{"outbox relay lag", "Outbox relay lag", "The half-rate run started"} {
 		if strings.Contains(md, absent) {
 			t.Errorf("report without the relay phase and the drain has %q:\n%s", absent, md)
 		}

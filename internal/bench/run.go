@@ -109,6 +109,10 @@ func (o *Options) defaults() {
 	}
 }
 
+// drainTimeout bounds the wait for the end-to-end backlog to be worked
+// off before the half-rate run.
+const drainTimeout = 3 * time.Minute
+
 // CreateConcurrencies are the closed-loop client counts of the create
 // trials.
 var CreateConcurrencies = []int{8, 50}
@@ -139,6 +143,9 @@ type Result struct {
 	E2E loadgen.Summary
 	// HalfRate is the open-loop latency run at half E2E's confirmed rate.
 	HalfRate loadgen.Summary
+	// HalfRateDrain is how long the platform took, after E2E, until every
+	// queue and outbox was empty and the half-rate run could start.
+	HalfRateDrain time.Duration
 	// CPU is each process's CPU time over the E2E run.
 	CPU map[string]time.Duration
 	// RSS is each process's peak RSS: the create platform's order service
@@ -583,6 +590,17 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 		res.CPU[name] = after - before[name]
 	}
 	logf("end-to-end phase: %.0f confirmed orders/s (%.0f/s while draining the backlog)", res.E2E.ConfirmedPerSec, res.E2E.DrainConfirmedPerSec)
+
+	// The throughput run ends when every order is terminal, but events
+	// that follow (notifications of the confirmed orders, their
+	// acknowledgements) may still be queued: the latency run measures
+	// steady state only once they are worked off.
+	logf("end-to-end phase: waiting for every queue and outbox to be empty")
+	res.HalfRateDrain, err = pf.WaitDrained(ctx, drainTimeout)
+	if err != nil {
+		return fmt.Errorf("before the half-rate run: %w", err)
+	}
+	logf("end-to-end phase: queues and outboxes empty after %s", res.HalfRateDrain.Round(time.Millisecond))
 
 	half := base
 	half.Rate, half.Duration = max(res.E2E.ConfirmedPerSec/2, 1), o.HalfRateDuration
