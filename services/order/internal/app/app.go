@@ -103,17 +103,18 @@ type createCall struct {
 }
 
 // insertBatch writes a batch of new orders in one transaction with a
-// statement per table (orders, outbox, timeline): four round trips
-// whatever the batch size. A request id that already placed an order gets
-// that order (or ErrRequestConflict) and writes nothing. When the
-// transaction fails on something one order could have caused (a
-// constraint, a bad value), each order is tried again alone, so only the
-// culprit fails; other failures (the database unreachable, the deadline)
-// fail the whole batch.
+// statement per table (orders, outbox, timeline), in three round trips
+// whatever the batch size: BEGIN and the orders, the outbox and the
+// timeline, COMMIT. A request id that already placed an order gets that
+// order (or ErrRequestConflict) and writes nothing. When the transaction
+// fails on something one order could have caused (a constraint, a bad
+// value), each order is tried again alone, so only the culprit fails;
+// other failures (the database unreachable, the deadline) fail the whole
+// batch.
 func (a *App) insertBatch(ctx context.Context, calls []*createCall) {
 	ctx, cancel := context.WithTimeout(ctx, createBatchTimeout)
 	defer cancel()
-	err := postgres.WithTx(ctx, a.pool, func(tx pgx.Tx) error { return insertOrders(ctx, tx, calls) })
+	err := a.insertOrders(ctx, calls)
 	if err == nil {
 		return
 	}
@@ -129,15 +130,31 @@ func (a *App) insertBatch(ctx context.Context, calls []*createCall) {
 	}
 }
 
-func insertOrders(ctx context.Context, tx pgx.Tx, calls []*createCall) error {
+func (a *App) insertOrders(ctx context.Context, calls []*createCall) (err error) {
 	orders := make([]order.Order, len(calls))
 	for i, c := range calls {
 		orders[i] = c.order
 	}
-	inserted, err := store.Insert(ctx, tx, orders...)
-	if err != nil {
+	inserted := make(map[string]bool, len(calls))
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	if err := store.QueueInsert(b, inserted, orders...); err != nil {
 		return err
 	}
+	br := a.pool.SendBatch(ctx, b)
+	tx := br.Tx()
+	defer func() {
+		if err != nil {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			// The transaction's own error is what matters to the callers.
+			_ = tx.Rollback(ctx)
+		}
+	}()
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("insert %d orders: %w", len(calls), err)
+	}
+
 	var events []orderEvent
 	var repeats []string
 	for _, c := range calls {
@@ -151,22 +168,24 @@ func insertOrders(ctx context.Context, tx pgx.Tx, calls []*createCall) error {
 	if err := publish(ctx, tx, events...); err != nil {
 		return err
 	}
-	if len(repeats) == 0 {
-		return nil
-	}
-	prev, err := store.GetByRequestIDs(ctx, tx, repeats)
-	if err != nil {
-		return err
-	}
-	for _, c := range calls {
-		if inserted[c.order.ID] {
-			continue
+	if len(repeats) > 0 {
+		prev, err := store.GetByRequestIDs(ctx, tx, repeats)
+		if err != nil {
+			return err
 		}
-		p, ok := prev[c.req.RequestID]
-		if !ok {
-			return fmt.Errorf("order of request %s: neither inserted nor found", c.req.RequestID)
+		for _, c := range calls {
+			if inserted[c.order.ID] {
+				continue
+			}
+			p, ok := prev[c.req.RequestID]
+			if !ok {
+				return fmt.Errorf("order of request %s: neither inserted nor found", c.req.RequestID)
+			}
+			c.result, c.err = p, p.CheckRepeat(c.req)
 		}
-		c.result, c.err = p, p.CheckRepeat(c.req)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit %d orders: %w", len(calls), err)
 	}
 	return nil
 }

@@ -67,12 +67,13 @@ func itemsFromRows(rows []itemRow) []order.LineItem {
 	return items
 }
 
-// Insert stores new orders, in one statement, except those whose request
-// id is already taken, and returns the ids of the orders it inserted. Of
-// several orders with the same request id, at most one is inserted.
-func Insert(ctx context.Context, q Querier, orders ...order.Order) (map[string]bool, error) {
+// QueueInsert queues on b the statement storing new orders, except those
+// whose request id is already taken; when b's results are read, the ids of
+// the orders it inserted are added to inserted. Of several orders with the
+// same request id, at most one is inserted.
+func QueueInsert(b *pgx.Batch, inserted map[string]bool, orders ...order.Order) error {
 	if len(orders) == 0 {
-		return nil, nil
+		return nil
 	}
 	var c struct {
 		id, requestID, email, items, currency, token, status, reason, paymentID []string
@@ -84,7 +85,7 @@ func Insert(ctx context.Context, q Querier, orders ...order.Order) (map[string]b
 	for _, o := range orders {
 		items, err := json.Marshal(itemsToRows(o.Items))
 		if err != nil {
-			return nil, fmt.Errorf("encode items of order %s: %w", o.ID, err)
+			return fmt.Errorf("encode items of order %s: %w", o.ID, err)
 		}
 		c.id = append(c.id, o.ID)
 		c.requestID = append(c.requestID, o.RequestID)
@@ -103,7 +104,7 @@ func Insert(ctx context.Context, q Querier, orders ...order.Order) (map[string]b
 		c.updated = append(c.updated, o.UpdateTime)
 	}
 	// WITH ORDINALITY keeps seq in the order the caller gave.
-	rows, err := q.Query(ctx, `
+	b.Queue(`
 		INSERT INTO orders (id, request_id, customer_email, items, total_currency, total_units, total_nanos,
 			payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
 			create_time, update_time)
@@ -120,19 +121,21 @@ func Insert(ctx context.Context, q Querier, orders ...order.Order) (map[string]b
 		ON CONFLICT (request_id) DO NOTHING
 		RETURNING id::text`,
 		c.id, c.requestID, c.email, c.items, c.currency, c.units, c.nanos, c.token, c.status, c.reason,
-		c.reserved, c.paid, c.paymentID, c.created, c.updated)
-	if err != nil {
-		return nil, fmt.Errorf("insert %d orders: %w", len(orders), err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("insert %d orders: %w", len(orders), err)
-	}
-	inserted := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		inserted[id] = true
-	}
-	return inserted, nil
+		c.reserved, c.paid, c.paymentID, c.created, c.updated,
+	).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return fmt.Errorf("insert %d orders: %w", len(orders), err)
+			}
+			inserted[id] = true
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("insert %d orders: %w", len(orders), err)
+		}
+		return nil
+	})
+	return nil
 }
 
 // Get returns the order with id, or an error wrapping order.ErrNotFound.
