@@ -356,17 +356,33 @@ func recoverPanic(log *slog.Logger) recovery.RecoveryHandlerFuncContext {
 	}
 }
 
-// slogLogger adapts log to the logging interceptor. Calls to the health
-// service, which probes make every few seconds, are logged at debug level
-// unless they warrant a warning or an error.
+// slogLogger adapts log to the logging interceptor. Calls that succeed
+// are logged at debug level: at thousands of calls a second an access line
+// each costs more than the call's own work, and the Prometheus metrics
+// count them. Failed calls keep the interceptor's level for their code
+// (info for client errors, warning or error for server ones), except calls
+// to the health service, which probes make every few seconds: they are
+// logged at debug level unless they warrant a warning or an error.
 func slogLogger(log *slog.Logger) logging.Logger {
 	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		level := slog.Level(lvl)
-		if level < slog.LevelWarn && isHealthCall(fields) {
+		if level < slog.LevelWarn && (isHealthCall(fields) || succeeded(fields)) {
 			level = slog.LevelDebug
 		}
 		log.Log(ctx, level, msg, fields...)
 	})
+}
+
+// succeeded reports whether the logging fields describe a call that
+// ended with OK.
+func succeeded(fields []any) bool {
+	for i := 0; i+1 < len(fields); i += 2 {
+		if k, ok := fields[i].(string); ok && k == "grpc.code" {
+			v, _ := fields[i+1].(string)
+			return v == codes.OK.String()
+		}
+	}
+	return false
 }
 
 // isHealthCall reports whether the logging fields describe a call to the

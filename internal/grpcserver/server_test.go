@@ -518,8 +518,12 @@ func TestLoggingLevels(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = checkStatus(t, ts.conn, "")
-	if _, err := orderv1.NewOrderServiceClient(ts.conn).CreateOrder(ctx, validCreateOrder()); err != nil {
+	client := orderv1.NewOrderServiceClient(ts.conn)
+	if _, err := client.CreateOrder(ctx, validCreateOrder()); err != nil {
 		t.Fatalf("CreateOrder: %v", err)
+	}
+	if _, err := client.GetOrder(ctx, &orderv1.GetOrderRequest{OrderId: "not a uuid"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("GetOrder with an invalid id: %v, want InvalidArgument", err)
 	}
 
 	levels := map[string]string{}
@@ -540,7 +544,8 @@ func TestLoggingLevels(t *testing.T) {
 			}
 		}
 	}
-	want := map[string]string{"Check": "DEBUG", "CreateOrder": "INFO"}
+	// Successful calls are debug lines; a client error stays visible.
+	want := map[string]string{"Check": "DEBUG", "CreateOrder": "DEBUG", "GetOrder": "INFO"}
 	if diff := cmp.Diff(want, levels); diff != "" {
 		t.Errorf("log levels by method mismatch (-want +got):\n%s", diff)
 	}
