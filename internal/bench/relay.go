@@ -74,6 +74,15 @@ type RelayLag struct {
 	// PollInterval is the relay's poll interval (its fallback when no
 	// notification wakes it).
 	PollInterval time.Duration
+	// Diagnostics are variants of the relay run once after the others,
+	// to attribute the lag; they have no goal.
+	Diagnostics []LagDiagnostic
+}
+
+// LagDiagnostic is one variant of the relay run.
+type LagDiagnostic struct {
+	Name string
+	Run  LagRun
 }
 
 // LagBench measures the outbox relay's lag in a database of its own: a
@@ -167,12 +176,13 @@ func (b *LagBench) Close() error {
 	return errors.Join(errs...)
 }
 
-// Relay runs the outbox Relay as the services configure it (one worker,
-// batches of up to outbox.DefaultBatchSize, LISTEN/NOTIFY wake-ups and a
-// poll every pollInterval) with an eventbus Publisher, while the writers
-// commit rate events/s for d, and returns the lag of each event. Starting
-// the relay and the publisher is not timed.
-func (b *LagBench) Relay(ctx context.Context, rate float64, d, pollInterval time.Duration) (LagRun, error) {
+// Relay runs the outbox Relay as the services configure it (batches of up
+// to outbox.DefaultBatchSize, LISTEN/NOTIFY wake-ups and a poll every
+// pollInterval; the services use one worker) with workers workers and an
+// eventbus Publisher, while the writers commit rate events/s for d, and
+// returns the lag of each event. Starting the relay and the publisher is
+// not timed.
+func (b *LagBench) Relay(ctx context.Context, rate float64, d, pollInterval time.Duration, workers int) (LagRun, error) {
 	t, err := newLagTrack(rate, d)
 	if err != nil {
 		return LagRun{}, err
@@ -188,7 +198,7 @@ func (b *LagBench) Relay(ctx context.Context, rate float64, d, pollInterval time
 	}
 	defer relayPool.Close()
 	relay := outbox.NewRelay(relayPool, trackingPublisher{pub: pub, t: t},
-		outbox.Config{PollInterval: pollInterval, Name: "ordermesh-bench-relay", Logger: b.log})
+		outbox.Config{PollInterval: pollInterval, Workers: workers, Name: "ordermesh-bench-relay", Logger: b.log})
 
 	upCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

@@ -45,7 +45,7 @@ func TestLagBench(t *testing.T) {
 	}()
 
 	const rate, n = 200, 200
-	relay, err := b.Relay(ctx, rate, time.Second, outbox.DefaultPollInterval)
+	relay, err := b.Relay(ctx, rate, time.Second, outbox.DefaultPollInterval, 1)
 	if err != nil {
 		t.Fatalf("Relay: %v", err)
 	}

@@ -233,6 +233,9 @@ func Markdown(r *Result, m Machine, command string) string {
 		}
 		lagRow(fmt.Sprintf("outbox Relay (1 worker, batches ≤ %d, LISTEN/NOTIFY, poll %s) + eventbus Publisher", outbox.DefaultBatchSize, l.PollInterval), l.Relay)
 		lagRow("no relay: amqp091-go publish right after commit (confirm mode)", l.Raw)
+		for _, d := range l.Diagnostics {
+			lagRow(d.Name, d.Run)
+		}
 		p("")
 		p("Each run commits its events for %s, one outbox row per transaction from %d writers paced by schedule (open loop), in a database and a quorum queue of the benchmark's own; lag is the consumer's receipt (amqp091-go, prefetch %d) minus the time the writer's Commit returned, same process and clock.",
 			l.Duration, lagWriters, lagPrefetch)

@@ -34,6 +34,8 @@ func sampleResult() *Result {
 				ToPublish: loadgen.Latency{P50: 1.5, P99: 6}, Commit: loadgen.Latency{P99: 2.5},
 				Batches: 2000, MeanBatch: 5, MaxBatch: 31, Publish: loadgen.Latency{P50: 2, P99: 7.5}},
 			Raw: LagRun{Target: 1000, Rate: 999.1, Lag: loadgen.Latency{P50: 1.5, P95: 3, P99: 5.25, Max: 12}, Commit: loadgen.Latency{P99: 2}},
+			Diagnostics: []LagDiagnostic{{Name: "diagnostic: the same relay with 4 workers",
+				Run: LagRun{Target: 1000, Rate: 1000, Lag: loadgen.Latency{P50: 3, P95: 6, P99: 9, Max: 20}, ToPublish: loadgen.Latency{P50: 0.5, P99: 2}, Commit: loadgen.Latency{P99: 1}}}},
 		},
 	}
 }
@@ -82,6 +84,7 @@ func TestMarkdown(t *testing.T) {
 		"| outbox relay lag, commit → consumer, p99 at 1000 events/s (ms) | 18.0 (outbox Relay + eventbus Publisher) | 5.2 (amqp091-go publish right after commit) | | < 20 ms met |",
 		"| outbox Relay (1 worker, batches ≤ 100, LISTEN/NOTIFY, poll 500ms) + eventbus Publisher | 1000 / 999 | 4.2 / 9.5 / 18.0 / 40.0 | 1.5 / 6.0 | 2.5 |",
 		"| no relay: amqp091-go publish right after commit (confirm mode) | 1000 / 999 | 1.5 / 3.0 / 5.2 / 12.0 | 0.0 / 0.0 | 2.0 |",
+		"| diagnostic: the same relay with 4 workers | 1000 / 1000 | 3.0 / 6.0 / 9.0 / 20.0 | 0.5 / 2.0 | 1.0 |",
 		"The relay made 2000 Publish calls (5.0 events each on average, at most 31); one call, send to last confirm, took p50 2.0 / p99 7.5 ms.",
 		"The half-rate run started once every service queue, retry queue and outbox was empty (3 polls in a row), 4.2 s after the throughput run ended.",
 		"| order | 50.0 MiB | 40.0 MiB | 6.0 s | 1.00 ms |  |",

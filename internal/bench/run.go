@@ -474,10 +474,10 @@ func runRelay(ctx context.Context, o Options, res *Result, id string, logf func(
 	}
 	defer func() { err = errors.Join(err, b.Close()) }()
 	lag := &RelayLag{Duration: o.RelayDuration, PollInterval: outbox.DefaultPollInterval}
-	if _, err := b.Relay(ctx, o.RelayRate, time.Second, lag.PollInterval); err != nil {
+	if _, err := b.Relay(ctx, o.RelayRate, time.Second, lag.PollInterval, 1); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
-	if lag.Relay, err = b.Relay(ctx, o.RelayRate, o.RelayDuration, lag.PollInterval); err != nil {
+	if lag.Relay, err = b.Relay(ctx, o.RelayRate, o.RelayDuration, lag.PollInterval, 1); err != nil {
 		return fmt.Errorf("outbox relay: %w", err)
 	}
 	logf("relay phase: outbox relay: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms (commit → Publish call p50 %.1f / p99 %.1f ms; %d batches of %.1f on average; commit behind schedule p99 %.1f ms)",
@@ -488,6 +488,17 @@ func runRelay(ctx context.Context, o Options, res *Result, id string, logf func(
 	}
 	logf("relay phase: publish after commit: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms (commit behind schedule p99 %.1f ms)",
 		lag.Raw.Rate, lag.Raw.Lag.P50, lag.Raw.Lag.P95, lag.Raw.Lag.P99, lag.Raw.Lag.Max, lag.Raw.Commit.P99)
+	// Diagnostic, once: with more workers a batch is claimed while the
+	// one before waits for its confirms, which shows how much of the lag
+	// is the wait for the batch in flight.
+	const workers = 4
+	diag, err := b.Relay(ctx, o.RelayRate, o.RelayDuration, lag.PollInterval, workers)
+	if err != nil {
+		return fmt.Errorf("outbox relay, %d workers: %w", workers, err)
+	}
+	lag.Diagnostics = append(lag.Diagnostics, LagDiagnostic{Name: fmt.Sprintf("diagnostic: the same relay with %d workers", workers), Run: diag})
+	logf("relay phase: outbox relay, %d workers: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms (commit → Publish call p50 %.1f / p99 %.1f ms)",
+		workers, diag.Rate, diag.Lag.P50, diag.Lag.P95, diag.Lag.P99, diag.Lag.Max, diag.ToPublish.P50, diag.ToPublish.P99)
 	res.Relay = lag
 	return nil
 }
