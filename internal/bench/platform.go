@@ -345,27 +345,36 @@ const (
 	drainInterval = 200 * time.Millisecond
 )
 
+// Drain is what WaitDrained found.
+type Drain struct {
+	// Took is how long the wait lasted.
+	Took time.Duration
+	// Initial is what the first poll found left (nil: nothing).
+	Initial []string
+}
+
 // WaitDrained waits until the running services have no event left to
 // work off: every service queue and retry queue has no ready message and
 // every service's outbox is empty, drainPolls polls in a row. It returns
-// how long that took, or an error naming what was still queued after
-// timeout. Dead-letter queues are not waited for (nothing takes messages
-// out of them); their counts are returned in the error only.
-func (p *Platform) WaitDrained(ctx context.Context, timeout time.Duration) (time.Duration, error) {
+// how long that took and what was left at first, or an error naming what
+// was still queued after timeout. Dead-letter queues are not waited for
+// (nothing takes messages out of them); their counts are only reported.
+func (p *Platform) WaitDrained(ctx context.Context, timeout time.Duration) (Drain, error) {
 	var services []string
 	for _, s := range Services {
 		if p.Procs[s] != nil {
 			services = append(services, s)
 		}
 	}
+	var d Drain
 	conn, err := amqp.DialConfig(p.AMQPURL, amqp.Config{Properties: amqp.Table{"connection_name": p.Prefix + "drain"}})
 	if err != nil {
-		return 0, fmt.Errorf("wait for drain: %w", err)
+		return d, fmt.Errorf("wait for drain: %w", err)
 	}
 	defer conn.Close()
 	db, err := pgx.Connect(ctx, p.DatabaseURL)
 	if err != nil {
-		return 0, fmt.Errorf("wait for drain: %w", err)
+		return d, fmt.Errorf("wait for drain: %w", err)
 	}
 	defer db.Close(context.WithoutCancel(ctx))
 
@@ -373,25 +382,29 @@ func (p *Platform) WaitDrained(ctx context.Context, timeout time.Duration) (time
 	start := time.Now()
 	deadline := start.Add(timeout)
 	quiet := 0
-	for {
+	for polls := 0; ; polls++ {
 		left, err := p.backlog(ctx, conn, db, queues, services)
+		d.Took = time.Since(start)
 		if err != nil {
-			return time.Since(start), err
+			return d, err
+		}
+		if polls == 0 {
+			d.Initial = left
 		}
 		if len(left) == 0 {
 			quiet++
 			if quiet == drainPolls {
-				return time.Since(start), nil
+				return d, nil
 			}
 		} else {
 			quiet = 0
 		}
 		if time.Now().After(deadline) {
-			return time.Since(start), fmt.Errorf("events not worked off after %v: %s", timeout, strings.Join(left, ", "))
+			return d, fmt.Errorf("events not worked off after %v: %s", timeout, strings.Join(left, ", "))
 		}
 		select {
 		case <-ctx.Done():
-			return time.Since(start), ctx.Err()
+			return d, ctx.Err()
 		case <-time.After(drainInterval):
 		}
 	}
@@ -420,7 +433,7 @@ func (p *Platform) backlog(ctx context.Context, conn *amqp.Connection, db *pgx.C
 		}
 	}
 	if len(left) > 0 {
-		// Say what the dead-letter queues hold too, for the error.
+		// Say what the dead-letter queues hold too.
 		for _, s := range services {
 			q := eventbus.Config{Prefix: p.Prefix, Service: s}.DLQName()
 			if n, err := readyMessages(conn, q); err == nil && n > 0 {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -171,8 +172,12 @@ func TestWaitDrained(t *testing.T) {
 	}
 	// A dead letter stays; it must not hold the wait up.
 	publish(cfg.DLQName())
-	if _, err := p.WaitDrained(ctx, 10*time.Second); err != nil {
+	d, err := p.WaitDrained(ctx, 10*time.Second)
+	if err != nil {
 		t.Fatalf("WaitDrained with only a dead letter: %v", err)
+	}
+	if d.Initial != nil {
+		t.Errorf("WaitDrained with only a dead letter: found %q left", d.Initial)
 	}
 
 	publish(cfg.RetryQueueName(time.Second))
@@ -185,14 +190,18 @@ func TestWaitDrained(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = p.WaitDrained(ctx, 500*time.Millisecond)
+	d, err = p.WaitDrained(ctx, 500*time.Millisecond)
 	if err == nil {
 		t.Fatal("WaitDrained with a queued message and an outbox row: no error")
 	}
-	for _, want := range []string{"queue " + cfg.RetryQueueName(time.Second) + ": 1 ready", "order outbox: 1 rows", "queue " + cfg.DLQName() + ": 1 dead letters"} {
+	left := []string{"queue " + cfg.RetryQueueName(time.Second) + ": 1 ready", "order outbox: 1 rows", "queue " + cfg.DLQName() + ": 1 dead letters"}
+	for _, want := range left {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("WaitDrained error %q does not say %q", err, want)
 		}
+	}
+	if diff := cmp.Diff(left, d.Initial); diff != "" {
+		t.Errorf("WaitDrained first poll (-want +got):\n%s", diff)
 	}
 
 	if _, err := ch.QueuePurge(cfg.RetryQueueName(time.Second), false); err != nil {

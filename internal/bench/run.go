@@ -607,11 +607,15 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 	// acknowledgements) may still be queued: the latency run measures
 	// steady state only once they are worked off.
 	logf("end-to-end phase: waiting for every queue and outbox to be empty")
-	res.HalfRateDrain, err = pf.WaitDrained(ctx, drainTimeout)
+	drain, err := pf.WaitDrained(ctx, drainTimeout)
 	if err != nil {
 		return fmt.Errorf("before the half-rate run: %w", err)
 	}
-	logf("end-to-end phase: queues and outboxes empty after %s", res.HalfRateDrain.Round(time.Millisecond))
+	res.HalfRateDrain = drain.Took
+	if len(drain.Initial) > 0 {
+		logf("end-to-end phase: left when the throughput run ended: %s", strings.Join(drain.Initial, ", "))
+	}
+	logf("end-to-end phase: queues and outboxes empty after %s", drain.Took.Round(time.Millisecond))
 
 	half := base
 	half.Rate, half.Duration = max(res.E2E.ConfirmedPerSec/2, 1), o.HalfRateDuration
