@@ -16,8 +16,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
@@ -37,11 +39,26 @@ func main() {
 	}
 }
 
+// Orders still PENDING this long after they were placed are rejected
+// (ORDERMESH_ORDER_TIMEOUT, 0 to turn it off): an outcome they wait for may
+// never come, e.g. when its event was dead-lettered.
+const (
+	envOrderTimeout     = "ORDERMESH_ORDER_TIMEOUT"
+	defaultOrderTimeout = 15 * time.Minute
+)
+
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
+	var orderTimeout time.Duration
 	return service.Main(ctx, getenv, stdout, ready, service.Spec{
 		Name:      app.Source,
 		GRPCAddr:  ":50051",
 		AdminAddr: "127.0.0.1:9091",
+		ReadConfig: func(env *config.Env) {
+			orderTimeout = env.Duration(envOrderTimeout, defaultOrderTimeout)
+			if orderTimeout < 0 {
+				env.Fail(envOrderTimeout, fmt.Errorf("must not be negative, got %s", orderTimeout))
+			}
+		},
 		// Handlers touch only their own order's rows: lanes keyed by order
 		// never contend.
 		BatchLanes: 4,
@@ -55,7 +72,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 
 			// The saga's inputs, each applied effectively once, and the
 			// compensations and notifications for the orders' timelines.
-			return []service.Task{watcher.Run}, errors.Join(
+			expire := func(ctx context.Context) error {
+				return a.RunExpiry(ctx, orderTimeout, expiryInterval(orderTimeout))
+			}
+			return []service.Task{watcher.Run, expire}, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReserved)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReservationFailed)),
 				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.PaymentSucceeded)),
@@ -66,4 +86,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			)
 		},
 	})
+}
+
+// expiryInterval is how often pending orders are checked against timeout:
+// a quarter of it, between a second and a minute.
+func expiryInterval(timeout time.Duration) time.Duration {
+	return min(max(timeout/4, time.Second), time.Minute)
 }

@@ -615,3 +615,59 @@ func TestWatchSurvivesSilentDatabaseLoss(t *testing.T) {
 		t.Fatalf("watch: %v", err)
 	}
 }
+
+func TestExpirePendingRejectsOnlyStaleOrders(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	stale, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.app.Cancel(ctx, done.ID, "changed my mind"); err != nil {
+		t.Fatal(err)
+	}
+	// stale and done were placed an hour ago; stale half-way through.
+	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour' WHERE id = ANY($1::uuid[])`,
+		[]string{stale.ID, done.ID}); err != nil {
+		t.Fatal(err)
+	}
+	err = postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
+		return f.app.Apply(ctx, tx, stale.ID, order.StockReserved{})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	n, err := f.app.ExpirePending(ctx, 30*time.Minute, 100)
+	if err != nil || n != 1 {
+		t.Fatalf("ExpirePending = %d, %v; want 1 order rejected", n, err)
+	}
+	got, err := f.app.Get(ctx, stale.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != order.StatusRejected || got.StatusReason != "timed out after 30m0s waiting for payment" {
+		t.Errorf("stale order is %v %q, want REJECTED for the payment it waited for", got.Status, got.StatusReason)
+	}
+	if got, _ := f.app.Get(ctx, fresh.ID); got.Status != order.StatusPending {
+		t.Errorf("fresh order is %v, want PENDING", got.Status)
+	}
+	if got, _ := f.app.Get(ctx, done.ID); got.Status != order.StatusCancelled {
+		t.Errorf("cancelled order is %v, want CANCELLED", got.Status)
+	}
+	types := outboxTypes(t, f.pool)
+	if want := "ordermesh.order.v1.OrderRejected"; types[len(types)-1] != want {
+		t.Errorf("last outbox event %s, want %s", types[len(types)-1], want)
+	}
+	if n, err := f.app.ExpirePending(ctx, 30*time.Minute, 100); err != nil || n != 0 {
+		t.Errorf("second ExpirePending = %d, %v; want nothing left to reject", n, err)
+	}
+}

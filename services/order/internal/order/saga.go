@@ -7,8 +7,9 @@ import (
 
 // Input is something the order saga reacts to: an outcome from inventory or
 // payment consumed from the event bus (StockReserved,
-// StockReservationFailed, PaymentSucceeded, PaymentFailed), or a customer's
-// Cancel. Order.Apply folds inputs into an order.
+// StockReservationFailed, PaymentSucceeded, PaymentFailed), a customer's
+// Cancel, or the service's own Timeout. Order.Apply folds inputs into an
+// order.
 type Input interface{ sagaInput() }
 
 // StockReserved is the input for inventory's stock.reserved: every line of
@@ -42,7 +43,16 @@ type Cancel struct {
 	Reason string
 }
 
+// Timeout is the input for an order still PENDING when its time to
+// complete has run out: an outcome it waits for may never come (its event
+// was dead-lettered, a worker is down for good).
+type Timeout struct {
+	// After is how long the order had; it goes into the reason.
+	After time.Duration
+}
+
 func (StockReserved) sagaInput()          {}
+func (Timeout) sagaInput()                {}
 func (StockReservationFailed) sagaInput() {}
 func (PaymentSucceeded) sagaInput()       {}
 func (PaymentFailed) sagaInput()          {}
@@ -106,6 +116,10 @@ type Transition struct {
 //     REJECTED with the failure's reason, and Rejected is emitted. This
 //     happens even if the other service already succeeded: its success is
 //     compensated by that service when it sees order.rejected.
+//   - Timeout on a PENDING order makes it REJECTED, naming what it still
+//     waited for (stock, payment or both) and how long it had; Rejected is
+//     emitted, so whatever did succeed is compensated as for a failure.
+//     On a terminal order it changes nothing.
 //   - A repeated outcome changes nothing and emits nothing.
 //   - Once the order is terminal (CONFIRMED, REJECTED or CANCELLED), no
 //     outcome changes it or emits anything. In particular the first
@@ -167,6 +181,12 @@ func (o Order) Apply(in Input, now time.Time) (Transition, error) {
 		}
 		return o.reject(in.Reason, defaultPaymentFailureReason, now), nil
 
+	case Timeout:
+		if o.Status.Terminal() {
+			return unchanged, nil
+		}
+		return o.reject(fmt.Sprintf("timed out after %s waiting for %s", in.After, o.missing()), "", now), nil
+
 	case nil:
 		return Transition{}, fmt.Errorf("apply input to order %s: %w: nil input", o.ID, ErrInvalid)
 	default:
@@ -183,6 +203,18 @@ func (o Order) progress(now time.Time) Transition {
 	}
 	o.UpdateTime = now
 	return Transition{Order: o, Changed: true}
+}
+
+// missing names the outcomes the pending order o still waits for.
+func (o Order) missing() string {
+	switch {
+	case o.StockReserved:
+		return "payment"
+	case o.PaymentSucceeded:
+		return "stock"
+	default:
+		return "stock and payment"
+	}
 }
 
 // reject returns the transition of the pending order o to REJECTED.

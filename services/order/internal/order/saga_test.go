@@ -185,6 +185,31 @@ func TestApplyNamedCases(t *testing.T) {
 			wantEvents: []Event{Confirmed{}},
 		},
 		{
+			name:       "timeout with nothing in rejects naming both",
+			steps:      []step{ok(Timeout{After: 15 * time.Minute})},
+			wantState:  sagaState{Status: StatusRejected, StatusReason: "timed out after 15m0s waiting for stock and payment"},
+			wantEvents: []Event{Rejected{Reason: "timed out after 15m0s waiting for stock and payment"}},
+		},
+		{
+			name:       "timeout after stock names payment",
+			steps:      []step{ok(StockReserved{}), ok(Timeout{After: time.Minute})},
+			wantState:  sagaState{Status: StatusRejected, StatusReason: "timed out after 1m0s waiting for payment", StockReserved: true},
+			wantEvents: []Event{Rejected{Reason: "timed out after 1m0s waiting for payment"}},
+		},
+		{
+			name:  "timeout after payment names stock, and the late stock is ignored",
+			steps: []step{ok(PaymentSucceeded{PaymentID: paymentID}), ok(Timeout{After: time.Minute}), ok(StockReserved{})},
+			wantState: sagaState{Status: StatusRejected, StatusReason: "timed out after 1m0s waiting for stock",
+				PaymentSucceeded: true, PaymentID: paymentID},
+			wantEvents: []Event{Rejected{Reason: "timed out after 1m0s waiting for stock"}},
+		},
+		{
+			name:       "timeout of a confirmed order changes nothing",
+			steps:      []step{ok(StockReserved{}), ok(PaymentSucceeded{PaymentID: paymentID}), ok(Timeout{After: time.Minute})},
+			wantState:  sagaState{Status: StatusConfirmed, StockReserved: true, PaymentSucceeded: true, PaymentID: paymentID},
+			wantEvents: []Event{Confirmed{}},
+		},
+		{
 			name:       "cancel pending",
 			steps:      []step{ok(Cancel{Reason: cancelReason})},
 			wantState:  sagaState{Status: StatusCancelled, StatusReason: cancelReason},

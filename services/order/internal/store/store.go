@@ -179,6 +179,23 @@ func GetByRequestIDs(ctx context.Context, q Querier, ids []string) (map[string]o
 	return out, nil
 }
 
+// ListPendingSince returns the ids of up to limit orders still PENDING
+// that were placed before before, oldest first.
+func ListPendingSince(ctx context.Context, q Querier, before time.Time, limit int) ([]string, error) {
+	rows, err := q.Query(ctx, `
+		SELECT id::text FROM orders
+		WHERE status = 'PENDING' AND create_time < $1
+		ORDER BY seq LIMIT $2`, before, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list orders pending since %s: %w", before.Format(time.RFC3339), err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list orders pending since %s: %w", before.Format(time.RFC3339), err)
+	}
+	return ids, nil
+}
+
 // Update writes o's status and saga progress. Watchers are notified when
 // the transaction commits.
 func Update(ctx context.Context, q Querier, o order.Order) error {

@@ -1,0 +1,81 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/services/order/internal/order"
+	"github.com/ordermesh/ordermesh/services/order/internal/store"
+)
+
+// expireBatch bounds how many orders one ExpirePending call rejects.
+const expireBatch = 500
+
+// ExpirePending rejects the orders still PENDING timeout after they were
+// placed (see order.Timeout), oldest first and at most limit of them, each
+// in its own transaction with its order.rejected event, which has the
+// workers compensate whatever did succeed. It returns how many it
+// rejected. Instances of the service may run it at once: each order is
+// rejected once.
+func (a *App) ExpirePending(ctx context.Context, timeout time.Duration, limit int) (int, error) {
+	ids, err := store.ListPendingSince(ctx, a.pool, a.now().Add(-timeout), limit)
+	if err != nil {
+		return 0, unavailable(err)
+	}
+	rejected := 0
+	for _, id := range ids {
+		var next order.Order
+		err := postgres.WithTx(ctx, a.pool, func(tx pgx.Tx) error {
+			o, err := store.GetForUpdate(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			events, n, err := a.apply(ctx, tx, o, order.Timeout{After: timeout})
+			if err != nil {
+				return err
+			}
+			next = n
+			return publish(ctx, tx, events...)
+		})
+		if err != nil {
+			return rejected, fmt.Errorf("expire order %s: %w", id, unavailable(err))
+		}
+		if next.Status == order.StatusRejected {
+			rejected++
+			a.log.WarnContext(ctx, "order timed out", slog.String("order_id", id), slog.String("reason", next.StatusReason))
+		}
+	}
+	return rejected, nil
+}
+
+// RunExpiry calls ExpirePending every interval until ctx ends; a timeout
+// of 0 turns it off. Failures (the database away) are logged and tried
+// again at the next tick.
+func (a *App) RunExpiry(ctx context.Context, timeout, interval time.Duration) error {
+	if timeout <= 0 {
+		return nil
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		for {
+			n, err := a.ExpirePending(ctx, timeout, expireBatch)
+			if err != nil && ctx.Err() == nil {
+				a.log.ErrorContext(ctx, "expire pending orders", slog.Any("error", err))
+			}
+			if err != nil || n < expireBatch {
+				break
+			}
+		}
+	}
+}
