@@ -4,7 +4,10 @@
 // handler's database work, and writes the handler's outgoing events to the
 // outbox. A redelivered or duplicated event finds its id already recorded
 // and is skipped without effect; a failing handler leaves no trace, so the
-// bus's retry starts from scratch.
+// bus's retry starts from scratch. A BatchRunner does the same for
+// concurrent deliveries together: one transaction and one BatchHandler call
+// for all of them, with one statement each for their inbox rows and their
+// outgoing events.
 //
 // The inbox table lives in the service's own schema, reached through the
 // connection's search_path (see postgres.Open); pass Migrations to
@@ -130,7 +133,9 @@ type Option func(*Runner)
 // handlers run one after another: use batching only for handlers that do
 // nothing slow besides their SQL (not for ones that call out, like sending
 // email), and use one lane when handlers of different orders lock the same
-// rows (e.g. stock), or lanes can deadlock. timeout bounds a batch.
+// rows (e.g. stock), or lanes can deadlock. timeout bounds a batch. A
+// BatchRunner batches too, with a few statements per batch instead of a
+// few per delivery, for a handler written to take a batch at once.
 func WithBatching(max, lanes int, timeout time.Duration) Option {
 	return func(r *Runner) {
 		if max > 1 {
@@ -223,21 +228,31 @@ func (r *Runner) process(ctx context.Context, tx pgx.Tx, meta eventbus.Meta, wor
 	if err != nil {
 		return fmt.Errorf("handle %s %s: %w", meta.Type, meta.ID, err)
 	}
-	if len(events) == 0 {
-		return nil
-	}
-	msgs, err := outbox.Messages(r.service, meta.CorrelationID, events...)
+	msgs, err := r.messages(meta, events)
 	if err != nil {
 		return fmt.Errorf("handle %s %s: %w", meta.Type, meta.ID, err)
-	}
-	for i := range msgs {
-		// The outgoing events continue the incoming event's trace.
-		msgs[i].TraceParent, msgs[i].TraceState = meta.TraceParent, meta.TraceState
 	}
 	if err := outbox.Add(ctx, tx, msgs...); err != nil {
 		return fmt.Errorf("handle %s %s: %w", meta.Type, meta.ID, err)
 	}
 	return nil
+}
+
+// messages encodes the events a handler emitted for the delivery meta, as
+// the runner's service, correlated like the delivery and continuing its
+// trace.
+func (r *Runner) messages(meta eventbus.Meta, events []proto.Message) ([]eventbus.Message, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	msgs, err := outbox.Messages(r.service, meta.CorrelationID, events...)
+	if err != nil {
+		return nil, err
+	}
+	for i := range msgs {
+		msgs[i].TraceParent, msgs[i].TraceState = meta.TraceParent, meta.TraceState
+	}
+	return msgs, nil
 }
 
 // settle counts the outcome of a finished delivery.

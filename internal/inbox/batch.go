@@ -1,0 +1,301 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+)
+
+// Delivery is one event of a batch, as a BatchHandler gets it.
+type Delivery struct {
+	Event proto.Message
+	Meta  eventbus.Meta
+}
+
+// Result is what a BatchHandler made of one delivery: the events it emits,
+// which the runner writes to the outbox in the batch's transaction, or the
+// error that fails this delivery alone. Mark the error with
+// eventbus.Permanent when retrying cannot help.
+type Result struct {
+	Events []proto.Message
+	Err    error
+}
+
+// BatchHandler does the database work of several deliveries in tx and
+// returns one Result per delivery, in the batch's order. Unlike a Handler
+// it sees the whole batch, so it can read and write the rows of every
+// delivery with a few statements. The deliveries are distinct events not
+// processed before, in the order they arrived; where order matters (two
+// events of one order) the handler applies them in that order.
+//
+// A delivery whose Result has an error must leave no writes in tx: the
+// runner drops its inbox row but cannot undo the handler's writes, so a
+// handler decides every delivery before it writes (in memory, say, writing
+// what the successful ones changed at the end). An error returned by the
+// handler itself fails every delivery of the batch, and nothing commits.
+// Like a Handler, it must do all its effects through tx.
+type BatchHandler func(ctx context.Context, tx pgx.Tx, batch []Delivery) ([]Result, error)
+
+// BatchRunner processes deliveries like a Runner with batching: concurrent
+// deliveries share transactions, and each still succeeds or fails on its
+// own. But where the Runner runs a Handler per delivery, each under its own
+// savepoint, the BatchRunner hands each transaction's deliveries to one
+// BatchHandler at once, and records them in the inbox and writes their
+// events to the outbox with one statement each, so a transaction costs the
+// same few round trips however many deliveries it carries.
+//
+// One transaction is in flight at a time. A delivery arriving while none is
+// runs at once; under load a transaction carries the deliveries that
+// arrived while the previous one ran, up to the batch size. Nothing runs in
+// the background: each transaction runs on the goroutine of one of its
+// callers. A BatchRunner is safe for concurrent use.
+type BatchRunner struct {
+	r       *Runner
+	h       BatchHandler
+	max     int
+	timeout time.Duration
+
+	mu      sync.Mutex
+	queue   []*batchCall
+	leading bool
+
+	transactions, deliveries atomic.Int64
+}
+
+// batchCall is one delivery waiting for its batch.
+type batchCall struct {
+	d    Delivery
+	err  error
+	done chan struct{}
+	lead chan struct{}
+}
+
+// NewBatchRunner returns a BatchRunner handing batches of at most size
+// deliveries to h. It opens its transactions on r's database and counts
+// and reports its deliveries through r (Counts, Metrics); r's own batching
+// option does not apply to it. timeout bounds each transaction.
+func NewBatchRunner(r *Runner, h BatchHandler, size int, timeout time.Duration) *BatchRunner {
+	return &BatchRunner{r: r, h: h, max: max(size, 1), timeout: timeout}
+}
+
+// WrapBatch adapts b to the bus's typed handler signature, like Wrap:
+// eventbus.Handle(sub, inbox.WrapBatch[*orderv1.OrderCreated](b)). Events
+// of every type registered this way share b's batches.
+func WrapBatch[PT proto.Message](b *BatchRunner) func(context.Context, PT, eventbus.Meta) error {
+	return func(ctx context.Context, ev PT, meta eventbus.Meta) error {
+		_, err := b.Process(ctx, ev, meta)
+		return err
+	}
+}
+
+// Process handles one delivery in a transaction shared with concurrent
+// calls and returns once that transaction committed or failed, like
+// Runner.Process: Duplicate with a nil error for an event processed
+// before, a zero Outcome and the error when it failed (errors from the
+// handler are wrapped, so errors.Is, errors.As and eventbus.IsPermanent see
+// through them). Copies of one event in the same batch share its outcome.
+// Process returns ctx's error at once if ctx ended before the delivery
+// joined a batch; after that it waits for the batch even when ctx ends,
+// because the batch belongs to all its callers.
+func (b *BatchRunner) Process(ctx context.Context, ev proto.Message, meta eventbus.Meta) (Outcome, error) {
+	if meta.ID == "" {
+		return b.r.settle(meta, eventbus.Permanent(fmt.Errorf("process %s: %w", meta.Type, ErrMissingID)))
+	}
+	if err := ctx.Err(); err != nil {
+		return b.r.settle(meta, err)
+	}
+	c := &batchCall{d: Delivery{Event: ev, Meta: meta}, done: make(chan struct{}), lead: make(chan struct{})}
+	b.mu.Lock()
+	b.queue = append(b.queue, c)
+	if b.leading {
+		b.mu.Unlock()
+		select {
+		case <-c.done:
+			return b.r.settle(meta, c.err)
+		case <-c.lead:
+		}
+		b.mu.Lock()
+	}
+	b.leading = true
+	n := min(len(b.queue), b.max)
+	batch := b.queue[:n:n]
+	b.queue = b.queue[n:]
+	b.mu.Unlock()
+
+	b.run(context.WithoutCancel(ctx), batch)
+
+	b.mu.Lock()
+	if len(b.queue) > 0 {
+		close(b.queue[0].lead)
+	} else {
+		b.leading = false
+	}
+	b.mu.Unlock()
+	return b.r.settle(meta, c.err)
+}
+
+// Stats returns how many transactions the runner ran and how many
+// deliveries they carried.
+func (b *BatchRunner) Stats() (transactions, deliveries int64) {
+	return b.transactions.Load(), b.deliveries.Load()
+}
+
+// run processes batch in one transaction and sets each call's error.
+func (b *BatchRunner) run(ctx context.Context, batch []*batchCall) {
+	b.transactions.Add(1)
+	b.deliveries.Add(int64(len(batch)))
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
+	ds := make([]Delivery, len(batch))
+	for i, c := range batch {
+		ds[i] = c.d
+	}
+	errs := b.process(ctx, ds)
+	for i, c := range batch {
+		c.err = errs[i]
+		close(c.done)
+	}
+}
+
+// process handles ds in one transaction and returns each delivery's error:
+// nil when processed, errDuplicate when it had been before.
+func (b *BatchRunner) process(ctx context.Context, ds []Delivery) []error {
+	errs := make([]error, len(ds))
+	// Only the first copy of an event runs; copies share its outcome.
+	first := make(map[string]int, len(ds))
+	var distinct []int
+	for i, d := range ds {
+		if _, ok := first[d.Meta.ID]; !ok {
+			first[d.Meta.ID] = i
+			distinct = append(distinct, i)
+		}
+	}
+	err := postgres.WithTx(ctx, b.r.db, func(tx pgx.Tx) error {
+		ids := make([]string, len(distinct))
+		for k, i := range distinct {
+			ids[k] = ds[i].Meta.ID
+		}
+		fresh, err := record(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		var run []int
+		for _, i := range distinct {
+			if fresh[ds[i].Meta.ID] {
+				run = append(run, i)
+			} else {
+				errs[i] = errDuplicate
+			}
+		}
+		if len(run) == 0 {
+			return nil
+		}
+		batch := make([]Delivery, len(run))
+		for k, i := range run {
+			batch[k] = ds[i]
+		}
+		results, err := callBatch(ctx, tx, b.h, batch)
+		if err != nil {
+			return fmt.Errorf("handle batch of %d events: %w", len(batch), err)
+		}
+		if len(results) != len(batch) {
+			return fmt.Errorf("handle batch of %d events: handler returned %d results", len(batch), len(results))
+		}
+		var failed []string
+		var msgs []eventbus.Message
+		for k, i := range run {
+			meta := ds[i].Meta
+			if err := results[k].Err; err != nil {
+				errs[i] = fmt.Errorf("handle %s %s: %w", meta.Type, meta.ID, err)
+				failed = append(failed, meta.ID)
+				continue
+			}
+			m, err := b.r.messages(meta, results[k].Events)
+			if err != nil {
+				// The handler's writes for this delivery cannot be undone
+				// alone: the whole batch fails.
+				return fmt.Errorf("handle %s %s: %w", meta.Type, meta.ID, err)
+			}
+			msgs = append(msgs, m...)
+		}
+		if err := addMessages(ctx, tx, msgs); err != nil {
+			return err
+		}
+		if len(failed) > 0 {
+			if _, err := tx.Exec(ctx, `DELETE FROM inbox WHERE event_id = ANY($1)`, failed); err != nil {
+				return fmt.Errorf("drop failed events from inbox: %w", err)
+			}
+		}
+		return nil
+	})
+	for _, i := range distinct {
+		// A failed transaction fails every delivery but those that failed
+		// on their own.
+		if err != nil && (errs[i] == nil || errors.Is(errs[i], errDuplicate)) {
+			errs[i] = err
+		}
+	}
+	for i, d := range ds {
+		if j := first[d.Meta.ID]; j != i {
+			errs[i] = errs[j]
+			if errs[j] == nil {
+				errs[i] = errDuplicate
+			}
+		}
+	}
+	return errs
+}
+
+// record inserts ids into the inbox and returns those that were not there.
+// It inserts in id order, so two transactions recording some of the same
+// events (two instances of a service, or one and the transaction of a
+// killed one) wait for each other in one order and cannot deadlock.
+func record(ctx context.Context, tx pgx.Tx, ids []string) (map[string]bool, error) {
+	rows, err := tx.Query(ctx, `
+		INSERT INTO inbox (event_id)
+		SELECT id FROM unnest($1::text[]) AS e(id) ORDER BY id COLLATE "C"
+		ON CONFLICT (event_id) DO NOTHING
+		RETURNING event_id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("record %d events in inbox: %w", len(ids), err)
+	}
+	inserted, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("record %d events in inbox: %w", len(ids), err)
+	}
+	fresh := make(map[string]bool, len(inserted))
+	for _, id := range inserted {
+		fresh[id] = true
+	}
+	return fresh, nil
+}
+
+// callBatch runs h, turning a panic into its error so that one batch
+// cannot take its callers down with it.
+func callBatch(ctx context.Context, tx pgx.Tx, h BatchHandler, batch []Delivery) (results []Result, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic in batch handler: %v", p)
+		}
+	}()
+	return h(ctx, tx, slices.Clip(batch))
+}
+
+// addMessages writes the outgoing events of a batch to the outbox.
+func addMessages(ctx context.Context, tx pgx.Tx, msgs []eventbus.Message) error {
+	if err := outbox.Add(ctx, tx, msgs...); err != nil {
+		return fmt.Errorf("write outgoing events: %w", err)
+	}
+	return nil
+}

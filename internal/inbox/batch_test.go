@@ -1,0 +1,279 @@
+package inbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/inbox"
+)
+
+// batchHandler is handleOrderCreated for a whole batch, with one statement
+// per table. The deliveries whose event ids are in fail fail with that
+// error and write nothing. It counts the deliveries it was handed in seen.
+func batchHandler(fail map[string]error, seen *atomic.Int64) inbox.BatchHandler {
+	return func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+		seen.Add(int64(len(batch)))
+		results := make([]inbox.Result, len(batch))
+		var customers, ids []string
+		var units []int64
+		for i, d := range batch {
+			if err := fail[d.Meta.ID]; err != nil {
+				results[i].Err = err
+				continue
+			}
+			ev, ok := d.Event.(*orderv1.OrderCreated)
+			if !ok {
+				results[i].Err = eventbus.Permanent(fmt.Errorf("unexpected %T", d.Event))
+				continue
+			}
+			customers, units, ids = append(customers, ev.GetCustomerEmail()), append(units, ev.GetTotal().GetUnits()), append(ids, d.Meta.ID)
+			results[i].Events = []proto.Message{&orderv1.OrderConfirmed{
+				OrderId: ev.GetOrderId(), CustomerEmail: ev.GetCustomerEmail(), Total: ev.GetTotal(),
+			}}
+		}
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO totals (customer, units)
+			SELECT customer, sum(units) FROM unnest($1::text[], $2::bigint[]) AS t(customer, units) GROUP BY customer
+			ON CONFLICT (customer) DO UPDATE SET units = totals.units + excluded.units`, customers, units); err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO applied (event_id) SELECT unnest($1::text[])`, ids); err != nil {
+			return nil, err
+		}
+		return results, nil
+	}
+}
+
+// TestBatchRunnerAppliesEachEventOnceAndIsolatesFailures runs concurrent
+// deliveries through a BatchRunner: every event (delivered two or three
+// times, concurrently, so copies share batches) applies once and reaches
+// the handler once, a delivery that fails fails alone and leaves no inbox
+// row, so its redelivery runs again, and the deliveries share
+// transactions.
+func TestBatchRunnerAppliesEachEventOnceAndIsolatesFailures(t *testing.T) {
+	ctx := context.Background()
+	pool := newService(t)
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
+	var events []delivery
+	want := state{Totals: map[string]int64{}}
+	for i := range 30 {
+		customer := fmt.Sprintf("c%d@example.com", i%4)
+		d := newDelivery(t, customer, int64(i+1))
+		events = append(events, d)
+		if i != 13 {
+			want.Totals[customer] += int64(i + 1)
+		}
+	}
+	errFail := errors.New("this delivery fails")
+	failing := events[13]
+	var seen atomic.Int64
+	b := inbox.NewBatchRunner(runner, batchHandler(map[string]error{failing.meta.ID: errFail}, &seen), 16, 10*time.Second)
+	handle := inbox.WrapBatch[*orderv1.OrderCreated](b)
+
+	var deliveries []delivery
+	for i, d := range events {
+		deliveries = append(deliveries, d, d)
+		if i%3 == 0 {
+			deliveries = append(deliveries, d)
+		}
+	}
+	errs := make([]error, len(deliveries))
+	var wg sync.WaitGroup
+	for i, d := range deliveries {
+		wg.Go(func() { errs[i] = handle(ctx, d.ev, d.meta) })
+	}
+	wg.Wait()
+	var failed int64
+	for i, err := range errs {
+		if deliveries[i].meta.ID == failing.meta.ID {
+			failed++
+			if !errors.Is(err, errFail) {
+				t.Errorf("delivery %d of the failing event: err = %v, want %v", i, err, errFail)
+			}
+		} else if err != nil {
+			t.Errorf("delivery %d: %v", i, err)
+		}
+	}
+	want.Applied, want.Inbox, want.Outbox = len(events)-1, len(events)-1, len(events)-1
+	if diff := cmp.Diff(want, readState(t, pool)); diff != "" {
+		t.Errorf("state (-want +got):\n%s", diff)
+	}
+	wantCounts := inbox.Counts{Processed: int64(len(events) - 1), Duplicates: int64(len(deliveries)-len(events)) - (failed - 1), Failed: failed}
+	if diff := cmp.Diff(wantCounts, runner.Counts()); diff != "" {
+		t.Errorf("counts (-want +got):\n%s", diff)
+	}
+	// Copies of an event in one batch reach the handler once; the failing
+	// event reaches it once per batch it was in.
+	if n := seen.Load(); n < int64(len(events)) || n > int64(len(events))+failed-1 {
+		t.Errorf("handler saw %d deliveries, want %d to %d", n, len(events), int64(len(events))+failed-1)
+	}
+	txs, n := b.Stats()
+	if n != int64(len(deliveries)) || txs >= n {
+		t.Errorf("%d deliveries in %d transactions; want all %d, sharing transactions", n, txs, len(deliveries))
+	}
+	t.Logf("%d deliveries in %d transactions", n, txs)
+
+	// The failed event left no trace, so its redelivery runs.
+	ok := inbox.NewBatchRunner(runner, batchHandler(nil, &seen), 16, 10*time.Second)
+	if outcome, err := ok.Process(ctx, failing.ev, failing.meta); outcome != inbox.Processed || err != nil {
+		t.Fatalf("redelivery of the failed event = %v, %v; want processed", outcome, err)
+	}
+	want.Totals[failing.ev.GetCustomerEmail()] += failing.ev.GetTotal().GetUnits()
+	want.Applied, want.Inbox, want.Outbox = len(events), len(events), len(events)
+	if diff := cmp.Diff(want, readState(t, pool)); diff != "" {
+		t.Errorf("state after the redelivery (-want +got):\n%s", diff)
+	}
+	// The outgoing events carry the deliveries' correlation and trace.
+	var corr, parent string
+	if err := pool.QueryRow(ctx, `SELECT correlation_id, trace_parent FROM outbox ORDER BY seq DESC LIMIT 1`).Scan(&corr, &parent); err != nil {
+		t.Fatal(err)
+	}
+	if corr != failing.meta.CorrelationID || parent != failing.meta.TraceParent {
+		t.Errorf("outbox row: correlation %q, trace parent %q; want %q, %q", corr, parent, failing.meta.CorrelationID, failing.meta.TraceParent)
+	}
+}
+
+func TestBatchRunnerDuplicateOfProcessedEvent(t *testing.T) {
+	ctx := context.Background()
+	pool := newService(t)
+	var dupHook atomic.Int64
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{Duplicate: func(eventbus.Meta) { dupHook.Add(1) }})
+	var seen atomic.Int64
+	b := inbox.NewBatchRunner(runner, batchHandler(nil, &seen), 16, 10*time.Second)
+	d := newDelivery(t, "a@example.com", 3)
+	for i, want := range []inbox.Outcome{inbox.Processed, inbox.Duplicate, inbox.Duplicate} {
+		if got, err := b.Process(ctx, d.ev, d.meta); got != want || err != nil {
+			t.Errorf("delivery %d = %v, %v; want %v", i+1, got, err, want)
+		}
+	}
+	if n := seen.Load(); n != 1 {
+		t.Errorf("handler saw %d deliveries, want 1", n)
+	}
+	if n := dupHook.Load(); n != 2 {
+		t.Errorf("Duplicate hook called %d times, want 2", n)
+	}
+	want := state{Totals: map[string]int64{"a@example.com": 3}, Applied: 1, Inbox: 1, Outbox: 1}
+	if diff := cmp.Diff(want, readState(t, pool)); diff != "" {
+		t.Errorf("state (-want +got):\n%s", diff)
+	}
+}
+
+// TestBatchRunnerFailedBatchCommitsNothing: whatever fails the batch as a
+// whole (the handler's own error, a panic, a wrong number of results, an
+// outgoing event that cannot be encoded) fails each of its deliveries and
+// commits nothing, not even inbox rows.
+func TestBatchRunnerFailedBatchCommitsNothing(t *testing.T) {
+	errDown := errors.New("database gone")
+	var seen atomic.Int64
+	good := batchHandler(nil, &seen)
+	tests := []struct {
+		name    string
+		h       inbox.BatchHandler
+		wantErr error
+	}{
+		{
+			name: "handler error",
+			h: func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+				if _, err := good(ctx, tx, batch); err != nil {
+					return nil, err
+				}
+				return nil, errDown
+			},
+			wantErr: errDown,
+		},
+		{
+			name: "panic",
+			h: func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+				if _, err := good(ctx, tx, batch); err != nil {
+					return nil, err
+				}
+				panic("handler bug")
+			},
+		},
+		{
+			name: "too few results",
+			h: func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+				res, err := good(ctx, tx, batch)
+				return res[:len(res)-1], err
+			},
+		},
+		{
+			name: "bad outgoing event",
+			h: func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+				res, err := good(ctx, tx, batch)
+				// Money is not an event: it declares no routing key.
+				res[len(res)-1].Events = []proto.Message{&moneyv1.Money{}}
+				return res, err
+			},
+			wantErr: eventbus.ErrNotEvent,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			pool := newService(t)
+			runner := inbox.NewRunner(pool, service, inbox.Metrics{})
+			b := inbox.NewBatchRunner(runner, tt.h, 16, 10*time.Second)
+			ds := []delivery{newDelivery(t, "a@example.com", 1), newDelivery(t, "b@example.com", 2), newDelivery(t, "a@example.com", 4)}
+			errs := make([]error, len(ds))
+			var wg sync.WaitGroup
+			for i, d := range ds {
+				wg.Go(func() { _, errs[i] = b.Process(ctx, d.ev, d.meta) })
+			}
+			wg.Wait()
+			for i, err := range errs {
+				if err == nil || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+					t.Errorf("delivery %d: err = %v, want %v", i, err, tt.wantErr)
+				}
+			}
+			if diff := cmp.Diff(state{Totals: map[string]int64{}}, readState(t, pool)); diff != "" {
+				t.Errorf("state (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(inbox.Counts{Failed: int64(len(ds))}, runner.Counts()); diff != "" {
+				t.Errorf("counts (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestBatchRunnerMissingIDIsPermanent(t *testing.T) {
+	pool := newService(t)
+	var seen atomic.Int64
+	b := inbox.NewBatchRunner(inbox.NewRunner(pool, service, inbox.Metrics{}), batchHandler(nil, &seen), 16, 10*time.Second)
+	d := newDelivery(t, "a@example.com", 5)
+	d.meta.ID = ""
+	_, err := b.Process(context.Background(), d.ev, d.meta)
+	if !errors.Is(err, inbox.ErrMissingID) || !eventbus.IsPermanent(err) {
+		t.Fatalf("error = %v, want a permanent ErrMissingID", err)
+	}
+	if n := seen.Load(); n != 0 {
+		t.Errorf("handler saw %d deliveries, want none", n)
+	}
+}
+
+func TestBatchRunnerEndedContext(t *testing.T) {
+	pool := newService(t)
+	var seen atomic.Int64
+	b := inbox.NewBatchRunner(inbox.NewRunner(pool, service, inbox.Metrics{}), batchHandler(nil, &seen), 16, 10*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	d := newDelivery(t, "a@example.com", 5)
+	if _, err := b.Process(ctx, d.ev, d.meta); !errors.Is(err, context.Canceled) {
+		t.Fatalf("error = %v, want context.Canceled", err)
+	}
+	if diff := cmp.Diff(state{Totals: map[string]int64{}}, readState(t, pool)); diff != "" {
+		t.Errorf("state (-want +got):\n%s", diff)
+	}
+}
