@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
@@ -36,22 +37,24 @@ func main() {
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	return service.Main(ctx, getenv, stdout, ready, service.Spec{
-		Name:      app.Source,
-		GRPCAddr:  ":50052",
-		AdminAddr: "127.0.0.1:9092",
-		// Reservations of different orders lock the same stock rows: one
-		// lane, so batches never deadlock each other.
-		BatchLanes:         1,
+		Name:               app.Source,
+		GRPCAddr:           ":50052",
+		AdminAddr:          "127.0.0.1:9092",
 		Migrations:         []postgres.Source{store.Migrations},
 		BrokerGatesServing: true,
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			a := app.New(s.Pool, s.Log)
 			inventoryv1.RegisterInventoryServiceServer(s.GRPC, grpcapi.New(a, s.Log))
+			// Every order event goes through one batch runner: the events
+			// handled at once share a transaction and a few statements
+			// (see app.Handle), and one transaction at a time keeps the
+			// instance's batches from waiting on each other's stock locks.
+			b := inbox.NewBatchRunner(s.Inbox, a.Handle, s.Config.Concurrency, s.Config.ShutdownTimeout)
 			return nil, errors.Join(
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCreated)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderConfirmed)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderRejected)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCancelled)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCreated](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderConfirmed](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderRejected](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCancelled](b)),
 			)
 		},
 	})

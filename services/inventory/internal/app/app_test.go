@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
@@ -35,36 +37,50 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 type fixture struct {
 	pool *pgxpool.Pool
 	app  *app.App
+	// instances each stand for an instance of the service: handle spreads
+	// deliveries over them, so concurrent deliveries run in concurrent
+	// transactions that contend for locks as different instances' do.
+	instances []*inbox.BatchRunner
+	next      *atomic.Int64
 }
 
 // newFixture gives a test its own migrated schema (inventory, outbox and
-// inbox tables) and an App on it.
+// inbox tables), an App on it, and three instances of the service's inbox
+// runner.
 func newFixture(t *testing.T) fixture {
 	t.Helper()
 	pool, _ := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations, inbox.Migrations)
-	return fixture{pool: pool, app: app.New(pool, quiet)}
+	f := fixture{pool: pool, app: app.New(pool, quiet), next: new(atomic.Int64)}
+	for range 3 {
+		runner := inbox.NewRunner(pool, app.Source, inbox.Metrics{})
+		f.instances = append(f.instances, inbox.NewBatchRunner(runner, f.app.Handle, 32, time.Minute))
+	}
+	return f
 }
 
-// inTx runs an event handler the way the inbox runner does: in one
-// transaction, with its returned events written to the outbox.
-func inTx[E any](t *testing.T, f fixture, h func(context.Context, pgx.Tx, E, eventbus.Meta) ([]proto.Message, error), ev E) error {
+// handle delivers ev, under a new event id, to one of the instances.
+func handle(t *testing.T, f fixture, ev proto.Message) error {
 	t.Helper()
-	ctx := context.Background()
-	return postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
-		out, err := h(ctx, tx, ev, eventbus.Meta{})
-		if err != nil {
-			return err
-		}
-		return outbox.AddEvents(ctx, tx, app.Source, "", out...)
-	})
+	b := f.instances[int(f.next.Add(1))%len(f.instances)]
+	_, err := b.Process(context.Background(), ev, metaFor(ev))
+	return err
 }
 
-// mustTx is inTx failing the test on error.
-func mustTx[E any](t *testing.T, f fixture, h func(context.Context, pgx.Tx, E, eventbus.Meta) ([]proto.Message, error), ev E) {
+// mustHandle is handle failing the test on error.
+func mustHandle(t *testing.T, f fixture, ev proto.Message) {
 	t.Helper()
-	if err := inTx(t, f, h, ev); err != nil {
+	if err := handle(t, f, ev); err != nil {
 		t.Fatalf("handle %T: %v", ev, err)
 	}
+}
+
+// metaFor returns the metadata of ev delivered under a new event id.
+func metaFor(ev proto.Message) eventbus.Meta {
+	var order string
+	if o, ok := ev.(interface{ GetOrderId() string }); ok {
+		order = o.GetOrderId()
+	}
+	return eventbus.Meta{ID: uuid.NewString(), Type: string(proto.MessageName(ev)), CorrelationID: order, Attempt: 1}
 }
 
 func (f fixture) setStock(t *testing.T, levels map[string]int64) {
@@ -174,7 +190,7 @@ func TestReserveSumsLinesAndMovesStock(t *testing.T) {
 	f := newFixture(t)
 	f.setStock(t, map[string]int64{"SKU-1": 5, "SKU-2": 3, "SKU-3": 1})
 	id := uuid.NewString()
-	mustTx(t, f, f.app.OrderCreated, created(id, line("SKU-2", 1), line("SKU-1", 2), line("SKU-1", 1)))
+	mustHandle(t, f, created(id, line("SKU-2", 1), line("SKU-1", 2), line("SKU-1", 1)))
 
 	diffEvents(t, []proto.Message{&inventoryv1.StockReserved{OrderId: id, Items: []*inventoryv1.StockLine{stockLine("SKU-1", 3), stockLine("SKU-2", 1)}}}, f.pool)
 	diffLevels(t, f, map[string]stock.Level{
@@ -226,7 +242,7 @@ func TestReservationFailureIsAllOrNothing(t *testing.T) {
 			f := newFixture(t)
 			f.setStock(t, map[string]int64{"SKU-1": 5, "SKU-2": 3})
 			id := uuid.NewString()
-			mustTx(t, f, f.app.OrderCreated, created(id, tt.items...))
+			mustHandle(t, f, created(id, tt.items...))
 
 			diffEvents(t, []proto.Message{&inventoryv1.StockReservationFailed{OrderId: id, Shortages: tt.wantShortages, Reason: tt.wantReason}}, f.pool)
 			// Nothing is reserved, not even the lines that would have fit.
@@ -238,7 +254,7 @@ func TestReservationFailureIsAllOrNothing(t *testing.T) {
 				t.Errorf("reservation status = %v, want FAILED", got)
 			}
 			// A failed order has nothing to release.
-			mustTx(t, f, f.app.OrderRejected, rejected(id))
+			mustHandle(t, f, rejected(id))
 			if n := len(outboxEvents(t, f.pool)); n != 1 {
 				t.Errorf("outbox has %d events after rejecting a failed order, want 1", n)
 			}
@@ -246,9 +262,11 @@ func TestReservationFailureIsAllOrNothing(t *testing.T) {
 	}
 }
 
-// TestConcurrentOrdersNeverOversell runs many order.created transactions at
-// once against little stock: exactly as many orders are reserved as fit,
-// no level goes negative, and available + reserved stays what was stocked.
+// TestConcurrentOrdersNeverOversell delivers many order.created at once,
+// spread over three instances of the service (so batches of each and
+// transactions of different instances run concurrently), against little
+// stock: exactly as many orders are reserved as fit, no level goes
+// negative, and available + reserved stays what was stocked.
 func TestConcurrentOrdersNeverOversell(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -288,7 +306,7 @@ func TestConcurrentOrdersNeverOversell(t *testing.T) {
 			var g errgroup.Group
 			for i := range ids {
 				ids[i] = uuid.NewString()
-				g.Go(func() error { return inTx(t, f, f.app.OrderCreated, created(ids[i], tt.items(i)...)) })
+				g.Go(func() error { return handle(t, f, created(ids[i], tt.items(i)...)) })
 			}
 			if err := g.Wait(); err != nil {
 				t.Fatalf("concurrent order.created: %v", err)
@@ -347,9 +365,9 @@ func TestConfirmCommitsReservation(t *testing.T) {
 	f := newFixture(t)
 	f.setStock(t, map[string]int64{"SKU-1": 5})
 	id := uuid.NewString()
-	mustTx(t, f, f.app.OrderCreated, created(id, line("SKU-1", 2)))
-	mustTx(t, f, f.app.OrderConfirmed, confirmed(id))
-	mustTx(t, f, f.app.OrderConfirmed, confirmed(id)) // a repeat changes nothing
+	mustHandle(t, f, created(id, line("SKU-1", 2)))
+	mustHandle(t, f, confirmed(id))
+	mustHandle(t, f, confirmed(id)) // a repeat changes nothing
 
 	diffLevels(t, f, map[string]stock.Level{"SKU-1": {ProductID: "SKU-1", Available: 3}})
 	if got := f.status(t, id); got != stock.StatusCommitted {
@@ -379,7 +397,7 @@ func TestCompensation(t *testing.T) {
 		{
 			name: "rejected while reserved releases",
 			run: func(t *testing.T, f fixture, id string) {
-				mustTx(t, f, f.app.OrderRejected, rejected(id))
+				mustHandle(t, f, rejected(id))
 			},
 			wantStatus: stock.StatusReleased,
 			wantEvents: func(id string) []proto.Message { return []proto.Message{reserved(id), released(id)} },
@@ -387,7 +405,7 @@ func TestCompensation(t *testing.T) {
 		{
 			name: "cancelled while reserved releases",
 			run: func(t *testing.T, f fixture, id string) {
-				mustTx(t, f, f.app.OrderCancelled, cancelled(id))
+				mustHandle(t, f, cancelled(id))
 			},
 			wantStatus: stock.StatusReleased,
 			wantEvents: func(id string) []proto.Message { return []proto.Message{reserved(id), released(id)} },
@@ -395,8 +413,8 @@ func TestCompensation(t *testing.T) {
 		{
 			name: "cancelled after confirmed puts stock back",
 			run: func(t *testing.T, f fixture, id string) {
-				mustTx(t, f, f.app.OrderConfirmed, confirmed(id))
-				mustTx(t, f, f.app.OrderCancelled, cancelled(id))
+				mustHandle(t, f, confirmed(id))
+				mustHandle(t, f, cancelled(id))
 			},
 			wantStatus: stock.StatusReleased,
 			wantEvents: func(id string) []proto.Message { return []proto.Message{reserved(id), released(id)} },
@@ -404,8 +422,8 @@ func TestCompensation(t *testing.T) {
 		{
 			name: "cancelled before its confirmation arrives",
 			run: func(t *testing.T, f fixture, id string) {
-				mustTx(t, f, f.app.OrderCancelled, cancelled(id))
-				mustTx(t, f, f.app.OrderConfirmed, confirmed(id))
+				mustHandle(t, f, cancelled(id))
+				mustHandle(t, f, confirmed(id))
 			},
 			wantStatus: stock.StatusReleased,
 			wantEvents: func(id string) []proto.Message { return []proto.Message{reserved(id), released(id)} },
@@ -413,9 +431,9 @@ func TestCompensation(t *testing.T) {
 		{
 			name: "rejected and cancelled release once",
 			run: func(t *testing.T, f fixture, id string) {
-				mustTx(t, f, f.app.OrderRejected, rejected(id))
-				mustTx(t, f, f.app.OrderCancelled, cancelled(id))
-				mustTx(t, f, f.app.OrderRejected, rejected(id))
+				mustHandle(t, f, rejected(id))
+				mustHandle(t, f, cancelled(id))
+				mustHandle(t, f, rejected(id))
 			},
 			wantStatus: stock.StatusReleased,
 			wantEvents: func(id string) []proto.Message { return []proto.Message{reserved(id), released(id)} },
@@ -426,7 +444,7 @@ func TestCompensation(t *testing.T) {
 			f := newFixture(t)
 			f.setStock(t, map[string]int64{"SKU-1": 5, "SKU-2": 3})
 			id := uuid.NewString()
-			mustTx(t, f, f.app.OrderCreated, created(id, line("SKU-1", 2), line("SKU-2", 1)))
+			mustHandle(t, f, created(id, line("SKU-1", 2), line("SKU-2", 1)))
 			tt.run(t, f, id)
 
 			diffLevels(t, f, map[string]stock.Level{
@@ -445,9 +463,9 @@ func TestReleaseWithNothingHeld(t *testing.T) {
 	f := newFixture(t)
 	f.setStock(t, map[string]int64{"SKU-1": 1})
 	id := uuid.NewString()
-	mustTx(t, f, f.app.OrderCreated, created(id, line("SKU-1", 2)))
-	mustTx(t, f, f.app.OrderRejected, rejected(id))
-	mustTx(t, f, f.app.OrderCancelled, cancelled(id))
+	mustHandle(t, f, created(id, line("SKU-1", 2)))
+	mustHandle(t, f, rejected(id))
+	mustHandle(t, f, cancelled(id))
 	if got := f.status(t, id); got != stock.StatusFailed {
 		t.Errorf("reservation status = %v, want FAILED", got)
 	}
@@ -466,8 +484,8 @@ func TestTerminalBeforeCreatedNeverReserves(t *testing.T) {
 		name  string
 		first func(t *testing.T, f fixture, id string)
 	}{
-		{"rejected first", func(t *testing.T, f fixture, id string) { mustTx(t, f, f.app.OrderRejected, rejected(id)) }},
-		{"cancelled first", func(t *testing.T, f fixture, id string) { mustTx(t, f, f.app.OrderCancelled, cancelled(id)) }},
+		{"rejected first", func(t *testing.T, f fixture, id string) { mustHandle(t, f, rejected(id)) }},
+		{"cancelled first", func(t *testing.T, f fixture, id string) { mustHandle(t, f, cancelled(id)) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -478,8 +496,8 @@ func TestTerminalBeforeCreatedNeverReserves(t *testing.T) {
 			if got := f.status(t, id); got != stock.StatusBlocked {
 				t.Fatalf("reservation status = %v, want BLOCKED", got)
 			}
-			mustTx(t, f, f.app.OrderCreated, created(id, line("SKU-1", 2)))
-			mustTx(t, f, f.app.OrderCancelled, cancelled(id))
+			mustHandle(t, f, created(id, line("SKU-1", 2)))
+			mustHandle(t, f, cancelled(id))
 
 			if got := f.status(t, id); got != stock.StatusBlocked {
 				t.Errorf("reservation status = %v, want BLOCKED", got)
@@ -501,8 +519,8 @@ func TestCreatedRacingCancelled(t *testing.T) {
 	var g errgroup.Group
 	for i := range ids {
 		ids[i] = uuid.NewString()
-		g.Go(func() error { return inTx(t, f, f.app.OrderCreated, created(ids[i], line("SKU-1", 3))) })
-		g.Go(func() error { return inTx(t, f, f.app.OrderCancelled, cancelled(ids[i])) })
+		g.Go(func() error { return handle(t, f, created(ids[i], line("SKU-1", 3))) })
+		g.Go(func() error { return handle(t, f, cancelled(ids[i])) })
 	}
 	if err := g.Wait(); err != nil {
 		t.Fatalf("handle: %v", err)
@@ -517,7 +535,7 @@ func TestCreatedRacingCancelled(t *testing.T) {
 
 func TestConfirmWithoutReservationIsPermanent(t *testing.T) {
 	f := newFixture(t)
-	err := inTx(t, f, f.app.OrderConfirmed, confirmed(uuid.NewString()))
+	err := handle(t, f, confirmed(uuid.NewString()))
 	if !eventbus.IsPermanent(err) || !errors.Is(err, stock.ErrNoReservation) {
 		t.Fatalf("err = %v, want a permanent ErrNoReservation", err)
 	}
@@ -529,11 +547,11 @@ func TestMalformedEventsArePermanent(t *testing.T) {
 		name string
 		run  func() error
 	}{
-		{"bad order id", func() error { return inTx(t, f, f.app.OrderCreated, created("order-1", line("SKU-1", 1))) }},
-		{"no lines", func() error { return inTx(t, f, f.app.OrderCreated, created(uuid.NewString())) }},
-		{"zero quantity", func() error { return inTx(t, f, f.app.OrderCreated, created(uuid.NewString(), line("SKU-1", 0))) }},
-		{"bad product id", func() error { return inTx(t, f, f.app.OrderCreated, created(uuid.NewString(), line("SKU 1", 1))) }},
-		{"cancel with bad order id", func() error { return inTx(t, f, f.app.OrderCancelled, cancelled("")) }},
+		{"bad order id", func() error { return handle(t, f, created("order-1", line("SKU-1", 1))) }},
+		{"no lines", func() error { return handle(t, f, created(uuid.NewString())) }},
+		{"zero quantity", func() error { return handle(t, f, created(uuid.NewString(), line("SKU-1", 0))) }},
+		{"bad product id", func() error { return handle(t, f, created(uuid.NewString(), line("SKU 1", 1))) }},
+		{"cancel with bad order id", func() error { return handle(t, f, cancelled("")) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -545,14 +563,16 @@ func TestMalformedEventsArePermanent(t *testing.T) {
 	diffEvents(t, nil, f.pool)
 }
 
-// TestDuplicatesThroughInbox delivers events through the real inbox runner,
-// repeatedly and concurrently: each takes effect once.
+// TestDuplicatesThroughInbox delivers events through one inbox runner,
+// repeatedly and concurrently (so copies share batches): each takes effect
+// once.
 func TestDuplicatesThroughInbox(t *testing.T) {
 	f := newFixture(t)
 	f.setStock(t, map[string]int64{"SKU-1": 10})
 	runner := inbox.NewRunner(f.pool, app.Source, inbox.Metrics{})
-	handleCreated := inbox.Wrap(runner, f.app.OrderCreated)
-	handleCancelled := inbox.Wrap(runner, f.app.OrderCancelled)
+	batches := inbox.NewBatchRunner(runner, f.app.Handle, 32, time.Minute)
+	handleCreated := inbox.WrapBatch[*orderv1.OrderCreated](batches)
+	handleCancelled := inbox.WrapBatch[*orderv1.OrderCancelled](batches)
 	ctx := context.Background()
 	id := uuid.NewString()
 	createdMeta := eventbus.Meta{ID: uuid.NewString(), Type: "ordermesh.order.v1.OrderCreated", CorrelationID: id}
@@ -599,6 +619,81 @@ func TestDuplicatesThroughInbox(t *testing.T) {
 	}
 }
 
+// TestOneBatchAppliesEventsInOrder hands one batch to the handler, the way
+// the inbox runner does: events of one order apply in the order they came,
+// each sees what the events before it did, and an event that cannot be
+// applied fails alone.
+func TestOneBatchAppliesEventsInOrder(t *testing.T) {
+	f := newFixture(t)
+	f.setStock(t, map[string]int64{"SKU-1": 10})
+	o1, o2, o3, o4 := uuid.NewString(), uuid.NewString(), uuid.NewString(), uuid.NewString()
+	batch := []proto.Message{
+		created(o1, line("SKU-1", 2)),
+		cancelled(o1),
+		created(o2, line("SKU-1", 1)),
+		confirmed(o2),
+		created("order-5", line("SKU-1", 1)),
+		confirmed(o3),
+		cancelled(o4),
+		created(o4, line("SKU-1", 1)),
+		created(o3, line("SKU-1", 8)),
+	}
+	ctx := context.Background()
+	var results []inbox.Result
+	err := postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
+		ds := make([]inbox.Delivery, len(batch))
+		for i, ev := range batch {
+			ds[i] = inbox.Delivery{Event: ev, Meta: metaFor(ev)}
+		}
+		var err error
+		results, err = f.app.Handle(ctx, tx, ds)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("handle batch: %v", err)
+	}
+	held := []*inventoryv1.StockLine{stockLine("SKU-1", 2)}
+	// failed marks an event that fails alone with a permanent error
+	// (wrapping is, when set).
+	type outcome struct {
+		events []proto.Message
+		failed bool
+		is     error
+	}
+	want := []outcome{
+		{events: []proto.Message{&inventoryv1.StockReserved{OrderId: o1, Items: held}}},
+		{events: []proto.Message{&inventoryv1.StockReleased{OrderId: o1, Items: held}}},
+		{events: []proto.Message{&inventoryv1.StockReserved{OrderId: o2, Items: []*inventoryv1.StockLine{stockLine("SKU-1", 1)}}}},
+		{},
+		{failed: true},
+		{failed: true, is: stock.ErrNoReservation},
+		{},
+		{},
+		// o1's units are back, so o3 finds 9 available.
+		{events: []proto.Message{&inventoryv1.StockReserved{OrderId: o3, Items: []*inventoryv1.StockLine{stockLine("SKU-1", 8)}}}},
+	}
+	if len(results) != len(want) {
+		t.Fatalf("%d results, want %d", len(results), len(want))
+	}
+	for i, r := range results {
+		if diff := cmp.Diff(want[i].events, r.Events, protocmp.Transform()); diff != "" {
+			t.Errorf("event %d (%T): events (-want +got):\n%s", i, batch[i], diff)
+		}
+		switch w := want[i]; {
+		case !w.failed && r.Err != nil:
+			t.Errorf("event %d (%T): %v", i, batch[i], r.Err)
+		case w.failed && (!eventbus.IsPermanent(r.Err) || w.is != nil && !errors.Is(r.Err, w.is)):
+			t.Errorf("event %d (%T): err = %v, want a permanent error (wrapping %v)", i, batch[i], r.Err, w.is)
+		}
+	}
+	diffLevels(t, f, map[string]stock.Level{"SKU-1": {ProductID: "SKU-1", Available: 1, Reserved: 8}})
+	for id, want := range map[string]stock.Status{o1: stock.StatusReleased, o2: stock.StatusCommitted, o3: stock.StatusReserved, o4: stock.StatusBlocked} {
+		if got := f.status(t, id); got != want {
+			t.Errorf("order %s: reservation %v, want %v", id, got, want)
+		}
+	}
+}
+
 func TestSetStockKeepsReserved(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -606,7 +701,7 @@ func TestSetStockKeepsReserved(t *testing.T) {
 		t.Fatalf("GetStock of a new product: err = %v, want ErrNotFound", err)
 	}
 	f.setStock(t, map[string]int64{"SKU-1": 5})
-	mustTx(t, f, f.app.OrderCreated, created(uuid.NewString(), line("SKU-1", 2)))
+	mustHandle(t, f, created(uuid.NewString(), line("SKU-1", 2)))
 	l, err := f.app.SetStock(ctx, "SKU-1", 10)
 	if err != nil {
 		t.Fatalf("SetStock: %v", err)

@@ -60,7 +60,7 @@ func benchOrderEvents(b *testing.B, latency time.Duration) {
 	var trips roundTrips
 	pool := openThrough(b, schema, latency, &trips)
 	a := app.New(pool, quiet)
-	handle := wireHandlers(a, inbox.NewRunner(pool, app.Source, inbox.Metrics{}, inbox.WithBatching(benchConcurrency, 1, time.Minute)))
+	handle := wireHandlers(a, inbox.NewRunner(pool, app.Source, inbox.Metrics{}))
 
 	orders := make(chan int)
 	g, gctx := errgroup.WithContext(ctx)
@@ -101,6 +101,9 @@ func benchOrderEvents(b *testing.B, latency time.Duration) {
 	deliveries := 2 * float64(b.N)
 	b.ReportMetric(deliveries/elapsed.Seconds(), "deliveries/s")
 	b.ReportMetric(float64(trips.n.Load())/deliveries, "roundtrips/delivery")
+	if txs, _ := handle.stats(); txs > 0 {
+		b.ReportMetric(deliveries/float64(txs), "deliveries/tx")
+	}
 	l, err := store.GetStock(ctx, direct, product)
 	if err != nil {
 		b.Fatal(err)
@@ -114,11 +117,18 @@ func benchOrderEvents(b *testing.B, latency time.Duration) {
 type benchHandlers struct {
 	created   func(context.Context, *orderv1.OrderCreated, eventbus.Meta) error
 	confirmed func(context.Context, *orderv1.OrderConfirmed, eventbus.Meta) error
+	// stats returns how many transactions carried how many deliveries.
+	stats func() (transactions, deliveries int64)
 }
 
 // wireHandlers wires a's handlers to runner as main.go does.
 func wireHandlers(a *app.App, runner *inbox.Runner) benchHandlers {
-	return benchHandlers{created: inbox.Wrap(runner, a.OrderCreated), confirmed: inbox.Wrap(runner, a.OrderConfirmed)}
+	b := inbox.NewBatchRunner(runner, a.Handle, benchConcurrency, time.Minute)
+	return benchHandlers{
+		created:   inbox.WrapBatch[*orderv1.OrderCreated](b),
+		confirmed: inbox.WrapBatch[*orderv1.OrderConfirmed](b),
+		stats:     b.Stats,
+	}
 }
 
 func benchMeta(orderID, key string) eventbus.Meta {

@@ -24,8 +24,8 @@ import (
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
-	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/grpcserver"
+	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
@@ -82,7 +82,7 @@ type fixture struct {
 }
 
 // reserve reserves qty units of product for a new order through the
-// order.created handler, the way the inbox runner calls it.
+// order events' handler, the way the inbox runner calls it.
 func (f fixture) reserve(t *testing.T, product string, qty int32) {
 	t.Helper()
 	ctx := context.Background()
@@ -95,11 +95,14 @@ func (f fixture) reserve(t *testing.T, product string, qty int32) {
 		CreateTime:    timestamppb.Now(),
 	}
 	err := postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
-		out, err := f.app.OrderCreated(ctx, tx, ev, eventbus.Meta{})
+		res, err := f.app.Handle(ctx, tx, []inbox.Delivery{{Event: ev}})
 		if err != nil {
 			return err
 		}
-		return outbox.AddEvents(ctx, tx, app.Source, "", out...)
+		if err := res[0].Err; err != nil {
+			return err
+		}
+		return outbox.AddEvents(ctx, tx, app.Source, "", res[0].Events...)
 	})
 	if err != nil {
 		t.Fatalf("reserve: %v", err)

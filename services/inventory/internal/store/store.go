@@ -10,6 +10,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -61,82 +62,83 @@ func GetStock(ctx context.Context, q Querier, id string) (stock.Level, error) {
 	return l, nil
 }
 
-// LockLevels locks the stock rows of the products ids until tx ends and
-// returns their levels by product id; products never stocked are missing
-// from the result. Rows are locked in product id order, whatever the order
-// of ids, so transactions locking overlapping products cannot deadlock.
-func LockLevels(ctx context.Context, tx pgx.Tx, ids []string) (map[string]stock.Level, error) {
+// LoadLedger takes, for the rest of tx, the locks of orderIDs and of the
+// stock of productIDs and of the orders' reserved products, and returns a
+// ledger of those orders' reservations and those products' stock, in one
+// round trip. Every transaction handling order events loads its ledger so
+// before it writes (SaveLedger), which makes the events of one order apply
+// one at a time, also across service instances, and keeps concurrent
+// reservations of the same products from overselling.
+//
+// The locks are taken in one order, so transactions cannot deadlock over
+// them: first each order's (a transaction-level advisory lock keyed by the
+// schema and the order id), by order id, then the stock rows, by product
+// id. The reads run after the order locks are granted: the statements are
+// pipelined, and in READ COMMITTED each takes its snapshot when it starts,
+// so they see everything committed by the transactions that held the locks
+// before.
+func LoadLedger(ctx context.Context, tx pgx.Tx, orderIDs, productIDs []string) (*stock.Ledger, error) {
+	orderIDs = slices.Compact(slices.Sorted(slices.Values(orderIDs)))
+	b := &pgx.Batch{}
+	// The subquery's ORDER BY keeps it from being flattened, so the locks
+	// are taken in its order.
+	b.Queue(`
+		SELECT pg_advisory_xact_lock(hashtextextended('ordermesh.inventory.order/' || current_schema() || '/' || id, 0))
+		FROM (SELECT id FROM unnest($1::text[]) AS o(id) ORDER BY id COLLATE "C") AS o`, orderIDs)
+	var reservations []stock.Reservation
+	b.Queue(`SELECT order_id::text, status, reason FROM reservations WHERE order_id = ANY($1::text[]::uuid[])`, orderIDs).
+		Query(func(rows pgx.Rows) error {
+			var err error
+			reservations, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (stock.Reservation, error) {
+				var r stock.Reservation
+				var status string
+				if err := row.Scan(&r.OrderID, &status, &r.Reason); err != nil {
+					return r, err
+				}
+				r.Status, err = stock.ParseStatus(status)
+				return r, err
+			})
+			return err
+		})
+	lines := map[string][]stock.Line{}
+	b.Queue(`
+		SELECT order_id::text, product_id, quantity FROM reservation_lines
+		WHERE order_id = ANY($1::text[]::uuid[])
+		ORDER BY order_id, product_id COLLATE "C"`, orderIDs).
+		Query(func(rows pgx.Rows) error {
+			var order string
+			var l stock.Line
+			_, err := pgx.ForEachRow(rows, []any{&order, &l.ProductID, &l.Quantity}, func() error {
+				lines[order] = append(lines[order], l)
+				return nil
+			})
+			return err
+		})
+	var levels []stock.Level
 	// LockRows runs above the sort in the plan, so rows are locked in the
 	// ORDER BY order.
-	rows, err := tx.Query(ctx, `
+	b.Queue(`
 		SELECT product_id, available, reserved FROM stock
-		WHERE product_id = ANY($1)
+		WHERE product_id = ANY($1::text[] || ARRAY(
+			SELECT product_id FROM reservation_lines WHERE order_id = ANY($2::text[]::uuid[])))
 		ORDER BY product_id COLLATE "C"
-		FOR UPDATE`, ids)
-	if err != nil {
-		return nil, fmt.Errorf("lock stock: %w", err)
+		FOR UPDATE`, productIDs, orderIDs).
+		Query(func(rows pgx.Rows) error {
+			var err error
+			levels, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (stock.Level, error) {
+				var l stock.Level
+				err := row.Scan(&l.ProductID, &l.Available, &l.Reserved)
+				return l, err
+			})
+			return err
+		})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("load %d orders and their stock: %w", len(orderIDs), err)
 	}
-	levels, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (stock.Level, error) {
-		var l stock.Level
-		err := row.Scan(&l.ProductID, &l.Available, &l.Reserved)
-		return l, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("lock stock: %w", err)
+	for i := range reservations {
+		reservations[i].Lines = lines[reservations[i].OrderID]
 	}
-	out := make(map[string]stock.Level, len(levels))
-	for _, l := range levels {
-		out[l.ProductID] = l
-	}
-	return out, nil
-}
-
-// Adjust applies e to the stock of every line, in tx. It locks the rows
-// first (see LockLevels), so it may be called with or without them locked.
-// Every product must have been stocked. A change that would make a level
-// negative fails (the table's CHECKs) and leaves tx unusable: callers check
-// levels under lock first.
-func Adjust(ctx context.Context, tx pgx.Tx, lines []stock.Line, e stock.Effect) error {
-	if e == stock.EffectNone || len(lines) == 0 {
-		return nil
-	}
-	ids := stock.ProductIDs(lines)
-	levels, err := LockLevels(ctx, tx, ids)
-	if err != nil {
-		return fmt.Errorf("%s stock: %w", e, err)
-	}
-	avail := make([]int64, len(lines))
-	resv := make([]int64, len(lines))
-	for i, l := range lines {
-		if _, ok := levels[l.ProductID]; !ok {
-			return fmt.Errorf("%s stock: %w: %s", e, stock.ErrNotFound, l.ProductID)
-		}
-		avail[i], resv[i] = e.Deltas(l.Quantity)
-	}
-	tag, err := tx.Exec(ctx, `
-		UPDATE stock s SET available = s.available + d.available, reserved = s.reserved + d.reserved, update_time = now()
-		FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(product_id, available, reserved)
-		WHERE s.product_id = d.product_id`, ids, avail, resv)
-	if err != nil {
-		return fmt.Errorf("%s stock: %w", e, err)
-	}
-	if int(tag.RowsAffected()) != len(lines) {
-		return fmt.Errorf("%s stock: updated %d products, want %d (repeated product in lines?)", e, tag.RowsAffected(), len(lines))
-	}
-	return nil
-}
-
-// LockOrder takes a lock on order id that tx holds until it ends. Every
-// handler of an order event takes it before it reads the order's
-// reservation, so events of one order are handled one at a time — also an
-// order.created racing its own order.cancelled — while different orders
-// proceed in parallel. It is a transaction-level advisory lock keyed by the
-// schema and the order id; take it before any stock row lock, always.
-func LockOrder(ctx context.Context, tx pgx.Tx, id string) error {
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('ordermesh.inventory.order/' || current_schema() || '/' || $1, 0))`, id); err != nil {
-		return fmt.Errorf("lock order %s: %w", id, err)
-	}
-	return nil
+	return stock.NewLedger(levels, reservations), nil
 }
 
 // GetReservation returns the reservation of order id, with status
@@ -169,38 +171,69 @@ func GetReservation(ctx context.Context, q Querier, id string) (stock.Reservatio
 	return r, nil
 }
 
-// InsertReservation records r, a reservation the service has no record
-// of, with its lines.
-func InsertReservation(ctx context.Context, tx pgx.Tx, r stock.Reservation) error {
-	if _, err := tx.Exec(ctx, `INSERT INTO reservations (order_id, status, reason) VALUES ($1, $2, $3)`,
-		r.OrderID, r.Status.String(), r.Reason); err != nil {
-		return fmt.Errorf("insert reservation of order %s: %w", r.OrderID, err)
+// SaveLedger writes c, the changes of a ledger that LoadLedger loaded in
+// tx, in one round trip: the stock levels, the new reservations with their
+// lines, and the new statuses of the others.
+func SaveLedger(ctx context.Context, tx pgx.Tx, c stock.Changes) error {
+	b := &pgx.Batch{}
+	if len(c.Levels) > 0 {
+		ids := make([]string, len(c.Levels))
+		avail := make([]int64, len(c.Levels))
+		resv := make([]int64, len(c.Levels))
+		for i, l := range c.Levels {
+			ids[i], avail[i], resv[i] = l.ProductID, l.Available, l.Reserved
+		}
+		b.Queue(`
+			UPDATE stock s SET available = s.available + d.available, reserved = s.reserved + d.reserved, update_time = now()
+			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(product_id, available, reserved)
+			WHERE s.product_id = d.product_id`, ids, avail, resv).
+			Exec(func(tag pgconn.CommandTag) error {
+				if n := tag.RowsAffected(); n != int64(len(ids)) {
+					return fmt.Errorf("update stock: updated %d products, want %d: %w", n, len(ids), stock.ErrNotFound)
+				}
+				return nil
+			})
 	}
-	if len(r.Lines) == 0 {
+	if len(c.Created) > 0 {
+		var ids, statuses, reasons, lineOrders, lineProducts []string
+		var lineQty []int64
+		for _, r := range c.Created {
+			ids, statuses, reasons = append(ids, r.OrderID), append(statuses, r.Status.String()), append(reasons, r.Reason)
+			for _, l := range r.Lines {
+				lineOrders, lineProducts, lineQty = append(lineOrders, r.OrderID), append(lineProducts, l.ProductID), append(lineQty, l.Quantity)
+			}
+		}
+		b.Queue(`
+			INSERT INTO reservations (order_id, status, reason)
+			SELECT * FROM unnest($1::text[]::uuid[], $2::text[], $3::text[])`, ids, statuses, reasons)
+		if len(lineOrders) > 0 {
+			b.Queue(`
+				INSERT INTO reservation_lines (order_id, product_id, quantity)
+				SELECT * FROM unnest($1::text[]::uuid[], $2::text[], $3::bigint[])`, lineOrders, lineProducts, lineQty)
+		}
+	}
+	if len(c.Updated) > 0 {
+		ids := make([]string, len(c.Updated))
+		statuses := make([]string, len(c.Updated))
+		for i, r := range c.Updated {
+			ids[i], statuses[i] = r.OrderID, r.Status.String()
+		}
+		b.Queue(`
+			UPDATE reservations r SET status = u.status, update_time = now()
+			FROM unnest($1::text[]::uuid[], $2::text[]) AS u(order_id, status)
+			WHERE r.order_id = u.order_id`, ids, statuses).
+			Exec(func(tag pgconn.CommandTag) error {
+				if n := tag.RowsAffected(); n != int64(len(ids)) {
+					return fmt.Errorf("update reservations: updated %d, want %d: %w", n, len(ids), stock.ErrNoReservation)
+				}
+				return nil
+			})
+	}
+	if b.Len() == 0 {
 		return nil
 	}
-	qty := make([]int64, len(r.Lines))
-	for i, l := range r.Lines {
-		qty[i] = l.Quantity
-	}
-	if _, err := tx.Exec(ctx, `
-		INSERT INTO reservation_lines (order_id, product_id, quantity)
-		SELECT $1, product_id, quantity FROM unnest($2::text[], $3::bigint[]) AS l(product_id, quantity)`,
-		r.OrderID, stock.ProductIDs(r.Lines), qty); err != nil {
-		return fmt.Errorf("insert reservation lines of order %s: %w", r.OrderID, err)
-	}
-	return nil
-}
-
-// UpdateStatus records that the reservation of order id is now in status
-// s, or returns an error wrapping stock.ErrNoReservation when it has none.
-func UpdateStatus(ctx context.Context, q Querier, id string, s stock.Status) error {
-	tag, err := q.Exec(ctx, `UPDATE reservations SET status = $2, update_time = now() WHERE order_id = $1`, id, s.String())
-	if err != nil {
-		return fmt.Errorf("update reservation of order %s: %w", id, err)
-	}
-	if tag.RowsAffected() != 1 {
-		return fmt.Errorf("update reservation of order %s: %w", id, stock.ErrNoReservation)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("save %d stock levels and %d reservations: %w", len(c.Levels), len(c.Created)+len(c.Updated), err)
 	}
 	return nil
 }
