@@ -23,14 +23,28 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 		return usagef("dlq: use 'dlq list SERVICE', 'dlq replay SERVICE (ID|--all)' or 'dlq discard SERVICE (ID|--all)'")
 	}
 	verb, svc := args[0], args[1]
-	if err := fs.Parse(args[2:]); err != nil {
-		return usagef("dlq: %v", err)
+	// Flags may come before or after the message id.
+	var positional []string
+	for rest := args[2:]; ; rest = fs.Args()[1:] {
+		if err := fs.Parse(rest); err != nil {
+			return usagef("dlq: %v", err)
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+	}
+	if len(positional) > 1 {
+		return usagef("dlq %s: one message id at most, got %d", verb, len(positional))
 	}
 	q, err := eventbus.NewDLQ(eventbus.Config{URL: *amqpURL, Prefix: *prefix, Service: svc}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
-	id := fs.Arg(0)
+	var id string
+	if len(positional) == 1 {
+		id = positional[0]
+	}
 	if verb != "list" && (id == "") == !*all {
 		return usagef("dlq %s: give a message id or --all", verb)
 	}
