@@ -105,9 +105,13 @@ const (
 const relayRateShare = 0.95
 
 // Verdict says whether the relay's lag met GoalRelayLagP99 at the offered
-// rate; a run whose writers committed less than relayRateShare of it has
-// not measured the goal's load, whatever its lag.
+// rate; a run offered less than GoalRelayRate, or whose writers committed
+// less than relayRateShare of it, has not measured the goal's load,
+// whatever its lag.
 func (l *RelayLag) Verdict() string {
+	if l.Relay.Target < GoalRelayRate {
+		return fmt.Sprintf("not measured (offered %.0f events/s)", l.Relay.Target)
+	}
 	if l.Relay.Rate < relayRateShare*l.Relay.Target {
 		return fmt.Sprintf("%s (only %.0f events/s committed)", goalMissed, l.Relay.Rate)
 	}

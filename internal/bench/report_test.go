@@ -117,18 +117,19 @@ func TestMarkdownWithoutOptionalPhases(t *testing.T) {
 
 func TestRelayVerdict(t *testing.T) {
 	tests := []struct {
-		name      string
-		rate, p99 float64
-		want      string
+		name              string
+		target, rate, p99 float64
+		want              string
 	}{
-		{"under the goal at the offered rate", 990, 19.9, "met"},
-		{"at the goal", 1000, 20, "**not met**"},
-		{"over the goal", 1000, 35, "**not met**"},
-		{"offered rate not reached", 900, 5, "**not met** (only 900 events/s committed)"},
+		{"under the goal at the offered rate", 1000, 990, 19.9, "met"},
+		{"at the goal", 1000, 1000, 20, "**not met**"},
+		{"over the goal", 1000, 1000, 35, "**not met**"},
+		{"offered rate not reached", 1000, 900, 5, "**not met** (only 900 events/s committed)"},
+		{"offered less than the goal's rate", 200, 200, 5, "not measured (offered 200 events/s)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l := &RelayLag{Relay: LagRun{Target: 1000, Rate: tt.rate, Lag: loadgen.Latency{P99: tt.p99}}}
+			l := &RelayLag{Relay: LagRun{Target: tt.target, Rate: tt.rate, Lag: loadgen.Latency{P99: tt.p99}}}
 			if got := l.Verdict(); got != tt.want {
 				t.Errorf("Verdict() = %q, want %q", got, tt.want)
 			}

@@ -42,6 +42,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	profiles := fs.String("profiles", "", "keep the binaries and CPU profiles in this directory (default: a temporary one, removed)")
 	quick := fs.Bool("quick", false, "short trials, for checking the harness (figures are not meaningful)")
 	skip := fs.String("skip", "", "comma-separated phases to skip: create, bus, relay, e2e (for working on the harness)")
+	relayRate := fs.Float64("relay-rate", 0, "events/s of the relay phase (default: the goal's 1000; the goal counts only at that rate)")
 	command := fs.String("command", "make bench", "command recorded in the report")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -74,6 +75,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		opts.Trial, opts.Rounds, opts.BusMessages, opts.E2EOrders, opts.HalfRateDuration, opts.ProfileDuration, opts.RelayDuration =
 			2*time.Second, 1, 2000, 500, 5*time.Second, 2*time.Second, 3*time.Second
 	}
+	opts.RelayRate = *relayRate
 	if *skip != "" {
 		opts.Skip = map[string]bool{}
 		for _, s := range strings.Split(*skip, ",") {
