@@ -37,18 +37,31 @@ func main() {
 }
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
-	var smtp mailer.Config
+	var (
+		smtp mailer.Config
+		m    *mailer.Mailer
+	)
+	// The mailer's open SMTP sessions close once the service has stopped,
+	// after its last delivery.
+	defer func() {
+		if m != nil {
+			m.Close()
+		}
+	}()
 	return service.Main(ctx, getenv, stdout, ready, service.Spec{
 		Name:               app.Source,
 		GRPCAddr:           ":50054",
 		AdminAddr:          "127.0.0.1:9094",
 		Migrations:         []postgres.Source{store.Migrations},
 		BrokerGatesServing: true,
+		MemoryLimit:        service.WorkerMemoryLimit,
 		ReadConfig:         func(env *config.Env) { smtp = mailer.ReadConfig(env) },
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			s.Log.InfoContext(ctx, "smtp", slog.Any("config", config.LogValue(smtp)))
-			m, err := mailer.New(smtp, s.Log)
-			if err != nil {
+			// As many emails go out at once as handlers run at once: keep
+			// that many sessions open for them.
+			var err error
+			if m, err = mailer.New(smtp, s.Log, mailer.WithIdleSessions(s.Config.Concurrency)); err != nil {
 				return nil, err
 			}
 			a, err := app.New(m, s.Log)

@@ -62,6 +62,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatalf("new mailer: %v", err)
 	}
+	t.Cleanup(m.Close)
 	if f.app, err = app.New(m, quiet); err != nil {
 		t.Fatalf("new app: %v", err)
 	}

@@ -65,7 +65,9 @@ type Config struct {
 	// From is the sender, an RFC 5322 address with an optional name.
 	From string
 	// Timeout bounds one email: connecting, every command and the message
-	// data. A send that takes longer fails, and the bus retries it.
+	// data (twice that for an email sent again on a new connection, see
+	// the package documentation). A send that takes longer fails, and the
+	// bus retries it.
 	Timeout time.Duration
 }
 

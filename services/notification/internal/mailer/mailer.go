@@ -1,5 +1,22 @@
 // Package mailer sends the notification service's emails over SMTP with
 // github.com/wneessen/go-mail. It implements app.Sender.
+//
+// # Sessions
+//
+// A Mailer keeps a few SMTP sessions open (connected, greeted, and
+// upgraded to TLS and authenticated as configured) and sends each email
+// over one of them, so that most emails cost MAIL, RCPT, DATA and RSET
+// instead of a new connection. A session carries one email at a time. A
+// session that failed in any way is closed and never used again; one that
+// has been idle for the idle timeout is closed with QUIT, as is every idle
+// session when the Mailer is closed.
+//
+// A server may close an idle session at any time. When an email fails on
+// a session that had already carried one, before the message data went
+// out (the connection turned out closed, or the server answered 421 to
+// say it is closing it), the server cannot have taken the email, and
+// Send tries once more on a new connection. A failure once the data is on
+// its way is never retried here: the server may have taken the email.
 package mailer
 
 import (
@@ -9,27 +26,80 @@ import (
 	"log/slog"
 	"net"
 	netmail "net/mail"
+	"slices"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/wneessen/go-mail"
+	"github.com/wneessen/go-mail/smtp"
 
 	"github.com/ordermesh/ordermesh/services/notification/internal/app"
 )
 
-// Mailer sends emails to one SMTP server, one connection per email. It is
-// safe for concurrent use.
+// Defaults of a Mailer made by New.
+const (
+	// DefaultIdleSessions is how many idle sessions a Mailer keeps open
+	// unless WithIdleSessions says otherwise. The service passes its
+	// consumer concurrency instead, the most emails it sends at once.
+	DefaultIdleSessions = 4
+	// DefaultIdleTimeout is how long a session may stay idle before the
+	// Mailer closes it: below the 30 s after which the built-in SMTP sink
+	// drops a silent client, and far below the 5 minutes RFC 5321 asks
+	// servers to wait.
+	DefaultIdleTimeout = 20 * time.Second
+)
+
+// Mailer sends emails to one SMTP server over a small pool of open
+// sessions (see the package documentation). It is safe for concurrent use.
 type Mailer struct {
-	client *mail.Client
-	from   *netmail.Address
-	cfg    Config
-	log    *slog.Logger
+	client      *mail.Client
+	from        *netmail.Address
+	cfg         Config
+	log         *slog.Logger
+	maxIdle     int
+	idleTimeout time.Duration
+
+	mu     sync.Mutex
+	idle   []*session // the most recently used last
+	closed bool
+	// quitting counts the idle timers' goroutines closing a session, for
+	// Close to wait on.
+	quitting sync.WaitGroup
+}
+
+// session is one open SMTP connection.
+type session struct {
+	smtp *smtp.Client
+	// timer closes the session once it has been idle for the idle timeout;
+	// idleSince is when it was last put back. Both are guarded by the
+	// Mailer's mu.
+	timer     *time.Timer
+	idleSince time.Time
 }
 
 var _ app.Sender = (*Mailer)(nil)
 
+// Option adjusts a Mailer made by New.
+type Option func(*Mailer)
+
+// WithIdleSessions makes the Mailer keep at most n idle sessions open
+// (DefaultIdleSessions otherwise). Emails sent at once beyond that many
+// still get a session each, which is closed after its email. With 0 every
+// email gets a connection of its own.
+func WithIdleSessions(n int) Option {
+	return func(m *Mailer) { m.maxIdle = n }
+}
+
+// WithIdleTimeout makes the Mailer close a session that has carried no
+// email for d (DefaultIdleTimeout otherwise).
+func WithIdleTimeout(d time.Duration) Option {
+	return func(m *Mailer) { m.idleTimeout = d }
+}
+
 // New returns a Mailer for cfg. It does not connect: an unreachable server
-// shows as errors from Send, which the bus retries.
-func New(cfg Config, log *slog.Logger) (*Mailer, error) {
+// shows as errors from Send, which the bus retries. Close it when done.
+func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("new mailer: %w", err)
 	}
@@ -45,31 +115,49 @@ func New(cfg Config, log *slog.Logger) (*Mailer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new mailer: %s: port %q: %w", EnvAddr, portText, err)
 	}
-	opts := []mail.Option{mail.WithPort(port), mail.WithTimeout(cfg.Timeout)}
+	m := &Mailer{from: from, cfg: cfg, log: log, maxIdle: DefaultIdleSessions, idleTimeout: DefaultIdleTimeout}
+	for _, opt := range opts {
+		opt(m)
+	}
+	if m.maxIdle < 0 {
+		return nil, fmt.Errorf("new mailer: %d idle sessions: must not be negative", m.maxIdle)
+	}
+	if m.idleTimeout <= 0 {
+		return nil, fmt.Errorf("new mailer: idle timeout %s: must be positive", m.idleTimeout)
+	}
+	// No NOOP before each email: on a session the server has closed, MAIL
+	// FROM fails just as surely, and still before the message went out,
+	// so Send retries it on a new connection (see retryable). The library's
+	// RSET after each email stays, so every email starts a clean
+	// transaction.
+	mopts := []mail.Option{mail.WithPort(port), mail.WithTimeout(cfg.Timeout), mail.WithoutNoop()}
 	switch cfg.TLS {
 	case TLSNone:
-		opts = append(opts, mail.WithTLSPolicy(mail.NoTLS))
+		mopts = append(mopts, mail.WithTLSPolicy(mail.NoTLS))
 	case TLSStartTLS:
-		opts = append(opts, mail.WithTLSPolicy(mail.TLSMandatory))
+		mopts = append(mopts, mail.WithTLSPolicy(mail.TLSMandatory))
 	case TLSImplicit:
-		opts = append(opts, mail.WithSSL())
+		mopts = append(mopts, mail.WithSSL())
 	}
 	if cfg.Username != "" {
-		opts = append(opts, mail.WithSMTPAuth(mail.SMTPAuthAutoDiscover),
+		mopts = append(mopts, mail.WithSMTPAuth(mail.SMTPAuthAutoDiscover),
 			mail.WithUsername(cfg.Username), mail.WithPassword(cfg.Password))
 	}
-	client, err := mail.NewClient(host, opts...)
-	if err != nil {
+	if m.client, err = mail.NewClient(host, mopts...); err != nil {
 		return nil, fmt.Errorf("new mailer: %w", err)
 	}
-	return &Mailer{client: client, from: from, cfg: cfg, log: log}, nil
+	return m, nil
 }
 
-// Send delivers e within the configured timeout (or sooner if ctx ends).
-// It returns an error wrapping app.ErrRejected when the server answers a
-// recipient or the message data with a permanent (5xx) failure. A message
-// the server accepted counts as sent even if closing the connection fails
-// afterwards, so that it is not sent again.
+// Send delivers e. It returns an error wrapping app.ErrRejected when the
+// server answers a recipient or the message data with a permanent (5xx)
+// failure. A message the server accepted counts as sent even if the
+// session fails afterwards, so that it is not sent again.
+//
+// Connecting ends when ctx does, and at the latest after the configured
+// timeout; the exchange over a session is bounded by that timeout alone.
+// An email that found its session closed by the server and goes out again
+// on a new connection can take up to twice the timeout.
 func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 	msg, err := m.message(e)
 	if err != nil {
@@ -77,19 +165,146 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
 	defer cancel()
-	err = m.client.DialAndSendWithContext(ctx, msg)
-	if err == nil {
-		return nil
+
+	s, reused, err := m.take(ctx)
+	if err != nil {
+		return fmt.Errorf("send email to %s via %s: %w", e.To, m.cfg.Addr, err)
 	}
-	if msg.IsDelivered() {
-		m.log.WarnContext(ctx, "smtp server accepted the email; closing the connection failed",
+	err = m.client.SendWithSMTPClient(s.smtp, msg)
+	if err != nil && reused && !msg.IsDelivered() && retryable(err) && ctx.Err() == nil {
+		m.discard(s)
+		m.log.DebugContext(ctx, "smtp session closed by the server before the email went out; sending on a new connection",
+			slog.String("message_id", e.MessageID), slog.Any("error", err))
+		if s, err = m.dial(ctx); err != nil {
+			return fmt.Errorf("send email to %s via %s: %w", e.To, m.cfg.Addr, err)
+		}
+		err = m.client.SendWithSMTPClient(s.smtp, msg)
+	}
+	if err != nil {
+		m.discard(s)
+	} else {
+		m.put(s)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case msg.IsDelivered():
+		m.log.WarnContext(ctx, "smtp server accepted the email; the session failed afterwards",
 			slog.String("message_id", e.MessageID), slog.Any("error", err))
 		return nil
-	}
-	if rejected(err) {
+	case rejected(err):
 		return fmt.Errorf("send email to %s via %s: %w: %w", e.To, m.cfg.Addr, app.ErrRejected, err)
+	default:
+		return fmt.Errorf("send email to %s via %s: %w", e.To, m.cfg.Addr, err)
 	}
-	return fmt.Errorf("send email to %s via %s: %w", e.To, m.cfg.Addr, err)
+}
+
+// Close ends the idle sessions with QUIT and closes their connections, and
+// waits for sessions that idle timers are closing. Sessions in use are
+// closed when their Send returns; Sends after Close still work, each over
+// a connection of its own. Failures to say QUIT are logged, not returned:
+// every email the sessions carried was accepted by then. Calling Close
+// again does nothing.
+func (m *Mailer) Close() {
+	m.mu.Lock()
+	m.closed = true
+	idle := m.idle
+	m.idle = nil
+	for _, s := range idle {
+		s.timer.Stop()
+	}
+	m.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, s := range idle {
+		wg.Go(func() { m.quit(s) })
+	}
+	wg.Wait()
+	m.quitting.Wait()
+}
+
+// take returns an idle session, the most recently used one, or dials a new
+// one; reused says which.
+func (m *Mailer) take(ctx context.Context) (s *session, reused bool, err error) {
+	m.mu.Lock()
+	if n := len(m.idle); n > 0 {
+		s = m.idle[n-1]
+		m.idle[n-1] = nil
+		m.idle = m.idle[:n-1]
+		s.timer.Stop() // If it fired already, expire finds s gone and leaves it.
+	}
+	m.mu.Unlock()
+	if s != nil {
+		return s, true, nil
+	}
+	s, err = m.dial(ctx)
+	return s, false, err
+}
+
+// dial opens a new session: connection, greeting, EHLO, and STARTTLS and
+// AUTH as configured.
+func (m *Mailer) dial(ctx context.Context) (*session, error) {
+	c, err := m.client.DialToSMTPClientWithContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return &session{smtp: c}, nil
+}
+
+// put hands s, which has just carried an email, back to the pool, or
+// closes it if the Mailer is closed or has enough idle sessions.
+func (m *Mailer) put(s *session) {
+	m.mu.Lock()
+	if m.closed || len(m.idle) >= m.maxIdle {
+		m.mu.Unlock()
+		m.quit(s)
+		return
+	}
+	s.idleSince = time.Now()
+	if s.timer == nil {
+		s.timer = time.AfterFunc(m.idleTimeout, func() { m.expire(s) })
+	} else {
+		s.timer.Reset(m.idleTimeout)
+	}
+	m.idle = append(m.idle, s)
+	m.mu.Unlock()
+}
+
+// expire closes s if it is still idle and has been for the idle timeout.
+// It runs on s's timer, which may fire late, after a Send took s and put
+// it back.
+func (m *Mailer) expire(s *session) {
+	m.mu.Lock()
+	i := slices.Index(m.idle, s)
+	if i < 0 || time.Since(s.idleSince) < m.idleTimeout {
+		m.mu.Unlock()
+		return
+	}
+	m.idle = slices.Delete(m.idle, i, i+1)
+	m.quitting.Add(1)
+	m.mu.Unlock()
+	defer m.quitting.Done()
+	m.quit(s)
+}
+
+// quit ends a healthy session politely: QUIT, then close the connection
+// whatever the server answered.
+func (m *Mailer) quit(s *session) {
+	err := s.smtp.UpdateDeadline(m.cfg.Timeout)
+	if err == nil {
+		err = s.smtp.Quit()
+	}
+	if err != nil {
+		m.log.Debug("smtp session: QUIT failed", slog.String("addr", m.cfg.Addr), slog.Any("error", err))
+	}
+	// Quit closes the connection only when the server answered it.
+	_ = s.smtp.Close()
+}
+
+// discard closes the connection of a session that failed, without a
+// word: where the exchange broke off is unknown.
+func (m *Mailer) discard(s *session) {
+	_ = s.smtp.Close()
 }
 
 // message builds the MIME message: the text body with the HTML body as its
@@ -114,6 +329,28 @@ func (m *Mailer) message(e app.Email) (*mail.Msg, error) {
 		msg.AddAlternativeString(mail.TypeTextHTML, e.HTML)
 	}
 	return msg, nil
+}
+
+// retryable reports whether err, from sending over a session that had
+// carried an email before, shows the session was closed before the
+// message data went out: the check of the connection, MAIL FROM, RCPT TO
+// or the DATA command failed without an SMTP reply (the connection was
+// closed or reset), or with 421, the reply a server gives as it closes
+// the connection. The server cannot have taken such an email, so sending
+// it again cannot duplicate it. Any other reply is the server's answer to
+// this email and is kept.
+func retryable(err error) bool {
+	var se *mail.SendError
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Reason {
+	case mail.ErrConnCheck, mail.ErrSMTPMailFrom, mail.ErrSMTPRcptTo, mail.ErrSMTPData:
+		code := se.ErrorCode()
+		return code == 0 || code == 421
+	default:
+		return false
+	}
 }
 
 // rejected reports whether err is a permanent (5xx) SMTP reply to a

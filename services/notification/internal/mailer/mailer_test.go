@@ -103,23 +103,25 @@ func TestConfigLogValueMasksPassword(t *testing.T) {
 	}
 }
 
-func newMailer(t *testing.T, addr string, timeout time.Duration) *mailer.Mailer {
+func newMailer(t testing.TB, addr string, timeout time.Duration, opts ...mailer.Option) *mailer.Mailer {
 	t.Helper()
-	return newMailerTLS(t, addr, timeout, mailer.TLSNone)
+	return newMailerTLS(t, addr, timeout, mailer.TLSNone, opts...)
 }
 
-func newMailerTLS(t *testing.T, addr string, timeout time.Duration, mode mailer.TLSMode) *mailer.Mailer {
+// newMailerTLS returns a Mailer that is closed when the test ends.
+func newMailerTLS(t testing.TB, addr string, timeout time.Duration, mode mailer.TLSMode, opts ...mailer.Option) *mailer.Mailer {
 	t.Helper()
 	cfg := mailer.DefaultConfig()
 	cfg.Addr, cfg.Timeout, cfg.TLS = addr, timeout, mode
-	m, err := mailer.New(cfg, quiet)
+	m, err := mailer.New(cfg, quiet, opts...)
 	if err != nil {
 		t.Fatalf("new mailer: %v", err)
 	}
+	t.Cleanup(m.Close)
 	return m
 }
 
-func startSink(t *testing.T) *smtpsink.Sink {
+func startSink(t testing.TB) *smtpsink.Sink {
 	t.Helper()
 	s, err := smtpsink.Start(context.Background(), "127.0.0.1:0")
 	if err != nil {
@@ -251,26 +253,298 @@ func TestSendTimesOutOnASilentServer(t *testing.T) {
 }
 
 func TestSendConcurrently(t *testing.T) {
-	s := startSink(t)
-	m := newMailer(t, s.Addr(), 5*time.Second)
 	const n = 10
-	var wg sync.WaitGroup
-	errs := make([]error, n)
+	tests := []struct {
+		name     string
+		idle     int
+		wantOpen int // connections left open once every email is sent; -1: not checked
+	}{
+		{name: "as many idle sessions as senders", idle: n, wantOpen: -1},
+		{name: "fewer idle sessions than senders", idle: 2, wantOpen: 2},
+		{name: "no idle sessions", idle: 0, wantOpen: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := startSink(t)
+			p := newProxy(t, s.Addr())
+			m := newMailer(t, p.Addr(), 5*time.Second, mailer.WithIdleSessions(tt.idle))
+			const rounds = 3
+			for round := range rounds {
+				var wg sync.WaitGroup
+				errs := make([]error, n)
+				for i := range n {
+					wg.Go(func() {
+						errs[i] = m.Send(context.Background(), email(fmt.Sprintf("r%dc%d@example.com", round, i)))
+					})
+				}
+				wg.Wait()
+				for i, err := range errs {
+					if err != nil {
+						t.Errorf("round %d: send %d: %v", round, i, err)
+					}
+				}
+			}
+			for round := range rounds {
+				for i := range n {
+					expectOnce(t, s, fmt.Sprintf("r%dc%d@example.com", round, i))
+				}
+			}
+			switch {
+			case tt.idle >= n:
+				// A session is dialed only while every other one is busy
+				// and none is ever closed, so there are never more than
+				// there are senders.
+				if got := p.Accepted(); got > n {
+					t.Errorf("%d connections for %d concurrent senders, want at most %d", got, n, n)
+				}
+			case tt.idle == 0:
+				if got := p.Accepted(); got != rounds*n {
+					t.Errorf("%d connections, want one per email: %d", got, rounds*n)
+				}
+			}
+			if tt.wantOpen >= 0 {
+				eventually(t, fmt.Sprintf("at most %d connections open", tt.wantOpen), func() bool { return p.Open() <= tt.wantOpen })
+			}
+		})
+	}
+}
+
+// expectOnce checks that exactly one message reached to, addressed to it
+// alone.
+func expectOnce(t *testing.T, s *smtpsink.Sink, to string) {
+	t.Helper()
+	got := s.Matching(func(m smtpsink.Message) bool { return m.HasRecipient(to) })
+	if len(got) != 1 {
+		t.Errorf("%s received %d messages, want 1", to, len(got))
+		return
+	}
+	if diff := cmp.Diff([]string{to}, got[0].To); diff != "" {
+		t.Errorf("envelope recipients of the message to %s (-want +got):\n%s", to, diff)
+	}
+}
+
+// eventually waits up to 5 s for cond to hold.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSendReusesOneConnection(t *testing.T) {
+	s := startSink(t)
+	p := newProxy(t, s.Addr())
+	m := newMailer(t, p.Addr(), 5*time.Second)
+	const n = 5
 	for i := range n {
-		wg.Go(func() { errs[i] = m.Send(context.Background(), email(fmt.Sprintf("c%d@example.com", i))) })
+		if err := m.Send(context.Background(), email(fmt.Sprintf("seq%d@example.com", i))); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	if got := p.Accepted(); got != 1 {
+		t.Errorf("%d emails sent one after another used %d connections, want 1", n, got)
+	}
+	if got := len(s.Messages()); got != n {
+		t.Errorf("sink received %d messages, want %d", got, n)
+	}
+	for i := range n {
+		expectOnce(t, s, fmt.Sprintf("seq%d@example.com", i))
+	}
+}
+
+func TestSendOverASessionTheServerClosed(t *testing.T) {
+	tests := []struct {
+		name    string
+		goodbye string // what the server says before it closes the idle connection
+	}{
+		{name: "closed without a word"},
+		{name: "closed with 421", goodbye: "421 4.4.2 localhost Error: timeout exceeded\r\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := startSink(t)
+			p := newProxy(t, s.Addr())
+			m := newMailer(t, p.Addr(), 5*time.Second)
+			const n = 4
+			for i := range n {
+				if err := m.Send(context.Background(), email(fmt.Sprintf("drop%d@example.com", i))); err != nil {
+					t.Fatalf("send %d: %v", i, err)
+				}
+				p.DropAll(tt.goodbye)
+			}
+			for i := range n {
+				expectOnce(t, s, fmt.Sprintf("drop%d@example.com", i))
+			}
+			// Each email after the first found its session closed and was
+			// sent once more on a new connection; no other connection was
+			// made.
+			if got := p.Accepted(); got != n {
+				t.Errorf("%d connections, want %d", got, n)
+			}
+		})
+	}
+}
+
+func TestSendCountsAnAcceptedEmailWhenTheSessionFailsAfterwards(t *testing.T) {
+	s := startSink(t)
+	p := newProxy(t, s.Addr())
+	// The server takes each message, and the connection breaks before it
+	// answers the RSET that follows.
+	p.CutBefore("RSET")
+	m := newMailer(t, p.Addr(), 5*time.Second)
+	const n = 3
+	for i := range n {
+		if err := m.Send(context.Background(), email(fmt.Sprintf("rset%d@example.com", i))); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	for i := range n {
+		expectOnce(t, s, fmt.Sprintf("rset%d@example.com", i))
+	}
+	// The failed sessions were not used again.
+	if got := p.Accepted(); got != n {
+		t.Errorf("%d connections, want one per email: %d", got, n)
+	}
+}
+
+func TestSendDoesNotRetryWhenTheReplyToTheDataIsLost(t *testing.T) {
+	s := startSink(t)
+	p := newProxy(t, s.Addr())
+	m := newMailer(t, p.Addr(), 5*time.Second)
+	if err := m.Send(context.Background(), email("first@example.com")); err != nil {
+		t.Fatalf("first send: %v", err)
+	}
+	// On the session the first email used, the server takes the second
+	// one, and its reply never arrives: whether it was accepted is unknown
+	// to the mailer, which must not send it again itself.
+	p.CutAfterData(true)
+	err := m.Send(context.Background(), email("lost-reply@example.com"))
+	if err == nil {
+		t.Fatal("send with the reply lost succeeded")
+	}
+	if errors.Is(err, app.ErrRejected) {
+		t.Errorf("lost reply reported as a rejection: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.WaitFor(ctx, func(m smtpsink.Message) bool { return m.HasRecipient("lost-reply@example.com") }); err != nil {
+		t.Fatalf("the server did not get the message: %v", err)
+	}
+	p.CutAfterData(false)
+	if err := m.Send(context.Background(), email("third@example.com")); err != nil {
+		t.Fatalf("third send: %v", err)
+	}
+	for _, to := range []string{"first@example.com", "lost-reply@example.com", "third@example.com"} {
+		expectOnce(t, s, to)
+	}
+	if got := p.Accepted(); got != 2 {
+		t.Errorf("%d connections, want 2: the failed session dropped, no retry", got)
+	}
+}
+
+func TestSendRejectionsOnAReusedSession(t *testing.T) {
+	s := startSink(t)
+	s.Reject("busy@example.com", 451, "try again later")
+	s.Reject("gone@example.com", 550, "mailbox unavailable")
+	p := newProxy(t, s.Addr())
+	m := newMailer(t, p.Addr(), 5*time.Second)
+
+	steps := []struct {
+		to           string
+		wantErr      bool
+		wantRejected bool
+	}{
+		{to: "ok1@example.com"},
+		{to: "busy@example.com", wantErr: true},
+		{to: "ok2@example.com"},
+		{to: "gone@example.com", wantErr: true, wantRejected: true},
+		{to: "ok3@example.com"},
+	}
+	for _, st := range steps {
+		err := m.Send(context.Background(), email(st.to))
+		if (err != nil) != st.wantErr {
+			t.Fatalf("send to %s: err = %v, want error: %v", st.to, err, st.wantErr)
+		}
+		if got := errors.Is(err, app.ErrRejected); got != st.wantRejected {
+			t.Errorf("send to %s: errors.Is(%v, ErrRejected) = %v, want %v", st.to, err, got, st.wantRejected)
+		}
+	}
+	for _, to := range []string{"ok1@example.com", "ok2@example.com", "ok3@example.com"} {
+		expectOnce(t, s, to)
+	}
+	if got := len(s.Messages()); got != 3 {
+		t.Errorf("sink received %d messages, want 3", got)
+	}
+	// Each refusal came on a reused session, which was then dropped; a
+	// refusal is the server's answer, so no new connection was tried for
+	// it.
+	if got := p.Accepted(); got != 3 {
+		t.Errorf("%d connections, want 3", got)
+	}
+}
+
+func TestCloseEndsTheSessions(t *testing.T) {
+	s := startSink(t)
+	p := newProxy(t, s.Addr())
+	cfg := mailer.DefaultConfig()
+	cfg.Addr, cfg.Timeout = p.Addr(), 5*time.Second
+	m, err := mailer.New(cfg, quiet)
+	if err != nil {
+		t.Fatalf("new mailer: %v", err)
+	}
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() {
+			if err := m.Send(context.Background(), email(fmt.Sprintf("close%d@example.com", i))); err != nil {
+				t.Errorf("send %d: %v", i, err)
+			}
+		})
 	}
 	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("send %d: %v", i, err)
-		}
+	if p.Open() == 0 {
+		t.Fatal("no session open after sending")
 	}
-	for i := range n {
-		to := fmt.Sprintf("c%d@example.com", i)
-		if got := len(s.Matching(func(m smtpsink.Message) bool { return m.HasRecipient(to) })); got != 1 {
-			t.Errorf("%s received %d messages, want 1", to, got)
-		}
+	m.Close()
+	eventually(t, "every connection closed", func() bool { return p.Open() == 0 })
+	if q, a := p.Quits(), p.Accepted(); q != a {
+		t.Errorf("%d QUIT for %d connections", q, a)
 	}
+
+	// A Send after Close still delivers, on a connection of its own.
+	if err := m.Send(context.Background(), email("after-close@example.com")); err != nil {
+		t.Fatalf("send after close: %v", err)
+	}
+	expectOnce(t, s, "after-close@example.com")
+	eventually(t, "the connection closed", func() bool { return p.Open() == 0 })
+	if q, a := p.Quits(), p.Accepted(); q != a {
+		t.Errorf("after the last send: %d QUIT for %d connections", q, a)
+	}
+	m.Close()
+}
+
+func TestIdleSessionsAreClosed(t *testing.T) {
+	s := startSink(t)
+	p := newProxy(t, s.Addr())
+	m := newMailer(t, p.Addr(), 5*time.Second, mailer.WithIdleTimeout(50*time.Millisecond))
+	if err := m.Send(context.Background(), email("idle1@example.com")); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	eventually(t, "the idle session closed", func() bool { return p.Open() == 0 })
+	if got := p.Quits(); got != 1 {
+		t.Errorf("%d QUIT, want 1", got)
+	}
+	if err := m.Send(context.Background(), email("idle2@example.com")); err != nil {
+		t.Fatalf("send after the idle timeout: %v", err)
+	}
+	if got := p.Accepted(); got != 2 {
+		t.Errorf("%d connections, want 2", got)
+	}
+	expectOnce(t, s, "idle1@example.com")
+	expectOnce(t, s, "idle2@example.com")
 }
 
 func TestNewRejectsInvalidConfig(t *testing.T) {
@@ -278,5 +552,22 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 	cfg.TLS = "ssl"
 	if _, err := mailer.New(cfg, quiet); err == nil || !strings.Contains(err.Error(), "ORDERMESH_SMTP_TLS") {
 		t.Errorf("err = %v, want one naming ORDERMESH_SMTP_TLS", err)
+	}
+}
+
+func TestNewRejectsInvalidOptions(t *testing.T) {
+	tests := []struct {
+		name string
+		opt  mailer.Option
+	}{
+		{name: "negative idle sessions", opt: mailer.WithIdleSessions(-1)},
+		{name: "zero idle timeout", opt: mailer.WithIdleTimeout(0)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := mailer.New(mailer.DefaultConfig(), quiet, tt.opt); err == nil {
+				t.Error("no error")
+			}
+		})
 	}
 }
