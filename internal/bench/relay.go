@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -61,6 +60,10 @@ type LagRun struct {
 	MeanBatch float64
 	MaxBatch  int
 	Publish   loadgen.Latency
+	// Between is, for a one-worker relay, the time from the end of one
+	// Publish call to the start of the next: the batch's DELETE and
+	// COMMIT, the next BEGIN and claim, and any wait for rows.
+	Between loadgen.Latency
 }
 
 // RelayLag is the relay phase's result.
@@ -228,7 +231,7 @@ func (b *LagBench) Relay(ctx context.Context, rate float64, d, pollInterval time
 	if err != nil {
 		return LagRun{}, err
 	}
-	t.batchStats(&run)
+	t.batchStats(&run, workers)
 	return run, nil
 }
 
@@ -301,7 +304,12 @@ type lagTrack struct {
 	mu        sync.Mutex
 	published []time.Time
 	sizes     []int
-	calls     []time.Duration
+	calls     []publishCall
+}
+
+// publishCall is one Publish call of the relay.
+type publishCall struct {
+	start, end time.Time
 }
 
 func newLagTrack(rate float64, d time.Duration) (*lagTrack, error) {
@@ -339,10 +347,10 @@ func (p trackingPublisher) Publish(ctx context.Context, msgs ...eventbus.Message
 	}
 	p.t.mu.Unlock()
 	err := p.pub.Publish(ctx, msgs...)
-	d := time.Since(start)
+	end := time.Now()
 	p.t.mu.Lock()
 	p.t.sizes = append(p.t.sizes, len(msgs))
-	p.t.calls = append(p.t.calls, d)
+	p.t.calls = append(p.t.calls, publishCall{start: start, end: end})
 	p.t.mu.Unlock()
 	return err
 }
@@ -475,8 +483,9 @@ func (t *lagTrack) summary(start time.Time) LagRun {
 	return out
 }
 
-// batchStats sets out's figures of the relay's Publish calls.
-func (t *lagTrack) batchStats(out *LagRun) {
+// batchStats sets out's figures of the Publish calls of a relay with
+// workers workers.
+func (t *lagTrack) batchStats(out *LagRun, workers int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out.Batches = len(t.sizes)
@@ -488,7 +497,18 @@ func (t *lagTrack) batchStats(out *LagRun) {
 	if out.Batches > 0 {
 		out.MeanBatch = float64(total) / float64(out.Batches)
 	}
-	out.Publish = loadgen.Summarize(slices.Clone(t.calls))
+	durations := make([]time.Duration, len(t.calls))
+	for i, c := range t.calls {
+		durations[i] = c.end.Sub(c.start)
+	}
+	out.Publish = loadgen.Summarize(durations)
+	if workers == 1 {
+		between := make([]time.Duration, 0, len(t.calls))
+		for i := 1; i < len(t.calls); i++ {
+			between = append(between, t.calls[i].start.Sub(t.calls[i-1].end))
+		}
+		out.Between = loadgen.Summarize(between)
+	}
 }
 
 // commit writes m to the outbox in a transaction of its own.

@@ -56,6 +56,9 @@ func TestLagBench(t *testing.T) {
 	if relay.Batches == 0 || relay.MeanBatch*float64(relay.Batches) < n || relay.MaxBatch < 1 {
 		t.Errorf("relay run: %d batches of %.1f on average (max %d) cannot carry %d events", relay.Batches, relay.MeanBatch, relay.MaxBatch, n)
 	}
+	if relay.Publish.Count != relay.Batches || relay.Between.Count != relay.Batches-1 {
+		t.Errorf("relay run: %d batches, %d Publish durations, %d gaps between calls", relay.Batches, relay.Publish.Count, relay.Between.Count)
+	}
 	if relay.Target != rate || relay.Rate <= 0 {
 		t.Errorf("relay run: target %v, rate %v", relay.Target, relay.Rate)
 	}

@@ -480,9 +480,10 @@ func runRelay(ctx context.Context, o Options, res *Result, id string, logf func(
 	if lag.Relay, err = b.Relay(ctx, o.RelayRate, o.RelayDuration, lag.PollInterval, 1); err != nil {
 		return fmt.Errorf("outbox relay: %w", err)
 	}
-	logf("relay phase: outbox relay: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms (commit → Publish call p50 %.1f / p99 %.1f ms; %d batches of %.1f on average; commit behind schedule p99 %.1f ms)",
+	logf("relay phase: outbox relay: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms (commit → Publish call p50 %.1f / p99 %.1f ms; %d batches of %.1f on average; Publish p50 %.1f / p99 %.1f ms, between calls p50 %.1f / p99 %.1f ms; commit behind schedule p99 %.1f ms)",
 		lag.Relay.Rate, lag.Relay.Lag.P50, lag.Relay.Lag.P95, lag.Relay.Lag.P99, lag.Relay.Lag.Max,
-		lag.Relay.ToPublish.P50, lag.Relay.ToPublish.P99, lag.Relay.Batches, lag.Relay.MeanBatch, lag.Relay.Commit.P99)
+		lag.Relay.ToPublish.P50, lag.Relay.ToPublish.P99, lag.Relay.Batches, lag.Relay.MeanBatch,
+		lag.Relay.Publish.P50, lag.Relay.Publish.P99, lag.Relay.Between.P50, lag.Relay.Between.P99, lag.Relay.Commit.P99)
 	if lag.Raw, err = b.Raw(ctx, o.RelayRate, o.RelayDuration); err != nil {
 		return fmt.Errorf("publish after commit: %w", err)
 	}
