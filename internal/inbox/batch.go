@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -55,30 +53,22 @@ type BatchHandler func(ctx context.Context, tx pgx.Tx, batch []Delivery) ([]Resu
 // events to the outbox with one statement each, so a transaction costs the
 // same few round trips however many deliveries it carries.
 //
-// One transaction is in flight at a time. A delivery arriving while none is
-// runs at once; under load a transaction carries the deliveries that
-// arrived while the previous one ran, up to the batch size. Nothing runs in
-// the background: each transaction runs on the goroutine of one of its
-// callers. A BatchRunner is safe for concurrent use.
+// Deliveries are gathered by a postgres.Batcher with one lane: one
+// transaction is in flight at a time, a delivery arriving while none is
+// runs at once, and under load a transaction carries the deliveries that
+// arrived while the previous one ran, up to the batch size. A BatchRunner
+// is safe for concurrent use.
 type BatchRunner struct {
 	r       *Runner
 	h       BatchHandler
-	max     int
 	timeout time.Duration
-
-	mu      sync.Mutex
-	queue   []*batchCall
-	leading bool
-
-	transactions, deliveries atomic.Int64
+	b       *postgres.Batcher[*batchCall]
 }
 
-// batchCall is one delivery waiting for its batch.
+// batchCall is one delivery of a batch and what came of it.
 type batchCall struct {
-	d    Delivery
-	err  error
-	done chan struct{}
-	lead chan struct{}
+	d   Delivery
+	err error
 }
 
 // NewBatchRunner returns a BatchRunner handing batches of at most size
@@ -86,7 +76,9 @@ type batchCall struct {
 // and reports its deliveries through r (Counts, Metrics); r's own batching
 // option does not apply to it. timeout bounds each transaction.
 func NewBatchRunner(r *Runner, h BatchHandler, size int, timeout time.Duration) *BatchRunner {
-	return &BatchRunner{r: r, h: h, max: max(size, 1), timeout: timeout}
+	b := &BatchRunner{r: r, h: h, timeout: timeout}
+	b.b = postgres.NewBatcher(size, 1, b.run)
+	return b
 }
 
 // WrapBatch adapts b to the bus's typed handler signature, like Wrap:
@@ -112,59 +104,29 @@ func (b *BatchRunner) Process(ctx context.Context, ev proto.Message, meta eventb
 	if meta.ID == "" {
 		return b.r.settle(meta, eventbus.Permanent(fmt.Errorf("process %s: %w", meta.Type, ErrMissingID)))
 	}
-	if err := ctx.Err(); err != nil {
+	c := &batchCall{d: Delivery{Event: ev, Meta: meta}}
+	if err := b.b.Do(ctx, "", c); err != nil {
 		return b.r.settle(meta, err)
 	}
-	c := &batchCall{d: Delivery{Event: ev, Meta: meta}, done: make(chan struct{}), lead: make(chan struct{})}
-	b.mu.Lock()
-	b.queue = append(b.queue, c)
-	if b.leading {
-		b.mu.Unlock()
-		select {
-		case <-c.done:
-			return b.r.settle(meta, c.err)
-		case <-c.lead:
-		}
-		b.mu.Lock()
-	}
-	b.leading = true
-	n := min(len(b.queue), b.max)
-	batch := b.queue[:n:n]
-	b.queue = b.queue[n:]
-	b.mu.Unlock()
-
-	b.run(context.WithoutCancel(ctx), batch)
-
-	b.mu.Lock()
-	if len(b.queue) > 0 {
-		close(b.queue[0].lead)
-	} else {
-		b.leading = false
-	}
-	b.mu.Unlock()
 	return b.r.settle(meta, c.err)
 }
 
 // Stats returns how many transactions the runner ran and how many
 // deliveries they carried.
 func (b *BatchRunner) Stats() (transactions, deliveries int64) {
-	return b.transactions.Load(), b.deliveries.Load()
+	return b.b.Stats()
 }
 
 // run processes batch in one transaction and sets each call's error.
 func (b *BatchRunner) run(ctx context.Context, batch []*batchCall) {
-	b.transactions.Add(1)
-	b.deliveries.Add(int64(len(batch)))
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
 	ds := make([]Delivery, len(batch))
 	for i, c := range batch {
 		ds[i] = c.d
 	}
-	errs := b.process(ctx, ds)
-	for i, c := range batch {
-		c.err = errs[i]
-		close(c.done)
+	for i, err := range b.process(ctx, ds) {
+		batch[i].err = err
 	}
 }
 
