@@ -34,12 +34,13 @@ const (
 	lagReceiveTimeout = 30 * time.Second
 )
 
-// LagRun is one relay-lag run: events committed one per transaction at a
-// fixed rate, and for each the time from its commit to its delivery to a
-// consumer.
+// LagRun is the pooled figures of one kind of relay-lag run: events
+// committed one per transaction at a fixed rate, and for each the time
+// from its commit to its delivery to a consumer.
 type LagRun struct {
 	// Target is the offered rate (events/s); Rate the achieved one:
-	// events committed ÷ (last commit − first due time).
+	// events committed ÷ the rounds' time from the first due time to the
+	// last commit.
 	Target float64
 	Rate   float64
 	// Lag is commit returned (writer) → delivery read (consumer).
@@ -68,17 +69,20 @@ type LagRun struct {
 
 // RelayLag is the relay phase's result.
 type RelayLag struct {
-	// Relay is the outbox Relay publishing through eventbus; Raw the
-	// ceiling: each writer publishes its event with amqp091-go right
-	// after its commit, on one confirm-mode channel, and no relay runs.
+	// Relay is the outbox Relay publishing through eventbus as the
+	// services run it; Raw the ceiling: each writer publishes its event
+	// with amqp091-go right after its commit, on one confirm-mode
+	// channel, and no relay runs.
 	Relay, Raw LagRun
-	// Duration is the length of each run.
+	// Duration is each kind's total time, in Rounds rounds interleaved
+	// with the other kinds'.
 	Duration time.Duration
+	Rounds   int
 	// PollInterval is the relay's poll interval (its fallback when no
 	// notification wakes it).
 	PollInterval time.Duration
-	// Diagnostics are variants of the relay run once after the others,
-	// to attribute the lag; they have no goal.
+	// Diagnostics are variants of the relay, interleaved with the runs
+	// above, to attribute the lag; they have no goal.
 	Diagnostics []LagDiagnostic
 }
 
@@ -87,6 +91,11 @@ type LagDiagnostic struct {
 	Name string
 	Run  LagRun
 }
+
+// diagWorkers is the relay's worker count in the diagnostic runs: with
+// more than one, a batch is claimed while the one before waits for its
+// confirms, which shows how much of the lag is that wait.
+const diagWorkers = 4
 
 // LagBench measures the outbox relay's lag in a database of its own: a
 // schema with the outbox table (and its NOTIFY trigger), a quorum queue
@@ -98,13 +107,20 @@ type LagBench struct {
 	dbURL    string
 	cfg      eventbus.Config
 	queue    string
-	pool     *pgxpool.Pool
-	conn     *amqp.Connection
-	log      *slog.Logger
+	// pool is the writers'; relayPool and pub the relay's, kept across
+	// rounds as a service keeps them.
+	pool      *pgxpool.Pool
+	relayPool *pgxpool.Pool
+	pub       *eventbus.Publisher
+	// conn carries the consumer and, on rawCh (confirm mode), the
+	// ceiling's publishes.
+	conn  *amqp.Connection
+	rawCh *amqp.Channel
+	log   *slog.Logger
 }
 
 // NewLagBench creates the database bench_<id> with the outbox schema and
-// the topology under "bench-<id>."; Close removes them.
+// the topology under "bench-<id>.", and connects; Close removes them.
 func NewLagBench(ctx context.Context, adminURL, amqpURL, id string, log io.Writer) (_ *LagBench, err error) {
 	b := &LagBench{
 		adminURL: adminURL, database: "bench_" + id,
@@ -131,6 +147,9 @@ func NewLagBench(ctx context.Context, adminURL, amqpURL, id string, log io.Write
 	if err := postgres.Migrate(ctx, b.pool, lagSchema, outbox.Migrations); err != nil {
 		return nil, fmt.Errorf("migrate %s: %w", lagSchema, err)
 	}
+	if b.relayPool, err = postgres.Open(ctx, b.dbURL, lagSchema, postgres.WithApplicationName("ordermesh-bench-relay")); err != nil {
+		return nil, err
+	}
 	if b.conn, err = amqp.DialConfig(amqpURL, amqp.Config{Properties: amqp.Table{"connection_name": b.cfg.Prefix + "relaylag"}}); err != nil {
 		return nil, fmt.Errorf("dial broker: %w", err)
 	}
@@ -150,6 +169,20 @@ func NewLagBench(ctx context.Context, adminURL, amqpURL, id string, log io.Write
 	if err := ch.QueueBind(b.queue, "order.created", b.cfg.ExchangeName(), false, nil); err != nil {
 		return nil, fmt.Errorf("bind %s: %w", b.queue, err)
 	}
+	if b.rawCh, err = b.conn.Channel(); err != nil {
+		return nil, fmt.Errorf("open channel: %w", err)
+	}
+	if err := b.rawCh.Confirm(false); err != nil {
+		return nil, fmt.Errorf("confirm mode: %w", err)
+	}
+	if b.pub, err = eventbus.NewPublisher(b.cfg, b.log); err != nil {
+		return nil, fmt.Errorf("new publisher: %w", err)
+	}
+	upCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := b.pub.WaitUp(upCtx); err != nil {
+		return nil, fmt.Errorf("publisher up: %w", err)
+	}
 	return b, nil
 }
 
@@ -157,6 +190,12 @@ func NewLagBench(ctx context.Context, adminURL, amqpURL, id string, log io.Write
 // does all of it even when a step fails.
 func (b *LagBench) Close() error {
 	var errs []error
+	if b.pub != nil {
+		_ = b.pub.Close()
+	}
+	if b.relayPool != nil {
+		b.relayPool.Close()
+	}
 	if b.pool != nil {
 		b.pool.Close()
 	}
@@ -179,35 +218,62 @@ func (b *LagBench) Close() error {
 	return errors.Join(errs...)
 }
 
-// Relay runs the outbox Relay as the services configure it (batches of up
-// to outbox.DefaultBatchSize, LISTEN/NOTIFY wake-ups and a poll every
-// pollInterval; the services use one worker) with workers workers and an
-// eventbus Publisher, while the writers commit rate events/s for d, and
-// returns the lag of each event. Starting the relay and the publisher is
-// not timed.
-func (b *LagBench) Relay(ctx context.Context, rate float64, d, pollInterval time.Duration, workers int) (LagRun, error) {
-	t, err := newLagTrack(rate, d)
-	if err != nil {
-		return LagRun{}, err
+// Measure runs, after a warm-up round of each, rounds rounds of: the
+// outbox Relay as the services run it (one worker), the ceiling, and the
+// relay with diagWorkers workers, each round committing rate events/s for
+// d/rounds; it pools each kind's rounds. Interleaving keeps a change in
+// the machine's load from favouring one kind. logf, if set, gets a line
+// per round.
+func (b *LagBench) Measure(ctx context.Context, rate float64, d time.Duration, rounds int, pollInterval time.Duration, logf func(string, ...any)) (*RelayLag, error) {
+	rounds = max(rounds, 1)
+	kinds := []struct {
+		name    string
+		workers int // 0: the ceiling
+	}{{"outbox relay", 1}, {"publish after commit", 0}, {fmt.Sprintf("outbox relay, %d workers", diagWorkers), diagWorkers}}
+	round := func(workers int, d time.Duration) (*lagTrack, error) {
+		t, err := newLagTrack(rate, d)
+		if err != nil {
+			return nil, err
+		}
+		if workers == 0 {
+			return t, b.rawRound(ctx, t)
+		}
+		return t, b.relayRound(ctx, t, pollInterval, workers)
 	}
-	pub, err := eventbus.NewPublisher(b.cfg, b.log)
-	if err != nil {
-		return LagRun{}, fmt.Errorf("new publisher: %w", err)
+	for _, k := range kinds {
+		if _, err := round(k.workers, 500*time.Millisecond); err != nil {
+			return nil, fmt.Errorf("warm-up, %s: %w", k.name, err)
+		}
 	}
-	defer pub.Close()
-	relayPool, err := postgres.Open(ctx, b.dbURL, lagSchema, postgres.WithApplicationName("ordermesh-bench-relay"))
-	if err != nil {
-		return LagRun{}, err
+	tracks := make([][]*lagTrack, len(kinds))
+	for r := 1; r <= rounds; r++ {
+		for i, k := range kinds {
+			t, err := round(k.workers, d/time.Duration(rounds))
+			if err != nil {
+				return nil, fmt.Errorf("round %d, %s: %w", r, k.name, err)
+			}
+			tracks[i] = append(tracks[i], t)
+			if logf != nil {
+				run := summarize(tracks[i][len(tracks[i])-1:], k.workers)
+				logf("relay phase: round %d: %s: %.0f events/s committed, lag p50 %.1f / p99 %.1f / max %.1f ms",
+					r, k.name, run.Rate, run.Lag.P50, run.Lag.P99, run.Lag.Max)
+			}
+		}
 	}
-	defer relayPool.Close()
-	relay := outbox.NewRelay(relayPool, trackingPublisher{pub: pub, t: t},
-		outbox.Config{PollInterval: pollInterval, Workers: workers, Name: "ordermesh-bench-relay", Logger: b.log})
+	return &RelayLag{
+		Relay: summarize(tracks[0], kinds[0].workers), Raw: summarize(tracks[1], kinds[1].workers),
+		Diagnostics: []LagDiagnostic{{Name: fmt.Sprintf("diagnostic: the same relay with %d workers", diagWorkers), Run: summarize(tracks[2], kinds[2].workers)}},
+		Duration:    d, Rounds: rounds, PollInterval: pollInterval,
+	}, nil
+}
 
-	upCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := pub.WaitUp(upCtx); err != nil {
-		return LagRun{}, fmt.Errorf("publisher up: %w", err)
-	}
+// relayRound runs the outbox Relay as the services configure it (batches
+// of up to outbox.DefaultBatchSize, LISTEN/NOTIFY wake-ups and a poll
+// every pollInterval; the services use one worker) with workers workers
+// while t's events are committed. Starting the relay is not timed.
+func (b *LagBench) relayRound(ctx context.Context, t *lagTrack, pollInterval time.Duration, workers int) error {
+	relay := outbox.NewRelay(b.relayPool, trackingPublisher{pub: b.pub, t: t},
+		outbox.Config{PollInterval: pollInterval, Workers: workers, Name: "ordermesh-bench-relay", Logger: b.log})
 	relayCtx, stopRelay := context.WithCancel(ctx)
 	relayDone := make(chan error, 1)
 	go func() { relayDone <- relay.Run(relayCtx) }()
@@ -215,43 +281,31 @@ func (b *LagBench) Relay(ctx context.Context, rate float64, d, pollInterval time
 		stopRelay()
 		return <-relayDone
 	}
+	deadline := time.Now().Add(30 * time.Second)
 	for !relay.Listening() {
+		if time.Now().After(deadline) {
+			return errors.Join(errors.New("relay not listening after 30s"), stop())
+		}
 		select {
-		case <-upCtx.Done():
-			return LagRun{}, errors.Join(fmt.Errorf("relay not listening: %w", upCtx.Err()), stop())
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), stop())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	run, err := b.run(ctx, t, nil)
+	err := b.run(ctx, t, nil)
 	// The consumer may have read the last event before its Publish call
-	// returned: count the calls once the relay has stopped.
+	// returned: t's calls are complete once the relay has stopped.
 	if serr := stop(); err == nil && serr != nil {
 		err = fmt.Errorf("relay: %w", serr)
 	}
-	if err != nil {
-		return LagRun{}, err
-	}
-	t.batchStats(&run, workers)
-	return run, nil
+	return err
 }
 
-// Raw is the ceiling: no relay; each writer publishes its event on one
-// shared confirm-mode amqp091-go channel right after its commit returns
-// (the confirm is awaited off the writer's path). Rows it leaves in the
-// outbox are deleted afterwards.
-func (b *LagBench) Raw(ctx context.Context, rate float64, d time.Duration) (_ LagRun, err error) {
-	t, err := newLagTrack(rate, d)
-	if err != nil {
-		return LagRun{}, err
-	}
-	ch, err := b.conn.Channel()
-	if err != nil {
-		return LagRun{}, fmt.Errorf("open channel: %w", err)
-	}
-	defer ch.Close()
-	if err := ch.Confirm(false); err != nil {
-		return LagRun{}, fmt.Errorf("confirm mode: %w", err)
-	}
+// rawRound is the ceiling: no relay; each writer publishes its event on
+// the shared confirm-mode channel right after its commit returns (the
+// confirm is awaited off the writer's path). The rows it leaves in the
+// outbox are deleted afterwards, before a relay could see them.
+func (b *LagBench) rawRound(ctx context.Context, t *lagTrack) (err error) {
 	defer func() {
 		if _, derr := b.pool.Exec(context.WithoutCancel(ctx), "DELETE FROM outbox"); derr != nil {
 			err = errors.Join(err, fmt.Errorf("empty the outbox: %w", derr))
@@ -259,10 +313,10 @@ func (b *LagBench) Raw(ctx context.Context, rate float64, d time.Duration) (_ La
 	}()
 	var mu sync.Mutex
 	var confirms []*amqp.DeferredConfirmation
-	run, err := b.run(ctx, t, func(ctx context.Context, i int) error {
+	err = b.run(ctx, t, func(ctx context.Context, i int) error {
 		m := t.msgs[i]
 		t.published[i] = time.Now()
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, b.cfg.ExchangeName(), m.RoutingKey, true, false, rawPublishing(m))
+		dc, err := b.rawCh.PublishWithDeferredConfirmWithContext(ctx, b.cfg.ExchangeName(), m.RoutingKey, true, false, rawPublishing(m))
 		if err != nil {
 			return fmt.Errorf("raw publish: %w", err)
 		}
@@ -272,21 +326,21 @@ func (b *LagBench) Raw(ctx context.Context, rate float64, d time.Duration) (_ La
 		return nil
 	})
 	if err != nil {
-		return run, err
+		return err
 	}
 	for _, dc := range confirms {
 		ok, err := dc.WaitContext(ctx)
 		if err != nil {
-			return run, fmt.Errorf("raw confirm: %w", err)
+			return fmt.Errorf("raw confirm: %w", err)
 		}
 		if !ok {
-			return run, errors.New("raw publish nacked")
+			return errors.New("raw publish nacked")
 		}
 	}
-	return run, nil
+	return nil
 }
 
-// lagTrack holds one run's events and, for each, when it was due, when
+// lagTrack holds one round's events and, for each, when it was due, when
 // its commit returned, when it was first handed to a Publish call and
 // when the consumer read it.
 type lagTrack struct {
@@ -297,6 +351,8 @@ type lagTrack struct {
 	// goroutine only (the pacer, the writer that had the event, the
 	// consumer) and read after all of them have finished.
 	due, committed, received []time.Time
+	// start is the first due time.
+	start time.Time
 
 	// mu guards the relay's Publish calls and its writes of published
 	// (relay workers may publish concurrently); without a relay each
@@ -361,19 +417,19 @@ func (p trackingPublisher) Publish(ctx context.Context, msgs ...eventbus.Message
 // delays no later event's turn. after, when set, runs on the writer right
 // after each commit. A consumer reads the queue meanwhile; run returns once
 // every event was delivered, or fails after lagReceiveTimeout.
-func (b *LagBench) run(ctx context.Context, t *lagTrack, after func(context.Context, int) error) (LagRun, error) {
+func (b *LagBench) run(ctx context.Context, t *lagTrack, after func(context.Context, int) error) error {
 	n := len(t.msgs)
 	cch, err := b.conn.Channel()
 	if err != nil {
-		return LagRun{}, fmt.Errorf("open channel: %w", err)
+		return fmt.Errorf("open channel: %w", err)
 	}
 	defer cch.Close()
 	if err := cch.Qos(lagPrefetch, 0, false); err != nil {
-		return LagRun{}, fmt.Errorf("qos: %w", err)
+		return fmt.Errorf("qos: %w", err)
 	}
 	deliveries, err := cch.Consume(b.queue, "", false, false, false, false, nil)
 	if err != nil {
-		return LagRun{}, fmt.Errorf("consume: %w", err)
+		return fmt.Errorf("consume: %w", err)
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -396,7 +452,7 @@ func (b *LagBench) run(ctx context.Context, t *lagTrack, after func(context.Cont
 					return errors.New("consumer: channel closed")
 				}
 				now := time.Now()
-				// Events of an earlier run, and second deliveries
+				// Events of an earlier round, and second deliveries
 				// (publishing is at-least-once), are not counted.
 				if i, ok := t.index[dl.MessageId]; ok && t.received[i].IsZero() {
 					t.received[i] = now
@@ -411,8 +467,8 @@ func (b *LagBench) run(ctx context.Context, t *lagTrack, after func(context.Cont
 	})
 
 	jobs := make(chan int, n)
-	start := time.Now()
-	pacer := loadgen.NewPacer(start, t.rate)
+	t.start = time.Now()
+	pacer := loadgen.NewPacer(t.start, t.rate)
 	// The writers run in their own group, so the first failure stops the
 	// others and the pacer, and the pacer's goroutine reports it.
 	wg, wctx := errgroup.WithContext(gctx)
@@ -449,66 +505,61 @@ func (b *LagBench) run(ctx context.Context, t *lagTrack, after func(context.Cont
 		close(jobs)
 		return wg.Wait()
 	})
-	if err := g.Wait(); err != nil {
-		return LagRun{}, err
-	}
-	return t.summary(start), nil
+	return g.Wait()
 }
 
-// summary computes the run's figures once every goroutine has finished.
-func (t *lagTrack) summary(start time.Time) LagRun {
-	n := len(t.msgs)
-	out := LagRun{Target: t.rate}
-	lags := make([]time.Duration, 0, n)
-	toPublish := make([]time.Duration, 0, n)
-	commits := make([]time.Duration, 0, n)
-	last := start
-	for i := range n {
-		lag := t.received[i].Sub(t.committed[i])
-		if lag < 0 {
-			out.Early++
-			lag = 0
+// summarize pools the figures of tracks, rounds of one kind whose every
+// goroutine has finished; workers is the relay's worker count (0: no
+// relay).
+func summarize(tracks []*lagTrack, workers int) LagRun {
+	var out LagRun
+	var lags, toPublish, commits, durations, between []time.Duration
+	var events, total int
+	var span time.Duration
+	for _, t := range tracks {
+		out.Target = t.rate
+		last := t.start
+		for i := range t.msgs {
+			lag := t.received[i].Sub(t.committed[i])
+			if lag < 0 {
+				out.Early++
+				lag = 0
+			}
+			lags = append(lags, lag)
+			if !t.published[i].IsZero() {
+				toPublish = append(toPublish, max(t.published[i].Sub(t.committed[i]), 0))
+			}
+			commits = append(commits, t.committed[i].Sub(t.due[i]))
+			if t.committed[i].After(last) {
+				last = t.committed[i]
+			}
 		}
-		lags = append(lags, lag)
-		if !t.published[i].IsZero() {
-			toPublish = append(toPublish, max(t.published[i].Sub(t.committed[i]), 0))
-		}
-		commits = append(commits, t.committed[i].Sub(t.due[i]))
-		if t.committed[i].After(last) {
-			last = t.committed[i]
-		}
-	}
-	out.Lag, out.ToPublish, out.Commit = loadgen.Summarize(lags), loadgen.Summarize(toPublish), loadgen.Summarize(commits)
-	out.Rate = float64(n) / last.Sub(start).Seconds()
-	return out
-}
+		events += len(t.msgs)
+		span += last.Sub(t.start)
 
-// batchStats sets out's figures of the Publish calls of a relay with
-// workers workers.
-func (t *lagTrack) batchStats(out *LagRun, workers int) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out.Batches = len(t.sizes)
-	total := 0
-	for _, s := range t.sizes {
-		total += s
-		out.MaxBatch = max(out.MaxBatch, s)
+		t.mu.Lock()
+		out.Batches += len(t.sizes)
+		for _, s := range t.sizes {
+			total += s
+			out.MaxBatch = max(out.MaxBatch, s)
+		}
+		for i, c := range t.calls {
+			durations = append(durations, c.end.Sub(c.start))
+			if workers == 1 && i > 0 {
+				between = append(between, c.start.Sub(t.calls[i-1].end))
+			}
+		}
+		t.mu.Unlock()
+	}
+	if span > 0 {
+		out.Rate = float64(events) / span.Seconds()
 	}
 	if out.Batches > 0 {
 		out.MeanBatch = float64(total) / float64(out.Batches)
 	}
-	durations := make([]time.Duration, len(t.calls))
-	for i, c := range t.calls {
-		durations[i] = c.end.Sub(c.start)
-	}
-	out.Publish = loadgen.Summarize(durations)
-	if workers == 1 {
-		between := make([]time.Duration, 0, len(t.calls))
-		for i := 1; i < len(t.calls); i++ {
-			between = append(between, t.calls[i].start.Sub(t.calls[i-1].end))
-		}
-		out.Between = loadgen.Summarize(between)
-	}
+	out.Lag, out.ToPublish, out.Commit = loadgen.Summarize(lags), loadgen.Summarize(toPublish), loadgen.Summarize(commits)
+	out.Publish, out.Between = loadgen.Summarize(durations), loadgen.Summarize(between)
+	return out
 }
 
 // commit writes m to the outbox in a transaction of its own.

@@ -27,8 +27,8 @@ func testID(t *testing.T) string {
 	return "t" + id
 }
 
-// TestLagBench runs both lag runs briefly against the real servers and
-// checks that every event is accounted for and that Close removes the
+// TestLagBench measures briefly against the real servers and checks that
+// every event of every kind is accounted for and that Close removes the
 // database and the topology. It asserts no timing.
 func TestLagBench(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -45,37 +45,45 @@ func TestLagBench(t *testing.T) {
 		}
 	}()
 
-	const rate, n = 200, 200
-	relay, err := b.Relay(ctx, rate, time.Second, outbox.DefaultPollInterval, 1)
+	const rate, rounds, n = 200, 2, 200 // 100 events a round
+	var lines int
+	lag, err := b.Measure(ctx, rate, time.Second, rounds, outbox.DefaultPollInterval, func(string, ...any) { lines++ })
 	if err != nil {
-		t.Fatalf("Relay: %v", err)
+		t.Fatalf("Measure: %v", err)
 	}
-	if relay.Lag.Count != n || relay.ToPublish.Count != n || relay.Commit.Count != n {
-		t.Errorf("relay run counted %d lags, %d publish calls, %d commits; want %d each", relay.Lag.Count, relay.ToPublish.Count, relay.Commit.Count, n)
+	if lag.Rounds != rounds || lag.Duration != time.Second || len(lag.Diagnostics) != 1 || lines != 3*rounds {
+		t.Errorf("Measure: %d rounds of %v, %d diagnostics, %d round lines; want %d, 1s, 1, %d", lag.Rounds, lag.Duration, len(lag.Diagnostics), lines, rounds, 3*rounds)
 	}
-	if relay.Batches == 0 || relay.MeanBatch*float64(relay.Batches) < n || relay.MaxBatch < 1 {
-		t.Errorf("relay run: %d batches of %.1f on average (max %d) cannot carry %d events", relay.Batches, relay.MeanBatch, relay.MaxBatch, n)
+	relays := map[string]LagRun{"relay": lag.Relay}
+	for _, d := range lag.Diagnostics {
+		relays[d.Name] = d.Run
 	}
-	if relay.Publish.Count != relay.Batches || relay.Between.Count != relay.Batches-1 {
-		t.Errorf("relay run: %d batches, %d Publish durations, %d gaps between calls", relay.Batches, relay.Publish.Count, relay.Between.Count)
+	for name, r := range relays {
+		if r.Lag.Count != n || r.ToPublish.Count != n || r.Commit.Count != n {
+			t.Errorf("%s: counted %d lags, %d publish calls, %d commits; want %d each", name, r.Lag.Count, r.ToPublish.Count, r.Commit.Count, n)
+		}
+		if r.Batches == 0 || r.MeanBatch*float64(r.Batches) < n || r.MaxBatch < 1 || r.Publish.Count != r.Batches {
+			t.Errorf("%s: %d batches of %.1f on average (max %d), %d durations, for %d events", name, r.Batches, r.MeanBatch, r.MaxBatch, r.Publish.Count, n)
+		}
+		if r.Target != rate || r.Rate <= 0 {
+			t.Errorf("%s: target %v, rate %v", name, r.Target, r.Rate)
+		}
 	}
-	if relay.Target != rate || relay.Rate <= 0 {
-		t.Errorf("relay run: target %v, rate %v", relay.Target, relay.Rate)
+	if got, want := lag.Relay.Between.Count, lag.Relay.Batches-rounds; got != want {
+		t.Errorf("relay: %d gaps between Publish calls, want %d (batches − rounds)", got, want)
 	}
-
-	raw, err := b.Raw(ctx, rate, time.Second)
-	if err != nil {
-		t.Fatalf("Raw: %v", err)
+	if d := lag.Diagnostics[0].Run; d.Between.Count != 0 {
+		t.Errorf("relay with %d workers: %d gaps between Publish calls, want none (calls overlap)", diagWorkers, d.Between.Count)
 	}
-	if raw.Lag.Count != n || raw.ToPublish.Count != n || raw.Batches != 0 {
-		t.Errorf("raw run counted %d lags, %d publishes, %d relay batches; want %d, %d, 0", raw.Lag.Count, raw.ToPublish.Count, raw.Batches, n, n)
+	if raw := lag.Raw; raw.Lag.Count != n || raw.ToPublish.Count != n || raw.Batches != 0 || raw.Target != rate {
+		t.Errorf("raw: counted %d lags, %d publishes, %d relay batches, target %v; want %d, %d, 0, %d", raw.Lag.Count, raw.ToPublish.Count, raw.Batches, raw.Target, n, n, rate)
 	}
 	var left int
 	if err := b.pool.QueryRow(ctx, "SELECT count(*) FROM outbox").Scan(&left); err != nil {
 		t.Fatal(err)
 	}
 	if left != 0 {
-		t.Errorf("outbox after the raw run holds %d rows, want 0", left)
+		t.Errorf("outbox after the runs holds %d rows, want 0", left)
 	}
 
 	closed = true

@@ -241,8 +241,8 @@ func Markdown(r *Result, m Machine, command string) string {
 			lagRow(d.Name, d.Run)
 		}
 		p("")
-		p("Each run commits its events for %s, one outbox row per transaction from %d writers paced by schedule (open loop), in a database and a quorum queue of the benchmark's own; lag is the consumer's receipt (amqp091-go, prefetch %d) minus the time the writer's Commit returned, same process and clock.",
-			l.Duration, lagWriters, lagPrefetch)
+		p("Each kind commits its events for %s in all, in %d rounds interleaved with the other kinds' (after a warm-up round of each), one outbox row per transaction from %d writers paced by schedule (open loop), in a database and a quorum queue of the benchmark's own; lag is the consumer's receipt (amqp091-go, prefetch %d) minus the time the writer's Commit returned, same process and clock.",
+			l.Duration, l.Rounds, lagWriters, lagPrefetch)
 		p("The relay made %d Publish calls (%.1f events each on average, at most %d); one call, send to last confirm, took p50 %.1f / p99 %.1f ms, and from the end of one call to the start of the next (DELETE, COMMIT, BEGIN, claim, and any wait for rows) p50 %.1f / p99 %.1f ms.",
 			l.Relay.Batches, l.Relay.MeanBatch, l.Relay.MaxBatch, l.Relay.Publish.P50, l.Relay.Publish.P99, l.Relay.Between.P50, l.Relay.Between.P99)
 		if early := l.Relay.Early + l.Raw.Early; early > 0 {

@@ -464,42 +464,34 @@ func runBus(ctx context.Context, o Options, res *Result, id string, logf func(st
 	return nil
 }
 
-// runRelay measures the outbox relay's lag at RelayRate events/s, after a
-// short warm-up, and the ceiling of publishing right after commit.
+// relayRounds is how many rounds each kind of relay-lag run is split
+// into, interleaved with the other kinds.
+const relayRounds = 5
+
+// runRelay measures the outbox relay's lag at RelayRate events/s beside
+// the ceiling of publishing right after commit.
 func runRelay(ctx context.Context, o Options, res *Result, id string, logf func(string, ...any)) (err error) {
-	logf("relay phase: %.0f events/s for %s, one transaction each", o.RelayRate, o.RelayDuration)
+	logf("relay phase: %.0f events/s, one transaction each, for %s per kind in %d interleaved rounds", o.RelayRate, o.RelayDuration, relayRounds)
 	b, err := NewLagBench(ctx, o.AdminDatabaseURL, o.AMQPURL, id, o.Log)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, b.Close()) }()
-	lag := &RelayLag{Duration: o.RelayDuration, PollInterval: outbox.DefaultPollInterval}
-	if _, err := b.Relay(ctx, o.RelayRate, time.Second, lag.PollInterval, 1); err != nil {
-		return fmt.Errorf("warm-up: %w", err)
-	}
-	if lag.Relay, err = b.Relay(ctx, o.RelayRate, o.RelayDuration, lag.PollInterval, 1); err != nil {
-		return fmt.Errorf("outbox relay: %w", err)
-	}
-	logf("relay phase: outbox relay: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms (commit → Publish call p50 %.1f / p99 %.1f ms; %d batches of %.1f on average; Publish p50 %.1f / p99 %.1f ms, between calls p50 %.1f / p99 %.1f ms; commit behind schedule p99 %.1f ms)",
-		lag.Relay.Rate, lag.Relay.Lag.P50, lag.Relay.Lag.P95, lag.Relay.Lag.P99, lag.Relay.Lag.Max,
-		lag.Relay.ToPublish.P50, lag.Relay.ToPublish.P99, lag.Relay.Batches, lag.Relay.MeanBatch,
-		lag.Relay.Publish.P50, lag.Relay.Publish.P99, lag.Relay.Between.P50, lag.Relay.Between.P99, lag.Relay.Commit.P99)
-	if lag.Raw, err = b.Raw(ctx, o.RelayRate, o.RelayDuration); err != nil {
-		return fmt.Errorf("publish after commit: %w", err)
-	}
-	logf("relay phase: publish after commit: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms (commit behind schedule p99 %.1f ms)",
-		lag.Raw.Rate, lag.Raw.Lag.P50, lag.Raw.Lag.P95, lag.Raw.Lag.P99, lag.Raw.Lag.Max, lag.Raw.Commit.P99)
-	// Diagnostic, once: with more workers a batch is claimed while the
-	// one before waits for its confirms, which shows how much of the lag
-	// is the wait for the batch in flight.
-	const workers = 4
-	diag, err := b.Relay(ctx, o.RelayRate, o.RelayDuration, lag.PollInterval, workers)
+	lag, err := b.Measure(ctx, o.RelayRate, o.RelayDuration, relayRounds, outbox.DefaultPollInterval, logf)
 	if err != nil {
-		return fmt.Errorf("outbox relay, %d workers: %w", workers, err)
+		return err
 	}
-	lag.Diagnostics = append(lag.Diagnostics, LagDiagnostic{Name: fmt.Sprintf("diagnostic: the same relay with %d workers", workers), Run: diag})
-	logf("relay phase: outbox relay, %d workers: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms (commit → Publish call p50 %.1f / p99 %.1f ms)",
-		workers, diag.Rate, diag.Lag.P50, diag.Lag.P95, diag.Lag.P99, diag.Lag.Max, diag.ToPublish.P50, diag.ToPublish.P99)
+	line := func(name string, r LagRun) {
+		logf("relay phase: %s: %.0f events/s committed, lag p50 %.1f / p95 %.1f / p99 %.1f / max %.1f ms; commit → Publish call p50 %.1f / p99 %.1f ms; commit behind schedule p99 %.1f ms",
+			name, r.Rate, r.Lag.P50, r.Lag.P95, r.Lag.P99, r.Lag.Max, r.ToPublish.P50, r.ToPublish.P99, r.Commit.P99)
+	}
+	line("outbox relay", lag.Relay)
+	logf("relay phase: outbox relay: %d batches of %.1f on average; Publish p50 %.1f / p99 %.1f ms, between calls p50 %.1f / p99 %.1f ms",
+		lag.Relay.Batches, lag.Relay.MeanBatch, lag.Relay.Publish.P50, lag.Relay.Publish.P99, lag.Relay.Between.P50, lag.Relay.Between.P99)
+	line("publish after commit", lag.Raw)
+	for _, d := range lag.Diagnostics {
+		line(d.Name, d.Run)
+	}
 	res.Relay = lag
 	return nil
 }
