@@ -208,19 +208,25 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 // none was confirmed the transaction rolls back and every row stays. Run
 // calls it; it is exported for Drain-like uses and tests.
 func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
-	tx, err := r.pool.Begin(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("begin outbox batch: %w", err)
-	}
+	// One round trip begins the transaction and claims the rows. The
+	// commit does not wait for its WAL flush: a crash can lose only the
+	// deletion of rows the broker has, which are then published again and
+	// absorbed by the consumers' inboxes.
+	var seqs []int64
+	var msgs []eventbus.Message
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	b.Queue(`SET LOCAL synchronous_commit TO off`)
+	claim(b, r.cfg.BatchSize, &seqs, &msgs)
+	br := r.pool.SendBatch(ctx, b)
+	tx := br.Tx()
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = tx.Rollback(rctx) // No-op after commit; otherwise the batch error is what matters.
 	}()
-
-	seqs, msgs, err := claim(ctx, tx, r.cfg.BatchSize)
-	if err != nil {
-		return 0, err
+	if err := br.Close(); err != nil {
+		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
 	if len(msgs) == 0 {
 		return 0, nil
@@ -293,39 +299,31 @@ func (r *Relay) failed(n int, err error) {
 	}
 }
 
-// claim locks up to limit rows no other transaction holds and decodes them.
-func claim(ctx context.Context, tx pgx.Tx, limit int) ([]int64, []eventbus.Message, error) {
-	rows, err := tx.Query(ctx, `
+// claim queues on b the statement that locks up to limit rows no other
+// transaction holds; reading b's results decodes them into seqs and msgs.
+func claim(b *pgx.Batch, limit int, seqs *[]int64, msgs *[]eventbus.Message) {
+	b.Queue(`
 		SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
 		FROM outbox
 		WHERE next_attempt_at <= now()
 		ORDER BY seq
 		LIMIT $1
-		FOR UPDATE SKIP LOCKED`, limit)
-	if err != nil {
-		return nil, nil, fmt.Errorf("claim outbox rows: %w", err)
-	}
-	var (
-		seqs []int64
-		msgs []eventbus.Message
-	)
-	for rows.Next() {
-		var (
-			seq int64
-			m   eventbus.Message
-		)
-		if err := rows.Scan(&seq, &m.ID, &m.Type, &m.RoutingKey, &m.Source, &m.CorrelationID, &m.Time, &m.TraceParent, &m.TraceState, &m.Body); err != nil {
-			rows.Close()
-			return nil, nil, fmt.Errorf("read outbox row: %w", err)
+		FOR UPDATE SKIP LOCKED`, limit,
+	).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var (
+				seq int64
+				m   eventbus.Message
+			)
+			if err := rows.Scan(&seq, &m.ID, &m.Type, &m.RoutingKey, &m.Source, &m.CorrelationID, &m.Time, &m.TraceParent, &m.TraceState, &m.Body); err != nil {
+				return fmt.Errorf("read outbox row: %w", err)
+			}
+			m.Time = m.Time.UTC()
+			*seqs = append(*seqs, seq)
+			*msgs = append(*msgs, m)
 		}
-		m.Time = m.Time.UTC()
-		seqs = append(seqs, seq)
-		msgs = append(msgs, m)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("claim outbox rows: %w", err)
-	}
-	return seqs, msgs, nil
+		return rows.Err()
+	})
 }
 
 // listen keeps a LISTEN connection open for the outbox's channel and wakes
