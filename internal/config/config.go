@@ -19,6 +19,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"slices"
@@ -115,6 +116,49 @@ func (e *Env) Bool(name string, def bool) bool {
 		return def
 	}
 	return b
+}
+
+// Bytes is an amount of memory in bytes. It prints in the largest binary
+// unit that divides it exactly ("18MiB", "1536KiB", "100B"), the form
+// Env.Bytes and GOMEMLIMIT read.
+type Bytes int64
+
+// Binary units of Bytes, largest first.
+var byteUnits = []struct {
+	name string
+	size Bytes
+}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+
+func (b Bytes) String() string {
+	for _, u := range byteUnits {
+		if b != 0 && b%u.size == 0 {
+			return strconv.FormatInt(int64(b/u.size), 10) + u.name
+		}
+	}
+	return strconv.FormatInt(int64(b), 10) + "B"
+}
+
+// Bytes returns the variable as an amount of memory, or def: a whole
+// number with an optional unit B, KiB, MiB, GiB or TiB ("64MiB"), the
+// syntax of GOMEMLIMIT.
+func (e *Env) Bytes(name string, def Bytes) Bytes {
+	v, ok := e.lookup(name)
+	if !ok {
+		return def
+	}
+	digits, unit := v, Bytes(1)
+	for _, u := range byteUnits {
+		if n, ok := strings.CutSuffix(v, u.name); ok {
+			digits, unit = n, u.size
+			break
+		}
+	}
+	n, err := strconv.ParseInt(digits, 10, 64)
+	if err != nil || n < 0 || digits[0] == '+' || n > math.MaxInt64/int64(unit) {
+		e.errs = append(e.errs, fmt.Errorf("%s: invalid size %q: want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB", name, v))
+		return def
+	}
+	return Bytes(n) * unit
 }
 
 // Addr returns the variable, or def, after checking it is a host:port

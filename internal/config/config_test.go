@@ -32,6 +32,14 @@ func TestEnvTypedValues(t *testing.T) {
 		{name: "duration set", env: map[string]string{"D": "1m30s"}, read: func(e *Env) any { return e.Duration("D", time.Second) }, want: 90 * time.Second},
 		{name: "bool default", read: func(e *Env) any { return e.Bool("B", true) }, want: true},
 		{name: "bool set", env: map[string]string{"B": "FALSE"}, read: func(e *Env) any { return e.Bool("B", true) }, want: false},
+		{name: "bytes default", read: func(e *Env) any { return e.Bytes("M", 18<<20) }, want: Bytes(18 << 20)},
+		{name: "bytes in MiB", env: map[string]string{"M": " 24MiB "}, read: func(e *Env) any { return e.Bytes("M", 1) }, want: Bytes(24 << 20)},
+		{name: "bytes in KiB", env: map[string]string{"M": "1536KiB"}, read: func(e *Env) any { return e.Bytes("M", 1) }, want: Bytes(1536 << 10)},
+		{name: "bytes in GiB", env: map[string]string{"M": "2GiB"}, read: func(e *Env) any { return e.Bytes("M", 1) }, want: Bytes(2 << 30)},
+		{name: "bytes in TiB", env: map[string]string{"M": "1TiB"}, read: func(e *Env) any { return e.Bytes("M", 1) }, want: Bytes(1 << 40)},
+		{name: "bytes with unit B", env: map[string]string{"M": "100B"}, read: func(e *Env) any { return e.Bytes("M", 1) }, want: Bytes(100)},
+		{name: "bytes without unit", env: map[string]string{"M": "1048576"}, read: func(e *Env) any { return e.Bytes("M", 1) }, want: Bytes(1 << 20)},
+		{name: "bytes zero", env: map[string]string{"M": "0"}, read: func(e *Env) any { return e.Bytes("M", 1) }, want: Bytes(0)},
 		{name: "addr default", read: func(e *Env) any { return e.Addr("A", ":50051") }, want: ":50051"},
 		{name: "addr set", env: map[string]string{"A": "127.0.0.1:0"}, read: func(e *Env) any { return e.Addr("A", ":50051") }, want: "127.0.0.1:0"},
 		{name: "addr ipv6", env: map[string]string{"A": "[::1]:8080"}, read: func(e *Env) any { return e.Addr("A", ":50051") }, want: "[::1]:8080"},
@@ -96,6 +104,55 @@ func TestEnvErrors(t *testing.T) {
 			read: func(e *Env) any { return e.Bool("B", false) },
 			want: false,
 			err:  `B: invalid boolean "yes": want true or false`,
+		},
+		{
+			name: "bytes with a decimal point",
+			env:  map[string]string{"ORDERMESH_MEMORY_LIMIT": "1.5MiB"},
+			read: func(e *Env) any { return e.Bytes("ORDERMESH_MEMORY_LIMIT", 18<<20) },
+			want: Bytes(18 << 20),
+			err:  `ORDERMESH_MEMORY_LIMIT: invalid size "1.5MiB": want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB`,
+		},
+		{
+			name: "bytes with an SI unit",
+			env:  map[string]string{"ORDERMESH_MEMORY_LIMIT": "64MB"},
+			read: func(e *Env) any { return e.Bytes("ORDERMESH_MEMORY_LIMIT", 18<<20) },
+			want: Bytes(18 << 20),
+			err:  `ORDERMESH_MEMORY_LIMIT: invalid size "64MB": want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB`,
+		},
+		{
+			name: "bytes with a space before the unit",
+			env:  map[string]string{"ORDERMESH_MEMORY_LIMIT": "64 MiB"},
+			read: func(e *Env) any { return e.Bytes("ORDERMESH_MEMORY_LIMIT", 18<<20) },
+			want: Bytes(18 << 20),
+			err:  `ORDERMESH_MEMORY_LIMIT: invalid size "64 MiB": want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB`,
+		},
+		{
+			name: "bytes negative",
+			env:  map[string]string{"ORDERMESH_MEMORY_LIMIT": "-1MiB"},
+			read: func(e *Env) any { return e.Bytes("ORDERMESH_MEMORY_LIMIT", 18<<20) },
+			want: Bytes(18 << 20),
+			err:  `ORDERMESH_MEMORY_LIMIT: invalid size "-1MiB": want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB`,
+		},
+		{
+			name: "bytes with a plus sign",
+			env:  map[string]string{"ORDERMESH_MEMORY_LIMIT": "+64MiB"},
+			read: func(e *Env) any { return e.Bytes("ORDERMESH_MEMORY_LIMIT", 18<<20) },
+			want: Bytes(18 << 20),
+			err:  `ORDERMESH_MEMORY_LIMIT: invalid size "+64MiB": want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB`,
+		},
+		{
+			name: "bytes unit only",
+			env:  map[string]string{"ORDERMESH_MEMORY_LIMIT": "MiB"},
+			read: func(e *Env) any { return e.Bytes("ORDERMESH_MEMORY_LIMIT", 18<<20) },
+			want: Bytes(18 << 20),
+			err:  `ORDERMESH_MEMORY_LIMIT: invalid size "MiB": want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB`,
+		},
+		{
+			name: "bytes overflow",
+			env:  map[string]string{"ORDERMESH_MEMORY_LIMIT": "9000000TiB"},
+			read: func(e *Env) any { return e.Bytes("ORDERMESH_MEMORY_LIMIT", 18<<20) },
+			want: Bytes(18 << 20),
+			err:  `ORDERMESH_MEMORY_LIMIT: invalid size "9000000TiB": want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB`,
 		},
 		{
 			name: "addr without port",
@@ -183,6 +240,32 @@ func TestEnvCollectsAllErrors(t *testing.T) {
 	}
 }
 
+func TestBytesString(t *testing.T) {
+	tests := []struct {
+		in   Bytes
+		want string
+	}{
+		{0, "0B"},
+		{100, "100B"},
+		{1 << 10, "1KiB"},
+		{1536 << 10, "1536KiB"},
+		{18 << 20, "18MiB"},
+		{3 << 30, "3GiB"},
+		{1 << 40, "1TiB"},
+		{1<<20 + 1, "1048577B"},
+	}
+	for _, tt := range tests {
+		if got := tt.in.String(); got != tt.want {
+			t.Errorf("Bytes(%d).String() = %q, want %q", int64(tt.in), got, tt.want)
+		}
+		// What String prints, Env.Bytes reads back.
+		e := NewEnv(mapEnv(map[string]string{"M": tt.want}))
+		if got := e.Bytes("M", -1); got != tt.in || e.Err() != nil {
+			t.Errorf("Bytes(%q) = %d, %v; want %d", tt.want, int64(got), e.Err(), int64(tt.in))
+		}
+	}
+}
+
 func TestRedactURL(t *testing.T) {
 	tests := []struct {
 		name, in, want string
@@ -215,6 +298,7 @@ func TestLogValue(t *testing.T) {
 		BrokerURL       *url.URL
 		ShutdownTimeout time.Duration
 		RetryDelays     []time.Duration
+		MemoryLimit     Bytes
 		Prefetch        int
 		Debug           bool
 		APIToken        string `secret:"true"`
@@ -228,6 +312,7 @@ func TestLogValue(t *testing.T) {
 		BrokerURL:       &url.URL{Scheme: "amqps", User: url.UserPassword("svc", "pw"), Host: "mq:5671"},
 		ShutdownTimeout: 10 * time.Second,
 		RetryDelays:     []time.Duration{time.Second, 500 * time.Millisecond},
+		MemoryLimit:     18 << 20,
 		Prefetch:        16,
 		Debug:           true,
 		APIToken:        "tok",
@@ -248,6 +333,7 @@ func TestLogValue(t *testing.T) {
 		"BrokerURL":       "amqps://svc:xxxxx@mq:5671",
 		"ShutdownTimeout": "10s",
 		"RetryDelays":     "1s,500ms",
+		"MemoryLimit":     "18MiB",
 		"Prefetch":        float64(16),
 		"Debug":           true,
 		"APIToken":        "xxxxx",

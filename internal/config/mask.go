@@ -20,7 +20,7 @@ const Mask = "xxxxx"
 //     password as Mask, as do query parameters whose name contains
 //     "password" (see RedactURL).
 //
-// time.Duration fields render as "1.5s". Anything that is not a struct is
+// time.Duration fields render as "1.5s", Bytes as "64MiB". Anything that is not a struct is
 // returned as slog.AnyValue, with strings passed through RedactURL.
 func LogValue(cfg any) slog.Value {
 	return logValue(reflect.ValueOf(cfg))
@@ -28,6 +28,7 @@ func LogValue(cfg any) slog.Value {
 
 var (
 	durationType = reflect.TypeFor[time.Duration]()
+	bytesType    = reflect.TypeFor[Bytes]()
 	urlType      = reflect.TypeFor[url.URL]()
 	timeType     = reflect.TypeFor[time.Time]()
 )
@@ -47,6 +48,8 @@ func logValue(v reflect.Value) slog.Value {
 		return slog.AnyValue(nil)
 	case v.Type() == durationType:
 		return slog.StringValue(time.Duration(v.Int()).String())
+	case v.Type() == bytesType:
+		return slog.StringValue(Bytes(v.Int()).String())
 	case v.Type() == urlType:
 		u := v.Interface().(url.URL)
 		return slog.StringValue(RedactURL(u.String()))
