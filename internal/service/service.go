@@ -24,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -43,6 +44,13 @@ import (
 // reports its broker link.
 const BrokerHealthName = "ordermesh.eventbus"
 
+// WorkerMemoryLimit is the workers' (inventory, payment, notification)
+// default Spec.MemoryLimit. Under the end-to-end benchmark about 24 MiB of
+// a worker's resident set is the binary's code and read-only data, which
+// no limit governs, and its live heap is 4 to 6 MiB; with this the rest
+// stays near 14 MiB and the whole under 40 MiB.
+const WorkerMemoryLimit config.Bytes = 18 << 20
+
 // Config is the configuration every service reads from the environment.
 type Config struct {
 	GRPCAddr        string
@@ -58,17 +66,24 @@ type Config struct {
 	InboxRetention  time.Duration
 	ShutdownTimeout time.Duration
 	LogLevel        slog.Level
+	// MemoryLimit is the soft limit on the Go runtime's memory that Run
+	// sets for the process, raised while the live heap needs more (see
+	// guardMemoryLimit); 0 sets none.
+	MemoryLimit config.Bytes
 }
 
-// ReadConfig reads the common variables for service name, whose gRPC and
-// admin (metrics, pprof) addresses default to grpcAddr and adminAddr;
-// problems are recorded on env. ORDERMESH_ADMIN_ADDR=off disables the admin
-// endpoint.
-func ReadConfig(env *config.Env, name, grpcAddr, adminAddr string) Config {
+// ReadConfig reads the common variables for the service spec describes,
+// with its defaults (addresses, memory limit); problems are recorded on
+// env. ORDERMESH_ADMIN_ADDR=off disables the admin endpoint.
+//
+// The memory limit is ORDERMESH_MEMORY_LIMIT, else spec.MemoryLimit; "off"
+// sets none. When GOMEMLIMIT is set the service sets none and the runtime
+// applies GOMEMLIMIT as it stands.
+func ReadConfig(env *config.Env, spec Spec) Config {
 	cfg := Config{
-		GRPCAddr:        env.Addr("ORDERMESH_GRPC_ADDR", grpcAddr),
+		GRPCAddr:        env.Addr("ORDERMESH_GRPC_ADDR", spec.GRPCAddr),
 		DatabaseURL:     env.URL("ORDERMESH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ordermesh?sslmode=disable", "postgres", "postgresql"),
-		DatabaseSchema:  env.String("ORDERMESH_DATABASE_SCHEMA", name),
+		DatabaseSchema:  env.String("ORDERMESH_DATABASE_SCHEMA", spec.Name),
 		AMQPURL:         env.URL("ORDERMESH_AMQP_URL", eventbus.DefaultURL, "amqp", "amqps"),
 		TopologyPrefix:  env.String("ORDERMESH_TOPOLOGY_PREFIX", ""),
 		Prefetch:        env.Int("ORDERMESH_PREFETCH", 200),
@@ -77,8 +92,16 @@ func ReadConfig(env *config.Env, name, grpcAddr, adminAddr string) Config {
 		InboxRetention:  env.Duration("ORDERMESH_INBOX_RETENTION", 7*24*time.Hour),
 		ShutdownTimeout: env.Duration("ORDERMESH_SHUTDOWN_TIMEOUT", 15*time.Second),
 	}
-	if v := env.String("ORDERMESH_ADMIN_ADDR", adminAddr); v != "off" {
-		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", adminAddr)
+	if v := env.String("ORDERMESH_ADMIN_ADDR", spec.AdminAddr); v != "off" {
+		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", spec.AdminAddr)
+	}
+	if env.String("GOMEMLIMIT", "") == "" {
+		if v := strings.TrimSpace(env.String("ORDERMESH_MEMORY_LIMIT", "")); v != "off" {
+			cfg.MemoryLimit = env.Bytes("ORDERMESH_MEMORY_LIMIT", spec.MemoryLimit)
+			if v != "" && cfg.MemoryLimit <= 0 {
+				env.Fail("ORDERMESH_MEMORY_LIMIT", errors.New("must be positive, or off"))
+			}
+		}
 	}
 	for _, d := range strings.Split(env.String("ORDERMESH_RETRY_DELAYS", "1s,10s,60s"), ",") {
 		v, err := time.ParseDuration(strings.TrimSpace(d))
@@ -126,6 +149,14 @@ type Spec struct {
 	// while the broker is away) the link is reported only under
 	// BrokerHealthName.
 	BrokerGatesServing bool
+	// MemoryLimit is the service's default soft limit on the Go runtime's
+	// memory (heap, stacks, runtime metadata; not the binary's code), zero
+	// for none; see ReadConfig for what overrides it. Near the limit the
+	// garbage collector runs more often to stay below it, so it costs CPU
+	// only when memory is near it. A live heap that outgrows it raises it:
+	// the collector keeps at least a quarter of the live heap to allocate
+	// into, as with GOGC=25, and the service logs a warning.
+	MemoryLimit config.Bytes
 	// BatchLanes, when positive, lets concurrent deliveries share
 	// transactions in that many parallel lanes keyed by order (see
 	// inbox.WithBatching): for services whose handlers do only SQL. Use
@@ -154,7 +185,7 @@ type Service struct {
 // service until ctx ends: the whole of a service binary's run function.
 func Main(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr, spec Spec) error {
 	env := config.NewEnv(getenv)
-	cfg := ReadConfig(env, spec.Name, spec.GRPCAddr, spec.AdminAddr)
+	cfg := ReadConfig(env, spec)
 	if spec.ReadConfig != nil {
 		spec.ReadConfig(env)
 	}
@@ -168,6 +199,13 @@ func Main(ctx context.Context, getenv func(string) string, stdout io.Writer, rea
 // ready is not nil it receives the gRPC listener's address once serving.
 func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready chan<- net.Addr) error {
 	log.InfoContext(ctx, "starting", slog.Any("config", config.LogValue(cfg)))
+
+	// Memory: the limit is the process's, so restore the previous one for
+	// callers that run a service inside a larger process (tests).
+	if cfg.MemoryLimit > 0 {
+		prev := debug.SetMemoryLimit(int64(cfg.MemoryLimit))
+		defer debug.SetMemoryLimit(prev)
+	}
 
 	// Database: the service's schema with its tables, the outbox and the
 	// inbox.
@@ -284,6 +322,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	}
 	if cfg.InboxRetention > 0 {
 		g.Go(func() error { return pruneInbox(gctx, log, pool, cfg.InboxRetention) })
+	}
+	if cfg.MemoryLimit > 0 {
+		g.Go(func() error { return guardMemoryLimit(gctx, log, cfg.MemoryLimit, memoryGuardInterval) })
 	}
 	for _, t := range tasks {
 		g.Go(func() error { return t(gctx) })

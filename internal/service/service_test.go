@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,6 +26,7 @@ import (
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/platformtest"
@@ -63,7 +65,10 @@ func TestWorkerRuntime(t *testing.T) {
 		AMQPURL: amqpURL, TopologyPrefix: prefix,
 		Prefetch: 10, Concurrency: 2, RetryDelays: []time.Duration{100 * time.Millisecond},
 		RelayInterval: 100 * time.Millisecond, ShutdownTimeout: 5 * time.Second,
+		// Far above what the test needs, so that it changes nothing else.
+		MemoryLimit: 1 << 30,
 	}
+	prevLimit := debug.SetMemoryLimit(-1)
 	var handled atomic.Int32
 	spec := service.Spec{
 		Name:               name,
@@ -95,6 +100,9 @@ func TestWorkerRuntime(t *testing.T) {
 		case err := <-done:
 			if err != nil {
 				t.Errorf("run returned %v after shutdown", err)
+			}
+			if got := debug.SetMemoryLimit(-1); got != prevLimit {
+				t.Errorf("memory limit after Run = %d, want %d as before", got, prevLimit)
 			}
 		case <-time.After(20 * time.Second):
 			t.Error("service did not stop within 20 s")
@@ -134,7 +142,7 @@ func TestWorkerRuntime(t *testing.T) {
 
 	// Metrics.
 	body := get(t, "http://"+adminAddr+"/metrics")
-	for _, want := range []string{`ordermesh_eventbus_link_up{role="subscriber"} 1`, `ordermesh_inbox_events_total{outcome="processed"} 1`, "ordermesh_outbox_pending 0", "go_goroutines"} {
+	for _, want := range []string{`ordermesh_eventbus_link_up{role="subscriber"} 1`, `ordermesh_inbox_events_total{outcome="processed"} 1`, "ordermesh_outbox_pending 0", "go_goroutines", "go_gc_gomemlimit_bytes 1.073741824e+09"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
@@ -168,6 +176,57 @@ func TestWorkerRuntime(t *testing.T) {
 		t.Fatalf("publish after reconnect: %v", err)
 	}
 	waitFor(t, 10*time.Second, "event handled after reconnect", func() bool { return handled.Load() == 2 })
+}
+
+func TestReadConfigMemoryLimit(t *testing.T) {
+	spec := service.Spec{Name: "worker", GRPCAddr: ":50052", AdminAddr: "127.0.0.1:9092", MemoryLimit: 18 << 20}
+	tests := []struct {
+		name string
+		env  map[string]string
+		spec service.Spec
+		want config.Bytes
+		err  string
+	}{
+		{name: "the service's default", spec: spec, want: 18 << 20},
+		{name: "no default", spec: service.Spec{Name: "order", GRPCAddr: ":50051", AdminAddr: "127.0.0.1:9091"}, want: 0},
+		{name: "ORDERMESH_MEMORY_LIMIT", env: map[string]string{"ORDERMESH_MEMORY_LIMIT": "64MiB"}, spec: spec, want: 64 << 20},
+		{name: "ORDERMESH_MEMORY_LIMIT without a default", env: map[string]string{"ORDERMESH_MEMORY_LIMIT": "64MiB"}, spec: service.Spec{Name: "order", GRPCAddr: ":50051", AdminAddr: "127.0.0.1:9091"}, want: 64 << 20},
+		{name: "ORDERMESH_MEMORY_LIMIT off", env: map[string]string{"ORDERMESH_MEMORY_LIMIT": "off"}, spec: spec, want: 0},
+		{
+			name: "GOMEMLIMIT set: the runtime's alone",
+			env:  map[string]string{"GOMEMLIMIT": "1GiB", "ORDERMESH_MEMORY_LIMIT": "64MiB"},
+			spec: spec, want: 0,
+		},
+		{name: "GOMEMLIMIT off", env: map[string]string{"GOMEMLIMIT": "off"}, spec: spec, want: 0},
+		{
+			name: "ORDERMESH_MEMORY_LIMIT zero",
+			env:  map[string]string{"ORDERMESH_MEMORY_LIMIT": "0"},
+			spec: spec, want: 0,
+			err: "ORDERMESH_MEMORY_LIMIT: must be positive, or off",
+		},
+		{
+			name: "ORDERMESH_MEMORY_LIMIT invalid",
+			env:  map[string]string{"ORDERMESH_MEMORY_LIMIT": "64MB"},
+			spec: spec, want: 18 << 20,
+			err: `ORDERMESH_MEMORY_LIMIT: invalid size "64MB": want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := config.NewEnv(func(k string) string { return tt.env[k] })
+			cfg := service.ReadConfig(env, tt.spec)
+			if cfg.MemoryLimit != tt.want {
+				t.Errorf("MemoryLimit = %v, want %v", cfg.MemoryLimit, tt.want)
+			}
+			gotErr := ""
+			if err := env.Err(); err != nil {
+				gotErr = err.Error()
+			}
+			if gotErr != tt.err {
+				t.Errorf("Err() = %q, want %q", gotErr, tt.err)
+			}
+		})
+	}
 }
 
 func waitHealth(t *testing.T, c healthpb.HealthClient, svc string, want healthpb.HealthCheckResponse_ServingStatus, within time.Duration) {

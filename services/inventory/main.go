@@ -42,6 +42,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		AdminAddr:          "127.0.0.1:9092",
 		Migrations:         []postgres.Source{store.Migrations},
 		BrokerGatesServing: true,
+		MemoryLimit:        service.WorkerMemoryLimit,
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			a := app.New(s.Pool, s.Log)
 			inventoryv1.RegisterInventoryServiceServer(s.GRPC, grpcapi.New(a, s.Log))

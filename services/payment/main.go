@@ -45,6 +45,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		BatchLanes:         4,
 		Migrations:         []postgres.Source{store.Migrations},
 		BrokerGatesServing: true,
+		MemoryLimit:        service.WorkerMemoryLimit,
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			a := app.New(s.Pool, provider.NewDeterministic(), s.Log)
 			return nil, errors.Join(
