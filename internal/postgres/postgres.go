@@ -31,6 +31,11 @@ const (
 	// DefaultPingTimeout bounds Ping when the caller's context has no
 	// earlier deadline.
 	DefaultPingTimeout = 2 * time.Second
+	// DefaultStatementCacheCapacity sizes each connection's prepared
+	// statement and description caches. A service runs a few dozen
+	// distinct statements at most; pgx's default of 512 preallocates
+	// about 27 KiB per cache, 55 KiB per connection.
+	DefaultStatementCacheCapacity = 64
 )
 
 // Option adjusts the pool configuration built by Open.
@@ -74,6 +79,8 @@ func Open(ctx context.Context, url, schema string, opts ...Option) (*pgxpool.Poo
 	setDefault("pool_max_conn_idle_time", func() { cfg.MaxConnIdleTime = DefaultMaxConnIdleTime })
 	setDefault("pool_health_check_period", func() { cfg.HealthCheckPeriod = DefaultHealthCheckPeriod })
 	setDefault("connect_timeout", func() { cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout })
+	setDefault("statement_cache_capacity", func() { cfg.ConnConfig.StatementCacheCapacity = DefaultStatementCacheCapacity })
+	setDefault("description_cache_capacity", func() { cfg.ConnConfig.DescriptionCacheCapacity = DefaultStatementCacheCapacity })
 	if schema != "" {
 		cfg.ConnConfig.RuntimeParams["search_path"] = SearchPath(schema)
 	}

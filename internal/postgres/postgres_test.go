@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -203,6 +204,42 @@ func TestOpenSetsSearchPathForAwkwardSchemaNames(t *testing.T) {
 	}
 	if err := postgres.Ping(ctx, pool); err != nil {
 		t.Errorf("Ping: %v", err)
+	}
+}
+
+func TestOpenStatementCacheCapacity(t *testing.T) {
+	withParam := func(param string) string {
+		u, err := url.Parse(postgrestest.URL())
+		if err != nil {
+			t.Fatalf("parse test database url: %v", err)
+		}
+		q := u.Query()
+		q.Set(param, "128")
+		u.RawQuery = q.Encode()
+		return u.String()
+	}
+	tests := []struct {
+		name                    string
+		url                     string
+		wantStatement, wantDesc int
+	}{
+		{name: "defaults", url: postgrestest.URL(), wantStatement: postgres.DefaultStatementCacheCapacity, wantDesc: postgres.DefaultStatementCacheCapacity},
+		{name: "statement cache set in the url", url: withParam("statement_cache_capacity"), wantStatement: 128, wantDesc: postgres.DefaultStatementCacheCapacity},
+		{name: "description cache set in the url", url: withParam("description_cache_capacity"), wantStatement: postgres.DefaultStatementCacheCapacity, wantDesc: 128},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pool, err := postgres.Open(context.Background(), tt.url, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pool.Close()
+			cc := pool.Config().ConnConfig
+			if cc.StatementCacheCapacity != tt.wantStatement || cc.DescriptionCacheCapacity != tt.wantDesc {
+				t.Errorf("statement, description cache capacity = %d, %d; want %d, %d",
+					cc.StatementCacheCapacity, cc.DescriptionCacheCapacity, tt.wantStatement, tt.wantDesc)
+			}
+		})
 	}
 }
 
