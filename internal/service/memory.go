@@ -18,6 +18,10 @@ const minHeapHeadroom = 0.25
 // memoryGuardInterval is how often the guard looks at the live heap.
 const memoryGuardInterval = time.Second
 
+// memoryWarnInterval spaces the guard's warnings: a heap near the limit
+// can have it raised and lowered again every few seconds.
+const memoryWarnInterval = time.Hour
+
 // memorySample is what the guard reads from runtime/metrics.
 type memorySample struct {
 	// live is the heap the last collection marked live.
@@ -65,7 +69,8 @@ func limitFloor(s memorySample) int64 {
 // to limitFloor while the live heap needs more: a live heap that outgrew
 // the limit would otherwise have the collector run back to back, up to the
 // runtime's cap of about half the CPU. It checks every interval until ctx
-// ends, and logs when the limit is raised above limit and when it is back.
+// ends, and warns when it raises the limit above limit, at most once per
+// memoryWarnInterval.
 func guardMemoryLimit(ctx context.Context, log *slog.Logger, limit config.Bytes, interval time.Duration) error {
 	samples := make([]runtimemetrics.Sample, len(memoryMetrics))
 	for i, name := range memoryMetrics {
@@ -74,6 +79,7 @@ func guardMemoryLimit(ctx context.Context, log *slog.Logger, limit config.Bytes,
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	current := int64(limit)
+	var warned time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -86,14 +92,12 @@ func guardMemoryLimit(ctx context.Context, log *slog.Logger, limit config.Bytes,
 			continue
 		}
 		debug.SetMemoryLimit(want)
-		switch {
-		case current == int64(limit):
+		current = want
+		if want > int64(limit) && (warned.IsZero() || time.Since(warned) >= memoryWarnInterval) {
 			log.WarnContext(ctx, "live heap outgrew the memory limit; raised it to keep the collector from running back to back (set ORDERMESH_MEMORY_LIMIT higher)",
 				slog.String("limit", config.Bytes(want).String()), slog.String("configured", limit.String()),
 				slog.Uint64("live_heap_bytes", s.live))
-		case want == int64(limit):
-			log.InfoContext(ctx, "memory limit back to the configured one", slog.String("limit", limit.String()))
+			warned = time.Now()
 		}
-		current = want
 	}
 }

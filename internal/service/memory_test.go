@@ -100,8 +100,8 @@ func TestGuardMemoryLimit(t *testing.T) {
 		if got <= 1<<20 || got > 1<<40 {
 			t.Errorf("limit = %d, want it raised above 1 MiB", got)
 		}
-		if !strings.Contains(log, "live heap outgrew the memory limit") || !strings.Contains(log, "configured=1MiB") {
-			t.Errorf("log = %q, want the warning naming the configured limit", log)
+		if n := strings.Count(log, "live heap outgrew the memory limit"); n != 1 || !strings.Contains(log, "configured=1MiB") {
+			t.Errorf("log = %q, want one warning naming the configured limit", log)
 		}
 	})
 	t.Run("a roomy limit stays", func(t *testing.T) {
