@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -423,4 +424,339 @@ func TestMoneyString(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rememberedKeys returns how many idempotency keys p remembers.
+func (d *Deterministic) rememberedKeys() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, g := range d.generations() {
+		n += g.keys()
+	}
+	return n
+}
+
+// generationOf returns "current" or "previous", the generation that holds
+// the attempts (and the charge, if any) of charge key, or "" when p does
+// not remember it.
+func generationOf(p *Deterministic, key string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, g := range []struct {
+		name string
+		gen  *generation
+	}{{"current", p.cur}, {"previous", p.prev}} {
+		if g.gen == nil {
+			continue
+		}
+		if _, ok := g.gen.attempts[key]; ok {
+			return g.name
+		}
+	}
+	return ""
+}
+
+// checkGenerations fails t unless each of p's generations holds every
+// charge under its key and its id, with its attempts and its refunds.
+func checkGenerations(t *testing.T, p *Deterministic) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, g := range p.generations() {
+		if len(g.charges) != len(g.byID) {
+			t.Fatalf("generation has %d charges by key, %d by id", len(g.charges), len(g.byID))
+		}
+		for key, rec := range g.charges {
+			if g.byID[rec.charge.ID] != rec || rec.key != key {
+				t.Fatalf("charge %s is not under its key and id in one generation", key)
+			}
+			if _, ok := g.attempts[key]; !ok {
+				t.Fatalf("charge %s without its attempts", key)
+			}
+			for _, rk := range rec.refunds {
+				if _, ok := g.refunds[rk]; !ok {
+					t.Fatalf("refund %s of charge %s is not in the charge's generation", rk, key)
+				}
+			}
+		}
+	}
+}
+
+// chargeFresh charges n new keys with prefix and returns their charges.
+func chargeFresh(t *testing.T, p *Deterministic, prefix string, n int) []Charge {
+	t.Helper()
+	out := make([]Charge, 0, n)
+	for i := range n {
+		c, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: fmt.Sprintf("%s-%d", prefix, i), Amount: eur(1, 0), Token: "tok_visa"})
+		if err != nil {
+			t.Fatalf("Charge: %v", err)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// moveToPrevious charges new keys until charge key is in p's previous
+// generation.
+func moveToPrevious(t *testing.T, p *Deterministic, key, prefix string) {
+	t.Helper()
+	for i := 0; generationOf(p, key) != "previous"; i++ {
+		if i > 2*p.maxKeys || generationOf(p, key) == "" {
+			t.Fatalf("charge key %s left the current generation but not for the previous one", key)
+		}
+		chargeFresh(t, p, fmt.Sprintf("%s-%d", prefix, i), 1)
+	}
+}
+
+func TestDeterministicBounded(t *testing.T) {
+	const maxKeys = 8
+	p := &Deterministic{maxKeys: maxKeys}
+	first := chargeFresh(t, p, "first", 1)[0]
+	for i := range 500 {
+		key := fmt.Sprintf("order-%d", i)
+		c, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: key, Amount: eur(2, 0), Token: "tok_visa"})
+		if err != nil {
+			t.Fatalf("Charge %s: %v", key, err)
+		}
+		if i%3 == 0 {
+			if _, err := p.Refund(t.Context(), RefundRequest{IdempotencyKey: key, ChargeID: c.ID, Amount: eur(1, 0)}); err != nil {
+				t.Fatalf("Refund %s: %v", key, err)
+			}
+		}
+		if i%7 == 0 {
+			if _, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: key + "-declined", Amount: eur(2, 0), Token: TokenDecline}); !errors.Is(err, ErrDeclined) {
+				t.Fatalf("Charge declined: %v, want ErrDeclined", err)
+			}
+		}
+		if n := p.rememberedKeys(); n > 2*maxKeys {
+			t.Fatalf("after order %d the provider remembers %d keys, more than %d", i, n, 2*maxKeys)
+		}
+		checkGenerations(t, p)
+	}
+	if n := p.rememberedKeys(); n < maxKeys {
+		t.Errorf("the provider remembers %d keys, fewer than the %d used last", n, maxKeys)
+	}
+	if n := len(p.Charges()); n > 2*maxKeys {
+		t.Errorf("Charges() lists %d charges, more than %d", n, 2*maxKeys)
+	}
+	if generationOf(p, "first-0") != "" || p.ChargeAttempts("first-0") != 0 || slices.Contains(p.Charges(), first) {
+		t.Error("the first charge is still remembered after hundreds of newer keys")
+	}
+}
+
+func TestDeterministicRecentChargesIdempotent(t *testing.T) {
+	const maxKeys = 8
+	p := &Deterministic{maxKeys: maxKeys}
+	chargeFresh(t, p, "old", 5*maxKeys)
+	recent := chargeFresh(t, p, "recent", maxKeys) // the last maxKeys keys are always remembered
+	for i, want := range recent {
+		key := fmt.Sprintf("recent-%d", i)
+		got, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: key, Amount: eur(1, 0), Token: "tok_visa"})
+		if err != nil {
+			t.Fatalf("repeat Charge %s: %v", key, err)
+		}
+		if got != want {
+			t.Errorf("repeat Charge %s = %+v, want %+v", key, got, want)
+		}
+		if _, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: key, Amount: eur(2, 0), Token: "tok_visa"}); !errors.Is(err, ErrIdempotencyConflict) {
+			t.Errorf("Charge %s with another amount: %v, want ErrIdempotencyConflict", key, err)
+		}
+		if _, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: key, Amount: eur(1, 0), Token: "tok_other"}); !errors.Is(err, ErrIdempotencyConflict) {
+			t.Errorf("Charge %s with another token: %v, want ErrIdempotencyConflict", key, err)
+		}
+		if got := p.ChargeAttempts(key); got != 4 {
+			t.Errorf("ChargeAttempts(%s) = %d, want 4", key, got)
+		}
+	}
+	checkGenerations(t, p)
+}
+
+func TestDeterministicTouchedSurvivesRotation(t *testing.T) {
+	const maxKeys = 8
+	p := &Deterministic{maxKeys: maxKeys}
+	hot := ChargeRequest{IdempotencyKey: "hot", Amount: eur(7, 0), Token: "tok_visa"}
+	want, err := p.Charge(t.Context(), hot)
+	if err != nil {
+		t.Fatalf("Charge: %v", err)
+	}
+	calls := 1
+	for round := range 20 {
+		chargeFresh(t, p, fmt.Sprintf("filler-%d", round), maxKeys/2)
+		got, err := p.Charge(t.Context(), hot)
+		if err != nil {
+			t.Fatalf("round %d: repeat Charge: %v", round, err)
+		}
+		if got != want {
+			t.Fatalf("round %d: repeat Charge = %+v, want %+v", round, got, want)
+		}
+		calls++
+		checkGenerations(t, p)
+	}
+	if _, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: "hot", Amount: eur(8, 0), Token: "tok_visa"}); !errors.Is(err, ErrIdempotencyConflict) {
+		t.Errorf("Charge hot with another amount: %v, want ErrIdempotencyConflict", err)
+	}
+	if got := p.ChargeAttempts("hot"); got != calls+1 {
+		t.Errorf("ChargeAttempts(hot) = %d, want %d", got, calls+1)
+	}
+
+	// A TokenUnavailable key retried across rotations keeps its count.
+	flaky := ChargeRequest{IdempotencyKey: "flaky", Amount: eur(3, 0), Token: TokenUnavailable}
+	for attempt := 1; attempt <= UnavailableAttempts; attempt++ {
+		if _, err := p.Charge(t.Context(), flaky); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("flaky Charge attempt %d: %v, want ErrUnavailable", attempt, err)
+		}
+		moveToPrevious(t, p, "flaky", fmt.Sprintf("filler-flaky-%d", attempt))
+	}
+	c, err := p.Charge(t.Context(), flaky)
+	if err != nil {
+		t.Fatalf("flaky Charge attempt %d, its earlier attempts in the previous generation: %v", UnavailableAttempts+1, err)
+	}
+	if c.ID != deriveID(chargeIDPrefix, "flaky") {
+		t.Errorf("flaky charge id = %q", c.ID)
+	}
+	if got := p.ChargeAttempts("flaky"); got != UnavailableAttempts+1 {
+		t.Errorf("ChargeAttempts(flaky) = %d, want %d", got, UnavailableAttempts+1)
+	}
+}
+
+func TestDeterministicRefundAcrossGenerations(t *testing.T) {
+	const maxKeys = 6
+	p := &Deterministic{maxKeys: maxKeys}
+	c, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: "order", Amount: eur(10, 0), Token: "tok_visa"})
+	if err != nil {
+		t.Fatalf("Charge: %v", err)
+	}
+	refund := func(key string, amount Money) (Refund, error) {
+		t.Helper()
+		r, err := p.Refund(t.Context(), RefundRequest{IdempotencyKey: key, ChargeID: c.ID, Amount: amount})
+		checkGenerations(t, p)
+		return r, err
+	}
+	r1, err := refund("r1", eur(6, 0))
+	if err != nil {
+		t.Fatalf("Refund r1: %v", err)
+	}
+
+	moveToPrevious(t, p, "order", "fill-a")
+	if _, err := refund("r2", eur(4, 1)); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("Refund r2 beyond the rest, charge in the previous generation: %v, want ErrInvalidRequest", err)
+	}
+	if g := generationOf(p, "order"); g != "current" {
+		t.Errorf("a charge refunded again is in the %q generation, want current", g)
+	}
+	if _, err := refund("r2", eur(4, 0)); err != nil {
+		t.Fatalf("Refund r2, the rest: %v", err)
+	}
+
+	moveToPrevious(t, p, "order", "fill-b")
+	if got, err := refund("r1", eur(6, 0)); err != nil || got != r1 {
+		t.Errorf("repeat Refund r1 = %+v, %v, want %+v", got, err, r1)
+	}
+	if _, err := refund("r1", eur(5, 0)); !errors.Is(err, ErrIdempotencyConflict) {
+		t.Errorf("Refund r1 with another amount: %v, want ErrIdempotencyConflict", err)
+	}
+	if _, err := refund("r3", eur(0, 1)); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("Refund r3 of a fully refunded charge: %v, want ErrInvalidRequest", err)
+	}
+
+	// A charge kept alive by repeated Charge calls keeps its refunds: a
+	// repeated refund is recognised, not counted a second time.
+	for round := range 10 {
+		moveToPrevious(t, p, "order", fmt.Sprintf("fill-c%d", round))
+		if _, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: "order", Amount: eur(10, 0), Token: "tok_visa"}); err != nil {
+			t.Fatalf("round %d: repeat Charge: %v", round, err)
+		}
+		checkGenerations(t, p)
+	}
+	if got, err := refund("r2", eur(4, 0)); err != nil || got.ID != deriveID(refundIDPrefix, "r2") {
+		t.Errorf("repeat Refund r2 after many rotations = %+v, %v, want the first refund", got, err)
+	}
+}
+
+func TestDeterministicForgottenLikeRestart(t *testing.T) {
+	const maxKeys = 4
+	p := &Deterministic{maxKeys: maxKeys}
+	c, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: "gone", Amount: eur(10, 0), Token: "tok_visa"})
+	if err != nil {
+		t.Fatalf("Charge: %v", err)
+	}
+	if _, err := p.Refund(t.Context(), RefundRequest{IdempotencyKey: "gone-refund", ChargeID: c.ID, Amount: eur(10, 0)}); err != nil {
+		t.Fatalf("Refund: %v", err)
+	}
+	flaky := ChargeRequest{IdempotencyKey: "flaky", Amount: eur(3, 0), Token: TokenUnavailable}
+	if _, err := p.Charge(t.Context(), flaky); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("flaky Charge: %v, want ErrUnavailable", err)
+	}
+	moveToPrevious(t, p, "gone", "fill-a")
+	chargeFresh(t, p, "fill-b", 2*maxKeys) // a second rotation forgets the previous generation
+	if g := generationOf(p, "gone"); g != "" {
+		t.Fatalf("charge still in the %s generation after two rotations", g)
+	}
+	if n := p.ChargeAttempts("gone"); n != 0 {
+		t.Errorf("ChargeAttempts(gone) = %d, want 0 (forgotten)", n)
+	}
+	for _, r := range p.Refunds() {
+		if r.ID == deriveID(refundIDPrefix, "gone-refund") {
+			t.Error("Refunds() still lists the forgotten refund")
+		}
+	}
+
+	// As after a restart: a refund of the well-formed id is accepted,
+	// unchecked, and a malformed id is still refused.
+	if _, err := p.Refund(t.Context(), RefundRequest{IdempotencyKey: "gone-refund", ChargeID: c.ID, Amount: eur(10, 0)}); err != nil {
+		t.Errorf("repeat Refund of a forgotten charge: %v, want success", err)
+	}
+	if _, err := p.Refund(t.Context(), RefundRequest{IdempotencyKey: "late", ChargeID: c.ID, Amount: eur(99, 0)}); err != nil {
+		t.Errorf("Refund beyond a forgotten charge: %v, want success (unchecked)", err)
+	}
+	if _, err := p.Refund(t.Context(), RefundRequest{IdempotencyKey: "bad", ChargeID: "ch_nothex", Amount: eur(1, 0)}); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("Refund of a malformed id: %v, want ErrInvalidRequest", err)
+	}
+	// The key charges again, with the same id, and TokenUnavailable counts
+	// its attempts from the start.
+	again, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: "gone", Amount: eur(11, 0), Token: "tok_visa"})
+	if err != nil || again.ID != c.ID {
+		t.Errorf("Charge of a forgotten key = %+v, %v, want a charge with id %s", again, err, c.ID)
+	}
+	for attempt := 1; attempt <= UnavailableAttempts; attempt++ {
+		if _, err := p.Charge(t.Context(), flaky); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("flaky Charge attempt %d after it was forgotten: %v, want ErrUnavailable", attempt, err)
+		}
+	}
+	if _, err := p.Charge(t.Context(), flaky); err != nil {
+		t.Errorf("flaky Charge after %d more attempts: %v", UnavailableAttempts, err)
+	}
+	checkGenerations(t, p)
+}
+
+func TestDeterministicBoundedConcurrent(t *testing.T) {
+	const maxKeys = 16
+	p := &Deterministic{maxKeys: maxKeys}
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for w := range len(errs) {
+		wg.Go(func() {
+			for i := range 200 {
+				key := fmt.Sprintf("w%d-order-%d", w, i%40)
+				c, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: key, Amount: eur(2, 0), Token: "tok_visa"})
+				if err != nil {
+					errs[w] = err
+					return
+				}
+				if _, err := p.Refund(t.Context(), RefundRequest{IdempotencyKey: key, ChargeID: c.ID, Amount: eur(2, 0)}); err != nil {
+					errs[w] = fmt.Errorf("refund %s: %w", key, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("concurrent charges and refunds: %v", err)
+	}
+	if n := p.rememberedKeys(); n > 2*maxKeys {
+		t.Errorf("the provider remembers %d keys, more than %d", n, 2*maxKeys)
+	}
+	checkGenerations(t, p)
 }
