@@ -31,15 +31,15 @@ import (
 const benchConcurrency = 32
 
 // BenchmarkOrderEvents measures the inventory's event handling as the
-// service wires it (the inbox runner, its batching, the app's handlers),
+// service wires it (the inbox's batch runner and the app's handler),
 // without the broker: benchConcurrency goroutines play the subscriber's
 // handlers, and each op is one order of one unit of a single stocked
 // product, handled as order.created and then order.confirmed — the fault
 // suite's hot product. The latency sub-benchmarks put a TCP proxy adding
 // that much per direction between the runner and PostgreSQL, as the fault
-// suite's TestWorkerKill does. It reports deliveries/s and statements sent
-// per delivery (a pipelined batch counts once: one round trip). Run with
-// a fixed count, e.g.
+// suite's TestWorkerKill does. It reports deliveries/s, round trips per
+// delivery (a statement, or a pipelined batch of them, is one) and
+// deliveries per transaction. Run with a fixed count, e.g.
 //
 //	go test -run '^$' -bench OrderEvents -benchtime 2000x ./services/inventory/internal/app/
 func BenchmarkOrderEvents(b *testing.B) {
