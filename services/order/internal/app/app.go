@@ -237,23 +237,30 @@ func (a *App) List(ctx context.Context, f store.Filter, pageSize int, pageToken 
 // Cancel cancels order id; see order.Order.Apply for which orders can be
 // cancelled. The change and its order.cancelled event commit together.
 func (a *App) Cancel(ctx context.Context, id, reason string) (order.Order, error) {
+	o, err := a.change(ctx, id, order.Cancel{Reason: reason})
+	if err != nil {
+		return order.Order{}, fmt.Errorf("cancel order %s: %w", id, unavailable(err))
+	}
+	return o, nil
+}
+
+// change applies in to order id in a transaction of its own, with the
+// events it causes, and returns the order after it.
+func (a *App) change(ctx context.Context, id string, in order.Input) (order.Order, error) {
 	var result order.Order
 	err := postgres.WithTx(ctx, a.pool, func(tx pgx.Tx) error {
 		o, err := store.GetForUpdate(ctx, tx, id)
 		if err != nil {
 			return err
 		}
-		events, next, err := a.apply(ctx, tx, o, order.Cancel{Reason: reason})
+		events, next, err := a.apply(ctx, tx, o, in)
 		if err != nil {
 			return err
 		}
 		result = next
 		return publish(ctx, tx, events...)
 	})
-	if err != nil {
-		return order.Order{}, fmt.Errorf("cancel order %s: %w", id, unavailable(err))
-	}
-	return result, nil
+	return result, err
 }
 
 // Apply folds a saga input into order id inside tx (the inbox runner's

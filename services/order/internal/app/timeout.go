@@ -6,9 +6,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/services/order/internal/order"
 	"github.com/ordermesh/ordermesh/services/order/internal/store"
 )
@@ -29,19 +26,7 @@ func (a *App) ExpirePending(ctx context.Context, timeout time.Duration, limit in
 	}
 	rejected := 0
 	for _, id := range ids {
-		var next order.Order
-		err := postgres.WithTx(ctx, a.pool, func(tx pgx.Tx) error {
-			o, err := store.GetForUpdate(ctx, tx, id)
-			if err != nil {
-				return err
-			}
-			events, n, err := a.apply(ctx, tx, o, order.Timeout{After: timeout})
-			if err != nil {
-				return err
-			}
-			next = n
-			return publish(ctx, tx, events...)
-		})
+		next, err := a.change(ctx, id, order.Timeout{After: timeout})
 		if err != nil {
 			return rejected, fmt.Errorf("expire order %s: %w", id, unavailable(err))
 		}
