@@ -671,3 +671,48 @@ func TestExpirePendingRejectsOnlyStaleOrders(t *testing.T) {
 		t.Errorf("second ExpirePending = %d, %v; want nothing left to reject", n, err)
 	}
 }
+
+func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	stale, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour' WHERE id = $1`, stale.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.app.RunExpiry(ctx, 0, time.Millisecond); err != nil {
+		t.Fatalf("RunExpiry with the timeout off = %v, want nil at once", err)
+	}
+	if got, _ := f.app.Get(ctx, stale.ID); got.Status != order.StatusPending {
+		t.Fatalf("with the timeout off the order became %v", got.Status)
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.app.RunExpiry(runCtx, 30*time.Minute, 20*time.Millisecond) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := f.app.Get(ctx, stale.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status == order.StatusRejected {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("order still %v after 10s of RunExpiry", got.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("RunExpiry = %v after its context ended, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("RunExpiry did not return after its context ended")
+	}
+}

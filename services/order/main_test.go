@@ -1,0 +1,31 @@
+package main
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRunRefusesANegativeOrderTimeout(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	env := map[string]string{envOrderTimeout: "-1m"}
+	err := run(ctx, func(k string) string { return env[k] }, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), envOrderTimeout) {
+		t.Fatalf("run = %v, want an error naming %s", err, envOrderTimeout)
+	}
+}
+
+func TestExpiryInterval(t *testing.T) {
+	for timeout, want := range map[time.Duration]time.Duration{
+		2 * time.Second:  time.Second,
+		20 * time.Second: 5 * time.Second,
+		15 * time.Minute: time.Minute,
+	} {
+		if got := expiryInterval(timeout); got != want {
+			t.Errorf("expiryInterval(%s) = %s, want %s", timeout, got, want)
+		}
+	}
+}
