@@ -18,7 +18,10 @@ import (
 	"syscall"
 	"time"
 
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	notificationv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	paymentv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
 	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
@@ -59,9 +62,6 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 				env.Fail(envOrderTimeout, fmt.Errorf("must not be negative, got %s", orderTimeout))
 			}
 		},
-		// Handlers touch only their own order's rows: lanes keyed by order
-		// never contend.
-		BatchLanes: 4,
 		Migrations: []postgres.Source{store.Migrations},
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			// Watchers see order changes from every instance through
@@ -70,19 +70,24 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			a := app.New(s.Pool, watcher, s.Log)
 			orderv1.RegisterOrderServiceServer(s.GRPC, grpcapi.New(a, s.Log, s.GRPC.Draining()))
 
-			// The saga's inputs, each applied effectively once, and the
-			// compensations and notifications for the orders' timelines.
 			expire := func(ctx context.Context) error {
 				return a.RunExpiry(ctx, orderTimeout, expiryInterval(orderTimeout))
 			}
+			// The saga's inputs, each applied effectively once, and the
+			// compensations and emails for the orders' timelines all go
+			// through one batch runner: the events handled at once share a
+			// transaction and a few statements (see app.Handle), and one
+			// transaction at a time keeps an instance's batches from
+			// waiting on each other's order locks.
+			b := inbox.NewBatchRunner(s.Inbox, a.Handle, s.Config.Concurrency, s.Config.ShutdownTimeout)
 			return []service.Task{watcher.Run, expire}, errors.Join(
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReserved)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReservationFailed)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.PaymentSucceeded)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.PaymentFailed)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.StockReleased)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.PaymentRefunded)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.NotificationSent)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*inventoryv1.StockReserved](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*inventoryv1.StockReservationFailed](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*paymentv1.PaymentSucceeded](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*paymentv1.PaymentFailed](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*inventoryv1.StockReleased](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*paymentv1.PaymentRefunded](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*notificationv1.NotificationSent](b)),
 			)
 		},
 	})

@@ -263,21 +263,6 @@ func (a *App) change(ctx context.Context, id string, in order.Input) (order.Orde
 	return result, err
 }
 
-// Apply folds a saga input into order id inside tx (the inbox runner's
-// transaction) and writes the resulting events to the outbox and the
-// order's timeline.
-func (a *App) Apply(ctx context.Context, tx pgx.Tx, id string, in order.Input) error {
-	o, err := store.GetForUpdate(ctx, tx, id)
-	if err != nil {
-		return err
-	}
-	events, _, err := a.apply(ctx, tx, o, in)
-	if err != nil {
-		return err
-	}
-	return publish(ctx, tx, events...)
-}
-
 // Events returns order id's timeline, or an error wrapping
 // order.ErrNotFound.
 func (a *App) Events(ctx context.Context, id string) ([]store.Event, error) {
@@ -294,14 +279,9 @@ func publish(ctx context.Context, tx pgx.Tx, events ...orderEvent) error {
 	if len(events) == 0 {
 		return nil
 	}
-	msgs := make([]eventbus.Message, len(events))
-	records := make([]store.Event, len(events))
-	for i, e := range events {
-		m, err := eventbus.NewMessage(e.event, Source, e.orderID)
-		if err != nil {
-			return err
-		}
-		msgs[i], records[i] = m, eventRecord(e.orderID, m.Meta, e.event)
+	msgs, records, err := outgoing(events, eventbus.Meta{})
+	if err != nil {
+		return err
 	}
 	b := &pgx.Batch{}
 	if err := outbox.Queue(b, msgs...); err != nil {
@@ -312,6 +292,26 @@ func publish(ctx context.Context, tx pgx.Tx, events ...orderEvent) error {
 		return fmt.Errorf("write %d events to the outbox and timeline: %w", len(events), err)
 	}
 	return nil
+}
+
+// outgoing encodes the order service's events, correlated by their order
+// and continuing the trace of cause, the event that led to them (zero
+// when none did), and returns them with their timeline entries.
+func outgoing(events []orderEvent, cause eventbus.Meta) ([]eventbus.Message, []store.Event, error) {
+	if len(events) == 0 {
+		return nil, nil, nil
+	}
+	msgs := make([]eventbus.Message, len(events))
+	records := make([]store.Event, len(events))
+	for i, e := range events {
+		m, err := eventbus.NewMessage(e.event, Source, e.orderID)
+		if err != nil {
+			return nil, nil, err
+		}
+		m.TraceParent, m.TraceState = cause.TraceParent, cause.TraceState
+		msgs[i], records[i] = m, eventRecord(e.orderID, m.Meta, e.event)
+	}
+	return msgs, records, nil
 }
 
 // apply runs one transition and stores it when it changed the order.
@@ -326,15 +326,24 @@ func (a *App) apply(ctx context.Context, tx pgx.Tx, o order.Order, in order.Inpu
 	if err := store.Update(ctx, tx, t.Order); err != nil {
 		return nil, o, err
 	}
+	events, err := sagaEvents(t)
+	if err != nil {
+		return nil, o, err
+	}
+	return events, t.Order, nil
+}
+
+// sagaEvents returns the wire events of transition t.
+func sagaEvents(t order.Transition) ([]orderEvent, error) {
 	events := make([]orderEvent, 0, len(t.Events))
 	for _, ev := range t.Events {
 		msg, err := eventToProto(t.Order, ev)
 		if err != nil {
-			return nil, o, err
+			return nil, err
 		}
-		events = append(events, orderEvent{o.ID, msg})
+		events = append(events, orderEvent{t.Order.ID, msg})
 	}
-	return events, t.Order, nil
+	return events, nil
 }
 
 // Watch calls send with order id as it is now and again after every change,

@@ -18,9 +18,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	notificationv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	paymentv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
@@ -243,26 +246,56 @@ func TestListPagesAndFilters(t *testing.T) {
 	}
 }
 
-// inTx runs an event handler the way the inbox runner does: in one
-// transaction, with its returned events written to the outbox.
-func inTx[E proto.Message](t *testing.T, f fixture, h func(context.Context, pgx.Tx, E, eventbus.Meta) ([]proto.Message, error), ev E) error {
+// delivery makes ev a delivery as the bus would hand it over.
+func delivery(t *testing.T, ev proto.Message) inbox.Delivery {
 	t.Helper()
-	ctx := context.Background()
 	key, err := eventbus.RoutingKey(ev.ProtoReflect().Descriptor())
 	if err != nil {
 		t.Fatalf("routing key: %v", err)
 	}
-	meta := eventbus.Meta{
+	return inbox.Delivery{Event: ev, Meta: eventbus.Meta{
 		ID: uuid.NewString(), Type: string(ev.ProtoReflect().Descriptor().FullName()),
 		RoutingKey: key, Source: "test", Time: time.Now().UTC(),
+	}}
+}
+
+// handle runs Handle on a batch of events in one transaction, like the
+// inbox runner, and returns each event's error. The transaction commits
+// even when some events failed, as the runner's does; an error of the
+// handler itself fails the test.
+func handle(t *testing.T, f fixture, events ...proto.Message) []error {
+	t.Helper()
+	ctx := context.Background()
+	batch := make([]inbox.Delivery, len(events))
+	for i, ev := range events {
+		batch[i] = delivery(t, ev)
 	}
-	return postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
-		out, err := h(ctx, tx, ev, meta)
-		if err != nil {
-			return err
-		}
-		return outbox.AddEvents(ctx, tx, app.Source, "", out...)
+	var results []inbox.Result
+	err := postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
+		var err error
+		results, err = f.app.Handle(ctx, tx, batch)
+		return err
 	})
+	if err != nil {
+		t.Fatalf("handle %d events: %v", len(events), err)
+	}
+	if len(results) != len(events) {
+		t.Fatalf("handle %d events: %d results", len(events), len(results))
+	}
+	errs := make([]error, len(results))
+	for i, r := range results {
+		if len(r.Events) > 0 {
+			t.Errorf("event %d: Handle returned events for the runner, want them in its own outbox writes", i)
+		}
+		errs[i] = r.Err
+	}
+	return errs
+}
+
+// inTx handles one event alone and returns its error.
+func inTx(t *testing.T, f fixture, ev proto.Message) error {
+	t.Helper()
+	return handle(t, f, ev)[0]
 }
 
 func TestOutcomesConfirmThenCancel(t *testing.T) {
@@ -272,13 +305,13 @@ func TestOutcomesConfirmThenCancel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create: %v", err)
 	}
-	if err := inTx(t, f, f.app.PaymentSucceeded, &paymentv1.PaymentSucceeded{OrderId: o.ID, PaymentId: "ch_1"}); err != nil {
+	if err := inTx(t, f, &paymentv1.PaymentSucceeded{OrderId: o.ID, PaymentId: "ch_1"}); err != nil {
 		t.Fatalf("payment succeeded: %v", err)
 	}
 	if got, _ := f.app.Get(ctx, o.ID); got.Status != order.StatusPending {
 		t.Fatalf("after payment only: %v, want PENDING", got.Status)
 	}
-	if err := inTx(t, f, f.app.StockReserved, &inventoryv1.StockReserved{OrderId: o.ID}); err != nil {
+	if err := inTx(t, f, &inventoryv1.StockReserved{OrderId: o.ID}); err != nil {
 		t.Fatalf("stock reserved: %v", err)
 	}
 	if got, _ := f.app.Get(ctx, o.ID); got.Status != order.StatusConfirmed {
@@ -303,11 +336,11 @@ func TestOutcomeRejects(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create: %v", err)
 	}
-	if err := inTx(t, f, f.app.StockReservationFailed, &inventoryv1.StockReservationFailed{OrderId: o.ID, Reason: "out of stock: SKU-1"}); err != nil {
+	if err := inTx(t, f, &inventoryv1.StockReservationFailed{OrderId: o.ID, Reason: "out of stock: SKU-1"}); err != nil {
 		t.Fatalf("stock failed: %v", err)
 	}
 	// A late success changes nothing.
-	if err := inTx(t, f, f.app.PaymentSucceeded, &paymentv1.PaymentSucceeded{OrderId: o.ID, PaymentId: "ch_1"}); err != nil {
+	if err := inTx(t, f, &paymentv1.PaymentSucceeded{OrderId: o.ID, PaymentId: "ch_1"}); err != nil {
 		t.Fatalf("late payment: %v", err)
 	}
 	got, err := f.app.Get(ctx, o.ID)
@@ -325,7 +358,7 @@ func TestOutcomeRejects(t *testing.T) {
 
 func TestOutcomeForUnknownOrderIsPermanent(t *testing.T) {
 	f := newFixture(t)
-	err := inTx(t, f, f.app.StockReserved, &inventoryv1.StockReserved{OrderId: uuid.NewString()})
+	err := inTx(t, f, &inventoryv1.StockReserved{OrderId: uuid.NewString()})
 	if !eventbus.IsPermanent(err) || !errors.Is(err, order.ErrNotFound) {
 		t.Fatalf("err = %v, want a permanent ErrNotFound", err)
 	}
@@ -404,16 +437,16 @@ func TestTimelineRecordsPublishedAndConsumedEvents(t *testing.T) {
 	}
 	steps := []func() error{
 		func() error {
-			return inTx(t, f, f.app.StockReserved, &inventoryv1.StockReserved{OrderId: o.ID, Items: []*inventoryv1.StockLine{{ProductId: "SKU-1", Quantity: 2}}})
+			return inTx(t, f, &inventoryv1.StockReserved{OrderId: o.ID, Items: []*inventoryv1.StockLine{{ProductId: "SKU-1", Quantity: 2}}})
 		},
 		func() error {
-			return inTx(t, f, f.app.PaymentFailed, &paymentv1.PaymentFailed{OrderId: o.ID, Reason: "card declined"})
+			return inTx(t, f, &paymentv1.PaymentFailed{OrderId: o.ID, Reason: "card declined"})
 		},
 		func() error {
-			return inTx(t, f, f.app.StockReleased, &inventoryv1.StockReleased{OrderId: o.ID, Items: []*inventoryv1.StockLine{{ProductId: "SKU-1", Quantity: 2}}})
+			return inTx(t, f, &inventoryv1.StockReleased{OrderId: o.ID, Items: []*inventoryv1.StockLine{{ProductId: "SKU-1", Quantity: 2}}})
 		},
 		func() error {
-			return inTx(t, f, f.app.NotificationSent, &notificationv1.NotificationSent{OrderId: o.ID, Recipient: "ada@example.com", Kind: notificationv1.NotificationKind_NOTIFICATION_KIND_ORDER_REJECTED})
+			return inTx(t, f, &notificationv1.NotificationSent{OrderId: o.ID, Recipient: "ada@example.com", Kind: notificationv1.NotificationKind_NOTIFICATION_KIND_ORDER_REJECTED})
 		},
 	}
 	for i, step := range steps {
@@ -442,6 +475,157 @@ func TestTimelineRecordsPublishedAndConsumedEvents(t *testing.T) {
 	}
 	if _, err := f.app.Events(ctx, uuid.NewString()); !errors.Is(err, order.ErrNotFound) {
 		t.Errorf("events of an unknown order: %v, want ErrNotFound", err)
+	}
+}
+
+// timeline lists order id's timeline as "routing key: summary".
+func timeline(t *testing.T, f fixture, id string) []string {
+	t.Helper()
+	events, err := f.app.Events(context.Background(), id)
+	if err != nil {
+		t.Fatalf("events of %s: %v", id, err)
+	}
+	var got []string
+	for _, e := range events {
+		got = append(got, e.RoutingKey+": "+e.Summary)
+	}
+	return got
+}
+
+func TestHandleAppliesABatchInArrivalOrder(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	confirmed, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rejected, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := handle(t, f,
+		&paymentv1.PaymentSucceeded{OrderId: confirmed.ID, PaymentId: "ch_1", Amount: &moneyv1.Money{CurrencyCode: "EUR", Units: 20}},
+		&inventoryv1.StockReservationFailed{OrderId: rejected.ID, Reason: "out of stock: SKU-2"},
+		&inventoryv1.StockReserved{OrderId: confirmed.ID},
+		// Late for an order rejected earlier in the batch: no change.
+		&paymentv1.PaymentSucceeded{OrderId: rejected.ID, PaymentId: "ch_2"},
+		&paymentv1.PaymentRefunded{OrderId: rejected.ID, PaymentId: "ch_2", Amount: &moneyv1.Money{CurrencyCode: "EUR", Units: 20}},
+		// Twice in one batch under two ids: the second changes nothing.
+		&inventoryv1.StockReserved{OrderId: confirmed.ID},
+	)
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("event %d: %v", i, err)
+		}
+	}
+	if got, _ := f.app.Get(ctx, confirmed.ID); got.Status != order.StatusConfirmed || got.PaymentID != "ch_1" {
+		t.Errorf("first order is %v with payment %q, want CONFIRMED with ch_1", got.Status, got.PaymentID)
+	}
+	if got, _ := f.app.Get(ctx, rejected.ID); got.Status != order.StatusRejected || got.StatusReason != "out of stock: SKU-2" || got.PaymentSucceeded {
+		t.Errorf("second order is %v %q (paid %v), want REJECTED for the stock and the late payment ignored", got.Status, got.StatusReason, got.PaymentSucceeded)
+	}
+	want := []string{
+		"ordermesh.order.v1.OrderCreated", "ordermesh.order.v1.OrderCreated",
+		"ordermesh.order.v1.OrderRejected", "ordermesh.order.v1.OrderConfirmed",
+	}
+	if got := outboxTypes(t, f.pool); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("outbox = %v, want %v", got, want)
+	}
+	if got, want := timeline(t, f, confirmed.ID), []string{
+		"order.created: 2 line(s), total EUR 20.00",
+		"payment.succeeded: charged EUR 20.00 (ch_1)",
+		"stock.reserved: reserved 0 unit(s)",
+		"order.confirmed: confirmed, total EUR 20.00",
+		"stock.reserved: reserved 0 unit(s)",
+	}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("first order's timeline:\n got %q\nwant %q", got, want)
+	}
+	if got := timeline(t, f, rejected.ID); len(got) != 5 || got[2] != "order.rejected: out of stock: SKU-2" {
+		t.Errorf("second order's timeline = %q, want created, stock failure, rejection, late payment, refund", got)
+	}
+}
+
+func TestHandleFailsBadEventsAloneAndWritesNothingForThem(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	o, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := handle(t, f,
+		&inventoryv1.StockReserved{OrderId: uuid.NewString()},
+		&inventoryv1.StockReserved{OrderId: "not-a-uuid"},
+		&notificationv1.NotificationSent{OrderId: "also not a uuid"},
+		&paymentv1.PaymentSucceeded{OrderId: o.ID}, // no payment id
+		&orderv1.OrderCreated{OrderId: o.ID},
+		&paymentv1.PaymentFailed{OrderId: o.ID, Reason: "card declined"},
+	)
+	for i, want := range []error{order.ErrNotFound, nil, nil, order.ErrInvalid, nil} {
+		if !eventbus.IsPermanent(errs[i]) || (want != nil && !errors.Is(errs[i], want)) {
+			t.Errorf("event %d: err = %v, want a permanent error (%v)", i, errs[i], want)
+		}
+	}
+	if errs[5] != nil {
+		t.Fatalf("good event in a batch with bad ones: %v", errs[5])
+	}
+	if got, _ := f.app.Get(ctx, o.ID); got.Status != order.StatusRejected || got.PaymentSucceeded {
+		t.Errorf("order is %v (paid %v), want REJECTED by the one good event", got.Status, got.PaymentSucceeded)
+	}
+	want := []string{
+		"order.created: 2 line(s), total EUR 20.00",
+		"payment.failed: card declined",
+		"order.rejected: card declined",
+	}
+	if got := timeline(t, f, o.ID); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("timeline:\n got %q\nwant %q", got, want)
+	}
+	var n int
+	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM order_events WHERE order_id <> $1`, o.ID).Scan(&n); err != nil || n != 0 {
+		t.Errorf("timeline entries of other orders = %d (%v), want 0", n, err)
+	}
+}
+
+// TestHandleConcurrentBatchesDoNotDeadlock has two instances' batches lock
+// the same orders, listed in opposite orders, at once.
+func TestHandleConcurrentBatchesDoNotDeadlock(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ids := make([]string, 8)
+	for i := range ids {
+		o, err := f.app.Create(ctx, request())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = o.ID
+	}
+	var g errgroup.Group
+	for w := range 2 {
+		g.Go(func() error {
+			for round := range 20 {
+				events := make([]proto.Message, len(ids))
+				for i, id := range ids {
+					if w == 1 {
+						id = ids[len(ids)-1-i]
+					}
+					events[i] = &paymentv1.PaymentSucceeded{OrderId: id, PaymentId: fmt.Sprintf("ch_%d_%d", w, round)}
+				}
+				for i, err := range handle(t, f, events...) {
+					if err != nil {
+						return fmt.Errorf("worker %d round %d event %d: %w", w, round, i, err)
+					}
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		got, err := f.app.Get(ctx, id)
+		if err != nil || !got.PaymentSucceeded || got.PaymentID == "" {
+			t.Errorf("order %s: %+v, %v; want its first payment recorded", id, got, err)
+		}
 	}
 }
 
@@ -639,10 +823,7 @@ func TestExpirePendingRejectsOnlyStaleOrders(t *testing.T) {
 		[]string{stale.ID, done.ID}); err != nil {
 		t.Fatal(err)
 	}
-	err = postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
-		return f.app.Apply(ctx, tx, stale.ID, order.StockReserved{})
-	})
-	if err != nil {
+	if err := inTx(t, f, &inventoryv1.StockReserved{OrderId: stale.ID}); err != nil {
 		t.Fatal(err)
 	}
 

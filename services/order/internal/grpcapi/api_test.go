@@ -31,6 +31,7 @@ import (
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/grpcserver"
+	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
@@ -404,12 +405,14 @@ func TestRESTErrors(t *testing.T) {
 func (e env) reject(t *testing.T, id string) {
 	t.Helper()
 	ctx := context.Background()
+	ev := &inventoryv1.StockReservationFailed{OrderId: id, Reason: "out of stock: SKU-1"}
+	batch := []inbox.Delivery{{Event: ev, Meta: eventbus.Meta{ID: uuid.NewString()}}}
 	err := postgres.WithTx(ctx, e.pool, func(tx pgx.Tx) error {
-		out, err := e.app.StockReservationFailed(ctx, tx, &inventoryv1.StockReservationFailed{OrderId: id, Reason: "out of stock: SKU-1"}, eventbus.Meta{})
+		results, err := e.app.Handle(ctx, tx, batch)
 		if err != nil {
 			return err
 		}
-		return outbox.AddEvents(ctx, tx, app.Source, id, out...)
+		return results[0].Err
 	})
 	if err != nil {
 		t.Fatalf("reject %s: %v", id, err)

@@ -157,6 +157,33 @@ func GetForUpdate(ctx context.Context, tx pgx.Tx, id string) (order.Order, error
 	return o, nil
 }
 
+// LockMany returns the orders with ids, by id, and locks their rows until
+// tx ends; ids of no order are missing from the result. The rows are
+// locked in id order, so two transactions locking some of the same orders
+// wait for each other in one order and cannot deadlock. ids must be UUIDs.
+func LockMany(ctx context.Context, tx pgx.Tx, ids []string) (map[string]order.Order, error) {
+	out := make(map[string]order.Order, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT `+columns+` FROM orders WHERE id = ANY($1::text[]::uuid[]) ORDER BY id FOR UPDATE`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("lock %d orders: %w", len(ids), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		o, _, err := scanOne(rows)
+		if err != nil {
+			return nil, fmt.Errorf("lock %d orders: %w", len(ids), err)
+		}
+		out[o.ID] = o
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lock %d orders: %w", len(ids), err)
+	}
+	return out, nil
+}
+
 // GetByRequestIDs returns the orders placed by the requests with ids, by
 // request id; requests that placed no order are missing from the result.
 func GetByRequestIDs(ctx context.Context, q Querier, ids []string) (map[string]order.Order, error) {
@@ -211,6 +238,44 @@ func Update(ctx context.Context, q Querier, o order.Order) error {
 		return fmt.Errorf("update order %s: %w", o.ID, order.ErrNotFound)
 	}
 	return nil
+}
+
+// QueueUpdate queues on b the statement writing the status and saga
+// progress of orders, like Update for each in one statement. When b's
+// results are read it fails, wrapping order.ErrNotFound, unless every
+// order was there to update.
+func QueueUpdate(b *pgx.Batch, orders ...order.Order) {
+	if len(orders) == 0 {
+		return
+	}
+	var c struct {
+		id, status, reason, paymentID []string
+		reserved, paid                []bool
+		updated                       []time.Time
+	}
+	for _, o := range orders {
+		c.id = append(c.id, o.ID)
+		c.status = append(c.status, o.Status.String())
+		c.reason = append(c.reason, o.StatusReason)
+		c.reserved = append(c.reserved, o.StockReserved)
+		c.paid = append(c.paid, o.PaymentSucceeded)
+		c.paymentID = append(c.paymentID, o.PaymentID)
+		c.updated = append(c.updated, o.UpdateTime)
+	}
+	b.Queue(`
+		UPDATE orders AS o SET status = u.status, status_reason = u.status_reason,
+			stock_reserved = u.stock_reserved, payment_succeeded = u.payment_succeeded,
+			payment_id = u.payment_id, update_time = u.update_time
+		FROM unnest($1::text[]::uuid[], $2::text[], $3::text[], $4::boolean[], $5::boolean[], $6::text[], $7::timestamptz[])
+			AS u(id, status, status_reason, stock_reserved, payment_succeeded, payment_id, update_time)
+		WHERE o.id = u.id`,
+		c.id, c.status, c.reason, c.reserved, c.paid, c.paymentID, c.updated,
+	).Exec(func(tag pgconn.CommandTag) error {
+		if n := tag.RowsAffected(); n != int64(len(orders)) {
+			return fmt.Errorf("update %d orders: %d updated: %w", len(orders), n, order.ErrNotFound)
+		}
+		return nil
+	})
 }
 
 // Filter selects orders for List; zero fields match any order.
