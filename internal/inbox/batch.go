@@ -73,8 +73,9 @@ type batchCall struct {
 
 // NewBatchRunner returns a BatchRunner handing batches of at most size
 // deliveries to h. It opens its transactions on r's database and counts
-// and reports its deliveries through r (Counts, Metrics); r's own batching
-// option does not apply to it. timeout bounds each transaction.
+// and reports its deliveries through r (Counts, Metrics) and calls r's
+// OnCommit function after each transaction that processed a delivery; r's
+// batching option does not apply to it. timeout bounds each transaction.
 func NewBatchRunner(r *Runner, h BatchHandler, size int, timeout time.Duration) *BatchRunner {
 	b := &BatchRunner{r: r, h: h, timeout: timeout}
 	b.b = postgres.NewBatcher(size, 1, b.run)
@@ -125,8 +126,13 @@ func (b *BatchRunner) run(ctx context.Context, batch []*batchCall) {
 	for i, c := range batch {
 		ds[i] = c.d
 	}
+	processed := false
 	for i, err := range b.process(ctx, ds) {
 		batch[i].err = err
+		processed = processed || err == nil
+	}
+	if processed {
+		b.r.afterCommit()
 	}
 }
 

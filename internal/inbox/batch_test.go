@@ -149,7 +149,9 @@ func TestBatchRunnerDuplicateOfProcessedEvent(t *testing.T) {
 	ctx := context.Background()
 	pool := newService(t)
 	var dupHook atomic.Int64
-	runner := inbox.NewRunner(pool, service, inbox.Metrics{Duplicate: func(eventbus.Meta) { dupHook.Add(1) }})
+	var commits atomic.Int64
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{Duplicate: func(eventbus.Meta) { dupHook.Add(1) }},
+		inbox.OnCommit(func() { commits.Add(1) }))
 	var seen atomic.Int64
 	b := inbox.NewBatchRunner(runner, batchHandler(nil, &seen), 16, 10*time.Second)
 	d := newDelivery(t, "a@example.com", 3)
@@ -163,6 +165,9 @@ func TestBatchRunnerDuplicateOfProcessedEvent(t *testing.T) {
 	}
 	if n := dupHook.Load(); n != 2 {
 		t.Errorf("Duplicate hook called %d times, want 2", n)
+	}
+	if n := commits.Load(); n != 1 {
+		t.Errorf("OnCommit called %d times, want once: the duplicates' batches processed nothing", n)
 	}
 	want := state{Totals: map[string]int64{"a@example.com": 3}, Applied: 1, Inbox: 1, Outbox: 1}
 	if diff := cmp.Diff(want, readState(t, pool)); diff != "" {

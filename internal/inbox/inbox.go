@@ -107,6 +107,9 @@ type Runner struct {
 	metrics Metrics
 	// group, when set, shares transactions among concurrent deliveries.
 	group *postgres.GroupCommit
+	// committed, when set, is called after a transaction that processed a
+	// delivery commits.
+	committed func()
 
 	processed, duplicates, failed atomic.Int64
 }
@@ -142,6 +145,15 @@ func WithBatching(max, lanes int, timeout time.Duration) Option {
 			r.group = postgres.NewGroupCommit(r.db, max, lanes, timeout)
 		}
 	}
+}
+
+// OnCommit has the runner call f after each transaction in which it
+// processed a delivery commits (once per transaction when deliveries share
+// one), so that f can wake the process's outbox relay (outbox.Relay.Wake)
+// to publish the events the transaction wrote. f must not block. It is not
+// called for ProcessTx, whose caller commits.
+func OnCommit(f func()) Option {
+	return func(r *Runner) { r.committed = f }
 }
 
 // Batches returns how many transactions the runner's deliveries shared and
@@ -194,7 +206,17 @@ func (r *Runner) Process(ctx context.Context, meta eventbus.Meta, work Work) (Ou
 	} else {
 		err = postgres.WithTx(ctx, r.db, func(tx pgx.Tx) error { return run(ctx, tx) })
 	}
+	if err == nil {
+		r.afterCommit()
+	}
 	return r.settle(meta, err)
+}
+
+// afterCommit calls the OnCommit function, if any.
+func (r *Runner) afterCommit() {
+	if r.committed != nil {
+		r.committed()
+	}
 }
 
 // ProcessTx handles one delivery like Process but inside tx, the caller's

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -123,7 +124,8 @@ func readState(t *testing.T, pool *pgxpool.Pool) state {
 func TestSameEventTwiceAppliesOnce(t *testing.T) {
 	ctx := context.Background()
 	pool := newService(t)
-	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
+	var commits atomic.Int64
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{}, inbox.OnCommit(func() { commits.Add(1) }))
 	handle := inbox.Wrap(runner, handleOrderCreated)
 
 	d := newDelivery(t, "a@example.com", 10)
@@ -131,6 +133,9 @@ func TestSameEventTwiceAppliesOnce(t *testing.T) {
 		if err := handle(ctx, d.ev, d.meta); err != nil {
 			t.Fatalf("delivery %d: %v", i+1, err)
 		}
+	}
+	if n := commits.Load(); n != 1 {
+		t.Errorf("OnCommit called %d times, want once: the duplicate committed nothing", n)
 	}
 	want := state{Totals: map[string]int64{"a@example.com": 10}, Applied: 1, Inbox: 1, Outbox: 1}
 	if diff := cmp.Diff(want, readState(t, pool)); diff != "" {
