@@ -16,9 +16,8 @@ import (
 	"github.com/ordermesh/ordermesh/internal/postgres"
 )
 
-// rawSchema has the order service's orders table and the outbox table
-// (without the outbox's NOTIFY trigger): the raw ceiling writes one row
-// into each per transaction.
+// rawSchema has the order service's orders table and the outbox table:
+// the raw ceiling writes one row into each per transaction.
 const rawSchema = `
 CREATE TABLE orders (
     seq               bigint      GENERATED ALWAYS AS IDENTITY UNIQUE,
@@ -54,17 +53,6 @@ CREATE TABLE outbox (
     created_at     timestamptz NOT NULL DEFAULT now()
 );`
 
-// notifyTrigger is the outbox's wake-up trigger (internal/outbox
-// migrations), for the diagnostic variant of the raw ceiling.
-const notifyTrigger = `
-CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('outbox.' || TG_TABLE_SCHEMA, '');
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();`
-
 // RawPG is the raw PostgreSQL ceiling for CreateOrder: plain pgx
 // transactions that insert an order row and an outbox row and commit.
 type RawPG struct {
@@ -72,11 +60,11 @@ type RawPG struct {
 	schema string
 }
 
-// NewRawPG creates schema in the database at url with the raw tables (and
-// the outbox's NOTIFY trigger when notify is set). Close drops the schema.
+// NewRawPG creates schema in the database at url with the raw tables.
+// Close drops the schema.
 // Connections are opened only while Run runs, so the benchmark holds few
 // of the server's connections (which other users share) at a time.
-func NewRawPG(ctx context.Context, url, schema string, notify bool) (*RawPG, error) {
+func NewRawPG(ctx context.Context, url, schema string) (*RawPG, error) {
 	admin, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
@@ -85,11 +73,7 @@ func NewRawPG(ctx context.Context, url, schema string, notify bool) (*RawPG, err
 	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
 		return nil, fmt.Errorf("create schema %s: %w", schema, err)
 	}
-	ddl := rawSchema
-	if notify {
-		ddl += notifyTrigger
-	}
-	if _, err := admin.Exec(ctx, "SET search_path TO "+pgx.Identifier{schema}.Sanitize()+";"+ddl); err != nil {
+	if _, err := admin.Exec(ctx, "SET search_path TO "+pgx.Identifier{schema}.Sanitize()+";"+rawSchema); err != nil {
 		return nil, fmt.Errorf("create raw tables: %w", err)
 	}
 	return &RawPG{url: url, schema: schema}, nil

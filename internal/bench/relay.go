@@ -98,7 +98,7 @@ type LagDiagnostic struct {
 const diagWorkers = 4
 
 // LagBench measures the outbox relay's lag in a database of its own: a
-// schema with the outbox table (and its NOTIFY trigger), a quorum queue
+// schema with the outbox table, a quorum queue
 // bound to order.created on an exchange under its own prefix, and a
 // consumer reading that queue.
 type LagBench struct {
@@ -268,12 +268,13 @@ func (b *LagBench) Measure(ctx context.Context, rate float64, d time.Duration, r
 }
 
 // relayRound runs the outbox Relay as the services configure it (batches
-// of up to outbox.DefaultBatchSize, LISTEN/NOTIFY wake-ups and a poll
-// every pollInterval; the services use one worker) with workers workers
-// while t's events are committed. Starting the relay is not timed.
+// of up to outbox.DefaultBatchSize, woken by each writer after its commit
+// as the services' writers do, and a poll every pollInterval; the services
+// use one worker) with workers workers while t's events are committed.
+// Starting the relay is not timed.
 func (b *LagBench) relayRound(ctx context.Context, t *lagTrack, pollInterval time.Duration, workers int) error {
 	relay := outbox.NewRelay(b.relayPool, trackingPublisher{pub: b.pub, t: t},
-		outbox.Config{PollInterval: pollInterval, Workers: workers, Name: "ordermesh-bench-relay", Logger: b.log})
+		outbox.Config{PollInterval: pollInterval, Workers: workers, Logger: b.log})
 	relayCtx, stopRelay := context.WithCancel(ctx)
 	relayDone := make(chan error, 1)
 	go func() { relayDone <- relay.Run(relayCtx) }()
@@ -281,18 +282,10 @@ func (b *LagBench) relayRound(ctx context.Context, t *lagTrack, pollInterval tim
 		stopRelay()
 		return <-relayDone
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !relay.Listening() {
-		if time.Now().After(deadline) {
-			return errors.Join(errors.New("relay not listening after 30s"), stop())
-		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(ctx.Err(), stop())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	err := b.run(ctx, t, nil)
+	err := b.run(ctx, t, func(context.Context, int) error {
+		relay.Wake()
+		return nil
+	})
 	// The consumer may have read the last event before its Publish call
 	// returned: t's calls are complete once the relay has stopped.
 	if serr := stop(); err == nil && serr != nil {

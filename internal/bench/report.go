@@ -235,7 +235,7 @@ func Markdown(r *Result, m Machine, command string) string {
 			p("| %s | %.0f / %.0f | %.1f / %.1f / %.1f / %.1f | %.1f / %.1f | %.1f |", name, run.Target, run.Rate,
 				run.Lag.P50, run.Lag.P95, run.Lag.P99, run.Lag.Max, run.ToPublish.P50, run.ToPublish.P99, run.Commit.P99)
 		}
-		lagRow(fmt.Sprintf("outbox Relay (1 worker, batches ≤ %d, LISTEN/NOTIFY, poll %s) + eventbus Publisher", outbox.DefaultBatchSize, l.PollInterval), l.Relay)
+		lagRow(fmt.Sprintf("outbox Relay (1 worker, batches ≤ %d, woken after each commit, poll %s) + eventbus Publisher", outbox.DefaultBatchSize, l.PollInterval), l.Relay)
 		lagRow("no relay: amqp091-go publish right after commit (confirm mode)", l.Raw)
 		for _, d := range l.Diagnostics {
 			lagRow(d.Name, d.Run)

@@ -342,7 +342,7 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 		}
 	}()
 	for _, c := range CreateConcurrencies {
-		r, err := NewRawPG(ctx, pf.DatabaseURL, fmt.Sprintf("bench_raw_%d", c), false)
+		r, err := NewRawPG(ctx, pf.DatabaseURL, fmt.Sprintf("bench_raw_%d", c))
 		if err != nil {
 			return err
 		}
@@ -409,17 +409,15 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 		res.REST = append(res.REST, sum.CreatedPerSec)
 		logf("create phase: round %d: CreateOrder REST, %d clients: %.0f orders/s (p99 %.1f ms)", round, maxConc, sum.CreatedPerSec, sum.CreateLatency.P99)
 	}
-	// Diagnostics, once: the raw ceiling with the order service's pool
-	// size, and with the outbox's NOTIFY trigger, to attribute the gap.
+	// Diagnostic, once: the raw ceiling with the order service's pool
+	// size, to attribute the gap.
 	for _, d := range []struct {
-		name   string
-		conns  int
-		notify bool
+		name  string
+		conns int
 	}{
-		{fmt.Sprintf("raw pgx, %d clients sharing %d connections (the order service's pool)", maxConc, postgres.DefaultMaxConns), postgres.DefaultMaxConns, false},
-		{fmt.Sprintf("raw pgx, %d clients, with the outbox's NOTIFY trigger", maxConc), maxConc, true},
+		{fmt.Sprintf("raw pgx, %d clients sharing %d connections (the order service's pool)", maxConc, postgres.DefaultMaxConns), postgres.DefaultMaxConns},
 	} {
-		r, err := NewRawPG(ctx, pf.DatabaseURL, fmt.Sprintf("bench_diag_%d", len(res.Diagnostics)), d.notify)
+		r, err := NewRawPG(ctx, pf.DatabaseURL, fmt.Sprintf("bench_diag_%d", len(res.Diagnostics)))
 		if err != nil {
 			return err
 		}

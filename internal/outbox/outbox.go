@@ -29,16 +29,9 @@ import (
 //go:embed migrations/*.sql
 var migrationFS embed.FS
 
-// Migrations creates the outbox table and its notify trigger. Pass it to
-// postgres.Migrate together with the service's own sources.
+// Migrations creates the outbox table. Pass it to postgres.Migrate together
+// with the service's own sources.
 var Migrations = postgres.Source{Name: "outbox", FS: migrationFS}
-
-// Channel returns the LISTEN/NOTIFY channel on which commits to the outbox
-// of schema are announced. PostgreSQL limits channel names to 63 bytes, so
-// schema names used with the outbox must stay within 56 bytes.
-func Channel(schema string) string {
-	return "outbox." + schema
-}
 
 // Add writes msgs to the outbox in tx, the caller's transaction; they are
 // published only if and after tx commits. It takes a pgx.Tx, never a pool,

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,14 +31,14 @@ const (
 	DefaultPublishTimeout = 30 * time.Second
 	DefaultMinBackoff     = 100 * time.Millisecond
 	DefaultMaxBackoff     = 10 * time.Second
-	DefaultListenCheck    = 30 * time.Second
 )
 
 // Config tunes a Relay. Zero fields take the defaults above.
 type Config struct {
-	// PollInterval is how often the relay looks for rows when no
-	// notification woke it. Notifications make publishing prompt; polling
-	// covers notifications lost while the listening connection was down.
+	// PollInterval is how often the relay looks for rows when Wake was not
+	// called. Wake makes publishing the rows of this process prompt;
+	// polling picks up rows committed by other processes (another instance
+	// that stopped before it published them, say).
 	PollInterval time.Duration
 	// BatchSize is the most rows claimed, published and deleted in one
 	// transaction.
@@ -49,14 +48,9 @@ type Config struct {
 	Workers int
 	// PublishTimeout bounds one batch's Publish call.
 	PublishTimeout time.Duration
-	// MinBackoff and MaxBackoff bound the wait after a failed batch or a lost
-	// listening connection; it doubles on each consecutive failure.
+	// MinBackoff and MaxBackoff bound the wait after a failed batch; it
+	// doubles on each consecutive failure.
 	MinBackoff, MaxBackoff time.Duration
-	// ListenCheck is how long the listening connection may stay silent
-	// before the relay checks that it is still alive.
-	ListenCheck time.Duration
-	// Name labels the listening connection's application_name.
-	Name string
 	// Logger receives failures; nil discards them.
 	Logger *slog.Logger
 	// Metrics receives counts; nil fields are skipped.
@@ -80,12 +74,22 @@ type Metrics struct {
 // confirmed. Any number of relays, in one process or many, can run against
 // the same outbox: each row is claimed by one of them with FOR UPDATE SKIP
 // LOCKED.
+//
+// Writers in the relay's process call Wake after they commit outbox rows,
+// so the relay publishes them at once; other rows wait for the next poll.
+// The relay is not woken by PostgreSQL notifications: a transaction that
+// sends one (pg_notify, NOTIFY) holds a lock shared by the whole database
+// cluster from its commit until its commit record is flushed, so
+// notifying commits flush one at a time, and writers committing
+// concurrently, in every service, would queue behind each other.
 type Relay struct {
-	pool      *pgxpool.Pool
-	pub       Publisher
-	cfg       Config
-	log       *slog.Logger
-	listening atomic.Bool
+	pool *pgxpool.Pool
+	pub  Publisher
+	cfg  Config
+	log  *slog.Logger
+	// wakes has one channel per worker, each holding at most one pending
+	// wake-up.
+	wakes []chan struct{}
 }
 
 // NewRelay returns a relay that moves rows from pool's outbox to pub. Call
@@ -100,7 +104,6 @@ func NewRelay(pool *pgxpool.Pool, pub Publisher, cfg Config) *Relay {
 	def(&cfg.PublishTimeout, DefaultPublishTimeout)
 	def(&cfg.MinBackoff, DefaultMinBackoff)
 	def(&cfg.MaxBackoff, DefaultMaxBackoff)
-	def(&cfg.ListenCheck, DefaultListenCheck)
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = cfg.MinBackoff
 	}
@@ -110,14 +113,29 @@ func NewRelay(pool *pgxpool.Pool, pub Publisher, cfg Config) *Relay {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 1
 	}
-	if cfg.Name == "" {
-		cfg.Name = "ordermesh-outbox-relay"
-	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Relay{pool: pool, pub: pub, cfg: cfg, log: log}
+	wakes := make([]chan struct{}, cfg.Workers)
+	for i := range wakes {
+		wakes[i] = make(chan struct{}, 1)
+	}
+	return &Relay{pool: pool, pub: pub, cfg: cfg, log: log, wakes: wakes}
+}
+
+// Wake has the relay look for rows now rather than at its next poll. Call
+// it after committing outbox rows (it does nothing useful before the
+// commit: the rows are not visible yet). It never blocks, and wake-ups
+// that come while the relay is busy are merged into one look. It is safe
+// for concurrent use, also before Run.
+func (r *Relay) Wake() {
+	for _, w := range r.wakes {
+		select {
+		case w <- struct{}{}:
+		default: // A wake-up is already pending; one is enough.
+		}
+	}
 }
 
 // Run publishes rows until ctx ends, then returns nil once its goroutines
@@ -126,28 +144,11 @@ func NewRelay(pool *pgxpool.Pool, pub Publisher, cfg Config) *Relay {
 // ends is rolled back unless the broker already confirmed it.
 func (r *Relay) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	wakes := make([]chan struct{}, r.cfg.Workers)
-	for i := range wakes {
-		wakes[i] = make(chan struct{}, 1)
-	}
-	wakeAll := func() {
-		for _, w := range wakes {
-			select {
-			case w <- struct{}{}:
-			default: // A wake-up is already pending; one is enough.
-			}
-		}
-	}
-	g.Go(func() error { return r.listen(ctx, wakeAll) })
-	for _, w := range wakes {
+	for _, w := range r.wakes {
 		g.Go(func() error { return r.work(ctx, w) })
 	}
 	return g.Wait()
 }
-
-// Listening reports whether the relay currently holds a LISTEN connection;
-// without one it still publishes, at the poll interval.
-func (r *Relay) Listening() bool { return r.listening.Load() }
 
 // Stats returns the backlog of the relay's outbox.
 func (r *Relay) Stats(ctx context.Context) (Stats, error) { return ReadStats(ctx, r.pool) }
@@ -324,75 +325,6 @@ func claim(b *pgx.Batch, limit int, seqs *[]int64, msgs *[]eventbus.Message) {
 		}
 		return rows.Err()
 	})
-}
-
-// listen keeps a LISTEN connection open for the outbox's channel and wakes
-// the workers on every notification, reconnecting after any loss.
-func (r *Relay) listen(ctx context.Context, wakeAll func()) error {
-	backoff := r.cfg.MinBackoff
-	for {
-		start := time.Now()
-		err := r.listenOnce(ctx, wakeAll)
-		r.listening.Store(false)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if time.Since(start) > r.cfg.MaxBackoff {
-			backoff = r.cfg.MinBackoff // It had been up a while; reconnect promptly.
-		}
-		r.log.WarnContext(ctx, "outbox relay: listening connection lost; polling until it is back", "error", err, "retry_in", backoff)
-		if !sleep(ctx, jitter(backoff)) {
-			return nil
-		}
-		backoff = min(2*backoff, r.cfg.MaxBackoff)
-	}
-}
-
-// listenOnce runs one LISTEN connection until it fails or ctx ends.
-func (r *Relay) listenOnce(ctx context.Context, wakeAll func()) error {
-	cfg := r.pool.Config().ConnConfig
-	cfg.RuntimeParams["application_name"] = r.cfg.Name
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("connect listener: %w", err)
-	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = conn.Close(cctx) // The connection is being discarded either way.
-	}()
-
-	var schema *string
-	if err := conn.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
-		return fmt.Errorf("read listener schema: %w", err)
-	}
-	if schema == nil {
-		return errors.New("read listener schema: search_path names no existing schema")
-	}
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{Channel(*schema)}.Sanitize()); err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	r.listening.Store(true)
-	// Catch up on commits made while nobody was listening.
-	wakeAll()
-	for {
-		wctx, cancel := context.WithTimeout(ctx, r.cfg.ListenCheck)
-		_, err := conn.WaitForNotification(wctx)
-		cancel()
-		switch {
-		case err == nil:
-			wakeAll()
-		case ctx.Err() != nil:
-			return nil
-		case wctx.Err() != nil:
-			// Silence is normal; make sure the connection still works.
-			if err := conn.Ping(ctx); err != nil {
-				return fmt.Errorf("ping listener: %w", err)
-			}
-		default:
-			return fmt.Errorf("wait for notification: %w", err)
-		}
-	}
 }
 
 // sleep waits d, or less if ctx ends first; it reports whether ctx is still

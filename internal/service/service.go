@@ -178,7 +178,12 @@ type Service struct {
 	Pool       *pgxpool.Pool
 	GRPC       *grpcserver.Server
 	Subscriber *eventbus.Subscriber
-	Inbox      *inbox.Runner
+	// Inbox wakes Relay after each transaction that processed a delivery.
+	Inbox *inbox.Runner
+	// Relay publishes the outbox. Code that commits outbox rows outside
+	// Inbox calls Relay.Wake after the commit; otherwise the rows wait for
+	// the relay's next poll (ORDERMESH_RELAY_POLL_INTERVAL).
+	Relay *outbox.Relay
 }
 
 // Main reads the configuration from getenv, logs to stdout and runs the
@@ -254,7 +259,6 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	}
 	relay := outbox.NewRelay(pool, publisher, outbox.Config{
 		PollInterval: cfg.RelayInterval,
-		Name:         "ordermesh-" + spec.Name + "-relay",
 		Logger:       log,
 		Metrics:      m.outbox(),
 	})
@@ -292,7 +296,8 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 		Pool:       pool,
 		GRPC:       srv,
 		Subscriber: subscriber,
-		Inbox:      inbox.NewRunner(pool, spec.Name, m.inbox(), inboxOptions(spec, cfg)...),
+		Inbox:      inbox.NewRunner(pool, spec.Name, m.inbox(), append(inboxOptions(spec, cfg), inbox.OnCommit(relay.Wake))...),
+		Relay:      relay,
 	}
 	tasks, err := spec.Setup(ctx, svc)
 	if err != nil {

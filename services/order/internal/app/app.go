@@ -61,12 +61,21 @@ type App struct {
 	now     func() time.Time
 	// creates group-commits concurrent Create calls.
 	creates *postgres.Batcher[*createCall]
+	// wake is called after a commit that wrote outbox rows.
+	wake func()
 }
 
 // New returns an App storing orders in pool and watching changes with w.
-func New(pool *pgxpool.Pool, w *store.Watcher, log *slog.Logger) *App {
+// wake, when not nil, is called after each commit of Create, Cancel and
+// the timeout that wrote events to the outbox, so the process's relay
+// (outbox.Relay.Wake) publishes them at once. Events written by Handle are
+// the inbox runner's to announce.
+func New(pool *pgxpool.Pool, w *store.Watcher, log *slog.Logger, wake func()) *App {
+	if wake == nil {
+		wake = func() {}
+	}
 	a := &App{
-		pool: pool, watcher: w, log: log,
+		pool: pool, watcher: w, log: log, wake: wake,
 		now: func() time.Time { return time.Now().UTC() },
 	}
 	a.creates = postgres.NewBatcher(createBatch, createLanes, a.insertBatch)
@@ -191,6 +200,9 @@ func (a *App) insertOrders(ctx context.Context, calls []*createCall) (err error)
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit %d orders: %w", len(calls), err)
 	}
+	if len(events) > 0 {
+		a.wake()
+	}
 	return nil
 }
 
@@ -248,6 +260,7 @@ func (a *App) Cancel(ctx context.Context, id, reason string) (order.Order, error
 // events it causes, and returns the order after it.
 func (a *App) change(ctx context.Context, id string, in order.Input) (order.Order, error) {
 	var result order.Order
+	var published bool
 	err := postgres.WithTx(ctx, a.pool, func(tx pgx.Tx) error {
 		o, err := store.GetForUpdate(ctx, tx, id)
 		if err != nil {
@@ -258,8 +271,12 @@ func (a *App) change(ctx context.Context, id string, in order.Input) (order.Orde
 			return err
 		}
 		result = next
+		published = len(events) > 0
 		return publish(ctx, tx, events...)
 	})
+	if err == nil && published {
+		a.wake()
+	}
 	return result, err
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,7 +61,7 @@ func newApp(t *testing.T, pool *pgxpool.Pool, schema string) *app.App {
 		_ = w.Run(ctx)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return app.New(pool, w, quiet)
+	return app.New(pool, w, quiet, nil)
 }
 
 func request() order.Request {
@@ -111,6 +112,36 @@ func TestCreateComputesTotalAndWritesEvent(t *testing.T) {
 	}
 	if types := outboxTypes(t, f.pool); len(types) != 1 || types[0] != "ordermesh.order.v1.OrderCreated" {
 		t.Errorf("outbox = %v, want one OrderCreated", types)
+	}
+}
+
+// TestCommitsWithEventsWakeTheRelay: Create and Cancel call the wake
+// function after committing their events; a repeated Create, which writes
+// none, does not.
+func TestCommitsWithEventsWakeTheRelay(t *testing.T) {
+	pool, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
+	var wakes atomic.Int64
+	a := app.New(pool, store.NewWatcher(postgrestest.URL(), schema, quiet), quiet, func() { wakes.Add(1) })
+	ctx := context.Background()
+	req := request()
+	o, err := a.Create(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := wakes.Load(); n != 1 {
+		t.Errorf("after Create: %d wake-ups, want 1", n)
+	}
+	if _, err := a.Create(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if n := wakes.Load(); n != 1 {
+		t.Errorf("after a repeated Create: %d wake-ups, want still 1", n)
+	}
+	if _, err := a.Cancel(ctx, o.ID, "no longer needed"); err != nil {
+		t.Fatal(err)
+	}
+	if n := wakes.Load(); n != 2 {
+		t.Errorf("after Cancel: %d wake-ups, want 2", n)
 	}
 }
 
@@ -764,7 +795,7 @@ func TestWatchSurvivesSilentDatabaseLoss(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = w.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	a := app.New(pool, w, quiet)
+	a := app.New(pool, w, quiet, nil)
 	o, err := a.Create(ctx, request())
 	if err != nil {
 		t.Fatalf("create: %v", err)

@@ -62,7 +62,7 @@ func start(t *testing.T, pool *pgxpool.Pool, schema string) env {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
 	w := store.NewWatcher(postgrestest.URL(), schema, quiet)
-	a := app.New(pool, w, quiet)
+	a := app.New(pool, w, quiet, nil)
 	srv, err := grpcserver.New(quiet,
 		grpcserver.WithHealthInterval(100*time.Millisecond),
 		grpcserver.WithCheck(grpcserver.Check{Name: "database", Func: func(ctx context.Context) error { return postgres.Ping(ctx, pool) }}),
