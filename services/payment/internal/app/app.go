@@ -1,6 +1,6 @@
-// Package app is the payment service's application layer: the handlers of
-// the order events, which charge and refund through the provider port and
-// record what they did in the inbox runner's transaction, returning the
+// Package app is the payment service's application layer: the handler of
+// the order events, which charges and refunds through the provider port
+// and records what it did in the inbox runner's transaction, returning the
 // events to write to the outbox in it.
 package app
 
@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -21,6 +23,7 @@ import (
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	paymentv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/services/payment/internal/payment"
 	"github.com/ordermesh/ordermesh/services/payment/internal/provider"
 	"github.com/ordermesh/ordermesh/services/payment/internal/store"
@@ -51,28 +54,197 @@ func (a *App) Payment(ctx context.Context, id string) (payment.Payment, error) {
 	return store.Get(ctx, a.pool, id)
 }
 
-// The handlers below run in the inbox runner's transaction (tx): the
-// record of a charge or refund commits together with the event's inbox row
-// and the outgoing event. Each first takes the order's lock
-// (store.LockOrder), so events of one order are applied one at a time, in
-// whatever order they arrive.
+// Handle is the payment service's handler of order events, an
+// inbox.BatchHandler: register it for order.created, order.rejected and
+// order.cancelled through one inbox.BatchRunner, so each transaction
+// handles the events that arrived together. It runs in the runner's
+// transaction (tx): the record of a charge or refund commits together with
+// the event's inbox row and the outgoing event, which the runner writes to
+// the outbox from the delivery's Result.
+//
+// Handle costs two round trips whatever the batch holds: it takes the
+// locks of the batch's orders and reads their payments (store.Load),
+// applies the events one after another to that copy in memory, in the
+// order they arrived, calling the provider as they require, and writes the
+// final payment of every order that changed (store.Save). The order locks
+// make the events of one order apply one at a time, in whatever order they
+// arrive, also across instances of the service; events of one order in
+// one batch apply in turn, so an order created and cancelled in one batch
+// is charged, then refunded.
 //
 // The provider is called inside the transaction, with the order id as the
-// idempotency key. If the transaction then fails to commit, the event is
-// delivered again and the provider returns the charge it already made
-// instead of charging twice. One gap remains: if the order is rejected or
-// cancelled between such a failed commit and the redelivery, the order is
-// blocked and the charge the provider made is never recorded or refunded.
-// Closing it needs a provider lookup by idempotency key, which the
-// Provider port does not offer; the window is one failed commit wide.
+// idempotency key. If the transaction then fails to commit (or the
+// delivery fails with an error of unknown kind after the provider acted),
+// the event is delivered again and the provider returns the charge it
+// already made instead of charging twice. One gap remains: if the order is
+// rejected or cancelled between such a failure and the redelivery (in
+// another batch, or later in the same one), the order is blocked and the
+// charge the provider made is never recorded or refunded. Closing it needs
+// a provider lookup by idempotency key, which the Provider port does not
+// offer; the window is one failed delivery wide.
 //
-// Errors: a transient provider failure (provider.ErrUnavailable) or a
-// database error is returned as it is, so the bus retries the event
-// through its retry ladder; a request the provider can never accept
-// (provider.ErrInvalidRequest, provider.ErrIdempotencyConflict) or an
-// event that can never be applied (a malformed order id) is returned as a
-// permanent error, so the bus parks it in the dead-letter queue. A decline
-// is not an error but an outcome (PaymentFailed).
+// Errors fail the delivery that caused them alone, which writes nothing,
+// while the batch's other deliveries take effect: a transient provider
+// failure (provider.ErrUnavailable) or an error of unknown kind is
+// retryable, so the bus retries the event through its retry ladder; a
+// request the provider can never accept (provider.ErrInvalidRequest,
+// provider.ErrIdempotencyConflict) or an event that can never be applied
+// (a malformed order id, an event type Handle does not handle) is
+// permanent, so the bus parks it in the dead-letter queue. A decline is
+// not an error but an outcome (PaymentFailed). Database errors fail the
+// whole batch as they are, so the bus retries every delivery of it.
+func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+	results := make([]inbox.Result, len(batch))
+	events := make([]orderEvent, len(batch))
+	var ids []string
+	for i, d := range batch {
+		ev, err := parseOrderEvent(d.Event)
+		if err != nil {
+			results[i].Err = err
+			continue
+		}
+		events[i] = ev
+		ids = append(ids, ev.orderID)
+	}
+	if len(ids) == 0 {
+		return results, nil
+	}
+	loaded, err := store.Load(ctx, tx, ids)
+	if err != nil {
+		return nil, err
+	}
+	payments := maps.Clone(loaded)
+	for i, ev := range events {
+		if results[i].Err != nil {
+			continue
+		}
+		var p payment.Payment
+		switch ev.kind {
+		case orderCreated:
+			p, results[i].Events, results[i].Err = a.charge(ctx, payments[ev.orderID], ev)
+		case orderEnded:
+			p, results[i].Events, results[i].Err = a.refund(ctx, payments[ev.orderID])
+		}
+		if results[i].Err == nil {
+			payments[ev.orderID] = p
+		}
+	}
+	var changed []payment.Payment
+	for _, id := range slices.Sorted(maps.Keys(payments)) {
+		if p := payments[id]; p != loaded[id] {
+			changed = append(changed, p)
+		}
+	}
+	if err := store.Save(ctx, tx, changed); err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// eventKind says what an order event asks of the payment service.
+type eventKind int
+
+const (
+	// orderCreated: charge the order's total.
+	orderCreated eventKind = iota + 1
+	// orderEnded: the order was rejected or cancelled; give back what was
+	// charged.
+	orderEnded
+)
+
+// orderEvent is an order event as Handle applies it.
+type orderEvent struct {
+	kind    eventKind
+	orderID string
+	// amount and token are an order.created's total and payment token.
+	amount provider.Money
+	token  string
+}
+
+// errUnexpectedEvent marks an event Handle does not handle.
+var errUnexpectedEvent = errors.New("not an order event the payment service handles")
+
+// parseOrderEvent checks ev and converts it, or returns a permanent error:
+// a malformed event can never be applied.
+func parseOrderEvent(ev proto.Message) (orderEvent, error) {
+	var e orderEvent
+	var id string
+	switch ev := ev.(type) {
+	case *orderv1.OrderCreated:
+		e.kind, id = orderCreated, ev.GetOrderId()
+		e.amount, e.token = moneyFromProto(ev.GetTotal()), ev.GetPaymentToken()
+	case *orderv1.OrderRejected:
+		e.kind, id = orderEnded, ev.GetOrderId()
+	case *orderv1.OrderCancelled:
+		e.kind, id = orderEnded, ev.GetOrderId()
+	default:
+		return orderEvent{}, eventbus.Permanent(fmt.Errorf("handle %T: %w", ev, errUnexpectedEvent))
+	}
+	var err error
+	if e.orderID, err = parseOrderID(id); err != nil {
+		return orderEvent{}, err
+	}
+	return e, nil
+}
+
+// charge applies order.created to p, the order's payment so far: it
+// charges the order's total to its payment token and returns the charged
+// payment and PaymentSucceeded with the charge, or, when the provider
+// declines, the failed payment and PaymentFailed with the provider's
+// reason. An order handled before (the event repeated under another id) is
+// returned unchanged with no event: its outcome was published the first
+// time.
+//
+// An order already rejected or cancelled (blocked) is never charged, and
+// nothing is returned for it: the order is final and the order service
+// ignores late outcomes.
+func (a *App) charge(ctx context.Context, p payment.Payment, ev orderEvent) (payment.Payment, []proto.Message, error) {
+	id := p.OrderID
+	if payment.OnCreated(p.Status) != payment.ActionCharge {
+		a.log.InfoContext(ctx, "order.created ignored", slog.String("order_id", id), slog.String("payment", p.Status.String()))
+		return p, nil, nil
+	}
+
+	charge, err := a.provider.Charge(ctx, provider.ChargeRequest{IdempotencyKey: id, Amount: ev.amount, Token: ev.token})
+	if errors.Is(err, provider.ErrDeclined) {
+		p = payment.Payment{OrderID: id, Status: payment.StatusFailed, Amount: ev.amount, Reason: declineReason(err)}
+		a.log.InfoContext(ctx, "payment declined", slog.String("order_id", id), slog.String("reason", p.Reason))
+		return p, []proto.Message{&paymentv1.PaymentFailed{OrderId: id, Reason: p.Reason}}, nil
+	}
+	if err != nil {
+		return p, nil, providerError(fmt.Errorf("charge order %s: %w", id, err))
+	}
+
+	p = payment.Payment{OrderID: id, Status: payment.StatusCharged, Amount: charge.Amount, ChargeID: charge.ID}
+	a.log.InfoContext(ctx, "payment charged", slog.String("order_id", id), slog.String("charge_id", charge.ID), slog.String("amount", charge.Amount.String()))
+	return p, []proto.Message{&paymentv1.PaymentSucceeded{OrderId: id, PaymentId: charge.ID, Amount: moneyToProto(charge.Amount)}}, nil
+}
+
+// refund applies order.rejected and order.cancelled to p, the order's
+// payment so far: a charged order is refunded in full, once, and returned
+// refunded with PaymentRefunded. An order with nothing charged (declined,
+// already refunded, blocked) is returned unchanged with no event. An order
+// not seen yet is returned blocked, so a later order.created never charges
+// it.
+func (a *App) refund(ctx context.Context, p payment.Payment) (payment.Payment, []proto.Message, error) {
+	id := p.OrderID
+	switch payment.OnEnded(p.Status) {
+	case payment.ActionBlock:
+		a.log.InfoContext(ctx, "order blocked before it was created", slog.String("order_id", id))
+		return payment.Payment{OrderID: id, Status: payment.StatusBlocked}, nil, nil
+	case payment.ActionRefund:
+	default:
+		return p, nil, nil
+	}
+
+	refund, err := a.provider.Refund(ctx, provider.RefundRequest{IdempotencyKey: id, ChargeID: p.ChargeID, Amount: p.Amount})
+	if err != nil {
+		return p, nil, providerError(fmt.Errorf("refund order %s: %w", id, err))
+	}
+	p.Status, p.RefundID = payment.StatusRefunded, refund.ID
+	a.log.InfoContext(ctx, "payment refunded", slog.String("order_id", id), slog.String("refund_id", refund.ID), slog.String("amount", p.Amount.String()))
+	return p, []proto.Message{&paymentv1.PaymentRefunded{OrderId: id, PaymentId: p.ChargeID, Amount: moneyToProto(p.Amount)}}, nil
+}
 
 // OrderCreated handles order.created: it charges the order's total to its
 // payment token and returns PaymentSucceeded with the charge, or, when the

@@ -3,9 +3,12 @@ package app_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
@@ -47,26 +50,76 @@ func newFixture(t *testing.T) fixture {
 	return fixture{pool: pool, provider: p, app: app.New(pool, p, quiet)}
 }
 
-// inTx runs an event handler the way the inbox runner does: in one
-// transaction, with its returned events written to the outbox.
-func inTx[E any](t *testing.T, f fixture, h func(context.Context, pgx.Tx, E, eventbus.Meta) ([]proto.Message, error), ev E) error {
+// handleBatch hands evs to the handler as one batch, the way the inbox
+// runner does: in one transaction, under new event ids, writing the events
+// of the deliveries that succeeded to the outbox and committing even when
+// some failed. It returns each delivery's Result, or the error the handler
+// returned for the whole batch, in which case nothing commits.
+func handleBatch(t *testing.T, f fixture, evs ...proto.Message) ([]inbox.Result, error) {
+	t.Helper()
+	var results []inbox.Result
+	err := postgres.WithTx(context.Background(), f.pool, func(tx pgx.Tx) error {
+		var err error
+		results, err = handleBatchIn(t, f, tx, evs...)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// handleBatchIn is handleBatch in tx, which the caller commits.
+func handleBatchIn(t *testing.T, f fixture, tx pgx.Tx, evs ...proto.Message) ([]inbox.Result, error) {
 	t.Helper()
 	ctx := context.Background()
-	return postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
-		out, err := h(ctx, tx, ev, eventbus.Meta{})
-		if err != nil {
-			return err
+	ds := make([]inbox.Delivery, len(evs))
+	for i, ev := range evs {
+		ds[i] = inbox.Delivery{Event: ev, Meta: metaFor(ev)}
+	}
+	results, err := f.app.Handle(ctx, tx, ds)
+	if err != nil {
+		return nil, err
+	}
+	if len(results) != len(ds) {
+		return nil, fmt.Errorf("handler returned %d results for %d deliveries", len(results), len(ds))
+	}
+	for i, r := range results {
+		if r.Err != nil {
+			continue
 		}
-		return outbox.AddEvents(ctx, tx, app.Source, "", out...)
-	})
+		if err := outbox.AddEvents(ctx, tx, app.Source, ds[i].Meta.CorrelationID, r.Events...); err != nil {
+			return nil, err
+		}
+	}
+	return results, nil
+}
+
+// inTx runs ev as a batch of one (handleBatch) and returns its error.
+func inTx(t *testing.T, f fixture, ev proto.Message) error {
+	t.Helper()
+	results, err := handleBatch(t, f, ev)
+	if err != nil {
+		return err
+	}
+	return results[0].Err
 }
 
 // mustTx is inTx failing the test on error.
-func mustTx[E any](t *testing.T, f fixture, h func(context.Context, pgx.Tx, E, eventbus.Meta) ([]proto.Message, error), ev E) {
+func mustTx(t *testing.T, f fixture, ev proto.Message) {
 	t.Helper()
-	if err := inTx(t, f, h, ev); err != nil {
+	if err := inTx(t, f, ev); err != nil {
 		t.Fatalf("handle %T: %v", ev, err)
 	}
+}
+
+// metaFor returns the metadata of ev delivered under a new event id.
+func metaFor(ev proto.Message) eventbus.Meta {
+	var order string
+	if o, ok := ev.(interface{ GetOrderId() string }); ok {
+		order = o.GetOrderId()
+	}
+	return eventbus.Meta{ID: uuid.NewString(), Type: string(proto.MessageName(ev)), CorrelationID: order, Attempt: 1}
 }
 
 func (f fixture) payment(t *testing.T, orderID string) payment.Payment {
@@ -132,7 +185,7 @@ func cancelled(id string) *orderv1.OrderCancelled {
 func TestChargeSucceeds(t *testing.T) {
 	f := newFixture(t)
 	id := uuid.NewString()
-	mustTx(t, f, f.app.OrderCreated, created(id, "tok_visa"))
+	mustTx(t, f, created(id, "tok_visa"))
 
 	charges := f.provider.Charges()
 	if len(charges) != 1 || charges[0].Amount != total {
@@ -149,7 +202,7 @@ func TestDeclineFailsPayment(t *testing.T) {
 	f := newFixture(t)
 	id := uuid.NewString()
 	// A decline is an outcome, not an error: no retry.
-	mustTx(t, f, f.app.OrderCreated, created(id, provider.TokenDecline))
+	mustTx(t, f, created(id, provider.TokenDecline))
 
 	const reason = "payment declined: card declined"
 	diffEvents(t, []proto.Message{&paymentv1.PaymentFailed{OrderId: id, Reason: reason}}, f.pool)
@@ -161,7 +214,7 @@ func TestDeclineFailsPayment(t *testing.T) {
 		t.Errorf("provider made %d charges, want none", n)
 	}
 	// The order is then rejected: there is nothing to refund.
-	mustTx(t, f, f.app.OrderRejected, rejected(id))
+	mustTx(t, f, rejected(id))
 	if n := len(outboxEvents(t, f.pool)); n != 1 {
 		t.Errorf("outbox has %d events after rejecting a declined order, want 1", n)
 	}
@@ -177,7 +230,7 @@ func TestUnavailableProviderIsRetried(t *testing.T) {
 	f := newFixture(t)
 	id := uuid.NewString()
 	for attempt := 1; attempt <= provider.UnavailableAttempts; attempt++ {
-		err := inTx(t, f, f.app.OrderCreated, created(id, provider.TokenUnavailable))
+		err := inTx(t, f, created(id, provider.TokenUnavailable))
 		if !errors.Is(err, provider.ErrUnavailable) || eventbus.IsPermanent(err) {
 			t.Fatalf("attempt %d: err = %v, want a retryable ErrUnavailable", attempt, err)
 		}
@@ -185,7 +238,7 @@ func TestUnavailableProviderIsRetried(t *testing.T) {
 			t.Fatalf("attempt %d left a payment record %+v", attempt, p)
 		}
 	}
-	mustTx(t, f, f.app.OrderCreated, created(id, provider.TokenUnavailable))
+	mustTx(t, f, created(id, provider.TokenUnavailable))
 
 	charges := f.provider.Charges()
 	if len(charges) != 1 {
@@ -218,7 +271,7 @@ func TestInvalidChargeIsPermanent(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := inTx(t, f, f.app.OrderCreated, tt.event)
+			err := inTx(t, f, tt.event)
 			if !eventbus.IsPermanent(err) || (tt.want != nil && !errors.Is(err, tt.want)) {
 				t.Errorf("err = %v, want a permanent error (wrapping %v)", err, tt.want)
 			}
@@ -231,12 +284,13 @@ func TestInvalidChargeIsPermanent(t *testing.T) {
 }
 
 // TestDuplicateCreatedChargesOnce delivers order.created again and again:
-// under the same event id (through the real inbox runner, concurrently)
-// and under new ids (a republished event). The order is charged once.
+// under the same event id (through the real inbox batch runner,
+// concurrently, so copies share batches) and under new ids (a republished
+// event). The order is charged once.
 func TestDuplicateCreatedChargesOnce(t *testing.T) {
 	f := newFixture(t)
 	runner := inbox.NewRunner(f.pool, app.Source, inbox.Metrics{})
-	handle := inbox.Wrap(runner, f.app.OrderCreated)
+	handle := inbox.WrapBatch[*orderv1.OrderCreated](inbox.NewBatchRunner(runner, f.app.Handle, 32, time.Minute))
 	ctx := context.Background()
 	id := uuid.NewString()
 	meta := eventbus.Meta{ID: uuid.NewString(), Type: "ordermesh.order.v1.OrderCreated", CorrelationID: id}
@@ -281,18 +335,18 @@ func TestRefund(t *testing.T) {
 		name string
 		end  func(t *testing.T, f fixture, id string)
 	}{
-		{"rejected", func(t *testing.T, f fixture, id string) { mustTx(t, f, f.app.OrderRejected, rejected(id)) }},
-		{"cancelled", func(t *testing.T, f fixture, id string) { mustTx(t, f, f.app.OrderCancelled, cancelled(id)) }},
+		{"rejected", func(t *testing.T, f fixture, id string) { mustTx(t, f, rejected(id)) }},
+		{"cancelled", func(t *testing.T, f fixture, id string) { mustTx(t, f, cancelled(id)) }},
 		{"rejected and cancelled", func(t *testing.T, f fixture, id string) {
-			mustTx(t, f, f.app.OrderRejected, rejected(id))
-			mustTx(t, f, f.app.OrderCancelled, cancelled(id))
-			mustTx(t, f, f.app.OrderRejected, rejected(id))
+			mustTx(t, f, rejected(id))
+			mustTx(t, f, cancelled(id))
+			mustTx(t, f, rejected(id))
 		}},
 		{"rejected and cancelled at once", func(t *testing.T, f fixture, id string) {
 			var g errgroup.Group
 			for range 4 {
-				g.Go(func() error { return inTx(t, f, f.app.OrderRejected, rejected(id)) })
-				g.Go(func() error { return inTx(t, f, f.app.OrderCancelled, cancelled(id)) })
+				g.Go(func() error { return inTx(t, f, rejected(id)) })
+				g.Go(func() error { return inTx(t, f, cancelled(id)) })
 			}
 			if err := g.Wait(); err != nil {
 				t.Fatalf("handle: %v", err)
@@ -303,7 +357,7 @@ func TestRefund(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
 			id := uuid.NewString()
-			mustTx(t, f, f.app.OrderCreated, created(id, "tok_visa"))
+			mustTx(t, f, created(id, "tok_visa"))
 			tt.end(t, f, id)
 
 			charges, refunds := f.provider.Charges(), f.provider.Refunds()
@@ -327,16 +381,16 @@ func TestEndedBeforeCreatedNeverCharges(t *testing.T) {
 		name  string
 		first func(t *testing.T, f fixture, id string)
 	}{
-		{"cancelled first", func(t *testing.T, f fixture, id string) { mustTx(t, f, f.app.OrderCancelled, cancelled(id)) }},
-		{"rejected first", func(t *testing.T, f fixture, id string) { mustTx(t, f, f.app.OrderRejected, rejected(id)) }},
+		{"cancelled first", func(t *testing.T, f fixture, id string) { mustTx(t, f, cancelled(id)) }},
+		{"rejected first", func(t *testing.T, f fixture, id string) { mustTx(t, f, rejected(id)) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
 			id := uuid.NewString()
 			tt.first(t, f, id)
-			mustTx(t, f, f.app.OrderCreated, created(id, "tok_visa"))
-			mustTx(t, f, f.app.OrderCancelled, cancelled(id))
+			mustTx(t, f, created(id, "tok_visa"))
+			mustTx(t, f, cancelled(id))
 
 			if p := f.payment(t, id); p.Status != payment.StatusBlocked {
 				t.Errorf("payment status = %v, want BLOCKED", p.Status)
@@ -358,8 +412,8 @@ func TestCreatedRacingCancelled(t *testing.T) {
 	var g errgroup.Group
 	for i := range ids {
 		ids[i] = uuid.NewString()
-		g.Go(func() error { return inTx(t, f, f.app.OrderCreated, created(ids[i], "tok_visa")) })
-		g.Go(func() error { return inTx(t, f, f.app.OrderCancelled, cancelled(ids[i])) })
+		g.Go(func() error { return inTx(t, f, created(ids[i], "tok_visa")) })
+		g.Go(func() error { return inTx(t, f, cancelled(ids[i])) })
 	}
 	if err := g.Wait(); err != nil {
 		t.Fatalf("handle: %v", err)
@@ -377,4 +431,294 @@ func TestCreatedRacingCancelled(t *testing.T) {
 	if c, r := len(f.provider.Charges()), len(f.provider.Refunds()); c != refunded || r != refunded {
 		t.Errorf("provider: %d charges, %d refunds; want %d each", c, r, refunded)
 	}
+}
+
+// TestCreatedAndCancelledInOneBatch hands an order's order.created and
+// order.cancelled to the handler in one batch: they apply in turn, so the
+// order is charged once and refunded once.
+func TestCreatedAndCancelledInOneBatch(t *testing.T) {
+	f := newFixture(t)
+	id := uuid.NewString()
+	results, err := handleBatch(t, f, created(id, "tok_visa"), cancelled(id))
+	if err != nil {
+		t.Fatalf("handle batch: %v", err)
+	}
+	for i, r := range results {
+		if r.Err != nil {
+			t.Errorf("delivery %d: %v", i, r.Err)
+		}
+	}
+
+	charges, refunds := f.provider.Charges(), f.provider.Refunds()
+	if len(charges) != 1 || len(refunds) != 1 {
+		t.Fatalf("provider: %d charges, %d refunds; want one each", len(charges), len(refunds))
+	}
+	diffEvents(t, []proto.Message{
+		&paymentv1.PaymentSucceeded{OrderId: id, PaymentId: charges[0].ID, Amount: totalProto()},
+		&paymentv1.PaymentRefunded{OrderId: id, PaymentId: charges[0].ID, Amount: totalProto()},
+	}, f.pool)
+	want := payment.Payment{OrderID: id, Status: payment.StatusRefunded, Amount: total, ChargeID: charges[0].ID, RefundID: refunds[0].ID}
+	if diff := cmp.Diff(want, f.payment(t, id)); diff != "" {
+		t.Errorf("payment record (-want +got):\n%s", diff)
+	}
+}
+
+// TestOneBatchIsolatesFailures hands the handler one batch of several
+// orders' events, some of which fail: each failed delivery fails alone,
+// with a permanent or retryable error as its cause deserves, and leaves
+// nothing behind, while the others take effect in the order they came.
+func TestOneBatchIsolatesFailures(t *testing.T) {
+	f := newFixture(t)
+	o1, o2, o3, o4 := uuid.NewString(), uuid.NewString(), uuid.NewString(), uuid.NewString()
+	batch := []proto.Message{
+		created(o1, "tok_visa"),
+		created("order-1", "tok_visa"),
+		created(o2, provider.TokenUnavailable),
+		cancelled(o1),
+		cancelled(o3),
+		created(o3, "tok_visa"),
+		created(o4, provider.TokenDecline),
+		&orderv1.OrderConfirmed{OrderId: o4},
+		rejected(o1),
+	}
+	results, err := handleBatch(t, f, batch...)
+	if err != nil {
+		t.Fatalf("handle batch: %v", err)
+	}
+	charges, refunds := f.provider.Charges(), f.provider.Refunds()
+	if len(charges) != 1 || len(refunds) != 1 {
+		t.Fatalf("provider: %d charges, %d refunds; want one each (order %s)", len(charges), len(refunds), o1)
+	}
+	const declined = "payment declined: card declined"
+	// permanent and retryable mark a delivery that fails alone with such
+	// an error (wrapping is, when set).
+	type outcome struct {
+		events               []proto.Message
+		permanent, retryable bool
+		is                   error
+	}
+	want := []outcome{
+		{events: []proto.Message{&paymentv1.PaymentSucceeded{OrderId: o1, PaymentId: charges[0].ID, Amount: totalProto()}}},
+		{permanent: true},
+		{retryable: true, is: provider.ErrUnavailable},
+		{events: []proto.Message{&paymentv1.PaymentRefunded{OrderId: o1, PaymentId: charges[0].ID, Amount: totalProto()}}},
+		{},
+		{},
+		{events: []proto.Message{&paymentv1.PaymentFailed{OrderId: o4, Reason: declined}}},
+		{permanent: true},
+		{},
+	}
+	if len(results) != len(want) {
+		t.Fatalf("%d results, want %d", len(results), len(want))
+	}
+	for i, r := range results {
+		w := want[i]
+		if diff := cmp.Diff(w.events, r.Events, protocmp.Transform()); diff != "" {
+			t.Errorf("delivery %d (%T): events (-want +got):\n%s", i, batch[i], diff)
+		}
+		switch {
+		case !w.permanent && !w.retryable && r.Err != nil:
+			t.Errorf("delivery %d (%T): %v", i, batch[i], r.Err)
+		case w.permanent && !eventbus.IsPermanent(r.Err),
+			w.retryable && (r.Err == nil || eventbus.IsPermanent(r.Err)),
+			w.is != nil && !errors.Is(r.Err, w.is):
+			t.Errorf("delivery %d (%T): err = %v, want a permanent (%v) or retryable (%v) error wrapping %v", i, batch[i], r.Err, w.permanent, w.retryable, w.is)
+		}
+	}
+
+	wantPayments := []payment.Payment{
+		{OrderID: o1, Status: payment.StatusRefunded, Amount: total, ChargeID: charges[0].ID, RefundID: refunds[0].ID},
+		{OrderID: o2},
+		{OrderID: o3, Status: payment.StatusBlocked},
+		{OrderID: o4, Status: payment.StatusFailed, Amount: total, Reason: declined},
+	}
+	for _, want := range wantPayments {
+		if diff := cmp.Diff(want, f.payment(t, want.OrderID)); diff != "" {
+			t.Errorf("payment record of %s (-want +got):\n%s", want.OrderID, diff)
+		}
+	}
+	diffEvents(t, []proto.Message{
+		&paymentv1.PaymentSucceeded{OrderId: o1, PaymentId: charges[0].ID, Amount: totalProto()},
+		&paymentv1.PaymentRefunded{OrderId: o1, PaymentId: charges[0].ID, Amount: totalProto()},
+		&paymentv1.PaymentFailed{OrderId: o4, Reason: declined},
+	}, f.pool)
+	if got := f.provider.ChargeAttempts(o3); got != 0 {
+		t.Errorf("provider saw %d charge attempts for blocked order %s, want none", got, o3)
+	}
+
+	// The failed order.created of o2, delivered again until the provider
+	// answers, charges it.
+	for attempt := 2; attempt <= provider.UnavailableAttempts; attempt++ {
+		if err := inTx(t, f, created(o2, provider.TokenUnavailable)); !errors.Is(err, provider.ErrUnavailable) {
+			t.Fatalf("attempt %d: err = %v, want ErrUnavailable", attempt, err)
+		}
+	}
+	mustTx(t, f, created(o2, provider.TokenUnavailable))
+	if p := f.payment(t, o2); p.Status != payment.StatusCharged {
+		t.Errorf("payment of %s after redelivery: %v, want CHARGED", o2, p.Status)
+	}
+}
+
+// TestConcurrentBatchesOnOverlappingOrders runs batches holding the same
+// orders in opposite orders in concurrent transactions, as two instances
+// of the service would. They must neither deadlock nor charge an order
+// twice: whichever batch takes an order first charges it, the other finds
+// it charged. To make them overlap, a third transaction holds the lock of
+// an order in the middle until both batches wait for a lock.
+func TestConcurrentBatchesOnOverlappingOrders(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for round := range 3 {
+		ids := make([]string, 20)
+		var forward, backward []proto.Message
+		for i := range ids {
+			ids[i] = uuid.NewString()
+			forward = append(forward, created(ids[i], "tok_visa"))
+		}
+		for i := len(ids) - 1; i >= 0; i-- {
+			backward = append(backward, created(ids[i], "tok_visa"))
+			if i%2 == 0 {
+				backward = append(backward, cancelled(ids[i]))
+			}
+		}
+		middle := slices.Sorted(slices.Values(ids))[len(ids)/2]
+
+		holder, err := f.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A test that fails early must not leave the lock held: the
+		// batches would wait for it, and the fixture's cleanup for them.
+		defer func() { _ = holder.Rollback(ctx) }()
+		if _, err := store.Load(ctx, holder, []string{middle}); err != nil {
+			t.Fatalf("lock order %s: %v", middle, err)
+		}
+		pids := make(chan uint32, 2)
+		var g errgroup.Group
+		for _, batch := range [][]proto.Message{forward, backward} {
+			g.Go(func() error {
+				return postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
+					var pid uint32
+					if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+						return err
+					}
+					pids <- pid
+					results, err := handleBatchIn(t, f, tx, batch...)
+					if err != nil {
+						return err
+					}
+					for _, r := range results {
+						if r.Err != nil {
+							return r.Err
+						}
+					}
+					return nil
+				})
+			})
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		var waiting []uint32
+		for len(waiting) < 2 {
+			select {
+			case pid := <-pids:
+				waiting = append(waiting, pid)
+			case <-time.After(time.Until(deadline)):
+				t.Fatalf("round %d: %d of the 2 batches began after 10 s", round, len(waiting))
+			}
+		}
+		for n := 0; n < 2; time.Sleep(time.Millisecond) {
+			if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE pid = ANY($1) AND NOT granted`, waiting).Scan(&n); err != nil {
+				t.Fatalf("read locks: %v", err)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %d of the 2 batches wait for a lock after 10 s", round, n)
+			}
+		}
+		if err := holder.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Wait(); err != nil {
+			t.Fatalf("round %d: handle batches: %v", round, err)
+		}
+		for i, id := range ids {
+			if got := f.provider.ChargeAttempts(id); got != 1 {
+				t.Errorf("round %d: order %s: %d charge attempts, want 1", round, id, got)
+			}
+			want := payment.StatusCharged
+			if i%2 == 0 {
+				want = payment.StatusRefunded
+			}
+			if got := f.payment(t, id).Status; got != want {
+				t.Errorf("round %d: order %s: payment %v, want %v", round, id, got, want)
+			}
+		}
+	}
+	if c, r := len(f.provider.Charges()), len(f.provider.Refunds()); c != 60 || r != 30 {
+		t.Errorf("provider: %d charges, %d refunds; want 60 and 30", c, r)
+	}
+}
+
+// TestThroughBatchRunners delivers every order's events concurrently
+// through the batch runners of two instances of the service, some twice:
+// deliveries share batches and transactions, and each order ends the same
+// as when its events come one at a time.
+func TestThroughBatchRunners(t *testing.T) {
+	f := newFixture(t)
+	var instances []*inbox.BatchRunner
+	for range 2 {
+		runner := inbox.NewRunner(f.pool, app.Source, inbox.Metrics{})
+		instances = append(instances, inbox.NewBatchRunner(runner, f.app.Handle, 32, time.Minute))
+	}
+	ctx := context.Background()
+	ids := make([]string, 30)
+	var g errgroup.Group
+	deliver := func(k int, ev proto.Message, meta eventbus.Meta) {
+		g.Go(func() error {
+			_, err := instances[k%len(instances)].Process(ctx, ev, meta)
+			return err
+		})
+	}
+	for i := range ids {
+		ids[i] = uuid.NewString()
+		token := "tok_visa"
+		if i%5 == 4 {
+			token = provider.TokenDecline
+		}
+		createdEv := created(ids[i], token)
+		meta := metaFor(createdEv)
+		deliver(i, createdEv, meta)
+		deliver(i+1, createdEv, meta) // the same delivery again, on the other instance
+		if i%3 == 0 {
+			deliver(i, cancelled(ids[i]), metaFor(cancelled(ids[i])))
+		}
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatalf("deliver: %v", err)
+	}
+	var charged, refunded int
+	for i, id := range ids {
+		p := f.payment(t, id)
+		switch {
+		case i%5 == 4 && (p.Status == payment.StatusFailed || i%3 == 0 && p.Status == payment.StatusBlocked):
+		case i%5 == 4:
+			t.Errorf("order %s (declined): payment %v, want FAILED", id, p.Status)
+		case i%3 == 0 && p.Status == payment.StatusRefunded:
+			charged++
+			refunded++
+		case i%3 == 0 && p.Status == payment.StatusBlocked:
+		case i%3 != 0 && p.Status == payment.StatusCharged:
+			charged++
+		default:
+			t.Errorf("order %s: payment %v", id, p.Status)
+		}
+	}
+	if c, r := len(f.provider.Charges()), len(f.provider.Refunds()); c != charged || r != refunded {
+		t.Errorf("provider: %d charges, %d refunds; want %d and %d", c, r, charged, refunded)
+	}
+	var transactions, deliveries int64
+	for _, b := range instances {
+		tx, d := b.Stats()
+		transactions, deliveries = transactions+tx, deliveries+d
+	}
+	t.Logf("%d deliveries in %d transactions", deliveries, transactions)
 }
