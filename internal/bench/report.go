@@ -273,8 +273,21 @@ func Markdown(r *Result, m Machine, command string) string {
 		}
 		p("| %s | %.1f MiB | %s | %.1f s | %s | %s |", name, float64(e2e)/mib, create, r.CPU[name].Seconds(), perOrder, goal)
 	}
+	if all := r.MachineCPU; all > 0 && r.E2E.Created > 0 {
+		// What is left after the processes above: PostgreSQL, RabbitMQ,
+		// the load generator and anything else that ran.
+		rest := all
+		for _, name := range append(append([]string{}, Services...), "gateway") {
+			rest -= r.CPU[name]
+		}
+		perOrder := func(d time.Duration) string {
+			return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000/float64(r.E2E.Created))
+		}
+		p("| everything else (PostgreSQL, RabbitMQ, load generator, other work) | | | %.1f s | %s | |", rest.Seconds(), perOrder(rest))
+		p("| **whole machine** (%.0f%% of %d CPUs busy) | | | %.1f s | %s | |", 100*r.MachineBusy, m.CPUs, all.Seconds(), perOrder(all))
+	}
 	p("")
-	p("CPU is user + system time from /proc/<pid>/stat over the end-to-end throughput run (%d orders, %.1f s); peak RSS is VmHWM from /proc/<pid>/status at the end of each platform's life.",
+	p("CPU is user + system time from /proc/<pid>/stat over the end-to-end throughput run (%d orders, %.1f s); the whole machine's is its busy share of all CPUs from /proc/stat over the same window; peak RSS is VmHWM from /proc/<pid>/status at the end of each platform's life.",
 		r.E2E.Created, r.E2E.TerminalSeconds)
 	if len(r.Handlers) > 0 {
 		p("")

@@ -22,9 +22,10 @@ func sampleResult() *Result {
 		},
 		REST:   []float64{600, 840},
 		BusRaw: []float64{10000, 12000, 11000}, Bus: []float64{9000, 10800, 8000},
-		E2E:           loadgen.Summary{Protocol: "grpc", Concurrency: 50, Created: 6000, ConfirmedPerSec: 321.6, TerminalSeconds: 18.7, Tracking: "t"},
-		HalfRate:      loadgen.Summary{Protocol: "grpc", TargetRate: 160.8, Created: 4800, Tracking: "t", TerminalLatency: loadgen.Latency{P99: 87.25}},
-		CPU:           map[string]time.Duration{"order": 6 * time.Second, "inventory": 3 * time.Second},
+		E2E:         loadgen.Summary{Protocol: "grpc", Concurrency: 50, Created: 6000, ConfirmedPerSec: 321.6, TerminalSeconds: 18.7, Tracking: "t"},
+		HalfRate:    loadgen.Summary{Protocol: "grpc", TargetRate: 160.8, Created: 4800, Tracking: "t", TerminalLatency: loadgen.Latency{P99: 87.25}},
+		CPU:         map[string]time.Duration{"order": 6 * time.Second, "inventory": 3 * time.Second},
+		MachineBusy: 0.9, MachineCPU: 30 * time.Second,
 		RSS:           map[string]int64{"order": 50 << 20, "inventory": 30 << 20, "notification": 45 << 20, "create/order": 40 << 20},
 		Profiles:      map[string]string{"order": "flat flat%"},
 		HalfRateDrain: 4200 * time.Millisecond,
@@ -91,6 +92,8 @@ func TestMarkdown(t *testing.T) {
 		"| order | 50.0 MiB | 40.0 MiB | 6.0 s | 1.00 ms |  |",
 		"| inventory | 30.0 MiB | — | 3.0 s | 0.50 ms | RSS < 40 MiB met |",
 		"| notification | 45.0 MiB | — | 0.0 s | 0.00 ms | RSS < 40 MiB **not met** |",
+		"| everything else (PostgreSQL, RabbitMQ, load generator, other work) | | | 21.0 s | 3.50 ms | |",
+		"| **whole machine** (90% of 2 CPUs busy) | | | 30.0 s | 5.00 ms | |",
 		"<details><summary>order</summary>",
 		"Summary line: `bench: e2e_orders_per_s=322 create_vs_raw_pg=0.30 bus_vs_raw_amqp=0.90 rest_vs_grpc=0.70`",
 	} {
@@ -239,5 +242,30 @@ ordermesh_eventbus_retried_total{routing_key="stock.reserved"} 4
 	wantDiff := map[string]HandlerStat{"stock.reserved": {Count: 20, Seconds: 1, Retried: 4}, "payment.succeeded": {Count: 9, Seconds: 2.25}}
 	if diff := cmp.Diff(wantDiff, d); diff != "" {
 		t.Errorf("diffStats (-want +got):\n%s", diff)
+	}
+}
+
+func TestParseMachineCPU(t *testing.T) {
+	before, err := parseMachineCPU("cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 50 2 25 400 10 1 1 0 0 0\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before != (machineCPU{busy: 160, total: 980}) {
+		t.Errorf("before = %+v, want busy 160 of 980 ticks", before)
+	}
+	after, err := parseMachineCPU("cpu  250 5 100 850 20 3 2 0 0 0\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := after.busySince(before); got != 0.8 {
+		t.Errorf("busy share = %v, want 200 busy of 250 ticks = 0.8", got)
+	}
+	if got := before.busySince(after); got != 0 {
+		t.Errorf("busy share going backwards = %v, want 0", got)
+	}
+	for _, bad := range []string{"", "intr 1 2 3", "cpu 1 2 3", "cpu 1 2 x 4 5 6 7 8"} {
+		if _, err := parseMachineCPU(bad); err == nil {
+			t.Errorf("parseMachineCPU(%q) succeeded", bad)
+		}
 	}
 }

@@ -29,6 +29,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -148,6 +150,13 @@ type Result struct {
 	HalfRateDrain time.Duration
 	// CPU is each process's CPU time over the E2E run.
 	CPU map[string]time.Duration
+	// MachineBusy is the share of the machine's CPU time (all CPUs) that
+	// was busy over the E2E run, whoever used it: the services, PostgreSQL,
+	// RabbitMQ, the load generator and anything else running; MachineCPU
+	// is that busy time, over the same window as CPU. Both are zero when
+	// /proc/stat could not be read.
+	MachineBusy float64
+	MachineCPU  time.Duration
 	// RSS is each process's peak RSS: the create platform's order service
 	// and gateway under "create/…", the end-to-end platform's processes by
 	// name.
@@ -282,6 +291,50 @@ func loadAvg() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// machineCPU is the first line of /proc/stat: the CPU time of all CPUs
+// since boot, in clock ticks, busy and in total.
+type machineCPU struct{ busy, total uint64 }
+
+// readMachineCPU reads /proc/stat.
+func readMachineCPU() (machineCPU, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return machineCPU{}, fmt.Errorf("read machine CPU time: %w", err)
+	}
+	return parseMachineCPU(string(b))
+}
+
+// parseMachineCPU reads the "cpu" line of /proc/stat: user, nice, system,
+// idle, iowait, irq, softirq, steal, ... in clock ticks. Idle and iowait
+// are not busy; guest time is already counted in user.
+func parseMachineCPU(stat string) (machineCPU, error) {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return machineCPU{}, fmt.Errorf("read machine CPU time: unexpected /proc/stat line %q", line)
+	}
+	var c machineCPU
+	for i, v := range f[1:9] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return machineCPU{}, fmt.Errorf("read machine CPU time: field %d of %q: %w", i+1, line, err)
+		}
+		c.total += n
+		if i != 3 && i != 4 { // idle, iowait
+			c.busy += n
+		}
+	}
+	return c, nil
+}
+
+// busySince returns the busy share of the CPU time between prev and c.
+func (c machineCPU) busySince(prev machineCPU) float64 {
+	if c.total <= prev.total {
+		return 0
+	}
+	return float64(c.busy-prev.busy) / float64(c.total-prev.total)
 }
 
 // profile takes a CPU profile of d from proc into dir and returns its
@@ -545,6 +598,8 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 	for _, name := range pf.Names() {
 		before[name], _ = pf.Procs[name].CPUTime()
 	}
+	machineBefore, machineErr := readMachineCPU()
+	windowStart := time.Now()
 	statsBefore := map[string]map[string]HandlerStat{}
 	for _, name := range Services {
 		if statsBefore[name], err = pf.Procs[name].HandlerStats(ctx); err != nil {
@@ -590,6 +645,10 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 	for _, name := range pf.Names() {
 		after, _ := pf.Procs[name].CPUTime()
 		res.CPU[name] = after - before[name]
+	}
+	if machineAfter, err := readMachineCPU(); err == nil && machineErr == nil {
+		res.MachineBusy = machineAfter.busySince(machineBefore)
+		res.MachineCPU = time.Duration(res.MachineBusy * float64(time.Since(windowStart)) * float64(runtime.NumCPU()))
 	}
 	logf("end-to-end phase: %.0f confirmed orders/s (%.0f/s while draining the backlog)", res.E2E.ConfirmedPerSec, res.E2E.DrainConfirmedPerSec)
 
