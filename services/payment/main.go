@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
@@ -36,22 +37,27 @@ func main() {
 
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	return service.Main(ctx, getenv, stdout, ready, service.Spec{
-		Name:      app.Source,
-		GRPCAddr:  ":50053",
-		AdminAddr: "127.0.0.1:9093",
-		// The built-in provider answers at once, so deliveries can share
-		// transactions; with a remote provider each charge would hold up
-		// its batch, and batching should be off.
-		BatchLanes:         4,
+		Name:               app.Source,
+		GRPCAddr:           ":50053",
+		AdminAddr:          "127.0.0.1:9093",
 		Migrations:         []postgres.Source{store.Migrations},
 		BrokerGatesServing: true,
 		MemoryLimit:        service.WorkerMemoryLimit,
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			a := app.New(s.Pool, provider.NewDeterministic(), s.Log)
+			// Every order event goes through one batch runner: the events
+			// handled at once share a transaction and a few statements
+			// (see app.Handle). Handle calls the provider for each event
+			// in turn inside the batch's transaction, which is fine with
+			// the built-in provider: it answers at once. A remote provider
+			// would hold up the whole batch, and its lock on every order
+			// of it, for the sum of its calls; with one, the calls would
+			// have to be made concurrently, or batching reconsidered.
+			b := inbox.NewBatchRunner(s.Inbox, a.Handle, s.Config.Concurrency, s.Config.ShutdownTimeout)
 			return nil, errors.Join(
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCreated)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderRejected)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCancelled)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCreated](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderRejected](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCancelled](b)),
 			)
 		},
 	})
