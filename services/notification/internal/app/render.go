@@ -69,10 +69,24 @@ type Item struct {
 	UnitPrice string
 }
 
-// view is what the templates see: the notice and the rendered subject.
+// view is what the templates see: the notice's fields and the rendered
+// subject. It repeats Notice's fields rather than embedding it: the
+// templates look each field up by name, and a promoted field is found
+// only by a search through the embedded structs that costs more than
+// the rest of the lookup.
 type view struct {
-	Notice
-	Subject string
+	Kind      Kind
+	OrderID   string
+	Recipient string
+	Items     []Item
+	Total     string
+	Reason    string
+	Subject   string
+}
+
+// viewOf returns the view of n, without the subject.
+func viewOf(n Notice) view {
+	return view{Kind: n.Kind, OrderID: n.OrderID, Recipient: n.Recipient, Items: n.Items, Total: n.Total, Reason: n.Reason}
 }
 
 // Renderer turns notices into emails with the embedded templates. It is
@@ -113,7 +127,7 @@ func (r *Renderer) Render(n Notice) (Email, error) {
 	if kindToProto(n.Kind) == notificationv1.NotificationKind_NOTIFICATION_KIND_UNSPECIFIED {
 		return Email{}, fmt.Errorf("render email: unknown kind %q", n.Kind)
 	}
-	v := view{Notice: n}
+	v := viewOf(n)
 	var subject, text, html strings.Builder
 	if err := r.text.ExecuteTemplate(&subject, string(n.Kind)+".subject", v); err != nil {
 		return Email{}, fmt.Errorf("render %s subject: %w", n.Kind, err)
