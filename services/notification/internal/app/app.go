@@ -146,7 +146,6 @@ func (a *App) OrderCancelled(ctx context.Context, tx pgx.Tx, ev *orderv1.OrderCa
 // notify sends n's email unless it was sent before, in the order the
 // package documentation gives.
 func (a *App) notify(ctx context.Context, tx pgx.Tx, meta eventbus.Meta, n Notice) error {
-	log := a.log.With(slog.String("order_id", n.OrderID), slog.String("kind", string(n.Kind)), slog.String("event_id", meta.ID))
 	if n.Recipient == "" {
 		return eventbus.Permanent(fmt.Errorf("notify %s of order %s: event has no customer email", n.Kind, n.OrderID))
 	}
@@ -169,7 +168,7 @@ func (a *App) notify(ctx context.Context, tx pgx.Tx, meta eventbus.Meta, n Notic
 		return err
 	}
 	if !claimed {
-		log.InfoContext(ctx, "email already sent; skipping")
+		a.logNotice(ctx, slog.LevelInfo, "email already sent; skipping", n, meta)
 		return nil
 	}
 	if err := a.addSent(ctx, tx, meta, n); err != nil {
@@ -178,13 +177,26 @@ func (a *App) notify(ctx context.Context, tx pgx.Tx, meta eventbus.Meta, n Notic
 	if err := a.sender.Send(ctx, email); err != nil {
 		err = fmt.Errorf("send %s email for order %s: %w", n.Kind, n.OrderID, err)
 		if errors.Is(err, ErrRejected) {
-			log.WarnContext(ctx, "email rejected by the mail server", slog.Any("error", err))
+			a.logNotice(ctx, slog.LevelWarn, "email rejected by the mail server", n, meta, slog.Any("error", err))
 			return eventbus.Permanent(err)
 		}
 		return err
 	}
-	log.InfoContext(ctx, "email sent", slog.String("recipient", n.Recipient), slog.String("message_id", email.MessageID))
+	a.logNotice(ctx, slog.LevelInfo, "email sent", n, meta, slog.String("recipient", n.Recipient), slog.String("message_id", email.MessageID))
 	return nil
+}
+
+// logNotice logs msg about n's email and the delivery meta, with attrs.
+// It passes every attribute with the record rather than deriving a logger
+// with the notice's attributes (Logger.With) for each email, which costs
+// more than the record itself, even when nothing is logged.
+func (a *App) logNotice(ctx context.Context, level slog.Level, msg string, n Notice, meta eventbus.Meta, attrs ...slog.Attr) {
+	if !a.log.Enabled(ctx, level) {
+		return
+	}
+	all := make([]slog.Attr, 0, 5) // On the stack: no call passes more than 2 attrs.
+	all = append(all, slog.String("order_id", n.OrderID), slog.String("kind", string(n.Kind)), slog.String("event_id", meta.ID))
+	a.log.LogAttrs(ctx, level, msg, append(all, attrs...)...)
 }
 
 // addSent writes NotificationSent for n to the outbox in tx, continuing
