@@ -489,20 +489,11 @@ func (p *Proc) CPUTime() (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read stat of %s: %w", p.Name, err)
 	}
-	// Fields after the command name, which is in parentheses.
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(fields) < 13 {
-		return 0, fmt.Errorf("parse stat of %s: too few fields", p.Name)
-	}
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
+	st, err := parseProcStat(string(b))
+	if err != nil {
 		return 0, fmt.Errorf("parse stat of %s: %w", p.Name, err)
 	}
-	// Linux reports clock ticks of 1/100 s (USER_HZ) on every platform Go
-	// supports.
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	return st.cpu, nil
 }
 
 // CPUProfile fetches a CPU profile of d from the process into path.

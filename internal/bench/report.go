@@ -274,20 +274,26 @@ func Markdown(r *Result, m Machine, command string) string {
 		p("| %s | %.1f MiB | %s | %.1f s | %s | %s |", name, float64(e2e)/mib, create, r.CPU[name].Seconds(), perOrder, goal)
 	}
 	if all := r.MachineCPU; all > 0 && r.E2E.Created > 0 {
-		// What is left after the processes above: PostgreSQL, RabbitMQ,
-		// the load generator and anything else that ran.
+		perOrder := func(d time.Duration) string {
+			return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000/float64(r.E2E.Created))
+		}
+		// The shared servers and the load generator, then whatever is
+		// left of the machine's busy time.
 		rest := all
 		for _, name := range append(append([]string{}, Services...), "gateway") {
 			rest -= r.CPU[name]
 		}
-		perOrder := func(d time.Duration) string {
-			return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000/float64(r.E2E.Created))
+		for _, kind := range []string{"PostgreSQL", "RabbitMQ", "load generator"} {
+			if d, ok := r.OtherCPU[kind]; ok {
+				p("| %s | | | %.1f s | %s | |", kind, d.Seconds(), perOrder(d))
+				rest -= d
+			}
 		}
-		p("| everything else (PostgreSQL, RabbitMQ, load generator, other work) | | | %.1f s | %s | |", rest.Seconds(), perOrder(rest))
+		p("| other work on the machine | | | %.1f s | %s | |", max(rest, 0).Seconds(), perOrder(max(rest, 0)))
 		p("| **whole machine** (%.0f%% of %d CPUs busy) | | | %.1f s | %s | |", 100*r.MachineBusy, m.CPUs, all.Seconds(), perOrder(all))
 	}
 	p("")
-	p("CPU is user + system time from /proc/<pid>/stat over the end-to-end throughput run (%d orders, %.1f s); the whole machine's is its busy share of all CPUs from /proc/stat over the same window; peak RSS is VmHWM from /proc/<pid>/status at the end of each platform's life.",
+	p("CPU is user + system time from /proc/<pid>/stat over the end-to-end throughput run (%d orders, %.1f s); PostgreSQL's, RabbitMQ's and the load generator's likewise for their processes (missing those that ended during the run), the whole machine's is its busy share of all CPUs from /proc/stat over the same window, and other work is what remains of it; peak RSS is VmHWM from /proc/<pid>/status at the end of each platform's life.",
 		r.E2E.Created, r.E2E.TerminalSeconds)
 	if len(r.Handlers) > 0 {
 		p("")

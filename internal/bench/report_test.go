@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,7 @@ func sampleResult() *Result {
 		HalfRate:    loadgen.Summary{Protocol: "grpc", TargetRate: 160.8, Created: 4800, Tracking: "t", TerminalLatency: loadgen.Latency{P99: 87.25}},
 		CPU:         map[string]time.Duration{"order": 6 * time.Second, "inventory": 3 * time.Second},
 		MachineBusy: 0.9, MachineCPU: 30 * time.Second,
+		OtherCPU:      map[string]time.Duration{"PostgreSQL": 10 * time.Second, "RabbitMQ": 6 * time.Second, "load generator": 3 * time.Second, "sshd": time.Second},
 		RSS:           map[string]int64{"order": 50 << 20, "inventory": 30 << 20, "notification": 45 << 20, "create/order": 40 << 20},
 		Profiles:      map[string]string{"order": "flat flat%"},
 		HalfRateDrain: 4200 * time.Millisecond,
@@ -92,7 +94,10 @@ func TestMarkdown(t *testing.T) {
 		"| order | 50.0 MiB | 40.0 MiB | 6.0 s | 1.00 ms |  |",
 		"| inventory | 30.0 MiB | — | 3.0 s | 0.50 ms | RSS < 40 MiB met |",
 		"| notification | 45.0 MiB | — | 0.0 s | 0.00 ms | RSS < 40 MiB **not met** |",
-		"| everything else (PostgreSQL, RabbitMQ, load generator, other work) | | | 21.0 s | 3.50 ms | |",
+		"| PostgreSQL | | | 10.0 s | 1.67 ms | |",
+		"| RabbitMQ | | | 6.0 s | 1.00 ms | |",
+		"| load generator | | | 3.0 s | 0.50 ms | |",
+		"| other work on the machine | | | 2.0 s | 0.33 ms | |",
 		"| **whole machine** (90% of 2 CPUs busy) | | | 30.0 s | 5.00 ms | |",
 		"<details><summary>order</summary>",
 		"Summary line: `bench: e2e_orders_per_s=322 create_vs_raw_pg=0.30 bus_vs_raw_amqp=0.90 rest_vs_grpc=0.70`",
@@ -267,5 +272,38 @@ func TestParseMachineCPU(t *testing.T) {
 		if _, err := parseMachineCPU(bad); err == nil {
 			t.Errorf("parseMachineCPU(%q) succeeded", bad)
 		}
+	}
+}
+
+func TestCPUByCommand(t *testing.T) {
+	st, err := parseProcStat("4242 (beam.smp) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 30 0 100 2000000 5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.comm != "beam.smp" || st.cpu != 3*time.Second {
+		t.Errorf("parseProcStat = %+v, want beam.smp with 300 ticks = 3s", st)
+	}
+	if st, err := parseProcStat("7 (a (b) c) R 1 1 1 0 -1 0 0 0 0 0 10 20 0 0 20 0 1 0 1 1 1"); err != nil || st.comm != "a (b) c" || st.cpu != 300*time.Millisecond {
+		t.Errorf("command name with parentheses: %+v, %v", st, err)
+	}
+	if _, err := parseProcStat("9 (x) S 1 2"); err == nil {
+		t.Error("parseProcStat of a short line succeeded")
+	}
+
+	self := os.Getpid()
+	before := map[int]procSample{
+		10: {"postgres", time.Second}, 11: {"postgres", 2 * time.Second}, 20: {"beam.smp", 10 * time.Second},
+		30: {"order", time.Second}, self: {"bench", time.Second}, 40: {"sshd", time.Second},
+		50: {"oldname", 5 * time.Second},
+	}
+	after := map[int]procSample{
+		10: {"postgres", 3 * time.Second}, 12: {"postgres", time.Second}, 20: {"beam.smp", 14 * time.Second},
+		30: {"order", 9 * time.Second}, self: {"bench", 2 * time.Second}, 40: {"sshd", time.Second},
+		50: {"newname", time.Second}, // a reused pid counts from zero
+	}
+	got := cpuByCommand(before, after, map[int]bool{30: true})
+	want := map[string]time.Duration{"PostgreSQL": 3 * time.Second, "RabbitMQ": 4 * time.Second, "load generator": time.Second, "newname": time.Second}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("cpuByCommand = %v, want %v", got, want)
 	}
 }

@@ -28,9 +28,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"runtime"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -157,6 +156,11 @@ type Result struct {
 	// /proc/stat could not be read.
 	MachineBusy float64
 	MachineCPU  time.Duration
+	// OtherCPU is the CPU time of the machine's other processes over the
+	// same window, by what they are (see cpuByCommand): "PostgreSQL",
+	// "RabbitMQ", "load generator" (this process) and the rest by command
+	// name. Processes that ended during the window are missed.
+	OtherCPU map[string]time.Duration
 	// RSS is each process's peak RSS: the create platform's order service
 	// and gateway under "create/…", the end-to-end platform's processes by
 	// name.
@@ -291,50 +295,6 @@ func loadAvg() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
-}
-
-// machineCPU is the first line of /proc/stat: the CPU time of all CPUs
-// since boot, in clock ticks, busy and in total.
-type machineCPU struct{ busy, total uint64 }
-
-// readMachineCPU reads /proc/stat.
-func readMachineCPU() (machineCPU, error) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return machineCPU{}, fmt.Errorf("read machine CPU time: %w", err)
-	}
-	return parseMachineCPU(string(b))
-}
-
-// parseMachineCPU reads the "cpu" line of /proc/stat: user, nice, system,
-// idle, iowait, irq, softirq, steal, ... in clock ticks. Idle and iowait
-// are not busy; guest time is already counted in user.
-func parseMachineCPU(stat string) (machineCPU, error) {
-	line, _, _ := strings.Cut(stat, "\n")
-	f := strings.Fields(line)
-	if len(f) < 9 || f[0] != "cpu" {
-		return machineCPU{}, fmt.Errorf("read machine CPU time: unexpected /proc/stat line %q", line)
-	}
-	var c machineCPU
-	for i, v := range f[1:9] {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return machineCPU{}, fmt.Errorf("read machine CPU time: field %d of %q: %w", i+1, line, err)
-		}
-		c.total += n
-		if i != 3 && i != 4 { // idle, iowait
-			c.busy += n
-		}
-	}
-	return c, nil
-}
-
-// busySince returns the busy share of the CPU time between prev and c.
-func (c machineCPU) busySince(prev machineCPU) float64 {
-	if c.total <= prev.total {
-		return 0
-	}
-	return float64(c.busy-prev.busy) / float64(c.total-prev.total)
 }
 
 // profile takes a CPU profile of d from proc into dir and returns its
@@ -599,6 +559,7 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 		before[name], _ = pf.Procs[name].CPUTime()
 	}
 	machineBefore, machineErr := readMachineCPU()
+	procsBefore := snapshotProcesses()
 	windowStart := time.Now()
 	statsBefore := map[string]map[string]HandlerStat{}
 	for _, name := range Services {
@@ -650,6 +611,11 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 		res.MachineBusy = machineAfter.busySince(machineBefore)
 		res.MachineCPU = time.Duration(res.MachineBusy * float64(time.Since(windowStart)) * float64(runtime.NumCPU()))
 	}
+	services := map[int]bool{}
+	for _, name := range pf.Names() {
+		services[pf.Procs[name].Pid()] = true
+	}
+	res.OtherCPU = cpuByCommand(procsBefore, snapshotProcesses(), services)
 	logf("end-to-end phase: %.0f confirmed orders/s (%.0f/s while draining the backlog)", res.E2E.ConfirmedPerSec, res.E2E.DrainConfirmedPerSec)
 
 	// The throughput run ends when every order is terminal, but events
