@@ -304,3 +304,21 @@ func TestAddOutcome(t *testing.T) {
 		t.Errorf("drain rate from 1 order = %v, want 0 (no backlog)", small.DrainConfirmedPerSec)
 	}
 }
+
+func TestDrainPause(t *testing.T) {
+	for _, c := range []struct {
+		pending  int
+		interval time.Duration
+		want     time.Duration
+	}{
+		{0, time.Second, 200 * time.Millisecond},
+		{fewPending, time.Second, 200 * time.Millisecond},
+		{fewPending + 1, time.Second, time.Second},
+		{5000, 3 * time.Second, 3 * time.Second},
+		{10, 50 * time.Millisecond, 50 * time.Millisecond},
+	} {
+		if got := drainPause(c.pending, c.interval); got != c.want {
+			t.Errorf("drainPause(%d, %v) = %v, want %v", c.pending, c.interval, got, c.want)
+		}
+	}
+}
