@@ -68,7 +68,7 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		UnmarshalOptions: protojson.UnmarshalOptions{},
 	}
 	gw := runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonpb),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &jsonMarshaler{JSONPb: jsonpb}),
 		runtime.WithMarshalerOption(eventStreamMIME, &sseMarshaler{JSONPb: jsonpb}),
 		runtime.WithErrorHandler(errorHandler(log)),
 		runtime.WithMiddlewares(upstreamTimeout(opts.UpstreamTimeout, opts.Streams)),

@@ -1,0 +1,95 @@
+package rest
+
+import (
+	"bytes"
+	"io"
+	"sync"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/protobuf/proto"
+)
+
+// jsonMarshaler is runtime.JSONPb without two of its costs on every
+// request: Marshal returns protojson's output instead of copying it into
+// a second buffer, and a request body is handed to protojson as read
+// instead of first being scanned by encoding/json to find where its value
+// ends. What it accepts, rejects and writes is JSONPb's.
+type jsonMarshaler struct {
+	*runtime.JSONPb
+}
+
+var _ runtime.Marshaler = (*jsonMarshaler)(nil)
+
+// Marshal renders a message with protojson, anything else as JSONPb does.
+func (m *jsonMarshaler) Marshal(v any) ([]byte, error) {
+	if p, ok := v.(proto.Message); ok {
+		return m.MarshalOptions.Marshal(p)
+	}
+	return m.JSONPb.Marshal(v)
+}
+
+// NewDecoder returns a decoder of the request body r.
+func (m *jsonMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
+	return &bodyDecoder{r: r, jsonpb: m.JSONPb}
+}
+
+// bodyPool holds the buffers request bodies are read into; protojson
+// copies what it keeps, so a buffer is free again once Decode returns.
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledBody is the largest buffer put back into bodyPool, so that one
+// large body does not stay allocated.
+const maxPooledBody = 64 << 10
+
+// bodyDecoder decodes a request body into a message in one protojson
+// pass. A body that pass does not take whole (malformed, more than one
+// JSON value, which JSONPb's decoder allows by reading only the first, or
+// cut short by a read error) goes as read to JSONPb's decoder, so the
+// result and the error are JSONPb's.
+type bodyDecoder struct {
+	r      io.Reader
+	jsonpb *runtime.JSONPb
+	// fallback, once set, decodes the rest of the body.
+	fallback runtime.Decoder
+}
+
+// Decode reads the rest of the body into v. An empty body is io.EOF, as
+// from JSONPb's decoder.
+func (d *bodyDecoder) Decode(v any) error {
+	if d.fallback != nil {
+		return d.fallback.Decode(v)
+	}
+	p, ok := v.(proto.Message)
+	if !ok {
+		d.fallback = d.jsonpb.NewDecoder(d.r)
+		return d.fallback.Decode(v)
+	}
+	buf := bodyPool.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= maxPooledBody {
+			buf.Reset()
+			bodyPool.Put(buf)
+		}
+	}()
+	_, readErr := buf.ReadFrom(d.r)
+	body := buf.Bytes()
+	if readErr == nil {
+		if len(bytes.TrimSpace(body)) == 0 {
+			return io.EOF
+		}
+		if d.jsonpb.UnmarshalOptions.Unmarshal(body, p) == nil {
+			return nil
+		}
+	}
+	rest := []io.Reader{bytes.NewReader(bytes.Clone(body))}
+	if readErr != nil {
+		rest = append(rest, failingReader{readErr})
+	}
+	d.fallback = d.jsonpb.NewDecoder(io.MultiReader(rest...))
+	return d.fallback.Decode(v)
+}
+
+// failingReader returns err from every Read.
+type failingReader struct{ err error }
+
+func (f failingReader) Read([]byte) (int, error) { return 0, f.err }

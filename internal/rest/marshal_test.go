@@ -1,0 +1,97 @@
+package rest
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+)
+
+// errAfter reads s, then fails with err instead of io.EOF.
+func errAfter(s string, err error) io.Reader {
+	return io.MultiReader(strings.NewReader(s), failingReader{err})
+}
+
+// TestBodyDecoderDecodesAsJSONPb checks that jsonMarshaler's decoder
+// gives the message and the error runtime.JSONPb's does, for bodies its
+// fast path takes and for those it hands over.
+func TestBodyDecoderDecodesAsJSONPb(t *testing.T) {
+	const order = `{"request_id": "7f1b0b5e-3c55-4bb3-9a8e-2a1c1f0b8f11", "customer_email": "ada@example.com",
+		"items": [{"product_id": "SKU-1", "quantity": 2, "unit_price": {"currency_code": "EUR", "units": "9", "nanos": 500000000}}]}`
+	tooLarge := errors.New("http: request body too large")
+	tests := []struct {
+		name string
+		body func() io.Reader
+	}{
+		{"order", func() io.Reader { return strings.NewReader(order) }},
+		{"camelCase names", func() io.Reader { return strings.NewReader(`{"requestId": "x", "customerEmail": "a@b.c"}`) }},
+		{"surrounded by whitespace", func() io.Reader { return strings.NewReader("\n\t " + order + " \r\n") }},
+		{"empty", func() io.Reader { return strings.NewReader("") }},
+		{"whitespace only", func() io.Reader { return strings.NewReader(" \n ") }},
+		{"empty object", func() io.Reader { return strings.NewReader("{}") }},
+		{"malformed", func() io.Reader { return strings.NewReader(`{"request_id": `) }},
+		{"unknown field", func() io.Reader { return strings.NewReader(`{"requestid": "x"}`) }},
+		{"wrong type", func() io.Reader { return strings.NewReader(`{"items": 3}`) }},
+		{"not an object", func() io.Reader { return strings.NewReader(`[1, 2]`) }},
+		{"two values", func() io.Reader { return strings.NewReader(`{"request_id": "a"} {"request_id": "b"}`) }},
+		{"trailing garbage", func() io.Reader { return strings.NewReader(`{"request_id": "a"} xyz`) }},
+		{"invalid UTF-8", func() io.Reader { return strings.NewReader("{\"customer_email\": \"a\xffb\"}") }},
+		{"read error inside the value", func() io.Reader { return errAfter(`{"request_id": "a`, tooLarge) }},
+		{"read error after the value", func() io.Reader { return errAfter(`{"request_id": "a"}  `, tooLarge) }},
+		{"read error at once", func() io.Reader { return errAfter("", tooLarge) }},
+	}
+	jsonpb := &runtime.JSONPb{
+		MarshalOptions: protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+	}
+	m := &jsonMarshaler{JSONPb: jsonpb}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var want, got orderv1.CreateOrderRequest
+			wantErr := jsonpb.NewDecoder(tt.body()).Decode(&want)
+			gotErr := m.NewDecoder(tt.body()).Decode(&got)
+			if errString(gotErr) != errString(wantErr) {
+				t.Errorf("error = %v, want %v", gotErr, wantErr)
+			}
+			if !errors.Is(gotErr, io.EOF) != !errors.Is(wantErr, io.EOF) {
+				t.Errorf("errors.Is(%v, io.EOF) differs from JSONPb's %v", gotErr, wantErr)
+			}
+			if wantErr == nil && !proto.Equal(&got, &want) {
+				t.Errorf("decoded %v, want %v", &got, &want)
+			}
+		})
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}
+
+// TestJSONMarshalerMarshalsAsJSONPb checks that jsonMarshaler writes
+// what runtime.JSONPb writes, for a message and for a stream chunk.
+func TestJSONMarshalerMarshalsAsJSONPb(t *testing.T) {
+	jsonpb := &runtime.JSONPb{
+		MarshalOptions: protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+	}
+	m := &jsonMarshaler{JSONPb: jsonpb}
+	order := &orderv1.Order{Id: "7f1b0b5e-3c55-4bb3-9a8e-2a1c1f0b8f11", CustomerEmail: "ada@example.com",
+		Items: []*orderv1.LineItem{{ProductId: "SKU-1", Quantity: 2}}}
+	for _, v := range []any{
+		&orderv1.CreateOrderResponse{Order: order},
+		map[string]any{"result": &orderv1.WatchOrderResponse{Order: order}},
+	} {
+		want, wantErr := jsonpb.Marshal(v)
+		got, gotErr := m.Marshal(v)
+		if string(got) != string(want) || errString(gotErr) != errString(wantErr) {
+			t.Errorf("Marshal(%T) = %s, %v; want %s, %v", v, got, gotErr, want, wantErr)
+		}
+	}
+}
