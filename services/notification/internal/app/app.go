@@ -13,7 +13,8 @@
 //     exists, the email was sent already and the handler does nothing. A
 //     concurrent delivery holding the claim makes it wait until that
 //     delivery's transaction ends;
-//  3. writes NotificationSent to the outbox;
+//  3. writes NotificationSent to the outbox (sent with the claim, in one
+//     round trip, and undone if the claim existed);
 //  4. hands the email to the SMTP server;
 //  5. returns, and the runner commits the inbox row, the claim and the
 //     outbox row together.
@@ -160,19 +161,22 @@ func (a *App) notify(ctx context.Context, tx pgx.Tx, meta eventbus.Meta, n Notic
 		// the same way.
 		return eventbus.Permanent(err)
 	}
+	sent, err := sentMessages(meta, n)
+	if err != nil {
+		return err
+	}
+	// The outbox row goes with the claim, in its round trip, and stays
+	// only if the claim was won.
 	claimed, err := store.Claim(ctx, tx, store.Notification{
 		OrderID: n.OrderID, Kind: string(n.Kind), Recipient: n.Recipient,
 		MessageID: email.MessageID, EventID: meta.ID,
-	})
+	}, func(b *pgx.Batch) error { return outbox.Queue(b, sent...) })
 	if err != nil {
 		return err
 	}
 	if !claimed {
 		a.logNotice(ctx, slog.LevelInfo, "email already sent; skipping", n, meta)
 		return nil
-	}
-	if err := a.addSent(ctx, tx, meta, n); err != nil {
-		return err
 	}
 	if err := a.sender.Send(ctx, email); err != nil {
 		err = fmt.Errorf("send %s email for order %s: %w", n.Kind, n.OrderID, err)
@@ -199,21 +203,18 @@ func (a *App) logNotice(ctx context.Context, level slog.Level, msg string, n Not
 	a.log.LogAttrs(ctx, level, msg, append(all, attrs...)...)
 }
 
-// addSent writes NotificationSent for n to the outbox in tx, continuing
-// the trace of the event that caused it, as the inbox runner does for the
-// events handlers return.
-func (a *App) addSent(ctx context.Context, tx pgx.Tx, meta eventbus.Meta, n Notice) error {
+// sentMessages returns NotificationSent for n as the outbox message to
+// write, continuing the trace of the event that caused it, as the inbox
+// runner does for the events handlers return.
+func sentMessages(meta eventbus.Meta, n Notice) ([]eventbus.Message, error) {
 	msgs, err := outbox.Messages(Source, n.OrderID, &notificationv1.NotificationSent{
 		OrderId: n.OrderID, Kind: kindToProto(n.Kind), Recipient: n.Recipient,
 	})
 	if err != nil {
-		return fmt.Errorf("publish %s notification of order %s: %w", n.Kind, n.OrderID, err)
+		return nil, fmt.Errorf("publish %s notification of order %s: %w", n.Kind, n.OrderID, err)
 	}
 	for i := range msgs {
 		msgs[i].TraceParent, msgs[i].TraceState = meta.TraceParent, meta.TraceState
 	}
-	if err := outbox.Add(ctx, tx, msgs...); err != nil {
-		return fmt.Errorf("publish %s notification of order %s: %w", n.Kind, n.OrderID, err)
-	}
-	return nil
+	return msgs, nil
 }

@@ -48,14 +48,63 @@ type Notification struct {
 // waits for it: it then returns false if that transaction committed, and
 // claims n if it rolled back. So at most one transaction at a time holds
 // the claim, and at most one ever commits it.
-func Claim(ctx context.Context, tx pgx.Tx, n Notification) (bool, error) {
-	tag, err := tx.Exec(ctx, `
+//
+// If then is not nil, it queues statements on the batch that carries the
+// claim, and they run right after it, in the same round trip: what the
+// claim entitles the caller to write (the outbox row announcing the
+// email) costs no round trip of its own. Their effects are kept only if
+// Claim recorded n: they run under a savepoint, rolled back when the
+// claim was held already. An error from then is returned before anything
+// is sent; the queued statements' own errors are returned with the
+// claim's.
+func Claim(ctx context.Context, tx pgx.Tx, n Notification, then func(*pgx.Batch) error) (bool, error) {
+	const claim = `
 		INSERT INTO notifications (order_id, kind, recipient, message_id, event_id)
 		VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (order_id, kind) DO NOTHING`,
-		n.OrderID, n.Kind, n.Recipient, n.MessageID, n.EventID)
+		ON CONFLICT (order_id, kind) DO NOTHING`
+	args := []any{n.OrderID, n.Kind, n.Recipient, n.MessageID, n.EventID}
+	if then == nil {
+		tag, err := tx.Exec(ctx, claim, args...)
+		if err != nil {
+			return false, fmt.Errorf("claim %s notification of order %s: %w", n.Kind, n.OrderID, err)
+		}
+		return tag.RowsAffected() == 1, nil
+	}
+	b := &pgx.Batch{}
+	b.Queue(`SAVEPOINT claim`)
+	b.Queue(claim, args...)
+	if err := then(b); err != nil {
+		return false, fmt.Errorf("claim %s notification of order %s: %w", n.Kind, n.OrderID, err)
+	}
+	claimed, err := sendClaim(ctx, tx, b)
 	if err != nil {
 		return false, fmt.Errorf("claim %s notification of order %s: %w", n.Kind, n.OrderID, err)
+	}
+	if !claimed {
+		if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT claim`); err != nil {
+			return false, fmt.Errorf("claim %s notification of order %s: undo what followed the claim: %w", n.Kind, n.OrderID, err)
+		}
+	}
+	return claimed, nil
+}
+
+// sendClaim sends b, a savepoint, the claim and what follows it, and
+// reports whether the claim inserted its row.
+func sendClaim(ctx context.Context, tx pgx.Tx, b *pgx.Batch) (claimed bool, err error) {
+	br := tx.SendBatch(ctx, b)
+	defer func() {
+		// Close reads the results not read yet and returns their first
+		// error: that of the statements queued after the claim.
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	if _, err := br.Exec(); err != nil {
+		return false, err
+	}
+	tag, err := br.Exec()
+	if err != nil {
+		return false, err
 	}
 	return tag.RowsAffected() == 1, nil
 }

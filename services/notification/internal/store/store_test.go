@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -26,7 +27,7 @@ func claim(ctx context.Context, db postgres.TxBeginner, n store.Notification) (b
 	var claimed bool
 	err := postgres.WithTx(ctx, db, func(tx pgx.Tx) error {
 		var err error
-		claimed, err = store.Claim(ctx, tx, n)
+		claimed, err = store.Claim(ctx, tx, n, nil)
 		return err
 	})
 	return claimed, err
@@ -109,7 +110,7 @@ func TestClaimWaitsForAConcurrentClaim(t *testing.T) {
 				t.Fatalf("begin: %v", err)
 			}
 			defer first.Rollback(ctx)
-			if ok, err := store.Claim(ctx, first, n); err != nil || !ok {
+			if ok, err := store.Claim(ctx, first, n, nil); err != nil || !ok {
 				t.Fatalf("first claim: %v, %v", ok, err)
 			}
 
@@ -144,5 +145,70 @@ func TestClaimWaitsForAConcurrentClaim(t *testing.T) {
 				t.Errorf("second claimed = %v, want %v", r.claimed, tt.wantSecond)
 			}
 		})
+	}
+}
+
+// TestClaimKeepsWhatFollowsOnlyWhenItClaims queues, after each claim, the
+// insert of another notification, as the app queues its outbox row: it
+// stays when the claim is won and is undone when the claim was held
+// already, and an error in it fails the claim.
+func TestClaimKeepsWhatFollowsOnlyWhenItClaims(t *testing.T) {
+	pool, _ := postgrestest.NewSchema(t, store.Migrations)
+	ctx := context.Background()
+	order := uuid.NewString()
+	// then inserts the order's notification of kind, or fails in the
+	// database for an unknown kind.
+	then := func(kind string) func(*pgx.Batch) error {
+		return func(b *pgx.Batch) error {
+			n := notification(order, kind)
+			b.Queue(`INSERT INTO notifications (order_id, kind, recipient, message_id, event_id) VALUES ($1, $2, $3, $4, $5)`,
+				n.OrderID, n.Kind, n.Recipient, n.MessageID, n.EventID)
+			return nil
+		}
+	}
+	claimThen := func(n store.Notification, then func(*pgx.Batch) error) (bool, error) {
+		var claimed bool
+		err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+			var err error
+			claimed, err = store.Claim(ctx, tx, n, then)
+			return err
+		})
+		return claimed, err
+	}
+	kinds := func() []string {
+		ns, err := store.List(ctx, pool, order)
+		if err != nil {
+			t.Fatalf("list: %v", err)
+		}
+		var ks []string
+		for _, n := range ns {
+			ks = append(ks, n.Kind)
+		}
+		return ks
+	}
+
+	if ok, err := claimThen(notification(order, "received"), then("confirmed")); err != nil || !ok {
+		t.Fatalf("first claim: %v, %v; want claimed", ok, err)
+	}
+	if diff := cmp.Diff([]string{"confirmed", "received"}, kinds(), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+		t.Errorf("after a won claim, kinds (-want +got):\n%s", diff)
+	}
+
+	if ok, err := claimThen(notification(order, "received"), then("rejected")); err != nil || ok {
+		t.Fatalf("second claim: %v, %v; want not claimed", ok, err)
+	}
+	if diff := cmp.Diff([]string{"confirmed", "received"}, kinds(), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+		t.Errorf("after a lost claim, kinds (-want +got):\n%s", diff)
+	}
+
+	if _, err := claimThen(notification(order, "cancelled"), then("shipped")); err == nil {
+		t.Error("a claim followed by a failing statement succeeded")
+	}
+	errThen := errors.New("cannot queue")
+	if _, err := claimThen(notification(order, "cancelled"), func(*pgx.Batch) error { return errThen }); !errors.Is(err, errThen) {
+		t.Errorf("claim with a failing then: err = %v, want %v", err, errThen)
+	}
+	if diff := cmp.Diff([]string{"confirmed", "received"}, kinds(), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+		t.Errorf("after failed claims, kinds (-want +got):\n%s", diff)
 	}
 }
