@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -36,6 +38,15 @@ func main() {
 	}
 }
 
+// gcPercent is the gateway's GOGC unless the environment sets GOGC. Each
+// REST request allocates about 18 KiB (HTTP/1.1, JSON both ways, the
+// upstream gRPC call) on a live heap of about 1 MiB, so at the runtime's
+// default of 100 the heap stays at its 4 MiB minimum and the collector
+// ran every 100 requests or so, about a tenth of the gateway's CPU under
+// the benchmark's CreateOrder load; 400 makes it four times rarer for
+// about 12 MiB more peak RSS.
+const gcPercent = 400
+
 // Config is the gateway's configuration, read from the environment.
 type Config struct {
 	HTTPAddr        string
@@ -45,6 +56,9 @@ type Config struct {
 	MaxBodyBytes    int
 	ShutdownTimeout time.Duration
 	LogLevel        slog.Level
+	// GOGC is the collector's setting: the environment's GOGC, or
+	// gcPercent.
+	GOGC string
 }
 
 func loadConfig(getenv func(string) string) (Config, error) {
@@ -62,6 +76,10 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		env.Fail("ORDERMESH_LOG_LEVEL", err)
 	}
 	cfg.LogLevel = level
+	cfg.GOGC = getenv("GOGC")
+	if cfg.GOGC == "" {
+		cfg.GOGC = strconv.Itoa(gcPercent)
+	}
 	if cfg.MaxBodyBytes <= 0 {
 		env.Fail("ORDERMESH_MAX_BODY_BYTES", errors.New("must be positive"))
 	}
@@ -77,6 +95,9 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return err
+	}
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
 	}
 	log := telemetry.NewLogger(stdout, "gateway", cfg.LogLevel)
 	log.InfoContext(ctx, "starting", slog.Any("config", config.LogValue(cfg)))
