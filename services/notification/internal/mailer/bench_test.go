@@ -13,7 +13,7 @@ import (
 
 // BenchmarkSend sends emails to the in-process SMTP sink over loopback,
 // each over a connection of its own (WithIdleSessions(0): connect, EHLO,
-// MAIL, RCPT, DATA, RSET, QUIT per email) and over pooled sessions, from
+// MAIL, RCPT, DATA, QUIT per email) and over pooled sessions, from
 // one sender and from several at once. It reports emails/s and the
 // process's CPU time (user and system) per email, the sink's included.
 //

@@ -1,15 +1,28 @@
-// Package mailer sends the notification service's emails over SMTP with
-// github.com/wneessen/go-mail. It implements app.Sender.
+// Package mailer sends the notification service's emails over SMTP. It
+// implements app.Sender.
 //
 // # Sessions
 //
 // A Mailer keeps a few SMTP sessions open (connected, greeted, and
-// upgraded to TLS and authenticated as configured) and sends each email
-// over one of them, so that most emails cost MAIL, RCPT, DATA and RSET
-// instead of a new connection. A session carries one email at a time. A
-// session that failed in any way is closed and never used again; one that
-// has been idle for the idle timeout is closed with QUIT, as is every idle
-// session when the Mailer is closed.
+// upgraded to TLS and authenticated as configured, by
+// github.com/wneessen/go-mail) and sends each email over one of them, so
+// that most emails cost one mail transaction instead of a new connection.
+// A session carries one email at a time. A session that failed in any way
+// is closed and never used again; one that has been idle for the idle
+// timeout is closed with QUIT, as is every idle session when the Mailer is
+// closed.
+//
+// # The mail transaction
+//
+// The Mailer writes each message and runs its transaction itself, on the
+// session's connection: MAIL FROM, RCPT TO, DATA, then the message. A
+// transaction that
+// succeeded leaves the session ready for the next one (RFC 5321 4.1.1.4):
+// no RSET follows it, and no NOOP precedes the next, since MAIL FROM on a
+// closed session fails just as surely, before the message went out. Each
+// body goes as it is, 7bit or, where the server offers 8BITMIME, 8bit,
+// unless it cannot (a line over 998 octets, a CR, a NUL), when it goes
+// quoted-printable.
 //
 // A server may close an idle session at any time. When an email fails on
 // a session that had already carried one, before the message data went
@@ -21,13 +34,16 @@ package mailer
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	netmail "net/mail"
+	"net/textproto"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,11 +70,14 @@ const (
 // sessions (see the package documentation). It is safe for concurrent use.
 type Mailer struct {
 	client      *mail.Client
-	from        *netmail.Address
 	cfg         Config
 	log         *slog.Logger
 	maxIdle     int
 	idleTimeout time.Duration
+	// fromHeader is the From header's value, reversePath the envelope
+	// sender (MAIL FROM) and domain the sender's domain, which generated
+	// Message-IDs end with.
+	fromHeader, reversePath, domain string
 
 	mu     sync.Mutex
 	idle   []*session // the most recently used last
@@ -71,6 +90,10 @@ type Mailer struct {
 // session is one open SMTP connection.
 type session struct {
 	smtp *smtp.Client
+	// eightBit says whether the server offers 8BITMIME; mailParams are
+	// the parameters of MAIL FROM.
+	eightBit   bool
+	mailParams string
 	// timer closes the session once it has been idle for the idle timeout;
 	// idleSince is when it was last put back. Both are guarded by the
 	// Mailer's mu.
@@ -115,7 +138,10 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new mailer: %s: port %q: %w", EnvAddr, portText, err)
 	}
-	m := &Mailer{from: from, cfg: cfg, log: log, maxIdle: DefaultIdleSessions, idleTimeout: DefaultIdleTimeout}
+	m := &Mailer{
+		fromHeader: from.String(), reversePath: smtpPath(from), domain: from.Address[strings.LastIndexByte(from.Address, '@')+1:],
+		cfg: cfg, log: log, maxIdle: DefaultIdleSessions, idleTimeout: DefaultIdleTimeout,
+	}
 	for _, opt := range opts {
 		opt(m)
 	}
@@ -125,12 +151,10 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 	if m.idleTimeout <= 0 {
 		return nil, fmt.Errorf("new mailer: idle timeout %s: must be positive", m.idleTimeout)
 	}
-	// No NOOP before each email: on a session the server has closed, MAIL
-	// FROM fails just as surely, and still before the message went out,
-	// so Send retries it on a new connection (see retryable). The library's
-	// RSET after each email stays, so every email starts a clean
-	// transaction.
-	mopts := []mail.Option{mail.WithPort(port), mail.WithTimeout(cfg.Timeout), mail.WithoutNoop()}
+	// The client dials, greets, upgrades and authenticates sessions, and
+	// ends them; the mail transactions are the Mailer's own (see the
+	// package documentation).
+	mopts := []mail.Option{mail.WithPort(port), mail.WithTimeout(cfg.Timeout)}
 	switch cfg.TLS {
 	case TLSNone:
 		mopts = append(mopts, mail.WithTLSPolicy(mail.NoTLS))
@@ -151,34 +175,55 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 
 // Send delivers e. It returns an error wrapping app.ErrRejected when the
 // server answers a recipient or the message data with a permanent (5xx)
-// failure. A message the server accepted counts as sent even if the
-// session fails afterwards, so that it is not sent again.
+// failure, and when e cannot be sent at all (an address that does not
+// parse, a Message-ID that is not one). A message the server accepted
+// counts as sent.
 //
 // Connecting ends when ctx does, and at the latest after the configured
 // timeout; the exchange over a session is bounded by that timeout alone.
 // An email that found its session closed by the server and goes out again
 // on a new connection can take up to twice the timeout.
 func (m *Mailer) Send(ctx context.Context, e app.Email) error {
-	msg, err := m.message(e)
+	to, err := netmail.ParseAddress(e.To)
 	if err != nil {
-		return err
+		// An address the client cannot even parse will never be accepted.
+		return fmt.Errorf("send email to %q: %w: %w", e.To, app.ErrRejected, err)
 	}
+	env := envelope{from: m.fromHeader, to: to.String(), messageID: e.MessageID, date: time.Now(), boundary: newBoundary()}
+	if env.messageID == "" {
+		env.messageID = rand.Text() + "@" + m.domain
+	} else if err := checkMessageID(env.messageID); err != nil {
+		return fmt.Errorf("send email to %s: %w: %w", e.To, app.ErrRejected, err)
+	}
+	forwardPath := smtpPath(to)
+
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
 	defer cancel()
-
 	s, reused, err := m.take(ctx)
 	if err != nil {
 		return fmt.Errorf("send email to %s via %s: %w", e.To, m.cfg.Addr, err)
 	}
-	err = m.client.SendWithSMTPClient(s.smtp, msg)
-	if err != nil && reused && !msg.IsDelivered() && retryable(err) && ctx.Err() == nil {
+	buf := messageBuffers.Get().(*[]byte)
+	defer func() {
+		if cap(*buf) <= maxPooledMessage {
+			messageBuffers.Put(buf)
+		}
+	}()
+	env.eightBit = s.eightBit
+	*buf = appendMessage((*buf)[:0], env, e)
+	err = m.transact(s, forwardPath, *buf)
+	if err != nil && reused && retryable(err) && ctx.Err() == nil {
 		m.discard(s)
 		m.log.DebugContext(ctx, "smtp session closed by the server before the email went out; sending on a new connection",
 			slog.String("message_id", e.MessageID), slog.Any("error", err))
 		if s, err = m.dial(ctx); err != nil {
 			return fmt.Errorf("send email to %s via %s: %w", e.To, m.cfg.Addr, err)
 		}
-		err = m.client.SendWithSMTPClient(s.smtp, msg)
+		if s.eightBit != env.eightBit {
+			env.eightBit = s.eightBit
+			*buf = appendMessage((*buf)[:0], env, e)
+		}
+		err = m.transact(s, forwardPath, *buf)
 	}
 	if err != nil {
 		m.discard(s)
@@ -188,15 +233,114 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 	switch {
 	case err == nil:
 		return nil
-	case msg.IsDelivered():
-		m.log.WarnContext(ctx, "smtp server accepted the email; the session failed afterwards",
-			slog.String("message_id", e.MessageID), slog.Any("error", err))
-		return nil
 	case rejected(err):
 		return fmt.Errorf("send email to %s via %s: %w: %w", e.To, m.cfg.Addr, app.ErrRejected, err)
 	default:
 		return fmt.Errorf("send email to %s via %s: %w", e.To, m.cfg.Addr, err)
 	}
+}
+
+// messageBuffers holds the buffers messages are written to, each a
+// *[]byte; one larger than maxPooledMessage is left to the collector.
+var messageBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+const maxPooledMessage = 64 << 10
+
+// transact sends msg, a message as appendMessage writes it, to the
+// address forwardPath (angle brackets included) in one mail transaction
+// on s, and returns nil once the server accepted it. Its errors are
+// *transactionError, saying how far the transaction went.
+func (m *Mailer) transact(s *session, forwardPath string, msg []byte) error {
+	if err := s.smtp.UpdateDeadline(m.cfg.Timeout); err != nil {
+		return &transactionError{stage: stageSession, err: err}
+	}
+	text := s.smtp.Text
+	cmds := [...]struct {
+		stage stage
+		code  int // expected reply; 25 is any 25x
+		line  []string
+	}{
+		{stageMail, 250, []string{"MAIL FROM:", m.reversePath, s.mailParams}},
+		{stageRcpt, 25, []string{"RCPT TO:", forwardPath}},
+		{stageData, 354, []string{"DATA"}},
+	}
+	for _, cmd := range cmds {
+		for _, part := range cmd.line {
+			_, _ = text.W.WriteString(part) // A write error shows at Flush.
+		}
+		_, _ = text.W.WriteString("\r\n")
+		if err := text.W.Flush(); err != nil {
+			return &transactionError{stage: cmd.stage, err: err}
+		}
+		if _, _, err := text.ReadResponse(cmd.code); err != nil {
+			return &transactionError{stage: cmd.stage, err: err}
+		}
+	}
+	if _, err := text.W.Write(msg); err != nil {
+		return &transactionError{stage: stageMessage, err: err}
+	}
+	if err := text.W.Flush(); err != nil {
+		return &transactionError{stage: stageMessage, err: err}
+	}
+	if _, _, err := text.ReadResponse(250); err != nil {
+		return &transactionError{stage: stageAccept, err: err}
+	}
+	return nil
+}
+
+// stage is how far a mail transaction went.
+type stage string
+
+// The stages of a mail transaction.
+const (
+	stageSession stage = "extend the session's deadline"
+	stageMail    stage = "MAIL FROM"
+	stageRcpt    stage = "RCPT TO"
+	stageData    stage = "DATA"
+	stageMessage stage = "send the message"
+	stageAccept  stage = "message accepted"
+)
+
+// transactionError is a mail transaction's failure at a stage: a reply
+// other than the one expected (a *textproto.Error), or a failure of the
+// connection.
+type transactionError struct {
+	stage stage
+	err   error
+}
+
+func (e *transactionError) Error() string {
+	return fmt.Sprintf("smtp %s: %v", e.stage, e.err)
+}
+
+func (e *transactionError) Unwrap() error { return e.err }
+
+// code returns the server's reply code, or 0 when the failure was not a
+// reply.
+func (e *transactionError) code() int {
+	var te *textproto.Error
+	if errors.As(e.err, &te) {
+		return te.Code
+	}
+	return 0
+}
+
+// smtpPath returns a in angle brackets without its name, as MAIL FROM and
+// RCPT TO take it.
+func smtpPath(a *netmail.Address) string {
+	return (&netmail.Address{Address: a.Address}).String()
+}
+
+// checkMessageID returns an error unless id can stand between the angle
+// brackets of a Message-ID header: printable ASCII, no space, no angle
+// bracket.
+func checkMessageID(id string) error {
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c <= ' ' || c > '~' || c == '<' || c == '>' {
+			return fmt.Errorf("message id %q: byte %q not allowed", id, c)
+		}
+	}
+	return nil
 }
 
 // Close ends the idle sessions with QUIT and closes their connections, and
@@ -248,7 +392,16 @@ func (m *Mailer) dial(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	return &session{smtp: c}, nil
+	s := &session{smtp: c}
+	s.eightBit, _ = c.Extension("8BITMIME")
+	// The parameters go-mail gave MAIL FROM.
+	if s.eightBit {
+		s.mailParams += " BODY=8BITMIME"
+	}
+	if ok, _ := c.Extension("SMTPUTF8"); ok {
+		s.mailParams += " SMTPUTF8"
+	}
+	return s, nil
 }
 
 // put hands s, which has just carried an email, back to the pool, or
@@ -307,46 +460,22 @@ func (m *Mailer) discard(s *session) {
 	_ = s.smtp.Close()
 }
 
-// message builds the MIME message: the text body with the HTML body as its
-// alternative.
-func (m *Mailer) message(e app.Email) (*mail.Msg, error) {
-	msg := mail.NewMsg()
-	msg.FromMailAddress(m.from)
-	if err := msg.To(e.To); err != nil {
-		// An address the client cannot even parse will never be accepted.
-		return nil, fmt.Errorf("send email to %q: %w: %w", e.To, app.ErrRejected, err)
-	}
-	msg.Subject(e.Subject)
-	if e.MessageID != "" {
-		msg.SetMessageIDWithValue(e.MessageID)
-	} else {
-		msg.SetMessageID()
-	}
-	msg.SetDate()
-	msg.SetUserAgent("ordermesh notification")
-	msg.SetBodyString(mail.TypeTextPlain, e.Text)
-	if e.HTML != "" {
-		msg.AddAlternativeString(mail.TypeTextHTML, e.HTML)
-	}
-	return msg, nil
-}
-
 // retryable reports whether err, from sending over a session that had
 // carried an email before, shows the session was closed before the
-// message data went out: the check of the connection, MAIL FROM, RCPT TO
-// or the DATA command failed without an SMTP reply (the connection was
+// message data went out: extending the connection's deadline, MAIL FROM,
+// RCPT TO or DATA failed without an SMTP reply (the connection was
 // closed or reset), or with 421, the reply a server gives as it closes
 // the connection. The server cannot have taken such an email, so sending
 // it again cannot duplicate it. Any other reply is the server's answer to
 // this email and is kept.
 func retryable(err error) bool {
-	var se *mail.SendError
-	if !errors.As(err, &se) {
+	var te *transactionError
+	if !errors.As(err, &te) {
 		return false
 	}
-	switch se.Reason {
-	case mail.ErrConnCheck, mail.ErrSMTPMailFrom, mail.ErrSMTPRcptTo, mail.ErrSMTPData:
-		code := se.ErrorCode()
+	switch te.stage {
+	case stageSession, stageMail, stageRcpt, stageData:
+		code := te.code()
 		return code == 0 || code == 421
 	default:
 		return false
@@ -359,13 +488,13 @@ func retryable(err error) bool {
 // AUTH while connecting) points at the configuration instead, and is left
 // transient so that the email goes out once the configuration is fixed.
 func rejected(err error) bool {
-	var se *mail.SendError
-	if !errors.As(err, &se) || se.IsTemp() {
+	var te *transactionError
+	if !errors.As(err, &te) {
 		return false
 	}
-	switch se.Reason {
-	case mail.ErrSMTPRcptTo, mail.ErrSMTPData, mail.ErrSMTPDataClose:
-		return se.ErrorCode() >= 500 && se.ErrorCode() < 600
+	switch te.stage {
+	case stageRcpt, stageData, stageAccept:
+		return te.code() >= 500 && te.code() < 600
 	default:
 		return false
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -389,25 +390,166 @@ func TestSendOverASessionTheServerClosed(t *testing.T) {
 	}
 }
 
-func TestSendCountsAnAcceptedEmailWhenTheSessionFailsAfterwards(t *testing.T) {
+// TestSendRunsOneTransactionPerEmail sends emails one after another over
+// one session: each costs MAIL, RCPT and DATA, with no RSET after it and
+// no NOOP before the next.
+func TestSendRunsOneTransactionPerEmail(t *testing.T) {
 	s := startSink(t)
 	p := newProxy(t, s.Addr())
-	// The server takes each message, and the connection breaks before it
-	// answers the RSET that follows.
-	p.CutBefore("RSET")
 	m := newMailer(t, p.Addr(), 5*time.Second)
 	const n = 3
 	for i := range n {
-		if err := m.Send(context.Background(), email(fmt.Sprintf("rset%d@example.com", i))); err != nil {
+		if err := m.Send(context.Background(), email(fmt.Sprintf("txn%d@example.com", i))); err != nil {
 			t.Fatalf("send %d: %v", i, err)
 		}
 	}
 	for i := range n {
-		expectOnce(t, s, fmt.Sprintf("rset%d@example.com", i))
+		expectOnce(t, s, fmt.Sprintf("txn%d@example.com", i))
 	}
-	// The failed sessions were not used again.
-	if got := p.Accepted(); got != n {
-		t.Errorf("%d connections, want one per email: %d", got, n)
+	want := map[string]int{"MAIL": n, "RCPT": n, "DATA": n, "RSET": 0, "NOOP": 0}
+	got := map[string]int{}
+	for verb := range want {
+		got[verb] = p.Commands(verb)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("commands (-want +got):\n%s", diff)
+	}
+	if got := p.Accepted(); got != 1 {
+		t.Errorf("%d connections, want 1", got)
+	}
+}
+
+// TestSendEncodesEachBody checks the transfer encoding each body gets and
+// that every body arrives as it was rendered, its line breaks as CRLF.
+func TestSendEncodesEachBody(t *testing.T) {
+	long := strings.Repeat("a", 998)
+	tests := []struct {
+		name     string
+		hide     []string // extensions the server does not offer
+		text     string
+		wantText string // "" for text with CRLF line breaks
+		wantEnc  string
+	}{
+		{name: "ascii", text: "Hello,\nyour order.\n", wantEnc: "7bit"},
+		{name: "utf-8", text: "2 × SKU-1 — EUR 9.50\n", wantEnc: "8bit"},
+		{name: "utf-8 without 8BITMIME", hide: []string{"8BITMIME"}, text: "2 × SKU-1 — EUR 9.50\n", wantEnc: "quoted-printable"},
+		{name: "signature delimiter keeps its space", text: "Thanks\n-- \nordermesh\n", wantEnc: "7bit"},
+		{name: "lines starting with dots", text: ".\n..\n.hidden\nend\n.", wantEnc: "7bit"},
+		{name: "line of 998 octets", text: long + "\n", wantEnc: "7bit"},
+		{name: "line of 999 octets", text: long + "a\n", wantEnc: "quoted-printable"},
+		{name: "NUL", text: "a\x00b\n", wantEnc: "quoted-printable"},
+		{name: "CR alone", text: "a\rb\n", wantText: "a\r\nb\r\n", wantEnc: "quoted-printable"},
+		{name: "no line break at the end", text: "one line", wantEnc: "7bit"},
+		{name: "empty", text: "", wantEnc: "7bit"},
+	}
+	for _, tt := range tests {
+		for _, html := range []string{"<p>Hello</p>", ""} {
+			t.Run(fmt.Sprintf("%s, html %v", tt.name, html != ""), func(t *testing.T) {
+				s := startSink(t)
+				p := newProxy(t, s.Addr())
+				p.Hide(tt.hide...)
+				m := newMailer(t, p.Addr(), 5*time.Second)
+				e := email("enc@example.com")
+				e.Text, e.HTML = tt.text, html
+				if err := m.Send(context.Background(), e); err != nil {
+					t.Fatalf("send: %v", err)
+				}
+				got := s.Messages()[0]
+				if got.ParseError != "" {
+					t.Fatalf("sink could not parse the message: %s\n%s", got.ParseError, got.Raw)
+				}
+				wantText := tt.wantText
+				if wantText == "" {
+					wantText = strings.ReplaceAll(tt.text, "\n", "\r\n")
+				}
+				if html == "" && tt.text != "" && !strings.HasSuffix(tt.text, "\n") {
+					// The message data ends with a line break.
+					wantText += "\r\n"
+				}
+				if got.Text != wantText {
+					t.Errorf("text = %q, want %q\n%s", got.Text, wantText, got.Raw)
+				}
+				if got.HTML != html {
+					t.Errorf("html = %q, want %q", got.HTML, html)
+				}
+				if want := "Content-Transfer-Encoding: " + tt.wantEnc + "\r\nContent-Type: text/plain; charset=UTF-8\r\n"; !strings.Contains(string(got.Raw), want) {
+					t.Errorf("message lacks %q:\n%s", want, got.Raw)
+				}
+				if html != "" && !strings.Contains(string(got.Raw), "Content-Transfer-Encoding: 7bit\r\nContent-Type: text/html; charset=UTF-8\r\n") {
+					t.Errorf("html part not 7bit:\n%s", got.Raw)
+				}
+				for i, line := range strings.Split(string(got.Raw), "\r\n") {
+					if len(line) > 998 {
+						t.Errorf("line %d is %d octets long", i+1, len(line))
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestSendHeaders(t *testing.T) {
+	s := startSink(t)
+	m := newMailer(t, s.Addr(), 5*time.Second)
+	long := "Order 0192f0e8-0000-7000-8000-000000000000 confirmed — thanks for shopping with ordermesh, Zoë"
+	tests := []struct {
+		name          string
+		subject       string
+		messageID     string
+		wantMessageID *regexp.Regexp
+	}{
+		{name: "ascii", subject: "Order 42 confirmed", messageID: "42.confirmed@ordermesh", wantMessageID: regexp.MustCompile(`^<42\.confirmed@ordermesh>$`)},
+		{name: "long and not ascii", subject: long, messageID: "43.confirmed@ordermesh", wantMessageID: regexp.MustCompile(`^<43\.confirmed@ordermesh>$`)},
+		{name: "no message id", subject: "Order 44 confirmed", wantMessageID: regexp.MustCompile(`^<[A-Z2-7]{26}@ordermesh\.localhost>$`)},
+		// The renderer keeps line breaks out of subjects; the mailer
+		// encodes any it is given.
+		{name: "line break", subject: "Order 45\r\nBcc: eve@example.com", messageID: "45.confirmed@ordermesh", wantMessageID: regexp.MustCompile(`^<45\.confirmed@ordermesh>$`)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s.Reset()
+			e := email("headers@example.com")
+			e.Subject, e.MessageID = tt.subject, tt.messageID
+			if err := m.Send(context.Background(), e); err != nil {
+				t.Fatalf("send: %v", err)
+			}
+			got := s.Messages()[0]
+			if got.Subject != tt.subject {
+				t.Errorf("subject = %q, want %q", got.Subject, tt.subject)
+			}
+			if !tt.wantMessageID.MatchString(got.MessageID) {
+				t.Errorf("Message-ID = %q, want one matching %s", got.MessageID, tt.wantMessageID)
+			}
+			header, _, _ := strings.Cut(string(got.Raw), "\r\n\r\n")
+			for i, line := range strings.Split(header, "\r\n") {
+				if len(line) > 76 {
+					t.Errorf("header line %d is %d characters long: %q", i+1, len(line), line)
+				}
+			}
+			if got.Header.Get("Bcc") != "" {
+				t.Errorf("the subject made a Bcc header:\n%s", got.Raw)
+			}
+			for _, name := range []string{"Date", "MIME-Version", "User-Agent", "X-Mailer"} {
+				if got.Header.Get(name) == "" {
+					t.Errorf("no %s header", name)
+				}
+			}
+		})
+	}
+}
+
+func TestSendRefusesAnInvalidMessageID(t *testing.T) {
+	s := startSink(t)
+	m := newMailer(t, s.Addr(), 5*time.Second)
+	for _, id := range []string{"a b@ordermesh", "a>\r\nBcc: x@example.com", "é@ordermesh"} {
+		e := email("id@example.com")
+		e.MessageID = id
+		if err := m.Send(context.Background(), e); !errors.Is(err, app.ErrRejected) {
+			t.Errorf("Message-ID %q: err = %v, want ErrRejected", id, err)
+		}
+	}
+	if n := len(s.Messages()); n != 0 {
+		t.Errorf("sink received %d messages", n)
 	}
 }
 

@@ -1,8 +1,10 @@
 package mailer_test
 
 import (
+	"bufio"
 	"bytes"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +23,8 @@ type proxy struct {
 	quits        int
 	cutBefore    []byte // a command the proxy answers by closing instead of passing it on
 	cutAfterData bool   // close the client side as soon as a message's data has passed
+	hide         []string
+	commands     map[string]int // commands clients sent, by verb
 	wg           sync.WaitGroup
 }
 
@@ -30,7 +34,7 @@ func newProxy(t *testing.T, target string) *proxy {
 	if err != nil {
 		t.Fatalf("proxy listen: %v", err)
 	}
-	p := &proxy{lis: lis, target: target, open: map[net.Conn]struct{}{}}
+	p := &proxy{lis: lis, target: target, open: map[net.Conn]struct{}{}, commands: map[string]int{}}
 	p.wg.Go(p.accept)
 	t.Cleanup(func() {
 		_ = lis.Close()
@@ -61,6 +65,24 @@ func (p *proxy) Quits() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.quits
+}
+
+// Commands returns how many times clients sent the command verb (e.g.
+// "RSET"), counted at the start of each line outside message data.
+func (p *proxy) Commands(verb string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.commands[verb]
+}
+
+// Hide makes the proxy drop the EHLO reply lines of the extensions
+// (e.g. "PIPELINING") on the connections it accepts from now on, as if
+// the server did not offer them. The extensions must not be the reply's
+// last line.
+func (p *proxy) Hide(extensions ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hide = extensions
 }
 
 // CutBefore makes the proxy close a connection whose client sends cmd
@@ -119,9 +141,16 @@ func (p *proxy) serve(c net.Conn) {
 		return
 	}
 	defer up.Close()
+	p.mu.Lock()
+	hide := p.hide
+	p.mu.Unlock()
 	down := make(chan struct{})
 	go func() {
 		defer close(down)
+		if len(hide) > 0 {
+			serverToClientHiding(up, c, hide)
+			return
+		}
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := up.Read(buf)
@@ -149,12 +178,34 @@ func (p *proxy) serve(c net.Conn) {
 	<-down
 }
 
+// serverToClientHiding copies the server's replies to the client line by
+// line, leaving out the EHLO lines of the hidden extensions.
+func serverToClientHiding(up, c net.Conn, hide []string) {
+	r := bufio.NewReader(up)
+	for {
+		line, err := r.ReadString('\n')
+		drop := false
+		for _, ext := range hide {
+			drop = drop || strings.EqualFold(strings.TrimSpace(strings.TrimPrefix(line, "250-")), ext)
+		}
+		if line != "" && !drop {
+			if _, werr := c.Write([]byte(line)); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
 // clientToServer copies what the client sends to up until either side
 // closes or a cut applies; it reports whether it stopped right after a
 // message's data.
 func (p *proxy) clientToServer(c, up net.Conn) (afterData bool) {
 	buf := make([]byte, 32<<10)
 	var tail []byte
+	var lines commandLines
 	for {
 		n, err := c.Read(buf)
 		if n > 0 {
@@ -164,6 +215,7 @@ func (p *proxy) clientToServer(c, up net.Conn) (afterData bool) {
 			if bytes.HasPrefix(chunk, []byte("QUIT")) {
 				p.quits++
 			}
+			lines.count(chunk, p.commands)
 			p.mu.Unlock()
 			if len(cutBefore) > 0 && bytes.HasPrefix(chunk, cutBefore) {
 				return false
@@ -181,6 +233,36 @@ func (p *proxy) clientToServer(c, up net.Conn) (afterData bool) {
 		}
 		if err != nil {
 			return false
+		}
+	}
+}
+
+// commandLines follows a client's side of an SMTP session to count its
+// commands: the first word of every line outside message data.
+type commandLines struct {
+	line   []byte
+	inData bool
+}
+
+func (l *commandLines) count(chunk []byte, commands map[string]int) {
+	for _, b := range chunk {
+		l.line = append(l.line, b)
+		if b != '\n' {
+			continue
+		}
+		line := strings.TrimRight(string(l.line), "\r\n")
+		l.line = l.line[:0]
+		switch {
+		case l.inData:
+			l.inData = line != "."
+		default:
+			verb, _, _ := strings.Cut(line, " ")
+			verb, _, _ = strings.Cut(verb, ":")
+			verb = strings.ToUpper(verb)
+			commands[verb]++
+			// A DATA the server refuses is followed by commands, not
+			// data; the tests that count send data after every DATA.
+			l.inData = verb == "DATA"
 		}
 	}
 }
