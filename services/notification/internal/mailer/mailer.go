@@ -15,8 +15,9 @@
 // # The mail transaction
 //
 // The Mailer writes each message and runs its transaction itself, on the
-// session's connection: MAIL FROM, RCPT TO, DATA, then the message. A
-// transaction that
+// session's connection: MAIL FROM, RCPT TO and DATA go out together when
+// the server offers PIPELINING (RFC 2920), one by one otherwise, then the
+// message, so that an email costs two round trips. A transaction that
 // succeeded leaves the session ready for the next one (RFC 5321 4.1.1.4):
 // no RSET follows it, and no NOOP precedes the next, since MAIL FROM on a
 // closed session fails just as surely, before the message went out. Each
@@ -90,10 +91,10 @@ type Mailer struct {
 // session is one open SMTP connection.
 type session struct {
 	smtp *smtp.Client
-	// eightBit says whether the server offers 8BITMIME; mailParams are
-	// the parameters of MAIL FROM.
-	eightBit   bool
-	mailParams string
+	// pipelining and eightBit say whether the server offers PIPELINING
+	// and 8BITMIME; mailParams are the parameters of MAIL FROM.
+	pipelining, eightBit bool
+	mailParams           string
 	// timer closes the session once it has been idle for the idle timeout;
 	// idleSince is when it was last put back. Both are guarded by the
 	// Mailer's mu.
@@ -264,16 +265,22 @@ func (m *Mailer) transact(s *session, forwardPath string, msg []byte) error {
 		{stageRcpt, 25, []string{"RCPT TO:", forwardPath}},
 		{stageData, 354, []string{"DATA"}},
 	}
-	for _, cmd := range cmds {
+	replied := 0
+	for i, cmd := range cmds {
 		for _, part := range cmd.line {
 			_, _ = text.W.WriteString(part) // A write error shows at Flush.
 		}
 		_, _ = text.W.WriteString("\r\n")
-		if err := text.W.Flush(); err != nil {
-			return &transactionError{stage: cmd.stage, err: err}
+		if s.pipelining && i < len(cmds)-1 {
+			continue
 		}
-		if _, _, err := text.ReadResponse(cmd.code); err != nil {
-			return &transactionError{stage: cmd.stage, err: err}
+		if err := text.W.Flush(); err != nil {
+			return &transactionError{stage: cmds[replied].stage, err: err}
+		}
+		for ; replied <= i; replied++ {
+			if _, _, err := text.ReadResponse(cmds[replied].code); err != nil {
+				return &transactionError{stage: cmds[replied].stage, err: err}
+			}
 		}
 	}
 	if _, err := text.W.Write(msg); err != nil {
@@ -393,6 +400,7 @@ func (m *Mailer) dial(ctx context.Context) (*session, error) {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
 	s := &session{smtp: c}
+	s.pipelining, _ = c.Extension("PIPELINING")
 	s.eightBit, _ = c.Extension("8BITMIME")
 	// The parameters go-mail gave MAIL FROM.
 	if s.eightBit {

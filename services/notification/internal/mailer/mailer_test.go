@@ -394,28 +394,33 @@ func TestSendOverASessionTheServerClosed(t *testing.T) {
 // one session: each costs MAIL, RCPT and DATA, with no RSET after it and
 // no NOOP before the next.
 func TestSendRunsOneTransactionPerEmail(t *testing.T) {
-	s := startSink(t)
-	p := newProxy(t, s.Addr())
-	m := newMailer(t, p.Addr(), 5*time.Second)
-	const n = 3
-	for i := range n {
-		if err := m.Send(context.Background(), email(fmt.Sprintf("txn%d@example.com", i))); err != nil {
-			t.Fatalf("send %d: %v", i, err)
-		}
-	}
-	for i := range n {
-		expectOnce(t, s, fmt.Sprintf("txn%d@example.com", i))
-	}
-	want := map[string]int{"MAIL": n, "RCPT": n, "DATA": n, "RSET": 0, "NOOP": 0}
-	got := map[string]int{}
-	for verb := range want {
-		got[verb] = p.Commands(verb)
-	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("commands (-want +got):\n%s", diff)
-	}
-	if got := p.Accepted(); got != 1 {
-		t.Errorf("%d connections, want 1", got)
+	for _, hide := range [][]string{nil, {"PIPELINING"}} {
+		t.Run(fmt.Sprintf("hidden %v", hide), func(t *testing.T) {
+			s := startSink(t)
+			p := newProxy(t, s.Addr())
+			p.Hide(hide...)
+			m := newMailer(t, p.Addr(), 5*time.Second)
+			const n = 3
+			for i := range n {
+				if err := m.Send(context.Background(), email(fmt.Sprintf("txn%d@example.com", i))); err != nil {
+					t.Fatalf("send %d: %v", i, err)
+				}
+			}
+			for i := range n {
+				expectOnce(t, s, fmt.Sprintf("txn%d@example.com", i))
+			}
+			want := map[string]int{"MAIL": n, "RCPT": n, "DATA": n, "RSET": 0, "NOOP": 0}
+			got := map[string]int{}
+			for verb := range want {
+				got[verb] = p.Commands(verb)
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("commands (-want +got):\n%s", diff)
+			}
+			if got := p.Accepted(); got != 1 {
+				t.Errorf("%d connections, want 1", got)
+			}
+		})
 	}
 }
 
