@@ -128,7 +128,12 @@ func (r *Renderer) Render(n Notice) (Email, error) {
 		return Email{}, fmt.Errorf("render email: unknown kind %q", n.Kind)
 	}
 	v := viewOf(n)
+	// Room for the usual email from the start, rather than the builders'
+	// growing through every size up to it.
 	var subject, text, html strings.Builder
+	subject.Grow(64)
+	text.Grow(512)
+	html.Grow(1024)
 	if err := r.text.ExecuteTemplate(&subject, string(n.Kind)+".subject", v); err != nil {
 		return Email{}, fmt.Errorf("render %s subject: %w", n.Kind, err)
 	}
