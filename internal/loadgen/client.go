@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 )
@@ -64,11 +63,12 @@ func NewRESTCreator(base string, client *http.Client) *RESTCreator {
 	return &RESTCreator{base: base, client: client}
 }
 
-// CreateOrder posts req as JSON. A transport failure is reported as
-// UNAVAILABLE; an error response carries the code of the gateway's error
-// body, or one derived from the HTTP status when the body has none.
+// CreateOrder posts req as JSON (what protojson.Marshal writes). A
+// transport failure is reported as UNAVAILABLE; an error response carries
+// the code of the gateway's error body, or one derived from the HTTP
+// status when the body has none.
 func (c *RESTCreator) CreateOrder(ctx context.Context, req *orderv1.CreateOrderRequest) (string, error) {
-	body, err := protojson.Marshal(req)
+	body, err := appendCreateOrderJSON(make([]byte, 0, 256), req)
 	if err != nil {
 		return "", status.Errorf(codes.Internal, "encode request: %v", err)
 	}
