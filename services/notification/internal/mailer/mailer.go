@@ -181,9 +181,11 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 // counts as sent.
 //
 // Connecting ends when ctx does, and at the latest after the configured
-// timeout; the exchange over a session is bounded by that timeout alone.
-// An email that found its session closed by the server and goes out again
-// on a new connection can take up to twice the timeout.
+// timeout; the exchange over a session ends after that timeout or at
+// ctx's deadline, whichever comes first (it does not notice ctx's
+// cancellation). An email that found its session closed by the server and
+// goes out again on a new connection can take up to twice the timeout,
+// unless ctx's deadline comes sooner.
 func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 	to, err := netmail.ParseAddress(e.To)
 	if err != nil {
@@ -198,6 +200,7 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 	}
 	forwardPath := smtpPath(to)
 
+	deadline, _ := ctx.Deadline()
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
 	defer cancel()
 	s, reused, err := m.take(ctx)
@@ -212,7 +215,7 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 	}()
 	env.eightBit = s.eightBit
 	*buf = appendMessage((*buf)[:0], env, e)
-	err = m.transact(s, forwardPath, *buf)
+	err = m.transact(s, deadline, forwardPath, *buf)
 	if err != nil && reused && retryable(err) && ctx.Err() == nil {
 		m.discard(s)
 		m.log.DebugContext(ctx, "smtp session closed by the server before the email went out; sending on a new connection",
@@ -224,7 +227,7 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 			env.eightBit = s.eightBit
 			*buf = appendMessage((*buf)[:0], env, e)
 		}
-		err = m.transact(s, forwardPath, *buf)
+		err = m.transact(s, deadline, forwardPath, *buf)
 	}
 	if err != nil {
 		m.discard(s)
@@ -249,10 +252,19 @@ const maxPooledMessage = 64 << 10
 
 // transact sends msg, a message as appendMessage writes it, to the
 // address forwardPath (angle brackets included) in one mail transaction
-// on s, and returns nil once the server accepted it. Its errors are
-// *transactionError, saying how far the transaction went.
-func (m *Mailer) transact(s *session, forwardPath string, msg []byte) error {
-	if err := s.smtp.UpdateDeadline(m.cfg.Timeout); err != nil {
+// on s, and returns nil once the server accepted it. The transaction ends
+// after the configured timeout, or at deadline if that is not zero and
+// comes sooner. Its errors are *transactionError, saying how far the
+// transaction went.
+func (m *Mailer) transact(s *session, deadline time.Time, forwardPath string, msg []byte) error {
+	timeout := m.cfg.Timeout
+	if !deadline.IsZero() {
+		timeout = min(timeout, time.Until(deadline))
+	}
+	if timeout <= 0 {
+		return &transactionError{stage: stageSession, err: context.DeadlineExceeded}
+	}
+	if err := s.smtp.UpdateDeadline(timeout); err != nil {
 		return &transactionError{stage: stageSession, err: err}
 	}
 	text := s.smtp.Text

@@ -1,6 +1,7 @@
 package mailer_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -250,6 +251,53 @@ func TestSendTimesOutOnASilentServer(t *testing.T) {
 	}
 	if d := time.Since(begin); d > 3*time.Second {
 		t.Errorf("send took %v with a 300ms timeout", d)
+	}
+}
+
+// TestSendEndsAtTheDeadlineOfItsContext: a server that greets and then
+// falls silent holds the mail transaction until the context's deadline,
+// when that comes before the configured timeout, and no longer.
+func TestSendEndsAtTheDeadlineOfItsContext(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer l.Close()
+	wg.Go(func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, "220 localhost ESMTP\r\n")
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			// EHLO is answered; MAIL FROM and what follows are not.
+			if strings.HasPrefix(strings.ToUpper(line), "EHLO") {
+				_, _ = io.WriteString(c, "250-localhost\r\n250 PIPELINING\r\n")
+			}
+		}
+	})
+
+	m := newMailer(t, l.Addr().String(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	begin := time.Now()
+	err = m.Send(ctx, email("ada@example.com"))
+	if err == nil {
+		t.Fatal("send to a silent server succeeded")
+	}
+	if errors.Is(err, app.ErrRejected) {
+		t.Errorf("timeout reported as a rejection: %v", err)
+	}
+	if d := time.Since(begin); d > 3*time.Second {
+		t.Errorf("send took %v with a 500ms deadline and a 10s timeout", d)
 	}
 }
 
