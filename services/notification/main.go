@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
@@ -58,21 +59,41 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		ReadConfig:         func(env *config.Env) { smtp = mailer.ReadConfig(env) },
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			s.Log.InfoContext(ctx, "smtp", slog.Any("config", config.LogValue(smtp)))
-			// As many emails go out at once as handlers run at once: keep
-			// that many sessions open for them.
+			// A batch's emails go out at once, and a batch holds up to
+			// the consumer concurrency: keep that many sessions open for
+			// them.
 			var err error
 			if m, err = mailer.New(smtp, s.Log, mailer.WithIdleSessions(s.Config.Concurrency)); err != nil {
 				return nil, err
 			}
-			a, err := app.New(m, s.Log)
+			a, err := app.New(m, s.Log, app.WithSends(s.Config.Concurrency))
 			if err != nil {
 				return nil, err
 			}
+			// Every order event goes through one batch runner: the events
+			// handled at once share a transaction, a few statements and
+			// one commit (see app.Handle), instead of one each.
+			//
+			// The runner has one transaction in flight at a time, and the
+			// emails are sent inside it. A slow SMTP server does not stall
+			// the service worse than it did when each delivery had a
+			// transaction of its own: a batch's emails are sent at once,
+			// each over its own session, so a batch takes about as long as
+			// its slowest email rather than the sum, and as many emails
+			// are in flight as before (the consumer concurrency); while
+			// it runs, the next batch gathers the deliveries that arrive.
+			// Every email is bounded by the mailer's timeout
+			// (ORDERMESH_SMTP_TIMEOUT). The trade-off left: one stuck
+			// send holds up its whole batch, and the batches behind it,
+			// until that timeout (twice it for an email sent again on a
+			// new connection), where before it held up only its own
+			// delivery while the others went on.
+			b := inbox.NewBatchRunner(s.Inbox, a.Handle, s.Config.Concurrency, s.Config.ShutdownTimeout)
 			return nil, errors.Join(
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCreated)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderConfirmed)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderRejected)),
-				eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, a.OrderCancelled)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCreated](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderConfirmed](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderRejected](b)),
+				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCancelled](b)),
 			)
 		},
 	})

@@ -5,38 +5,57 @@
 //
 // # Delivery
 //
-// The handlers run inside the inbox runner's transaction (inbox.Process,
-// one transaction per delivery). For each event a handler, in this order:
+// Handle is an inbox.BatchHandler: it runs inside the batch runner's
+// transaction, which records the batch's events in the inbox and commits
+// them together. For a batch, Handle, in this order:
 //
-//  1. renders the email;
-//  2. claims (order id, kind) in the notifications table; if the claim
-//     exists, the email was sent already and the handler does nothing. A
-//     concurrent delivery holding the claim makes it wait until that
-//     delivery's transaction ends;
-//  3. writes NotificationSent to the outbox (sent with the claim, in one
-//     round trip, and undone if the claim existed);
-//  4. hands the email to the SMTP server;
-//  5. returns, and the runner commits the inbox row, the claim and the
-//     outbox row together.
+//  1. checks and renders each delivery's email. An event that can never be
+//     sent (no recipient, an order id that is not a UUID) fails alone,
+//     permanently. A delivery of the same order and kind as an earlier one
+//     of the batch (the notice published twice) sends nothing and shares
+//     that one's outcome;
+//  2. claims every (order id, kind) of the batch in the notifications
+//     table, in one statement, and writes NotificationSent for each to the
+//     outbox in the same round trip (store.Claim). A claim that exists
+//     already means the email was sent: that delivery does nothing. A
+//     concurrent transaction holding one of the claims makes the statement
+//     wait until it ends; claims are taken in (order id, kind) order, so
+//     two such transactions cannot deadlock;
+//  3. hands the claimed emails to the SMTP server, several at once, each
+//     bounded by the Sender's own timeout and all ending a little before
+//     the transaction's deadline, so that an email that hangs fails alone;
+//  4. only when a claim was held already or a send failed: drops their
+//     outbox rows, and the claims of the failed sends, in one statement
+//     (store.Release), so that a delivery that fails leaves nothing;
+//  5. returns, and the runner drops the failed deliveries' inbox rows and
+//     commits the rest: inbox rows, claims and outbox rows together.
 //
-// A failed send rolls everything back: the claim is gone, the bus retries
-// the event, and the next attempt sends the email. Nothing is lost while
-// the SMTP server is unreachable.
+// A failed send fails its delivery alone: its claim is gone, the bus
+// retries the event (or parks it in the dead-letter queue when the server
+// refused the email for good, ErrRejected), and the next attempt sends the
+// email; the batch's other emails commit. Nothing is lost while the SMTP
+// server is unreachable.
 //
-// The one gap left is between 4 and 5: an SMTP server cannot take part in
-// a PostgreSQL transaction, so if the commit fails after the server
-// accepted the email (the database or the process goes away in that
-// instant), the event is redelivered and the email is sent again. That is
-// the remaining at-least-once window. It is kept as small as it can be:
-// every database write happens before the send, so after it only COMMIT
-// remains; the mail client counts a message as sent as soon as the server
-// accepted its data, even if closing the connection fails afterwards; and
-// a repeated email carries the same Message-ID as the first (see
-// MessageID), so mail systems can recognize the duplicate.
+// # The at-least-once window
 //
-// This is why the handlers write NotificationSent to the outbox themselves
-// and return no events, instead of returning them for the runner to write
-// after the send.
+// The one gap left is between 3 and the commit: an SMTP server cannot take
+// part in a PostgreSQL transaction, so if the transaction fails after the
+// server accepted the emails (the database or the process goes away in
+// that instant), the batch's events are redelivered and its emails are
+// sent again: every email the batch sent, since they commit together.
+// That is the remaining at-least-once window. It is kept as small as it
+// can be: when every claimed email went out, every database write happens
+// before the sends, so after them only COMMIT remains (when a delivery
+// failed or found its claim held, step 4 and the runner's removal of the
+// failed inbox rows come first, one round trip each); the mail client
+// counts a message as sent as soon as the server accepted its data, even
+// if closing the connection fails afterwards; and a repeated email
+// carries the same Message-ID as the first (see MessageID), so mail
+// systems can recognize the duplicate.
+//
+// This is why Handle writes NotificationSent to the outbox itself and
+// returns no events, instead of returning them for the runner to write
+// after the sends.
 package app
 
 import (
@@ -44,14 +63,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 
 	notificationv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/services/notification/internal/store"
 )
@@ -88,106 +110,251 @@ type Sender interface {
 	Send(ctx context.Context, e Email) error
 }
 
-// App handles order events by emailing the customer.
+// App handles order events by emailing the customer. It is safe for
+// concurrent use.
 type App struct {
 	sender   Sender
 	renderer *Renderer
 	log      *slog.Logger
+	sends    int
+}
+
+// DefaultSends is how many emails Handle sends at once unless WithSends
+// says otherwise.
+const DefaultSends = 8
+
+// Option adjusts an App made by New.
+type Option func(*App)
+
+// WithSends makes Handle send at most n (at least 1) of a batch's emails
+// at once (DefaultSends otherwise). The service passes its batch size, so
+// that a batch's emails all go out together, over as many SMTP sessions.
+func WithSends(n int) Option {
+	return func(a *App) { a.sends = max(n, 1) }
 }
 
 // New returns an App sending its emails with sender.
-func New(sender Sender, log *slog.Logger) (*App, error) {
+func New(sender Sender, log *slog.Logger, opts ...Option) (*App, error) {
 	r, err := NewRenderer()
 	if err != nil {
 		return nil, err
 	}
-	return &App{sender: sender, renderer: r, log: log}, nil
+	a := &App{sender: sender, renderer: r, log: log, sends: DefaultSends}
+	for _, opt := range opts {
+		opt(a)
+	}
+	return a, nil
 }
 
-// The handlers below have the inbox.Handler signature: register them with
-// eventbus.Handle(sub, inbox.Wrap(runner, app.OrderCreated)) and so on.
-// They return no events; see the package documentation for why.
-
-// OrderCreated handles order.created: the "order received" email, with the
-// order's lines and total.
-func (a *App) OrderCreated(ctx context.Context, tx pgx.Tx, ev *orderv1.OrderCreated, meta eventbus.Meta) ([]proto.Message, error) {
-	return nil, a.notify(ctx, tx, meta, Notice{
-		Kind: KindReceived, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(),
-		Items: itemsFromProto(ev.GetItems()), Total: formatMoney(ev.GetTotal()),
-	})
+// email is a notice of a batch to send: the first delivery of its order
+// and kind in the batch.
+type email struct {
+	// delivery is the index of the delivery in the batch.
+	delivery int
+	notice   Notice
+	email    Email
+	// sent is NotificationSent for the notice, as the outbox row to write.
+	sent eventbus.Message
 }
 
-// OrderConfirmed handles order.confirmed: the "order confirmed" email, with
-// the amount charged.
-func (a *App) OrderConfirmed(ctx context.Context, tx pgx.Tx, ev *orderv1.OrderConfirmed, meta eventbus.Meta) ([]proto.Message, error) {
-	return nil, a.notify(ctx, tx, meta, Notice{
-		Kind: KindConfirmed, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(),
-		Total: formatMoney(ev.GetTotal()),
-	})
+// pair is what the notifications table keeps one email of: an order and a
+// kind.
+type pair struct {
+	orderID string
+	kind    Kind
 }
 
-// OrderRejected handles order.rejected: the "order rejected" email, with
-// the reason.
-func (a *App) OrderRejected(ctx context.Context, tx pgx.Tx, ev *orderv1.OrderRejected, meta eventbus.Meta) ([]proto.Message, error) {
-	return nil, a.notify(ctx, tx, meta, Notice{
-		Kind: KindRejected, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(),
-		Reason: ev.GetReason(),
-	})
+// errUnexpectedEvent marks an event Handle does not handle.
+var errUnexpectedEvent = errors.New("not an order event the notification service handles")
+
+// Handle is the notification service's handler of order events, an
+// inbox.BatchHandler: register it for order.created, order.confirmed,
+// order.rejected and order.cancelled through one inbox.BatchRunner. It
+// emails the customer once per order and kind, as the package
+// documentation describes, and returns no events: it writes
+// NotificationSent to the outbox itself.
+//
+// A delivery fails alone, and leaves no writes in tx: permanently for an
+// event that can never be sent (no recipient, an order id that is not a
+// UUID, an event type Handle does not handle) and for an email the server
+// refused for good (wrapping ErrRejected), retryably for a send that
+// failed otherwise, and for a delivery of the same order and kind as an
+// earlier delivery of the batch whose send failed. Database errors fail
+// the whole batch as they are, so the bus retries every delivery of it.
+func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+	results := make([]inbox.Result, len(batch))
+	// copyOf[i] is the index in emails of the email that delivery i
+	// repeats, or -1.
+	copyOf := make([]int, len(batch))
+	emails := make([]email, 0, len(batch))
+	first := make(map[pair]int, len(batch))
+	for i, d := range batch {
+		copyOf[i] = -1
+		n, err := noticeOf(d.Event)
+		if err != nil {
+			results[i].Err = err
+			continue
+		}
+		if k, ok := first[pair{n.OrderID, n.Kind}]; ok {
+			copyOf[i] = k
+			continue
+		}
+		e, err := a.prepare(n, d.Meta)
+		if err != nil {
+			results[i].Err = err
+			continue
+		}
+		e.delivery = i
+		first[pair{n.OrderID, n.Kind}] = len(emails)
+		emails = append(emails, e)
+	}
+	if len(emails) == 0 {
+		return results, nil
+	}
+
+	ns := make([]store.Notification, len(emails))
+	sent := make([]eventbus.Message, len(emails))
+	for k, e := range emails {
+		ns[k] = store.Notification{
+			OrderID: e.notice.OrderID, Kind: string(e.notice.Kind), Recipient: e.notice.Recipient,
+			MessageID: e.email.MessageID, EventID: batch[e.delivery].Meta.ID,
+		}
+		sent[k] = e.sent
+	}
+	// The outbox rows go with the claims, in their round trip; those of
+	// claims held already are dropped below.
+	claimed, err := store.Claim(ctx, tx, ns, func(b *pgx.Batch) error { return outbox.Queue(b, sent...) })
+	if err != nil {
+		return nil, err
+	}
+	sendErrs := a.sendAll(ctx, emails, claimed)
+
+	var release []store.Notification
+	var drop []string
+	for k, e := range emails {
+		meta := batch[e.delivery].Meta
+		switch err := sendErrs[k]; {
+		case !claimed[k]:
+			drop = append(drop, e.sent.ID)
+			a.logNotice(ctx, slog.LevelInfo, "email already sent; skipping", e.notice, meta)
+		case err != nil:
+			release = append(release, ns[k])
+			drop = append(drop, e.sent.ID)
+			err = fmt.Errorf("send %s email for order %s: %w", e.notice.Kind, e.notice.OrderID, err)
+			if errors.Is(err, ErrRejected) {
+				a.logNotice(ctx, slog.LevelWarn, "email rejected by the mail server", e.notice, meta, slog.Any("error", err))
+				err = eventbus.Permanent(err)
+			}
+			results[e.delivery].Err = err
+		default:
+			a.logNotice(ctx, slog.LevelInfo, "email sent", e.notice, meta,
+				slog.String("recipient", e.notice.Recipient), slog.String("message_id", e.email.MessageID))
+		}
+	}
+	if err := store.Release(ctx, tx, release, drop); err != nil {
+		return nil, err
+	}
+
+	for i, k := range copyOf {
+		if k < 0 {
+			continue
+		}
+		e := emails[k]
+		if results[e.delivery].Err != nil {
+			// Its email is not sent yet: retried, this delivery claims and
+			// sends it unless the first one's retry did.
+			results[i].Err = fmt.Errorf("%s email for order %s: not sent by event %s of the same batch",
+				e.notice.Kind, e.notice.OrderID, batch[e.delivery].Meta.ID)
+			continue
+		}
+		a.logNotice(ctx, slog.LevelInfo, "email already sent; skipping", e.notice, batch[i].Meta)
+	}
+	return results, nil
 }
 
-// OrderCancelled handles order.cancelled: the "order cancelled" email, with
-// the reason when there is one.
-func (a *App) OrderCancelled(ctx context.Context, tx pgx.Tx, ev *orderv1.OrderCancelled, meta eventbus.Meta) ([]proto.Message, error) {
-	return nil, a.notify(ctx, tx, meta, Notice{
-		Kind: KindCancelled, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(),
-		Reason: ev.GetReason(),
-	})
-}
-
-// notify sends n's email unless it was sent before, in the order the
-// package documentation gives.
-func (a *App) notify(ctx context.Context, tx pgx.Tx, meta eventbus.Meta, n Notice) error {
+// noticeOf converts an order event to the notice it asks for, or returns
+// a permanent error: an event Handle does not handle, or one lacking what
+// an email needs, can never be sent.
+func noticeOf(ev proto.Message) (Notice, error) {
+	var n Notice
+	switch ev := ev.(type) {
+	case *orderv1.OrderCreated:
+		// The "order received" email, with the order's lines and total.
+		n = Notice{
+			Kind: KindReceived, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(),
+			Items: itemsFromProto(ev.GetItems()), Total: formatMoney(ev.GetTotal()),
+		}
+	case *orderv1.OrderConfirmed:
+		// The "order confirmed" email, with the amount charged.
+		n = Notice{
+			Kind: KindConfirmed, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(),
+			Total: formatMoney(ev.GetTotal()),
+		}
+	case *orderv1.OrderRejected:
+		// The "order rejected" email, with the reason.
+		n = Notice{Kind: KindRejected, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(), Reason: ev.GetReason()}
+	case *orderv1.OrderCancelled:
+		// The "order cancelled" email, with the reason when there is one.
+		n = Notice{Kind: KindCancelled, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(), Reason: ev.GetReason()}
+	default:
+		return Notice{}, eventbus.Permanent(fmt.Errorf("handle %T: %w", ev, errUnexpectedEvent))
+	}
 	if n.Recipient == "" {
-		return eventbus.Permanent(fmt.Errorf("notify %s of order %s: event has no customer email", n.Kind, n.OrderID))
+		return Notice{}, eventbus.Permanent(fmt.Errorf("notify %s of order %s: event has no customer email", n.Kind, n.OrderID))
 	}
 	// The order id goes into headers (Subject, Message-ID): anything but a
 	// UUID, as the event's schema demands, is refused rather than sent.
 	if _, err := uuid.Parse(n.OrderID); err != nil {
-		return eventbus.Permanent(fmt.Errorf("notify %s: order id %q: %w", n.Kind, n.OrderID, err))
+		return Notice{}, eventbus.Permanent(fmt.Errorf("notify %s: order id %q: %w", n.Kind, n.OrderID, err))
 	}
-	email, err := a.renderer.Render(n)
+	return n, nil
+}
+
+// prepare renders n's email and its NotificationSent, for the delivery
+// meta.
+func (a *App) prepare(n Notice, meta eventbus.Meta) (email, error) {
+	e, err := a.renderer.Render(n)
 	if err != nil {
 		// The templates are fixed at build time: another attempt renders
 		// the same way.
-		return eventbus.Permanent(err)
+		return email{}, eventbus.Permanent(err)
 	}
-	sent, err := sentMessages(meta, n)
+	sent, err := sentMessage(meta, n)
 	if err != nil {
-		return err
+		return email{}, err
 	}
-	// The outbox row goes with the claim, in its round trip, and stays
-	// only if the claim was won.
-	claimed, err := store.Claim(ctx, tx, store.Notification{
-		OrderID: n.OrderID, Kind: string(n.Kind), Recipient: n.Recipient,
-		MessageID: email.MessageID, EventID: meta.ID,
-	}, func(b *pgx.Batch) error { return outbox.Queue(b, sent...) })
-	if err != nil {
-		return err
+	return email{notice: n, email: e, sent: sent}, nil
+}
+
+// commitReserve is how long before the deadline of Handle's context (the
+// batch's transaction) its sends end, at most: a quarter of the time left
+// when they start, up to this. What follows them (one or two statements
+// and COMMIT) then still fits, so an email that hangs fails alone, instead
+// of failing its whole batch after the server took the others.
+const commitReserve = 2 * time.Second
+
+// sendAll sends the emails that were claimed, at most a.sends at once, and
+// returns each one's error (nil for one not claimed).
+func (a *App) sendAll(ctx context.Context, emails []email, claimed []bool) []error {
+	if deadline, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline.Add(-min(time.Until(deadline)/4, commitReserve)))
+		defer cancel()
 	}
-	if !claimed {
-		a.logNotice(ctx, slog.LevelInfo, "email already sent; skipping", n, meta)
-		return nil
-	}
-	if err := a.sender.Send(ctx, email); err != nil {
-		err = fmt.Errorf("send %s email for order %s: %w", n.Kind, n.OrderID, err)
-		if errors.Is(err, ErrRejected) {
-			a.logNotice(ctx, slog.LevelWarn, "email rejected by the mail server", n, meta, slog.Any("error", err))
-			return eventbus.Permanent(err)
+	errs := make([]error, len(emails))
+	var g errgroup.Group
+	g.SetLimit(a.sends)
+	for k := range emails {
+		if !claimed[k] {
+			continue
 		}
-		return err
+		g.Go(func() error {
+			errs[k] = a.sender.Send(ctx, emails[k].email)
+			return nil
+		})
 	}
-	a.logNotice(ctx, slog.LevelInfo, "email sent", n, meta, slog.String("recipient", n.Recipient), slog.String("message_id", email.MessageID))
-	return nil
+	_ = g.Wait() // Each email's error is in errs.
+	return errs
 }
 
 // logNotice logs msg about n's email and the delivery meta, with attrs.
@@ -203,18 +370,17 @@ func (a *App) logNotice(ctx context.Context, level slog.Level, msg string, n Not
 	a.log.LogAttrs(ctx, level, msg, append(all, attrs...)...)
 }
 
-// sentMessages returns NotificationSent for n as the outbox message to
+// sentMessage returns NotificationSent for n as the outbox message to
 // write, continuing the trace of the event that caused it, as the inbox
 // runner does for the events handlers return.
-func sentMessages(meta eventbus.Meta, n Notice) ([]eventbus.Message, error) {
+func sentMessage(meta eventbus.Meta, n Notice) (eventbus.Message, error) {
 	msgs, err := outbox.Messages(Source, n.OrderID, &notificationv1.NotificationSent{
 		OrderId: n.OrderID, Kind: kindToProto(n.Kind), Recipient: n.Recipient,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("publish %s notification of order %s: %w", n.Kind, n.OrderID, err)
+		return eventbus.Message{}, fmt.Errorf("publish %s notification of order %s: %w", n.Kind, n.OrderID, err)
 	}
-	for i := range msgs {
-		msgs[i].TraceParent, msgs[i].TraceState = meta.TraceParent, meta.TraceState
-	}
-	return msgs, nil
+	m := msgs[0]
+	m.TraceParent, m.TraceState = meta.TraceParent, meta.TraceState
+	return m, nil
 }

@@ -34,23 +34,20 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// The handlers must fit the inbox runner and the bus.
-var (
-	_ inbox.Handler[*orderv1.OrderCreated]   = (*app.App)(nil).OrderCreated
-	_ inbox.Handler[*orderv1.OrderConfirmed] = (*app.App)(nil).OrderConfirmed
-	_ inbox.Handler[*orderv1.OrderRejected]  = (*app.App)(nil).OrderRejected
-	_ inbox.Handler[*orderv1.OrderCancelled] = (*app.App)(nil).OrderCancelled
-)
+// Handle must fit the batch runner.
+var _ inbox.BatchHandler = (*app.App)(nil).Handle
 
 type fixture struct {
 	pool   *pgxpool.Pool
 	sink   *smtpsink.Sink
 	app    *app.App
 	runner *inbox.Runner
+	batch  *inbox.BatchRunner
 }
 
 // newFixture gives a test its own migrated schema, its own SMTP sink as the
-// mail server, and the app wired to both the way the service wires them.
+// mail server, and the app wired to both the way the service wires them:
+// Handle run by a batch runner.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	pool, _ := postgrestest.NewSchema(t, store.Migrations, inbox.Migrations, outbox.Migrations)
@@ -58,16 +55,21 @@ func newFixture(t *testing.T) *fixture {
 	f.sink = startSink(t, "127.0.0.1:0")
 	m, err := mailer.New(mailer.Config{
 		Addr: f.sink.Addr(), TLS: mailer.TLSNone, From: mailer.DefaultFrom, Timeout: 5 * time.Second,
-	}, quiet)
+	}, quiet, mailer.WithIdleSessions(batchSize))
 	if err != nil {
 		t.Fatalf("new mailer: %v", err)
 	}
 	t.Cleanup(m.Close)
-	if f.app, err = app.New(m, quiet); err != nil {
+	if f.app, err = app.New(m, quiet, app.WithSends(batchSize)); err != nil {
 		t.Fatalf("new app: %v", err)
 	}
+	f.batch = inbox.NewBatchRunner(f.runner, f.app.Handle, batchSize, 10*time.Second)
 	return f
 }
+
+// batchSize is the batch runner's batch size in the tests, and the most
+// emails the app sends at once.
+const batchSize = 8
 
 func startSink(t *testing.T, addr string) *smtpsink.Sink {
 	t.Helper()
@@ -79,32 +81,55 @@ func startSink(t *testing.T, addr string) *smtpsink.Sink {
 	return s
 }
 
-// deliver processes ev through the inbox runner as the bus would deliver
-// it, with event id eventID.
-func deliver[PT proto.Message](t *testing.T, f *fixture, h inbox.Handler[PT], ev PT, eventID string) (inbox.Outcome, error) {
-	t.Helper()
-	meta := eventbus.Meta{
+// traceParent is the trace every test delivery continues.
+const traceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+// delivery returns ev as the bus delivers it, with event id eventID.
+func delivery(ev proto.Message, eventID string) inbox.Delivery {
+	return inbox.Delivery{Event: ev, Meta: eventbus.Meta{
 		ID: eventID, Type: string(ev.ProtoReflect().Descriptor().FullName()), Source: "order",
-		CorrelationID: orderIDOf(ev), Attempt: 1,
-		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-	}
-	return f.runner.Process(context.Background(), meta, func(ctx context.Context, tx pgx.Tx) ([]proto.Message, error) {
-		return h(ctx, tx, ev, meta)
-	})
+		CorrelationID: orderIDOf(ev), Attempt: 1, TraceParent: traceParent,
+	}}
 }
 
-// inTx runs a handler the way the inbox runner does, without the inbox
-// row: in one transaction with its returned events written to the outbox.
-func inTx[PT proto.Message](t *testing.T, f *fixture, h inbox.Handler[PT], ev PT) error {
+// deliver processes ev through the fixture's batch runner as the bus
+// would deliver it, with event id eventID.
+func deliver(t *testing.T, f *fixture, ev proto.Message, eventID string) (inbox.Outcome, error) {
 	t.Helper()
-	ctx := context.Background()
-	return postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
-		out, err := h(ctx, tx, ev, eventbus.Meta{ID: uuid.NewString()})
-		if err != nil {
-			return err
+	d := delivery(ev, eventID)
+	return f.batch.Process(context.Background(), d.Event, d.Meta)
+}
+
+// handle runs a.Handle on batch in a transaction of its own, as the batch
+// runner does but without the inbox, and commits it unless Handle
+// returned an error. Deliveries that failed must have left nothing.
+func handle(t *testing.T, pool *pgxpool.Pool, a *app.App, batch ...inbox.Delivery) []inbox.Result {
+	t.Helper()
+	results, err := handleTx(context.Background(), pool, a, batch)
+	if err != nil {
+		t.Fatalf("handle a batch of %d: %v", len(batch), err)
+	}
+	if len(results) != len(batch) {
+		t.Fatalf("handle a batch of %d: %d results", len(batch), len(results))
+	}
+	for i, r := range results {
+		if len(r.Events) != 0 {
+			t.Errorf("delivery %d returned %d events, want none (the app writes NotificationSent itself)", i, len(r.Events))
 		}
-		return outbox.AddEvents(ctx, tx, app.Source, orderIDOf(ev), out...)
+	}
+	return results
+}
+
+// handleTx is handle for use off the test's goroutine, or with a
+// context of the caller's.
+func handleTx(ctx context.Context, pool *pgxpool.Pool, a *app.App, batch []inbox.Delivery) ([]inbox.Result, error) {
+	var results []inbox.Result
+	err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+		var err error
+		results, err = a.Handle(ctx, tx, batch)
+		return err
 	})
+	return results, err
 }
 
 func orderIDOf(ev proto.Message) string {
@@ -202,7 +227,7 @@ func TestEachKindSendsOneEmail(t *testing.T) {
 		{
 			name: "order.created",
 			deliver: func(t *testing.T, f *fixture, orderID, email string) (inbox.Outcome, error) {
-				return deliver(t, f, f.app.OrderCreated, created(orderID, email), newEventID(t))
+				return deliver(t, f, created(orderID, email), newEventID(t))
 			},
 			kind:    notificationv1.NotificationKind_NOTIFICATION_KIND_ORDER_RECEIVED,
 			subject: "Order %s received",
@@ -212,7 +237,7 @@ func TestEachKindSendsOneEmail(t *testing.T) {
 		{
 			name: "order.confirmed",
 			deliver: func(t *testing.T, f *fixture, orderID, email string) (inbox.Outcome, error) {
-				return deliver(t, f, f.app.OrderConfirmed, &orderv1.OrderConfirmed{
+				return deliver(t, f, &orderv1.OrderConfirmed{
 					OrderId: orderID, CustomerEmail: email, Total: &moneyv1.Money{CurrencyCode: "USD", Units: 12, Nanos: 340000000},
 				}, newEventID(t))
 			},
@@ -224,7 +249,7 @@ func TestEachKindSendsOneEmail(t *testing.T) {
 		{
 			name: "order.rejected",
 			deliver: func(t *testing.T, f *fixture, orderID, email string) (inbox.Outcome, error) {
-				return deliver(t, f, f.app.OrderRejected, &orderv1.OrderRejected{
+				return deliver(t, f, &orderv1.OrderRejected{
 					OrderId: orderID, CustomerEmail: email, Reason: "out of stock: SKU-1 <limited>",
 				}, newEventID(t))
 			},
@@ -236,7 +261,7 @@ func TestEachKindSendsOneEmail(t *testing.T) {
 		{
 			name: "order.cancelled with a reason",
 			deliver: func(t *testing.T, f *fixture, orderID, email string) (inbox.Outcome, error) {
-				return deliver(t, f, f.app.OrderCancelled, &orderv1.OrderCancelled{
+				return deliver(t, f, &orderv1.OrderCancelled{
 					OrderId: orderID, CustomerEmail: email, Reason: "customer changed their mind",
 				}, newEventID(t))
 			},
@@ -248,7 +273,7 @@ func TestEachKindSendsOneEmail(t *testing.T) {
 		{
 			name: "order.cancelled without a reason",
 			deliver: func(t *testing.T, f *fixture, orderID, email string) (inbox.Outcome, error) {
-				return deliver(t, f, f.app.OrderCancelled, &orderv1.OrderCancelled{
+				return deliver(t, f, &orderv1.OrderCancelled{
 					OrderId: orderID, CustomerEmail: email,
 				}, newEventID(t))
 			},
@@ -313,7 +338,7 @@ func TestEachKindSendsOneEmail(t *testing.T) {
 				RoutingKey:    "notification.sent",
 				Source:        app.Source,
 				CorrelationID: orderID,
-				TraceParent:   "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+				TraceParent:   traceParent,
 			}}
 			if diff := cmp.Diff(want, sent, protocmp.Transform()); diff != "" {
 				t.Errorf("outbox (-want +got):\n%s", diff)
@@ -336,18 +361,18 @@ func TestDuplicateDeliverySendsOnce(t *testing.T) {
 	eventID := newEventID(t)
 
 	for i, want := range []inbox.Outcome{inbox.Processed, inbox.Duplicate, inbox.Duplicate} {
-		got, err := deliver(t, f, f.app.OrderCreated, ev, eventID)
+		got, err := deliver(t, f, ev, eventID)
 		if err != nil || got != want {
 			t.Fatalf("delivery %d: outcome %v, err %v; want %v", i+1, got, err, want)
 		}
 	}
 	// The same notice again under another event id (the order service
 	// published it twice) is absorbed by the notifications table.
-	if got, err := deliver(t, f, f.app.OrderCreated, ev, newEventID(t)); err != nil || got != inbox.Processed {
+	if got, err := deliver(t, f, ev, newEventID(t)); err != nil || got != inbox.Processed {
 		t.Fatalf("republished event: outcome %v, err %v; want processed", got, err)
 	}
-	if err := inTx(t, f, f.app.OrderCreated, ev); err != nil {
-		t.Fatalf("handler outside the inbox: %v", err)
+	if r := handle(t, f.pool, f.app, delivery(ev, newEventID(t))); r[0].Err != nil {
+		t.Fatalf("Handle outside the inbox: %v", r[0].Err)
 	}
 
 	if n := len(f.sink.Matching(toOrder(orderID))); n != 1 {
@@ -378,7 +403,7 @@ func TestConcurrentDeliveriesSendOnce(t *testing.T) {
 			if i%2 == 1 {
 				id = newEventID(t)
 			}
-			_, errs[i] = deliver(t, f, f.app.OrderRejected, ev, id)
+			_, errs[i] = deliver(t, f, ev, id)
 		})
 	}
 	wg.Wait()
@@ -403,18 +428,18 @@ func TestFourKindsOfOneOrderSendFourEmails(t *testing.T) {
 		deliver func() (inbox.Outcome, error)
 	}{
 		{"created", func() (inbox.Outcome, error) {
-			return deliver(t, f, f.app.OrderCreated, created(orderID, email), newEventID(t))
+			return deliver(t, f, created(orderID, email), newEventID(t))
 		}},
 		{"confirmed", func() (inbox.Outcome, error) {
-			return deliver(t, f, f.app.OrderConfirmed, &orderv1.OrderConfirmed{
+			return deliver(t, f, &orderv1.OrderConfirmed{
 				OrderId: orderID, CustomerEmail: email, Total: &moneyv1.Money{CurrencyCode: "EUR", Units: 20},
 			}, newEventID(t))
 		}},
 		{"rejected", func() (inbox.Outcome, error) {
-			return deliver(t, f, f.app.OrderRejected, &orderv1.OrderRejected{OrderId: orderID, CustomerEmail: email, Reason: "x"}, newEventID(t))
+			return deliver(t, f, &orderv1.OrderRejected{OrderId: orderID, CustomerEmail: email, Reason: "x"}, newEventID(t))
 		}},
 		{"cancelled", func() (inbox.Outcome, error) {
-			return deliver(t, f, f.app.OrderCancelled, &orderv1.OrderCancelled{OrderId: orderID, CustomerEmail: email}, newEventID(t))
+			return deliver(t, f, &orderv1.OrderCancelled{OrderId: orderID, CustomerEmail: email}, newEventID(t))
 		}},
 	}
 	for _, s := range steps {
@@ -462,7 +487,7 @@ func TestSMTPServerDownIsRetriedAndSendsOnce(t *testing.T) {
 	eventID := newEventID(t)
 
 	for attempt := 1; attempt <= 2; attempt++ {
-		_, err := deliver(t, f, f.app.OrderConfirmed, ev, eventID)
+		_, err := deliver(t, f, ev, eventID)
 		if err == nil {
 			t.Fatalf("attempt %d with the SMTP server down succeeded", attempt)
 		}
@@ -477,10 +502,10 @@ func TestSMTPServerDownIsRetriedAndSendsOnce(t *testing.T) {
 	}
 
 	up := startSink(t, addr)
-	if outcome, err := deliver(t, f, f.app.OrderConfirmed, ev, eventID); err != nil || outcome != inbox.Processed {
+	if outcome, err := deliver(t, f, ev, eventID); err != nil || outcome != inbox.Processed {
 		t.Fatalf("with the server up: outcome %v, err %v; want processed", outcome, err)
 	}
-	if outcome, err := deliver(t, f, f.app.OrderConfirmed, ev, eventID); err != nil || outcome != inbox.Duplicate {
+	if outcome, err := deliver(t, f, ev, eventID); err != nil || outcome != inbox.Duplicate {
 		t.Fatalf("redelivery after success: outcome %v, err %v; want duplicate", outcome, err)
 	}
 	if n := len(up.Matching(toOrder(orderID))); n != 1 {
@@ -506,7 +531,7 @@ func TestRecipientRejection(t *testing.T) {
 			f.sink.Reject("nobody@example.com", tt.code, "no such mailbox")
 			orderID := uuid.NewString()
 			ev := &orderv1.OrderRejected{OrderId: orderID, CustomerEmail: "nobody@example.com", Reason: "payment declined"}
-			_, err := deliver(t, f, f.app.OrderRejected, ev, newEventID(t))
+			_, err := deliver(t, f, ev, newEventID(t))
 			if err == nil {
 				t.Fatal("delivery to a rejected recipient succeeded")
 			}
@@ -532,38 +557,64 @@ func TestInvalidEventIsPermanent(t *testing.T) {
 	f := newFixture(t)
 	tests := []struct {
 		name string
-		ev   *orderv1.OrderCancelled
+		ev   proto.Message
 	}{
 		{"no recipient", &orderv1.OrderCancelled{OrderId: uuid.NewString()}},
 		{"order id not a UUID", &orderv1.OrderCancelled{OrderId: "o-1\r\nBcc: x@example.com", CustomerEmail: "ada@example.com"}},
+		{"not an order event", &notificationv1.NotificationSent{OrderId: uuid.NewString(), Recipient: "ada@example.com"}},
 	}
+	// One batch: the invalid events fail alone, the valid one is sent.
+	valid := uuid.NewString()
+	batch := []inbox.Delivery{delivery(&orderv1.OrderCancelled{OrderId: valid, CustomerEmail: "ada@example.com"}, newEventID(t))}
 	for _, tt := range tests {
+		batch = append(batch, delivery(tt.ev, newEventID(t)))
+	}
+	results := handle(t, f.pool, f.app, batch...)
+	if results[0].Err != nil {
+		t.Errorf("valid event: %v", results[0].Err)
+	}
+	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := inTx(t, f, f.app.OrderCancelled, tt.ev); !eventbus.IsPermanent(err) {
+			if err := results[i+1].Err; !eventbus.IsPermanent(err) {
 				t.Fatalf("err = %v, want permanent", err)
 			}
 		})
 	}
-	if n := len(f.sink.Messages()); n != 0 {
-		t.Errorf("sink received %d emails", n)
+	if msgs := f.sink.Messages(); len(msgs) != 1 || !toOrder(valid)(msgs[0]) {
+		t.Errorf("sink received %d emails, want the valid event's only", len(msgs))
+	}
+	if n := count(t, f.pool, "notifications"); n != 1 {
+		t.Errorf("notifications has %d rows, want 1", n)
+	}
+	if n := len(outboxSent(t, f.pool)); n != 1 {
+		t.Errorf("outbox has %d NotificationSent, want 1", n)
 	}
 }
 
 // TestCommitFailureAfterSendSendsAgain pins down the documented
 // at-least-once window: if the transaction does not commit after the SMTP
-// server accepted the email, the redelivered event sends it again, with the
-// same Message-ID so mail systems can tell it is a duplicate.
+// server accepted the emails, the redelivered events send them again, every
+// email of the batch, each with the same Message-ID so mail systems can
+// tell it is a duplicate.
 func TestCommitFailureAfterSendSendsAgain(t *testing.T) {
 	f := newFixture(t)
-	orderID := uuid.NewString()
-	ev := &orderv1.OrderCancelled{OrderId: orderID, CustomerEmail: "ada@example.com"}
-	meta := eventbus.Meta{ID: newEventID(t)}
+	orderA, orderB := uuid.NewString(), uuid.NewString()
+	batch := []inbox.Delivery{
+		delivery(&orderv1.OrderCancelled{OrderId: orderA, CustomerEmail: "ada@example.com"}, newEventID(t)),
+		delivery(created(orderB, "grace@example.com"), newEventID(t)),
+	}
 	errCommit := errors.New("commit lost")
 	err := postgres.WithTx(context.Background(), f.pool, func(tx pgx.Tx) error {
-		if _, err := f.app.OrderCancelled(context.Background(), tx, ev, meta); err != nil {
+		results, err := f.app.Handle(context.Background(), tx, batch)
+		if err != nil {
 			return err
 		}
-		return errCommit // as if COMMIT failed after the send
+		for i, r := range results {
+			if r.Err != nil {
+				t.Errorf("delivery %d: %v", i, r.Err)
+			}
+		}
+		return errCommit // as if COMMIT failed after the sends
 	})
 	if !errors.Is(err, errCommit) {
 		t.Fatalf("err = %v, want the simulated commit failure", err)
@@ -571,17 +622,24 @@ func TestCommitFailureAfterSendSendsAgain(t *testing.T) {
 	if n := count(t, f.pool, "notifications"); n != 0 {
 		t.Fatalf("notifications has %d rows after the rollback", n)
 	}
-	if outcome, err := deliver(t, f, f.app.OrderCancelled, ev, meta.ID); err != nil || outcome != inbox.Processed {
-		t.Fatalf("redelivery: outcome %v, err %v", outcome, err)
+	for _, d := range batch {
+		if outcome, err := f.batch.Process(context.Background(), d.Event, d.Meta); err != nil || outcome != inbox.Processed {
+			t.Fatalf("redelivery of %s: outcome %v, err %v", d.Meta.Type, outcome, err)
+		}
 	}
-	msgs := f.sink.Matching(toOrder(orderID))
-	if len(msgs) != 2 {
-		t.Fatalf("sink received %d emails, want 2 (the window is real)", len(msgs))
+	for _, c := range []struct {
+		orderID string
+		kind    app.Kind
+	}{{orderA, app.KindCancelled}, {orderB, app.KindReceived}} {
+		msgs := f.sink.Matching(toOrder(c.orderID))
+		if len(msgs) != 2 {
+			t.Fatalf("sink received %d emails for order %s, want 2 (the window is real)", len(msgs), c.orderID)
+		}
+		if want := "<" + app.MessageID(c.orderID, c.kind) + ">"; msgs[0].MessageID != want || msgs[1].MessageID != want {
+			t.Errorf("Message-IDs %q and %q, want both %q", msgs[0].MessageID, msgs[1].MessageID, want)
+		}
 	}
-	if msgs[0].MessageID != msgs[1].MessageID || msgs[0].MessageID != "<"+app.MessageID(orderID, app.KindCancelled)+">" {
-		t.Errorf("Message-IDs %q and %q, want both %q", msgs[0].MessageID, msgs[1].MessageID, app.MessageID(orderID, app.KindCancelled))
-	}
-	if n := len(outboxSent(t, f.pool)); n != 1 {
-		t.Errorf("outbox has %d NotificationSent, want 1", n)
+	if n := len(outboxSent(t, f.pool)); n != 2 {
+		t.Errorf("outbox has %d NotificationSent, want 2", n)
 	}
 }

@@ -1,7 +1,8 @@
 // Package store keeps the notification service's record of the emails it
 // has sent, in PostgreSQL. Functions take the transaction or pool to run
-// on, so the caller decides what commits together (a notification row and
-// the inbox row of the event that caused it).
+// on, so the caller decides what commits together (a notification row,
+// the outbox row announcing the email and the inbox row of the event that
+// caused it).
 package store
 
 import (
@@ -42,71 +43,123 @@ type Notification struct {
 	SentAt time.Time
 }
 
-// Claim records n in tx unless a notification of the same order and kind
-// is recorded already, and reports whether it recorded n. If another
-// transaction has claimed the same order and kind and not yet ended, Claim
-// waits for it: it then returns false if that transaction committed, and
-// claims n if it rolled back. So at most one transaction at a time holds
-// the claim, and at most one ever commits it.
+// Claim records ns in tx, each unless a notification of the same order
+// and kind is recorded already, and reports for each whether it recorded
+// it (claimed[i] for ns[i]). ns must not hold two notifications of the
+// same order and kind. It is one statement whatever ns holds.
+//
+// If another transaction has claimed one of the same orders and kinds and
+// not yet ended, Claim waits for it: that notification is then not
+// claimed if that transaction committed, and claimed if it rolled back.
+// So at most one transaction at a time holds a claim, and at most one
+// ever commits it. Claim inserts in (order id, kind) order, so two
+// transactions claiming some of the same notifications wait for each
+// other in one order and cannot deadlock.
 //
 // If then is not nil, it queues statements on the batch that carries the
-// claim, and they run right after it, in the same round trip: what the
-// claim entitles the caller to write (the outbox row announcing the
-// email) costs no round trip of its own. Their effects are kept only if
-// Claim recorded n: they run under a savepoint, rolled back when the
-// claim was held already. An error from then is returned before anything
-// is sent; the queued statements' own errors are returned with the
-// claim's.
-func Claim(ctx context.Context, tx pgx.Tx, n Notification, then func(*pgx.Batch) error) (bool, error) {
-	const claim = `
-		INSERT INTO notifications (order_id, kind, recipient, message_id, event_id)
-		VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (order_id, kind) DO NOTHING`
-	args := []any{n.OrderID, n.Kind, n.Recipient, n.MessageID, n.EventID}
-	if then == nil {
-		tag, err := tx.Exec(ctx, claim, args...)
-		if err != nil {
-			return false, fmt.Errorf("claim %s notification of order %s: %w", n.Kind, n.OrderID, err)
-		}
-		return tag.RowsAffected() == 1, nil
+// claims, and they run right after them, in the same round trip: what the
+// claims entitle the caller to write (the outbox rows announcing the
+// emails) costs no round trip of its own. Unlike the claims, they cannot
+// know which notifications were claimed: the caller undoes what they
+// wrote for those that were not (see Release). An error from then is
+// returned before anything is sent; the queued statements' own errors are
+// returned with the claims'.
+func Claim(ctx context.Context, tx pgx.Tx, ns []Notification, then func(*pgx.Batch) error) (claimed []bool, err error) {
+	if len(ns) == 0 {
+		return nil, nil
+	}
+	cols := struct{ order, kind, recipient, messageID, eventID []string }{}
+	for _, n := range ns {
+		cols.order = append(cols.order, n.OrderID)
+		cols.kind = append(cols.kind, n.Kind)
+		cols.recipient = append(cols.recipient, n.Recipient)
+		cols.messageID = append(cols.messageID, n.MessageID)
+		cols.eventID = append(cols.eventID, n.EventID)
 	}
 	b := &pgx.Batch{}
-	b.Queue(`SAVEPOINT claim`)
-	b.Queue(claim, args...)
-	if err := then(b); err != nil {
-		return false, fmt.Errorf("claim %s notification of order %s: %w", n.Kind, n.OrderID, err)
-	}
-	claimed, err := sendClaim(ctx, tx, b)
-	if err != nil {
-		return false, fmt.Errorf("claim %s notification of order %s: %w", n.Kind, n.OrderID, err)
-	}
-	if !claimed {
-		if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT claim`); err != nil {
-			return false, fmt.Errorf("claim %s notification of order %s: undo what followed the claim: %w", n.Kind, n.OrderID, err)
+	b.Queue(`
+		INSERT INTO notifications (order_id, kind, recipient, message_id, event_id)
+		SELECT order_id, kind, recipient, message_id, event_id
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+			AS n(order_id, kind, recipient, message_id, event_id)
+		ORDER BY order_id COLLATE "C", kind COLLATE "C"
+		ON CONFLICT (order_id, kind) DO NOTHING
+		RETURNING order_id, kind`,
+		cols.order, cols.kind, cols.recipient, cols.messageID, cols.eventID)
+	if then != nil {
+		if err := then(b); err != nil {
+			return nil, fmt.Errorf("claim %d notifications: %w", len(ns), err)
 		}
+	}
+	won, err := sendClaims(ctx, tx, b)
+	if err != nil {
+		return nil, fmt.Errorf("claim %d notifications: %w", len(ns), err)
+	}
+	claimed = make([]bool, len(ns))
+	for i, n := range ns {
+		claimed[i] = won[key{n.OrderID, n.Kind}]
 	}
 	return claimed, nil
 }
 
-// sendClaim sends b, a savepoint, the claim and what follows it, and
-// reports whether the claim inserted its row.
-func sendClaim(ctx context.Context, tx pgx.Tx, b *pgx.Batch) (claimed bool, err error) {
+// key is a notification's primary key.
+type key struct{ orderID, kind string }
+
+// sendClaims sends b, the claims and what follows them, and returns the
+// keys of the notifications the claims inserted.
+func sendClaims(ctx context.Context, tx pgx.Tx, b *pgx.Batch) (won map[key]bool, err error) {
 	br := tx.SendBatch(ctx, b)
 	defer func() {
 		// Close reads the results not read yet and returns their first
-		// error: that of the statements queued after the claim.
+		// error: that of the statements queued after the claims.
 		if cerr := br.Close(); err == nil {
 			err = cerr
 		}
 	}()
-	if _, err := br.Exec(); err != nil {
-		return false, err
-	}
-	tag, err := br.Exec()
+	rows, err := br.Query()
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	return tag.RowsAffected() == 1, nil
+	defer rows.Close()
+	won = map[key]bool{}
+	var k key
+	_, err = pgx.ForEachRow(rows, []any{&k.orderID, &k.kind}, func() error {
+		won[k] = true
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return won, nil
+}
+
+// Release undoes claims made in tx and what was written with them: it
+// deletes the notifications ns (by order id and kind) and the outbox rows
+// whose ids are outboxIDs, in one statement. It is how a transaction
+// gives up the claims of emails it could not send, and drops the outbox
+// rows it wrote with claims it did not win, so that they leave nothing
+// behind.
+func Release(ctx context.Context, tx pgx.Tx, ns []Notification, outboxIDs []string) error {
+	if len(ns) == 0 && len(outboxIDs) == 0 {
+		return nil
+	}
+	orders, kinds := make([]string, len(ns)), make([]string, len(ns))
+	for i, n := range ns {
+		orders[i], kinds[i] = n.OrderID, n.Kind
+	}
+	// The outbox has no index on id; the rows to drop are rare (a failed
+	// send, a notice already sent), and the outbox is short unless the
+	// broker is away.
+	_, err := tx.Exec(ctx, `
+		WITH dropped AS (DELETE FROM outbox WHERE id = ANY($3::text[]))
+		DELETE FROM notifications n
+		USING unnest($1::text[], $2::text[]) AS r(order_id, kind)
+		WHERE n.order_id = r.order_id AND n.kind = r.kind`,
+		orders, kinds, outboxIDs)
+	if err != nil {
+		return fmt.Errorf("release %d notifications and %d outbox rows: %w", len(ns), len(outboxIDs), err)
+	}
+	return nil
 }
 
 // List returns the notifications recorded for order orderID, oldest first.

@@ -11,6 +11,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/services/notification/internal/store"
@@ -23,11 +25,12 @@ func notification(orderID, kind string) store.Notification {
 	}
 }
 
-func claim(ctx context.Context, db postgres.TxBeginner, n store.Notification) (bool, error) {
-	var claimed bool
+// claim claims ns in a transaction of its own, which it commits.
+func claim(ctx context.Context, db postgres.TxBeginner, ns ...store.Notification) ([]bool, error) {
+	var claimed []bool
 	err := postgres.WithTx(ctx, db, func(tx pgx.Tx) error {
 		var err error
-		claimed, err = store.Claim(ctx, tx, n, nil)
+		claimed, err = store.Claim(ctx, tx, ns, nil)
 		return err
 	})
 	return claimed, err
@@ -40,22 +43,27 @@ func TestClaimOncePerOrderAndKind(t *testing.T) {
 
 	tests := []struct {
 		name string
-		n    store.Notification
-		want bool
+		ns   []store.Notification
+		want []bool
 	}{
-		{"first received", notification(order, "received"), true},
-		{"received again", notification(order, "received"), false},
-		{"confirmed", notification(order, "confirmed"), true},
-		{"received of another order", notification(uuid.NewString(), "received"), true},
+		{"first received", []store.Notification{notification(order, "received")}, []bool{true}},
+		{"received again", []store.Notification{notification(order, "received")}, []bool{false}},
+		{"confirmed", []store.Notification{notification(order, "confirmed")}, []bool{true}},
+		{"received of another order", []store.Notification{notification(uuid.NewString(), "received")}, []bool{true}},
+		{
+			"a batch, reported in its order",
+			[]store.Notification{notification(order, "rejected"), notification(order, "received"), notification(uuid.NewString(), "rejected")},
+			[]bool{true, false, true},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := claim(ctx, pool, tt.n)
+			got, err := claim(ctx, pool, tt.ns...)
 			if err != nil {
 				t.Fatalf("claim: %v", err)
 			}
-			if got != tt.want {
-				t.Errorf("claimed = %v, want %v", got, tt.want)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("claimed (-want +got):\n%s", diff)
 			}
 		})
 	}
@@ -64,7 +72,7 @@ func TestClaimOncePerOrderAndKind(t *testing.T) {
 	if err != nil {
 		t.Fatalf("list: %v", err)
 	}
-	want := []store.Notification{notification(order, "received"), notification(order, "confirmed")}
+	want := []store.Notification{notification(order, "received"), notification(order, "confirmed"), notification(order, "rejected")}
 	opts := []cmp.Option{
 		cmpopts.IgnoreFields(store.Notification{}, "EventID", "SentAt"),
 		cmpopts.SortSlices(func(a, b store.Notification) bool { return a.Kind < b.Kind }),
@@ -110,17 +118,18 @@ func TestClaimWaitsForAConcurrentClaim(t *testing.T) {
 				t.Fatalf("begin: %v", err)
 			}
 			defer first.Rollback(ctx)
-			if ok, err := store.Claim(ctx, first, n, nil); err != nil || !ok {
+			if ok, err := store.Claim(ctx, first, []store.Notification{n}, nil); err != nil || !ok[0] {
 				t.Fatalf("first claim: %v, %v", ok, err)
 			}
 
 			type result struct {
-				claimed bool
+				claimed []bool
 				err     error
 			}
 			second := make(chan result, 1)
 			go func() {
-				ok, err := claim(ctx, pool, n)
+				// With another notification, which it claims either way.
+				ok, err := claim(ctx, pool, notification(uuid.NewString(), "rejected"), n)
 				second <- result{ok, err}
 			}()
 			select {
@@ -141,74 +150,161 @@ func TestClaimWaitsForAConcurrentClaim(t *testing.T) {
 			if r.err != nil {
 				t.Fatalf("second claim: %v", r.err)
 			}
-			if r.claimed != tt.wantSecond {
-				t.Errorf("second claimed = %v, want %v", r.claimed, tt.wantSecond)
+			if diff := cmp.Diff([]bool{true, tt.wantSecond}, r.claimed); diff != "" {
+				t.Errorf("second claimed (-want +got):\n%s", diff)
 			}
 		})
 	}
 }
 
-// TestClaimKeepsWhatFollowsOnlyWhenItClaims queues, after each claim, the
-// insert of another notification, as the app queues its outbox row: it
-// stays when the claim is won and is undone when the claim was held
-// already, and an error in it fails the claim.
-func TestClaimKeepsWhatFollowsOnlyWhenItClaims(t *testing.T) {
+// TestClaimTakesItsClaimsInOrder: a transaction claiming C and A (in that
+// order) claims A first, so while it waits for A, held by another
+// transaction, it holds nothing that transaction could wait for: the other
+// claims C without waiting, instead of deadlocking.
+func TestClaimTakesItsClaimsInOrder(t *testing.T) {
 	pool, _ := postgrestest.NewSchema(t, store.Migrations)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a := notification("a-"+uuid.NewString(), "received")
+	c := notification("c-"+uuid.NewString(), "received")
+
+	first, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatalf("begin: %v", err)
+	}
+	defer first.Rollback(ctx)
+	if ok, err := store.Claim(ctx, first, []store.Notification{a}, nil); err != nil || !ok[0] {
+		t.Fatalf("claim A: %v, %v", ok, err)
+	}
+
+	type result struct {
+		claimed []bool
+		err     error
+	}
+	second := make(chan result, 1)
+	go func() {
+		ok, err := claim(ctx, pool, c, a)
+		second <- result{ok, err}
+	}()
+	time.Sleep(200 * time.Millisecond) // The second claim is waiting for A.
+
+	// Not claimed by the second transaction yet, C is free: no wait, no
+	// deadlock (which PostgreSQL would report after deadlock_timeout).
+	claimCtx, cancelClaim := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancelClaim()
+	if ok, err := store.Claim(claimCtx, first, []store.Notification{c}, nil); err != nil || !ok[0] {
+		t.Fatalf("claim C while the other transaction waits: %v, %v", ok, err)
+	}
+	if err := first.Commit(ctx); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	r := <-second
+	if r.err != nil {
+		t.Fatalf("second claim: %v", r.err)
+	}
+	if diff := cmp.Diff([]bool{false, false}, r.claimed); diff != "" {
+		t.Errorf("second claimed (-want +got):\n%s", diff)
+	}
+}
+
+// TestClaimRunsWhatFollows queues, after the claims, the insert of an
+// outbox row, as the app does: it runs whether or not the claims were
+// won, and an error in it, or from then, fails the claim.
+func TestClaimRunsWhatFollows(t *testing.T) {
+	pool, _ := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
 	ctx := context.Background()
 	order := uuid.NewString()
-	// then inserts the order's notification of kind, or fails in the
-	// database for an unknown kind.
-	then := func(kind string) func(*pgx.Batch) error {
-		return func(b *pgx.Batch) error {
-			n := notification(order, kind)
-			b.Queue(`INSERT INTO notifications (order_id, kind, recipient, message_id, event_id) VALUES ($1, $2, $3, $4, $5)`,
-				n.OrderID, n.Kind, n.Recipient, n.MessageID, n.EventID)
-			return nil
-		}
+	then := func(b *pgx.Batch) error {
+		return outbox.Queue(b, eventbus.Message{Meta: eventbus.Meta{ID: uuid.NewString(), Type: "t", RoutingKey: "k", Source: "notification"}})
 	}
-	claimThen := func(n store.Notification, then func(*pgx.Batch) error) (bool, error) {
-		var claimed bool
+	claimThen := func(then func(*pgx.Batch) error, ns ...store.Notification) ([]bool, error) {
+		var claimed []bool
 		err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
 			var err error
-			claimed, err = store.Claim(ctx, tx, n, then)
+			claimed, err = store.Claim(ctx, tx, ns, then)
 			return err
 		})
 		return claimed, err
 	}
-	kinds := func() []string {
-		ns, err := store.List(ctx, pool, order)
-		if err != nil {
-			t.Fatalf("list: %v", err)
+	outboxRows := func() int {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n); err != nil {
+			t.Fatalf("count outbox: %v", err)
 		}
-		var ks []string
-		for _, n := range ns {
-			ks = append(ks, n.Kind)
-		}
-		return ks
+		return n
 	}
 
-	if ok, err := claimThen(notification(order, "received"), then("confirmed")); err != nil || !ok {
+	if ok, err := claimThen(then, notification(order, "received")); err != nil || !ok[0] {
 		t.Fatalf("first claim: %v, %v; want claimed", ok, err)
 	}
-	if diff := cmp.Diff([]string{"confirmed", "received"}, kinds(), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
-		t.Errorf("after a won claim, kinds (-want +got):\n%s", diff)
-	}
-
-	if ok, err := claimThen(notification(order, "received"), then("rejected")); err != nil || ok {
+	if ok, err := claimThen(then, notification(order, "received")); err != nil || ok[0] {
 		t.Fatalf("second claim: %v, %v; want not claimed", ok, err)
 	}
-	if diff := cmp.Diff([]string{"confirmed", "received"}, kinds(), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
-		t.Errorf("after a lost claim, kinds (-want +got):\n%s", diff)
+	if n := outboxRows(); n != 2 {
+		t.Errorf("outbox has %d rows, want 2: what follows runs either way", n)
 	}
 
-	if _, err := claimThen(notification(order, "cancelled"), then("shipped")); err == nil {
+	failing := func(b *pgx.Batch) error {
+		b.Queue(`INSERT INTO outbox (id) VALUES ('x')`) // violates NOT NULL
+		return nil
+	}
+	if _, err := claimThen(failing, notification(order, "cancelled")); err == nil {
 		t.Error("a claim followed by a failing statement succeeded")
 	}
 	errThen := errors.New("cannot queue")
-	if _, err := claimThen(notification(order, "cancelled"), func(*pgx.Batch) error { return errThen }); !errors.Is(err, errThen) {
+	if _, err := claimThen(func(*pgx.Batch) error { return errThen }, notification(order, "cancelled")); !errors.Is(err, errThen) {
 		t.Errorf("claim with a failing then: err = %v, want %v", err, errThen)
 	}
-	if diff := cmp.Diff([]string{"confirmed", "received"}, kinds(), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
-		t.Errorf("after failed claims, kinds (-want +got):\n%s", diff)
+	ns, err := store.List(ctx, pool, order)
+	if err != nil {
+		t.Fatalf("list: %v", err)
+	}
+	if len(ns) != 1 || ns[0].Kind != "received" {
+		t.Errorf("notifications after failed claims = %+v, want received only", ns)
+	}
+}
+
+// TestRelease deletes the given claims and outbox rows of the transaction
+// and nothing else.
+func TestRelease(t *testing.T) {
+	pool, _ := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
+	ctx := context.Background()
+	order := uuid.NewString()
+	received, confirmed := notification(order, "received"), notification(order, "confirmed")
+	msgs := []eventbus.Message{
+		{Meta: eventbus.Meta{ID: uuid.NewString(), Type: "t", RoutingKey: "k", Source: "notification"}},
+		{Meta: eventbus.Meta{ID: uuid.NewString(), Type: "t", RoutingKey: "k", Source: "notification"}},
+	}
+	err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+		ok, err := store.Claim(ctx, tx, []store.Notification{received, confirmed}, func(b *pgx.Batch) error {
+			return outbox.Queue(b, msgs...)
+		})
+		if err != nil {
+			return err
+		}
+		if !ok[0] || !ok[1] {
+			t.Errorf("claimed = %v, want both", ok)
+		}
+		if err := store.Release(ctx, tx, nil, nil); err != nil {
+			return err
+		}
+		return store.Release(ctx, tx, []store.Notification{confirmed}, []string{msgs[1].ID})
+	})
+	if err != nil {
+		t.Fatalf("claim and release: %v", err)
+	}
+	ns, err := store.List(ctx, pool, order)
+	if err != nil {
+		t.Fatalf("list: %v", err)
+	}
+	if len(ns) != 1 || ns[0].Kind != "received" {
+		t.Errorf("notifications = %+v, want received only", ns)
+	}
+	pending, err := outbox.Pending(ctx, pool, 10)
+	if err != nil {
+		t.Fatalf("pending: %v", err)
+	}
+	if len(pending) != 1 || pending[0].ID != msgs[0].ID {
+		t.Errorf("outbox = %+v, want %s only", pending, msgs[0].ID)
 	}
 }
