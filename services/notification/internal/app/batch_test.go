@@ -1,0 +1,397 @@
+package app_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/inbox"
+	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
+	"github.com/ordermesh/ordermesh/services/notification/internal/app"
+	"github.com/ordermesh/ordermesh/services/notification/internal/store"
+)
+
+// fakeSender stands in for the mail server: it records the emails it
+// accepts, fails those to a recipient given an error, holds those to a
+// hanging recipient until their context ends, and takes delay over each.
+// It counts the sends in flight at once.
+type fakeSender struct {
+	delay time.Duration
+
+	mu                    sync.Mutex
+	fail                  map[string]error
+	hang                  map[string]bool
+	sent                  []app.Email
+	inFlight, maxInFlight int
+}
+
+var _ app.Sender = (*fakeSender)(nil)
+
+func newFakeSender() *fakeSender {
+	return &fakeSender{fail: map[string]error{}, hang: map[string]bool{}}
+}
+
+func (s *fakeSender) Send(ctx context.Context, e app.Email) error {
+	s.mu.Lock()
+	s.inFlight++
+	s.maxInFlight = max(s.maxInFlight, s.inFlight)
+	err, hang := s.fail[e.To], s.hang[e.To]
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.inFlight--
+		s.mu.Unlock()
+	}()
+	if hang {
+		<-ctx.Done()
+		return fmt.Errorf("send to %s: %w", e.To, ctx.Err())
+	}
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return fmt.Errorf("send to %s: %w", e.To, ctx.Err())
+	}
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.sent = append(s.sent, e)
+	s.mu.Unlock()
+	return nil
+}
+
+// setFail makes sends to recipient fail with err, or succeed when err is
+// nil.
+func (s *fakeSender) setFail(recipient string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fail[recipient] = err
+}
+
+// sentFor returns how many emails of kind k for order orderID were sent.
+func (s *fakeSender) sentFor(orderID string, k app.Kind) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, e := range s.sent {
+		if e.MessageID == app.MessageID(orderID, k) {
+			n++
+		}
+	}
+	return n
+}
+
+// newFakeApp gives a test its own migrated schema and an app sending
+// through a fakeSender.
+func newFakeApp(t *testing.T, opts ...app.Option) (*pgxpool.Pool, *fakeSender, *app.App) {
+	t.Helper()
+	pool, _ := postgrestest.NewSchema(t, store.Migrations, inbox.Migrations, outbox.Migrations)
+	sender := newFakeSender()
+	a, err := app.New(sender, quiet, opts...)
+	if err != nil {
+		t.Fatalf("new app: %v", err)
+	}
+	return pool, sender, a
+}
+
+func confirmed(orderID, email string) *orderv1.OrderConfirmed {
+	return &orderv1.OrderConfirmed{OrderId: orderID, CustomerEmail: email, Total: &moneyv1.Money{CurrencyCode: "EUR", Units: 20}}
+}
+
+// notified returns the kinds recorded in the notifications table for
+// orderID, and how many NotificationSent the outbox holds for it.
+func notified(t *testing.T, pool *pgxpool.Pool, orderID string) (kinds []string, outboxRows int) {
+	t.Helper()
+	ns, err := store.List(context.Background(), pool, orderID)
+	if err != nil {
+		t.Fatalf("list notifications: %v", err)
+	}
+	for _, n := range ns {
+		kinds = append(kinds, n.Kind)
+	}
+	for _, s := range outboxSent(t, pool) {
+		if s.Event.GetOrderId() == orderID {
+			outboxRows++
+		}
+	}
+	return kinds, outboxRows
+}
+
+func TestBatchWithTheSameNoticeTwiceSendsOnce(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	orderID := uuid.NewString()
+	// The order service published order.created twice, under two ids, and
+	// both copies are in the batch with order.confirmed between them.
+	results := handle(t, pool, a,
+		delivery(created(orderID, "ada@example.com"), newEventID(t)),
+		delivery(confirmed(orderID, "ada@example.com"), newEventID(t)),
+		delivery(created(orderID, "ada@example.com"), newEventID(t)),
+	)
+	for i, r := range results {
+		if r.Err != nil {
+			t.Errorf("delivery %d: %v", i, r.Err)
+		}
+	}
+	if n := sender.sentFor(orderID, app.KindReceived); n != 1 {
+		t.Errorf("%d received emails sent, want 1", n)
+	}
+	if n := sender.sentFor(orderID, app.KindConfirmed); n != 1 {
+		t.Errorf("%d confirmed emails sent, want 1", n)
+	}
+	if kinds, rows := notified(t, pool, orderID); len(kinds) != 2 || rows != 2 {
+		t.Errorf("notifications %v and %d NotificationSent, want 2 of each", kinds, rows)
+	}
+}
+
+// TestBatchWithTheSameNoticeTwiceWhoseSendFails: the copy of a notice
+// whose send failed fails too, retryably, so that its own retry can send
+// the email should the first one's never come.
+func TestBatchWithTheSameNoticeTwiceWhoseSendFails(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	orderID := uuid.NewString()
+	sender.setFail("flaky@example.com", errors.New("connection refused"))
+	ev := &orderv1.OrderRejected{OrderId: orderID, CustomerEmail: "flaky@example.com", Reason: "out of stock"}
+	first, second := delivery(ev, newEventID(t)), delivery(ev, newEventID(t))
+	for i, r := range handle(t, pool, a, first, second) {
+		if r.Err == nil || eventbus.IsPermanent(r.Err) {
+			t.Errorf("delivery %d: err = %v, want a retryable error", i, r.Err)
+		}
+	}
+	if kinds, rows := notified(t, pool, orderID); len(kinds) != 0 || rows != 0 {
+		t.Fatalf("notifications %v and %d NotificationSent after failed sends, want none", kinds, rows)
+	}
+
+	sender.setFail("flaky@example.com", nil)
+	for _, d := range []inbox.Delivery{second, first} {
+		if r := handle(t, pool, a, d); r[0].Err != nil {
+			t.Fatalf("retry of %s: %v", d.Meta.ID, r[0].Err)
+		}
+	}
+	if n := sender.sentFor(orderID, app.KindRejected); n != 1 {
+		t.Errorf("%d emails sent, want 1", n)
+	}
+	if kinds, rows := notified(t, pool, orderID); len(kinds) != 1 || rows != 1 {
+		t.Errorf("notifications %v and %d NotificationSent, want 1 of each", kinds, rows)
+	}
+}
+
+func TestBatchSendFailuresFailAlone(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	sender.setFail("flaky@example.com", errors.New("451 try again later"))
+	sender.setFail("nobody@example.com", fmt.Errorf("550 no such mailbox: %w", app.ErrRejected))
+	orders := make([]string, 5)
+	for i := range orders {
+		orders[i] = uuid.NewString()
+	}
+	// The last order's email was sent in an earlier batch.
+	if r := handle(t, pool, a, delivery(confirmed(orders[4], "ada@example.com"), newEventID(t))); r[0].Err != nil {
+		t.Fatalf("earlier batch: %v", r[0].Err)
+	}
+
+	flaky := delivery(confirmed(orders[1], "flaky@example.com"), newEventID(t))
+	results := handle(t, pool, a,
+		delivery(confirmed(orders[0], "ada@example.com"), newEventID(t)),
+		flaky,
+		delivery(confirmed(orders[2], "nobody@example.com"), newEventID(t)),
+		delivery(confirmed(orders[3], "grace@example.com"), newEventID(t)),
+		delivery(confirmed(orders[4], "ada@example.com"), newEventID(t)),
+	)
+	tests := []struct {
+		name          string
+		wantErr       bool
+		wantPermanent bool
+		wantSent      int
+		wantNotified  int // rows in notifications, and NotificationSent in the outbox
+	}{
+		{name: "sent", wantSent: 1, wantNotified: 1},
+		{name: "transient failure", wantErr: true},
+		{name: "rejected", wantErr: true, wantPermanent: true},
+		{name: "sent too", wantSent: 1, wantNotified: 1},
+		{name: "sent before", wantSent: 1, wantNotified: 1},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := results[i].Err
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want an error: %v", err, tt.wantErr)
+			}
+			if got := eventbus.IsPermanent(err); got != tt.wantPermanent {
+				t.Errorf("IsPermanent(%v) = %v, want %v", err, got, tt.wantPermanent)
+			}
+			if got := errors.Is(err, app.ErrRejected); got != tt.wantPermanent {
+				t.Errorf("errors.Is(%v, ErrRejected) = %v, want %v", err, got, tt.wantPermanent)
+			}
+			if n := sender.sentFor(orders[i], app.KindConfirmed); n != tt.wantSent {
+				t.Errorf("%d emails sent, want %d", n, tt.wantSent)
+			}
+			if kinds, rows := notified(t, pool, orders[i]); len(kinds) != tt.wantNotified || rows != tt.wantNotified {
+				t.Errorf("notifications %v and %d NotificationSent, want %d of each", kinds, rows, tt.wantNotified)
+			}
+		})
+	}
+
+	// Redelivered once the server takes it, the transient failure sends.
+	sender.setFail("flaky@example.com", nil)
+	if r := handle(t, pool, a, flaky); r[0].Err != nil {
+		t.Fatalf("redelivery: %v", r[0].Err)
+	}
+	if n := sender.sentFor(orders[1], app.KindConfirmed); n != 1 {
+		t.Errorf("%d emails sent after the redelivery, want 1", n)
+	}
+	if kinds, rows := notified(t, pool, orders[1]); len(kinds) != 1 || rows != 1 {
+		t.Errorf("after the redelivery: notifications %v and %d NotificationSent, want 1 of each", kinds, rows)
+	}
+}
+
+// TestConcurrentBatchesOnOverlappingNotices runs two batches at once, in
+// transactions of their own, on notices that overlap and come in opposite
+// orders: neither deadlocks, and every email is sent once.
+func TestConcurrentBatchesOnOverlappingNotices(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	sender.delay = 10 * time.Millisecond
+	const rounds = 10
+	for round := range rounds {
+		orders := make([]string, 6)
+		for i := range orders {
+			orders[i] = uuid.NewString()
+		}
+		var one, other []inbox.Delivery
+		for _, id := range orders[:4] {
+			one = append(one, delivery(confirmed(id, "ada@example.com"), newEventID(t)))
+		}
+		for i := len(orders) - 1; i >= 2; i-- {
+			other = append(other, delivery(confirmed(orders[i], "ada@example.com"), newEventID(t)))
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		errs := make([]error, 2)
+		for k, batch := range [][]inbox.Delivery{one, other} {
+			wg.Go(func() {
+				<-start
+				results, err := handleTx(ctx, pool, a, batch)
+				for _, r := range results {
+					err = errors.Join(err, r.Err)
+				}
+				errs[k] = err
+			})
+		}
+		close(start)
+		wg.Wait()
+		cancel()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		for _, id := range orders {
+			if n := sender.sentFor(id, app.KindConfirmed); n != 1 {
+				t.Errorf("round %d: order %s: %d emails sent, want 1", round, id, n)
+			}
+			if kinds, rows := notified(t, pool, id); len(kinds) != 1 || rows != 1 {
+				t.Errorf("round %d: order %s: notifications %v and %d NotificationSent, want 1 of each", round, id, kinds, rows)
+			}
+		}
+	}
+}
+
+func TestBatchSendsItsEmailsAtOnce(t *testing.T) {
+	const sends = 4
+	pool, sender, a := newFakeApp(t, app.WithSends(sends))
+	sender.delay = 100 * time.Millisecond
+	var batch []inbox.Delivery
+	for range 2 * sends {
+		batch = append(batch, delivery(confirmed(uuid.NewString(), "ada@example.com"), newEventID(t)))
+	}
+	for i, r := range handle(t, pool, a, batch...) {
+		if r.Err != nil {
+			t.Errorf("delivery %d: %v", i, r.Err)
+		}
+	}
+	if sender.maxInFlight < 2 || sender.maxInFlight > sends {
+		t.Errorf("%d emails were sent at once, want from 2 to %d", sender.maxInFlight, sends)
+	}
+}
+
+// TestHangingSendFailsAlone: an email that hangs fails before the
+// transaction's deadline, leaving time for the batch's other emails to
+// commit.
+func TestHangingSendFailsAlone(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	sender.hang["stuck@example.com"] = true
+	stuck, fine := uuid.NewString(), uuid.NewString()
+	// As the batch runner bounds each transaction.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	results, err := handleTx(ctx, pool, a, []inbox.Delivery{
+		delivery(confirmed(stuck, "stuck@example.com"), newEventID(t)),
+		delivery(confirmed(fine, "ada@example.com"), newEventID(t)),
+	})
+	if err != nil {
+		t.Fatalf("batch failed as a whole: %v", err)
+	}
+	if err := results[0].Err; err == nil || eventbus.IsPermanent(err) {
+		t.Errorf("hanging send: err = %v, want a retryable error", err)
+	}
+	if err := results[1].Err; err != nil {
+		t.Errorf("the other send: %v", err)
+	}
+	if kinds, rows := notified(t, pool, stuck); len(kinds) != 0 || rows != 0 {
+		t.Errorf("hanging send left notifications %v and %d NotificationSent", kinds, rows)
+	}
+	if kinds, rows := notified(t, pool, fine); len(kinds) != 1 || rows != 1 {
+		t.Errorf("the other send: notifications %v and %d NotificationSent, want 1 of each", kinds, rows)
+	}
+}
+
+// TestBatchRunnerSharesTransactions delivers many events at once through
+// the batch runner, with the SMTP sink as the mail server: they share
+// transactions, and each email is sent once.
+func TestBatchRunnerSharesTransactions(t *testing.T) {
+	f := newFixture(t)
+	const n = 24
+	orders := make([]string, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make([]error, n)
+	for i := range n {
+		orders[i] = uuid.NewString()
+		d := delivery(confirmed(orders[i], "ada@example.com"), newEventID(t))
+		wg.Go(func() {
+			<-start
+			var outcome inbox.Outcome
+			outcome, errs[i] = f.batch.Process(context.Background(), d.Event, d.Meta)
+			if errs[i] == nil && outcome != inbox.Processed {
+				errs[i] = fmt.Errorf("outcome %v", outcome)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("deliveries: %v", err)
+	}
+	for _, id := range orders {
+		if got := len(f.sink.Matching(toOrder(id))); got != 1 {
+			t.Errorf("order %s: sink received %d emails, want 1", id, got)
+		}
+	}
+	if got := len(outboxSent(t, f.pool)); got != n {
+		t.Errorf("outbox has %d NotificationSent, want %d", got, n)
+	}
+	if got := count(t, f.pool, "inbox"); got != n {
+		t.Errorf("inbox has %d rows, want %d", got, n)
+	}
+	if txs, deliveries := f.batch.Stats(); deliveries != n || txs >= n {
+		t.Errorf("%d deliveries in %d transactions, want %d in fewer", deliveries, txs, n)
+	}
+}
