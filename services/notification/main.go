@@ -78,16 +78,18 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			// emails are sent inside it. A slow SMTP server does not stall
 			// the service worse than it did when each delivery had a
 			// transaction of its own: a batch's emails are sent at once,
-			// each over its own session, so a batch takes about as long as
-			// its slowest email rather than the sum, and as many emails
-			// are in flight as before (the consumer concurrency); while
-			// it runs, the next batch gathers the deliveries that arrive.
-			// Every email is bounded by the mailer's timeout
-			// (ORDERMESH_SMTP_TIMEOUT). The trade-off left: one stuck
-			// send holds up its whole batch, and the batches behind it,
-			// until that timeout (twice it for an email sent again on a
-			// new connection), where before it held up only its own
-			// delivery while the others went on.
+			// each over its own session, so a batch takes about as long
+			// as its slowest email rather than the sum of them, and as
+			// many emails are in flight as before (up to the consumer
+			// concurrency); meanwhile the next batch gathers the
+			// deliveries that arrive. Every email is bounded by the
+			// mailer's timeout (ORDERMESH_SMTP_TIMEOUT), and all end a
+			// little before the transaction's (ORDERMESH_SHUTDOWN_TIMEOUT),
+			// so that one that hangs fails alone. The trade-off left: one
+			// stuck send holds up its whole batch, the deliveries queued
+			// behind it and any batch of another instance waiting for one
+			// of its claims, until that timeout, where before it held up
+			// only its own delivery while the others went on.
 			b := inbox.NewBatchRunner(s.Inbox, a.Handle, s.Config.Concurrency, s.Config.ShutdownTimeout)
 			return nil, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCreated](b)),

@@ -10,10 +10,11 @@
 // them together. For a batch, Handle, in this order:
 //
 //  1. checks and renders each delivery's email. An event that can never be
-//     sent (no recipient, an order id that is not a UUID) fails alone,
-//     permanently. A delivery of the same order and kind as an earlier one
-//     of the batch (the notice published twice) sends nothing and shares
-//     that one's outcome;
+//     sent (not an order event, no recipient, an order id that is not a
+//     UUID) fails alone, permanently. A delivery of the same order and
+//     kind as an earlier one of the batch (the notice published twice)
+//     sends nothing: it succeeds if that one's email went out or had
+//     before, and fails, retryably, if that one's send failed;
 //  2. claims every (order id, kind) of the batch in the notifications
 //     table, in one statement, and writes NotificationSent for each to the
 //     outbox in the same round trip (store.Claim). A claim that exists
@@ -41,21 +42,25 @@
 // The one gap left is between 3 and the commit: an SMTP server cannot take
 // part in a PostgreSQL transaction, so if the transaction fails after the
 // server accepted the emails (the database or the process goes away in
-// that instant), the batch's events are redelivered and its emails are
-// sent again: every email the batch sent, since they commit together.
-// That is the remaining at-least-once window. It is kept as small as it
-// can be: when every claimed email went out, every database write happens
-// before the sends, so after them only COMMIT remains (when a delivery
-// failed or found its claim held, step 4 and the runner's removal of the
-// failed inbox rows come first, one round trip each); the mail client
-// counts a message as sent as soon as the server accepted its data, even
-// if closing the connection fails afterwards; and a repeated email
-// carries the same Message-ID as the first (see MessageID), so mail
-// systems can recognize the duplicate.
+// that instant, or a statement after the sends fails), the batch's events
+// are redelivered and its emails are sent again: every email the batch
+// sent, since they commit together. That is the remaining at-least-once
+// window. It is kept as small as it can be: when every claimed email went
+// out and no claim was held already, every database write happens before
+// the sends, so after them only COMMIT remains, as it did when each
+// delivery had a transaction of its own (otherwise step 4 comes first,
+// and, when a delivery failed, the runner's removal of its inbox row: one
+// round trip each); the mail client counts a message as sent as soon as
+// the server accepted its data, even if closing the connection fails
+// afterwards; and a repeated email carries the same Message-ID as the
+// first (see MessageID), so mail systems can recognize the duplicate.
 //
-// This is why Handle writes NotificationSent to the outbox itself and
-// returns no events, instead of returning them for the runner to write
-// after the sends.
+// This is why Handle writes NotificationSent to the outbox itself, with
+// the claims, and returns no events, instead of returning them for the
+// runner to write after the sends, or writing the rows of the emails that
+// went out after the sends: either would put a statement after the sends
+// of every batch. The price is an outbox row written and dropped for a
+// notice whose email was sent before, which is rare.
 package app
 
 import (
