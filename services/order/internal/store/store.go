@@ -162,45 +162,40 @@ func GetForUpdate(ctx context.Context, tx pgx.Tx, id string) (order.Order, error
 // locked in id order, so two transactions locking some of the same orders
 // wait for each other in one order and cannot deadlock. ids must be UUIDs.
 func LockMany(ctx context.Context, tx pgx.Tx, ids []string) (map[string]order.Order, error) {
-	out := make(map[string]order.Order, len(ids))
 	if len(ids) == 0 {
-		return out, nil
+		return map[string]order.Order{}, nil
 	}
 	rows, err := tx.Query(ctx, `SELECT `+columns+` FROM orders WHERE id = ANY($1::text[]::uuid[]) ORDER BY id FOR UPDATE`, ids)
+	out, err := collect(rows, err, len(ids), func(o order.Order) string { return o.ID })
 	if err != nil {
 		return nil, fmt.Errorf("lock %d orders: %w", len(ids), err)
 	}
+	return out, nil
+}
+
+// collect reads the orders of rows (or returns err, the query's) by key.
+func collect(rows pgx.Rows, err error, n int, key func(order.Order) string) (map[string]order.Order, error) {
+	if err != nil {
+		return nil, err
+	}
 	defer rows.Close()
+	out := make(map[string]order.Order, n)
 	for rows.Next() {
 		o, _, err := scanOne(rows)
 		if err != nil {
-			return nil, fmt.Errorf("lock %d orders: %w", len(ids), err)
+			return nil, err
 		}
-		out[o.ID] = o
+		out[key(o)] = o
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("lock %d orders: %w", len(ids), err)
-	}
-	return out, nil
+	return out, rows.Err()
 }
 
 // GetByRequestIDs returns the orders placed by the requests with ids, by
 // request id; requests that placed no order are missing from the result.
 func GetByRequestIDs(ctx context.Context, q Querier, ids []string) (map[string]order.Order, error) {
 	rows, err := q.Query(ctx, `SELECT `+columns+` FROM orders WHERE request_id = ANY($1::text[]::uuid[])`, ids)
+	out, err := collect(rows, err, len(ids), func(o order.Order) string { return o.RequestID })
 	if err != nil {
-		return nil, fmt.Errorf("get orders of %d requests: %w", len(ids), err)
-	}
-	defer rows.Close()
-	out := make(map[string]order.Order, len(ids))
-	for rows.Next() {
-		o, _, err := scanOne(rows)
-		if err != nil {
-			return nil, fmt.Errorf("get orders of %d requests: %w", len(ids), err)
-		}
-		out[o.RequestID] = o
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("get orders of %d requests: %w", len(ids), err)
 	}
 	return out, nil
