@@ -32,8 +32,10 @@ type Machine struct {
 // DescribeMachine gathers the machine description: CPU count and model
 // and memory from /proc, the kernel, the Go version, the broker's and the
 // database's versions (asked over their protocols) and the git commit of
-// root ("+dirty" with uncommitted changes).
-func DescribeMachine(ctx context.Context, root, dbURL, amqpURL string) Machine {
+// root, marked when the working tree has uncommitted changes other than
+// to the paths in ignore (relative to root: the report's own page, which
+// an earlier run rewrote).
+func DescribeMachine(ctx context.Context, root, dbURL, amqpURL string, ignore ...string) Machine {
 	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), CPUModel: "unknown", MemTotal: "unknown",
 		Kernel: "unknown", RabbitMQ: "unknown", PostgreSQL: "unknown", Commit: "unknown"}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
@@ -63,7 +65,11 @@ func DescribeMachine(ctx context.Context, root, dbURL, amqpURL string) Machine {
 	}
 	if out, err := exec.CommandContext(ctx, "git", "-C", root, "rev-parse", "--short=12", "HEAD").Output(); err == nil {
 		m.Commit = strings.TrimSpace(string(out))
-		if st, err := exec.CommandContext(ctx, "git", "-C", root, "status", "--porcelain").Output(); err == nil && len(st) > 0 {
+		args := []string{"-C", root, "status", "--porcelain", "--", "."}
+		for _, p := range ignore {
+			args = append(args, ":(exclude)"+p)
+		}
+		if st, err := exec.CommandContext(ctx, "git", args...).Output(); err == nil && len(st) > 0 {
 			m.Commit += " (+ uncommitted changes)"
 		}
 	}

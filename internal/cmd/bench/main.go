@@ -82,7 +82,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			opts.Skip[strings.TrimSpace(s)] = true
 		}
 	}
-	machine := bench.DescribeMachine(ctx, root, opts.AdminDatabaseURL, opts.AMQPURL)
+	var ignore []string
+	if *doc != "" {
+		ignore = append(ignore, *doc)
+	}
+	machine := bench.DescribeMachine(ctx, root, opts.AdminDatabaseURL, opts.AMQPURL, ignore...)
 	res, err := bench.Run(ctx, opts)
 	if err != nil {
 		return err
