@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/cputime"
 	"github.com/ordermesh/ordermesh/internal/loadgen"
 	"github.com/ordermesh/ordermesh/internal/rest"
 )
@@ -75,7 +75,7 @@ func BenchmarkCreateOrder(b *testing.B) {
 		var n atomic.Int64
 		b.SetParallelism(max(1, clients/runtime.GOMAXPROCS(0)))
 		b.ReportAllocs()
-		cpu0 := cpuTime(b)
+		cpu0 := cputime.Self(b)
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			ctx := context.Background()
@@ -88,7 +88,7 @@ func BenchmarkCreateOrder(b *testing.B) {
 			}
 		})
 		b.StopTimer()
-		b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
+		b.ReportMetric(float64(cputime.Self(b)-cpu0)/float64(b.N), "cpu-ns/op")
 	}
 	b.Run("grpc", func(b *testing.B) {
 		run(b, loadgen.NewGRPCCreator(startCanned(b)))
@@ -106,15 +106,4 @@ func BenchmarkCreateOrder(b *testing.B) {
 		b.Cleanup(client.CloseIdleConnections)
 		run(b, loadgen.NewRESTCreator(hs.URL, client))
 	})
-}
-
-// cpuTime is the CPU time (user and system) the process has used: on a
-// shared machine it tells the cost of an order better than the wall time.
-func cpuTime(b *testing.B) time.Duration {
-	b.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatalf("getrusage: %v", err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/cputime"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/outbox"
@@ -53,7 +53,7 @@ func BenchmarkRender(b *testing.B) {
 		{Kind: app.KindConfirmed, OrderID: orderID, Recipient: "ada@example.com", Total: "EUR 20.00"},
 	}
 	b.ReportAllocs()
-	cpu := cpuTime(b)
+	cpu := cputime.Self(b)
 	for i := 0; b.Loop(); i++ {
 		if _, err := r.Render(notices[i%2]); err != nil {
 			b.Fatalf("render: %v", err)
@@ -61,7 +61,7 @@ func BenchmarkRender(b *testing.B) {
 	}
 	// The machine may be busy with other work: CPU time is steadier than
 	// the time per email.
-	b.ReportMetric(float64((cpuTime(b)-cpu).Nanoseconds())/float64(b.N), "cpu-ns/email")
+	b.ReportMetric(float64((cputime.Self(b)-cpu).Nanoseconds())/float64(b.N), "cpu-ns/email")
 }
 
 // BenchmarkDeliver processes order.created and order.confirmed of fresh
@@ -180,14 +180,14 @@ func benchmarkDeliver(b *testing.B, inFlight int) {
 	}
 	txs, deliveries := batches.Stats()
 
-	cpu, pgCPU := cpuTime(b), backendsCPU(b, pool, schema)
+	cpu, pgCPU := cputime.Self(b), backendsCPU(b, pool, schema)
 	b.ReportAllocs()
 	b.ResetTimer()
 	if err := deliverAll(warmUp, len(events)); err != nil {
 		b.Fatalf("%v", err)
 	}
 	b.StopTimer()
-	usedCPU, usedPG := cpuTime(b)-cpu, backendsCPU(b, pool, schema).since(pgCPU)
+	usedCPU, usedPG := cputime.Self(b)-cpu, backendsCPU(b, pool, schema).since(pgCPU)
 	b.ReportMetric(float64(usedCPU.Microseconds())/float64(b.N), "cpu-µs/email")
 	b.ReportMetric(float64(usedPG.Microseconds())/float64(b.N), "pg-cpu-µs/email")
 	endTxs, endDeliveries := batches.Stats()
@@ -311,14 +311,4 @@ func startSinkProcess(b *testing.B) string {
 	// The rest of its output (PASS) is not needed.
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
 	return strings.TrimSpace(addr)
-}
-
-// cpuTime returns the CPU time the process has used so far.
-func cpuTime(b *testing.B) time.Duration {
-	b.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatalf("getrusage: %v", err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -4,10 +4,10 @@ package mailer_test
 
 import (
 	"context"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ordermesh/ordermesh/internal/cputime"
 	"github.com/ordermesh/ordermesh/services/notification/internal/mailer"
 )
 
@@ -31,7 +31,7 @@ func BenchmarkSend(b *testing.B) {
 			s := startSink(b)
 			m := newMailer(b, s.Addr(), 10*time.Second, mailer.WithIdleSessions(mode.idle))
 			e := email("bench@example.com")
-			cpu := cpuTime(b)
+			cpu := cputime.Self(b)
 			for i := 0; b.Loop(); i++ {
 				if err := m.Send(context.Background(), e); err != nil {
 					b.Fatalf("send: %v", err)
@@ -40,13 +40,13 @@ func BenchmarkSend(b *testing.B) {
 					s.Reset() // The sink keeps what it receives; keep memory flat.
 				}
 			}
-			report(b, cpuTime(b)-cpu)
+			report(b, cputime.Self(b)-cpu)
 		})
 		b.Run(mode.name+", parallel", func(b *testing.B) {
 			s := startSink(b)
 			m := newMailer(b, s.Addr(), 10*time.Second, mailer.WithIdleSessions(mode.idle))
 			e := email("bench@example.com")
-			cpu := cpuTime(b)
+			cpu := cputime.Self(b)
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -57,7 +57,7 @@ func BenchmarkSend(b *testing.B) {
 				}
 			})
 			b.StopTimer()
-			report(b, cpuTime(b)-cpu)
+			report(b, cputime.Self(b)-cpu)
 		})
 	}
 }
@@ -65,14 +65,4 @@ func BenchmarkSend(b *testing.B) {
 func report(b *testing.B, cpu time.Duration) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "emails/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/email")
-}
-
-// cpuTime returns the CPU time the process has used so far.
-func cpuTime(b *testing.B) time.Duration {
-	b.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatalf("getrusage: %v", err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
