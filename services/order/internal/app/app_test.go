@@ -196,6 +196,53 @@ func TestCreateConcurrentRepeatsMakeOneOrder(t *testing.T) {
 	}
 }
 
+// TestCreateRepeatsAmongNewOrders sends repeats of a placed request
+// concurrently with new requests, so batches mix them: the one-round-trip
+// write refuses such a batch and it is written again resolving the
+// repeats; every new order is placed once and every repeat gets the first
+// order.
+func TestCreateRepeatsAmongNewOrders(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	placed := request()
+	first, err := f.app.Create(ctx, placed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g errgroup.Group
+	repeats := make([]string, 16)
+	for i := range repeats {
+		g.Go(func() error {
+			o, err := f.app.Create(ctx, placed)
+			repeats[i] = o.ID
+			return err
+		})
+		g.Go(func() error {
+			_, err := f.app.Create(ctx, request())
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	for _, id := range repeats {
+		if id != first.ID {
+			t.Fatalf("repeats returned %v, want %s each time", repeats, first.ID)
+		}
+	}
+	var orders int
+	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM orders`).Scan(&orders); err != nil {
+		t.Fatal(err)
+	}
+	if want := 1 + len(repeats); orders != want || len(outboxTypes(t, f.pool)) != want {
+		t.Errorf("%d orders and %d outbox events, want %d of each", orders, len(outboxTypes(t, f.pool)), want)
+	}
+	// The connection a refused one-round-trip write used is usable again.
+	if _, err := f.app.Create(ctx, request()); err != nil {
+		t.Errorf("create after the repeats: %v", err)
+	}
+}
+
 func TestCreateRejectsMixedCurrency(t *testing.T) {
 	f := newFixture(t)
 	req := request()

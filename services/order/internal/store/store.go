@@ -75,6 +75,76 @@ func QueueInsert(b *pgx.Batch, inserted map[string]bool, orders ...order.Order) 
 	if len(orders) == 0 {
 		return nil
 	}
+	args, err := insertArgs(orders)
+	if err != nil {
+		return err
+	}
+	b.Queue(insertSQL+`
+		ON CONFLICT (request_id) DO NOTHING
+		RETURNING id::text`, args...,
+	).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return fmt.Errorf("insert %d orders: %w", len(orders), err)
+			}
+			inserted[id] = true
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("insert %d orders: %w", len(orders), err)
+		}
+		return nil
+	})
+	return nil
+}
+
+// QueueInsertAll queues on b the statement storing new orders, all or
+// none: a request id already taken, or repeated among orders, fails the
+// statement with a unique violation (see IsRequestIDTaken), so a caller
+// can queue what follows the orders in the same round trip.
+func QueueInsertAll(b *pgx.Batch, orders ...order.Order) error {
+	if len(orders) == 0 {
+		return nil
+	}
+	args, err := insertArgs(orders)
+	if err != nil {
+		return err
+	}
+	b.Queue(insertSQL, args...).Exec(func(tag pgconn.CommandTag) error {
+		if n := tag.RowsAffected(); n != int64(len(orders)) {
+			return fmt.Errorf("insert %d orders: %d inserted", len(orders), n)
+		}
+		return nil
+	})
+	return nil
+}
+
+// IsRequestIDTaken reports whether err is an insert of orders failing
+// because a request id was taken already (or twice in one statement).
+func IsRequestIDTaken(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "orders_request_id_key"
+}
+
+// insertSQL inserts the orders of insertArgs' arrays, in the order given:
+// WITH ORDINALITY keeps seq in that order.
+const insertSQL = `
+		INSERT INTO orders (id, request_id, customer_email, items, total_currency, total_units, total_nanos,
+			payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
+			create_time, update_time)
+		SELECT id, request_id, customer_email, items, total_currency, total_units, total_nanos,
+			payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
+			create_time, update_time
+		FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::text[], $4::text[]::jsonb[], $5::text[],
+			$6::bigint[], $7::integer[], $8::text[], $9::text[], $10::text[], $11::boolean[], $12::boolean[],
+			$13::text[], $14::timestamptz[], $15::timestamptz[])
+			WITH ORDINALITY AS o(id, request_id, customer_email, items, total_currency, total_units, total_nanos,
+				payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
+				create_time, update_time, n)
+		ORDER BY n`
+
+// insertArgs returns insertSQL's arguments for orders.
+func insertArgs(orders []order.Order) ([]any, error) {
 	var c struct {
 		id, requestID, email, items, currency, token, status, reason, paymentID []string
 		units                                                                   []int64
@@ -85,7 +155,7 @@ func QueueInsert(b *pgx.Batch, inserted map[string]bool, orders ...order.Order) 
 	for _, o := range orders {
 		items, err := json.Marshal(itemsToRows(o.Items))
 		if err != nil {
-			return fmt.Errorf("encode items of order %s: %w", o.ID, err)
+			return nil, fmt.Errorf("encode items of order %s: %w", o.ID, err)
 		}
 		c.id = append(c.id, o.ID)
 		c.requestID = append(c.requestID, o.RequestID)
@@ -103,39 +173,8 @@ func QueueInsert(b *pgx.Batch, inserted map[string]bool, orders ...order.Order) 
 		c.created = append(c.created, o.CreateTime)
 		c.updated = append(c.updated, o.UpdateTime)
 	}
-	// WITH ORDINALITY keeps seq in the order the caller gave.
-	b.Queue(`
-		INSERT INTO orders (id, request_id, customer_email, items, total_currency, total_units, total_nanos,
-			payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
-			create_time, update_time)
-		SELECT id, request_id, customer_email, items, total_currency, total_units, total_nanos,
-			payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
-			create_time, update_time
-		FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::text[], $4::text[]::jsonb[], $5::text[],
-			$6::bigint[], $7::integer[], $8::text[], $9::text[], $10::text[], $11::boolean[], $12::boolean[],
-			$13::text[], $14::timestamptz[], $15::timestamptz[])
-			WITH ORDINALITY AS o(id, request_id, customer_email, items, total_currency, total_units, total_nanos,
-				payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
-				create_time, update_time, n)
-		ORDER BY n
-		ON CONFLICT (request_id) DO NOTHING
-		RETURNING id::text`,
-		c.id, c.requestID, c.email, c.items, c.currency, c.units, c.nanos, c.token, c.status, c.reason,
-		c.reserved, c.paid, c.paymentID, c.created, c.updated,
-	).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				return fmt.Errorf("insert %d orders: %w", len(orders), err)
-			}
-			inserted[id] = true
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("insert %d orders: %w", len(orders), err)
-		}
-		return nil
-	})
-	return nil
+	return []any{c.id, c.requestID, c.email, c.items, c.currency, c.units, c.nanos, c.token, c.status, c.reason,
+		c.reserved, c.paid, c.paymentID, c.created, c.updated}, nil
 }
 
 // Get returns the order with id, or an error wrapping order.ErrNotFound.
