@@ -1,6 +1,7 @@
 package eventbus
 
 import (
+	"errors"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -25,5 +26,18 @@ func TestDecode(t *testing.T) {
 	m.Type, m.Body = "ordermesh.payment.v1.PaymentFailed", []byte{0xff, 0xff}
 	if _, err := Decode(m); err == nil {
 		t.Error("Decode of a garbled body: want an error")
+	}
+}
+
+func TestParseOrderID(t *testing.T) {
+	got, err := ParseOrderID("0190A5C2-7B3E-7C4D-8E5F-6A7B8C9D0E1F")
+	if err != nil || got != "0190a5c2-7b3e-7c4d-8e5f-6a7b8c9d0e1f" {
+		t.Errorf("ParseOrderID(upper case) = %q, %v; want the lower-case form", got, err)
+	}
+	for _, bad := range []string{"", "not-a-uuid", "0190a5c2-7b3e-7c4d-8e5f"} {
+		_, err := ParseOrderID(bad)
+		if !IsPermanent(err) || !errors.Is(err, ErrInvalidOrderID) {
+			t.Errorf("ParseOrderID(%q) = %v, want a permanent ErrInvalidOrderID", bad, err)
+		}
 	}
 }

@@ -139,3 +139,20 @@ func Decode(m Message) (proto.Message, error) {
 	}
 	return ev, nil
 }
+
+// ErrInvalidOrderID is wrapped by ParseOrderID's error.
+var ErrInvalidOrderID = errors.New("order id is not a UUID")
+
+// ParseOrderID returns an event's order id in canonical form (lower case,
+// hyphenated), so ids a handler compares or uses as keys agree however the
+// producer wrote them, or a permanent error wrapping ErrInvalidOrderID: an
+// event without a valid order id can never be applied. The events' schemas
+// require a UUID already; handlers check again because they key their
+// work by it.
+func ParseOrderID(id string) (string, error) {
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return "", Permanent(fmt.Errorf("parse order id %q: %w", id, ErrInvalidOrderID))
+	}
+	return u.String(), nil
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
@@ -120,7 +119,7 @@ func parseOrderEvent(ev proto.Message) (orderEvent, error) {
 		return orderEvent{}, eventbus.Permanent(fmt.Errorf("handle %T: %w", ev, errUnexpectedEvent))
 	}
 	var err error
-	if e.orderID, err = parseOrderID(id); err != nil {
+	if e.orderID, err = eventbus.ParseOrderID(id); err != nil {
 		return orderEvent{}, err
 	}
 	if e.kind == orderCreated {
@@ -203,19 +202,6 @@ func (a *App) release(ctx context.Context, l *stock.Ledger, id string) ([]proto.
 	}
 	a.log.InfoContext(ctx, "stock released", slog.String("order_id", id), slog.String("from", r.Status.String()))
 	return []proto.Message{&inventoryv1.StockReleased{OrderId: id, Items: linesToProto(r.Lines)}}, nil
-}
-
-// errInvalidOrderID marks an event whose order id is not a UUID.
-var errInvalidOrderID = errors.New("order id is not a UUID")
-
-// parseOrderID returns id in canonical form, or a permanent error: an
-// event without a valid order id can never be applied.
-func parseOrderID(id string) (string, error) {
-	u, err := uuid.Parse(id)
-	if err != nil {
-		return "", eventbus.Permanent(fmt.Errorf("parse order id %q: %w", id, errInvalidOrderID))
-	}
-	return u.String(), nil
 }
 
 func linesFromProto(items []*orderv1.LineItem) []stock.Line {

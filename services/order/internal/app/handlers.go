@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
@@ -140,9 +139,6 @@ type outcome struct {
 // errUnexpectedEvent marks an event Handle does not handle.
 var errUnexpectedEvent = errors.New("not an event the order service handles")
 
-// errInvalidOrderID marks an event whose order id is not a UUID.
-var errInvalidOrderID = errors.New("order id is not a UUID")
-
 // parseOutcome converts ev, or returns a permanent error: an event of
 // another type or without a valid order id can never be applied.
 func parseOutcome(ev proto.Message) (outcome, error) {
@@ -166,10 +162,9 @@ func parseOutcome(ev proto.Message) (outcome, error) {
 	default:
 		return outcome{}, eventbus.Permanent(fmt.Errorf("handle %T: %w", ev, errUnexpectedEvent))
 	}
-	u, err := uuid.Parse(id)
-	if err != nil {
-		return outcome{}, eventbus.Permanent(fmt.Errorf("parse order id %q: %w", id, errInvalidOrderID))
+	var err error
+	if oc.orderID, err = eventbus.ParseOrderID(id); err != nil {
+		return outcome{}, err
 	}
-	oc.orderID = u.String()
 	return oc, nil
 }

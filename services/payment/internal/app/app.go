@@ -14,7 +14,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
@@ -181,7 +180,7 @@ func parseOrderEvent(ev proto.Message) (orderEvent, error) {
 		return orderEvent{}, eventbus.Permanent(fmt.Errorf("handle %T: %w", ev, errUnexpectedEvent))
 	}
 	var err error
-	if e.orderID, err = parseOrderID(id); err != nil {
+	if e.orderID, err = eventbus.ParseOrderID(id); err != nil {
 		return orderEvent{}, err
 	}
 	return e, nil
@@ -272,19 +271,6 @@ func declineReason(err error) string {
 		}
 	}
 	return msg
-}
-
-// errInvalidOrderID marks an event whose order id is not a UUID.
-var errInvalidOrderID = errors.New("order id is not a UUID")
-
-// parseOrderID returns id in canonical form, or a permanent error: an
-// event without a valid order id can never be applied.
-func parseOrderID(id string) (string, error) {
-	u, err := uuid.Parse(id)
-	if err != nil {
-		return "", eventbus.Permanent(fmt.Errorf("parse order id %q: %w", id, errInvalidOrderID))
-	}
-	return u.String(), nil
 }
 
 func moneyFromProto(m *moneyv1.Money) provider.Money {
