@@ -150,19 +150,14 @@ func (a *App) insertAll(ctx context.Context, calls []*createCall) error {
 		orders[i] = c.order
 		events[i] = orderEvent{c.order.ID, orderCreated(c.order)}
 	}
-	msgs, records, err := outgoing(events, eventbus.Meta{})
-	if err != nil {
-		return err
-	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	if err := store.QueueInsertAll(b, orders...); err != nil {
 		return err
 	}
-	if err := outbox.Queue(b, msgs...); err != nil {
+	if err := queuePublish(b, events); err != nil {
 		return err
 	}
-	store.QueueRecordEvents(b, records...)
 	b.Queue("COMMIT")
 
 	conn, err := a.pool.Acquire(ctx)
@@ -366,18 +361,28 @@ func publish(ctx context.Context, tx pgx.Tx, events ...orderEvent) error {
 	if len(events) == 0 {
 		return nil
 	}
+	b := &pgx.Batch{}
+	if err := queuePublish(b, events); err != nil {
+		return err
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write %d events to the outbox and timeline: %w", len(events), err)
+	}
+	return nil
+}
+
+// queuePublish queues on b the statements writing the order service's
+// events (none caused by a consumed event) to the outbox and to their
+// orders' timelines.
+func queuePublish(b *pgx.Batch, events []orderEvent) error {
 	msgs, records, err := outgoing(events, eventbus.Meta{})
 	if err != nil {
 		return err
 	}
-	b := &pgx.Batch{}
 	if err := outbox.Queue(b, msgs...); err != nil {
 		return err
 	}
 	store.QueueRecordEvents(b, records...)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("write %d events to the outbox and timeline: %w", len(events), err)
-	}
 	return nil
 }
 
