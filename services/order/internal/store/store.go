@@ -257,19 +257,13 @@ func ListPendingSince(ctx context.Context, q Querier, before time.Time, limit in
 	return ids, nil
 }
 
-// Update writes o's status and saga progress. Watchers are notified when
-// the transaction commits.
-func Update(ctx context.Context, q Querier, o order.Order) error {
-	tag, err := q.Exec(ctx, `
-		UPDATE orders SET status = $2, status_reason = $3, stock_reserved = $4,
-			payment_succeeded = $5, payment_id = $6, update_time = $7
-		WHERE id = $1`,
-		o.ID, o.Status.String(), o.StatusReason, o.StockReserved, o.PaymentSucceeded, o.PaymentID, o.UpdateTime)
-	if err != nil {
+// Update writes o's status and saga progress in tx, like QueueUpdate for
+// one order. Watchers are notified when the transaction commits.
+func Update(ctx context.Context, tx pgx.Tx, o order.Order) error {
+	b := &pgx.Batch{}
+	QueueUpdate(b, o)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("update order %s: %w", o.ID, err)
-	}
-	if tag.RowsAffected() != 1 {
-		return fmt.Errorf("update order %s: %w", o.ID, order.ErrNotFound)
 	}
 	return nil
 }
