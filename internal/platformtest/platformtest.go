@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -32,6 +31,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/internal/smtpsink"
+	"github.com/ordermesh/ordermesh/internal/testport"
 )
 
 // Services are the gRPC services of the platform, in start order.
@@ -220,9 +220,9 @@ func Start(t testing.TB, opts Options) *Platform {
 	t.Cleanup(func() { p.Stop() })
 
 	for _, name := range Services {
-		p.start(name, freeAddr(t))
+		p.start(name, testport.Addr(t))
 	}
-	p.start("gateway", freeAddr(t))
+	p.start("gateway", testport.Addr(t))
 	p.HTTPURL = "http://" + p.Procs["gateway"].Addr
 	p.WaitServing(time.Minute)
 	return p
@@ -514,17 +514,6 @@ func randomID(t testing.TB) string {
 		t.Fatalf("random id: %v", err)
 	}
 	return hex.EncodeToString(b[:])
-}
-
-// freeAddr returns a loopback address with a port free right now.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 type lockedBuffer struct {

@@ -32,6 +32,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/platformtest"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/internal/service"
+	"github.com/ordermesh/ordermesh/internal/testport"
 	"github.com/ordermesh/ordermesh/internal/testproxy"
 )
 
@@ -50,7 +51,7 @@ func TestWorkerRuntime(t *testing.T) {
 		platformtest.DeleteTopology(t, platformtest.AMQPURL(), prefix, []string{name}, []time.Duration{100 * time.Millisecond})
 	})
 
-	adminAddr := freeAddr(t)
+	adminAddr := testport.Addr(t)
 	// The worker reaches the broker through a proxy the test can cut.
 	broker, err := url.Parse(platformtest.AMQPURL())
 	if err != nil {
@@ -269,14 +270,4 @@ func get(t *testing.T, url string) string {
 		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
 	}
 	return string(b)
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

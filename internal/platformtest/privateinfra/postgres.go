@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/ordermesh/ordermesh/internal/testport"
 )
 
 // PostgreSQL is a private PostgreSQL cluster. Its methods are not safe for
@@ -42,7 +44,7 @@ func StartPostgreSQL(ctx context.Context, dir string) (*PostgreSQL, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start postgresql: %w", err)
 	}
-	ports, err := freePorts(1)
+	ports, err := testport.Ports(1)
 	if err != nil {
 		return nil, fmt.Errorf("start postgresql: %w", err)
 	}

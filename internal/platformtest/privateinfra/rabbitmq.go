@@ -12,7 +12,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +21,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/ordermesh/ordermesh/internal/testport"
 )
 
 // RabbitMQHome is where the RabbitMQ scripts live on Debian and Ubuntu.
@@ -62,7 +63,7 @@ func StartRabbitMQ(ctx context.Context, dir string) (*RabbitMQ, error) {
 	if _, err := os.Stat(server); err != nil {
 		return nil, fmt.Errorf("start rabbitmq: rabbitmq-server not installed: %w", err)
 	}
-	ports, err := freePorts(3)
+	ports, err := testport.Ports(3)
 	if err != nil {
 		return nil, fmt.Errorf("start rabbitmq: %w", err)
 	}
@@ -312,26 +313,6 @@ func (p *process) exited() bool {
 	default:
 		return false
 	}
-}
-
-// freePorts returns n distinct loopback ports free right now.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func randomHex(n int) string {
