@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -140,4 +141,68 @@ func processKind(pid, self int, comm string) string {
 		return "RabbitMQ"
 	}
 	return comm
+}
+
+// cpuWindow holds the machine's and every process's CPU time at the start
+// of a measured window.
+type cpuWindow struct {
+	machine    machineCPU
+	machineErr error
+	procs      map[int]procSample
+	start      time.Time
+}
+
+// startCPUWindow samples the machine and every process now.
+func startCPUWindow() cpuWindow {
+	m, err := readMachineCPU()
+	return cpuWindow{machine: m, machineErr: err, procs: snapshotProcesses(), start: time.Now()}
+}
+
+// CPUUse is where the machine's CPU time went over one or more windows
+// in which Ops operations completed.
+type CPUUse struct {
+	// Machine is the machine's busy time, all CPUs, whoever used it; zero
+	// when /proc/stat could not be read.
+	Machine time.Duration
+	// Elapsed is the windows' wall-clock time.
+	Elapsed time.Duration
+	// ByKind is the processes' CPU time by what they are (see
+	// cpuByCommand); the services appear under their command names.
+	ByKind map[string]time.Duration
+	Ops    int64
+	// CPUs is the machine's CPU count.
+	CPUs int
+}
+
+// end closes the window, adding what was used in it and ops to u.
+func (w cpuWindow) end(u *CPUUse, ops int64) {
+	elapsed := time.Since(w.start)
+	if m, err := readMachineCPU(); err == nil && w.machineErr == nil {
+		u.Machine += time.Duration(m.busySince(w.machine) * float64(elapsed) * float64(runtime.NumCPU()))
+	}
+	if u.ByKind == nil {
+		u.ByKind = map[string]time.Duration{}
+	}
+	for kind, d := range cpuByCommand(w.procs, snapshotProcesses(), nil) {
+		u.ByKind[kind] += d
+	}
+	u.Elapsed += elapsed
+	u.Ops += ops
+	u.CPUs = runtime.NumCPU()
+}
+
+// PerOp returns d per operation of u (0 without operations).
+func (u CPUUse) PerOp(d time.Duration) time.Duration {
+	if u.Ops == 0 {
+		return 0
+	}
+	return d / time.Duration(u.Ops)
+}
+
+// Busy returns the machine's busy share over u's windows.
+func (u CPUUse) Busy() float64 {
+	if u.Elapsed <= 0 || u.CPUs <= 0 {
+		return 0
+	}
+	return float64(u.Machine) / float64(u.Elapsed) / float64(u.CPUs)
 }

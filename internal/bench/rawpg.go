@@ -94,12 +94,13 @@ func (r *RawPG) Close(ctx context.Context) error {
 
 // Run opens conns connections, then runs clients goroutines, each
 // committing one transaction after another for d, and returns committed
-// transactions per second; connecting is not timed.
-func (r *RawPG) Run(ctx context.Context, clients, conns int, d time.Duration) (float64, error) {
+// transactions per second and how many committed; connecting is not
+// timed.
+func (r *RawPG) Run(ctx context.Context, clients, conns int, d time.Duration) (float64, int64, error) {
 	pool, err := postgres.Open(ctx, r.url, r.schema, postgres.WithMaxConns(int32(conns)), postgres.WithMinConns(int32(conns)),
 		postgres.WithApplicationName("ordermesh-bench-raw"))
 	if err != nil {
-		return 0, fmt.Errorf("open raw pool: %w", err)
+		return 0, 0, fmt.Errorf("open raw pool: %w", err)
 	}
 	defer pool.Close()
 	// Open every connection before the clock starts.
@@ -110,7 +111,7 @@ func (r *RawPG) Run(ctx context.Context, clients, conns int, d time.Duration) (f
 			for _, h := range held {
 				h.Release()
 			}
-			return 0, fmt.Errorf("open raw connection: %w", err)
+			return 0, 0, fmt.Errorf("open raw connection: %w", err)
 		}
 		held = append(held, c)
 	}
@@ -122,7 +123,7 @@ func (r *RawPG) Run(ctx context.Context, clients, conns int, d time.Duration) (f
 	_, _ = rand.Read(body)
 	items, err := json.Marshal([]map[string]any{{"product_id": "RAW-1", "quantity": 1, "currency_code": "EUR", "units": 9, "nanos": 990000000}})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	var done atomic.Int64
 	var firstErr error
@@ -143,9 +144,9 @@ func (r *RawPG) Run(ctx context.Context, clients, conns int, d time.Duration) (f
 	}
 	wg.Wait()
 	if firstErr != nil {
-		return 0, firstErr
+		return 0, 0, firstErr
 	}
-	return float64(done.Load()) / time.Since(start).Seconds(), nil
+	return float64(done.Load()) / time.Since(start).Seconds(), done.Load(), nil
 }
 
 func insert(ctx context.Context, pool *pgxpool.Pool, items, body []byte) error {

@@ -231,6 +231,7 @@ func Markdown(r *Result, m Machine, command string) string {
 	row(fmt.Sprintf("end to end, gRPC, %s", r.HalfRate.Mode()), r.HalfRate)
 	p("")
 	p("Create-only runs have the order service and the gateway up (the outbox relay publishing to a queue of the benchmark's own); end-to-end runs have every service, the gateway and an SMTP sink. Open-loop latencies count from when a request was due, not when it was sent. Terminal tracking: %s.", loadgen.TrackingMethod)
+	createCPUTable(p, r)
 	if l := r.Relay; l != nil {
 		p("")
 		p("### Outbox relay lag (ms)")
@@ -376,4 +377,49 @@ func ReplaceGenerated(doc, generated string) string {
 		return strings.TrimRight(doc, "\n") + "\n\n" + block + "\n"
 	}
 	return doc[:i] + block + doc[j+len(endMarker):]
+}
+
+// createCPUTable writes where the machine's CPU went in the create
+// trials, per operation, each side's rounds pooled.
+func createCPUTable(p func(string, ...any), r *Result) {
+	var rows []string
+	us := func(u CPUUse, d time.Duration) string {
+		return fmt.Sprintf("%.0f", float64(u.PerOp(d))/float64(time.Microsecond))
+	}
+	row := func(name string, u CPUUse) {
+		rest := u.Machine
+		var cells []string
+		for _, kind := range []string{"PostgreSQL", "RabbitMQ", "order", "gateway", "load generator"} {
+			d := u.ByKind[kind]
+			rest -= d
+			cells = append(cells, us(u, d))
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %d | %.0f%% | **%s** | %s | %s |", name, u.Ops, 100*u.Busy(),
+			us(u, u.Machine), strings.Join(cells, " | "), us(u, max(rest, 0))))
+	}
+	var ratios []string
+	for _, c := range CreateConcurrencies {
+		t := r.Create[c]
+		if t == nil || t.RawCPU.Ops == 0 || t.GRPCCPU.Ops == 0 || t.RawCPU.Machine == 0 {
+			continue
+		}
+		row(fmt.Sprintf("raw pgx, %d clients", c), t.RawCPU)
+		row(fmt.Sprintf("CreateOrder gRPC, %d clients", c), t.GRPCCPU)
+		ratios = append(ratios, fmt.Sprintf("%.1f× (%d clients)",
+			float64(t.GRPCCPU.PerOp(t.GRPCCPU.Machine))/float64(t.RawCPU.PerOp(t.RawCPU.Machine)), c))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("")
+	p("### CPU per operation in the create trials (µs)")
+	p("")
+	p("| run | operations | machine busy | whole machine | PostgreSQL | RabbitMQ | order | gateway | benchmark process | other |")
+	p("|---|---|---|---|---|---|---|---|---|---|")
+	for _, row := range rows {
+		p("%s", row)
+	}
+	p("")
+	p("Each side's rounds pooled: the machine's busy time over the trials (all CPUs, /proc/stat) and each process's user + system time (/proc/<pid>/stat), divided by the transactions committed or CreateOrders that returned OK. The benchmark process is the load generator for CreateOrder and the pgx clients for the raw ceiling; RabbitMQ works for the order service's outbox relay, which publishes each order.created as the service does in production; other is what remains of the machine's busy time. Per operation, CreateOrder cost the machine %s the CPU of a raw transaction: where the trials keep the machine's CPUs busy, that bounds create_vs_raw_pg to about the inverse.",
+		strings.Join(ratios, " and "))
 }

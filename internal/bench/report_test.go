@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/ordermesh/ordermesh/internal/cputime"
 	"github.com/ordermesh/ordermesh/internal/loadgen"
 )
 
@@ -18,7 +19,12 @@ func sampleResult() *Result {
 	return &Result{
 		Started: start, Finished: start.Add(6 * time.Minute), Rounds: 2,
 		Create: map[int]*CreateTrials{
-			8:  {Raw: []float64{2000, 2500}, GRPC: []float64{1000, 900}},
+			8: {Raw: []float64{2000, 2500}, GRPC: []float64{1000, 900},
+				RawCPU: CPUUse{Machine: 1800 * time.Millisecond, Elapsed: time.Second, CPUs: 2, Ops: 4500,
+					ByKind: map[string]time.Duration{"PostgreSQL": 1000 * time.Millisecond, "load generator": 600 * time.Millisecond}},
+				GRPCCPU: CPUUse{Machine: 1900 * time.Millisecond, Elapsed: time.Second, CPUs: 2, Ops: 1900,
+					ByKind: map[string]time.Duration{"PostgreSQL": 500 * time.Millisecond, "RabbitMQ": 300 * time.Millisecond,
+						"order": 700 * time.Millisecond, "gateway": 19 * time.Millisecond, "load generator": 190 * time.Millisecond}}},
 			50: {Raw: []float64{4000, 3000}, GRPC: []float64{1000, 1200}},
 		},
 		REST:   []float64{600, 840},
@@ -100,6 +106,9 @@ func TestMarkdown(t *testing.T) {
 		"| other work on the machine | | | 2.0 s | 0.33 ms | |",
 		"| **whole machine** (90% of 2 CPUs busy) | | | 30.0 s | 5.00 ms | |",
 		"<details><summary>order</summary>",
+		"| raw pgx, 8 clients | 4500 | 90% | **400** | 222 | 0 | 0 | 0 | 133 | 44 |",
+		"| CreateOrder gRPC, 8 clients | 1900 | 95% | **1000** | 263 | 158 | 368 | 10 | 100 | 101 |",
+		"CreateOrder cost the machine 2.5× (8 clients) the CPU of a raw transaction",
 		"Summary line: `bench: e2e_orders_per_s=322 create_vs_raw_pg=0.30 bus_vs_raw_amqp=0.90 rest_vs_grpc=0.70`",
 	} {
 		if !strings.Contains(md, want) {
@@ -116,10 +125,13 @@ func TestMarkdown(t *testing.T) {
 func TestMarkdownWithoutOptionalPhases(t *testing.T) {
 	r := sampleResult()
 	r.Relay, r.HalfRateDrain = nil, 0
+	for _, t := range r.Create {
+		t.RawCPU, t.GRPCCPU = CPUUse{}, CPUUse{}
+	}
 	md := Markdown(r, Machine{}, "make bench")
-	for _, absent := range []string{"outbox relay lag", "Outbox relay lag", "The half-rate run started"} {
+	for _, absent := range []string{"outbox relay lag", "Outbox relay lag", "The half-rate run started", "CPU per operation in the create trials"} {
 		if strings.Contains(md, absent) {
-			t.Errorf("report without the relay phase and the drain has %q:\n%s", absent, md)
+			t.Errorf("report without the relay phase, the drain and create CPU figures has %q:\n%s", absent, md)
 		}
 	}
 }
@@ -305,5 +317,30 @@ func TestCPUByCommand(t *testing.T) {
 	want := map[string]time.Duration{"PostgreSQL": 3 * time.Second, "RabbitMQ": 4 * time.Second, "load generator": time.Second, "newname": time.Second}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("cpuByCommand = %v, want %v", got, want)
+	}
+}
+
+func TestCPUWindowCountsThisProcessAndPools(t *testing.T) {
+	var u CPUUse
+	for range 2 {
+		w := startCPUWindow()
+		// Busy until this process has used 120 ms of CPU, however
+		// loaded the machine is.
+		for start := cputime.Self(t); cputime.Self(t)-start < 120*time.Millisecond; {
+		}
+		w.end(&u, 10)
+	}
+	if u.Ops != 20 || u.Elapsed < 240*time.Millisecond || u.CPUs < 1 {
+		t.Errorf("pooled windows: %d ops over %v on %d CPUs, want 20 ops over ≥ 240ms", u.Ops, u.Elapsed, u.CPUs)
+	}
+	// Clock ticks are 10 ms: allow for rounding at both ends.
+	if self := u.ByKind["load generator"]; self < 200*time.Millisecond {
+		t.Errorf("this process used %v in windows with 240 ms of busy-looping, want ≥ 200ms (%v)", self, u.ByKind)
+	}
+	if u.Machine < u.ByKind["load generator"]/2 {
+		t.Errorf("machine busy %v is far below this process's %v", u.Machine, u.ByKind["load generator"])
+	}
+	if got := u.PerOp(u.Machine); got != u.Machine/20 {
+		t.Errorf("PerOp = %v, want %v", got, u.Machine/20)
 	}
 }

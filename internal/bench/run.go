@@ -190,6 +190,9 @@ type CreateTrials struct {
 	Raw         []float64
 	GRPC        []float64
 	GRPCSummary loadgen.Summary // of the best gRPC trial
+	// RawCPU and GRPCCPU are where the machine's CPU went over all the
+	// rounds of each side (the profiled round included).
+	RawCPU, GRPCCPU CPUUse
 }
 
 // Best returns the largest of rates (0 for none).
@@ -382,7 +385,9 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 	}
 	for round := 1; round <= o.Rounds; round++ {
 		for _, c := range CreateConcurrencies {
-			rate, err := raws[c].Run(ctx, c, c, o.Trial)
+			w := startCPUWindow()
+			rate, n, err := raws[c].Run(ctx, c, c, o.Trial)
+			w.end(&res.Create[c].RawCPU, n)
 			if err != nil {
 				return fmt.Errorf("raw pgx at %d clients: %w", c, err)
 			}
@@ -401,7 +406,9 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 					return nil
 				})
 			}
+			w = startCPUWindow()
 			sum, err := trial("grpc", grpcCreator, c)
+			w.end(&res.Create[c].GRPCCPU, int64(sum.Created))
 			_ = pg.Wait()
 			if err != nil {
 				return err
@@ -434,7 +441,7 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 		if err != nil {
 			return err
 		}
-		rate, err := r.Run(ctx, maxConc, d.conns, o.Trial)
+		rate, _, err := r.Run(ctx, maxConc, d.conns, o.Trial)
 		err = errors.Join(err, r.Close(context.WithoutCancel(ctx)))
 		if err != nil {
 			// A diagnostic is not worth failing the run for (the server's
