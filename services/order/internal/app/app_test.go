@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -663,47 +664,129 @@ func TestHandleFailsBadEventsAloneAndWritesNothingForThem(t *testing.T) {
 	}
 }
 
-// TestHandleConcurrentBatchesDoNotDeadlock has two instances' batches lock
-// the same orders, listed in opposite orders, at once.
+// TestHandleConcurrentBatchesDoNotDeadlock runs two batches listing the
+// same orders in opposite orders in concurrent transactions, as two
+// instances of the service would. To make them overlap, a third
+// transaction holds the lock of the order in the middle (by id) until both
+// batches wait for a lock. Were the orders locked in the order a batch
+// lists them, each batch would by then hold the orders on its side of the
+// middle, and once the middle is free one would wait for the other's:
+// PostgreSQL would end one with a deadlock (40P01). Locked in id order,
+// the batch that takes the first order waits for the middle holding all
+// the orders before it, the other waits for that batch, and the first
+// batch's payments are the ones recorded.
+//
+// Nor may the order come from the plan: the rows are stored in the
+// reverse of id order (as updates leave a table in use), and one batch's
+// transaction reads them through the primary key, in id order, the
+// other's by scanning the table, in storage order.
 func TestHandleConcurrentBatchesDoNotDeadlock(t *testing.T) {
 	f := newFixture(t)
-	ctx := context.Background()
-	ids := make([]string, 8)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ids := make([]string, 9)
 	for i := range ids {
-		o, err := f.app.Create(ctx, request())
+		ids[i] = uuid.NewString()
+	}
+	slices.Sort(ids)
+	stored := make([]order.Order, len(ids))
+	for i, id := range ids {
+		o, err := order.New(id, request(), time.Now().UTC().Truncate(time.Microsecond))
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids[i] = o.ID
+		stored[len(ids)-1-i] = o
 	}
-	var g errgroup.Group
-	for w := range 2 {
-		g.Go(func() error {
-			for round := range 20 {
-				events := make([]proto.Message, len(ids))
-				for i, id := range ids {
-					if w == 1 {
-						id = ids[len(ids)-1-i]
-					}
-					events[i] = &paymentv1.PaymentSucceeded{OrderId: id, PaymentId: fmt.Sprintf("ch_%d_%d", w, round)}
-				}
-				for i, err := range handle(t, f, events...) {
-					if err != nil {
-						return fmt.Errorf("worker %d round %d event %d: %w", w, round, i, err)
-					}
-				}
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	insert := &pgx.Batch{}
+	if err := store.QueueInsertAll(insert, stored...); err != nil {
 		t.Fatal(err)
 	}
+	if err := f.pool.SendBatch(ctx, insert).Close(); err != nil {
+		t.Fatalf("insert orders: %v", err)
+	}
+	middle := ids[len(ids)/2]
+	type batch struct {
+		deliveries []inbox.Delivery
+		// plan sets how the batch's transaction reads the orders.
+		plan []string
+	}
+	// forward reads the primary key, in id order; backward scans the
+	// table, in storage order.
+	forward := batch{plan: []string{`SET LOCAL enable_seqscan = off`, `SET LOCAL enable_bitmapscan = off`}}
+	backward := batch{plan: []string{`SET LOCAL enable_indexscan = off`, `SET LOCAL enable_bitmapscan = off`}}
+	for i := range ids {
+		forward.deliveries = append(forward.deliveries, delivery(t, &paymentv1.PaymentSucceeded{OrderId: ids[i], PaymentId: "ch_forward"}))
+		backward.deliveries = append(backward.deliveries, delivery(t, &paymentv1.PaymentSucceeded{OrderId: ids[len(ids)-1-i], PaymentId: "ch_backward"}))
+	}
+
+	holder, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A test that fails early must not leave the lock held: the batches
+	// would wait for it, and the fixture's cleanup for them.
+	defer func() { _ = holder.Rollback(ctx) }()
+	if _, err := store.GetForUpdate(ctx, holder, middle); err != nil {
+		t.Fatalf("lock order %s: %v", middle, err)
+	}
+	pids := make(chan uint32, 2)
+	var g errgroup.Group
+	for _, b := range []batch{forward, backward} {
+		g.Go(func() error {
+			return postgres.WithTx(ctx, f.pool, func(tx pgx.Tx) error {
+				for _, set := range b.plan {
+					if _, err := tx.Exec(ctx, set); err != nil {
+						return err
+					}
+				}
+				var pid uint32
+				if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+					return err
+				}
+				pids <- pid
+				results, err := f.app.Handle(ctx, tx, b.deliveries)
+				if err != nil {
+					return err
+				}
+				for i, r := range results {
+					if r.Err != nil {
+						return fmt.Errorf("event %d: %w", i, r.Err)
+					}
+				}
+				return nil
+			})
+		})
+	}
+	var waiting []uint32
+	for len(waiting) < 2 {
+		select {
+		case pid := <-pids:
+			waiting = append(waiting, pid)
+		case <-ctx.Done():
+			t.Fatalf("%d of the 2 batches began: %v", len(waiting), ctx.Err())
+		}
+	}
+	for n := 0; n < len(waiting); time.Sleep(time.Millisecond) {
+		if err := f.pool.QueryRow(ctx, `SELECT count(DISTINCT pid) FROM pg_locks WHERE pid = ANY($1) AND NOT granted`, waiting).Scan(&n); err != nil {
+			t.Fatalf("wait for both batches to wait for a lock (%d do): %v", n, err)
+		}
+	}
+	if err := holder.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatalf("handle the two batches: %v", err)
+	}
+	var paymentIDs []string
 	for _, id := range ids {
 		got, err := f.app.Get(ctx, id)
-		if err != nil || !got.PaymentSucceeded || got.PaymentID == "" {
-			t.Errorf("order %s: %+v, %v; want its first payment recorded", id, got, err)
+		if err != nil || !got.PaymentSucceeded {
+			t.Fatalf("order %s: %+v, %v; want it paid", id, got, err)
 		}
+		paymentIDs = append(paymentIDs, got.PaymentID)
+	}
+	if slices.ContainsFunc(paymentIDs, func(p string) bool { return p != paymentIDs[0] }) {
+		t.Errorf("payments recorded %v, want all from the batch that locked first", paymentIDs)
 	}
 }
 
