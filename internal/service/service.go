@@ -31,6 +31,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"google.golang.org/grpc"
+
 	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/grpcserver"
@@ -162,6 +164,14 @@ type Spec struct {
 	// inbox.WithBatching): for services whose handlers do only SQL. Use
 	// one lane when handlers of different orders lock the same rows.
 	BatchLanes int
+	// StreamWorkers, when positive, is how many goroutines the gRPC
+	// server keeps for serving calls, rather than starting one per call:
+	// for services whose API is busy. A fresh goroutine's stack starts
+	// small and is copied as it grows (protovalidate's checks and the
+	// handlers grow it on every call); a worker's stack stays grown.
+	// Calls beyond that many at once get a goroutine of their own, as
+	// without workers.
+	StreamWorkers int
 	// Setup registers the service's gRPC services and event handlers. It
 	// may return tasks to run beside the service until ctx ends.
 	Setup func(ctx context.Context, s *Service) ([]Task, error)
@@ -283,6 +293,9 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	}
 	if spec.BrokerGatesServing {
 		checks = append(checks, grpcserver.WithCheck(grpcserver.Check{Name: "broker", Func: brokerLink}))
+	}
+	if spec.StreamWorkers > 0 {
+		checks = append(checks, grpcserver.WithServerOptions(grpc.NumStreamWorkers(uint32(spec.StreamWorkers))))
 	}
 	srv, err := grpcserver.New(log, checks...)
 	if err != nil {

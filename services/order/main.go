@@ -63,6 +63,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			}
 		},
 		Migrations: []postgres.Source{store.Migrations},
+		// Under the benchmark's CreateOrder load the service spent about
+		// 8% (8 clients) and 13% (50 clients) less CPU per order with
+		// workers than without.
+		StreamWorkers: 64,
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			// Watchers see order changes from every instance through
 			// PostgreSQL notifications.
