@@ -3,8 +3,13 @@ package service
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
+	"regexp"
+	"runtime"
 	"runtime/debug"
+	runtimemetrics "runtime/metrics"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -75,22 +80,32 @@ func TestGuardMemoryLimit(t *testing.T) {
 	prev := debug.SetMemoryLimit(-1)
 	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
 
-	run := func(t *testing.T, limit int64) (got int64, log string) {
+	// start sets the memory limit and has the guard keep it until stop,
+	// which returns the limit the guard left; stop may be called again.
+	start := func(t *testing.T, limit int64) (log *syncBuffer, stop func() int64) {
 		t.Helper()
 		debug.SetMemoryLimit(limit)
-		var out syncBuffer
+		log = &syncBuffer{}
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() {
-			done <- guardMemoryLimit(ctx, slog.New(slog.NewTextHandler(&out, nil)), config.Bytes(limit), 5*time.Millisecond)
+			done <- guardMemoryLimit(ctx, slog.New(slog.NewTextHandler(log, nil)), config.Bytes(limit), 5*time.Millisecond)
 		}()
+		return log, sync.OnceValue(func() int64 {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("guard: %v", err)
+			}
+			return debug.SetMemoryLimit(-1)
+		})
+	}
+	run := func(t *testing.T, limit int64) (got int64, log string) {
+		t.Helper()
+		out, stop := start(t, limit)
 		// A few rounds of the guard.
 		time.Sleep(100 * time.Millisecond)
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatalf("guard: %v", err)
-		}
-		return debug.SetMemoryLimit(-1), out.String()
+		got = stop()
+		return got, out.String()
 	}
 
 	t.Run("a limit below what the process needs is raised", func(t *testing.T) {
@@ -111,6 +126,94 @@ func TestGuardMemoryLimit(t *testing.T) {
 		}
 		if log != "" {
 			t.Errorf("log = %q, want nothing", log)
+		}
+	})
+	t.Run("a live heap growing in steps has the limit raised at each", func(t *testing.T) {
+		const mib = 1 << 20
+		// Each step adds more live heap, with its headroom, than the
+		// configured limit leaves, so each needs a raise of its own.
+		const step, room = 16 * mib, 8 * mib
+		samples := make([]runtimemetrics.Sample, len(memoryMetrics))
+		for i, name := range memoryMetrics {
+			samples[i].Name = name
+		}
+		runtime.GC()
+		limit := limitFloor(readMemorySample(samples)) + room
+		t.Logf("configured limit %d MiB", limit/mib)
+		log, stop := start(t, limit)
+		defer stop()
+		// await returns the limit once ok accepts it, checking on the way
+		// that it never drops below the configured one.
+		await := func(what string, ok func(int64) bool) int64 {
+			t.Helper()
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+				got := debug.SetMemoryLimit(-1)
+				if got < limit {
+					t.Fatalf("limit %d MiB, below the configured %d MiB", got/mib, limit/mib)
+				}
+				if ok(got) {
+					return got
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("limit %d MiB after 5s, want %s", got/mib, what)
+				}
+			}
+		}
+		// A few rounds with the heap as it is.
+		time.Sleep(50 * time.Millisecond)
+		await("the configured one", func(l int64) bool { return l == limit })
+		if out := log.String(); out != "" {
+			t.Fatalf("before the heap grew: log %q, want no warning", out)
+		}
+
+		var held [][]byte
+		raised := limit
+		for i := 1; i <= 3; i++ {
+			held = append(held, make([]byte, step))
+			runtime.GC()
+			live := readMemorySample(samples).live
+			if live < uint64(i*step) {
+				t.Fatalf("step %d: live heap %d MiB, want at least the %d MiB held", i, live/mib, i*step/mib)
+			}
+			// The live heap and its headroom, and more than the last raise.
+			floor := int64(float64(live) * (1 + minHeapHeadroom))
+			got := await(fmt.Sprintf("at least %d MiB and above %d MiB", floor/mib, raised/mib), func(l int64) bool {
+				return l >= floor && l > raised
+			})
+			t.Logf("step %d: live heap %d MiB, limit raised to %d MiB", i, live/mib, got/mib)
+			raised = got
+			if i == 1 {
+				// The guard sets the limit, then warns.
+				for deadline := time.Now().Add(5 * time.Second); !strings.Contains(log.String(), "live heap outgrew"); time.Sleep(time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("no warning 5s after the limit was raised; log %q", log.String())
+					}
+				}
+			}
+		}
+		// The heap shrinks back: the limit is lowered, to the configured
+		// one and no lower.
+		clear(held)
+		runtime.GC()
+		await("back to the configured one", func(l int64) bool { return l == limit })
+		if got := stop(); got != limit {
+			t.Errorf("limit the guard left = %d MiB, want the configured %d MiB", got/mib, limit/mib)
+		}
+		// One warning for the three raises: they came within
+		// memoryWarnInterval of the first.
+		out := log.String()
+		if n := strings.Count(out, "live heap outgrew the memory limit"); n != 1 {
+			t.Fatalf("%d warnings for three raises within %v, want 1; log %q", n, memoryWarnInterval, out)
+		}
+		if want := "configured=" + config.Bytes(limit).String(); !strings.Contains(out, want) {
+			t.Errorf("warning %q does not name the configured limit (%s)", out, want)
+		}
+		var live uint64
+		if m := regexp.MustCompile(`live_heap_bytes=(\d+)`).FindStringSubmatch(out); m != nil {
+			live, _ = strconv.ParseUint(m[1], 10, 64)
+		}
+		if live < step {
+			t.Errorf("warning %q, want it to give the live heap of the first step (at least %d MiB)", out, step/mib)
 		}
 	})
 }
