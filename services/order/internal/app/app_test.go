@@ -371,6 +371,21 @@ func handle(t *testing.T, f fixture, events ...proto.Message) []error {
 	return errs
 }
 
+// handleAllOK runs Handle on batch in tx and returns its error, or the
+// first delivery's error.
+func handleAllOK(ctx context.Context, f fixture, tx pgx.Tx, batch []inbox.Delivery) error {
+	results, err := f.app.Handle(ctx, tx, batch)
+	if err != nil {
+		return err
+	}
+	for i, r := range results {
+		if r.Err != nil {
+			return fmt.Errorf("event %d: %w", i, r.Err)
+		}
+	}
+	return nil
+}
+
 // inTx handles one event alone and returns its error.
 func inTx(t *testing.T, f fixture, ev proto.Message) error {
 	t.Helper()
@@ -744,16 +759,7 @@ func TestHandleConcurrentBatchesDoNotDeadlock(t *testing.T) {
 					return err
 				}
 				pids <- pid
-				results, err := f.app.Handle(ctx, tx, b.deliveries)
-				if err != nil {
-					return err
-				}
-				for i, r := range results {
-					if r.Err != nil {
-						return fmt.Errorf("event %d: %w", i, r.Err)
-					}
-				}
-				return nil
+				return handleAllOK(ctx, f, tx, b.deliveries)
 			})
 		})
 	}

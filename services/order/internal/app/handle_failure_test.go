@@ -3,7 +3,6 @@ package app_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -185,16 +184,7 @@ func TestHandleFailsTheWholeBatchWhenTheDatabaseFails(t *testing.T) {
 			// pool can fail the first.
 			for attempt := 1; ; attempt++ {
 				err := postgres.WithTx(ctx, appPool, func(tx pgx.Tx) error {
-					results, err := f.app.Handle(ctx, tx, batch)
-					if err != nil {
-						return err
-					}
-					for i, r := range results {
-						if r.Err != nil {
-							return fmt.Errorf("event %d: %w", i, r.Err)
-						}
-					}
-					return nil
+					return handleAllOK(ctx, f, tx, batch)
 				})
 				if err == nil {
 					break
