@@ -43,23 +43,23 @@ func (cannedOrders) CreateOrder(_ context.Context, req *orderv1.CreateOrderReque
 	}}, nil
 }
 
-// startCanned serves cannedOrders over gRPC on loopback and returns a
+// startUpstream serves orders over gRPC on loopback and returns a
 // connection to it.
-func startCanned(b *testing.B) *grpc.ClientConn {
-	b.Helper()
+func startUpstream(tb testing.TB, orders orderv1.OrderServiceServer) *grpc.ClientConn {
+	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		b.Fatalf("listen: %v", err)
+		tb.Fatalf("listen: %v", err)
 	}
 	srv := grpc.NewServer()
-	orderv1.RegisterOrderServiceServer(srv, cannedOrders{})
+	orderv1.RegisterOrderServiceServer(srv, orders)
 	go func() { _ = srv.Serve(lis) }()
-	b.Cleanup(srv.Stop)
+	tb.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		b.Fatalf("dial: %v", err)
+		tb.Fatalf("dial: %v", err)
 	}
-	b.Cleanup(func() { conn.Close() })
+	tb.Cleanup(func() { conn.Close() })
 	return conn
 }
 
@@ -91,10 +91,10 @@ func BenchmarkCreateOrder(b *testing.B) {
 		b.ReportMetric(float64(cputime.Self(b)-cpu0)/float64(b.N), "cpu-ns/op")
 	}
 	b.Run("grpc", func(b *testing.B) {
-		run(b, loadgen.NewGRPCCreator(startCanned(b)))
+		run(b, loadgen.NewGRPCCreator(startUpstream(b, cannedOrders{})))
 	})
 	b.Run("rest", func(b *testing.B) {
-		conn := startCanned(b)
+		conn := startUpstream(b, cannedOrders{})
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
 		h, err := rest.NewHandler(context.Background(), log, rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
 		if err != nil {
