@@ -30,7 +30,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
-
 	"google.golang.org/grpc"
 
 	"github.com/ordermesh/ordermesh/internal/config"
