@@ -59,8 +59,9 @@ func startGateway(t *testing.T, orders orderv1.OrderServiceServer, opts rest.Opt
 }
 
 // postOrder places an order through the gateway with header's extra
-// headers and fails the test unless it gets 200.
-func postOrder(t *testing.T, url string, header http.Header) {
+// headers, fails the test unless it gets 200, and returns the response's
+// headers (trailers included).
+func postOrder(t *testing.T, url string, header http.Header) http.Header {
 	t.Helper()
 	const body = `{"request_id": "7f1b0b5e-3c55-4bb3-9a8e-2a1c1f0b8f11", "customer_email": "ada@example.com", "payment_token": "tok_visa",
 		"items": [{"product_id": "SKU-1", "quantity": 1, "unit_price": {"currency_code": "EUR", "units": 9, "nanos": 990000000}}]}`
@@ -81,6 +82,11 @@ func postOrder(t *testing.T, url string, header http.Header) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("post order: %s: %s", resp.Status, b)
 	}
+	all := resp.Header.Clone()
+	for k, vs := range resp.Trailer {
+		all[k] = append(all[k], vs...)
+	}
+	return all
 }
 
 // TestGatewayForwardsNoHeaders pins down the metadata an upstream gets for
@@ -156,5 +162,35 @@ func TestGatewayDeadline(t *testing.T) {
 				t.Errorf("deadline %v after the request, want about %v", left, tt.want)
 			}
 		})
+	}
+}
+
+// metadataOrders answers CreateOrder as cannedOrders does, with a response
+// header and a trailer of gRPC metadata.
+type metadataOrders struct {
+	cannedOrders
+}
+
+func (m metadataOrders) CreateOrder(ctx context.Context, req *orderv1.CreateOrderRequest) (*orderv1.CreateOrderResponse, error) {
+	if err := grpc.SetHeader(ctx, metadata.Pairs("x-upstream-header", "1")); err != nil {
+		return nil, err
+	}
+	if err := grpc.SetTrailer(ctx, metadata.Pairs("x-upstream-trailer", "1")); err != nil {
+		return nil, err
+	}
+	return m.cannedOrders.CreateOrder(ctx, req)
+}
+
+// TestGatewayReturnsNoMetadataHeaders checks that a REST response carries
+// no Grpc-Metadata-* or Grpc-Trailer-* headers: the gateway does not turn
+// an upstream's gRPC metadata (its own content-type, or anything a service
+// might set) into HTTP headers for clients.
+func TestGatewayReturnsNoMetadataHeaders(t *testing.T) {
+	url, _ := startGateway(t, metadataOrders{}, rest.Options{})
+	// TE: trailers asks grpc-gateway for the trailers too.
+	for k := range postOrder(t, url, http.Header{"Te": {"trailers"}}) {
+		if strings.HasPrefix(k, "Grpc-Metadata-") || strings.HasPrefix(k, "Grpc-Trailer-") || k == "Trailer" {
+			t.Errorf("response has header %s", k)
+		}
 	}
 }

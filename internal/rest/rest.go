@@ -73,6 +73,8 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		runtime.WithErrorHandler(errorHandler(log)),
 		runtime.WithMiddlewares(upstreamTimeout(opts.UpstreamTimeout, opts.Streams), noForwarding),
 		runtime.WithIncomingHeaderMatcher(noHeaders),
+		runtime.WithOutgoingHeaderMatcher(noHeaders),
+		runtime.WithOutgoingTrailerMatcher(noHeaders),
 	)
 	if err := orderv1.RegisterOrderServiceHandlerClient(ctx, gw, orderv1.NewOrderServiceClient(up.Order)); err != nil {
 		return nil, fmt.Errorf("register order routes: %w", err)
@@ -97,11 +99,15 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 // No upstream reads incoming gRPC metadata, so the gateway forwards none:
 // building it from the HTTP request, and sending and parsing it, cost CPU
 // on every call. Deadlines still reach the upstreams (grpc-gateway turns
-// Grpc-Timeout into the context's deadline, which gRPC sends).
+// Grpc-Timeout into the context's deadline, which gRPC sends). Nor do the
+// services send metadata meant for clients, so responses carry no
+// Grpc-Metadata-* or Grpc-Trailer-* headers (grpc-gateway's default would
+// repeat the upstream's content-type, application/grpc, on every one).
 
-// noHeaders is the gateway's incoming header matcher: it forwards no HTTP
+// noHeaders is the gateway's header matcher both ways: it forwards no HTTP
 // header as metadata (grpc-gateway's default forwards the permanent ones,
-// such as User-Agent and Content-Type, as grpcgateway-*).
+// such as User-Agent and Content-Type, as grpcgateway-*) and no metadata
+// as an HTTP header.
 func noHeaders(string) (string, bool) { return "", false }
 
 // forwardedHeaders are what grpc-gateway forwards whatever the header
