@@ -217,32 +217,11 @@ func TestSendErrors(t *testing.T) {
 
 func TestSendTimesOutOnASilentServer(t *testing.T) {
 	// A server that accepts connections and never greets.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer l.Close()
-	wg.Go(func() {
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	})
+	addr := serveTCP(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 
-	m := newMailer(t, l.Addr().String(), 300*time.Millisecond)
+	m := newMailer(t, addr, 300*time.Millisecond)
 	begin := time.Now()
-	err = m.Send(context.Background(), email("ada@example.com"))
+	err := m.Send(context.Background(), email("ada@example.com"))
 	if err == nil {
 		t.Fatal("send to a silent server succeeded")
 	}
@@ -258,19 +237,7 @@ func TestSendTimesOutOnASilentServer(t *testing.T) {
 // falls silent holds the mail transaction until the context's deadline,
 // when that comes before the configured timeout, and no longer.
 func TestSendEndsAtTheDeadlineOfItsContext(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer l.Close()
-	wg.Go(func() {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	addr := serveTCP(t, func(c net.Conn) {
 		_, _ = io.WriteString(c, "220 localhost ESMTP\r\n")
 		r := bufio.NewReader(c)
 		for {
@@ -285,11 +252,11 @@ func TestSendEndsAtTheDeadlineOfItsContext(t *testing.T) {
 		}
 	})
 
-	m := newMailer(t, l.Addr().String(), 10*time.Second)
+	m := newMailer(t, addr, 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	begin := time.Now()
-	err = m.Send(ctx, email("ada@example.com"))
+	err := m.Send(ctx, email("ada@example.com"))
 	if err == nil {
 		t.Fatal("send to a silent server succeeded")
 	}
@@ -765,4 +732,42 @@ func TestNewRejectsInvalidOptions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// serveTCP runs handle on each connection to a loopback listener until
+// the test ends, and returns the listener's address. At the end it closes
+// the listener and the connections and waits for the handlers.
+func serveTCP(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { handle(c) })
+		}
+	})
+	return l.Addr().String()
 }
