@@ -202,8 +202,12 @@ func Markdown(r *Result, m Machine, command string) string {
 			p("- create, %d clients: raw pgx %s tx/s; CreateOrder gRPC %s orders/s", c, rates(t.Raw), rates(t.GRPC))
 		}
 	}
-	p("- create, %d clients: CreateOrder REST %s orders/s", maxC, rates(r.REST))
-	p("- bus: raw %s msg/s; eventbus %s msg/s", rates(r.BusRaw), rates(r.Bus))
+	if len(r.REST) > 0 {
+		p("- create, %d clients: CreateOrder REST %s orders/s", maxC, rates(r.REST))
+	}
+	if len(r.Bus) > 0 {
+		p("- bus: raw %s msg/s; eventbus %s msg/s", rates(r.BusRaw), rates(r.Bus))
+	}
 	for _, d := range r.Diagnostics {
 		p("- diagnostic, once after the create rounds: %s: %.0f tx/s", d.Name, d.Rate)
 	}
@@ -226,9 +230,13 @@ func Markdown(r *Result, m Machine, command string) string {
 			row(fmt.Sprintf("create only, gRPC, %s (best round)", t.GRPCSummary.Mode()), t.GRPCSummary)
 		}
 	}
-	row(fmt.Sprintf("create only, REST, %s (best round)", r.RESTSummary.Mode()), r.RESTSummary)
-	row(fmt.Sprintf("end to end, gRPC, %s, %d orders", r.E2E.Mode(), r.E2E.Created), r.E2E)
-	row(fmt.Sprintf("end to end, gRPC, %s", r.HalfRate.Mode()), r.HalfRate)
+	if len(r.REST) > 0 {
+		row(fmt.Sprintf("create only, REST, %s (best round)", r.RESTSummary.Mode()), r.RESTSummary)
+	}
+	if r.E2E.Created > 0 {
+		row(fmt.Sprintf("end to end, gRPC, %s, %d orders", r.E2E.Mode(), r.E2E.Created), r.E2E)
+		row(fmt.Sprintf("end to end, gRPC, %s", r.HalfRate.Mode()), r.HalfRate)
+	}
 	p("")
 	p("Create-only runs have the order service and the gateway up (the outbox relay publishing to a queue of the benchmark's own); end-to-end runs have every service, the gateway and an SMTP sink. Open-loop latencies count from when a request was due, not when it was sent. Terminal tracking: %s.", loadgen.TrackingMethod)
 	createCPUTable(p, r)

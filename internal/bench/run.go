@@ -301,13 +301,14 @@ func loadAvg() string {
 }
 
 // profile takes a CPU profile of d from proc into dir and returns its
-// flat top.
-func profile(ctx context.Context, proc *Proc, binDir, dir, label string, d time.Duration) (string, error) {
+// path; pprofTop renders it. Render profiles once the phase's CPU has been
+// measured: go tool pprof is a process of its own (built on first use).
+func profile(ctx context.Context, proc *Proc, dir, label string, d time.Duration) (string, error) {
 	path := filepath.Join(dir, strings.ReplaceAll(label, "/", "-")+".cpu.pprof")
 	if err := proc.CPUProfile(ctx, d, path); err != nil {
 		return "", err
 	}
-	return pprofTop(ctx, filepath.Join(binDir, proc.Name), path)
+	return path, nil
 }
 
 func (o Options) loadConfig(protocol string) loadgen.Config {
@@ -397,12 +398,13 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 			var pg errgroup.Group
 			if round == 1 && c == maxConc && o.ProfileDuration > 0 {
 				pg.Go(func() error {
-					top, err := profile(ctx, pf.Procs["order"], binDir, o.WorkDir, "create/order", max(o.Trial-2*time.Second, time.Second))
+					path, err := profile(ctx, pf.Procs["order"], o.WorkDir, "create/order", max(o.Trial-2*time.Second, time.Second))
+					if err == nil {
+						res.Profiles["create/order"], err = pprofTop(ctx, filepath.Join(binDir, "order"), path)
+					}
 					if err != nil {
 						logf("create phase: profiling failed: %v", err)
-						return nil
 					}
-					res.Profiles["create/order"] = top
 					return nil
 				})
 			}
@@ -578,6 +580,7 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 	// the last order was placed: that is event processing alone.
 	var g errgroup.Group
 	var profMu sync.Mutex
+	profiles := map[string]string{}
 	e2e := base
 	e2e.Concurrency, e2e.Count = 50, o.E2EOrders
 	e2e.AfterLoad = func() {
@@ -586,30 +589,21 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 		}
 		for _, s := range Services {
 			g.Go(func() error {
-				top, err := profile(ctx, pf.Procs[s], binDir, o.WorkDir, s, o.ProfileDuration)
+				path, err := profile(ctx, pf.Procs[s], o.WorkDir, s, o.ProfileDuration)
 				if err != nil {
 					logf("end-to-end phase: profiling %s failed: %v", s, err)
 					return nil
 				}
 				profMu.Lock()
-				res.Profiles[s] = top
+				profiles[s] = path
 				profMu.Unlock()
 				return nil
 			})
 		}
 	}
 	res.E2E, err = run(e2e)
-	_ = g.Wait()
-	if err != nil {
-		return fmt.Errorf("throughput run: %w", err)
-	}
-	for _, name := range Services {
-		after, err := pf.Procs[name].HandlerStats(ctx)
-		if err != nil {
-			return err
-		}
-		res.Handlers[name] = diffStats(statsBefore[name], after)
-	}
+	// The CPU window ends with the run, not with the profiles (which may
+	// still be recording if the backlog was worked off quickly).
 	for _, name := range pf.Names() {
 		after, _ := pf.Procs[name].CPUTime()
 		res.CPU[name] = after - before[name]
@@ -623,6 +617,25 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 		services[pf.Procs[name].Pid()] = true
 	}
 	res.OtherCPU = cpuByCommand(procsBefore, snapshotProcesses(), services)
+	_ = g.Wait()
+	if err != nil {
+		return fmt.Errorf("throughput run: %w", err)
+	}
+	for s, path := range profiles {
+		top, err := pprofTop(ctx, filepath.Join(binDir, s), path)
+		if err != nil {
+			logf("end-to-end phase: profiling %s failed: %v", s, err)
+			continue
+		}
+		res.Profiles[s] = top
+	}
+	for _, name := range Services {
+		after, err := pf.Procs[name].HandlerStats(ctx)
+		if err != nil {
+			return err
+		}
+		res.Handlers[name] = diffStats(statsBefore[name], after)
+	}
 	logf("end-to-end phase: %.0f confirmed orders/s (%.0f/s while draining the backlog)", res.E2E.ConfirmedPerSec, res.E2E.DrainConfirmedPerSec)
 
 	// The throughput run ends when every order is terminal, but events
