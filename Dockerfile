@@ -7,7 +7,8 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ \
+# -tags grpcnotrace: see internal/buildflags.
+RUN CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -ldflags="-s -w" -o /out/ \
       ./services/order ./services/inventory ./services/payment ./services/notification \
       ./gateway ./cmd/ordermeshctl
 

@@ -6,6 +6,8 @@ BUF      := $(GO) tool -modfile=tools.mod buf
 BIN      := bin
 BINARIES := order inventory payment notification
 GOTEST   ?= $(GO) test -race -count=1
+# Build tags of every binary; see internal/buildflags.
+TAGS     := -tags grpcnotrace
 
 .PHONY: all build run test test-faults test-faults-ci generate generate-check lint breaking services clean bench
 
@@ -14,8 +16,8 @@ all: build
 ## build: compile every binary into bin/
 build:
 	@mkdir -p $(BIN)
-	$(foreach s,$(BINARIES),$(GO) build -o $(BIN)/$(s) ./services/$(s) &&) true
-	$(GO) build -o $(BIN)/gateway ./gateway
+	$(foreach s,$(BINARIES),$(GO) build $(TAGS) -o $(BIN)/$(s) ./services/$(s) &&) true
+	$(GO) build $(TAGS) -o $(BIN)/gateway ./gateway
 
 ## run: start the platform locally (see README)
 run:

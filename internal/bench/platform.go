@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ordermesh/ordermesh/internal/buildflags"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/healthcheck"
 	"github.com/ordermesh/ordermesh/internal/postgres"
@@ -36,10 +37,11 @@ var Services = []string{"order", "inventory", "payment", "notification"}
 
 // Build compiles the four services and the gateway from the module at root
 // into dir, as the Dockerfile builds the images' binaries (static, without
-// cgo, symbol tables stripped), so memory is measured for what ships: a
-// cgo build links libc and peaks 1.4–1.9 MiB higher.
+// cgo, symbol tables stripped, buildflags.Tags), so memory is measured for
+// what ships: a cgo build links libc and peaks 1.4–1.9 MiB higher.
 func Build(ctx context.Context, root, dir string) error {
-	args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", dir + string(filepath.Separator)}
+	args := append([]string{"build"}, buildflags.Args()...)
+	args = append(args, "-trimpath", "-ldflags=-s -w", "-o", dir+string(filepath.Separator))
 	for _, s := range Services {
 		args = append(args, "./services/"+s)
 	}

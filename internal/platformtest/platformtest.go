@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ordermesh/ordermesh/internal/buildflags"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/healthcheck"
 	"github.com/ordermesh/ordermesh/internal/postgres"
@@ -151,7 +152,8 @@ func Build(dir string) error {
 	if err != nil {
 		return err
 	}
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	args := append([]string{"build"}, buildflags.Args()...)
+	args = append(args, "-o", dir+string(filepath.Separator))
 	for _, s := range Services {
 		args = append(args, "./services/"+s)
 	}

@@ -25,6 +25,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/ordermesh/ordermesh/internal/buildflags"
 	"github.com/ordermesh/ordermesh/internal/healthcheck"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 )
@@ -192,7 +193,8 @@ func checkPostgres(ctx context.Context, rawURL string) error {
 }
 
 func build(ctx context.Context, dir string, procs []process) error {
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	args := append([]string{"build"}, buildflags.Args()...)
+	args = append(args, "-o", dir+string(filepath.Separator))
 	for _, p := range procs {
 		args = append(args, p.pkg)
 	}
