@@ -28,6 +28,13 @@ type Config struct {
 	// Concurrency is the number of handlers a Subscriber runs at once.
 	// Default 8.
 	Concurrency int
+	// AckDelay is the longest a Subscriber holds a handled delivery's ack
+	// to send it with others: one ack with AMQP's multiple flag settles a
+	// run of deliveries, at about the broker's cost of settling one. It
+	// sends a run once Prefetch/4 acks wait in it or no other delivery is
+	// in a handler, so an idle consumer acks at once. Default 5ms;
+	// negative sends every ack on its own at once.
+	AckDelay time.Duration
 	// RetryDelays is the delayed-retry ladder: after a handler error on
 	// attempt n the message waits RetryDelays[n-1] (the last delay once the
 	// ladder is exhausted) before its next attempt. Each delay is one TTL
@@ -110,6 +117,9 @@ func (c Config) WithDefaults() (Config, error) {
 	}
 	if c.HandlerTimeout == 0 {
 		c.HandlerTimeout = 30 * time.Second
+	}
+	if c.AckDelay == 0 {
+		c.AckDelay = 5 * time.Millisecond
 	}
 	if c.ReconnectMin == 0 {
 		c.ReconnectMin = 100 * time.Millisecond

@@ -58,7 +58,8 @@ const maxErrorHeader = 2048
 // Run. Handlers run concurrently (Config.Concurrency); the bus owns
 // retries, dead-lettering, panic recovery and acknowledgement:
 //
-//   - nil: the delivery is acked.
+//   - nil: the delivery is acked (acks of a busy consumer go in groups;
+//     see Config.AckDelay).
 //   - an error: the message is republished to the next retry queue and,
 //     after Config.MaxAttempts attempts, to the DLQ.
 //   - an error marked with Permanent: the message goes to the DLQ at once.
@@ -285,20 +286,24 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 
 	// Handlers outlive ctx on purpose: a graceful stop lets them finish.
 	hctx := context.WithoutCancel(ctx)
+	acks := newAcker(cch, cfg.AckDelay, cfg.Prefetch/4, func(err error) {
+		s.log.WarnContext(hctx, "send acks", "err", err)
+	})
 	stopping := make(chan struct{})
 	var wg sync.WaitGroup
 	for range cfg.Concurrency {
 		wg.Go(func() {
 			for d := range deliveries {
+				acks.take(d.DeliveryTag)
 				select {
 				case <-stopping:
-					if err := d.Nack(false, true); err != nil {
+					if err := acks.nack(d.DeliveryTag, true); err != nil {
 						s.log.DebugContext(hctx, "requeue on stop", "message_id", d.MessageId, "err", err)
 					}
 					continue
 				default:
 				}
-				s.process(hctx, d, cc, handlers)
+				s.process(hctx, d, acks, cc, handlers)
 			}
 		})
 	}
@@ -341,51 +346,54 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 		closeConn(conn, cfg.CallTimeout)
 	}
 	<-workersDone
+	if err := acks.close(graceful); err != nil {
+		s.log.WarnContext(hctx, "send acks", "err", err)
+	}
 	return reason
 }
 
 // process handles one delivery and settles it.
-func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, cc *confirmChannel, handlers map[string]*handlerEntry) {
+func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, cc *confirmChannel, handlers map[string]*handlerEntry) {
 	start := time.Now()
 	meta := metaFromDelivery(d)
 	labels := Labels{RoutingKey: meta.RoutingKey, Type: meta.Type}
 	s.cfg.Metrics.Consumed(labels)
 
 	if meta.ID == "" {
-		s.deadLetter(ctx, d, cc, meta, ReasonMissingID, errors.New("message has no message_id"))
+		s.deadLetter(ctx, d, acks, cc, meta, ReasonMissingID, errors.New("message has no message_id"))
 		return
 	}
 	h := handlers[meta.Type]
 	if h == nil {
-		s.deadLetter(ctx, d, cc, meta, ReasonUnknownType, fmt.Errorf("no handler for type %q", meta.Type))
+		s.deadLetter(ctx, d, acks, cc, meta, ReasonUnknownType, fmt.Errorf("no handler for type %q", meta.Type))
 		return
 	}
 	if d.ContentType != "" && d.ContentType != ContentType {
-		s.deadLetter(ctx, d, cc, meta, ReasonUndecodable, fmt.Errorf("content type %q, want %q", d.ContentType, ContentType))
+		s.deadLetter(ctx, d, acks, cc, meta, ReasonUndecodable, fmt.Errorf("content type %q, want %q", d.ContentType, ContentType))
 		return
 	}
 	msg, err := h.decode(d.Body)
 	if err != nil {
-		s.deadLetter(ctx, d, cc, meta, ReasonUndecodable, err)
+		s.deadLetter(ctx, d, acks, cc, meta, ReasonUndecodable, err)
 		return
 	}
 	if err := s.validator.Validate(msg); err != nil {
-		s.deadLetter(ctx, d, cc, meta, ReasonInvalid, fmt.Errorf("validate %s: %w", meta.Type, err))
+		s.deadLetter(ctx, d, acks, cc, meta, ReasonInvalid, fmt.Errorf("validate %s: %w", meta.Type, err))
 		return
 	}
 
 	err = s.invoke(ctx, h, msg, meta)
 	switch {
 	case err == nil:
-		if err := d.Ack(false); err != nil {
+		if err := acks.ack(d.DeliveryTag); err != nil {
 			s.log.WarnContext(ctx, "ack", "message_id", meta.ID, "err", err)
 			return
 		}
 		s.cfg.Metrics.Acked(labels, time.Since(start))
 	case IsPermanent(err):
-		s.deadLetter(ctx, d, cc, meta, ReasonPermanent, err)
+		s.deadLetter(ctx, d, acks, cc, meta, ReasonPermanent, err)
 	case meta.Attempt >= s.cfg.MaxAttempts:
-		s.deadLetter(ctx, d, cc, meta, ReasonRetriesExhausted, err)
+		s.deadLetter(ctx, d, acks, cc, meta, ReasonRetriesExhausted, err)
 	default:
 		next := meta.Attempt + 1
 		queue := s.cfg.RetryQueueName(s.cfg.retryDelay(next))
@@ -393,7 +401,7 @@ func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, cc *confirmCh
 			"attempt", meta.Attempt, "retry_queue", queue, "err", err)
 		h := republishHeaders(d, meta)
 		h[HeaderAttempt] = int32(next)
-		if s.republish(ctx, d, cc, queue, h, labels) {
+		if s.republish(ctx, d, acks, cc, queue, h, labels) {
 			s.cfg.Metrics.Retried(labels, next)
 		}
 	}
@@ -414,7 +422,7 @@ func (s *Subscriber) invoke(ctx context.Context, h *handlerEntry, msg proto.Mess
 }
 
 // deadLetter sends d to the DLQ with why in its headers, then acks it.
-func (s *Subscriber) deadLetter(ctx context.Context, d amqp.Delivery, cc *confirmChannel, meta Meta, reason string, cause error) {
+func (s *Subscriber) deadLetter(ctx context.Context, d amqp.Delivery, acks *acker, cc *confirmChannel, meta Meta, reason string, cause error) {
 	s.log.WarnContext(ctx, "dead-lettering message", "message_id", meta.ID, "type", meta.Type,
 		"routing_key", meta.RoutingKey, "reason", reason, "attempt", meta.Attempt, "err", cause)
 	h := republishHeaders(d, meta)
@@ -423,7 +431,7 @@ func (s *Subscriber) deadLetter(ctx context.Context, d amqp.Delivery, cc *confir
 	h[HeaderAttempt] = int32(meta.Attempt)
 	h[HeaderDeadLetteredAt] = time.Now().UTC()
 	labels := Labels{RoutingKey: meta.RoutingKey, Type: meta.Type}
-	if s.republish(ctx, d, cc, s.cfg.DLQName(), h, labels) {
+	if s.republish(ctx, d, acks, cc, s.cfg.DLQName(), h, labels) {
 		s.cfg.Metrics.DeadLettered(labels, reason)
 	}
 }
@@ -450,19 +458,21 @@ func copyOf(d amqp.Delivery, h amqp.Table) amqp.Publishing {
 // republish copies d to queue through the default exchange with headers h
 // and acks d once the copy is confirmed; if the copy fails d is requeued.
 // It reports whether d was moved.
-func (s *Subscriber) republish(ctx context.Context, d amqp.Delivery, cc *confirmChannel, queue string, h amqp.Table, labels Labels) bool {
+func (s *Subscriber) republish(ctx context.Context, d amqp.Delivery, acks *acker, cc *confirmChannel, queue string, h amqp.Table, labels Labels) bool {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConfirmTimeout)
 	defer cancel()
 	pub := copyOf(d, h)
 	err := cc.publish(ctx, []outgoing{{exchange: "", key: queue, msg: pub, labels: labels}})
 	if err != nil {
 		s.log.ErrorContext(ctx, "move message; requeueing", "message_id", d.MessageId, "queue", queue, "err", err)
-		if err := d.Nack(false, true); err != nil {
+		if err := acks.nack(d.DeliveryTag, true); err != nil {
 			s.log.WarnContext(ctx, "requeue", "message_id", d.MessageId, "err", err)
 		}
 		return false
 	}
-	if err := d.Ack(false); err != nil {
+	// At once: the longer the original waits, the likelier a lost link
+	// leaves two copies.
+	if err := acks.ackNow(d.DeliveryTag); err != nil {
 		s.log.WarnContext(ctx, "ack moved message", "message_id", d.MessageId, "err", err)
 	}
 	return true

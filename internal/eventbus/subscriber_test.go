@@ -2,6 +2,8 @@ package eventbus
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -320,9 +322,22 @@ func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
 	}
 }
 
+// A graceful stop settles what was in flight, whether the acks are sent
+// at once (negative AckDelay), grouped (the default) or held until the
+// stop sends them (an hour).
 func TestGracefulStop(t *testing.T) {
+	for _, delay := range []time.Duration{-1, 0, time.Hour} {
+		t.Run(fmt.Sprintf("ack delay %v", delay), func(t *testing.T) {
+			t.Parallel()
+			testGracefulStop(t, delay)
+		})
+	}
+}
+
+func testGracefulStop(t *testing.T, ackDelay time.Duration) {
 	cfg := testConfig(t, "graceful")
 	cfg.Concurrency = 2
+	cfg.AckDelay = ackDelay
 	sub, err := NewSubscriber(cfg, testLogger())
 	if err != nil {
 		t.Fatal(err)
@@ -387,6 +402,68 @@ func TestGracefulStop(t *testing.T) {
 	}
 	if want := total - cfg.Concurrency; q.Messages != want {
 		t.Errorf("queue holds %d messages after stop, want %d", q.Messages, want)
+	}
+}
+
+// Acks held behind a delivery still in its handler are sent when the
+// subscriber stops: none of the handled deliveries goes back to the queue.
+func TestGracefulStopSendsHeldAcks(t *testing.T) {
+	cfg := testConfig(t, "heldacks")
+	cfg.Concurrency = 4
+	cfg.AckDelay = time.Hour // only a full group or the stop sends them
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow, slowMsg := newOrderCreated(t)
+	release := make(chan struct{})
+	var handled atomic.Int32
+	if err := Handle(sub, func(ctx context.Context, ev *orderv1.OrderCreated, meta Meta) error {
+		if ev.GetOrderId() == slow.GetOrderId() {
+			<-release
+			// Moved to a retry queue: settled alone, at once, so the
+			// acks held behind it still wait.
+			return errors.New("slow handler fails")
+		}
+		handled.Add(1)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stop := startSubscriber(t, sub)
+	pub := startPublisher(t, cfg)
+	// The slow one first: it holds back the acks of every one after it.
+	if err := pub.Publish(context.Background(), slowMsg); err != nil {
+		t.Fatal(err)
+	}
+	const fast = 10
+	for range fast {
+		_, m := newOrderCreated(t)
+		if err := pub.Publish(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "fast deliveries handled", func() bool { return handled.Load() == fast })
+
+	stopped := make(chan struct{})
+	go func() {
+		stop()
+		close(stopped)
+	}()
+	eventually(t, 5*time.Second, "consumer cancelled", func() bool { return !sub.Subscribed() })
+	close(release)
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after handlers finished")
+	}
+	ch := rawChannel(t, rawConn(t))
+	q, err := ch.QueueDeclarePassive(cfg.QueueName(), true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Messages != 0 {
+		t.Errorf("queue holds %d messages after stop, want 0: the held acks were not sent", q.Messages)
 	}
 }
 

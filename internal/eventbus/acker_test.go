@@ -1,0 +1,294 @@
+package eventbus
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+)
+
+// brokerChannel models how RabbitMQ settles a channel's deliveries: an ack
+// or nack must name an outstanding delivery (else the broker closes the
+// channel: "unknown delivery tag"), and multiple settles every outstanding
+// delivery up to it.
+type brokerChannel struct {
+	mu          sync.Mutex
+	outstanding map[uint64]bool
+	settledAs   map[uint64]string // "ack", "nack", "requeue"
+	acks, nacks int               // frames sent
+	multiples   int               // ack frames with multiple set
+	err         error             // first protocol error
+}
+
+func newBrokerChannel(n int) *brokerChannel {
+	b := &brokerChannel{outstanding: map[uint64]bool{}, settledAs: map[uint64]string{}}
+	for t := 1; t <= n; t++ {
+		b.outstanding[uint64(t)] = true
+	}
+	return b
+}
+
+func (b *brokerChannel) settle(tag uint64, multiple bool, as string) error {
+	if !b.outstanding[tag] {
+		err := fmt.Errorf("unknown delivery tag %d (%s, multiple %v)", tag, as, multiple)
+		if b.err == nil {
+			b.err = err
+		}
+		return err
+	}
+	for t := range b.outstanding {
+		if t == tag || (multiple && t < tag) {
+			delete(b.outstanding, t)
+			b.settledAs[t] = as
+		}
+	}
+	return nil
+}
+
+func (b *brokerChannel) Ack(tag uint64, multiple bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.acks++
+	if multiple {
+		b.multiples++
+	}
+	return b.settle(tag, multiple, "ack")
+}
+
+func (b *brokerChannel) Nack(tag uint64, multiple, requeue bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.nacks++
+	as := "nack"
+	if requeue {
+		as = "requeue"
+	}
+	return b.settle(tag, multiple, as)
+}
+
+func (b *brokerChannel) isOutstanding(tag uint64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.outstanding[tag]
+}
+
+func (b *brokerChannel) counts() (acks, multiples int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.acks, b.multiples
+}
+
+// Concurrent handlers finishing in random order, some deliveries requeued:
+// every delivery is settled exactly as its handler said, with no tag the
+// broker would reject, in fewer ack frames than deliveries.
+func TestAckerSettlesEveryDeliveryAsHandled(t *testing.T) {
+	const n, workers = 5000, 32
+	b := newBrokerChannel(n)
+	a := newAcker(b, 2*time.Millisecond, 50, func(err error) { t.Errorf("send acks: %v", err) })
+	tags := make(chan uint64)
+	want := map[uint64]string{}
+	for tag := uint64(1); tag <= n; tag++ {
+		want[tag] = "ack"
+		if rand.IntN(50) == 0 {
+			want[tag] = "requeue"
+		}
+	}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for tag := range tags {
+				a.take(tag)
+				if rand.IntN(4) == 0 {
+					time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+				}
+				var err error
+				if want[tag] == "requeue" {
+					err = a.nack(tag, true)
+				} else {
+					err = a.ack(tag)
+				}
+				if err != nil {
+					t.Errorf("settle %d: %v", tag, err)
+				}
+			}
+		})
+	}
+	for tag := uint64(1); tag <= n; tag++ {
+		tags <- tag
+	}
+	close(tags)
+	wg.Wait()
+	if err := a.close(true); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if b.err != nil {
+		t.Fatalf("broker would close the channel: %v", b.err)
+	}
+	if len(b.outstanding) != 0 {
+		t.Fatalf("%d deliveries never settled", len(b.outstanding))
+	}
+	for tag, as := range want {
+		if b.settledAs[tag] != as {
+			t.Fatalf("delivery %d settled as %q, handled as %q", tag, b.settledAs[tag], as)
+		}
+	}
+	t.Logf("%d deliveries: %d ack frames (%d with multiple), %d nacks", n, b.acks, b.multiples, b.nacks)
+	if b.acks >= n/2 {
+		t.Errorf("%d ack frames for %d deliveries: acks were not grouped", b.acks, n)
+	}
+}
+
+// With nothing else in a handler, an ack goes out at once.
+func TestAckerIdleAcksAtOnce(t *testing.T) {
+	b := newBrokerChannel(2)
+	a := newAcker(b, time.Hour, 50, nil)
+	for tag := uint64(1); tag <= 2; tag++ {
+		a.take(tag)
+		if err := a.ack(tag); err != nil {
+			t.Fatal(err)
+		}
+		if b.isOutstanding(tag) {
+			t.Fatalf("delivery %d handled with nothing else in flight but not acked", tag)
+		}
+	}
+}
+
+// A full group goes out at once, while other deliveries are still in
+// their handlers.
+func TestAckerSendsFullGroupAtOnce(t *testing.T) {
+	const batch = 10
+	b := newBrokerChannel(100)
+	a := newAcker(b, time.Hour, batch, nil)
+	for tag := uint64(1); tag <= 100; tag++ {
+		a.take(tag)
+	}
+	for tag := uint64(1); tag < batch; tag++ {
+		if err := a.ack(tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if acks, _ := b.counts(); acks != 0 {
+		t.Fatalf("%d ack frames before the group was full", acks)
+	}
+	if err := a.ack(batch); err != nil {
+		t.Fatal(err)
+	}
+	acks, multiples := b.counts()
+	if acks != 1 || multiples != 1 {
+		t.Fatalf("ack frames %d (multiple %d), want one group", acks, multiples)
+	}
+	for tag := uint64(1); tag <= 100; tag++ {
+		if got := b.isOutstanding(tag); got != (tag > batch) {
+			t.Fatalf("delivery %d outstanding %v", tag, got)
+		}
+	}
+}
+
+// A delivery slow in its handler holds back the acks after it for about
+// the delay only; it stays unsettled until its handler finishes.
+func TestAckerSlowHandlerDoesNotHoldBackOthers(t *testing.T) {
+	const delay = 20 * time.Millisecond
+	b := newBrokerChannel(10)
+	a := newAcker(b, delay, 50, func(err error) { t.Errorf("send acks: %v", err) })
+	for tag := uint64(1); tag <= 10; tag++ {
+		a.take(tag)
+	}
+	for tag := uint64(2); tag <= 10; tag++ {
+		if err := a.ack(tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for tag := uint64(2); tag <= 10; tag++ {
+		for b.isOutstanding(tag) {
+			if time.Now().After(deadline) {
+				t.Fatalf("delivery %d, behind a slow delivery, never acked", tag)
+			}
+			time.Sleep(delay / 4)
+		}
+	}
+	if !b.isOutstanding(1) {
+		t.Fatal("the slow delivery was acked before its handler finished")
+	}
+	if err := a.ack(1); err != nil {
+		t.Fatal(err)
+	}
+	if b.isOutstanding(1) {
+		t.Fatal("the slow delivery's ack waits with nothing else in flight")
+	}
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+}
+
+func TestAckerRefusesDoubleAndLateSettlements(t *testing.T) {
+	b := newBrokerChannel(3)
+	a := newAcker(b, time.Hour, 50, nil)
+	for tag := uint64(1); tag <= 3; tag++ {
+		a.take(tag)
+	}
+	if err := a.ack(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ack(2); err == nil {
+		t.Error("second ack of a waiting delivery accepted")
+	}
+	if err := a.ack(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.close(true); err != nil {
+		t.Fatal(err)
+	}
+	if b.isOutstanding(1) || b.isOutstanding(2) {
+		t.Error("close did not send the waiting acks")
+	}
+	if err := a.nack(1, true); err == nil {
+		t.Error("nack of a settled delivery accepted")
+	}
+	if err := a.ack(3); !errors.Is(err, errAckerClosed) {
+		t.Errorf("ack after close: %v, want errAckerClosed", err)
+	}
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+}
+
+// Closed without flushing (a lost channel), the acker sends nothing more.
+func TestAckerCloseWithoutFlush(t *testing.T) {
+	b := newBrokerChannel(3)
+	a := newAcker(b, time.Hour, 50, nil)
+	for tag := uint64(1); tag <= 3; tag++ {
+		a.take(tag)
+	}
+	if err := a.ack(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.close(false); err != nil {
+		t.Fatal(err)
+	}
+	if acks, _ := b.counts(); acks != 0 {
+		t.Fatalf("%d ack frames after closing without flush", acks)
+	}
+}
+
+// A negative delay sends every ack on its own at once.
+func TestAckerNoDelay(t *testing.T) {
+	b := newBrokerChannel(5)
+	a := newAcker(b, -1, 50, nil)
+	for tag := uint64(1); tag <= 5; tag++ {
+		a.take(tag)
+	}
+	for _, tag := range []uint64{3, 1, 5, 2, 4} {
+		if err := a.ack(tag); err != nil {
+			t.Fatal(err)
+		}
+		if b.isOutstanding(tag) {
+			t.Fatalf("delivery %d not acked at once", tag)
+		}
+	}
+	if acks, multiples := b.counts(); acks != 5 || multiples != 0 {
+		t.Fatalf("%d ack frames, %d with multiple; want 5 alone", acks, multiples)
+	}
+}
