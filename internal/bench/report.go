@@ -416,6 +416,9 @@ func createCPUTable(p func(string, ...any), r *Result) {
 		ratios = append(ratios, fmt.Sprintf("%.1f× (%d clients)",
 			float64(t.GRPCCPU.PerOp(t.GRPCCPU.Machine))/float64(t.RawCPU.PerOp(t.RawCPU.Machine)), c))
 	}
+	if r.RESTCPU.Ops > 0 && r.RESTCPU.Machine > 0 && len(rows) > 0 {
+		row(fmt.Sprintf("CreateOrder REST, %d clients", CreateConcurrencies[len(CreateConcurrencies)-1]), r.RESTCPU)
+	}
 	if len(rows) == 0 {
 		return
 	}
@@ -430,4 +433,10 @@ func createCPUTable(p func(string, ...any), r *Result) {
 	p("")
 	p("Each side's rounds pooled: the machine's busy time over the trials (all CPUs, /proc/stat) and each process's user + system time (/proc/<pid>/stat), divided by the transactions committed or CreateOrders that returned OK. The benchmark process is the load generator for CreateOrder and the pgx clients for the raw ceiling; RabbitMQ works for the order service's outbox relay, which publishes each order.created as the service does in production; other is what remains of the machine's busy time. Per operation, CreateOrder cost the machine %s the CPU of a raw transaction: where the trials keep the machine's CPUs busy, that bounds create_vs_raw_pg to about the inverse.",
 		strings.Join(ratios, " and "))
+	maxC := CreateConcurrencies[len(CreateConcurrencies)-1]
+	if t := r.Create[maxC]; t != nil && t.GRPCCPU.Ops > 0 && r.RESTCPU.Ops > 0 && r.RESTCPU.Machine > 0 {
+		p("")
+		p("In the REST trials the benchmark process is the HTTP client (JSON), and the gateway makes the gRPC call the gRPC trials make directly: a CreateOrder through the gateway cost the machine %.1f× the CPU of one over gRPC at %d clients, which bounds rest_vs_grpc to about the inverse where both keep the CPUs busy.",
+			float64(r.RESTCPU.PerOp(r.RESTCPU.Machine))/float64(t.GRPCCPU.PerOp(t.GRPCCPU.Machine)), maxC)
+	}
 }

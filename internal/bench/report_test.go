@@ -25,9 +25,13 @@ func sampleResult() *Result {
 				GRPCCPU: CPUUse{Machine: 1900 * time.Millisecond, Elapsed: time.Second, CPUs: 2, Ops: 1900,
 					ByKind: map[string]time.Duration{"PostgreSQL": 500 * time.Millisecond, "RabbitMQ": 300 * time.Millisecond,
 						"order": 700 * time.Millisecond, "gateway": 19 * time.Millisecond, "load generator": 190 * time.Millisecond}}},
-			50: {Raw: []float64{4000, 3000}, GRPC: []float64{1000, 1200}},
+			50: {Raw: []float64{4000, 3000}, GRPC: []float64{1000, 1200},
+				RawCPU:  CPUUse{Machine: time.Second, Elapsed: time.Second, CPUs: 2, Ops: 4000},
+				GRPCCPU: CPUUse{Machine: time.Second, Elapsed: time.Second, CPUs: 2, Ops: 2000}},
 		},
-		REST:   []float64{600, 840},
+		REST: []float64{600, 840},
+		RESTCPU: CPUUse{Machine: 2 * time.Second, Elapsed: time.Second, CPUs: 2, Ops: 1000,
+			ByKind: map[string]time.Duration{"order": 300 * time.Millisecond, "gateway": 500 * time.Millisecond, "load generator": 400 * time.Millisecond}},
 		BusRaw: []float64{10000, 12000, 11000}, Bus: []float64{9000, 10800, 8000},
 		E2E:         loadgen.Summary{Protocol: "grpc", Concurrency: 50, Created: 6000, ConfirmedPerSec: 321.6, TerminalSeconds: 18.7, Tracking: "t"},
 		HalfRate:    loadgen.Summary{Protocol: "grpc", TargetRate: 160.8, Created: 4800, Tracking: "t", TerminalLatency: loadgen.Latency{P99: 87.25}},
@@ -108,7 +112,9 @@ func TestMarkdown(t *testing.T) {
 		"<details><summary>order</summary>",
 		"| raw pgx, 8 clients | 4500 | 90% | **400** | 222 | 0 | 0 | 0 | 133 | 44 |",
 		"| CreateOrder gRPC, 8 clients | 1900 | 95% | **1000** | 263 | 158 | 368 | 10 | 100 | 101 |",
-		"CreateOrder cost the machine 2.5× (8 clients) the CPU of a raw transaction",
+		"CreateOrder cost the machine 2.5× (8 clients) and 2.0× (50 clients) the CPU of a raw transaction",
+		"| CreateOrder REST, 50 clients | 1000 | 100% | **2000** | 0 | 0 | 300 | 500 | 400 | 800 |",
+		"a CreateOrder through the gateway cost the machine 4.0× the CPU of one over gRPC at 50 clients",
 		"Summary line: `bench: e2e_orders_per_s=322 create_vs_raw_pg=0.30 bus_vs_raw_amqp=0.90 rest_vs_grpc=0.70`",
 	} {
 		if !strings.Contains(md, want) {
@@ -128,6 +134,7 @@ func TestMarkdownWithoutOptionalPhases(t *testing.T) {
 	for _, t := range r.Create {
 		t.RawCPU, t.GRPCCPU = CPUUse{}, CPUUse{}
 	}
+	r.RESTCPU = CPUUse{}
 	md := Markdown(r, Machine{}, "make bench")
 	for _, absent := range []string{"outbox relay lag", "Outbox relay lag", "The half-rate run started", "CPU per operation in the create trials"} {
 		if strings.Contains(md, absent) {

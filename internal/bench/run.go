@@ -131,6 +131,8 @@ type Result struct {
 	// beside Create[that].GRPC.
 	REST        []float64
 	RESTSummary loadgen.Summary
+	// RESTCPU is where the machine's CPU went over the REST trials.
+	RESTCPU CPUUse
 
 	BusRaw []float64
 	Bus    []float64
@@ -421,7 +423,9 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 			res.Create[c].GRPC = append(res.Create[c].GRPC, sum.CreatedPerSec)
 			logf("create phase: round %d: CreateOrder gRPC, %d clients: %.0f orders/s (p99 %.1f ms)", round, c, sum.CreatedPerSec, sum.CreateLatency.P99)
 		}
+		w := startCPUWindow()
 		sum, err := trial("rest", restCreator, maxConc)
+		w.end(&res.RESTCPU, int64(sum.Created))
 		if err != nil {
 			return err
 		}
