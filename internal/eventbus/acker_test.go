@@ -80,6 +80,17 @@ func (b *brokerChannel) counts() (acks, multiples int) {
 	return b.acks, b.multiples
 }
 
+// takenAcker returns an acker over a model broker that delivered n
+// messages, every one taken from the stream.
+func takenAcker(t *testing.T, n int, delay time.Duration, maxBatch int) (*acker, *brokerChannel) {
+	b := newBrokerChannel(n)
+	a := newAcker(b, delay, maxBatch, func(err error) { t.Errorf("send acks: %v", err) })
+	for tag := uint64(1); tag <= uint64(n); tag++ {
+		a.take(tag)
+	}
+	return a, b
+}
+
 // Concurrent handlers finishing in random order, some deliveries requeued:
 // every delivery is settled exactly as its handler said, with no tag the
 // broker would reject, in fewer ack frames than deliveries.
@@ -159,11 +170,7 @@ func TestAckerIdleAcksAtOnce(t *testing.T) {
 // their handlers.
 func TestAckerSendsFullGroupAtOnce(t *testing.T) {
 	const batch = 10
-	b := newBrokerChannel(100)
-	a := newAcker(b, time.Hour, batch, nil)
-	for tag := uint64(1); tag <= 100; tag++ {
-		a.take(tag)
-	}
+	a, b := takenAcker(t, 100, time.Hour, batch)
 	for tag := uint64(1); tag < batch; tag++ {
 		if err := a.ack(tag); err != nil {
 			t.Fatal(err)
@@ -190,11 +197,7 @@ func TestAckerSendsFullGroupAtOnce(t *testing.T) {
 // the delay only; it stays unsettled until its handler finishes.
 func TestAckerSlowHandlerDoesNotHoldBackOthers(t *testing.T) {
 	const delay = 20 * time.Millisecond
-	b := newBrokerChannel(10)
-	a := newAcker(b, delay, 50, func(err error) { t.Errorf("send acks: %v", err) })
-	for tag := uint64(1); tag <= 10; tag++ {
-		a.take(tag)
-	}
+	a, b := takenAcker(t, 10, delay, 50)
 	for tag := uint64(2); tag <= 10; tag++ {
 		if err := a.ack(tag); err != nil {
 			t.Fatal(err)
@@ -224,11 +227,7 @@ func TestAckerSlowHandlerDoesNotHoldBackOthers(t *testing.T) {
 }
 
 func TestAckerRefusesDoubleAndLateSettlements(t *testing.T) {
-	b := newBrokerChannel(3)
-	a := newAcker(b, time.Hour, 50, nil)
-	for tag := uint64(1); tag <= 3; tag++ {
-		a.take(tag)
-	}
+	a, b := takenAcker(t, 3, time.Hour, 50)
 	if err := a.ack(2); err != nil {
 		t.Fatal(err)
 	}
@@ -257,11 +256,7 @@ func TestAckerRefusesDoubleAndLateSettlements(t *testing.T) {
 
 // Closed without flushing (a lost channel), the acker sends nothing more.
 func TestAckerCloseWithoutFlush(t *testing.T) {
-	b := newBrokerChannel(3)
-	a := newAcker(b, time.Hour, 50, nil)
-	for tag := uint64(1); tag <= 3; tag++ {
-		a.take(tag)
-	}
+	a, b := takenAcker(t, 3, time.Hour, 50)
 	if err := a.ack(2); err != nil {
 		t.Fatal(err)
 	}
@@ -275,11 +270,7 @@ func TestAckerCloseWithoutFlush(t *testing.T) {
 
 // A negative delay sends every ack on its own at once.
 func TestAckerNoDelay(t *testing.T) {
-	b := newBrokerChannel(5)
-	a := newAcker(b, -1, 50, nil)
-	for tag := uint64(1); tag <= 5; tag++ {
-		a.take(tag)
-	}
+	a, b := takenAcker(t, 5, -1, 50)
 	for _, tag := range []uint64{3, 1, 5, 2, 4} {
 		if err := a.ack(tag); err != nil {
 			t.Fatal(err)
