@@ -53,14 +53,27 @@ func readMemorySample(samples []runtimemetrics.Sample) memorySample {
 	return memorySample{live: v(0), total: v(1), released: v(2), objects: v(3), free: v(4)}
 }
 
-// limitFloor returns the lowest memory limit that still leaves the
-// collector minHeapHeadroom: what the runtime holds besides heap objects
-// and free pages (stacks, metadata, partly filled spans), plus the live
-// heap and its headroom, rounded up to a MiB so that small changes of the
-// heap do not move it.
+// The runtime's own reserve below a memory limit: the heap goal it derives
+// from the limit is what the limit leaves besides non-heap memory, less
+// 3 % of that or 1 MiB, whichever is more (memoryLimitHeapGoalHeadroomPercent
+// and memoryLimitMinHeapGoalHeadroom in the runtime's GC pacer).
+const (
+	runtimeReservePercent = 3
+	runtimeReserveMin     = 1 << 20
+)
+
+// limitFloor returns the lowest memory limit whose heap goal still leaves
+// the collector minHeapHeadroom: what the runtime holds besides heap
+// objects and free pages (stacks, metadata, partly filled spans), plus the
+// live heap and its headroom, plus the runtime's reserve, rounded up to a
+// MiB so that small changes of the heap do not move it.
 func limitFloor(s memorySample) int64 {
 	overhead := int64(s.total) - int64(s.released) - int64(s.objects) - int64(s.free)
-	floor := max(overhead, 0) + int64(float64(s.live)*(1+minHeapHeadroom))
+	goal := int64(float64(s.live) * (1 + minHeapHeadroom))
+	// The smallest room r above the overhead whose goal, r less the
+	// reserve, is at least goal.
+	room := max(goal+runtimeReserveMin, goal*100/(100-runtimeReservePercent)+1)
+	floor := max(overhead, 0) + room
 	const mib = 1 << 20
 	return (floor + mib - 1) / mib * mib
 }

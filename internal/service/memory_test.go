@@ -27,25 +27,32 @@ func TestLimitFloor(t *testing.T) {
 	}{
 		{
 			// 24 MiB counted: 8 of objects, 2 free, so 14 of overhead;
-			// 8 live need 10 with their headroom.
-			name: "overhead plus the live heap and a quarter of it",
+			// 8 live need 10 with their headroom, and the runtime keeps
+			// 1 MiB in reserve below the limit.
+			name: "overhead plus the live heap, a quarter of it and the reserve",
 			s:    memorySample{live: 8 * mib, total: 30 * mib, released: 6 * mib, objects: 8 * mib, free: 2 * mib},
-			want: 24 * mib,
+			want: 25 * mib,
 		},
 		{
 			name: "rounded up to a MiB",
 			s:    memorySample{live: 4*mib + 1, total: 10 * mib, released: 0, objects: 6 * mib, free: 0},
-			want: 10 * mib,
+			want: 11 * mib,
 		},
 		{
 			name: "free pages do not count",
 			s:    memorySample{live: 4 * mib, total: 30 * mib, released: 0, objects: 6 * mib, free: 20 * mib},
-			want: 9 * mib,
+			want: 10 * mib,
 		},
 		{
 			name: "inconsistent reads give no negative overhead",
 			s:    memorySample{live: 4 * mib, total: 1 * mib, objects: 6 * mib},
-			want: 5 * mib,
+			want: 6 * mib,
+		},
+		{
+			// 50 MiB of goal: 3 % of the room is more than 1 MiB.
+			name: "a large heap's reserve is 3 % of the room",
+			s:    memorySample{live: 40 * mib, total: 40 * mib, objects: 40 * mib},
+			want: 52 * mib,
 		},
 	}
 	for _, tt := range tests {
@@ -182,6 +189,14 @@ func TestGuardMemoryLimit(t *testing.T) {
 			})
 			t.Logf("step %d: live heap %d MiB, limit raised to %d MiB", i, live/mib, got/mib)
 			raised = got
+			// What the raise is for: the runtime's heap goal under the
+			// raised limit leaves the live heap its headroom.
+			goal := []runtimemetrics.Sample{{Name: "/gc/heap/goal:bytes"}}
+			runtimemetrics.Read(goal)
+			if g := goal[0].Value.Uint64(); g < uint64(floor) {
+				t.Errorf("step %d: heap goal %.1f MiB under the raised limit, want at least %.1f MiB (live heap and headroom)",
+					i, float64(g)/mib, float64(floor)/mib)
+			}
 			if i == 1 {
 				// The guard sets the limit, then warns.
 				for deadline := time.Now().Add(5 * time.Second); !strings.Contains(log.String(), "live heap outgrew"); time.Sleep(time.Millisecond) {
