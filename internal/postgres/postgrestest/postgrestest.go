@@ -81,3 +81,19 @@ func DropSchema(tb testing.TB, schema string) {
 		tb.Errorf("drop schema %s: %v", schema, err)
 	}
 }
+
+// SeqTuplesRead returns how many rows of table, in the current schema, the
+// session of tx has read in sequential scans and not yet reported to the
+// statistics system. A session reports its counts after its transactions
+// end, never within one, so the difference of two calls in one transaction
+// is what that transaction read in between.
+func SeqTuplesRead(tb testing.TB, tx pgx.Tx, table string) int64 {
+	tb.Helper()
+	var n int64
+	if err := tx.QueryRow(context.Background(), `
+		SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_xact_user_tables
+		WHERE schemaname = current_schema() AND relname = $1`, table).Scan(&n); err != nil {
+		tb.Fatalf("read scan statistics of %s: %v", table, err)
+	}
+	return n
+}

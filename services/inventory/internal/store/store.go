@@ -183,10 +183,14 @@ func SaveLedger(ctx context.Context, tx pgx.Tx, c stock.Changes) error {
 		for i, l := range c.Levels {
 			ids[i], avail[i], resv[i] = l.ProductID, l.Available, l.Reserved
 		}
+		// The redundant = ANY keeps the plan on the index: joined with
+		// unnest alone, a table planned while small is read whole by a
+		// hash join, and the cached plan stays so as the table grows
+		// (until the table is analyzed again).
 		b.Queue(`
 			UPDATE stock s SET available = s.available + d.available, reserved = s.reserved + d.reserved, update_time = now()
 			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(product_id, available, reserved)
-			WHERE s.product_id = d.product_id`, ids, avail, resv).
+			WHERE s.product_id = d.product_id AND s.product_id = ANY($1::text[])`, ids, avail, resv).
 			Exec(func(tag pgconn.CommandTag) error {
 				if n := tag.RowsAffected(); n != int64(len(ids)) {
 					return fmt.Errorf("update stock: updated %d products, want %d: %w", n, len(ids), stock.ErrNotFound)
@@ -218,10 +222,11 @@ func SaveLedger(ctx context.Context, tx pgx.Tx, c stock.Changes) error {
 		for i, r := range c.Updated {
 			ids[i], statuses[i] = r.OrderID, r.Status.String()
 		}
+		// = ANY: as for stock above.
 		b.Queue(`
 			UPDATE reservations r SET status = u.status, update_time = now()
 			FROM unnest($1::text[]::uuid[], $2::text[]) AS u(order_id, status)
-			WHERE r.order_id = u.order_id`, ids, statuses).
+			WHERE r.order_id = u.order_id AND r.order_id = ANY($1::text[]::uuid[])`, ids, statuses).
 			Exec(func(tag pgconn.CommandTag) error {
 				if n := tag.RowsAffected(); n != int64(len(ids)) {
 					return fmt.Errorf("update reservations: updated %d, want %d: %w", n, len(ids), stock.ErrNoReservation)

@@ -128,3 +128,82 @@ func waitForLock(ctx context.Context, t *testing.T, db interface {
 		}
 	}
 }
+
+// TestSaveLedgerUpdatesByIndexAfterTheTableGrew has SaveLedger confirm
+// batches of reservations on one connection while the table is small,
+// until PostgreSQL caches a generic plan, then grows the table: the update
+// must still read the reservations it changes by index, not the whole
+// table.
+func TestSaveLedgerUpdatesByIndexAfterTheTableGrew(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, _ := postgrestest.NewSchema(t, store.Migrations)
+	if _, err := store.SetStock(ctx, pool, "SKU-1", 1_000_000); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	var before int64
+	// batch reserves 20 orders in one transaction on conn, then confirms
+	// them in another, whose transaction it returns uncommitted if keep.
+	batch := func(keep bool) pgx.Tx {
+		t.Helper()
+		orders := make([]string, 20)
+		for i := range orders {
+			orders[i] = uuid.NewString()
+		}
+		for _, confirm := range []bool{false, true} {
+			tx, err := conn.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if confirm && keep {
+				before = postgrestest.SeqTuplesRead(t, tx, "reservations")
+			}
+			l, err := store.LoadLedger(ctx, tx, orders, []string{"SKU-1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range orders {
+				if confirm {
+					_, err = l.Confirm(o)
+				} else {
+					_, _, err = l.Reserve(o, []stock.Line{{ProductID: "SKU-1", Quantity: 1}})
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := store.SaveLedger(ctx, tx, l.Changes()); err != nil {
+				t.Fatal(err)
+			}
+			if confirm && keep {
+				return tx
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return nil
+	}
+	// More than the five custom plans after which PostgreSQL may settle
+	// on a generic one.
+	for range 8 {
+		batch(false)
+	}
+	if _, err := conn.Exec(ctx, `
+		INSERT INTO reservations (order_id, status, reason)
+		SELECT gen_random_uuid(), 'RESERVED', '' FROM generate_series(1, 20000)`); err != nil {
+		t.Fatal(err)
+	}
+	tx := batch(true)
+	defer func() { _ = tx.Rollback(ctx) }()
+	// The confirming transaction's scans: LoadLedger's reads and the
+	// update.
+	if n := postgrestest.SeqTuplesRead(t, tx, "reservations") - before; n > 0 {
+		t.Errorf("confirming 20 orders read %d reservations sequentially, want them read by index", n)
+	}
+}
