@@ -326,7 +326,7 @@ func TestListPagesAndFilters(t *testing.T) {
 }
 
 // delivery makes ev a delivery as the bus would hand it over.
-func delivery(t *testing.T, ev proto.Message) inbox.Delivery {
+func delivery(t testing.TB, ev proto.Message) inbox.Delivery {
 	t.Helper()
 	key, err := eventbus.RoutingKey(ev.ProtoReflect().Descriptor())
 	if err != nil {
