@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -35,6 +37,11 @@ type Querier interface {
 const columns = `id, request_id, customer_email, items, total_currency, total_units, total_nanos,
 	payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
 	create_time, update_time, seq`
+
+// columnsNoItems are columns less items, in the same order, for reads
+// whose callers need no line items (decoding them is most of the cost of
+// reading an order).
+var columnsNoItems = strings.Replace(columns, "items, ", "", 1)
 
 // itemRow is the JSON form of a line item in the items column.
 type itemRow struct {
@@ -196,31 +203,34 @@ func GetForUpdate(ctx context.Context, tx pgx.Tx, id string) (order.Order, error
 	return o, nil
 }
 
-// LockMany returns the orders with ids, by id, and locks their rows until
-// tx ends; ids of no order are missing from the result. The rows are
-// locked in id order, so two transactions locking some of the same orders
-// wait for each other in one order and cannot deadlock. ids must be UUIDs.
+// LockMany returns the orders with ids, by id, without their line items
+// (Items is nil: applying saga outcomes needs none, and QueueUpdate writes
+// none), and locks their rows until tx ends; ids of no order are missing
+// from the result. The rows are locked in id order, so two transactions
+// locking some of the same orders wait for each other in one order and
+// cannot deadlock. ids must be UUIDs.
 func LockMany(ctx context.Context, tx pgx.Tx, ids []string) (map[string]order.Order, error) {
 	if len(ids) == 0 {
 		return map[string]order.Order{}, nil
 	}
-	rows, err := tx.Query(ctx, `SELECT `+columns+` FROM orders WHERE id = ANY($1::text[]::uuid[]) ORDER BY id FOR UPDATE`, ids)
-	out, err := collect(rows, err, len(ids), func(o order.Order) string { return o.ID })
+	rows, err := tx.Query(ctx, `SELECT `+columnsNoItems+` FROM orders WHERE id = ANY($1::text[]::uuid[]) ORDER BY id FOR UPDATE`, ids)
+	out, err := collect(rows, err, len(ids), false, func(o order.Order) string { return o.ID })
 	if err != nil {
 		return nil, fmt.Errorf("lock %d orders: %w", len(ids), err)
 	}
 	return out, nil
 }
 
-// collect reads the orders of rows (or returns err, the query's) by key.
-func collect(rows pgx.Rows, err error, n int, key func(order.Order) string) (map[string]order.Order, error) {
+// collect reads the orders of rows (or returns err, the query's) by key;
+// the rows have columns, or columnsNoItems unless withItems.
+func collect(rows pgx.Rows, err error, n int, withItems bool, key func(order.Order) string) (map[string]order.Order, error) {
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	out := make(map[string]order.Order, n)
 	for rows.Next() {
-		o, _, err := scanOne(rows)
+		o, _, err := scanOrder(rows, withItems)
 		if err != nil {
 			return nil, err
 		}
@@ -233,7 +243,7 @@ func collect(rows pgx.Rows, err error, n int, key func(order.Order) string) (map
 // request id; requests that placed no order are missing from the result.
 func GetByRequestIDs(ctx context.Context, q Querier, ids []string) (map[string]order.Order, error) {
 	rows, err := q.Query(ctx, `SELECT `+columns+` FROM orders WHERE request_id = ANY($1::text[]::uuid[])`, ids)
-	out, err := collect(rows, err, len(ids), func(o order.Order) string { return o.RequestID })
+	out, err := collect(rows, err, len(ids), true, func(o order.Order) string { return o.RequestID })
 	if err != nil {
 		return nil, fmt.Errorf("get orders of %d requests: %w", len(ids), err)
 	}
@@ -365,7 +375,11 @@ func List(ctx context.Context, q Querier, f Filter, cursor int64, limit int) (Pa
 	return page, nil
 }
 
-func scanOne(row pgx.Row) (order.Order, int64, error) {
+func scanOne(row pgx.Row) (order.Order, int64, error) { return scanOrder(row, true) }
+
+// scanOrder reads an order from row, which has columns, or columnsNoItems
+// unless withItems (the order's Items are then nil).
+func scanOrder(row pgx.Row, withItems bool) (order.Order, int64, error) {
 	var (
 		o           order.Order
 		items       []byte
@@ -373,20 +387,26 @@ func scanOne(row pgx.Row) (order.Order, int64, error) {
 		seq         int64
 		create, upd time.Time
 	)
-	err := row.Scan(&o.ID, &o.RequestID, &o.CustomerEmail, &items, &o.Total.CurrencyCode, &o.Total.Units, &o.Total.Nanos,
+	dest := []any{&o.ID, &o.RequestID, &o.CustomerEmail, &items, &o.Total.CurrencyCode, &o.Total.Units, &o.Total.Nanos,
 		&o.PaymentToken, &status, &o.StatusReason, &o.StockReserved, &o.PaymentSucceeded, &o.PaymentID,
-		&create, &upd, &seq)
+		&create, &upd, &seq}
+	if !withItems {
+		dest = slices.Delete(dest, 3, 4)
+	}
+	err := row.Scan(dest...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return order.Order{}, 0, order.ErrNotFound
 	}
 	if err != nil {
 		return order.Order{}, 0, err
 	}
-	var rows []itemRow
-	if err := json.Unmarshal(items, &rows); err != nil {
-		return order.Order{}, 0, fmt.Errorf("decode items of order %s: %w", o.ID, err)
+	if withItems {
+		var rows []itemRow
+		if err := json.Unmarshal(items, &rows); err != nil {
+			return order.Order{}, 0, fmt.Errorf("decode items of order %s: %w", o.ID, err)
+		}
+		o.Items = itemsFromRows(rows)
 	}
-	o.Items = itemsFromRows(rows)
 	if o.Status, err = order.ParseStatus(status); err != nil {
 		return order.Order{}, 0, fmt.Errorf("order %s: %w", o.ID, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
@@ -94,5 +95,44 @@ func TestQueueUpdateByIndexAfterTheTableGrew(t *testing.T) {
 	defer func() { _ = tx.Rollback(ctx) }()
 	if n := postgrestest.SeqTuplesRead(t, tx, "orders") - before; n > 0 {
 		t.Errorf("updating 20 orders read %d orders sequentially, want them read by index", n)
+	}
+}
+
+// LockMany reads every field Get reads but the line items.
+func TestLockManyReadsOrdersWithoutItems(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, _ := postgrestest.NewSchema(t, store.Migrations)
+	orders := newOrders(t, 3)
+	b := &pgx.Batch{}
+	if err := store.QueueInsertAll(b, orders...); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.SendBatch(ctx, b).Close(); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{orders[0].ID, orders[1].ID, orders[2].ID, uuid.NewString()}
+	var locked map[string]order.Order
+	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) (err error) {
+		locked, err = store.LockMany(ctx, tx, ids)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(locked) != len(orders) {
+		t.Fatalf("LockMany returned %d orders, want %d (the unknown id missing)", len(locked), len(orders))
+	}
+	for _, o := range orders {
+		want, err := store.Get(ctx, pool, o.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(want.Items) == 0 {
+			t.Fatalf("Get returned order %s without items", o.ID)
+		}
+		want.Items = nil
+		if diff := cmp.Diff(want, locked[o.ID]); diff != "" {
+			t.Errorf("LockMany's order %s differs from Get's without items (-want +got):\n%s", o.ID, diff)
+		}
 	}
 }
