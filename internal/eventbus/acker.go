@@ -87,14 +87,24 @@ func (a *acker) ack(tag uint64) error {
 	a.done[tag] = time.Now()
 	a.waiting++
 	a.extendRun()
+	return a.sendDue()
+}
+
+// sendDue sends the waiting acks that should not wait longer: all of them
+// when no delivery is in a handler (nothing else will join them soon), the
+// run when it is full; otherwise it makes sure the timer will send them.
+func (a *acker) sendDue() error {
 	switch {
+	case a.waiting == 0:
+		return nil
 	case a.taken.Load()-a.settled == uint64(len(a.done)):
-		// Nothing is in a handler: nothing else will join the group soon.
 		return a.flush(time.Time{})
 	case a.runAcks >= a.maxBatch:
-		return a.sendRun()
+		if err := a.sendRun(); err != nil {
+			return err
+		}
 	}
-	if !a.armed {
+	if a.waiting > 0 && !a.armed {
 		a.armed = true
 		a.timer.Reset(a.delay)
 	}
@@ -119,6 +129,16 @@ func (a *acker) nack(tag uint64, requeue bool) error {
 		return err
 	}
 	return a.settleAlone(tag, a.ch.Nack(tag, false, requeue))
+}
+
+// sendWaiting sends every waiting ack now, unless the acker is closed.
+func (a *acker) sendWaiting() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return nil
+	}
+	return a.flush(time.Time{})
 }
 
 // close refuses later settlements, after sending every waiting ack if
@@ -160,7 +180,8 @@ func (a *acker) settleAlone(tag uint64, err error) error {
 	if a.runAcks == 0 {
 		a.dropRun()
 	}
-	return nil
+	// Settling the head of the run may have completed it.
+	return a.sendDue()
 }
 
 // extendRun extends the run over the tags in done that follow it.

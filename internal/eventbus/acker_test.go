@@ -145,6 +145,9 @@ func TestAckerSettlesEveryDeliveryAsHandled(t *testing.T) {
 			t.Fatalf("delivery %d settled as %q, handled as %q", tag, b.settledAs[tag], as)
 		}
 	}
+	if a.waiting != 0 || len(a.done) != 0 || a.settled != n {
+		t.Errorf("after close: %d acks waiting, %d tags recorded, settled up to %d; want 0, 0, %d", a.waiting, len(a.done), a.settled, n)
+	}
 	t.Logf("%d deliveries: %d ack frames (%d with multiple), %d nacks", n, b.acks, b.multiples, b.nacks)
 	if b.acks >= n/2 {
 		t.Errorf("%d ack frames for %d deliveries: acks were not grouped", b.acks, n)
@@ -163,6 +166,13 @@ func TestAckerIdleAcksAtOnce(t *testing.T) {
 		if b.isOutstanding(tag) {
 			t.Fatalf("delivery %d handled with nothing else in flight but not acked", tag)
 		}
+	}
+	// Settled on the wire and forgotten: settling again is refused.
+	if err := a.ack(1); err == nil {
+		t.Error("second ack of a delivery acked on the wire accepted")
+	}
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
 }
 
@@ -237,6 +247,9 @@ func TestAckerRefusesDoubleAndLateSettlements(t *testing.T) {
 	if err := a.ack(1); err != nil {
 		t.Fatal(err)
 	}
+	if err := a.nack(1, true); err == nil {
+		t.Error("nack of a delivery acked before accepted")
+	}
 	if err := a.close(true); err != nil {
 		t.Fatal(err)
 	}
@@ -281,5 +294,69 @@ func TestAckerNoDelay(t *testing.T) {
 	}
 	if acks, multiples := b.counts(); acks != 5 || multiples != 0 {
 		t.Fatalf("%d ack frames, %d with multiple; want 5 alone", acks, multiples)
+	}
+}
+
+// A delivery in its handler holds back the acks after it: they are not
+// sent while it runs (the delay here never expires), and go out, in one
+// group, as soon as it is settled, also when it is settled alone (nacked,
+// or acked at once after moving its message).
+func TestAckerHeadSettledSendsTheRun(t *testing.T) {
+	settleHead := map[string]func(a *acker) error{
+		"ack":    func(a *acker) error { return a.ack(1) },
+		"ackNow": func(a *acker) error { return a.ackNow(1) },
+		"nack":   func(a *acker) error { return a.nack(1, true) },
+	}
+	for name, settle := range settleHead {
+		t.Run(name, func(t *testing.T) {
+			a, b := takenAcker(t, 4, time.Hour, 50)
+			for tag := uint64(2); tag <= 4; tag++ {
+				if err := a.ack(tag); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if acks, _ := b.counts(); acks != 0 {
+				t.Fatalf("%d ack frames while delivery 1 is in its handler", acks)
+			}
+			if err := settle(a); err != nil {
+				t.Fatal(err)
+			}
+			for tag := uint64(1); tag <= 4; tag++ {
+				if b.isOutstanding(tag) {
+					t.Errorf("delivery %d outstanding after the head was settled with nothing in flight", tag)
+				}
+			}
+			if a.waiting != 0 || len(a.done) != 0 {
+				t.Errorf("%d acks waiting, %d tags recorded; want none", a.waiting, len(a.done))
+			}
+			if b.err != nil {
+				t.Fatal(b.err)
+			}
+		})
+	}
+}
+
+// Acks held behind a slow delivery at different times each go out about
+// the delay after they were made: the timer is armed again for the later
+// ones.
+func TestAckerTimerRearmsForLaterAcks(t *testing.T) {
+	const delay = 20 * time.Millisecond
+	a, b := takenAcker(t, 3, delay, 50)
+	if err := a.ack(2); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(delay / 2)
+	if err := a.ack(3); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for b.isOutstanding(2) || b.isOutstanding(3) {
+		if time.Now().After(deadline) {
+			t.Fatalf("held acks not sent 5s later: 2 outstanding %v, 3 outstanding %v", b.isOutstanding(2), b.isOutstanding(3))
+		}
+		time.Sleep(delay / 4)
+	}
+	if !b.isOutstanding(1) {
+		t.Fatal("the delivery still in its handler was acked")
 	}
 }

@@ -332,6 +332,7 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 	s.subscribed.Store(false)
 	s.state.set(false, reason)
 	close(stopping)
+	flush := graceful
 	if graceful {
 		// Cancel (not channel close) so in-flight handlers can still ack;
 		// the delivery channel closes once the client buffer is drained.
@@ -339,14 +340,21 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 		if err != nil {
 			s.log.WarnContext(hctx, "cancel consumer", "err", err)
 			closeConn(conn, cfg.CallTimeout)
+			flush = false
 		}
 	} else {
 		// The link is broken; unsettled deliveries return to the queue
-		// when the connection closes.
+		// when the connection closes. The consume channel may still be
+		// open (the republish channel failed, the broker cancelled the
+		// consumer): send the acks of deliveries already handled first,
+		// so they are not delivered again.
+		if err := acks.sendWaiting(); err != nil {
+			s.log.DebugContext(hctx, "send acks before closing", "err", err)
+		}
 		closeConn(conn, cfg.CallTimeout)
 	}
 	<-workersDone
-	if err := acks.close(graceful); err != nil {
+	if err := acks.close(flush); err != nil {
 		s.log.WarnContext(hctx, "send acks", "err", err)
 	}
 	return reason

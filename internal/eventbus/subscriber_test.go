@@ -405,7 +405,8 @@ func testGracefulStop(t *testing.T, ackDelay time.Duration) {
 	}
 }
 
-// Acks held behind a delivery still in its handler are sent when the
+// Acks held behind a delivery still in its handler (with a delay that
+// never expires) are sent once it is settled or, at the latest, when the
 // subscriber stops: none of the handled deliveries goes back to the queue.
 func TestGracefulStopSendsHeldAcks(t *testing.T) {
 	cfg := testConfig(t, "heldacks")
@@ -421,9 +422,10 @@ func TestGracefulStopSendsHeldAcks(t *testing.T) {
 	if err := Handle(sub, func(ctx context.Context, ev *orderv1.OrderCreated, meta Meta) error {
 		if ev.GetOrderId() == slow.GetOrderId() {
 			<-release
-			// Moved to a retry queue: settled alone, at once, so the
-			// acks held behind it still wait.
-			return errors.New("slow handler fails")
+			// Moved to the DLQ (not a retry queue, whose copy would come
+			// back): acked alone, at once, so the acks held behind it
+			// still wait.
+			return Permanent(errors.New("slow handler fails"))
 		}
 		handled.Add(1)
 		return nil
