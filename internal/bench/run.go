@@ -398,15 +398,14 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 			logf("create phase: round %d: raw pgx, %d clients: %.0f tx/s", round, c, rate)
 
 			var pg errgroup.Group
+			var profilePath string
 			if round == 1 && c == maxConc && o.ProfileDuration > 0 {
 				pg.Go(func() error {
 					path, err := profile(ctx, pf.Procs["order"], o.WorkDir, "create/order", max(o.Trial-2*time.Second, time.Second))
-					if err == nil {
-						res.Profiles["create/order"], err = pprofTop(ctx, filepath.Join(binDir, "order"), path)
-					}
 					if err != nil {
 						logf("create phase: profiling failed: %v", err)
 					}
+					profilePath = path
 					return nil
 				})
 			}
@@ -414,6 +413,14 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 			sum, err := trial("grpc", grpcCreator, c)
 			w.end(&res.Create[c].GRPCCPU, int64(sum.Created))
 			_ = pg.Wait()
+			if profilePath != "" {
+				// Rendered outside the trial's CPU window.
+				if top, err := pprofTop(ctx, filepath.Join(binDir, "order"), profilePath); err != nil {
+					logf("create phase: profiling failed: %v", err)
+				} else {
+					res.Profiles["create/order"] = top
+				}
+			}
 			if err != nil {
 				return err
 			}
