@@ -18,6 +18,11 @@ func TestBuildFilesUseTags(t *testing.T) {
 		}
 		var builds, tagged int
 		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "TAGS"); ok {
+				if v = strings.TrimSpace(strings.TrimLeft(strings.TrimSpace(v), ":?=")); v != "-tags "+Tags {
+					t.Errorf("%s: TAGS is %q, want %q", name, v, "-tags "+Tags)
+				}
+			}
 			if !strings.Contains(line, "go build") && !strings.Contains(line, "$(GO) build") {
 				continue
 			}
