@@ -10,8 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -34,14 +32,17 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-const columns = `id, request_id, customer_email, items, total_currency, total_units, total_nanos,
-	payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id,
-	create_time, update_time, seq`
-
-// columnsNoItems are columns less items, in the same order, for reads
-// whose callers need no line items (decoding them is most of the cost of
-// reading an order).
-var columnsNoItems = strings.Replace(columns, "items, ", "", 1)
+// An order's columns as scanOrder reads them: columnsHead, items, then
+// columnsTail. columnsNoItems leave out the items, for reads whose callers
+// need no line items (decoding them is most of the cost of reading an
+// order).
+const (
+	columnsHead = `id, request_id, customer_email`
+	columnsTail = `total_currency, total_units, total_nanos, payment_token, status, status_reason,
+	stock_reserved, payment_succeeded, payment_id, create_time, update_time, seq`
+	columns        = columnsHead + `, items, ` + columnsTail
+	columnsNoItems = columnsHead + `, ` + columnsTail
+)
 
 // itemRow is the JSON form of a line item in the items column.
 type itemRow struct {
@@ -387,12 +388,13 @@ func scanOrder(row pgx.Row, withItems bool) (order.Order, int64, error) {
 		seq         int64
 		create, upd time.Time
 	)
-	dest := []any{&o.ID, &o.RequestID, &o.CustomerEmail, &items, &o.Total.CurrencyCode, &o.Total.Units, &o.Total.Nanos,
-		&o.PaymentToken, &status, &o.StatusReason, &o.StockReserved, &o.PaymentSucceeded, &o.PaymentID,
-		&create, &upd, &seq}
-	if !withItems {
-		dest = slices.Delete(dest, 3, 4)
+	dest := []any{&o.ID, &o.RequestID, &o.CustomerEmail} // columnsHead
+	if withItems {
+		dest = append(dest, &items)
 	}
+	dest = append(dest, &o.Total.CurrencyCode, &o.Total.Units, &o.Total.Nanos, // columnsTail
+		&o.PaymentToken, &status, &o.StatusReason, &o.StockReserved, &o.PaymentSucceeded, &o.PaymentID,
+		&create, &upd, &seq)
 	err := row.Scan(dest...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return order.Order{}, 0, order.ErrNotFound
