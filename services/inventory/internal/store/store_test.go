@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -130,23 +131,29 @@ func waitForLock(ctx context.Context, t *testing.T, db interface {
 }
 
 // TestSaveLedgerUpdatesByIndexAfterTheTableGrew has SaveLedger confirm
-// batches of reservations on one connection while the table is small,
-// until PostgreSQL caches a generic plan, then grows the table: the update
-// must still read the reservations it changes by index, not the whole
-// table.
+// batches of reservations, of 20 products, on one connection while the
+// tables are small, until PostgreSQL caches generic plans, then grows the
+// reservations and the catalog: the updates must still read the rows they
+// change by index, not whole tables.
 func TestSaveLedgerUpdatesByIndexAfterTheTableGrew(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pool, _ := postgrestest.NewSchema(t, store.Migrations)
-	if _, err := store.SetStock(ctx, pool, "SKU-1", 1_000_000); err != nil {
-		t.Fatal(err)
+	// Each order of a batch takes one of 20 products, so each batch
+	// updates 20 stock levels too.
+	products := make([]string, 20)
+	for i := range products {
+		products[i] = fmt.Sprintf("SKU-%d", i)
+		if _, err := store.SetStock(ctx, pool, products[i], 1_000_000); err != nil {
+			t.Fatal(err)
+		}
 	}
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Release()
-	var before int64
+	var before, beforeStock int64
 	// batch reserves 20 orders in one transaction on conn, then confirms
 	// them in another, whose transaction it returns uncommitted if keep.
 	batch := func(keep bool) pgx.Tx {
@@ -162,16 +169,17 @@ func TestSaveLedgerUpdatesByIndexAfterTheTableGrew(t *testing.T) {
 			}
 			if confirm && keep {
 				before = postgrestest.SeqTuplesRead(t, tx, "reservations")
+				beforeStock = postgrestest.SeqTuplesRead(t, tx, "stock")
 			}
-			l, err := store.LoadLedger(ctx, tx, orders, []string{"SKU-1"})
+			l, err := store.LoadLedger(ctx, tx, orders, products)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, o := range orders {
+			for i, o := range orders {
 				if confirm {
 					_, err = l.Confirm(o)
 				} else {
-					_, _, err = l.Reserve(o, []stock.Line{{ProductID: "SKU-1", Quantity: 1}})
+					_, _, err = l.Reserve(o, []stock.Line{{ProductID: products[i], Quantity: 1}})
 				}
 				if err != nil {
 					t.Fatal(err)
@@ -199,11 +207,19 @@ func TestSaveLedgerUpdatesByIndexAfterTheTableGrew(t *testing.T) {
 		SELECT gen_random_uuid(), 'RESERVED', '' FROM generate_series(1, 20000)`); err != nil {
 		t.Fatal(err)
 	}
+	// A catalog of 20,000 products.
+	if _, err := conn.Exec(ctx, `
+		INSERT INTO stock (product_id, available) SELECT 'SKU-X' || i, 1 FROM generate_series(1, 20000) AS i`); err != nil {
+		t.Fatal(err)
+	}
 	tx := batch(true)
 	defer func() { _ = tx.Rollback(ctx) }()
 	// The confirming transaction's scans: LoadLedger's reads and the
 	// update.
 	if n := postgrestest.SeqTuplesRead(t, tx, "reservations") - before; n > 0 {
 		t.Errorf("confirming 20 orders read %d reservations sequentially, want them read by index", n)
+	}
+	if n := postgrestest.SeqTuplesRead(t, tx, "stock") - beforeStock; n > 0 {
+		t.Errorf("confirming 20 orders read %d stock rows sequentially, want them read by index", n)
 	}
 }
