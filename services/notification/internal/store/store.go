@@ -149,15 +149,16 @@ func Release(ctx context.Context, tx pgx.Tx, ns []Notification, outboxIDs []stri
 	}
 	// The outbox has no index on id; the rows to drop are rare (a failed
 	// send, a notice already sent), and the outbox is short unless the
-	// broker is away. The redundant = ANY keeps the notifications on their
-	// index: joined with unnest alone, a table planned while small is read
-	// whole by a hash join, and the cached plan stays so as it grows.
+	// broker is away. The statement is planned each time it runs, not
+	// prepared: it is rare, and a plan cached while the notifications were
+	// few reads the whole table (it grows with every email) once they are
+	// many.
 	_, err := tx.Exec(ctx, `
 		WITH dropped AS (DELETE FROM outbox WHERE id = ANY($3::text[]))
 		DELETE FROM notifications n
 		USING unnest($1::text[], $2::text[]) AS r(order_id, kind)
-		WHERE n.order_id = r.order_id AND n.kind = r.kind AND n.order_id = ANY($1::text[])`,
-		orders, kinds, outboxIDs)
+		WHERE n.order_id = r.order_id AND n.kind = r.kind`,
+		pgx.QueryExecModeExec, orders, kinds, outboxIDs)
 	if err != nil {
 		return fmt.Errorf("release %d notifications and %d outbox rows: %w", len(ns), len(outboxIDs), err)
 	}

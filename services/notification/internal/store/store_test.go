@@ -308,3 +308,63 @@ func TestRelease(t *testing.T) {
 		t.Errorf("outbox = %+v, want %s only", pending, msgs[0].ID)
 	}
 }
+
+// TestReleaseByIndexAfterTheTableGrew releases batches of claims on one
+// connection while the notifications table is small, until PostgreSQL
+// caches a generic plan, then grows the table: releasing must still find
+// the notifications it deletes by index, not read the whole table.
+func TestReleaseByIndexAfterTheTableGrew(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, _ := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	// release claims 20 notifications in a transaction on conn and
+	// releases them; it returns the transaction uncommitted, with the
+	// sequential reads of notifications before the release.
+	release := func() (pgx.Tx, int64) {
+		t.Helper()
+		ns := make([]store.Notification, 20)
+		for i := range ns {
+			ns[i] = notification(uuid.NewString(), "received")
+		}
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.Claim(ctx, tx, ns, nil); err != nil {
+			t.Fatal(err)
+		}
+		before := postgrestest.SeqTuplesRead(t, tx, "notifications")
+		if err := store.Release(ctx, tx, ns, nil); err != nil {
+			t.Fatal(err)
+		}
+		return tx, before
+	}
+	// More than the five custom plans after which PostgreSQL may settle
+	// on a generic one; a few notifications stay, so the table is not
+	// empty.
+	if _, err := claim(ctx, conn, notification(uuid.NewString(), "received")); err != nil {
+		t.Fatal(err)
+	}
+	for range 8 {
+		tx, _ := release()
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `
+		INSERT INTO notifications (order_id, kind, recipient, message_id, event_id)
+		SELECT gen_random_uuid()::text, 'received', 'ada@example.com', i || '@ordermesh', gen_random_uuid()::text
+		FROM generate_series(1, 20000) AS i`); err != nil {
+		t.Fatal(err)
+	}
+	tx, before := release()
+	defer func() { _ = tx.Rollback(ctx) }()
+	if n := postgrestest.SeqTuplesRead(t, tx, "notifications") - before; n > 0 {
+		t.Errorf("releasing 20 claims read %d notifications sequentially, want them read by index", n)
+	}
+}
