@@ -286,12 +286,41 @@ func (b *LagBench) relayRound(ctx context.Context, t *lagTrack, pollInterval tim
 		relay.Wake()
 		return nil
 	})
+	if err == nil {
+		// Every event has been consumed, but the relay deletes a batch's
+		// rows only after its confirms: stopping it now could cancel that
+		// delete and leave rows for the next round to publish again.
+		err = b.awaitEmptyOutbox(ctx)
+	}
 	// The consumer may have read the last event before its Publish call
 	// returned: t's calls are complete once the relay has stopped.
 	if serr := stop(); err == nil && serr != nil {
 		err = fmt.Errorf("relay: %w", serr)
 	}
 	return err
+}
+
+// awaitEmptyOutbox waits until the relay has deleted every outbox row, for
+// at most ten seconds.
+func (b *LagBench) awaitEmptyOutbox(ctx context.Context) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var left int
+		if err := b.pool.QueryRow(ctx, "SELECT count(*) FROM outbox").Scan(&left); err != nil {
+			return fmt.Errorf("count outbox rows: %w", err)
+		}
+		if left == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("relay: %d outbox rows left 10s after their events were consumed", left)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // rawRound is the ceiling: no relay; each writer publishes its event on
