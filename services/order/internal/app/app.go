@@ -296,7 +296,7 @@ func (a *App) Get(ctx context.Context, id string) (order.Order, error) {
 
 // List returns a page of orders matching f, newest first, and the token of
 // the next page ("" after the last). pageToken is "" for the first page.
-func (a *App) List(ctx context.Context, f store.Filter, pageSize int, pageToken string) ([]order.Order, string, error) {
+func (a *App) List(ctx context.Context, f store.Filter, pageSize int, pageToken string, withItems bool) ([]order.Order, string, error) {
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
 	}
@@ -304,7 +304,7 @@ func (a *App) List(ctx context.Context, f store.Filter, pageSize int, pageToken 
 	if err != nil {
 		return nil, "", err
 	}
-	page, err := store.List(ctx, a.pool, f, cursor, pageSize)
+	page, err := store.List(ctx, a.pool, f, cursor, pageSize, withItems)
 	if err != nil {
 		return nil, "", unavailable(err)
 	}

@@ -283,7 +283,7 @@ func TestListPagesAndFilters(t *testing.T) {
 	var got []string
 	token := ""
 	for page := 0; ; page++ {
-		orders, next, err := f.app.List(ctx, store.Filter{}, 3, token)
+		orders, next, err := f.app.List(ctx, store.Filter{}, 3, token, true)
 		if err != nil {
 			t.Fatalf("list page %d: %v", page, err)
 		}
@@ -304,23 +304,23 @@ func TestListPagesAndFilters(t *testing.T) {
 		}
 	}
 
-	grace, _, err := f.app.List(ctx, store.Filter{CustomerEmail: "grace@example.com"}, 0, "")
+	grace, _, err := f.app.List(ctx, store.Filter{CustomerEmail: "grace@example.com"}, 0, "", true)
 	if err != nil || len(grace) != 3 {
 		t.Errorf("filter by email: %d orders, err %v; want 3", len(grace), err)
 	}
-	cancelled, _, err := f.app.List(ctx, store.Filter{Status: order.StatusCancelled}, 0, "")
+	cancelled, _, err := f.app.List(ctx, store.Filter{Status: order.StatusCancelled}, 0, "", true)
 	if err != nil || len(cancelled) != 1 || cancelled[0].ID != created[0] {
 		t.Errorf("filter by status: %v, err %v; want the cancelled order", cancelled, err)
 	}
 
-	_, next, err := f.app.List(ctx, store.Filter{}, 2, "")
+	_, next, err := f.app.List(ctx, store.Filter{}, 2, "", true)
 	if err != nil || next == "" {
 		t.Fatalf("first page: next %q, err %v", next, err)
 	}
-	if _, _, err := f.app.List(ctx, store.Filter{Status: order.StatusPending}, 2, next); !errors.Is(err, app.ErrInvalidPageToken) {
+	if _, _, err := f.app.List(ctx, store.Filter{Status: order.StatusPending}, 2, next, true); !errors.Is(err, app.ErrInvalidPageToken) {
 		t.Errorf("token for another filter: err = %v, want ErrInvalidPageToken", err)
 	}
-	if _, _, err := f.app.List(ctx, store.Filter{}, 2, "garbage!"); !errors.Is(err, app.ErrInvalidPageToken) {
+	if _, _, err := f.app.List(ctx, store.Filter{}, 2, "garbage!", true); !errors.Is(err, app.ErrInvalidPageToken) {
 		t.Errorf("garbage token: err = %v, want ErrInvalidPageToken", err)
 	}
 }
@@ -870,7 +870,7 @@ func TestGroupCommitSharesTransactions(t *testing.T) {
 	if ids[10] != ids[3] || ids[20] != ids[3] {
 		t.Errorf("repeats got orders %s, %s; want %s", ids[10], ids[20], ids[3])
 	}
-	orders, _, err := f.app.List(ctx, store.Filter{}, 1000, "")
+	orders, _, err := f.app.List(ctx, store.Filter{}, 1000, "", true)
 	if err != nil {
 		t.Fatalf("list: %v", err)
 	}

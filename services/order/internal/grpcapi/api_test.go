@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
@@ -190,6 +191,20 @@ func TestGRPCCreateGetListCancel(t *testing.T) {
 	if err != nil || len(list.GetOrders()) != 1 {
 		t.Fatalf("list: %v, %v", list, err)
 	}
+	if !proto.Equal(list.GetOrders()[0], o) {
+		t.Errorf("listed (full view) %v, want the created %v", list.GetOrders()[0], o)
+	}
+	basic, err := e.client.ListOrders(ctx, &orderv1.ListOrdersRequest{
+		CustomerEmail: "ada@example.com", View: orderv1.OrderView_ORDER_VIEW_BASIC,
+	})
+	if err != nil || len(basic.GetOrders()) != 1 {
+		t.Fatalf("list basic view: %v, %v", basic, err)
+	}
+	want := proto.CloneOf(o)
+	want.Items = nil
+	if !proto.Equal(basic.GetOrders()[0], want) {
+		t.Errorf("listed (basic view) %v, want the created order without items %v", basic.GetOrders()[0], want)
+	}
 	cancelled, err := e.client.CancelOrder(ctx, &orderv1.CancelOrderRequest{OrderId: o.GetId(), Reason: "changed my mind"})
 	if err != nil || cancelled.GetOrder().GetStatus() != orderv1.OrderStatus_ORDER_STATUS_CANCELLED || cancelled.GetOrder().GetStatusReason() != "changed my mind" {
 		t.Fatalf("cancel: %v, %v", cancelled, err)
@@ -247,6 +262,9 @@ func TestGRPCValidation(t *testing.T) {
 	}
 	if _, err := e.client.ListOrders(ctx, &orderv1.ListOrdersRequest{PageSize: 5000}); !contains(badRequestFields(t, err), "page_size") {
 		t.Errorf("list with page_size 5000: %v", err)
+	}
+	if _, err := e.client.ListOrders(ctx, &orderv1.ListOrdersRequest{View: 7}); !contains(badRequestFields(t, err), "view") {
+		t.Errorf("list with view 7: %v", err)
 	}
 	if _, err := e.client.ListOrders(ctx, &orderv1.ListOrdersRequest{PageToken: "nope"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("list with a foreign page token: %v, want InvalidArgument", err)

@@ -77,10 +77,12 @@ func (s *Server) GetOrder(ctx context.Context, req *orderv1.GetOrderRequest) (*o
 	return &orderv1.GetOrderResponse{Order: app.OrderToProto(o)}, nil
 }
 
-// ListOrders returns a page of orders, newest first.
+// ListOrders returns a page of orders, newest first, in the view asked
+// for (without line items in the basic view).
 func (s *Server) ListOrders(ctx context.Context, req *orderv1.ListOrdersRequest) (*orderv1.ListOrdersResponse, error) {
 	f := store.Filter{Status: app.StatusFromProto(req.GetStatus()), CustomerEmail: req.GetCustomerEmail()}
-	orders, next, err := s.app.List(ctx, f, int(req.GetPageSize()), req.GetPageToken())
+	withItems := req.GetView() != orderv1.OrderView_ORDER_VIEW_BASIC
+	orders, next, err := s.app.List(ctx, f, int(req.GetPageSize()), req.GetPageToken(), withItems)
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}

@@ -335,8 +335,9 @@ type Page struct {
 }
 
 // List returns up to limit orders matching f, newest first, starting after
-// the cursor (0 for the first page).
-func List(ctx context.Context, q Querier, f Filter, cursor int64, limit int) (Page, error) {
+// the cursor (0 for the first page). Without withItems the orders' Items
+// are nil and their line items are not read at all.
+func List(ctx context.Context, q Querier, f Filter, cursor int64, limit int, withItems bool) (Page, error) {
 	args := []any{limit + 1}
 	where := "TRUE"
 	if cursor > 0 {
@@ -351,7 +352,11 @@ func List(ctx context.Context, q Querier, f Filter, cursor int64, limit int) (Pa
 		args = append(args, f.CustomerEmail)
 		where += fmt.Sprintf(" AND customer_email = $%d", len(args))
 	}
-	rows, err := q.Query(ctx, `SELECT `+columns+` FROM orders WHERE `+where+` ORDER BY seq DESC LIMIT $1`, args...)
+	cols := columnsNoItems
+	if withItems {
+		cols = columns
+	}
+	rows, err := q.Query(ctx, `SELECT `+cols+` FROM orders WHERE `+where+` ORDER BY seq DESC LIMIT $1`, args...)
 	if err != nil {
 		return Page{}, fmt.Errorf("list orders: %w", err)
 	}
@@ -359,7 +364,7 @@ func List(ctx context.Context, q Querier, f Filter, cursor int64, limit int) (Pa
 	var page Page
 	var lastSeq int64
 	for rows.Next() {
-		o, seq, err := scanOne(rows)
+		o, seq, err := scanOrder(rows, withItems)
 		if err != nil {
 			return Page{}, fmt.Errorf("list orders: %w", err)
 		}

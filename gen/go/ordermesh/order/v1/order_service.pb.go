@@ -25,6 +25,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// OrderView says how much of an order a read returns.
+type OrderView int32
+
+const (
+	// The server's default, ORDER_VIEW_FULL.
+	OrderView_ORDER_VIEW_UNSPECIFIED OrderView = 0
+	// Every field but the line items (items is empty): enough to follow
+	// orders' statuses, at a fraction of the full view's cost.
+	OrderView_ORDER_VIEW_BASIC OrderView = 1
+	// The whole order.
+	OrderView_ORDER_VIEW_FULL OrderView = 2
+)
+
+// Enum value maps for OrderView.
+var (
+	OrderView_name = map[int32]string{
+		0: "ORDER_VIEW_UNSPECIFIED",
+		1: "ORDER_VIEW_BASIC",
+		2: "ORDER_VIEW_FULL",
+	}
+	OrderView_value = map[string]int32{
+		"ORDER_VIEW_UNSPECIFIED": 0,
+		"ORDER_VIEW_BASIC":       1,
+		"ORDER_VIEW_FULL":        2,
+	}
+)
+
+func (x OrderView) Enum() *OrderView {
+	p := new(OrderView)
+	*p = x
+	return p
+}
+
+func (x OrderView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OrderView) Descriptor() protoreflect.EnumDescriptor {
+	return file_ordermesh_order_v1_order_service_proto_enumTypes[0].Descriptor()
+}
+
+func (OrderView) Type() protoreflect.EnumType {
+	return &file_ordermesh_order_v1_order_service_proto_enumTypes[0]
+}
+
+func (x OrderView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OrderView.Descriptor instead.
+func (OrderView) EnumDescriptor() ([]byte, []int) {
+	return file_ordermesh_order_v1_order_service_proto_rawDescGZIP(), []int{0}
+}
+
 // CreateOrderRequest places an order.
 type CreateOrderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -249,6 +303,8 @@ type ListOrdersRequest struct {
 	Status OrderStatus `protobuf:"varint,3,opt,name=status,proto3,enum=ordermesh.order.v1.OrderStatus" json:"status,omitempty"`
 	// Only orders of this customer; empty means any.
 	CustomerEmail string `protobuf:"bytes,4,opt,name=customer_email,json=customerEmail,proto3" json:"customer_email,omitempty"`
+	// How much of each order to return; unspecified means ORDER_VIEW_FULL.
+	View          OrderView `protobuf:"varint,5,opt,name=view,proto3,enum=ordermesh.order.v1.OrderView" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -309,6 +365,13 @@ func (x *ListOrdersRequest) GetCustomerEmail() string {
 		return x.CustomerEmail
 	}
 	return ""
+}
+
+func (x *ListOrdersRequest) GetView() OrderView {
+	if x != nil {
+		return x.View
+	}
+	return OrderView_ORDER_VIEW_UNSPECIFIED
 }
 
 // ListOrdersResponse is one page of orders.
@@ -761,7 +824,7 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\x0fGetOrderRequest\x12&\n" +
 	"\border_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\"C\n" +
 	"\x10GetOrderResponse\x12/\n" +
-	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\"\xde\x01\n" +
+	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\"\x9b\x02\n" +
 	"\x11ListOrdersRequest\x12'\n" +
 	"\tpage_size\x18\x01 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
@@ -769,7 +832,8 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12A\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x1f.ordermesh.order.v1.OrderStatusB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06status\x124\n" +
 	"\x0ecustomer_email\x18\x04 \x01(\tB\r\xbaH\n" +
-	"\xd8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\"o\n" +
+	"\xd8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12;\n" +
+	"\x04view\x18\x05 \x01(\x0e2\x1d.ordermesh.order.v1.OrderViewB\b\xbaH\x05\x82\x01\x02\x10\x01R\x04view\"o\n" +
 	"\x12ListOrdersResponse\x121\n" +
 	"\x06orders\x18\x01 \x03(\v2\x19.ordermesh.order.v1.OrderR\x06orders\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"^\n" +
@@ -794,7 +858,11 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\x04type\x18\x03 \x01(\tR\x04type\x12\x16\n" +
 	"\x06source\x18\x04 \x01(\tR\x06source\x12.\n" +
 	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
-	"\asummary\x18\x06 \x01(\tR\asummary2\x8e\x06\n" +
+	"\asummary\x18\x06 \x01(\tR\asummary*R\n" +
+	"\tOrderView\x12\x1a\n" +
+	"\x16ORDER_VIEW_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10ORDER_VIEW_BASIC\x10\x01\x12\x13\n" +
+	"\x0fORDER_VIEW_FULL\x10\x022\x8e\x06\n" +
 	"\fOrderService\x12u\n" +
 	"\vCreateOrder\x12&.ordermesh.order.v1.CreateOrderRequest\x1a'.ordermesh.order.v1.CreateOrderResponse\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
 	"/v1/orders\x12t\n" +
@@ -821,53 +889,56 @@ func file_ordermesh_order_v1_order_service_proto_rawDescGZIP() []byte {
 	return file_ordermesh_order_v1_order_service_proto_rawDescData
 }
 
+var file_ordermesh_order_v1_order_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_ordermesh_order_v1_order_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_ordermesh_order_v1_order_service_proto_goTypes = []any{
-	(*CreateOrderRequest)(nil),      // 0: ordermesh.order.v1.CreateOrderRequest
-	(*CreateOrderResponse)(nil),     // 1: ordermesh.order.v1.CreateOrderResponse
-	(*GetOrderRequest)(nil),         // 2: ordermesh.order.v1.GetOrderRequest
-	(*GetOrderResponse)(nil),        // 3: ordermesh.order.v1.GetOrderResponse
-	(*ListOrdersRequest)(nil),       // 4: ordermesh.order.v1.ListOrdersRequest
-	(*ListOrdersResponse)(nil),      // 5: ordermesh.order.v1.ListOrdersResponse
-	(*CancelOrderRequest)(nil),      // 6: ordermesh.order.v1.CancelOrderRequest
-	(*CancelOrderResponse)(nil),     // 7: ordermesh.order.v1.CancelOrderResponse
-	(*WatchOrderRequest)(nil),       // 8: ordermesh.order.v1.WatchOrderRequest
-	(*WatchOrderResponse)(nil),      // 9: ordermesh.order.v1.WatchOrderResponse
-	(*ListOrderEventsRequest)(nil),  // 10: ordermesh.order.v1.ListOrderEventsRequest
-	(*ListOrderEventsResponse)(nil), // 11: ordermesh.order.v1.ListOrderEventsResponse
-	(*OrderEvent)(nil),              // 12: ordermesh.order.v1.OrderEvent
-	(*LineItem)(nil),                // 13: ordermesh.order.v1.LineItem
-	(*Order)(nil),                   // 14: ordermesh.order.v1.Order
-	(OrderStatus)(0),                // 15: ordermesh.order.v1.OrderStatus
-	(*timestamppb.Timestamp)(nil),   // 16: google.protobuf.Timestamp
+	(OrderView)(0),                  // 0: ordermesh.order.v1.OrderView
+	(*CreateOrderRequest)(nil),      // 1: ordermesh.order.v1.CreateOrderRequest
+	(*CreateOrderResponse)(nil),     // 2: ordermesh.order.v1.CreateOrderResponse
+	(*GetOrderRequest)(nil),         // 3: ordermesh.order.v1.GetOrderRequest
+	(*GetOrderResponse)(nil),        // 4: ordermesh.order.v1.GetOrderResponse
+	(*ListOrdersRequest)(nil),       // 5: ordermesh.order.v1.ListOrdersRequest
+	(*ListOrdersResponse)(nil),      // 6: ordermesh.order.v1.ListOrdersResponse
+	(*CancelOrderRequest)(nil),      // 7: ordermesh.order.v1.CancelOrderRequest
+	(*CancelOrderResponse)(nil),     // 8: ordermesh.order.v1.CancelOrderResponse
+	(*WatchOrderRequest)(nil),       // 9: ordermesh.order.v1.WatchOrderRequest
+	(*WatchOrderResponse)(nil),      // 10: ordermesh.order.v1.WatchOrderResponse
+	(*ListOrderEventsRequest)(nil),  // 11: ordermesh.order.v1.ListOrderEventsRequest
+	(*ListOrderEventsResponse)(nil), // 12: ordermesh.order.v1.ListOrderEventsResponse
+	(*OrderEvent)(nil),              // 13: ordermesh.order.v1.OrderEvent
+	(*LineItem)(nil),                // 14: ordermesh.order.v1.LineItem
+	(*Order)(nil),                   // 15: ordermesh.order.v1.Order
+	(OrderStatus)(0),                // 16: ordermesh.order.v1.OrderStatus
+	(*timestamppb.Timestamp)(nil),   // 17: google.protobuf.Timestamp
 }
 var file_ordermesh_order_v1_order_service_proto_depIdxs = []int32{
-	13, // 0: ordermesh.order.v1.CreateOrderRequest.items:type_name -> ordermesh.order.v1.LineItem
-	14, // 1: ordermesh.order.v1.CreateOrderResponse.order:type_name -> ordermesh.order.v1.Order
-	14, // 2: ordermesh.order.v1.GetOrderResponse.order:type_name -> ordermesh.order.v1.Order
-	15, // 3: ordermesh.order.v1.ListOrdersRequest.status:type_name -> ordermesh.order.v1.OrderStatus
-	14, // 4: ordermesh.order.v1.ListOrdersResponse.orders:type_name -> ordermesh.order.v1.Order
-	14, // 5: ordermesh.order.v1.CancelOrderResponse.order:type_name -> ordermesh.order.v1.Order
-	14, // 6: ordermesh.order.v1.WatchOrderResponse.order:type_name -> ordermesh.order.v1.Order
-	12, // 7: ordermesh.order.v1.ListOrderEventsResponse.events:type_name -> ordermesh.order.v1.OrderEvent
-	16, // 8: ordermesh.order.v1.OrderEvent.time:type_name -> google.protobuf.Timestamp
-	0,  // 9: ordermesh.order.v1.OrderService.CreateOrder:input_type -> ordermesh.order.v1.CreateOrderRequest
-	2,  // 10: ordermesh.order.v1.OrderService.GetOrder:input_type -> ordermesh.order.v1.GetOrderRequest
-	4,  // 11: ordermesh.order.v1.OrderService.ListOrders:input_type -> ordermesh.order.v1.ListOrdersRequest
-	6,  // 12: ordermesh.order.v1.OrderService.CancelOrder:input_type -> ordermesh.order.v1.CancelOrderRequest
-	10, // 13: ordermesh.order.v1.OrderService.ListOrderEvents:input_type -> ordermesh.order.v1.ListOrderEventsRequest
-	8,  // 14: ordermesh.order.v1.OrderService.WatchOrder:input_type -> ordermesh.order.v1.WatchOrderRequest
-	1,  // 15: ordermesh.order.v1.OrderService.CreateOrder:output_type -> ordermesh.order.v1.CreateOrderResponse
-	3,  // 16: ordermesh.order.v1.OrderService.GetOrder:output_type -> ordermesh.order.v1.GetOrderResponse
-	5,  // 17: ordermesh.order.v1.OrderService.ListOrders:output_type -> ordermesh.order.v1.ListOrdersResponse
-	7,  // 18: ordermesh.order.v1.OrderService.CancelOrder:output_type -> ordermesh.order.v1.CancelOrderResponse
-	11, // 19: ordermesh.order.v1.OrderService.ListOrderEvents:output_type -> ordermesh.order.v1.ListOrderEventsResponse
-	9,  // 20: ordermesh.order.v1.OrderService.WatchOrder:output_type -> ordermesh.order.v1.WatchOrderResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	14, // 0: ordermesh.order.v1.CreateOrderRequest.items:type_name -> ordermesh.order.v1.LineItem
+	15, // 1: ordermesh.order.v1.CreateOrderResponse.order:type_name -> ordermesh.order.v1.Order
+	15, // 2: ordermesh.order.v1.GetOrderResponse.order:type_name -> ordermesh.order.v1.Order
+	16, // 3: ordermesh.order.v1.ListOrdersRequest.status:type_name -> ordermesh.order.v1.OrderStatus
+	0,  // 4: ordermesh.order.v1.ListOrdersRequest.view:type_name -> ordermesh.order.v1.OrderView
+	15, // 5: ordermesh.order.v1.ListOrdersResponse.orders:type_name -> ordermesh.order.v1.Order
+	15, // 6: ordermesh.order.v1.CancelOrderResponse.order:type_name -> ordermesh.order.v1.Order
+	15, // 7: ordermesh.order.v1.WatchOrderResponse.order:type_name -> ordermesh.order.v1.Order
+	13, // 8: ordermesh.order.v1.ListOrderEventsResponse.events:type_name -> ordermesh.order.v1.OrderEvent
+	17, // 9: ordermesh.order.v1.OrderEvent.time:type_name -> google.protobuf.Timestamp
+	1,  // 10: ordermesh.order.v1.OrderService.CreateOrder:input_type -> ordermesh.order.v1.CreateOrderRequest
+	3,  // 11: ordermesh.order.v1.OrderService.GetOrder:input_type -> ordermesh.order.v1.GetOrderRequest
+	5,  // 12: ordermesh.order.v1.OrderService.ListOrders:input_type -> ordermesh.order.v1.ListOrdersRequest
+	7,  // 13: ordermesh.order.v1.OrderService.CancelOrder:input_type -> ordermesh.order.v1.CancelOrderRequest
+	11, // 14: ordermesh.order.v1.OrderService.ListOrderEvents:input_type -> ordermesh.order.v1.ListOrderEventsRequest
+	9,  // 15: ordermesh.order.v1.OrderService.WatchOrder:input_type -> ordermesh.order.v1.WatchOrderRequest
+	2,  // 16: ordermesh.order.v1.OrderService.CreateOrder:output_type -> ordermesh.order.v1.CreateOrderResponse
+	4,  // 17: ordermesh.order.v1.OrderService.GetOrder:output_type -> ordermesh.order.v1.GetOrderResponse
+	6,  // 18: ordermesh.order.v1.OrderService.ListOrders:output_type -> ordermesh.order.v1.ListOrdersResponse
+	8,  // 19: ordermesh.order.v1.OrderService.CancelOrder:output_type -> ordermesh.order.v1.CancelOrderResponse
+	12, // 20: ordermesh.order.v1.OrderService.ListOrderEvents:output_type -> ordermesh.order.v1.ListOrderEventsResponse
+	10, // 21: ordermesh.order.v1.OrderService.WatchOrder:output_type -> ordermesh.order.v1.WatchOrderResponse
+	16, // [16:22] is the sub-list for method output_type
+	10, // [10:16] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ordermesh_order_v1_order_service_proto_init() }
@@ -881,13 +952,14 @@ func file_ordermesh_order_v1_order_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ordermesh_order_v1_order_service_proto_rawDesc), len(file_ordermesh_order_v1_order_service_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_ordermesh_order_v1_order_service_proto_goTypes,
 		DependencyIndexes: file_ordermesh_order_v1_order_service_proto_depIdxs,
+		EnumInfos:         file_ordermesh_order_v1_order_service_proto_enumTypes,
 		MessageInfos:      file_ordermesh_order_v1_order_service_proto_msgTypes,
 	}.Build()
 	File_ordermesh_order_v1_order_service_proto = out.File
