@@ -32,7 +32,6 @@ import (
 	"time"
 
 	"buf.build/go/protovalidate"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -179,17 +178,16 @@ func New(log *slog.Logger, opts ...Option) (*Server, error) {
 		return nil, fmt.Errorf("new grpc server: %w", err)
 	}
 
-	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
-	logger := slogLogger(log)
+	calls := callLog{log: log}
 	recoveryOpt := recovery.WithRecoveryHandlerContext(recoverPanic(log))
 
 	unary := append([]grpc.UnaryServerInterceptor{
-		logging.UnaryServerInterceptor(logger, logOpts...),
+		calls.unary,
 		recovery.UnaryServerInterceptor(recoveryOpt),
 		validateUnary(log, o.validator),
 	}, o.unary...)
 	stream := append([]grpc.StreamServerInterceptor{
-		logging.StreamServerInterceptor(logger, logOpts...),
+		calls.stream,
 		recovery.StreamServerInterceptor(recoveryOpt),
 		validateStream(log, o.validator),
 	}, o.stream...)
@@ -354,45 +352,4 @@ func recoverPanic(log *slog.Logger) recovery.RecoveryHandlerFuncContext {
 			slog.String("stack", string(debug.Stack())))
 		return status.Error(codes.Internal, internalMessage)
 	}
-}
-
-// slogLogger adapts log to the logging interceptor. Calls that succeed
-// are logged at debug level: at thousands of calls a second an access line
-// each costs more than the call's own work, and the Prometheus metrics
-// count them. Failed calls keep the interceptor's level for their code
-// (info for client errors, warning or error for server ones), except calls
-// to the health service, which probes make every few seconds: they are
-// logged at debug level unless they warrant a warning or an error.
-func slogLogger(log *slog.Logger) logging.Logger {
-	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		level := slog.Level(lvl)
-		if level < slog.LevelWarn && (isHealthCall(fields) || succeeded(fields)) {
-			level = slog.LevelDebug
-		}
-		log.Log(ctx, level, msg, fields...)
-	})
-}
-
-// succeeded reports whether the logging fields describe a call that
-// ended with OK.
-func succeeded(fields []any) bool {
-	for i := 0; i+1 < len(fields); i += 2 {
-		if k, ok := fields[i].(string); ok && k == "grpc.code" {
-			v, _ := fields[i+1].(string)
-			return v == codes.OK.String()
-		}
-	}
-	return false
-}
-
-// isHealthCall reports whether the logging fields describe a call to the
-// grpc.health.v1.Health service.
-func isHealthCall(fields []any) bool {
-	for i := 0; i+1 < len(fields); i += 2 {
-		if k, ok := fields[i].(string); ok && k == logging.ServiceFieldKey {
-			v, _ := fields[i+1].(string)
-			return v == healthpb.Health_ServiceDesc.ServiceName
-		}
-	}
-	return false
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net"
 	"slices"
 	"strings"
@@ -538,7 +539,17 @@ func TestLoggingLevels(t *testing.T) {
 		}
 		method, _ := line["grpc.method"].(string)
 		levels[method], _ = line["level"].(string)
-		for _, key := range []string{"grpc.service", "grpc.code", "grpc.time_ms"} {
+		keys := []string{"protocol", "grpc.component", "grpc.service", "grpc.method", "grpc.method_type",
+			"peer.address", "grpc.start_time", "grpc.code", "grpc.time_ms"}
+		if method == "GetOrder" {
+			// The client's call had a deadline, and it failed.
+			keys = append(keys, "grpc.request.deadline", "grpc.error")
+			if line["grpc.code"] != "InvalidArgument" || line["grpc.method_type"] != "unary" {
+				t.Errorf("GetOrder's line has code %v and method type %v, want InvalidArgument and unary",
+					line["grpc.code"], line["grpc.method_type"])
+			}
+		}
+		for _, key := range keys {
 			if _, ok := line[key]; !ok {
 				t.Errorf("finished call log lacks %q: %s", key, sc.Text())
 			}
@@ -639,5 +650,41 @@ func TestNewRejectsBadOptions(t *testing.T) {
 				t.Error("New() = nil error, want one")
 			}
 		})
+	}
+}
+
+func TestCallLevel(t *testing.T) {
+	const health = "grpc.health.v1.Health"
+	for _, tt := range []struct {
+		code    codes.Code
+		service string
+		want    slog.Level
+	}{
+		{codes.OK, "ordermesh.order.v1.OrderService", slog.LevelDebug},
+		{codes.InvalidArgument, "ordermesh.order.v1.OrderService", slog.LevelInfo},
+		{codes.NotFound, "ordermesh.order.v1.OrderService", slog.LevelInfo},
+		{codes.FailedPrecondition, "ordermesh.order.v1.OrderService", slog.LevelWarn},
+		{codes.Unavailable, "ordermesh.order.v1.OrderService", slog.LevelWarn},
+		{codes.Internal, "ordermesh.order.v1.OrderService", slog.LevelError},
+		{codes.Unknown, "ordermesh.order.v1.OrderService", slog.LevelError},
+		{codes.OK, health, slog.LevelDebug},
+		{codes.NotFound, health, slog.LevelDebug},
+		{codes.Unavailable, health, slog.LevelWarn},
+	} {
+		if got := callLevel(tt.code, tt.service); got != tt.want {
+			t.Errorf("callLevel(%v, %s) = %v, want %v", tt.code, tt.service, got, tt.want)
+		}
+	}
+}
+
+func TestSplitMethod(t *testing.T) {
+	for _, tt := range []struct{ full, service, method string }{
+		{"/ordermesh.order.v1.OrderService/CreateOrder", "ordermesh.order.v1.OrderService", "CreateOrder"},
+		{"/grpc.health.v1.Health/Check", "grpc.health.v1.Health", "Check"},
+		{"nonsense", "unknown", "nonsense"},
+	} {
+		if s, m := splitMethod(tt.full); s != tt.service || m != tt.method {
+			t.Errorf("splitMethod(%q) = %q, %q; want %q, %q", tt.full, s, m, tt.service, tt.method)
+		}
 	}
 }
