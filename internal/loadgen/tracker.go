@@ -11,7 +11,7 @@ import (
 
 // TrackingMethod describes how a Tracker learns that orders are terminal,
 // for reports.
-const TrackingMethod = "ListOrders polling: PENDING orders are listed every poll interval " +
+const TrackingMethod = "ListOrders polling: PENDING orders are listed (basic view, without line items) every poll interval " +
 	"(an order of the run missing from that list is terminal); afterwards one pass over ListOrders " +
 	"reads each order's final status and update_time, and create→terminal is update_time (server clock) " +
 	"minus the time the CreateOrder was due to be sent (client clock, same machine)"
