@@ -19,7 +19,9 @@ import (
 // fields of go-grpc-middleware's logging interceptor (protocol,
 // grpc.component, grpc.service, grpc.method, grpc.method_type,
 // peer.address, grpc.start_time, grpc.request.deadline, grpc.code,
-// grpc.error, grpc.time_ms), at the level callLevel gives.
+// grpc.error, grpc.time_ms), at the level callLevel gives. One field
+// differs in type: grpc.time_ms is a number, which that interceptor wrote
+// as a string.
 //
 // Unlike that interceptor it builds the fields only for a line the logger
 // will write: it formatted the start time and the deadline, rendered the
@@ -106,23 +108,24 @@ func callLevel(code codes.Code, service string) slog.Level {
 }
 
 // splitMethod splits "/package.Service/Method" into its service and
-// method names.
+// method names, as go-grpc-middleware does ("unknown" for both when there
+// is no slash after the first).
 func splitMethod(fullMethod string) (service, method string) {
 	s := strings.TrimPrefix(fullMethod, "/")
-	if i := strings.LastIndexByte(s, '/'); i >= 0 {
+	if i := strings.IndexByte(s, '/'); i >= 0 {
 		return s[:i], s[i+1:]
 	}
-	return "unknown", s
+	return "unknown", "unknown"
 }
 
 // streamType names a stream's kind as go-grpc-middleware does.
 func streamType(info *grpc.StreamServerInfo) string {
 	switch {
-	case info.IsClientStream && info.IsServerStream:
-		return "bidi_stream"
-	case info.IsClientStream:
+	case info.IsClientStream && !info.IsServerStream:
 		return "client_stream"
-	default:
+	case !info.IsClientStream && info.IsServerStream:
 		return "server_stream"
+	default:
+		return "bidi_stream"
 	}
 }
