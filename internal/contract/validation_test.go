@@ -178,6 +178,9 @@ func TestListOrdersRequestRules(t *testing.T) {
 		{"status undefined", func(r m) { r.Status = 99 }, "status"},
 		{"email filter", func(r m) { r.CustomerEmail = validEmail }, ""},
 		{"email filter malformed", func(r m) { r.CustomerEmail = "nope" }, "customer_email"},
+		{"basic view", func(r m) { r.View = orderv1.OrderView_ORDER_VIEW_BASIC }, ""},
+		{"full view", func(r m) { r.View = orderv1.OrderView_ORDER_VIEW_FULL }, ""},
+		{"view undefined", func(r m) { r.View = 3 }, "view"},
 	})
 }
 

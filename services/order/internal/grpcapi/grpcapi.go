@@ -81,7 +81,14 @@ func (s *Server) GetOrder(ctx context.Context, req *orderv1.GetOrderRequest) (*o
 // for (without line items in the basic view).
 func (s *Server) ListOrders(ctx context.Context, req *orderv1.ListOrdersRequest) (*orderv1.ListOrdersResponse, error) {
 	f := store.Filter{Status: app.StatusFromProto(req.GetStatus()), CustomerEmail: req.GetCustomerEmail()}
-	withItems := req.GetView() != orderv1.OrderView_ORDER_VIEW_BASIC
+	var withItems bool
+	switch req.GetView() {
+	case orderv1.OrderView_ORDER_VIEW_BASIC:
+	case orderv1.OrderView_ORDER_VIEW_UNSPECIFIED, orderv1.OrderView_ORDER_VIEW_FULL:
+		withItems = true
+	default: // Unreachable behind the validating interceptor, which rejects undefined views.
+		return nil, status.Errorf(codes.InvalidArgument, "unknown view %d", req.GetView())
+	}
 	orders, next, err := s.app.List(ctx, f, int(req.GetPageSize()), req.GetPageToken(), withItems)
 	if err != nil {
 		return nil, s.status(ctx, err)

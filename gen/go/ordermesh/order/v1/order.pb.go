@@ -93,7 +93,8 @@ type Order struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The customer's email address; notifications go there.
 	CustomerEmail string `protobuf:"bytes,2,opt,name=customer_email,json=customerEmail,proto3" json:"customer_email,omitempty"`
-	// The ordered lines.
+	// The ordered lines: at least one in a whole order; none in the basic
+	// view of a listing (ListOrdersRequest.view = ORDER_VIEW_BASIC).
 	Items []*LineItem `protobuf:"bytes,3,rep,name=items,proto3" json:"items,omitempty"`
 	// The sum of quantity × unit_price over all items, computed by the server.
 	Total *v1.Money `protobuf:"bytes,4,opt,name=total,proto3" json:"total,omitempty"`
@@ -263,13 +264,12 @@ var File_ordermesh_order_v1_order_proto protoreflect.FileDescriptor
 
 const file_ordermesh_order_v1_order_proto_rawDesc = "" +
 	"\n" +
-	"\x1eordermesh/order/v1/order.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/money/v1/money.proto\"\xbc\x03\n" +
+	"\x1eordermesh/order/v1/order.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/money/v1/money.proto\"\xba\x03\n" +
 	"\x05Order\x12\x18\n" +
 	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\x124\n" +
 	"\x0ecustomer_email\x18\x02 \x01(\tB\r\xbaH\n" +
-	"\xc8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12>\n" +
-	"\x05items\x18\x03 \x03(\v2\x1c.ordermesh.order.v1.LineItemB\n" +
-	"\xbaH\a\x92\x01\x04\b\x01\x10dR\x05items\x127\n" +
+	"\xc8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12<\n" +
+	"\x05items\x18\x03 \x03(\v2\x1c.ordermesh.order.v1.LineItemB\b\xbaH\x05\x92\x01\x02\x10dR\x05items\x127\n" +
 	"\x05total\x18\x04 \x01(\v2\x19.ordermesh.money.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x05total\x12A\n" +
 	"\x06status\x18\x05 \x01(\x0e2\x1f.ordermesh.order.v1.OrderStatusB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06status\x12-\n" +
 	"\rstatus_reason\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\fstatusReason\x12;\n" +

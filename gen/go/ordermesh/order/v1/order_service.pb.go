@@ -31,8 +31,8 @@ type OrderView int32
 const (
 	// The server's default, ORDER_VIEW_FULL.
 	OrderView_ORDER_VIEW_UNSPECIFIED OrderView = 0
-	// Every field but the line items (items is empty): enough to follow
-	// orders' statuses, at a fraction of the full view's cost.
+	// Every field but the line items (items is empty), for following
+	// orders' statuses.
 	OrderView_ORDER_VIEW_BASIC OrderView = 1
 	// The whole order.
 	OrderView_ORDER_VIEW_FULL OrderView = 2
@@ -304,6 +304,7 @@ type ListOrdersRequest struct {
 	// Only orders of this customer; empty means any.
 	CustomerEmail string `protobuf:"bytes,4,opt,name=customer_email,json=customerEmail,proto3" json:"customer_email,omitempty"`
 	// How much of each order to return; unspecified means ORDER_VIEW_FULL.
+	// Pages of one listing may be read in different views.
 	View          OrderView `protobuf:"varint,5,opt,name=view,proto3,enum=ordermesh.order.v1.OrderView" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
