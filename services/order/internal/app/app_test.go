@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -279,16 +280,28 @@ func TestListPagesAndFilters(t *testing.T) {
 		t.Fatalf("cancel: %v", err)
 	}
 
-	// All orders, newest first, three per page.
+	// All orders, newest first, three per page, the pages alternately
+	// with and without line items.
 	var got []string
 	token := ""
 	for page := 0; ; page++ {
-		orders, next, err := f.app.List(ctx, store.Filter{}, 3, token, true)
+		withItems := page%2 == 0
+		orders, next, err := f.app.List(ctx, store.Filter{}, 3, token, withItems)
 		if err != nil {
 			t.Fatalf("list page %d: %v", page, err)
 		}
 		for _, o := range orders {
 			got = append(got, o.ID)
+			whole, err := f.app.Get(ctx, o.ID)
+			if err != nil {
+				t.Fatalf("get %s: %v", o.ID, err)
+			}
+			if !withItems {
+				whole.Items = nil
+			}
+			if diff := cmp.Diff(whole, o); diff != "" {
+				t.Errorf("page %d (items: %v) lists order %s as (-got by Get +listed):\n%s", page, withItems, o.ID, diff)
+			}
 		}
 		if next == "" {
 			break

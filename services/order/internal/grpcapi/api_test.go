@@ -192,7 +192,13 @@ func TestGRPCCreateGetListCancel(t *testing.T) {
 		t.Fatalf("list: %v, %v", list, err)
 	}
 	if !proto.Equal(list.GetOrders()[0], o) {
-		t.Errorf("listed (full view) %v, want the created %v", list.GetOrders()[0], o)
+		t.Errorf("listed (default view) %v, want the created %v", list.GetOrders()[0], o)
+	}
+	full, err := e.client.ListOrders(ctx, &orderv1.ListOrdersRequest{
+		CustomerEmail: "ada@example.com", View: orderv1.OrderView_ORDER_VIEW_FULL,
+	})
+	if err != nil || len(full.GetOrders()) != 1 || !proto.Equal(full.GetOrders()[0], o) {
+		t.Errorf("list full view: %v, %v; want the created %v", full, err, o)
 	}
 	basic, err := e.client.ListOrders(ctx, &orderv1.ListOrdersRequest{
 		CustomerEmail: "ada@example.com", View: orderv1.OrderView_ORDER_VIEW_BASIC,
