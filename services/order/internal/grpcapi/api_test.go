@@ -341,6 +341,27 @@ func TestRESTOrders(t *testing.T) {
 	if code, b := e.do(t, http.MethodGet, "/v1/orders?customer_email=ada@example.com&status=ORDER_STATUS_PENDING", ""); code != http.StatusOK || !bytes.Contains(b, []byte(id)) {
 		t.Errorf("GET orders filtered = %d %s", code, b)
 	}
+	// Listed in each view: the order, with its one item or none.
+	listed := "/v1/orders?customer_email=ada@example.com"
+	for view, wantItems := range map[string]int{"": 1, "&view=ORDER_VIEW_FULL": 1, "&view=ORDER_VIEW_BASIC": 0} {
+		code, b := e.do(t, http.MethodGet, listed+view, "")
+		var page struct {
+			Orders []struct {
+				ID    string            `json:"id"`
+				Items []json.RawMessage `json:"items"`
+			} `json:"orders"`
+		}
+		if err := json.Unmarshal(b, &page); code != http.StatusOK || err != nil {
+			t.Errorf("GET %s = %d %s (%v)", listed+view, code, b, err)
+			continue
+		}
+		if len(page.Orders) != 1 || page.Orders[0].ID != id || len(page.Orders[0].Items) != wantItems {
+			t.Errorf("GET %s = %s, want order %s with %d items", listed+view, b, id, wantItems)
+		}
+	}
+	if code, b := e.do(t, http.MethodGet, listed+"&view=ORDER_VIEW_NONE", ""); code != http.StatusBadRequest {
+		t.Errorf("GET orders in an unknown view = %d %s, want 400", code, b)
+	}
 	if code, b := e.do(t, http.MethodGet, "/v1/orders/"+uuid.NewString(), ""); code != http.StatusNotFound {
 		t.Errorf("GET unknown = %d %s, want 404", code, b)
 	}
