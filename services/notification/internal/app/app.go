@@ -320,8 +320,8 @@ func noticeOf(ev proto.Message) (Notice, error) {
 func (a *App) prepare(n Notice, meta eventbus.Meta) (email, error) {
 	e, err := a.renderer.Render(n)
 	if err != nil {
-		// The templates are fixed at build time: another attempt renders
-		// the same way.
+		// The emails are fixed at build time: another attempt renders the
+		// same way.
 		return email{}, eventbus.Permanent(err)
 	}
 	sent, err := sentMessage(meta, n)

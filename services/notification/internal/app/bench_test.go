@@ -37,31 +37,44 @@ import (
 )
 
 // BenchmarkRender renders the two emails of an order (received, with two
-// lines, and confirmed), the service's steady load. It reports the
-// process's CPU time per email too.
+// lines, and confirmed), the service's steady load: "code" with Renderer,
+// "templates" with the templates it replaced (the same emails, see
+// TestRenderMatchesTemplates), the baseline. It reports the process's CPU
+// time per email too.
 //
-//	go test -run '^$' -bench BenchmarkRender ./services/notification/internal/app/
+//	go test -run '^$' -bench BenchmarkRender -benchmem ./services/notification/internal/app/
 func BenchmarkRender(b *testing.B) {
-	r, err := app.NewRenderer()
-	if err != nil {
-		b.Fatalf("new renderer: %v", err)
-	}
 	orderID := uuid.NewString()
 	notices := []app.Notice{
 		{Kind: app.KindReceived, OrderID: orderID, Recipient: "ada@example.com", Total: "EUR 20.00",
 			Items: []app.Item{{ProductID: "SKU-1", Quantity: 2, UnitPrice: "EUR 9.50"}, {ProductID: "SKU-2", Quantity: 1, UnitPrice: "EUR 1.00"}}},
 		{Kind: app.KindConfirmed, OrderID: orderID, Recipient: "ada@example.com", Total: "EUR 20.00"},
 	}
-	b.ReportAllocs()
-	cpu := cputime.Self(b)
-	for i := 0; b.Loop(); i++ {
-		if _, err := r.Render(notices[i%2]); err != nil {
-			b.Fatalf("render: %v", err)
-		}
+	templates, err := app.NewTemplateRenderer()
+	if err != nil {
+		b.Fatalf("templates: %v", err)
 	}
-	// The machine may be busy with other work: CPU time is steadier than
-	// the time per email.
-	b.ReportMetric(float64((cputime.Self(b)-cpu).Nanoseconds())/float64(b.N), "cpu-ns/email")
+	code, err := app.NewRenderer()
+	if err != nil {
+		b.Fatalf("new renderer: %v", err)
+	}
+	for _, bb := range []struct {
+		name string
+		r    app.EmailRenderer
+	}{{"templates", templates}, {"code", code}} {
+		b.Run(bb.name, func(b *testing.B) {
+			b.ReportAllocs()
+			cpu := cputime.Self(b)
+			for i := 0; b.Loop(); i++ {
+				if _, err := bb.r.Render(notices[i%2]); err != nil {
+					b.Fatalf("render: %v", err)
+				}
+			}
+			// The machine may be busy with other work: CPU time is steadier
+			// than the time per email.
+			b.ReportMetric(float64((cputime.Self(b)-cpu).Nanoseconds())/float64(b.N), "cpu-ns/email")
+		})
+	}
 }
 
 // BenchmarkDeliver processes order.created and order.confirmed of fresh

@@ -1,23 +1,18 @@
 package app
 
 import (
-	"embed"
 	"fmt"
-	htmltemplate "html/template"
 	"math/big"
+	"strconv"
 	"strings"
-	texttemplate "text/template"
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	notificationv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 )
 
-//go:embed templates/*.tmpl
-var templateFS embed.FS
-
 // Kind is what an email tells the customer. Its value names it in the
-// notifications table and in the email templates.
+// notifications table and in Message-IDs.
 type Kind string
 
 // The kinds of email, one per order event the service handles.
@@ -47,7 +42,7 @@ func kindToProto(k Kind) notificationv1.NotificationKind {
 	}
 }
 
-// Notice is what an email is about: the data its templates render.
+// Notice is what an email is about: the data its text renders.
 // Fields an event does not carry stay empty and are left out of the email.
 type Notice struct {
 	Kind      Kind
@@ -69,89 +64,182 @@ type Item struct {
 	UnitPrice string
 }
 
-// view is what the templates see: the notice's fields and the rendered
-// subject. It repeats Notice's fields rather than embedding it: the
-// templates look each field up by name, and a promoted field is found
-// only by a search through the embedded structs that costs more than
-// the rest of the lookup.
-type view struct {
-	Kind      Kind
-	OrderID   string
-	Recipient string
-	Items     []Item
-	Total     string
-	Reason    string
-	Subject   string
-}
+// Renderer turns notices into emails. It is safe for concurrent use.
+//
+// The emails are written in code rather than with text/template and
+// html/template: those look a field or method up by name at run time, so
+// the linker must keep every exported method of every type in the binary
+// (10,000 functions, 5 MB of the service's code, most of it resident),
+// and a worker's memory is budgeted. The templates the service used
+// before (testdata/templates) still say what the emails look like, and
+// TestRenderMatchesTemplates holds Render to them: a change of wording is
+// made in both.
+type Renderer struct{}
 
-// viewOf returns the view of n, without the subject.
-func viewOf(n Notice) view {
-	return view{Kind: n.Kind, OrderID: n.OrderID, Recipient: n.Recipient, Items: n.Items, Total: n.Total, Reason: n.Reason}
-}
-
-// Renderer turns notices into emails with the embedded templates. It is
-// safe for concurrent use.
-type Renderer struct {
-	text *texttemplate.Template
-	html *htmltemplate.Template
-}
-
-// NewRenderer parses the embedded templates and checks that every kind has
-// its subject, text and HTML templates.
-func NewRenderer() (*Renderer, error) {
-	text, err := texttemplate.New("").Option("missingkey=error").ParseFS(templateFS, "templates/text.tmpl")
-	if err != nil {
-		return nil, fmt.Errorf("parse text templates: %w", err)
-	}
-	html, err := htmltemplate.New("").Option("missingkey=error").ParseFS(templateFS, "templates/html.tmpl")
-	if err != nil {
-		return nil, fmt.Errorf("parse html templates: %w", err)
-	}
-	for _, k := range Kinds {
-		for _, name := range []string{string(k) + ".subject", string(k) + ".text"} {
-			if text.Lookup(name) == nil {
-				return nil, fmt.Errorf("parse text templates: no template %q", name)
-			}
-		}
-		if html.Lookup(string(k)+".html") == nil {
-			return nil, fmt.Errorf("parse html templates: no template %q", string(k)+".html")
-		}
-	}
-	return &Renderer{text: text, html: html}, nil
-}
+// NewRenderer returns a Renderer.
+func NewRenderer() (*Renderer, error) { return &Renderer{}, nil }
 
 // Render returns the email for n: its subject, text and HTML bodies, and a
 // Message-ID derived from the order and kind, so that an email sent again
-// (see App) carries the same Message-ID as the first.
+// (see App) carries the same Message-ID as the first. The HTML body
+// escapes every value as html/template does in element content.
 func (r *Renderer) Render(n Notice) (Email, error) {
-	if kindToProto(n.Kind) == notificationv1.NotificationKind_NOTIFICATION_KIND_UNSPECIFIED {
-		return Email{}, fmt.Errorf("render email: unknown kind %q", n.Kind)
-	}
-	v := viewOf(n)
+	var subject, text, html strings.Builder
 	// Room for the usual email from the start, rather than the builders'
 	// growing through every size up to it.
-	var subject, text, html strings.Builder
-	subject.Grow(64)
 	text.Grow(512)
 	html.Grow(1024)
-	if err := r.text.ExecuteTemplate(&subject, string(n.Kind)+".subject", v); err != nil {
-		return Email{}, fmt.Errorf("render %s subject: %w", n.Kind, err)
+	switch n.Kind {
+	case KindReceived:
+		subject.WriteString("Order " + n.OrderID + " received")
+		text.WriteString("Hello,\n\nwe have received your order " + n.OrderID + ".\n")
+		writeTextItems(&text, n)
+		text.WriteString("\nWe will write again as soon as your order is confirmed.\n")
+	case KindConfirmed:
+		subject.WriteString("Order " + n.OrderID + " confirmed")
+		text.WriteString("Hello,\n\nyour order " + n.OrderID + " is confirmed: the items are reserved for you and")
+		if n.Total != "" {
+			text.WriteString(" " + n.Total + " has been charged.\n")
+		} else {
+			text.WriteString(" the payment has been taken.\n")
+		}
+	case KindRejected:
+		subject.WriteString("Order " + n.OrderID + " rejected")
+		text.WriteString("Hello,\n\nwe are sorry: we could not accept your order " + n.OrderID + ".\n\nReason: " + n.Reason +
+			"\n\nNothing has been charged, or any charge is refunded.\n")
+	case KindCancelled:
+		subject.WriteString("Order " + n.OrderID + " cancelled")
+		text.WriteString("Hello,\n\nyour order " + n.OrderID + " has been cancelled.")
+		if n.Reason != "" {
+			text.WriteString("\n\nReason: " + n.Reason)
+		}
+		text.WriteString("\n\nAny charge for it is refunded.\n")
+	default:
+		return Email{}, fmt.Errorf("render email: unknown kind %q", n.Kind)
 	}
+	text.WriteString("\n-- \nordermesh\n")
 	// A header is one line: nothing in the data may break it.
-	v.Subject = strings.Join(strings.Fields(subject.String()), " ")
-	if err := r.text.ExecuteTemplate(&text, string(n.Kind)+".text", v); err != nil {
-		return Email{}, fmt.Errorf("render %s text: %w", n.Kind, err)
+	subj := strings.Join(strings.Fields(subject.String()), " ")
+
+	html.WriteString("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>")
+	writeEscaped(&html, subj)
+	html.WriteString("</title>\n</head>\n<body>\n<p>Hello,</p>\n")
+	switch n.Kind {
+	case KindReceived:
+		html.WriteString("<p>We have received your order <strong>")
+		writeEscaped(&html, n.OrderID)
+		html.WriteString("</strong>.</p>\n")
+		writeHTMLItems(&html, n)
+		html.WriteString("\n<p>We will write again as soon as your order is confirmed.</p>\n")
+	case KindConfirmed:
+		html.WriteString("<p>Your order <strong>")
+		writeEscaped(&html, n.OrderID)
+		html.WriteString("</strong> is confirmed: the items are reserved for you and\n")
+		if n.Total != "" {
+			html.WriteString("<strong>")
+			writeEscaped(&html, n.Total)
+			html.WriteString("</strong> has been charged")
+		} else {
+			html.WriteString("the payment has been taken")
+		}
+		html.WriteString(".</p>\n")
+	case KindRejected:
+		html.WriteString("<p>We are sorry: we could not accept your order <strong>")
+		writeEscaped(&html, n.OrderID)
+		html.WriteString("</strong>.</p>\n<p>Reason: <em>")
+		writeEscaped(&html, n.Reason)
+		html.WriteString("</em></p>\n<p>Nothing has been charged, or any charge is refunded.</p>\n")
+	case KindCancelled:
+		html.WriteString("<p>Your order <strong>")
+		writeEscaped(&html, n.OrderID)
+		html.WriteString("</strong> has been cancelled.</p>\n")
+		if n.Reason != "" {
+			html.WriteString("<p>Reason: <em>")
+			writeEscaped(&html, n.Reason)
+			html.WriteString("</em></p>\n")
+		}
+		html.WriteString("<p>Any charge for it is refunded.</p>\n")
 	}
-	if err := r.html.ExecuteTemplate(&html, string(n.Kind)+".html", v); err != nil {
-		return Email{}, fmt.Errorf("render %s html: %w", n.Kind, err)
-	}
+	html.WriteString("<p>&mdash;<br>ordermesh</p>\n</body>\n</html>")
 	return Email{
 		To:        n.Recipient,
-		Subject:   v.Subject,
+		Subject:   subj,
 		Text:      text.String(),
 		HTML:      html.String(),
 		MessageID: MessageID(n.OrderID, n.Kind),
 	}, nil
+}
+
+// writeTextItems writes the order's lines and total, each part only when
+// the notice has it.
+func writeTextItems(b *strings.Builder, n Notice) {
+	if len(n.Items) > 0 {
+		b.WriteString("\n")
+		for _, it := range n.Items {
+			b.WriteString("  " + strconv.Itoa(int(it.Quantity)) + " × " + it.ProductID + " at " + it.UnitPrice + "\n")
+		}
+	}
+	if n.Total != "" {
+		b.WriteString("\nTotal: " + n.Total + "\n")
+	}
+}
+
+// writeHTMLItems writes the order's lines as a table, with the total as
+// its footer, or the total alone.
+func writeHTMLItems(b *strings.Builder, n Notice) {
+	switch {
+	case len(n.Items) > 0:
+		b.WriteString("<table>\n<thead><tr><th align=\"left\">Product</th><th align=\"right\">Quantity</th>" +
+			"<th align=\"right\">Unit price</th></tr></thead>\n<tbody>\n")
+		for _, it := range n.Items {
+			b.WriteString("<tr><td>")
+			writeEscaped(b, it.ProductID)
+			b.WriteString("</td><td align=\"right\">")
+			b.WriteString(strconv.Itoa(int(it.Quantity)))
+			b.WriteString("</td><td align=\"right\">")
+			writeEscaped(b, it.UnitPrice)
+			b.WriteString("</td></tr>\n")
+		}
+		b.WriteString("</tbody>\n")
+		if n.Total != "" {
+			b.WriteString("<tfoot><tr><th align=\"left\" colspan=\"2\">Total</th><th align=\"right\">")
+			writeEscaped(b, n.Total)
+			b.WriteString("</th></tr></tfoot>\n")
+		}
+		b.WriteString("</table>\n")
+	case n.Total != "":
+		b.WriteString("<p>Total: <strong>")
+		writeEscaped(b, n.Total)
+		b.WriteString("</strong></p>\n")
+	}
+}
+
+// htmlReplacements are html/template's replacements in element content:
+// NUL becomes U+FFFD, the others character references.
+var htmlReplacements = [...]string{
+	0:    "\uFFFD",
+	'"':  "&#34;",
+	'&':  "&amp;",
+	'\'': "&#39;",
+	'+':  "&#43;",
+	'<':  "&lt;",
+	'>':  "&gt;",
+}
+
+// writeEscaped writes s to b escaped for HTML element content, as
+// html/template escapes a value there.
+func writeEscaped(b *strings.Builder, s string) {
+	written := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if int(c) >= len(htmlReplacements) || htmlReplacements[c] == "" {
+			continue
+		}
+		b.WriteString(s[written:i])
+		b.WriteString(htmlReplacements[c])
+		written = i + 1
+	}
+	b.WriteString(s[written:])
 }
 
 // MessageID returns the Message-ID (without angle brackets) of the email of
