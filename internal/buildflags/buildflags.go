@@ -12,8 +12,8 @@ package buildflags
 // in the binary the linker must keep every exported method of every type
 // that can reach an interface. Without it a service binary is about 18 %
 // (4.8 MB) smaller, and a worker's code is most of its resident memory.
-// The notification service renders its emails with text/template and
-// html/template, so it keeps those methods either way.
+// For the same reason the notification service writes its emails in code
+// rather than with text/template and html/template.
 const Tags = "grpcnotrace"
 
 // Args are Tags as arguments to go build, go run or go test.

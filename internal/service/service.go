@@ -48,10 +48,9 @@ const BrokerHealthName = "ordermesh.eventbus"
 // WorkerMemoryLimit is the workers' (inventory, payment, notification)
 // default Spec.MemoryLimit. Under the end-to-end benchmark 19 to 23 MiB of
 // a worker's resident set is the binary's code and read-only data, which
-// no limit governs (notification's is the largest: its email templates
-// keep methods the linker could otherwise drop, see internal/buildflags),
-// and its live heap is 4 to 7 MiB; with this the rest stays near 18 MiB
-// and the whole under 40 MiB.
+// no limit governs (see internal/buildflags for what keeps it small), and
+// its live heap is 4 to 7 MiB; with this the rest stays near 18 MiB and
+// the whole under 40 MiB.
 const WorkerMemoryLimit config.Bytes = 18 << 20
 
 // Config is the configuration every service reads from the environment.
