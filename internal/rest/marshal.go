@@ -6,14 +6,18 @@ import (
 	"sync"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
 
-// jsonMarshaler is runtime.JSONPb without two of its costs on every
+// jsonMarshaler is runtime.JSONPb without three of its costs on every
 // request: Marshal returns protojson's output instead of copying it into
-// a second buffer, and a request body is handed to protojson as read
-// instead of first being scanned by encoding/json to find where its value
-// ends. What it accepts, rejects and writes is JSONPb's.
+// a second buffer, the responses that carry orders are written without
+// reflection (appendOrderResponse) when the options are the gateway's,
+// and a request body is handed to protojson as read instead of first
+// being scanned by encoding/json to find where its value ends. What it
+// accepts, rejects and writes is JSONPb's (but for protojson's random
+// spaces, which are not part of its output's meaning).
 type jsonMarshaler struct {
 	*runtime.JSONPb
 }
@@ -23,10 +27,18 @@ var _ runtime.Marshaler = (*jsonMarshaler)(nil)
 // Marshal renders a message with protojson, anything else as JSONPb does.
 func (m *jsonMarshaler) Marshal(v any) ([]byte, error) {
 	if p, ok := v.(proto.Message); ok {
+		if m.MarshalOptions == orderJSONOptions {
+			if b, ok := appendOrderResponse(make([]byte, 0, 512), p); ok {
+				return b, nil
+			}
+		}
 		return m.MarshalOptions.Marshal(p)
 	}
 	return m.JSONPb.Marshal(v)
 }
+
+// orderJSONOptions are the options appendOrderResponse writes as.
+var orderJSONOptions = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
 
 // NewDecoder returns a decoder of the request body r.
 func (m *jsonMarshaler) NewDecoder(r io.Reader) runtime.Decoder {

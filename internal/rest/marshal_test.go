@@ -1,6 +1,8 @@
 package rest
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"strings"
@@ -76,7 +78,10 @@ func errString(err error) string {
 }
 
 // TestJSONMarshalerMarshalsAsJSONPb checks that jsonMarshaler writes
-// what runtime.JSONPb writes, for a message and for a stream chunk.
+// what runtime.JSONPb writes, but for protojson's random spaces, for
+// messages it writes itself (appendOrderResponse) or with protojson, and
+// for a stream chunk; and that with other options than the gateway's it
+// leaves messages to protojson.
 func TestJSONMarshalerMarshalsAsJSONPb(t *testing.T) {
 	jsonpb := &runtime.JSONPb{
 		MarshalOptions: protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
@@ -84,14 +89,30 @@ func TestJSONMarshalerMarshalsAsJSONPb(t *testing.T) {
 	m := &jsonMarshaler{JSONPb: jsonpb}
 	order := &orderv1.Order{Id: "7f1b0b5e-3c55-4bb3-9a8e-2a1c1f0b8f11", CustomerEmail: "ada@example.com",
 		Items: []*orderv1.LineItem{{ProductId: "SKU-1", Quantity: 2}}}
+	compact := func(b []byte) string {
+		var c bytes.Buffer
+		if err := json.Compact(&c, b); err != nil {
+			return string(b)
+		}
+		return c.String()
+	}
 	for _, v := range []any{
 		&orderv1.CreateOrderResponse{Order: order},
+		&orderv1.ListOrdersResponse{Orders: []*orderv1.Order{order, order}, NextPageToken: "next"},
+		&orderv1.WatchOrderResponse{Order: order},
 		map[string]any{"result": &orderv1.WatchOrderResponse{Order: order}},
 	} {
 		want, wantErr := jsonpb.Marshal(v)
 		got, gotErr := m.Marshal(v)
-		if string(got) != string(want) || errString(gotErr) != errString(wantErr) {
+		if compact(got) != compact(want) || errString(gotErr) != errString(wantErr) {
 			t.Errorf("Marshal(%T) = %s, %v; want %s, %v", v, got, gotErr, want, wantErr)
 		}
+	}
+
+	indented := &jsonMarshaler{JSONPb: &runtime.JSONPb{
+		MarshalOptions: protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true, Indent: "  "},
+	}}
+	if got, err := indented.Marshal(&orderv1.CreateOrderResponse{Order: order}); err != nil || !strings.Contains(string(got), "\n  ") {
+		t.Errorf("with an indent: %s, %v; want protojson's indented output", got, err)
 	}
 }

@@ -64,7 +64,7 @@ const orderServiceName = "ordermesh.order.v1.OrderService"
 func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Options) (http.Handler, error) {
 	opts.defaults()
 	jsonpb := &runtime.JSONPb{
-		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+		MarshalOptions:   orderJSONOptions,
 		UnmarshalOptions: protojson.UnmarshalOptions{},
 	}
 	gw := runtime.NewServeMux(
