@@ -27,7 +27,7 @@ var _ runtime.Marshaler = (*jsonMarshaler)(nil)
 // Marshal renders a message with protojson, anything else as JSONPb does.
 func (m *jsonMarshaler) Marshal(v any) ([]byte, error) {
 	if p, ok := v.(proto.Message); ok {
-		if m.MarshalOptions == orderJSONOptions {
+		if isOrderJSONOptions(m.MarshalOptions) {
 			if b, ok := appendOrderResponse(make([]byte, 0, 512), p); ok {
 				return b, nil
 			}
@@ -39,6 +39,14 @@ func (m *jsonMarshaler) Marshal(v any) ([]byte, error) {
 
 // orderJSONOptions are the options appendOrderResponse writes as.
 var orderJSONOptions = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+
+// isOrderJSONOptions reports whether o are orderJSONOptions. (Comparing
+// the structs with == would compare their Resolver interfaces, which
+// panics for a resolver of a type that cannot be compared.)
+func isOrderJSONOptions(o protojson.MarshalOptions) bool {
+	return o.UseProtoNames && o.EmitUnpopulated && !o.Multiline && o.Indent == "" && !o.AllowPartial &&
+		!o.UseEnumNumbers && !o.EmitDefaultValues && o.Resolver == nil
+}
 
 // NewDecoder returns a decoder of the request body r.
 func (m *jsonMarshaler) NewDecoder(r io.Reader) runtime.Decoder {

@@ -38,6 +38,9 @@ func appendOrderResponse(b []byte, m proto.Message) ([]byte, bool) {
 	case *orderv1.ListOrdersResponse:
 		w.b = append(w.b, `{"orders":[`...)
 		for i, o := range r.GetOrders() {
+			if o == nil { // Never decoded from the wire; protojson's to judge.
+				return b, false
+			}
 			if i > 0 {
 				w.b = append(w.b, ',')
 			}
@@ -65,6 +68,7 @@ func (w *orderJSON) orderEnvelope(o *orderv1.Order) {
 	w.b = append(w.b, '}')
 }
 
+// order writes o; a nil order (no order field) is null.
 func (w *orderJSON) order(o *orderv1.Order) {
 	if o == nil {
 		w.b = append(w.b, "null"...)

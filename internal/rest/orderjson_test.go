@@ -122,6 +122,9 @@ func TestOrderJSONLeavesTheUnusualToProtojson(t *testing.T) {
 		"timestamp too early":    &orderv1.GetOrderResponse{Order: &orderv1.Order{CreateTime: &timestamppb.Timestamp{Seconds: minTimestampSeconds - 1}}},
 		"timestamp too late":     &orderv1.GetOrderResponse{Order: &orderv1.Order{UpdateTime: &timestamppb.Timestamp{Seconds: maxTimestampSeconds + 1}}},
 		"negative nanos":         &orderv1.GetOrderResponse{Order: &orderv1.Order{UpdateTime: &timestamppb.Timestamp{Nanos: -1}}},
+		"nanos of a second more": &orderv1.GetOrderResponse{Order: &orderv1.Order{UpdateTime: &timestamppb.Timestamp{Nanos: 1_000_000_000}}},
+		"nil order in a list":    &orderv1.ListOrdersResponse{Orders: []*orderv1.Order{{Id: "x"}, nil}},
+		"nil line item":          &orderv1.GetOrderResponse{Order: &orderv1.Order{Items: []*orderv1.LineItem{nil}}},
 		"another message":        &orderv1.GetOrderRequest{OrderId: "x"},
 	} {
 		if b, ok := appendOrderResponse(nil, m); ok {
