@@ -5,6 +5,7 @@ import (
 	"fmt"
 	htmltemplate "html/template"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 	texttemplate "text/template"
@@ -103,6 +104,12 @@ func TestRenderMatchesTemplates(t *testing.T) {
 		}
 		notices = append(notices, n)
 	}
+	// An unknown kind fails both ways.
+	for _, renderer := range []interface{ Render(Notice) (Email, error) }{ref, r} {
+		if _, err := renderer.Render(Notice{Kind: "shipped", OrderID: "o-1"}); err == nil {
+			t.Errorf("%T rendered an unknown kind", renderer)
+		}
+	}
 	for _, n := range notices {
 		want, err := ref.Render(n)
 		if err != nil {
@@ -114,6 +121,24 @@ func TestRenderMatchesTemplates(t *testing.T) {
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Fatalf("email of %+v (-templates +code):\n%s", n, diff)
+		}
+	}
+}
+
+// TestRenderKnowsEveryField guards TestRenderMatchesTemplates: the random
+// notices there set each of these fields, and the templates see them. A
+// field added to Notice or Item must be added to both (and to this list).
+func TestRenderKnowsEveryField(t *testing.T) {
+	for typ, want := range map[reflect.Type][]string{
+		reflect.TypeFor[Notice](): {"Kind", "OrderID", "Recipient", "Items", "Total", "Reason"},
+		reflect.TypeFor[Item]():   {"ProductID", "Quantity", "UnitPrice"},
+	} {
+		var got []string
+		for f := range typ.Fields() {
+			got = append(got, f.Name)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("fields of %s (-known +now):\n%s", typ, diff)
 		}
 	}
 }
