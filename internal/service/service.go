@@ -72,6 +72,10 @@ type Config struct {
 	// sets for the process, raised while the live heap needs more (see
 	// guardMemoryLimit); 0 sets none.
 	MemoryLimit config.Bytes
+	// GCPercent is the collector's GOGC that Run sets: spec.GCPercent
+	// when the environment sets no GOGC, else 0, which leaves the
+	// runtime's (the environment's GOGC, or 100).
+	GCPercent int
 }
 
 // ReadConfig reads the common variables for the service spec describes,
@@ -96,6 +100,9 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 	}
 	if v := env.String("ORDERMESH_ADMIN_ADDR", spec.AdminAddr); v != "off" {
 		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", spec.AdminAddr)
+	}
+	if env.String("GOGC", "") == "" {
+		cfg.GCPercent = spec.GCPercent
 	}
 	if env.String("GOMEMLIMIT", "") == "" {
 		if v := strings.TrimSpace(env.String("ORDERMESH_MEMORY_LIMIT", "")); v != "off" {
@@ -159,6 +166,11 @@ type Spec struct {
 	// the collector keeps at least a quarter of the live heap to allocate
 	// into, as with GOGC=25, and the service logs a warning.
 	MemoryLimit config.Bytes
+	// GCPercent, when positive, is the service's GOGC unless the
+	// environment sets GOGC: for a service whose live heap is small and
+	// whose allocations are many, so that at the runtime's 100 the
+	// collector runs often for little memory saved.
+	GCPercent int
 	// BatchLanes, when positive, lets concurrent deliveries share
 	// transactions in that many parallel lanes keyed by order (see
 	// inbox.WithBatching): for services whose handlers do only SQL. Use
@@ -220,6 +232,10 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	if cfg.MemoryLimit > 0 {
 		prev := debug.SetMemoryLimit(int64(cfg.MemoryLimit))
 		defer debug.SetMemoryLimit(prev)
+	}
+	if cfg.GCPercent > 0 {
+		prev := debug.SetGCPercent(cfg.GCPercent)
+		defer debug.SetGCPercent(prev)
 	}
 
 	// Database: the service's schema with its tables, the outbox and the

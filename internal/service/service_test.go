@@ -188,6 +188,31 @@ func TestWorkerRuntime(t *testing.T) {
 	waitFor(t, 10*time.Second, "event handled after reconnect", func() bool { return handled.Load() == 3 })
 }
 
+func TestReadConfigGCPercent(t *testing.T) {
+	spec := service.Spec{Name: "order", GRPCAddr: ":50051", AdminAddr: "127.0.0.1:9091", GCPercent: 200}
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		spec service.Spec
+		want int
+	}{
+		{name: "the service's default", spec: spec, want: 200},
+		{name: "no default", spec: service.Spec{Name: "worker", GRPCAddr: ":50052", AdminAddr: "127.0.0.1:9092"}, want: 0},
+		{name: "GOGC set: the runtime's alone", env: map[string]string{"GOGC": "50"}, spec: spec, want: 0},
+		{name: "GOGC off", env: map[string]string{"GOGC": "off"}, spec: spec, want: 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			env := config.NewEnv(func(k string) string { return tt.env[k] })
+			if got := service.ReadConfig(env, tt.spec).GCPercent; got != tt.want {
+				t.Errorf("GCPercent = %d, want %d", got, tt.want)
+			}
+			if err := env.Err(); err != nil {
+				t.Errorf("Err() = %v", err)
+			}
+		})
+	}
+}
+
 func TestReadConfigMemoryLimit(t *testing.T) {
 	spec := service.Spec{Name: "worker", GRPCAddr: ":50052", AdminAddr: "127.0.0.1:9092", MemoryLimit: 18 << 20}
 	tests := []struct {
