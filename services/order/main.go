@@ -72,8 +72,9 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		// benchmark runs alternating 100 and 200, twice each, the
 		// service's CPU per CreateOrder was 438 and 434 → 358 and 398 µs
 		// at 8 clients, 243 and 221 → 199 and 191 at 50, 281 and 241 →
-		// 224 and 217 through the gateway; its peak RSS end to end rose
-		// from 41–44 to 54 MiB.
+		// 224 and 217 through the gateway (PostgreSQL's fell too between
+		// those runs: part of it is the machine); its peak RSS end to end
+		// rose from 41–44 to 54 MiB.
 		GCPercent: 200,
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			// Watchers see order changes from every instance through
