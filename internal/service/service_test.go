@@ -70,8 +70,11 @@ func TestWorkerRuntime(t *testing.T) {
 		RelayInterval: time.Minute, ShutdownTimeout: 5 * time.Second,
 		// Far above what the test needs, so that it changes nothing else.
 		MemoryLimit: 1 << 30,
+		GCPercent:   150,
 	}
 	prevLimit := debug.SetMemoryLimit(-1)
+	prevGC := debug.SetGCPercent(100)
+	debug.SetGCPercent(prevGC)
 	var handled atomic.Int32
 	spec := service.Spec{
 		Name:               name,
@@ -113,6 +116,9 @@ func TestWorkerRuntime(t *testing.T) {
 			if got := debug.SetMemoryLimit(-1); got != prevLimit {
 				t.Errorf("memory limit after Run = %d, want %d as before", got, prevLimit)
 			}
+			if got := debug.SetGCPercent(prevGC); got != prevGC {
+				t.Errorf("GOGC after Run = %d, want %d as before", got, prevGC)
+			}
 		case <-time.After(20 * time.Second):
 			t.Error("service did not stop within 20 s")
 		}
@@ -152,7 +158,7 @@ func TestWorkerRuntime(t *testing.T) {
 
 	// Metrics.
 	body := get(t, "http://"+adminAddr+"/metrics")
-	for _, want := range []string{`ordermesh_eventbus_link_up{role="subscriber"} 1`, `ordermesh_inbox_events_total{outcome="processed"} 2`, "ordermesh_outbox_pending 0", "go_goroutines", "go_gc_gomemlimit_bytes 1.073741824e+09"} {
+	for _, want := range []string{`ordermesh_eventbus_link_up{role="subscriber"} 1`, `ordermesh_inbox_events_total{outcome="processed"} 2`, "ordermesh_outbox_pending 0", "go_goroutines", "go_gc_gomemlimit_bytes 1.073741824e+09", "go_gc_gogc_percent 150"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
