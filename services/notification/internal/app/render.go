@@ -121,42 +121,28 @@ func (r *Renderer) Render(n Notice) (Email, error) {
 	// A header is one line: nothing in the data may break it.
 	subj := strings.Join(strings.Fields(subject.String()), " ")
 
-	html.WriteString("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>")
-	writeEscaped(&html, subj)
-	html.WriteString("</title>\n</head>\n<body>\n<p>Hello,</p>\n")
+	writeBetween(&html, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>",
+		subj, "</title>\n</head>\n<body>\n<p>Hello,</p>\n")
 	switch n.Kind {
 	case KindReceived:
-		html.WriteString("<p>We have received your order <strong>")
-		writeEscaped(&html, n.OrderID)
-		html.WriteString("</strong>.</p>\n")
+		writeBetween(&html, "<p>We have received your order <strong>", n.OrderID, "</strong>.</p>\n")
 		writeHTMLItems(&html, n)
 		html.WriteString("\n<p>We will write again as soon as your order is confirmed.</p>\n")
 	case KindConfirmed:
-		html.WriteString("<p>Your order <strong>")
-		writeEscaped(&html, n.OrderID)
-		html.WriteString("</strong> is confirmed: the items are reserved for you and\n")
+		writeBetween(&html, "<p>Your order <strong>", n.OrderID, "</strong> is confirmed: the items are reserved for you and\n")
 		if n.Total != "" {
-			html.WriteString("<strong>")
-			writeEscaped(&html, n.Total)
-			html.WriteString("</strong> has been charged")
+			writeBetween(&html, "<strong>", n.Total, "</strong> has been charged")
 		} else {
 			html.WriteString("the payment has been taken")
 		}
 		html.WriteString(".</p>\n")
 	case KindRejected:
-		html.WriteString("<p>We are sorry: we could not accept your order <strong>")
-		writeEscaped(&html, n.OrderID)
-		html.WriteString("</strong>.</p>\n<p>Reason: <em>")
-		writeEscaped(&html, n.Reason)
-		html.WriteString("</em></p>\n<p>Nothing has been charged, or any charge is refunded.</p>\n")
+		writeBetween(&html, "<p>We are sorry: we could not accept your order <strong>", n.OrderID, "</strong>.</p>\n")
+		writeBetween(&html, "<p>Reason: <em>", n.Reason, "</em></p>\n<p>Nothing has been charged, or any charge is refunded.</p>\n")
 	case KindCancelled:
-		html.WriteString("<p>Your order <strong>")
-		writeEscaped(&html, n.OrderID)
-		html.WriteString("</strong> has been cancelled.</p>\n")
+		writeBetween(&html, "<p>Your order <strong>", n.OrderID, "</strong> has been cancelled.</p>\n")
 		if n.Reason != "" {
-			html.WriteString("<p>Reason: <em>")
-			writeEscaped(&html, n.Reason)
-			html.WriteString("</em></p>\n")
+			writeBetween(&html, "<p>Reason: <em>", n.Reason, "</em></p>\n")
 		}
 		html.WriteString("<p>Any charge for it is refunded.</p>\n")
 	}
@@ -192,25 +178,17 @@ func writeHTMLItems(b *strings.Builder, n Notice) {
 		b.WriteString("<table>\n<thead><tr><th align=\"left\">Product</th><th align=\"right\">Quantity</th>" +
 			"<th align=\"right\">Unit price</th></tr></thead>\n<tbody>\n")
 		for _, it := range n.Items {
-			b.WriteString("<tr><td>")
-			writeEscaped(b, it.ProductID)
-			b.WriteString("</td><td align=\"right\">")
+			writeBetween(b, "<tr><td>", it.ProductID, "</td><td align=\"right\">")
 			b.WriteString(strconv.Itoa(int(it.Quantity)))
-			b.WriteString("</td><td align=\"right\">")
-			writeEscaped(b, it.UnitPrice)
-			b.WriteString("</td></tr>\n")
+			writeBetween(b, "</td><td align=\"right\">", it.UnitPrice, "</td></tr>\n")
 		}
 		b.WriteString("</tbody>\n")
 		if n.Total != "" {
-			b.WriteString("<tfoot><tr><th align=\"left\" colspan=\"2\">Total</th><th align=\"right\">")
-			writeEscaped(b, n.Total)
-			b.WriteString("</th></tr></tfoot>\n")
+			writeBetween(b, "<tfoot><tr><th align=\"left\" colspan=\"2\">Total</th><th align=\"right\">", n.Total, "</th></tr></tfoot>\n")
 		}
 		b.WriteString("</table>\n")
 	case n.Total != "":
-		b.WriteString("<p>Total: <strong>")
-		writeEscaped(b, n.Total)
-		b.WriteString("</strong></p>\n")
+		writeBetween(b, "<p>Total: <strong>", n.Total, "</strong></p>\n")
 	}
 }
 
@@ -224,6 +202,14 @@ var htmlReplacements = [...]string{
 	'+':  "&#43;",
 	'<':  "&lt;",
 	'>':  "&gt;",
+}
+
+// writeBetween writes before, v escaped for HTML element content, and
+// after.
+func writeBetween(b *strings.Builder, before, v, after string) {
+	b.WriteString(before)
+	writeEscaped(b, v)
+	b.WriteString(after)
 }
 
 // writeEscaped writes s to b escaped for HTML element content, as
