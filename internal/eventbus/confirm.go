@@ -30,6 +30,7 @@ var ErrNotConfirmed = errors.New("message not confirmed: channel closed")
 // each confirm attributes every return to its publish.
 type confirmChannel struct {
 	ch      *amqp.Channel
+	conn    *batchConn // nil: each publish is written at once
 	metrics Metrics
 
 	// sendSem (capacity 1) serialises tag assignment with the write of
@@ -122,13 +123,15 @@ func (e *PublishError) Error() string { return e.Err.Error() }
 func (e *PublishError) Unwrap() error { return e.Err }
 
 // newConfirmChannel puts ch in confirm mode and starts its confirm loop;
-// the loop ends when ch closes, and wait joins it.
-func newConfirmChannel(ctx context.Context, conn *amqp.Connection, ch *amqp.Channel, timeout time.Duration, m Metrics) (*confirmChannel, error) {
+// the loop ends when ch closes, and wait joins it. bc, when not nil, is
+// the socket under conn, through which send writes each batch at once.
+func newConfirmChannel(ctx context.Context, conn *amqp.Connection, bc *batchConn, ch *amqp.Channel, timeout time.Duration, m Metrics) (*confirmChannel, error) {
 	if err := call(ctx, conn, timeout, "enable confirms", func() error { return ch.Confirm(false) }); err != nil {
 		return nil, err
 	}
 	c := &confirmChannel{
 		ch:       ch,
+		conn:     bc,
 		metrics:  m,
 		pending:  make(map[uint64]pendingPublish),
 		returned: make(map[string][]amqp.Return),
@@ -234,7 +237,8 @@ type outgoing struct {
 
 // send writes msgs in order, each mandatory, and registers them with b.
 // It returns the first write error; messages before it stay registered
-// and resolve normally.
+// and resolve normally. With a batchConn the messages reach the socket
+// together, once all of them are written.
 func (c *confirmChannel) send(ctx context.Context, b *publishBatch, msgs []outgoing) error {
 	if reason := c.blocked.Load(); reason != nil {
 		return fmt.Errorf("publish: broker blocked publishing (%s): %w", *reason, ErrLinkDown)
@@ -245,15 +249,35 @@ func (c *confirmChannel) send(ctx context.Context, b *publishBatch, msgs []outgo
 		return fmt.Errorf("publish: wait for channel: %w", ctx.Err())
 	}
 	defer func() { <-c.sendSem }()
+	if c.conn != nil {
+		c.conn.hold()
+	}
+	n, err := c.write(ctx, b, msgs)
+	if c.conn != nil {
+		if rerr := c.conn.release(); rerr != nil {
+			// The connection is closed: what was held never left, and
+			// the channel's close fails the messages registered.
+			return fmt.Errorf("publish: write to broker: %w", rerr)
+		}
+	}
+	for _, o := range msgs[:n] {
+		c.metrics.Published(o.labels)
+	}
+	return err
+}
+
+// write hands msgs to the channel one by one and returns how many it
+// wrote; on failure it releases b's waiters of the others.
+func (c *confirmChannel) write(ctx context.Context, b *publishBatch, msgs []outgoing) (int, error) {
 	for i, o := range msgs {
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("publish %s: %w", o.key, err)
+			return i, fmt.Errorf("publish %s: %w", o.key, err)
 		}
 		tag := c.ch.GetNextPublishSeqNo()
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
-			return fmt.Errorf("publish %s: %w", o.key, ErrLinkDown)
+			return i, fmt.Errorf("publish %s: %w", o.key, ErrLinkDown)
 		}
 		c.pending[tag] = pendingPublish{b: b, idx: i, id: o.msg.MessageId, labels: o.labels}
 		c.mu.Unlock()
@@ -265,11 +289,10 @@ func (c *confirmChannel) send(ctx context.Context, b *publishBatch, msgs []outgo
 			for range len(msgs) - i {
 				b.release()
 			}
-			return fmt.Errorf("publish %s: %w", o.key, err)
+			return i, fmt.Errorf("publish %s: %w", o.key, err)
 		}
-		c.metrics.Published(o.labels)
 	}
-	return nil
+	return len(msgs), nil
 }
 
 // publish writes msgs and waits until the broker confirmed all of them,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"time"
 
@@ -76,13 +77,36 @@ func (c *stateCell) watch() (LinkState, <-chan struct{}) {
 // dial opens one connection named after cfg and role, bounded by
 // cfg.DialTimeout.
 func dial(cfg Config, role string) (*amqp.Connection, error) {
+	return dialWith(cfg, role, amqp.DefaultDial(cfg.DialTimeout))
+}
+
+// dialBatching is dial with the connection's writes going through a
+// batchConn, which it returns too.
+func dialBatching(cfg Config, role string) (*amqp.Connection, *batchConn, error) {
+	var bc *batchConn
+	tcp := amqp.DefaultDial(cfg.DialTimeout)
+	conn, err := dialWith(cfg, role, func(network, addr string) (net.Conn, error) {
+		c, err := tcp(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		bc = &batchConn{Conn: c}
+		return bc, nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, bc, nil
+}
+
+func dialWith(cfg Config, role string, d func(network, addr string) (net.Conn, error)) (*amqp.Connection, error) {
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName(cfg.connectionName(role))
 	conn, err := amqp.DialConfig(cfg.URL, amqp.Config{
 		Heartbeat:  cfg.Heartbeat,
 		Locale:     "en_US",
 		Properties: props,
-		Dial:       amqp.DefaultDial(cfg.DialTimeout),
+		Dial:       d,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dial broker: %w", err)

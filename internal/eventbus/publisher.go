@@ -103,7 +103,7 @@ func (p *Publisher) supervise(ctx context.Context) {
 // session runs one connection until it is lost or ctx ends and returns
 // why it ended.
 func (p *Publisher) session(ctx context.Context, b *backoff) string {
-	conn, err := dial(p.cfg, "publisher")
+	conn, bc, err := dialBatching(p.cfg, "publisher")
 	if err != nil {
 		return err.Error()
 	}
@@ -122,7 +122,7 @@ func (p *Publisher) session(ctx context.Context, b *backoff) string {
 	if err := declareExchange(ctx, conn, ch, p.cfg); err != nil {
 		return err.Error()
 	}
-	cc, err := newConfirmChannel(ctx, conn, ch, p.cfg.CallTimeout, p.cfg.Metrics)
+	cc, err := newConfirmChannel(ctx, conn, bc, ch, p.cfg.CallTimeout, p.cfg.Metrics)
 	if err != nil {
 		return err.Error()
 	}

@@ -133,6 +133,40 @@ func TestPublishSetsPropertiesAndReportsUnroutable(t *testing.T) {
 		}
 	})
 
+	t.Run("one write per batch", func(t *testing.T) {
+		if _, err := ch.QueuePurge(rawQueue, false); err != nil {
+			t.Fatal(err)
+		}
+		pub.mu.Lock()
+		bc := pub.cur.conn
+		pub.mu.Unlock()
+		if bc == nil {
+			t.Fatal("the publisher's channel writes each publish on its own")
+		}
+		var msgs []Message
+		for range 30 {
+			_, m := newOrderCreated(t)
+			msgs = append(msgs, m)
+		}
+		before := bc.socketWrites()
+		if err := pub.Publish(ctx, msgs...); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		// One write carries the batch; a heartbeat may have gone alone.
+		if n := bc.socketWrites() - before; n > 2 {
+			t.Errorf("30 messages took %d writes to the socket, want 1 (2 with a heartbeat)", n)
+		}
+		for i, m := range msgs {
+			d, ok, err := ch.Get(rawQueue, true)
+			if err != nil || !ok {
+				t.Fatalf("get %d: ok=%v err=%v", i, ok, err)
+			}
+			if d.MessageId != m.ID {
+				t.Fatalf("delivery %d is %s, want %s: the batch arrived out of order", i, d.MessageId, m.ID)
+			}
+		}
+	})
+
 	t.Run("invalid message", func(t *testing.T) {
 		if err := pub.Publish(ctx, Message{Meta: Meta{Type: "x", RoutingKey: "order.created"}}); !errors.Is(err, ErrInvalidMessage) {
 			t.Errorf("Publish without id = %v, want ErrInvalidMessage", err)

@@ -252,7 +252,7 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 		return err.Error()
 	}
 	pchClosed := pch.NotifyClose(make(chan *amqp.Error, 1))
-	cc, err := newConfirmChannel(ctx, conn, pch, cfg.CallTimeout, cfg.Metrics)
+	cc, err := newConfirmChannel(ctx, conn, nil, pch, cfg.CallTimeout, cfg.Metrics)
 	if err != nil {
 		return err.Error()
 	}
