@@ -149,15 +149,12 @@ func (b *BatchRunner) process(ctx context.Context, ds []Delivery) []error {
 			distinct = append(distinct, i)
 		}
 	}
-	err := postgres.WithTx(ctx, b.r.db, func(tx pgx.Tx) error {
-		ids := make([]string, len(distinct))
-		for k, i := range distinct {
-			ids[k] = ds[i].Meta.ID
-		}
-		fresh, err := record(ctx, tx, ids)
-		if err != nil {
-			return err
-		}
+	ids := make([]string, len(distinct))
+	for k, i := range distinct {
+		ids[k] = ds[i].Meta.ID
+	}
+	var fresh map[string]bool
+	err := postgres.WithTxBatch(ctx, b.r.db, func(b *pgx.Batch) { queueRecord(b, ids, &fresh) }, func(tx pgx.Tx) error {
 		var run []int
 		for _, i := range distinct {
 			if fresh[ds[i].Meta.ID] {
@@ -225,28 +222,32 @@ func (b *BatchRunner) process(ctx context.Context, ds []Delivery) []error {
 	return errs
 }
 
-// record inserts ids into the inbox and returns those that were not there.
-// It inserts in id order, so two transactions recording some of the same
-// events (two instances of a service, or one and the transaction of a
-// killed one) wait for each other in one order and cannot deadlock.
-func record(ctx context.Context, tx pgx.Tx, ids []string) (map[string]bool, error) {
-	rows, err := tx.Query(ctx, `
+// queueRecord queues on b the insert of ids into the inbox; reading its
+// result sets *fresh to those that were not there. It inserts in id order,
+// so two transactions recording some of the same events (two instances of
+// a service, or one and the transaction of a killed one) wait for each
+// other in one order and cannot deadlock.
+func queueRecord(b *pgx.Batch, ids []string, fresh *map[string]bool) {
+	b.Queue(`
 		INSERT INTO inbox (event_id)
 		SELECT id FROM unnest($1::text[]) AS e(id) ORDER BY id COLLATE "C"
 		ON CONFLICT (event_id) DO NOTHING
-		RETURNING event_id`, ids)
-	if err != nil {
-		return nil, fmt.Errorf("record %d events in inbox: %w", len(ids), err)
-	}
-	inserted, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("record %d events in inbox: %w", len(ids), err)
-	}
-	fresh := make(map[string]bool, len(inserted))
-	for _, id := range inserted {
-		fresh[id] = true
-	}
-	return fresh, nil
+		RETURNING event_id`, ids,
+	).Query(func(rows pgx.Rows) error {
+		m := make(map[string]bool, len(ids))
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return fmt.Errorf("record %d events in inbox: %w", len(ids), err)
+			}
+			m[id] = true
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("record %d events in inbox: %w", len(ids), err)
+		}
+		*fresh = m
+		return nil
+	})
 }
 
 // callBatch runs h, turning a panic into its error so that one batch

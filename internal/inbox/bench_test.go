@@ -175,3 +175,31 @@ func BenchmarkInboxConsume(b *testing.B) {
 	b.ReportMetric(rate(single)/rate(raw), "inbox/raw")
 	b.ReportMetric(rate(batched)/rate(raw), "batched/raw")
 }
+
+// BenchmarkBatchRunnerAlone hands a BatchRunner one delivery at a time, so
+// that each op is a whole transaction (the inbox row, the handler's two
+// statements, the outgoing event and the commit) that no other delivery
+// shares: its time is mostly that of the transaction's round trips.
+//
+//	go test -run '^$' -bench BatchRunnerAlone -benchtime 2000x ./internal/inbox/
+func BenchmarkBatchRunnerAlone(b *testing.B) {
+	ctx := context.Background()
+	pool := newService(b)
+	var seen atomic.Int64
+	runner := inbox.NewBatchRunner(inbox.NewRunner(pool, service, inbox.Metrics{}), batchHandler(nil, &seen), 16, 10*time.Second)
+	handle := inbox.WrapBatch[*orderv1.OrderCreated](runner)
+	ds := make([]delivery, b.N)
+	for i := range ds {
+		ds[i] = newDelivery(b, fmt.Sprintf("c%d@example.com", i%8), 1)
+	}
+	b.ResetTimer()
+	for _, d := range ds {
+		if err := handle(ctx, d.ev, d.meta); err != nil {
+			b.Fatalf("handle: %v", err)
+		}
+	}
+	b.StopTimer()
+	if n := seen.Load(); n != int64(b.N) {
+		b.Fatalf("handler saw %d deliveries, want %d", n, b.N)
+	}
+}

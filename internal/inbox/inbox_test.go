@@ -37,7 +37,7 @@ var ledger = postgres.Source{Name: "ledger", FS: fstest.MapFS{
 
 const service = "ledger"
 
-func newService(t *testing.T) *pgxpool.Pool {
+func newService(t testing.TB) *pgxpool.Pool {
 	t.Helper()
 	pool, _ := postgrestest.NewSchema(t, ledger, outbox.Migrations, inbox.Migrations)
 	return pool
@@ -68,7 +68,7 @@ type delivery struct {
 	meta eventbus.Meta
 }
 
-func newDelivery(t *testing.T, customer string, units int64) delivery {
+func newDelivery(t testing.TB, customer string, units int64) delivery {
 	t.Helper()
 	ev := &orderv1.OrderCreated{
 		OrderId:       uuid.NewString(),

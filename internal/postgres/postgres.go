@@ -142,6 +142,52 @@ func WithTx(ctx context.Context, db TxBeginner, fn func(tx pgx.Tx) error) error 
 	return nil
 }
 
+// WithTxBatch is WithTx with statements to run first: queue adds them to
+// a batch (with their result callbacks), and they run at the start of the
+// transaction, before fn. On a pool or a connection the transaction's
+// BEGIN goes in the same round trip as those statements, which saves the
+// round trip of BEGIN; on a transaction (a savepoint) the batch follows
+// the savepoint. An error from the batch (a statement's, or a callback's)
+// is returned wrapped, and fn does not run.
+func WithTxBatch(ctx context.Context, db TxBeginner, queue func(b *pgx.Batch), fn func(tx pgx.Tx) error) error {
+	var sender interface {
+		SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+	}
+	switch d := db.(type) {
+	case *pgxpool.Pool:
+		sender = d
+	case *pgx.Conn:
+		sender = d
+	default:
+		return WithTx(ctx, db, func(tx pgx.Tx) error {
+			b := &pgx.Batch{}
+			queue(b)
+			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+				return fmt.Errorf("first %d statements of transaction: %w", b.Len(), err)
+			}
+			return fn(tx)
+		})
+	}
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	queue(b)
+	br := sender.SendBatch(ctx, b)
+	tx := br.Tx()
+	// Rollback after a successful Commit is a no-op returning ErrTxClosed;
+	// a batch that failed before BEGIN left tx closed.
+	defer rollback(ctx, tx)
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("begin transaction with %d statements: %w", b.Len()-1, err)
+	}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit transaction: %w", err)
+	}
+	return nil
+}
+
 // rollback ends tx even when ctx is already cancelled, so the connection goes
 // back to the pool clean instead of being discarded.
 func rollback(ctx context.Context, tx pgx.Tx) {

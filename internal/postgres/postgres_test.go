@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ordermesh/ordermesh/internal/postgres"
@@ -342,4 +343,97 @@ func TestCreateDatabaseIfMissing(t *testing.T) {
 		t.Fatalf("open created database: %v", err)
 	}
 	pool.Close()
+}
+
+func TestWithTxBatch(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := postgrestest.NewSchema(t, platform)
+	errBoom := errors.New("boom")
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Release)
+
+	// run inserts id with a queued statement and reads the transaction id
+	// both there and in fn, which returns fnErr.
+	run := func(db postgres.TxBeginner, id int, fnErr error) (queuedTx, fnTx int64, fnRan bool, err error) {
+		err = postgres.WithTxBatch(ctx, db, func(b *pgx.Batch) {
+			b.Queue(`INSERT INTO things VALUES ($1) RETURNING txid_current()`, id).QueryRow(func(r pgx.Row) error {
+				return r.Scan(&queuedTx)
+			})
+		}, func(tx pgx.Tx) error {
+			fnRan = true
+			if err := tx.QueryRow(ctx, `SELECT txid_current()`).Scan(&fnTx); err != nil {
+				return err
+			}
+			return fnErr
+		})
+		return queuedTx, fnTx, fnRan, err
+	}
+	for _, db := range []struct {
+		name string
+		db   postgres.TxBeginner
+	}{{"pool", pool}, {"conn", conn.Conn()}} {
+		t.Run(db.name, func(t *testing.T) {
+			base := map[string]int{"pool": 10, "conn": 20}[db.name]
+			queuedTx, fnTx, _, err := run(db.db, base+1, nil)
+			if err != nil {
+				t.Fatalf("WithTxBatch = %v", err)
+			}
+			if queuedTx == 0 || queuedTx != fnTx {
+				t.Errorf("queued statements ran in transaction %d, fn in %d; want one transaction", queuedTx, fnTx)
+			}
+			if count(t, pool, `SELECT count(*) FROM things WHERE id = $1`, base+1) != 1 {
+				t.Error("the queued insert did not commit")
+			}
+
+			if _, _, _, err := run(db.db, base+2, errBoom); !errors.Is(err, errBoom) {
+				t.Errorf("WithTxBatch with a failing fn = %v, want %v", err, errBoom)
+			}
+			if count(t, pool, `SELECT count(*) FROM things WHERE id = $1`, base+2) != 0 {
+				t.Error("the queued insert committed although fn failed")
+			}
+
+			_, _, fnRan, err := run(db.db, base+1, nil) // The row is there: a unique violation.
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+				t.Errorf("WithTxBatch with a failing statement = %v, want the unique violation", err)
+			}
+			if fnRan {
+				t.Error("fn ran after a queued statement failed")
+			}
+			if _, _, _, err := run(db.db, base+3, nil); err != nil {
+				t.Errorf("WithTxBatch after a failed one: %v", err)
+			}
+		})
+	}
+	t.Run("savepoint", func(t *testing.T) {
+		outer, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer outer.Rollback(ctx)
+		var outerTx int64
+		if err := outer.QueryRow(ctx, `SELECT txid_current()`).Scan(&outerTx); err != nil {
+			t.Fatal(err)
+		}
+		queuedTx, fnTx, _, err := run(outer, 31, nil)
+		if err != nil {
+			t.Fatalf("WithTxBatch in a transaction = %v", err)
+		}
+		if queuedTx != outerTx || fnTx != outerTx {
+			t.Errorf("queued statements ran in transaction %d, fn in %d; want the enclosing %d", queuedTx, fnTx, outerTx)
+		}
+		if _, _, _, err := run(outer, 32, errBoom); !errors.Is(err, errBoom) {
+			t.Errorf("WithTxBatch with a failing fn = %v, want %v", err, errBoom)
+		}
+		var n int
+		if err := outer.QueryRow(ctx, `SELECT count(*) FROM things WHERE id IN (31, 32)`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 1 {
+			t.Errorf("%d of the rows 31 (committed savepoint) and 32 (rolled back) in the enclosing transaction, want 1", n)
+		}
+	})
 }
