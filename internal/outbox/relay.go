@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
@@ -208,25 +209,37 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 // growing delay before their next attempt, so they hold up nothing; when
 // none was confirmed the transaction rolls back and every row stays. Run
 // calls it; it is exported for Drain-like uses and tests.
+//
+// The transaction takes two round trips around the publishing: BEGIN
+// with the claim, and the DELETE with COMMIT. It is run on a connection
+// of its own rather than through pgx.Tx, which would spend a round trip
+// on COMMIT alone.
 func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
-	// One round trip begins the transaction and claims the rows. The
-	// commit does not wait for its WAL flush: a crash can lose only the
-	// deletion of rows the broker has, which are then published again and
-	// absorbed by the consumers' inboxes.
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("claim outbox rows: %w", err)
+	}
+	// The pool closes a connection released inside a transaction, so
+	// one whose ROLLBACK failed is not used again.
+	defer conn.Release()
+	open := false
+	defer func() {
+		if open {
+			rollbackConn(ctx, conn)
+		}
+	}()
+
+	// The commit does not wait for its WAL flush: a crash can lose only
+	// the deletion of rows the broker has, which are then published again
+	// and absorbed by the consumers' inboxes.
 	var seqs []int64
 	var msgs []eventbus.Message
 	b := &pgx.Batch{}
-	b.BeginTx(pgx.TxOptions{})
+	b.Queue(`BEGIN`)
 	b.Queue(`SET LOCAL synchronous_commit TO off`)
 	claim(b, r.cfg.BatchSize, &seqs, &msgs)
-	br := r.pool.SendBatch(ctx, b)
-	tx := br.Tx()
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = tx.Rollback(rctx) // No-op after commit; otherwise the batch error is what matters.
-	}()
-	if err := br.Close(); err != nil {
+	open = true
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
 	if len(msgs) == 0 {
@@ -244,24 +257,26 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 	// a graceful stop does not publish them a second time.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if _, err := tx.Exec(dctx, `DELETE FROM outbox WHERE seq = ANY($1)`, confirmed); err != nil {
+	b = &pgx.Batch{}
+	b.Queue(`DELETE FROM outbox WHERE seq = ANY($1)`, confirmed)
+	if len(failed) > 0 {
+		// Back off: 2^attempts × MinBackoff, at most MaxBackoff.
+		b.Queue(`
+			UPDATE outbox SET attempts = attempts + 1,
+				next_attempt_at = now() + least($2::interval * power(2, least(attempts, 20)), $3::interval)
+			WHERE seq = ANY($1)`, failed, r.cfg.MinBackoff, r.cfg.MaxBackoff)
+	}
+	b.Queue(`COMMIT`).Exec(func(tag pgconn.CommandTag) error {
+		if tag.String() != "COMMIT" {
+			return errors.New("transaction rolled back")
+		}
+		return nil
+	})
+	if err := conn.SendBatch(dctx, b).Close(); err != nil {
 		r.failed(len(msgs), err)
 		return 0, fmt.Errorf("delete published outbox rows: %w", err)
 	}
-	if len(failed) > 0 {
-		// Back off: 2^attempts × MinBackoff, at most MaxBackoff.
-		if _, err := tx.Exec(dctx, `
-			UPDATE outbox SET attempts = attempts + 1,
-				next_attempt_at = now() + least($2::interval * power(2, least(attempts, 20)), $3::interval)
-			WHERE seq = ANY($1)`, failed, r.cfg.MinBackoff, r.cfg.MaxBackoff); err != nil {
-			r.failed(len(msgs), err)
-			return 0, fmt.Errorf("defer failed outbox rows: %w", err)
-		}
-	}
-	if err := tx.Commit(dctx); err != nil {
-		r.failed(len(msgs), err)
-		return 0, fmt.Errorf("commit outbox batch: %w", err)
-	}
+	open = false
 	if r.cfg.Metrics.Published != nil {
 		r.cfg.Metrics.Published(len(confirmed))
 	}
@@ -271,6 +286,17 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 			"confirmed", len(confirmed), "failed", len(failed), "error", pubErr)
 	}
 	return len(confirmed), nil
+}
+
+// rollbackConn ends the transaction open on conn, if any, even when ctx
+// has ended.
+func rollbackConn(ctx context.Context, conn *pgxpool.Conn) {
+	if conn.Conn().PgConn().TxStatus() == 'I' {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, _ = conn.Exec(ctx, `ROLLBACK`) // The batch's own error is what matters.
 }
 
 // settle splits a batch's rows by the outcome of Publish: all confirmed
