@@ -55,11 +55,7 @@ func NewBusBench(ctx context.Context, amqpURL, prefix string, n int) (*BusBench,
 			return nil, err
 		}
 		b.msgs = append(b.msgs, m)
-		b.pubs = append(b.pubs, amqp.Publishing{
-			Headers: amqp.Table{eventbus.HeaderSpecVersion: "1.0"}, ContentType: eventbus.ContentType,
-			DeliveryMode: amqp.Persistent, CorrelationId: m.CorrelationID, MessageId: m.ID,
-			Timestamp: m.Time.UTC(), Type: m.Type, AppId: m.Source, Body: m.Body,
-		})
+		b.pubs = append(b.pubs, rawPublishing(m))
 	}
 	conn, err := amqp.DialConfig(amqpURL, amqp.Config{Properties: amqp.Table{"connection_name": prefix + "raw"}})
 	if err != nil {

@@ -594,7 +594,11 @@ func (b *LagBench) commit(ctx context.Context, m eventbus.Message) error {
 // rawPublishing is m as eventbus publishes it.
 func rawPublishing(m eventbus.Message) amqp.Publishing {
 	return amqp.Publishing{
-		Headers: amqp.Table{eventbus.HeaderSpecVersion: "1.0"}, ContentType: eventbus.ContentType,
+		Headers: amqp.Table{
+			eventbus.HeaderSpecVersion: "1.0",
+			eventbus.HeaderTime:        m.Time.UTC().Format(time.RFC3339Nano),
+		},
+		ContentType:  eventbus.ContentType,
 		DeliveryMode: amqp.Persistent, CorrelationId: m.CorrelationID, MessageId: m.ID,
 		Timestamp: m.Time.UTC(), Type: m.Type, AppId: m.Source, Body: m.Body,
 	}

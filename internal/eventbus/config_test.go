@@ -87,6 +87,18 @@ func TestMetaFromDelivery(t *testing.T) {
 			want: Meta{ID: "id1", RoutingKey: "order.created", Attempt: 3, Redelivered: true},
 		},
 		{
+			name: "time to the nanosecond",
+			d: amqp.Delivery{Timestamp: ts, Headers: amqp.Table{
+				HeaderTime: "2023-11-14T22:13:20.123456789Z",
+			}},
+			want: Meta{Time: time.Date(2023, 11, 14, 22, 13, 20, 123456789, time.UTC), Attempt: 1},
+		},
+		{
+			name: "time header not a time",
+			d:    amqp.Delivery{Timestamp: ts, Headers: amqp.Table{HeaderTime: "yesterday"}},
+			want: Meta{Time: ts, Attempt: 1},
+		},
+		{
 			name: "attempt as int64",
 			d:    amqp.Delivery{Headers: amqp.Table{HeaderAttempt: int64(2)}},
 			want: Meta{Attempt: 2},

@@ -52,8 +52,9 @@ type Meta struct {
 	RoutingKey string
 	// Source is the producing service (AMQP app_id).
 	Source string
-	// Time is when the event was created (AMQP timestamp, whole seconds on
-	// the wire).
+	// Time is when the event was created: the ce-time header, to the
+	// nanosecond, or the AMQP timestamp (whole seconds) of a message
+	// without a valid one.
 	Time time.Time
 	// CorrelationID ties the event to its order (AMQP correlation_id).
 	CorrelationID string

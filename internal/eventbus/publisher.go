@@ -220,6 +220,9 @@ const (
 	HeaderTraceParent = "traceparent"
 	HeaderTraceState  = "tracestate"
 	HeaderSpecVersion = "ce-specversion"
+	// HeaderTime is the event's time in RFC 3339 with nanoseconds; the
+	// AMQP timestamp property holds whole seconds only.
+	HeaderTime = "ce-time"
 )
 
 // ErrInvalidMessage is returned by Publish for a message that lacks an
@@ -244,7 +247,8 @@ func toPublishing(m Message, defaultSource string) (amqp.Publishing, error) {
 	if ts.IsZero() {
 		ts = time.Now()
 	}
-	h := amqp.Table{HeaderSpecVersion: "1.0"}
+	ts = ts.UTC()
+	h := amqp.Table{HeaderSpecVersion: "1.0", HeaderTime: ts.Format(time.RFC3339Nano)}
 	if m.TraceParent != "" {
 		h[HeaderTraceParent] = m.TraceParent
 	}
@@ -257,7 +261,7 @@ func toPublishing(m Message, defaultSource string) (amqp.Publishing, error) {
 		DeliveryMode:  amqp.Persistent,
 		CorrelationId: m.CorrelationID,
 		MessageId:     m.ID,
-		Timestamp:     ts.UTC(),
+		Timestamp:     ts,
 		Type:          m.Type,
 		AppId:         src,
 		Body:          m.Body,

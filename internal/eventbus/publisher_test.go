@@ -55,8 +55,9 @@ func TestPublishSetsPropertiesAndReportsUnroutable(t *testing.T) {
 			MessageID: m.ID, Type: m.Type, AppID: "order", ContentType: "application/protobuf",
 			CorrelationID: m.CorrelationID, RoutingKey: "order.created", DeliveryMode: 2,
 			Timestamp: m.Time.Unix(),
-			Headers:   amqp.Table{"traceparent": m.TraceParent, "tracestate": "a=b", "ce-specversion": "1.0"},
-			Body:      m.Body,
+			Headers: amqp.Table{"traceparent": m.TraceParent, "tracestate": "a=b", "ce-specversion": "1.0",
+				"ce-time": m.Time.UTC().Format(time.RFC3339Nano)},
+			Body: m.Body,
 		}
 		got := props{
 			MessageID: d.MessageId, Type: d.Type, AppID: d.AppId, ContentType: d.ContentType,

@@ -516,6 +516,9 @@ func metaFromDelivery(d amqp.Delivery) Meta {
 	if rk := headerString(d.Headers, HeaderRoutingKey); rk != "" {
 		m.RoutingKey = rk
 	}
+	if t, err := time.Parse(time.RFC3339Nano, headerString(d.Headers, HeaderTime)); err == nil {
+		m.Time = t
+	}
 	if n, ok := headerInt(d.Headers, HeaderAttempt); ok && n > 0 {
 		m.Attempt = n
 	}
