@@ -6,8 +6,9 @@ import (
 )
 
 // batchConnMax bounds what a batchConn holds: a batch that grows past it
-// is written out early, so holding never keeps more than this much of a
-// batch in memory a second time.
+// is written out early, and a single write larger than it goes to the
+// socket at once, so holding never keeps more than this much of a batch
+// in memory a second time.
 const batchConnMax = 64 << 10
 
 // batchConn is the publisher's connection to the broker. amqp091-go writes
@@ -23,7 +24,9 @@ const batchConnMax = 64 << 10
 // Every write from hold to release is held, whoever makes it (a heartbeat,
 // say), so the frames reach the socket in the order amqp091-go made them.
 // Close does not wait for a write in progress, so closing the connection
-// unblocks a release stalled by the broker.
+// unblocks a release stalled by the broker. (Over TLS the publisher does
+// not use a batchConn: tls.Conn's Close writes its close_notify through
+// the conn below it, which would wait for the stalled release.)
 type batchConn struct {
 	net.Conn
 

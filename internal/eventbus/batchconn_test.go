@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 )
 
 // recordingConn is the socket under a batchConn: it records each write.
@@ -132,5 +133,56 @@ func TestBatchConnClosesWhenReleaseFails(t *testing.T) {
 	}
 	if !rc.closed {
 		t.Fatal("the socket is still open after a held batch failed to go out")
+	}
+}
+
+func TestBatchConnHoldsOtherGoroutinesWritesInOrder(t *testing.T) {
+	rc := &recordingConn{}
+	c := &batchConn{Conn: rc}
+	c.hold()
+	mustWrite(t, c, "publish ")
+	done := make(chan struct{})
+	go func() { // amqp091-go's heartbeater, say
+		defer close(done)
+		if _, err := c.Write([]byte("heartbeat ")); err != nil {
+			t.Errorf("heartbeat write: %v", err)
+		}
+	}()
+	<-done
+	mustWrite(t, c, "publish")
+	if n := len(rc.got()); n != 0 {
+		t.Fatalf("%d writes reached the socket while holding", n)
+	}
+	if err := c.release(); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	if got := rc.got(); len(got) != 1 || string(got[0]) != "publish heartbeat publish" {
+		t.Fatalf("writes = %q, want one in the order made", got)
+	}
+}
+
+func TestBatchConnCloseUnblocksAStalledRelease(t *testing.T) {
+	client, server := net.Pipe() // Nobody reads server: a write stalls.
+	defer server.Close()
+	c := &batchConn{Conn: client}
+	c.hold()
+	mustWrite(t, c, "held")
+	released := make(chan error, 1)
+	go func() { released <- c.release() }()
+	select {
+	case err := <-released:
+		t.Fatalf("release returned %v before anyone read", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-released:
+		if err == nil {
+			t.Fatal("release of a batch that never left returned nil")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("release still blocked after Close")
 	}
 }

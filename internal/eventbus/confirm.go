@@ -237,8 +237,9 @@ type outgoing struct {
 
 // send writes msgs in order, each mandatory, and registers them with b.
 // It returns the first write error; messages before it stay registered
-// and resolve normally. With a batchConn the messages reach the socket
-// together, once all of them are written.
+// and resolve normally. With a batchConn the messages go to the socket
+// together once all of them are written (in pieces of batchConnMax for a
+// larger batch).
 func (c *confirmChannel) send(ctx context.Context, b *publishBatch, msgs []outgoing) error {
 	if reason := c.blocked.Load(); reason != nil {
 		return fmt.Errorf("publish: broker blocked publishing (%s): %w", *reason, ErrLinkDown)
@@ -252,7 +253,7 @@ func (c *confirmChannel) send(ctx context.Context, b *publishBatch, msgs []outgo
 	if c.conn != nil {
 		c.conn.hold()
 	}
-	n, err := c.write(ctx, b, msgs)
+	err := c.write(ctx, b, msgs)
 	if c.conn != nil {
 		if rerr := c.conn.release(); rerr != nil {
 			// The connection is closed: what was held never left, and
@@ -260,24 +261,21 @@ func (c *confirmChannel) send(ctx context.Context, b *publishBatch, msgs []outgo
 			return fmt.Errorf("publish: write to broker: %w", rerr)
 		}
 	}
-	for _, o := range msgs[:n] {
-		c.metrics.Published(o.labels)
-	}
 	return err
 }
 
-// write hands msgs to the channel one by one and returns how many it
-// wrote; on failure it releases b's waiters of the others.
-func (c *confirmChannel) write(ctx context.Context, b *publishBatch, msgs []outgoing) (int, error) {
+// write hands msgs to the channel one by one; on failure it releases b's
+// waiters of the messages it did not write.
+func (c *confirmChannel) write(ctx context.Context, b *publishBatch, msgs []outgoing) error {
 	for i, o := range msgs {
 		if err := ctx.Err(); err != nil {
-			return i, fmt.Errorf("publish %s: %w", o.key, err)
+			return fmt.Errorf("publish %s: %w", o.key, err)
 		}
 		tag := c.ch.GetNextPublishSeqNo()
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
-			return i, fmt.Errorf("publish %s: %w", o.key, ErrLinkDown)
+			return fmt.Errorf("publish %s: %w", o.key, ErrLinkDown)
 		}
 		c.pending[tag] = pendingPublish{b: b, idx: i, id: o.msg.MessageId, labels: o.labels}
 		c.mu.Unlock()
@@ -289,10 +287,11 @@ func (c *confirmChannel) write(ctx context.Context, b *publishBatch, msgs []outg
 			for range len(msgs) - i {
 				b.release()
 			}
-			return i, fmt.Errorf("publish %s: %w", o.key, err)
+			return fmt.Errorf("publish %s: %w", o.key, err)
 		}
+		c.metrics.Published(o.labels)
 	}
-	return len(msgs), nil
+	return nil
 }
 
 // publish writes msgs and waits until the broker confirmed all of them,

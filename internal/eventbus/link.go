@@ -81,8 +81,13 @@ func dial(cfg Config, role string) (*amqp.Connection, error) {
 }
 
 // dialBatching is dial with the connection's writes going through a
-// batchConn, which it returns too.
+// batchConn, which it returns too; over TLS (amqps) it is dial, and the
+// batchConn is nil.
 func dialBatching(cfg Config, role string) (*amqp.Connection, *batchConn, error) {
+	if u, err := amqp.ParseURI(cfg.URL); err != nil || u.Scheme != "amqp" {
+		conn, err := dial(cfg, role)
+		return conn, nil, err
+	}
 	var bc *batchConn
 	tcp := amqp.DefaultDial(cfg.DialTimeout)
 	conn, err := dialWith(cfg, role, func(network, addr string) (net.Conn, error) {
