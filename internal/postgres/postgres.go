@@ -156,6 +156,8 @@ func WithTxBatch(ctx context.Context, db TxBeginner, queue func(b *pgx.Batch), f
 	switch d := db.(type) {
 	case *pgxpool.Pool:
 		sender = d
+	case *pgxpool.Conn:
+		sender = d
 	case *pgx.Conn:
 		sender = d
 	default:
@@ -177,7 +179,10 @@ func WithTxBatch(ctx context.Context, db TxBeginner, queue func(b *pgx.Batch), f
 	// a batch that failed before BEGIN left tx closed.
 	defer rollback(ctx, tx)
 	if err := br.Close(); err != nil {
-		return fmt.Errorf("begin transaction with %d statements: %w", b.Len()-1, err)
+		if c := tx.Conn(); c == nil || c.PgConn().TxStatus() == 'I' {
+			return fmt.Errorf("begin transaction: %w", err)
+		}
+		return fmt.Errorf("first %d statements of transaction: %w", b.Len()-1, err)
 	}
 	if err := fn(tx); err != nil {
 		return err

@@ -345,15 +345,55 @@ func TestCreateDatabaseIfMissing(t *testing.T) {
 	pool.Close()
 }
 
+// beginCounter is a pgx tracer counting BEGINs sent as statements of
+// their own (a batch's statements are not traced as queries).
+type beginCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *beginCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if strings.HasPrefix(strings.ToLower(strings.TrimSpace(d.SQL)), "begin") {
+		c.mu.Lock()
+		c.n++
+		c.mu.Unlock()
+	}
+	return ctx
+}
+
+func (c *beginCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (c *beginCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
 func TestWithTxBatch(t *testing.T) {
 	ctx := context.Background()
-	pool, _ := postgrestest.NewSchema(t, platform)
+	plain, _ := postgrestest.NewSchema(t, platform)
+	begins := &beginCounter{}
+	cfg := plain.Config()
+	cfg.ConnConfig.Tracer = begins
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
 	errBoom := errors.New("boom")
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(conn.Release)
+
+	// The tracer sees a BEGIN of its own.
+	if err := postgres.WithTx(ctx, pool, func(pgx.Tx) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n := begins.count(); n != 1 {
+		t.Fatalf("the tracer counted %d BEGINs of WithTx, want 1", n)
+	}
 
 	// run inserts id with a queued statement and reads the transaction id
 	// both there and in fn, which returns fnErr.
@@ -371,18 +411,22 @@ func TestWithTxBatch(t *testing.T) {
 		})
 		return queuedTx, fnTx, fnRan, err
 	}
-	for _, db := range []struct {
+	for i, db := range []struct {
 		name string
 		db   postgres.TxBeginner
-	}{{"pool", pool}, {"conn", conn.Conn()}} {
+	}{{"pool", pool}, {"pool conn", conn}, {"conn", conn.Conn()}} {
 		t.Run(db.name, func(t *testing.T) {
-			base := map[string]int{"pool": 10, "conn": 20}[db.name]
+			base := 10 * (i + 1)
+			before := begins.count()
 			queuedTx, fnTx, _, err := run(db.db, base+1, nil)
 			if err != nil {
 				t.Fatalf("WithTxBatch = %v", err)
 			}
 			if queuedTx == 0 || queuedTx != fnTx {
 				t.Errorf("queued statements ran in transaction %d, fn in %d; want one transaction", queuedTx, fnTx)
+			}
+			if n := begins.count() - before; n != 0 {
+				t.Errorf("%d BEGINs sent on their own; want BEGIN in the batch", n)
 			}
 			if count(t, pool, `SELECT count(*) FROM things WHERE id = $1`, base+1) != 1 {
 				t.Error("the queued insert did not commit")
@@ -418,22 +462,22 @@ func TestWithTxBatch(t *testing.T) {
 		if err := outer.QueryRow(ctx, `SELECT txid_current()`).Scan(&outerTx); err != nil {
 			t.Fatal(err)
 		}
-		queuedTx, fnTx, _, err := run(outer, 31, nil)
+		queuedTx, fnTx, _, err := run(outer, 91, nil)
 		if err != nil {
 			t.Fatalf("WithTxBatch in a transaction = %v", err)
 		}
 		if queuedTx != outerTx || fnTx != outerTx {
 			t.Errorf("queued statements ran in transaction %d, fn in %d; want the enclosing %d", queuedTx, fnTx, outerTx)
 		}
-		if _, _, _, err := run(outer, 32, errBoom); !errors.Is(err, errBoom) {
+		if _, _, _, err := run(outer, 92, errBoom); !errors.Is(err, errBoom) {
 			t.Errorf("WithTxBatch with a failing fn = %v, want %v", err, errBoom)
 		}
 		var n int
-		if err := outer.QueryRow(ctx, `SELECT count(*) FROM things WHERE id IN (31, 32)`).Scan(&n); err != nil {
+		if err := outer.QueryRow(ctx, `SELECT count(*) FROM things WHERE id IN (91, 92)`).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		if n != 1 {
-			t.Errorf("%d of the rows 31 (committed savepoint) and 32 (rolled back) in the enclosing transaction, want 1", n)
+			t.Errorf("%d of the rows 91 (committed savepoint) and 92 (rolled back) in the enclosing transaction, want 1", n)
 		}
 	})
 }
