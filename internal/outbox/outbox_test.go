@@ -615,3 +615,56 @@ func TestRelayDefersUnroutableRowsWithoutHoldingUpOthers(t *testing.T) {
 		t.Errorf("outbox holds %d rows (max attempts %d), want only the unroutable one, deferred", left, attempts)
 	}
 }
+
+// TestRelayKeepsRowsWhenTheDeleteFails has the database refuse the
+// relay's DELETE after the broker confirmed a batch: the batch fails, its
+// rows stay, no connection is left inside a transaction, and the next
+// batch publishes the rows again and deletes them.
+func TestRelayKeepsRowsWhenTheDeleteFails(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := newOutbox(t)
+	bk := newBroker(t)
+	relay := outbox.NewRelay(pool, bk.upPublisher(t), outbox.Config{BatchSize: 10})
+	ids := commit(t, pool, 3)
+	if _, err := pool.Exec(ctx, `
+		CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'deletes refused'; END $$;
+		CREATE TRIGGER refuse BEFORE DELETE ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_delete();`); err != nil {
+		t.Fatal(err)
+	}
+
+	n, err := relay.PublishBatch(ctx)
+	if err == nil || !strings.Contains(err.Error(), "deletes refused") {
+		t.Fatalf("PublishBatch with deletes refused = %d, %v; want the database's error", n, err)
+	}
+	bk.waitFor(t, 5*time.Second, ids...)
+	if got := pending(t, pool); got != 3 {
+		t.Fatalf("outbox has %d rows after the failed delete, want 3", got)
+	}
+	var inTx int
+	if err := pool.QueryRow(ctx, `
+		SELECT count(*) FROM pg_stat_activity
+		WHERE application_name = $1 AND state LIKE 'idle in transaction%'`,
+		"ordermesh-test-"+schema).Scan(&inTx); err != nil {
+		t.Fatal(err)
+	}
+	if inTx != 0 {
+		t.Fatalf("%d connections left inside a transaction", inTx)
+	}
+
+	if _, err := pool.Exec(ctx, `DROP TRIGGER refuse ON outbox`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := relay.PublishBatch(ctx); err != nil || n != 3 {
+		t.Fatalf("PublishBatch once deletes work = %d, %v; want 3, nil", n, err)
+	}
+	if got := pending(t, pool); got != 0 {
+		t.Fatalf("outbox has %d rows, want none", got)
+	}
+	bk.waitFor(t, 5*time.Second, ids...)
+	for _, id := range ids {
+		if c := bk.counts()[id]; c != 2 {
+			t.Errorf("message %s delivered %d times, want 2 (before and after the failed delete)", id, c)
+		}
+	}
+}

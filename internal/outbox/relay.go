@@ -268,13 +268,13 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 	}
 	b.Queue(`COMMIT`).Exec(func(tag pgconn.CommandTag) error {
 		if tag.String() != "COMMIT" {
-			return errors.New("transaction rolled back")
+			return pgx.ErrTxCommitRollback
 		}
 		return nil
 	})
 	if err := conn.SendBatch(dctx, b).Close(); err != nil {
 		r.failed(len(msgs), err)
-		return 0, fmt.Errorf("delete published outbox rows: %w", err)
+		return 0, fmt.Errorf("finish outbox batch (delete %d published rows, commit): %w", len(confirmed), err)
 	}
 	open = false
 	if r.cfg.Metrics.Published != nil {
