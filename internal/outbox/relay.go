@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/postgres"
 )
 
 // Publisher sends messages to the broker. Publish returns nil only once the
@@ -219,15 +220,8 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
-	// The pool closes a connection released inside a transaction, so
-	// one whose ROLLBACK failed is not used again.
 	defer conn.Release()
-	open := false
-	defer func() {
-		if open {
-			rollbackConn(ctx, conn)
-		}
-	}()
+	defer postgres.RollbackConn(ctx, conn) // A no-op once committed.
 
 	// The commit does not wait for its WAL flush: a crash can lose only
 	// the deletion of rows the broker has, which are then published again
@@ -238,7 +232,6 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 	b.Queue(`BEGIN`)
 	b.Queue(`SET LOCAL synchronous_commit TO off`)
 	claim(b, r.cfg.BatchSize, &seqs, &msgs)
-	open = true
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
@@ -276,7 +269,6 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 		r.failed(len(msgs), err)
 		return 0, fmt.Errorf("finish outbox batch (delete %d published rows, commit): %w", len(confirmed), err)
 	}
-	open = false
 	if r.cfg.Metrics.Published != nil {
 		r.cfg.Metrics.Published(len(confirmed))
 	}
@@ -286,17 +278,6 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 			"confirmed", len(confirmed), "failed", len(failed), "error", pubErr)
 	}
 	return len(confirmed), nil
-}
-
-// rollbackConn ends the transaction open on conn, if any, even when ctx
-// has ended.
-func rollbackConn(ctx context.Context, conn *pgxpool.Conn) {
-	if conn.Conn().PgConn().TxStatus() == 'I' {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_, _ = conn.Exec(ctx, `ROLLBACK`) // The batch's own error is what matters.
 }
 
 // settle splits a batch's rows by the outcome of Publish: all confirmed

@@ -193,6 +193,20 @@ func WithTxBatch(ctx context.Context, db TxBeginner, queue func(b *pgx.Batch), f
 	return nil
 }
 
+// RollbackConn ends the transaction open on conn, if any, for code that
+// runs BEGIN and COMMIT as statements of its own batches on a pooled
+// connection. It does so even when ctx has ended; the pool closes a
+// connection released inside a transaction, so one whose ROLLBACK failed
+// is not used again.
+func RollbackConn(ctx context.Context, conn *pgxpool.Conn) {
+	if conn.Conn().PgConn().TxStatus() == 'I' {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, _ = conn.Exec(ctx, `ROLLBACK`) // The caller's own error is what matters.
+}
+
 // rollback ends tx even when ctx is already cancelled, so the connection goes
 // back to the pool clean instead of being discarded.
 func rollback(ctx context.Context, tx pgx.Tx) {

@@ -170,11 +170,7 @@ func (a *App) insertAll(ctx context.Context, calls []*createCall) error {
 		// statements after it, COMMIT included, were skipped): roll it
 		// back so the connection can serve again. The pool drops a
 		// connection still in a transaction when released anyway.
-		if conn.Conn().PgConn().TxStatus() != 'I' {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			_, _ = conn.Exec(rctx, "ROLLBACK") // The batch's own error is what matters.
-			cancel()
-		}
+		postgres.RollbackConn(ctx, conn)
 		return fmt.Errorf("insert %d orders: %w", len(calls), err)
 	}
 	for _, c := range calls {
