@@ -234,18 +234,14 @@ func queueRecord(b *pgx.Batch, ids []string, fresh *map[string]bool) {
 		ON CONFLICT (event_id) DO NOTHING
 		RETURNING event_id`, ids,
 	).Query(func(rows pgx.Rows) error {
-		m := make(map[string]bool, len(ids))
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				return fmt.Errorf("record %d events in inbox: %w", len(ids), err)
-			}
-			m[id] = true
-		}
-		if err := rows.Err(); err != nil {
+		inserted, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
 			return fmt.Errorf("record %d events in inbox: %w", len(ids), err)
 		}
-		*fresh = m
+		*fresh = make(map[string]bool, len(inserted))
+		for _, id := range inserted {
+			(*fresh)[id] = true
+		}
 		return nil
 	})
 }

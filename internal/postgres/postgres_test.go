@@ -452,6 +452,20 @@ func TestWithTxBatch(t *testing.T) {
 			}
 		})
 	}
+	t.Run("database unreachable", func(t *testing.T) {
+		closed, err := pgxpool.NewWithConfig(ctx, plain.Config())
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed.Close()
+		_, _, fnRan, err := run(closed, 99, nil)
+		if err == nil || !strings.Contains(err.Error(), "begin transaction") {
+			t.Errorf("WithTxBatch on a closed pool = %v, want a failure to begin", err)
+		}
+		if fnRan {
+			t.Error("fn ran without a transaction")
+		}
+	})
 	t.Run("savepoint", func(t *testing.T) {
 		outer, err := pool.Begin(ctx)
 		if err != nil {
