@@ -71,63 +71,90 @@ type Deterministic struct {
 // DefaultMaxKeys is how many idempotency keys (charge and refund keys) one
 // generation of a Deterministic provider holds, so the provider remembers
 // between DefaultMaxKeys and about twice as many keys. A charge key takes
-// about 340 bytes of heap with its attempts and record, a refund key about
-// 210, so the record stays under about 6 MiB however long the provider
-// runs, while the last DefaultMaxKeys keys span about 40 s of orders at
-// 200 orders/s, more than the 11 s in which the bus's retry ladder makes
-// an order.created's first three attempts.
+// about 140 bytes of heap with its record (BenchmarkDeterministicMemory), a
+// refund key less, so the record stays under about 2.5 MiB however long
+// the provider runs, while the last DefaultMaxKeys keys span about 40 s of
+// orders at 200 orders/s, more than the 11 s in which the bus's retry
+// ladder makes an order.created's first three attempts.
 const DefaultMaxKeys = 8192
 
-// generation is one generation of the provider's record. A charge's
-// attempts, charge and byID entries and the refunds of a charge this
-// provider remembers are always in the same generation.
+// idBytes is how many bytes of an idempotency key's SHA-256 an id shows,
+// as idHexLen hex digits.
+const idBytes = idHexLen / 2
+
+// idSum is the first idBytes bytes of the SHA-256 of an id prefix and an
+// idempotency key: the id the provider issues for the key, in binary. The
+// record keeps keys by it rather than as strings, so a charge key costs
+// neither the key's string nor a second map for looking its charge up by
+// id. Two keys with one idSum would already share an id.
+type idSum [idBytes]byte
+
+// sumOf returns the idSum of key under prefix.
+func sumOf(prefix, key string) idSum {
+	h := sha256.New()
+	h.Write([]byte(prefix))
+	h.Write([]byte(key))
+	var sum [sha256.Size]byte
+	return idSum(h.Sum(sum[:0]))
+}
+
+// id returns the id the provider issues for s: prefix and s in hex.
+func (s idSum) id(prefix string) string {
+	return prefix + hex.EncodeToString(s[:])
+}
+
+// parseID returns the idSum of id, which must be prefix followed by
+// idHexLen lower-case hex digits, as the provider issues them.
+func parseID(prefix, id string) (idSum, bool) {
+	rest, ok := strings.CutPrefix(id, prefix)
+	if !ok || len(rest) != idHexLen {
+		return idSum{}, false
+	}
+	for i := range len(rest) {
+		c := rest[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return idSum{}, false
+		}
+	}
+	var s idSum
+	if _, err := hex.Decode(s[:], []byte(rest)); err != nil {
+		return idSum{}, false
+	}
+	return s, true
+}
+
+// generation is one generation of the provider's record. A charge key's
+// record and the refunds of its charge are always in the same generation.
 type generation struct {
-	attempts map[string]int           // charge attempts by idempotency key
-	charges  map[string]*chargeRecord // successful charges by idempotency key
-	byID     map[string]*chargeRecord // the same records by charge id
-	refunds  map[string]refundRecord  // refunds by idempotency key
+	charges map[idSum]*chargeRecord // charge keys by charge id
+	refunds map[idSum]refundRecord  // refund keys by refund id
 }
 
 func newGeneration() *generation {
-	return &generation{
-		attempts: map[string]int{},
-		charges:  map[string]*chargeRecord{},
-		byID:     map[string]*chargeRecord{},
-		refunds:  map[string]refundRecord{},
-	}
+	return &generation{charges: map[idSum]*chargeRecord{}, refunds: map[idSum]refundRecord{}}
 }
 
-// keys returns how many idempotency keys g holds; every charge key is also
-// an attempts key.
-func (g *generation) keys() int { return len(g.attempts) + len(g.refunds) }
+// keys returns how many idempotency keys g holds.
+func (g *generation) keys() int { return len(g.charges) + len(g.refunds) }
 
-// lenCharges returns how many charges g holds; g may be nil.
-func (g *generation) lenCharges() int {
-	if g == nil {
-		return 0
-	}
-	return len(g.charges)
-}
-
-// lenRefunds returns how many refunds g holds; g may be nil.
-func (g *generation) lenRefunds() int {
-	if g == nil {
-		return 0
-	}
-	return len(g.refunds)
-}
-
+// chargeRecord is what the provider remembers of a charge key: its
+// attempts and, once one succeeded, the charge.
 type chargeRecord struct {
-	key      string // the charge's idempotency key
-	charge   Charge
-	token    string
-	refunded *big.Int // nanos refunded so far; nil before the first refund (most charges have none)
-	refunds  []string // idempotency keys of the refunds of this charge
+	attempts int32
+	charged  bool
+	amount   Money          // what was charged, once charged
+	token    string         // what was charged to, once charged
+	refunds  *chargeRefunds // nil before the first refund (most charges have none)
+}
+
+// chargeRefunds are the refunds of a charge.
+type chargeRefunds struct {
+	total *big.Int // in nanos
+	ids   []idSum
 }
 
 type refundRecord struct {
-	refund   Refund
-	chargeID string
+	chargeID idSum
 	amount   Money
 }
 
@@ -162,33 +189,35 @@ func (d *Deterministic) Charge(ctx context.Context, req ChargeRequest) (Charge, 
 	if err := req.Amount.validate(); err != nil {
 		return Charge{}, fmt.Errorf("charge %s: %w", req.IdempotencyKey, err)
 	}
+	sum := sumOf(chargeIDPrefix, req.IdempotencyKey)
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.init()
 	defer d.rotateIfFull()
-	d.touchChargeKey(req.IdempotencyKey)
-	d.cur.attempts[req.IdempotencyKey]++
-	if rec, ok := d.cur.charges[req.IdempotencyKey]; ok {
-		if rec.charge.Amount != req.Amount || rec.token != req.Token {
-			return Charge{}, fmt.Errorf("charge %s: %w: charged %v before", req.IdempotencyKey, ErrIdempotencyConflict, rec.charge.Amount)
+	rec := d.touchCharge(sum)
+	if rec == nil {
+		rec = &chargeRecord{}
+		d.cur.charges[sum] = rec
+	}
+	rec.attempts++
+	if rec.charged {
+		if rec.amount != req.Amount || rec.token != req.Token {
+			return Charge{}, fmt.Errorf("charge %s: %w: charged %v before", req.IdempotencyKey, ErrIdempotencyConflict, rec.amount)
 		}
-		return rec.charge, nil
+		return Charge{ID: sum.id(chargeIDPrefix), Amount: rec.amount}, nil
 	}
 	switch req.Token {
 	case TokenDecline:
 		return Charge{}, fmt.Errorf("charge %s: %w: card declined", req.IdempotencyKey, ErrDeclined)
 	case TokenUnavailable:
-		if n := d.cur.attempts[req.IdempotencyKey]; n <= UnavailableAttempts {
+		if n := rec.attempts; n <= UnavailableAttempts {
 			return Charge{}, fmt.Errorf("charge %s: %w: attempt %d of %d fails by design",
 				req.IdempotencyKey, ErrUnavailable, n, UnavailableAttempts)
 		}
 	}
-	c := Charge{ID: deriveID(chargeIDPrefix, req.IdempotencyKey), Amount: req.Amount}
-	rec := &chargeRecord{key: req.IdempotencyKey, charge: c, token: req.Token}
-	d.cur.charges[req.IdempotencyKey] = rec
-	d.cur.byID[c.ID] = rec
-	return c, nil
+	rec.charged, rec.amount, rec.token = true, req.Amount, req.Token
+	return Charge{ID: sum.id(chargeIDPrefix), Amount: req.Amount}, nil
 }
 
 // Refund refunds req.Amount of charge req.ChargeID, idempotently on
@@ -215,51 +244,56 @@ func (d *Deterministic) Refund(ctx context.Context, req RefundRequest) (Refund, 
 	if err := req.Amount.validate(); err != nil {
 		return Refund{}, fmt.Errorf("refund %s: %w", req.IdempotencyKey, err)
 	}
+	sum := sumOf(refundIDPrefix, req.IdempotencyKey)
+	chargeSum, wellFormed := parseID(chargeIDPrefix, req.ChargeID)
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.init()
 	defer d.rotateIfFull()
-	if rec, ok := d.touchRefundKey(req.IdempotencyKey); ok {
-		if rec.chargeID != req.ChargeID || rec.amount != req.Amount {
+	if rec, ok := d.touchRefund(sum); ok {
+		if !wellFormed || rec.chargeID != chargeSum || rec.amount != req.Amount {
 			return Refund{}, fmt.Errorf("refund %s: %w: refunded %v of %s before",
-				req.IdempotencyKey, ErrIdempotencyConflict, rec.amount, rec.chargeID)
+				req.IdempotencyKey, ErrIdempotencyConflict, rec.amount, rec.chargeID.id(chargeIDPrefix))
 		}
-		return rec.refund, nil
+		return Refund{ID: sum.id(refundIDPrefix)}, nil
 	}
-	if ch, ok := d.touchChargeID(req.ChargeID); ok {
-		if req.Amount.CurrencyCode != ch.charge.Amount.CurrencyCode {
-			return Refund{}, fmt.Errorf("refund %s: %w: charge %s is in %s, refund in %s",
-				req.IdempotencyKey, ErrInvalidRequest, req.ChargeID, ch.charge.Amount.CurrencyCode, req.Amount.CurrencyCode)
-		}
-		after := nanos(req.Amount)
-		if ch.refunded != nil {
-			after.Add(after, ch.refunded)
-		}
-		if after.Cmp(nanos(ch.charge.Amount)) > 0 {
-			return Refund{}, fmt.Errorf("refund %s: %w: %v would exceed charge %s of %v",
-				req.IdempotencyKey, ErrInvalidRequest, req.Amount, req.ChargeID, ch.charge.Amount)
-		}
-		ch.refunded = after
-		ch.refunds = append(ch.refunds, req.IdempotencyKey)
-	} else if !wellFormedID(chargeIDPrefix, req.ChargeID) {
+	if !wellFormed {
 		return Refund{}, fmt.Errorf("refund %s: %w: unknown charge %q", req.IdempotencyKey, ErrInvalidRequest, req.ChargeID)
 	}
-	r := Refund{ID: deriveID(refundIDPrefix, req.IdempotencyKey)}
-	d.cur.refunds[req.IdempotencyKey] = refundRecord{refund: r, chargeID: req.ChargeID, amount: req.Amount}
-	return r, nil
+	if ch := d.lookupCharge(chargeSum); ch != nil && ch.charged {
+		ch = d.touchCharge(chargeSum)
+		if req.Amount.CurrencyCode != ch.amount.CurrencyCode {
+			return Refund{}, fmt.Errorf("refund %s: %w: charge %s is in %s, refund in %s",
+				req.IdempotencyKey, ErrInvalidRequest, req.ChargeID, ch.amount.CurrencyCode, req.Amount.CurrencyCode)
+		}
+		after := nanos(req.Amount)
+		if ch.refunds != nil {
+			after.Add(after, ch.refunds.total)
+		}
+		if after.Cmp(nanos(ch.amount)) > 0 {
+			return Refund{}, fmt.Errorf("refund %s: %w: %v would exceed charge %s of %v",
+				req.IdempotencyKey, ErrInvalidRequest, req.Amount, req.ChargeID, ch.amount)
+		}
+		if ch.refunds == nil {
+			ch.refunds = &chargeRefunds{}
+		}
+		ch.refunds.total = after
+		ch.refunds.ids = append(ch.refunds.ids, sum)
+	}
+	d.cur.refunds[sum] = refundRecord{chargeID: chargeSum, amount: req.Amount}
+	return Refund{ID: sum.id(refundIDPrefix)}, nil
 }
 
 // ChargeAttempts returns how many well-formed Charge calls the provider
 // remembers for key, successful or not: all since it started, unless key
 // has been forgotten (see Deterministic).
 func (d *Deterministic) ChargeAttempts(key string) int {
+	sum := sumOf(chargeIDPrefix, key)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, g := range d.generations() {
-		if n, ok := g.attempts[key]; ok {
-			return n
-		}
+	if rec := d.lookupCharge(sum); rec != nil {
+		return int(rec.attempts)
 	}
 	return 0
 }
@@ -270,10 +304,12 @@ func (d *Deterministic) ChargeAttempts(key string) int {
 func (d *Deterministic) Charges() []Charge {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]Charge, 0, d.cur.lenCharges()+d.prev.lenCharges())
+	var out []Charge
 	for _, g := range d.generations() {
-		for _, rec := range g.charges {
-			out = append(out, rec.charge)
+		for sum, rec := range g.charges {
+			if rec.charged {
+				out = append(out, Charge{ID: sum.id(chargeIDPrefix), Amount: rec.amount})
+			}
 		}
 	}
 	slices.SortFunc(out, func(a, b Charge) int { return strings.Compare(a.ID, b.ID) })
@@ -286,10 +322,10 @@ func (d *Deterministic) Charges() []Charge {
 func (d *Deterministic) Refunds() []Refund {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]Refund, 0, d.cur.lenRefunds()+d.prev.lenRefunds())
+	var out []Refund
 	for _, g := range d.generations() {
-		for _, rec := range g.refunds {
-			out = append(out, rec.refund)
+		for sum := range g.refunds {
+			out = append(out, Refund{ID: sum.id(refundIDPrefix)})
 		}
 	}
 	slices.SortFunc(out, func(a, b Refund) int { return strings.Compare(a.ID, b.ID) })
@@ -329,107 +365,74 @@ func (d *Deterministic) rotateIfFull() {
 	}
 }
 
-// touchChargeKey moves charge key's attempts, and its charge with its
-// refunds, from the previous generation to the current one, if they are
-// there; d.mu must be held and d.init called.
-func (d *Deterministic) touchChargeKey(key string) {
-	if d.prev == nil {
-		return
+// lookupCharge returns the record of the charge key whose charge id is
+// sum, wherever it is, or nil; d.mu must be held.
+func (d *Deterministic) lookupCharge(sum idSum) *chargeRecord {
+	for _, g := range d.generations() {
+		if rec, ok := g.charges[sum]; ok {
+			return rec
+		}
 	}
-	n, ok := d.prev.attempts[key]
-	if !ok {
-		return
-	}
-	if rec, ok := d.prev.charges[key]; ok {
-		d.promote(rec)
-		return
-	}
-	delete(d.prev.attempts, key)
-	d.cur.attempts[key] = n
+	return nil
 }
 
-// touchChargeID returns the charge with id the provider remembers, moved to
-// the current generation with its attempts and refunds; d.mu must be held
-// and d.init called.
-func (d *Deterministic) touchChargeID(id string) (*chargeRecord, bool) {
-	if rec, ok := d.cur.byID[id]; ok {
-		return rec, true
+// touchCharge returns the record of the charge key whose charge id is sum,
+// moved with the refunds of its charge to the current generation if it was
+// in the previous one, or nil if the provider does not remember the key;
+// d.mu must be held and d.init called.
+func (d *Deterministic) touchCharge(sum idSum) *chargeRecord {
+	if rec, ok := d.cur.charges[sum]; ok {
+		return rec
 	}
 	if d.prev == nil {
-		return nil, false
+		return nil
 	}
-	rec, ok := d.prev.byID[id]
+	rec, ok := d.prev.charges[sum]
 	if !ok {
-		return nil, false
+		return nil
 	}
-	d.promote(rec)
-	return rec, true
+	d.promote(sum, rec)
+	return rec
 }
 
-// touchRefundKey returns the refund with key the provider remembers, moved
-// to the current generation together with its charge, if the provider
-// remembers that; d.mu must be held and d.init called.
-func (d *Deterministic) touchRefundKey(key string) (refundRecord, bool) {
-	if rec, ok := d.cur.refunds[key]; ok {
+// touchRefund returns the refund whose refund id is sum, moved to the
+// current generation together with its charge, if the provider remembers
+// that; d.mu must be held and d.init called.
+func (d *Deterministic) touchRefund(sum idSum) (refundRecord, bool) {
+	if rec, ok := d.cur.refunds[sum]; ok {
 		return rec, true
 	}
 	if d.prev == nil {
 		return refundRecord{}, false
 	}
-	rec, ok := d.prev.refunds[key]
+	rec, ok := d.prev.refunds[sum]
 	if !ok {
 		return refundRecord{}, false
 	}
-	if ch, ok := d.prev.byID[rec.chargeID]; ok {
-		d.promote(ch) // moves this refund too if it was made against ch
+	if ch, ok := d.prev.charges[rec.chargeID]; ok {
+		d.promote(rec.chargeID, ch) // moves this refund too if it was made against ch
 	}
-	if _, ok := d.prev.refunds[key]; ok {
-		delete(d.prev.refunds, key)
-		d.cur.refunds[key] = rec
+	if _, ok := d.prev.refunds[sum]; ok {
+		delete(d.prev.refunds, sum)
+		d.cur.refunds[sum] = rec
 	}
 	return rec, true
 }
 
-// promote moves rec, which is in the previous generation, to the current
-// one with its attempts and its refunds; d.mu must be held.
-func (d *Deterministic) promote(rec *chargeRecord) {
-	if n, ok := d.prev.attempts[rec.key]; ok {
-		delete(d.prev.attempts, rec.key)
-		d.cur.attempts[rec.key] = n
+// promote moves rec, the record under sum in the previous generation, to
+// the current one with the refunds of its charge; d.mu must be held.
+func (d *Deterministic) promote(sum idSum, rec *chargeRecord) {
+	delete(d.prev.charges, sum)
+	d.cur.charges[sum] = rec
+	if rec.refunds == nil {
+		return
 	}
-	delete(d.prev.charges, rec.key)
-	delete(d.prev.byID, rec.charge.ID)
-	d.cur.charges[rec.key] = rec
-	d.cur.byID[rec.charge.ID] = rec
-	for _, key := range rec.refunds {
-		if r, ok := d.prev.refunds[key]; ok {
-			delete(d.prev.refunds, key)
-			d.cur.refunds[key] = r
+	for _, r := range rec.refunds.ids {
+		if refund, ok := d.prev.refunds[r]; ok {
+			delete(d.prev.refunds, r)
+			d.cur.refunds[r] = refund
 		}
 	}
-}
-
-// deriveID returns prefix followed by the first idHexLen hex digits of the
-// SHA-256 of prefix and key, so charge and refund ids for one key differ.
-func deriveID(prefix, key string) string {
-	sum := sha256.Sum256([]byte(prefix + key))
-	return prefix + hex.EncodeToString(sum[:])[:idHexLen]
-}
-
-// wellFormedID reports whether id is prefix followed by idHexLen lower-case
-// hex digits.
-func wellFormedID(prefix, id string) bool {
-	rest, ok := strings.CutPrefix(id, prefix)
-	if !ok || len(rest) != idHexLen {
-		return false
-	}
-	for i := range len(rest) {
-		c := rest[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // nanos returns m's amount in nanos.

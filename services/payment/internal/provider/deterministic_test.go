@@ -2,6 +2,8 @@ package provider
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -438,9 +440,9 @@ func (d *Deterministic) rememberedKeys() int {
 }
 
 // generationOf returns "current" or "previous", the generation that holds
-// the attempts (and the charge, if any) of charge key, or "" when p does
-// not remember it.
+// the record of charge key, or "" when p does not remember it.
 func generationOf(p *Deterministic, key string) string {
+	sum := sumOf(chargeIDPrefix, key)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, g := range []struct {
@@ -450,37 +452,42 @@ func generationOf(p *Deterministic, key string) string {
 		if g.gen == nil {
 			continue
 		}
-		if _, ok := g.gen.attempts[key]; ok {
+		if _, ok := g.gen.charges[sum]; ok {
 			return g.name
 		}
 	}
 	return ""
 }
 
-// checkGenerations fails t unless each of p's generations holds every
-// charge under its key and its id, with its attempts and its refunds.
+// checkGenerations fails t unless the refunds of each charge p remembers
+// are in the charge's generation, and every charge p remembers is under the
+// id it was issued.
 func checkGenerations(t *testing.T, p *Deterministic) {
 	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, g := range p.generations() {
-		if len(g.charges) != len(g.byID) {
-			t.Fatalf("generation has %d charges by key, %d by id", len(g.charges), len(g.byID))
-		}
-		for key, rec := range g.charges {
-			if g.byID[rec.charge.ID] != rec || rec.key != key {
-				t.Fatalf("charge %s is not under its key and id in one generation", key)
+		for sum, rec := range g.charges {
+			if rec.refunds == nil {
+				continue
 			}
-			if _, ok := g.attempts[key]; !ok {
-				t.Fatalf("charge %s without its attempts", key)
+			if !rec.charged {
+				t.Fatalf("charge key %s was never charged but has refunds", sum.id(chargeIDPrefix))
 			}
-			for _, rk := range rec.refunds {
-				if _, ok := g.refunds[rk]; !ok {
-					t.Fatalf("refund %s of charge %s is not in the charge's generation", rk, key)
+			for _, r := range rec.refunds.ids {
+				if _, ok := g.refunds[r]; !ok {
+					t.Fatalf("refund %s of charge %s is not in the charge's generation", r.id(refundIDPrefix), sum.id(chargeIDPrefix))
 				}
 			}
 		}
 	}
+}
+
+// deriveID returns the id the provider issues for key: prefix followed by
+// the first 24 hex digits of the SHA-256 of prefix and key.
+func deriveID(prefix, key string) string {
+	sum := sha256.Sum256([]byte(prefix + key))
+	return prefix + hex.EncodeToString(sum[:])[:24]
 }
 
 // chargeFresh charges n new keys with prefix and returns their charges.
