@@ -46,12 +46,16 @@ import (
 const BrokerHealthName = "ordermesh.eventbus"
 
 // WorkerMemoryLimit is the workers' (inventory, payment, notification)
-// default Spec.MemoryLimit. Under the end-to-end benchmark 19 to 23 MiB of
+// default Spec.MemoryLimit. Under the end-to-end benchmark about 20 MiB of
 // a worker's resident set is the binary's code and read-only data, which
 // no limit governs (see internal/buildflags for what keeps it small), and
-// its live heap is 4 to 7 MiB; with this the rest stays near 18 MiB and
-// the whole under 40 MiB.
-const WorkerMemoryLimit config.Bytes = 18 << 20
+// its live heap is 4 to 6 MiB. The limit counts everything the runtime has
+// mapped, some of which (collector metadata, the heap profile's hash
+// table) is never touched, so with this the workers' peak resident sets
+// stay near 37 MiB. A lower limit makes the collector run more often: at
+// 18 MiB the workers spent about a fifth more CPU per event, most of the
+// difference collecting (docs/benchmarks.md).
+const WorkerMemoryLimit config.Bytes = 22 << 20
 
 // Config is the configuration every service reads from the environment.
 type Config struct {
