@@ -16,6 +16,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -46,12 +47,25 @@ func WithLogger(log *slog.Logger) Option {
 	return func(s *Sink) { s.log = log }
 }
 
+// WithoutKeeping makes the sink read each message to its end and count it
+// (see Received) without parsing, keeping or logging it: for load runs, in
+// which parsing and keeping every message would cost the machine more than
+// the sending it stands in for. Messages, Matching and WaitFor then find
+// nothing.
+func WithoutKeeping() Option {
+	return func(s *Sink) { s.discard = true }
+}
+
 // Sink is a running SMTP server. Its methods are safe for concurrent use.
 type Sink struct {
 	log  *slog.Logger
 	srv  *smtp.Server
 	lis  *trackingListener
 	done chan struct{} // closed when the serving goroutines have returned
+	// discard is set by WithoutKeeping.
+	discard bool
+	// received counts the messages accepted since Start.
+	received atomic.Int64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -229,6 +243,12 @@ func (s *Sink) WaitFor(ctx context.Context, match func(Message) bool) (Message, 
 	}
 }
 
+// Received returns how many messages the sink has accepted since it
+// started, kept or not; Reset does not change it.
+func (s *Sink) Received() int64 {
+	return s.received.Load()
+}
+
 // Reset forgets the received messages.
 func (s *Sink) Reset() {
 	s.mu.Lock()
@@ -237,6 +257,7 @@ func (s *Sink) Reset() {
 }
 
 func (s *Sink) add(m Message) {
+	s.received.Add(1)
 	s.mu.Lock()
 	s.messages = append(s.messages, m)
 	close(s.changed)
@@ -289,6 +310,13 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (s *session) Data(r io.Reader) error {
+	if s.sink.discard {
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return fmt.Errorf("read message: %w", err)
+		}
+		s.sink.received.Add(1)
+		return nil
+	}
 	raw, err := io.ReadAll(r)
 	if err != nil {
 		return fmt.Errorf("read message: %w", err)

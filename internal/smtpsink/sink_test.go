@@ -163,6 +163,47 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+func TestWithoutKeeping(t *testing.T) {
+	var logs bytes.Buffer
+	s := start(t, smtpsink.WithoutKeeping(), smtpsink.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	for i := range 3 {
+		if err := send(s.Addr(), "shop@example.com", []string{"ada@example.com"}, multipartMessage); err != nil {
+			t.Fatalf("send message %d: %v", i, err)
+		}
+	}
+	// A large message is read to its end: the client sees it accepted.
+	big := "Subject: big\n\n" + strings.Repeat(strings.Repeat("x", 900)+"\n", 2000)
+	if err := send(s.Addr(), "shop@example.com", []string{"ada@example.com"}, big); err != nil {
+		t.Fatalf("send a large message: %v", err)
+	}
+	s.Reject("bounce@example.com", 550, "no such mailbox")
+	if err := send(s.Addr(), "shop@example.com", []string{"bounce@example.com"}, "Subject: x\n\nx\n"); err == nil {
+		t.Fatal("a message to a rejected recipient was accepted")
+	}
+	if got := s.Received(); got != 4 {
+		t.Errorf("Received() = %d, want 4", got)
+	}
+	if msgs := s.Messages(); len(msgs) != 0 {
+		t.Errorf("kept %d messages", len(msgs))
+	}
+	if strings.Contains(logs.String(), "smtp message received") {
+		t.Errorf("logged the messages it did not keep:\n%s", logs.String())
+	}
+}
+
+func TestReceivedCountsKeptMessages(t *testing.T) {
+	s := start(t)
+	for i := range 2 {
+		if err := send(s.Addr(), "shop@example.com", []string{"ada@example.com"}, multipartMessage); err != nil {
+			t.Fatalf("send message %d: %v", i, err)
+		}
+	}
+	s.Reset()
+	if got, kept := s.Received(), len(s.Messages()); got != 2 || kept != 0 {
+		t.Errorf("after Reset: Received() = %d, %d kept; want 2 received, none kept", got, kept)
+	}
+}
+
 func TestRejectRecipient(t *testing.T) {
 	s := start(t)
 	tests := []struct {
