@@ -194,6 +194,10 @@ func Markdown(r *Result, m Machine, command string) string {
 		p("The half-rate run started once every service queue, retry queue and outbox was empty (%d polls in a row), %.1f s after the throughput run ended.",
 			drainPolls, r.HalfRateDrain.Seconds())
 	}
+	if r.EmailOrders > 0 {
+		p("By then the SMTP sink had accepted %d emails for the %d orders of the warm-up and the throughput run: two each, one when the order was received and one when it was confirmed.",
+			r.Emails, r.EmailOrders)
+	}
 	p("")
 	p("Rounds:")
 	p("")
@@ -308,7 +312,7 @@ func Markdown(r *Result, m Machine, command string) string {
 		p("| **whole machine** (%.0f%% of %d CPUs busy) | | | %.1f s | %s | |", 100*r.MachineBusy, m.CPUs, all.Seconds(), perOrder(all))
 	}
 	p("")
-	p("CPU is user + system time from /proc/<pid>/stat over the end-to-end throughput run (%d orders, %.1f s); PostgreSQL's, RabbitMQ's and the load generator's likewise for their processes (missing those that ended during the run), the whole machine's is its busy share of all CPUs from /proc/stat over the same window, and other work is what remains of it; peak RSS is VmHWM from /proc/<pid>/status at the end of each platform's life. The load generator is the benchmark's own process: the gRPC clients, the terminal tracking and the SMTP sink the notification service sends to.",
+	p("CPU is user + system time from /proc/<pid>/stat over the end-to-end throughput run (%d orders, %.1f s); PostgreSQL's, RabbitMQ's and the load generator's likewise for their processes (missing those that ended during the run), the whole machine's is its busy share of all CPUs from /proc/stat over the same window, and other work is what remains of it; peak RSS is VmHWM from /proc/<pid>/status at the end of each platform's life. The load generator is the benchmark's own process: the gRPC clients, the terminal tracking and the SMTP sink the notification service sends to (which counts the emails and keeps none).",
 		r.E2E.Created, r.E2E.TerminalSeconds)
 	if len(r.Handlers) > 0 {
 		p("")

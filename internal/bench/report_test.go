@@ -41,6 +41,7 @@ func sampleResult() *Result {
 		RSS:           map[string]int64{"order": 50 << 20, "inventory": 30 << 20, "notification": 45 << 20, "create/order": 40 << 20},
 		Profiles:      map[string]string{"order": "flat flat%"},
 		HalfRateDrain: 4200 * time.Millisecond,
+		Emails:        12400, EmailOrders: 6200,
 		Relay: &RelayLag{
 			Duration: 10 * time.Second, Rounds: 5, PollInterval: 500 * time.Millisecond,
 			Relay: LagRun{Target: 1000, Rate: 998.6, Lag: loadgen.Latency{P50: 4.25, P95: 9.5, P99: 18.04, Max: 40},
@@ -101,6 +102,7 @@ func TestMarkdown(t *testing.T) {
 		"Each kind commits its events for 10s in all, in 5 rounds interleaved with the other kinds' (after a warm-up round of each), one outbox row per transaction from 16 writers",
 		"The relay made 2000 Publish calls (5.0 events each on average, at most 31); one call, send to last confirm, took p50 2.0 / p99 7.5 ms, and from the end of one call to the start of the next (DELETE, COMMIT, BEGIN, claim, and any wait for rows) p50 1.2 / p99 4.0 ms.",
 		"The half-rate run started once every service queue, retry queue and outbox was empty (3 polls in a row), 4.2 s after the throughput run ended.",
+		"had accepted 12400 emails for the 6200 orders of the warm-up and the throughput run",
 		"| order | 50.0 MiB | 40.0 MiB | 6.0 s | 1.00 ms |  |",
 		"| inventory | 30.0 MiB | — | 3.0 s | 0.50 ms | RSS < 40 MiB met |",
 		"| notification | 45.0 MiB | — | 0.0 s | 0.00 ms | RSS < 40 MiB **not met** |",
@@ -130,13 +132,13 @@ func TestMarkdown(t *testing.T) {
 
 func TestMarkdownWithoutOptionalPhases(t *testing.T) {
 	r := sampleResult()
-	r.Relay, r.HalfRateDrain = nil, 0
+	r.Relay, r.HalfRateDrain, r.EmailOrders = nil, 0, 0
 	for _, t := range r.Create {
 		t.RawCPU, t.GRPCCPU = CPUUse{}, CPUUse{}
 	}
 	r.RESTCPU = CPUUse{}
 	md := Markdown(r, Machine{}, "make bench")
-	for _, absent := range []string{"outbox relay lag", "Outbox relay lag", "The half-rate run started", "CPU per operation in the create trials"} {
+	for _, absent := range []string{"outbox relay lag", "Outbox relay lag", "The half-rate run started", "CPU per operation in the create trials", "emails for the"} {
 		if strings.Contains(md, absent) {
 			t.Errorf("report without the relay phase, the drain and create CPU figures has %q:\n%s", absent, md)
 		}

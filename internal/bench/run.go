@@ -149,6 +149,11 @@ type Result struct {
 	// HalfRateDrain is how long the platform took, after E2E, until every
 	// queue and outbox was empty and the half-rate run could start.
 	HalfRateDrain time.Duration
+	// Emails is how many emails the SMTP sink accepted for the EmailOrders
+	// orders placed before the half-rate run (the warm-up's and E2E's):
+	// two an order, when it was received and when it was confirmed.
+	Emails      int64
+	EmailOrders int
 	// CPU is each process's CPU time over the E2E run.
 	CPU map[string]time.Duration
 	// MachineBusy is the share of the machine's CPU time (all CPUs) that
@@ -569,7 +574,8 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 	logf("end-to-end phase: warming up")
 	warm := base
 	warm.Concurrency, warm.Count, warm.Progress = 8, 200, nil
-	if _, err := run(warm); err != nil {
+	warmSum, err := run(warm)
+	if err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 
@@ -663,6 +669,10 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 		logf("end-to-end phase: left when the throughput run ended: %s", strings.Join(drain.Initial, ", "))
 	}
 	logf("end-to-end phase: queues and outboxes empty after %s", drain.Took.Round(time.Millisecond))
+	res.EmailOrders = warmSum.Created + res.E2E.Created
+	if res.Emails, err = waitEmails(ctx, pf, 2*int64(res.EmailOrders), emailTimeout); err != nil {
+		return err
+	}
 
 	half := base
 	half.Rate, half.Duration = max(res.E2E.ConfirmedPerSec/2, 1), o.HalfRateDuration
@@ -677,6 +687,34 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 		}
 	}
 	return nil
+}
+
+// emailTimeout bounds how long the end-to-end phase waits, once queues and
+// outboxes are empty, for the emails of the orders placed so far: the last
+// of them may still be on their way while the drain's polls find nothing.
+const emailTimeout = 30 * time.Second
+
+// waitEmails waits until pf's SMTP sink has accepted want emails, and
+// returns how many it accepted. It is an error if that is more than want,
+// or fewer once timeout has passed: an email lost or sent twice.
+func waitEmails(ctx context.Context, pf *Platform, want int64, timeout time.Duration) (int64, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		got := pf.Emails()
+		switch {
+		case got > want:
+			return got, fmt.Errorf("the SMTP sink accepted %d emails, %d more than the two for each order placed", got, got-want)
+		case got == want:
+			return got, nil
+		case time.Now().After(deadline):
+			return got, fmt.Errorf("the SMTP sink accepted %d emails after %v, want %d: two for each order placed", got, timeout, want)
+		}
+		select {
+		case <-ctx.Done():
+			return got, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // pprofTop is the flat top of a CPU profile.
