@@ -311,6 +311,35 @@ func TestDeterministicRefund(t *testing.T) {
 	}
 }
 
+// A charge key that was never charged (declined here) has a record, for its
+// attempts, under the charge id it would have had; refunding that id is
+// refunding a charge the provider does not remember, and repeating the
+// refund leaves the key's record where it is.
+func TestDeterministicRefundOfUnchargedKey(t *testing.T) {
+	const maxKeys = 4
+	p := &Deterministic{maxKeys: maxKeys}
+	if _, err := p.Charge(t.Context(), ChargeRequest{IdempotencyKey: "declined", Amount: eur(5, 0), Token: TokenDecline}); !errors.Is(err, ErrDeclined) {
+		t.Fatalf("Charge with %s: %v, want ErrDeclined", TokenDecline, err)
+	}
+	req := RefundRequest{IdempotencyKey: "refund-declined", ChargeID: deriveID(chargeIDPrefix, "declined"), Amount: eur(99, 0)}
+	first, err := p.Refund(t.Context(), req)
+	if err != nil {
+		t.Fatalf("Refund of a never-charged key's id: %v", err)
+	}
+	moveToPrevious(t, p, "declined", "fill")
+	again, err := p.Refund(t.Context(), req)
+	if err != nil || again != first {
+		t.Fatalf("repeated Refund = %v, %v; want %v", again, err, first)
+	}
+	if g := generationOf(p, "declined"); g != "previous" {
+		t.Errorf("the never-charged key moved to the %q generation with a refund against its id", g)
+	}
+	if n := p.ChargeAttempts("declined"); n != 1 {
+		t.Errorf("ChargeAttempts = %d, want 1", n)
+	}
+	checkGenerations(t, p)
+}
+
 func TestDeterministicZeroValue(t *testing.T) {
 	var p Deterministic
 	if got := p.Charges(); len(got) != 0 {
@@ -460,8 +489,7 @@ func generationOf(p *Deterministic, key string) string {
 }
 
 // checkGenerations fails t unless the refunds of each charge p remembers
-// are in the charge's generation, and every charge p remembers is under the
-// id it was issued.
+// are in the charge's generation, and only charged keys have refunds.
 func checkGenerations(t *testing.T, p *Deterministic) {
 	t.Helper()
 	p.mu.Lock()
