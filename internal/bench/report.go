@@ -195,8 +195,15 @@ func Markdown(r *Result, m Machine, command string) string {
 			drainPolls, r.HalfRateDrain.Seconds())
 	}
 	if r.EmailOrders > 0 {
-		p("By then the SMTP sink had accepted %d emails for the %d orders of the warm-up and the throughput run: two each, one when the order was received and one when it was confirmed.",
-			r.Emails, r.EmailOrders)
+		emails := fmt.Sprintf("After the throughput run the SMTP sink accepted %d emails for the %d orders of the warm-up and the throughput run", r.Emails, r.EmailOrders)
+		switch diff := r.Emails - 2*int64(r.EmailOrders); {
+		case diff == 0:
+			p("%s: two each, one when the order was received and one when it was confirmed or rejected.", emails)
+		case diff > 0:
+			p("%s: **%d more** than two each (one when the order was received, one when it was confirmed or rejected).", emails, diff)
+		default:
+			p("%s: **%d fewer** than two each (one when the order was received, one when it was confirmed or rejected).", emails, -diff)
+		}
 	}
 	p("")
 	p("Rounds:")

@@ -1,10 +1,13 @@
 package bench
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,7 +44,7 @@ func sampleResult() *Result {
 		RSS:           map[string]int64{"order": 50 << 20, "inventory": 30 << 20, "notification": 45 << 20, "create/order": 40 << 20},
 		Profiles:      map[string]string{"order": "flat flat%"},
 		HalfRateDrain: 4200 * time.Millisecond,
-		Emails:        12400, EmailOrders: 6200,
+		EmailOrders:   6200, Emails: 12400,
 		Relay: &RelayLag{
 			Duration: 10 * time.Second, Rounds: 5, PollInterval: 500 * time.Millisecond,
 			Relay: LagRun{Target: 1000, Rate: 998.6, Lag: loadgen.Latency{P50: 4.25, P95: 9.5, P99: 18.04, Max: 40},
@@ -102,7 +105,7 @@ func TestMarkdown(t *testing.T) {
 		"Each kind commits its events for 10s in all, in 5 rounds interleaved with the other kinds' (after a warm-up round of each), one outbox row per transaction from 16 writers",
 		"The relay made 2000 Publish calls (5.0 events each on average, at most 31); one call, send to last confirm, took p50 2.0 / p99 7.5 ms, and from the end of one call to the start of the next (DELETE, COMMIT, BEGIN, claim, and any wait for rows) p50 1.2 / p99 4.0 ms.",
 		"The half-rate run started once every service queue, retry queue and outbox was empty (3 polls in a row), 4.2 s after the throughput run ended.",
-		"had accepted 12400 emails for the 6200 orders of the warm-up and the throughput run",
+		"After the throughput run the SMTP sink accepted 12400 emails for the 6200 orders of the warm-up and the throughput run: two each,",
 		"| order | 50.0 MiB | 40.0 MiB | 6.0 s | 1.00 ms |  |",
 		"| inventory | 30.0 MiB | — | 3.0 s | 0.50 ms | RSS < 40 MiB met |",
 		"| notification | 45.0 MiB | — | 0.0 s | 0.00 ms | RSS < 40 MiB **not met** |",
@@ -127,6 +130,60 @@ func TestMarkdown(t *testing.T) {
 		if strings.HasPrefix(line, "bench:") {
 			t.Errorf("report has a line starting with bench: (only the final line may): %q", line)
 		}
+	}
+}
+
+func TestMarkdownEmails(t *testing.T) {
+	for _, tt := range []struct {
+		emails int64
+		want   string
+	}{
+		{emails: 12403, want: "accepted 12403 emails for the 6200 orders of the warm-up and the throughput run: **3 more** than two each"},
+		{emails: 12398, want: "accepted 12398 emails for the 6200 orders of the warm-up and the throughput run: **2 fewer** than two each"},
+	} {
+		r := sampleResult()
+		r.Emails = tt.emails
+		if md := Markdown(r, Machine{}, "make bench"); !strings.Contains(md, tt.want) {
+			t.Errorf("report of %d emails lacks %q:\n%s", tt.emails, tt.want, md)
+		}
+	}
+}
+
+func TestWaitEmails(t *testing.T) {
+	counter := func(counts ...int64) func() int64 {
+		var mu sync.Mutex
+		return func() int64 {
+			mu.Lock()
+			defer mu.Unlock()
+			c := counts[0]
+			if len(counts) > 1 {
+				counts = counts[1:]
+			}
+			return c
+		}
+	}
+	tests := []struct {
+		name     string
+		received func() int64
+		want     int64
+	}{
+		{name: "all at once", received: counter(10), want: 10},
+		{name: "arriving", received: counter(4, 8, 10, 10), want: 10},
+		{name: "more than two an order", received: counter(12), want: 12},
+		{name: "fewer, after the timeout", received: counter(4, 6, 9), want: 9},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := waitEmails(t.Context(), tt.received, 10, 500*time.Millisecond)
+			if err != nil || got != tt.want {
+				t.Errorf("waitEmails = %d, %v; want %d", got, err, tt.want)
+			}
+		})
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := waitEmails(ctx, counter(3), 10, time.Minute); !errors.Is(err, context.Canceled) {
+		t.Errorf("waitEmails with a done context: %v, want context.Canceled", err)
 	}
 }
 
