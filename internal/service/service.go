@@ -53,8 +53,8 @@ const BrokerHealthName = "ordermesh.eventbus"
 // mapped, some of which (collector metadata, the heap profile's hash
 // table) is never touched, so with this the workers' peak resident sets
 // stay near 37 MiB. A lower limit makes the collector run more often: at
-// 18 MiB the workers spent about a fifth more CPU per event, most of the
-// difference collecting (docs/benchmarks.md).
+// 18 MiB the collector's mark workers took 22 to 36 % of the workers' CPU
+// while they worked off a backlog, at 22 MiB 6 to 10 % (docs/benchmarks.md).
 const WorkerMemoryLimit config.Bytes = 22 << 20
 
 // Config is the configuration every service reads from the environment.
