@@ -2,7 +2,8 @@
 // one line per message and keeps what it received in memory for inspection.
 // Local runs use it as the mail catcher the notification service sends to
 // (on 127.0.0.1:1025); tests start one on 127.0.0.1:0 and read the messages
-// it received.
+// it received; the benchmark starts one that only counts them
+// (WithoutKeeping).
 //
 // It is not a mail server: it relays nothing, stores nothing on disk and
 // accepts any credentials. Bind it to a loopback address only.
