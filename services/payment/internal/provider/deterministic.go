@@ -110,14 +110,9 @@ func (s idSum) id(prefix string) string {
 // idHexLen lower-case hex digits, as the provider issues them.
 func parseID(prefix, id string) (idSum, bool) {
 	rest, ok := strings.CutPrefix(id, prefix)
-	if !ok || len(rest) != idHexLen {
+	// hex.Decode takes upper-case digits too; the provider issues none.
+	if !ok || len(rest) != idHexLen || strings.ToLower(rest) != rest {
 		return idSum{}, false
-	}
-	for i := range len(rest) {
-		c := rest[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return idSum{}, false
-		}
 	}
 	var s idSum
 	if _, err := hex.Decode(s[:], []byte(rest)); err != nil {

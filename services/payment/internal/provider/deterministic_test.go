@@ -275,6 +275,14 @@ func TestDeterministicRefund(t *testing.T) {
 			calls: []refundCall{{req: RefundRequest{IdempotencyKey: orderID, ChargeID: "ch_nothex", Amount: charged}, wantErr: ErrInvalidRequest}},
 		},
 		{
+			name:  "charge id of the right length, not hex",
+			calls: []refundCall{{req: RefundRequest{IdempotencyKey: orderID, ChargeID: "ch_" + strings.Repeat("g", 24), Amount: charged}, wantErr: ErrInvalidRequest}},
+		},
+		{
+			name:  "charge id in upper case",
+			calls: []refundCall{{req: RefundRequest{IdempotencyKey: orderID, ChargeID: "ch_" + strings.ToUpper(strings.TrimPrefix(chargeID, "ch_")), Amount: charged}, wantErr: ErrInvalidRequest}},
+		},
+		{
 			name:  "refund id is not a charge id",
 			calls: []refundCall{{req: RefundRequest{IdempotencyKey: orderID, ChargeID: deriveID("re_", orderID), Amount: charged}, wantErr: ErrInvalidRequest}},
 		},
