@@ -50,9 +50,9 @@ const BrokerHealthName = "ordermesh.eventbus"
 // a worker's resident set is the binary's code and read-only data, which
 // no limit governs (see internal/buildflags for what keeps it small), and
 // its live heap is 4 to 6 MiB. The limit counts everything the runtime has
-// mapped, some of which (collector metadata, the heap profile's hash
-// table) is never touched, so with this the workers' peak resident sets
-// stay near 37 MiB. A lower limit makes the collector run more often: at
+// mapped, not all of it resident (collector metadata, the heap profile's
+// hash table), and with this the workers' peak resident sets stayed near
+// 37 MiB. A lower limit makes the collector run more often: at
 // 18 MiB the collector's mark workers took 22 to 36 % of the workers' CPU
 // while they worked off a backlog, at 22 MiB 6 to 10 % (docs/benchmarks.md).
 const WorkerMemoryLimit config.Bytes = 22 << 20
