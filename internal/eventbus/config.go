@@ -11,8 +11,9 @@ import (
 // Config configures a Publisher, a Subscriber or a DLQ. The zero value of
 // every field but Service means its default; see WithDefaults.
 type Config struct {
-	// URL is the AMQP URL of the broker.
-	// Default "amqp://guest:guest@127.0.0.1:5672/".
+	// URL is the AMQP URL of the broker, amqp:// or amqps:// (TLS, with
+	// the query parameters CheckURL lists). Default
+	// "amqp://guest:guest@127.0.0.1:5672/".
 	URL string
 	// Prefix is prepended to every exchange and queue name so tenants and
 	// tests can share one broker, e.g. "test-1a2b." gives the exchange
@@ -129,6 +130,9 @@ func (c Config) WithDefaults() (Config, error) {
 	}
 	if c.Metrics == nil {
 		c.Metrics = NopMetrics{}
+	}
+	if err := CheckURL(c.URL); err != nil {
+		return c, fmt.Errorf("eventbus config: URL: %w", err)
 	}
 
 	switch {

@@ -137,6 +137,9 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 	if cfg.InboxRetention < time.Hour {
 		env.Fail("ORDERMESH_INBOX_RETENTION", errors.New("must be at least 1h: it must outlast every redelivery and retry"))
 	}
+	if err := eventbus.CheckURL(cfg.AMQPURL); err != nil {
+		env.Fail("ORDERMESH_AMQP_URL", err)
+	}
 	if cfg.DatabaseSchema == "" {
 		env.Fail("ORDERMESH_DATABASE_SCHEMA", errors.New("must not be empty"))
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
@@ -258,6 +259,46 @@ func TestReadConfigMemoryLimit(t *testing.T) {
 			cfg := service.ReadConfig(env, tt.spec)
 			if cfg.MemoryLimit != tt.want {
 				t.Errorf("MemoryLimit = %v, want %v", cfg.MemoryLimit, tt.want)
+			}
+			gotErr := ""
+			if err := env.Err(); err != nil {
+				gotErr = err.Error()
+			}
+			if gotErr != tt.err {
+				t.Errorf("Err() = %q, want %q", gotErr, tt.err)
+			}
+		})
+	}
+}
+
+func TestReadConfigAMQPURL(t *testing.T) {
+	spec := service.Spec{Name: "worker", GRPCAddr: ":50052", AdminAddr: "127.0.0.1:9092"}
+	missing := filepath.Join(t.TempDir(), "ca.pem")
+	for _, tt := range []struct {
+		name, url, err string
+	}{
+		{name: "amqps with the system's CAs", url: "amqps://svc:pw@mq.example/"},
+		{
+			name: "a TLS parameter on amqp",
+			url:  "amqp://svc:pw@mq.example/?cacertfile=/etc/ssl/ca.pem",
+			err:  "ORDERMESH_AMQP_URL: cacertfile applies to TLS connections only: use amqps://",
+		},
+		{
+			name: "a CA file that is not there",
+			url:  "amqps://svc:pw@mq.example/?cacertfile=" + missing,
+			err:  "ORDERMESH_AMQP_URL: cacertfile: open " + missing + ": no such file or directory",
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			env := config.NewEnv(func(k string) string {
+				if k == "ORDERMESH_AMQP_URL" {
+					return tt.url
+				}
+				return ""
+			})
+			cfg := service.ReadConfig(env, spec)
+			if cfg.AMQPURL != tt.url {
+				t.Errorf("AMQPURL = %q, want %q", cfg.AMQPURL, tt.url)
 			}
 			gotErr := ""
 			if err := env.Err(); err != nil {

@@ -1,0 +1,444 @@
+package eventbus
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+)
+
+// testCA is a certificate authority of a test's own.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	// file is the CA certificate as a PEM file.
+	file string
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key := newKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := &testCA{cert: cert, key: key, file: filepath.Join(t.TempDir(), name+".pem")}
+	writePEM(t, ca.file, "CERTIFICATE", der)
+	return ca
+}
+
+// issue signs a leaf certificate for commonName, valid for localhost and
+// 127.0.0.1, for server or client authentication.
+func (ca *testCA) issue(t *testing.T, commonName string, usage x509.ExtKeyUsage) tls.Certificate {
+	t.Helper()
+	key := newKey(t)
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: commonName},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// issueFiles is issue writing the certificate and its key to PEM files.
+func (ca *testCA) issueFiles(t *testing.T, commonName string, usage x509.ExtKeyUsage) (certFile, keyFile string) {
+	t.Helper()
+	c := ca.issue(t, commonName, usage)
+	der, err := x509.MarshalECPrivateKey(c.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, commonName+".pem"), filepath.Join(dir, commonName+"-key.pem")
+	writePEM(t, certFile, "CERTIFICATE", c.Certificate[0])
+	writePEM(t, keyFile, "EC PRIVATE KEY", der)
+	return certFile, keyFile
+}
+
+func (ca *testCA) pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.cert)
+	return p
+}
+
+func newKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+func writePEM(t *testing.T, file, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tlsProxy terminates TLS in front of the test broker, which listens
+// without it: each connection it accepts is forwarded to the broker once
+// its handshake succeeded.
+type tlsProxy struct {
+	addr string
+
+	mu      sync.Mutex
+	clients []string // per completed handshake: the client certificate's CN, or ""
+	failed  []string // handshake errors
+}
+
+// startTLSProxy serves cert; with clientCAs set it requires a client
+// certificate they signed.
+func startTLSProxy(t *testing.T, cert tls.Certificate, clientCAs *x509.CertPool) *tlsProxy {
+	t.Helper()
+	broker, err := amqp.ParseURI(testURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokerAddr := net.JoinHostPort(broker.Host, strconv.Itoa(broker.Port))
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCAs != nil {
+		cfg.ClientCAs, cfg.ClientAuth = clientCAs, tls.RequireAndVerifyClientCert
+	}
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tlsProxy{addr: lis.Addr().String()}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	track := func(c net.Conn) {
+		mu.Lock()
+		defer mu.Unlock()
+		conns = append(conns, c)
+	}
+	wg.Go(func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			track(c)
+			wg.Go(func() { p.serve(c.(*tls.Conn), brokerAddr, track) })
+		}
+	})
+	t.Cleanup(func() {
+		_ = lis.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *tlsProxy) serve(c *tls.Conn, brokerAddr string, track func(net.Conn)) {
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.HandshakeContext(ctx); err != nil {
+		p.mu.Lock()
+		p.failed = append(p.failed, err.Error())
+		p.mu.Unlock()
+		return
+	}
+	client := ""
+	if certs := c.ConnectionState().PeerCertificates; len(certs) > 0 {
+		client = certs[0].Subject.CommonName
+	}
+	p.mu.Lock()
+	p.clients = append(p.clients, client)
+	p.mu.Unlock()
+	b, err := net.DialTimeout("tcp", brokerAddr, 5*time.Second)
+	if err != nil {
+		return
+	}
+	track(b)
+	defer b.Close()
+	done := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(b, c)
+		_ = b.Close()
+		close(done)
+	}()
+	_, _ = io.Copy(c, b)
+	_ = c.Close()
+	<-done
+}
+
+func (p *tlsProxy) handshakes() (clients, failed []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.clients...), append([]string(nil), p.failed...)
+}
+
+// url is the test broker's URL, with its user and vhost, pointed at the
+// proxy over amqps with the TLS query parameters params.
+func (p *tlsProxy) url(t *testing.T, host string, params url.Values) string {
+	t.Helper()
+	u, err := url.Parse(testURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, err := net.SplitHostPort(p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Scheme, u.Host, u.RawQuery = "amqps", net.JoinHostPort(host, port), params.Encode()
+	return u.String()
+}
+
+func TestTLSRoundTrip(t *testing.T) {
+	ca := newTestCA(t, "ordermesh-test-ca")
+	server := ca.issue(t, "broker", x509.ExtKeyUsageServerAuth)
+	clientCert, clientKey := ca.issueFiles(t, "ordermesh-test-client", x509.ExtKeyUsageClientAuth)
+	tests := []struct {
+		name       string
+		clientCAs  *x509.CertPool
+		host       string
+		params     url.Values
+		wantClient string
+	}{
+		{
+			name:   "the broker's certificate verified against cacertfile",
+			host:   "localhost",
+			params: url.Values{"cacertfile": {ca.file}},
+		},
+		{
+			name:   "server_name_indication names the certificate's host",
+			host:   "127.0.0.1",
+			params: url.Values{"cacertfile": {ca.file}, "server_name_indication": {"localhost"}},
+		},
+		{
+			name:       "mutual TLS: the client certificate from certfile and keyfile",
+			clientCAs:  ca.pool(),
+			host:       "localhost",
+			params:     url.Values{"cacertfile": {ca.file}, "certfile": {clientCert}, "keyfile": {clientKey}},
+			wantClient: "ordermesh-test-client",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			proxy := startTLSProxy(t, server, tt.clientCAs)
+			cfg := testConfig(t, "tls")
+			cfg.URL = proxy.url(t, tt.host, tt.params)
+			sub, err := NewSubscriber(cfg, testLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan received, 1)
+			if err := Handle(sub, collect[*orderv1.OrderCreated](got)); err != nil {
+				t.Fatal(err)
+			}
+			startSubscriber(t, sub)
+			pub := startPublisher(t, cfg)
+
+			_, msg := newOrderCreated(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := pub.Publish(ctx, msg); err != nil {
+				t.Fatalf("Publish over TLS: %v", err)
+			}
+			select {
+			case r := <-got:
+				if r.meta.ID != msg.ID {
+					t.Errorf("received event %s, want %s", r.meta.ID, msg.ID)
+				}
+			case <-ctx.Done():
+				t.Fatal("the event published over TLS never arrived")
+			}
+			clients, failed := proxy.handshakes()
+			if len(clients) < 2 || len(failed) > 0 {
+				t.Fatalf("proxy handshakes: %d completed, failed %q; want the publisher's and the subscriber's, none failed", len(clients), failed)
+			}
+			for _, c := range clients {
+				if c != tt.wantClient {
+					t.Errorf("client certificate CN %q, want %q", c, tt.wantClient)
+				}
+			}
+		})
+	}
+}
+
+func TestTLSRefusesUnverifiedPeers(t *testing.T) {
+	ca := newTestCA(t, "ordermesh-test-ca")
+	other := newTestCA(t, "other-ca")
+	server := ca.issue(t, "broker", x509.ExtKeyUsageServerAuth)
+	tests := []struct {
+		name       string
+		clientCAs  *x509.CertPool
+		host       string
+		params     url.Values
+		wantReason string
+	}{
+		{
+			name:       "the system's CAs do not know the broker's",
+			host:       "localhost",
+			wantReason: "certificate signed by unknown authority",
+		},
+		{
+			name:       "cacertfile of another CA",
+			host:       "localhost",
+			params:     url.Values{"cacertfile": {other.file}},
+			wantReason: "certificate signed by unknown authority",
+		},
+		{
+			name:       "a host the certificate does not name",
+			host:       "127.0.0.1",
+			params:     url.Values{"cacertfile": {ca.file}, "server_name_indication": {"mq.example"}},
+			wantReason: "certificate is valid for localhost, not mq.example",
+		},
+		{
+			name:       "no client certificate where the broker requires one",
+			clientCAs:  ca.pool(),
+			host:       "localhost",
+			params:     url.Values{"cacertfile": {ca.file}},
+			wantReason: "tls: certificate required",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			proxy := startTLSProxy(t, server, tt.clientCAs)
+			cfg := testConfig(t, "tls")
+			cfg.URL = proxy.url(t, tt.host, tt.params)
+			pub, err := NewPublisher(cfg, testLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pub.Close()
+			// The first attempt's outcome: up, or down with its reason.
+			timeout := time.After(5 * time.Second)
+			st, changed := pub.Watch()
+			for !st.Up && st.Reason == "connecting" {
+				select {
+				case <-changed:
+				case <-timeout:
+					t.Fatal("the publisher's first connection attempt did not end within 5s")
+				}
+				st, changed = pub.Watch()
+			}
+			if st.Up || !strings.Contains(st.Reason, tt.wantReason) {
+				t.Errorf("state = %+v, want down with a reason containing %q", st, tt.wantReason)
+			}
+			eventually(t, 5*time.Second, "the proxy's end of the failed handshake", func() bool {
+				_, failed := proxy.handshakes()
+				return len(failed) > 0
+			})
+			if clients, _ := proxy.handshakes(); len(clients) > 0 {
+				t.Errorf("proxy: %d handshakes completed, want none", len(clients))
+			}
+		})
+	}
+}
+
+func TestCheckURL(t *testing.T) {
+	ca := newTestCA(t, "ordermesh-test-ca")
+	certFile, keyFile := ca.issueFiles(t, "client", x509.ExtKeyUsageClientAuth)
+	otherCert, _ := ca.issueFiles(t, "other", x509.ExtKeyUsageClientAuth)
+	notPEM := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+	tests := []struct {
+		name string
+		url  string
+		err  string // "" for none; else a part of the error
+	}{
+		{name: "amqp", url: "amqp://guest:guest@127.0.0.1:5672/"},
+		{name: "amqps with the system's CAs", url: "amqps://guest:guest@mq.example/"},
+		{name: "amqps with a CA file", url: "amqps://guest:guest@mq.example/?cacertfile=" + ca.file},
+		{
+			name: "amqps with a client certificate",
+			url:  "amqps://mq.example/?cacertfile=" + ca.file + "&certfile=" + certFile + "&keyfile=" + keyFile,
+		},
+		{name: "another scheme", url: "http://guest:secret@127.0.0.1/", err: "AMQP scheme must be either 'amqp://' or 'amqps://'"},
+		{name: "a port out of range", url: "amqp://guest:secret@127.0.0.1:99999/", err: `invalid URL "amqp://guest:xxxxx@127.0.0.1:99999/": port 99999 is out of range 1..65535`},
+		{name: "a bad heartbeat", url: "amqp://guest:secret@127.0.0.1/?heartbeat=often", err: `invalid URL "amqp://guest:xxxxx@127.0.0.1/?heartbeat=often": heartbeat is not an uint16`},
+		{name: "unparsable", url: "amqp://guest:secret@127.0.0.1:5672/%zz", err: `invalid URL: invalid URL escape "%zz"`},
+		{name: "a CA file without TLS", url: "amqp://127.0.0.1/?cacertfile=" + ca.file, err: "cacertfile applies to TLS connections only: use amqps://"},
+		{name: "a server name without TLS", url: "amqp://127.0.0.1/?server_name_indication=mq", err: "server_name_indication applies to TLS connections only"},
+		{name: "a missing CA file", url: "amqps://mq.example/?cacertfile=" + missing, err: "cacertfile: open " + missing + ": no such file or directory"},
+		{name: "a CA file without a certificate", url: "amqps://mq.example/?cacertfile=" + notPEM, err: "cacertfile " + notPEM + " holds no PEM certificate"},
+		{name: "a certificate without its key", url: "amqps://mq.example/?certfile=" + certFile, err: "certfile needs keyfile"},
+		{name: "a key without its certificate", url: "amqps://mq.example/?keyfile=" + keyFile, err: "keyfile needs certfile"},
+		{
+			name: "a key of another certificate",
+			url:  "amqps://mq.example/?certfile=" + otherCert + "&keyfile=" + keyFile,
+			err:  "client certificate " + otherCert + ", key " + keyFile + ": tls: private key does not match public key",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckURL(tt.url)
+			switch {
+			case tt.err == "" && err != nil:
+				t.Fatalf("CheckURL: %v", err)
+			case tt.err == "":
+				return
+			case err == nil:
+				t.Fatalf("CheckURL = nil, want an error containing %q", tt.err)
+			case !strings.Contains(err.Error(), tt.err):
+				t.Errorf("CheckURL = %q, want it to contain %q", err, tt.err)
+			}
+			if strings.Contains(err.Error(), "secret") {
+				t.Errorf("CheckURL = %q, which shows the password", err)
+			}
+			if _, cfgErr := (Config{Service: "s", URL: tt.url}).WithDefaults(); cfgErr == nil || !strings.Contains(cfgErr.Error(), tt.err) {
+				t.Errorf("WithDefaults = %v, want the same error", cfgErr)
+			}
+		})
+	}
+}
