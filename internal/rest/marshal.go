@@ -62,10 +62,12 @@ var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 const maxPooledBody = 64 << 10
 
 // bodyDecoder decodes a request body into a message in one protojson
-// pass. A body that pass does not take whole (malformed, more than one
-// JSON value, which JSONPb's decoder allows by reading only the first, or
-// cut short by a read error) goes as read to JSONPb's decoder, so the
-// result and the error are JSONPb's.
+// pass. A body that could not be read to its end (over the size limit,
+// too slow, cut off) is that read error, even when what arrived holds a
+// whole JSON value. A body that pass does not take whole (malformed, or
+// more than one JSON value, which JSONPb's decoder allows by reading only
+// the first) goes to JSONPb's decoder, so the result and the error are
+// JSONPb's.
 type bodyDecoder struct {
 	r      io.Reader
 	jsonpb *runtime.JSONPb
@@ -91,25 +93,22 @@ func (d *bodyDecoder) Decode(v any) error {
 			bodyPool.Put(buf)
 		}
 	}()
-	_, readErr := buf.ReadFrom(d.r)
+	if _, err := buf.ReadFrom(d.r); err != nil {
+		d.fallback = failingDecoder{err}
+		return err
+	}
 	body := buf.Bytes()
-	if readErr == nil {
-		if len(bytes.TrimSpace(body)) == 0 {
-			return io.EOF
-		}
-		if d.jsonpb.UnmarshalOptions.Unmarshal(body, p) == nil {
-			return nil
-		}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return io.EOF
 	}
-	rest := []io.Reader{bytes.NewReader(bytes.Clone(body))}
-	if readErr != nil {
-		rest = append(rest, failingReader{readErr})
+	if d.jsonpb.UnmarshalOptions.Unmarshal(body, p) == nil {
+		return nil
 	}
-	d.fallback = d.jsonpb.NewDecoder(io.MultiReader(rest...))
+	d.fallback = d.jsonpb.NewDecoder(bytes.NewReader(bytes.Clone(body)))
 	return d.fallback.Decode(v)
 }
 
-// failingReader returns err from every Read.
-type failingReader struct{ err error }
+// failingDecoder returns err from every Decode.
+type failingDecoder struct{ err error }
 
-func (f failingReader) Read([]byte) (int, error) { return 0, f.err }
+func (f failingDecoder) Decode(any) error { return f.err }

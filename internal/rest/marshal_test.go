@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -20,13 +21,17 @@ func errAfter(s string, err error) io.Reader {
 	return io.MultiReader(strings.NewReader(s), failingReader{err})
 }
 
+// failingReader returns err from every Read.
+type failingReader struct{ err error }
+
+func (f failingReader) Read([]byte) (int, error) { return 0, f.err }
+
 // TestBodyDecoderDecodesAsJSONPb checks that jsonMarshaler's decoder
 // gives the message and the error runtime.JSONPb's does, for bodies its
 // fast path takes and for those it hands over.
 func TestBodyDecoderDecodesAsJSONPb(t *testing.T) {
 	const order = `{"request_id": "7f1b0b5e-3c55-4bb3-9a8e-2a1c1f0b8f11", "customer_email": "ada@example.com",
 		"items": [{"product_id": "SKU-1", "quantity": 2, "unit_price": {"currency_code": "EUR", "units": "9", "nanos": 500000000}}]}`
-	tooLarge := errors.New("http: request body too large")
 	tests := []struct {
 		name string
 		body func() io.Reader
@@ -44,9 +49,6 @@ func TestBodyDecoderDecodesAsJSONPb(t *testing.T) {
 		{"two values", func() io.Reader { return strings.NewReader(`{"request_id": "a"} {"request_id": "b"}`) }},
 		{"trailing garbage", func() io.Reader { return strings.NewReader(`{"request_id": "a"} xyz`) }},
 		{"invalid UTF-8", func() io.Reader { return strings.NewReader("{\"customer_email\": \"a\xffb\"}") }},
-		{"read error inside the value", func() io.Reader { return errAfter(`{"request_id": "a`, tooLarge) }},
-		{"read error after the value", func() io.Reader { return errAfter(`{"request_id": "a"}  `, tooLarge) }},
-		{"read error at once", func() io.Reader { return errAfter("", tooLarge) }},
 	}
 	jsonpb := &runtime.JSONPb{
 		MarshalOptions: protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
@@ -65,6 +67,33 @@ func TestBodyDecoderDecodesAsJSONPb(t *testing.T) {
 			}
 			if wantErr == nil && !proto.Equal(&got, &want) {
 				t.Errorf("decoded %v, want %v", &got, &want)
+			}
+		})
+	}
+}
+
+// TestBodyDecoderReadError checks that a body cut short by a read error
+// is that error, even where what was read holds a whole JSON value (which
+// JSONPb's decoder would take): a body over the size limit or too slow to
+// arrive is refused, not decoded from its first part.
+func TestBodyDecoderReadError(t *testing.T) {
+	tooLarge := &http.MaxBytesError{Limit: 64}
+	for _, tt := range []struct {
+		name string
+		body io.Reader
+	}{
+		{"inside the value", errAfter(`{"request_id": "a`, tooLarge)},
+		{"after the value", errAfter(`{"request_id": "a"}  `, tooLarge)},
+		{"at once", errAfter("", tooLarge)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := (&jsonMarshaler{JSONPb: &runtime.JSONPb{}}).NewDecoder(tt.body)
+			var got orderv1.CreateOrderRequest
+			if err := d.Decode(&got); err != tooLarge {
+				t.Fatalf("Decode = %v, want the read error", err)
+			}
+			if err := d.Decode(&got); err != tooLarge {
+				t.Errorf("second Decode = %v, want the read error again", err)
 			}
 		})
 	}
