@@ -54,6 +54,7 @@ type Config struct {
 	InventoryAddr   string
 	UpstreamTimeout time.Duration
 	MaxBodyBytes    int
+	BodyTimeout     time.Duration
 	ShutdownTimeout time.Duration
 	LogLevel        slog.Level
 	// GOGC is the collector's setting: the environment's GOGC, or
@@ -69,6 +70,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		InventoryAddr:   env.Addr("ORDERMESH_INVENTORY_ADDR", "127.0.0.1:50052"),
 		UpstreamTimeout: env.Duration("ORDERMESH_UPSTREAM_TIMEOUT", 10*time.Second),
 		MaxBodyBytes:    env.Int("ORDERMESH_MAX_BODY_BYTES", 1<<20),
+		BodyTimeout:     env.Duration("ORDERMESH_BODY_TIMEOUT", 30*time.Second),
 		ShutdownTimeout: env.Duration("ORDERMESH_SHUTDOWN_TIMEOUT", 10*time.Second),
 	}
 	level, err := telemetry.ParseLevel(env.String("ORDERMESH_LOG_LEVEL", "info"))
@@ -82,6 +84,15 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		env.Fail("ORDERMESH_MAX_BODY_BYTES", errors.New("must be positive"))
+	}
+	for name, d := range map[string]time.Duration{
+		"ORDERMESH_UPSTREAM_TIMEOUT": cfg.UpstreamTimeout,
+		"ORDERMESH_BODY_TIMEOUT":     cfg.BodyTimeout,
+		"ORDERMESH_SHUTDOWN_TIMEOUT": cfg.ShutdownTimeout,
+	} {
+		if d <= 0 {
+			env.Fail(name, errors.New("must be positive"))
+		}
 	}
 	if err := env.Err(); err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
@@ -122,6 +133,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 	defer endStreams()
 	handler, err := rest.NewHandler(ctx, log, rest.Upstreams{Order: orderConn, Inventory: invConn}, rest.Options{
 		MaxBodyBytes:    int64(cfg.MaxBodyBytes),
+		BodyTimeout:     cfg.BodyTimeout,
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		Streams:         streams,
 	})
@@ -132,7 +144,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	// Headers must arrive within ReadHeaderTimeout and a body within
+	// BodyTimeout (the handler's); an idle keep-alive connection is
+	// closed after IdleTimeout.
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	srv.RegisterOnShutdown(endStreams)
 	log.InfoContext(ctx, "serving REST", slog.String("addr", lis.Addr().String()))
 	if ready != nil {

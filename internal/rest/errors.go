@@ -2,11 +2,14 @@ package rest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
@@ -26,22 +29,35 @@ func httpStatus(c codes.Code) int {
 
 type bodyLimitKey struct{}
 
-// bodyLimit records that a request body hit the size limit, so the error
-// handler can answer 413 instead of the decoder's generic 400.
+// bodyLimit records that a request body hit the size limit or the time
+// limit, so the error handler can answer 413 or 408 instead of the
+// decoder's generic 400.
 type bodyLimit struct {
 	max      int64
+	timeout  time.Duration
 	exceeded atomic.Bool
+	timedOut atomic.Bool
 }
 
 // limitBody rejects bodies larger than max bytes with 413: at once when
-// Content-Length says so, otherwise when reading passes the limit.
-func limitBody(max int64, next http.Handler) http.Handler {
+// Content-Length says so, otherwise when reading passes the limit. A body
+// must arrive within timeout of the request's start, or it gets 408 and
+// the connection is closed: a client that stalls mid-body does not hold
+// it. The deadline is the connection's read deadline, which net/http
+// clears once the body has been read, so it does not bound the call
+// itself or a response stream.
+func limitBody(max int64, timeout time.Duration, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > max {
 			writeStatus(w, http.StatusRequestEntityTooLarge, tooLarge(max))
 			return
 		}
-		lim := &bodyLimit{max: max}
+		if r.Body != http.NoBody {
+			// A server that supports no deadlines (not net/http's) reads
+			// the body without one.
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(timeout))
+		}
+		lim := &bodyLimit{max: max, timeout: timeout}
 		r.Body = &limitedReader{r: http.MaxBytesReader(w, r.Body, max), lim: lim}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), bodyLimitKey{}, lim)))
 	})
@@ -54,8 +70,14 @@ type limitedReader struct {
 
 func (l *limitedReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
+	if err == nil || err == io.EOF {
+		return n, err
+	}
 	if _, ok := err.(*http.MaxBytesError); ok {
 		l.lim.exceeded.Store(true)
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		l.lim.timedOut.Store(true)
 	}
 	return n, err
 }
@@ -66,6 +88,10 @@ func tooLarge(max int64) *status.Status {
 	return status.New(codes.InvalidArgument, fmt.Sprintf("request body exceeds %d bytes", max))
 }
 
+func tooSlow(timeout time.Duration) *status.Status {
+	return status.New(codes.DeadlineExceeded, fmt.Sprintf("request body not received within %s", timeout))
+}
+
 // errorHandler writes errors as JSON in the shape of a google.rpc.Status
 // ({"code", "message", "details"}); validation failures keep their
 // google.rpc.BadRequest detail, which names each offending field.
@@ -73,8 +99,16 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 		st := status.Convert(err)
 		code := httpStatus(st.Code())
-		if lim, ok := ctx.Value(bodyLimitKey{}).(*bodyLimit); ok && lim.exceeded.Load() {
-			st, code = tooLarge(lim.max), http.StatusRequestEntityTooLarge
+		if lim, ok := ctx.Value(bodyLimitKey{}).(*bodyLimit); ok {
+			switch {
+			case lim.exceeded.Load():
+				st, code = tooLarge(lim.max), http.StatusRequestEntityTooLarge
+			case lim.timedOut.Load():
+				st, code = tooSlow(lim.timeout), http.StatusRequestTimeout
+				// The rest of the body may still be on its way: the
+				// connection cannot carry another request.
+				w.Header().Set("Connection", "close")
+			}
 		}
 		if code >= 500 {
 			log.ErrorContext(ctx, "upstream call failed", "method", r.Method, "path", r.URL.Path, "code", st.Code().String(), "error", st.Message())

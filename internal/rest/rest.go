@@ -7,7 +7,6 @@ package rest
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -37,6 +36,10 @@ type Options struct {
 	// UpstreamTimeout bounds every unary upstream call. Default 10 s.
 	// Streams (WatchOrder) are bounded only by the client.
 	UpstreamTimeout time.Duration
+	// BodyTimeout bounds the time a request body may take to arrive,
+	// counted from when the handler starts; a slower one gets 408 and
+	// the connection is closed. Default 30 s.
+	BodyTimeout time.Duration
 	// HealthTimeout bounds the upstream health checks of /healthz. Default 2 s.
 	HealthTimeout time.Duration
 	// Streams, when set, ends every WatchOrder stream once it is done, so
@@ -50,6 +53,9 @@ func (o *Options) defaults() {
 	}
 	if o.UpstreamTimeout <= 0 {
 		o.UpstreamTimeout = 10 * time.Second
+	}
+	if o.BodyTimeout <= 0 {
+		o.BodyTimeout = 30 * time.Second
 	}
 	if o.HealthTimeout <= 0 {
 		o.HealthTimeout = 2 * time.Second
@@ -84,7 +90,7 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", limitBody(opts.MaxBodyBytes, gw))
+	mux.Handle("/v1/", limitBody(opts.MaxBodyBytes, opts.BodyTimeout, gw))
 	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
 	mux.Handle("GET /healthz", &healthHandler{
 		timeout: opts.HealthTimeout,
@@ -202,6 +208,3 @@ func (h *healthHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(map[string]any{"status": overall, "upstreams": upstreams})
 }
-
-// errBodyTooLarge marks a request whose body exceeded the limit.
-var errBodyTooLarge = errors.New("request body too large")
