@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+)
+
+func TestLoadConfig(t *testing.T) {
+	cfg, err := loadConfig(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTPAddr != ":8080" || cfg.OrderAddr != "127.0.0.1:50051" || cfg.BodyTimeout != 30*time.Second ||
+		cfg.UpstreamTimeout != 10*time.Second || cfg.ShutdownTimeout != 10*time.Second || cfg.MaxBodyBytes != 1<<20 {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	_, err = loadConfig(func(k string) string {
+		return map[string]string{
+			"ORDERMESH_BODY_TIMEOUT":   "0s",
+			"ORDERMESH_MAX_BODY_BYTES": "-1",
+			"ORDERMESH_HTTP_ADDR":      "nowhere",
+		}[k]
+	})
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, want := range []string{"ORDERMESH_BODY_TIMEOUT: must be positive", "ORDERMESH_MAX_BODY_BYTES: must be positive", "ORDERMESH_HTTP_ADDR"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+// slowOrders answers CreateOrder after delay and signals each call's start.
+type slowOrders struct {
+	orderv1.UnimplementedOrderServiceServer
+	delay   time.Duration
+	started chan struct{}
+}
+
+func (s *slowOrders) CreateOrder(ctx context.Context, req *orderv1.CreateOrderRequest) (*orderv1.CreateOrderResponse, error) {
+	s.started <- struct{}{}
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return &orderv1.CreateOrderResponse{Order: &orderv1.Order{
+		Id: "0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70", CustomerEmail: req.GetCustomerEmail(),
+		Status: orderv1.OrderStatus_ORDER_STATUS_PENDING, CreateTime: timestamppb.Now(), UpdateTime: timestamppb.Now(),
+	}}, nil
+}
+
+// TestRunServesAndDrains runs the gateway in front of an order service
+// that takes its time, and stops it while a CreateOrder is in flight:
+// the call completes, and run returns nil.
+func TestRunServesAndDrains(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	orders := &slowOrders{delay: 500 * time.Millisecond, started: make(chan struct{}, 1)}
+	srv := grpc.NewServer()
+	orderv1.RegisterOrderServiceServer(srv, orders)
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+
+	env := map[string]string{
+		"ORDERMESH_HTTP_ADDR":      "127.0.0.1:0",
+		"ORDERMESH_ORDER_ADDR":     lis.Addr().String(),
+		"ORDERMESH_INVENTORY_ADDR": lis.Addr().String(),
+		"ORDERMESH_LOG_LEVEL":      "error",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard, ready) }()
+	var base string
+	select {
+	case addr := <-ready:
+		base = "http://" + addr.String()
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the gateway did not start listening")
+	}
+
+	// /healthz: the upstream serves no health service, so not serving.
+	resp, err := http.Get(base + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var health struct{ Status string }
+	err = json.NewDecoder(resp.Body).Decode(&health)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusServiceUnavailable || health.Status != "NOT_SERVING" {
+		t.Errorf("/healthz: %d %+v (%v), want 503 NOT_SERVING", resp.StatusCode, health, err)
+	}
+
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	got := make(chan result, 1)
+	go func() {
+		resp, err := http.Post(base+"/v1/orders", "application/json", strings.NewReader(
+			`{"request_id": "7f1b0b5e-3c55-4bb3-9a8e-2a1c1f0b8f11", "customer_email": "ada@example.com"}`))
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		got <- result{status: resp.StatusCode, body: string(b), err: err}
+	}()
+	select {
+	case <-orders.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("CreateOrder never reached the order service")
+	}
+	cancel() // as SIGTERM does
+	select {
+	case r := <-got:
+		if r.err != nil || r.status != http.StatusOK || !strings.Contains(r.body, `"ada@example.com"`) {
+			t.Errorf("CreateOrder in flight at shutdown: %d %q %v, want 200 with the order", r.status, r.body, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("CreateOrder in flight at shutdown never answered")
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run = %v, want nil after a drained shutdown", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after shutdown")
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Error("the gateway still answers after run returned")
+	}
+}
