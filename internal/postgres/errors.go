@@ -1,0 +1,46 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Unreachable reports whether err means the database could not be
+// reached or the connection broke: a failed connect, a network error or
+// timeout, a connection that ended mid-conversation, or the server
+// refusing connections or ending them as it shuts down (SQLSTATE classes
+// 08 and 57P). Context errors are not: the caller gave up.
+func Unreachable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	if _, ok := errors.AsType[*pgconn.ConnectError](err); ok {
+		return true
+	}
+	if _, ok := errors.AsType[net.Error](err); ok {
+		return true
+	}
+	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return true
+	}
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	return ok && (strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P"))
+}
+
+// Transient reports whether err says nothing about the work that failed,
+// only about when it ran, so the same work may succeed later: the
+// database was unreachable (see Unreachable), the transaction lost a
+// serialization conflict or a deadlock (class 40), or the server ran
+// short of resources (class 53). Context errors are not transient.
+func Transient(err error) bool {
+	if Unreachable(err) {
+		return true
+	}
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	return ok && (strings.HasPrefix(pgErr.Code, "40") || strings.HasPrefix(pgErr.Code, "53"))
+}

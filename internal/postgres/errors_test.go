@@ -1,0 +1,50 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/ordermesh/ordermesh/internal/postgres"
+)
+
+func TestUnreachableAndTransient(t *testing.T) {
+	pgErr := func(code string) error {
+		return fmt.Errorf("insert: %w", &pgconn.PgError{Code: code, Message: "m"})
+	}
+	for _, tt := range []struct {
+		name                   string
+		err                    error
+		unreachable, transient bool
+	}{
+		{name: "nil"},
+		{name: "canceled", err: fmt.Errorf("query: %w", context.Canceled)},
+		{name: "deadline", err: fmt.Errorf("query: %w", context.DeadlineExceeded)},
+		{name: "refused connection", err: &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}, unreachable: true, transient: true},
+		{name: "connection cut mid-reply", err: fmt.Errorf("read: %w", io.ErrUnexpectedEOF), unreachable: true, transient: true},
+		{name: "admin shutdown", err: pgErr("57P01"), unreachable: true, transient: true},
+		{name: "cannot connect now", err: pgErr("57P03"), unreachable: true, transient: true},
+		{name: "connection failure", err: pgErr("08006"), unreachable: true, transient: true},
+		{name: "serialization failure", err: pgErr("40001"), transient: true},
+		{name: "deadlock", err: pgErr("40P01"), transient: true},
+		{name: "out of memory", err: pgErr("53200"), transient: true},
+		{name: "not null violation", err: pgErr("23502")},
+		{name: "invalid text", err: pgErr("22P02")},
+		{name: "query canceled by statement timeout", err: pgErr("57014")},
+		{name: "a handler's own error", err: errors.New("unexpected event")},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := postgres.Unreachable(tt.err); got != tt.unreachable {
+				t.Errorf("Unreachable(%v) = %v, want %v", tt.err, got, tt.unreachable)
+			}
+			if got := postgres.Transient(tt.err); got != tt.transient {
+				t.Errorf("Transient(%v) = %v, want %v", tt.err, got, tt.transient)
+			}
+		})
+	}
+}
