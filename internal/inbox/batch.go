@@ -41,8 +41,13 @@ type Result struct {
 // runner drops its inbox row but cannot undo the handler's writes, so a
 // handler decides every delivery before it writes (in memory, say, writing
 // what the successful ones changed at the end). An error returned by the
-// handler itself fails every delivery of the batch, and nothing commits.
-// Like a Handler, it must do all its effects through tx.
+// handler itself fails the batch as a whole: nothing commits, and unless
+// the error is transient (postgres.Transient: an outage, a serialization
+// conflict) the runner hands the deliveries to the handler again in
+// halves, each in its own transaction, so that a delivery that fails every
+// batch it is in (one row a statement refuses, say) fails alone. A handler
+// may therefore see a delivery more than once, in rolled-back
+// transactions. Like a Handler, it must do all its effects through tx.
 type BatchHandler func(ctx context.Context, tx pgx.Tx, batch []Delivery) ([]Result, error)
 
 // BatchRunner processes deliveries like a Runner with batching: concurrent
@@ -112,8 +117,9 @@ func (b *BatchRunner) Process(ctx context.Context, ev proto.Message, meta eventb
 	return b.r.settle(meta, c.err)
 }
 
-// Stats returns how many transactions the runner ran and how many
-// deliveries they carried.
+// Stats returns how many batches the runner gathered and how many
+// deliveries they carried: one transaction per batch, but for batches
+// handled again in halves after failing as a whole.
 func (b *BatchRunner) Stats() (transactions, deliveries int64) {
 	return b.b.Stats()
 }
@@ -127,7 +133,7 @@ func (b *BatchRunner) run(ctx context.Context, batch []*batchCall) {
 		ds[i] = c.d
 	}
 	processed := false
-	for i, err := range b.process(ctx, ds) {
+	for i, err := range b.processApart(ctx, ds) {
 		batch[i].err = err
 		processed = processed || err == nil
 	}
@@ -136,10 +142,28 @@ func (b *BatchRunner) run(ctx context.Context, batch []*batchCall) {
 	}
 }
 
-// process handles ds in one transaction and returns each delivery's error:
-// nil when processed, errDuplicate when it had been before.
-func (b *BatchRunner) process(ctx context.Context, ds []Delivery) []error {
-	errs := make([]error, len(ds))
+// processApart is process, handling again in halves, each in a
+// transaction of its own, deliveries whose transaction failed as a whole
+// for what it held rather than for an outage (see postgres.Transient): a
+// statement that one delivery's data makes fail, say. Otherwise that one
+// delivery would fail every delivery of its batch, which would go to the
+// retry queues together, come back together, fail together, and in the
+// end be dead-lettered together. Halving finds the deliveries that fail
+// on their own in about 2·log2(n) transactions; the others succeed.
+func (b *BatchRunner) processApart(ctx context.Context, ds []Delivery) []error {
+	errs, whole := b.process(ctx, ds)
+	if whole == nil || len(ds) < 2 || ctx.Err() != nil || postgres.Transient(whole) {
+		return errs
+	}
+	mid := len(ds) / 2
+	return append(b.processApart(ctx, ds[:mid]), b.processApart(ctx, ds[mid:])...)
+}
+
+// process handles ds in one transaction and returns each delivery's error
+// (nil when processed, errDuplicate when it had been before) and, when the
+// transaction failed as a whole, why.
+func (b *BatchRunner) process(ctx context.Context, ds []Delivery) (errs []error, whole error) {
+	errs = make([]error, len(ds))
 	// Only the first copy of an event runs; copies share its outcome.
 	first := make(map[string]int, len(ds))
 	var distinct []int
@@ -219,7 +243,7 @@ func (b *BatchRunner) process(ctx context.Context, ds []Delivery) []error {
 			}
 		}
 	}
-	return errs
+	return errs, err
 }
 
 // queueRecord queues on b the insert of ids into the inbox; reading its

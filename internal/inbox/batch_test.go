@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/proto"
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
@@ -175,10 +177,11 @@ func TestBatchRunnerDuplicateOfProcessedEvent(t *testing.T) {
 	}
 }
 
-// TestBatchRunnerFailedBatchCommitsNothing: whatever fails the batch as a
-// whole (the handler's own error, a panic, a wrong number of results, an
-// outgoing event that cannot be encoded) fails each of its deliveries and
-// commits nothing, not even inbox rows.
+// TestBatchRunnerFailedBatchCommitsNothing: whatever fails every batch as
+// a whole (the handler's own error, a panic, a wrong number of results,
+// an outgoing event that cannot be encoded) fails each of its deliveries,
+// also when handled again in halves, and commits nothing, not even inbox
+// rows.
 func TestBatchRunnerFailedBatchCommitsNothing(t *testing.T) {
 	errDown := errors.New("database gone")
 	var seen atomic.Int64
@@ -250,6 +253,123 @@ func TestBatchRunnerFailedBatchCommitsNothing(t *testing.T) {
 				t.Errorf("counts (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestBatchRunnerIsolatesADeliveryThatFailsItsBatch: the handler writes
+// its batch with one statement, which one delivery's row makes fail (a
+// NULL customer), so every batch holding it fails as a whole. Handled
+// again in halves, only that delivery fails; every other is processed
+// once, in the transactions that did not hold it.
+func TestBatchRunnerIsolatesADeliveryThatFailsItsBatch(t *testing.T) {
+	ctx := context.Background()
+	pool := newService(t)
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
+	var events []delivery
+	want := state{Totals: map[string]int64{}}
+	for i := range 40 {
+		customer := fmt.Sprintf("c%d@example.com", i%4)
+		events = append(events, newDelivery(t, customer, int64(i+1)))
+		if i != 17 {
+			want.Totals[customer] += int64(i + 1)
+		}
+	}
+	bad := events[17]
+	var seen atomic.Int64
+	good := batchHandler(nil, &seen)
+	h := func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+		res, err := good(ctx, tx, batch)
+		if err != nil {
+			return nil, err
+		}
+		var customers []*string
+		for _, d := range batch {
+			c := d.Event.(*orderv1.OrderCreated).GetCustomerEmail()
+			if d.Meta.ID == bad.meta.ID {
+				customers = append(customers, nil)
+			} else {
+				customers = append(customers, &c)
+			}
+		}
+		// totals.customer is NOT NULL: the bad delivery fails the statement.
+		if _, err := tx.Exec(ctx, `INSERT INTO totals (customer, units) SELECT c, 0 FROM unnest($1::text[]) AS t(c) ON CONFLICT DO NOTHING`, customers); err != nil {
+			return nil, err
+		}
+		return res, nil
+	}
+	b := inbox.NewBatchRunner(runner, h, 16, 10*time.Second)
+	errs := make([]error, len(events))
+	var wg sync.WaitGroup
+	for i, d := range events {
+		wg.Go(func() { _, errs[i] = b.Process(ctx, d.ev, d.meta) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		switch {
+		case i == 17 && (err == nil || !strings.Contains(err.Error(), "null value in column")):
+			t.Errorf("the bad delivery: err = %v, want the NOT NULL violation", err)
+		case i != 17 && err != nil:
+			t.Errorf("delivery %d: %v", i, err)
+		}
+	}
+	want.Applied, want.Inbox, want.Outbox = len(events)-1, len(events)-1, len(events)-1
+	if diff := cmp.Diff(want, readState(t, pool)); diff != "" {
+		t.Errorf("state (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(inbox.Counts{Processed: int64(len(events) - 1), Failed: 1}, runner.Counts()); diff != "" {
+		t.Errorf("counts (-want +got):\n%s", diff)
+	}
+	if txs, _ := b.Stats(); txs >= int64(len(events)) {
+		t.Errorf("%d batches for %d deliveries; want them sharing batches, or the test shows nothing", txs, len(events))
+	}
+}
+
+// TestBatchRunnerDoesNotSplitOnATransientFailure: a batch that fails for
+// an outage or a serialization conflict fails as a whole, without being
+// handled again in halves: that would not help, and an outage would take
+// about twice as many transactions to fail.
+func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
+	ctx := context.Background()
+	pool := newService(t)
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
+	conflict := &pgconn.PgError{Code: "40001", Message: "could not serialize access due to concurrent update"}
+	var seen atomic.Int64
+	var batches atomic.Int64
+	release := make(chan struct{})
+	h := func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+		if batches.Add(1) == 1 {
+			<-release // hold the first batch so the others gather behind it
+		}
+		seen.Add(int64(len(batch)))
+		return nil, conflict
+	}
+	b := inbox.NewBatchRunner(runner, h, 16, 10*time.Second)
+	ds := make([]delivery, 9)
+	for i := range ds {
+		ds[i] = newDelivery(t, "a@example.com", int64(i+1))
+	}
+	errs := make([]error, len(ds))
+	var wg sync.WaitGroup
+	wg.Go(func() { _, errs[0] = b.Process(ctx, ds[0].ev, ds[0].meta) })
+	for batches.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	for i := 1; i < len(ds); i++ {
+		wg.Go(func() { _, errs[i] = b.Process(ctx, ds[i].ev, ds[i].meta) })
+	}
+	time.Sleep(200 * time.Millisecond) // for the others to queue behind it
+	close(release)
+	wg.Wait()
+	for i, err := range errs {
+		if !errors.Is(err, conflict) {
+			t.Errorf("delivery %d: err = %v, want the conflict", i, err)
+		}
+	}
+	if n := seen.Load(); n != int64(len(ds)) {
+		t.Errorf("handler saw %d deliveries, want each of the %d once", n, len(ds))
+	}
+	if n := batches.Load(); n >= int64(len(ds)) {
+		t.Errorf("%d batches for %d deliveries; want them sharing batches, or the test shows nothing", n, len(ds))
 	}
 }
 

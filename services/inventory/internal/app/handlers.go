@@ -35,7 +35,8 @@ import (
 // can never be applied (a malformed order id or lines, a confirmation
 // without a reservation) fails alone with a permanent error, so the bus
 // parks it in the dead-letter queue, and changes nothing; database errors
-// fail the whole batch as they are, so the bus retries it.
+// fail the whole batch as they are (inbox.BatchHandler says what comes
+// next).
 func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
 	results := make([]inbox.Result, len(batch))
 	events := make([]orderEvent, len(batch))

@@ -185,7 +185,7 @@ var errUnexpectedEvent = errors.New("not an order event the notification service
 // refused for good (wrapping ErrRejected), retryably for a send that
 // failed otherwise, and for a delivery of the same order and kind as an
 // earlier delivery of the batch whose send failed. Database errors fail
-// the whole batch as they are, so the bus retries every delivery of it.
+// the whole batch as they are (inbox.BatchHandler says what comes next).
 func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
 	results := make([]inbox.Result, len(batch))
 	// copyOf[i] is the index in emails of the email that delivery i

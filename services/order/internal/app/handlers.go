@@ -43,7 +43,7 @@ import (
 // of a type Handle does not handle, one whose order id is not a UUID, an
 // outcome for an order this service never created, or one the saga
 // refuses (order.ErrInvalid). Database errors fail the whole batch as they
-// are, so the bus retries it.
+// are (inbox.BatchHandler says what comes next).
 func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
 	results := make([]inbox.Result, len(batch))
 	outcomes := make([]outcome, len(batch))

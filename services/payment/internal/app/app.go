@@ -91,7 +91,7 @@ func (a *App) Payment(ctx context.Context, id string) (payment.Payment, error) {
 // (a malformed order id, an event type Handle does not handle) is
 // permanent, so the bus parks it in the dead-letter queue. A decline is
 // not an error but an outcome (PaymentFailed). Database errors fail the
-// whole batch as they are, so the bus retries every delivery of it.
+// whole batch as they are (inbox.BatchHandler says what comes next).
 func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
 	results := make([]inbox.Result, len(batch))
 	events := make([]orderEvent, len(batch))
