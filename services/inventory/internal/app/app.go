@@ -10,11 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/services/inventory/internal/stock"
 	"github.com/ordermesh/ordermesh/services/inventory/internal/store"
 )
@@ -71,15 +70,11 @@ func (a *App) Reservation(ctx context.Context, id string) (stock.Reservation, er
 }
 
 // unavailable marks errors that mean the database could not be reached (or
-// the connection broke) with ErrUnavailable; other errors pass unchanged.
+// the connection broke; see postgres.Unreachable) with ErrUnavailable;
+// other errors pass unchanged.
 func unavailable(err error) error {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if !postgres.Unreachable(err) {
 		return err
 	}
-	var connErr *pgconn.ConnectError
-	var netErr net.Error
-	if errors.As(err, &connErr) || errors.As(err, &netErr) || pgconn.SafeToRetry(err) {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	return err
+	return fmt.Errorf("%w: %v", ErrUnavailable, err)
 }

@@ -1,13 +1,10 @@
 package app
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/ordermesh/ordermesh/internal/postgres"
 )
 
 // ErrUnavailable is returned when the database cannot be reached or the
@@ -16,18 +13,11 @@ import (
 var ErrUnavailable = errors.New("order store unavailable; retry later")
 
 // unavailable marks errors that mean the database could not be reached (or
-// the connection broke) with ErrUnavailable; other errors pass unchanged.
+// the connection broke; see postgres.Unreachable) with ErrUnavailable;
+// other errors pass unchanged.
 func unavailable(err error) error {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if !postgres.Unreachable(err) {
 		return err
 	}
-	var connErr *pgconn.ConnectError
-	var netErr net.Error
-	// A connection that breaks mid-conversation surfaces as an unexpected
-	// EOF from the driver.
-	if errors.As(err, &connErr) || errors.As(err, &netErr) || pgconn.SafeToRetry(err) || pgconn.Timeout(err) ||
-		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	return err
+	return fmt.Errorf("%w: %v", ErrUnavailable, err)
 }
