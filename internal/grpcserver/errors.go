@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -28,6 +29,18 @@ type ErrorCode struct {
 	Message string
 }
 
+// FieldError is implemented by domain errors about one field of a
+// request. MapError reports one mapped to INVALID_ARGUMENT with a
+// google.rpc.BadRequest field violation, as request validation does.
+type FieldError interface {
+	error
+	// Field is the field's path, spelled as protovalidate spells paths:
+	// "customer_email", "items[1].unit_price.currency_code".
+	Field() string
+	// Description says what is wrong with the field.
+	Description() string
+}
+
 // MapError turns the error a handler got from its application layer into the
 // status error it returns. It is the one place an API decides what a client
 // learns about a failure:
@@ -40,7 +53,9 @@ type ErrorCode struct {
 //   - an error matching the Err of an entry in mapping (checked in order, the
 //     first match wins) returns that entry's Code with the entry's Message,
 //     or err.Error() when it has none (so such sentinel messages must be
-//     fit for clients); an error given a fixed Message is logged;
+//     fit for clients); an error given a fixed Message is logged; an
+//     INVALID_ARGUMENT error that is or wraps a FieldError carries a
+//     google.rpc.BadRequest naming its field;
 //   - anything else returns INTERNAL with the message "internal error" and is
 //     logged at error level on log together with the RPC's method.
 //
@@ -65,7 +80,11 @@ func MapError(ctx context.Context, log *slog.Logger, err error, mapping []ErrorC
 				log.WarnContext(ctx, "request failed", slog.String("method", methodFromContext(ctx)), slog.Any("error", err))
 				return status.Error(m.Code, m.Message)
 			}
-			return status.Error(m.Code, err.Error())
+			st := status.New(m.Code, err.Error())
+			if fe, ok := errors.AsType[FieldError](err); ok && m.Code == codes.InvalidArgument {
+				st = withFieldViolation(st, fe)
+			}
+			return st.Err()
 		}
 	}
 	log.ErrorContext(ctx, "request failed", slog.String("method", methodFromContext(ctx)), slog.Any("error", err))
@@ -103,4 +122,17 @@ func methodFromContext(ctx context.Context) string {
 // typeName returns the dynamic type of v for log messages.
 func typeName(v any) string {
 	return fmt.Sprintf("%T", v)
+}
+
+// withFieldViolation returns st with a google.rpc.BadRequest detail naming
+// fe's field, or st as it is if the detail cannot be added.
+func withFieldViolation(st *status.Status, fe FieldError) *status.Status {
+	withDetails, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+		{Field: fe.Field(), Description: fe.Description()},
+	}})
+	if err != nil {
+		// As in ValidationStatus: the plain status is still a correct answer.
+		return st
+	}
+	return withDetails
 }

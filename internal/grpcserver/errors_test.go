@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -145,6 +146,52 @@ func TestMapError(t *testing.T) {
 			}
 			if tt.wantLog && !strings.Contains(logged, `"method":"unknown"`) {
 				t.Errorf("log %q does not name the method", logged)
+			}
+		})
+	}
+}
+
+// testFieldError is a domain error about one request field.
+type testFieldError struct{ field, desc string }
+
+func (e testFieldError) Error() string        { return e.field + ": " + e.desc }
+func (e testFieldError) Field() string        { return e.field }
+func (e testFieldError) Description() string  { return e.desc }
+func (e testFieldError) Is(target error) bool { return target == errInvalid }
+
+var errInvalid = errors.New("invalid order")
+
+func TestMapErrorFieldViolation(t *testing.T) {
+	fe := testFieldError{field: "items[1].unit_price.currency_code", desc: "USD, where items[0] is in EUR"}
+	for _, tt := range []struct {
+		name       string
+		code       codes.Code
+		wantDetail bool
+	}{
+		{name: "invalid argument names the field", code: codes.InvalidArgument, wantDetail: true},
+		{name: "other codes do not", code: codes.FailedPrecondition},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			log, _ := testLogger(t)
+			err := MapError(context.Background(), log, fmt.Errorf("create order: %w", fe), []ErrorCode{{Err: errInvalid, Code: tt.code}})
+			st := status.Convert(err)
+			if st.Code() != tt.code || st.Message() != "create order: "+fe.Error() {
+				t.Errorf("MapError() = %v %q", st.Code(), st.Message())
+			}
+			var got []*errdetails.BadRequest_FieldViolation
+			for _, d := range st.Details() {
+				if br, ok := d.(*errdetails.BadRequest); ok {
+					got = append(got, br.GetFieldViolations()...)
+				}
+			}
+			if !tt.wantDetail {
+				if len(got) > 0 {
+					t.Errorf("field violations %v, want none", got)
+				}
+				return
+			}
+			if len(got) != 1 || got[0].GetField() != fe.field || got[0].GetDescription() != fe.desc {
+				t.Errorf("field violations %v, want one of %s: %s", got, fe.field, fe.desc)
 			}
 		})
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -258,10 +259,17 @@ func TestGRPCValidation(t *testing.T) {
 		}
 	}
 
+	// Rules of the domain rather than of the schema name their field too.
 	mixed := createRequest()
 	mixed.Items[1].UnitPrice.CurrencyCode = "USD"
-	if _, err := e.client.CreateOrder(ctx, mixed); status.Code(err) != codes.InvalidArgument {
-		t.Errorf("mixed currency: %v, want InvalidArgument", err)
+	if _, err := e.client.CreateOrder(ctx, mixed); !contains(badRequestFields(t, err), "items[1].unit_price.currency_code") {
+		t.Errorf("mixed currency: %v, want a violation of items[1].unit_price.currency_code", err)
+	}
+	huge := createRequest()
+	huge.Items[0].UnitPrice = &moneyv1.Money{CurrencyCode: "EUR", Units: math.MaxInt64 / 2}
+	huge.Items[0].Quantity = 3
+	if _, err := e.client.CreateOrder(ctx, huge); !contains(badRequestFields(t, err), "items[0]") {
+		t.Errorf("line total beyond the range of money: %v, want a violation of items[0]", err)
 	}
 	if _, err := e.client.GetOrder(ctx, &orderv1.GetOrderRequest{OrderId: "42"}); !contains(badRequestFields(t, err), "order_id") {
 		t.Errorf("get with bad id: %v", err)
@@ -401,6 +409,20 @@ func TestRESTErrors(t *testing.T) {
 		if !contains(fields, want) {
 			t.Errorf("400 body names %v, lacks %s: %s", fields, want, b)
 		}
+	}
+	// A rule of the domain (one currency per order): 400 naming the field.
+	body = `{"request_id": "` + uuid.NewString() + `", "customer_email": "ada@example.com", "payment_token": "tok_visa",
+		"items": [{"product_id": "SKU-1", "quantity": 1, "unit_price": {"currency_code": "EUR", "units": 1}},
+		          {"product_id": "SKU-2", "quantity": 1, "unit_price": {"currency_code": "USD", "units": 1}}]}`
+	code, b = e.do(t, http.MethodPost, "/v1/orders", body)
+	re = restError{}
+	if err := json.Unmarshal(b, &re); err != nil || code != http.StatusBadRequest {
+		t.Fatalf("mixed currencies = %d %s (%v), want 400", code, b, err)
+	}
+	if len(re.Details) != 1 || len(re.Details[0].FieldViolations) != 1 ||
+		re.Details[0].FieldViolations[0].Field != "items[1].unit_price.currency_code" ||
+		!strings.Contains(re.Details[0].FieldViolations[0].Description, "line items must share one currency") {
+		t.Errorf("mixed currencies: 400 body %s, want one violation of items[1].unit_price.currency_code", b)
 	}
 
 	tests := []struct {

@@ -36,6 +36,31 @@ var (
 	ErrNotCancellable = errors.New("order cannot be cancelled")
 )
 
+// FieldError is an ErrInvalid error about one field of the request that
+// placed an order, so that the API can name the field to the client.
+type FieldError struct {
+	// Path is the field's path in the request as the API spells it, e.g.
+	// "items[1].unit_price.currency_code".
+	Path string
+	// Err says what is wrong with it; it wraps ErrInvalid.
+	Err error
+}
+
+func (e *FieldError) Error() string { return e.Path + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Field is the field's path.
+func (e *FieldError) Field() string { return e.Path }
+
+// Description says what is wrong with the field.
+func (e *FieldError) Description() string { return e.Err.Error() }
+
+// fieldError returns a FieldError about path whose text is what format
+// and args say, wrapping ErrInvalid and any error args wrap with %w.
+func fieldError(path, format string, args ...any) error {
+	return &FieldError{Path: path, Err: fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)}
+}
+
 // LineItem is one product line of an order.
 type LineItem struct {
 	// ProductID is the product's SKU.
@@ -102,11 +127,11 @@ func New(id string, req Request, now time.Time) (Order, error) {
 	case id == "":
 		return Order{}, fmt.Errorf("new order: %w: empty id", ErrInvalid)
 	case req.RequestID == "":
-		return Order{}, fmt.Errorf("new order: %w: empty request id", ErrInvalid)
+		return Order{}, fmt.Errorf("new order: %w", fieldError("request_id", "empty"))
 	case req.CustomerEmail == "":
-		return Order{}, fmt.Errorf("new order: %w: empty customer email", ErrInvalid)
+		return Order{}, fmt.Errorf("new order: %w", fieldError("customer_email", "empty"))
 	case req.PaymentToken == "":
-		return Order{}, fmt.Errorf("new order: %w: empty payment token", ErrInvalid)
+		return Order{}, fmt.Errorf("new order: %w", fieldError("payment_token", "empty"))
 	}
 	total, err := Total(req.Items)
 	if err != nil {
@@ -129,34 +154,35 @@ func New(id string, req Request, now time.Time) (Order, error) {
 // with the errors New documents for items (all wrapping ErrInvalid).
 func Total(items []LineItem) (Money, error) {
 	if len(items) == 0 {
-		return Money{}, fmt.Errorf("total items: %w: no items", ErrInvalid)
+		return Money{}, fmt.Errorf("total items: %w", fieldError("items", "no items"))
 	}
 	var total Money
 	for i, it := range items {
+		item := fmt.Sprintf("items[%d]", i)
 		if it.ProductID == "" {
-			return Money{}, fmt.Errorf("total items: %w: items[%d]: empty product id", ErrInvalid, i)
+			return Money{}, fmt.Errorf("total items: %w", fieldError(item+".product_id", "empty"))
 		}
 		if it.Quantity < 1 {
-			return Money{}, fmt.Errorf("total items: %w: items[%d]: quantity %d below 1", ErrInvalid, i, it.Quantity)
+			return Money{}, fmt.Errorf("total items: %w", fieldError(item+".quantity", "%d is below 1", it.Quantity))
 		}
 		if err := it.UnitPrice.Validate(); err != nil {
-			return Money{}, fmt.Errorf("total items: %w: items[%d].unit_price: %w", ErrInvalid, i, err)
+			return Money{}, fmt.Errorf("total items: %w", fieldError(item+".unit_price", "%w", err))
 		}
 		if it.UnitPrice.IsNegative() {
-			return Money{}, fmt.Errorf("total items: %w: items[%d].unit_price is negative", ErrInvalid, i)
+			return Money{}, fmt.Errorf("total items: %w", fieldError(item+".unit_price", "negative"))
 		}
 		if i == 0 {
 			total = Money{CurrencyCode: it.UnitPrice.CurrencyCode}
 		} else if it.UnitPrice.CurrencyCode != total.CurrencyCode {
-			return Money{}, fmt.Errorf("total items: %w: %w: items[%d] is in %s, items[0] in %s",
-				ErrInvalid, ErrMixedCurrency, i, it.UnitPrice.CurrencyCode, total.CurrencyCode)
+			return Money{}, fmt.Errorf("total items: %w", fieldError(item+".unit_price.currency_code",
+				"%w: %s, where items[0] is in %s", ErrMixedCurrency, it.UnitPrice.CurrencyCode, total.CurrencyCode))
 		}
 		line, err := it.UnitPrice.Mul(int64(it.Quantity))
 		if err != nil {
-			return Money{}, fmt.Errorf("total items: %w: items[%d]: %w", ErrInvalid, i, err)
+			return Money{}, fmt.Errorf("total items: %w", fieldError(item, "%w", err))
 		}
 		if total, err = total.Add(line); err != nil {
-			return Money{}, fmt.Errorf("total items: %w: %w", ErrInvalid, err)
+			return Money{}, fmt.Errorf("total items: %w", fieldError("items", "%w", err))
 		}
 	}
 	return total, nil

@@ -55,29 +55,35 @@ func TestNewRejects(t *testing.T) {
 		emptyID  bool
 		mutate   func(*Request)
 		wantErrs []error
+		// wantField is the path of the FieldError the error wraps, or
+		// empty for none.
+		wantField string
 	}{
 		{name: "empty id", emptyID: true, mutate: func(*Request) {}, wantErrs: []error{ErrInvalid}},
-		{name: "empty request id", mutate: func(r *Request) { r.RequestID = "" }, wantErrs: []error{ErrInvalid}},
-		{name: "empty email", mutate: func(r *Request) { r.CustomerEmail = "" }, wantErrs: []error{ErrInvalid}},
-		{name: "empty token", mutate: func(r *Request) { r.PaymentToken = "" }, wantErrs: []error{ErrInvalid}},
-		{name: "no items", mutate: func(r *Request) { r.Items = nil }, wantErrs: []error{ErrInvalid}},
-		{name: "empty product id", mutate: func(r *Request) { r.Items[1].ProductID = "" }, wantErrs: []error{ErrInvalid}},
-		{name: "zero quantity", mutate: func(r *Request) { r.Items[0].Quantity = 0 }, wantErrs: []error{ErrInvalid}},
-		{name: "negative quantity", mutate: func(r *Request) { r.Items[0].Quantity = -1 }, wantErrs: []error{ErrInvalid}},
+		{name: "empty request id", mutate: func(r *Request) { r.RequestID = "" }, wantErrs: []error{ErrInvalid}, wantField: "request_id"},
+		{name: "empty email", mutate: func(r *Request) { r.CustomerEmail = "" }, wantErrs: []error{ErrInvalid}, wantField: "customer_email"},
+		{name: "empty token", mutate: func(r *Request) { r.PaymentToken = "" }, wantErrs: []error{ErrInvalid}, wantField: "payment_token"},
+		{name: "no items", mutate: func(r *Request) { r.Items = nil }, wantErrs: []error{ErrInvalid}, wantField: "items"},
+		{name: "empty product id", mutate: func(r *Request) { r.Items[1].ProductID = "" }, wantErrs: []error{ErrInvalid}, wantField: "items[1].product_id"},
+		{name: "zero quantity", mutate: func(r *Request) { r.Items[0].Quantity = 0 }, wantErrs: []error{ErrInvalid}, wantField: "items[0].quantity"},
+		{name: "negative quantity", mutate: func(r *Request) { r.Items[0].Quantity = -1 }, wantErrs: []error{ErrInvalid}, wantField: "items[0].quantity"},
 		{
-			name:     "mixed currency",
-			mutate:   func(r *Request) { r.Items[1].UnitPrice.CurrencyCode = "USD" },
-			wantErrs: []error{ErrInvalid, ErrMixedCurrency},
+			name:      "mixed currency",
+			mutate:    func(r *Request) { r.Items[1].UnitPrice.CurrencyCode = "USD" },
+			wantErrs:  []error{ErrInvalid, ErrMixedCurrency},
+			wantField: "items[1].unit_price.currency_code",
 		},
 		{
-			name:     "invalid price",
-			mutate:   func(r *Request) { r.Items[0].UnitPrice = eur(1, -1) },
-			wantErrs: []error{ErrInvalid, ErrInvalidMoney},
+			name:      "invalid price",
+			mutate:    func(r *Request) { r.Items[0].UnitPrice = eur(1, -1) },
+			wantErrs:  []error{ErrInvalid, ErrInvalidMoney},
+			wantField: "items[0].unit_price",
 		},
 		{
-			name:     "negative price",
-			mutate:   func(r *Request) { r.Items[0].UnitPrice = eur(-1, 0) },
-			wantErrs: []error{ErrInvalid},
+			name:      "negative price",
+			mutate:    func(r *Request) { r.Items[0].UnitPrice = eur(-1, 0) },
+			wantErrs:  []error{ErrInvalid},
+			wantField: "items[0].unit_price",
 		},
 		{
 			name: "line overflow",
@@ -85,7 +91,8 @@ func TestNewRejects(t *testing.T) {
 				r.Items[0].UnitPrice = eur(math.MaxInt64/2, 0)
 				r.Items[0].Quantity = 3
 			},
-			wantErrs: []error{ErrInvalid, ErrMoneyOverflow},
+			wantErrs:  []error{ErrInvalid, ErrMoneyOverflow},
+			wantField: "items[0]",
 		},
 		{
 			name: "total overflow",
@@ -93,7 +100,8 @@ func TestNewRejects(t *testing.T) {
 				r.Items[0].UnitPrice = eur(math.MaxInt64, 0)
 				r.Items[0].Quantity = 1
 			},
-			wantErrs: []error{ErrInvalid, ErrMoneyOverflow},
+			wantErrs:  []error{ErrInvalid, ErrMoneyOverflow},
+			wantField: "items",
 		},
 	}
 	for _, tt := range tests {
@@ -112,6 +120,15 @@ func TestNewRejects(t *testing.T) {
 				if !errors.Is(err, want) {
 					t.Errorf("New error = %v, want it to wrap %v", err, want)
 				}
+			}
+			fe, ok := errors.AsType[*FieldError](err)
+			switch {
+			case tt.wantField == "" && ok:
+				t.Errorf("New error = %v names field %s, want none", err, fe.Path)
+			case tt.wantField != "" && (!ok || fe.Path != tt.wantField):
+				t.Errorf("New error = %v, want a FieldError of %s", err, tt.wantField)
+			case ok && !errors.Is(fe, ErrInvalid):
+				t.Errorf("FieldError %v does not wrap ErrInvalid", fe)
 			}
 			if tt.name != "mixed currency" && errors.Is(err, ErrMixedCurrency) {
 				t.Errorf("New error = %v wraps ErrMixedCurrency", err)
