@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,7 @@ func rawRequest(t *testing.T, base, head string, body func(w io.Writer)) (resp *
 	}
 	// A closed connection reads EOF; an open one would block until the
 	// deadline.
-	if err := c.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+	if err := c.SetReadDeadline(time.Now().Add(500 * time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
 	_, err = r.ReadByte()
@@ -85,6 +86,29 @@ func TestGatewayBodyLimits(t *testing.T) {
 		}
 		if _, msg := statusOf(t, body); msg != "request body exceeds 1024 bytes" {
 			t.Errorf("message %q", msg)
+		}
+	})
+
+	t.Run("413 by Content-Length and by reading: one shape", func(t *testing.T) {
+		big := orderBody + strings.Repeat(" ", 2000)
+		byLength := fmt.Sprintf("POST /v1/orders HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", len(big))
+		resp, lengthBody, _ := rawRequest(t, base, byLength, func(w io.Writer) { _, _ = io.WriteString(w, big) })
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("status %d (%s), want 413", resp.StatusCode, lengthBody)
+		}
+		chunked := "POST /v1/orders HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+		_, readBody, _ := rawRequest(t, base, chunked, func(w io.Writer) {
+			_, _ = fmt.Fprintf(w, "%x\r\n%s\r\n0\r\n\r\n", len(big), big)
+		})
+		var a, b map[string]any
+		if err := json.Unmarshal([]byte(lengthBody), &a); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(readBody), &b); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(a, b) {
+			t.Errorf("413 bodies differ: by Content-Length %s, by reading %s", lengthBody, readBody)
 		}
 	})
 

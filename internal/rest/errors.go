@@ -117,9 +117,10 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 	}
 }
 
-// writeStatus writes st as JSON outside grpc-gateway (before routing).
+// writeStatus writes st as JSON outside grpc-gateway (before routing), in
+// the shape errorHandler's responses have.
 func writeStatus(w http.ResponseWriter, code int, st *status.Status) {
-	body, err := (&runtime.JSONPb{}).Marshal(st.Proto())
+	body, err := (&runtime.JSONPb{MarshalOptions: orderJSONOptions}).Marshal(st.Proto())
 	if err != nil {
 		http.Error(w, st.Message(), code)
 		return
