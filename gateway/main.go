@@ -115,13 +115,13 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 
 	// Upstream connections: created lazily by gRPC, so the gateway starts
 	// even while a service is still coming up (/healthz says so).
-	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
-	orderConn, err := grpc.NewClient(cfg.OrderAddr, creds)
+	dialOpts := append(rest.UpstreamDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	orderConn, err := grpc.NewClient(cfg.OrderAddr, dialOpts...)
 	if err != nil {
 		return fmt.Errorf("order service address: %w", err)
 	}
 	defer orderConn.Close()
-	invConn, err := grpc.NewClient(cfg.InventoryAddr, creds)
+	invConn, err := grpc.NewClient(cfg.InventoryAddr, dialOpts...)
 	if err != nil {
 		return fmt.Errorf("inventory service address: %w", err)
 	}

@@ -111,7 +111,7 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 			}
 		}
 		if code >= 500 {
-			log.ErrorContext(ctx, "upstream call failed", "method", r.Method, "path", r.URL.Path, "code", st.Code().String(), "error", st.Message())
+			log.ErrorContext(ctx, "upstream call failed", "method", r.Method, "path", r.URL.Path, "code", st.Code().String(), "error", err.Error())
 		}
 		runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: code, Err: st.Err()})
 	}

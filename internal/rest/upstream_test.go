@@ -1,0 +1,103 @@
+package rest_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/rest"
+)
+
+// unavailableOrders answers GetOrder with the UNAVAILABLE the order
+// service gives while its database is away.
+type unavailableOrders struct{ cannedOrders }
+
+func (unavailableOrders) GetOrder(context.Context, *orderv1.GetOrderRequest) (*orderv1.GetOrderResponse, error) {
+	return nil, status.Error(codes.Unavailable, "order store unavailable; retry later")
+}
+
+// gatewayTo serves the gateway in front of the upstream at addr, dialled
+// as the gateway dials, and returns its URL and what it logged.
+func gatewayTo(t *testing.T, addr string) (string, *strings.Builder) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, append(rest.UpstreamDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	var logged strings.Builder
+	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(&logged, nil)), rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(h)
+	t.Cleanup(hs.Close)
+	return hs.URL, &logged
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func TestUnreachableUpstreamHidesItsAddress(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := lis.Addr().String()
+	lis.Close() // nothing listens there now
+	base, logged := gatewayTo(t, dead)
+	const id = "0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70"
+
+	code, body := get(t, base+"/v1/orders/"+id)
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("GET with the upstream down = %d %s, want 503", code, body)
+	}
+	var st struct{ Message string }
+	if err := json.Unmarshal([]byte(body), &st); err != nil || st.Message != "upstream service unavailable; retry later" {
+		t.Errorf("body %s (%v), want the generic message", body, err)
+	}
+	code, stream := get(t, base+"/v1/orders/"+id+":watch")
+	if code != http.StatusServiceUnavailable || !strings.Contains(stream, "upstream service unavailable; retry later") {
+		t.Errorf("watch with the upstream down = %d %s, want 503 with the generic message", code, stream)
+	}
+	for _, b := range []string{body, stream} {
+		if strings.Contains(b, dead) {
+			t.Errorf("body %s names the upstream's address", b)
+		}
+	}
+	if !strings.Contains(logged.String(), dead) {
+		t.Errorf("log %q lacks the client's error (the upstream's address)", logged)
+	}
+}
+
+func TestUpstreamUnavailablePassesUnchanged(t *testing.T) {
+	conn := startUpstream(t, unavailableOrders{})
+	base, _ := gatewayTo(t, conn.Target())
+	code, body := get(t, base+"/v1/orders/0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"order store unavailable; retry later"`) {
+		t.Errorf("GET = %d %s, want 503 with the order service's own message", code, body)
+	}
+}
