@@ -117,6 +117,29 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 	}
 }
 
+// errShuttingDown is the cause of a watch stream's end when the gateway
+// shuts down (Options.Streams).
+var errShuttingDown = errors.New("gateway shutting down")
+
+// streamErrorHandler returns the status a watch stream ends with, written
+// as its last line ({"error": status}), or as the response with its HTTP
+// status when the stream had not begun. A stream the gateway ended to
+// shut down ends UNAVAILABLE "gateway shutting down; watch again", as the
+// order service's own do, so clients tell it from their own cancel and
+// reconnect; failures of the upstream (5xx) are logged.
+func streamErrorHandler(log *slog.Logger) runtime.StreamErrorHandlerFunc {
+	return func(ctx context.Context, err error) *status.Status {
+		if errors.Is(context.Cause(ctx), errShuttingDown) {
+			return status.New(codes.Unavailable, "gateway shutting down; watch again")
+		}
+		st := status.Convert(err)
+		if httpStatus(st.Code()) >= 500 {
+			log.ErrorContext(ctx, "upstream stream failed", "code", st.Code().String(), "error", err.Error())
+		}
+		return st
+	}
+}
+
 // writeStatus writes st as JSON outside grpc-gateway (before routing), in
 // the shape errorHandler's responses have.
 func writeStatus(w http.ResponseWriter, code int, st *status.Status) {

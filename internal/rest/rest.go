@@ -77,6 +77,7 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &jsonMarshaler{JSONPb: jsonpb}),
 		runtime.WithMarshalerOption(eventStreamMIME, &sseMarshaler{JSONPb: jsonpb}),
 		runtime.WithErrorHandler(errorHandler(log)),
+		runtime.WithStreamErrorHandler(streamErrorHandler(log)),
 		runtime.WithMiddlewares(upstreamTimeout(opts.UpstreamTimeout, opts.Streams), noForwarding),
 		runtime.WithIncomingHeaderMatcher(noHeaders),
 		runtime.WithOutgoingHeaderMatcher(noHeaders),
@@ -154,9 +155,9 @@ func upstreamTimeout(d time.Duration, streams context.Context) runtime.Middlewar
 		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
 			if strings.HasSuffix(r.URL.Path, ":watch") {
 				if streams != nil {
-					ctx, cancel := context.WithCancel(r.Context())
-					defer cancel()
-					stop := context.AfterFunc(streams, cancel)
+					ctx, cancel := context.WithCancelCause(r.Context())
+					defer cancel(nil)
+					stop := context.AfterFunc(streams, func() { cancel(errShuttingDown) })
 					defer stop()
 					r = r.WithContext(ctx)
 				}

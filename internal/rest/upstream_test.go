@@ -101,3 +101,50 @@ func TestUpstreamUnavailablePassesUnchanged(t *testing.T) {
 		t.Errorf("GET = %d %s, want 503 with the order service's own message", code, body)
 	}
 }
+
+// watchingOrders streams the order's state once and then holds the stream
+// open until the call ends.
+type watchingOrders struct{ cannedOrders }
+
+func (watchingOrders) WatchOrder(req *orderv1.WatchOrderRequest, s grpc.ServerStreamingServer[orderv1.WatchOrderResponse]) error {
+	if err := s.Send(&orderv1.WatchOrderResponse{Order: &orderv1.Order{Id: req.GetOrderId(), Status: orderv1.OrderStatus_ORDER_STATUS_PENDING}}); err != nil {
+		return err
+	}
+	<-s.Context().Done()
+	return s.Context().Err()
+}
+
+// TestWatchEndsUnavailableAtShutdown: a watch stream the gateway ends to
+// shut down (Options.Streams) ends with UNAVAILABLE, as the order
+// service's own streams do, so the client knows to watch again.
+func TestWatchEndsUnavailableAtShutdown(t *testing.T) {
+	streams, endStreams := context.WithCancel(context.Background())
+	defer endStreams()
+	base, _ := startGateway(t, watchingOrders{}, rest.Options{Streams: streams})
+	resp, err := http.Get(base + "/v1/orders/0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70:watch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	var first struct{ Result json.RawMessage }
+	if err := dec.Decode(&first); err != nil || len(first.Result) == 0 {
+		t.Fatalf("first line: %+v, %v; want the order", first, err)
+	}
+	endStreams()
+	var last struct {
+		Error struct {
+			Code    codes.Code
+			Message string
+		}
+	}
+	if err := dec.Decode(&last); err != nil {
+		t.Fatalf("last line: %v", err)
+	}
+	if last.Error.Code != codes.Unavailable || last.Error.Message != "gateway shutting down; watch again" {
+		t.Errorf("last line: %+v, want UNAVAILABLE \"gateway shutting down; watch again\"", last.Error)
+	}
+	if err := dec.Decode(&last); err != io.EOF {
+		t.Errorf("after the last line: %v, want the end of the stream", err)
+	}
+}
