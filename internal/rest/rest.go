@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -149,7 +150,9 @@ func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
 }
 
 // upstreamTimeout bounds unary calls; WatchOrder streams (":watch") run as
-// long as the client stays, or until streams ends.
+// long as the client stays, or until streams ends. A unary call answers
+// JSON even to a client that accepts only Server-Sent Events, which frame
+// stream messages only.
 func upstreamTimeout(d time.Duration, streams context.Context) runtime.Middleware {
 	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
@@ -166,7 +169,12 @@ func upstreamTimeout(d time.Duration, streams context.Context) runtime.Middlewar
 			}
 			ctx, cancel := context.WithTimeout(r.Context(), d)
 			defer cancel()
-			next(w, r.WithContext(ctx), params)
+			r = r.WithContext(ctx)
+			if slices.Contains(r.Header.Values("Accept"), eventStreamMIME) {
+				r.Header = r.Header.Clone()
+				r.Header.Del("Accept")
+			}
+			next(w, r, params)
 		}
 	}
 }

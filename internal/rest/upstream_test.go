@@ -148,3 +148,33 @@ func TestWatchEndsUnavailableAtShutdown(t *testing.T) {
 		t.Errorf("after the last line: %v, want the end of the stream", err)
 	}
 }
+
+// TestUnaryCallAnswersJSONToAnEventStreamClient: Server-Sent Events frame
+// stream messages; a unary call asked for them answers plain JSON.
+func TestUnaryCallAnswersJSONToAnEventStreamClient(t *testing.T) {
+	base, _ := startGateway(t, unavailableOrders{}, rest.Options{})
+	for _, tt := range []struct{ name, method, path, body string }{
+		{"an answer", http.MethodPost, "/v1/orders", `{"request_id": "7f1b0b5e-3c55-4bb3-9a8e-2a1c1f0b8f11", "customer_email": "ada@example.com"}`},
+		{"an error", http.MethodGet, "/v1/orders/0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.NewRequest(tt.method, base+tt.path, strings.NewReader(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Accept", "text/event-stream")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ct := resp.Header.Get("Content-Type"); ct != "application/json" || !json.Valid(b) {
+				t.Errorf("%s %s: Content-Type %q, body %s; want JSON", tt.method, tt.path, ct, b)
+			}
+		})
+	}
+}
