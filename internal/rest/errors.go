@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -113,8 +115,34 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 		if code >= 500 {
 			log.ErrorContext(ctx, "upstream call failed", "method", r.Method, "path", r.URL.Path, "code", st.Code().String(), "error", err.Error())
 		}
+		if st.Code() == codes.InvalidArgument && len(st.Details()) == 0 {
+			st = withQueryViolation(st)
+		}
 		runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: code, Err: st.Err()})
 	}
+}
+
+// queryError matches grpc-gateway's errors for a query parameter it
+// could not parse into its field: `parsing field "page_size": …`.
+var queryError = regexp.MustCompile(`^parsing (?:field|list) "([a-z0-9_]+)": (.+)$`)
+
+// withQueryViolation returns st, an INVALID_ARGUMENT without details, with
+// a google.rpc.BadRequest naming the query parameter when st is the
+// gateway's failure to parse it, so that it reads like every other
+// invalid request; other statuses return as they are. The gateway's query
+// parameters are top-level fields, named as in the request message.
+func withQueryViolation(st *status.Status) *status.Status {
+	m := queryError.FindStringSubmatch(st.Message())
+	if m == nil {
+		return st
+	}
+	withDetails, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+		{Field: m[1], Description: m[2]},
+	}})
+	if err != nil {
+		return st
+	}
+	return withDetails
 }
 
 // errShuttingDown is the cause of a watch stream's end when the gateway

@@ -410,6 +410,22 @@ func TestRESTErrors(t *testing.T) {
 			t.Errorf("400 body names %v, lacks %s: %s", fields, want, b)
 		}
 	}
+	// Query parameters the gateway cannot parse: 400 naming the parameter.
+	for _, q := range []struct{ query, field string }{
+		{"page_size=99999999999", "page_size"},
+		{"status=ORDER_STATUS_BOGUS", "status"},
+		{"view=7", "view"},
+	} {
+		code, b := e.do(t, http.MethodGet, "/v1/orders?"+q.query, "")
+		var qe restError
+		if err := json.Unmarshal(b, &qe); err != nil || code != http.StatusBadRequest {
+			t.Errorf("?%s = %d %s (%v), want 400", q.query, code, b, err)
+			continue
+		}
+		if len(qe.Details) != 1 || len(qe.Details[0].FieldViolations) != 1 || qe.Details[0].FieldViolations[0].Field != q.field {
+			t.Errorf("?%s: body %s, want one violation of %s", q.query, b, q.field)
+		}
+	}
 	// A rule of the domain (one currency per order): 400 naming the field.
 	body = `{"request_id": "` + uuid.NewString() + `", "customer_email": "ada@example.com", "payment_token": "tok_visa",
 		"items": [{"product_id": "SKU-1", "quantity": 1, "unit_price": {"currency_code": "EUR", "units": 1}},
