@@ -12,11 +12,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -627,9 +629,27 @@ func TestRESTOpenAPIAndHealth(t *testing.T) {
 	if code != http.StatusOK || json.Unmarshal(b, &doc) != nil {
 		t.Fatalf("GET /openapi.json = %d %.100s", code, b)
 	}
-	for _, p := range []string{"/v1/orders", "/v1/orders/{order_id}", "/v1/orders/{order_id}:cancel", "/v1/orders/{order_id}:watch", "/v1/stock/{product_id}"} {
-		if doc.Paths[p] == nil {
-			t.Errorf("OpenAPI document lacks %s", p)
+	// Every operation the gateway serves, and no other.
+	var ops []string
+	for path, methods := range doc.Paths {
+		for m := range methods {
+			ops = append(ops, strings.ToUpper(m)+" "+path)
+		}
+	}
+	slices.Sort(ops)
+	want := []string{
+		"GET /v1/orders", "GET /v1/orders/{order_id}", "GET /v1/orders/{order_id}/events", "GET /v1/orders/{order_id}:watch",
+		"GET /v1/stock/{product_id}", "POST /v1/orders", "POST /v1/orders/{order_id}:cancel", "PUT /v1/stock/{product_id}",
+	}
+	if diff := cmp.Diff(want, ops); diff != "" {
+		t.Errorf("OpenAPI operations (-want +got):\n%s", diff)
+	}
+	// Each is routed: none answers 404 or 405 (a made-up id is fine).
+	for _, op := range want {
+		method, path, _ := strings.Cut(op, " ")
+		path = strings.NewReplacer("{order_id}", "0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70", "{product_id}", "SKU-ROUTE").Replace(path)
+		if code, b := e.do(t, method, path, "{}"); code == http.StatusNotFound && bytes.Contains(b, []byte(`"message":"Not Found"`)) || code == http.StatusMethodNotAllowed {
+			t.Errorf("%s %s = %d %.100s: not routed", method, path, code, b)
 		}
 	}
 	if code, b := e.do(t, http.MethodGet, "/healthz", ""); code != http.StatusOK || !bytes.Contains(b, []byte(`"SERVING"`)) {
