@@ -2,15 +2,9 @@ package eventbus
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -24,103 +18,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/testpki"
 )
-
-// testCA is a certificate authority of a test's own.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	// file is the CA certificate as a PEM file.
-	file string
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &testCA{cert: cert, key: key, file: filepath.Join(t.TempDir(), name+".pem")}
-	writePEM(t, ca.file, "CERTIFICATE", der)
-	return ca
-}
-
-// issue signs a leaf certificate for commonName, valid for localhost and
-// 127.0.0.1, for server or client authentication.
-func (ca *testCA) issue(t *testing.T, commonName string, usage x509.ExtKeyUsage) tls.Certificate {
-	t.Helper()
-	key := newKey(t)
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: commonName},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-// issueFiles is issue writing the certificate and its key to PEM files.
-func (ca *testCA) issueFiles(t *testing.T, commonName string, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-	t.Helper()
-	c := ca.issue(t, commonName, usage)
-	der, err := x509.MarshalECPrivateKey(c.PrivateKey.(*ecdsa.PrivateKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, commonName+".pem"), filepath.Join(dir, commonName+"-key.pem")
-	writePEM(t, certFile, "CERTIFICATE", c.Certificate[0])
-	writePEM(t, keyFile, "EC PRIVATE KEY", der)
-	return certFile, keyFile
-}
-
-func (ca *testCA) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
-	return p
-}
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
-}
-
-func writePEM(t *testing.T, file, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // tlsProxy terminates TLS in front of the test broker, which listens
 // without it: each connection it accepts is forwarded to the broker once
@@ -240,9 +139,9 @@ func (p *tlsProxy) url(t *testing.T, host string, params url.Values) string {
 }
 
 func TestTLSRoundTrip(t *testing.T) {
-	ca := newTestCA(t, "ordermesh-test-ca")
-	server := ca.issue(t, "broker", x509.ExtKeyUsageServerAuth)
-	clientCert, clientKey := ca.issueFiles(t, "ordermesh-test-client", x509.ExtKeyUsageClientAuth)
+	ca := testpki.NewCA(t, "ordermesh-test-ca")
+	server := ca.Issue(t, "broker", x509.ExtKeyUsageServerAuth)
+	clientCert, clientKey := ca.IssueFiles(t, "ordermesh-test-client", x509.ExtKeyUsageClientAuth)
 	tests := []struct {
 		name       string
 		clientCAs  *x509.CertPool
@@ -253,18 +152,18 @@ func TestTLSRoundTrip(t *testing.T) {
 		{
 			name:   "the broker's certificate verified against cacertfile",
 			host:   "localhost",
-			params: url.Values{"cacertfile": {ca.file}},
+			params: url.Values{"cacertfile": {ca.File}},
 		},
 		{
 			name:   "server_name_indication names the certificate's host",
 			host:   "127.0.0.1",
-			params: url.Values{"cacertfile": {ca.file}, "server_name_indication": {"localhost"}},
+			params: url.Values{"cacertfile": {ca.File}, "server_name_indication": {"localhost"}},
 		},
 		{
 			name:       "mutual TLS: the client certificate from certfile and keyfile",
-			clientCAs:  ca.pool(),
+			clientCAs:  ca.Pool(),
 			host:       "localhost",
-			params:     url.Values{"cacertfile": {ca.file}, "certfile": {clientCert}, "keyfile": {clientKey}},
+			params:     url.Values{"cacertfile": {ca.File}, "certfile": {clientCert}, "keyfile": {clientKey}},
 			wantClient: "ordermesh-test-client",
 		},
 	}
@@ -312,9 +211,9 @@ func TestTLSRoundTrip(t *testing.T) {
 }
 
 func TestTLSRefusesUnverifiedPeers(t *testing.T) {
-	ca := newTestCA(t, "ordermesh-test-ca")
-	other := newTestCA(t, "other-ca")
-	server := ca.issue(t, "broker", x509.ExtKeyUsageServerAuth)
+	ca := testpki.NewCA(t, "ordermesh-test-ca")
+	other := testpki.NewCA(t, "other-ca")
+	server := ca.Issue(t, "broker", x509.ExtKeyUsageServerAuth)
 	tests := []struct {
 		name       string
 		clientCAs  *x509.CertPool
@@ -330,20 +229,20 @@ func TestTLSRefusesUnverifiedPeers(t *testing.T) {
 		{
 			name:       "cacertfile of another CA",
 			host:       "localhost",
-			params:     url.Values{"cacertfile": {other.file}},
+			params:     url.Values{"cacertfile": {other.File}},
 			wantReason: "certificate signed by unknown authority",
 		},
 		{
 			name:       "a host the certificate does not name",
 			host:       "127.0.0.1",
-			params:     url.Values{"cacertfile": {ca.file}, "server_name_indication": {"mq.example"}},
+			params:     url.Values{"cacertfile": {ca.File}, "server_name_indication": {"mq.example"}},
 			wantReason: "certificate is valid for localhost, not mq.example",
 		},
 		{
 			name:       "no client certificate where the broker requires one",
-			clientCAs:  ca.pool(),
+			clientCAs:  ca.Pool(),
 			host:       "localhost",
-			params:     url.Values{"cacertfile": {ca.file}},
+			params:     url.Values{"cacertfile": {ca.File}},
 			wantReason: "tls: certificate required",
 		},
 	}
@@ -384,9 +283,9 @@ func TestTLSRefusesUnverifiedPeers(t *testing.T) {
 }
 
 func TestCheckURL(t *testing.T) {
-	ca := newTestCA(t, "ordermesh-test-ca")
-	certFile, keyFile := ca.issueFiles(t, "client", x509.ExtKeyUsageClientAuth)
-	otherCert, _ := ca.issueFiles(t, "other", x509.ExtKeyUsageClientAuth)
+	ca := testpki.NewCA(t, "ordermesh-test-ca")
+	certFile, keyFile := ca.IssueFiles(t, "client", x509.ExtKeyUsageClientAuth)
+	otherCert, _ := ca.IssueFiles(t, "other", x509.ExtKeyUsageClientAuth)
 	notPEM := filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -399,16 +298,16 @@ func TestCheckURL(t *testing.T) {
 	}{
 		{name: "amqp", url: "amqp://guest:guest@127.0.0.1:5672/"},
 		{name: "amqps with the system's CAs", url: "amqps://guest:guest@mq.example/"},
-		{name: "amqps with a CA file", url: "amqps://guest:guest@mq.example/?cacertfile=" + ca.file},
+		{name: "amqps with a CA file", url: "amqps://guest:guest@mq.example/?cacertfile=" + ca.File},
 		{
 			name: "amqps with a client certificate",
-			url:  "amqps://mq.example/?cacertfile=" + ca.file + "&certfile=" + certFile + "&keyfile=" + keyFile,
+			url:  "amqps://mq.example/?cacertfile=" + ca.File + "&certfile=" + certFile + "&keyfile=" + keyFile,
 		},
 		{name: "another scheme", url: "http://guest:secret@127.0.0.1/", err: "AMQP scheme must be either 'amqp://' or 'amqps://'"},
 		{name: "a port out of range", url: "amqp://guest:secret@127.0.0.1:99999/", err: `invalid URL "amqp://guest:xxxxx@127.0.0.1:99999/": port 99999 is out of range 1..65535`},
 		{name: "a bad heartbeat", url: "amqp://guest:secret@127.0.0.1/?heartbeat=often", err: `invalid URL "amqp://guest:xxxxx@127.0.0.1/?heartbeat=often": heartbeat is not an uint16`},
 		{name: "unparsable", url: "amqp://guest:secret@127.0.0.1:5672/%zz", err: `invalid URL: invalid URL escape "%zz"`},
-		{name: "a CA file without TLS", url: "amqp://127.0.0.1/?cacertfile=" + ca.file, err: "cacertfile applies to TLS connections only: use amqps://"},
+		{name: "a CA file without TLS", url: "amqp://127.0.0.1/?cacertfile=" + ca.File, err: "cacertfile applies to TLS connections only: use amqps://"},
 		{name: "a server name without TLS", url: "amqp://127.0.0.1/?server_name_indication=mq", err: "server_name_indication applies to TLS connections only"},
 		{name: "a missing CA file", url: "amqps://mq.example/?cacertfile=" + missing, err: "cacertfile: open " + missing + ": no such file or directory"},
 		{name: "a CA file without a certificate", url: "amqps://mq.example/?cacertfile=" + notPEM, err: "cacertfile " + notPEM + " holds no PEM certificate"},
