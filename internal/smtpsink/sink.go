@@ -11,6 +11,7 @@ package smtpsink
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -57,12 +58,27 @@ func WithoutKeeping() Option {
 	return func(s *Sink) { s.discard = true }
 }
 
+// WithStartTLS makes the sink offer STARTTLS with config, as a mail
+// submission server on port 587 does.
+func WithStartTLS(config *tls.Config) Option {
+	return func(s *Sink) { s.startTLS = config }
+}
+
+// WithImplicitTLS makes the sink speak TLS with config from the first
+// byte, as a server on port 465 does.
+func WithImplicitTLS(config *tls.Config) Option {
+	return func(s *Sink) { s.implicitTLS = config }
+}
+
 // Sink is a running SMTP server. Its methods are safe for concurrent use.
 type Sink struct {
-	log  *slog.Logger
-	srv  *smtp.Server
-	lis  *trackingListener
-	done chan struct{} // closed when the serving goroutines have returned
+	log *slog.Logger
+	// startTLS and implicitTLS are set by WithStartTLS and
+	// WithImplicitTLS.
+	startTLS, implicitTLS *tls.Config
+	srv                   *smtp.Server
+	lis                   *trackingListener
+	done                  chan struct{} // closed when the serving goroutines have returned
 	// discard is set by WithoutKeeping.
 	discard bool
 	// received counts the messages accepted since Start.
@@ -95,6 +111,9 @@ func Start(ctx context.Context, addr string, opts ...Option) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start smtp sink: %w", err)
 	}
+	if s.implicitTLS != nil {
+		l = tls.NewListener(l, s.implicitTLS)
+	}
 	s.lis = &trackingListener{Listener: l, conns: map[net.Conn]struct{}{}}
 
 	s.srv = smtp.NewServer(backend{s})
@@ -103,6 +122,7 @@ func Start(ctx context.Context, addr string, opts ...Option) (*Sink, error) {
 	s.srv.MaxMessageBytes = MaxMessageBytes
 	s.srv.MaxRecipients = 100
 	s.srv.AllowInsecureAuth = true
+	s.srv.TLSConfig = s.startTLS
 	s.srv.ReadTimeout = ioTimeout
 	s.srv.WriteTimeout = ioTimeout
 	s.srv.ErrorLog = errorLog{s.log}

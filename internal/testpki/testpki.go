@@ -58,6 +58,12 @@ func NewCA(t testing.TB, name string) *CA {
 // 127.0.0.1, for usage (x509.ExtKeyUsageServerAuth or ClientAuth).
 func (ca *CA) Issue(t testing.TB, commonName string, usage x509.ExtKeyUsage) tls.Certificate {
 	t.Helper()
+	return ca.IssueFor(t, commonName, usage, "localhost", "127.0.0.1")
+}
+
+// IssueFor is Issue for the given host names and IP addresses only.
+func (ca *CA) IssueFor(t testing.TB, commonName string, usage x509.ExtKeyUsage, hosts ...string) tls.Certificate {
+	t.Helper()
 	key := newKey(t)
 	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
 	if err != nil {
@@ -66,12 +72,17 @@ func (ca *CA) Issue(t testing.TB, commonName string, usage x509.ExtKeyUsage) tls
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: commonName},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
