@@ -1,10 +1,12 @@
 package mailer
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/mail"
+	"os"
 	"time"
 
 	"github.com/ordermesh/ordermesh/internal/config"
@@ -32,6 +34,7 @@ const (
 	EnvTLS      = "ORDERMESH_SMTP_TLS"      // none, starttls or tls
 	EnvFrom     = "ORDERMESH_SMTP_FROM"     // From header and envelope sender
 	EnvTimeout  = "ORDERMESH_SMTP_TIMEOUT"  // bound on one email's whole SMTP exchange
+	EnvCAFile   = "ORDERMESH_SMTP_CA_FILE"  // PEM file of the CAs to trust for TLS; empty: the system's
 
 	DefaultAddr    = "127.0.0.1:1025"
 	DefaultTLS     = TLSNone
@@ -50,6 +53,7 @@ const (
 //	ORDERMESH_SMTP_TLS       TLS       none (none | starttls | tls)
 //	ORDERMESH_SMTP_FROM      From      ordermesh <orders@ordermesh.localhost>
 //	ORDERMESH_SMTP_TIMEOUT   Timeout   10s
+//	ORDERMESH_SMTP_CA_FILE   CAFile    "" (the system's CAs)
 type Config struct {
 	// Addr is the server's host:port.
 	Addr string
@@ -60,8 +64,14 @@ type Config struct {
 	// the clear.
 	Username string
 	Password string `secret:"true"`
-	// TLS says how the connection is encrypted.
+	// TLS says how the connection is encrypted. The server's certificate
+	// must be valid for the host of Addr and signed by a CA the system
+	// trusts, or one in CAFile.
 	TLS TLSMode
+	// CAFile, if set, is a PEM file of the CAs that sign the server's
+	// certificate (a company's own, say), trusted instead of the
+	// system's. Only with TLS starttls or tls.
+	CAFile string
 	// From is the sender, an RFC 5322 address with an optional name.
 	From string
 	// Timeout bounds one email: connecting, every command and the message
@@ -88,6 +98,7 @@ func ReadConfig(env *config.Env) Config {
 		TLS:      TLSMode(env.String(EnvTLS, string(def.TLS))),
 		From:     env.String(EnvFrom, def.From),
 		Timeout:  env.Duration(EnvTimeout, def.Timeout),
+		CAFile:   env.String(EnvCAFile, ""),
 	}
 	for _, p := range cfg.problems() {
 		env.Fail(p.name, p.err)
@@ -131,5 +142,25 @@ func (c Config) problems() []problem {
 	if c.Password != "" && c.Username == "" {
 		ps = append(ps, problem{EnvPassword, fmt.Errorf("set without %s", EnvUsername)})
 	}
+	if c.CAFile != "" {
+		if c.TLS == TLSNone {
+			ps = append(ps, problem{EnvCAFile, fmt.Errorf("set, but %s is none: the CAs apply to TLS only", EnvTLS)})
+		} else if _, err := readCAs(c.CAFile); err != nil {
+			ps = append(ps, problem{EnvCAFile, err})
+		}
+	}
 	return ps
+}
+
+// readCAs returns a pool of the certificates in the PEM file, at least one.
+func readCAs(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return pool, nil
 }

@@ -36,6 +36,7 @@ package mailer
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -156,6 +157,15 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 	// ends them; the mail transactions are the Mailer's own (see the
 	// package documentation).
 	mopts := []mail.Option{mail.WithPort(port), mail.WithTimeout(cfg.Timeout)}
+	if cfg.TLS != TLSNone {
+		tlsConfig := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+		if cfg.CAFile != "" {
+			if tlsConfig.RootCAs, err = readCAs(cfg.CAFile); err != nil {
+				return nil, fmt.Errorf("new mailer: %s: %w", EnvCAFile, err)
+			}
+		}
+		mopts = append(mopts, mail.WithTLSConfig(tlsConfig))
+	}
 	switch cfg.TLS {
 	case TLSNone:
 		mopts = append(mopts, mail.WithTLSPolicy(mail.NoTLS))

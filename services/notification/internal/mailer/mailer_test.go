@@ -3,11 +3,15 @@ package mailer_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -18,6 +22,7 @@ import (
 
 	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/smtpsink"
+	"github.com/ordermesh/ordermesh/internal/testpki"
 	"github.com/ordermesh/ordermesh/services/notification/internal/app"
 	"github.com/ordermesh/ordermesh/services/notification/internal/mailer"
 )
@@ -64,6 +69,21 @@ func TestReadConfig(t *testing.T) {
 			name:    "address without host",
 			env:     map[string]string{"ORDERMESH_SMTP_ADDR": ":25"},
 			wantErr: []string{"ORDERMESH_SMTP_ADDR"},
+		},
+		{
+			name:    "a CA file without TLS",
+			env:     map[string]string{"ORDERMESH_SMTP_CA_FILE": testpki.NewCA(t, "ca").File},
+			wantErr: []string{"ORDERMESH_SMTP_CA_FILE"},
+		},
+		{
+			name:    "a CA file that is not there",
+			env:     map[string]string{"ORDERMESH_SMTP_TLS": "tls", "ORDERMESH_SMTP_CA_FILE": "/nonexistent/ca.pem"},
+			wantErr: []string{"ORDERMESH_SMTP_CA_FILE"},
+		},
+		{
+			name:    "a CA file without a certificate",
+			env:     map[string]string{"ORDERMESH_SMTP_TLS": "tls", "ORDERMESH_SMTP_CA_FILE": notPEM(t)},
+			wantErr: []string{"ORDERMESH_SMTP_CA_FILE"},
 		},
 	}
 	for _, tt := range tests {
@@ -121,6 +141,78 @@ func newMailerTLS(t testing.TB, addr string, timeout time.Duration, mode mailer.
 	}
 	t.Cleanup(m.Close)
 	return m
+}
+
+// notPEM returns a file that holds no PEM certificate.
+func notPEM(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(f, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestSendOverTLS sends through a sink that offers STARTTLS and through
+// one that speaks TLS from the start, each with a certificate of a CA of
+// the test's own: trusted through ORDERMESH_SMTP_CA_FILE the email goes
+// out encrypted; with the system's CAs, or to a host the certificate does
+// not name, nothing is sent.
+func TestSendOverTLS(t *testing.T) {
+	ca := testpki.NewCA(t, "smtp-ca")
+	// For localhost only, so that 127.0.0.1 names a host it does not.
+	server := &tls.Config{Certificates: []tls.Certificate{ca.IssueFor(t, "smtp", x509.ExtKeyUsageServerAuth, "localhost")}}
+	for _, tt := range []struct {
+		name string
+		mode mailer.TLSMode
+		sink smtpsink.Option
+	}{
+		{"starttls", mailer.TLSStartTLS, smtpsink.WithStartTLS(server)},
+		{"implicit tls", mailer.TLSImplicit, smtpsink.WithImplicitTLS(server)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := smtpsink.Start(context.Background(), "127.0.0.1:0", tt.sink)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = s.Close() })
+			_, port, err := net.SplitHostPort(s.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			send := func(host, caFile string) error {
+				cfg := mailer.DefaultConfig()
+				cfg.Addr, cfg.TLS, cfg.CAFile, cfg.Timeout = net.JoinHostPort(host, port), tt.mode, caFile, 5*time.Second
+				m, err := mailer.New(cfg, quiet)
+				if err != nil {
+					t.Fatalf("new mailer: %v", err)
+				}
+				defer m.Close()
+				return m.Send(context.Background(), email("ada@example.com"))
+			}
+			if err := send("localhost", ca.File); err != nil {
+				t.Fatalf("send with the CA trusted: %v", err)
+			}
+			if n := len(s.Messages()); n != 1 {
+				t.Fatalf("sink received %d messages, want 1", n)
+			}
+			for _, bad := range []struct{ what, host, caFile, want string }{
+				{"with the system's CAs", "localhost", "", "certificate signed by unknown authority"},
+				{"to a host the certificate does not name", "127.0.0.1", ca.File, "doesn't contain any IP SANs"},
+			} {
+				err := send(bad.host, bad.caFile)
+				if err == nil || !strings.Contains(err.Error(), bad.want) {
+					t.Errorf("send %s: %v, want an error saying %q", bad.what, err, bad.want)
+				}
+				if errors.Is(err, app.ErrRejected) {
+					t.Errorf("send %s: %v is permanent; an operator can fix it, so the bus should retry", bad.what, err)
+				}
+			}
+			if n := len(s.Messages()); n != 1 {
+				t.Errorf("sink received %d messages, want only the one sent with the CA trusted", n)
+			}
+		})
+	}
 }
 
 func startSink(t testing.TB) *smtpsink.Sink {
