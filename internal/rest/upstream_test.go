@@ -49,7 +49,18 @@ func gatewayTo(t *testing.T, addr string) (string, *strings.Builder) {
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := send(t, req)
+	return resp.StatusCode, body
+}
+
+// send makes the request and returns the response with its body read.
+func send(t *testing.T, req *http.Request) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +69,7 @@ func get(t *testing.T, url string) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, string(b)
+	return resp, string(b)
 }
 
 func TestUnreachableUpstreamHidesItsAddress(t *testing.T) {
@@ -163,16 +174,8 @@ func TestUnaryCallAnswersJSONToAnEventStreamClient(t *testing.T) {
 				t.Fatal(err)
 			}
 			req.Header.Set("Accept", "text/event-stream")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ct := resp.Header.Get("Content-Type"); ct != "application/json" || !json.Valid(b) {
+			resp, b := send(t, req)
+			if ct := resp.Header.Get("Content-Type"); ct != "application/json" || !json.Valid([]byte(b)) {
 				t.Errorf("%s %s: Content-Type %q, body %s; want JSON", tt.method, tt.path, ct, b)
 			}
 		})
