@@ -157,14 +157,15 @@ func (r *Relay) Stats(ctx context.Context) (Stats, error) { return ReadStats(ctx
 
 // Drain publishes batches until it finds no row left to claim, or ctx ends
 // or a batch fails. Rows another relay holds at that moment are not waited
-// for. It suits a graceful shutdown ("flush the outbox") and tests.
+// for, nor rows put back to wait before their next attempt. It suits a
+// graceful shutdown ("flush the outbox") and tests.
 func (r *Relay) Drain(ctx context.Context) error {
 	for {
-		n, err := r.PublishBatch(ctx)
+		claimed, _, err := r.publishBatch(ctx)
 		if err != nil {
 			return err
 		}
-		if n == 0 {
+		if claimed == 0 {
 			return nil
 		}
 	}
@@ -176,7 +177,7 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 	defer timer.Stop()
 	backoff := r.cfg.MinBackoff
 	for {
-		n, err := r.PublishBatch(ctx)
+		claimed, _, err := r.publishBatch(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -189,7 +190,7 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 			continue
 		}
 		backoff = r.cfg.MinBackoff
-		if n == r.cfg.BatchSize {
+		if claimed == r.cfg.BatchSize {
 			continue // There may be more right away.
 		}
 		timer.Reset(r.cfg.PollInterval)
@@ -205,20 +206,28 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 // PublishBatch claims up to BatchSize unclaimed rows that are due, oldest
 // first, publishes them and deletes them in one transaction, and returns
 // how many it published. A row is deleted only once the broker confirmed
-// it. When some were confirmed and others not (an unroutable event, say),
-// the confirmed rows are deleted and the others are put back with a
-// growing delay before their next attempt, so they hold up nothing; when
-// none was confirmed the transaction rolls back and every row stays. Run
-// calls it; it is exported for Drain-like uses and tests.
+// it. When the broker said which messages it did not take (an unroutable
+// event, a nack), those rows are put back with a growing delay before
+// their next attempt, so they hold up nothing, even when they fill the
+// batch; when Publish failed without saying (the link is down, the
+// confirms timed out) the transaction rolls back, every row stays, and
+// the error is returned. Run calls it; it is exported for Drain-like uses
+// and tests.
 //
 // The transaction takes two round trips around the publishing: BEGIN
 // with the claim, and the DELETE with COMMIT. It is run on a connection
 // of its own rather than through pgx.Tx, which would spend a round trip
 // on COMMIT alone.
 func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
+	_, published, err := r.publishBatch(ctx)
+	return published, err
+}
+
+// publishBatch is PublishBatch, also returning how many rows it claimed.
+func (r *Relay) publishBatch(ctx context.Context) (claimed, published int, err error) {
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("claim outbox rows: %w", err)
+		return 0, 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
 	defer conn.Release()
 	defer postgres.RollbackConn(ctx, conn) // A no-op once committed.
@@ -233,25 +242,27 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 	b.Queue(`SET LOCAL synchronous_commit TO off`)
 	claim(b, r.cfg.BatchSize, &seqs, &msgs)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return 0, fmt.Errorf("claim outbox rows: %w", err)
+		return 0, 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
 	if len(msgs) == 0 {
-		return 0, nil
+		return 0, 0, nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	pubErr := r.pub.Publish(pctx, msgs...)
 	cancel()
-	confirmed, failed := settle(seqs, pubErr)
-	if len(confirmed) == 0 {
+	confirmed, failed, known := settle(seqs, pubErr)
+	if !known {
 		r.failed(len(msgs), pubErr)
-		return 0, fmt.Errorf("publish %d outbox messages: %w", len(msgs), pubErr)
+		return len(msgs), 0, fmt.Errorf("publish %d outbox messages: %w", len(msgs), pubErr)
 	}
-	// The broker has these messages now. Finish even if ctx just ended, so
-	// a graceful stop does not publish them a second time.
+	// The broker has the confirmed messages now. Finish even if ctx just
+	// ended, so a graceful stop does not publish them a second time.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	b = &pgx.Batch{}
-	b.Queue(`DELETE FROM outbox WHERE seq = ANY($1)`, confirmed)
+	if len(confirmed) > 0 {
+		b.Queue(`DELETE FROM outbox WHERE seq = ANY($1)`, confirmed)
+	}
 	if len(failed) > 0 {
 		// Back off: 2^attempts × MinBackoff, at most MaxBackoff.
 		b.Queue(`
@@ -267,9 +278,9 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 	})
 	if err := conn.SendBatch(dctx, b).Close(); err != nil {
 		r.failed(len(msgs), err)
-		return 0, fmt.Errorf("finish outbox batch (delete %d published rows, commit): %w", len(confirmed), err)
+		return len(msgs), 0, fmt.Errorf("finish outbox batch (delete %d published rows, defer %d, commit): %w", len(confirmed), len(failed), err)
 	}
-	if r.cfg.Metrics.Published != nil {
+	if r.cfg.Metrics.Published != nil && len(confirmed) > 0 {
 		r.cfg.Metrics.Published(len(confirmed))
 	}
 	if len(failed) > 0 {
@@ -277,19 +288,19 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 		r.log.WarnContext(ctx, "outbox relay: some events not confirmed; they wait and are retried",
 			"confirmed", len(confirmed), "failed", len(failed), "error", pubErr)
 	}
-	return len(confirmed), nil
+	return len(msgs), len(confirmed), nil
 }
 
 // settle splits a batch's rows by the outcome of Publish: all confirmed
 // when it returned nil, per message when it says which were confirmed
-// (eventbus.PublishError), none otherwise.
-func settle(seqs []int64, err error) (confirmed, failed []int64) {
+// (eventbus.PublishError); otherwise known is false.
+func settle(seqs []int64, err error) (confirmed, failed []int64, known bool) {
 	if err == nil {
-		return seqs, nil
+		return seqs, nil, true
 	}
 	var pe *eventbus.PublishError
 	if !errors.As(err, &pe) || len(pe.Confirmed) != len(seqs) {
-		return nil, seqs
+		return nil, nil, false
 	}
 	for i, seq := range seqs {
 		if pe.Confirmed[i] {
@@ -298,7 +309,7 @@ func settle(seqs []int64, err error) (confirmed, failed []int64) {
 			failed = append(failed, seq)
 		}
 	}
-	return confirmed, failed
+	return confirmed, failed, true
 }
 
 func (r *Relay) failed(n int, err error) {
