@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -21,7 +22,10 @@ type DeadLetter struct {
 	Reason string
 	// Error is the error text that sent the message here, if any.
 	Error string
-	// Attempts is the number of handler attempts made.
+	// Attempts is the number of handler attempts made. For a message
+	// the broker dead-lettered (ReasonDeliveryLimit) it is the number of
+	// deliveries that takes: one more than the queue's delivery limit
+	// (Config.DeliveryLimit).
 	Attempts int
 	// DeadLetteredAt is when the message was parked, if known.
 	DeadLetteredAt time.Time
@@ -134,7 +138,7 @@ func (q *DLQ) List(ctx context.Context, limit int) ([]DeadLetter, error) {
 		if !ok {
 			break
 		}
-		out = append(out, deadLetterFromDelivery(d))
+		out = append(out, deadLetterFromDelivery(d, q.cfg.DeliveryLimit))
 	}
 	return out, nil
 }
@@ -265,7 +269,17 @@ func (q *DLQ) replayOne(ctx context.Context, s *dlqSession, d amqp.Delivery) err
 			h[HeaderRoutingKey] = rk
 		}
 	}
-	for _, k := range []string{HeaderReason, HeaderError, HeaderAttempt, HeaderDeadLetteredAt, "x-delivery-count"} {
+	// The copy starts afresh: without our dead-letter headers, and
+	// without the broker's record of its deaths (x-death and the
+	// x-first-death-*/x-last-death-* headers), which would make its
+	// next trip through a retry queue back to the service queue look
+	// like a dead-letter cycle, which the broker drops the message for.
+	for k := range h {
+		if strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-") {
+			delete(h, k)
+		}
+	}
+	for _, k := range []string{HeaderReason, HeaderError, HeaderAttempt, HeaderDeadLetteredAt, "x-delivery-count", "x-death"} {
 		delete(h, k)
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.cfg.ConfirmTimeout)
@@ -285,7 +299,7 @@ func (q *DLQ) replayOne(ctx context.Context, s *dlqSession, d amqp.Delivery) err
 	return nil
 }
 
-func deadLetterFromDelivery(d amqp.Delivery) DeadLetter {
+func deadLetterFromDelivery(d amqp.Delivery, deliveryLimit int) DeadLetter {
 	meta := metaFromDelivery(d)
 	if headerString(d.Headers, HeaderRoutingKey) == "" {
 		if rk := deathRoutingKey(d.Headers); rk != "" {
@@ -312,8 +326,10 @@ func deadLetterFromDelivery(d amqp.Delivery) DeadLetter {
 				}
 			}
 		}
-		if c, ok := headerInt(d.Headers, "x-delivery-count"); ok {
-			dl.Attempts = c
+		// The broker keeps no delivery count on the message it
+		// dead-letters; past the limit means one delivery more.
+		if dl.Reason == ReasonDeliveryLimit {
+			dl.Attempts = deliveryLimit + 1
 		}
 	}
 	return dl

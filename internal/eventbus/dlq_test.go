@@ -143,3 +143,135 @@ func TestDLQListReplayDiscard(t *testing.T) {
 		}
 	})
 }
+
+// TestDLQReplayOfABrokerDeadLetter replays a message the broker
+// dead-lettered (a consumer crash loop past the delivery limit), whose
+// first handling after the replay fails transiently: it goes round the
+// retry queue and back to its handler, with its id, correlation and
+// trace intact. (Replayed with the broker's x-death header, the retry
+// queue's dead-lettering back to the service queue would be a cycle the
+// broker drops the message for.)
+func TestDLQReplayOfABrokerDeadLetter(t *testing.T) {
+	cfg := testConfig(t, "dlqlimit")
+	cfg.DeliveryLimit = 1
+	conn := rawConn(t)
+	ch := rawChannel(t, conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := declareTopology(ctx, conn, ch, cfg, []string{"order.created"}); err != nil {
+		t.Fatal(err)
+	}
+	pub := startPublisher(t, cfg)
+	_, m := newOrderCreated(t)
+	m.TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	if err := pub.Publish(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	// A consumer that takes the message and never settles it: each
+	// requeue counts as a delivery, and past the limit the broker
+	// dead-letters it.
+	eventually(t, 10*time.Second, "the broker to dead-letter the message", func() bool {
+		d, ok, err := ch.Get(cfg.QueueName(), false)
+		if err != nil {
+			t.Fatalf("get: %v", err)
+		}
+		if ok {
+			if err := d.Nack(false, true); err != nil {
+				t.Fatalf("nack: %v", err)
+			}
+			return false
+		}
+		q, err := ch.QueueDeclarePassive(cfg.DLQName(), true, false, false, false, nil)
+		return err == nil && q.Messages == 1
+	})
+	q, err := NewDLQ(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dls := deadLetters(t, q, 1); dls[0].ID != m.ID || dls[0].Reason != ReasonDeliveryLimit || dls[0].RoutingKey != "order.created" || dls[0].Attempts != 2 {
+		t.Fatalf("dead letter %+v, want %s dead-lettered for delivery_limit from order.created after 2 deliveries", dls[0], m.ID)
+	}
+
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var calls []Meta
+	if err := Handle(sub, func(_ context.Context, _ *orderv1.OrderCreated, meta Meta) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, meta)
+		if len(calls) == 1 {
+			return errors.New("the database blinked")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startSubscriber(t, sub)
+	if err := q.Replay(ctx, m.ID); err != nil {
+		t.Fatalf("Replay: %v", err)
+	}
+	eventually(t, 10*time.Second, "the replayed message handled again after its retry", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls) == 2
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for i, meta := range calls {
+		if meta.ID != m.ID || meta.CorrelationID != m.CorrelationID || meta.TraceParent != m.TraceParent || meta.Source != m.Source || meta.Attempt != i+1 {
+			t.Errorf("call %d: %+v, want id %s, correlation %s, trace parent %s, source %s, attempt %d",
+				i+1, meta, m.ID, m.CorrelationID, m.TraceParent, m.Source, i+1)
+		}
+	}
+}
+
+// TestDLQReplayStartsAttemptsAfresh: a message that used up its attempts
+// is handled, once replayed, as attempt 1 of a new round.
+func TestDLQReplayStartsAttemptsAfresh(t *testing.T) {
+	cfg := testConfig(t, "dlqagain")
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accept atomic.Bool
+	handled := make(chan Meta, 1)
+	if err := Handle(sub, func(_ context.Context, _ *orderv1.OrderCreated, meta Meta) error {
+		if !accept.Load() {
+			return errors.New("not yet")
+		}
+		handled <- meta
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startSubscriber(t, sub)
+	pub := startPublisher(t, cfg)
+	q, err := NewDLQ(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, m := newOrderCreated(t)
+	if err := pub.Publish(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if dl := deadLetters(t, q, 1)[0]; dl.Reason != ReasonRetriesExhausted || dl.Attempts != cfg.MaxAttempts {
+		t.Fatalf("dead letter: reason %q after %d attempts, want %q after %d", dl.Reason, dl.Attempts, ReasonRetriesExhausted, cfg.MaxAttempts)
+	}
+	accept.Store(true)
+	if err := q.Replay(ctx, m.ID); err != nil {
+		t.Fatalf("Replay: %v", err)
+	}
+	select {
+	case meta := <-handled:
+		if meta.ID != m.ID || meta.Attempt != 1 {
+			t.Errorf("handled %s as attempt %d, want %s as attempt 1", meta.ID, meta.Attempt, m.ID)
+		}
+	case <-ctx.Done():
+		t.Fatal("the replayed message was not handled")
+	}
+}
