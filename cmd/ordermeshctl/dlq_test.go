@@ -114,6 +114,16 @@ func TestDLQCommands(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	for _, verb := range []string{"replay", "discard"} {
+		if out, code := ctl("dlq", verb, "dlqcli", ids[0]); code != exitNotFound {
+			t.Errorf("dlq %s of an id no longer there: exit %d, output %q; want %d (not found)", verb, code, out, exitNotFound)
+		}
+	}
+	var out, errOut bytes.Buffer
+	down := []string{"--timeout", "5s", "dlq", "list", "dlqcli", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", "--prefix", prefix}
+	if code := run(ctx, down, func(string) string { return "" }, &out, &errOut); code != exitUnavailable {
+		t.Errorf("dlq list with no broker there: exit %d, output %q; want %d (unavailable)", code, out.String()+errOut.String(), exitUnavailable)
+	}
 	if out, code := ctl("dlq", "discard", "dlqcli", "--all"); code != exitOK || !strings.Contains(out, "discarded 1 message(s)") {
 		t.Errorf("dlq discard --all: exit %d, output %q; want the one message left discarded", code, out)
 	}

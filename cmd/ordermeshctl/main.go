@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -20,6 +21,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/ordermesh/ordermesh/internal/eventbus"
 )
 
 const usage = `usage: ordermeshctl [flags] <command> [args]
@@ -153,6 +156,11 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, errNotServing):
 		return exitFailure
+	case errors.Is(err, eventbus.ErrNotFound):
+		return exitNotFound // dlq replay or discard of an id the queue does not hold
+	}
+	if _, ok := errors.AsType[net.Error](err); ok {
+		return exitUnavailable // the broker (dlq) could not be reached
 	}
 	switch status.Code(err) {
 	case codes.NotFound:
