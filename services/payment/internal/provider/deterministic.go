@@ -299,6 +299,26 @@ func (d *Deterministic) Refund(ctx context.Context, req RefundRequest) (Refund, 
 	return Refund{ID: sum.id(refundIDPrefix)}, nil
 }
 
+// FindCharge returns the charge made under idempotencyKey if the provider
+// remembers one (a key it has forgotten, see Deterministic, is not found,
+// as after a restart). It counts as no attempt. An empty key is
+// ErrInvalidRequest; a done ctx returns ctx's error.
+func (d *Deterministic) FindCharge(ctx context.Context, idempotencyKey string) (Charge, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return Charge{}, false, fmt.Errorf("find charge %s: %w", idempotencyKey, err)
+	}
+	if idempotencyKey == "" {
+		return Charge{}, false, fmt.Errorf("find charge: %w: empty idempotency key", ErrInvalidRequest)
+	}
+	sum := sumOf(chargeIDPrefix, idempotencyKey)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if rec := d.lookupCharge(sum); rec != nil && rec.charged {
+		return Charge{ID: sum.id(chargeIDPrefix), Amount: rec.amount}, true, nil
+	}
+	return Charge{}, false, nil
+}
+
 // ChargeAttempts returns how many well-formed Charge calls the provider
 // remembers for key, successful or not: all since it started, unless key
 // has been forgotten (see Deterministic).

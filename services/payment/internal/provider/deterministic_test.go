@@ -803,3 +803,50 @@ func TestDeterministicBoundedConcurrent(t *testing.T) {
 	}
 	checkGenerations(t, p)
 }
+
+// TestDeterministicFindCharge: FindCharge finds a charge made under a key,
+// and nothing for a key never charged, only declined, or only failed
+// transiently; looking counts as no charge attempt.
+func TestDeterministicFindCharge(t *testing.T) {
+	ctx := t.Context()
+	p := NewDeterministic()
+	amount := eur(21, 30_000_000)
+	charge := func(key, token string) {
+		t.Helper()
+		_, _ = p.Charge(ctx, ChargeRequest{IdempotencyKey: key, Amount: amount, Token: token})
+	}
+	charge("charged", "tok_visa")
+	charge("declined", TokenDecline)
+	charge("unavailable", TokenUnavailable)
+	for _, tt := range []struct {
+		key       string
+		wantFound bool
+	}{
+		{"charged", true},
+		{"never charged", false},
+		{"declined", false},
+		{"unavailable", false},
+	} {
+		t.Run(tt.key, func(t *testing.T) {
+			attempts := p.ChargeAttempts(tt.key)
+			c, found, err := p.FindCharge(ctx, tt.key)
+			if err != nil || found != tt.wantFound {
+				t.Fatalf("FindCharge = %+v, %v, %v; want found %v", c, found, err, tt.wantFound)
+			}
+			if found && (c.ID != deriveID("ch_", tt.key) || c.Amount != amount) {
+				t.Errorf("found %+v, want %s of %v", c, deriveID("ch_", tt.key), amount)
+			}
+			if got := p.ChargeAttempts(tt.key); got != attempts {
+				t.Errorf("charge attempts %d after FindCharge, %d before", got, attempts)
+			}
+		})
+	}
+	if _, _, err := p.FindCharge(ctx, ""); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("FindCharge of an empty key: %v, want ErrInvalidRequest", err)
+	}
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, _, err := p.FindCharge(done, "charged"); !errors.Is(err, context.Canceled) {
+		t.Errorf("FindCharge with a done context: %v, want context.Canceled", err)
+	}
+}

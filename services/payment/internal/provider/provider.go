@@ -122,4 +122,10 @@ type Provider interface {
 	Charge(ctx context.Context, req ChargeRequest) (Charge, error)
 	// Refund refunds req.Amount of the charge req.ChargeID.
 	Refund(ctx context.Context, req RefundRequest) (Refund, error)
+	// FindCharge returns the charge made under idempotencyKey, and false
+	// when there is none (nothing charged, or only declined attempts). The
+	// payment service asks before it settles an order it has no record
+	// of: a charge whose record did not commit must still be refunded.
+	// It moves no money.
+	FindCharge(ctx context.Context, idempotencyKey string) (c Charge, found bool, err error)
 }
