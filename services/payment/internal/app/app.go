@@ -75,12 +75,11 @@ func (a *App) Payment(ctx context.Context, id string) (payment.Payment, error) {
 // idempotency key. If the transaction then fails to commit (or the
 // delivery fails with an error of unknown kind after the provider acted),
 // the event is delivered again and the provider returns the charge it
-// already made instead of charging twice. One gap remains: if the order is
-// rejected or cancelled between such a failure and the redelivery (in
-// another batch, or later in the same one), the order is blocked and the
-// charge the provider made is never recorded or refunded. Closing it needs
-// a provider lookup by idempotency key, which the Provider port does not
-// offer; the window is one failed delivery wide.
+// already made instead of charging twice. If the order is rejected or
+// cancelled before that redelivery, the service has no record of the
+// charge: it asks the provider for a charge under the order's key
+// (Provider.FindCharge) and refunds one it finds, so no charge outlives
+// its order.
 //
 // Errors fail the delivery that caused them alone, which writes nothing,
 // while the batch's other deliveries take effect: a transient provider
@@ -224,13 +223,23 @@ func (a *App) charge(ctx context.Context, p payment.Payment, ev orderEvent) (pay
 // refunded with PaymentRefunded. An order with nothing charged (declined,
 // already refunded, blocked) is returned unchanged with no event. An order
 // not seen yet is returned blocked, so a later order.created never charges
-// it.
+// it, unless the provider holds a charge for it whose record did not
+// commit: that charge is refunded as any other.
 func (a *App) refund(ctx context.Context, p payment.Payment) (payment.Payment, []proto.Message, error) {
 	id := p.OrderID
 	switch payment.OnEnded(p.Status) {
 	case payment.ActionBlock:
-		a.log.InfoContext(ctx, "order blocked before it was created", slog.String("order_id", id))
-		return payment.Payment{OrderID: id, Status: payment.StatusBlocked}, nil, nil
+		charge, found, err := a.provider.FindCharge(ctx, id)
+		if err != nil {
+			return p, nil, providerError(fmt.Errorf("find a charge of order %s: %w", id, err))
+		}
+		if !found {
+			a.log.InfoContext(ctx, "order blocked before it was created", slog.String("order_id", id))
+			return payment.Payment{OrderID: id, Status: payment.StatusBlocked}, nil, nil
+		}
+		a.log.WarnContext(ctx, "order ended with a charge the service had no record of; refunding it",
+			slog.String("order_id", id), slog.String("charge_id", charge.ID))
+		p = payment.Payment{OrderID: id, Status: payment.StatusCharged, Amount: charge.Amount, ChargeID: charge.ID}
 	case payment.ActionRefund:
 	default:
 		return p, nil, nil

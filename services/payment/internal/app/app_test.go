@@ -403,6 +403,78 @@ func TestEndedBeforeCreatedNeverCharges(t *testing.T) {
 	}
 }
 
+// answerLost is a provider whose charges go through but whose answers to
+// them are lost on the way back.
+type answerLost struct{ *provider.Deterministic }
+
+func (p answerLost) Charge(ctx context.Context, req provider.ChargeRequest) (provider.Charge, error) {
+	if _, err := p.Deterministic.Charge(ctx, req); err != nil {
+		return provider.Charge{}, err
+	}
+	return provider.Charge{}, errors.New("read tcp 127.0.0.1:4242: i/o timeout")
+}
+
+// TestEndedAfterAChargeWhoseRecordDidNotCommit: the provider charged an
+// order but the service's record of it did not commit (the transaction
+// failed, or the delivery failed with an error of unknown kind after the
+// provider acted), and the order ends before order.created comes again.
+// The service finds the charge with the provider and refunds it; the
+// order.created that comes again then changes nothing.
+func TestEndedAfterAChargeWhoseRecordDidNotCommit(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, f fixture, id string)
+	}{
+		{"the charging transaction rolled back", func(t *testing.T, f fixture, id string) {
+			errRollback := errors.New("commit lost")
+			err := postgres.WithTx(context.Background(), f.pool, func(tx pgx.Tx) error {
+				if _, err := handleBatchIn(t, f, tx, created(id, "tok_visa")); err != nil {
+					return err
+				}
+				return errRollback
+			})
+			if !errors.Is(err, errRollback) {
+				t.Fatalf("charging transaction: %v", err)
+			}
+			if p := f.payment(t, id); p.Status != payment.StatusNone {
+				t.Fatalf("payment record %+v after the rollback, want none", p)
+			}
+			mustTx(t, f, cancelled(id))
+		}},
+		{"order.created failed after the charge, order.rejected next in its batch", func(t *testing.T, f fixture, id string) {
+			// The provider charges, but its answer is lost.
+			f.app = app.New(f.pool, answerLost{f.provider}, quiet)
+			results, err := handleBatch(t, f, created(id, "tok_visa"), rejected(id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if results[0].Err == nil || eventbus.IsPermanent(results[0].Err) || results[1].Err != nil {
+				t.Fatalf("results: order.created %v, order.rejected %v; want a retryable error, then success", results[0].Err, results[1].Err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			id := uuid.NewString()
+			tt.run(t, f, id)
+			mustTx(t, f, created(id, "tok_visa")) // comes again: changes nothing
+
+			charges, refunds := f.provider.Charges(), f.provider.Refunds()
+			if len(charges) != 1 || len(refunds) != 1 {
+				t.Fatalf("provider: %d charges, %d refunds; want the charge refunded", len(charges), len(refunds))
+			}
+			diffEvents(t, []proto.Message{
+				&paymentv1.PaymentRefunded{OrderId: id, PaymentId: charges[0].ID, Amount: totalProto()},
+			}, f.pool)
+			want := payment.Payment{OrderID: id, Status: payment.StatusRefunded, Amount: total, ChargeID: charges[0].ID, RefundID: refunds[0].ID}
+			if diff := cmp.Diff(want, f.payment(t, id)); diff != "" {
+				t.Errorf("payment record (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 // TestCreatedRacingCancelled handles each order's order.created and
 // order.cancelled at the same time. Whichever wins, no money is kept: an
 // order is either never charged (blocked) or charged and refunded.
