@@ -112,7 +112,10 @@ type Refund struct {
 // Provider charges and refunds payments. Implementations are safe for
 // concurrent use, honour ctx cancellation, and are idempotent on the
 // request's IdempotencyKey: a retried call returns the first call's result
-// and never moves money twice.
+// and never moves money twice. Charge keys and refund keys are separate
+// spaces (the payment service uses the order id for both): an adapter to
+// a provider whose keys span operations qualifies them, "charge:" or
+// "refund:" followed by the key, say.
 //
 // Errors wrap ErrDeclined (permanent: the payment fails), ErrUnavailable
 // (transient: retry with the same key), ErrInvalidRequest or
