@@ -44,8 +44,8 @@ func (cannedOrders) CreateOrder(_ context.Context, req *orderv1.CreateOrderReque
 }
 
 // startUpstream serves orders over gRPC on loopback and returns a
-// connection to it.
-func startUpstream(tb testing.TB, orders orderv1.OrderServiceServer) *grpc.ClientConn {
+// connection to it, dialled with opts too.
+func startUpstream(tb testing.TB, orders orderv1.OrderServiceServer, opts ...grpc.DialOption) *grpc.ClientConn {
 	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -55,7 +55,7 @@ func startUpstream(tb testing.TB, orders orderv1.OrderServiceServer) *grpc.Clien
 	orderv1.RegisterOrderServiceServer(srv, orders)
 	go func() { _ = srv.Serve(lis) }()
 	tb.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(lis.Addr().String(), append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		tb.Fatalf("dial: %v", err)
 	}
@@ -94,7 +94,7 @@ func BenchmarkCreateOrder(b *testing.B) {
 		run(b, loadgen.NewGRPCCreator(startUpstream(b, cannedOrders{})))
 	})
 	b.Run("rest", func(b *testing.B) {
-		conn := startUpstream(b, cannedOrders{})
+		conn := startUpstream(b, cannedOrders{}, rest.UpstreamDialOptions()...) // as the gateway dials
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
 		h, err := rest.NewHandler(context.Background(), log, rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
 		if err != nil {
