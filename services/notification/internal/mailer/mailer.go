@@ -73,6 +73,7 @@ const (
 type Mailer struct {
 	client      *mail.Client
 	cfg         Config
+	tlsConfig   *tls.Config // nil in TLSNone mode
 	log         *slog.Logger
 	maxIdle     int
 	idleTimeout time.Duration
@@ -156,15 +157,15 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 	// The client dials, greets, upgrades and authenticates sessions, and
 	// ends them; the mail transactions are the Mailer's own (see the
 	// package documentation).
-	mopts := []mail.Option{mail.WithPort(port), mail.WithTimeout(cfg.Timeout)}
+	mopts := []mail.Option{mail.WithPort(port), mail.WithTimeout(cfg.Timeout), mail.WithDialContextFunc(m.dialContext)}
 	if cfg.TLS != TLSNone {
-		tlsConfig := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+		m.tlsConfig = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
 		if cfg.CAFile != "" {
-			if tlsConfig.RootCAs, err = readCAs(cfg.CAFile); err != nil {
+			if m.tlsConfig.RootCAs, err = readCAs(cfg.CAFile); err != nil {
 				return nil, fmt.Errorf("new mailer: %s: %w", EnvCAFile, err)
 			}
 		}
-		mopts = append(mopts, mail.WithTLSConfig(tlsConfig))
+		mopts = append(mopts, mail.WithTLSConfig(m.tlsConfig))
 	}
 	switch cfg.TLS {
 	case TLSNone:
@@ -172,7 +173,9 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 	case TLSStartTLS:
 		mopts = append(mopts, mail.WithTLSPolicy(mail.TLSMandatory))
 	case TLSImplicit:
-		mopts = append(mopts, mail.WithSSL())
+		// dialContext speaks TLS from the first byte; no STARTTLS is
+		// offered over it, and go-mail reads the TLS state it finds.
+		mopts = append(mopts, mail.WithTLSPolicy(mail.TLSOpportunistic))
 	}
 	if cfg.Username != "" {
 		mopts = append(mopts, mail.WithSMTPAuth(mail.SMTPAuthAutoDiscover),
@@ -415,11 +418,19 @@ func (m *Mailer) take(ctx context.Context) (s *session, reused bool, err error) 
 }
 
 // dial opens a new session: connection, greeting, EHLO, and STARTTLS and
-// AUTH as configured.
+// AUTH as configured, ending when ctx does. A connection whose setup
+// failed is closed.
 func (m *Mailer) dial(ctx context.Context) (*session, error) {
-	c, err := m.client.DialToSMTPClientWithContext(ctx)
+	dl := &dialing{ctx: ctx}
+	c, err := m.client.DialToSMTPClientWithContext(context.WithValue(ctx, dialingKey{}, dl))
 	if err != nil {
+		if dl.conn != nil {
+			_ = dl.conn.Close()
+		}
 		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if dl.conn != nil {
+		dl.conn.setUp()
 	}
 	s := &session{smtp: c}
 	s.pipelining, _ = c.Extension("PIPELINING")

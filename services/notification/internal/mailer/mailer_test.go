@@ -156,8 +156,8 @@ func notPEM(t *testing.T) string {
 // TestSendOverTLS sends through a sink that offers STARTTLS and through
 // one that speaks TLS from the start, each with a certificate of a CA of
 // the test's own: trusted through ORDERMESH_SMTP_CA_FILE the email goes
-// out encrypted; with the system's CAs, or to a host the certificate does
-// not name, nothing is sent.
+// out encrypted, authenticated with PLAIN; with the system's CAs, or to a
+// host the certificate does not name, nothing is sent.
 func TestSendOverTLS(t *testing.T) {
 	ca := testpki.NewCA(t, "smtp-ca")
 	// For localhost only, so that 127.0.0.1 names a host it does not.
@@ -183,6 +183,9 @@ func TestSendOverTLS(t *testing.T) {
 			send := func(host, caFile string) error {
 				cfg := mailer.DefaultConfig()
 				cfg.Addr, cfg.TLS, cfg.CAFile, cfg.Timeout = net.JoinHostPort(host, port), tt.mode, caFile, 5*time.Second
+				// With SMTP AUTH: the sink offers PLAIN only, which the
+				// client allows over an encrypted connection alone.
+				cfg.Username, cfg.Password = "shop", "s3cret"
 				m, err := mailer.New(cfg, quiet)
 				if err != nil {
 					t.Fatalf("new mailer: %v", err)
@@ -212,6 +215,26 @@ func TestSendOverTLS(t *testing.T) {
 				t.Errorf("sink received %d messages, want only the one sent with the CA trusted", n)
 			}
 		})
+	}
+}
+
+// TestAuthRefusesPlainInTheClear: over a connection without TLS the
+// client does not send the password with PLAIN, the only mechanism the
+// sink offers, so nothing is sent (over TLS it does: TestSendOverTLS).
+func TestAuthRefusesPlainInTheClear(t *testing.T) {
+	s := startSink(t)
+	cfg := mailer.DefaultConfig()
+	cfg.Addr, cfg.Timeout, cfg.Username, cfg.Password = s.Addr(), 5*time.Second, "shop", "s3cret"
+	m, err := mailer.New(cfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Send(context.Background(), email("ada@example.com")); err == nil {
+		t.Fatal("sent with PLAIN over a connection without TLS")
+	}
+	if n := len(s.Messages()); n != 0 {
+		t.Errorf("sink received %d messages, want none", n)
 	}
 }
 
@@ -357,6 +380,70 @@ func TestSendEndsAtTheDeadlineOfItsContext(t *testing.T) {
 	}
 	if d := time.Since(begin); d > 3*time.Second {
 		t.Errorf("send took %v with a 500ms deadline and a 10s timeout", d)
+	}
+}
+
+// TestConnectingEndsWithItsContext: a server that takes the connection
+// and never greets holds a Send only as long as the Send's context lasts,
+// not the configured timeout (go-mail bounds its setup by that timeout
+// alone).
+func TestConnectingEndsWithItsContext(t *testing.T) {
+	addr := serveTCP(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+	m := newMailer(t, addr, 10*time.Second)
+	for _, tt := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+	}{
+		{"its deadline passes", func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 300*time.Millisecond)
+		}},
+		{"it is cancelled", func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(300*time.Millisecond, cancel)
+			return ctx, cancel
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := tt.ctx()
+			defer cancel()
+			begin := time.Now()
+			err := m.Send(ctx, email("ada@example.com"))
+			if err == nil || errors.Is(err, app.ErrRejected) {
+				t.Fatalf("send to a server that never greets: %v, want a retryable error", err)
+			}
+			if d := time.Since(begin); d > 3*time.Second {
+				t.Errorf("send took %v; its context ended after 300ms (timeout 10s)", d)
+			}
+		})
+	}
+}
+
+// TestFailedSetupClosesItsConnection: a session whose setup fails (here
+// STARTTLS demanded and not offered) leaves no connection open.
+func TestFailedSetupClosesItsConnection(t *testing.T) {
+	closed := make(chan struct{}, 1)
+	addr := serveTCP(t, func(c net.Conn) {
+		_, _ = io.WriteString(c, "220 localhost ESMTP\r\n")
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				closed <- struct{}{} // the client closed the connection
+				return
+			}
+			if strings.HasPrefix(strings.ToUpper(line), "EHLO") {
+				_, _ = io.WriteString(c, "250-localhost\r\n250 PIPELINING\r\n")
+			}
+		}
+	})
+	m := newMailerTLS(t, addr, 5*time.Second, mailer.TLSStartTLS)
+	if err := m.Send(context.Background(), email("ada@example.com")); err == nil || !strings.Contains(err.Error(), "STARTTLS") {
+		t.Fatalf("send: %v, want STARTTLS refused", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(3 * time.Second):
+		t.Error("the connection of the failed setup is still open 3s after Send returned")
 	}
 }
 
