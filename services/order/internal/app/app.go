@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -126,6 +127,12 @@ type createCall struct {
 func (a *App) insertBatch(ctx context.Context, calls []*createCall) {
 	ctx, cancel := context.WithTimeout(ctx, createBatchTimeout)
 	defer cancel()
+	// Each order takes its request id's entry in the unique index as it is
+	// inserted. Inserted in request id order, two batches holding some of
+	// the same request ids (a client retrying on another instance while
+	// its first try runs) wait for each other in one order and cannot
+	// deadlock. (calls is the batch's own slice; see postgres.Batcher.)
+	slices.SortFunc(calls, func(x, y *createCall) int { return strings.Compare(x.req.RequestID, y.req.RequestID) })
 	err := a.insertAll(ctx, calls)
 	switch {
 	case err == nil:

@@ -1077,3 +1077,89 @@ func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {
 		t.Error("RunExpiry did not return after its context ended")
 	}
 }
+
+// TestCreateOnTwoInstancesDoesNotDeadlock places two requests on two
+// instances, each instance's batch holding both in the order they arrived
+// there, which is crossed: r1 then r2 on one, r2 then r1 on the other (a
+// client retrying each request on the other instance while its first try
+// waits). Open transactions holding request ids hold the batches back
+// until both are formed. Inserted in arrival order, the two batches would
+// deadlock and PostgreSQL would fail one of them; every call succeeds,
+// and each request places one order.
+func TestCreateOnTwoInstancesDoesNotDeadlock(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	otherPool, err := postgres.Open(ctx, postgrestest.URL(), f.schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer otherPool.Close()
+	other := newApp(t, otherPool, f.schema)
+
+	// hold inserts an order of request id id in a transaction left open,
+	// so that other inserts of id wait for it; rolling it back lets them go.
+	hold := func(id string) pgx.Tx {
+		t.Helper()
+		tx, err := f.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := request()
+		r.RequestID = id
+		o, err := order.New(uuid.NewString(), r, time.Now().UTC())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &pgx.Batch{}
+		if err := store.QueueInsertAll(b, o); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			t.Fatal(err)
+		}
+		return tx
+	}
+	type result struct {
+		req string
+		id  string
+		err error
+	}
+	results := make(chan result, 6)
+	create := func(a *app.App, r order.Request) {
+		go func() {
+			o, err := a.Create(ctx, r)
+			results <- result{r.RequestID, o.ID, err}
+		}()
+	}
+	leadA, leadB, r1, r2 := request(), request(), request(), request()
+	heldA, heldB, heldR2 := hold(leadA.RequestID), hold(leadB.RequestID), hold(r2.RequestID)
+	// Each instance's first batch waits on a held id; what arrives
+	// meanwhile forms its next batch, in arrival order.
+	create(f.app, leadA)
+	create(other, leadB)
+	time.Sleep(200 * time.Millisecond)
+	create(f.app, r1)
+	create(other, r2)
+	time.Sleep(50 * time.Millisecond)
+	create(f.app, r2)
+	create(other, r1)
+	time.Sleep(100 * time.Millisecond)
+	for _, tx := range []pgx.Tx{heldA, heldB, heldR2} {
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	placed := map[string]string{}
+	for range 6 {
+		r := <-results
+		if r.err != nil {
+			t.Errorf("create %s: %v", r.req, r.err)
+			continue
+		}
+		if id, ok := placed[r.req]; ok && id != r.id {
+			t.Errorf("request %s placed two orders: %s and %s", r.req, id, r.id)
+		}
+		placed[r.req] = r.id
+	}
+}
