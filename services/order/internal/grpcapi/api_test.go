@@ -261,6 +261,20 @@ func TestGRPCValidation(t *testing.T) {
 		}
 	}
 
+	// Text PostgreSQL cannot store (a NUL character) is refused up front.
+	nul := createRequest()
+	nul.PaymentToken = "tok_\x00visa"
+	if _, err := e.client.CreateOrder(ctx, nul); !contains(badRequestFields(t, err), "payment_token") {
+		t.Errorf("payment token with a NUL: %v, want a violation of payment_token", err)
+	}
+	placed, err := e.client.CreateOrder(ctx, createRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.CancelOrder(ctx, &orderv1.CancelOrderRequest{OrderId: placed.GetOrder().GetId(), Reason: "a\x00b"}); !contains(badRequestFields(t, err), "reason") {
+		t.Errorf("cancel reason with a NUL: %v, want a violation of reason", err)
+	}
+
 	// Rules of the domain rather than of the schema name their field too.
 	mixed := createRequest()
 	mixed.Items[1].UnitPrice.CurrencyCode = "USD"

@@ -89,7 +89,7 @@ type CreateOrderRequest struct {
 	CustomerEmail string `protobuf:"bytes,2,opt,name=customer_email,json=customerEmail,proto3" json:"customer_email,omitempty"`
 	// The lines to order, 1 to 100, all priced in one currency.
 	Items []*LineItem `protobuf:"bytes,3,rep,name=items,proto3" json:"items,omitempty"`
-	// An opaque token the payment provider charges.
+	// An opaque token the payment provider charges; no NUL characters.
 	PaymentToken  string `protobuf:"bytes,4,opt,name=payment_token,json=paymentToken,proto3" json:"payment_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -435,7 +435,8 @@ type CancelOrderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The order's id.
 	OrderId string `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	// Why the order is cancelled; kept as the order's status_reason.
+	// Why the order is cancelled; kept as the order's status_reason. No NUL
+	// characters.
 	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -810,16 +811,15 @@ var File_ordermesh_order_v1_order_service_proto protoreflect.FileDescriptor
 
 const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\n" +
-	"&ordermesh/order/v1/order_service.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/order/v1/order.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xe7\x01\n" +
+	"&ordermesh/order/v1/order_service.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/order/v1/order.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xeb\x01\n" +
 	"\x12CreateOrderRequest\x12*\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\trequestId\x124\n" +
 	"\x0ecustomer_email\x18\x02 \x01(\tB\r\xbaH\n" +
 	"\xc8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12>\n" +
 	"\x05items\x18\x03 \x03(\v2\x1c.ordermesh.order.v1.LineItemB\n" +
-	"\xbaH\a\x92\x01\x04\b\x01\x10dR\x05items\x12/\n" +
-	"\rpayment_token\x18\x04 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\fpaymentToken\"F\n" +
+	"\xbaH\a\x92\x01\x04\b\x01\x10dR\x05items\x123\n" +
+	"\rpayment_token\x18\x04 \x01(\tB\x0e\xbaH\vr\t\x10\x01\x18\x80\x01\xba\x01\x01\x00R\fpaymentToken\"F\n" +
 	"\x13CreateOrderResponse\x12/\n" +
 	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\"9\n" +
 	"\x0fGetOrderRequest\x12&\n" +
@@ -837,10 +837,10 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\x04view\x18\x05 \x01(\x0e2\x1d.ordermesh.order.v1.OrderViewB\b\xbaH\x05\x82\x01\x02\x10\x01R\x04view\"o\n" +
 	"\x12ListOrdersResponse\x121\n" +
 	"\x06orders\x18\x01 \x03(\v2\x19.ordermesh.order.v1.OrderR\x06orders\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"^\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"b\n" +
 	"\x12CancelOrderRequest\x12&\n" +
-	"\border_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\x12 \n" +
-	"\x06reason\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\x06reason\"F\n" +
+	"\border_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\x12$\n" +
+	"\x06reason\x18\x02 \x01(\tB\f\xbaH\tr\a\x18\x80\x04\xba\x01\x01\x00R\x06reason\"F\n" +
 	"\x13CancelOrderResponse\x12/\n" +
 	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\";\n" +
 	"\x11WatchOrderRequest\x12&\n" +
