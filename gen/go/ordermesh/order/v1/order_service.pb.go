@@ -301,7 +301,8 @@ type ListOrdersRequest struct {
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Only orders with this status; unspecified means any.
 	Status OrderStatus `protobuf:"varint,3,opt,name=status,proto3,enum=ordermesh.order.v1.OrderStatus" json:"status,omitempty"`
-	// Only orders of this customer; empty means any.
+	// Only orders placed with this customer email, compared exactly as the
+	// order gave it (case included); empty means any.
 	CustomerEmail string `protobuf:"bytes,4,opt,name=customer_email,json=customerEmail,proto3" json:"customer_email,omitempty"`
 	// How much of each order to return; unspecified means ORDER_VIEW_FULL.
 	// Pages of one listing may be read in different views.
