@@ -14,24 +14,15 @@ import (
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 )
 
-func TestDLQListReplayDiscard(t *testing.T) {
-	cfg := testConfig(t, "dlqadmin")
+// startWithDLQ runs a subscriber of cfg's queue that handles order.created
+// with h, and returns a publisher and the queue's DLQ.
+func startWithDLQ(t *testing.T, cfg Config, h func(context.Context, *orderv1.OrderCreated, Meta) error) (*Publisher, *DLQ) {
+	t.Helper()
 	sub, err := NewSubscriber(cfg, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var accept atomic.Bool
-	var mu sync.Mutex
-	var handled []Meta
-	if err := Handle(sub, func(_ context.Context, _ *orderv1.OrderCreated, meta Meta) error {
-		if !accept.Load() {
-			return Permanent(errors.New("not today"))
-		}
-		mu.Lock()
-		handled = append(handled, meta)
-		mu.Unlock()
-		return nil
-	}); err != nil {
+	if err := Handle(sub, h); err != nil {
 		t.Fatal(err)
 	}
 	startSubscriber(t, sub)
@@ -40,6 +31,23 @@ func TestDLQListReplayDiscard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return pub, q
+}
+
+func TestDLQListReplayDiscard(t *testing.T) {
+	cfg := testConfig(t, "dlqadmin")
+	var accept atomic.Bool
+	var mu sync.Mutex
+	var handled []Meta
+	pub, q := startWithDLQ(t, cfg, func(_ context.Context, _ *orderv1.OrderCreated, meta Meta) error {
+		if !accept.Load() {
+			return Permanent(errors.New("not today"))
+		}
+		mu.Lock()
+		handled = append(handled, meta)
+		mu.Unlock()
+		return nil
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -232,27 +240,15 @@ func TestDLQReplayOfABrokerDeadLetter(t *testing.T) {
 // is handled, once replayed, as attempt 1 of a new round.
 func TestDLQReplayStartsAttemptsAfresh(t *testing.T) {
 	cfg := testConfig(t, "dlqagain")
-	sub, err := NewSubscriber(cfg, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
 	var accept atomic.Bool
 	handled := make(chan Meta, 1)
-	if err := Handle(sub, func(_ context.Context, _ *orderv1.OrderCreated, meta Meta) error {
+	pub, q := startWithDLQ(t, cfg, func(_ context.Context, _ *orderv1.OrderCreated, meta Meta) error {
 		if !accept.Load() {
 			return errors.New("not yet")
 		}
 		handled <- meta
 		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	startSubscriber(t, sub)
-	pub := startPublisher(t, cfg)
-	q, err := NewDLQ(cfg, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, m := newOrderCreated(t)

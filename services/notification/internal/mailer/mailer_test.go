@@ -352,20 +352,7 @@ func TestSendTimesOutOnASilentServer(t *testing.T) {
 // falls silent holds the mail transaction until the context's deadline,
 // when that comes before the configured timeout, and no longer.
 func TestSendEndsAtTheDeadlineOfItsContext(t *testing.T) {
-	addr := serveTCP(t, func(c net.Conn) {
-		_, _ = io.WriteString(c, "220 localhost ESMTP\r\n")
-		r := bufio.NewReader(c)
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return
-			}
-			// EHLO is answered; MAIL FROM and what follows are not.
-			if strings.HasPrefix(strings.ToUpper(line), "EHLO") {
-				_, _ = io.WriteString(c, "250-localhost\r\n250 PIPELINING\r\n")
-			}
-		}
-	})
+	addr := serveTCP(t, greetOnly(nil))
 
 	m := newMailer(t, addr, 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -422,20 +409,7 @@ func TestConnectingEndsWithItsContext(t *testing.T) {
 // STARTTLS demanded and not offered) leaves no connection open.
 func TestFailedSetupClosesItsConnection(t *testing.T) {
 	closed := make(chan struct{}, 1)
-	addr := serveTCP(t, func(c net.Conn) {
-		_, _ = io.WriteString(c, "220 localhost ESMTP\r\n")
-		r := bufio.NewReader(c)
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				closed <- struct{}{} // the client closed the connection
-				return
-			}
-			if strings.HasPrefix(strings.ToUpper(line), "EHLO") {
-				_, _ = io.WriteString(c, "250-localhost\r\n250 PIPELINING\r\n")
-			}
-		}
-	})
+	addr := serveTCP(t, greetOnly(closed))
 	m := newMailerTLS(t, addr, 5*time.Second, mailer.TLSStartTLS)
 	if err := m.Send(context.Background(), email("ada@example.com")); err == nil || !strings.Contains(err.Error(), "STARTTLS") {
 		t.Fatalf("send: %v, want STARTTLS refused", err)
@@ -916,6 +890,28 @@ func TestNewRejectsInvalidOptions(t *testing.T) {
 // serveTCP runs handle on each connection to a loopback listener until
 // the test ends, and returns the listener's address. At the end it closes
 // the listener and the connections and waits for the handlers.
+// greetOnly is a server that greets and answers EHLO (offering
+// PIPELINING, no STARTTLS, no AUTH) and then answers nothing, and sends on
+// closed, if not nil, when the client closes the connection.
+func greetOnly(closed chan<- struct{}) func(net.Conn) {
+	return func(c net.Conn) {
+		_, _ = io.WriteString(c, "220 localhost ESMTP\r\n")
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				if closed != nil {
+					closed <- struct{}{}
+				}
+				return
+			}
+			if strings.HasPrefix(strings.ToUpper(line), "EHLO") {
+				_, _ = io.WriteString(c, "250-localhost\r\n250 PIPELINING\r\n")
+			}
+		}
+	}
+}
+
 func serveTCP(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
