@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -31,6 +32,10 @@ import (
 )
 
 func main() {
+	// `make run` execs devrun in its place, but make stays its parent: if
+	// make is stopped (kill, a closed terminal), devrun gets SIGTERM and
+	// stops everything as it does on Ctrl-C.
+	_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Getenv, os.Stdout)
 	stop()
@@ -57,6 +62,11 @@ type config struct {
 	smtpAddr    string
 	httpAddr    string
 	binDir      string
+	// stopGrace is how long a process may take to stop after SIGTERM
+	// before it is killed: its three shutdown phases (in-flight RPCs and
+	// event handlers, then the outbox flush) of ORDERMESH_SHUTDOWN_TIMEOUT
+	// each, at most, and a margin.
+	stopGrace time.Duration
 }
 
 func loadConfig(getenv func(string) string) config {
@@ -66,12 +76,17 @@ func loadConfig(getenv func(string) string) config {
 		}
 		return def
 	}
+	shutdown, err := time.ParseDuration(get("ORDERMESH_SHUTDOWN_TIMEOUT", "15s"))
+	if err != nil || shutdown <= 0 {
+		shutdown = 15 * time.Second // the services refuse the value and say so
+	}
 	return config{
 		amqpURL:     get("ORDERMESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
 		databaseURL: get("ORDERMESH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ordermesh?sslmode=disable"),
 		smtpAddr:    get("ORDERMESH_SMTP_ADDR", "127.0.0.1:1025"),
 		httpAddr:    get("ORDERMESH_HTTP_ADDR", "127.0.0.1:8080"),
 		binDir:      get("ORDERMESH_BIN_DIR", filepath.Join(".run", "bin")),
+		stopGrace:   3*shutdown + 5*time.Second,
 	}
 }
 
@@ -111,11 +126,11 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	defer stopSink()
 
 	// Start everything.
+	signalled := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
 	exited := make(chan string, len(procs))
-	var cmds []*exec.Cmd
+	var children []*child
 	for _, p := range procs {
 		cmd := exec.Command(filepath.Join(cfg.binDir, p.name))
 		cmd.Env = os.Environ()
@@ -133,39 +148,60 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 		if err := cmd.Start(); err != nil {
 			cancel()
-			stopAll(cmds, out)
+			_ = stopAll(children, cfg.stopGrace, out)
 			return fmt.Errorf("start %s: %w", p.name, err)
 		}
-		cmds = append(cmds, cmd)
-		wg.Add(1)
+		c := &child{name: p.name, cmd: cmd, done: make(chan struct{})}
+		children = append(children, c)
 		go func() {
-			defer wg.Done()
-			err := cmd.Wait()
+			c.err = cmd.Wait()
+			close(c.done)
 			if ctx.Err() == nil {
-				say("%s exited unexpectedly: %v", p.name, err)
+				say("%s exited unexpectedly: %v", p.name, c.err)
 			}
 			exited <- p.name
 		}()
 	}
+	stopped := false
 	defer func() {
-		stopAll(cmds, out)
-		wg.Wait()
-		say("stopped")
+		if !stopped {
+			_ = stopAll(children, cfg.stopGrace, out)
+		}
 	}()
+	shutDown := func() error {
+		stopped = true
+		say("shutting down")
+		err := stopAll(children, cfg.stopGrace, out)
+		if err == nil {
+			say("stopped")
+		}
+		return err
+	}
 
 	// Wait for health.
 	if err := waitServing(ctx, procs, cfg.httpAddr, exited); err != nil {
+		if signalled.Err() != nil {
+			return shutDown() // Ctrl-C while starting
+		}
 		return err
 	}
 	printBanner(out, cfg, procs, mailWhere)
 
 	select {
 	case <-ctx.Done():
-		say("shutting down")
-		return nil
+		return shutDown()
 	case name := <-exited:
 		return fmt.Errorf("%s stopped; shutting the rest down", name)
 	}
+}
+
+// child is a process devrun started.
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	// done is closed once the process has exited; err is then its Wait's.
+	done chan struct{}
+	err  error
 }
 
 func checkRabbitMQ(ctx context.Context, rawURL string) error {
@@ -236,24 +272,52 @@ func waitServing(ctx context.Context, procs []process, httpAddr string, exited <
 	return nil
 }
 
-// stopAll sends SIGTERM to every process (the gateway first, so no new
-// requests arrive), and SIGKILL to any still running after 20 s.
-func stopAll(cmds []*exec.Cmd, out io.Writer) {
-	for i := len(cmds) - 1; i >= 0; i-- {
-		if p := cmds[i].Process; p != nil && cmds[i].ProcessState == nil {
-			_ = p.Signal(syscall.SIGTERM)
+// stopAll stops the gateway first, so no new requests arrive, then the
+// services: SIGTERM to each, and SIGKILL to one still running after grace.
+// It returns an error if a process had to be killed or did not exit
+// cleanly (one that had exited before, already reported, does not count).
+func stopAll(children []*child, grace time.Duration, out io.Writer) error {
+	var failed []string
+	stop := func(cs []*child) {
+		var running []*child
+		for _, c := range cs {
+			select {
+			case <-c.done:
+			default:
+				_ = c.cmd.Process.Signal(syscall.SIGTERM)
+				running = append(running, c)
+			}
+		}
+		deadline, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		for _, c := range running {
+			select {
+			case <-c.done:
+				if c.err != nil {
+					failed = append(failed, fmt.Sprintf("%s (%v)", c.name, c.err))
+				}
+			case <-deadline.Done():
+				fmt.Fprintf(out, "devrun  | %s did not stop within %s; killing it\n", c.name, grace)
+				_ = c.cmd.Process.Kill()
+				<-c.done
+				failed = append(failed, c.name+" (killed)")
+			}
 		}
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for _, c := range cmds {
-		for c.ProcessState == nil && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if c.ProcessState == nil && c.Process != nil {
-			fmt.Fprintf(out, "devrun  | %s did not stop within 20 s; killing it\n", filepath.Base(c.Path))
-			_ = c.Process.Kill()
+	var gateway, services []*child
+	for _, c := range children {
+		if c.name == "gateway" {
+			gateway = append(gateway, c)
+		} else {
+			services = append(services, c)
 		}
 	}
+	stop(gateway)
+	stop(services)
+	if len(failed) > 0 {
+		return fmt.Errorf("shutdown: %s", strings.Join(failed, ", "))
+	}
+	return nil
 }
 
 func printBanner(w io.Writer, cfg config, procs []process, mailWhere string) {

@@ -3,7 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -71,5 +75,84 @@ func TestRunSaysHowToStartWhatIsUnreachable(t *testing.T) {
 				t.Errorf("run went on to build:\n%s", out.String())
 			}
 		})
+	}
+}
+
+// startChild runs script in sh as the devrun child name.
+func startChild(t *testing.T, name, script string) *child {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", script)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		c.err = cmd.Wait()
+		close(c.done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-c.done
+	})
+	return c
+}
+
+// TestStopAll: the gateway stops before the services get SIGTERM; a
+// process that does not stop within the grace is killed, and stopAll
+// says so.
+func TestStopAll(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "stopped")
+	// Each writes its name to log once SIGTERM made it stop.
+	stopsOnTerm := func(name string, after time.Duration) string {
+		return fmt.Sprintf(`trap 'sleep %g; echo %s >> %s; exit 0' TERM; sleep 30 & wait`, after.Seconds(), name, log)
+	}
+	gateway := startChild(t, "gateway", stopsOnTerm("gateway", 200*time.Millisecond))
+	order := startChild(t, "order", stopsOnTerm("order", 0))
+	time.Sleep(100 * time.Millisecond) // let the shells set their traps
+	var out bytes.Buffer
+	if err := stopAll([]*child{order, gateway}, 5*time.Second, &out); err != nil {
+		t.Fatalf("stopAll: %v (%s)", err, out.String())
+	}
+	got, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "gateway\norder\n" {
+		t.Errorf("stopped in the order %q, want the gateway first", got)
+	}
+
+	stubborn := startChild(t, "payment", `trap '' TERM; sleep 30 & wait`)
+	time.Sleep(100 * time.Millisecond)
+	begin := time.Now()
+	err = stopAll([]*child{stubborn}, 300*time.Millisecond, &out)
+	if err == nil || !strings.Contains(err.Error(), "payment (killed)") {
+		t.Errorf("stopAll of a process that ignores SIGTERM: %v, want it reported killed", err)
+	}
+	if d := time.Since(begin); d > 3*time.Second {
+		t.Errorf("stopAll took %v with a grace of 300ms", d)
+	}
+	if !strings.Contains(out.String(), "payment did not stop within 300ms; killing it") {
+		t.Errorf("output %q does not say what it killed", out.String())
+	}
+}
+
+func TestStopGraceFollowsTheShutdownTimeout(t *testing.T) {
+	for _, tt := range []struct {
+		env  string
+		want time.Duration
+	}{
+		{"", 50 * time.Second},
+		{"4s", 17 * time.Second},
+		{"nonsense", 50 * time.Second},
+	} {
+		cfg := loadConfig(func(k string) string {
+			if k == "ORDERMESH_SHUTDOWN_TIMEOUT" {
+				return tt.env
+			}
+			return ""
+		})
+		if cfg.stopGrace != tt.want {
+			t.Errorf("ORDERMESH_SHUTDOWN_TIMEOUT=%q: grace %s, want %s", tt.env, cfg.stopGrace, tt.want)
+		}
 	}
 }
