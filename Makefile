@@ -9,7 +9,7 @@ GOTEST   ?= $(GO) test -race -count=1
 # Build tags of every binary; see internal/buildflags.
 TAGS     := -tags grpcnotrace
 
-.PHONY: all build run test test-faults test-faults-ci generate generate-check lint breaking services clean bench
+.PHONY: all build run test test-faults test-faults-ci generate generate-check lint breaking services test-services clean bench
 
 all: build
 
@@ -19,12 +19,14 @@ build:
 	$(foreach s,$(BINARIES),$(GO) build $(TAGS) -o $(BIN)/$(s) ./services/$(s) &&) true
 	$(GO) build $(TAGS) -o $(BIN)/gateway ./gateway
 
-## run: start the platform locally (see README)
-run:
-	$(GO) run ./internal/cmd/devrun
+## run: start the platform locally (see README). devrun is built and run in
+## make's place (not under `go run`, which would not pass SIGTERM on).
+run: services
+	$(GO) build -o .run/devrun ./internal/cmd/devrun
+	exec .run/devrun
 
 ## test: every test, against the RabbitMQ and PostgreSQL of this machine
-test: services
+test: test-services
 	$(GOTEST) ./...
 
 ## test-faults: the fault-injection suite, on private RabbitMQ and PostgreSQL it starts itself (FAULTS_FLAGS=-short for the short version)
@@ -38,6 +40,10 @@ test-faults-ci:
 ## services: check RabbitMQ and PostgreSQL are reachable (start them if installed)
 services:
 	@scripts/ensure-services
+
+## test-services: the same for the servers the tests use (ORDERMESH_TEST_*_URL)
+test-services:
+	@scripts/ensure-services --test
 
 ## generate: recreate third_party/proto and gen/ from scratch
 generate:
@@ -82,5 +88,5 @@ clean:
 	rm -rf $(BIN)
 
 ## bench: measure throughput, latency and memory beside raw ceilings; writes docs/benchmarks.md
-bench: services
+bench: test-services
 	$(GO) run ./internal/cmd/bench
