@@ -134,6 +134,14 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 			env.Fail(name, errors.New("must be positive"))
 		}
 	}
+	for name, d := range map[string]time.Duration{
+		"ORDERMESH_SHUTDOWN_TIMEOUT":    cfg.ShutdownTimeout,
+		"ORDERMESH_RELAY_POLL_INTERVAL": cfg.RelayInterval,
+	} {
+		if d <= 0 {
+			env.Fail(name, errors.New("must be positive"))
+		}
+	}
 	if cfg.InboxRetention < time.Hour {
 		env.Fail("ORDERMESH_INBOX_RETENTION", errors.New("must be at least 1h: it must outlast every redelivery and retry"))
 	}

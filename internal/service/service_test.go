@@ -271,6 +271,20 @@ func TestReadConfigMemoryLimit(t *testing.T) {
 	}
 }
 
+func TestReadConfigDurationsMustBePositive(t *testing.T) {
+	spec := service.Spec{Name: "worker", GRPCAddr: ":50052", AdminAddr: "127.0.0.1:9092"}
+	env := config.NewEnv(func(k string) string {
+		return map[string]string{"ORDERMESH_SHUTDOWN_TIMEOUT": "0s", "ORDERMESH_RELAY_POLL_INTERVAL": "-1s"}[k]
+	})
+	service.ReadConfig(env, spec)
+	err := env.Err()
+	for _, want := range []string{"ORDERMESH_SHUTDOWN_TIMEOUT: must be positive", "ORDERMESH_RELAY_POLL_INTERVAL: must be positive"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Err() = %v, want it to say %q", err, want)
+		}
+	}
+}
+
 func TestReadConfigAMQPURL(t *testing.T) {
 	spec := service.Spec{Name: "worker", GRPCAddr: ":50052", AdminAddr: "127.0.0.1:9092"}
 	missing := filepath.Join(t.TempDir(), "ca.pem")
