@@ -22,7 +22,7 @@ build:
 ## run: start the platform locally (see README). devrun is built and run in
 ## make's place (not under `go run`, which would not pass SIGTERM on).
 run: services
-	$(GO) build -o .run/devrun ./internal/cmd/devrun
+	$(GO) build $(TAGS) -o .run/devrun ./internal/cmd/devrun
 	exec .run/devrun
 
 ## test: every test, against the RabbitMQ and PostgreSQL of this machine
