@@ -144,12 +144,19 @@ func (bk *broker) upPublisher(tb testing.TB) *eventbus.Publisher {
 // the test after timeout.
 func (bk *broker) waitFor(tb testing.TB, timeout time.Duration, ids ...string) {
 	tb.Helper()
+	bk.waitForN(tb, timeout, 1, ids...)
+}
+
+// waitForN blocks until every id in ids has arrived at least n times, or
+// fails the test after timeout.
+func (bk *broker) waitForN(tb testing.TB, timeout time.Duration, n int, ids ...string) {
+	tb.Helper()
 	deadline := time.After(timeout)
 	for {
 		bk.mu.Lock()
 		missing := 0
 		for _, id := range ids {
-			if bk.seen[id] == 0 {
+			if bk.seen[id] < n {
 				missing++
 			}
 		}
@@ -161,7 +168,7 @@ func (bk *broker) waitFor(tb testing.TB, timeout time.Duration, ids ...string) {
 		select {
 		case <-changed:
 		case <-deadline:
-			tb.Fatalf("%d of %d messages not delivered within %s", missing, len(ids), timeout)
+			tb.Fatalf("%d of %d messages not delivered %d times within %s", missing, len(ids), n, timeout)
 		}
 	}
 }

@@ -677,7 +677,9 @@ func TestRelayKeepsRowsWhenTheDeleteFails(t *testing.T) {
 	if got := pending(t, pool); got != 0 {
 		t.Fatalf("outbox has %d rows, want none", got)
 	}
-	bk.waitFor(t, 5*time.Second, ids...)
+	// Confirmed is not yet consumed: wait for the second copies.
+	bk.waitForN(t, 5*time.Second, 2, ids...)
+	time.Sleep(200 * time.Millisecond) // and for any copy more
 	for _, id := range ids {
 		if c := bk.counts()[id]; c != 2 {
 			t.Errorf("message %s delivered %d times, want 2 (before and after the failed delete)", id, c)
