@@ -22,6 +22,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/signal"
@@ -118,6 +119,14 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (options
 		return usage("unexpected arguments: " + strings.Join(fs.Args(), " "))
 	case o.protocol != "grpc" && o.protocol != "rest":
 		return usage("--protocol must be grpc or rest")
+	case o.rate < 0 || math.IsNaN(o.rate) || math.IsInf(o.rate, 0):
+		return usage("--rate must be a positive number of orders per second")
+	case o.concurrency < 0:
+		return usage("--concurrency must be positive")
+	case o.duration < 0 || o.count < 0:
+		return usage("--duration and --count must not be negative")
+	case o.maxInFlight <= 0 || o.timeout <= 0 || o.poll <= 0 || o.drain <= 0:
+		return usage("--max-inflight, --timeout, --poll and --drain-timeout must be positive")
 	case (o.rate > 0) == (o.concurrency > 0):
 		return usage("set exactly one of --rate (open loop) and --concurrency (closed loop)")
 	case o.duration <= 0 && o.count <= 0:

@@ -34,6 +34,16 @@ func TestParse(t *testing.T) {
 		{"no products", []string{"--concurrency", "1", "--count", "1", "--products", "0"}, false},
 		{"stray argument", []string{"--concurrency", "1", "--count", "1", "extra"}, false},
 		{"unknown flag", []string{"--bogus"}, false},
+		{"negative rate", []string{"--concurrency", "2", "--rate", "-5", "--count", "1"}, false},
+		{"rate not a number", []string{"--rate", "NaN", "--count", "1"}, false},
+		{"infinite rate", []string{"--rate", "Inf", "--count", "1"}, false},
+		{"negative concurrency", []string{"--concurrency", "-1", "--count", "1"}, false},
+		{"negative duration", []string{"--concurrency", "1", "--duration", "-1s", "--count", "1"}, false},
+		{"negative count", []string{"--concurrency", "1", "--count", "-1", "--duration", "1s"}, false},
+		{"zero timeout", []string{"--concurrency", "1", "--count", "1", "--timeout", "0s"}, false},
+		{"zero max in flight", []string{"--rate", "1", "--count", "1", "--max-inflight", "0"}, false},
+		{"zero poll", []string{"--concurrency", "1", "--count", "1", "--poll", "0s"}, false},
+		{"zero conns", []string{"--concurrency", "1", "--count", "1", "--conns", "0"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -87,6 +87,9 @@ func (c *RESTCreator) CreateOrder(ctx context.Context, req *orderv1.CreateOrderR
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return "", status.FromContextError(ctxErr).Err()
+		}
 		return "", status.Errorf(codes.Unavailable, "read response: %v", err)
 	}
 	if resp.StatusCode != http.StatusOK {
@@ -103,13 +106,15 @@ func (c *RESTCreator) CreateOrder(ctx context.Context, req *orderv1.CreateOrderR
 	return out.Order.ID, nil
 }
 
-// restError turns a gateway error response into a gRPC status error.
+// restError turns a gateway error response into a gRPC status error. A
+// body that is not the gateway's (no code, or OK, which an error is not)
+// is described by the HTTP status.
 func restError(httpStatus int, body []byte) error {
 	var e struct {
 		Code    *int   `json:"code"`
 		Message string `json:"message"`
 	}
-	if json.Unmarshal(body, &e) == nil && e.Code != nil {
+	if json.Unmarshal(body, &e) == nil && e.Code != nil && codes.Code(*e.Code) != codes.OK {
 		return status.Error(codes.Code(*e.Code), e.Message)
 	}
 	return status.Errorf(codeOfHTTP(httpStatus), "HTTP %d: %s", httpStatus, truncate(string(body), 200))

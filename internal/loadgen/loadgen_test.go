@@ -137,6 +137,7 @@ func TestRESTError(t *testing.T) {
 		{"html from a proxy: from status 504", 504, `<html>timeout</html>`, codes.DeadlineExceeded},
 		{"payload too large", 413, `too large`, codes.ResourceExhausted},
 		{"unexpected status", 418, `teapot`, codes.Unknown},
+		{"code OK in a failure's body: from the status", 503, `{"code": 0}`, codes.Unavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

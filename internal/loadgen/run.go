@@ -17,6 +17,8 @@ import (
 
 	"github.com/google/uuid"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -159,7 +161,10 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		c.sent.Add(1)
 		c.inFlight.Add(1)
 		defer c.inFlight.Add(-1)
-		rctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
+		// A request sent finishes even when ctx ends (Ctrl-C stops the
+		// sending): cancelling it would count it as an error of the
+		// platform's and lose its latency.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.RequestTimeout)
 		id, err := cfg.Creator.CreateOrder(rctx, Request(n, cfg.Products, cfg.PaymentToken))
 		cancel()
 		now := time.Now()
@@ -168,6 +173,10 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		if err != nil {
 			c.failed.Add(1)
 			errs[CodeName(err)]++
+			if status.Code(err) == codes.DeadlineExceeded {
+				// The slowest requests count: a timeout is a latency.
+				samples = append(samples, now.Sub(due))
+			}
 			return
 		}
 		c.created.Add(1)
@@ -185,7 +194,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	defer stopBackground()
 	g, gctx := errgroup.WithContext(bgCtx)
 	loadDone := make(chan struct{})
-	pollErr := make(chan error, 1)
+	var polls pollFailures
 	g.Go(func() error {
 		showProgress(gctx, cfg, start, &c, tracker, loadDone)
 		return nil
@@ -203,8 +212,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 				case <-t.C:
 				}
 				if _, err := tracker.Poll(gctx); err != nil && gctx.Err() == nil {
-					pollErr <- err
-					return nil
+					polls.add(err)
 				}
 			}
 		})
@@ -223,7 +231,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	sum := Summary{
 		Protocol: cfg.Protocol, TargetRate: cfg.Rate, Concurrency: cfg.Concurrency,
 		Sent: int(c.sent.Load()), Created: int(c.created.Load()), Failed: int(c.failed.Load()),
-		Errors: errs, LoadSeconds: loadEnd.Sub(start).Seconds(),
+		Errors: errs, LoadSeconds: loadEnd.Sub(start).Seconds(), Interrupted: ctx.Err() != nil,
 	}
 	if sum.Created > 0 {
 		sum.CreatedPerSec = float64(sum.Created) / lastOK.Sub(start).Seconds()
@@ -233,44 +241,57 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	var err error
 	if tracker != nil {
 		sum.Tracking = TrackingMethod
-		err = drain(ctx, cfg, tracker, pollErr)
-		if err == nil {
-			var out Outcome
-			// The final pass must run even when ctx was cancelled.
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-			out, err = tracker.Final(fctx)
-			cancel()
-			sum.addOutcome(out, start, loadEnd)
-		}
+		drain(ctx, cfg, tracker, &polls)
+		var out Outcome
+		// The final pass reads every order's state afresh, whatever the
+		// polls saw, and must run even when ctx was cancelled.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		out, err = tracker.Final(fctx)
+		cancel()
+		sum.addOutcome(out, start, loadEnd)
 	}
 	stopBackground()
 	_ = g.Wait()
+	sum.PollErrors, sum.LastPollError = polls.read()
 	return sum, err
 }
 
+// pollFailures counts the tracking polls that failed. A failed poll only
+// delays seeing orders become terminal: the final pass reads them all.
+type pollFailures struct {
+	mu   sync.Mutex
+	n    int
+	last string
+}
+
+func (p *pollFailures) add(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n++
+	p.last = err.Error()
+}
+
+func (p *pollFailures) read() (int, string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n, p.last
+}
+
 // drain polls until every tracked order is terminal, the drain timeout
-// passes or ctx ends; only a failing poll is an error.
-func drain(ctx context.Context, cfg Config, tracker *Tracker, pollErr <-chan error) error {
-	select {
-	case err := <-pollErr:
-		return err
-	default:
-	}
+// passes or ctx ends. A failed poll is counted in polls and polled again.
+func drain(ctx context.Context, cfg Config, tracker *Tracker, polls *pollFailures) {
 	deadline := time.Now().Add(cfg.DrainTimeout)
 	for {
 		pending, err := tracker.Poll(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+		if err != nil && ctx.Err() == nil {
+			polls.add(err)
 		}
-		if pending == 0 || time.Now().After(deadline) {
-			return nil
+		if (err == nil && pending == 0) || ctx.Err() != nil || time.Now().After(deadline) {
+			return
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-time.After(drainPause(pending, cfg.PollInterval)):
 		}
 	}

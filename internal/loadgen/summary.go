@@ -25,9 +25,15 @@ type Summary struct {
 	Failed  int `json:"failed"`
 	// Errors counts the failed CreateOrders by gRPC code.
 	Errors map[string]int `json:"errors"`
+	// Interrupted is set when the run was stopped early (Ctrl-C): the
+	// requests sent by then finished and count, no more were sent.
+	Interrupted bool `json:"interrupted,omitempty"`
 	// CreatedPerSec is created orders over the time from the start to the
 	// last successful CreateOrder.
 	CreatedPerSec float64 `json:"created_per_s"`
+	// CreateLatency is the time from when each CreateOrder was due to its
+	// answer, over those that succeeded or timed out (a timeout is a
+	// latency too, the largest).
 	CreateLatency Latency `json:"create_latency"`
 
 	// Tracking says how terminal states were observed; empty when they
@@ -50,6 +56,11 @@ type Summary struct {
 	// update.
 	TerminalSeconds float64 `json:"terminal_seconds,omitempty"`
 	TerminalLatency Latency `json:"terminal_latency"`
+	// PollErrors counts the tracking polls that failed, LastPollError says
+	// why the last did. They only delayed seeing orders end: the final
+	// pass read every order's state.
+	PollErrors    int    `json:"poll_errors,omitempty"`
+	LastPollError string `json:"last_poll_error,omitempty"`
 }
 
 func (s *Summary) addOutcome(o Outcome, start, loadEnd time.Time) {
@@ -86,7 +97,11 @@ func (s Summary) Mode() string {
 func (s Summary) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format+"\n", args...) }
-	p("protocol\t%s, %s, %.1f s", s.Protocol, s.Mode(), s.LoadSeconds)
+	interrupted := ""
+	if s.Interrupted {
+		interrupted = " (interrupted)"
+	}
+	p("protocol\t%s, %s, %.1f s%s", s.Protocol, s.Mode(), s.LoadSeconds, interrupted)
 	p("orders\tsent %d, created %d, failed %d", s.Sent, s.Created, s.Failed)
 	p("created/s\t%.1f", s.CreatedPerSec)
 	if s.Tracking != "" {
@@ -95,6 +110,9 @@ func (s Summary) WriteTable(w io.Writer) error {
 			p("drain\t%.1f confirmed/s after the load ended", s.DrainConfirmedPerSec)
 		}
 		p("final\t%s", formatCounts(s.Final, s.Missing))
+		if s.PollErrors > 0 {
+			p("polls failed\t%d (last: %s); the final states were read afterwards", s.PollErrors, s.LastPollError)
+		}
 	}
 	p("errors\t%s", formatCounts(s.Errors, 0))
 	p("")
