@@ -686,3 +686,35 @@ func TestRelayKeepsRowsWhenTheDeleteFails(t *testing.T) {
 		}
 	}
 }
+
+// unansweredPublisher fails every Publish the way a timed-out or broken
+// link does: a PublishError confirming none, the broker having refused none.
+type unansweredPublisher struct{}
+
+func (unansweredPublisher) Publish(_ context.Context, msgs ...eventbus.Message) error {
+	return &eventbus.PublishError{Err: fmt.Errorf("confirm: %w", context.DeadlineExceeded), Confirmed: make([]bool, len(msgs))}
+}
+
+// TestRelayKeepsUnansweredRowsAsTheyAre: a batch the broker did not answer
+// (nothing confirmed, nothing refused) is an error of the batch's, and its
+// rows stay as they were, due at once and in order: only rows the broker
+// refused are put back to wait.
+func TestRelayKeepsUnansweredRowsAsTheyAre(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	commit(t, pool, 5)
+	relay := outbox.NewRelay(pool, unansweredPublisher{}, outbox.Config{BatchSize: 10})
+	if n, err := relay.PublishBatch(ctx); err == nil || !errors.Is(err, context.DeadlineExceeded) || n != 0 {
+		t.Fatalf("PublishBatch = %d, %v; want the timeout", n, err)
+	}
+	if err := relay.Drain(ctx); err == nil {
+		t.Error("Drain = nil, want the timeout: the flush at shutdown must say it failed")
+	}
+	var deferred int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE attempts > 0 OR next_attempt_at > now()`).Scan(&deferred); err != nil {
+		t.Fatal(err)
+	}
+	if left := pending(t, pool); left != 5 || deferred != 0 {
+		t.Errorf("outbox: %d rows, %d put back to wait; want all 5, none waiting", left, deferred)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -293,13 +294,19 @@ func (r *Relay) publishBatch(ctx context.Context) (claimed, published int, err e
 
 // settle splits a batch's rows by the outcome of Publish: all confirmed
 // when it returned nil, per message when it says which were confirmed
-// (eventbus.PublishError); otherwise known is false.
+// (eventbus.PublishError) and either some were or the broker refused
+// some (unroutable, nacked). known is false otherwise: nothing confirmed
+// for want of an answer (the link went down, the confirms timed out),
+// which says nothing against the rows, so the batch is retried whole.
 func settle(seqs []int64, err error) (confirmed, failed []int64, known bool) {
 	if err == nil {
 		return seqs, nil, true
 	}
 	var pe *eventbus.PublishError
 	if !errors.As(err, &pe) || len(pe.Confirmed) != len(seqs) {
+		return nil, nil, false
+	}
+	if !slices.Contains(pe.Confirmed, true) && !errors.Is(err, eventbus.ErrUnroutable) && !errors.Is(err, eventbus.ErrNacked) {
 		return nil, nil, false
 	}
 	for i, seq := range seqs {
