@@ -293,10 +293,16 @@ func stopAll(children []*child, grace time.Duration, out io.Writer) error {
 		for _, c := range running {
 			select {
 			case <-c.done:
+			case <-deadline.Done():
+			}
+			// Exited, or still running when the grace ran out: asked
+			// apart, so that one that exited is never taken for the other.
+			select {
+			case <-c.done:
 				if c.err != nil {
 					failed = append(failed, fmt.Sprintf("%s (%v)", c.name, c.err))
 				}
-			case <-deadline.Done():
+			default:
 				fmt.Fprintf(out, "devrun  | %s did not stop within %s; killing it\n", c.name, grace)
 				_ = c.cmd.Process.Kill()
 				<-c.done
