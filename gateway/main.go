@@ -68,10 +68,10 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		HTTPAddr:        env.Addr("ORDERMESH_HTTP_ADDR", ":8080"),
 		OrderAddr:       env.Addr("ORDERMESH_ORDER_ADDR", "127.0.0.1:50051"),
 		InventoryAddr:   env.Addr("ORDERMESH_INVENTORY_ADDR", "127.0.0.1:50052"),
-		UpstreamTimeout: env.Duration("ORDERMESH_UPSTREAM_TIMEOUT", 10*time.Second),
+		UpstreamTimeout: env.PositiveDuration("ORDERMESH_UPSTREAM_TIMEOUT", 10*time.Second),
 		MaxBodyBytes:    env.Int("ORDERMESH_MAX_BODY_BYTES", 1<<20),
-		BodyTimeout:     env.Duration("ORDERMESH_BODY_TIMEOUT", 30*time.Second),
-		ShutdownTimeout: env.Duration("ORDERMESH_SHUTDOWN_TIMEOUT", 10*time.Second),
+		BodyTimeout:     env.PositiveDuration("ORDERMESH_BODY_TIMEOUT", 30*time.Second),
+		ShutdownTimeout: env.PositiveDuration("ORDERMESH_SHUTDOWN_TIMEOUT", 10*time.Second),
 	}
 	level, err := telemetry.ParseLevel(env.String("ORDERMESH_LOG_LEVEL", "info"))
 	if err != nil {
@@ -85,15 +85,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	if cfg.MaxBodyBytes <= 0 {
 		env.Fail("ORDERMESH_MAX_BODY_BYTES", errors.New("must be positive"))
 	}
-	for name, d := range map[string]time.Duration{
-		"ORDERMESH_UPSTREAM_TIMEOUT": cfg.UpstreamTimeout,
-		"ORDERMESH_BODY_TIMEOUT":     cfg.BodyTimeout,
-		"ORDERMESH_SHUTDOWN_TIMEOUT": cfg.ShutdownTimeout,
-	} {
-		if d <= 0 {
-			env.Fail(name, errors.New("must be positive"))
-		}
-	}
+
 	if err := env.Err(); err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
 	}

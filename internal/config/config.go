@@ -103,6 +103,18 @@ func (e *Env) Duration(name string, def time.Duration) time.Duration {
 	return d
 }
 
+// PositiveDuration is Duration for a variable that must be above zero
+// (a timeout, an interval); a value that is not is a problem, and def is
+// returned.
+func (e *Env) PositiveDuration(name string, def time.Duration) time.Duration {
+	d := e.Duration(name, def)
+	if d <= 0 {
+		e.errs = append(e.errs, fmt.Errorf("%s: must be positive", name))
+		return def
+	}
+	return d
+}
+
 // Bool returns the variable as a bool (1, t, true, 0, f, false in any
 // case), or def.
 func (e *Env) Bool(name string, def bool) bool {

@@ -30,6 +30,7 @@ func TestEnvTypedValues(t *testing.T) {
 		{name: "int set", env: map[string]string{"I": " -42 "}, read: func(e *Env) any { return e.Int("I", 7) }, want: -42},
 		{name: "duration default", read: func(e *Env) any { return e.Duration("D", time.Second) }, want: time.Second},
 		{name: "duration set", env: map[string]string{"D": "1m30s"}, read: func(e *Env) any { return e.Duration("D", time.Second) }, want: 90 * time.Second},
+		{name: "positive duration set", env: map[string]string{"D": "2s"}, read: func(e *Env) any { return e.PositiveDuration("D", time.Second) }, want: 2 * time.Second},
 		{name: "bool default", read: func(e *Env) any { return e.Bool("B", true) }, want: true},
 		{name: "bool set", env: map[string]string{"B": "FALSE"}, read: func(e *Env) any { return e.Bool("B", true) }, want: false},
 		{name: "bytes default", read: func(e *Env) any { return e.Bytes("M", 18<<20) }, want: Bytes(18 << 20)},
@@ -97,6 +98,20 @@ func TestEnvErrors(t *testing.T) {
 			read: func(e *Env) any { return e.Duration("ORDERMESH_SHUTDOWN_TIMEOUT", 10*time.Second) },
 			want: 10 * time.Second,
 			err:  `ORDERMESH_SHUTDOWN_TIMEOUT: invalid duration "10": want a number with a unit such as 300ms, 1.5s or 2m`,
+		},
+		{
+			name: "positive duration zero",
+			env:  map[string]string{"T": "0s"},
+			read: func(e *Env) any { return e.PositiveDuration("T", 10*time.Second) },
+			want: 10 * time.Second,
+			err:  `T: must be positive`,
+		},
+		{
+			name: "positive duration negative",
+			env:  map[string]string{"T": "-1s"},
+			read: func(e *Env) any { return e.PositiveDuration("T", 10*time.Second) },
+			want: 10 * time.Second,
+			err:  `T: must be positive`,
 		},
 		{
 			name: "bool",

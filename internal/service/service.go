@@ -98,9 +98,9 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 		TopologyPrefix:  env.String("ORDERMESH_TOPOLOGY_PREFIX", ""),
 		Prefetch:        env.Int("ORDERMESH_PREFETCH", 200),
 		Concurrency:     env.Int("ORDERMESH_CONCURRENCY", 32),
-		RelayInterval:   env.Duration("ORDERMESH_RELAY_POLL_INTERVAL", outbox.DefaultPollInterval),
+		RelayInterval:   env.PositiveDuration("ORDERMESH_RELAY_POLL_INTERVAL", outbox.DefaultPollInterval),
 		InboxRetention:  env.Duration("ORDERMESH_INBOX_RETENTION", 7*24*time.Hour),
-		ShutdownTimeout: env.Duration("ORDERMESH_SHUTDOWN_TIMEOUT", 15*time.Second),
+		ShutdownTimeout: env.PositiveDuration("ORDERMESH_SHUTDOWN_TIMEOUT", 15*time.Second),
 	}
 	if v := env.String("ORDERMESH_ADMIN_ADDR", spec.AdminAddr); v != "off" {
 		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", spec.AdminAddr)
@@ -131,14 +131,6 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 	cfg.LogLevel = level
 	for name, v := range map[string]int{"ORDERMESH_PREFETCH": cfg.Prefetch, "ORDERMESH_CONCURRENCY": cfg.Concurrency} {
 		if v <= 0 {
-			env.Fail(name, errors.New("must be positive"))
-		}
-	}
-	for name, d := range map[string]time.Duration{
-		"ORDERMESH_SHUTDOWN_TIMEOUT":    cfg.ShutdownTimeout,
-		"ORDERMESH_RELAY_POLL_INTERVAL": cfg.RelayInterval,
-	} {
-		if d <= 0 {
 			env.Fail(name, errors.New("must be positive"))
 		}
 	}
