@@ -79,18 +79,12 @@ func (c *RESTCreator) CreateOrder(ctx context.Context, req *orderv1.CreateOrderR
 	hreq.Header.Set("Content-Type", "application/json")
 	resp, err := c.client.Do(hreq)
 	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return "", status.FromContextError(ctxErr).Err()
-		}
-		return "", status.Errorf(codes.Unavailable, "post order: %v", err)
+		return "", transportError(ctx, "post order", err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return "", status.FromContextError(ctxErr).Err()
-		}
-		return "", status.Errorf(codes.Unavailable, "read response: %v", err)
+		return "", transportError(ctx, "read response", err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return "", restError(resp.StatusCode, b)
@@ -104,6 +98,15 @@ func (c *RESTCreator) CreateOrder(ctx context.Context, req *orderv1.CreateOrderR
 		return "", status.Errorf(codes.Internal, "decode response: %s", truncate(string(b), 200))
 	}
 	return out.Order.ID, nil
+}
+
+// transportError is the status of a request that failed on the way
+// (what: where): the context's when it ended, UNAVAILABLE otherwise.
+func transportError(ctx context.Context, what string, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return status.FromContextError(ctxErr).Err()
+	}
+	return status.Errorf(codes.Unavailable, "%s: %v", what, err)
 }
 
 // restError turns a gateway error response into a gRPC status error. A
