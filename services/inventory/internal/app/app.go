@@ -22,8 +22,10 @@ import (
 const Source = "inventory"
 
 // ErrUnavailable is returned when the database cannot be reached or the
-// connection broke. SetStock is idempotent, so a call that got it may be
-// repeated.
+// connection broke. SetStock sets a level rather than adding to it, so a
+// call that got it may be repeated (with its expected level, if any: a
+// repeat of a call that did take effect then fails, saying the level is
+// no longer the one expected).
 var ErrUnavailable = errors.New("inventory store unavailable; retry later")
 
 // App runs the inventory use cases. It is safe for concurrent use.
@@ -39,16 +41,28 @@ func New(pool *pgxpool.Pool, log *slog.Logger) *App {
 
 // SetStock sets how many units of product id are available to reserve,
 // creating the product if it is new; units already reserved are not
-// affected. It returns the stock after the change. An invalid id or level
-// is an error wrapping stock.ErrInvalid.
-func (a *App) SetStock(ctx context.Context, id string, available int64) (stock.Level, error) {
+// affected. With expected not nil it does so only if the product's
+// available units are still *expected (0 for a product not stocked yet),
+// and otherwise returns an error wrapping stock.ErrLevelChanged that says
+// the current level. It returns the stock after the change. An invalid
+// id or level is an error wrapping stock.ErrInvalid.
+func (a *App) SetStock(ctx context.Context, id string, available int64, expected *int64) (stock.Level, error) {
 	if err := stock.ValidateProductID(id); err != nil {
 		return stock.Level{}, err
 	}
 	if err := stock.ValidateAvailable(available); err != nil {
 		return stock.Level{}, err
 	}
-	l, err := store.SetStock(ctx, a.pool, id, available)
+	if expected == nil {
+		l, err := store.SetStock(ctx, a.pool, id, available)
+		return l, unavailable(err)
+	}
+	l, err := store.SetStockIf(ctx, a.pool, id, available, *expected)
+	if errors.Is(err, stock.ErrLevelChanged) {
+		if now, gerr := store.GetStock(ctx, a.pool, id); gerr == nil {
+			return stock.Level{}, fmt.Errorf("%w (%d now, %d reserved)", err, now.Available, now.Reserved)
+		}
+	}
 	return l, unavailable(err)
 }
 

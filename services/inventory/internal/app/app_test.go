@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -86,7 +87,7 @@ func metaFor(ev proto.Message) eventbus.Meta {
 func (f fixture) setStock(t *testing.T, levels map[string]int64) {
 	t.Helper()
 	for id, n := range levels {
-		if _, err := f.app.SetStock(context.Background(), id, n); err != nil {
+		if _, err := f.app.SetStock(context.Background(), id, n, nil); err != nil {
 			t.Fatalf("set stock of %s: %v", id, err)
 		}
 	}
@@ -702,7 +703,7 @@ func TestSetStockKeepsReserved(t *testing.T) {
 	}
 	f.setStock(t, map[string]int64{"SKU-1": 5})
 	mustHandle(t, f, created(uuid.NewString(), line("SKU-1", 2)))
-	l, err := f.app.SetStock(ctx, "SKU-1", 10)
+	l, err := f.app.SetStock(ctx, "SKU-1", 10, nil)
 	if err != nil {
 		t.Fatalf("SetStock: %v", err)
 	}
@@ -716,8 +717,45 @@ func TestSetStockKeepsReserved(t *testing.T) {
 		id string
 		n  int64
 	}{{"", 1}, {"SKU 1", 1}, {"SKU-1", -1}, {"SKU-1", stock.MaxAvailable + 1}} {
-		if _, err := f.app.SetStock(ctx, bad.id, bad.n); !errors.Is(err, stock.ErrInvalid) {
+		if _, err := f.app.SetStock(ctx, bad.id, bad.n, nil); !errors.Is(err, stock.ErrInvalid) {
 			t.Errorf("SetStock(%q, %d): err = %v, want ErrInvalid", bad.id, bad.n, err)
 		}
+	}
+}
+
+// TestSetStockIfStillAsRead: an admin reads 5 available and means to add
+// 5 by setting 10 on the condition that 5 are still available; an order
+// reserves 2 in between, so the set fails, changes nothing and says the
+// level now, and the admin's second try, from the new level, goes through.
+func TestSetStockIfStillAsRead(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	expect := func(n int64) *int64 { return &n }
+
+	// A new product's level is 0.
+	if _, err := f.app.SetStock(ctx, "SKU-1", 5, expect(1)); !errors.Is(err, stock.ErrLevelChanged) {
+		t.Fatalf("SetStock of a new product expecting 1: %v, want ErrLevelChanged", err)
+	}
+	if _, err := f.app.SetStock(ctx, "SKU-1", 5, expect(0)); err != nil {
+		t.Fatalf("SetStock of a new product expecting 0: %v", err)
+	}
+	read, err := f.app.GetStock(ctx, "SKU-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustHandle(t, f, created(uuid.NewString(), line("SKU-1", 2))) // in between
+	_, err = f.app.SetStock(ctx, "SKU-1", read.Available+5, &read.Available)
+	if !errors.Is(err, stock.ErrLevelChanged) || !strings.Contains(err.Error(), "(3 now, 2 reserved)") {
+		t.Fatalf("SetStock from a stale read: %v, want ErrLevelChanged saying 3 now, 2 reserved", err)
+	}
+	if got, err := f.app.GetStock(ctx, "SKU-1"); err != nil || got.Available != 3 || got.Reserved != 2 {
+		t.Fatalf("stock after the refused set: %+v, %v; want 3 available, 2 reserved", got, err)
+	}
+	l, err := f.app.SetStock(ctx, "SKU-1", 3+5, expect(3))
+	if err != nil {
+		t.Fatalf("SetStock from the new level: %v", err)
+	}
+	if want := (stock.Level{ProductID: "SKU-1", Available: 8, Reserved: 2}); l != want {
+		t.Errorf("SetStock = %+v, want %+v", l, want)
 	}
 }

@@ -36,6 +36,7 @@ func New(a *app.App, log *slog.Logger) *Server {
 var errorCodes = []grpcserver.ErrorCode{
 	{Err: stock.ErrNotFound, Code: codes.NotFound},
 	{Err: stock.ErrInvalid, Code: codes.InvalidArgument},
+	{Err: stock.ErrLevelChanged, Code: codes.FailedPrecondition},
 	{Err: app.ErrUnavailable, Code: codes.Unavailable, Message: app.ErrUnavailable.Error()},
 }
 
@@ -43,9 +44,10 @@ func (s *Server) status(ctx context.Context, err error) error {
 	return grpcserver.MapError(ctx, s.log, err, errorCodes)
 }
 
-// SetStock sets a product's available units, creating the product if new.
+// SetStock sets a product's available units, creating the product if new;
+// with expected_available, only if they are still that many.
 func (s *Server) SetStock(ctx context.Context, req *inventoryv1.SetStockRequest) (*inventoryv1.SetStockResponse, error) {
-	l, err := s.app.SetStock(ctx, req.GetProductId(), req.GetAvailable())
+	l, err := s.app.SetStock(ctx, req.GetProductId(), req.GetAvailable(), req.ExpectedAvailable)
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}

@@ -150,6 +150,17 @@ func TestSetAndGetStock(t *testing.T) {
 	if _, err := client.SetStock(ctx, &inventoryv1.SetStockRequest{ProductId: "SKU-2", Available: 0}); err != nil {
 		t.Errorf("SetStock to 0: %v", err)
 	}
+
+	// On the condition that the level is still as read: 7 is, 5 is not.
+	stale, current := int64(5), int64(7)
+	_, err = client.SetStock(ctx, &inventoryv1.SetStockRequest{ProductId: "SKU-1", Available: 9, ExpectedAvailable: &stale})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("SetStock expecting 5 where 7 are available: %v, want FailedPrecondition", err)
+	}
+	set, err = client.SetStock(ctx, &inventoryv1.SetStockRequest{ProductId: "SKU-1", Available: 9, ExpectedAvailable: &current})
+	if err != nil || set.GetStock().GetAvailable() != 9 {
+		t.Errorf("SetStock expecting 7 where 7 are available: %v, %v; want 9 available", set, err)
+	}
 }
 
 func TestInvalidRequests(t *testing.T) {

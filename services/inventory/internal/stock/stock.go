@@ -29,6 +29,9 @@ var (
 	// after its stock was reserved, so this means the two services'
 	// records disagree.
 	ErrNoReservation = errors.New("no reservation for order")
+	// ErrLevelChanged is returned when a stock level is set on the
+	// condition that it is still the one read, and it is not.
+	ErrLevelChanged = errors.New("stock level changed since it was read")
 )
 
 // Limits of the values the service accepts.

@@ -47,6 +47,34 @@ func SetStock(ctx context.Context, q Querier, id string, available int64) (stock
 	return l, nil
 }
 
+// SetStockIf is SetStock on the condition that the product's available
+// units are expected (0 for a product not stocked yet); otherwise it
+// changes nothing and returns an error wrapping stock.ErrLevelChanged.
+func SetStockIf(ctx context.Context, q Querier, id string, available, expected int64) (stock.Level, error) {
+	// Expecting 0 also takes a product not stocked yet (which has 0);
+	// expecting more, the product must exist.
+	sql := `
+		UPDATE stock SET available = $2, update_time = now()
+		WHERE product_id = $1 AND available = $3
+		RETURNING product_id, available, reserved`
+	if expected == 0 {
+		sql = `
+		INSERT INTO stock (product_id, available) VALUES ($1, $2)
+		ON CONFLICT (product_id) DO UPDATE SET available = EXCLUDED.available, update_time = now()
+			WHERE stock.available = $3
+		RETURNING product_id, available, reserved`
+	}
+	var l stock.Level
+	err := q.QueryRow(ctx, sql, id, available, expected).Scan(&l.ProductID, &l.Available, &l.Reserved)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return stock.Level{}, fmt.Errorf("set stock of %s: %w: available is not %d", id, stock.ErrLevelChanged, expected)
+	}
+	if err != nil {
+		return stock.Level{}, fmt.Errorf("set stock of %s: %w", id, err)
+	}
+	return l, nil
+}
+
 // GetStock returns the stock of product id, or an error wrapping
 // stock.ErrNotFound for a product never stocked.
 func GetStock(ctx context.Context, q Querier, id string) (stock.Level, error) {

@@ -93,9 +93,15 @@ type SetStockRequest struct {
 	// The product's SKU.
 	ProductId string `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
 	// Units available to reserve, 0 to 1,000,000,000.
-	Available     int64 `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Available int64 `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
+	// When set, the units available the product must still have (0 for a
+	// product never stocked) for the change to happen: read the level with
+	// GetStock, then set it with expected_available, and a reservation made
+	// in between fails the call with FAILED_PRECONDITION instead of being
+	// overwritten. Unset, the level is set whatever it is.
+	ExpectedAvailable *int64 `protobuf:"varint,3,opt,name=expected_available,json=expectedAvailable,proto3,oneof" json:"expected_available,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SetStockRequest) Reset() {
@@ -138,6 +144,13 @@ func (x *SetStockRequest) GetProductId() string {
 func (x *SetStockRequest) GetAvailable() int64 {
 	if x != nil {
 		return x.Available
+	}
+	return 0
+}
+
+func (x *SetStockRequest) GetExpectedAvailable() int64 {
+	if x != nil && x.ExpectedAvailable != nil {
+		return *x.ExpectedAvailable
 	}
 	return 0
 }
@@ -289,12 +302,14 @@ const file_ordermesh_inventory_v1_inventory_service_proto_rawDesc = "" +
 	"\n" +
 	"product_id\x18\x01 \x01(\tR\tproductId\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\x03R\tavailable\x12\x1a\n" +
-	"\breserved\x18\x03 \x01(\x03R\breserved\"{\n" +
+	"\breserved\x18\x03 \x01(\x03R\breserved\"\xcf\x01\n" +
 	"\x0fSetStockRequest\x12;\n" +
 	"\n" +
 	"product_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x10\x01\x18@2\x11^[A-Za-z0-9._-]+$R\tproductId\x12+\n" +
 	"\tavailable\x18\x02 \x01(\x03B\r\xbaH\n" +
-	"\"\b\x18\x80\x94\xeb\xdc\x03(\x00R\tavailable\"G\n" +
+	"\"\b\x18\x80\x94\xeb\xdc\x03(\x00R\tavailable\x12;\n" +
+	"\x12expected_available\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00H\x00R\x11expectedAvailable\x88\x01\x01B\x15\n" +
+	"\x13_expected_available\"G\n" +
 	"\x10SetStockResponse\x123\n" +
 	"\x05stock\x18\x01 \x01(\v2\x1d.ordermesh.inventory.v1.StockR\x05stock\"N\n" +
 	"\x0fGetStockRequest\x12;\n" +
@@ -346,6 +361,7 @@ func file_ordermesh_inventory_v1_inventory_service_proto_init() {
 	if File_ordermesh_inventory_v1_inventory_service_proto != nil {
 		return
 	}
+	file_ordermesh_inventory_v1_inventory_service_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -31,7 +31,10 @@ const (
 // inventory service itself when it handles order events.
 type InventoryServiceClient interface {
 	// SetStock sets how many units of a product are available to reserve.
-	// Units already reserved are not affected.
+	// Units already reserved are not affected. With expected_available it
+	// sets them only if the level is still the one the caller read, so
+	// units reserved in between are not overwritten (FAILED_PRECONDITION
+	// otherwise).
 	SetStock(ctx context.Context, in *SetStockRequest, opts ...grpc.CallOption) (*SetStockResponse, error)
 	// GetStock returns a product's stock, or NOT_FOUND for a product that was
 	// never stocked.
@@ -74,7 +77,10 @@ func (c *inventoryServiceClient) GetStock(ctx context.Context, in *GetStockReque
 // inventory service itself when it handles order events.
 type InventoryServiceServer interface {
 	// SetStock sets how many units of a product are available to reserve.
-	// Units already reserved are not affected.
+	// Units already reserved are not affected. With expected_available it
+	// sets them only if the level is still the one the caller read, so
+	// units reserved in between are not overwritten (FAILED_PRECONDITION
+	// otherwise).
 	SetStock(context.Context, *SetStockRequest) (*SetStockResponse, error)
 	// GetStock returns a product's stock, or NOT_FOUND for a product that was
 	// never stocked.
