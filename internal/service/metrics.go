@@ -71,11 +71,11 @@ func (m *metrics) observeLinks(log *slog.Logger, pool *pgxpool.Pool, pub *eventb
 	}
 	m.registry.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: "ordermesh", Name: "eventbus_link_up", Help: "1 while the publisher's broker link is up.",
+			Namespace: "ordermesh", Name: "eventbus_link_up", Help: "1 while the role's broker link is up (publisher: connected with its channel; subscriber: its consumer subscribed).",
 			ConstLabels: prometheus.Labels{"role": "publisher"},
 		}, func() float64 { return up(pub.State().Up) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: "ordermesh", Name: "eventbus_link_up", Help: "1 while the publisher's broker link is up.",
+			Namespace: "ordermesh", Name: "eventbus_link_up", Help: "1 while the role's broker link is up (publisher: connected with its channel; subscriber: its consumer subscribed).",
 			ConstLabels: prometheus.Labels{"role": "subscriber"},
 		}, func() float64 { return up(sub.Subscribed()) }),
 		&outboxCollector{log: log, pool: pool},
