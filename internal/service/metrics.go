@@ -134,11 +134,14 @@ type outboxCollector struct {
 var (
 	outboxPendingDesc = prometheus.NewDesc("ordermesh_outbox_pending", "Outbox rows not yet confirmed by the broker.", nil, nil)
 	outboxAgeDesc     = prometheus.NewDesc("ordermesh_outbox_oldest_age_seconds", "Age of the oldest pending outbox row (relay lag).", nil, nil)
+	outboxStatsUpDesc = prometheus.NewDesc("ordermesh_outbox_stats_up",
+		"1 when the outbox gauges could be read at this scrape, 0 when the database did not answer (the gauges are then missing).", nil, nil)
 )
 
 func (c *outboxCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- outboxPendingDesc
 	ch <- outboxAgeDesc
+	ch <- outboxStatsUpDesc
 }
 
 func (c *outboxCollector) Collect(ch chan<- prometheus.Metric) {
@@ -147,8 +150,10 @@ func (c *outboxCollector) Collect(ch chan<- prometheus.Metric) {
 	st, err := outbox.ReadStats(ctx, c.pool)
 	if err != nil {
 		c.log.WarnContext(ctx, "metrics: read outbox stats", slog.Any("error", err))
+		ch <- prometheus.MustNewConstMetric(outboxStatsUpDesc, prometheus.GaugeValue, 0)
 		return
 	}
+	ch <- prometheus.MustNewConstMetric(outboxStatsUpDesc, prometheus.GaugeValue, 1)
 	ch <- prometheus.MustNewConstMetric(outboxPendingDesc, prometheus.GaugeValue, float64(st.Pending))
 	ch <- prometheus.MustNewConstMetric(outboxAgeDesc, prometheus.GaugeValue, st.OldestAge.Seconds())
 }

@@ -159,7 +159,7 @@ func TestWorkerRuntime(t *testing.T) {
 
 	// Metrics.
 	body := get(t, "http://"+adminAddr+"/metrics")
-	for _, want := range []string{`ordermesh_eventbus_link_up{role="subscriber"} 1`, `ordermesh_inbox_events_total{outcome="processed"} 2`, "ordermesh_outbox_pending 0", "go_goroutines", "go_gc_gomemlimit_bytes 1.073741824e+09", "go_gc_gogc_percent 150"} {
+	for _, want := range []string{`ordermesh_eventbus_link_up{role="subscriber"} 1`, `ordermesh_inbox_events_total{outcome="processed"} 2`, "ordermesh_outbox_pending 0", "ordermesh_outbox_stats_up 1", "go_goroutines", "go_gc_gomemlimit_bytes 1.073741824e+09", "go_gc_gogc_percent 150"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
