@@ -238,12 +238,22 @@ func (c *client) stock(ctx context.Context, args []string) error {
 	defer cancel()
 	var s *inventoryv1.Stock
 	switch {
-	case args[0] == "set" && len(args) == 3:
+	case args[0] == "set" && len(args) >= 3:
+		fs := flag.NewFlagSet("stock set", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		ifAvailable := fs.Int64("if-available", -1, "set only if the product still has this many units available")
+		if err := fs.Parse(args[3:]); err != nil || fs.NArg() > 0 {
+			return usagef("stock set: use 'stock set SKU AVAILABLE [--if-available N]'")
+		}
 		n, err := strconv.ParseInt(args[2], 10, 64)
 		if err != nil {
 			return usagef("stock set: AVAILABLE must be a whole number, got %q", args[2])
 		}
-		resp, err := c.inventory.SetStock(ctx, &inventoryv1.SetStockRequest{ProductId: args[1], Available: n})
+		req := &inventoryv1.SetStockRequest{ProductId: args[1], Available: n}
+		if *ifAvailable >= 0 {
+			req.ExpectedAvailable = ifAvailable
+		}
+		resp, err := c.inventory.SetStock(ctx, req)
 		if err != nil {
 			return err
 		}
@@ -255,7 +265,7 @@ func (c *client) stock(ctx context.Context, args []string) error {
 		}
 		s = resp.GetStock()
 	default:
-		return usagef("stock: use 'stock set SKU AVAILABLE' or 'stock get SKU'")
+		return usagef("stock: use 'stock set SKU AVAILABLE [--if-available N]' or 'stock get SKU'")
 	}
 	c.emit(s, func() string {
 		return fmt.Sprintf("%s  available %d  reserved %d", s.GetProductId(), s.GetAvailable(), s.GetReserved())

@@ -36,7 +36,8 @@ Orders (OrderService at --addr):
   events ORDER_ID                     show the events of an order's saga
 
 Stock (InventoryService at --inventory-addr):
-  stock set SKU AVAILABLE             set a product's available units
+  stock set SKU AVAILABLE [--if-available N]   set a product's available units
+                                      (only if it still has N available: read, then add)
   stock get SKU                       show a product's stock
 
 Other:
