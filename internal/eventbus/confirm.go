@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,22 +63,27 @@ type publishBatch struct {
 	remaining int
 	err       error
 	confirmed []bool
+	refused   []bool
 	done      chan struct{}
 }
 
 func newPublishBatch(n int) *publishBatch {
-	return &publishBatch{remaining: n, confirmed: make([]bool, n), done: make(chan struct{})}
+	return &publishBatch{remaining: n, confirmed: make([]bool, n), refused: make([]bool, n), done: make(chan struct{})}
 }
 
-// resolve records message idx's outcome: confirmed when err is nil.
+// resolve records message idx's outcome: confirmed when err is nil,
+// refused when err is ErrNacked or ErrUnroutable, unanswered otherwise.
 func (b *publishBatch) resolve(idx int, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err != nil && b.err == nil {
 		b.err = err
 	}
-	if err == nil {
+	switch {
+	case err == nil:
 		b.confirmed[idx] = true
+	case errors.Is(err, ErrNacked) || errors.Is(err, ErrUnroutable):
+		b.refused[idx] = true
 	}
 	b.countDown()
 }
@@ -97,7 +103,8 @@ func (b *publishBatch) countDown() {
 }
 
 // fail returns err, or the batch's own error when err is nil, as a
-// PublishError telling which messages the broker confirmed so far.
+// PublishError telling which messages the broker confirmed or refused so
+// far.
 func (b *publishBatch) fail(err error) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -107,16 +114,21 @@ func (b *publishBatch) fail(err error) error {
 	if err == nil {
 		return nil
 	}
-	return &PublishError{Err: err, Confirmed: append([]bool(nil), b.confirmed...)}
+	return &PublishError{Err: err, Confirmed: slices.Clone(b.confirmed), Refused: slices.Clone(b.refused)}
 }
 
 // PublishError is returned by Publish when not every message was
-// confirmed. Confirmed[i] tells whether the broker confirmed message i
-// (false also when its fate is unknown), so a caller can settle the
-// confirmed ones and retry only the rest.
+// confirmed. For each message i of the call, Confirmed[i] tells whether
+// the broker confirmed it and Refused[i] whether the broker answered no
+// (a nack, or a return of a mandatory message no queue receives); a
+// message that is neither went unanswered (the link failed, the wait for
+// confirms ended) and may or may not have reached the broker. A caller
+// can so settle the confirmed ones, hold back the refused ones and retry
+// the unanswered ones at once. Err is the first failure.
 type PublishError struct {
 	Err       error
 	Confirmed []bool
+	Refused   []bool
 }
 
 func (e *PublishError) Error() string { return e.Err.Error() }

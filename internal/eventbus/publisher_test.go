@@ -3,6 +3,7 @@ package eventbus
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -92,6 +93,13 @@ func TestPublishSetsPropertiesAndReportsUnroutable(t *testing.T) {
 		err := pub.Publish(ctx, routable, unroutable)
 		if !errors.Is(err, ErrUnroutable) {
 			t.Fatalf("Publish = %v, want ErrUnroutable", err)
+		}
+		var pe *PublishError
+		if !errors.As(err, &pe) {
+			t.Fatalf("Publish = %T %v, want a *PublishError", err, err)
+		}
+		if !slices.Equal(pe.Confirmed, []bool{true, false}) || !slices.Equal(pe.Refused, []bool{false, true}) {
+			t.Errorf("PublishError confirmed %v, refused %v; want the routable one confirmed, the other refused", pe.Confirmed, pe.Refused)
 		}
 		if n := cfg.Metrics.(*countingMetrics).returned.Load(); n != 1 {
 			t.Errorf("returned metric = %d, want 1", n)

@@ -692,7 +692,56 @@ func TestRelayKeepsRowsWhenTheDeleteFails(t *testing.T) {
 type unansweredPublisher struct{}
 
 func (unansweredPublisher) Publish(_ context.Context, msgs ...eventbus.Message) error {
-	return &eventbus.PublishError{Err: fmt.Errorf("confirm: %w", context.DeadlineExceeded), Confirmed: make([]bool, len(msgs))}
+	return &eventbus.PublishError{Err: fmt.Errorf("confirm: %w", context.DeadlineExceeded),
+		Confirmed: make([]bool, len(msgs)), Refused: make([]bool, len(msgs))}
+}
+
+// mixedPublisher answers each Publish as a link lost in the middle of a
+// batch whose first message the broker refused does: message 0 refused,
+// message 1 confirmed, the rest unanswered.
+type mixedPublisher struct{}
+
+func (mixedPublisher) Publish(_ context.Context, msgs ...eventbus.Message) error {
+	pe := &eventbus.PublishError{Err: fmt.Errorf("publish: %w", eventbus.ErrUnroutable),
+		Confirmed: make([]bool, len(msgs)), Refused: make([]bool, len(msgs))}
+	pe.Refused[0] = true
+	pe.Confirmed[1] = true
+	return pe
+}
+
+// TestRelaySettlesEachRowByItsMessagesOutcome: in one batch, a confirmed
+// row is deleted, a refused one is put back to wait, and the unanswered
+// ones stay as they were, due at once; the batch reports them as an
+// error, so the relay backs off before trying them again.
+func TestRelaySettlesEachRowByItsMessagesOutcome(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	ids := commit(t, pool, 4)
+	relay := outbox.NewRelay(pool, mixedPublisher{}, outbox.Config{BatchSize: 10})
+	n, err := relay.PublishBatch(ctx)
+	if err == nil || !strings.Contains(err.Error(), "2 unanswered") || n != 1 {
+		t.Fatalf("PublishBatch = %d, %v; want 1 published and an error for the 2 unanswered", n, err)
+	}
+	got := map[string]string{}
+	rows, err := pool.Query(ctx, `SELECT id, CASE WHEN attempts > 0 AND next_attempt_at > now() THEN 'waiting'
+		WHEN attempts = 0 AND next_attempt_at <= now() THEN 'due' ELSE 'other' END FROM outbox`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id, state string
+		if err := rows.Scan(&id, &state); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = state
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{ids[0]: "waiting", ids[2]: "due", ids[3]: "due"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("outbox rows after the batch (-want +got; the confirmed %s deleted):\n%s", ids[1], diff)
+	}
 }
 
 // TestRelayKeepsUnansweredRowsAsTheyAre: a batch the broker did not answer

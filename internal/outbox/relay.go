@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -207,12 +206,13 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 // PublishBatch claims up to BatchSize unclaimed rows that are due, oldest
 // first, publishes them and deletes them in one transaction, and returns
 // how many it published. A row is deleted only once the broker confirmed
-// it. When the broker said which messages it did not take (an unroutable
-// event, a nack), those rows are put back with a growing delay before
-// their next attempt, so they hold up nothing, even when they fill the
-// batch; when Publish failed without saying (the link is down, the
-// confirms timed out) the transaction rolls back, every row stays, and
-// the error is returned. Run calls it; it is exported for Drain-like uses
+// it. Rows the broker refused (an unroutable event, a nack) are put back
+// with a growing delay before their next attempt, so they hold up
+// nothing, even when they fill the batch. Rows it left unanswered (the
+// link went down, the confirms timed out) stay as they were, due at once,
+// and PublishBatch returns an error saying how many, after settling the
+// others; when no row was confirmed or refused the transaction rolls back
+// and every row stays. Run calls it; it is exported for Drain-like uses
 // and tests.
 //
 // The transaction takes two round trips around the publishing: BEGIN
@@ -251,7 +251,7 @@ func (r *Relay) publishBatch(ctx context.Context) (claimed, published int, err e
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	pubErr := r.pub.Publish(pctx, msgs...)
 	cancel()
-	confirmed, failed, known := settle(seqs, pubErr)
+	confirmed, failed, unanswered, known := settle(seqs, pubErr)
 	if !known {
 		r.failed(len(msgs), pubErr)
 		return len(msgs), 0, fmt.Errorf("publish %d outbox messages: %w", len(msgs), pubErr)
@@ -286,37 +286,47 @@ func (r *Relay) publishBatch(ctx context.Context) (claimed, published int, err e
 	}
 	if len(failed) > 0 {
 		r.failed(len(failed), pubErr)
-		r.log.WarnContext(ctx, "outbox relay: some events not confirmed; they wait and are retried",
-			"confirmed", len(confirmed), "failed", len(failed), "error", pubErr)
+		r.log.WarnContext(ctx, "outbox relay: the broker refused some events; they wait and are retried",
+			"confirmed", len(confirmed), "refused", len(failed), "error", pubErr)
+	}
+	if len(unanswered) > 0 {
+		// Left as they were, due at once: the broker said nothing against
+		// them, but the link that lost their answers needs the back-off.
+		r.failed(len(unanswered), pubErr)
+		return len(msgs), len(confirmed), fmt.Errorf("publish %d outbox messages: %d unanswered: %w", len(msgs), len(unanswered), pubErr)
 	}
 	return len(msgs), len(confirmed), nil
 }
 
 // settle splits a batch's rows by the outcome of Publish: all confirmed
-// when it returned nil, per message when it says which were confirmed
-// (eventbus.PublishError) and either some were or the broker refused
-// some (unroutable, nacked). known is false otherwise: nothing confirmed
-// for want of an answer (the link went down, the confirms timed out),
-// which says nothing against the rows, so the batch is retried whole.
-func settle(seqs []int64, err error) (confirmed, failed []int64, known bool) {
+// when it returned nil; otherwise, when it says message by message
+// (eventbus.PublishError), the confirmed rows, the rows the broker refused
+// (unroutable, nacked) and the rows it left unanswered. known is false
+// when Publish said nothing of any message, or that none was either
+// confirmed or refused (the link went down, the confirms timed out): the
+// batch is then retried whole.
+func settle(seqs []int64, err error) (confirmed, refused, unanswered []int64, known bool) {
 	if err == nil {
-		return seqs, nil, true
+		return seqs, nil, nil, true
 	}
 	var pe *eventbus.PublishError
-	if !errors.As(err, &pe) || len(pe.Confirmed) != len(seqs) {
-		return nil, nil, false
-	}
-	if !slices.Contains(pe.Confirmed, true) && !errors.Is(err, eventbus.ErrUnroutable) && !errors.Is(err, eventbus.ErrNacked) {
-		return nil, nil, false
+	if !errors.As(err, &pe) || len(pe.Confirmed) != len(seqs) || len(pe.Refused) != len(seqs) {
+		return nil, nil, nil, false
 	}
 	for i, seq := range seqs {
-		if pe.Confirmed[i] {
+		switch {
+		case pe.Confirmed[i]:
 			confirmed = append(confirmed, seq)
-		} else {
-			failed = append(failed, seq)
+		case pe.Refused[i]:
+			refused = append(refused, seq)
+		default:
+			unanswered = append(unanswered, seq)
 		}
 	}
-	return confirmed, failed, true
+	if len(confirmed) == 0 && len(refused) == 0 {
+		return nil, nil, nil, false
+	}
+	return confirmed, refused, unanswered, true
 }
 
 func (r *Relay) failed(n int, err error) {
