@@ -14,13 +14,18 @@ import (
 // reached or the connection broke: a failed connect, a network error or
 // timeout, a connection that ended mid-conversation, or the server
 // refusing connections or ending them as it shuts down (SQLSTATE classes
-// 08 and 57P). Context errors are not: the caller gave up.
+// 08 and 57P). Context errors are not: the caller gave up. A connect that
+// timed out is, although it wraps context.DeadlineExceeded too: that is
+// how connect_timeout ends an attempt at a server that does not answer.
 func Unreachable(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
 	if _, ok := errors.AsType[*pgconn.ConnectError](err); ok {
 		return true
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return false
 	}
 	if _, ok := errors.AsType[net.Error](err); ok {
 		return true

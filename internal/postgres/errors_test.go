@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -46,5 +47,52 @@ func TestUnreachableAndTransient(t *testing.T) {
 				t.Errorf("Transient(%v) = %v, want %v", tt.err, got, tt.transient)
 			}
 		})
+	}
+}
+
+// TestUnreachableConnectTimeout: a server that accepts connections and
+// never answers is unreachable once connect_timeout ends the attempt,
+// although the error wraps context.DeadlineExceeded like a caller's
+// deadline; a connect the caller cancels is not.
+func TestUnreachableConnectTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan net.Conn, 16)
+	defer func() {
+		ln.Close()
+		for len(held) > 0 {
+			(<-held).Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held <- c // silent until the test ends
+		}
+	}()
+	url := "postgres://nobody@" + ln.Addr().String() + "/db?sslmode=disable&connect_timeout=1"
+
+	_, err = pgconn.Connect(context.Background(), url)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Connect to a silent server = %v, want a connect timeout", err)
+	}
+	if !postgres.Unreachable(err) || !postgres.Transient(err) {
+		t.Errorf("Unreachable, Transient(%v) = %v, %v; want true, true", err, postgres.Unreachable(err), postgres.Transient(err))
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(100 * time.Millisecond); cancel() }()
+	_, err = pgconn.Connect(ctx, url)
+	if err == nil || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Connect cancelled by its caller = %v, want context.Canceled", err)
+	}
+	if postgres.Unreachable(err) || postgres.Transient(err) {
+		t.Errorf("Unreachable, Transient(%v) = %v, %v; want false, false", err, postgres.Unreachable(err), postgres.Transient(err))
 	}
 }
