@@ -2,6 +2,8 @@ package postgres
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 )
@@ -39,7 +41,13 @@ type batchCall[T any] struct {
 	item T
 	done chan struct{}
 	lead chan struct{}
+	// err is the batch's failure to flush, set before done closes.
+	err error
 }
+
+// ErrFlushPanicked is returned by Do to every call of a batch whose flush
+// panicked; the items' results are then unknown.
+var ErrFlushPanicked = errors.New("batch flush panicked")
 
 // NewBatcher returns a Batcher with lanes lanes (at least 1) handing at
 // most batch items (at least 1) at a time to flush. flush must deal with
@@ -59,7 +67,8 @@ func NewBatcher[T any](batch, lanes int, flush func(ctx context.Context, items [
 // (chosen by key) and returns once that flush returned. It returns ctx's
 // error, without flushing item, if ctx has ended before the call; once
 // item is queued, Do waits for its flush even when ctx ends, because the
-// batch belongs to all its callers.
+// batch belongs to all its callers. A flush that panics fails its batch's
+// calls with ErrFlushPanicked and leaves the lane working.
 func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -72,7 +81,7 @@ func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 		l.mu.Unlock()
 		select {
 		case <-c.done:
-			return nil
+			return c.err
 		case <-c.lead:
 		}
 		l.mu.Lock()
@@ -92,12 +101,21 @@ func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 		l.leading = false
 	}
 	l.mu.Unlock()
-	return nil
+	// The leader is always in the batch it flushed: it was at the head of
+	// the queue when it took the lead.
+	return c.err
 }
 
+// run flushes batch and releases its calls, turning a panic of flush into
+// ErrFlushPanicked so that the lane's lead is handed on.
 func (b *Batcher[T]) run(ctx context.Context, batch []*batchCall[T]) {
+	var err error
 	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", ErrFlushPanicked, p)
+		}
 		for _, c := range batch {
+			c.err = err
 			close(c.done)
 		}
 	}()

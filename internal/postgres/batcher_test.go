@@ -94,3 +94,33 @@ func TestBatcherDoesNotFlushForAnEndedContext(t *testing.T) {
 		t.Errorf("Do = %v, want context.Canceled", err)
 	}
 }
+
+// TestBatcherSurvivesAPanickingFlush: a flush that panics fails its
+// batch's calls with ErrFlushPanicked, and the lane goes on flushing the
+// calls after it (the lead used to stay with the panicked batch, and
+// every later call on the lane waited forever).
+func TestBatcherSurvivesAPanickingFlush(t *testing.T) {
+	b := postgres.NewBatcher(16, 1, func(_ context.Context, items []*int) {
+		for _, it := range items {
+			if *it < 0 {
+				panic("a bad item")
+			}
+			*it *= 10
+		}
+	})
+	bad := -1
+	if err := b.Do(context.Background(), "k", &bad); !errors.Is(err, postgres.ErrFlushPanicked) {
+		t.Fatalf("Do of a panicking flush = %v, want ErrFlushPanicked", err)
+	}
+	done := make(chan error, 1)
+	good := 2
+	go func() { done <- b.Do(context.Background(), "k", &good) }()
+	select {
+	case err := <-done:
+		if err != nil || good != 20 {
+			t.Fatalf("Do after the panic = %v with result %d, want nil and 20", err, good)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Do after a panicking flush still waits after 10 s: the lane is jammed")
+	}
+}
