@@ -209,12 +209,7 @@ func (e *Env) URL(name, def string, schemes ...string) string {
 	}
 	u, err := url.Parse(v)
 	if err != nil {
-		// The parse error quotes the whole value, password included.
-		reason := err
-		if urlErr, ok := errors.AsType[*url.Error](err); ok {
-			reason = urlErr.Err
-		}
-		e.errs = append(e.errs, fmt.Errorf("%s: invalid URL: %w", name, reason))
+		e.errs = append(e.errs, fmt.Errorf("%s: invalid URL: %w", name, URLParseError(v, err)))
 		return def
 	}
 	switch {

@@ -204,6 +204,20 @@ func TestEnvErrors(t *testing.T) {
 			err:  `U: invalid URL: invalid port ":port" after host`,
 		},
 		{
+			name: "a password with an unencoded # is not echoed",
+			env:  map[string]string{"U": "postgres://u:s3cr#et@host/db"},
+			read: func(e *Env) any { return e.URL("U", "postgres://x/") },
+			want: "postgres://x/",
+			err:  `U: invalid URL: it does not parse (not shown: it may hold a password; percent-encode any of @ : / ? # % in the user name and password)`,
+		},
+		{
+			name: "a password with a bad escape is not echoed",
+			env:  map[string]string{"U": "postgres://u:pa%zzword@host/db"},
+			read: func(e *Env) any { return e.URL("U", "postgres://x/") },
+			want: "postgres://x/",
+			err:  `U: invalid URL: it does not parse (not shown: it may hold a password; percent-encode any of @ : / ? # % in the user name and password)`,
+		},
+		{
 			name: "url without scheme",
 			env:  map[string]string{"U": "127.0.0.1/db"},
 			read: func(e *Env) any { return e.URL("U", "postgres://x/") },
@@ -290,7 +304,8 @@ func TestRedactURL(t *testing.T) {
 		{name: "password query parameters", in: "postgres://u@h/db?sslmode=verify-full&sslpassword=p&password=q", want: "postgres://u@h/db?password=xxxxx&sslmode=verify-full&sslpassword=xxxxx"},
 		{name: "not a URL", in: "127.0.0.1:1025", want: "127.0.0.1:1025"},
 		{name: "plain text", in: "order", want: "order"},
-		{name: "unparsable", in: "postgres://u:p@host:port/", want: "postgres://u:p@host:port/"},
+		{name: "unparsable, with what may be a password", in: "postgres://u:p#w@host/", want: "(a URL that does not parse, not shown: it may hold a password)"},
+		{name: "unparsable, no user info", in: "postgres://host:port/", want: "postgres://host:port/"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

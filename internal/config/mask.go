@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"log/slog"
 	"net/url"
 	"reflect"
@@ -90,10 +91,14 @@ func logValue(v reflect.Value) slog.Value {
 
 // RedactURL returns raw with the password of its user info and the values
 // of query parameters whose name contains "password" (as in PostgreSQL's
-// sslpassword) replaced by Mask. Anything that does not parse as a URL with
-// a scheme is returned unchanged.
+// sslpassword) replaced by Mask. A string that does not parse as a URL
+// but seems to carry a password is replaced whole; anything else that does
+// not parse as a URL with a scheme is returned unchanged.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
+	if err != nil && looksLikePassword(raw) != "" {
+		return "(a URL that does not parse, not shown: it may hold a password)"
+	}
 	if err != nil || u.Scheme == "" {
 		return raw
 	}
@@ -122,4 +127,41 @@ func RedactURL(raw string) string {
 		return raw
 	}
 	return u.String()
+}
+
+// URLParseError returns url.Parse's error for raw without raw itself,
+// which the error quotes whole, and says only that raw does not parse
+// when the part the error names holds three characters or more of what
+// looks like raw's password (the text between "scheme://user:" and the
+// last "@"): a password with an unencoded "#", "/" or "?" cuts the URL
+// short and lands in the error as a port or an escape.
+func URLParseError(raw string, err error) error {
+	if urlErr, ok := errors.AsType[*url.Error](err); ok {
+		err = urlErr.Err
+	}
+	pw := looksLikePassword(raw)
+	msg := err.Error()
+	n := min(3, len(pw))
+	for i := 0; n > 0 && i+n <= len(pw); i++ {
+		if strings.Contains(msg, pw[i:i+n]) {
+			return errors.New("it does not parse (not shown: it may hold a password; percent-encode any of @ : / ? # % in the user name and password)")
+		}
+	}
+	return err
+}
+
+// looksLikePassword returns what raw would carry as a password if it were
+// a URL with user info: the text after the first ":" of the part between
+// "://" and the last "@". It is empty when raw has no such part.
+func looksLikePassword(raw string) string {
+	_, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return ""
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return ""
+	}
+	_, pw, _ := strings.Cut(rest[:at], ":")
+	return pw
 }

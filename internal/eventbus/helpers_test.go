@@ -23,6 +23,7 @@ import (
 	notificationv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	paymentv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
+	"github.com/ordermesh/ordermesh/internal/config"
 )
 
 // testURL is the broker the integration tests use.
@@ -46,7 +47,7 @@ func rawConn(tb testing.TB) *amqp.Connection {
 	tb.Helper()
 	conn, err := amqp.DialConfig(testURL(), amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
 	if err != nil {
-		tb.Fatalf("RabbitMQ is required at %s (set ORDERMESH_TEST_AMQP_URL): %v", testURL(), err)
+		tb.Fatalf("RabbitMQ is required at %s (set ORDERMESH_TEST_AMQP_URL): %v", config.RedactURL(testURL()), err)
 	}
 	tb.Cleanup(func() { _ = conn.Close() })
 	return conn

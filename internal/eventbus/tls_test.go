@@ -307,6 +307,7 @@ func TestCheckURL(t *testing.T) {
 		{name: "a port out of range", url: "amqp://guest:secret@127.0.0.1:99999/", err: `invalid URL "amqp://guest:xxxxx@127.0.0.1:99999/": port 99999 is out of range 1..65535`},
 		{name: "a bad heartbeat", url: "amqp://guest:secret@127.0.0.1/?heartbeat=often", err: `invalid URL "amqp://guest:xxxxx@127.0.0.1/?heartbeat=often": heartbeat is not an uint16`},
 		{name: "unparsable", url: "amqp://guest:secret@127.0.0.1:5672/%zz", err: `invalid URL: invalid URL escape "%zz"`},
+		{name: "a password cut short by an unencoded #", url: "amqp://guest:sec#ret@127.0.0.1:5672/", err: `invalid URL: it does not parse (not shown: it may hold a password; percent-encode any of @ : / ? # % in the user name and password)`},
 		{name: "a CA file without TLS", url: "amqp://127.0.0.1/?cacertfile=" + ca.File, err: "cacertfile applies to TLS connections only: use amqps://"},
 		{name: "a server name without TLS", url: "amqp://127.0.0.1/?server_name_indication=mq", err: "server_name_indication applies to TLS connections only"},
 		{name: "a missing CA file", url: "amqps://mq.example/?cacertfile=" + missing, err: "cacertfile: open " + missing + ": no such file or directory"},

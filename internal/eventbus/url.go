@@ -9,6 +9,8 @@ import (
 	"os"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/ordermesh/ordermesh/internal/config"
 )
 
 // CheckURL reports whether rawURL is a broker URL the bus can dial, so a
@@ -27,11 +29,7 @@ import (
 func CheckURL(rawURL string) error {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		// url.Parse's error quotes the whole URL, password included.
-		if urlErr, ok := errors.AsType[*url.Error](err); ok {
-			err = urlErr.Err
-		}
-		return fmt.Errorf("invalid URL: %w", err)
+		return fmt.Errorf("invalid URL: %w", config.URLParseError(rawURL, err))
 	}
 	uri, err := amqp.ParseURI(rawURL)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/outbox"
 )
@@ -61,7 +62,7 @@ func newBroker(tb testing.TB) *broker {
 	props.SetClientConnectionName(bk.prefix + "consumer")
 	conn, err := amqp.DialConfig(amqpURL(), amqp.Config{Properties: props, Heartbeat: 5 * time.Second})
 	if err != nil {
-		tb.Fatalf("RabbitMQ at %s is required (set ORDERMESH_TEST_AMQP_URL): %v", amqpURL(), err)
+		tb.Fatalf("RabbitMQ at %s is required (set ORDERMESH_TEST_AMQP_URL): %v", config.RedactURL(amqpURL()), err)
 	}
 	ch, err := conn.Channel()
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 )
 
@@ -54,7 +55,7 @@ func NewSchema(tb testing.TB, sources ...postgres.Source) (*pgxpool.Pool, string
 	schema := RandomSchema(tb)
 	pool, err := postgres.Open(ctx, URL(), schema, postgres.WithApplicationName("ordermesh-test-"+schema))
 	if err != nil {
-		tb.Fatalf("PostgreSQL at %s is required (set ORDERMESH_TEST_DATABASE_URL): %v", URL(), err)
+		tb.Fatalf("PostgreSQL at %s is required (set ORDERMESH_TEST_DATABASE_URL): %v", config.RedactURL(URL()), err)
 	}
 	tb.Cleanup(func() {
 		pool.Close()
