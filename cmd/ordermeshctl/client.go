@@ -241,7 +241,7 @@ func (c *client) stock(ctx context.Context, args []string) error {
 	case args[0] == "set" && len(args) >= 3:
 		fs := flag.NewFlagSet("stock set", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
-		ifAvailable := fs.Int64("if-available", -1, "set only if the product still has this many units available")
+		ifAvailable := fs.Int64("if-available", 0, "set only if the product still has this many units available")
 		if err := fs.Parse(args[3:]); err != nil || fs.NArg() > 0 {
 			return usagef("stock set: use 'stock set SKU AVAILABLE [--if-available N]'")
 		}
@@ -250,9 +250,12 @@ func (c *client) stock(ctx context.Context, args []string) error {
 			return usagef("stock set: AVAILABLE must be a whole number, got %q", args[2])
 		}
 		req := &inventoryv1.SetStockRequest{ProductId: args[1], Available: n}
-		if *ifAvailable >= 0 {
-			req.ExpectedAvailable = ifAvailable
-		}
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "if-available" {
+				// As given: the service refuses a negative one.
+				req.ExpectedAvailable = ifAvailable
+			}
+		})
 		resp, err := c.inventory.SetStock(ctx, req)
 		if err != nil {
 			return err

@@ -18,11 +18,15 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 	amqpURL := fs.String("amqp-url", c.opts.amqpURL, "RabbitMQ URL (env ORDERMESH_AMQP_URL)")
 	prefix := fs.String("prefix", c.opts.prefix, "topology prefix (env ORDERMESH_TOPOLOGY_PREFIX)")
 	all := fs.Bool("all", false, "replay or discard every message")
-	limit := fs.Int("limit", 100, "most messages to list")
+	yes := fs.Bool("yes", false, "confirm discard --all, which cannot be undone")
+	limit := fs.Int("limit", 100, "most messages to list (0: all)")
 	if len(args) < 2 {
-		return usagef("dlq: use 'dlq list SERVICE', 'dlq replay SERVICE (ID|--all)' or 'dlq discard SERVICE (ID|--all)'")
+		return usagef("dlq: use 'dlq list SERVICE', 'dlq replay SERVICE (ID|--all)' or 'dlq discard SERVICE (ID|--all --yes)'")
 	}
 	verb, svc := args[0], args[1]
+	if verb != "list" && verb != "replay" && verb != "discard" {
+		return usagef("dlq: unknown action %q (list, replay or discard)", verb)
+	}
 	// Flags may come before or after the message id.
 	var positional []string
 	for rest := args[2:]; ; rest = fs.Args()[1:] {
@@ -34,8 +38,17 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 		}
 		positional = append(positional, fs.Arg(0))
 	}
-	if len(positional) > 1 {
+	switch {
+	case verb == "list" && (len(positional) > 0 || *all):
+		return usagef("dlq list: takes no message id and no --all (--limit N lists more)")
+	case len(positional) > 1:
 		return usagef("dlq %s: one message id at most, got %d", verb, len(positional))
+	case verb != "list" && (len(positional) == 1) == *all:
+		return usagef("dlq %s: give a message id or --all", verb)
+	case verb == "discard" && *all && !*yes:
+		return usagef("dlq discard --all drops every message in %s's dead-letter queue for good: add --yes to confirm ('dlq list %s' shows them)", svc, svc)
+	case *limit < 0:
+		return usagef("dlq list: --limit must be 0 (no limit) or more, got %d", *limit)
 	}
 	q, err := eventbus.NewDLQ(eventbus.Config{URL: *amqpURL, Prefix: *prefix, Service: svc}, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -44,9 +57,6 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 	var id string
 	if len(positional) == 1 {
 		id = positional[0]
-	}
-	if verb != "list" && (id == "") == !*all {
-		return usagef("dlq %s: give a message id or --all", verb)
 	}
 	switch verb {
 	case "list":
@@ -75,7 +85,7 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 			return err
 		}
 		return q.Discard(ctx, id)
-	default:
+	default: // unreachable: checked above
 		return usagef("dlq: unknown action %q", verb)
 	}
 }

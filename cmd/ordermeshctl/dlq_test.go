@@ -124,7 +124,16 @@ func TestDLQCommands(t *testing.T) {
 	if code := run(ctx, down, func(string) string { return "" }, &out, &errOut); code != exitUnavailable {
 		t.Errorf("dlq list with no broker there: exit %d, output %q; want %d (unavailable)", code, out.String()+errOut.String(), exitUnavailable)
 	}
-	if out, code := ctl("dlq", "discard", "dlqcli", "--all"); code != exitOK || !strings.Contains(out, "discarded 1 message(s)") {
+	for _, args := range [][]string{
+		{"dlq", "discard", "dlqcli", "--all"},        // not confirmed
+		{"dlq", "drop", "dlqcli", "--all", "--yes"}, // no such action
+		{"dlq", "list", "dlqcli", ids[1]},           // list takes no id
+	} {
+		if out, code := ctl(args...); code != exitUsage {
+			t.Errorf("%v: exit %d, output %q; want a usage error", args, code, out)
+		}
+	}
+	if out, code := ctl("dlq", "discard", "dlqcli", "--all", "--yes"); code != exitOK || !strings.Contains(out, "discarded 1 message(s)") {
 		t.Errorf("dlq discard --all: exit %d, output %q; want the one message left discarded", code, out)
 	}
 	if out, code := ctl("dlq", "list", "dlqcli"); code != exitOK || !strings.Contains(out, "0 message(s)") {

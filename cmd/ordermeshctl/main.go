@@ -44,7 +44,8 @@ Other:
   health [--service NAME] [--http URL]  check gRPC health of --addr, or an HTTP URL (exit 0 when healthy)
   demo                                stock products and drive orders to every outcome
   dlq list SERVICE                    list a service's dead-lettered messages with their reasons
-  dlq replay|discard SERVICE (ID|--all)   send them back to the service's queue, or drop them
+  dlq replay SERVICE (ID|--all)       send them back to the service's queue
+  dlq discard SERVICE (ID|--all --yes)  drop them for good
                                       (dlq talks to RabbitMQ: --amqp-url, --prefix after SERVICE)
 
 Flags (before the command):
@@ -105,6 +106,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
+		return exitUsage
+	}
+	if opts.timeout <= 0 {
+		fmt.Fprintf(stderr, "ordermeshctl: --timeout must be positive, got %v\n", opts.timeout)
 		return exitUsage
 	}
 	cli, err := newClient(opts, stdout)
