@@ -364,29 +364,29 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, cc *confirmChannel, handlers map[string]*handlerEntry) {
 	start := time.Now()
 	meta := metaFromDelivery(d)
-	labels := Labels{RoutingKey: meta.RoutingKey, Type: meta.Type}
+	labels := metricLabels(meta, handlers)
 	s.cfg.Metrics.Consumed(labels)
 
 	if meta.ID == "" {
-		s.deadLetter(ctx, d, acks, cc, meta, ReasonMissingID, errors.New("message has no message_id"))
+		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonMissingID, errors.New("message has no message_id"))
 		return
 	}
 	h := handlers[meta.Type]
 	if h == nil {
-		s.deadLetter(ctx, d, acks, cc, meta, ReasonUnknownType, fmt.Errorf("no handler for type %q", meta.Type))
+		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonUnknownType, fmt.Errorf("no handler for type %q", meta.Type))
 		return
 	}
 	if d.ContentType != "" && d.ContentType != ContentType {
-		s.deadLetter(ctx, d, acks, cc, meta, ReasonUndecodable, fmt.Errorf("content type %q, want %q", d.ContentType, ContentType))
+		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonUndecodable, fmt.Errorf("content type %q, want %q", d.ContentType, ContentType))
 		return
 	}
 	msg, err := h.decode(d.Body)
 	if err != nil {
-		s.deadLetter(ctx, d, acks, cc, meta, ReasonUndecodable, err)
+		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonUndecodable, err)
 		return
 	}
 	if err := s.validator.Validate(msg); err != nil {
-		s.deadLetter(ctx, d, acks, cc, meta, ReasonInvalid, fmt.Errorf("validate %s: %w", meta.Type, err))
+		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonInvalid, fmt.Errorf("validate %s: %w", meta.Type, err))
 		return
 	}
 
@@ -399,9 +399,9 @@ func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, 
 		}
 		s.cfg.Metrics.Acked(labels, time.Since(start))
 	case IsPermanent(err):
-		s.deadLetter(ctx, d, acks, cc, meta, ReasonPermanent, err)
+		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonPermanent, err)
 	case meta.Attempt >= s.cfg.MaxAttempts:
-		s.deadLetter(ctx, d, acks, cc, meta, ReasonRetriesExhausted, err)
+		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonRetriesExhausted, err)
 	default:
 		next := meta.Attempt + 1
 		queue := s.cfg.RetryQueueName(s.cfg.retryDelay(next))
@@ -429,8 +429,23 @@ func (s *Subscriber) invoke(ctx context.Context, h *handlerEntry, msg proto.Mess
 	return h.call(ctx, msg, meta)
 }
 
+// OtherLabel stands in the metrics' labels for the routing key and type
+// of a message of a type the subscriber has no handler for.
+const OtherLabel = "other"
+
+// metricLabels labels meta's metrics by its type and the routing key its
+// handler was registered for; a message of a type without a handler is
+// labelled OtherLabel. Both come from the handlers, not from the message,
+// whose sender could otherwise add a series per value it makes up.
+func metricLabels(meta Meta, handlers map[string]*handlerEntry) Labels {
+	if h := handlers[meta.Type]; h != nil {
+		return Labels{RoutingKey: h.key, Type: meta.Type}
+	}
+	return Labels{RoutingKey: OtherLabel, Type: OtherLabel}
+}
+
 // deadLetter sends d to the DLQ with why in its headers, then acks it.
-func (s *Subscriber) deadLetter(ctx context.Context, d amqp.Delivery, acks *acker, cc *confirmChannel, meta Meta, reason string, cause error) {
+func (s *Subscriber) deadLetter(ctx context.Context, d amqp.Delivery, acks *acker, cc *confirmChannel, meta Meta, labels Labels, reason string, cause error) {
 	s.log.WarnContext(ctx, "dead-lettering message", "message_id", meta.ID, "type", meta.Type,
 		"routing_key", meta.RoutingKey, "reason", reason, "attempt", meta.Attempt, "err", cause)
 	h := republishHeaders(d, meta)
@@ -438,7 +453,6 @@ func (s *Subscriber) deadLetter(ctx context.Context, d amqp.Delivery, acks *acke
 	h[HeaderError] = truncate(cause.Error(), maxErrorHeader)
 	h[HeaderAttempt] = int32(meta.Attempt)
 	h[HeaderDeadLetteredAt] = time.Now().UTC()
-	labels := Labels{RoutingKey: meta.RoutingKey, Type: meta.Type}
 	if s.republish(ctx, d, acks, cc, s.cfg.DLQName(), h, labels) {
 		s.cfg.Metrics.DeadLettered(labels, reason)
 	}

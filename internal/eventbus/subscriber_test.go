@@ -147,15 +147,22 @@ func TestPoisonMessagesGoStraightToDLQ(t *testing.T) {
 	cases := []struct {
 		name, id, typ, reason string
 		body                  []byte
+		// key is the routing key header the message carries, if any.
+		key string
 	}{
 		{name: "garbage body", id: "garbage", typ: typ, body: []byte{0xff, 0xff, 0xff}, reason: ReasonUndecodable},
 		{name: "unknown type", id: "unknown", typ: "ordermesh.order.v1.OrderTeleported", body: body, reason: ReasonUnknownType},
 		{name: "missing message_id", id: "", typ: typ, body: body, reason: ReasonMissingID},
 		{name: "invalid payload", id: "invalid", typ: typ, body: invalidBody, reason: ReasonInvalid},
+		{name: "invalid payload, routing key made up", id: "made-up", typ: typ, body: invalidBody, reason: ReasonInvalid, key: "made.up.key"},
 	}
 	for _, c := range cases {
+		var h amqp.Table
+		if c.key != "" {
+			h = amqp.Table{HeaderRoutingKey: c.key}
+		}
 		publishRaw(t, ch, cfg, "order.created", amqp.Publishing{
-			MessageId: c.id, Type: c.typ, ContentType: ContentType, Body: c.body,
+			MessageId: c.id, Type: c.typ, ContentType: ContentType, Body: c.body, Headers: h,
 		})
 	}
 	pub, err := toPublishing(valid, "order")
@@ -180,9 +187,13 @@ func TestPoisonMessagesGoStraightToDLQ(t *testing.T) {
 			if !ok {
 				t.Fatalf("not in DLQ; DLQ ids: %v", keys(byID))
 			}
-			if dl.Reason != c.reason || dl.Error == "" || dl.Attempts != 1 || dl.RoutingKey != "order.created" {
-				t.Errorf("dead letter reason=%q error=%q attempts=%d routing key=%q, want reason %q, an error, 1 attempt, order.created",
-					dl.Reason, dl.Error, dl.Attempts, dl.RoutingKey, c.reason)
+			key := c.key
+			if key == "" {
+				key = "order.created"
+			}
+			if dl.Reason != c.reason || dl.Error == "" || dl.Attempts != 1 || dl.RoutingKey != key {
+				t.Errorf("dead letter reason=%q error=%q attempts=%d routing key=%q, want reason %q, an error, 1 attempt, %s",
+					dl.Reason, dl.Error, dl.Attempts, dl.RoutingKey, c.reason, key)
 			}
 		})
 	}
@@ -195,6 +206,15 @@ func TestPoisonMessagesGoStraightToDLQ(t *testing.T) {
 	if n := metrics.deadLettered.Load(); n != int64(len(cases)) {
 		t.Errorf("dead-lettered %d, want %d", n, len(cases))
 	}
+	// Metrics are labelled by the handlers' types and keys, not by what a
+	// message says: a sender cannot add series.
+	want := map[Labels]bool{{RoutingKey: "order.created", Type: typ}: true, {RoutingKey: OtherLabel, Type: OtherLabel}: true}
+	metrics.labels.Range(func(k, _ any) bool {
+		if !want[k.(Labels)] {
+			t.Errorf("metrics labelled %+v, want only %v", k, want)
+		}
+		return true
+	})
 }
 
 func keys[V any](m map[string]V) []string {
@@ -209,10 +229,17 @@ func keys[V any](m map[string]V) []string {
 type countingMetrics struct {
 	NopMetrics
 	retried, deadLettered, acked, returned atomic.Int64
+	// labels are those consumed and dead-lettered messages were counted
+	// under.
+	labels sync.Map
 }
 
-func (m *countingMetrics) Retried(Labels, int)         { m.retried.Add(1) }
-func (m *countingMetrics) DeadLettered(Labels, string) { m.deadLettered.Add(1) }
+func (m *countingMetrics) Retried(Labels, int) { m.retried.Add(1) }
+func (m *countingMetrics) Consumed(l Labels)   { m.labels.Store(l, true) }
+func (m *countingMetrics) DeadLettered(l Labels, _ string) {
+	m.labels.Store(l, true)
+	m.deadLettered.Add(1)
+}
 func (m *countingMetrics) Acked(Labels, time.Duration) { m.acked.Add(1) }
 func (m *countingMetrics) Returned(Labels)             { m.returned.Add(1) }
 
