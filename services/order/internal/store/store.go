@@ -334,9 +334,17 @@ type Page struct {
 	Next int64
 }
 
+// MaxPageBytes bounds a page of List by the encoded size of its orders:
+// a page of 1000 orders of 100 lines each can reach several MiB, past
+// the 4 MiB a gRPC client takes by default, and a client could then never
+// read it. A page ends early, with a cursor for the rest, once the next
+// order would take it past this (a page holds at least one order).
+const MaxPageBytes = 2 << 20
+
 // List returns up to limit orders matching f, newest first, starting after
-// the cursor (0 for the first page). Without withItems the orders' Items
-// are nil and their line items are not read at all.
+// the cursor (0 for the first page), and fewer when they would take the
+// page past MaxPageBytes. Without withItems the orders' Items are nil and
+// their line items are not read at all.
 func List(ctx context.Context, q Querier, f Filter, cursor int64, limit int, withItems bool) (Page, error) {
 	args := []any{limit + 1}
 	where := "TRUE"
@@ -363,22 +371,36 @@ func List(ctx context.Context, q Querier, f Filter, cursor int64, limit int, wit
 	defer rows.Close()
 	var page Page
 	var lastSeq int64
+	size := 0
 	for rows.Next() {
 		o, seq, err := scanOrder(rows, withItems)
 		if err != nil {
 			return Page{}, fmt.Errorf("list orders: %w", err)
 		}
-		if len(page.Orders) == limit {
+		n := encodedSizeBound(o)
+		if len(page.Orders) == limit || (len(page.Orders) > 0 && size+n > MaxPageBytes) {
 			page.Next = lastSeq
 			break
 		}
 		page.Orders = append(page.Orders, o)
+		size += n
 		lastSeq = seq
 	}
 	if err := rows.Err(); err != nil {
 		return Page{}, fmt.Errorf("list orders: %w", err)
 	}
 	return page, nil
+}
+
+// encodedSizeBound is at least the size of o in a protobuf response: 256
+// bytes for its ids, status, money, times and framing, its email, reason
+// and token, and 48 bytes a line besides the product id.
+func encodedSizeBound(o order.Order) int {
+	n := 256 + len(o.CustomerEmail) + len(o.StatusReason) + len(o.PaymentToken)
+	for _, it := range o.Items {
+		n += 48 + len(it.ProductID)
+	}
+	return n
 }
 
 func scanOne(row pgx.Row) (order.Order, int64, error) { return scanOrder(row, true) }

@@ -296,6 +296,9 @@ func (x *GetOrderResponse) GetOrder() *Order {
 type ListOrdersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The most orders to return, 0 to 1000; 0 means the server's default (50).
+	// A page holds fewer when its orders are large (a page stays under 2 MiB,
+	// so that any client can read it): only an empty next_page_token marks
+	// the last page.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of the previous page; empty for the first page.
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
