@@ -89,7 +89,9 @@ type NotificationSent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The order's id.
 	OrderId string `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	// What the email was about.
+	// What the email was about. Not NOTIFICATION_KIND_UNSPECIFIED; a kind a
+	// consumer does not know is valid (a newer producer's), so a kind can be
+	// added without older consumers dead-lettering its events.
 	Kind NotificationKind `protobuf:"varint,2,opt,name=kind,proto3,enum=ordermesh.notification.v1.NotificationKind" json:"kind,omitempty"`
 	// The address the email went to.
 	Recipient     string `protobuf:"bytes,3,opt,name=recipient,proto3" json:"recipient,omitempty"`
@@ -152,10 +154,10 @@ var File_ordermesh_notification_v1_events_proto protoreflect.FileDescriptor
 
 const file_ordermesh_notification_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"&ordermesh/notification/v1/events.proto\x12\x19ordermesh.notification.v1\x1a\x1bbuf/validate/validate.proto\x1a#ordermesh/eventbus/v1/options.proto\"\xc8\x01\n" +
+	"&ordermesh/notification/v1/events.proto\x12\x19ordermesh.notification.v1\x1a\x1bbuf/validate/validate.proto\x1a#ordermesh/eventbus/v1/options.proto\"\xc3\x01\n" +
 	"\x10NotificationSent\x12#\n" +
-	"\border_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aorderId\x12L\n" +
-	"\x04kind\x18\x02 \x01(\x0e2+.ordermesh.notification.v1.NotificationKindB\v\xbaH\b\xc8\x01\x01\x82\x01\x02\x10\x01R\x04kind\x12(\n" +
+	"\border_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aorderId\x12G\n" +
+	"\x04kind\x18\x02 \x01(\x0e2+.ordermesh.notification.v1.NotificationKindB\x06\xbaH\x03\xc8\x01\x01R\x04kind\x12(\n" +
 	"\trecipient\x18\x03 \x01(\tB\n" +
 	"\xbaH\ar\x05\x18\xfe\x01`\x01R\trecipient:\x17\xca\xda\x18\x13\n" +
 	"\x11notification.sent*\xcf\x01\n" +
