@@ -125,7 +125,7 @@ func TestDLQCommands(t *testing.T) {
 		t.Errorf("dlq list with no broker there: exit %d, output %q; want %d (unavailable)", code, out.String()+errOut.String(), exitUnavailable)
 	}
 	for _, args := range [][]string{
-		{"dlq", "discard", "dlqcli", "--all"},        // not confirmed
+		{"dlq", "discard", "dlqcli", "--all"},       // not confirmed
 		{"dlq", "drop", "dlqcli", "--all", "--yes"}, // no such action
 		{"dlq", "list", "dlqcli", ids[1]},           // list takes no id
 	} {
