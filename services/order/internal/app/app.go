@@ -55,6 +55,15 @@ const (
 // issue, or issued for another filter.
 var ErrInvalidPageToken = errors.New("invalid page token")
 
+// pageTokenError is ErrInvalidPageToken about the request's page_token
+// field (a grpcserver.FieldError), saying why.
+type pageTokenError struct{ why string }
+
+func (e pageTokenError) Error() string       { return ErrInvalidPageToken.Error() + ": " + e.why }
+func (e pageTokenError) Unwrap() error       { return ErrInvalidPageToken }
+func (e pageTokenError) Field() string       { return "page_token" }
+func (e pageTokenError) Description() string { return e.Error() }
+
 // App runs the order use cases.
 type App struct {
 	pool    *pgxpool.Pool
@@ -485,15 +494,15 @@ func decodePageToken(token string, f store.Filter) (int64, error) {
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(token)
 	if err != nil {
-		return 0, fmt.Errorf("%w: not issued by this service", ErrInvalidPageToken)
+		return 0, pageTokenError{"not issued by this service"}
 	}
 	cursorText, digest, ok := strings.Cut(string(raw), ".")
 	cursor, err := strconv.ParseInt(cursorText, 10, 64)
 	if !ok || err != nil || cursor <= 0 {
-		return 0, fmt.Errorf("%w: not issued by this service", ErrInvalidPageToken)
+		return 0, pageTokenError{"not issued by this service"}
 	}
 	if digest != filterDigest(f) {
-		return 0, fmt.Errorf("%w: issued for a different filter", ErrInvalidPageToken)
+		return 0, pageTokenError{"issued for a different filter"}
 	}
 	return cursor, nil
 }
