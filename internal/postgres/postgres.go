@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -78,7 +79,9 @@ func Open(ctx context.Context, url, schema string, opts ...Option) (*pgxpool.Poo
 	setDefault("pool_max_conn_lifetime", func() { cfg.MaxConnLifetime = DefaultMaxConnLifetime })
 	setDefault("pool_max_conn_idle_time", func() { cfg.MaxConnIdleTime = DefaultMaxConnIdleTime })
 	setDefault("pool_health_check_period", func() { cfg.HealthCheckPeriod = DefaultHealthCheckPeriod })
-	setDefault("connect_timeout", func() { cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout })
+	if os.Getenv("PGCONNECT_TIMEOUT") == "" { // libpq's variable, which pgx reads too
+		setDefault("connect_timeout", func() { cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout })
+	}
 	setDefault("statement_cache_capacity", func() { cfg.ConnConfig.StatementCacheCapacity = DefaultStatementCacheCapacity })
 	setDefault("description_cache_capacity", func() { cfg.ConnConfig.DescriptionCacheCapacity = DefaultStatementCacheCapacity })
 	if schema != "" {
@@ -91,9 +94,13 @@ func Open(ctx context.Context, url, schema string, opts ...Option) (*pgxpool.Poo
 	if err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)
 	}
-	if err := Ping(ctx, pool); err != nil {
+	// The first ping opens the first connection: it may take the whole
+	// connect timeout (TLS, authentication), and a round trip after it.
+	pctx, cancel := context.WithTimeout(ctx, cfg.ConnConfig.ConnectTimeout+DefaultPingTimeout)
+	defer cancel()
+	if err := pool.Ping(pctx); err != nil {
 		pool.Close()
-		return nil, err
+		return nil, fmt.Errorf("ping database: %w", err)
 	}
 	return pool, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -494,4 +496,73 @@ func TestWithTxBatch(t *testing.T) {
 			t.Errorf("%d of the rows 91 (committed savepoint) and 92 (rolled back) in the enclosing transaction, want 1", n)
 		}
 	})
+}
+
+// TestOpenWaitsForASlowFirstConnection: a server that takes longer than
+// a ping's 2 s to accept the first connection (TLS, authentication, a
+// loaded machine) but answers within connect_timeout is not refused at
+// start, and PGCONNECT_TIMEOUT, libpq's variable, sets that timeout.
+func TestOpenWaitsForASlowFirstConnection(t *testing.T) {
+	u, err := url.Parse(postgrestest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstream := u.Host
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		done  bool
+	)
+	// keep tracks c for closing at the end; false once the test ended.
+	keep := func(c net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if done {
+			c.Close()
+			return false
+		}
+		conns = append(conns, c)
+		return true
+	}
+	defer func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		done = true
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil || !keep(c) {
+				return
+			}
+			go func() {
+				time.Sleep(3 * time.Second) // slower than a ping's 2 s
+				up, err := net.Dial("tcp", upstream)
+				if err != nil || !keep(up) {
+					return
+				}
+				go func() { _, _ = io.Copy(up, c) }()
+				_, _ = io.Copy(c, up)
+			}()
+		}
+	}()
+	u.Host = ln.Addr().String()
+	t.Setenv("PGCONNECT_TIMEOUT", "10")
+
+	pool, err := postgres.Open(context.Background(), u.String(), "")
+	if err != nil {
+		t.Fatalf("Open through a server slow to connect: %v", err)
+	}
+	defer pool.Close()
+	if got := pool.Config().ConnConfig.ConnectTimeout; got != 10*time.Second {
+		t.Errorf("connect timeout %v, want PGCONNECT_TIMEOUT's 10s", got)
+	}
 }
