@@ -27,6 +27,8 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// A second signal ends the process at once, without waiting for the drain.
+	context.AfterFunc(ctx, stop)
 	err := run(ctx, os.Getenv, os.Stdout, nil)
 	stop()
 	if err != nil {
