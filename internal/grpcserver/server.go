@@ -183,11 +183,13 @@ func New(log *slog.Logger, opts ...Option) (*Server, error) {
 
 	unary := append([]grpc.UnaryServerInterceptor{
 		calls.unary,
+		traceUnary,
 		recovery.UnaryServerInterceptor(recoveryOpt),
 		validateUnary(log, o.validator),
 	}, o.unary...)
 	stream := append([]grpc.StreamServerInterceptor{
 		calls.stream,
+		traceStream,
 		recovery.StreamServerInterceptor(recoveryOpt),
 		validateStream(log, o.validator),
 	}, o.stream...)

@@ -89,17 +89,21 @@ func postOrder(t *testing.T, url string, header http.Header) http.Header {
 	return all
 }
 
-// TestGatewayForwardsNoHeaders pins down the metadata an upstream gets for
-// a REST call: only what the gRPC transport itself sends. No service reads
-// incoming metadata, so HTTP headers (permanent ones as grpcgateway-*,
+// TestGatewayForwardsOnlyTraceContext pins down the metadata an upstream
+// gets for a REST call: what the gRPC transport itself sends, and the W3C
+// trace context (traceparent, tracestate), which the order service
+// carries on in the events a call causes. Services read no other incoming
+// metadata, so other HTTP headers (permanent ones as grpcgateway-*,
 // Authorization, Grpc-Metadata-*) and the x-forwarded-for/-host the gateway
 // would derive are not worth building and sending on every request.
-func TestGatewayForwardsNoHeaders(t *testing.T) {
+func TestGatewayForwardsOnlyTraceContext(t *testing.T) {
 	tests := []struct {
 		name   string
 		header http.Header
+		// trace is the metadata the trace context headers give.
+		trace metadata.MD
 	}{
-		{"plain", nil},
+		{"plain", nil, nil},
 		{"with headers", http.Header{
 			"Accept":               {"application/json"},
 			"Accept-Language":      {"de-CH"},
@@ -111,9 +115,13 @@ func TestGatewayForwardsNoHeaders(t *testing.T) {
 			"User-Agent":           {"shop/1.0"},
 			"Grpc-Metadata-Tenant": {"acme"},
 			"Traceparent":          {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+			"Tracestate":           {"congo=t61rcWkgMzE"},
 			"X-Forwarded-For":      {"203.0.113.7"},
 			"X-Forwarded-Host":     {"shop.example"},
 			"X-Request-Id":         {"req-1"},
+		}, metadata.MD{
+			"traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+			"tracestate":  {"congo=t61rcWkgMzE"},
 		}},
 	}
 	for _, tt := range tests {
@@ -122,11 +130,11 @@ func TestGatewayForwardsNoHeaders(t *testing.T) {
 			url, upstream := startGateway(t, orders, rest.Options{})
 			postOrder(t, url, tt.header)
 			got, _ := orders.last()
-			want := metadata.MD{
+			want := metadata.Join(metadata.MD{
 				":authority":   {upstream},
 				"content-type": {"application/grpc"},
 				"user-agent":   {"grpc-go/" + grpc.Version},
-			}
+			}, tt.trace)
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("upstream metadata (-want +got):\n%s", diff)
 			}

@@ -80,7 +80,7 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		runtime.WithErrorHandler(errorHandler(log)),
 		runtime.WithStreamErrorHandler(streamErrorHandler(log)),
 		runtime.WithMiddlewares(upstreamTimeout(opts.UpstreamTimeout, opts.Streams), noForwarding),
-		runtime.WithIncomingHeaderMatcher(noHeaders),
+		runtime.WithIncomingHeaderMatcher(traceHeaders),
 		runtime.WithOutgoingHeaderMatcher(noHeaders),
 		runtime.WithOutgoingTrailerMatcher(noHeaders),
 	)
@@ -104,18 +104,30 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 	return mux, nil
 }
 
-// No upstream reads incoming gRPC metadata, so the gateway forwards none:
-// building it from the HTTP request, and sending and parsing it, cost CPU
-// on every call. Deadlines still reach the upstreams (grpc-gateway turns
-// Grpc-Timeout into the context's deadline, which gRPC sends). Nor do the
-// services send metadata meant for clients, so responses carry no
-// Grpc-Metadata-* or Grpc-Trailer-* headers (grpc-gateway's default would
-// repeat the upstream's content-type, application/grpc, on every one).
+// The upstreams read no incoming gRPC metadata but the W3C trace context,
+// so the gateway forwards only that: building metadata from the HTTP
+// request, and sending and parsing it, cost CPU on every call. Deadlines
+// still reach the upstreams (grpc-gateway turns Grpc-Timeout into the
+// context's deadline, which gRPC sends). Nor do the services send metadata
+// meant for clients, so responses carry no Grpc-Metadata-* or
+// Grpc-Trailer-* headers (grpc-gateway's default would repeat the
+// upstream's content-type, application/grpc, on every one).
 
-// noHeaders is the gateway's header matcher both ways: it forwards no HTTP
-// header as metadata (grpc-gateway's default forwards the permanent ones,
-// such as User-Agent and Content-Type, as grpcgateway-*) and no metadata
-// as an HTTP header.
+// traceHeaders is the gateway's incoming header matcher: Traceparent and
+// Tracestate go to the upstream as the metadata traceparent and
+// tracestate, which the services carry on in the events a call causes;
+// no other header is forwarded (grpc-gateway's default forwards the
+// permanent ones, such as User-Agent and Content-Type, as grpcgateway-*).
+func traceHeaders(key string) (string, bool) {
+	switch key {
+	case "Traceparent", "Tracestate": // grpc-gateway passes canonical keys
+		return strings.ToLower(key), true
+	}
+	return "", false
+}
+
+// noHeaders is the gateway's outgoing header and trailer matcher: it
+// forwards no metadata as an HTTP header.
 func noHeaders(string) (string, bool) { return "", false }
 
 // forwardedHeaders are what grpc-gateway forwards whatever the header

@@ -26,6 +26,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/telemetry"
 	"github.com/ordermesh/ordermesh/services/order/internal/order"
 	"github.com/ordermesh/ordermesh/services/order/internal/store"
 )
@@ -107,7 +108,7 @@ func (a *App) Create(ctx context.Context, req order.Request) (order.Order, error
 	if err != nil {
 		return order.Order{}, err
 	}
-	c := &createCall{req: req, order: o}
+	c := &createCall{req: req, order: o, trace: telemetry.TraceContextFrom(ctx)}
 	if err := a.creates.Do(ctx, req.RequestID, c); err != nil {
 		return order.Order{}, fmt.Errorf("create order: %w", err)
 	}
@@ -122,6 +123,7 @@ func (a *App) Create(ctx context.Context, req order.Request) (order.Order, error
 type createCall struct {
 	req    order.Request
 	order  order.Order
+	trace  telemetry.TraceContext
 	result order.Order
 	err    error
 }
@@ -164,7 +166,7 @@ func (a *App) insertAll(ctx context.Context, calls []*createCall) error {
 	events := make([]orderEvent, len(calls))
 	for i, c := range calls {
 		orders[i] = c.order
-		events[i] = orderEvent{c.order.ID, orderCreated(c.order)}
+		events[i] = orderEvent{orderID: c.order.ID, event: orderCreated(c.order), trace: c.trace}
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
@@ -253,7 +255,7 @@ func (a *App) insertOrders(ctx context.Context, calls []*createCall) (err error)
 			continue
 		}
 		c.result = c.order
-		events = append(events, orderEvent{c.order.ID, orderCreated(c.order)})
+		events = append(events, orderEvent{orderID: c.order.ID, event: orderCreated(c.order), trace: c.trace})
 	}
 	if err := publish(ctx, tx, events...); err != nil {
 		return err
@@ -298,6 +300,9 @@ func isDataError(err error) bool {
 type orderEvent struct {
 	orderID string
 	event   proto.Message
+	// trace is the trace context of the request that caused the event,
+	// when no consumed event did.
+	trace telemetry.TraceContext
 }
 
 // Get returns the order with id, or an error wrapping order.ErrNotFound.
@@ -346,6 +351,9 @@ func (a *App) change(ctx context.Context, id string, in order.Input) (order.Orde
 		events, next, err := a.apply(ctx, tx, o, in)
 		if err != nil {
 			return err
+		}
+		for i := range events {
+			events[i].trace = telemetry.TraceContextFrom(ctx)
 		}
 		result = next
 		published = len(events) > 0
@@ -400,7 +408,8 @@ func queuePublish(b *pgx.Batch, events []orderEvent) error {
 
 // outgoing encodes the order service's events, correlated by their order
 // and continuing the trace of cause, the event that led to them (zero
-// when none did), and returns them with their timeline entries.
+// when none did), or else each event's own (the request's), and returns
+// them with their timeline entries.
 func outgoing(events []orderEvent, cause eventbus.Meta) ([]eventbus.Message, []store.Event, error) {
 	if len(events) == 0 {
 		return nil, nil, nil
@@ -413,6 +422,9 @@ func outgoing(events []orderEvent, cause eventbus.Meta) ([]eventbus.Message, []s
 			return nil, nil, err
 		}
 		m.TraceParent, m.TraceState = cause.TraceParent, cause.TraceState
+		if m.TraceParent == "" {
+			m.TraceParent, m.TraceState = e.trace.Parent, e.trace.State
+		}
 		msgs[i], records[i] = m, eventRecord(e.orderID, m.Meta, e.event)
 	}
 	return msgs, records, nil
@@ -445,7 +457,7 @@ func sagaEvents(t order.Transition) ([]orderEvent, error) {
 		if err != nil {
 			return nil, err
 		}
-		events = append(events, orderEvent{t.Order.ID, msg})
+		events = append(events, orderEvent{orderID: t.Order.ID, event: msg})
 	}
 	return events, nil
 }
