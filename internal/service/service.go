@@ -71,7 +71,11 @@ type Config struct {
 	RelayInterval   time.Duration
 	InboxRetention  time.Duration
 	ShutdownTimeout time.Duration
-	LogLevel        slog.Level
+	// HandlerTimeout bounds one event handler's run (a batch's
+	// transaction, with what it calls); a drain waits for running
+	// handlers up to ShutdownTimeout.
+	HandlerTimeout time.Duration
+	LogLevel       slog.Level
 	// MemoryLimit is the soft limit on the Go runtime's memory that Run
 	// sets for the process, raised while the live heap needs more (see
 	// guardMemoryLimit); 0 sets none.
@@ -101,6 +105,7 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 		RelayInterval:   env.PositiveDuration("ORDERMESH_RELAY_POLL_INTERVAL", outbox.DefaultPollInterval),
 		InboxRetention:  env.Duration("ORDERMESH_INBOX_RETENTION", 7*24*time.Hour),
 		ShutdownTimeout: env.PositiveDuration("ORDERMESH_SHUTDOWN_TIMEOUT", 15*time.Second),
+		HandlerTimeout:  env.PositiveDuration("ORDERMESH_HANDLER_TIMEOUT", 15*time.Second),
 	}
 	if v := env.String("ORDERMESH_ADMIN_ADDR", spec.AdminAddr); v != "off" {
 		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", spec.AdminAddr)
@@ -273,7 +278,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 		Metrics: m.bus(),
 		// A handler may run this long; at shutdown the consumer waits for
 		// the handlers in flight, so this bounds that wait too.
-		HandlerTimeout: cfg.ShutdownTimeout,
+		HandlerTimeout: cfg.HandlerTimeout,
 		URL:            cfg.AMQPURL,
 		Prefix:         cfg.TopologyPrefix,
 		Service:        spec.Name,
@@ -424,5 +429,5 @@ func inboxOptions(spec Spec, cfg Config) []inbox.Option {
 	if spec.BatchLanes <= 0 {
 		return nil
 	}
-	return []inbox.Option{inbox.WithBatching(cfg.Concurrency, spec.BatchLanes, cfg.ShutdownTimeout)}
+	return []inbox.Option{inbox.WithBatching(cfg.Concurrency, spec.BatchLanes, cfg.HandlerTimeout)}
 }

@@ -1,0 +1,42 @@
+package service_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ordermesh/ordermesh/internal/config"
+	"github.com/ordermesh/ordermesh/internal/service"
+)
+
+// TestReadConfigHandlerTimeout: a handler's bound is its own variable, so
+// shortening shutdowns does not cut slow handlers short while the service
+// runs; it must be positive.
+func TestReadConfigHandlerTimeout(t *testing.T) {
+	spec := service.Spec{Name: "worker", GRPCAddr: ":50052", AdminAddr: "127.0.0.1:9092"}
+	for _, tt := range []struct {
+		env                   map[string]string
+		wantHandler, wantShut time.Duration
+		err                   string
+	}{
+		{env: nil, wantHandler: 15 * time.Second, wantShut: 15 * time.Second},
+		{env: map[string]string{"ORDERMESH_SHUTDOWN_TIMEOUT": "5s"}, wantHandler: 15 * time.Second, wantShut: 5 * time.Second},
+		{env: map[string]string{"ORDERMESH_HANDLER_TIMEOUT": "40s", "ORDERMESH_SHUTDOWN_TIMEOUT": "45s"}, wantHandler: 40 * time.Second, wantShut: 45 * time.Second},
+		{env: map[string]string{"ORDERMESH_HANDLER_TIMEOUT": "0s"}, err: "ORDERMESH_HANDLER_TIMEOUT: must be positive"},
+	} {
+		env := config.NewEnv(func(k string) string { return tt.env[k] })
+		cfg := service.ReadConfig(env, spec)
+		if tt.err != "" {
+			if err := env.Err(); err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%v: Err() = %v, want it to say %q", tt.env, err, tt.err)
+			}
+			continue
+		}
+		if err := env.Err(); err != nil {
+			t.Fatalf("%v: %v", tt.env, err)
+		}
+		if cfg.HandlerTimeout != tt.wantHandler || cfg.ShutdownTimeout != tt.wantShut {
+			t.Errorf("%v: handler, shutdown timeout = %v, %v; want %v, %v", tt.env, cfg.HandlerTimeout, cfg.ShutdownTimeout, tt.wantHandler, tt.wantShut)
+		}
+	}
+}
