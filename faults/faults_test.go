@@ -10,12 +10,14 @@ import (
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/platformtest"
@@ -134,9 +136,15 @@ func TestWorkerKill(t *testing.T) {
 	// ready count that grows from kill to kill is a worker falling behind
 	// again.
 	runScenario(t, spec{orders: 3000, rate: defaultRate, mailWindow: true, opts: opts, inject: func(ctx context.Context, s *scenario) error {
+		idle := map[string]int{}
 		for i := range repeat(5) {
 			for _, w := range workers {
 				queue := s.pf.Prefix + w
+				// A worker found dead here died on its own: the kill
+				// would hide it.
+				if exited, err := s.pf.Procs[w].Exited(); exited {
+					return fmt.Errorf("%s exited on its own before kill #%d: %v", w, i+1, err)
+				}
 				// Mid-handler: wait until the worker holds unacked
 				// deliveries.
 				ready, unacked := 0, 0
@@ -145,7 +153,11 @@ func TestWorkerKill(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					if ready, unacked = qs[queue][0], qs[queue][1]; unacked > 0 {
+					q, ok := qs[queue]
+					if !ok {
+						return fmt.Errorf("no queue %s on the broker", queue)
+					}
+					if ready, unacked = q[0], q[1]; unacked > 0 {
 						break
 					}
 					if err := sleep(ctx, 50*time.Millisecond); err != nil {
@@ -168,11 +180,19 @@ func TestWorkerKill(t *testing.T) {
 					return err
 				}
 				if unacked == 0 {
+					idle[w]++
 					s.note("%s kill #%d found no delivery in flight", w, i+1)
 				}
 				if err := sleep(ctx, time.Second); err != nil {
 					return err
 				}
+			}
+		}
+		// Most kills must land mid-handler, or the scenario did not test
+		// what it says.
+		for _, w := range workers {
+			if idle[w] > repeat(5)/2 {
+				return fmt.Errorf("%d of %s's %d kills found no delivery in flight", idle[w], w, repeat(5))
 			}
 		}
 		return nil
@@ -318,9 +338,10 @@ const poisonHeader = "x-faults-poison"
 
 // TestPoisonMessages injects poison of every kind straight into each
 // service's queue while orders flow: a garbage body, an unknown type, no
-// message_id, a payload failing validation, and a foreign content type.
-// Each must be parked in the service's DLQ with its reason, and nothing
-// else.
+// message_id, a payload failing validation, a foreign content type, and,
+// where the service has one, a valid event its handler refuses for good
+// (about an order it never saw). Each must be parked in the service's DLQ
+// with its reason, and nothing else.
 func TestPoisonMessages(t *testing.T) {
 	handled := map[string]proto.Message{
 		"order":        &inventoryv1.StockReserved{},
@@ -328,8 +349,22 @@ func TestPoisonMessages(t *testing.T) {
 		"payment":      &orderv1.OrderCreated{},
 		"notification": &orderv1.OrderCreated{},
 	}
+	// refused are valid events the handler refuses (permanent_error): the
+	// order service knows no such order; the inventory has no
+	// reservation to confirm. Payment and notification take any valid
+	// event about any order.
+	refused := map[string]func() proto.Message{
+		"order": func() proto.Message {
+			return &inventoryv1.StockReserved{OrderId: uuid.NewString(),
+				Items: []*inventoryv1.StockLine{{ProductId: skuStocked, Quantity: 1}}}
+		},
+		"inventory": func() proto.Message {
+			return &orderv1.OrderConfirmed{OrderId: uuid.NewString(), CustomerEmail: "poison@example.com",
+				Total: &moneyv1.Money{CurrencyCode: "EUR", Units: 1}}
+		},
+	}
 	runScenario(t, spec{orders: defaultOrders, rate: defaultRate, inject: func(ctx context.Context, s *scenario) error {
-		conn, err := amqp.DialConfig(infra.rabbit.URL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
+		conn, err := amqp.DialConfig(infra.rabbit.URL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second), Heartbeat: 10 * time.Second})
 		if err != nil {
 			return err
 		}
@@ -353,6 +388,17 @@ func TestPoisonMessages(t *testing.T) {
 					{"no-id", eventbus.ReasonMissingID, amqp.Publishing{Type: typ, Body: []byte{}}},
 					{"invalid", eventbus.ReasonInvalid, amqp.Publishing{Type: typ, Body: []byte{}}},
 					{"content-type", eventbus.ReasonUndecodable, amqp.Publishing{Type: typ, ContentType: "application/json", Body: []byte(`{}`)}},
+				}
+				if newEvent := refused[svc]; newEvent != nil {
+					ev := newEvent()
+					body, err := proto.Marshal(ev)
+					if err != nil {
+						return err
+					}
+					kinds = append(kinds, struct {
+						name, reason string
+						pub          amqp.Publishing
+					}{"refused", eventbus.ReasonPermanent, amqp.Publishing{Type: string(proto.MessageName(ev)), Body: body}})
 				}
 				for _, k := range kinds {
 					tag := fmt.Sprintf("%s-%s-%d", svc, k.name, round)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -47,10 +48,12 @@ type spec struct {
 	opts platformtest.Options
 	// router makes the tap deliver every event twice, reordered.
 	router bool
-	// mailWindow allows an email to be sent twice, with the same
-	// Message-ID: the notification service's documented window between
-	// the SMTP server's acceptance and the commit, opened by killing the
-	// service or its database.
+	// mailWindow allows an email to be sent again: the notification
+	// service's documented window between the SMTP server's acceptance
+	// and the commit, opened by killing the service or failing its
+	// database. Each repeat must straddle a fault (the copy before it
+	// sent before the fault ended, the repeat after the fault began), and
+	// no fault may account for more than mailResendsPerFault of them.
 	mailWindow bool
 	// allowed are the CreateOrder error codes the scenario may cause.
 	allowed []codes.Code
@@ -69,9 +72,17 @@ type scenario struct {
 	mu        sync.Mutex
 	faults    int
 	lastFault time.Time
-	notes     []string
+	// windows are the faults' spans, in order.
+	windows []window
+	notes   []string
 	// poison are the messages injected per service, by tag.
 	poison map[string]map[string]string
+}
+
+// window is when one fault ran.
+type window struct {
+	what       string
+	begin, end time.Time
 }
 
 // ordersFor scales a scenario's load: ORDERMESH_FAULTS_ORDERS, else n,
@@ -116,6 +127,9 @@ func runScenario(t *testing.T, sp spec) {
 	if opts.RetryDelays == "" {
 		opts.RetryDelays = retryDelays
 	}
+	if err := restoreInfra(ctx); err != nil {
+		t.Fatalf("private servers: %v", err)
+	}
 	pf := platformtest.Start(t, opts)
 	s := &scenario{t: t, name: t.Name(), pf: pf, poison: map[string]map[string]string{}}
 	defer func() {
@@ -134,6 +148,13 @@ func runScenario(t *testing.T, sp spec) {
 	if s.bindings, err = listBindings(ctx, pf.Prefix); err != nil {
 		t.Fatalf("list bindings: %v", err)
 	}
+	// Every service's queue is bound: a queue missing here would get no
+	// copy from the router and count nothing in the reports.
+	for _, svc := range platformtest.Services {
+		if !slices.ContainsFunc(s.bindings, func(b binding) bool { return b.queue == pf.Prefix+svc }) {
+			t.Fatalf("no binding of %s's queue among %v", svc, s.bindings)
+		}
+	}
 	var route map[string][]string
 	if sp.router {
 		route = s.takeOverRouting(ctx)
@@ -143,7 +164,13 @@ func runScenario(t *testing.T, sp spec) {
 	if err != nil {
 		t.Fatalf("start tap: %v", err)
 	}
-	defer func() { stopTap(); s.tap.wait() }()
+	defer func() {
+		stopTap()
+		s.tap.wait()
+		if err := s.tap.remove(); err != nil {
+			t.Errorf("remove the tap: %v", err)
+		}
+	}()
 	ready := time.Since(start)
 
 	// Load and faults together. The topology settles on the first orders
@@ -168,6 +195,9 @@ func runScenario(t *testing.T, sp spec) {
 	if injectErr != nil {
 		t.Errorf("inject faults: %v", injectErr)
 	}
+	if placed := len(s.load.placed()); placed != n {
+		t.Errorf("the load placed %d of its %d orders", placed, n)
+	}
 	s.mu.Lock()
 	last := s.lastFault
 	s.mu.Unlock()
@@ -186,6 +216,28 @@ func runScenario(t *testing.T, sp spec) {
 	}
 }
 
+// restoreInfra brings the private servers up again where a scenario that
+// failed between a fault and its repair left them down, so that one
+// failure does not fail every scenario after it.
+func restoreInfra(ctx context.Context) error {
+	if !infra.rabbit.Running() {
+		if err := infra.rabbit.Start(ctx); err != nil {
+			return err
+		}
+	}
+	if notReady := infra.rabbit.WaitReady(ctx, 10*time.Second); notReady != nil {
+		if err := infra.rabbit.StartApp(ctx); err != nil {
+			return fmt.Errorf("%v; start_app: %w", notReady, err)
+		}
+	}
+	if err := infra.pg.WaitReady(ctx, 5*time.Second); err != nil {
+		if err := infra.pg.Start(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // fault runs one fault and counts it; the last fault's end starts the
 // clock for terminal states.
 func (s *scenario) fault(what string, f func() error) error {
@@ -194,6 +246,7 @@ func (s *scenario) fault(what string, f func() error) error {
 	s.mu.Lock()
 	s.faults++
 	s.lastFault = time.Now()
+	s.windows = append(s.windows, window{what: what, begin: begin, end: s.lastFault})
 	n := s.faults
 	s.mu.Unlock()
 	s.t.Logf("fault %d: %s (%v)", n, what, time.Since(begin).Round(time.Millisecond))
@@ -213,7 +266,7 @@ func (s *scenario) note(format string, args ...any) {
 // takeOverRouting unbinds every service queue from the events exchange
 // and returns where the tap must copy each routing key instead.
 func (s *scenario) takeOverRouting(ctx context.Context) map[string][]string {
-	conn, err := amqp.DialConfig(infra.rabbit.URL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
+	conn, err := amqp.DialConfig(infra.rabbit.URL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second), Heartbeat: 10 * time.Second})
 	if err != nil {
 		s.t.Fatalf("take over routing: %v", err)
 	}

@@ -209,8 +209,28 @@ func (tp *tap) forward(ctx context.Context, pub *amqp.Channel, batch []amqp.Deli
 	return batch[len(batch)-1].Ack(true)
 }
 
+// routedCopies returns how many copies the router published.
+func (tp *tap) routedCopies() int {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	return tp.routed
+}
+
 // wait returns once the tap stopped (after ctx ended).
 func (tp *tap) wait() { <-tp.done }
+
+// remove deletes the tap's queue; call it after wait.
+func (tp *tap) remove() error {
+	conn, ch, err := tp.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := ch.QueueDelete(tp.queue, false, false, false); err != nil {
+		return fmt.Errorf("delete tap queue: %w", err)
+	}
+	return nil
+}
 
 // stats returns the number of distinct events, of copies published, of
 // copies routed to the given bindings, and the tap's errors.

@@ -209,6 +209,10 @@ func (r *RabbitMQ) Kill() error {
 	}
 }
 
+// Running reports whether the node's process runs (its application may
+// still be stopped; see WaitReady).
+func (r *RabbitMQ) Running() bool { return r.proc != nil && !r.proc.exited() }
+
 // StopApp stops the RabbitMQ application, leaving the Erlang node up.
 func (r *RabbitMQ) StopApp(ctx context.Context) error {
 	_, err := r.Ctl(ctx, "stop_app")
