@@ -867,7 +867,7 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\tOrderView\x12\x1a\n" +
 	"\x16ORDER_VIEW_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10ORDER_VIEW_BASIC\x10\x01\x12\x13\n" +
-	"\x0fORDER_VIEW_FULL\x10\x022\x8e\x06\n" +
+	"\x0fORDER_VIEW_FULL\x10\x022\xb6\x06\n" +
 	"\fOrderService\x12u\n" +
 	"\vCreateOrder\x12&.ordermesh.order.v1.CreateOrderRequest\x1a'.ordermesh.order.v1.CreateOrderResponse\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
 	"/v1/orders\x12t\n" +
@@ -876,10 +876,32 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"ListOrders\x12%.ordermesh.order.v1.ListOrdersRequest\x1a&.ordermesh.order.v1.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
 	"/v1/orders\x12\x87\x01\n" +
 	"\vCancelOrder\x12&.ordermesh.order.v1.CancelOrderRequest\x1a'.ordermesh.order.v1.CancelOrderResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/orders/{order_id}:cancel\x12\x90\x01\n" +
-	"\x0fListOrderEvents\x12*.ordermesh.order.v1.ListOrderEventsRequest\x1a+.ordermesh.order.v1.ListOrderEventsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/orders/{order_id}/events\x12\x82\x01\n" +
+	"\x0fListOrderEvents\x12*.ordermesh.order.v1.ListOrderEventsRequest\x1a+.ordermesh.order.v1.ListOrderEventsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/orders/{order_id}/events\x12\xaa\x01\n" +
 	"\n" +
-	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xd6\x02\x92A|\x12V\n" +
-	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/json\n" +
+	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"K\x92A%:\x10application/json:\x11text/event-stream\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\x8e\n" +
+	"\x92A\xb3\b\x12V\n" +
+	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/jsonR\x9e\x01\n" +
+	"\x03400\x12\x96\x01\n" +
+	"|The request is invalid: details hold a google.rpc.BadRequest naming each field and what is wrong with it (INVALID_ARGUMENT).\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusRF\n" +
+	"\x03404\x12?\n" +
+	"%No such order or product (NOT_FOUND).\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusRp\n" +
+	"\x03408\x12i\n" +
+	"OThe request body did not arrive in time (the gateway's ORDERMESH_BODY_TIMEOUT).\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\x80\x02\n" +
+	"\x03409\x12\xf8\x01\n" +
+	"\xdd\x01The request conflicts with the resource's state: a request_id reused with another payload (ALREADY_EXISTS), an order that can no longer be cancelled, a stock level that is no longer the one expected (FAILED_PRECONDITION).\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusRi\n" +
+	"\x03413\x12b\n" +
+	"HThe request body is over the gateway's limit (ORDERMESH_MAX_BODY_BYTES).\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusRr\n" +
+	"\x03503\x12k\n" +
+	"QThe service is unavailable for now (UNAVAILABLE): retry with the same request_id.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusRx\n" +
+	"\x03504\x12q\n" +
+	"WThe service did not answer in time (DEADLINE_EXCEEDED): retry with the same request_id.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.Status\n" +
 	"\x16com.ordermesh.order.v1B\x11OrderServiceProtoP\x01Z@github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1;orderv1\xa2\x02\x03OOX\xaa\x02\x12Ordermesh.Order.V1\xca\x02\x12Ordermesh\\Order\\V1\xe2\x02\x1eOrdermesh\\Order\\V1\\GPBMetadata\xea\x02\x14Ordermesh::Order::V1b\x06proto3"
 
 var (

@@ -55,6 +55,13 @@ type OrderServiceClient interface {
 	// and ends once the order has reached a terminal status of the saga:
 	// CONFIRMED, REJECTED or CANCELLED. A CONFIRMED order can still be
 	// cancelled later; GetOrder shows that.
+	//
+	// Over REST the stream is newline-delimited JSON, one {"result": ...}
+	// object per message, or Server-Sent Events ("data: {...}") when the
+	// client sends Accept: text/event-stream. An error, also one found
+	// before the first message (an invalid or unknown order id), is one
+	// {"error": Status} object, sent with the HTTP status of its code when
+	// no message went before it.
 	WatchOrder(ctx context.Context, in *WatchOrderRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchOrderResponse], error)
 }
 
@@ -163,6 +170,13 @@ type OrderServiceServer interface {
 	// and ends once the order has reached a terminal status of the saga:
 	// CONFIRMED, REJECTED or CANCELLED. A CONFIRMED order can still be
 	// cancelled later; GetOrder shows that.
+	//
+	// Over REST the stream is newline-delimited JSON, one {"result": ...}
+	// object per message, or Server-Sent Events ("data: {...}") when the
+	// client sends Accept: text/event-stream. An error, also one found
+	// before the first message (an invalid or unknown order id), is one
+	// {"error": Status} object, sent with the HTTP status of its code when
+	// no message went before it.
 	WatchOrder(*WatchOrderRequest, grpc.ServerStreamingServer[WatchOrderResponse]) error
 	mustEmbedUnimplementedOrderServiceServer()
 }
