@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
-	"github.com/ordermesh/ordermesh/internal/testproxy"
 )
 
 func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
@@ -72,8 +70,8 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 
 func TestGroupCommitFailsEveryUnitWhenTheDatabaseIsDown(t *testing.T) {
 	_, schema := postgrestest.NewSchema(t)
-	proxy := testproxy.New(t, "127.0.0.1:5432")
-	pool, err := postgres.Open(context.Background(), strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.Addr(), 1), schema)
+	proxy, proxied := postgrestest.Proxied(t)
+	pool, err := postgres.Open(context.Background(), proxied, schema)
 	if err != nil {
 		t.Fatal(err)
 	}

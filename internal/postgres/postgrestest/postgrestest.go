@@ -6,7 +6,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net"
+	"net/url"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 
 	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/testproxy"
 )
 
 // DefaultURL is the test database used when ORDERMESH_TEST_DATABASE_URL is
@@ -28,6 +32,31 @@ func URL() string {
 		return u
 	}
 	return DefaultURL
+}
+
+// Proxied starts a testproxy.Proxy in front of the test database (the
+// host and port of URL) and returns it with URL rewritten to reach the
+// database through it. A URL the proxy cannot stand in for (not a
+// postgres:// URL with one host, or one naming its host in its query)
+// fails the test rather than bypassing the proxy.
+func Proxied(tb testing.TB) (*testproxy.Proxy, string) {
+	tb.Helper()
+	u, err := url.Parse(URL())
+	if err != nil {
+		tb.Fatalf("parse test database URL %s: %v", config.RedactURL(URL()), err)
+	}
+	q := u.Query()
+	if (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" || strings.Contains(u.Host, ",") ||
+		q.Has("host") || q.Has("hostaddr") || q.Has("port") {
+		tb.Fatalf("cannot proxy test database URL %s: want postgres://host[:port]/... with one host and no host or port parameter", config.RedactURL(URL()))
+	}
+	target := u.Host
+	if u.Port() == "" {
+		target = net.JoinHostPort(u.Hostname(), "5432")
+	}
+	proxy := testproxy.New(tb, target)
+	u.Host = proxy.Addr()
+	return proxy, u.String()
 }
 
 // RandomSchema returns a fresh schema name, "t_" and 16 hex digits: short

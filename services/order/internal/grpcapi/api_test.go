@@ -40,7 +40,6 @@ import (
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/internal/rest"
-	"github.com/ordermesh/ordermesh/internal/testproxy"
 	"github.com/ordermesh/ordermesh/services/order/internal/app"
 	"github.com/ordermesh/ordermesh/services/order/internal/grpcapi"
 	"github.com/ordermesh/ordermesh/services/order/internal/store"
@@ -676,9 +675,8 @@ func TestRESTOpenAPIAndHealth(t *testing.T) {
 // 503), restoring it brings SERVING back.
 func TestHealthFollowsDatabase(t *testing.T) {
 	_, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
-	proxy := testproxy.New(t, "127.0.0.1:5432")
-	url := strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.Addr(), 1)
-	pool, err := postgres.Open(context.Background(), url, schema)
+	proxy, proxied := postgrestest.Proxied(t)
+	pool, err := postgres.Open(context.Background(), proxied, schema)
 	if err != nil {
 		t.Fatalf("open through proxy: %v", err)
 	}
@@ -695,7 +693,9 @@ func TestHealthFollowsDatabase(t *testing.T) {
 	if c := status.Code(err); c != codes.Unavailable {
 		t.Errorf("GetOrder with the database down: %v, want Unavailable", err)
 	}
-	if code, b := e.do(t, http.MethodGet, "/v1/orders/"+uuid.NewString(), ""); code != http.StatusServiceUnavailable || bytes.Contains(b, []byte("5432")) {
+	// The driver's errors name the address it dialled: the proxy's.
+	_, proxyPort, _ := net.SplitHostPort(proxy.Addr())
+	if code, b := e.do(t, http.MethodGet, "/v1/orders/"+uuid.NewString(), ""); code != http.StatusServiceUnavailable || bytes.Contains(b, []byte(proxyPort)) {
 		t.Errorf("GET order over REST with the database down = %d %s, want 503 without driver details", code, b)
 	}
 
