@@ -384,12 +384,28 @@ func TestAckerFailingChannel(t *testing.T) {
 	if err := a.ack(3); err != nil {
 		t.Fatalf("ack held behind delivery 2: %v, want it held without sending", err)
 	}
+	reports := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return reported
+	}
+	for deadline := time.Now().Add(30 * time.Second); reports() == 0; time.Sleep(delay) {
+		if time.Now().After(deadline) {
+			t.Fatal("the failed send of the held ack was never reported")
+		}
+	}
+	// The report is made by the timer under the acker's lock: once it is
+	// seen, the timer has decided whether to fire again.
+	a.mu.Lock()
+	armed := a.armed
+	a.mu.Unlock()
+	if armed {
+		t.Error("the timer was armed again after a failed send, want it stopped")
+	}
+	// And it does not fire again over many more delays.
 	time.Sleep(20 * delay)
-	mu.Lock()
-	n := reported
-	mu.Unlock()
-	if n != 1 {
-		t.Errorf("failed sends reported %d times over 20 delays, want once (the timer stops)", n)
+	if n := reports(); n != 1 {
+		t.Errorf("failed sends reported %d times, want once (the timer stops)", n)
 	}
 	if err := a.ackNow(2); err == nil {
 		t.Error("ackNow on a failing channel returned no error")

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -84,7 +85,11 @@ func TestReconnectAfterConnectionsClosed(t *testing.T) {
 	wg.Go(func() { pubStates.run(ctx, pub.Watch) })
 	wg.Go(func() { subStates.run(ctx, sub.Watch) })
 
-	// Publishers run through the outage; only confirmed ids count.
+	// Publishers run through the outage; only confirmed ids count. Their
+	// messages are copies of one built here (newOrderCreated may end the
+	// test, which only the test's goroutine may do), each with an id of
+	// its own.
+	_, template := newOrderCreated(t)
 	var cmu sync.Mutex
 	confirmed := make(map[string]time.Time)
 	failures := 0
@@ -97,7 +102,8 @@ func TestReconnectAfterConnectionsClosed(t *testing.T) {
 			for pubCtx.Err() == nil {
 				var msgs []Message
 				for range 5 {
-					_, m := newOrderCreated(t)
+					m := template
+					m.ID = uuid.Must(uuid.NewV7()).String()
 					msgs = append(msgs, m)
 				}
 				pctx, pcancel := context.WithTimeout(pubCtx, 5*time.Second)
@@ -119,34 +125,40 @@ func TestReconnectAfterConnectionsClosed(t *testing.T) {
 		})
 	}
 
-	time.Sleep(300 * time.Millisecond)
+	// confirmedAfter counts the messages confirmed after after.
+	confirmedAfter := func(after time.Time) int {
+		cmu.Lock()
+		defer cmu.Unlock()
+		n := 0
+		for _, at := range confirmed {
+			if at.After(after) {
+				n++
+			}
+		}
+		return n
+	}
+	// The deadlines below only guard against hangs: how fast the links
+	// recover is not asserted, only that and in which order they do.
+	eventually(t, 30*time.Second, "publishes confirmed before the close", func() bool { return confirmedAfter(time.Time{}) > 0 })
 	t0 := time.Now()
 	if n := closeTestConnections(t, cfg.Prefix); n != 2 {
 		t.Fatalf("closed %d connections, want 2 (publisher and subscriber)", n)
 	}
 	t1 := time.Now()
-	eventually(t, 15*time.Second, "both links back up", func() bool {
+	eventually(t, 60*time.Second, "both links down and back up", func() bool {
 		_, pubUp, _ := pubStates.outage(t0)
 		_, subUp, _ := subStates.outage(t0)
 		return !pubUp.IsZero() && !subUp.IsZero()
 	})
-	time.Sleep(500 * time.Millisecond)
+	_, pubUp, _ := pubStates.outage(t0)
+	eventually(t, 60*time.Second, "a publish confirmed after the publisher's link came back", func() bool { return confirmedAfter(pubUp) > 0 })
 	stopPublishing()
 	pubWG.Wait()
+	t.Logf("confirmed %d messages (%d after the close), %d failed publishes", confirmedAfter(time.Time{}), confirmedAfter(t1), failures)
 
 	cmu.Lock()
 	defer cmu.Unlock()
-	afterRecovery := 0
-	for _, at := range confirmed {
-		if at.After(t1) {
-			afterRecovery++
-		}
-	}
-	t.Logf("confirmed %d messages (%d after the close), %d failed publishes", len(confirmed), afterRecovery, failures)
-	if afterRecovery == 0 {
-		t.Error("no publish confirmed after the connections were closed")
-	}
-	eventually(t, 15*time.Second, "every confirmed message consumed", func() bool {
+	eventually(t, 60*time.Second, "every confirmed message consumed", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		for id := range confirmed {
@@ -165,11 +177,10 @@ func TestReconnectAfterConnectionsClosed(t *testing.T) {
 			down, up, reason := c.rec.outage(t0)
 			t.Logf("closed in [%s, %s]; down after %s (%s); up %s later",
 				t0.Format(time.StampMilli), t1.Format(time.StampMilli), down.Sub(t0), reason, up.Sub(down))
-			if d := down.Sub(t1); d > 5*time.Second {
-				t.Errorf("went down %s after the close, want within 5s", d)
-			}
-			if d := up.Sub(down); d > 5*time.Second {
-				t.Errorf("came back up %s after going down, want within 5s", d)
+			// outage found a down at or after t0 and an up after it.
+			if down.Before(t0) || !up.After(down) {
+				t.Errorf("outage: down at %s, up at %s; want down after the close at %s, then up",
+					down.Format(time.StampMilli), up.Format(time.StampMilli), t0.Format(time.StampMilli))
 			}
 		})
 	}

@@ -42,6 +42,9 @@ type orderService struct {
 	draining <-chan struct{}
 	started  chan struct{} // receives when GetOrder starts
 	release  chan struct{} // closed to let GetOrder return
+	// created, when set, receives whether Draining was closed when a
+	// CreateOrder ran.
+	created chan bool
 }
 
 func newOrderService() *orderService {
@@ -51,6 +54,14 @@ func newOrderService() *orderService {
 func (s *orderService) CreateOrder(_ context.Context, req *orderv1.CreateOrderRequest) (*orderv1.CreateOrderResponse, error) {
 	if req.GetPaymentToken() == "tok_panic" {
 		panic(panicText)
+	}
+	if s.created != nil {
+		select {
+		case <-s.draining:
+			s.created <- true
+		default:
+			s.created <- false
+		}
 	}
 	return &orderv1.CreateOrderResponse{Order: &orderv1.Order{Id: validOrderID, CustomerEmail: req.GetCustomerEmail()}}, nil
 }
@@ -176,10 +187,9 @@ func validCreateOrder() *orderv1.CreateOrderRequest {
 }
 
 func TestHealthFollowsChecks(t *testing.T) {
+	// Each status change must reach the watch, in order; how soon is not
+	// asserted (the watch's deadline only guards against a hang).
 	const interval = 100 * time.Millisecond
-	// A status change must be seen within one poll interval; the slack
-	// covers scheduling under -race on a busy machine.
-	const within = interval + 400*time.Millisecond
 	var dbDown, brokerDown atomic.Bool
 	check := func(down *atomic.Bool, msg string) CheckFunc {
 		return func(context.Context) error {
@@ -194,7 +204,7 @@ func TestHealthFollowsChecks(t *testing.T) {
 		WithCheck(Check{Name: "database", Func: check(&dbDown, "ping: connection refused")}),
 		WithCheck(Check{Name: "broker", Func: check(&brokerDown, "link down"), Services: []string{"ordermesh.eventbus"}}),
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	watch, err := healthpb.NewHealthClient(ts.conn).Watch(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
@@ -219,9 +229,8 @@ func TestHealthFollowsChecks(t *testing.T) {
 	assertStatuses(t, want)
 
 	dbDown.Store(true)
-	st, took := recvStatus(t, watch)
-	if st != notServing || took > within {
-		t.Errorf("after the database check failed: overall = %v after %v, want NOT_SERVING within %v", st, took, within)
+	if st, _ := recvStatus(t, watch); st != notServing {
+		t.Errorf("after the database check failed: overall = %v, want NOT_SERVING", st)
 	}
 	assertStatuses(t, map[string]healthpb.HealthCheckResponse_ServingStatus{"": notServing, orderServiceName: notServing, "ordermesh.eventbus": serving})
 	if logs := ts.logs.String(); !strings.Contains(logs, "ping: connection refused") {
@@ -229,16 +238,16 @@ func TestHealthFollowsChecks(t *testing.T) {
 	}
 
 	dbDown.Store(false)
-	st, took = recvStatus(t, watch)
-	if st != serving || took > within {
-		t.Errorf("after the database check recovered: overall = %v after %v, want SERVING within %v", st, took, within)
+	if st, _ := recvStatus(t, watch); st != serving {
+		t.Errorf("after the database check recovered: overall = %v, want SERVING", st)
 	}
 
 	// The broker is reported on its own name and does not fail the service.
 	brokerDown.Store(true)
-	deadline := time.Now().Add(within)
-	for checkStatus(t, ts.conn, "ordermesh.eventbus") != notServing && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	for deadline := time.Now().Add(time.Minute); checkStatus(t, ts.conn, "ordermesh.eventbus") != notServing; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("ordermesh.eventbus still not NOT_SERVING a minute after its check failed")
+		}
 	}
 	assertStatuses(t, map[string]healthpb.HealthCheckResponse_ServingStatus{"": serving, orderServiceName: serving, "ordermesh.eventbus": notServing})
 }
@@ -565,8 +574,14 @@ func TestLoggingLevels(t *testing.T) {
 
 func TestServeShutdownOrder(t *testing.T) {
 	t.Run("NOT_SERVING while still taking calls during the drain delay", func(t *testing.T) {
-		ts := startServer(t, newOrderService(), WithHealthInterval(50*time.Millisecond), WithDrainDelay(time.Second))
-		deadline := time.Now().Add(5 * time.Second)
+		// The drain delay is the window the test works in: long enough
+		// that a busy machine finishes in it. What is asserted is the
+		// order of states, not how soon they come: the call is handled
+		// after NOT_SERVING and before Draining closes (the delay's end).
+		svc := newOrderService()
+		svc.created = make(chan bool, 1)
+		ts := startServer(t, svc, WithHealthInterval(50*time.Millisecond), WithDrainDelay(5*time.Second))
+		deadline := time.Now().Add(30 * time.Second)
 		for checkStatus(t, ts.conn, "") != serving {
 			if time.Now().After(deadline) {
 				t.Fatal("never SERVING")
@@ -578,17 +593,17 @@ func TestServeShutdownOrder(t *testing.T) {
 			err, _ := ts.stop()
 			stopped <- err
 		}()
-		deadline = time.Now().Add(900 * time.Millisecond)
+		// Bounded by the drain delay: after it the server stops and the
+		// check fails.
 		for checkStatus(t, ts.conn, "") != notServing {
-			if time.Now().After(deadline) {
-				t.Fatal("not NOT_SERVING soon after shutdown began")
-			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if _, err := orderv1.NewOrderServiceClient(ts.conn).CreateOrder(ctx, validCreateOrder()); err != nil {
-			t.Errorf("CreateOrder during the drain delay: %v", err)
+			t.Errorf("CreateOrder once NOT_SERVING: %v, want it served during the drain delay", err)
+		} else if <-svc.created {
+			t.Error("CreateOrder once NOT_SERVING ran after Draining closed, want it run during the drain delay")
 		}
 		if err := <-stopped; err != nil {
 			t.Errorf("Serve() = %v, want nil", err)

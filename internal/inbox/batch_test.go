@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -355,15 +356,22 @@ func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 	}
 	errs := make([]error, len(ds))
 	var wg sync.WaitGroup
+	// Released on the way out too, should the test fail while holding it.
+	var releaseOnce sync.Once
+	releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
+	defer wg.Wait()
+	defer releaseAll()
 	wg.Go(func() { _, errs[0] = b.Process(ctx, ds[0].ev, ds[0].meta) })
-	for batches.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	waitUntil(t, "the first batch in the handler", func() bool { return batches.Load() > 0 })
 	for i := 1; i < len(ds); i++ {
 		wg.Go(func() { _, errs[i] = b.Process(ctx, ds[i].ev, ds[i].meta) })
 	}
-	time.Sleep(200 * time.Millisecond) // for the others to queue behind it
-	close(release)
+	// The others queue behind it: each waits in the batcher for its turn
+	// or its result.
+	waitUntil(t, fmt.Sprintf("%d deliveries queued behind the first batch", len(ds)-1), func() bool {
+		return waitingInBatcher() >= len(ds)-1
+	})
+	releaseAll()
 	wg.Wait()
 	for i, err := range errs {
 		if !errors.Is(err, conflict) {
@@ -406,4 +414,48 @@ func TestBatchRunnerEndedContext(t *testing.T) {
 	if diff := cmp.Diff(state{Totals: map[string]int64{}}, readState(t, pool)); diff != "" {
 		t.Errorf("state (-want +got):\n%s", diff)
 	}
+}
+
+// waitUntil polls cond until it holds, failing the test after a minute (a
+// deadline against hangs only).
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within a minute: %s", what)
+		}
+	}
+}
+
+// waitingInBatcher counts the goroutines blocked in the select of
+// postgres.Batcher.Do: calls queued behind the batch in flight, waiting
+// for their turn to lead or for their batch's result.
+func waitingInBatcher() int {
+	buf := make([]byte, 1<<16)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		header, frames, _ := strings.Cut(g, "\n")
+		if !strings.HasPrefix(header, "goroutine ") || !strings.Contains(header, "[select") {
+			continue
+		}
+		// The first frame outside the runtime is the one that selects.
+		for line := range strings.Lines(frames) {
+			if strings.HasPrefix(line, "\t") || strings.HasPrefix(line, "runtime.") {
+				continue
+			}
+			if strings.HasPrefix(line, "github.com/ordermesh/ordermesh/internal/postgres.(*Batcher[") && strings.Contains(line, "]).Do(") {
+				count++
+			}
+			break
+		}
+	}
+	return count
 }

@@ -106,10 +106,18 @@ func TestGuardMemoryLimit(t *testing.T) {
 			return debug.SetMemoryLimit(-1)
 		})
 	}
-	run := func(t *testing.T, limit int64) (got int64, log string) {
+	// run has the guard keep limit until until accepts its log (nil: at
+	// once), then for a few more rounds (a grace of 20 intervals, for what
+	// must not happen), and returns the limit it left and its log.
+	run := func(t *testing.T, limit int64, until func(log string) bool) (got int64, log string) {
 		t.Helper()
 		out, stop := start(t, limit)
-		// A few rounds of the guard.
+		defer stop()
+		for deadline := time.Now().Add(30 * time.Second); until != nil && !until(out.String()); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("log %q after 30s: not what the test waits for", out.String())
+			}
+		}
 		time.Sleep(100 * time.Millisecond)
 		got = stop()
 		return got, out.String()
@@ -117,8 +125,8 @@ func TestGuardMemoryLimit(t *testing.T) {
 
 	t.Run("a limit below what the process needs is raised", func(t *testing.T) {
 		// No Go process runs in 1 MiB: stacks and runtime metadata alone
-		// take more.
-		got, log := run(t, 1<<20)
+		// take more. The guard raises the limit, then warns.
+		got, log := run(t, 1<<20, func(log string) bool { return strings.Contains(log, "live heap outgrew the memory limit") })
 		if got <= 1<<20 || got > 1<<40 {
 			t.Errorf("limit = %d, want it raised above 1 MiB", got)
 		}
@@ -127,7 +135,7 @@ func TestGuardMemoryLimit(t *testing.T) {
 		}
 	})
 	t.Run("a roomy limit stays", func(t *testing.T) {
-		got, log := run(t, 1<<40)
+		got, log := run(t, 1<<40, nil)
 		if got != 1<<40 {
 			t.Errorf("limit = %d, want %d", got, int64(1<<40))
 		}

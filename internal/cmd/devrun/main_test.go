@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -78,11 +80,24 @@ func TestRunSaysHowToStartWhatIsUnreachable(t *testing.T) {
 	}
 }
 
-// startChild runs script in sh as the devrun child name.
+// startChild runs script in sh as the devrun child name, and returns once
+// the script has printed the line "ready" (after setting its traps). The
+// shell leads a process group of its own, which is killed with whatever
+// the script started when the test ends: stopAll signals only the shell,
+// and a shell that exits leaves its background jobs running.
 func startChild(t *testing.T, name, script string) *child {
 	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
 	cmd := exec.Command("sh", "-c", script)
-	if err := cmd.Start(); err != nil {
+	cmd.Stdout = w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
 		t.Fatal(err)
 	}
 	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
@@ -91,9 +106,16 @@ func startChild(t *testing.T, name, script string) *child {
 		close(c.done)
 	}()
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		// The group outlives its leader while a member runs, so its id
+		// is not reused before this.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-c.done
 	})
+	// A script that ends or fails first closes the pipe: EOF, not a hang.
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if line != "ready\n" {
+		t.Fatalf("%s: script printed %q (%v), want the line \"ready\" once it is set up", name, line, err)
+	}
 	return c
 }
 
@@ -104,11 +126,10 @@ func TestStopAll(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "stopped")
 	// Each writes its name to log once SIGTERM made it stop.
 	stopsOnTerm := func(name string, after time.Duration) string {
-		return fmt.Sprintf(`trap 'sleep %g; echo %s >> %s; exit 0' TERM; sleep 30 & wait`, after.Seconds(), name, log)
+		return fmt.Sprintf(`trap 'sleep %g; echo %s >> %s; exit 0' TERM; sleep 30 & echo ready; wait`, after.Seconds(), name, log)
 	}
 	gateway := startChild(t, "gateway", stopsOnTerm("gateway", 200*time.Millisecond))
 	order := startChild(t, "order", stopsOnTerm("order", 0))
-	time.Sleep(100 * time.Millisecond) // let the shells set their traps
 	var out bytes.Buffer
 	if err := stopAll([]*child{order, gateway}, 5*time.Second, &out); err != nil {
 		t.Fatalf("stopAll: %v (%s)", err, out.String())
@@ -123,16 +144,16 @@ func TestStopAll(t *testing.T) {
 
 	// One ignores SIGTERM; the one after it, which stops at once, must
 	// not be taken for killed once the grace has run out.
-	stubborn := startChild(t, "payment", `trap '' TERM; sleep 30 & wait`)
-	prompt := startChild(t, "notification", `trap 'exit 0' TERM; sleep 30 & wait`)
-	time.Sleep(100 * time.Millisecond)
-	begin := time.Now()
+	stubborn := startChild(t, "payment", `trap '' TERM; sleep 30 & echo ready; wait`)
+	prompt := startChild(t, "notification", `trap 'exit 0' TERM; sleep 30 & echo ready; wait`)
 	err = stopAll([]*child{stubborn, prompt}, 300*time.Millisecond, &out)
 	if err == nil || err.Error() != "shutdown: payment (killed)" {
 		t.Errorf("stopAll of a process that ignores SIGTERM and one that stops: %v, want only the first reported killed", err)
 	}
-	if d := time.Since(begin); d > 3*time.Second {
-		t.Errorf("stopAll took %v with a grace of 300ms", d)
+	// Killed, not waited out: it ignores SIGTERM and would otherwise
+	// have run until its sleep ended.
+	if ws, ok := stubborn.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Errorf("the process that ignores SIGTERM ended with %v, want killed by SIGKILL", stubborn.cmd.ProcessState)
 	}
 	if !strings.Contains(out.String(), "payment did not stop within 300ms; killing it") {
 		t.Errorf("output %q does not say what it killed", out.String())

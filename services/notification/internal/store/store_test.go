@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/outbox"
@@ -22,6 +23,57 @@ func notification(orderID, kind string) store.Notification {
 	return store.Notification{
 		OrderID: orderID, Kind: kind, Recipient: "ada@example.com",
 		MessageID: orderID + "." + kind + "@ordermesh", EventID: uuid.NewString(),
+	}
+}
+
+type claimResult struct {
+	claimed []bool
+	err     error
+}
+
+// claimBlocked claims ns as claim does, in a goroutine, and returns once
+// that claim's transaction waits for a lock, failing the test if it ends
+// first. Its result comes on the channel returned.
+func claimBlocked(ctx context.Context, t *testing.T, pool *pgxpool.Pool, ns ...store.Notification) <-chan claimResult {
+	t.Helper()
+	pids := make(chan uint32, 1)
+	result := make(chan claimResult, 1)
+	go func() {
+		var r claimResult
+		r.err = postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+			var pid uint32
+			err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid)
+			pids <- pid // 0 when err is not nil
+			if err != nil {
+				return err
+			}
+			r.claimed, err = store.Claim(ctx, tx, ns, nil)
+			return err
+		})
+		result <- r
+	}()
+	var pid uint32
+	select {
+	case pid = <-pids:
+	case <-ctx.Done():
+		t.Fatalf("the claim's transaction did not begin: %v", ctx.Err())
+	}
+	if pid == 0 {
+		t.Fatalf("the claim's transaction: read its backend pid: %v", (<-result).err)
+	}
+	for {
+		var waiting bool
+		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)`, pid).Scan(&waiting); err != nil {
+			t.Fatalf("wait for the claim to wait for a lock: %v", err)
+		}
+		if waiting {
+			return result
+		}
+		select {
+		case r := <-result:
+			t.Fatalf("the claim returned %+v without waiting for a lock", r)
+		case <-time.After(time.Millisecond):
+		}
 	}
 }
 
@@ -109,7 +161,7 @@ func TestClaimWaitsForAConcurrentClaim(t *testing.T) {
 	pool, _ := postgrestest.NewSchema(t, store.Migrations)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			n := notification(uuid.NewString(), "rejected")
 
@@ -122,21 +174,8 @@ func TestClaimWaitsForAConcurrentClaim(t *testing.T) {
 				t.Fatalf("first claim: %v, %v", ok, err)
 			}
 
-			type result struct {
-				claimed []bool
-				err     error
-			}
-			second := make(chan result, 1)
-			go func() {
-				// With another notification, which it claims either way.
-				ok, err := claim(ctx, pool, notification(uuid.NewString(), "rejected"), n)
-				second <- result{ok, err}
-			}()
-			select {
-			case r := <-second:
-				t.Fatalf("second claim returned %+v while the first transaction was open", r)
-			case <-time.After(200 * time.Millisecond):
-			}
+			// With another notification, which it claims either way.
+			second := claimBlocked(ctx, t, pool, notification(uuid.NewString(), "rejected"), n)
 
 			if tt.firstCommits {
 				err = first.Commit(ctx)
@@ -163,7 +202,7 @@ func TestClaimWaitsForAConcurrentClaim(t *testing.T) {
 // claims C without waiting, instead of deadlocking.
 func TestClaimTakesItsClaimsInOrder(t *testing.T) {
 	pool, _ := postgrestest.NewSchema(t, store.Migrations)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	a := notification("a-"+uuid.NewString(), "received")
 	c := notification("c-"+uuid.NewString(), "received")
@@ -177,22 +216,13 @@ func TestClaimTakesItsClaimsInOrder(t *testing.T) {
 		t.Fatalf("claim A: %v, %v", ok, err)
 	}
 
-	type result struct {
-		claimed []bool
-		err     error
-	}
-	second := make(chan result, 1)
-	go func() {
-		ok, err := claim(ctx, pool, c, a)
-		second <- result{ok, err}
-	}()
-	time.Sleep(200 * time.Millisecond) // The second claim is waiting for A.
+	second := claimBlocked(ctx, t, pool, c, a) // It waits for A.
 
 	// Not claimed by the second transaction yet, C is free: no wait, no
-	// deadlock (which PostgreSQL would report after deadlock_timeout).
-	claimCtx, cancelClaim := context.WithTimeout(ctx, 500*time.Millisecond)
-	defer cancelClaim()
-	if ok, err := store.Claim(claimCtx, first, []store.Notification{c}, nil); err != nil || !ok[0] {
+	// deadlock. Had the second claimed C before waiting for A, this would
+	// wait for it: a deadlock, which PostgreSQL reports (after
+	// deadlock_timeout, a second by default) by failing one of the two.
+	if ok, err := store.Claim(ctx, first, []store.Notification{c}, nil); err != nil || !ok[0] {
 		t.Fatalf("claim C while the other transaction waits: %v, %v", ok, err)
 	}
 	if err := first.Commit(ctx); err != nil {

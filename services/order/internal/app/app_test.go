@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,7 +29,6 @@ import (
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
-	"github.com/ordermesh/ordermesh/internal/testproxy"
 	"github.com/ordermesh/ordermesh/services/order/internal/app"
 	"github.com/ordermesh/ordermesh/services/order/internal/order"
 	"github.com/ordermesh/ordermesh/services/order/internal/store"
@@ -902,8 +900,8 @@ func TestGroupCommitSharesTransactions(t *testing.T) {
 
 func TestCreateWithDatabaseDownIsUnavailable(t *testing.T) {
 	_, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
-	proxy := testproxy.New(t, "127.0.0.1:5432")
-	pool, err := postgres.Open(context.Background(), strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.Addr(), 1), schema)
+	proxy, proxied := postgrestest.Proxied(t)
+	pool, err := postgres.Open(context.Background(), proxied, schema)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
@@ -937,9 +935,9 @@ func TestCreateWithDatabaseDownIsUnavailable(t *testing.T) {
 // and a watch sees a change made afterwards.
 func TestWatchSurvivesSilentDatabaseLoss(t *testing.T) {
 	pool, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
-	proxy := testproxy.New(t, "127.0.0.1:5432")
-	w := store.NewWatcher(strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.Addr(), 1), schema, quiet)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	proxy, proxied := postgrestest.Proxied(t)
+	w := store.NewWatcher(proxied, schema, quiet)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	done := make(chan struct{})
 	go func() { defer close(done); _ = w.Run(ctx) }()
@@ -949,20 +947,36 @@ func TestWatchSurvivesSilentDatabaseLoss(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create: %v", err)
 	}
-	for !w.Listening() {
-		time.Sleep(10 * time.Millisecond)
+	// waitListening waits, up to a deadline against hangs only, until the
+	// watcher listens (or, with false, no longer does).
+	waitListening := func(want bool, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(45 * time.Second); w.Listening() != want; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("watcher Listening() still %v after 45s: %s", !want, what)
+			}
+		}
 	}
+	waitListening(true, "never listened")
 	seen := make(chan order.Status, 4)
 	watchDone := make(chan error, 1)
 	go func() {
 		watchDone <- a.Watch(ctx, o.ID, func(o order.Order) error { seen <- o.Status; return nil })
 	}()
-	if s := <-seen; s != order.StatusPending {
-		t.Fatalf("first snapshot %v", s)
+	select {
+	case s := <-seen:
+		if s != order.StatusPending {
+			t.Fatalf("first snapshot %v", s)
+		}
+	case err := <-watchDone:
+		t.Fatalf("watch ended before its first snapshot: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the watch never sent its first snapshot")
 	}
-	// Long enough for the watcher to find its connection dead.
+	// The watcher must find its connection dead by itself: nothing closes
+	// it, nothing comes through.
 	proxy.Blackhole()
-	time.Sleep(10 * time.Second)
+	waitListening(false, "the black-holed connection was never found dead")
 	proxy.SetUp(true)
 	if _, err := a.Cancel(ctx, o.ID, "after the outage"); err != nil {
 		t.Fatalf("cancel: %v", err)
@@ -972,7 +986,7 @@ func TestWatchSurvivesSilentDatabaseLoss(t *testing.T) {
 		if s != order.StatusCancelled {
 			t.Fatalf("second snapshot %v, want CANCELLED", s)
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(60 * time.Second):
 		t.Fatal("the watch never saw the change made after the outage")
 	}
 	if err := <-watchDone; err != nil {
@@ -1093,17 +1107,23 @@ func TestCreateOnTwoInstancesDoesNotDeadlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer otherPool.Close()
+	// A cleanup, not a defer: it must run after the held transactions'
+	// rollbacks (cleanups run last first), or, on a failure, Close would
+	// wait for the creates that wait for them.
+	t.Cleanup(otherPool.Close)
 	other := newApp(t, otherPool, f.schema)
 
 	// hold inserts an order of request id id in a transaction left open,
 	// so that other inserts of id wait for it; rolling it back lets them go.
+	// The transaction is rolled back when the test ends too, should it
+	// fail before doing so itself.
 	hold := func(id string) pgx.Tx {
 		t.Helper()
 		tx, err := f.pool.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
 		r := request()
 		r.RequestID = id
 		o, err := order.New(uuid.NewString(), r, time.Now().UTC())
@@ -1155,7 +1175,12 @@ func TestCreateOnTwoInstancesDoesNotDeadlock(t *testing.T) {
 		}
 		placed := map[string]string{}
 		for range 6 {
-			r := <-results
+			var r result
+			select {
+			case r = <-results:
+			case <-time.After(60 * time.Second):
+				t.Fatal("a create did not return within 60s of the held transactions' rollbacks")
+			}
 			if r.err != nil {
 				t.Errorf("create %s: %v", r.req, r.err)
 				continue

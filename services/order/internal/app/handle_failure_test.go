@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -82,8 +81,8 @@ func TestHandleFailsTheWholeBatchWhenTheDatabaseFails(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			admin, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
-			proxy := testproxy.New(t, "127.0.0.1:5432")
-			appPool, err := postgres.Open(ctx, strings.Replace(postgrestest.URL(), "127.0.0.1:5432", proxy.Addr(), 1), schema)
+			proxy, proxied := postgrestest.Proxied(t)
+			appPool, err := postgres.Open(ctx, proxied, schema)
 			if err != nil {
 				t.Fatalf("open: %v", err)
 			}
@@ -117,13 +116,14 @@ func TestHandleFailsTheWholeBatchWhenTheDatabaseFails(t *testing.T) {
 			}
 			type handled struct {
 				results []inbox.Result
-				err     error
+				err     error // Handle's
+				txErr   error // the transaction's: fn's, or else its commit's
 			}
 			pids := make(chan uint32, 1)
 			done := make(chan handled, 1)
 			go func() {
 				var h handled
-				_ = postgres.WithTx(ctx, appPool, func(tx pgx.Tx) error {
+				h.txErr = postgres.WithTx(ctx, appPool, func(tx pgx.Tx) error {
 					var pid uint32
 					err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid)
 					pids <- pid // 0 when err is not nil
@@ -135,9 +135,14 @@ func TestHandleFailsTheWholeBatchWhenTheDatabaseFails(t *testing.T) {
 				})
 				done <- h
 			}()
-			pid := <-pids
+			var pid uint32
+			select {
+			case pid = <-pids:
+			case <-ctx.Done():
+				t.Fatalf("the app's transaction did not begin: %v", ctx.Err())
+			}
 			if pid == 0 {
-				t.Fatal("read the app's backend pid: failed")
+				t.Fatalf("read the app's backend pid: %v", (<-done).txErr)
 			}
 			for waited := ""; waited != tt.waitsFor; time.Sleep(time.Millisecond) {
 				err := admin.QueryRow(ctx, `
@@ -148,12 +153,22 @@ func TestHandleFailsTheWholeBatchWhenTheDatabaseFails(t *testing.T) {
 				}
 			}
 			tt.fail(t, proxy, admin, pid)
-			h := <-done
+			var h handled
+			select {
+			case h = <-done:
+			case <-ctx.Done():
+				t.Fatalf("Handle did not return after the database failed: %v", ctx.Err())
+			}
 			_ = holder.Rollback(ctx)
 			proxy.SetUp(true)
 
 			if h.err == nil {
-				t.Fatalf("Handle returned no error (results %v); want the database's failure, failing the whole batch", h.results)
+				t.Fatalf("Handle returned no error (results %v; its transaction: %v); want the database's failure, failing the whole batch", h.results, h.txErr)
+			}
+			// Handle's error ended the transaction, which rolled back:
+			// WithTx returns it as is, never a commit's.
+			if !errors.Is(h.txErr, h.err) {
+				t.Errorf("the batch's transaction ended with %v, want Handle's error %v", h.txErr, h.err)
 			}
 			if eventbus.IsPermanent(h.err) {
 				t.Errorf("Handle's error %v is permanent; want it retried", h.err)
