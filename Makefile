@@ -33,9 +33,9 @@ test: test-services
 test-faults:
 	ORDERMESH_FAULTS=1 $(GOTEST) -v -timeout 45m $(FAULTS_FLAGS) ./faults/
 
-## test-faults-ci: the part of the fault suite CI runs (short loads): broker kill, dropped connections, poison messages
+## test-faults-ci: the short version of the fault suite CI runs: every scenario, with fewer orders and faults (about 6 minutes)
 test-faults-ci:
-	ORDERMESH_FAULTS=1 $(GOTEST) -v -short -timeout 20m -run 'Test(BrokerKill|CloseAllConnections|PoisonMessages)$$' ./faults/
+	ORDERMESH_FAULTS=1 $(GOTEST) -v -short -timeout 15m ./faults/
 
 ## services: check RabbitMQ and PostgreSQL are reachable (start them if installed)
 services:
