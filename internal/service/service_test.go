@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -157,9 +158,17 @@ func TestWorkerRuntime(t *testing.T) {
 	// emits is published well before the relay's next poll.
 	waitFor(t, 10*time.Second, "event and the event it emitted handled", func() bool { return handled.Load() == 2 })
 
-	// Metrics.
-	body := get(t, "http://"+adminAddr+"/metrics")
-	for _, want := range []string{`ordermesh_eventbus_link_up{role="subscriber"} 1`, `ordermesh_inbox_events_total{outcome="processed"} 2`, "ordermesh_outbox_pending 0", "ordermesh_outbox_stats_up 1", "go_goroutines", "go_gc_gomemlimit_bytes 1.073741824e+09", "go_gc_gogc_percent 150"} {
+	// Metrics. The inbox counts an event once its transaction committed,
+	// a moment after the handler ran: wait for the counts.
+	wantMetrics := []string{`ordermesh_eventbus_link_up{role="subscriber"} 1`, `ordermesh_inbox_events_total{outcome="processed"} 2`, "ordermesh_outbox_pending 0", "ordermesh_outbox_stats_up 1", "go_goroutines", "go_gc_gomemlimit_bytes 1.073741824e+09", "go_gc_gogc_percent 150"}
+	var body string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		body = get(t, "http://"+adminAddr+"/metrics")
+		if !slices.ContainsFunc(wantMetrics, func(w string) bool { return !strings.Contains(body, w) }) || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, want := range wantMetrics {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
