@@ -75,7 +75,10 @@ type Config struct {
 	// transaction, with what it calls); a drain waits for running
 	// handlers up to ShutdownTimeout.
 	HandlerTimeout time.Duration
-	LogLevel       slog.Level
+	// DrainDelay is how long the gRPC server keeps serving after it
+	// reported NOT_SERVING at shutdown, before it stops taking new calls.
+	DrainDelay time.Duration
+	LogLevel   slog.Level
 	// MemoryLimit is the soft limit on the Go runtime's memory that Run
 	// sets for the process, raised while the live heap needs more (see
 	// guardMemoryLimit); 0 sets none.
@@ -106,6 +109,11 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 		InboxRetention:  env.Duration("ORDERMESH_INBOX_RETENTION", 7*24*time.Hour),
 		ShutdownTimeout: env.PositiveDuration("ORDERMESH_SHUTDOWN_TIMEOUT", 15*time.Second),
 		HandlerTimeout:  env.PositiveDuration("ORDERMESH_HANDLER_TIMEOUT", 15*time.Second),
+		DrainDelay:      env.Duration("ORDERMESH_DRAIN_DELAY", 0),
+	}
+	if cfg.DrainDelay < 0 {
+		env.Fail("ORDERMESH_DRAIN_DELAY", fmt.Errorf("must be zero or more, got %v", cfg.DrainDelay))
+		cfg.DrainDelay = 0
 	}
 	if v := env.String("ORDERMESH_ADMIN_ADDR", spec.AdminAddr); v != "off" {
 		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", spec.AdminAddr)
@@ -315,6 +323,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	}
 	checks := []grpcserver.Option{
 		grpcserver.WithShutdownTimeout(cfg.ShutdownTimeout),
+		grpcserver.WithDrainDelay(cfg.DrainDelay),
 		grpcserver.WithCheck(grpcserver.Check{Name: "database", Func: func(ctx context.Context) error { return postgres.Ping(ctx, pool) }}),
 		// The link is always reported under its own name.
 		grpcserver.WithCheck(grpcserver.Check{Name: "broker", Func: brokerLink, Services: []string{BrokerHealthName}}),

@@ -40,3 +40,24 @@ func TestReadConfigHandlerTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestReadConfigDrainDelay: none by default; zero or more.
+func TestReadConfigDrainDelay(t *testing.T) {
+	spec := service.Spec{Name: "worker", GRPCAddr: ":50052", AdminAddr: "127.0.0.1:9092"}
+	for _, tt := range []struct {
+		v    string
+		want time.Duration
+		err  string
+	}{
+		{"", 0, ""},
+		{"5s", 5 * time.Second, ""},
+		{"-1s", 0, "ORDERMESH_DRAIN_DELAY: must be zero or more"},
+	} {
+		env := config.NewEnv(func(k string) string { return map[string]string{"ORDERMESH_DRAIN_DELAY": tt.v}[k] })
+		cfg := service.ReadConfig(env, spec)
+		err := env.Err()
+		if cfg.DrainDelay != tt.want || (tt.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.err)) {
+			t.Errorf("ORDERMESH_DRAIN_DELAY=%q: %v, %v; want %v, %q", tt.v, cfg.DrainDelay, err, tt.want, tt.err)
+		}
+	}
+}
