@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -110,6 +111,14 @@ func readSource(src Source) ([]migration, error) {
 	return migs, nil
 }
 
+// migrationLockTimeout bounds how long a migration waits for a lock on
+// a table (lock_timeout): an ALTER TABLE queued behind a long
+// transaction would hold up every query on that table behind it, so a
+// migration that cannot get its locks fails instead, and the service's
+// start with it (to be retried once the table is quieter). Tests shorten
+// it.
+var migrationLockTimeout = 10 * time.Second
+
 // apply runs one migration unless the schema already has it.
 func apply(ctx context.Context, db TxBeginner, schema, source string, m migration) error {
 	err := WithTx(ctx, db, func(tx pgx.Tx) error {
@@ -145,6 +154,9 @@ func apply(ctx context.Context, db TxBeginner, schema, source string, m migratio
 			return nil
 		case !errors.Is(err, pgx.ErrNoRows):
 			return fmt.Errorf("read applied version: %w", err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", fmt.Sprintf("%dms", migrationLockTimeout.Milliseconds())); err != nil {
+			return fmt.Errorf("set lock_timeout: %w", err)
 		}
 		// No arguments: pgx sends the file with the simple protocol, which
 		// allows several statements.

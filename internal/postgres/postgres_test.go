@@ -124,6 +124,43 @@ func TestMigrateConcurrentMigratorsDoNotCollide(t *testing.T) {
 	}
 }
 
+// TestMigrationGivesUpWaitingForALock: a migration that needs a table a
+// long transaction holds fails after the lock timeout, rather than
+// queueing every later query on that table behind it; once the table is
+// free, the same migration applies.
+func TestMigrationGivesUpWaitingForALock(t *testing.T) {
+	defer postgres.SetMigrationLockTimeout(300 * time.Millisecond)()
+	ctx := context.Background()
+	pool, schema := freshSchema(t)
+	first := postgres.Source{Name: "busy", FS: fstest.MapFS{"001_t.sql": {Data: []byte(`CREATE TABLE t (id int);`)}}}
+	if err := postgres.Migrate(ctx, pool, schema, first); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if _, err := holder.Exec(ctx, `SELECT * FROM t`); err != nil { // holds ACCESS SHARE until it ends
+		t.Fatal(err)
+	}
+	second := postgres.Source{Name: "busy", FS: fstest.MapFS{
+		"001_t.sql":     {Data: []byte(`CREATE TABLE t (id int);`)},
+		"002_alter.sql": {Data: []byte(`ALTER TABLE t ADD COLUMN name text;`)},
+	}}
+	err = postgres.Migrate(ctx, pool, schema, second)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "55P03" {
+		t.Fatalf("Migrate behind a transaction holding the table = %v, want lock_not_available (55P03)", err)
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := postgres.Migrate(ctx, pool, schema, second); err != nil {
+		t.Fatalf("Migrate once the table is free: %v", err)
+	}
+}
+
 func TestMigrateFailingFileRollsBackAndStops(t *testing.T) {
 	ctx := context.Background()
 	pool, schema := freshSchema(t)
