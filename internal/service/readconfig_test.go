@@ -61,3 +61,32 @@ func TestReadConfigDrainDelay(t *testing.T) {
 		}
 	}
 }
+
+// TestReadConfigRejectsWhatTheBusOrDatabaseWould: values the broker or
+// PostgreSQL would refuse only after the service had started are
+// refused at start, naming the variable.
+func TestReadConfigRejectsWhatTheBusOrDatabaseWould(t *testing.T) {
+	spec := service.Spec{Name: "worker", GRPCAddr: ":50052", AdminAddr: "127.0.0.1:9092"}
+	for _, tt := range []struct{ name, value, err string }{
+		{"ORDERMESH_PREFETCH", "70000", "ORDERMESH_PREFETCH: must be at most 65535"},
+		{"ORDERMESH_RETRY_DELAYS", "1s,500us", `ORDERMESH_RETRY_DELAYS: "500us" is not a duration of 1ms or more`},
+		{"ORDERMESH_DATABASE_SCHEMA", "   ", "ORDERMESH_DATABASE_SCHEMA:"},
+		{"ORDERMESH_DATABASE_SCHEMA", strings.Repeat("s", 64), "ORDERMESH_DATABASE_SCHEMA:"},
+		{"ORDERMESH_TOPOLOGY_PREFIX", " test. ", "ORDERMESH_TOPOLOGY_PREFIX:"},
+		{"ORDERMESH_TOPOLOGY_PREFIX", "a\tb", "ORDERMESH_TOPOLOGY_PREFIX:"},
+	} {
+		env := config.NewEnv(func(k string) string { return map[string]string{tt.name: tt.value}[k] })
+		service.ReadConfig(env, spec)
+		if err := env.Err(); err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("%s=%q: Err() = %v, want it to say %q", tt.name, tt.value, err, tt.err)
+		}
+	}
+	// And what they accept.
+	env := config.NewEnv(func(k string) string {
+		return map[string]string{"ORDERMESH_PREFETCH": "65535", "ORDERMESH_RETRY_DELAYS": "1ms,2s", "ORDERMESH_DATABASE_SCHEMA": "Order Two", "ORDERMESH_TOPOLOGY_PREFIX": "tenant-a."}[k]
+	})
+	service.ReadConfig(env, spec)
+	if err := env.Err(); err != nil {
+		t.Errorf("valid values: %v", err)
+	}
+}

@@ -131,8 +131,9 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 	}
 	for _, d := range strings.Split(env.String("ORDERMESH_RETRY_DELAYS", "1s,10s,60s"), ",") {
 		v, err := time.ParseDuration(strings.TrimSpace(d))
-		if err != nil || v <= 0 {
-			env.Fail("ORDERMESH_RETRY_DELAYS", fmt.Errorf("%q is not a positive duration (want e.g. 1s,10s,60s)", d))
+		if err != nil || v < time.Millisecond {
+			// A retry queue's TTL is whole milliseconds.
+			env.Fail("ORDERMESH_RETRY_DELAYS", fmt.Errorf("%q is not a duration of 1ms or more (want e.g. 1s,10s,60s)", d))
 			continue
 		}
 		cfg.RetryDelays = append(cfg.RetryDelays, v)
@@ -146,6 +147,15 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 		if v <= 0 {
 			env.Fail(name, errors.New("must be positive"))
 		}
+	}
+	if cfg.Prefetch > 65535 { // AMQP's prefetch count is 16 bits
+		env.Fail("ORDERMESH_PREFETCH", fmt.Errorf("must be at most 65535, got %d", cfg.Prefetch))
+	}
+	if s := cfg.DatabaseSchema; strings.TrimSpace(s) == "" || len(s) > 63 || strings.ContainsRune(s, 0) {
+		env.Fail("ORDERMESH_DATABASE_SCHEMA", fmt.Errorf("%q is not a schema name (1 to 63 bytes, not blank)", s))
+	}
+	if p := cfg.TopologyPrefix; p != strings.TrimSpace(p) || len(p) > 100 || strings.IndexFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+		env.Fail("ORDERMESH_TOPOLOGY_PREFIX", fmt.Errorf("%q is not a usable prefix (at most 100 bytes, no spaces around it, no control characters)", p))
 	}
 	if cfg.InboxRetention < time.Hour {
 		env.Fail("ORDERMESH_INBOX_RETENTION", errors.New("must be at least 1h: it must outlast every redelivery and retry"))
