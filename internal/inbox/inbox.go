@@ -148,10 +148,12 @@ func WithBatching(max, lanes int, timeout time.Duration) Option {
 }
 
 // OnCommit has the runner call f after each transaction in which it
-// processed a delivery commits (once per transaction when deliveries share
-// one), so that f can wake the process's outbox relay (outbox.Relay.Wake)
-// to publish the events the transaction wrote. f must not block. It is not
-// called for ProcessTx, whose caller commits.
+// processed a delivery commits, so that f can wake the process's outbox
+// relay (outbox.Relay.Wake) to publish the events the transaction wrote.
+// Deliveries that shared a transaction (WithBatching) each call f once it
+// committed, so f may run several times for one commit: it must be cheap,
+// must not block and should not mind repeats, as Relay.Wake does not. It
+// is not called for ProcessTx, whose caller commits.
 func OnCommit(f func()) Option {
 	return func(r *Runner) { r.committed = f }
 }
