@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -557,5 +558,57 @@ func TestDeliveryLimitDeadLettersCrashLoops(t *testing.T) {
 	dls := deadLetters(t, q, 1)
 	if dl := dls[0]; dl.ID != m.ID || dl.Reason != ReasonDeliveryLimit || dl.RoutingKey != m.RoutingKey {
 		t.Errorf("dead letter id=%s reason=%q routing key=%q, want %s %q %q", dl.ID, dl.Reason, dl.RoutingKey, m.ID, ReasonDeliveryLimit, m.RoutingKey)
+	}
+}
+
+// TestHandlerTimeoutEndsAHungHandler: a handler that never returns on its
+// own is given up once HandlerTimeout has passed (its context ends), and
+// the delivery goes round the retry ladder like any failure instead of
+// holding a handler slot for ever.
+func TestHandlerTimeoutEndsAHungHandler(t *testing.T) {
+	cfg := testConfig(t, "hung")
+	cfg.HandlerTimeout = 300 * time.Millisecond
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var attempts []int
+	var mu sync.Mutex
+	done := make(chan struct{})
+	if err := Handle(sub, func(ctx context.Context, _ *orderv1.OrderRejected, meta Meta) error {
+		mu.Lock()
+		attempts = append(attempts, meta.Attempt)
+		mu.Unlock()
+		if meta.Attempt == 1 {
+			if _, ok := ctx.Deadline(); !ok {
+				return Permanent(errorf("handler context has no deadline"))
+			}
+			<-ctx.Done() // hangs until the subscriber gives up on it
+			return ctx.Err()
+		}
+		close(done)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startSubscriber(t, sub)
+	pub := startPublisher(t, cfg)
+	ev := sampleEvents()[2].(*orderv1.OrderRejected)
+	m, err := NewMessage(ev, "inventory", ev.GetOrderId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(context.Background(), m); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the hung delivery was never retried")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(attempts, []int{1, 2}) {
+		t.Errorf("attempts %v, want [1 2]: the first given up, the retry handled", attempts)
 	}
 }
