@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 )
 
 func TestPublishSetsPropertiesAndReportsUnroutable(t *testing.T) {
@@ -217,5 +219,52 @@ func TestPublishWhileDownFailsPromptly(t *testing.T) {
 	}
 	if st := pub.State(); st.Up || st.Reason != "closed" {
 		t.Errorf("state after Close = %+v", st)
+	}
+}
+
+// TestPublishReportsANackPerMessage: a message the broker refuses (here,
+// its only queue is full and rejects publishes) fails Publish with
+// ErrNacked, and the PublishError marks it refused while the message
+// beside it, routed elsewhere, is confirmed.
+func TestPublishReportsANackPerMessage(t *testing.T) {
+	cfg := testConfig(t, "nack")
+	full, open := cfg.Prefix+"full", cfg.Prefix+"open"
+	conn := rawConn(t)
+	ch := rawChannel(t, conn)
+	t.Cleanup(func() {
+		for _, q := range []string{full, open} {
+			if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		}
+	})
+	pub := startPublisher(t, cfg)
+	if _, err := ch.QueueDeclare(full, false, false, false, false, amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(open, false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(full, "order.rejected", cfg.ExchangeName(), false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(open, "order.created", cfg.ExchangeName(), false, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, ok := newOrderCreated(t)
+	rejected := sampleEvents()[2].(*orderv1.OrderRejected)
+	refused, err := NewMessage(rejected, "order", rejected.GetOrderId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = pub.Publish(ctx, refused, ok)
+	var pe *PublishError
+	if !errors.Is(err, ErrNacked) || !errors.As(err, &pe) {
+		t.Fatalf("Publish to a full queue = %v, want a PublishError with ErrNacked", err)
+	}
+	if !slices.Equal(pe.Confirmed, []bool{false, true}) || !slices.Equal(pe.Refused, []bool{true, false}) {
+		t.Errorf("PublishError confirmed %v, refused %v; want the full queue's message refused, the other confirmed", pe.Confirmed, pe.Refused)
 	}
 }
