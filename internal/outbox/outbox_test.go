@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -812,5 +813,51 @@ func TestRelayKeepsUnansweredRowsAsTheyAre(t *testing.T) {
 	}
 	if left := pending(t, pool); left != 5 || deferred != 0 {
 		t.Errorf("outbox: %d rows, %d put back to wait; want all 5, none waiting", left, deferred)
+	}
+}
+
+// refusingPublisher refuses every message, as a broker with no queue
+// bound for them does.
+type refusingPublisher struct{}
+
+func (refusingPublisher) Publish(_ context.Context, msgs ...eventbus.Message) error {
+	pe := &eventbus.PublishError{Err: fmt.Errorf("publish: %w", eventbus.ErrUnroutable),
+		Confirmed: make([]bool, len(msgs)), Refused: make([]bool, len(msgs))}
+	for i := range pe.Refused {
+		pe.Refused[i] = true
+	}
+	return pe
+}
+
+// TestRelayBacksOffRefusedRowsUpToTheCap: a row the broker keeps refusing
+// waits MinBackoff, then twice that, and so on, never more than
+// MaxBackoff.
+func TestRelayBacksOffRefusedRowsUpToTheCap(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	commit(t, pool, 1)
+	relay := outbox.NewRelay(pool, refusingPublisher{}, outbox.Config{MinBackoff: time.Second, MaxBackoff: 4 * time.Second})
+	var waits []time.Duration
+	for range 5 {
+		if n, err := relay.PublishBatch(ctx); err != nil || n != 0 {
+			t.Fatalf("PublishBatch = %d, %v; want nothing published and no error (the row waits)", n, err)
+		}
+		var wait time.Duration
+		if err := pool.QueryRow(ctx, `SELECT next_attempt_at - now() FROM outbox`).Scan(&wait); err != nil {
+			t.Fatal(err)
+		}
+		waits = append(waits, wait.Round(100*time.Millisecond))
+		// Due again at once, for the next round.
+		if _, err := pool.Exec(ctx, `UPDATE outbox SET next_attempt_at = now()`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second, 4 * time.Second}
+	if !slices.Equal(waits, want) {
+		t.Errorf("waits %v, want %v", waits, want)
+	}
+	var attempts int
+	if err := pool.QueryRow(ctx, `SELECT attempts FROM outbox`).Scan(&attempts); err != nil || attempts != 5 {
+		t.Errorf("attempts = %d, %v; want 5", attempts, err)
 	}
 }
