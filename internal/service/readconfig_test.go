@@ -20,7 +20,8 @@ func TestReadConfigHandlerTimeout(t *testing.T) {
 		err                   string
 	}{
 		{env: nil, wantHandler: 15 * time.Second, wantShut: 15 * time.Second},
-		{env: map[string]string{"ORDERMESH_SHUTDOWN_TIMEOUT": "5s"}, wantHandler: 15 * time.Second, wantShut: 5 * time.Second},
+		{env: map[string]string{"ORDERMESH_SHUTDOWN_TIMEOUT": "5s"}, err: "ORDERMESH_HANDLER_TIMEOUT: 15s is longer than ORDERMESH_SHUTDOWN_TIMEOUT (5s)"},
+		{env: map[string]string{"ORDERMESH_SHUTDOWN_TIMEOUT": "5s", "ORDERMESH_HANDLER_TIMEOUT": "5s"}, wantHandler: 5 * time.Second, wantShut: 5 * time.Second},
 		{env: map[string]string{"ORDERMESH_HANDLER_TIMEOUT": "40s", "ORDERMESH_SHUTDOWN_TIMEOUT": "45s"}, wantHandler: 40 * time.Second, wantShut: 45 * time.Second},
 		{env: map[string]string{"ORDERMESH_HANDLER_TIMEOUT": "0s"}, err: "ORDERMESH_HANDLER_TIMEOUT: must be positive"},
 	} {

@@ -72,8 +72,8 @@ type Config struct {
 	InboxRetention  time.Duration
 	ShutdownTimeout time.Duration
 	// HandlerTimeout bounds one event handler's run (a batch's
-	// transaction, with what it calls); a drain waits for running
-	// handlers up to ShutdownTimeout.
+	// transaction, with what it calls). A drain waits for the running
+	// handlers, so it is at most ShutdownTimeout.
 	HandlerTimeout time.Duration
 	// DrainDelay is how long the gRPC server keeps serving after it
 	// reported NOT_SERVING at shutdown, before it stops taking new calls.
@@ -110,6 +110,11 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 		ShutdownTimeout: env.PositiveDuration("ORDERMESH_SHUTDOWN_TIMEOUT", 15*time.Second),
 		HandlerTimeout:  env.PositiveDuration("ORDERMESH_HANDLER_TIMEOUT", 15*time.Second),
 		DrainDelay:      env.Duration("ORDERMESH_DRAIN_DELAY", 0),
+	}
+	if cfg.HandlerTimeout > cfg.ShutdownTimeout {
+		// A drain waits for running handlers: a longer bound would let a
+		// stop outlast what ORDERMESH_SHUTDOWN_TIMEOUT promises.
+		env.Fail("ORDERMESH_HANDLER_TIMEOUT", fmt.Errorf("%v is longer than ORDERMESH_SHUTDOWN_TIMEOUT (%v), which a drain waits for running handlers", cfg.HandlerTimeout, cfg.ShutdownTimeout))
 	}
 	if cfg.DrainDelay < 0 {
 		env.Fail("ORDERMESH_DRAIN_DELAY", fmt.Errorf("must be zero or more, got %v", cfg.DrainDelay))
@@ -255,6 +260,9 @@ func Main(ctx context.Context, getenv func(string) string, stdout io.Writer, rea
 // Run runs the service until ctx ends, then shuts it down gracefully. If
 // ready is not nil it receives the gRPC listener's address once serving.
 func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready chan<- net.Addr) error {
+	if cfg.HandlerTimeout <= 0 { // a Config built in code, not by ReadConfig
+		cfg.HandlerTimeout = cfg.ShutdownTimeout
+	}
 	log.InfoContext(ctx, "starting", slog.Any("config", config.LogValue(cfg)))
 
 	// Memory: the limit is the process's, so restore the previous one for

@@ -86,7 +86,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			// concurrency); meanwhile the next batch gathers the
 			// deliveries that arrive. Every email is bounded by the
 			// mailer's timeout (ORDERMESH_SMTP_TIMEOUT), and all end a
-			// little before the transaction's (ORDERMESH_SHUTDOWN_TIMEOUT),
+			// little before the transaction's (ORDERMESH_HANDLER_TIMEOUT),
 			// so that one that hangs fails alone. The trade-off left: one
 			// stuck send holds up its whole batch, the deliveries queued
 			// behind it and any batch of another instance waiting for one

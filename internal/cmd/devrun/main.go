@@ -63,9 +63,9 @@ type config struct {
 	httpAddr    string
 	binDir      string
 	// stopGrace is how long a process may take to stop after SIGTERM
-	// before it is killed: its three shutdown phases (in-flight RPCs and
-	// event handlers, then the outbox flush) of ORDERMESH_SHUTDOWN_TIMEOUT
-	// each, at most, and a margin.
+	// before it is killed: its shutdown phases (in-flight RPCs and event
+	// handlers side by side, then the outbox flush) of
+	// ORDERMESH_SHUTDOWN_TIMEOUT each, at most, and a margin.
 	stopGrace time.Duration
 }
 
