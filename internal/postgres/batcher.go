@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 )
@@ -112,7 +113,9 @@ func (b *Batcher[T]) run(ctx context.Context, batch []*batchCall[T]) {
 	var err error
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("%w: %v", ErrFlushPanicked, p)
+			// The stack goes with the error: where the panic happened is
+			// what whoever logs it needs.
+			err = fmt.Errorf("%w: %v\n%s", ErrFlushPanicked, p, debug.Stack())
 		}
 		for _, c := range batch {
 			c.err = err

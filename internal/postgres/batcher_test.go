@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -95,12 +96,19 @@ func TestBatcherDoesNotFlushForAnEndedContext(t *testing.T) {
 	}
 }
 
-// TestBatcherSurvivesAPanickingFlush: a flush that panics fails its
-// batch's calls with ErrFlushPanicked, and the lane goes on flushing the
-// calls after it (the lead used to stay with the panicked batch, and
-// every later call on the lane waited forever).
+// TestBatcherSurvivesAPanickingFlush: a flush that panics fails every
+// call of its batch, leader and followers, with ErrFlushPanicked and the
+// panic's stack, and the lane goes on flushing the calls after it (the
+// lead used to stay with the panicked batch, and every later call on the
+// lane waited forever).
 func TestBatcherSurvivesAPanickingFlush(t *testing.T) {
+	first := make(chan struct{})
+	var flushes atomic.Int32
 	b := postgres.NewBatcher(16, 1, func(_ context.Context, items []*int) {
+		if flushes.Add(1) == 1 {
+			<-first // hold the lane while the next two calls queue
+			return
+		}
 		for _, it := range items {
 			if *it < 0 {
 				panic("a bad item")
@@ -108,10 +116,34 @@ func TestBatcherSurvivesAPanickingFlush(t *testing.T) {
 			*it *= 10
 		}
 	})
-	bad := -1
-	if err := b.Do(context.Background(), "k", &bad); !errors.Is(err, postgres.ErrFlushPanicked) {
-		t.Fatalf("Do of a panicking flush = %v, want ErrFlushPanicked", err)
+	var wg sync.WaitGroup
+	zero := 0
+	wg.Go(func() { _ = b.Do(context.Background(), "k", &zero) })
+	for flushes.Load() == 0 {
+		time.Sleep(time.Millisecond)
 	}
+	errs := make([]error, 2)
+	items := []int{-1, -2}
+	for i := range items {
+		wg.Go(func() { errs[i] = b.Do(context.Background(), "k", &items[i]) })
+	}
+	// Both queue behind the held batch and go together in the next.
+	for deadline := time.Now().Add(time.Minute); postgres.Queued(b, "k") < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the two calls did not queue within a minute")
+		}
+	}
+	close(first)
+	wg.Wait()
+	for i, err := range errs {
+		if !errors.Is(err, postgres.ErrFlushPanicked) || !strings.Contains(err.Error(), "batcher_test.go") {
+			t.Errorf("call %d of the panicking batch: %v, want ErrFlushPanicked with the panic's stack", i, err)
+		}
+	}
+	if n := flushes.Load(); n != 2 {
+		t.Fatalf("%d flushes, want 2 (the two bad items in one batch)", n)
+	}
+
 	done := make(chan error, 1)
 	good := 2
 	go func() { done <- b.Do(context.Background(), "k", &good) }()
