@@ -20,7 +20,8 @@ type TraceContext struct {
 const maxTraceState = 512
 
 // ParseTraceContext returns the trace context of a traceparent and
-// tracestate as received. An invalid traceparent gives the zero context
+// tracestate as received, a later version's traceparent cut to the fields
+// of version 00. An invalid traceparent gives the zero context
 // (the specification says to start afresh rather than fail the request);
 // a tracestate is kept only beside a valid traceparent and only when it is
 // printable ASCII of at most 512 characters.
@@ -29,6 +30,9 @@ func ParseTraceContext(parent, state string) TraceContext {
 	if !validTraceParent(parent) {
 		return TraceContext{}
 	}
+	// Of a later version's traceparent, what this code understands: its
+	// version-00 fields. The rest could be any length.
+	parent = parent[:55]
 	state = strings.TrimSpace(state)
 	if len(state) > maxTraceState || strings.IndexFunc(state, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
 		state = ""
