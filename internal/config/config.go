@@ -212,6 +212,10 @@ func (e *Env) URL(name, def string, schemes ...string) string {
 		e.errs = append(e.errs, fmt.Errorf("%s: invalid URL: %w", name, URLParseError(v, err)))
 		return def
 	}
+	if CutShortUserInfo(v) {
+		e.errs = append(e.errs, fmt.Errorf("%s: invalid URL: its user name and password seem cut short (not shown: percent-encode any of @ : / ? # %% in them)", name))
+		return def
+	}
 	switch {
 	case u.Scheme == "":
 		e.errs = append(e.errs, fmt.Errorf("%s: invalid URL %q: no scheme", name, u.Redacted()))

@@ -197,11 +197,25 @@ func TestEnvErrors(t *testing.T) {
 			err:  `ORDERMESH_AMQP_URL: invalid URL "http://guest:xxxxx@127.0.0.1:5672/": scheme "http" is not one of amqp, amqps`,
 		},
 		{
-			name: "unparsable url does not echo the value",
+			name: "unparsable url with a password does not echo any of it",
 			env:  map[string]string{"U": "postgres://u:s3cret@host:port/db"},
 			read: func(e *Env) any { return e.URL("U", "postgres://x/") },
 			want: "postgres://x/",
+			err:  `U: invalid URL: it does not parse (not shown: it may hold a password; percent-encode any of @ : / ? # % in the user name and password)`,
+		},
+		{
+			name: "unparsable url without a password says why",
+			env:  map[string]string{"U": "postgres://host:port/db"},
+			read: func(e *Env) any { return e.URL("U", "postgres://x/") },
+			want: "postgres://x/",
 			err:  `U: invalid URL: invalid port ":port" after host`,
+		},
+		{
+			name: "a password cut short by an unencoded / is refused, not echoed",
+			env:  map[string]string{"U": "postgres://u:12/s3cret@host/db"},
+			read: func(e *Env) any { return e.URL("U", "postgres://x/") },
+			want: "postgres://x/",
+			err:  `U: invalid URL: its user name and password seem cut short (not shown: percent-encode any of @ : / ? # % in them)`,
 		},
 		{
 			name: "a password with an unencoded # is not echoed",
@@ -304,7 +318,8 @@ func TestRedactURL(t *testing.T) {
 		{name: "password query parameters", in: "postgres://u@h/db?sslmode=verify-full&sslpassword=p&password=q", want: "postgres://u@h/db?password=xxxxx&sslmode=verify-full&sslpassword=xxxxx"},
 		{name: "not a URL", in: "127.0.0.1:1025", want: "127.0.0.1:1025"},
 		{name: "plain text", in: "order", want: "order"},
-		{name: "unparsable, with what may be a password", in: "postgres://u:p#w@host/", want: "(a URL that does not parse, not shown: it may hold a password)"},
+		{name: "unparsable, with what may be a password", in: "postgres://u:p#w@host/", want: "(a URL that does not parse as it seems meant to, not shown: it may hold a password)"},
+		{name: "a password cut short into the path", in: "postgres://u:12/secret@host/db", want: "(a URL that does not parse as it seems meant to, not shown: it may hold a password)"},
 		{name: "unparsable, no user info", in: "postgres://host:port/", want: "postgres://host:port/"},
 	}
 	for _, tt := range tests {

@@ -91,13 +91,14 @@ func logValue(v reflect.Value) slog.Value {
 
 // RedactURL returns raw with the password of its user info and the values
 // of query parameters whose name contains "password" (as in PostgreSQL's
-// sslpassword) replaced by Mask. A string that does not parse as a URL
-// but seems to carry a password is replaced whole; anything else that does
-// not parse as a URL with a scheme is returned unchanged.
+// sslpassword) replaced by Mask. A string that seems to carry a password
+// but does not parse, or parses without user info (an unencoded "/", "?"
+// or "#" cut it short), is replaced whole; anything else that does not
+// parse as a URL with a scheme is returned unchanged.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil && looksLikePassword(raw) != "" {
-		return "(a URL that does not parse, not shown: it may hold a password)"
+	if (err != nil || u.User == nil) && looksLikePassword(raw) != "" {
+		return "(a URL that does not parse as it seems meant to, not shown: it may hold a password)"
 	}
 	if err != nil || u.Scheme == "" {
 		return raw
@@ -131,23 +132,29 @@ func RedactURL(raw string) string {
 
 // URLParseError returns url.Parse's error for raw without raw itself,
 // which the error quotes whole, and says only that raw does not parse
-// when the part the error names holds three characters or more of what
-// looks like raw's password (the text between "scheme://user:" and the
-// last "@"): a password with an unencoded "#", "/" or "?" cuts the URL
-// short and lands in the error as a port or an escape.
+// when raw may carry a password (see looksLikePassword): a password with
+// an unencoded "#", "/" or "?" cuts the URL short and lands in the error
+// as a port or an escape, and any part of it may be the part quoted.
 func URLParseError(raw string, err error) error {
 	if urlErr, ok := errors.AsType[*url.Error](err); ok {
 		err = urlErr.Err
 	}
-	pw := looksLikePassword(raw)
-	msg := err.Error()
-	n := min(3, len(pw))
-	for i := 0; n > 0 && i+n <= len(pw); i++ {
-		if strings.Contains(msg, pw[i:i+n]) {
-			return errors.New("it does not parse (not shown: it may hold a password; percent-encode any of @ : / ? # % in the user name and password)")
-		}
+	if looksLikePassword(raw) != "" {
+		return errHiddenURL
 	}
 	return err
+}
+
+var errHiddenURL = errors.New("it does not parse (not shown: it may hold a password; percent-encode any of @ : / ? # % in the user name and password)")
+
+// CutShortUserInfo reports whether raw, which parses, seems to carry a
+// password that an unencoded "/", "?" or "#" cut short, so that it landed
+// in the host, path, query or fragment ("postgres://u:12/x@host/db"
+// parses as host "u:12"): raw has no user info as parsed, but has an "@"
+// after something that looks like "user:password".
+func CutShortUserInfo(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.User == nil && looksLikePassword(raw) != ""
 }
 
 // looksLikePassword returns what raw would carry as a password if it were

@@ -31,6 +31,9 @@ func CheckURL(rawURL string) error {
 	if err != nil {
 		return fmt.Errorf("invalid URL: %w", config.URLParseError(rawURL, err))
 	}
+	if config.CutShortUserInfo(rawURL) {
+		return errors.New("invalid URL: its user name and password seem cut short (not shown: percent-encode any of @ : / ? # % in them)")
+	}
 	uri, err := amqp.ParseURI(rawURL)
 	if err != nil {
 		return fmt.Errorf("invalid URL %q: %w", u.Redacted(), err)

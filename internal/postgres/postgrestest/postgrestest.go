@@ -43,7 +43,7 @@ func Proxied(tb testing.TB) (*testproxy.Proxy, string) {
 	tb.Helper()
 	u, err := url.Parse(URL())
 	if err != nil {
-		tb.Fatalf("parse test database URL %s: %v", config.RedactURL(URL()), err)
+		tb.Fatalf("parse test database URL %s: %v", config.RedactURL(URL()), config.URLParseError(URL(), err))
 	}
 	q := u.Query()
 	if (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" || strings.Contains(u.Host, ",") ||
