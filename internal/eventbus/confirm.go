@@ -124,7 +124,8 @@ func (b *publishBatch) fail(err error) error {
 // message that is neither went unanswered (the link failed, the wait for
 // confirms ended) and may or may not have reached the broker. A caller
 // can so settle the confirmed ones, hold back the refused ones and retry
-// the unanswered ones at once. Err is the first failure.
+// the unanswered ones at once. Err says why the call failed: the first
+// message's failure, or the wait for confirms ending.
 type PublishError struct {
 	Err       error
 	Confirmed []bool

@@ -168,9 +168,9 @@ func (p *Publisher) session(ctx context.Context, b *backoff) string {
 // ErrUnroutable for a message no queue is bound to receive, with
 // ErrNacked or ErrNotConfirmed when the broker refused it or the link was
 // lost before its confirm, and with ctx's error (or after
-// Config.ConfirmTimeout) when waiting ended first. Once messages were
-// sent the error is a *PublishError saying, message by message, which the
-// broker confirmed and which it refused. On error some messages may still
+// Config.ConfirmTimeout) when waiting ended first. Past the check of the
+// link, the error is a *PublishError saying, message by message, which
+// the broker confirmed and which it refused. On error some messages may still
 // have been delivered: publishing is at-least-once.
 func (p *Publisher) Publish(ctx context.Context, msgs ...Message) error {
 	if len(msgs) == 0 {

@@ -14,9 +14,11 @@ import (
 // reached or the connection broke: a failed connect, a network error or
 // timeout, a connection that ended mid-conversation, or the server
 // refusing connections or ending them as it shuts down (SQLSTATE classes
-// 08 and 57P). Context errors are not: the caller gave up. A connect that
-// timed out is, although it wraps context.DeadlineExceeded too: that is
-// how connect_timeout ends an attempt at a server that does not answer.
+// 08 and 57P). Context errors are not: the caller gave up. A failed
+// connect is, even one that wraps context.DeadlineExceeded: that is how
+// connect_timeout ends an attempt at a server that does not answer, and
+// pgx's error cannot tell it from the caller's own deadline passing
+// during the connect (a cancelled connect is still not unreachable).
 func Unreachable(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false

@@ -95,9 +95,15 @@ func Open(ctx context.Context, url, schema string, opts ...Option) (*pgxpool.Poo
 		return nil, fmt.Errorf("open database pool: %w", err)
 	}
 	// The first ping opens the first connection: it may take the whole
-	// connect timeout (TLS, authentication), and a round trip after it.
-	pctx, cancel := context.WithTimeout(ctx, cfg.ConnConfig.ConnectTimeout+DefaultPingTimeout)
-	defer cancel()
+	// connect timeout (TLS, authentication) for each address or fallback
+	// (sslmode=prefer tries twice), and a round trip after it. A connect
+	// timeout of 0 means none: the caller's ctx bounds it then.
+	pctx := ctx
+	if ct := cfg.ConnConfig.ConnectTimeout; ct > 0 {
+		var cancel context.CancelFunc
+		pctx, cancel = context.WithTimeout(ctx, time.Duration(len(cfg.ConnConfig.Fallbacks)+1)*ct+DefaultPingTimeout)
+		defer cancel()
+	}
 	if err := pool.Ping(pctx); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("ping database: %w", err)
