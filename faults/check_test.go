@@ -420,6 +420,10 @@ func (s *scenario) checkStock(ctx context.Context, orders map[string]dbOrder) er
 	return joinFirst(problems)
 }
 
+// handlerTimeout is the services' ORDERMESH_HANDLER_TIMEOUT (its default):
+// the longest an email can have gone out before the commit that failed.
+const handlerTimeout = 15 * time.Second
+
 // mailResendsPerFault bounds the emails one fault may have sent again:
 // the notification service sends a batch's emails before its commit and
 // handles at most ORDERMESH_CONCURRENCY (32) deliveries at once, so a
@@ -479,7 +483,17 @@ func (s *scenario) checkEmails(ctx context.Context, orders map[string]dbOrder, a
 			}
 			slices.SortFunc(copies, func(a, b time.Time) int { return a.Compare(b) })
 			for i := 1; i < len(copies); i++ {
-				f := slices.IndexFunc(windows, func(w window) bool { return !copies[i-1].After(w.end) && !copies[i].Before(w.begin) })
+				// The fault that explains a repeat: it ended after the copy
+				// before it went out, which was no longer than a handler may
+				// run (the send to the failed commit) before the fault
+				// began, and it began before the repeat. Of several, the
+				// latest.
+				f := -1
+				for j, w := range windows {
+					if !copies[i-1].After(w.end) && !copies[i].Before(w.begin) && !copies[i-1].Before(w.begin.Add(-handlerTimeout)) {
+						f = j
+					}
+				}
 				if f < 0 {
 					problems = append(problems, fmt.Sprintf("%s got %q again at %s (before at %s) with no fault between",
 						o.email, subject, copies[i].Format(time.StampMilli), copies[i-1].Format(time.StampMilli)))
