@@ -1,9 +1,11 @@
 package contract
 
 import (
+	"bytes"
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"buf.build/go/protovalidate"
@@ -67,8 +69,13 @@ func TestEventFixturesStillDecode(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			name := string(ev.ProtoReflect().Descriptor().FullName()) + ".binpb"
-			if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			path := filepath.Join(dir, string(ev.ProtoReflect().Descriptor().FullName())+".binpb")
+			// A stored encoding is a message some producer sent: never
+			// rewritten, only joined by a new version's.
+			if old, err := os.ReadFile(path); err == nil && !bytes.Equal(old, b) {
+				t.Fatalf("%s exists with another encoding: bump fixtureVersion to keep it and add the new one", path)
+			}
+			if err := os.WriteFile(path, b, 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -119,4 +126,18 @@ func TestEventFixturesStillDecode(t *testing.T) {
 			t.Errorf("no fixture for %s; run go test ./internal/contract -run Fixtures -update", name)
 		}
 	}
+	// Every event of the schemas has an example, so a new event cannot
+	// ship without its fixture.
+	protoregistry.GlobalFiles.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
+		if !strings.HasPrefix(string(fd.Package()), "ordermesh.") {
+			return true
+		}
+		for i := range fd.Messages().Len() {
+			md := fd.Messages().Get(i)
+			if _, err := eventbus.RoutingKey(md); err == nil && examples[md.FullName()] == nil {
+				t.Errorf("event %s has no example in fixtureEvents", md.FullName())
+			}
+		}
+		return true
+	})
 }
