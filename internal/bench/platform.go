@@ -152,7 +152,7 @@ func (p *Platform) start(name, logDir string) error {
 		"ORDERMESH_TOPOLOGY_PREFIX="+p.Prefix,
 		"ORDERMESH_RETRY_DELAYS="+p.retryDelays,
 		"ORDERMESH_SMTP_ADDR="+p.sink.Addr(),
-		"ORDERMESH_SHUTDOWN_TIMEOUT=20s",
+		"ORDERMESH_SHUTDOWN_TIMEOUT="+shutdownTimeout.String(),
 	)
 	if name == "gateway" {
 		inv := "127.0.0.1:1"
@@ -248,9 +248,18 @@ func (p *Platform) Names() []string {
 	return out
 }
 
-// Close stops every process (SIGTERM, then SIGKILL after 30 s), drops the
-// database and deletes the exchange and queues under the prefix. It
-// returns the first problem and still does everything else.
+// shutdownTimeout is the processes' ORDERMESH_SHUTDOWN_TIMEOUT; a
+// service's stop has two phases of it at most (the RPC and handler
+// drains side by side, then the outbox flush), and Close gives it that
+// and a margin before SIGKILL.
+const (
+	shutdownTimeout = 20 * time.Second
+	stopGrace       = 2*shutdownTimeout + 10*time.Second
+)
+
+// Close stops every process (SIGTERM, then SIGKILL after stopGrace),
+// drops the database and deletes the exchange and queues under the
+// prefix. It returns the first problem and still does everything else.
 func (p *Platform) Close() error {
 	var errs []error
 	for _, proc := range p.Procs {
@@ -263,10 +272,10 @@ func (p *Platform) Close() error {
 	for name, proc := range p.Procs {
 		select {
 		case <-proc.done:
-		case <-time.After(30 * time.Second):
+		case <-time.After(stopGrace):
 			_ = proc.cmd.Process.Kill()
 			<-proc.done
-			errs = append(errs, fmt.Errorf("%s did not stop within 30 s of SIGTERM", name))
+			errs = append(errs, fmt.Errorf("%s did not stop within %v of SIGTERM; the end of its log:\n%s", name, stopGrace, lastLines(proc.log.String(), 20)))
 		}
 	}
 	if p.sink != nil {
@@ -566,4 +575,10 @@ func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.buf.String()
+}
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }
