@@ -27,15 +27,14 @@ func traceStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handle
 }
 
 func withTraceContext(ctx context.Context) context.Context {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return ctx
-	}
-	parent := md.Get("traceparent")
+	// ValueFromIncomingContext reads the one key without copying the
+	// call's metadata, as FromIncomingContext would on every call.
+	parent := metadata.ValueFromIncomingContext(ctx, "traceparent")
 	if len(parent) == 0 {
 		return ctx
 	}
-	return telemetry.WithTraceContext(ctx, telemetry.ParseTraceContext(parent[0], strings.Join(md.Get("tracestate"), ",")))
+	state := metadata.ValueFromIncomingContext(ctx, "tracestate")
+	return telemetry.WithTraceContext(ctx, telemetry.ParseTraceContext(parent[0], strings.Join(state, ",")))
 }
 
 // contextStream is a stream whose context is ctx.
