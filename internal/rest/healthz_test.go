@@ -1,0 +1,90 @@
+package rest_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ordermesh/ordermesh/internal/rest"
+)
+
+// startHealth serves a gRPC health service on loopback and returns it with
+// a connection to it.
+func startHealth(t *testing.T) (*health.Server, *grpc.ClientConn) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := health.NewServer()
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return hs, conn
+}
+
+// TestHealthzFollowsTheOrderServiceOnly: /healthz is 503 while the order
+// service is not SERVING, and stays 200 while only the inventory is down
+// (the stock routes fail then, orders do not), each upstream's status in
+// the body.
+func TestHealthzFollowsTheOrderServiceOnly(t *testing.T) {
+	const orderName, inventoryName = "ordermesh.order.v1.OrderService", "ordermesh.inventory.v1.InventoryService"
+	orderHealth, orderConn := startHealth(t)
+	inventoryHealth, inventoryConn := startHealth(t)
+	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)),
+		rest.Upstreams{Order: orderConn, Inventory: inventoryConn}, rest.Options{HealthTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	get := func() (int, string, map[string]string) {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Status    string            `json:"status"`
+			Upstreams map[string]string `json:"upstreams"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, body.Status, body.Upstreams
+	}
+	for _, tt := range []struct {
+		order, inventory healthpb.HealthCheckResponse_ServingStatus
+		code             int
+		status           string
+	}{
+		{healthpb.HealthCheckResponse_SERVING, healthpb.HealthCheckResponse_SERVING, 200, "SERVING"},
+		{healthpb.HealthCheckResponse_SERVING, healthpb.HealthCheckResponse_NOT_SERVING, 200, "SERVING"},
+		{healthpb.HealthCheckResponse_NOT_SERVING, healthpb.HealthCheckResponse_SERVING, 503, "NOT_SERVING"},
+	} {
+		orderHealth.SetServingStatus(orderName, tt.order)
+		inventoryHealth.SetServingStatus(inventoryName, tt.inventory)
+		code, status, ups := get()
+		if code != tt.code || status != tt.status || ups[orderName] != tt.order.String() || ups[inventoryName] != tt.inventory.String() {
+			t.Errorf("order %v, inventory %v: /healthz %d %s %v; want %d %s with each status", tt.order, tt.inventory, code, status, ups, tt.code, tt.status)
+		}
+	}
+}
