@@ -370,22 +370,25 @@ func TestProcessTxSharesATransaction(t *testing.T) {
 	}
 }
 
+// TestPrune: rows older than the retention go, more than one DELETE's
+// worth (pruneBatch, 10,000) of them; newer ones stay.
 func TestPrune(t *testing.T) {
 	ctx := context.Background()
 	pool := newService(t)
+	const old = 25_000
 	if _, err := pool.Exec(ctx, `
 		INSERT INTO inbox (event_id, processed_at)
-		SELECT 'old-' || i, now() - interval '2 hours' FROM generate_series(1, 5) i
+		SELECT 'old-' || i, now() - interval '2 hours' FROM generate_series(1, $1) i
 		UNION ALL
-		SELECT 'new-' || i, now() - interval '10 minutes' FROM generate_series(1, 3) i`); err != nil {
+		SELECT 'new-' || i, now() - interval '10 minutes' FROM generate_series(1, 3) i`, old); err != nil {
 		t.Fatal(err)
 	}
 	n, err := inbox.Prune(ctx, pool, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 5 {
-		t.Errorf("Prune deleted %d rows, want 5", n)
+	if n != old {
+		t.Errorf("Prune deleted %d rows, want %d", n, old)
 	}
 	var left []string
 	rows, err := pool.Query(ctx, `SELECT event_id FROM inbox ORDER BY event_id`)
