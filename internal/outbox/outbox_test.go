@@ -861,3 +861,38 @@ func TestRelayBacksOffRefusedRowsUpToTheCap(t *testing.T) {
 		t.Errorf("attempts = %d, %v; want 5", attempts, err)
 	}
 }
+
+// stalledPublisher never hears back from the broker: it waits for its
+// context to end, as a publish to a stalled broker does.
+type stalledPublisher struct{}
+
+func (stalledPublisher) Publish(ctx context.Context, msgs ...eventbus.Message) error {
+	<-ctx.Done()
+	return &eventbus.PublishError{Err: fmt.Errorf("wait for confirms: %w", ctx.Err()),
+		Confirmed: make([]bool, len(msgs)), Refused: make([]bool, len(msgs))}
+}
+
+// TestRelayBoundsAPublishByPublishTimeout: a publish that never gets its
+// confirms ends at PublishTimeout, whatever the caller's context, and the
+// batch fails with its rows as they were.
+func TestRelayBoundsAPublishByPublishTimeout(t *testing.T) {
+	pool, _ := newOutbox(t)
+	commit(t, pool, 3)
+	relay := outbox.NewRelay(pool, stalledPublisher{}, outbox.Config{PublishTimeout: 200 * time.Millisecond})
+	done := make(chan error, 1)
+	go func() {
+		_, err := relay.PublishBatch(context.Background())
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("PublishBatch = %v, want the publish timeout", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("PublishBatch still waits a minute on; PublishTimeout does not bound it")
+	}
+	if got := pending(t, pool); got != 3 {
+		t.Errorf("outbox has %d rows, want all 3 kept", got)
+	}
+}
