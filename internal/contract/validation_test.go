@@ -191,10 +191,15 @@ func TestInventoryRequestRules(t *testing.T) {
 		{"negative available", func(r s) { r.Available = -1 }, "available"},
 		{"too much", func(r s) { r.Available = 1000000001 }, "available"},
 		{"bad sku", func(r s) { r.ProductId = "a/b" }, "product_id"},
+		{"sku of dots and more", func(r s) { r.ProductId = "..a." }, ""},
+		{"sku of three dots", func(r s) { r.ProductId = "..." }, ""},
+		{"sku '.'", func(r s) { r.ProductId = "." }, "product_id"},
+		{"sku '..'", func(r s) { r.ProductId = ".." }, "product_id"},
 	})
 	type g = *inventoryv1.GetStockRequest
 	checkRules(t, func() g { return &inventoryv1.GetStockRequest{ProductId: "SKU-1"} }, []ruleCase[g]{
 		{"empty sku", func(r g) { r.ProductId = "" }, "product_id"},
+		{"sku '..'", func(r g) { r.ProductId = ".." }, "product_id"},
 	})
 }
 
