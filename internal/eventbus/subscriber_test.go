@@ -612,3 +612,58 @@ func TestHandlerTimeoutEndsAHungHandler(t *testing.T) {
 		t.Errorf("attempts %v, want [1 2]: the first given up, the retry handled", attempts)
 	}
 }
+
+// TestFailedMoveRequeues: when a failed delivery cannot be moved to its
+// retry queue (here the queue is gone, so the broker returns the copy),
+// the delivery goes back to the service queue rather than being acked
+// and lost, and is handled again.
+func TestFailedMoveRequeues(t *testing.T) {
+	cfg := testConfig(t, "requeue")
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type call struct {
+		attempt     int
+		redelivered bool
+	}
+	var mu sync.Mutex
+	var calls []call
+	done := make(chan struct{})
+	if err := Handle(sub, func(_ context.Context, _ *orderv1.OrderRejected, meta Meta) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, call{meta.Attempt, meta.Redelivered})
+		if len(calls) == 1 {
+			return errorf("transient failure")
+		}
+		close(done)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startSubscriber(t, sub)
+	ch := rawChannel(t, rawConn(t))
+	if _, err := ch.QueueDelete(cfg.RetryQueueName(cfg.RetryDelays[0]), false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	pub := startPublisher(t, cfg)
+	ev := sampleEvents()[2].(*orderv1.OrderRejected)
+	m, err := NewMessage(ev, "inventory", ev.GetOrderId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(context.Background(), m); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the delivery that could not be moved was never handled again")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []call{{1, false}, {1, true}}; !slices.Equal(calls, want) {
+		t.Errorf("calls %+v, want %+v: the same attempt again, redelivered by the broker", calls, want)
+	}
+}
