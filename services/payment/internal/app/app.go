@@ -193,11 +193,19 @@ func parseOrderEvent(ev proto.Message) (orderEvent, error) {
 // returned unchanged with no event: its outcome was published the first
 // time.
 //
-// An order already rejected or cancelled (blocked) is never charged, and
-// nothing is returned for it: the order is final and the order service
-// ignores late outcomes.
+// An order already rejected or cancelled (blocked) is never charged: the
+// order is final and the order service ignores late outcomes. But an
+// attempt to charge it that went unanswered before it ended may have gone
+// through since it was blocked (the provider finished it, or only now
+// shows it): such a charge, found with the provider, is refunded.
 func (a *App) charge(ctx context.Context, p payment.Payment, ev orderEvent) (payment.Payment, []proto.Message, error) {
 	id := p.OrderID
+	if p.Status == payment.StatusBlocked {
+		q, events, found, err := a.refundFound(ctx, p)
+		if err != nil || found {
+			return q, events, err
+		}
+	}
 	if payment.OnCreated(p.Status) != payment.ActionCharge {
 		a.log.InfoContext(ctx, "order.created ignored", slog.String("order_id", id), slog.String("payment", p.Status.String()))
 		return p, nil, nil
@@ -229,22 +237,45 @@ func (a *App) refund(ctx context.Context, p payment.Payment) (payment.Payment, [
 	id := p.OrderID
 	switch payment.OnEnded(p.Status) {
 	case payment.ActionBlock:
-		charge, found, err := a.provider.FindCharge(ctx, id)
-		if err != nil {
-			return p, nil, providerError(fmt.Errorf("find a charge of order %s: %w", id, err))
+		q, events, found, err := a.refundFound(ctx, p)
+		if err != nil || found {
+			return q, events, err
 		}
-		if !found {
-			a.log.InfoContext(ctx, "order blocked before it was created", slog.String("order_id", id))
-			return payment.Payment{OrderID: id, Status: payment.StatusBlocked}, nil, nil
-		}
-		a.log.WarnContext(ctx, "order ended with a charge the service had no record of; refunding it",
-			slog.String("order_id", id), slog.String("charge_id", charge.ID))
-		p = payment.Payment{OrderID: id, Status: payment.StatusCharged, Amount: charge.Amount, ChargeID: charge.ID}
+		a.log.InfoContext(ctx, "order blocked before it was created", slog.String("order_id", id))
+		return payment.Payment{OrderID: id, Status: payment.StatusBlocked}, nil, nil
 	case payment.ActionRefund:
+		return a.refundCharged(ctx, p)
 	default:
 		return p, nil, nil
 	}
+}
 
+// refundFound refunds the charge the provider holds for p's order when
+// the service has no record of it (p is not charged: the record did not
+// commit, or the charge went through after the order ended). found is
+// false, and p is returned as it is, when the provider holds none.
+func (a *App) refundFound(ctx context.Context, p payment.Payment) (_ payment.Payment, _ []proto.Message, found bool, _ error) {
+	id := p.OrderID
+	charge, found, err := a.provider.FindCharge(ctx, id)
+	if err != nil {
+		return p, nil, false, providerError(fmt.Errorf("find a charge of order %s: %w", id, err))
+	}
+	if !found {
+		return p, nil, false, nil
+	}
+	a.log.WarnContext(ctx, "order ended with a charge the service had no record of; refunding it",
+		slog.String("order_id", id), slog.String("charge_id", charge.ID), slog.String("payment", p.Status.String()))
+	q, events, err := a.refundCharged(ctx, payment.Payment{OrderID: id, Status: payment.StatusCharged, Amount: charge.Amount, ChargeID: charge.ID})
+	if err != nil {
+		return p, nil, true, err
+	}
+	return q, events, true, nil
+}
+
+// refundCharged refunds charged payment p in full and returns it
+// refunded, with PaymentRefunded.
+func (a *App) refundCharged(ctx context.Context, p payment.Payment) (payment.Payment, []proto.Message, error) {
+	id := p.OrderID
 	refund, err := a.provider.Refund(ctx, provider.RefundRequest{IdempotencyKey: id, ChargeID: p.ChargeID, Amount: p.Amount})
 	if err != nil {
 		return p, nil, providerError(fmt.Errorf("refund order %s: %w", id, err))

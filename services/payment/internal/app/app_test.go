@@ -475,6 +475,38 @@ func TestEndedAfterAChargeWhoseRecordDidNotCommit(t *testing.T) {
 	}
 }
 
+// TestChargeThatWentThroughAfterTheOrderWasBlocked: an attempt to charge
+// went unanswered, the order ended meanwhile and was blocked (the
+// provider showed no charge yet), and the charge went through after all.
+// When order.created comes again, the service finds the charge with the
+// provider and refunds it, once.
+func TestChargeThatWentThroughAfterTheOrderWasBlocked(t *testing.T) {
+	f := newFixture(t)
+	id := uuid.NewString()
+	mustTx(t, f, cancelled(id))
+	if p := f.payment(t, id); p.Status != payment.StatusBlocked {
+		t.Fatalf("payment %v after order.cancelled, want BLOCKED", p.Status)
+	}
+	// The unanswered attempt completes at the provider.
+	if _, err := f.provider.Charge(context.Background(), provider.ChargeRequest{IdempotencyKey: id, Amount: total, Token: "tok_visa"}); err != nil {
+		t.Fatal(err)
+	}
+	mustTx(t, f, created(id, "tok_visa"))
+	mustTx(t, f, created(id, "tok_visa")) // and again: nothing more
+
+	charges, refunds := f.provider.Charges(), f.provider.Refunds()
+	if len(charges) != 1 || len(refunds) != 1 {
+		t.Fatalf("provider: %d charges, %d refunds; want the late charge refunded once", len(charges), len(refunds))
+	}
+	diffEvents(t, []proto.Message{
+		&paymentv1.PaymentRefunded{OrderId: id, PaymentId: charges[0].ID, Amount: totalProto()},
+	}, f.pool)
+	want := payment.Payment{OrderID: id, Status: payment.StatusRefunded, Amount: total, ChargeID: charges[0].ID, RefundID: refunds[0].ID}
+	if diff := cmp.Diff(want, f.payment(t, id)); diff != "" {
+		t.Errorf("payment record (-want +got):\n%s", diff)
+	}
+}
+
 // TestCreatedRacingCancelled handles each order's order.created and
 // order.cancelled at the same time. Whichever wins, no money is kept: an
 // order is either never charged (blocked) or charged and refunded.

@@ -98,9 +98,11 @@ func Load(ctx context.Context, tx pgx.Tx, ids []string) (map[string]payment.Paym
 // Save writes ps, the new payments of orders whose payments Load loaded
 // and locked in tx, at most one per order, in one statement: a payment the
 // service had no record of is inserted, a recorded one updated. The only
-// move of a recorded payment is a charged one's refund, so Save updates
-// charged payments only, and returns an error if any payment of ps is
-// neither new nor charged; tx must not commit then.
+// moves of a recorded payment are refunds: of a charged one, or of a
+// blocked one whose order was charged after all (an attempt that went
+// unanswered before the order ended). Save updates those only, and
+// returns an error if any payment of ps is none of them; tx must not
+// commit then.
 func Save(ctx context.Context, tx pgx.Tx, ps []payment.Payment) error {
 	if len(ps) == 0 {
 		return nil
@@ -121,13 +123,13 @@ func Save(ctx context.Context, tx pgx.Tx, ps []payment.Payment) error {
 			status = excluded.status, currency_code = excluded.currency_code, units = excluded.units,
 			nanos = excluded.nanos, charge_id = excluded.charge_id, refund_id = excluded.refund_id,
 			reason = excluded.reason, update_time = now()
-		WHERE payments.status = 'CHARGED'`,
+		WHERE payments.status = 'CHARGED' OR (payments.status = 'BLOCKED' AND excluded.status = 'REFUNDED')`,
 		ids, statuses, currencies, units, nanos, chargeIDs, refundIDs, reasons)
 	if err != nil {
 		return fmt.Errorf("save payments of %d orders: %w", n, err)
 	}
 	if got := tag.RowsAffected(); got != int64(n) {
-		return fmt.Errorf("save payments of %d orders: wrote %d: a recorded payment that is not charged cannot change", n, got)
+		return fmt.Errorf("save payments of %d orders: wrote %d: a recorded payment that is not charged cannot change (but a blocked one to refunded)", n, got)
 	}
 	return nil
 }
