@@ -14,6 +14,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
@@ -82,6 +83,76 @@ func TestBrokerStopApp(t *testing.T) {
 		}
 		return nil
 	}})
+}
+
+// TestBrokerMemoryAlarm raises the node's memory alarm twice, so the
+// broker blocks every connection that publishes, and clears it: the order
+// service reports its broker link NOT_SERVING (ordermesh.eventbus) while
+// its relay is blocked, yet stays SERVING and keeps taking orders into
+// its outbox (every CreateOrder must succeed), and after the alarm it
+// reports the link SERVING again and nothing is lost. (The workers, whose
+// queues get nothing while the order service cannot publish, publish
+// nothing and are not blocked.)
+func TestBrokerMemoryAlarm(t *testing.T) {
+	runScenario(t, spec{orders: defaultOrders, rate: defaultRate, inject: func(ctx context.Context, s *scenario) error {
+		health := healthpb.NewHealthClient(s.pf.Dial("order"))
+		status := func(service string) healthpb.HealthCheckResponse_ServingStatus {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			resp, err := health.Check(cctx, &healthpb.HealthCheckRequest{Service: service})
+			if err != nil {
+				return healthpb.HealthCheckResponse_UNKNOWN
+			}
+			return resp.GetStatus()
+		}
+		const link = "ordermesh.eventbus"
+		for i := range repeat(2) {
+			if err := s.fault(fmt.Sprintf("memory alarm raised, order's broker link NOT_SERVING, cleared #%d", i+1), func() error {
+				// A watermark of 0 raises the alarm at once.
+				if _, err := infra.rabbit.Ctl(ctx, "set_vm_memory_high_watermark", "0"); err != nil {
+					return err
+				}
+				blocked := waitFor(ctx, 30*time.Second, func() bool { return status(link) == healthpb.HealthCheckResponse_NOT_SERVING })
+				overall := status("")
+				if err := sleep(ctx, 3*time.Second); err != nil {
+					return err
+				}
+				// Cleared whatever happened above, so a failure leaves the
+				// node taking publishes.
+				if _, err := infra.rabbit.Ctl(ctx, "set_vm_memory_high_watermark", "0.4"); err != nil {
+					return err
+				}
+				if blocked != nil {
+					return fmt.Errorf("the order service's broker link still SERVING 30 s into the alarm: %w", blocked)
+				}
+				if overall != healthpb.HealthCheckResponse_SERVING {
+					return fmt.Errorf("the order service's overall health %v during the alarm, want SERVING (it takes orders into its outbox)", overall)
+				}
+				if err := waitFor(ctx, 30*time.Second, func() bool { return status(link) == healthpb.HealthCheckResponse_SERVING }); err != nil {
+					return fmt.Errorf("the order service's broker link not SERVING 30 s after the alarm cleared: %w", err)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			if err := sleep(ctx, 8*time.Second); err != nil {
+				return err
+			}
+		}
+		return nil
+	}})
+}
+
+// waitFor polls cond every 100 ms until it holds, ctx ends or d passes.
+func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for !cond() {
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // TestCloseAllConnections closes every connection of the private node

@@ -230,6 +230,10 @@ func restoreInfra(ctx context.Context) error {
 			return fmt.Errorf("%v; start_app: %w", notReady, err)
 		}
 	}
+	// A memory alarm left raised would block every publisher.
+	if _, err := infra.rabbit.Ctl(ctx, "set_vm_memory_high_watermark", "0.4"); err != nil {
+		return err
+	}
 	if err := infra.pg.WaitReady(ctx, 5*time.Second); err != nil {
 		if err := infra.pg.Start(ctx); err != nil {
 			return err
