@@ -592,20 +592,8 @@ func TestHandlerTimeoutEndsAHungHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	startSubscriber(t, sub)
-	pub := startPublisher(t, cfg)
-	ev := sampleEvents()[2].(*orderv1.OrderRejected)
-	m, err := NewMessage(ev, "inventory", ev.GetOrderId())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pub.Publish(context.Background(), m); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
-	select {
-	case <-done:
-	case <-time.After(time.Minute):
-		t.Fatal("the hung delivery was never retried")
-	}
+	publishOneRejected(t, cfg)
+	awaitClosed(t, done, "the hung delivery was never retried")
 	mu.Lock()
 	defer mu.Unlock()
 	if !slices.Equal(attempts, []int{1, 2}) {
@@ -647,23 +635,36 @@ func TestFailedMoveRequeues(t *testing.T) {
 	if _, err := ch.QueueDelete(cfg.RetryQueueName(cfg.RetryDelays[0]), false, false, false); err != nil {
 		t.Fatal(err)
 	}
-	pub := startPublisher(t, cfg)
+	publishOneRejected(t, cfg)
+	awaitClosed(t, done, "the delivery that could not be moved was never handled again")
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []call{{1, false}, {1, true}}; !slices.Equal(calls, want) {
+		t.Errorf("calls %+v, want %+v: the same attempt again, redelivered by the broker", calls, want)
+	}
+}
+
+// publishOneRejected publishes one order.rejected through a publisher of
+// cfg's.
+func publishOneRejected(t *testing.T, cfg Config) {
+	t.Helper()
 	ev := sampleEvents()[2].(*orderv1.OrderRejected)
 	m, err := NewMessage(ev, "inventory", ev.GetOrderId())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pub.Publish(context.Background(), m); err != nil {
+	if err := startPublisher(t, cfg).Publish(context.Background(), m); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
+}
+
+// awaitClosed waits for done to close, failing the test with what after a
+// minute (a guard against hangs, not a timing).
+func awaitClosed(t *testing.T, done <-chan struct{}, what string) {
+	t.Helper()
 	select {
 	case <-done:
 	case <-time.After(time.Minute):
-		t.Fatal("the delivery that could not be moved was never handled again")
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if want := []call{{1, false}, {1, true}}; !slices.Equal(calls, want) {
-		t.Errorf("calls %+v, want %+v: the same attempt again, redelivered by the broker", calls, want)
+		t.Fatal(what)
 	}
 }
