@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -207,13 +206,9 @@ func (e *Env) URL(name, def string, schemes ...string) string {
 	if !ok {
 		v = def
 	}
-	u, err := url.Parse(v)
+	u, err := ParseURL(v)
 	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s: invalid URL: %w", name, URLParseError(v, err)))
-		return def
-	}
-	if CutShortUserInfo(v) {
-		e.errs = append(e.errs, fmt.Errorf("%s: invalid URL: its user name and password seem cut short (not shown: percent-encode any of @ : / ? # %% in them)", name))
+		e.errs = append(e.errs, fmt.Errorf("%s: invalid URL: %w", name, err))
 		return def
 	}
 	switch {

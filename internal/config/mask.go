@@ -130,31 +130,27 @@ func RedactURL(raw string) string {
 	return u.String()
 }
 
-// URLParseError returns url.Parse's error for raw without raw itself,
-// which the error quotes whole, and says only that raw does not parse
-// when raw may carry a password (see looksLikePassword): a password with
-// an unencoded "#", "/" or "?" cuts the URL short and lands in the error
-// as a port or an escape, and any part of it may be the part quoted.
-func URLParseError(raw string, err error) error {
-	if urlErr, ok := errors.AsType[*url.Error](err); ok {
-		err = urlErr.Err
-	}
-	if looksLikePassword(raw) != "" {
-		return errHiddenURL
-	}
-	return err
-}
-
-var errHiddenURL = errors.New("it does not parse (not shown: it may hold a password; percent-encode any of @ : / ? # % in the user name and password)")
-
-// CutShortUserInfo reports whether raw, which parses, seems to carry a
-// password that an unencoded "/", "?" or "#" cut short, so that it landed
-// in the host, path, query or fragment ("postgres://u:12/x@host/db"
-// parses as host "u:12"): raw has no user info as parsed, but has an "@"
-// after something that looks like "user:password".
-func CutShortUserInfo(raw string) bool {
+// ParseURL parses raw as url.Parse does, with errors that never hold
+// raw's password: url.Parse's own error quotes raw whole, so it is given
+// without raw, and not at all when raw may carry a password (a password
+// with an unencoded "#", "/" or "?" cuts the URL short and lands in the
+// error as a port or an escape); and a raw that parses but whose user
+// info such a character cut short ("postgres://u:12/x@host/db" parses as
+// host "u:12", the rest of the password in the path) is refused.
+func ParseURL(raw string) (*url.URL, error) {
 	u, err := url.Parse(raw)
-	return err == nil && u.User == nil && looksLikePassword(raw) != ""
+	switch {
+	case err != nil && looksLikePassword(raw) != "":
+		return nil, errors.New("it does not parse (not shown: it may hold a password; percent-encode any of @ : / ? # % in the user name and password)")
+	case err != nil:
+		if urlErr, ok := errors.AsType[*url.Error](err); ok {
+			err = urlErr.Err
+		}
+		return nil, err
+	case u.User == nil && looksLikePassword(raw) != "":
+		return nil, errors.New("its user name and password seem cut short (not shown: percent-encode any of @ : / ? # % in them)")
+	}
+	return u, nil
 }
 
 // looksLikePassword returns what raw would carry as a password if it were

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -27,12 +26,9 @@ import (
 // connection, so a renewed certificate needs no restart. Its errors never
 // contain the URL's password.
 func CheckURL(rawURL string) error {
-	u, err := url.Parse(rawURL)
+	u, err := config.ParseURL(rawURL)
 	if err != nil {
-		return fmt.Errorf("invalid URL: %w", config.URLParseError(rawURL, err))
-	}
-	if config.CutShortUserInfo(rawURL) {
-		return errors.New("invalid URL: its user name and password seem cut short (not shown: percent-encode any of @ : / ? # % in them)")
+		return fmt.Errorf("invalid URL: %w", err)
 	}
 	uri, err := amqp.ParseURI(rawURL)
 	if err != nil {

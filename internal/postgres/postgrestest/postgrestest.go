@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net"
-	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -41,9 +40,9 @@ func URL() string {
 // fails the test rather than bypassing the proxy.
 func Proxied(tb testing.TB) (*testproxy.Proxy, string) {
 	tb.Helper()
-	u, err := url.Parse(URL())
+	u, err := config.ParseURL(URL())
 	if err != nil {
-		tb.Fatalf("parse test database URL %s: %v", config.RedactURL(URL()), config.URLParseError(URL(), err))
+		tb.Fatalf("parse test database URL %s: %v", config.RedactURL(URL()), err)
 	}
 	q := u.Query()
 	if (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" || strings.Contains(u.Host, ",") ||
