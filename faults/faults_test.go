@@ -106,13 +106,21 @@ func TestBrokerMemoryAlarm(t *testing.T) {
 			return resp.GetStatus()
 		}
 		const link = "ordermesh.eventbus"
+		linkIs := func(want healthpb.HealthCheckResponse_ServingStatus) func() error {
+			return func() error {
+				if st := status(link); st != want {
+					return fmt.Errorf("broker link %v", st)
+				}
+				return nil
+			}
+		}
 		for i := range repeat(2) {
 			if err := s.fault(fmt.Sprintf("memory alarm raised, order's broker link NOT_SERVING, cleared #%d", i+1), func() error {
 				// A watermark of 0 raises the alarm at once.
 				if _, err := infra.rabbit.Ctl(ctx, "set_vm_memory_high_watermark", "0"); err != nil {
 					return err
 				}
-				blocked := waitFor(ctx, 30*time.Second, func() bool { return status(link) == healthpb.HealthCheckResponse_NOT_SERVING })
+				blocked := until(ctx, time.Now().Add(30*time.Second), linkIs(healthpb.HealthCheckResponse_NOT_SERVING))
 				overall := status("")
 				if err := sleep(ctx, 3*time.Second); err != nil {
 					return err
@@ -123,12 +131,12 @@ func TestBrokerMemoryAlarm(t *testing.T) {
 					return err
 				}
 				if blocked != nil {
-					return fmt.Errorf("the order service's broker link still SERVING 30 s into the alarm: %w", blocked)
+					return fmt.Errorf("the order service's broker link not NOT_SERVING 30 s into the alarm: %w", blocked)
 				}
 				if overall != healthpb.HealthCheckResponse_SERVING {
 					return fmt.Errorf("the order service's overall health %v during the alarm, want SERVING (it takes orders into its outbox)", overall)
 				}
-				if err := waitFor(ctx, 30*time.Second, func() bool { return status(link) == healthpb.HealthCheckResponse_SERVING }); err != nil {
+				if err := until(ctx, time.Now().Add(30*time.Second), linkIs(healthpb.HealthCheckResponse_SERVING)); err != nil {
 					return fmt.Errorf("the order service's broker link not SERVING 30 s after the alarm cleared: %w", err)
 				}
 				return nil
@@ -141,18 +149,6 @@ func TestBrokerMemoryAlarm(t *testing.T) {
 		}
 		return nil
 	}})
-}
-
-// waitFor polls cond every 100 ms until it holds, ctx ends or d passes.
-func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	for !cond() {
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // TestCloseAllConnections closes every connection of the private node
