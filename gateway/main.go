@@ -13,10 +13,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strconv"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -25,13 +23,12 @@ import (
 
 	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/rest"
+	"github.com/ordermesh/ordermesh/internal/shutdown"
 	"github.com/ordermesh/ordermesh/internal/telemetry"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// A second signal ends the process at once, without waiting for the drain.
-	context.AfterFunc(ctx, stop)
+	ctx, stop := shutdown.OnSignal()
 	err := run(ctx, os.Getenv, os.Stdout, nil)
 	stop()
 	if err != nil {

@@ -11,8 +11,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/signal"
-	"syscall"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -20,15 +18,14 @@ import (
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/service"
+	"github.com/ordermesh/ordermesh/internal/shutdown"
 	"github.com/ordermesh/ordermesh/services/inventory/internal/app"
 	"github.com/ordermesh/ordermesh/services/inventory/internal/grpcapi"
 	"github.com/ordermesh/ordermesh/services/inventory/internal/store"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// A second signal ends the process at once, without waiting for the drain.
-	context.AfterFunc(ctx, stop)
+	ctx, stop := shutdown.OnSignal()
 	err := run(ctx, os.Getenv, os.Stdout, nil)
 	stop()
 	if err != nil {

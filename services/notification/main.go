@@ -13,8 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
-	"syscall"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/config"
@@ -22,15 +20,14 @@ import (
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/service"
+	"github.com/ordermesh/ordermesh/internal/shutdown"
 	"github.com/ordermesh/ordermesh/services/notification/internal/app"
 	"github.com/ordermesh/ordermesh/services/notification/internal/mailer"
 	"github.com/ordermesh/ordermesh/services/notification/internal/store"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// A second signal ends the process at once, without waiting for the drain.
-	context.AfterFunc(ctx, stop)
+	ctx, stop := shutdown.OnSignal()
 	err := run(ctx, os.Getenv, os.Stdout, nil)
 	stop()
 	if err != nil {

@@ -14,8 +14,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
@@ -27,15 +25,14 @@ import (
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/service"
+	"github.com/ordermesh/ordermesh/internal/shutdown"
 	"github.com/ordermesh/ordermesh/services/order/internal/app"
 	"github.com/ordermesh/ordermesh/services/order/internal/grpcapi"
 	"github.com/ordermesh/ordermesh/services/order/internal/store"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// A second signal ends the process at once, without waiting for the drain.
-	context.AfterFunc(ctx, stop)
+	ctx, stop := shutdown.OnSignal()
 	err := run(ctx, os.Getenv, os.Stdout, nil)
 	stop()
 	if err != nil {

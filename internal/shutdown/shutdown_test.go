@@ -1,0 +1,85 @@
+package shutdown_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ordermesh/ordermesh/internal/shutdown"
+)
+
+// childEnv makes the test binary act as a process that drains slowly after
+// its first signal (see TestMain).
+const childEnv = "ORDERMESH_SHUTDOWN_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(child())
+	}
+	os.Exit(m.Run())
+}
+
+// child reports each step on stdout and, after the first signal, "drains"
+// for far longer than the test waits, then exits 0.
+func child() int {
+	ctx, stop := shutdown.OnSignal()
+	defer stop()
+	fmt.Println("ready")
+	<-ctx.Done()
+	fmt.Println("draining")
+	time.Sleep(30 * time.Second)
+	fmt.Println("drained")
+	return 0
+}
+
+// TestSecondSignalEndsTheProcess: the first SIGTERM only ends the
+// context (the process goes on draining); the second kills the process
+// by the signal's default action, instead of being swallowed while the
+// drain goes on.
+func TestSecondSignalEndsTheProcess(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start child: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	lines := bufio.NewScanner(out)
+	expect := func(want string) {
+		t.Helper()
+		if !lines.Scan() {
+			t.Fatalf("child ended its output before %q: %v", want, lines.Err())
+		}
+		if got := lines.Text(); got != want {
+			t.Fatalf("child said %q, want %q", got, want)
+		}
+	}
+
+	expect("ready")
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	expect("draining")
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for lines.Scan() {
+		t.Errorf("child went on after the second signal: %q", lines.Text())
+	}
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		t.Fatalf("child exited with %v, want killed by SIGTERM", err)
+	}
+	if ws, ok := exit.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Fatalf("child ended with %v, want killed by SIGTERM", exit)
+	}
+}
