@@ -243,6 +243,14 @@ type Service struct {
 	Relay *outbox.Relay
 }
 
+// NewBatchRunner returns a runner that hands the deliveries of each
+// inbox transaction to h at once (see inbox.BatchRunner), as many as the
+// service handles concurrently (ORDERMESH_CONCURRENCY), each transaction
+// bounded by the handler timeout (ORDERMESH_HANDLER_TIMEOUT).
+func (s *Service) NewBatchRunner(h inbox.BatchHandler) *inbox.BatchRunner {
+	return inbox.NewBatchRunner(s.Inbox, h, s.Config.Concurrency, s.Config.HandlerTimeout)
+}
+
 // Main reads the configuration from getenv, logs to stdout and runs the
 // service until ctx ends: the whole of a service binary's run function.
 func Main(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr, spec Spec) error {

@@ -49,7 +49,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			// handled at once share a transaction and a few statements
 			// (see app.Handle), and one transaction at a time keeps the
 			// instance's batches from waiting on each other's stock locks.
-			b := inbox.NewBatchRunner(s.Inbox, a.Handle, s.Config.Concurrency, s.Config.HandlerTimeout)
+			b := s.NewBatchRunner(a.Handle)
 			return nil, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCreated](b)),
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderConfirmed](b)),

@@ -89,7 +89,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			// behind it and any batch of another instance waiting for one
 			// of its claims, until that timeout, where before it held up
 			// only its own delivery while the others went on.
-			b := inbox.NewBatchRunner(s.Inbox, a.Handle, s.Config.Concurrency, s.Config.HandlerTimeout)
+			b := s.NewBatchRunner(a.Handle)
 			return nil, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCreated](b)),
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderConfirmed](b)),

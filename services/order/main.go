@@ -91,7 +91,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			// transaction and a few statements (see app.Handle), and one
 			// transaction at a time keeps an instance's batches from
 			// waiting on each other's order locks.
-			b := inbox.NewBatchRunner(s.Inbox, a.Handle, s.Config.Concurrency, s.Config.HandlerTimeout)
+			b := s.NewBatchRunner(a.Handle)
 			return []service.Task{watcher.Run, expire}, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*inventoryv1.StockReserved](b)),
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*inventoryv1.StockReservationFailed](b)),

@@ -52,7 +52,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			// would hold up the whole batch, and its lock on every order
 			// of it, for the sum of its calls; with one, the calls would
 			// have to be made concurrently, or batching reconsidered.
-			b := inbox.NewBatchRunner(s.Inbox, a.Handle, s.Config.Concurrency, s.Config.HandlerTimeout)
+			b := s.NewBatchRunner(a.Handle)
 			return nil, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCreated](b)),
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderRejected](b)),

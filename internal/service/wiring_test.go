@@ -1,0 +1,149 @@
+package service_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
+	"github.com/ordermesh/ordermesh/internal/inbox"
+	"github.com/ordermesh/ordermesh/internal/platformtest"
+	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
+	"github.com/ordermesh/ordermesh/internal/service"
+)
+
+// TestHandlerTimeoutAndDrainDelayReachTheirParts runs a worker whose
+// handler timeout (ORDERMESH_HANDLER_TIMEOUT) and shutdown timeout differ
+// and which has a drain delay (ORDERMESH_DRAIN_DELAY): a batch runner from
+// Service.NewBatchRunner bounds its transactions by the handler timeout,
+// and on shutdown the gRPC server keeps answering, NOT_SERVING, for the
+// drain delay before it stops.
+func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
+	prefix, name := "svc-"+uuid.NewString()[:12]+".", "wired"
+	schema := postgrestest.RandomSchema(t)
+	t.Cleanup(func() { postgrestest.DropSchema(t, schema) })
+	t.Cleanup(func() {
+		platformtest.DeleteTopology(t, platformtest.AMQPURL(), prefix, []string{name}, []time.Duration{time.Second})
+	})
+	const handlerTimeout = 2 * time.Second
+	cfg := service.Config{
+		GRPCAddr:    "127.0.0.1:0",
+		DatabaseURL: postgrestest.URL(), DatabaseSchema: schema,
+		AMQPURL: platformtest.AMQPURL(), TopologyPrefix: prefix,
+		Prefetch: 10, Concurrency: 2, RetryDelays: []time.Duration{time.Second},
+		RelayInterval:   time.Minute,
+		HandlerTimeout:  handlerTimeout,
+		ShutdownTimeout: 20 * time.Second,
+		DrainDelay:      2 * time.Second,
+	}
+	// What is left of the batch's time when its handler starts.
+	left := make(chan time.Duration, 1)
+	spec := service.Spec{
+		Name:               name,
+		BrokerGatesServing: true,
+		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
+			b := s.NewBatchRunner(func(ctx context.Context, _ pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+				d := time.Duration(-1)
+				if deadline, ok := ctx.Deadline(); ok {
+					d = time.Until(deadline)
+				}
+				select {
+				case left <- d:
+				default:
+				}
+				return make([]inbox.Result, len(batch)), nil
+			})
+			return nil, eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCreated](b))
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	go func() { done <- service.Run(ctx, spec, cfg, log, ready) }()
+	var addr net.Addr
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("service did not start")
+	}
+	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	health := healthpb.NewHealthClient(conn)
+	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
+
+	pub, err := eventbus.NewPublisher(eventbus.Config{URL: cfg.AMQPURL, Prefix: prefix, Service: "test"}, log)
+	if err != nil {
+		t.Fatalf("publisher: %v", err)
+	}
+	defer pub.Close()
+	pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer pcancel()
+	orderID := uuid.NewString()
+	ev := &orderv1.OrderCreated{
+		OrderId: orderID, CustomerEmail: "ada@example.com", PaymentToken: "tok", CreateTime: timestamppb.Now(),
+		Items: []*orderv1.LineItem{{ProductId: "SKU-1", Quantity: 1, UnitPrice: &moneyv1.Money{CurrencyCode: "EUR", Units: 1}}},
+		Total: &moneyv1.Money{CurrencyCode: "EUR", Units: 1},
+	}
+	if err := pub.WaitUp(pctx); err != nil {
+		t.Fatalf("publisher up: %v", err)
+	}
+	if err := pub.PublishEvents(pctx, orderID, ev); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	select {
+	case d := <-left:
+		if d <= 0 || d > handlerTimeout {
+			t.Errorf("the batch handler's context had %v left when it started, want a deadline within the handler timeout %v (the shutdown timeout is %v)", d, handlerTimeout, cfg.ShutdownTimeout)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the event did not reach the batch handler")
+	}
+
+	// Shutdown: the server goes on answering, NOT_SERVING, for the drain
+	// delay; without it, it would stop answering within moments. (The
+	// lower bound is the delay the test configured, not a speed.)
+	cancel()
+	stopped := time.Now()
+	var answered time.Duration
+	var last healthpb.HealthCheckResponse_ServingStatus
+	for time.Since(stopped) < 30*time.Second {
+		cctx, ccancel := context.WithTimeout(context.Background(), time.Second)
+		resp, err := health.Check(cctx, &healthpb.HealthCheckRequest{})
+		ccancel()
+		if err != nil {
+			break
+		}
+		answered, last = time.Since(stopped), resp.GetStatus()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if answered < cfg.DrainDelay/2 || last != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("after shutdown began the server last answered %v after, with %v; want NOT_SERVING answers for about the drain delay %v", answered.Round(time.Millisecond), last, cfg.DrainDelay)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run returned %v after shutdown", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("service did not stop within 30 s")
+	}
+}
