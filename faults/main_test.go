@@ -20,6 +20,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,14 +48,19 @@ func run(m *testing.M) int {
 		fmt.Println("faults: not run; set ORDERMESH_FAULTS=1 (make test-faults) to run the fault-injection suite")
 		return 0
 	}
+	removeAbandoned(os.TempDir())
 	// The PostgreSQL cluster is owned by the postgres user when the suite
 	// runs as root: its directory must be reachable by that user.
-	dir, err := os.MkdirTemp("", "ordermesh-faults-")
+	dir, err := os.MkdirTemp("", workDirPattern)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "faults:", err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
+		return 1
+	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, "faults:", err)
 		return 1
@@ -82,4 +89,33 @@ func run(m *testing.M) int {
 	fmt.Printf("faults: private RabbitMQ %s on 127.0.0.1:%d, PostgreSQL on 127.0.0.1:%d, ready in %v\n",
 		infra.rabbit.Node, infra.rabbit.Port, infra.pg.Port, time.Since(start).Round(time.Millisecond))
 	return m.Run()
+}
+
+// The suite's working directory (binaries, the servers' data and logs) is
+// a temporary directory named after workDirPattern, holding the pid of
+// the test process that owns it in ownerFile.
+const (
+	workDirPattern = "ordermesh-faults-"
+	ownerFile      = "owner.pid"
+)
+
+// removeAbandoned removes the working directories of earlier runs that
+// were killed before they could remove their own (their servers died with
+// them): those whose owner is no longer running, or that never got an
+// owner and are more than an hour old.
+func removeAbandoned(tmp string) {
+	dirs, _ := filepath.Glob(filepath.Join(tmp, workDirPattern+"*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			if fi, err := os.Stat(dir); err != nil || time.Since(fi.ModTime()) < time.Hour {
+				continue
+			}
+		} else if pid, err := strconv.Atoi(string(b)); err == nil && syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue
+		}
+		if err := os.RemoveAll(dir); err == nil {
+			fmt.Println("faults: removed", dir, "left by an earlier run")
+		}
+	}
 }

@@ -31,8 +31,12 @@ type PostgreSQL struct {
 
 	bin string
 	// runAs is the unprivileged user that owns the cluster when the test
-	// runs as root (PostgreSQL refuses to run as root); empty otherwise.
+	// runs as root (PostgreSQL refuses to run as root), empty otherwise;
+	// cred is that user's credentials for the server process.
 	runAs string
+	cred  *syscall.Credential
+	// proc is the server (postmaster), a child of the test's process.
+	proc *process
 }
 
 // StartPostgreSQL creates a cluster under dir (which must not exist yet or
@@ -61,6 +65,7 @@ func StartPostgreSQL(ctx context.Context, dir string) (*PostgreSQL, error) {
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
+		p.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
 		for _, d := range []string{dir, filepath.Join(dir, "sock")} {
 			if err := os.Chown(d, uid, gid); err != nil {
 				return nil, fmt.Errorf("start postgresql: %w", err)
@@ -107,26 +112,43 @@ func (p *PostgreSQL) run(ctx context.Context, timeout time.Duration, prog string
 	} else {
 		cmd = exec.CommandContext(ctx, path, args...)
 	}
-	// pg_ctl leaves the server running in the background with our stdout
-	// unless it is redirected; the log file takes its output instead.
+	// A program that leaves a child holding our output would keep
+	// CombinedOutput waiting; WaitDelay bounds that.
 	cmd.WaitDelay = 2 * time.Second
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
-// Start starts the cluster (again, after Stop) and waits until it accepts
-// connections.
+// Start starts the cluster (again, after Stop) unless it runs, and waits
+// until it accepts connections. The server runs in the foreground as the
+// test's child rather than detached by pg_ctl, so that it dies with the
+// test (Pdeathsig) even when the test is killed and has no chance to stop
+// it; its backends follow their postmaster.
 func (p *PostgreSQL) Start(ctx context.Context) error {
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=300", p.Port, filepath.Join(p.Dir, "sock"))
-	if out, err := p.run(ctx, time.Minute, "pg_ctl", "-D", p.dataDir(), "-l", filepath.Join(p.Dir, "server.log"),
-		"-w", "-t", "50", "-o", opts, "start"); err != nil {
-		return fmt.Errorf("start postgresql: %w: %s\n%s", err, out, tail(filepath.Join(p.Dir, "server.log"), 3000))
+	if p.proc == nil || p.proc.exited() {
+		cmd := exec.Command(filepath.Join(p.bin, "postgres"), "-D", p.dataDir(),
+			"-p", strconv.Itoa(p.Port), "-k", filepath.Join(p.Dir, "sock"),
+			"-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300")
+		log, err := os.OpenFile(filepath.Join(p.Dir, "server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return fmt.Errorf("start postgresql: %w", err)
+		}
+		defer log.Close()
+		cmd.Stdout, cmd.Stderr = log, log
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: p.cred}
+		if p.proc, err = startProcess(cmd); err != nil {
+			return fmt.Errorf("start postgresql: %w", err)
+		}
 	}
-	return p.WaitReady(ctx, 30*time.Second)
+	if err := p.WaitReady(ctx, time.Minute); err != nil {
+		return fmt.Errorf("start postgresql: %w\n%s", err, tail(filepath.Join(p.Dir, "server.log"), 3000))
+	}
+	return nil
 }
 
-// WaitReady waits until a connection to the cluster works.
+// WaitReady waits until a connection to the cluster works; it gives up
+// early if the server exited.
 func (p *PostgreSQL) WaitReady(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -134,6 +156,9 @@ func (p *PostgreSQL) WaitReady(ctx context.Context, timeout time.Duration) error
 		err := p.ping(ctx)
 		if err == nil {
 			return nil
+		}
+		if p.proc == nil || p.proc.exited() {
+			return fmt.Errorf("postgresql on port %d is not running: %w", p.Port, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -155,22 +180,32 @@ func (p *PostgreSQL) ping(ctx context.Context) error {
 }
 
 // Stop stops the cluster with pg_ctl's mode: "immediate" (a crash: no
-// checkpoint, every client cut off), "fast" or "smart".
+// checkpoint, every client cut off), "fast" or "smart", and waits until
+// the server process has exited.
 func (p *PostgreSQL) Stop(ctx context.Context, mode string) error {
 	if out, err := p.run(ctx, time.Minute, "pg_ctl", "-D", p.dataDir(), "-m", mode, "-w", "-t", "50", "stop"); err != nil {
 		return fmt.Errorf("stop postgresql (%s): %w: %s", mode, err, out)
 	}
+	if p.proc != nil {
+		select {
+		case <-p.proc.done:
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("stop postgresql (%s): the server process did not exit", mode)
+		}
+	}
 	return nil
 }
 
-// Close stops the cluster if it runs; the caller owns Dir.
+// Close stops the cluster if it runs, killing it if it does not stop in
+// time; the caller owns Dir.
 func (p *PostgreSQL) Close() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if _, err := p.run(ctx, 5*time.Second, "pg_ctl", "-D", p.dataDir(), "status"); err != nil {
+	if p.proc == nil || p.proc.exited() {
 		return
 	}
-	if err := p.Stop(ctx, "fast"); err != nil {
-		_ = p.Stop(ctx, "immediate")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.Stop(ctx, "fast"); err != nil && p.Stop(ctx, "immediate") != nil {
+		_ = p.proc.cmd.Process.Kill()
+		<-p.proc.done
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,6 +48,9 @@ type RabbitMQ struct {
 
 	env  []string
 	proc *process
+	// epmd is the node's name server on EPMDPort, started before the
+	// node and kept across its restarts.
+	epmd *process
 }
 
 // process is one started server process and its exit.
@@ -110,11 +114,52 @@ func StartRabbitMQ(ctx context.Context, dir string) (*RabbitMQ, error) {
 		// the VM is our child and dies with the test (Pdeathsig).
 		"RUNNING_UNDER_SYSTEMD=true",
 	)
+	if err := r.startEPMD(ctx); err != nil {
+		r.Close()
+		return nil, err
+	}
 	if err := r.Start(ctx); err != nil {
 		r.Close()
 		return nil, err
 	}
 	return r, nil
+}
+
+// startEPMD starts the node's epmd in the foreground as the test's child,
+// so that, like the node, it dies with the test even when the test is
+// killed; the node would otherwise start one as a daemon that outlives
+// it. The node finds it on ERL_EPMD_PORT.
+func (r *RabbitMQ) startEPMD(ctx context.Context) error {
+	path := findEPMD()
+	if path == "" {
+		var err error
+		if path, err = exec.LookPath("epmd"); err != nil {
+			return fmt.Errorf("start epmd: %w", err)
+		}
+	}
+	cmd := exec.Command(path, "-port", strconv.Itoa(r.EPMDPort), "-address", "127.0.0.1")
+	cmd.Env = r.env
+	out, err := os.OpenFile(filepath.Join(r.Dir, "epmd.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("start epmd: %w", err)
+	}
+	defer out.Close()
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if r.epmd, err = startProcess(cmd); err != nil {
+		return fmt.Errorf("start epmd: %w", err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(r.EPMDPort))
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			return c.Close()
+		}
+		if r.epmd.exited() || time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("start epmd on %s: %w\n%s", addr, err, tail(filepath.Join(r.Dir, "epmd.out"), 1000))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Start starts the node (again, after Kill or Shutdown) on the same data
@@ -275,17 +320,9 @@ func (r *RabbitMQ) Close() {
 			_ = r.Kill()
 		}
 	}
-	// The node started its own epmd on the private port; end it.
-	epmd := findEPMD()
-	if epmd == "" {
-		epmd, _ = exec.LookPath("epmd")
-	}
-	if epmd != "" {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		cmd := exec.CommandContext(ctx, epmd, "-port", strconv.Itoa(r.EPMDPort), "-kill")
-		cmd.Env = r.env
-		_ = cmd.Run()
-		cancel()
+	if r.epmd != nil && !r.epmd.exited() {
+		_ = r.epmd.cmd.Process.Kill()
+		<-r.epmd.done
 	}
 }
 
