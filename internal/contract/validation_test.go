@@ -217,6 +217,9 @@ func TestOrderEventRules(t *testing.T) {
 		{"quantity 0", func(e c) { e.Items[0].Quantity = 0 }, "items[0].quantity"},
 		{"total missing", func(e c) { e.Total = nil }, "total"},
 		{"total currency bad", func(e c) { e.Total.CurrencyCode = "E" }, "total.currency_code"},
+		{"total negative", func(e c) { e.Total = eur(-1, 0) }, "total"},
+		{"total negative nanos", func(e c) { e.Total = eur(0, -1) }, "total"},
+		{"total zero", func(e c) { e.Total = eur(0, 0) }, ""},
 		{"token missing", func(e c) { e.PaymentToken = "" }, "payment_token"},
 		{"create_time missing", func(e c) { e.CreateTime = nil }, "create_time"},
 	})
@@ -227,6 +230,7 @@ func TestOrderEventRules(t *testing.T) {
 		[]ruleCase[k]{
 			{"order_id missing", func(e k) { e.OrderId = "" }, "order_id"},
 			{"total missing", func(e k) { e.Total = nil }, "total"},
+			{"total negative", func(e k) { e.Total = eur(-5, 0) }, "total"},
 		})
 	type r = *orderv1.OrderRejected
 	checkRules(t, func() r {
@@ -284,6 +288,7 @@ func TestPaymentAndNotificationEventRules(t *testing.T) {
 		[]ruleCase[s]{
 			{"payment_id missing", func(e s) { e.PaymentId = "" }, "payment_id"},
 			{"amount missing", func(e s) { e.Amount = nil }, "amount"},
+			{"amount negative", func(e s) { e.Amount = eur(-5, -1) }, "amount"},
 		})
 	type f = *paymentv1.PaymentFailed
 	checkRules(t, func() f { return &paymentv1.PaymentFailed{OrderId: validUUID, Reason: "card declined"} },
@@ -294,6 +299,7 @@ func TestPaymentAndNotificationEventRules(t *testing.T) {
 	checkRules(t, func() r { return &paymentv1.PaymentRefunded{OrderId: validUUID, PaymentId: "ch_1", Amount: eur(5, 0)} },
 		[]ruleCase[r]{
 			{"amount nanos out of range", func(e r) { e.Amount.Nanos = 2000000000 }, "amount.nanos"},
+			{"amount negative", func(e r) { e.Amount = eur(0, -500000000) }, "amount"},
 		})
 	type n = *notificationv1.NotificationSent
 	checkRules(t, func() n {

@@ -35,7 +35,7 @@ type OrderCreated struct {
 	CustomerEmail string `protobuf:"bytes,2,opt,name=customer_email,json=customerEmail,proto3" json:"customer_email,omitempty"`
 	// The ordered lines.
 	Items []*LineItem `protobuf:"bytes,3,rep,name=items,proto3" json:"items,omitempty"`
-	// The amount to charge.
+	// The amount to charge; not negative.
 	Total *v1.Money `protobuf:"bytes,4,opt,name=total,proto3" json:"total,omitempty"`
 	// The token to charge.
 	PaymentToken string `protobuf:"bytes,5,opt,name=payment_token,json=paymentToken,proto3" json:"payment_token,omitempty"`
@@ -124,7 +124,7 @@ type OrderConfirmed struct {
 	OrderId string `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
 	// The customer's email address.
 	CustomerEmail string `protobuf:"bytes,2,opt,name=customer_email,json=customerEmail,proto3" json:"customer_email,omitempty"`
-	// The amount charged.
+	// The amount charged; not negative.
 	Total         *v1.Money `protobuf:"bytes,3,opt,name=total,proto3" json:"total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -315,24 +315,26 @@ var File_ordermesh_order_v1_events_proto protoreflect.FileDescriptor
 
 const file_ordermesh_order_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1fordermesh/order/v1/events.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#ordermesh/eventbus/v1/options.proto\x1a\x1eordermesh/money/v1/money.proto\x1a\x1eordermesh/order/v1/order.proto\"\xea\x02\n" +
+	"\x1fordermesh/order/v1/events.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#ordermesh/eventbus/v1/options.proto\x1a\x1eordermesh/money/v1/money.proto\x1a\x1eordermesh/order/v1/order.proto\"\xc2\x03\n" +
 	"\fOrderCreated\x12#\n" +
 	"\border_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aorderId\x121\n" +
 	"\x0ecustomer_email\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12>\n" +
 	"\x05items\x18\x03 \x03(\v2\x1c.ordermesh.order.v1.LineItemB\n" +
-	"\xbaH\a\x92\x01\x04\b\x01\x10dR\x05items\x127\n" +
-	"\x05total\x18\x04 \x01(\v2\x19.ordermesh.money.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x05total\x12/\n" +
+	"\xbaH\a\x92\x01\x04\b\x01\x10dR\x05items\x12\x8e\x01\n" +
+	"\x05total\x18\x04 \x01(\v2\x19.ordermesh.money.v1.MoneyB]\xbaHZ\xba\x01T\n" +
+	"\x12total.non_negative\x12\x1atotal must not be negative\x1a\"this.units >= 0 && this.nanos >= 0\xc8\x01\x01R\x05total\x12/\n" +
 	"\rpayment_token\x18\x05 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\fpaymentToken\x12C\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\n" +
 	"createTime:\x13\xca\xda\x18\x0f\n" +
-	"\rorder.created\"\xb8\x01\n" +
+	"\rorder.created\"\x90\x02\n" +
 	"\x0eOrderConfirmed\x12#\n" +
 	"\border_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aorderId\x121\n" +
 	"\x0ecustomer_email\x18\x02 \x01(\tB\n" +
-	"\xbaH\ar\x05\x18\xfe\x01`\x01R\rcustomerEmail\x127\n" +
-	"\x05total\x18\x03 \x01(\v2\x19.ordermesh.money.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x05total:\x15\xca\xda\x18\x11\n" +
+	"\xbaH\ar\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12\x8e\x01\n" +
+	"\x05total\x18\x03 \x01(\v2\x19.ordermesh.money.v1.MoneyB]\xbaHZ\xba\x01T\n" +
+	"\x12total.non_negative\x12\x1atotal must not be negative\x1a\"this.units >= 0 && this.nanos >= 0\xc8\x01\x01R\x05total:\x15\xca\xda\x18\x11\n" +
 	"\x0forder.confirmed\"\xa1\x01\n" +
 	"\rOrderRejected\x12#\n" +
 	"\border_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aorderId\x121\n" +

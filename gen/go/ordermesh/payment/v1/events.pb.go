@@ -31,7 +31,7 @@ type PaymentSucceeded struct {
 	OrderId string `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
 	// The provider's id for the charge.
 	PaymentId string `protobuf:"bytes,2,opt,name=payment_id,json=paymentId,proto3" json:"payment_id,omitempty"`
-	// The amount charged.
+	// The amount charged; not negative.
 	Amount        *v1.Money `protobuf:"bytes,3,opt,name=amount,proto3" json:"amount,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -151,7 +151,7 @@ type PaymentRefunded struct {
 	OrderId string `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
 	// The provider's id for the refunded charge.
 	PaymentId string `protobuf:"bytes,2,opt,name=payment_id,json=paymentId,proto3" json:"payment_id,omitempty"`
-	// The amount refunded.
+	// The amount refunded; not negative.
 	Amount        *v1.Money `protobuf:"bytes,3,opt,name=amount,proto3" json:"amount,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -212,25 +212,27 @@ var File_ordermesh_payment_v1_events_proto protoreflect.FileDescriptor
 
 const file_ordermesh_payment_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"!ordermesh/payment/v1/events.proto\x12\x14ordermesh.payment.v1\x1a\x1bbuf/validate/validate.proto\x1a#ordermesh/eventbus/v1/options.proto\x1a\x1eordermesh/money/v1/money.proto\"\xb6\x01\n" +
+	"!ordermesh/payment/v1/events.proto\x12\x14ordermesh.payment.v1\x1a\x1bbuf/validate/validate.proto\x1a#ordermesh/eventbus/v1/options.proto\x1a\x1eordermesh/money/v1/money.proto\"\x90\x02\n" +
 	"\x10PaymentSucceeded\x12#\n" +
 	"\border_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aorderId\x12)\n" +
 	"\n" +
 	"payment_id\x18\x02 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\tpaymentId\x129\n" +
-	"\x06amount\x18\x03 \x01(\v2\x19.ordermesh.money.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x06amount:\x17\xca\xda\x18\x13\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\tpaymentId\x12\x92\x01\n" +
+	"\x06amount\x18\x03 \x01(\v2\x19.ordermesh.money.v1.MoneyB_\xbaH\\\xba\x01V\n" +
+	"\x13amount.non_negative\x12\x1bamount must not be negative\x1a\"this.units >= 0 && this.nanos >= 0\xc8\x01\x01R\x06amount:\x17\xca\xda\x18\x13\n" +
 	"\x11payment.succeeded\"n\n" +
 	"\rPaymentFailed\x12#\n" +
 	"\border_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aorderId\x12\"\n" +
 	"\x06reason\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x04R\x06reason:\x14\xca\xda\x18\x10\n" +
-	"\x0epayment.failed\"\xb4\x01\n" +
+	"\x0epayment.failed\"\x8e\x02\n" +
 	"\x0fPaymentRefunded\x12#\n" +
 	"\border_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aorderId\x12)\n" +
 	"\n" +
 	"payment_id\x18\x02 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\tpaymentId\x129\n" +
-	"\x06amount\x18\x03 \x01(\v2\x19.ordermesh.money.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01R\x06amount:\x16\xca\xda\x18\x12\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\tpaymentId\x12\x92\x01\n" +
+	"\x06amount\x18\x03 \x01(\v2\x19.ordermesh.money.v1.MoneyB_\xbaH\\\xba\x01V\n" +
+	"\x13amount.non_negative\x12\x1bamount must not be negative\x1a\"this.units >= 0 && this.nanos >= 0\xc8\x01\x01R\x06amount:\x16\xca\xda\x18\x12\n" +
 	"\x10payment.refundedB\xdf\x01\n" +
 	"\x18com.ordermesh.payment.v1B\vEventsProtoP\x01ZDgithub.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1;paymentv1\xa2\x02\x03OPX\xaa\x02\x14Ordermesh.Payment.V1\xca\x02\x14Ordermesh\\Payment\\V1\xe2\x02 Ordermesh\\Payment\\V1\\GPBMetadata\xea\x02\x16Ordermesh::Payment::V1b\x06proto3"
 
