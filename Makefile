@@ -80,7 +80,7 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## breaking: buf breaking against every earlier version of the schemas in the history, plus its self-test
+## breaking: buf breaking against every earlier version of the schemas in the history (from the last declared Breaking-Change: on), plus its self-test
 breaking:
 	.ci/breaking
 
