@@ -124,6 +124,12 @@ func (b *BatchRunner) Stats() (transactions, deliveries int64) {
 	return b.b.Stats()
 }
 
+// Queued returns how many deliveries wait for a transaction to carry
+// them: those that arrived while one was in flight.
+func (b *BatchRunner) Queued() int {
+	return b.b.Queued()
+}
+
 // run processes batch in one transaction and sets each call's error.
 func (b *BatchRunner) run(ctx context.Context, batch []*batchCall) {
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)

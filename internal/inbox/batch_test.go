@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -366,10 +365,9 @@ func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 	for i := 1; i < len(ds); i++ {
 		wg.Go(func() { _, errs[i] = b.Process(ctx, ds[i].ev, ds[i].meta) })
 	}
-	// The others queue behind it: each waits in the batcher for its turn
-	// or its result.
+	// The others queue behind it.
 	waitUntil(t, fmt.Sprintf("%d deliveries queued behind the first batch", len(ds)-1), func() bool {
-		return waitingInBatcher() >= len(ds)-1
+		return b.Queued() == len(ds)-1
 	})
 	releaseAll()
 	wg.Wait()
@@ -425,37 +423,4 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("not within a minute: %s", what)
 		}
 	}
-}
-
-// waitingInBatcher counts the goroutines blocked in the select of
-// postgres.Batcher.Do: calls queued behind the batch in flight, waiting
-// for their turn to lead or for their batch's result.
-func waitingInBatcher() int {
-	buf := make([]byte, 1<<16)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	count := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		header, frames, _ := strings.Cut(g, "\n")
-		if !strings.HasPrefix(header, "goroutine ") || !strings.Contains(header, "[select") {
-			continue
-		}
-		// The first frame outside the runtime is the one that selects.
-		for line := range strings.Lines(frames) {
-			if strings.HasPrefix(line, "\t") || strings.HasPrefix(line, "runtime.") {
-				continue
-			}
-			if strings.HasPrefix(line, "github.com/ordermesh/ordermesh/internal/postgres.(*Batcher[") && strings.Contains(line, "]).Do(") {
-				count++
-			}
-			break
-		}
-	}
-	return count
 }

@@ -137,6 +137,18 @@ func (b *Batcher[T]) Stats() (batches, items int64) {
 	return b.batches.Load(), b.items.Load()
 }
 
+// Queued returns how many calls wait in b's lanes for a batch to carry
+// them: those that arrived while their lane's batch was in flight.
+func (b *Batcher[T]) Queued() int {
+	n := 0
+	for _, l := range b.lanes {
+		l.mu.Lock()
+		n += len(l.queue)
+		l.mu.Unlock()
+	}
+	return n
+}
+
 // laneOf maps a key to one of n lanes (FNV-1a).
 func laneOf(key string, n int) int {
 	if n == 1 {

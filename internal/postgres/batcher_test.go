@@ -128,7 +128,7 @@ func TestBatcherSurvivesAPanickingFlush(t *testing.T) {
 		wg.Go(func() { errs[i] = b.Do(context.Background(), "k", &items[i]) })
 	}
 	// Both queue behind the held batch and go together in the next.
-	for deadline := time.Now().Add(time.Minute); postgres.Queued(b, "k") < 2; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(time.Minute); b.Queued() < 2; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the two calls did not queue within a minute")
 		}
