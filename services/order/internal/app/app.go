@@ -94,6 +94,12 @@ func New(pool *pgxpool.Pool, w *store.Watcher, log *slog.Logger, wake func()) *A
 	return a
 }
 
+// QueuedCreates returns how many Create calls wait for a transaction to
+// carry them: those that arrived while one was in flight.
+func (a *App) QueuedCreates() int {
+	return a.creates.Queued()
+}
+
 // Create places the order req asks for, or returns the order a previous
 // request with the same request id placed. The order and its order.created
 // event commit together, in a transaction shared with concurrent calls

@@ -1151,27 +1151,53 @@ func TestCreateOnTwoInstancesDoesNotDeadlock(t *testing.T) {
 			results <- result{r.RequestID, o.ID, err}
 		}()
 	}
+	// blocked waits until n backends wait for a lock one of held holds.
+	blocked := func(n int, held ...pgx.Tx) {
+		t.Helper()
+		var pids []uint32
+		for _, tx := range held {
+			pids = append(pids, tx.Conn().PgConn().PID())
+		}
+		waitFor(t, time.Minute, fmt.Sprintf("%d backends blocked by %v", n, pids), func() bool {
+			var got int
+			err := f.pool.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pg_blocking_pids(pid) && $1::int[]", pids).Scan(&got)
+			return err == nil && got >= n
+		})
+	}
+	queued := func(a *app.App, n int) {
+		t.Helper()
+		waitFor(t, time.Minute, fmt.Sprintf("%d creates queued", n), func() bool { return a.QueuedCreates() == n })
+	}
 	// Which of the two batches takes r2 first when its holder lets go is
-	// a race, and only one of the two ways deadlocks: four rounds.
-	for range 4 {
+	// a race, and only one of the two ways deadlocks: eight rounds.
+	for range 8 {
 		leadA, leadB, r1, r2 := request(), request(), request(), request()
 		heldA, heldB, heldR2 := hold(leadA.RequestID), hold(leadB.RequestID), hold(r2.RequestID)
 		// Each instance's first batch waits on a held id; what arrives
 		// meanwhile forms its next batch, in arrival order.
 		create(f.app, leadA)
 		create(other, leadB)
-		time.Sleep(200 * time.Millisecond)
+		blocked(2, heldA, heldB)
 		create(f.app, r1)
+		queued(f.app, 1)
 		create(other, r2)
-		time.Sleep(50 * time.Millisecond)
+		queued(other, 1)
 		create(f.app, r2)
+		queued(f.app, 2)
 		create(other, r1)
-		time.Sleep(100 * time.Millisecond)
-		for _, tx := range []pgx.Tx{heldA, heldB, heldR2} {
-			if err := tx.Rollback(ctx); err != nil {
+		queued(other, 2)
+		// Let one instance's next batch start, then the other's, then both
+		// go for r2.
+		for _, step := range []struct {
+			tx pgx.Tx
+			a  *app.App
+		}{{heldA, f.app}, {heldB, other}, {heldR2, nil}} {
+			if err := step.tx.Rollback(ctx); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(100 * time.Millisecond)
+			if step.a != nil {
+				queued(step.a, 0)
+			}
 		}
 		placed := map[string]string{}
 		for range 6 {
@@ -1189,6 +1215,16 @@ func TestCreateOnTwoInstancesDoesNotDeadlock(t *testing.T) {
 				t.Errorf("request %s placed two orders: %s and %s", r.req, id, r.id)
 			}
 			placed[r.req] = r.id
+		}
+	}
+}
+
+// waitFor waits until cond holds (the deadline only guards against hangs).
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(within); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", within, what)
 		}
 	}
 }
