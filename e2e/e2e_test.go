@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"sort"
@@ -21,6 +22,7 @@ import (
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/platformtest"
 	"github.com/ordermesh/ordermesh/internal/smtpsink"
 )
@@ -202,6 +204,22 @@ func TestOrdersEndToEnd(t *testing.T) {
 
 	// Each customer got exactly the expected emails.
 	eventually(ctx, t, "emails", func() error { return checkEmails(ctx, orders, pf.Sink, originals(all), final) })
+
+	// Nothing was dead-lettered: every event the services published was
+	// valid, and every handler took what it was given.
+	for _, svc := range platformtest.Services {
+		dlq, err := eventbus.NewDLQ(eventbus.Config{URL: platformtest.AMQPURL(), Prefix: pf.Prefix, Service: svc}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatalf("%s DLQ: %v", svc, err)
+		}
+		letters, err := dlq.List(ctx, 0)
+		if err != nil {
+			t.Fatalf("list %s DLQ: %v", svc, err)
+		}
+		for _, l := range letters {
+			t.Errorf("%s DLQ holds %s %s (order %s), parked for %s: %s", svc, l.Meta.Type, l.Meta.ID, l.Meta.CorrelationID, l.Reason, l.Error)
+		}
+	}
 
 	stopMonitor()
 	<-monitorDone
