@@ -72,7 +72,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
@@ -310,10 +309,14 @@ func noticeOf(ev proto.Message) (Notice, error) {
 		return Notice{}, eventbus.Permanent(fmt.Errorf("notify %s of order %s: event has no customer email", n.Kind, n.OrderID))
 	}
 	// The order id goes into headers (Subject, Message-ID): anything but a
-	// UUID, as the event's schema demands, is refused rather than sent.
-	if _, err := uuid.Parse(n.OrderID); err != nil {
-		return Notice{}, eventbus.Permanent(fmt.Errorf("notify %s: order id %q: %w", n.Kind, n.OrderID, err))
+	// UUID, as the event's schema demands, is refused rather than sent. It
+	// is kept in its canonical form, so that one order's notice is claimed
+	// once whichever way an event spelled its id (upper case, say).
+	id, err := eventbus.ParseOrderID(n.OrderID)
+	if err != nil {
+		return Notice{}, fmt.Errorf("notify %s: %w", n.Kind, err)
 	}
+	n.OrderID = id
 	return n, nil
 }
 
