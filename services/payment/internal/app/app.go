@@ -297,13 +297,14 @@ func providerError(err error) error {
 }
 
 // declineReason returns the part of a decline error fit for the customer,
-// from the sentinel's text on ("payment declined: card declined"), at most
-// MaxReasonLen bytes.
+// from the sentinel's text on ("payment declined: card declined"), as
+// valid UTF-8 (a proto string must be), at most MaxReasonLen bytes.
 func declineReason(err error) string {
 	msg := err.Error()
 	if i := strings.Index(msg, provider.ErrDeclined.Error()); i >= 0 {
 		msg = msg[i:]
 	}
+	msg = strings.ToValidUTF8(msg, "\uFFFD")
 	if len(msg) > MaxReasonLen {
 		msg = msg[:MaxReasonLen]
 		for !utf8.ValidString(msg) {

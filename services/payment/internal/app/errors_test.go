@@ -46,6 +46,9 @@ func TestDeclineReason(t *testing.T) {
 		{"from the sentinel on", fmt.Errorf("charge order-1: %w: card declined", provider.ErrDeclined), "payment declined: card declined"},
 		{"sentinel alone", provider.ErrDeclined, "payment declined"},
 		{"cut to the limit", fmt.Errorf("%w: %s", provider.ErrDeclined, "x"+strings.Repeat("é", 400)), ""},
+		// A provider's text that is not UTF-8 could not be encoded into
+		// PaymentFailed (a proto string): each bad byte becomes U+FFFD.
+		{"invalid utf-8", fmt.Errorf("%w: carte refus\xe9e \xff", provider.ErrDeclined), "payment declined: carte refus\ufffde \ufffd"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
