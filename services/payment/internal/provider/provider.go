@@ -129,6 +129,12 @@ type Provider interface {
 	// when there is none (nothing charged, or only declined attempts). The
 	// payment service asks before it settles an order it has no record
 	// of: a charge whose record did not commit must still be refunded.
-	// It moves no money.
+	// It moves no money. The service asks once, when the order ends and
+	// again when a blocked order's order.created comes back, so an
+	// adapter must not answer false for a charge that may still complete
+	// (an attempt whose Charge call failed with ErrUnavailable or timed
+	// out but which the provider may yet carry out): it returns
+	// ErrUnavailable until that attempt's outcome is known, so the
+	// service asks again through its retries.
 	FindCharge(ctx context.Context, idempotencyKey string) (c Charge, found bool, err error)
 }
