@@ -95,38 +95,23 @@ func TestWorkerRuntime(t *testing.T) {
 			return nil, eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, h))
 		},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
+	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	go func() { done <- service.Run(ctx, spec, cfg, log, ready) }()
-	var addr net.Addr
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("service did not start")
-	}
+	svc := runService(t, spec, cfg, log)
 	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run returned %v after shutdown", err)
-			}
-			if got := debug.SetMemoryLimit(-1); got != prevLimit {
-				t.Errorf("memory limit after Run = %d, want %d as before", got, prevLimit)
-			}
-			if got := debug.SetGCPercent(prevGC); got != prevGC {
-				t.Errorf("GOGC after Run = %d, want %d as before", got, prevGC)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("service did not stop within 20 s")
+		svc.stop()
+		if err := svc.wait(t); err != nil {
+			t.Errorf("run returned %v after shutdown", err)
+		}
+		if got := debug.SetMemoryLimit(-1); got != prevLimit {
+			t.Errorf("memory limit after Run = %d, want %d as before", got, prevLimit)
+		}
+		if got := debug.SetGCPercent(prevGC); got != prevGC {
+			t.Errorf("GOGC after Run = %d, want %d as before", got, prevGC)
 		}
 	}()
 
-	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(svc.addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -334,6 +319,46 @@ func TestReadConfigAMQPURL(t *testing.T) {
 				t.Errorf("Err() = %q, want %q", gotErr, tt.err)
 			}
 		})
+	}
+}
+
+// runningService is a service a test runs with service.Run.
+type runningService struct {
+	addr net.Addr
+	stop context.CancelFunc // begins the shutdown
+	done <-chan error
+}
+
+// runService runs spec with cfg and returns once it serves gRPC. The
+// service stops when the test ends, if the test did not stop it first.
+func runService(t *testing.T, spec service.Spec, cfg service.Config, log *slog.Logger) *runningService {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- service.Run(ctx, spec, cfg, log, ready) }()
+	select {
+	case addr := <-ready:
+		return &runningService{addr: addr, stop: cancel, done: done}
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("service did not start")
+	}
+	return nil
+}
+
+// wait waits for the service's run to end after stop and returns its
+// error.
+func (s *runningService) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-s.done:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("service did not stop within 30 s of its shutdown")
+		return nil
 	}
 }
 

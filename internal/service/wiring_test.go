@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -68,21 +67,10 @@ func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
 			return nil, eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCreated](b))
 		},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
+	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	go func() { done <- service.Run(ctx, spec, cfg, log, ready) }()
-	var addr net.Addr
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("service did not start")
-	}
-	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	svc := runService(t, spec, cfg, log)
+	conn, err := grpc.NewClient(svc.addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -121,7 +109,7 @@ func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
 	// Shutdown: the server goes on answering, NOT_SERVING, for the drain
 	// delay; without it, it would stop answering within moments. (The
 	// lower bound is the delay the test configured, not a speed.)
-	cancel()
+	svc.stop()
 	stopped := time.Now()
 	var answered time.Duration
 	var last healthpb.HealthCheckResponse_ServingStatus
@@ -138,12 +126,7 @@ func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
 	if answered < cfg.DrainDelay/2 || last != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Errorf("after shutdown began the server last answered %v after, with %v; want NOT_SERVING answers for about the drain delay %v", answered.Round(time.Millisecond), last, cfg.DrainDelay)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run returned %v after shutdown", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("service did not stop within 30 s")
+	if err := svc.wait(t); err != nil {
+		t.Errorf("run returned %v after shutdown", err)
 	}
 }
