@@ -120,23 +120,11 @@ func TestWorkerRuntime(t *testing.T) {
 	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
 	waitHealth(t, health, service.BrokerHealthName, healthpb.HealthCheckResponse_SERVING, 5*time.Second)
 
-	pub, err := eventbus.NewPublisher(eventbus.Config{URL: cfg.AMQPURL, Prefix: prefix, Service: "test"}, log)
-	if err != nil {
-		t.Fatalf("publisher: %v", err)
-	}
-	defer pub.Close()
+	pub := newPublisher(t, cfg, log)
 	pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer pcancel()
-	if err := pub.WaitUp(pctx); err != nil {
-		t.Fatalf("publisher up: %v", err)
-	}
-	orderID := uuid.NewString()
-	ev := &orderv1.OrderCreated{
-		OrderId: orderID, CustomerEmail: "ada@example.com", PaymentToken: "echo", CreateTime: timestamppb.Now(),
-		Items: []*orderv1.LineItem{{ProductId: "SKU-1", Quantity: 1, UnitPrice: &moneyv1.Money{CurrencyCode: "EUR", Units: 1}}},
-		Total: &moneyv1.Money{CurrencyCode: "EUR", Units: 1},
-	}
-	if err := pub.PublishEvents(pctx, orderID, ev); err != nil {
+	ev := orderCreated("echo")
+	if err := pub.PublishEvents(pctx, ev.OrderId, ev); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
 	// It reaches the handler through the inbox, and what the handler
@@ -359,6 +347,31 @@ func (s *runningService) wait(t *testing.T) error {
 	case <-time.After(30 * time.Second):
 		t.Fatal("service did not stop within 30 s of its shutdown")
 		return nil
+	}
+}
+
+// newPublisher returns a publisher, up, on cfg's broker and topology.
+func newPublisher(t *testing.T, cfg service.Config, log *slog.Logger) *eventbus.Publisher {
+	t.Helper()
+	pub, err := eventbus.NewPublisher(eventbus.Config{URL: cfg.AMQPURL, Prefix: cfg.TopologyPrefix, Service: "test"}, log)
+	if err != nil {
+		t.Fatalf("publisher: %v", err)
+	}
+	t.Cleanup(func() { _ = pub.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pub.WaitUp(ctx); err != nil {
+		t.Fatalf("publisher up: %v", err)
+	}
+	return pub
+}
+
+// orderCreated returns a valid OrderCreated of a new order.
+func orderCreated(paymentToken string) *orderv1.OrderCreated {
+	return &orderv1.OrderCreated{
+		OrderId: uuid.NewString(), CustomerEmail: "ada@example.com", PaymentToken: paymentToken, CreateTime: timestamppb.Now(),
+		Items: []*orderv1.LineItem{{ProductId: "SKU-1", Quantity: 1, UnitPrice: &moneyv1.Money{CurrencyCode: "EUR", Units: 1}}},
+		Total: &moneyv1.Money{CurrencyCode: "EUR", Units: 1},
 	}
 }
 

@@ -12,9 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
-	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
@@ -78,23 +76,11 @@ func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
 	health := healthpb.NewHealthClient(conn)
 	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
 
-	pub, err := eventbus.NewPublisher(eventbus.Config{URL: cfg.AMQPURL, Prefix: prefix, Service: "test"}, log)
-	if err != nil {
-		t.Fatalf("publisher: %v", err)
-	}
-	defer pub.Close()
+	pub := newPublisher(t, cfg, log)
 	pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer pcancel()
-	orderID := uuid.NewString()
-	ev := &orderv1.OrderCreated{
-		OrderId: orderID, CustomerEmail: "ada@example.com", PaymentToken: "tok", CreateTime: timestamppb.Now(),
-		Items: []*orderv1.LineItem{{ProductId: "SKU-1", Quantity: 1, UnitPrice: &moneyv1.Money{CurrencyCode: "EUR", Units: 1}}},
-		Total: &moneyv1.Money{CurrencyCode: "EUR", Units: 1},
-	}
-	if err := pub.WaitUp(pctx); err != nil {
-		t.Fatalf("publisher up: %v", err)
-	}
-	if err := pub.PublishEvents(pctx, orderID, ev); err != nil {
+	ev := orderCreated("tok")
+	if err := pub.PublishEvents(pctx, ev.OrderId, ev); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
 	select {
