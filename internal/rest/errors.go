@@ -101,6 +101,14 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 		st := status.Convert(err)
 		code := httpStatus(st.Code())
+		if hse, ok := errors.AsType[*runtime.HTTPStatusError](err); ok {
+			// grpc-gateway's own answer with its HTTP status: a path with
+			// a malformed escape, say.
+			st, code = status.Convert(hse.Err), hse.HTTPStatus
+			if st.Code() == codes.Unknown && code < 500 {
+				st = status.New(codes.InvalidArgument, st.Message())
+			}
+		}
 		if lim, ok := ctx.Value(bodyLimitKey{}).(*bodyLimit); ok {
 			switch {
 			case lim.exceeded.Load():

@@ -79,7 +79,14 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		runtime.WithMarshalerOption(eventStreamMIME, &sseMarshaler{JSONPb: jsonpb}),
 		runtime.WithErrorHandler(errorHandler(log)),
 		runtime.WithStreamErrorHandler(streamErrorHandler(log)),
-		runtime.WithMiddlewares(upstreamTimeout(opts.UpstreamTimeout, opts.Streams), noForwarding),
+		runtime.WithRoutingErrorHandler(routingError),
+		// A POST stands in for no other method: grpc-gateway would
+		// otherwise run a form-encoded POST as a GET, or as the method an
+		// X-HTTP-Method-Override header names, with its body dropped (a
+		// SetStock of nothing, say).
+		runtime.WithDisablePathLengthFallback(),
+		runtime.WithDisableHTTPMethodOverride(),
+		runtime.WithMiddlewares(probeRoute, upstreamTimeout(opts.UpstreamTimeout, opts.Streams), noForwarding),
 		runtime.WithIncomingHeaderMatcher(traceHeaders),
 		runtime.WithOutgoingHeaderMatcher(noHeaders),
 		runtime.WithOutgoingTrailerMatcher(noHeaders),

@@ -1,0 +1,73 @@
+package rest
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// routeMethods are the methods a REST route may take.
+var routeMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
+
+// routingError answers a request grpc-gateway found no route for. A path
+// that has routes for other methods gets 405 with the Allow header HTTP
+// requires (grpc-gateway's default answers 501 without one); the rest is
+// grpc-gateway's.
+func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
+	if _, ok := ctx.Value(probeKey{}).(*bool); ok {
+		return // a probe of allowedMethods that found no route
+	}
+	if code != http.StatusMethodNotAllowed {
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, code)
+		return
+	}
+	allowed := allowedMethods(mux, r)
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	writeStatus(w, code, status.New(codes.Unimplemented,
+		fmt.Sprintf("method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allowed, ", "))))
+}
+
+// probeKey marks a request allowedMethods sends through the mux to learn
+// whether a route takes it; its value is the *bool probeRoute sets.
+type probeKey struct{}
+
+// probeRoute is the mux's first middleware: on a probe it records that the
+// probe found a route and goes no further.
+func probeRoute(next runtime.HandlerFunc) runtime.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+		if found, ok := r.Context().Value(probeKey{}).(*bool); ok {
+			*found = true
+			return
+		}
+		next(w, r, params)
+	}
+}
+
+// allowedMethods returns the methods the mux routes r's path for, asking
+// the mux itself with a bodiless probe per method: the routes and their
+// matching stay grpc-gateway's.
+func allowedMethods(mux *runtime.ServeMux, r *http.Request) []string {
+	var allowed []string
+	for _, method := range routeMethods {
+		found := false
+		probe := r.Clone(context.WithValue(r.Context(), probeKey{}, &found))
+		probe.Method, probe.Body, probe.ContentLength = method, http.NoBody, 0
+		mux.ServeHTTP(discard{header: http.Header{}}, probe)
+		if found {
+			allowed = append(allowed, method)
+		}
+	}
+	return allowed
+}
+
+// discard is a ResponseWriter that keeps nothing.
+type discard struct{ header http.Header }
+
+func (d discard) Header() http.Header       { return d.header }
+func (discard) Write(b []byte) (int, error) { return len(b), nil }
+func (discard) WriteHeader(int)             {}
