@@ -160,7 +160,11 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
-			return fmt.Errorf("shutdown http: %w", err)
+			// As the services' gRPC servers do: the drain had its time;
+			// what is still open is cut off.
+			log.WarnContext(ctx, "drain timed out; closing remaining connections",
+				slog.Duration("timeout", cfg.ShutdownTimeout), slog.Any("error", err))
+			_ = srv.Close()
 		}
 		return nil
 	})

@@ -152,3 +152,72 @@ func TestRunServesAndDrains(t *testing.T) {
 		t.Error("the gateway still answers after run returned")
 	}
 }
+
+// TestRunCutsOffWhatOutlastsTheDrain stops the gateway while a CreateOrder
+// takes longer than the shutdown timeout: the connection is cut off once
+// the timeout has passed, and run returns nil, as the services do.
+func TestRunCutsOffWhatOutlastsTheDrain(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	orders := &slowOrders{delay: time.Minute, started: make(chan struct{}, 1)}
+	srv := grpc.NewServer()
+	orderv1.RegisterOrderServiceServer(srv, orders)
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+
+	env := map[string]string{
+		"ORDERMESH_HTTP_ADDR":        "127.0.0.1:0",
+		"ORDERMESH_ORDER_ADDR":       lis.Addr().String(),
+		"ORDERMESH_INVENTORY_ADDR":   lis.Addr().String(),
+		"ORDERMESH_LOG_LEVEL":        "error",
+		"ORDERMESH_SHUTDOWN_TIMEOUT": "300ms",
+		"ORDERMESH_UPSTREAM_TIMEOUT": "1m",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard, ready) }()
+	var base string
+	select {
+	case addr := <-ready:
+		base = "http://" + addr.String()
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the gateway did not start listening")
+	}
+	failed := make(chan error, 1)
+	go func() {
+		resp, err := http.Post(base+"/v1/orders", "application/json", strings.NewReader(
+			`{"request_id": "7f1b0b5e-3c55-4bb3-9a8e-2a1c1f0b8f11", "customer_email": "ada@example.com"}`))
+		if err == nil {
+			resp.Body.Close()
+		}
+		failed <- err
+	}()
+	select {
+	case <-orders.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("CreateOrder never reached the order service")
+	}
+	cancel() // as SIGTERM does
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run = %v, want nil after the drain timed out", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not return after the drain timed out")
+	}
+	select {
+	case err := <-failed:
+		if err == nil {
+			t.Error("the CreateOrder that outlasted the drain got a response, want its connection cut off")
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the CreateOrder that outlasted the drain was not cut off")
+	}
+}

@@ -132,6 +132,24 @@ func TestGatewayBodyLimits(t *testing.T) {
 		}
 	})
 
+	// A handler that reads no body (/healthz, /openapi.json, an unknown
+	// path) still has the rest of it read before its response goes out:
+	// the deadline bounds that too, and the connection is closed.
+	for _, path := range []string{"/healthz", "/openapi.json", "/nothing"} {
+		t.Run("a body that stalls on "+path, func(t *testing.T) {
+			head := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n", path)
+			resp, body, closed := rawRequest(t, base, head, func(w io.Writer) {
+				_, _ = io.WriteString(w, "{") // and nothing more
+			})
+			if resp.StatusCode == http.StatusRequestTimeout {
+				t.Errorf("status %d (%s): the handler reads no body", resp.StatusCode, body)
+			}
+			if !closed {
+				t.Error("the connection stayed open after the response")
+			}
+		})
+	}
+
 	t.Run("a call that outlasts the body timeout once the body is in", func(t *testing.T) {
 		slowBase, _ := startGateway(t, slowOrders{delay: time.Second}, rest.Options{BodyTimeout: 200 * time.Millisecond})
 		resp, err := http.Post(slowBase+"/v1/orders", "application/json", strings.NewReader(orderBody))

@@ -16,7 +16,9 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
@@ -99,16 +101,38 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", limitBody(opts.MaxBodyBytes, opts.BodyTimeout, gw))
-	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
-	mux.Handle("GET /healthz", &healthHandler{
+	mux.Handle("/v1/", gw)
+	mux.Handle("/openapi.json", getOnly(http.HandlerFunc(serveOpenAPI)))
+	mux.Handle("/healthz", getOnly(&healthHandler{
 		timeout: opts.HealthTimeout,
 		checks: []healthCheck{
 			{name: orderServiceName, client: healthpb.NewHealthClient(up.Order), gates: true},
 			{name: "ordermesh.inventory.v1.InventoryService", client: healthpb.NewHealthClient(up.Inventory)},
 		},
+	}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeStatus(w, http.StatusNotFound, status.New(codes.NotFound, "no route for "+r.URL.Path))
 	})
-	return mux, nil
+	// Every request's body is bounded, whatever its path: one the handler
+	// does not read is still read to its end before the response (net/http
+	// does so to keep the connection), and without a deadline a client
+	// that stalls mid-body would hold the connection, and a shutdown, for
+	// as long as it liked.
+	return limitBody(opts.MaxBodyBytes, opts.BodyTimeout, mux), nil
+}
+
+// getOnly serves GET (and HEAD) requests with h and answers others 405,
+// as JSON like every error of the gateway.
+func getOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeStatus(w, http.StatusMethodNotAllowed, status.New(codes.Unimplemented,
+				fmt.Sprintf("method %s not allowed on %s; allowed: GET, HEAD", r.Method, r.URL.Path)))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // The upstreams read no incoming gRPC metadata but the W3C trace context,

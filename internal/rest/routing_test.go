@@ -91,8 +91,8 @@ func TestNoMethodStandsInForAnother(t *testing.T) {
 }
 
 // TestWrongMethodIs405WithAllow: a route's path with a method it does not
-// take is 405 with the methods it does take, as JSON like every other
-// error; a path with no route is 404.
+// take is 405 with the methods it does take, and a path with no route is
+// 404, each as JSON like every other error of the gateway.
 func TestWrongMethodIs405WithAllow(t *testing.T) {
 	base, _ := gatewayWithInventory(t)
 	for _, tt := range []struct {
@@ -104,6 +104,10 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 		// A cancel without its ":cancel".
 		{http.MethodPost, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd", "GET", http.StatusMethodNotAllowed},
 		{http.MethodGet, "/v1/nothing", "", http.StatusNotFound},
+		// Outside the API's routes too.
+		{http.MethodPost, "/healthz", "GET, HEAD", http.StatusMethodNotAllowed},
+		{http.MethodDelete, "/openapi.json", "GET, HEAD", http.StatusMethodNotAllowed},
+		{http.MethodGet, "/nothing", "", http.StatusNotFound},
 	} {
 		req, err := http.NewRequest(tt.method, base+tt.path, nil)
 		if err != nil {
