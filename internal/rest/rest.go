@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net/http"
 	"slices"
 	"strings"
@@ -194,8 +195,8 @@ func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
 
 // upstreamTimeout bounds unary calls; WatchOrder streams (":watch") run as
 // long as the client stays, or until streams ends. A unary call answers
-// JSON even to a client that accepts only Server-Sent Events, which frame
-// stream messages only.
+// JSON even to a client that accepts only Server-Sent Events, or sends its
+// request as one: they frame stream messages only.
 func upstreamTimeout(d time.Duration, streams context.Context) runtime.Middleware {
 	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
@@ -213,13 +214,28 @@ func upstreamTimeout(d time.Duration, streams context.Context) runtime.Middlewar
 			ctx, cancel := context.WithTimeout(r.Context(), d)
 			defer cancel()
 			r = r.WithContext(ctx)
-			if slices.Contains(r.Header.Values("Accept"), eventStreamMIME) {
+			// grpc-gateway picks the response's format by Accept, then by
+			// the request's Content-Type: neither may make it SSE.
+			accept, contentType := slices.Contains(r.Header.Values("Accept"), eventStreamMIME), isEventStream(r.Header.Get("Content-Type"))
+			if accept || contentType {
 				r.Header = r.Header.Clone()
-				r.Header.Del("Accept")
+				if accept {
+					r.Header.Del("Accept")
+				}
+				if contentType {
+					r.Header.Del("Content-Type")
+				}
 			}
 			next(w, r, params)
 		}
 	}
+}
+
+// isEventStream reports whether the media type ct names is
+// text/event-stream, whatever its parameters.
+func isEventStream(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == eventStreamMIME
 }
 
 type healthCheck struct {

@@ -161,7 +161,8 @@ func TestWatchEndsUnavailableAtShutdown(t *testing.T) {
 }
 
 // TestUnaryCallAnswersJSONToAnEventStreamClient: Server-Sent Events frame
-// stream messages; a unary call asked for them answers plain JSON.
+// stream messages; a unary call asked for them, or sent as one, answers
+// plain JSON.
 func TestUnaryCallAnswersJSONToAnEventStreamClient(t *testing.T) {
 	base, _ := startGateway(t, unavailableOrders{}, rest.Options{})
 	for _, tt := range []struct{ name, method, path, body string }{
@@ -173,10 +174,16 @@ func TestUnaryCallAnswersJSONToAnEventStreamClient(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			req.Header.Set("Accept", "text/event-stream")
-			resp, b := send(t, req)
-			if ct := resp.Header.Get("Content-Type"); ct != "application/json" || !json.Valid([]byte(b)) {
-				t.Errorf("%s %s: Content-Type %q, body %s; want JSON", tt.method, tt.path, ct, b)
+			for _, header := range []string{"Accept", "Content-Type"} {
+				req := req.Clone(req.Context())
+				if tt.body != "" {
+					req.Body = io.NopCloser(strings.NewReader(tt.body))
+				}
+				req.Header.Set(header, "text/event-stream")
+				resp, b := send(t, req)
+				if ct := resp.Header.Get("Content-Type"); ct != "application/json" || !json.Valid([]byte(b)) {
+					t.Errorf("%s %s with %s text/event-stream: Content-Type %q, body %s; want JSON", tt.method, tt.path, header, ct, b)
+				}
 			}
 		})
 	}
