@@ -106,7 +106,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 
 	// Upstream connections: created lazily by gRPC, so the gateway starts
 	// even while a service is still coming up (/healthz says so).
-	dialOpts := append(rest.UpstreamDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	orderConn, err := grpc.NewClient(cfg.OrderAddr, dialOpts...)
 	if err != nil {
 		return fmt.Errorf("order service address: %w", err)

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // internalMessage is the only text a client sees for an unexpected failure;
@@ -55,7 +57,8 @@ type FieldError interface {
 //     or err.Error() when it has none (so such sentinel messages must be
 //     fit for clients); an error given a fixed Message is logged; an
 //     INVALID_ARGUMENT error that is or wraps a FieldError carries a
-//     google.rpc.BadRequest naming its field;
+//     google.rpc.BadRequest naming its field, an UNAVAILABLE one a
+//     google.rpc.RetryInfo (see Unavailable);
 //   - anything else returns INTERNAL with the message "internal error" and is
 //     logged at error level on log together with the RPC's method.
 //
@@ -76,11 +79,15 @@ func MapError(ctx context.Context, log *slog.Logger, err error, mapping []ErrorC
 	}
 	for _, m := range mapping {
 		if m.Err != nil && errors.Is(err, m.Err) {
+			msg := err.Error()
 			if m.Message != "" {
 				log.WarnContext(ctx, "request failed", slog.String("method", methodFromContext(ctx)), slog.Any("error", err))
-				return status.Error(m.Code, m.Message)
+				msg = m.Message
 			}
-			st := status.New(m.Code, err.Error())
+			if m.Code == codes.Unavailable {
+				return Unavailable(msg, RetryDelay)
+			}
+			st := status.New(m.Code, msg)
 			if fe, ok := errors.AsType[FieldError](err); ok && m.Code == codes.InvalidArgument {
 				st = withFieldViolation(st, fe)
 			}
@@ -89,6 +96,25 @@ func MapError(ctx context.Context, log *slog.Logger, err error, mapping []ErrorC
 	}
 	log.ErrorContext(ctx, "request failed", slog.String("method", methodFromContext(ctx)), slog.Any("error", err))
 	return status.Error(codes.Internal, internalMessage)
+}
+
+// RetryDelay is the google.rpc.RetryInfo delay MapError gives the
+// UNAVAILABLE errors it makes.
+const RetryDelay = time.Second
+
+// Unavailable returns an UNAVAILABLE status error with message msg and a
+// google.rpc.RetryInfo saying when to try again: a failure of the
+// service's own that a retry may get past (its database unreachable, the
+// service shutting down). The detail also tells it from the UNAVAILABLE a
+// gRPC client raises itself when the connection fails, whose message may
+// name internal addresses: the gateway passes on only those that carry
+// one.
+func Unavailable(msg string, retryAfter time.Duration) error {
+	st := status.New(codes.Unavailable, msg)
+	if withInfo, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfter)}); err == nil {
+		st = withInfo
+	}
+	return st.Err()
 }
 
 // statusFromError returns the status of err or of the first error in its

@@ -196,3 +196,24 @@ func TestMapErrorFieldViolation(t *testing.T) {
 		})
 	}
 }
+
+// TestMapErrorUnavailableCarriesRetryInfo: the UNAVAILABLE a mapping
+// makes carries a google.rpc.RetryInfo, which tells it from one a gRPC
+// client raises itself; other codes carry none.
+func TestMapErrorUnavailableCarriesRetryInfo(t *testing.T) {
+	log, _ := testLogger(t)
+	mapping := []ErrorCode{{Err: errStoreDown, Code: codes.Unavailable, Message: "store unavailable"}, {Err: errNotFound, Code: codes.NotFound}}
+	st := status.Convert(MapError(context.Background(), log, fmt.Errorf("get: %w", errStoreDown), mapping))
+	var info *errdetails.RetryInfo
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			info = ri
+		}
+	}
+	if st.Code() != codes.Unavailable || st.Message() != "store unavailable" || info == nil || info.GetRetryDelay().AsDuration() != RetryDelay {
+		t.Errorf("MapError = %v %q with details %v, want UNAVAILABLE %q with a RetryInfo of %v", st.Code(), st.Message(), st.Details(), "store unavailable", RetryDelay)
+	}
+	if st := status.Convert(MapError(context.Background(), log, errNotFound, mapping)); len(st.Details()) != 0 {
+		t.Errorf("NOT_FOUND carries details %v, want none", st.Details())
+	}
+}

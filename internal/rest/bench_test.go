@@ -94,7 +94,7 @@ func BenchmarkCreateOrder(b *testing.B) {
 		run(b, loadgen.NewGRPCCreator(startUpstream(b, cannedOrders{})))
 	})
 	b.Run("rest", func(b *testing.B) {
-		conn := startUpstream(b, cannedOrders{}, rest.UpstreamDialOptions()...) // as the gateway dials
+		conn := startUpstream(b, cannedOrders{})
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
 		h, err := rest.NewHandler(context.Background(), log, rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
 		if err != nil {

@@ -123,6 +123,7 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 		if code >= 500 {
 			log.ErrorContext(ctx, "upstream call failed", "method", r.Method, "path", r.URL.Path, "code", st.Code().String(), "error", err.Error())
 		}
+		st = hideClientError(st)
 		if st.Code() == codes.InvalidArgument && len(st.Details()) == 0 {
 			st = withQueryViolation(st)
 		}
@@ -172,7 +173,7 @@ func streamErrorHandler(log *slog.Logger) runtime.StreamErrorHandlerFunc {
 		if httpStatus(st.Code()) >= 500 {
 			log.ErrorContext(ctx, "upstream stream failed", "code", st.Code().String(), "error", err.Error())
 		}
-		return st
+		return hideClientError(st)
 	}
 }
 

@@ -1,11 +1,8 @@
 package rest
 
 import (
-	"context"
-
-	"google.golang.org/grpc"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -13,46 +10,20 @@ import (
 // reach an upstream.
 var unreachable = status.New(codes.Unavailable, "upstream service unavailable; retry later")
 
-// UpstreamDialOptions are the options for the gateway's connections to
-// its upstreams (with the transport credentials). When a call fails in
-// the gRPC client before any upstream answered it (a refused connection,
-// a name that does not resolve), its error's text names internal
-// addresses: a REST client then gets UNAVAILABLE "upstream service
-// unavailable; retry later", and the gateway logs the text. Errors an
-// upstream returned pass unchanged.
-func UpstreamDialOptions() []grpc.DialOption {
-	return []grpc.DialOption{
-		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			var p peer.Peer
-			err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Peer(&p))...)
-			if p.Addr == nil {
-				// No stream was opened: the error is the client's own.
-				return clientError(err)
-			}
-			return err
-		}),
-		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-			// A stream's own errors come from RecvMsg, an upstream's;
-			// NewStream fails only in the client.
-			s, err := streamer(ctx, desc, cc, method, opts...)
-			return s, clientError(err)
-		}),
+// hideClientError returns unreachable for st, an UNAVAILABLE the gRPC
+// client raised itself (a refused connection, a name that does not
+// resolve, an upstream that went away mid-call), whose text may name
+// internal addresses; the gateway logs that text. The services' own
+// UNAVAILABLE errors carry a google.rpc.RetryInfo (grpcserver.Unavailable)
+// and pass unchanged, as does every other status.
+func hideClientError(st *status.Status) *status.Status {
+	if st.Code() != codes.Unavailable {
+		return st
 	}
-}
-
-// clientError hides the text of err, an UNAVAILABLE error the gRPC client
-// raised itself, behind unreachable; other errors pass unchanged.
-func clientError(err error) error {
-	if status.Code(err) != codes.Unavailable {
-		return err
+	for _, d := range st.Details() {
+		if _, ok := d.(*errdetails.RetryInfo); ok {
+			return st
+		}
 	}
-	return &hiddenError{cause: err}
+	return unreachable
 }
-
-// hiddenError is an error whose status for clients is unreachable and
-// whose text, for the gateway's log, is its cause's.
-type hiddenError struct{ cause error }
-
-func (e *hiddenError) Error() string              { return e.cause.Error() }
-func (e *hiddenError) Unwrap() error              { return e.cause }
-func (e *hiddenError) GRPCStatus() *status.Status { return unreachable }

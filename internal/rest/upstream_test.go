@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/grpcserver"
 	"github.com/ordermesh/ordermesh/internal/rest"
 )
 
@@ -25,14 +26,14 @@ import (
 type unavailableOrders struct{ cannedOrders }
 
 func (unavailableOrders) GetOrder(context.Context, *orderv1.GetOrderRequest) (*orderv1.GetOrderResponse, error) {
-	return nil, status.Error(codes.Unavailable, "order store unavailable; retry later")
+	return nil, grpcserver.Unavailable("order store unavailable; retry later", grpcserver.RetryDelay)
 }
 
-// gatewayTo serves the gateway in front of the upstream at addr, dialled
-// as the gateway dials, and returns its URL and what it logged.
+// gatewayTo serves the gateway in front of the upstream at addr and
+// returns its URL and what it logged.
 func gatewayTo(t *testing.T, addr string) (string, *strings.Builder) {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, append(rest.UpstreamDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,5 +187,43 @@ func TestUnaryCallAnswersJSONToAnEventStreamClient(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// leakyOrders fails as the gRPC client does when its upstream goes away
+// mid-call: UNAVAILABLE with no RetryInfo and a text naming addresses
+// (the client raises it; a test upstream can only imitate it).
+type leakyOrders struct{ cannedOrders }
+
+const leakedText = "error reading from server: read tcp 10.9.8.7:41234->10.9.8.6:50051: connection reset by peer"
+
+func (leakyOrders) GetOrder(context.Context, *orderv1.GetOrderRequest) (*orderv1.GetOrderResponse, error) {
+	return nil, status.Error(codes.Unavailable, leakedText)
+}
+
+func (leakyOrders) WatchOrder(req *orderv1.WatchOrderRequest, s grpc.ServerStreamingServer[orderv1.WatchOrderResponse]) error {
+	if err := s.Send(&orderv1.WatchOrderResponse{Order: &orderv1.Order{Id: req.GetOrderId(), Status: orderv1.OrderStatus_ORDER_STATUS_PENDING}}); err != nil {
+		return err
+	}
+	return status.Error(codes.Unavailable, leakedText)
+}
+
+// TestUnavailableWithoutRetryInfoIsHidden: an UNAVAILABLE that does not
+// carry the services' RetryInfo, in a unary answer or ending a stream,
+// reaches the client as the generic message, and the log keeps its text.
+func TestUnavailableWithoutRetryInfoIsHidden(t *testing.T) {
+	conn := startUpstream(t, leakyOrders{})
+	base, logged := gatewayTo(t, conn.Target())
+	const id = "0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70"
+	code, body := get(t, base+"/v1/orders/"+id)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "upstream service unavailable; retry later") || strings.Contains(body, "10.9.8") {
+		t.Errorf("GET = %d %s, want 503 with the generic message", code, body)
+	}
+	code, stream := get(t, base+"/v1/orders/"+id+":watch")
+	if code != http.StatusOK || !strings.Contains(stream, `"upstream service unavailable; retry later"`) || strings.Contains(stream, "10.9.8") {
+		t.Errorf("watch = %d %s, want a stream ending with the generic message", code, stream)
+	}
+	if n := strings.Count(logged.String(), "10.9.8.7"); n != 2 {
+		t.Errorf("log names the upstream's text %d times, want 2 (the call and the stream): %s", n, logged)
 	}
 }

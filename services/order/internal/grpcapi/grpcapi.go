@@ -11,7 +11,6 @@ import (
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -142,7 +141,7 @@ func (s *Server) WatchOrder(req *orderv1.WatchOrderRequest, stream orderv1.Order
 		return stream.Send(&orderv1.WatchOrderResponse{Order: app.OrderToProto(o)})
 	})
 	if errors.Is(context.Cause(ctx), errShuttingDown) {
-		return status.Error(codes.Unavailable, "server shutting down; watch again")
+		return grpcserver.Unavailable("server shutting down; watch again", 0)
 	}
 	return s.status(stream.Context(), err)
 }
