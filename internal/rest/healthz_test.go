@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -86,5 +87,58 @@ func TestHealthzFollowsTheOrderServiceOnly(t *testing.T) {
 		if code != tt.code || status != tt.status || ups[orderName] != tt.order.String() || ups[inventoryName] != tt.inventory.String() {
 			t.Errorf("order %v, inventory %v: /healthz %d %s %v; want %d %s with each status", tt.order, tt.inventory, code, status, ups, tt.code, tt.status)
 		}
+	}
+}
+
+// hangingHealth answers no health check until the call ends.
+type hangingHealth struct {
+	healthpb.UnimplementedHealthServer
+}
+
+func (hangingHealth) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestHealthzAsksTheUpstreamsAtOnce: an order service whose health check
+// hangs reads UNREACHABLE (503), and the inventory, SERVING, reads so: the
+// hanging check does not use up the other's time.
+func TestHealthzAsksTheUpstreamsAtOnce(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, hangingHealth{})
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	orderConn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { orderConn.Close() })
+	inventoryHealth, inventoryConn := startHealth(t)
+	inventoryHealth.SetServingStatus("ordermesh.inventory.v1.InventoryService", healthpb.HealthCheckResponse_SERVING)
+	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)),
+		rest.Upstreams{Order: orderConn, Inventory: inventoryConn}, rest.Options{HealthTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(h)
+	defer hs.Close()
+	resp, err := http.Get(hs.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Upstreams map[string]string `json:"upstreams"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"ordermesh.order.v1.OrderService": "UNREACHABLE", "ordermesh.inventory.v1.InventoryService": "SERVING"}
+	if resp.StatusCode != http.StatusServiceUnavailable || !maps.Equal(body.Upstreams, want) {
+		t.Errorf("/healthz = %d %v, want 503 %v", resp.StatusCode, body.Upstreams, want)
 	}
 }

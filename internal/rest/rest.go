@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -251,20 +252,28 @@ type healthHandler struct {
 }
 
 // ServeHTTP answers 200 when every gating upstream is SERVING, 503
-// otherwise, with each upstream's status in the body.
+// otherwise, with each upstream's status in the body. The upstreams are
+// asked at once, each within the timeout, so one that hangs does not
+// make the others read UNREACHABLE.
 func (h *healthHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
 	defer cancel()
+	statuses := make([]string, len(h.checks))
+	var wg sync.WaitGroup
+	for i, c := range h.checks {
+		wg.Go(func() {
+			statuses[i] = "UNREACHABLE"
+			if resp, err := c.client.Check(ctx, &healthpb.HealthCheckRequest{Service: c.name}); err == nil {
+				statuses[i] = resp.GetStatus().String()
+			}
+		})
+	}
+	wg.Wait()
 	upstreams := make(map[string]string, len(h.checks))
 	code := http.StatusOK
-	for _, c := range h.checks {
-		st := "UNREACHABLE"
-		resp, err := c.client.Check(ctx, &healthpb.HealthCheckRequest{Service: c.name})
-		if err == nil {
-			st = resp.GetStatus().String()
-		}
-		upstreams[c.name] = st
-		if c.gates && st != healthpb.HealthCheckResponse_SERVING.String() {
+	for i, c := range h.checks {
+		upstreams[c.name] = statuses[i]
+		if c.gates && statuses[i] != healthpb.HealthCheckResponse_SERVING.String() {
 			code = http.StatusServiceUnavailable
 		}
 	}
