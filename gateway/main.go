@@ -55,7 +55,10 @@ type Config struct {
 	MaxBodyBytes    int
 	BodyTimeout     time.Duration
 	ShutdownTimeout time.Duration
-	LogLevel        slog.Level
+	// DrainDelay is how long the gateway goes on serving, /healthz
+	// answering 503, once shutdown began.
+	DrainDelay time.Duration
+	LogLevel   slog.Level
 	// GOGC is the collector's setting: the environment's GOGC, or
 	// gcPercent.
 	GOGC string
@@ -71,6 +74,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		MaxBodyBytes:    env.Int("ORDERMESH_MAX_BODY_BYTES", 1<<20),
 		BodyTimeout:     env.PositiveDuration("ORDERMESH_BODY_TIMEOUT", 30*time.Second),
 		ShutdownTimeout: env.PositiveDuration("ORDERMESH_SHUTDOWN_TIMEOUT", 10*time.Second),
+		DrainDelay:      env.Duration("ORDERMESH_DRAIN_DELAY", 0),
 	}
 	level, err := telemetry.ParseLevel(env.String("ORDERMESH_LOG_LEVEL", "info"))
 	if err != nil {
@@ -83,6 +87,9 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		env.Fail("ORDERMESH_MAX_BODY_BYTES", errors.New("must be positive"))
+	}
+	if cfg.DrainDelay < 0 {
+		env.Fail("ORDERMESH_DRAIN_DELAY", fmt.Errorf("must be zero or more, got %v", cfg.DrainDelay))
 	}
 
 	if err := env.Err(); err != nil {
@@ -127,6 +134,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		BodyTimeout:     cfg.BodyTimeout,
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		Streams:         streams,
+		Draining:        ctx.Done(),
 	})
 	if err != nil {
 		return err
@@ -156,6 +164,12 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 	})
 	g.Go(func() error {
 		<-gctx.Done()
+		if cfg.DrainDelay > 0 && ctx.Err() != nil {
+			// /healthz answers 503 from now on; probes and load balancers
+			// move new requests elsewhere while this one still serves.
+			log.InfoContext(ctx, "draining", slog.Duration("delay", cfg.DrainDelay))
+			time.Sleep(cfg.DrainDelay)
+		}
 		log.InfoContext(ctx, "shutting down")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 		defer cancel()

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -22,7 +24,7 @@ func TestLoadConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.HTTPAddr != ":8080" || cfg.OrderAddr != "127.0.0.1:50051" || cfg.BodyTimeout != 30*time.Second ||
-		cfg.UpstreamTimeout != 10*time.Second || cfg.ShutdownTimeout != 10*time.Second || cfg.MaxBodyBytes != 1<<20 {
+		cfg.UpstreamTimeout != 10*time.Second || cfg.ShutdownTimeout != 10*time.Second || cfg.MaxBodyBytes != 1<<20 || cfg.DrainDelay != 0 {
 		t.Errorf("defaults: %+v", cfg)
 	}
 	_, err = loadConfig(func(k string) string {
@@ -30,12 +32,13 @@ func TestLoadConfig(t *testing.T) {
 			"ORDERMESH_BODY_TIMEOUT":   "0s",
 			"ORDERMESH_MAX_BODY_BYTES": "-1",
 			"ORDERMESH_HTTP_ADDR":      "nowhere",
+			"ORDERMESH_DRAIN_DELAY":    "-1s",
 		}[k]
 	})
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	for _, want := range []string{"ORDERMESH_BODY_TIMEOUT: must be positive", "ORDERMESH_MAX_BODY_BYTES: must be positive", "ORDERMESH_HTTP_ADDR"} {
+	for _, want := range []string{"ORDERMESH_BODY_TIMEOUT: must be positive", "ORDERMESH_MAX_BODY_BYTES: must be positive", "ORDERMESH_HTTP_ADDR", "ORDERMESH_DRAIN_DELAY: must be zero or more"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
@@ -219,5 +222,80 @@ func TestRunCutsOffWhatOutlastsTheDrain(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Error("the CreateOrder that outlasted the drain was not cut off")
+	}
+}
+
+// TestRunDrainDelay: after shutdown began the gateway goes on answering
+// for ORDERMESH_DRAIN_DELAY, /healthz 503 NOT_SERVING, then stops.
+func TestRunDrainDelay(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := health.NewServer()
+	hs.SetServingStatus("ordermesh.order.v1.OrderService", healthpb.HealthCheckResponse_SERVING)
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+
+	const delay = time.Second
+	env := map[string]string{
+		"ORDERMESH_HTTP_ADDR":      "127.0.0.1:0",
+		"ORDERMESH_ORDER_ADDR":     lis.Addr().String(),
+		"ORDERMESH_INVENTORY_ADDR": lis.Addr().String(),
+		"ORDERMESH_LOG_LEVEL":      "error",
+		"ORDERMESH_DRAIN_DELAY":    delay.String(),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard, ready) }()
+	var base string
+	select {
+	case addr := <-ready:
+		base = "http://" + addr.String()
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the gateway did not start listening")
+	}
+	healthz := func() (int, error) {
+		client := http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := client.Get(base + "/healthz")
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if code, err := healthz(); code != http.StatusOK {
+		t.Fatalf("/healthz before shutdown: %d %v, want 200", code, err)
+	}
+
+	cancel() // as SIGTERM does
+	stopped := time.Now()
+	var answered time.Duration
+	last := 0
+	for time.Since(stopped) < 30*time.Second {
+		code, err := healthz()
+		if err != nil {
+			break
+		}
+		answered, last = time.Since(stopped), code
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The lower bound is the delay the test configured, not a speed.
+	if answered < delay/2 || last != http.StatusServiceUnavailable {
+		t.Errorf("after shutdown began the gateway last answered %v after, /healthz %d; want 503 for about %v", answered.Round(time.Millisecond), last, delay)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run = %v, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not return after the drain delay")
 	}
 }

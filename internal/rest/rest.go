@@ -50,6 +50,9 @@ type Options struct {
 	// Streams, when set, ends every WatchOrder stream once it is done, so
 	// long-lived streams do not hold up a graceful shutdown.
 	Streams context.Context
+	// Draining, when set, makes /healthz answer 503 NOT_SERVING once it is
+	// closed: the gateway is shutting down.
+	Draining <-chan struct{}
 }
 
 func (o *Options) defaults() {
@@ -106,7 +109,8 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 	mux.Handle("/v1/", gw)
 	mux.Handle("/openapi.json", getOnly(http.HandlerFunc(serveOpenAPI)))
 	mux.Handle("/healthz", getOnly(&healthHandler{
-		timeout: opts.HealthTimeout,
+		timeout:  opts.HealthTimeout,
+		draining: opts.Draining,
 		checks: []healthCheck{
 			{name: orderServiceName, client: healthpb.NewHealthClient(up.Order), gates: true},
 			{name: "ordermesh.inventory.v1.InventoryService", client: healthpb.NewHealthClient(up.Inventory)},
@@ -247,12 +251,14 @@ type healthCheck struct {
 }
 
 type healthHandler struct {
-	timeout time.Duration
-	checks  []healthCheck
+	timeout  time.Duration
+	draining <-chan struct{}
+	checks   []healthCheck
 }
 
-// ServeHTTP answers 200 when every gating upstream is SERVING, 503
-// otherwise, with each upstream's status in the body. The upstreams are
+// ServeHTTP answers 200 when every gating upstream is SERVING and the
+// gateway is not draining, 503 otherwise, with each upstream's status in
+// the body. The upstreams are
 // asked at once, each within the timeout, so one that hangs does not
 // make the others read UNREACHABLE.
 func (h *healthHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -276,6 +282,11 @@ func (h *healthHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if c.gates && statuses[i] != healthpb.HealthCheckResponse_SERVING.String() {
 			code = http.StatusServiceUnavailable
 		}
+	}
+	select {
+	case <-h.draining: // nil: never
+		code = http.StatusServiceUnavailable
+	default:
 	}
 	overall := "SERVING"
 	if code != http.StatusOK {
