@@ -166,14 +166,18 @@ var errShuttingDown = errors.New("gateway shutting down")
 // reconnect; failures of the upstream (5xx) are logged.
 func streamErrorHandler(log *slog.Logger) runtime.StreamErrorHandlerFunc {
 	return func(ctx context.Context, err error) *status.Status {
-		if errors.Is(context.Cause(ctx), errShuttingDown) {
-			return status.New(codes.Unavailable, "gateway shutting down; watch again")
+		st := status.New(codes.Unavailable, "gateway shutting down; watch again")
+		if !errors.Is(context.Cause(ctx), errShuttingDown) {
+			st = status.Convert(err)
+			if httpStatus(st.Code()) >= 500 {
+				log.ErrorContext(ctx, "upstream stream failed", "code", st.Code().String(), "error", err.Error())
+			}
+			st = hideClientError(st)
 		}
-		st := status.Convert(err)
-		if httpStatus(st.Code()) >= 500 {
-			log.ErrorContext(ctx, "upstream stream failed", "code", st.Code().String(), "error", err.Error())
+		if w, ok := ctx.Value(watchKey{}).(*watchWriter); ok {
+			w.ended = st
 		}
-		return hideClientError(st)
+		return st
 	}
 }
 

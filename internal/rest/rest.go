@@ -213,7 +213,7 @@ func upstreamTimeout(d time.Duration, streams context.Context) runtime.Middlewar
 					defer stop()
 					r = r.WithContext(ctx)
 				}
-				next(w, r, params)
+				serveWatch(w, r, params, next)
 				return
 			}
 			ctx, cancel := context.WithTimeout(r.Context(), d)

@@ -58,10 +58,10 @@ type OrderServiceClient interface {
 	//
 	// Over REST the stream is newline-delimited JSON, one {"result": ...}
 	// object per message, or Server-Sent Events ("data: {...}") when the
-	// client sends Accept: text/event-stream. An error, also one found
-	// before the first message (an invalid or unknown order id), is one
-	// {"error": Status} object, sent with the HTTP status of its code when
-	// no message went before it.
+	// client sends Accept: text/event-stream. An error that ends the stream
+	// after a message is its last object, {"error": Status}; one found
+	// before the first message (an invalid or unknown order id) is answered
+	// as any call's error: its HTTP status and a Status.
 	WatchOrder(ctx context.Context, in *WatchOrderRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchOrderResponse], error)
 }
 
@@ -173,10 +173,10 @@ type OrderServiceServer interface {
 	//
 	// Over REST the stream is newline-delimited JSON, one {"result": ...}
 	// object per message, or Server-Sent Events ("data: {...}") when the
-	// client sends Accept: text/event-stream. An error, also one found
-	// before the first message (an invalid or unknown order id), is one
-	// {"error": Status} object, sent with the HTTP status of its code when
-	// no message went before it.
+	// client sends Accept: text/event-stream. An error that ends the stream
+	// after a message is its last object, {"error": Status}; one found
+	// before the first message (an invalid or unknown order id) is answered
+	// as any call's error: its HTTP status and a Status.
 	WatchOrder(*WatchOrderRequest, grpc.ServerStreamingServer[WatchOrderResponse]) error
 	mustEmbedUnimplementedOrderServiceServer()
 }
