@@ -54,8 +54,13 @@
 // and, when a delivery failed, the runner's removal of its inbox row: one
 // round trip each); the mail client counts a message as sent as soon as
 // the server accepted its data, even if closing the connection fails
-// afterwards; and a repeated email carries the same Message-ID as the
-// first (see MessageID), so mail systems can recognize the duplicate.
+// afterwards; within one process, an App remembers the last emails it sent
+// (recentSendsKept of them), and does not send one again whose
+// transaction failed when the same process handles its event again, in
+// halves at once or after a retry delay, so only a redelivery to another
+// instance, or after a restart, or once the email is forgotten, repeats
+// it; and a repeated email carries the same Message-ID as the first (see
+// MessageID), so mail systems can recognize the duplicate.
 //
 // This is why Handle writes NotificationSent to the outbox itself, with
 // the claims, and returns no events, instead of returning them for the
@@ -70,6 +75,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -123,6 +129,55 @@ type App struct {
 	renderer *Renderer
 	log      *slog.Logger
 	sends    int
+	// recent is the emails this App sent last, whatever became of their
+	// transactions.
+	recent *recentSends
+}
+
+// recentSendsKept is how many of the emails it sent last an App
+// remembers: about 600 KB, seconds of the heaviest load and minutes of a
+// light one.
+const recentSendsKept = 4096
+
+// recentSends remembers the last emails sent, by order and kind, so that
+// a delivery whose transaction did not commit after its email went out
+// (see "The at-least-once window") does not send it again when this
+// process handles it again: at once in halves, or after a retry delay.
+// It is safe for concurrent use.
+type recentSends struct {
+	mu   sync.Mutex
+	set  map[pair]struct{}
+	ring []pair // the pairs in set, oldest at next once full
+	next int
+}
+
+func newRecentSends(n int) *recentSends {
+	return &recentSends{set: make(map[pair]struct{}, n), ring: make([]pair, 0, n)}
+}
+
+// add remembers p, forgetting the oldest pair when full.
+func (r *recentSends) add(p pair) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.set[p]; ok {
+		return
+	}
+	if len(r.ring) < cap(r.ring) {
+		r.ring = append(r.ring, p)
+	} else {
+		delete(r.set, r.ring[r.next])
+		r.ring[r.next] = p
+		r.next = (r.next + 1) % len(r.ring)
+	}
+	r.set[p] = struct{}{}
+}
+
+// has reports whether p was sent lately.
+func (r *recentSends) has(p pair) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.set[p]
+	return ok
 }
 
 // DefaultSends is how many emails Handle sends at once unless WithSends
@@ -145,7 +200,7 @@ func New(sender Sender, log *slog.Logger, opts ...Option) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &App{sender: sender, renderer: r, log: log, sends: DefaultSends}
+	a := &App{sender: sender, renderer: r, log: log, sends: DefaultSends, recent: newRecentSends(recentSendsKept)}
 	for _, opt := range opts {
 		opt(a)
 	}
@@ -233,7 +288,7 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 	if err != nil {
 		return nil, err
 	}
-	sendErrs := a.sendAll(ctx, emails, claimed)
+	sendErrs, resent := a.sendAll(ctx, emails, claimed)
 
 	var release []store.Notification
 	var drop []string
@@ -252,6 +307,9 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 				err = eventbus.Permanent(err)
 			}
 			results[e.delivery].Err = err
+		case resent[k]:
+			a.logNotice(ctx, slog.LevelInfo, "email sent by this process before its transaction failed; not sent again", e.notice, meta,
+				slog.String("message_id", e.email.MessageID))
 		default:
 			a.logNotice(ctx, slog.LevelInfo, "email sent", e.notice, meta,
 				slog.String("recipient", e.notice.Recipient), slog.String("message_id", e.email.MessageID))
@@ -344,27 +402,36 @@ func (a *App) prepare(n Notice, meta eventbus.Meta) (email, error) {
 const commitReserve = 2 * time.Second
 
 // sendAll sends the emails that were claimed, at most a.sends at once, and
-// returns each one's error (nil for one not claimed).
-func (a *App) sendAll(ctx context.Context, emails []email, claimed []bool) []error {
+// returns each one's error (nil for one not claimed) and which it did not
+// send again because this App sent them lately (see recentSends).
+func (a *App) sendAll(ctx context.Context, emails []email, claimed []bool) (errs []error, resent []bool) {
 	if deadline, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, deadline.Add(-min(time.Until(deadline)/4, commitReserve)))
 		defer cancel()
 	}
-	errs := make([]error, len(emails))
+	errs, resent = make([]error, len(emails)), make([]bool, len(emails))
 	var g errgroup.Group
 	g.SetLimit(a.sends)
 	for k := range emails {
 		if !claimed[k] {
 			continue
 		}
+		p := pair{emails[k].notice.OrderID, emails[k].notice.Kind}
+		if a.recent.has(p) {
+			// Sent, and its claim rolled back with its transaction.
+			resent[k] = true
+			continue
+		}
 		g.Go(func() error {
-			errs[k] = a.sender.Send(ctx, emails[k].email)
+			if errs[k] = a.sender.Send(ctx, emails[k].email); errs[k] == nil {
+				a.recent.add(p)
+			}
 			return nil
 		})
 	}
 	_ = g.Wait() // Each email's error is in errs.
-	return errs
+	return errs, resent
 }
 
 // logNotice logs msg about n's email and the delivery meta, with attrs.

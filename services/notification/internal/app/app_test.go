@@ -40,6 +40,7 @@ var _ inbox.BatchHandler = (*app.App)(nil).Handle
 type fixture struct {
 	pool   *pgxpool.Pool
 	sink   *smtpsink.Sink
+	mailer *mailer.Mailer
 	app    *app.App
 	runner *inbox.Runner
 	batch  *inbox.BatchRunner
@@ -60,11 +61,20 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatalf("new mailer: %v", err)
 	}
 	t.Cleanup(m.Close)
-	if f.app, err = app.New(m, quiet, app.WithSends(batchSize)); err != nil {
+	f.mailer = m
+	f.app, f.batch = f.newApp(t)
+	return f
+}
+
+// newApp returns another App on the fixture's mail server and its batch
+// runner on the fixture's inbox: another instance of the service.
+func (f *fixture) newApp(t *testing.T) (*app.App, *inbox.BatchRunner) {
+	t.Helper()
+	a, err := app.New(f.mailer, quiet, app.WithSends(batchSize))
+	if err != nil {
 		t.Fatalf("new app: %v", err)
 	}
-	f.batch = inbox.NewBatchRunner(f.runner, f.app.Handle, batchSize, 10*time.Second)
-	return f
+	return a, inbox.NewBatchRunner(f.runner, a.Handle, batchSize, 10*time.Second)
 }
 
 // batchSize is the batch runner's batch size in the tests, and the most
@@ -598,55 +608,79 @@ func TestInvalidEventIsPermanent(t *testing.T) {
 	}
 }
 
-// TestCommitFailureAfterSendSendsAgain pins down the documented
-// at-least-once window: if the transaction does not commit after the SMTP
-// server accepted the emails, the redelivered events send them again, every
-// email of the batch, each with the same Message-ID so mail systems can
-// tell it is a duplicate.
-func TestCommitFailureAfterSendSendsAgain(t *testing.T) {
-	f := newFixture(t)
-	orderA, orderB := uuid.NewString(), uuid.NewString()
-	batch := []inbox.Delivery{
-		delivery(&orderv1.OrderCancelled{OrderId: orderA, CustomerEmail: "ada@example.com"}, newEventID(t)),
-		delivery(created(orderB, "grace@example.com"), newEventID(t)),
-	}
-	errCommit := errors.New("commit lost")
-	err := postgres.WithTx(context.Background(), f.pool, func(tx pgx.Tx) error {
-		results, err := f.app.Handle(context.Background(), tx, batch)
-		if err != nil {
-			return err
-		}
-		for i, r := range results {
-			if r.Err != nil {
-				t.Errorf("delivery %d: %v", i, r.Err)
+// TestCommitFailureAfterSend pins down the documented at-least-once
+// window: if the transaction does not commit after the SMTP server
+// accepted the emails, the redelivered events send them again, every email
+// of the batch, each with the same Message-ID so mail systems can tell it
+// is a duplicate; but not when the process that sent them handles them
+// again, which remembers what it sent.
+func TestCommitFailureAfterSend(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		// sameInstance: the events are redelivered to the App that sent
+		// them, not to a new one.
+		sameInstance bool
+		want         int
+	}{
+		{"redelivered to another instance", false, 2},
+		{"redelivered to the same instance", true, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			orderA, orderB := uuid.NewString(), uuid.NewString()
+			batch := []inbox.Delivery{
+				delivery(&orderv1.OrderCancelled{OrderId: orderA, CustomerEmail: "ada@example.com"}, newEventID(t)),
+				delivery(created(orderB, "grace@example.com"), newEventID(t)),
 			}
-		}
-		return errCommit // as if COMMIT failed after the sends
-	})
-	if !errors.Is(err, errCommit) {
-		t.Fatalf("err = %v, want the simulated commit failure", err)
-	}
-	if n := count(t, f.pool, "notifications"); n != 0 {
-		t.Fatalf("notifications has %d rows after the rollback", n)
-	}
-	for _, d := range batch {
-		if outcome, err := f.batch.Process(context.Background(), d.Event, d.Meta); err != nil || outcome != inbox.Processed {
-			t.Fatalf("redelivery of %s: outcome %v, err %v", d.Meta.Type, outcome, err)
-		}
-	}
-	for _, c := range []struct {
-		orderID string
-		kind    app.Kind
-	}{{orderA, app.KindCancelled}, {orderB, app.KindReceived}} {
-		msgs := f.sink.Matching(toOrder(c.orderID))
-		if len(msgs) != 2 {
-			t.Fatalf("sink received %d emails for order %s, want 2 (the window is real)", len(msgs), c.orderID)
-		}
-		if want := "<" + app.MessageID(c.orderID, c.kind) + ">"; msgs[0].MessageID != want || msgs[1].MessageID != want {
-			t.Errorf("Message-IDs %q and %q, want both %q", msgs[0].MessageID, msgs[1].MessageID, want)
-		}
-	}
-	if n := len(outboxSent(t, f.pool)); n != 2 {
-		t.Errorf("outbox has %d NotificationSent, want 2", n)
+			errCommit := errors.New("commit lost")
+			err := postgres.WithTx(context.Background(), f.pool, func(tx pgx.Tx) error {
+				results, err := f.app.Handle(context.Background(), tx, batch)
+				if err != nil {
+					return err
+				}
+				for i, r := range results {
+					if r.Err != nil {
+						t.Errorf("delivery %d: %v", i, r.Err)
+					}
+				}
+				return errCommit // as if COMMIT failed after the sends
+			})
+			if !errors.Is(err, errCommit) {
+				t.Fatalf("err = %v, want the simulated commit failure", err)
+			}
+			if n := count(t, f.pool, "notifications"); n != 0 {
+				t.Fatalf("notifications has %d rows after the rollback", n)
+			}
+			runner := f.batch
+			if !tt.sameInstance {
+				_, runner = f.newApp(t)
+			}
+			for _, d := range batch {
+				if outcome, err := runner.Process(context.Background(), d.Event, d.Meta); err != nil || outcome != inbox.Processed {
+					t.Fatalf("redelivery of %s: outcome %v, err %v", d.Meta.Type, outcome, err)
+				}
+			}
+			for _, c := range []struct {
+				orderID string
+				kind    app.Kind
+			}{{orderA, app.KindCancelled}, {orderB, app.KindReceived}} {
+				msgs := f.sink.Matching(toOrder(c.orderID))
+				if len(msgs) != tt.want {
+					t.Fatalf("sink received %d emails for order %s, want %d", len(msgs), c.orderID, tt.want)
+				}
+				for _, m := range msgs {
+					if want := "<" + app.MessageID(c.orderID, c.kind) + ">"; m.MessageID != want {
+						t.Errorf("Message-ID %q, want %q", m.MessageID, want)
+					}
+				}
+			}
+			// Either way the notices commit, and their NotificationSent.
+			if n := count(t, f.pool, "notifications"); n != 2 {
+				t.Errorf("notifications has %d rows, want 2", n)
+			}
+			if n := len(outboxSent(t, f.pool)); n != 2 {
+				t.Errorf("outbox has %d NotificationSent, want 2", n)
+			}
+		})
 	}
 }
