@@ -8,32 +8,57 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
+	"time"
 )
 
-// OnSignal returns a context that ends on the first SIGINT or SIGTERM.
-// By the time it has ended, the signals are no longer caught: a second one
-// terminates the process as if OnSignal had never been called. stop ends
-// the context and releases the signals too; call it before main returns.
+// OnSignal returns a context that ends on the first SIGINT or SIGTERM. A
+// second one, once the first was taken, ends the process as the signal's
+// default action does. stop ends the context and releases the signals;
+// call it before main returns.
 func OnSignal() (ctx context.Context, stop context.CancelFunc) {
-	// Unlike signal.NotifyContext followed by context.AfterFunc(ctx, stop),
-	// the context ends only after the signals are released, so that a
-	// second signal sent as soon as the drain began is not swallowed.
 	ctx, cancel := context.WithCancel(context.Background())
 	caught := make(chan os.Signal, 1)
 	signal.Notify(caught, os.Interrupt, syscall.SIGTERM)
-	released := make(chan struct{})
+	stopped, released := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(released)
+		defer signal.Stop(caught)
 		select {
 		case <-caught:
-		case <-ctx.Done():
+			cancel()
+		case <-stopped:
+			return
 		}
-		signal.Stop(caught)
-		close(released)
-		cancel()
+		// The signals stay caught while the drain runs, so that a second
+		// one is not lost however soon it comes after the first.
+		select {
+		case sig := <-caught:
+			die(sig)
+		case <-stopped:
+		}
 	}()
+	var once sync.Once
 	return ctx, func() {
-		cancel()
-		<-released
+		once.Do(func() {
+			cancel()
+			close(stopped)
+			<-released
+		})
 	}
+}
+
+// die ends the process with sig's default action: the signal is released
+// and sent again. Should the process outlive it (as PID 1, which a
+// signal's default action does not end), it exits with status 128+sig.
+func die(sig os.Signal) {
+	s, ok := sig.(syscall.Signal)
+	if !ok {
+		os.Exit(1)
+	}
+	signal.Reset(s)
+	_ = syscall.Kill(os.Getpid(), s)
+	time.Sleep(time.Second)
+	os.Exit(128 + int(s))
 }
