@@ -11,7 +11,11 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// routeMethods are the methods a REST route may take.
+// routeMethods are the methods a REST route may take. HEAD is not one:
+// grpc-gateway routes no HEAD, so Allow never lists it. Which methods a
+// path allows is grpc-gateway's matching: a GET of /v1/orders/x:cancel is
+// GetOrder of the order "x:cancel" (refused as not a UUID), so that path
+// allows GET as well as POST.
 var routeMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // routingError answers a request grpc-gateway found no route for. A path

@@ -46,11 +46,13 @@ func (w *watchWriter) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
-// Flush flushes what went out; grpc-gateway streams only to a Flusher.
-func (w *watchWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok && !w.failed {
-		f.Flush()
+// FlushError flushes what went out (grpc-gateway flushes after every
+// message, through http.ResponseController, which tries this first).
+func (w *watchWriter) FlushError() error {
+	if w.failed {
+		return nil
 	}
+	return http.NewResponseController(w.ResponseWriter).Flush()
 }
 
 // Unwrap lets http.ResponseController reach the connection.
