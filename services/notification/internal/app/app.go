@@ -44,10 +44,8 @@
 // server accepted the emails (the database or the process goes away in
 // that instant, or a statement after the sends fails), the batch's events
 // are redelivered and its emails are sent again: every email the batch
-// sent, since they commit together (when the failure is not an outage,
-// the inbox runner handles the batch again in halves at once, see
-// inbox.BatchHandler, and each half sends its emails again). That is the
-// remaining at-least-once window. It is kept as small as it can be: when every claimed email went
+// sent, since they commit together (unless this process handles them
+// again, as below). That is the remaining at-least-once window. It is kept as small as it can be: when every claimed email went
 // out and no claim was held already, every database write happens before
 // the sends, so after them only COMMIT remains, as it did when each
 // delivery had a transaction of its own (otherwise step 4 comes first,
