@@ -57,7 +57,13 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+	// Written aside and renamed into place, so that another run never
+	// reads it half-written.
+	if err := os.WriteFile(filepath.Join(dir, ownerFile+".new"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
+		return 1
+	}
+	if err := os.Rename(filepath.Join(dir, ownerFile+".new"), filepath.Join(dir, ownerFile)); err != nil {
 		fmt.Fprintln(os.Stderr, "faults:", err)
 		return 1
 	}
@@ -107,11 +113,12 @@ func removeAbandoned(tmp string) {
 	dirs, _ := filepath.Glob(filepath.Join(tmp, workDirPattern+"*"))
 	for _, dir := range dirs {
 		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
-		if err != nil {
+		pid, perr := strconv.Atoi(string(b))
+		if err != nil || perr != nil {
 			if fi, err := os.Stat(dir); err != nil || time.Since(fi.ModTime()) < time.Hour {
 				continue
 			}
-		} else if pid, err := strconv.Atoi(string(b)); err == nil && syscall.Kill(pid, 0) != syscall.ESRCH {
+		} else if syscall.Kill(pid, 0) != syscall.ESRCH {
 			continue
 		}
 		if err := os.RemoveAll(dir); err == nil {
