@@ -206,7 +206,36 @@ func TestOrdersEndToEnd(t *testing.T) {
 	eventually(ctx, t, "emails", func() error { return checkEmails(ctx, orders, pf.Sink, originals(all), final) })
 
 	// Nothing was dead-lettered: every event the services published was
-	// valid, and every handler took what it was given.
+	// valid, and every handler took what it was given. An event still on
+	// the retry ladder could yet be, so first every service and retry
+	// queue and every outbox must be empty, three polls in a row.
+	quiet := 0
+	eventually(ctx, t, "queues and outboxes empty", func() error {
+		ready, err := pf.QueuesReady(ctx)
+		if err != nil {
+			return err
+		}
+		pending, err := pf.OutboxPending(ctx)
+		if err != nil {
+			return err
+		}
+		for name, n := range ready {
+			if n != 0 {
+				quiet = 0
+				return fmt.Errorf("%s holds %d messages", name, n)
+			}
+		}
+		for svc, n := range pending {
+			if n != 0 {
+				quiet = 0
+				return fmt.Errorf("%s outbox holds %d events", svc, n)
+			}
+		}
+		if quiet++; quiet < 3 {
+			return fmt.Errorf("empty %d polls in a row", quiet)
+		}
+		return nil
+	})
 	for _, svc := range platformtest.Services {
 		dlq, err := eventbus.NewDLQ(eventbus.Config{URL: platformtest.AMQPURL(), Prefix: pf.Prefix, Service: svc}, slog.New(slog.DiscardHandler))
 		if err != nil {

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -438,6 +439,42 @@ func (p *Platform) Stop() map[string]error {
 		}
 	}
 	return failed
+}
+
+// QueuesReady counts the messages ready in every service queue and retry
+// queue of the platform (not the dead-letter queues), by queue name;
+// messages a consumer holds unacknowledged are not counted.
+func (p *Platform) QueuesReady(ctx context.Context) (map[string]int, error) {
+	conn, err := amqp.DialConfig(p.opts.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(10 * time.Second)})
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	out := map[string]int{}
+	for _, s := range Services {
+		cfg := eventbus.Config{Prefix: p.Prefix, Service: s}
+		names := []string{cfg.QueueName()}
+		for _, d := range strings.Split(p.opts.RetryDelays, ",") {
+			if v, err := time.ParseDuration(strings.TrimSpace(d)); err == nil {
+				names = append(names, cfg.RetryQueueName(v))
+			}
+		}
+		for _, name := range names {
+			// A channel per queue: a passive declare of a missing queue
+			// closes its channel.
+			ch, err := conn.Channel()
+			if err != nil {
+				return nil, err
+			}
+			q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+			_ = ch.Close()
+			if err != nil {
+				return nil, fmt.Errorf("inspect queue %s: %w", name, err)
+			}
+			out[name] = q.Messages
+		}
+	}
+	return out, nil
 }
 
 // OutboxPending counts the rows waiting in every service's outbox.
