@@ -95,8 +95,12 @@ func (r *RawPG) Close(ctx context.Context) error {
 // Run opens conns connections, then runs clients goroutines, each
 // committing one transaction after another for d, and returns committed
 // transactions per second and how many committed; connecting is not
-// timed.
-func (r *RawPG) Run(ctx context.Context, clients, conns int, d time.Duration) (float64, int64, error) {
+// timed. When window is not nil, Run calls it once the connections are
+// open and the function it returns with the count once the clients are
+// done, before it closes the connections: the CPU window of the trial,
+// which must see the backends alive at both ends (a backend that exits
+// within it takes its CPU time out of every process's count).
+func (r *RawPG) Run(ctx context.Context, clients, conns int, d time.Duration, window func() (end func(ops int64))) (float64, int64, error) {
 	pool, err := postgres.Open(ctx, r.url, r.schema, postgres.WithMaxConns(int32(conns)), postgres.WithMinConns(int32(conns)),
 		postgres.WithApplicationName("ordermesh-bench-raw"))
 	if err != nil {
@@ -128,6 +132,10 @@ func (r *RawPG) Run(ctx context.Context, clients, conns int, d time.Duration) (f
 	var done atomic.Int64
 	var firstErr error
 	var once sync.Once
+	endWindow := func(int64) {}
+	if window != nil {
+		endWindow = window()
+	}
 	start := time.Now()
 	end := start.Add(d)
 	var wg sync.WaitGroup
@@ -143,10 +151,12 @@ func (r *RawPG) Run(ctx context.Context, clients, conns int, d time.Duration) (f
 		})
 	}
 	wg.Wait()
+	elapsed := time.Since(start)
+	endWindow(done.Load())
 	if firstErr != nil {
 		return 0, 0, firstErr
 	}
-	return float64(done.Load()) / time.Since(start).Seconds(), done.Load(), nil
+	return float64(done.Load()) / elapsed.Seconds(), done.Load(), nil
 }
 
 func insert(ctx context.Context, pool *pgxpool.Pool, items, body []byte) error {

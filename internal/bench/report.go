@@ -111,11 +111,11 @@ const (
 const relayRateShare = 0.95
 
 // Verdict says whether the relay's lag met GoalRelayLagP99 at the offered
-// rate; a run offered less than GoalRelayRate, or whose writers committed
-// less than relayRateShare of it, has not measured the goal's load,
-// whatever its lag.
+// rate; a run offered another rate than GoalRelayRate, or whose writers
+// committed less than relayRateShare of it, has not measured the goal's
+// load, whatever its lag.
 func (l *RelayLag) Verdict() string {
-	if l.Relay.Target < GoalRelayRate {
+	if l.Relay.Target != GoalRelayRate {
 		return fmt.Sprintf("not measured (offered %.0f events/s)", l.Relay.Target)
 	}
 	if l.Relay.Rate < relayRateShare*l.Relay.Target {
@@ -319,8 +319,8 @@ func Markdown(r *Result, m Machine, command string) string {
 		p("| **whole machine** (%.0f%% of %d CPUs busy) | | | %.1f s | %s | |", 100*r.MachineBusy, m.CPUs, all.Seconds(), perOrder(all))
 	}
 	p("")
-	p("CPU is user + system time from /proc/<pid>/stat over the end-to-end throughput run (%d orders, %.1f s); PostgreSQL's, RabbitMQ's and the load generator's likewise for their processes (missing those that ended during the run), the whole machine's is its busy share of all CPUs from /proc/stat over the same window, and other work is what remains of it; peak RSS is VmHWM from /proc/<pid>/status at the end of each platform's life. The load generator is the benchmark's own process: the gRPC clients, the terminal tracking and the SMTP sink the notification service sends to (which counts the emails and keeps none).",
-		r.E2E.Created, r.E2E.TerminalSeconds)
+	p("CPU is user + system time from /proc/<pid>/stat over the end-to-end throughput run (%d orders, %.1f s from the first CreateOrder until the load generator returned: the last order terminal, then its final pass reading every order); PostgreSQL's, RabbitMQ's and the load generator's likewise for their processes (missing those that ended during the run), the whole machine's is its busy share of all CPUs from /proc/stat over the same window, and other work is what remains of it; peak RSS is VmHWM from /proc/<pid>/status, at the end of the create-only platform's life and, for the end-to-end one, after the half-rate run (before the profiled run, see the profiles). The load generator is the benchmark's own process: the gRPC clients, the terminal tracking and the SMTP sink the notification service sends to (which counts the emails and keeps none).",
+		r.E2E.Created, r.E2EWindow.Seconds())
 	if len(r.Handlers) > 0 {
 		p("")
 		p("### Event handlers over the end-to-end throughput run")
@@ -346,7 +346,7 @@ func Markdown(r *Result, m Machine, command string) string {
 		p("")
 		p("### CPU profiles (flat top 15)")
 		p("")
-		p("`create/order` is the order service under the create-only load (gRPC, %d clients, first round); the others are each service while the end-to-end backlog was worked off (no orders being placed).",
+		p("`create/order` is the order service under the create-only load (gRPC, %d clients, one more trial after the rounds, which no figure counts); the others are each service while the backlog of one more end-to-end run was worked off (no orders being placed; that run is not counted either): a profiler's sampling costs the processes it samples.",
 			CreateConcurrencies[len(CreateConcurrencies)-1])
 		for _, label := range append([]string{"create/order"}, Services...) {
 			top, ok := r.Profiles[label]

@@ -164,6 +164,10 @@ type Result struct {
 	// /proc/stat could not be read.
 	MachineBusy float64
 	MachineCPU  time.Duration
+	// E2EWindow is the wall-clock time the CPU figures of the end-to-end
+	// run cover: from its first CreateOrder until the load generator
+	// returned (the last order terminal, and its final pass over them).
+	E2EWindow time.Duration
 	// OtherCPU is the CPU time of the machine's other processes over the
 	// same window, by what they are (see cpuByCommand): "PostgreSQL",
 	// "RabbitMQ", "load generator" (this process) and the rest by command
@@ -394,39 +398,19 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 	}
 	for round := 1; round <= o.Rounds; round++ {
 		for _, c := range CreateConcurrencies {
-			w := startCPUWindow()
-			rate, n, err := raws[c].Run(ctx, c, c, o.Trial)
-			w.end(&res.Create[c].RawCPU, n)
+			rate, _, err := raws[c].Run(ctx, c, c, o.Trial, func() func(int64) {
+				w := startCPUWindow()
+				return func(n int64) { w.end(&res.Create[c].RawCPU, n) }
+			})
 			if err != nil {
 				return fmt.Errorf("raw pgx at %d clients: %w", c, err)
 			}
 			res.Create[c].Raw = append(res.Create[c].Raw, rate)
 			logf("create phase: round %d: raw pgx, %d clients: %.0f tx/s", round, c, rate)
 
-			var pg errgroup.Group
-			var profilePath string
-			if round == 1 && c == maxConc && o.ProfileDuration > 0 {
-				pg.Go(func() error {
-					path, err := profile(ctx, pf.Procs["order"], o.WorkDir, "create/order", max(o.Trial-2*time.Second, time.Second))
-					if err != nil {
-						logf("create phase: profiling failed: %v", err)
-					}
-					profilePath = path
-					return nil
-				})
-			}
-			w = startCPUWindow()
+			w := startCPUWindow()
 			sum, err := trial("grpc", grpcCreator, c)
 			w.end(&res.Create[c].GRPCCPU, int64(sum.Created))
-			_ = pg.Wait()
-			if profilePath != "" {
-				// Rendered outside the trial's CPU window.
-				if top, err := pprofTop(ctx, filepath.Join(binDir, "order"), profilePath); err != nil {
-					logf("create phase: profiling failed: %v", err)
-				} else {
-					res.Profiles["create/order"] = top
-				}
-			}
 			if err != nil {
 				return err
 			}
@@ -448,6 +432,33 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 		res.REST = append(res.REST, sum.CreatedPerSec)
 		logf("create phase: round %d: CreateOrder REST, %d clients: %.0f orders/s (p99 %.1f ms)", round, maxConc, sum.CreatedPerSec, sum.CreateLatency.P99)
 	}
+	// The order service's profile comes from one more trial, which no
+	// figure counts: a profiler's sampling costs the process it samples.
+	if o.ProfileDuration > 0 {
+		var pg errgroup.Group
+		var profilePath string
+		pg.Go(func() error {
+			path, err := profile(ctx, pf.Procs["order"], o.WorkDir, "create/order", max(o.Trial-2*time.Second, time.Second))
+			if err != nil {
+				logf("create phase: profiling failed: %v", err)
+			}
+			profilePath = path
+			return nil
+		})
+		_, err := trial("grpc", grpcCreator, maxConc)
+		_ = pg.Wait()
+		if err != nil {
+			return err
+		}
+		if profilePath != "" {
+			if top, err := pprofTop(ctx, filepath.Join(binDir, "order"), profilePath); err != nil {
+				logf("create phase: profiling failed: %v", err)
+			} else {
+				res.Profiles["create/order"] = top
+			}
+		}
+		logf("create phase: profiled the order service over one more gRPC trial at %d clients", maxConc)
+	}
 	// Diagnostic, once: the raw ceiling with the order service's pool
 	// size, to attribute the gap.
 	for _, d := range []struct {
@@ -460,7 +471,7 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 		if err != nil {
 			return err
 		}
-		rate, _, err := r.Run(ctx, maxConc, d.conns, o.Trial)
+		rate, _, err := r.Run(ctx, maxConc, d.conns, o.Trial, nil)
 		err = errors.Join(err, r.Close(context.WithoutCancel(ctx)))
 		if err != nil {
 			// A diagnostic is not worth failing the run for (the server's
@@ -594,59 +605,42 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 			return err
 		}
 	}
-	// The services are profiled while they work off the backlog, after
-	// the last order was placed: that is event processing alone.
-	var g errgroup.Group
-	var profMu sync.Mutex
-	profiles := map[string]string{}
 	e2e := base
 	e2e.Concurrency, e2e.Count = 50, o.E2EOrders
-	e2e.AfterLoad = func() {
-		if o.ProfileDuration <= 0 {
-			return
-		}
-		for _, s := range Services {
-			g.Go(func() error {
-				path, err := profile(ctx, pf.Procs[s], o.WorkDir, s, o.ProfileDuration)
-				if err != nil {
-					logf("end-to-end phase: profiling %s failed: %v", s, err)
-					return nil
-				}
-				profMu.Lock()
-				profiles[s] = path
-				profMu.Unlock()
-				return nil
-			})
-		}
-	}
 	res.E2E, err = run(e2e)
-	// The CPU window ends with the run, not with the profiles (which may
-	// still be recording if the backlog was worked off quickly).
+	ended := time.Now()
 	for _, name := range pf.Names() {
 		after, _ := pf.Procs[name].CPUTime()
 		res.CPU[name] = after - before[name]
 	}
 	if machineAfter, err := readMachineCPU(); err == nil && machineErr == nil {
 		res.MachineBusy = machineAfter.busySince(machineBefore)
-		res.MachineCPU = time.Duration(res.MachineBusy * float64(time.Since(windowStart)) * float64(runtime.NumCPU()))
+		res.MachineCPU = time.Duration(res.MachineBusy * float64(ended.Sub(windowStart)) * float64(runtime.NumCPU()))
 	}
+	res.E2EWindow = ended.Sub(windowStart)
 	services := map[int]bool{}
 	for _, name := range pf.Names() {
 		services[pf.Procs[name].Pid()] = true
 	}
 	res.OtherCPU = cpuByCommand(procsBefore, snapshotProcesses(), services)
-	_ = g.Wait()
 	if err != nil {
 		return fmt.Errorf("throughput run: %w", err)
 	}
-	for s, path := range profiles {
-		top, err := pprofTop(ctx, filepath.Join(binDir, s), path)
-		if err != nil {
-			logf("end-to-end phase: profiling %s failed: %v", s, err)
-			continue
-		}
-		res.Profiles[s] = top
+	// The throughput run ends when every order is terminal, but events
+	// that follow (notifications of the confirmed orders, their
+	// acknowledgements) may still be queued: the latency run measures
+	// steady state only once they are worked off. The wait is timed from
+	// the end of the throughput run.
+	logf("end-to-end phase: waiting for every queue and outbox to be empty")
+	drain, err := pf.WaitDrained(ctx, drainTimeout)
+	if err != nil {
+		return fmt.Errorf("before the half-rate run: %w", err)
 	}
+	res.HalfRateDrain = time.Since(ended)
+	if len(drain.Initial) > 0 {
+		logf("end-to-end phase: left %s after the throughput run ended: %s", time.Since(ended).Round(time.Millisecond), strings.Join(drain.Initial, ", "))
+	}
+	logf("end-to-end phase: queues and outboxes empty %s after the throughput run ended", res.HalfRateDrain.Round(time.Millisecond))
 	for _, name := range Services {
 		after, err := pf.Procs[name].HandlerStats(ctx)
 		if err != nil {
@@ -656,20 +650,6 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 	}
 	logf("end-to-end phase: %.0f confirmed orders/s (%.0f/s while draining the backlog)", res.E2E.ConfirmedPerSec, res.E2E.DrainConfirmedPerSec)
 
-	// The throughput run ends when every order is terminal, but events
-	// that follow (notifications of the confirmed orders, their
-	// acknowledgements) may still be queued: the latency run measures
-	// steady state only once they are worked off.
-	logf("end-to-end phase: waiting for every queue and outbox to be empty")
-	drain, err := pf.WaitDrained(ctx, drainTimeout)
-	if err != nil {
-		return fmt.Errorf("before the half-rate run: %w", err)
-	}
-	res.HalfRateDrain = drain.Took
-	if len(drain.Initial) > 0 {
-		logf("end-to-end phase: left when the throughput run ended: %s", strings.Join(drain.Initial, ", "))
-	}
-	logf("end-to-end phase: queues and outboxes empty after %s", drain.Took.Round(time.Millisecond))
 	res.EmailOrders = warmSum.Created + res.E2E.Created
 	if res.Emails, err = waitEmails(ctx, pf.Emails, 2*int64(res.EmailOrders), emailTimeout); err != nil {
 		return err
@@ -688,6 +668,47 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 	for _, name := range pf.Names() {
 		if rss, err := pf.Procs[name].PeakRSS(); err == nil {
 			res.RSS[name] = rss
+		}
+	}
+
+	// The services' profiles come from one more run of the throughput
+	// run's kind, which no figure counts (a profiler's sampling costs the
+	// processes it samples): recorded while its backlog is worked off,
+	// after its last order was placed, which is event processing alone.
+	if o.ProfileDuration > 0 {
+		var g errgroup.Group
+		var profMu sync.Mutex
+		profiles := map[string]string{}
+		prof := base
+		prof.Concurrency, prof.Count = 50, o.E2EOrders
+		prof.AfterLoad = func() {
+			for _, s := range Services {
+				g.Go(func() error {
+					path, err := profile(ctx, pf.Procs[s], o.WorkDir, s, o.ProfileDuration)
+					if err != nil {
+						logf("end-to-end phase: profiling %s failed: %v", s, err)
+						return nil
+					}
+					profMu.Lock()
+					profiles[s] = path
+					profMu.Unlock()
+					return nil
+				})
+			}
+		}
+		logf("end-to-end phase: one more run of %d orders, profiling the services while its backlog is worked off", o.E2EOrders)
+		_, err := run(prof)
+		_ = g.Wait()
+		if err != nil {
+			return fmt.Errorf("profiled run: %w", err)
+		}
+		for s, path := range profiles {
+			top, err := pprofTop(ctx, filepath.Join(binDir, s), path)
+			if err != nil {
+				logf("end-to-end phase: profiling %s failed: %v", s, err)
+				continue
+			}
+			res.Profiles[s] = top
 		}
 	}
 	return nil
