@@ -25,7 +25,8 @@ func readMachineCPU() (machineCPU, error) {
 
 // parseMachineCPU reads the "cpu" line of /proc/stat: user, nice, system,
 // idle, iowait, irq, softirq, steal, ... in clock ticks. Idle and iowait
-// are not busy; guest time is already counted in user.
+// are not busy, nor is steal (the hypervisor ran another machine: no work
+// of this one); guest time is already counted in user.
 func parseMachineCPU(stat string) (machineCPU, error) {
 	line, _, _ := strings.Cut(stat, "\n")
 	f := strings.Fields(line)
@@ -39,7 +40,7 @@ func parseMachineCPU(stat string) (machineCPU, error) {
 			return machineCPU{}, fmt.Errorf("read machine CPU time: field %d of %q: %w", i+1, line, err)
 		}
 		c.total += n
-		if i != 3 && i != 4 { // idle, iowait
+		if i != 3 && i != 4 && i != 7 { // idle, iowait, steal
 			c.busy += n
 		}
 	}

@@ -346,6 +346,14 @@ func TestParseMachineCPU(t *testing.T) {
 	if got := before.busySince(after); got != 0 {
 		t.Errorf("busy share going backwards = %v, want 0", got)
 	}
+	// Steal (the eighth field) is time the machine waited, not worked.
+	stolen, err := parseMachineCPU("cpu  100 5 50 800 20 3 2 40 0 0\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stolen != (machineCPU{busy: 160, total: 1020}) {
+		t.Errorf("with steal = %+v, want busy 160 of 1020 ticks", stolen)
+	}
 	for _, bad := range []string{"", "intr 1 2 3", "cpu 1 2 3", "cpu 1 2 x 4 5 6 7 8"} {
 		if _, err := parseMachineCPU(bad); err == nil {
 			t.Errorf("parseMachineCPU(%q) succeeded", bad)

@@ -396,6 +396,9 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 	if _, err := trial("grpc", grpcCreator, 8); err != nil {
 		return err
 	}
+	if _, err := trial("rest", restCreator, 8); err != nil {
+		return err
+	}
 	for round := 1; round <= o.Rounds; round++ {
 		for _, c := range CreateConcurrencies {
 			rate, _, err := raws[c].Run(ctx, c, c, o.Trial, func() func(int64) {
