@@ -399,30 +399,33 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 	if _, err := trial("rest", restCreator, 8); err != nil {
 		return err
 	}
-	for round := 1; round <= o.Rounds; round++ {
-		for _, c := range CreateConcurrencies {
-			rate, _, err := raws[c].Run(ctx, c, c, o.Trial, func() func(int64) {
-				w := startCPUWindow()
-				return func(n int64) { w.end(&res.Create[c].RawCPU, n) }
-			})
-			if err != nil {
-				return fmt.Errorf("raw pgx at %d clients: %w", c, err)
-			}
-			res.Create[c].Raw = append(res.Create[c].Raw, rate)
-			logf("create phase: round %d: raw pgx, %d clients: %.0f tx/s", round, c, rate)
-
+	rawTrial := func(round, c int) error {
+		rate, _, err := raws[c].Run(ctx, c, c, o.Trial, func() func(int64) {
 			w := startCPUWindow()
-			sum, err := trial("grpc", grpcCreator, c)
-			w.end(&res.Create[c].GRPCCPU, int64(sum.Created))
-			if err != nil {
-				return err
-			}
-			if sum.CreatedPerSec > Best(res.Create[c].GRPC) {
-				res.Create[c].GRPCSummary = sum
-			}
-			res.Create[c].GRPC = append(res.Create[c].GRPC, sum.CreatedPerSec)
-			logf("create phase: round %d: CreateOrder gRPC, %d clients: %.0f orders/s (p99 %.1f ms)", round, c, sum.CreatedPerSec, sum.CreateLatency.P99)
+			return func(n int64) { w.end(&res.Create[c].RawCPU, n) }
+		})
+		if err != nil {
+			return fmt.Errorf("raw pgx at %d clients: %w", c, err)
 		}
+		res.Create[c].Raw = append(res.Create[c].Raw, rate)
+		logf("create phase: round %d: raw pgx, %d clients: %.0f tx/s", round, c, rate)
+		return nil
+	}
+	grpcTrial := func(round, c int) error {
+		w := startCPUWindow()
+		sum, err := trial("grpc", grpcCreator, c)
+		w.end(&res.Create[c].GRPCCPU, int64(sum.Created))
+		if err != nil {
+			return err
+		}
+		if sum.CreatedPerSec > Best(res.Create[c].GRPC) {
+			res.Create[c].GRPCSummary = sum
+		}
+		res.Create[c].GRPC = append(res.Create[c].GRPC, sum.CreatedPerSec)
+		logf("create phase: round %d: CreateOrder gRPC, %d clients: %.0f orders/s (p99 %.1f ms)", round, c, sum.CreatedPerSec, sum.CreateLatency.P99)
+		return nil
+	}
+	restTrial := func(round int) error {
 		w := startCPUWindow()
 		sum, err := trial("rest", restCreator, maxConc)
 		w.end(&res.RESTCPU, int64(sum.Created))
@@ -434,6 +437,25 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 		}
 		res.REST = append(res.REST, sum.CreatedPerSec)
 		logf("create phase: round %d: CreateOrder REST, %d clients: %.0f orders/s (p99 %.1f ms)", round, maxConc, sum.CreatedPerSec, sum.CreateLatency.P99)
+		return nil
+	}
+	for round := 1; round <= o.Rounds; round++ {
+		// Each round's trials in the same order, but every other round in
+		// reverse, so that no kind of trial always follows the same one
+		// (and what it leaves behind: a checkpoint, a vacuum).
+		var steps []func() error
+		for _, c := range CreateConcurrencies {
+			steps = append(steps, func() error { return rawTrial(round, c) }, func() error { return grpcTrial(round, c) })
+		}
+		steps = append(steps, func() error { return restTrial(round) })
+		if round%2 == 0 {
+			slices.Reverse(steps)
+		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return err
+			}
+		}
 	}
 	// The order service's profile comes from one more trial, which no
 	// figure counts: a profiler's sampling costs the process it samples.
