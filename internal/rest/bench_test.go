@@ -47,12 +47,19 @@ func (cannedOrders) CreateOrder(_ context.Context, req *orderv1.CreateOrderReque
 // connection to it, dialled with opts too.
 func startUpstream(tb testing.TB, orders orderv1.OrderServiceServer, opts ...grpc.DialOption) *grpc.ClientConn {
 	tb.Helper()
+	return serveGRPC(tb, func(srv *grpc.Server) { orderv1.RegisterOrderServiceServer(srv, orders) }, opts...)
+}
+
+// serveGRPC serves what register registers over gRPC on loopback until
+// the test ends, and returns a connection to it, dialled with opts too.
+func serveGRPC(tb testing.TB, register func(*grpc.Server), opts ...grpc.DialOption) *grpc.ClientConn {
+	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatalf("listen: %v", err)
 	}
 	srv := grpc.NewServer()
-	orderv1.RegisterOrderServiceServer(srv, orders)
+	register(srv)
 	go func() { _ = srv.Serve(lis) }()
 	tb.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)

@@ -6,14 +6,12 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -24,21 +22,8 @@ import (
 // a connection to it.
 func startHealth(t *testing.T) (*health.Server, *grpc.ClientConn) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	hs := health.NewServer()
-	srv := grpc.NewServer()
-	healthpb.RegisterHealthServer(srv, hs)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return hs, conn
+	return hs, serveGRPC(t, func(srv *grpc.Server) { healthpb.RegisterHealthServer(srv, hs) })
 }
 
 // TestHealthzFollowsTheOrderServiceOnly: /healthz is 503 while the order
@@ -104,19 +89,7 @@ func (hangingHealth) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) 
 // hangs reads UNREACHABLE (503), and the inventory, SERVING, reads so: the
 // hanging check does not use up the other's time.
 func TestHealthzAsksTheUpstreamsAtOnce(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	healthpb.RegisterHealthServer(srv, hangingHealth{})
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	orderConn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { orderConn.Close() })
+	orderConn := serveGRPC(t, func(srv *grpc.Server) { healthpb.RegisterHealthServer(srv, hangingHealth{}) })
 	inventoryHealth, inventoryConn := startHealth(t)
 	inventoryHealth.SetServingStatus("ordermesh.inventory.v1.InventoryService", healthpb.HealthCheckResponse_SERVING)
 	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)),

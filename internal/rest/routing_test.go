@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -35,21 +33,11 @@ func (c *countingInventory) SetStock(_ context.Context, req *inventoryv1.SetStoc
 // SetStock calls and answer CreateOrder.
 func gatewayWithInventory(t *testing.T) (string, *countingInventory) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	inv := &countingInventory{}
-	srv := grpc.NewServer()
-	inventoryv1.RegisterInventoryServiceServer(srv, inv)
-	orderv1.RegisterOrderServiceServer(srv, cannedOrders{})
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := serveGRPC(t, func(srv *grpc.Server) {
+		inventoryv1.RegisterInventoryServiceServer(srv, inv)
+		orderv1.RegisterOrderServiceServer(srv, cannedOrders{})
+	})
 	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
 	if err != nil {
 		t.Fatal(err)
