@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -69,36 +70,9 @@ func (s *slowOrders) CreateOrder(ctx context.Context, req *orderv1.CreateOrderRe
 // that takes its time, and stops it while a CreateOrder is in flight:
 // the call completes, and run returns nil.
 func TestRunServesAndDrains(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	orders := &slowOrders{delay: 500 * time.Millisecond, started: make(chan struct{}, 1)}
-	srv := grpc.NewServer()
-	orderv1.RegisterOrderServiceServer(srv, orders)
-	go func() { _ = srv.Serve(lis) }()
-	defer srv.Stop()
-
-	env := map[string]string{
-		"ORDERMESH_HTTP_ADDR":      "127.0.0.1:0",
-		"ORDERMESH_ORDER_ADDR":     lis.Addr().String(),
-		"ORDERMESH_INVENTORY_ADDR": lis.Addr().String(),
-		"ORDERMESH_LOG_LEVEL":      "error",
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard, ready) }()
-	var base string
-	select {
-	case addr := <-ready:
-		base = "http://" + addr.String()
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the gateway did not start listening")
-	}
+	gw := runGateway(t, func(srv *grpc.Server) { orderv1.RegisterOrderServiceServer(srv, orders) }, nil)
+	base := gw.base
 
 	// /healthz: the upstream serves no health service, so not serving.
 	resp, err := http.Get(base + "/healthz")
@@ -134,7 +108,7 @@ func TestRunServesAndDrains(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("CreateOrder never reached the order service")
 	}
-	cancel() // as SIGTERM does
+	gw.stop() // as SIGTERM does
 	select {
 	case r := <-got:
 		if r.err != nil || r.status != http.StatusOK || !strings.Contains(r.body, `"ada@example.com"`) {
@@ -143,13 +117,8 @@ func TestRunServesAndDrains(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("CreateOrder in flight at shutdown never answered")
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run = %v, want nil after a drained shutdown", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("run did not return after shutdown")
+	if err := gw.wait(t); err != nil {
+		t.Errorf("run = %v, want nil after a drained shutdown", err)
 	}
 	if _, err := http.Get(base + "/healthz"); err == nil {
 		t.Error("the gateway still answers after run returned")
@@ -160,38 +129,12 @@ func TestRunServesAndDrains(t *testing.T) {
 // takes longer than the shutdown timeout: the connection is cut off once
 // the timeout has passed, and run returns nil, as the services do.
 func TestRunCutsOffWhatOutlastsTheDrain(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	orders := &slowOrders{delay: time.Minute, started: make(chan struct{}, 1)}
-	srv := grpc.NewServer()
-	orderv1.RegisterOrderServiceServer(srv, orders)
-	go func() { _ = srv.Serve(lis) }()
-	defer srv.Stop()
-
-	env := map[string]string{
-		"ORDERMESH_HTTP_ADDR":        "127.0.0.1:0",
-		"ORDERMESH_ORDER_ADDR":       lis.Addr().String(),
-		"ORDERMESH_INVENTORY_ADDR":   lis.Addr().String(),
-		"ORDERMESH_LOG_LEVEL":        "error",
+	gw := runGateway(t, func(srv *grpc.Server) { orderv1.RegisterOrderServiceServer(srv, orders) }, map[string]string{
 		"ORDERMESH_SHUTDOWN_TIMEOUT": "300ms",
 		"ORDERMESH_UPSTREAM_TIMEOUT": "1m",
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard, ready) }()
-	var base string
-	select {
-	case addr := <-ready:
-		base = "http://" + addr.String()
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the gateway did not start listening")
-	}
+	})
+	base := gw.base
 	failed := make(chan error, 1)
 	go func() {
 		resp, err := http.Post(base+"/v1/orders", "application/json", strings.NewReader(
@@ -206,14 +149,9 @@ func TestRunCutsOffWhatOutlastsTheDrain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("CreateOrder never reached the order service")
 	}
-	cancel() // as SIGTERM does
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run = %v, want nil after the drain timed out", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("run did not return after the drain timed out")
+	gw.stop() // as SIGTERM does
+	if err := gw.wait(t); err != nil {
+		t.Errorf("run = %v, want nil after the drain timed out", err)
 	}
 	select {
 	case err := <-failed:
@@ -228,39 +166,13 @@ func TestRunCutsOffWhatOutlastsTheDrain(t *testing.T) {
 // TestRunDrainDelay: after shutdown began the gateway goes on answering
 // for ORDERMESH_DRAIN_DELAY, /healthz 503 NOT_SERVING, then stops.
 func TestRunDrainDelay(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	hs := health.NewServer()
 	hs.SetServingStatus("ordermesh.order.v1.OrderService", healthpb.HealthCheckResponse_SERVING)
-	srv := grpc.NewServer()
-	healthpb.RegisterHealthServer(srv, hs)
-	go func() { _ = srv.Serve(lis) }()
-	defer srv.Stop()
-
 	const delay = time.Second
-	env := map[string]string{
-		"ORDERMESH_HTTP_ADDR":      "127.0.0.1:0",
-		"ORDERMESH_ORDER_ADDR":     lis.Addr().String(),
-		"ORDERMESH_INVENTORY_ADDR": lis.Addr().String(),
-		"ORDERMESH_LOG_LEVEL":      "error",
-		"ORDERMESH_DRAIN_DELAY":    delay.String(),
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard, ready) }()
-	var base string
-	select {
-	case addr := <-ready:
-		base = "http://" + addr.String()
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the gateway did not start listening")
-	}
+	gw := runGateway(t, func(srv *grpc.Server) { healthpb.RegisterHealthServer(srv, hs) }, map[string]string{
+		"ORDERMESH_DRAIN_DELAY": delay.String(),
+	})
+	base := gw.base
 	healthz := func() (int, error) {
 		client := http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 		resp, err := client.Get(base + "/healthz")
@@ -274,7 +186,7 @@ func TestRunDrainDelay(t *testing.T) {
 		t.Fatalf("/healthz before shutdown: %d %v, want 200", code, err)
 	}
 
-	cancel() // as SIGTERM does
+	gw.stop() // as SIGTERM does
 	stopped := time.Now()
 	var answered time.Duration
 	last := 0
@@ -290,12 +202,64 @@ func TestRunDrainDelay(t *testing.T) {
 	if answered < delay/2 || last != http.StatusServiceUnavailable {
 		t.Errorf("after shutdown began the gateway last answered %v after, /healthz %d; want 503 for about %v", answered.Round(time.Millisecond), last, delay)
 	}
+	if err := gw.wait(t); err != nil {
+		t.Errorf("run = %v, want nil", err)
+	}
+}
+
+// runningGateway is run serving in a test, in front of an upstream of the
+// test's.
+type runningGateway struct {
+	base string // http://host:port
+	stop context.CancelFunc
+	done <-chan error
+}
+
+// runGateway serves what register registers over gRPC on loopback as both
+// upstreams, runs the gateway in front of it with env added to its
+// environment, and returns once it listens. The gateway stops when the
+// test ends, if the test did not stop it first.
+func runGateway(t *testing.T, register func(*grpc.Server), env map[string]string) *runningGateway {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	register(srv)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	all := map[string]string{
+		"ORDERMESH_HTTP_ADDR":      "127.0.0.1:0",
+		"ORDERMESH_ORDER_ADDR":     lis.Addr().String(),
+		"ORDERMESH_INVENTORY_ADDR": lis.Addr().String(),
+		"ORDERMESH_LOG_LEVEL":      "error",
+	}
+	maps.Copy(all, env)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return all[k] }, io.Discard, ready) }()
 	select {
+	case addr := <-ready:
+		return &runningGateway{base: "http://" + addr.String(), stop: cancel, done: done}
 	case err := <-done:
-		if err != nil {
-			t.Errorf("run = %v, want nil", err)
-		}
+		t.Fatalf("run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the gateway did not start listening")
+	}
+	return nil
+}
+
+// wait waits for run to return after stop and returns its error.
+func (g *runningGateway) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-g.done:
+		return err
 	case <-time.After(30 * time.Second):
-		t.Fatal("run did not return after the drain delay")
+		t.Fatal("run did not return within 30 s of the shutdown")
+		return nil
 	}
 }
