@@ -43,15 +43,8 @@ import (
 // goes NOT_SERVING when its broker connections are cut or black-holed and
 // SERVING again after it reconnects, and stops cleanly.
 func TestWorkerRuntime(t *testing.T) {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	id := hex.EncodeToString(b[:])
-	prefix, name := "svc-"+id+".", "worker"
-	schema := postgrestest.RandomSchema(t)
-	t.Cleanup(func() { postgrestest.DropSchema(t, schema) })
-	t.Cleanup(func() {
-		platformtest.DeleteTopology(t, platformtest.AMQPURL(), prefix, []string{name}, []time.Duration{100 * time.Millisecond})
-	})
+	name := "worker"
+	prefix, schema := isolate(t, name, []time.Duration{100 * time.Millisecond})
 
 	adminAddr := testport.Addr(t)
 	// The worker reaches the broker through a proxy the test can cut.
@@ -111,12 +104,7 @@ func TestWorkerRuntime(t *testing.T) {
 		}
 	}()
 
-	conn, err := grpc.NewClient(svc.addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer conn.Close()
-	health := healthpb.NewHealthClient(conn)
+	health := svc.health(t)
 	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
 	waitHealth(t, health, service.BrokerHealthName, healthpb.HealthCheckResponse_SERVING, 5*time.Second)
 
@@ -335,6 +323,31 @@ func runService(t *testing.T, spec service.Spec, cfg service.Config, log *slog.L
 		t.Fatal("service did not start")
 	}
 	return nil
+}
+
+// isolate gives a test of a service called name its own topology prefix
+// and database schema, which it removes when the test ends (the queues
+// with retry queues of delays).
+func isolate(t *testing.T, name string, delays []time.Duration) (prefix, schema string) {
+	t.Helper()
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	prefix = "svc-" + hex.EncodeToString(b[:]) + "."
+	schema = postgrestest.RandomSchema(t)
+	t.Cleanup(func() { postgrestest.DropSchema(t, schema) })
+	t.Cleanup(func() { platformtest.DeleteTopology(t, platformtest.AMQPURL(), prefix, []string{name}, delays) })
+	return prefix, schema
+}
+
+// health returns a health client of the service, dialled for the test.
+func (s *runningService) health(t *testing.T) healthpb.HealthClient {
+	t.Helper()
+	conn, err := grpc.NewClient(s.addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return healthpb.NewHealthClient(conn)
 }
 
 // wait waits for the service's run to end after stop and returns its

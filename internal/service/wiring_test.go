@@ -7,10 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -28,12 +25,8 @@ import (
 // and on shutdown the gRPC server keeps answering, NOT_SERVING, for the
 // drain delay before it stops.
 func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
-	prefix, name := "svc-"+uuid.NewString()[:12]+".", "wired"
-	schema := postgrestest.RandomSchema(t)
-	t.Cleanup(func() { postgrestest.DropSchema(t, schema) })
-	t.Cleanup(func() {
-		platformtest.DeleteTopology(t, platformtest.AMQPURL(), prefix, []string{name}, []time.Duration{time.Second})
-	})
+	name := "wired"
+	prefix, schema := isolate(t, name, []time.Duration{time.Second})
 	const handlerTimeout = 2 * time.Second
 	cfg := service.Config{
 		GRPCAddr:    "127.0.0.1:0",
@@ -68,12 +61,7 @@ func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	svc := runService(t, spec, cfg, log)
-	conn, err := grpc.NewClient(svc.addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer conn.Close()
-	health := healthpb.NewHealthClient(conn)
+	health := svc.health(t)
 	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
 
 	pub := newPublisher(t, cfg, log)
