@@ -399,7 +399,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	g.Go(func() error { return srv.Serve(gctx, lis) })
 	g.Go(func() error { return subscriber.Run(gctx) })
 	if adminLis != nil {
-		g.Go(func() error { return serveAdmin(gctx, log, adminLis, m) })
+		g.Go(func() error { return telemetry.ServeAdmin(gctx, log, adminLis, m.registry) })
 	}
 	if cfg.InboxRetention > 0 {
 		g.Go(func() error { return pruneInbox(gctx, log, pool, cfg.InboxRetention) })

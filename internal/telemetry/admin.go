@@ -1,4 +1,4 @@
-package service
+package telemetry
 
 import (
 	"context"
@@ -10,13 +10,15 @@ import (
 	"net/http/pprof"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// serveAdmin serves /metrics and /debug/pprof/ on lis until ctx ends.
-func serveAdmin(ctx context.Context, log *slog.Logger, lis net.Listener, m *metrics) error {
+// ServeAdmin serves a binary's admin endpoint on lis until ctx ends:
+// /metrics (Prometheus, what metrics gathers) and /debug/pprof/.
+func ServeAdmin(ctx context.Context, log *slog.Logger, lis net.Listener, metrics prometheus.Gatherer) error {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
