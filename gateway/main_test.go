@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/testport"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -234,6 +235,7 @@ func runGateway(t *testing.T, register func(*grpc.Server), env map[string]string
 		"ORDERMESH_ORDER_ADDR":     lis.Addr().String(),
 		"ORDERMESH_INVENTORY_ADDR": lis.Addr().String(),
 		"ORDERMESH_LOG_LEVEL":      "error",
+		"ORDERMESH_ADMIN_ADDR":     "off",
 	}
 	maps.Copy(all, env)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -261,5 +263,35 @@ func (g *runningGateway) wait(t *testing.T) error {
 	case <-time.After(30 * time.Second):
 		t.Fatal("run did not return within 30 s of the shutdown")
 		return nil
+	}
+}
+
+// TestRunServesMetrics: the admin address serves the gateway's request
+// metrics (and the Go runtime's).
+func TestRunServesMetrics(t *testing.T) {
+	admin := testport.Addr(t)
+	orders := &slowOrders{delay: 0, started: make(chan struct{}, 1)}
+	gw := runGateway(t, func(srv *grpc.Server) { orderv1.RegisterOrderServiceServer(srv, orders) }, map[string]string{
+		"ORDERMESH_ADMIN_ADDR": admin,
+	})
+	resp, err := http.Post(gw.base+"/v1/orders", "application/json", strings.NewReader(
+		`{"request_id": "7f1b0b5e-3c55-4bb3-9a8e-2a1c1f0b8f11", "customer_email": "ada@example.com"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`ordermesh_gateway_requests_total{code="200",route="POST /v1/orders"} 1`, "go_goroutines"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }

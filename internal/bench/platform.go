@@ -140,11 +140,9 @@ func (p *Platform) start(name, logDir string) error {
 	if err != nil {
 		return err
 	}
-	adminAddr := ""
-	if name != "gateway" {
-		if adminAddr, err = freeAddr(); err != nil {
-			return err
-		}
+	adminAddr, err := freeAddr()
+	if err != nil {
+		return err
 	}
 	env := append(os.Environ(),
 		"ORDERMESH_DATABASE_URL="+p.DatabaseURL,
@@ -161,8 +159,9 @@ func (p *Platform) start(name, logDir string) error {
 		}
 		env = append(env, "ORDERMESH_HTTP_ADDR="+addr, "ORDERMESH_ORDER_ADDR="+p.Procs["order"].Addr, "ORDERMESH_INVENTORY_ADDR="+inv)
 	} else {
-		env = append(env, "ORDERMESH_GRPC_ADDR="+addr, "ORDERMESH_ADMIN_ADDR="+adminAddr)
+		env = append(env, "ORDERMESH_GRPC_ADDR="+addr)
 	}
+	env = append(env, "ORDERMESH_ADMIN_ADDR="+adminAddr)
 	logFile, err := os.Create(filepath.Join(logDir, p.Prefix+name+".log"))
 	if err != nil {
 		return fmt.Errorf("create log of %s: %w", name, err)

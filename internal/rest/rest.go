@@ -53,6 +53,8 @@ type Options struct {
 	// Draining, when set, makes /healthz answer 503 NOT_SERVING once it is
 	// closed: the gateway is shutting down.
 	Draining <-chan struct{}
+	// Metrics, when set, counts and times every request.
+	Metrics *Metrics
 }
 
 func (o *Options) defaults() {
@@ -81,7 +83,7 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		MarshalOptions:   orderJSONOptions,
 		UnmarshalOptions: protojson.UnmarshalOptions{},
 	}
-	gw := runtime.NewServeMux(
+	muxOpts := []runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &jsonMarshaler{JSONPb: jsonpb}),
 		runtime.WithMarshalerOption(eventStreamMIME, &sseMarshaler{JSONPb: jsonpb}),
 		runtime.WithErrorHandler(errorHandler(log)),
@@ -97,7 +99,12 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		runtime.WithIncomingHeaderMatcher(traceHeaders),
 		runtime.WithOutgoingHeaderMatcher(noHeaders),
 		runtime.WithOutgoingTrailerMatcher(noHeaders),
-	)
+	}
+	if opts.Metrics != nil {
+		// Records each request's route for its metrics.
+		muxOpts = append(muxOpts, runtime.WithMetadata(routeOf))
+	}
+	gw := runtime.NewServeMux(muxOpts...)
 	if err := orderv1.RegisterOrderServiceHandlerClient(ctx, gw, orderv1.NewOrderServiceClient(up.Order)); err != nil {
 		return nil, fmt.Errorf("register order routes: %w", err)
 	}
@@ -124,7 +131,11 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 	// does so to keep the connection), and without a deadline a client
 	// that stalls mid-body would hold the connection, and a shutdown, for
 	// as long as it liked.
-	return limitBody(opts.MaxBodyBytes, opts.BodyTimeout, mux), nil
+	h := limitBody(opts.MaxBodyBytes, opts.BodyTimeout, mux)
+	if opts.Metrics != nil {
+		h = opts.Metrics.wrap(h)
+	}
+	return h, nil
 }
 
 // getOnly serves GET (and HEAD) requests with h and answers others 405,

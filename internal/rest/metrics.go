@@ -1,0 +1,107 @@
+package rest
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/metadata"
+)
+
+// Metrics are the gateway's request metrics, by route: the method and
+// path template of a REST route ("POST /v1/orders"), "/healthz",
+// "/openapi.json", or "other" for a request no route took (404, 405).
+type Metrics struct {
+	requests *prometheus.CounterVec
+	seconds  *prometheus.HistogramVec
+}
+
+// NewMetrics registers the gateway's request metrics on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "ordermesh", Name: "gateway_requests_total",
+			Help: "HTTP requests answered, by route and status code.",
+		}, []string{"route", "code"}),
+		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "ordermesh", Name: "gateway_request_seconds",
+			Help:    "Time from a request's arrival to the end of its response (a watch: its whole stream), by route.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"route"}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.seconds} {
+		if err := reg.Register(c); err != nil {
+			return nil, errors.Join(errors.New("register gateway metrics"), err)
+		}
+	}
+	return m, nil
+}
+
+// routeKey carries a request's *string route in its context, where
+// routeOf finds it once grpc-gateway has routed the request.
+type routeKey struct{}
+
+// routeOf is the gateway mux's metadata annotator: it adds no metadata,
+// and records the route grpc-gateway matched for the request's metrics.
+func routeOf(ctx context.Context, r *http.Request) metadata.MD {
+	if route, ok := r.Context().Value(routeKey{}).(*string); ok {
+		if pattern, ok := runtime.HTTPPathPattern(ctx); ok {
+			*route = r.Method + " " + pattern
+		}
+	}
+	return nil
+}
+
+// wrap counts and times every request next serves.
+func (m *Metrics) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		var route string
+		rec := &statusRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), routeKey{}, &route)))
+		if route == "" {
+			route = "other"
+			if r.URL.Path == "/healthz" || r.URL.Path == "/openapi.json" {
+				route = r.URL.Path
+			}
+		}
+		code := rec.code
+		if code == 0 {
+			code = http.StatusOK
+		}
+		m.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+		m.seconds.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+// statusRecorder notes the status code of a response as it goes out.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusRecorder) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusRecorder) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// FlushError flushes what went out (streams flush after every message).
+func (w *statusRecorder) FlushError() error {
+	return http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
