@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -100,10 +101,10 @@ func BenchmarkCreateOrder(b *testing.B) {
 	b.Run("grpc", func(b *testing.B) {
 		run(b, loadgen.NewGRPCCreator(startUpstream(b, cannedOrders{})))
 	})
-	b.Run("rest", func(b *testing.B) {
+	throughGateway := func(b *testing.B, opts rest.Options) {
 		conn := startUpstream(b, cannedOrders{})
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
-		h, err := rest.NewHandler(context.Background(), log, rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
+		h, err := rest.NewHandler(context.Background(), log, rest.Upstreams{Order: conn, Inventory: conn}, opts)
 		if err != nil {
 			b.Fatalf("gateway: %v", err)
 		}
@@ -112,5 +113,14 @@ func BenchmarkCreateOrder(b *testing.B) {
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}}
 		b.Cleanup(client.CloseIdleConnections)
 		run(b, loadgen.NewRESTCreator(hs.URL, client))
+	}
+	b.Run("rest", func(b *testing.B) { throughGateway(b, rest.Options{}) })
+	// As the gateway binary runs it: with its request metrics.
+	b.Run("rest-metrics", func(b *testing.B) {
+		m, err := rest.NewMetrics(prometheus.NewRegistry())
+		if err != nil {
+			b.Fatal(err)
+		}
+		throughGateway(b, rest.Options{Metrics: m})
 	})
 }
