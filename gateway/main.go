@@ -137,8 +137,6 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 	}
 	defer invConn.Close()
 
-	// HTTP server. Watch streams end when shutdown begins; other requests
-	// are drained.
 	// Metrics: the requests', the Go runtime's and the process's, served
 	// with pprof on the admin address.
 	registry := prometheus.NewRegistry()
@@ -155,6 +153,8 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		defer adminLis.Close()
 	}
 
+	// HTTP server. Watch streams end when shutdown begins; other requests
+	// are drained.
 	streams, endStreams := context.WithCancel(context.WithoutCancel(ctx))
 	defer endStreams()
 	handler, err := rest.NewHandler(ctx, log, rest.Upstreams{Order: orderConn, Inventory: invConn}, rest.Options{
