@@ -57,6 +57,10 @@ type spec struct {
 	mailWindow bool
 	// allowed are the CreateOrder error codes the scenario may cause.
 	allowed []codes.Code
+	// fullRate keeps the load's rate under -short, with four times the
+	// orders -short gives, so it spans the same time: for a scenario
+	// whose faults must find the workers busy.
+	fullRate bool
 }
 
 // scenario is one running scenario.
@@ -176,12 +180,15 @@ func runScenario(t *testing.T, sp spec) {
 	// Load and faults together. The topology settles on the first orders
 	// before the first fault.
 	s.load = newLoad(orderv1.NewOrderServiceClient(pf.Dial("order")), strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")))
-	n := ordersFor(sp.orders)
+	n, rate := ordersFor(sp.orders), rateFor(sp.rate)
+	if sp.fullRate && rate != sp.rate && os.Getenv("ORDERMESH_FAULTS_ORDERS") == "" {
+		n, rate = n*int(sp.rate/rate), sp.rate
+	}
 	loadDone := make(chan struct{})
 	var loadEnd time.Time
 	go func() {
 		defer close(loadDone)
-		s.load.run(ctx, n, rateFor(sp.rate), 32)
+		s.load.run(ctx, n, rate, 32)
 		loadEnd = time.Now()
 	}()
 	faultStart := time.Now()
