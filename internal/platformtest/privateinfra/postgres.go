@@ -130,14 +130,8 @@ func (p *PostgreSQL) Start(ctx context.Context) error {
 		cmd := exec.Command(filepath.Join(p.bin, "postgres"), "-D", p.dataDir(),
 			"-p", strconv.Itoa(p.Port), "-k", filepath.Join(p.Dir, "sock"),
 			"-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300")
-		log, err := os.OpenFile(filepath.Join(p.Dir, "server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			return fmt.Errorf("start postgresql: %w", err)
-		}
-		defer log.Close()
-		cmd.Stdout, cmd.Stderr = log, log
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: p.cred}
-		if p.proc, err = startProcess(cmd); err != nil {
+		var err error
+		if p.proc, err = startProcess(cmd, filepath.Join(p.Dir, "server.log"), p.cred); err != nil {
 			return fmt.Errorf("start postgresql: %w", err)
 		}
 	}

@@ -139,14 +139,8 @@ func (r *RabbitMQ) startEPMD(ctx context.Context) error {
 	}
 	cmd := exec.Command(path, "-port", strconv.Itoa(r.EPMDPort), "-address", "127.0.0.1")
 	cmd.Env = r.env
-	out, err := os.OpenFile(filepath.Join(r.Dir, "epmd.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("start epmd: %w", err)
-	}
-	defer out.Close()
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if r.epmd, err = startProcess(cmd); err != nil {
+	var err error
+	if r.epmd, err = startProcess(cmd, filepath.Join(r.Dir, "epmd.out"), nil); err != nil {
 		return fmt.Errorf("start epmd: %w", err)
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(r.EPMDPort))
@@ -170,16 +164,7 @@ func (r *RabbitMQ) Start(ctx context.Context) error {
 	}
 	cmd := exec.Command(filepath.Join(RabbitMQHome, "rabbitmq-server"))
 	cmd.Env = r.env
-	out, err := os.OpenFile(filepath.Join(r.Dir, "server.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("start rabbitmq: %w", err)
-	}
-	defer out.Close()
-	cmd.Stdout, cmd.Stderr = out, out
-	// Its own process group, so Kill reaches the Erlang VM's helpers too;
-	// the test's death takes it along.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	p, err := startProcess(cmd)
+	p, err := startProcess(cmd, filepath.Join(r.Dir, "server.out"), nil)
 	if err != nil {
 		return fmt.Errorf("start rabbitmq: %w", err)
 	}
@@ -335,7 +320,18 @@ func findEPMD() string {
 	return matches[len(matches)-1]
 }
 
-func startProcess(cmd *exec.Cmd) (*process, error) {
+// startProcess starts cmd as the test's child, with its output appended
+// to the file at logPath, in a process group of its own (so a kill
+// reaches its helpers too) and killed if the test dies (Pdeathsig), as
+// cred's user when cred is not nil.
+func startProcess(cmd *exec.Cmd, logPath string, cred *syscall.Credential) (*process, error) {
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close() // The child has its own copy.
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
