@@ -41,16 +41,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-// routeKey carries a request's *string route in its context, where
+// recorderKey carries a request's *requestRecorder in its context, where
 // routeOf finds it once grpc-gateway has routed the request.
-type routeKey struct{}
+type recorderKey struct{}
 
 // routeOf is the gateway mux's metadata annotator: it adds no metadata,
 // and records the route grpc-gateway matched for the request's metrics.
 func routeOf(ctx context.Context, r *http.Request) metadata.MD {
-	if route, ok := r.Context().Value(routeKey{}).(*string); ok {
+	if rec, ok := r.Context().Value(recorderKey{}).(*requestRecorder); ok {
 		if pattern, ok := runtime.HTTPPathPattern(ctx); ok {
-			*route = r.Method + " " + pattern
+			rec.route = r.Method + " " + pattern
 		}
 	}
 	return nil
@@ -60,9 +60,9 @@ func routeOf(ctx context.Context, r *http.Request) metadata.MD {
 func (m *Metrics) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		var route string
-		rec := &statusRecorder{ResponseWriter: w}
-		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), routeKey{}, &route)))
+		rec := &requestRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), recorderKey{}, rec)))
+		route := rec.route
 		if route == "" {
 			route = "other"
 			if r.URL.Path == "/healthz" || r.URL.Path == "/openapi.json" {
@@ -78,20 +78,22 @@ func (m *Metrics) wrap(next http.Handler) http.Handler {
 	})
 }
 
-// statusRecorder notes the status code of a response as it goes out.
-type statusRecorder struct {
+// requestRecorder is a response as it goes out, noting its status code,
+// and the route grpc-gateway matched for its request (routeOf).
+type requestRecorder struct {
 	http.ResponseWriter
-	code int
+	code  int
+	route string
 }
 
-func (w *statusRecorder) WriteHeader(code int) {
+func (w *requestRecorder) WriteHeader(code int) {
 	if w.code == 0 {
 		w.code = code
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
-func (w *statusRecorder) Write(b []byte) (int, error) {
+func (w *requestRecorder) Write(b []byte) (int, error) {
 	if w.code == 0 {
 		w.code = http.StatusOK
 	}
@@ -99,9 +101,9 @@ func (w *statusRecorder) Write(b []byte) (int, error) {
 }
 
 // FlushError flushes what went out (streams flush after every message).
-func (w *statusRecorder) FlushError() error {
+func (w *requestRecorder) FlushError() error {
 	return http.NewResponseController(w.ResponseWriter).Flush()
 }
 
 // Unwrap lets http.ResponseController reach the connection.
-func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w *requestRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }

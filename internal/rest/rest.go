@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"mime"
 	"net/http"
 	"slices"
 	"strings"
@@ -248,10 +247,12 @@ func upstreamTimeout(d time.Duration, streams context.Context) runtime.Middlewar
 }
 
 // isEventStream reports whether the media type ct names is
-// text/event-stream, whatever its parameters.
+// text/event-stream, whatever its parameters. It runs for every unary
+// call, so it does not parse the parameters (mime.ParseMediaType
+// allocates a map for them).
 func isEventStream(ct string) bool {
-	mt, _, err := mime.ParseMediaType(ct)
-	return err == nil && mt == eventStreamMIME
+	mt, _, _ := strings.Cut(ct, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), eventStreamMIME)
 }
 
 type healthCheck struct {

@@ -175,12 +175,12 @@ func TestUnaryCallAnswersJSONToAnEventStreamClient(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, header := range []string{"Accept", "Content-Type"} {
+			for header, value := range map[string]string{"Accept": "text/event-stream", "Content-Type": "Text/Event-Stream; charset=utf-8"} {
 				req := req.Clone(req.Context())
 				if tt.body != "" {
 					req.Body = io.NopCloser(strings.NewReader(tt.body))
 				}
-				req.Header.Set(header, "text/event-stream")
+				req.Header.Set(header, value)
 				resp, b := send(t, req)
 				if ct := resp.Header.Get("Content-Type"); ct != "application/json" || !json.Valid([]byte(b)) {
 					t.Errorf("%s %s with %s text/event-stream: Content-Type %q, body %s; want JSON", tt.method, tt.path, header, ct, b)
