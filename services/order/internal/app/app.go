@@ -358,8 +358,9 @@ func (a *App) change(ctx context.Context, id string, in order.Input) (order.Orde
 		if err != nil {
 			return err
 		}
+		trace := telemetry.TraceContextFrom(ctx)
 		for i := range events {
-			events[i].trace = telemetry.TraceContextFrom(ctx)
+			events[i].trace = trace
 		}
 		result = next
 		published = len(events) > 0
