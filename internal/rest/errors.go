@@ -145,8 +145,15 @@ func withQueryViolation(st *status.Status) *status.Status {
 	if m == nil {
 		return st
 	}
+	return fieldViolation(st.Message(), m[1], m[2])
+}
+
+// fieldViolation returns an INVALID_ARGUMENT with message and a
+// google.rpc.BadRequest holding one violation of field.
+func fieldViolation(message, field, description string) *status.Status {
+	st := status.New(codes.InvalidArgument, message)
 	withDetails, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
-		{Field: m[1], Description: m[2]},
+		{Field: field, Description: description},
 	}})
 	if err != nil {
 		return st

@@ -94,7 +94,9 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		// SetStock of nothing, say).
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithDisableHTTPMethodOverride(),
-		runtime.WithMiddlewares(probeRoute, upstreamTimeout(opts.UpstreamTimeout, opts.Streams), noForwarding),
+		runtime.WithMiddlewares(probeRoute, checkQuery(queryRoutes(orderv1.File_ordermesh_order_v1_order_service_proto.Services().ByName("OrderService"),
+			inventoryv1.File_ordermesh_inventory_v1_inventory_service_proto.Services().ByName("InventoryService"))),
+			upstreamTimeout(opts.UpstreamTimeout, opts.Streams), noForwarding),
 		runtime.WithIncomingHeaderMatcher(traceHeaders),
 		runtime.WithOutgoingHeaderMatcher(noHeaders),
 		runtime.WithOutgoingTrailerMatcher(noHeaders),

@@ -430,6 +430,7 @@ func TestRESTErrors(t *testing.T) {
 		{"page_size=99999999999", "page_size"},
 		{"status=ORDER_STATUS_BOGUS", "status"},
 		{"view=7", "view"},
+		{"state=ORDER_STATUS_CONFIRMED", "state"}, // no such parameter: not ignored
 	} {
 		code, b := e.do(t, http.MethodGet, "/v1/orders?"+q.query, "")
 		var qe restError

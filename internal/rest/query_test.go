@@ -1,0 +1,206 @@
+package rest_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/api/annotations"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/rest"
+)
+
+// listingOrders answers ListOrders and GetOrder with nothing and keeps the
+// last request each received.
+type listingOrders struct {
+	cannedOrders
+	mu   sync.Mutex
+	list *orderv1.ListOrdersRequest
+	get  *orderv1.GetOrderRequest
+}
+
+func (l *listingOrders) ListOrders(_ context.Context, req *orderv1.ListOrdersRequest) (*orderv1.ListOrdersResponse, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.list = req
+	return &orderv1.ListOrdersResponse{}, nil
+}
+
+func (l *listingOrders) GetOrder(_ context.Context, req *orderv1.GetOrderRequest) (*orderv1.GetOrderResponse, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.get = req
+	return &orderv1.GetOrderResponse{Order: &orderv1.Order{Id: req.GetOrderId()}}, nil
+}
+
+// queryViolation is the one field violation of a 400 answer.
+type queryViolation struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	Details []struct {
+		FieldViolations []struct {
+			Field       string `json:"field"`
+			Description string `json:"description"`
+		} `json:"field_violations"`
+	} `json:"details"`
+}
+
+func TestQueryParametersMustNameAField(t *testing.T) {
+	orders := &listingOrders{}
+	conn := serveGRPC(t, func(srv *grpc.Server) { orderv1.RegisterOrderServiceServer(srv, orders) })
+	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(h)
+	t.Cleanup(hs.Close)
+	do := func(method, path, body string) (int, []byte) {
+		t.Helper()
+		req, err := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := hs.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, b
+	}
+
+	// Fields by their proto and their JSON names reach the upstream.
+	code, b := do(http.MethodGet, "/v1/orders?page_size=5&pageToken=abc&status=ORDER_STATUS_CONFIRMED&customerEmail=ada@example.com&view=ORDER_VIEW_BASIC", "")
+	if code != http.StatusOK {
+		t.Fatalf("list with known parameters = %d %s", code, b)
+	}
+	orders.mu.Lock()
+	got := orders.list
+	orders.mu.Unlock()
+	want := &orderv1.ListOrdersRequest{PageSize: 5, PageToken: "abc", Status: orderv1.OrderStatus_ORDER_STATUS_CONFIRMED,
+		CustomerEmail: "ada@example.com", View: orderv1.OrderView_ORDER_VIEW_BASIC}
+	if !proto.Equal(got, want) {
+		t.Errorf("upstream got %v, want %v", got, want)
+	}
+	if code, b := do(http.MethodGet, "/v1/orders/0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f", ""); code != http.StatusOK {
+		t.Errorf("get without parameters = %d %s", code, b)
+	}
+
+	for _, tt := range []struct {
+		name, method, path, body, field, mention string
+	}{
+		{"misspelt filter", http.MethodGet, "/v1/orders?page_size=5&state=ORDER_STATUS_CONFIRMED", "", "state", "page_size, page_token, status, customer_email, view"},
+		{"nested path through a scalar", http.MethodGet, "/v1/orders?status.name=x", "", "status.name", "status"},
+		{"parameter of a route taking none", http.MethodGet, "/v1/orders/0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f?view=FULL", "", "view", "takes no query parameters; its request comes from the path"},
+		{"query on a body route", http.MethodPost, "/v1/orders?dry_run=true&a=1", `{}`, "a", "takes no query parameters; its request comes from the body"},
+		{"escaped name on a body route", http.MethodPost, "/v1/orders/0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f:cancel?re%20ason=x", `{}`, "re ason", "the path and the body"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			orders.mu.Lock()
+			orders.list, orders.get = nil, nil
+			orders.mu.Unlock()
+			code, b := do(tt.method, tt.path, tt.body)
+			if code != http.StatusBadRequest {
+				t.Fatalf("%s %s = %d %s, want 400", tt.method, tt.path, code, b)
+			}
+			var v queryViolation
+			if err := json.Unmarshal(b, &v); err != nil {
+				t.Fatalf("decode %s: %v", b, err)
+			}
+			if v.Code != 3 || len(v.Details) != 1 || len(v.Details[0].FieldViolations) != 1 ||
+				v.Details[0].FieldViolations[0].Field != tt.field ||
+				!strings.Contains(v.Details[0].FieldViolations[0].Description, tt.mention) {
+				t.Errorf("body %s, want INVALID_ARGUMENT with one violation of %q mentioning %q", b, tt.field, tt.mention)
+			}
+			orders.mu.Lock()
+			defer orders.mu.Unlock()
+			if orders.list != nil || orders.get != nil {
+				t.Errorf("the upstream was called")
+			}
+		})
+	}
+
+	// "?" alone or with only separators carries no parameter.
+	if code, b := do(http.MethodPost, "/v1/orders/0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f:cancel?&", `{}`); code == http.StatusBadRequest {
+		t.Errorf("cancel with an empty query = %d %s, want it to reach the upstream", code, b)
+	}
+}
+
+// TestEveryRouteRefusesAnUnknownParameter: every HTTP binding of the
+// services, whatever it takes from its query, answers a parameter naming
+// no field with 400 and calls no upstream (which here serves nothing, so
+// a call would answer 501).
+func TestEveryRouteRefusesAnUnknownParameter(t *testing.T) {
+	conn := serveGRPC(t, func(*grpc.Server) {})
+	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(h)
+	t.Cleanup(hs.Close)
+	routes := 0
+	for _, svc := range []protoreflect.ServiceDescriptor{
+		orderv1.File_ordermesh_order_v1_order_service_proto.Services().ByName("OrderService"),
+		inventoryv1.File_ordermesh_inventory_v1_inventory_service_proto.Services().ByName("InventoryService"),
+	} {
+		methods := svc.Methods()
+		for i := range methods.Len() {
+			rule, ok := proto.GetExtension(methods.Get(i).Options(), annotations.E_Http).(*annotations.HttpRule)
+			if !ok || rule == nil {
+				continue
+			}
+			for _, r := range append([]*annotations.HttpRule{rule}, rule.GetAdditionalBindings()...) {
+				method, path := http.MethodGet, r.GetGet()
+				switch {
+				case r.GetPost() != "":
+					method, path = http.MethodPost, r.GetPost()
+				case r.GetPut() != "":
+					method, path = http.MethodPut, r.GetPut()
+				case path == "":
+					t.Fatalf("%s: a binding this test cannot send: %v", methods.Get(i).FullName(), r)
+				}
+				path = pathVariable.ReplaceAllString(path, "0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f")
+				req, err := http.NewRequest(method, hs.URL+path+"?bogus=1", strings.NewReader("{}"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp, err := hs.Client().Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var v queryViolation
+				if err := json.Unmarshal(b, &v); err != nil || resp.StatusCode != http.StatusBadRequest ||
+					len(v.Details) != 1 || len(v.Details[0].FieldViolations) != 1 || v.Details[0].FieldViolations[0].Field != "bogus" {
+					t.Errorf("%s %s?bogus=1 = %d %s, want 400 with a violation of bogus", method, path, resp.StatusCode, b)
+				}
+				routes++
+			}
+		}
+	}
+	if routes < 8 {
+		t.Errorf("tried %d routes; the services have more", routes)
+	}
+}
+
+// pathVariable matches a variable of a path template.
+var pathVariable = regexp.MustCompile(`\{[^}]*\}`)
