@@ -2,6 +2,8 @@ package rest
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"io"
 	"sync"
 
@@ -17,7 +19,8 @@ import (
 // and a request body is handed to protojson as read instead of first
 // being scanned by encoding/json to find where its value ends. What it
 // accepts, rejects and writes is JSONPb's (but for protojson's random
-// spaces, which are not part of its output's meaning).
+// spaces, which are not part of its output's meaning), except a body with
+// more after its JSON value, which it refuses (bodyDecoder).
 type jsonMarshaler struct {
 	*runtime.JSONPb
 }
@@ -65,9 +68,9 @@ const maxPooledBody = 64 << 10
 // pass. A body that could not be read to its end (over the size limit,
 // too slow, cut off) is that read error, even when what arrived holds a
 // whole JSON value. A body that pass does not take whole (malformed, or
-// more than one JSON value, which JSONPb's decoder allows by reading only
-// the first) goes to JSONPb's decoder, so the result and the error are
-// JSONPb's.
+// more than one JSON value) goes to JSONPb's decoder, so the result and
+// the error are JSONPb's, except that data after the first JSON value is
+// an error (JSONPb's decoder reads the first value and stops).
 type bodyDecoder struct {
 	r      io.Reader
 	jsonpb *runtime.JSONPb
@@ -104,8 +107,29 @@ func (d *bodyDecoder) Decode(v any) error {
 	if d.jsonpb.UnmarshalOptions.Unmarshal(body, p) == nil {
 		return nil
 	}
-	d.fallback = d.jsonpb.NewDecoder(bytes.NewReader(bytes.Clone(body)))
-	return d.fallback.Decode(v)
+	body = bytes.Clone(body)
+	d.fallback = d.jsonpb.NewDecoder(bytes.NewReader(body))
+	if err := d.fallback.Decode(v); err != nil {
+		return err
+	}
+	// JSONPb's decoder took the first JSON value: refuse what follows it,
+	// as protojson would, rather than drop it.
+	if end, ok := firstValueEnd(body); ok && len(bytes.TrimSpace(body[end:])) > 0 {
+		err := fmt.Errorf("unexpected data after the JSON value, at offset %d", end)
+		d.fallback = failingDecoder{err}
+		return err
+	}
+	return nil
+}
+
+// firstValueEnd returns the offset just past body's first JSON value.
+func firstValueEnd(body []byte) (int, bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var first json.RawMessage
+	if dec.Decode(&first) != nil {
+		return 0, false
+	}
+	return int(dec.InputOffset()), true
 }
 
 // failingDecoder returns err from every Decode.

@@ -46,8 +46,6 @@ func TestBodyDecoderDecodesAsJSONPb(t *testing.T) {
 		{"unknown field", func() io.Reader { return strings.NewReader(`{"requestid": "x"}`) }},
 		{"wrong type", func() io.Reader { return strings.NewReader(`{"items": 3}`) }},
 		{"not an object", func() io.Reader { return strings.NewReader(`[1, 2]`) }},
-		{"two values", func() io.Reader { return strings.NewReader(`{"request_id": "a"} {"request_id": "b"}`) }},
-		{"trailing garbage", func() io.Reader { return strings.NewReader(`{"request_id": "a"} xyz`) }},
 		{"invalid UTF-8", func() io.Reader { return strings.NewReader("{\"customer_email\": \"a\xffb\"}") }},
 	}
 	jsonpb := &runtime.JSONPb{
@@ -67,6 +65,33 @@ func TestBodyDecoderDecodesAsJSONPb(t *testing.T) {
 			}
 			if wantErr == nil && !proto.Equal(&got, &want) {
 				t.Errorf("decoded %v, want %v", &got, &want)
+			}
+		})
+	}
+}
+
+// TestBodyDecoderRefusesDataAfterTheValue: JSONPb's decoder would take
+// the first JSON value of the body and drop the rest; the gateway's
+// refuses the body, saying where the value ended, and once refused stays
+// so. An invalid first value is JSONPb's error, as for a body of one.
+func TestBodyDecoderRefusesDataAfterTheValue(t *testing.T) {
+	for _, tt := range []struct{ name, body, want string }{
+		{"two values", `{"request_id": "a"} {"request_id": "b"}`, "unexpected data after the JSON value, at offset 19"},
+		{"trailing garbage", `{"request_id": "a"}xyz`, "unexpected data after the JSON value, at offset 19"},
+		{"an invalid first value", `{"requestid": "a"} {}`, "unknown field"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := (&jsonMarshaler{JSONPb: &runtime.JSONPb{}}).NewDecoder(strings.NewReader(tt.body))
+			var got orderv1.CreateOrderRequest
+			err := d.Decode(&got)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Decode = %v, want an error saying %q", err, tt.want)
+			}
+			if !strings.Contains(tt.want, "unexpected data") {
+				return
+			}
+			if err2 := d.Decode(&got); err2 == nil || errors.Is(err2, io.EOF) {
+				t.Errorf("second Decode = %v, want an error", err2)
 			}
 		})
 	}
