@@ -27,9 +27,9 @@ import (
 var workers = []string{"inventory", "payment", "notification"}
 
 // retryDelays is the services' retry ladder in the suite: five attempts
-// over 20 s, enough for tok_unavailable's two failures plus a database
-// outage of a few seconds (with "500ms,2s,5s" a flaky order spanning a
-// PostgreSQL restart was dead-lettered).
+// over 20 s, enough for tok_unavailable's two failures plus the failures
+// a fault causes that are not outages of a database or mail server (those
+// count no attempt): a handler that times out on a stalled link, say.
 const retryDelays = "1s,3s,6s,10s"
 
 // terminalWithin is how soon after the last fault (or the last order,

@@ -279,7 +279,7 @@ func (q *DLQ) replayOne(ctx context.Context, s *dlqSession, d amqp.Delivery) err
 			delete(h, k)
 		}
 	}
-	for _, k := range []string{HeaderReason, HeaderError, HeaderAttempt, HeaderDeadLetteredAt, "x-delivery-count", "x-death"} {
+	for _, k := range []string{HeaderReason, HeaderError, HeaderAttempt, HeaderOutageRetries, HeaderDeadLetteredAt, "x-delivery-count", "x-death"} {
 		delete(h, k)
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.cfg.ConfirmTimeout)

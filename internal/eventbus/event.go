@@ -127,6 +127,34 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p)
 }
 
+// unavailableError marks an error that says a handler's dependency was
+// out of reach, not that anything is wrong with the message.
+type unavailableError struct{ err error }
+
+func (e unavailableError) Error() string { return e.err.Error() }
+func (e unavailableError) Unwrap() error { return e.err }
+
+// Unavailable marks err as an outage: the handler could not reach what it
+// needs (its database, a mail server), so the attempt says nothing about
+// the message. A handler returning it has the message retried through the
+// retry queues like any failure, but the retry is not counted as an
+// attempt (the delays grow along the same ladder, counted by
+// HeaderOutageRetries), so an outage of any length dead-letters nothing;
+// the message waits in the retry queues until the dependency is back.
+func Unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return unavailableError{err: err}
+}
+
+// IsUnavailable reports whether err, or an error it wraps, was marked
+// with Unavailable.
+func IsUnavailable(err error) bool {
+	var u unavailableError
+	return errors.As(err, &u)
+}
+
 // Decode returns the event m carries, decoded by its type from the types
 // linked into the program (the generated packages register themselves).
 func Decode(m Message) (proto.Message, error) {

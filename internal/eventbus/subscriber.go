@@ -35,6 +35,11 @@ const (
 	// HeaderDeadLetteredAt is when the subscriber dead-lettered the
 	// message (AMQP timestamp).
 	HeaderDeadLetteredAt = "x-ordermesh-dead-lettered-at"
+	// HeaderOutageRetries is how many times the message was retried for
+	// an outage (an error marked Unavailable) since its last counted
+	// attempt (int); absent means none. It picks the delay of the next
+	// outage retry.
+	HeaderOutageRetries = "x-ordermesh-outage-retries"
 )
 
 // Reasons a message is dead-lettered (HeaderReason).
@@ -63,6 +68,10 @@ const maxErrorHeader = 2048
 //   - an error: the message is republished to the next retry queue and,
 //     after Config.MaxAttempts attempts, to the DLQ.
 //   - an error marked with Permanent: the message goes to the DLQ at once.
+//   - an error marked with Unavailable (an outage of the handler's
+//     database, say): the message is republished to a retry queue, one
+//     step further up the ladder each time (1s, 10s, 60s, 60s, …) but
+//     without counting an attempt, so an outage dead-letters nothing.
 //   - a panic: treated as an error.
 //
 // Messages without an id, of an unregistered type, undecodable or failing
@@ -400,6 +409,19 @@ func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, 
 		s.cfg.Metrics.Acked(labels, time.Since(start))
 	case IsPermanent(err):
 		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonPermanent, err)
+	case IsUnavailable(err):
+		outages, _ := headerInt(d.Headers, HeaderOutageRetries)
+		outages = max(outages, 0)
+		// The delays climb the ladder as attempts do: the first outage
+		// retry waits as long as attempt 2 would.
+		queue := s.cfg.RetryQueueName(s.cfg.retryDelay(outages + 2))
+		s.log.WarnContext(ctx, "handler's dependency unavailable; retrying without counting an attempt", "message_id", meta.ID,
+			"type", meta.Type, "attempt", meta.Attempt, "outage_retries", outages+1, "retry_queue", queue, "err", err)
+		h := republishHeaders(d, meta)
+		h[HeaderOutageRetries] = int32(outages + 1)
+		if s.republish(ctx, d, acks, cc, queue, h, labels) {
+			s.cfg.Metrics.Retried(labels, meta.Attempt)
+		}
 	case meta.Attempt >= s.cfg.MaxAttempts:
 		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonRetriesExhausted, err)
 	default:
@@ -409,6 +431,7 @@ func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, 
 			"attempt", meta.Attempt, "retry_queue", queue, "err", err)
 		h := republishHeaders(d, meta)
 		h[HeaderAttempt] = int32(next)
+		delete(h, HeaderOutageRetries)
 		if s.republish(ctx, d, acks, cc, queue, h, labels) {
 			s.cfg.Metrics.Retried(labels, next)
 		}

@@ -260,7 +260,7 @@ func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
 	if err := Handle(sub, func(_ context.Context, ev *orderv1.OrderRejected, meta Meta) error {
 		mu.Lock()
 		calls[ev.GetReason()] = append(calls[ev.GetReason()], call{meta.Attempt, meta.RoutingKey})
-		mu.Unlock()
+		defer mu.Unlock()
 		var err error
 		switch ev.GetReason() {
 		case "fail twice":
@@ -275,11 +275,22 @@ func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
 			if meta.Attempt == 1 {
 				panic("handler bug")
 			}
+		case "outage, then fine":
+			// Five outages, more than the attempts allowed, count none.
+			if len(calls[ev.GetReason()]) <= 5 {
+				err = Unavailable(errorf("database unreachable: %w", errBoom))
+			}
+		case "fail, outage, fail":
+			// A failure, then outages at the attempt it leads to, which
+			// stays the attempt until a failure counts it.
+			if n := len(calls[ev.GetReason()]); n != 1 && n <= 4 {
+				err = Unavailable(errorf("database unreachable: %w", errBoom))
+			} else {
+				err = errorf("transient failure: %w", errBoom)
+			}
 		}
 		if err == nil {
-			mu.Lock()
 			succeeded[ev.GetReason()]++
-			mu.Unlock()
 		}
 		return err
 	}); err != nil {
@@ -289,7 +300,7 @@ func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
 	pub := startPublisher(t, cfg)
 
 	ids := make(map[string]string)
-	for _, behaviour := range []string{"fail twice", "always fail", "permanent", "panic once"} {
+	for _, behaviour := range []string{"fail twice", "always fail", "permanent", "panic once", "outage, then fine", "fail, outage, fail"} {
 		ev := sampleEvents()[2].(*orderv1.OrderRejected)
 		ev.Reason = behaviour
 		m, err := NewMessage(ev, "inventory", ev.GetOrderId())
@@ -306,11 +317,11 @@ func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dls := deadLetters(t, q, 2)
+	dls := deadLetters(t, q, 3)
 	eventually(t, 10*time.Second, "retried messages to succeed", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return succeeded["fail twice"] == 1 && succeeded["panic once"] == 1
+		return succeeded["fail twice"] == 1 && succeeded["panic once"] == 1 && succeeded["outage, then fine"] == 1
 	})
 	time.Sleep(300 * time.Millisecond) // longer than the ladder: no further calls
 	mu.Lock()
@@ -318,15 +329,17 @@ func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
 
 	key := "order.rejected"
 	wantCalls := map[string][]call{
-		"fail twice":  {{1, key}, {2, key}, {3, key}},
-		"always fail": {{1, key}, {2, key}, {3, key}},
-		"permanent":   {{1, key}},
-		"panic once":  {{1, key}, {2, key}},
+		"fail twice":         {{1, key}, {2, key}, {3, key}},
+		"always fail":        {{1, key}, {2, key}, {3, key}},
+		"permanent":          {{1, key}},
+		"panic once":         {{1, key}, {2, key}},
+		"outage, then fine":  {{1, key}, {1, key}, {1, key}, {1, key}, {1, key}, {1, key}},
+		"fail, outage, fail": {{1, key}, {2, key}, {2, key}, {2, key}, {2, key}, {3, key}},
 	}
 	if diff := cmp.Diff(wantCalls, calls, cmp.AllowUnexported(call{})); diff != "" {
 		t.Errorf("handler calls (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(map[string]int{"fail twice": 1, "panic once": 1}, succeeded); diff != "" {
+	if diff := cmp.Diff(map[string]int{"fail twice": 1, "panic once": 1, "outage, then fine": 1}, succeeded); diff != "" {
 		t.Errorf("successes (-want +got):\n%s", diff)
 	}
 
@@ -343,6 +356,8 @@ func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
 	want := map[string]dlView{
 		ids["always fail"]: {ReasonRetriesExhausted, 3, key, true},
 		ids["permanent"]:   {ReasonPermanent, 1, key, true},
+		// Outages took no attempt: the ladder ran to its end all the same.
+		ids["fail, outage, fail"]: {ReasonRetriesExhausted, 3, key, true},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("dead letters (-want +got):\n%s", diff)

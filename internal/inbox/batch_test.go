@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
@@ -372,8 +373,8 @@ func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 	releaseAll()
 	wg.Wait()
 	for i, err := range errs {
-		if !errors.Is(err, conflict) {
-			t.Errorf("delivery %d: err = %v, want the conflict", i, err)
+		if !errors.Is(err, conflict) || eventbus.IsUnavailable(err) {
+			t.Errorf("delivery %d: err = %v, want the conflict, counted as an attempt (not eventbus.Unavailable)", i, err)
 		}
 	}
 	if n := seen.Load(); n != int64(len(ds)) {
@@ -381,6 +382,33 @@ func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 	}
 	if n := batches.Load(); n >= int64(len(ds)) {
 		t.Errorf("%d batches for %d deliveries; want them sharing batches, or the test shows nothing", n, len(ds))
+	}
+}
+
+// TestUnreachableDatabaseIsAnOutage: a delivery that failed because the
+// database could not be reached is marked eventbus.Unavailable, so the
+// bus retries it without counting an attempt, whichever runner ran it.
+func TestUnreachableDatabaseIsAnOutage(t *testing.T) {
+	// Nothing listens on port 1.
+	pool, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/none?connect_timeout=2&sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
+	var seen atomic.Int64
+	b := inbox.NewBatchRunner(runner, batchHandler(nil, &seen), 16, 10*time.Second)
+	d := newDelivery(t, "a@example.com", 5)
+	_, err = b.Process(context.Background(), d.ev, d.meta)
+	if err == nil || !eventbus.IsUnavailable(err) || eventbus.IsPermanent(err) {
+		t.Errorf("BatchRunner: error = %v, want it marked eventbus.Unavailable", err)
+	}
+	err = inbox.Wrap(runner, handleOrderCreated)(context.Background(), d.ev, d.meta)
+	if err == nil || !eventbus.IsUnavailable(err) {
+		t.Errorf("Runner: error = %v, want it marked eventbus.Unavailable", err)
+	}
+	if n := seen.Load(); n != 0 {
+		t.Errorf("handler saw %d deliveries, want none", n)
 	}
 }
 

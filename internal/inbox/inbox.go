@@ -299,6 +299,11 @@ func (r *Runner) settle(meta eventbus.Meta, err error) (Outcome, error) {
 		if r.metrics.Failed != nil {
 			r.metrics.Failed(meta, err)
 		}
+		if postgres.Unreachable(err) && !eventbus.IsPermanent(err) {
+			// The database was away: the bus retries the event without
+			// counting the attempt, however long the outage lasts.
+			err = eventbus.Unavailable(err)
+		}
 		return 0, err
 	}
 }
