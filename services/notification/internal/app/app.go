@@ -35,7 +35,7 @@
 // retries the event (or parks it in the dead-letter queue when the server
 // refused the email for good, ErrRejected), and the next attempt sends the
 // email; the batch's other emails commit. Nothing is lost while the SMTP
-// server is unreachable.
+// server is unreachable: those retries count no attempt (ErrUnreachable).
 //
 // # The at-least-once window
 //
@@ -96,6 +96,13 @@ const Source = "notification"
 // message): retrying cannot help.
 var ErrRejected = errors.New("email permanently rejected")
 
+// ErrUnreachable is wrapped by a Sender's error when no session with the
+// mail server could be opened (no connection, no greeting, a failed
+// STARTTLS or AUTH): the email was not sent and says nothing about it, so
+// the event is retried without counting an attempt (eventbus.Unavailable)
+// until the server is back or its configuration fixed.
+var ErrUnreachable = errors.New("mail server unreachable")
+
 // Email is one email to send.
 type Email struct {
 	// To is the recipient's address.
@@ -113,8 +120,9 @@ type Email struct {
 type Sender interface {
 	// Send delivers e to the mail server. It returns nil only once the
 	// server accepted the message. An error wrapping ErrRejected means the
-	// server permanently refused it; any other error (server unreachable,
-	// temporary 4xx reply, timeout, ctx ended) is presumed transient. Send
+	// server permanently refused it, one wrapping ErrUnreachable that no
+	// session could be opened; any other error (temporary 4xx reply,
+	// timeout, ctx ended) is presumed transient. Send
 	// must honour ctx and bound its own duration, and be safe for
 	// concurrent use.
 	Send(ctx context.Context, e Email) error
@@ -300,9 +308,12 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 			release = append(release, ns[k])
 			drop = append(drop, e.sent.ID)
 			err = fmt.Errorf("send %s email for order %s: %w", e.notice.Kind, e.notice.OrderID, err)
-			if errors.Is(err, ErrRejected) {
+			switch {
+			case errors.Is(err, ErrRejected):
 				a.logNotice(ctx, slog.LevelWarn, "email rejected by the mail server", e.notice, meta, slog.Any("error", err))
 				err = eventbus.Permanent(err)
+			case errors.Is(err, ErrUnreachable):
+				err = eventbus.Unavailable(err)
 			}
 			results[e.delivery].Err = err
 		case resent[k]:

@@ -508,8 +508,8 @@ func TestSMTPServerDownIsRetriedAndSendsOnce(t *testing.T) {
 		if err == nil {
 			t.Fatalf("attempt %d with the SMTP server down succeeded", attempt)
 		}
-		if eventbus.IsPermanent(err) || errors.Is(err, app.ErrRejected) {
-			t.Fatalf("attempt %d: err = %v, want a retryable error", attempt, err)
+		if eventbus.IsPermanent(err) || errors.Is(err, app.ErrRejected) || !eventbus.IsUnavailable(err) {
+			t.Fatalf("attempt %d: err = %v, want an outage (eventbus.Unavailable), retried without counting an attempt", attempt, err)
 		}
 		for _, table := range []string{"notifications", "inbox", "outbox"} {
 			if n := count(t, f.pool, table); n != 0 {
@@ -554,6 +554,9 @@ func TestRecipientRejection(t *testing.T) {
 			}
 			if got := eventbus.IsPermanent(err); got != tt.wantPermanent {
 				t.Errorf("IsPermanent(%v) = %v, want %v", err, got, tt.wantPermanent)
+			}
+			if eventbus.IsUnavailable(err) {
+				t.Errorf("IsUnavailable(%v): the server answered; the attempt counts", err)
 			}
 			if got := errors.Is(err, app.ErrRejected); got != tt.wantPermanent {
 				t.Errorf("errors.Is(%v, ErrRejected) = %v, want %v", err, got, tt.wantPermanent)

@@ -427,7 +427,7 @@ func (m *Mailer) dial(ctx context.Context) (*session, error) {
 		if dl.conn != nil {
 			_ = dl.conn.Close()
 		}
-		return nil, fmt.Errorf("connect: %w", err)
+		return nil, fmt.Errorf("connect: %w: %w", app.ErrUnreachable, err)
 	}
 	if dl.conn != nil {
 		dl.conn.setUp()

@@ -295,20 +295,21 @@ func TestSendErrors(t *testing.T) {
 	l.Close()
 
 	tests := []struct {
-		name         string
-		addr         string
-		tls          mailer.TLSMode
-		to           string
-		wantRejected bool
+		name            string
+		addr            string
+		tls             mailer.TLSMode
+		to              string
+		wantRejected    bool
+		wantUnreachable bool // no session could be opened
 	}{
 		{name: "permanent 550 for the recipient", addr: s.Addr(), to: "gone@example.com", wantRejected: true},
 		{name: "temporary 451 for the recipient", addr: s.Addr(), to: "busy@example.com", wantRejected: false},
-		{name: "server unreachable", addr: closedAddr, to: "ada@example.com", wantRejected: false},
+		{name: "server unreachable", addr: closedAddr, to: "ada@example.com", wantUnreachable: true},
 		{name: "unparseable recipient", addr: s.Addr(), to: "not an address", wantRejected: true},
 		// The sink offers no TLS: the modes that demand it must refuse to
 		// send in plain text.
-		{name: "starttls demanded, not offered", addr: s.Addr(), tls: mailer.TLSStartTLS, to: "ada@example.com"},
-		{name: "implicit tls to a plain-text server", addr: s.Addr(), tls: mailer.TLSImplicit, to: "ada@example.com"},
+		{name: "starttls demanded, not offered", addr: s.Addr(), tls: mailer.TLSStartTLS, to: "ada@example.com", wantUnreachable: true},
+		{name: "implicit tls to a plain-text server", addr: s.Addr(), tls: mailer.TLSImplicit, to: "ada@example.com", wantUnreachable: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -322,6 +323,9 @@ func TestSendErrors(t *testing.T) {
 			}
 			if got := errors.Is(err, app.ErrRejected); got != tt.wantRejected {
 				t.Errorf("errors.Is(%v, ErrRejected) = %v, want %v", err, got, tt.wantRejected)
+			}
+			if got := errors.Is(err, app.ErrUnreachable); got != tt.wantUnreachable {
+				t.Errorf("errors.Is(%v, ErrUnreachable) = %v, want %v", err, got, tt.wantUnreachable)
 			}
 		})
 	}
