@@ -2,6 +2,7 @@ package contract
 
 import (
 	"errors"
+	"net/mail"
 	"strings"
 	"testing"
 
@@ -101,6 +102,10 @@ func TestCreateOrderRequestRules(t *testing.T) {
 		{"email missing", func(r m) { r.CustomerEmail = "" }, "customer_email"},
 		{"email malformed", func(r m) { r.CustomerEmail = "not-an-email" }, "customer_email"},
 		{"email too long", func(r m) { r.CustomerEmail = strings.Repeat("a", 250) + "@example.com" }, "customer_email"},
+		{"email with dots between words", func(r m) { r.CustomerEmail = "ada.king.lovelace@example.com" }, ""},
+		{"email with two dots in a row", func(r m) { r.CustomerEmail = "ada..king@example.com" }, "customer_email"},
+		{"email starting with a dot", func(r m) { r.CustomerEmail = ".ada@example.com" }, "customer_email"},
+		{"email with a dot before the @", func(r m) { r.CustomerEmail = "ada.@example.com" }, "customer_email"},
 		{"no items", func(r m) { r.Items = nil }, "items"},
 		{"100 items", func(r m) {
 			r.Items = nil
@@ -133,6 +138,38 @@ func TestCreateOrderRequestRules(t *testing.T) {
 		{"token missing", func(r m) { r.PaymentToken = "" }, "payment_token"},
 		{"token too long", func(r m) { r.PaymentToken = strings.Repeat("t", 129) }, "payment_token"},
 	})
+}
+
+// TestAcceptedCustomerEmailsCanBeSent: every customer email a
+// CreateOrderRequest may carry is one the notification service's mail
+// client (net/mail) parses, as that very address; otherwise the order
+// would be placed and its emails dead-lettered.
+func TestAcceptedCustomerEmailsCanBeSent(t *testing.T) {
+	v, err := protovalidate.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := 0
+	for _, addr := range []string{
+		"ada@example.com", "a.b@example.com", "a..b@example.com", ".a@example.com", "a.@example.com", ".@example.com",
+		"o'brien+tag@example.com", "x!#$%&*/=?^_`{|}~-y@example.com", "a@b", "a@b.c-d.e", "a@-b.c", "a@b..c",
+		"\"quoted\"@example.com", "a b@example.com", "a@[127.0.0.1]", "Ada <ada@example.com>", "ada@example.com.",
+	} {
+		req := &orderv1.CreateOrderRequest{RequestId: validUUID, CustomerEmail: addr, Items: []*orderv1.LineItem{lineItem()}, PaymentToken: "tok_visa"}
+		if v.Validate(req) != nil {
+			continue
+		}
+		accepted++
+		parsed, err := mail.ParseAddress(addr)
+		if err != nil {
+			t.Errorf("%q is accepted, but the mail client cannot parse it: %v", addr, err)
+		} else if parsed.Address != addr || parsed.Name != "" {
+			t.Errorf("%q is accepted, but the mail client reads it as %q", addr, parsed.String())
+		}
+	}
+	if accepted < 5 {
+		t.Errorf("only %d addresses accepted; the test shows nothing", accepted)
+	}
 }
 
 func TestMoneyRules(t *testing.T) {

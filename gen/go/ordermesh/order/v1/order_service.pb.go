@@ -85,7 +85,9 @@ type CreateOrderRequest struct {
 	// A client-chosen UUID identifying this request; repeating the request
 	// with the same id returns the same order.
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// Where order notifications are sent.
+	// Where order notifications are sent. Its local part (before the @) is
+	// dot-separated words, as SMTP requires (RFC 5321's dot-string), which
+	// the email rule alone does not demand.
 	CustomerEmail string `protobuf:"bytes,2,opt,name=customer_email,json=customerEmail,proto3" json:"customer_email,omitempty"`
 	// The lines to order, 1 to 100, all priced in one currency.
 	Items []*LineItem `protobuf:"bytes,3,rep,name=items,proto3" json:"items,omitempty"`
@@ -815,12 +817,12 @@ var File_ordermesh_order_v1_order_service_proto protoreflect.FileDescriptor
 
 const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\n" +
-	"&ordermesh/order/v1/order_service.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/order/v1/order.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xeb\x01\n" +
+	"&ordermesh/order/v1/order_service.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/order/v1/order.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xa1\x03\n" +
 	"\x12CreateOrderRequest\x12*\n" +
 	"\n" +
-	"request_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\trequestId\x124\n" +
-	"\x0ecustomer_email\x18\x02 \x01(\tB\r\xbaH\n" +
-	"\xc8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12>\n" +
+	"request_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\trequestId\x12\xe9\x01\n" +
+	"\x0ecustomer_email\x18\x02 \x01(\tB\xc1\x01\xbaH\xbd\x01\xba\x01\xaf\x01\n" +
+	"\x19customer_email.dot_string\x12Rthe part before the @ must not start or end with a dot, nor hold two dots in a row\x1a>!this.contains('@') || this.matches('^([^.@]+([.][^.@]+)*)?@')\xc8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12>\n" +
 	"\x05items\x18\x03 \x03(\v2\x1c.ordermesh.order.v1.LineItemB\n" +
 	"\xbaH\a\x92\x01\x04\b\x01\x10dR\x05items\x123\n" +
 	"\rpayment_token\x18\x04 \x01(\tB\x0e\xbaH\vr\t\x10\x01\x18\x80\x01\xba\x01\x01\x00R\fpaymentToken\"F\n" +
