@@ -18,7 +18,10 @@ func startMail(ctx context.Context, addr string, out io.Writer) (string, func(),
 		return "the SMTP server already listening on " + addr + " (e.g. Mailpit: http://127.0.0.1:8025)", func() {}, nil
 	}
 	log := slog.New(slog.NewTextHandler(prefixed(out, "mail"), &slog.HandlerOptions{Level: slog.LevelInfo}))
-	sink, err := smtpsink.Start(ctx, addr, smtpsink.WithLogger(log))
+	// Not ended by ctx (Ctrl-C): the notification service may still be
+	// sending while it drains, so the sink stops when the returned func is
+	// called, after the services.
+	sink, err := smtpsink.Start(context.WithoutCancel(ctx), addr, smtpsink.WithLogger(log))
 	if err != nil {
 		return "", nil, err
 	}
