@@ -29,13 +29,22 @@ import (
 type client struct {
 	opts      options
 	out       io.Writer
+	errOut    io.Writer // where a subcommand's -h and flag errors go
 	orderConn *grpc.ClientConn
 	invConn   *grpc.ClientConn
 	orders    orderv1.OrderServiceClient
 	inventory inventoryv1.InventoryServiceClient
 }
 
-func newClient(opts options, out io.Writer) (*client, error) {
+// flags returns a subcommand's flag set, writing its help and errors to
+// the client's error output.
+func (c *client) flags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(c.errOut)
+	return fs
+}
+
+func newClient(opts options, out, errOut io.Writer) (*client, error) {
 	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
 	oc, err := grpc.NewClient(opts.addr, creds)
 	if err != nil {
@@ -47,7 +56,7 @@ func newClient(opts options, out io.Writer) (*client, error) {
 		return nil, fmt.Errorf("inventory service address %q: %w", opts.inventoryAddr, err)
 	}
 	return &client{
-		opts: opts, out: out,
+		opts: opts, out: out, errOut: errOut,
 		orderConn: oc, invConn: ic,
 		orders:    orderv1.NewOrderServiceClient(oc),
 		inventory: inventoryv1.NewInventoryServiceClient(ic),
@@ -80,7 +89,7 @@ func (c *client) emit(m proto.Message, text func() string) {
 }
 
 func (c *client) place(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("place", flag.ContinueOnError)
+	fs := c.flags("place")
 	email := fs.String("email", "", "customer email (required)")
 	token := fs.String("token", "tok_visa", "payment token (tok_decline declines, tok_unavailable fails twice first)")
 	requestID := fs.String("request-id", "", "idempotency key (a UUID; default: a new one)")
@@ -128,7 +137,7 @@ func (c *client) get(ctx context.Context, args []string) error {
 }
 
 func (c *client) list(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("list", flag.ContinueOnError)
+	fs := c.flags("list")
 	st := fs.String("status", "", "only orders with this status: pending, confirmed, rejected, cancelled")
 	email := fs.String("email", "", "only orders of this customer")
 	limit := fs.Int("limit", 20, "most orders to show (0 = all)")
@@ -170,7 +179,7 @@ func (c *client) cancel(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		return usagef("cancel: need an ORDER_ID")
 	}
-	fs := flag.NewFlagSet("cancel", flag.ContinueOnError)
+	fs := c.flags("cancel")
 	reason := fs.String("reason", "", "why the order is cancelled")
 	if err := fs.Parse(args[1:]); err != nil {
 		return usagef("cancel: %v", err)
@@ -277,7 +286,7 @@ func (c *client) stock(ctx context.Context, args []string) error {
 }
 
 func (c *client) health(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("health", flag.ContinueOnError)
+	fs := c.flags("health")
 	service := fs.String("service", "", "health service name (default: the server overall)")
 	httpURL := fs.String("http", "", "check this HTTP URL (e.g. the gateway's /healthz) instead of gRPC health")
 	if err := fs.Parse(args); err != nil {

@@ -3,9 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"log/slog"
+	"net/url"
 
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 )
@@ -14,8 +14,9 @@ import (
 // dead-letter queue. It talks to RabbitMQ directly (--amqp-url), not to a
 // service.
 func (c *client) dlq(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("dlq", flag.ContinueOnError)
-	amqpURL := fs.String("amqp-url", c.opts.amqpURL, "RabbitMQ URL (env ORDERMESH_AMQP_URL)")
+	fs := c.flags("dlq")
+	amqpURL := &secretURL{url: c.opts.amqpURL}
+	fs.Var(amqpURL, "amqp-url", "RabbitMQ `URL` (env ORDERMESH_AMQP_URL)")
 	prefix := fs.String("prefix", c.opts.prefix, "topology prefix (env ORDERMESH_TOPOLOGY_PREFIX)")
 	all := fs.Bool("all", false, "replay or discard every message")
 	yes := fs.Bool("yes", false, "confirm discard --all, which cannot be undone")
@@ -50,7 +51,7 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 	case *limit < 0:
 		return usagef("dlq list: --limit must be 0 (no limit) or more, got %d", *limit)
 	}
-	q, err := eventbus.NewDLQ(eventbus.Config{URL: *amqpURL, Prefix: *prefix, Service: svc}, slog.New(slog.DiscardHandler))
+	q, err := eventbus.NewDLQ(eventbus.Config{URL: amqpURL.url, Prefix: *prefix, Service: svc}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
@@ -102,4 +103,24 @@ func (c *client) emitDeadLetter(d eventbus.DeadLetter) {
 		return
 	}
 	fmt.Fprintf(c.out, "%s  %-24s %-18s attempts %d  %s\n", d.ID, d.RoutingKey, d.Reason, d.Attempts, d.Error)
+}
+
+// secretURL is a flag holding a URL that may carry a password: its value
+// (and so the default -h prints) shows the password as xxxxx.
+type secretURL struct{ url string }
+
+func (s *secretURL) String() string {
+	if s == nil || s.url == "" {
+		return ""
+	}
+	u, err := url.Parse(s.url)
+	if err != nil {
+		return "(not a URL)"
+	}
+	return u.Redacted()
+}
+
+func (s *secretURL) Set(v string) error {
+	s.url = v
+	return nil
 }

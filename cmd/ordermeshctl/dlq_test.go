@@ -119,6 +119,9 @@ func TestDLQCommands(t *testing.T) {
 			t.Errorf("dlq %s of an id no longer there: exit %d, output %q; want %d (not found)", verb, code, out, exitNotFound)
 		}
 	}
+	if out, code := ctl("dlq", "list", "nosuchservice"); code != exitNotFound {
+		t.Errorf("dlq list of a service with no dead-letter queue: exit %d, output %q; want %d (not found)", code, out, exitNotFound)
+	}
 	var out, errOut bytes.Buffer
 	down := []string{"--timeout", "5s", "dlq", "list", "dlqcli", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", "--prefix", prefix}
 	if code := run(ctx, down, func(string) string { return "" }, &out, &errOut); code != exitUnavailable {

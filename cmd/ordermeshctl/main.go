@@ -17,6 +17,7 @@ import (
 	"os"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -111,7 +112,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintf(stderr, "ordermeshctl: --timeout must be positive, got %v\n", opts.timeout)
 		return exitUsage
 	}
-	cli, err := newClient(opts, stdout)
+	cli, err := newClient(opts, stdout, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "ordermeshctl:", err)
 		return exitFailure
@@ -160,9 +161,12 @@ func exitCode(err error) int {
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.Is(err, errNotServing):
-		return exitFailure
+		return exitUnavailable
 	case errors.Is(err, eventbus.ErrNotFound):
 		return exitNotFound // dlq replay or discard of an id the queue does not hold
+	}
+	if ae, ok := errors.AsType[*amqp.Error](err); ok && ae.Code == amqp.NotFound {
+		return exitNotFound // dlq of a service with no dead-letter queue
 	}
 	if _, ok := errors.AsType[net.Error](err); ok {
 		return exitUnavailable // the broker (dlq) could not be reached

@@ -1,11 +1,20 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	"github.com/ordermesh/ordermesh/internal/eventbus"
 )
 
 func TestParseMoney(t *testing.T) {
@@ -61,5 +70,46 @@ func TestParseItem(t *testing.T) {
 		if _, err := parseItem(bad); err == nil {
 			t.Errorf("parseItem(%q): want an error", bad)
 		}
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"usage", usagef("bad flag"), exitUsage},
+		{"not serving", fmt.Errorf("127.0.0.1:50051: %w", errNotServing), exitUnavailable},
+		{"no such dead letter", fmt.Errorf("replay: %w", eventbus.ErrNotFound), exitNotFound},
+		{"no dead-letter queue", fmt.Errorf("list: %w", &amqp.Error{Code: amqp.NotFound, Reason: "NOT_FOUND - no queue 'x.dlq'"}), exitNotFound},
+		{"broker refused otherwise", &amqp.Error{Code: amqp.AccessRefused, Reason: "ACCESS_REFUSED"}, exitFailure},
+		{"grpc not found", status.Error(codes.NotFound, "order not found"), exitNotFound},
+		{"grpc invalid", status.Error(codes.InvalidArgument, "bad"), exitRefused},
+		{"grpc unavailable", status.Error(codes.Unavailable, "down"), exitUnavailable},
+		{"other", errors.New("boom"), exitFailure},
+	} {
+		if got := exitCode(tt.err); got != tt.want {
+			t.Errorf("%s: exitCode(%v) = %d, want %d", tt.name, tt.err, got, tt.want)
+		}
+	}
+}
+
+// TestDLQHelpHidesThePassword: -h prints the --amqp-url default, which
+// comes from ORDERMESH_AMQP_URL, without its password.
+func TestDLQHelpHidesThePassword(t *testing.T) {
+	var out, errOut bytes.Buffer
+	env := func(k string) string {
+		if k == "ORDERMESH_AMQP_URL" {
+			return "amqp://ops:s3cret@broker:5672/"
+		}
+		return ""
+	}
+	if code := run(context.Background(), []string{"dlq", "list", "inventory", "-h"}, env, &out, &errOut); code != exitUsage {
+		t.Errorf("dlq -h: exit %d, want %d", code, exitUsage)
+	}
+	help := out.String() + errOut.String()
+	if strings.Contains(help, "s3cret") || !strings.Contains(help, "amqp://ops:xxxxx@broker:5672/") {
+		t.Errorf("help shows the password, or no redacted URL:\n%s", help)
 	}
 }
