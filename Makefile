@@ -85,7 +85,7 @@ breaking:
 	.ci/breaking
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) .run
 
 ## bench: measure throughput, latency and memory beside raw ceilings; writes docs/benchmarks.md
 bench: test-services

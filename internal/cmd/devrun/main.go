@@ -222,7 +222,7 @@ func checkPostgres(ctx context.Context, rawURL string) error {
 	if err := postgres.CreateDatabaseIfMissing(ctx, rawURL); err != nil {
 		return fmt.Errorf(`PostgreSQL is not usable at %s: %v
   Start it:   sudo systemctl start postgresql   (install: sudo apt-get install postgresql)
-  or:         docker compose up -d postgres
+  or:         docker compose up -d postgres   (then ORDERMESH_DATABASE_URL=postgres://postgres:ordermesh@127.0.0.1:5432/ordermesh?sslmode=disable)
   or point ORDERMESH_DATABASE_URL at another server`, redact(rawURL), err)
 	}
 	return nil
