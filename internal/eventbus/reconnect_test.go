@@ -141,8 +141,8 @@ func TestReconnectAfterConnectionsClosed(t *testing.T) {
 	// recover is not asserted, only that and in which order they do.
 	eventually(t, 30*time.Second, "publishes confirmed before the close", func() bool { return confirmedAfter(time.Time{}) > 0 })
 	t0 := time.Now()
-	if n := closeTestConnections(t, cfg.Prefix); n != 2 {
-		t.Fatalf("closed %d connections, want 2 (publisher and subscriber)", n)
+	if n := closeTestConnections(t, cfg.Prefix); n != 3 {
+		t.Fatalf("closed %d connections, want 3 (publisher, subscriber and its republisher)", n)
 	}
 	t1 := time.Now()
 	eventually(t, 60*time.Second, "both links down and back up", func() bool {

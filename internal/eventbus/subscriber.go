@@ -256,17 +256,31 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 		return err.Error()
 	}
 
-	pch, err := open("republish")
+	// Retry and dead-letter copies go out on a connection of their own: in
+	// a memory or disk alarm the broker stops reading from every
+	// connection that publishes, and on the consumer's that would hold
+	// back its acks too, stalling the consumer until the alarm clears.
+	pconn, err := dial(cfg, "subscriber-republish")
 	if err != nil {
 		return err.Error()
 	}
+	defer closeConn(pconn, cfg.CallTimeout)
+	pconnClosed := pconn.NotifyClose(make(chan *amqp.Error, 1))
+	var pch *amqp.Channel
+	if err := call(ctx, pconn, cfg.CallTimeout, "open republish channel", func() (err error) {
+		pch, err = pconn.Channel()
+		return err
+	}); err != nil {
+		return err.Error()
+	}
 	pchClosed := pch.NotifyClose(make(chan *amqp.Error, 1))
-	cc, err := newConfirmChannel(ctx, conn, nil, pch, cfg.CallTimeout, cfg.Metrics)
+	cc, err := newConfirmChannel(ctx, pconn, nil, pch, cfg.CallTimeout, cfg.Metrics)
 	if err != nil {
 		return err.Error()
 	}
 	defer func() {
 		closeConn(conn, cfg.CallTimeout)
+		closeConn(pconn, cfg.CallTimeout)
 		cc.wait()
 	}()
 
@@ -333,6 +347,8 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 		reason = amqpReason("consume channel", e)
 	case e := <-pchClosed:
 		reason = amqpReason("republish channel", e)
+	case e := <-pconnClosed:
+		reason = amqpReason("republish connection", e)
 	case <-cancelled:
 		reason = "consumer cancelled by broker"
 	case <-workersDone:
