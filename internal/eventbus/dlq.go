@@ -60,6 +60,9 @@ type dlqSession struct {
 	ch   *amqp.Channel
 	// held are the deliveries fetched and not yet settled.
 	held []amqp.Delivery
+	// returns has the replays the broker could route to no queue, once
+	// prepareReplay ran.
+	returns <-chan amqp.Return
 }
 
 func (q *DLQ) open(ctx context.Context) (*dlqSession, error) {
@@ -209,11 +212,7 @@ func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, 
 	}
 	defer s.close()
 	if replay {
-		// Replaying to a missing queue would be confirmed and dropped.
-		if _, err := s.count(ctx, q.cfg.QueueName()); err != nil {
-			return 0, err
-		}
-		if err := call(ctx, s.conn, q.cfg.CallTimeout, "enable confirms", func() error { return s.ch.Confirm(false) }); err != nil {
+		if err := q.prepareReplay(ctx, s); err != nil {
 			return 0, err
 		}
 	}
@@ -257,8 +256,23 @@ func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, 
 	return moved, nil
 }
 
+// prepareReplay checks that the service queue exists (a replay to a
+// missing queue fails anyway, but this says why before any message is
+// touched) and puts s's channel in confirm mode, with the broker's returns
+// of unroutable replays in s.returns.
+func (q *DLQ) prepareReplay(ctx context.Context, s *dlqSession) error {
+	if _, err := s.count(ctx, q.cfg.QueueName()); err != nil {
+		return err
+	}
+	s.returns = s.ch.NotifyReturn(make(chan amqp.Return, 1))
+	return call(ctx, s.conn, q.cfg.CallTimeout, "enable confirms", func() error { return s.ch.Confirm(false) })
+}
+
 // replayOne publishes a copy of d to the service queue and waits for the
-// broker's confirm.
+// broker's confirm. The copy is mandatory: had the queue gone since
+// prepareReplay, the broker would confirm it and drop it, and the dead
+// letter, acked next, would be lost; a return says so first, and the
+// replay fails.
 func (q *DLQ) replayOne(ctx context.Context, s *dlqSession, d amqp.Delivery) error {
 	h := make(amqp.Table, len(d.Headers))
 	for k, v := range d.Headers {
@@ -284,7 +298,7 @@ func (q *DLQ) replayOne(ctx context.Context, s *dlqSession, d amqp.Delivery) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.cfg.ConfirmTimeout)
 	defer cancel()
-	dc, err := s.ch.PublishWithDeferredConfirmWithContext(ctx, "", q.cfg.QueueName(), false, false, copyOf(d, h))
+	dc, err := s.ch.PublishWithDeferredConfirmWithContext(ctx, "", q.cfg.QueueName(), true, false, copyOf(d, h))
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", d.MessageId, err)
 	}
@@ -294,6 +308,13 @@ func (q *DLQ) replayOne(ctx context.Context, s *dlqSession, d amqp.Delivery) err
 	}
 	if !ok {
 		return fmt.Errorf("confirm %s: %w", d.MessageId, ErrNacked)
+	}
+	// The broker sends a return before the confirm of the same message,
+	// and the client hands it over before it reports the confirm.
+	select {
+	case r := <-s.returns:
+		return fmt.Errorf("replay %s to %s: %w: %d %s", d.MessageId, q.cfg.QueueName(), ErrUnroutable, r.ReplyCode, r.ReplyText)
+	default:
 	}
 	q.log.InfoContext(ctx, "replayed dead letter", "message_id", d.MessageId, "type", d.Type)
 	return nil

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 )
@@ -271,5 +272,37 @@ func TestDLQReplayStartsAttemptsAfresh(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("the replayed message was not handled")
+	}
+}
+
+// TestDLQReplayToAVanishedQueueFails: a replay whose service queue went
+// away after the replay began is returned by the broker, not confirmed
+// and dropped, and the replay fails, so the dead letter is not acked.
+func TestDLQReplayToAVanishedQueueFails(t *testing.T) {
+	cfg := testConfig(t, "dlqgone")
+	ch := rawChannel(t, rawConn(t))
+	if _, err := ch.QueueDeclare(cfg.QueueName(), true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		t.Fatal(err)
+	}
+	q, err := NewDLQ(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := q.open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	if err := q.prepareReplay(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDelete(cfg.QueueName(), false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	d := amqp.Delivery{MessageId: "m-1", Type: "ordermesh.order.v1.OrderCreated", Headers: amqp.Table{HeaderRoutingKey: "order.created"}, Body: []byte{}}
+	if err := q.replayOne(ctx, s, d); !errors.Is(err, ErrUnroutable) {
+		t.Fatalf("replay to a deleted queue: %v, want ErrUnroutable", err)
 	}
 }
