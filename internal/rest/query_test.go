@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"strings"
 	"sync"
@@ -19,7 +17,6 @@ import (
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
-	"github.com/ordermesh/ordermesh/internal/rest"
 )
 
 // listingOrders answers ListOrders and GetOrder with nothing and keeps the
@@ -59,29 +56,15 @@ type queryViolation struct {
 
 func TestQueryParametersMustNameAField(t *testing.T) {
 	orders := &listingOrders{}
-	conn := serveGRPC(t, func(srv *grpc.Server) { orderv1.RegisterOrderServiceServer(srv, orders) })
-	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(h)
-	t.Cleanup(hs.Close)
+	base := gatewayOver(t, serveGRPC(t, func(srv *grpc.Server) { orderv1.RegisterOrderServiceServer(srv, orders) }), io.Discard)
 	do := func(method, path, body string) (int, []byte) {
 		t.Helper()
-		req, err := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
+		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := hs.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode, b
+		resp, b := send(t, req)
+		return resp.StatusCode, []byte(b)
 	}
 
 	// Fields by their proto and their JSON names reach the upstream.
@@ -146,13 +129,7 @@ func TestQueryParametersMustNameAField(t *testing.T) {
 // no field with 400 and calls no upstream (which here serves nothing, so
 // a call would answer 501).
 func TestEveryRouteRefusesAnUnknownParameter(t *testing.T) {
-	conn := serveGRPC(t, func(*grpc.Server) {})
-	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(h)
-	t.Cleanup(hs.Close)
+	base := gatewayOver(t, serveGRPC(t, func(*grpc.Server) {}), io.Discard)
 	routes := 0
 	for _, svc := range []protoreflect.ServiceDescriptor{
 		orderv1.File_ordermesh_order_v1_order_service_proto.Services().ByName("OrderService"),
@@ -175,21 +152,13 @@ func TestEveryRouteRefusesAnUnknownParameter(t *testing.T) {
 					t.Fatalf("%s: a binding this test cannot send: %v", methods.Get(i).FullName(), r)
 				}
 				path = pathVariable.ReplaceAllString(path, "0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f")
-				req, err := http.NewRequest(method, hs.URL+path+"?bogus=1", strings.NewReader("{}"))
+				req, err := http.NewRequest(method, base+path+"?bogus=1", strings.NewReader("{}"))
 				if err != nil {
 					t.Fatal(err)
 				}
-				resp, err := hs.Client().Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				b, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err != nil {
-					t.Fatal(err)
-				}
+				resp, b := send(t, req)
 				var v queryViolation
-				if err := json.Unmarshal(b, &v); err != nil || resp.StatusCode != http.StatusBadRequest ||
+				if err := json.Unmarshal([]byte(b), &v); err != nil || resp.StatusCode != http.StatusBadRequest ||
 					len(v.Details) != 1 || len(v.Details[0].FieldViolations) != 1 || v.Details[0].FieldViolations[0].Field != "bogus" {
 					t.Errorf("%s %s?bogus=1 = %d %s, want 400 with a violation of bogus", method, path, resp.StatusCode, b)
 				}

@@ -39,13 +39,20 @@ func gatewayTo(t *testing.T, addr string) (string, *strings.Builder) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	var logged strings.Builder
-	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(&logged, nil)), rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
+	return gatewayOver(t, conn, &logged), &logged
+}
+
+// gatewayOver serves the gateway, with both upstreams on conn and its log
+// written to log, until the test ends, and returns its base URL.
+func gatewayOver(t *testing.T, conn *grpc.ClientConn, log io.Writer) string {
+	t.Helper()
+	h, err := rest.NewHandler(context.Background(), slog.New(slog.NewTextHandler(log, nil)), rest.Upstreams{Order: conn, Inventory: conn}, rest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(h)
 	t.Cleanup(hs.Close)
-	return hs.URL, &logged
+	return hs.URL
 }
 
 func get(t *testing.T, url string) (int, string) {
