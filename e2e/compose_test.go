@@ -2,8 +2,8 @@ package e2e
 
 import (
 	"context"
-	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -24,8 +24,8 @@ var envNamePattern = regexp.MustCompile(`"(ORDERMESH_[A-Z0-9_]+)"`)
 // library and checks it agrees with the code: every service and the gateway
 // are there, built from the Dockerfile, published on the documented ports,
 // health-checked with the gRPC health protocol, started after their
-// dependencies are healthy, and configured only with variables the code
-// reads.
+// dependencies are healthy, and configured only with variables their own
+// binary's code reads.
 func TestComposeFile(t *testing.T) {
 	root := filepath.Join("..")
 	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
@@ -37,7 +37,6 @@ func TestComposeFile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("docker-compose.yml does not load: %v", err)
 	}
-	known := envNamesInCode(t, root)
 	dockerfile, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
 	if err != nil {
 		t.Fatalf("read Dockerfile: %v", err)
@@ -63,7 +62,7 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("service %s missing", name)
 			continue
 		}
-		checkBinaryService(t, svc, name, known, dockerfile)
+		checkBinaryService(t, svc, name, dockerfile)
 		if got := env(svc, "ORDERMESH_GRPC_ADDR"); !strings.HasSuffix(got, ":"+port) {
 			t.Errorf("%s: ORDERMESH_GRPC_ADDR = %q, want port %s", name, got, port)
 		}
@@ -91,7 +90,7 @@ func TestComposeFile(t *testing.T) {
 	if !ok {
 		t.Fatal("service gateway missing")
 	}
-	checkBinaryService(t, gw, "gateway", known, dockerfile)
+	checkBinaryService(t, gw, "gateway", dockerfile)
 	if !publishes(gw, "8080") {
 		t.Error("gateway does not publish 8080")
 	}
@@ -108,7 +107,7 @@ func TestComposeFile(t *testing.T) {
 	}
 }
 
-func checkBinaryService(t *testing.T, svc types.ServiceConfig, name string, known map[string]bool, dockerfile []byte) {
+func checkBinaryService(t *testing.T, svc types.ServiceConfig, name string, dockerfile []byte) {
 	t.Helper()
 	if svc.Build == nil {
 		t.Errorf("%s is not built from the Dockerfile", name)
@@ -126,9 +125,10 @@ func checkBinaryService(t *testing.T, svc types.ServiceConfig, name string, know
 	if svc.HealthCheck == nil || len(svc.HealthCheck.Test) == 0 {
 		t.Errorf("%s has no healthcheck", name)
 	}
+	known := envNamesOf(t, pkg)
 	for k := range svc.Environment {
 		if strings.HasPrefix(k, "ORDERMESH_") && !known[k] {
-			t.Errorf("%s sets %s, which no code reads", name, k)
+			t.Errorf("%s sets %s, which the %s binary does not read", name, k, name)
 		}
 	}
 }
@@ -147,35 +147,35 @@ func publishes(svc types.ServiceConfig, port string) bool {
 	})
 }
 
-// envNamesInCode collects the ORDERMESH_* names that appear as string
-// literals in the non-test Go code.
-func envNamesInCode(t *testing.T, root string) map[string]bool {
+// envNamesOf collects the ORDERMESH_* names that appear as string
+// literals in the non-test Go code of pkg and the module's packages it
+// imports, directly or not: the variables its binary can read.
+func envNamesOf(t *testing.T, pkg string) map[string]bool {
 	t.Helper()
-	known := map[string]bool{}
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() && (d.Name() == "gen" || strings.HasPrefix(d.Name(), ".")) && path != root {
-			return filepath.SkipDir
-		}
-		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		for _, m := range envNamePattern.FindAllStringSubmatch(string(b), -1) {
-			known[m[1]] = true
-		}
-		return nil
-	})
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{range .GoFiles}}\t{{.}}{{end}}{{end}}{{end}}", pkg)
+	cmd.Dir = ".."
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("scan code for variables: %v", err)
+		t.Fatalf("go list -deps %s: %v", pkg, err)
 	}
-	if len(known) < 10 {
-		t.Fatalf("found only %d ORDERMESH_ variables in the code: %v", len(known), known)
+	known := map[string]bool{}
+	for line := range strings.Lines(string(out)) {
+		fields := strings.Split(strings.TrimSuffix(line, "\n"), "\t")
+		if len(fields) < 2 {
+			continue
+		}
+		for _, f := range fields[1:] {
+			b, err := os.ReadFile(filepath.Join(fields[0], f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range envNamePattern.FindAllStringSubmatch(string(b), -1) {
+				known[m[1]] = true
+			}
+		}
+	}
+	if len(known) < 5 {
+		t.Fatalf("found only %d ORDERMESH_ variables in %s's code: %v", len(known), pkg, known)
 	}
 	return known
 }
