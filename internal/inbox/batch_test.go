@@ -20,6 +20,9 @@ import (
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
+	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
+	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 )
 
 // batchHandler is handleOrderCreated for a whole batch, with one statement
@@ -409,6 +412,44 @@ func TestUnreachableDatabaseIsAnOutage(t *testing.T) {
 	}
 	if n := seen.Load(); n != 0 {
 		t.Errorf("handler saw %d deliveries, want none", n)
+	}
+}
+
+// TestStalledDatabaseIsAnOutage: a database whose packets stop (a network
+// partition: no error, only silence) fails deliveries with timeouts, which
+// are outages when the database does not answer a ping either; a timeout
+// while it answers (a handler too slow) is the delivery's own failure.
+func TestStalledDatabaseIsAnOutage(t *testing.T) {
+	ctx := context.Background()
+	_, schema := postgrestest.NewSchema(t, ledger, outbox.Migrations, inbox.Migrations)
+	proxy, url := postgrestest.Proxied(t)
+	pool, err := postgres.Open(ctx, url, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
+	var seen atomic.Int64
+	b := inbox.NewBatchRunner(runner, batchHandler(nil, &seen), 16, 2*time.Second)
+	d := newDelivery(t, "a@example.com", 5)
+	if _, err := b.Process(ctx, d.ev, d.meta); err != nil {
+		t.Fatalf("with the path up: %v", err)
+	}
+
+	slow := inbox.NewBatchRunner(runner, func(ctx context.Context, _ pgx.Tx, _ []inbox.Delivery) ([]inbox.Result, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}, 16, 500*time.Millisecond)
+	d = newDelivery(t, "a@example.com", 6)
+	if _, err := slow.Process(ctx, d.ev, d.meta); !errors.Is(err, context.DeadlineExceeded) || eventbus.IsUnavailable(err) {
+		t.Errorf("a handler too slow, the database answering: %v, want a timeout counted as an attempt", err)
+	}
+
+	proxy.Blackhole()
+	defer proxy.SetUp(false) // closes the stalled connections, so the pool closes at once
+	d = newDelivery(t, "a@example.com", 7)
+	if _, err := b.Process(ctx, d.ev, d.meta); err == nil || !eventbus.IsUnavailable(err) {
+		t.Errorf("the database stalled: %v, want it marked eventbus.Unavailable", err)
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -112,6 +113,13 @@ type Runner struct {
 	committed func()
 
 	processed, duplicates, failed atomic.Int64
+
+	// ping remembers the last ping of the database that outage made.
+	ping struct {
+		sync.Mutex
+		at time.Time
+		ok bool
+	}
 }
 
 // NewRunner returns a runner that opens its transactions on db (the
@@ -299,13 +307,50 @@ func (r *Runner) settle(meta eventbus.Meta, err error) (Outcome, error) {
 		if r.metrics.Failed != nil {
 			r.metrics.Failed(meta, err)
 		}
-		if postgres.Unreachable(err) && !eventbus.IsPermanent(err) {
+		if !eventbus.IsPermanent(err) && r.outage(err) {
 			// The database was away: the bus retries the event without
 			// counting the attempt, however long the outage lasts.
 			err = eventbus.Unavailable(err)
 		}
 		return 0, err
 	}
+}
+
+// pingTimeout bounds outage's ping, and pingReuse is how long its answer
+// stands for the deliveries failing after it.
+const (
+	pingTimeout = 2 * time.Second
+	pingReuse   = time.Second
+)
+
+// outage reports whether err, a delivery's failure, says the database was
+// out of reach: it could not be reached or the connection broke
+// (postgres.Unreachable), or the work ran out of time and the database
+// does not answer a ping either, which is how a network that stops
+// carrying packets shows (a stalled connection ends in a timeout, not an
+// error). A timeout while the database answers (a slow handler, a lock
+// held long) is the delivery's own failure. One ping serves the
+// deliveries that fail within pingReuse of it.
+func (r *Runner) outage(err error) bool {
+	if postgres.Unreachable(err) {
+		return true
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	p, ok := r.db.(interface{ Ping(context.Context) error })
+	if !ok {
+		return false
+	}
+	r.ping.Lock()
+	defer r.ping.Unlock()
+	if time.Since(r.ping.at) > pingReuse {
+		ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
+		r.ping.ok = p.Ping(ctx) == nil
+		cancel()
+		r.ping.at = time.Now()
+	}
+	return !r.ping.ok
 }
 
 // Execer runs a statement; *pgxpool.Pool, *pgx.Conn and pgx.Tx implement it.
