@@ -63,7 +63,8 @@ type config struct {
 	httpAddr    string
 	binDir      string
 	// stopGrace is how long a process may take to stop after SIGTERM
-	// before it is killed: its shutdown phases (in-flight RPCs and event
+	// before it is killed: ORDERMESH_DRAIN_DELAY (serving on while health
+	// says NOT_SERVING), its shutdown phases (in-flight RPCs and event
 	// handlers side by side, then the outbox flush) of
 	// ORDERMESH_SHUTDOWN_TIMEOUT each, at most, and a margin.
 	stopGrace time.Duration
@@ -80,13 +81,17 @@ func loadConfig(getenv func(string) string) config {
 	if err != nil || shutdown <= 0 {
 		shutdown = 15 * time.Second // the services refuse the value and say so
 	}
+	drain, err := time.ParseDuration(get("ORDERMESH_DRAIN_DELAY", "0s"))
+	if err != nil || drain < 0 {
+		drain = 0 // refused by the services likewise
+	}
 	return config{
 		amqpURL:     get("ORDERMESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
 		databaseURL: get("ORDERMESH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ordermesh?sslmode=disable"),
 		smtpAddr:    get("ORDERMESH_SMTP_ADDR", "127.0.0.1:1025"),
 		httpAddr:    get("ORDERMESH_HTTP_ADDR", "127.0.0.1:8080"),
 		binDir:      get("ORDERMESH_BIN_DIR", filepath.Join(".run", "bin")),
-		stopGrace:   3*shutdown + 5*time.Second,
+		stopGrace:   drain + 3*shutdown + 5*time.Second,
 	}
 }
 

@@ -162,21 +162,26 @@ func TestStopAll(t *testing.T) {
 
 func TestStopGraceFollowsTheShutdownTimeout(t *testing.T) {
 	for _, tt := range []struct {
-		env  string
-		want time.Duration
+		env, drain string
+		want       time.Duration
 	}{
-		{"", 50 * time.Second},
-		{"4s", 17 * time.Second},
-		{"nonsense", 50 * time.Second},
+		{"", "", 50 * time.Second},
+		{"4s", "", 17 * time.Second},
+		{"nonsense", "", 50 * time.Second},
+		{"4s", "10s", 27 * time.Second},
+		{"", "-1s", 50 * time.Second},
 	} {
 		cfg := loadConfig(func(k string) string {
-			if k == "ORDERMESH_SHUTDOWN_TIMEOUT" {
+			switch k {
+			case "ORDERMESH_SHUTDOWN_TIMEOUT":
 				return tt.env
+			case "ORDERMESH_DRAIN_DELAY":
+				return tt.drain
 			}
 			return ""
 		})
 		if cfg.stopGrace != tt.want {
-			t.Errorf("ORDERMESH_SHUTDOWN_TIMEOUT=%q: grace %s, want %s", tt.env, cfg.stopGrace, tt.want)
+			t.Errorf("ORDERMESH_SHUTDOWN_TIMEOUT=%q ORDERMESH_DRAIN_DELAY=%q: grace %s, want %s", tt.env, tt.drain, cfg.stopGrace, tt.want)
 		}
 	}
 }
