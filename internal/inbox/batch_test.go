@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -412,6 +415,57 @@ func TestUnreachableDatabaseIsAnOutage(t *testing.T) {
 	}
 	if n := seen.Load(); n != 0 {
 		t.Errorf("handler saw %d deliveries, want none", n)
+	}
+}
+
+// TestHandlersNetworkErrorsAreNoOutage: a delivery failing with a network
+// error of its own (a mail server dropping its connection, say) while the
+// database answers is not an outage: the attempt counts.
+func TestHandlersNetworkErrorsAreNoOutage(t *testing.T) {
+	pool := newService(t)
+	ds := []delivery{newDelivery(t, "a@example.com", 1), newDelivery(t, "b@example.com", 2), newDelivery(t, "c@example.com", 3)}
+	fail := map[string]error{
+		ds[0].meta.ID: fmt.Errorf("smtp DATA: %w", io.EOF),
+		ds[1].meta.ID: fmt.Errorf("send: %w", &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}),
+		ds[2].meta.ID: fmt.Errorf("call provider: %w", context.DeadlineExceeded),
+	}
+	var seen atomic.Int64
+	b := inbox.NewBatchRunner(inbox.NewRunner(pool, service, inbox.Metrics{}), batchHandler(fail, &seen), 16, 10*time.Second)
+	for _, d := range ds {
+		_, err := b.Process(context.Background(), d.ev, d.meta)
+		if !errors.Is(err, fail[d.meta.ID]) || eventbus.IsUnavailable(err) {
+			t.Errorf("%v: want the handler's error, counted as an attempt (not eventbus.Unavailable)", err)
+		}
+	}
+}
+
+// TestTimeoutInABusyPoolIsNoOutage: a delivery that timed out waiting for
+// one of the pool's connections, all busy, while the database answers, is
+// not an outage: the check does not queue for the busy pool.
+func TestTimeoutInABusyPoolIsNoOutage(t *testing.T) {
+	ctx := context.Background()
+	_, schema := postgrestest.NewSchema(t, ledger, outbox.Migrations, inbox.Migrations)
+	url := postgrestest.URL()
+	if strings.Contains(url, "?") {
+		url += "&pool_max_conns=1"
+	} else {
+		url += "?pool_max_conns=1"
+	}
+	pool, err := postgres.Open(ctx, url, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	held, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release()
+	var seen atomic.Int64
+	b := inbox.NewBatchRunner(inbox.NewRunner(pool, service, inbox.Metrics{}), batchHandler(nil, &seen), 16, 300*time.Millisecond)
+	d := newDelivery(t, "a@example.com", 1)
+	if _, err := b.Process(ctx, d.ev, d.meta); !errors.Is(err, context.DeadlineExceeded) || eventbus.IsUnavailable(err) {
+		t.Errorf("%v: want a timeout counted as an attempt (not eventbus.Unavailable)", err)
 	}
 }
 

@@ -29,6 +29,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ordermesh/ordermesh/internal/eventbus"
@@ -316,41 +317,61 @@ func (r *Runner) settle(meta eventbus.Meta, err error) (Outcome, error) {
 	}
 }
 
-// pingTimeout bounds outage's ping, and pingReuse is how long its answer
-// stands for the deliveries failing after it.
+// pingTimeout bounds outage's check of the database, and pingReuse is how
+// long its answer stands for the deliveries failing after it.
 const (
 	pingTimeout = 2 * time.Second
 	pingReuse   = time.Second
 )
 
 // outage reports whether err, a delivery's failure, says the database was
-// out of reach: it could not be reached or the connection broke
-// (postgres.Unreachable), or the work ran out of time and the database
-// does not answer a ping either, which is how a network that stops
-// carrying packets shows (a stalled connection ends in a timeout, not an
-// error). A timeout while the database answers (a slow handler, a lock
-// held long) is the delivery's own failure. One ping serves the
-// deliveries that fail within pingReuse of it.
+// out of reach rather than anything about the delivery: a connection to it
+// could not be opened (pgconn.ConnectError), or the error is one an outage
+// causes (a broken connection, a network error, a timeout: what
+// postgres.Unreachable names, or context.DeadlineExceeded) and the
+// database does not answer on a new connection either. The check matters:
+// a handler's own network errors (a mail server dropping its connection)
+// and a statement of the delivery's that kills its backend look the same
+// in the error chain, and a network that stops carrying packets ends in
+// timeouts, not errors; a timeout while the database answers (a slow
+// handler, a lock held long) is the delivery's own failure. The check
+// opens a connection of its own rather than taking one from the pool,
+// which may be busy with the very work that timed out; one check serves
+// the deliveries that fail within pingReuse of it.
 func (r *Runner) outage(err error) bool {
-	if postgres.Unreachable(err) {
+	if _, ok := errors.AsType[*pgconn.ConnectError](err); ok {
 		return true
 	}
-	if !errors.Is(err, context.DeadlineExceeded) {
+	if !postgres.Unreachable(err) && !errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
-	p, ok := r.db.(interface{ Ping(context.Context) error })
-	if !ok {
-		return false
-	}
+	return !r.answers()
+}
+
+// answers reports whether the database answers on a new connection
+// within pingTimeout, or, for a db that is no pool, a ping.
+func (r *Runner) answers() bool {
 	r.ping.Lock()
 	defer r.ping.Unlock()
-	if time.Since(r.ping.at) > pingReuse {
-		ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
-		r.ping.ok = p.Ping(ctx) == nil
-		cancel()
-		r.ping.at = time.Now()
+	if time.Since(r.ping.at) <= pingReuse {
+		return r.ping.ok
 	}
-	return !r.ping.ok
+	ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
+	defer cancel()
+	switch db := r.db.(type) {
+	case interface{ Config() *pgxpool.Config }:
+		conn, err := pgx.ConnectConfig(ctx, db.Config().ConnConfig)
+		r.ping.ok = err == nil
+		if err == nil {
+			_ = conn.Close(ctx)
+		}
+	case interface{ Ping(context.Context) error }:
+		r.ping.ok = db.Ping(ctx) == nil
+	default:
+		r.ping.ok = true // nothing to ask: count the attempt
+	}
+	r.ping.at = time.Now()
+	return r.ping.ok
 }
 
 // Execer runs a statement; *pgxpool.Pool, *pgx.Conn and pgx.Tx implement it.
