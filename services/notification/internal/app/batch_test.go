@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -393,5 +394,27 @@ func TestBatchRunnerSharesTransactions(t *testing.T) {
 	}
 	if txs, deliveries := f.batch.Stats(); deliveries != n || txs >= n {
 		t.Errorf("%d deliveries in %d transactions, want %d in fewer", deliveries, txs, n)
+	}
+}
+
+// TestUnreachableMailServerIsAnOutage: a send that found no mail server
+// to talk to (ErrUnreachable) fails its delivery as an outage, retried
+// without counting an attempt; one that failed once the session was open
+// (the connection dropped mid-message) counts, as does a refusal.
+func TestUnreachableMailServerIsAnOutage(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	sender.fail["down@example.com"] = fmt.Errorf("connect: %w: %w", app.ErrUnreachable, errors.New("greeting: 421 try later"))
+	sender.fail["dropped@example.com"] = fmt.Errorf("smtp DATA: %w", io.EOF)
+	sender.fail["gone@example.com"] = fmt.Errorf("rcpt: %w", app.ErrRejected)
+	var batch []inbox.Delivery
+	for _, to := range []string{"down@example.com", "dropped@example.com", "gone@example.com"} {
+		batch = append(batch, delivery(confirmed(uuid.NewString(), to), newEventID(t)))
+	}
+	results := handle(t, pool, a, batch...)
+	for i, want := range []struct{ unavailable, permanent bool }{{true, false}, {false, false}, {false, true}} {
+		err := results[i].Err
+		if err == nil || eventbus.IsUnavailable(err) != want.unavailable || eventbus.IsPermanent(err) != want.permanent {
+			t.Errorf("delivery %d: %v; want an error, unavailable %v, permanent %v", i, err, want.unavailable, want.permanent)
+		}
 	}
 }
