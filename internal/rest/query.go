@@ -10,6 +10,8 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/annotations"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -216,7 +218,9 @@ func checkQuery(routes map[string]*queryRoute) runtime.Middleware {
 			}
 			values, err := url.ParseQuery(r.URL.RawQuery)
 			if err != nil {
-				next(w, r, params) // grpc-gateway's parsing answers it
+				// grpc-gateway parses the query only for routes that take
+				// one, so answer for all of them here.
+				writeStatus(w, http.StatusBadRequest, status.New(codes.InvalidArgument, "malformed query string: "+err.Error()))
 				return
 			}
 			if key, ok := route.unknownParameter(values); ok {

@@ -118,6 +118,18 @@ func TestQueryParametersMustNameAField(t *testing.T) {
 		})
 	}
 
+	// A query string that does not parse is refused on every route, not
+	// only on those grpc-gateway parses a query for.
+	for _, tt := range []struct{ method, path string }{
+		{http.MethodGet, "/v1/orders?page_size=5&x=%zz"},
+		{http.MethodGet, "/v1/orders/0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f?view=FULL;x"},
+		{http.MethodPost, "/v1/orders/0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f:cancel?a=%zz"},
+	} {
+		if code, b := do(tt.method, tt.path, `{}`); code != http.StatusBadRequest || !strings.Contains(string(b), "malformed query string") {
+			t.Errorf("%s %s = %d %s, want 400 for a malformed query string", tt.method, tt.path, code, b)
+		}
+	}
+
 	// "?" alone or with only separators carries no parameter.
 	if code, b := do(http.MethodPost, "/v1/orders/0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f:cancel?&", `{}`); code == http.StatusBadRequest {
 		t.Errorf("cancel with an empty query = %d %s, want it to reach the upstream", code, b)
