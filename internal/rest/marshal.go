@@ -101,7 +101,7 @@ func (d *bodyDecoder) Decode(v any) error {
 		return err
 	}
 	body := buf.Bytes()
-	if len(bytes.TrimSpace(body)) == 0 {
+	if len(trimJSONSpace(body)) == 0 {
 		return io.EOF
 	}
 	if d.jsonpb.UnmarshalOptions.Unmarshal(body, p) == nil {
@@ -114,12 +114,19 @@ func (d *bodyDecoder) Decode(v any) error {
 	}
 	// JSONPb's decoder took the first JSON value: refuse what follows it,
 	// as protojson would, rather than drop it.
-	if end, ok := firstValueEnd(body); ok && len(bytes.TrimSpace(body[end:])) > 0 {
+	if end, ok := firstValueEnd(body); ok && len(trimJSONSpace(body[end:])) > 0 {
 		err := fmt.Errorf("unexpected data after the JSON value, at offset %d", end)
 		d.fallback = failingDecoder{err}
 		return err
 	}
 	return nil
+}
+
+// trimJSONSpace returns b without the whitespace JSON allows around a
+// value (RFC 8259: space, tab, CR, LF), which is not all that Unicode
+// calls white space.
+func trimJSONSpace(b []byte) []byte {
+	return bytes.Trim(b, " \t\r\n")
 }
 
 // firstValueEnd returns the offset just past body's first JSON value.

@@ -41,6 +41,7 @@ func TestBodyDecoderDecodesAsJSONPb(t *testing.T) {
 		{"surrounded by whitespace", func() io.Reader { return strings.NewReader("\n\t " + order + " \r\n") }},
 		{"empty", func() io.Reader { return strings.NewReader("") }},
 		{"whitespace only", func() io.Reader { return strings.NewReader(" \n ") }},
+		{"a non-breaking space only", func() io.Reader { return strings.NewReader("\u00a0") }},
 		{"empty object", func() io.Reader { return strings.NewReader("{}") }},
 		{"malformed", func() io.Reader { return strings.NewReader(`{"request_id": `) }},
 		{"unknown field", func() io.Reader { return strings.NewReader(`{"requestid": "x"}`) }},
@@ -78,6 +79,7 @@ func TestBodyDecoderRefusesDataAfterTheValue(t *testing.T) {
 	for _, tt := range []struct{ name, body, want string }{
 		{"two values", `{"request_id": "a"} {"request_id": "b"}`, "unexpected data after the JSON value, at offset 19"},
 		{"trailing garbage", `{"request_id": "a"}xyz`, "unexpected data after the JSON value, at offset 19"},
+		{"a trailing non-breaking space", "{\"request_id\": \"a\"} \u00a0", "unexpected data after the JSON value, at offset 19"},
 		{"an invalid first value", `{"requestid": "a"} {}`, "unknown field"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
