@@ -60,9 +60,8 @@ type dlqSession struct {
 	ch   *amqp.Channel
 	// held are the deliveries fetched and not yet settled.
 	held []amqp.Delivery
-	// returns has the replays the broker could route to no queue, once
-	// prepareReplay ran.
-	returns <-chan amqp.Return
+	// cc publishes the replays, once prepareReplay ran.
+	cc *confirmChannel
 }
 
 func (q *DLQ) open(ctx context.Context) (*dlqSession, error) {
@@ -88,6 +87,9 @@ func (s *dlqSession) close() {
 		_ = s.ch.Nack(s.held[len(s.held)-1].DeliveryTag, true, true)
 	}
 	closeConn(s.conn, s.cfg.CallTimeout)
+	if s.cc != nil {
+		s.cc.wait()
+	}
 }
 
 func (s *dlqSession) count(ctx context.Context, queue string) (int, error) {
@@ -258,21 +260,24 @@ func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, 
 
 // prepareReplay checks that the service queue exists (a replay to a
 // missing queue fails anyway, but this says why before any message is
-// touched) and puts s's channel in confirm mode, with the broker's returns
-// of unroutable replays in s.returns.
+// touched) and puts s's channel in confirm mode for the replays.
 func (q *DLQ) prepareReplay(ctx context.Context, s *dlqSession) error {
 	if _, err := s.count(ctx, q.cfg.QueueName()); err != nil {
 		return err
 	}
-	s.returns = s.ch.NotifyReturn(make(chan amqp.Return, 1))
-	return call(ctx, s.conn, q.cfg.CallTimeout, "enable confirms", func() error { return s.ch.Confirm(false) })
+	cc, err := newConfirmChannel(ctx, s.conn, nil, s.ch, q.cfg.CallTimeout, q.cfg.Metrics)
+	if err != nil {
+		return err
+	}
+	s.cc = cc
+	return nil
 }
 
 // replayOne publishes a copy of d to the service queue and waits for the
 // broker's confirm. The copy is mandatory: had the queue gone since
 // prepareReplay, the broker would confirm it and drop it, and the dead
-// letter, acked next, would be lost; a return says so first, and the
-// replay fails.
+// letter, acked next, would be lost; its return fails the replay instead
+// (ErrUnroutable).
 func (q *DLQ) replayOne(ctx context.Context, s *dlqSession, d amqp.Delivery) error {
 	h := make(amqp.Table, len(d.Headers))
 	for k, v := range d.Headers {
@@ -298,23 +303,9 @@ func (q *DLQ) replayOne(ctx context.Context, s *dlqSession, d amqp.Delivery) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.cfg.ConfirmTimeout)
 	defer cancel()
-	dc, err := s.ch.PublishWithDeferredConfirmWithContext(ctx, "", q.cfg.QueueName(), true, false, copyOf(d, h))
-	if err != nil {
-		return fmt.Errorf("publish %s: %w", d.MessageId, err)
-	}
-	ok, err := dc.WaitContext(ctx)
-	if err != nil {
-		return fmt.Errorf("confirm %s: %w", d.MessageId, err)
-	}
-	if !ok {
-		return fmt.Errorf("confirm %s: %w", d.MessageId, ErrNacked)
-	}
-	// The broker sends a return before the confirm of the same message,
-	// and the client hands it over before it reports the confirm.
-	select {
-	case r := <-s.returns:
-		return fmt.Errorf("replay %s to %s: %w: %d %s", d.MessageId, q.cfg.QueueName(), ErrUnroutable, r.ReplyCode, r.ReplyText)
-	default:
+	labels := Labels{RoutingKey: headerString(h, HeaderRoutingKey), Type: d.Type}
+	if err := s.cc.publish(ctx, []outgoing{{exchange: "", key: q.cfg.QueueName(), msg: copyOf(d, h), labels: labels}}); err != nil {
+		return fmt.Errorf("replay %s to %s: %w", d.MessageId, q.cfg.QueueName(), err)
 	}
 	q.log.InfoContext(ctx, "replayed dead letter", "message_id", d.MessageId, "type", d.Type)
 	return nil
