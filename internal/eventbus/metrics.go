@@ -24,6 +24,9 @@ type Metrics interface {
 	Acked(l Labels, d time.Duration)
 	// Retried counts a delivery sent to the retry ladder for attempt next.
 	Retried(l Labels, next int)
+	// OutageRetried counts a delivery sent to the retry ladder for an
+	// outage of its handler's dependency (Unavailable): no attempt counted.
+	OutageRetried(l Labels)
 	// DeadLettered counts a delivery sent to the dead-letter queue.
 	DeadLettered(l Labels, reason string)
 }
@@ -50,6 +53,9 @@ func (NopMetrics) Acked(Labels, time.Duration) {}
 
 // Retried implements Metrics.
 func (NopMetrics) Retried(Labels, int) {}
+
+// OutageRetried implements Metrics.
+func (NopMetrics) OutageRetried(Labels) {}
 
 // DeadLettered implements Metrics.
 func (NopMetrics) DeadLettered(Labels, string) {}

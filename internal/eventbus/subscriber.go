@@ -436,7 +436,7 @@ func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, 
 		h := republishHeaders(d, meta)
 		h[HeaderOutageRetries] = int32(outages + 1)
 		if s.republish(ctx, d, acks, cc, queue, h, labels) {
-			s.cfg.Metrics.Retried(labels, meta.Attempt)
+			s.cfg.Metrics.OutageRetried(labels)
 		}
 	case meta.Attempt >= s.cfg.MaxAttempts:
 		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonRetriesExhausted, err)

@@ -229,14 +229,15 @@ func keys[V any](m map[string]V) []string {
 // countingMetrics counts some metrics for assertions.
 type countingMetrics struct {
 	NopMetrics
-	retried, deadLettered, acked, returned atomic.Int64
+	retried, outageRetried, deadLettered, acked, returned atomic.Int64
 	// labels are those consumed and dead-lettered messages were counted
 	// under.
 	labels sync.Map
 }
 
-func (m *countingMetrics) Retried(Labels, int) { m.retried.Add(1) }
-func (m *countingMetrics) Consumed(l Labels)   { m.labels.Store(l, true) }
+func (m *countingMetrics) Retried(Labels, int)  { m.retried.Add(1) }
+func (m *countingMetrics) OutageRetried(Labels) { m.outageRetried.Add(1) }
+func (m *countingMetrics) Consumed(l Labels)    { m.labels.Store(l, true) }
 func (m *countingMetrics) DeadLettered(l Labels, _ string) {
 	m.labels.Store(l, true)
 	m.deadLettered.Add(1)
@@ -246,6 +247,8 @@ func (m *countingMetrics) Returned(Labels)             { m.returned.Add(1) }
 
 func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
 	cfg := testConfig(t, "retry")
+	metrics := &countingMetrics{}
+	cfg.Metrics = metrics
 	sub, err := NewSubscriber(cfg, testLogger())
 	if err != nil {
 		t.Fatal(err)
@@ -341,6 +344,11 @@ func TestHandlerErrorsRetryThenDeadLetter(t *testing.T) {
 	}
 	if diff := cmp.Diff(map[string]int{"fail twice": 1, "panic once": 1, "outage, then fine": 1}, succeeded); diff != "" {
 		t.Errorf("successes (-want +got):\n%s", diff)
+	}
+	// Retries: 2 for "fail twice", 2 for "always fail", 1 for "panic
+	// once", 2 for "fail, outage, fail"; outage retries 5 + 3.
+	if r, o := metrics.retried.Load(), metrics.outageRetried.Load(); r != 7 || o != 8 {
+		t.Errorf("metrics: %d retries and %d outage retries, want 7 and 8", r, o)
 	}
 
 	type dlView struct {

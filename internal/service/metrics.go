@@ -22,6 +22,7 @@ type metrics struct {
 
 	published, returned, consumed, acked *prometheus.CounterVec
 	confirmed, retried, deadLettered     *prometheus.CounterVec
+	outageRetried                        *prometheus.CounterVec
 	handleSeconds                        *prometheus.HistogramVec
 	inboxEvents                          *prometheus.CounterVec
 	relayed, relayFailed                 prometheus.Counter
@@ -32,13 +33,15 @@ func newMetrics() *metrics {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ordermesh", Name: name, Help: help}, labels)
 	}
 	m := &metrics{
-		registry:     prometheus.NewRegistry(),
-		published:    counter("eventbus_published_total", "Messages written to the broker.", "routing_key"),
-		confirmed:    counter("eventbus_confirmed_total", "Publisher confirms by result (ack or nack).", "routing_key", "result"),
-		returned:     counter("eventbus_returned_total", "Mandatory messages the broker could not route.", "routing_key"),
-		consumed:     counter("eventbus_consumed_total", "Deliveries handed to the subscriber.", "routing_key"),
-		acked:        counter("eventbus_acked_total", "Deliveries handled and acked.", "routing_key"),
-		retried:      counter("eventbus_retried_total", "Deliveries sent to the retry ladder.", "routing_key"),
+		registry:  prometheus.NewRegistry(),
+		published: counter("eventbus_published_total", "Messages written to the broker.", "routing_key"),
+		confirmed: counter("eventbus_confirmed_total", "Publisher confirms by result (ack or nack).", "routing_key", "result"),
+		returned:  counter("eventbus_returned_total", "Mandatory messages the broker could not route.", "routing_key"),
+		consumed:  counter("eventbus_consumed_total", "Deliveries handed to the subscriber.", "routing_key"),
+		acked:     counter("eventbus_acked_total", "Deliveries handled and acked.", "routing_key"),
+		retried:   counter("eventbus_retried_total", "Deliveries sent to the retry ladder.", "routing_key"),
+		outageRetried: counter("eventbus_outage_retried_total",
+			"Deliveries sent to the retry ladder because their handler's database or mail server was out of reach, counting no attempt.", "routing_key"),
 		deadLettered: counter("eventbus_dead_lettered_total", "Deliveries sent to the dead-letter queue, by reason.", "routing_key", "reason"),
 		handleSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "ordermesh", Name: "eventbus_handle_seconds", Help: "Time to handle and ack a delivery.",
@@ -53,7 +56,7 @@ func newMetrics() *metrics {
 		}),
 	}
 	m.registry.MustRegister(
-		m.published, m.confirmed, m.returned, m.consumed, m.acked, m.retried, m.deadLettered,
+		m.published, m.confirmed, m.returned, m.consumed, m.acked, m.retried, m.outageRetried, m.deadLettered,
 		m.handleSeconds, m.inboxEvents, m.relayed, m.relayFailed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -105,6 +108,9 @@ func (b busMetrics) Acked(l eventbus.Labels, d time.Duration) {
 }
 func (b busMetrics) Retried(l eventbus.Labels, _ int) {
 	b.m.retried.WithLabelValues(l.RoutingKey).Inc()
+}
+func (b busMetrics) OutageRetried(l eventbus.Labels) {
+	b.m.outageRetried.WithLabelValues(l.RoutingKey).Inc()
 }
 func (b busMetrics) DeadLettered(l eventbus.Labels, reason string) {
 	b.m.deadLettered.WithLabelValues(l.RoutingKey, reason).Inc()
