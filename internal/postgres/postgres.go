@@ -229,21 +229,33 @@ func rollback(ctx context.Context, tx pgx.Tx) {
 }
 
 // CreateDatabaseIfMissing creates the database named in url unless it
-// exists. It connects to the "postgres" maintenance database on the same
-// server with the same credentials. Concurrent callers are safe: losing the
-// race to create it is not an error.
+// exists. The URL is read as Open reads it (pool_* parameters are the
+// pool's, not the server's). It connects to that database first, and only
+// when it does not exist (3D000) to the "postgres" maintenance database on
+// the same server with the same credentials, to create it: a role that
+// may not connect to "postgres" can still use a database that exists.
+// Concurrent callers are safe: losing the race to create it is not an
+// error.
 func CreateDatabaseIfMissing(ctx context.Context, url string) error {
-	cfg, err := pgx.ParseConfig(url)
+	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return fmt.Errorf("parse database url: %w", err)
 	}
+	cfg := pcfg.ConnConfig
 	name := cfg.Database
 	if name == "" {
 		return errors.New("create database: url names no database")
 	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err == nil {
+		return conn.Close(context.WithoutCancel(ctx))
+	}
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "3D000" { // invalid_catalog_name
+		return fmt.Errorf("connect to database %q: %w", name, err)
+	}
 	maint := cfg.Copy()
 	maint.Database = "postgres"
-	conn, err := pgx.ConnectConfig(ctx, maint)
+	conn, err = pgx.ConnectConfig(ctx, maint)
 	if err != nil {
 		return fmt.Errorf("connect to maintenance database: %w", err)
 	}

@@ -351,7 +351,8 @@ func TestCreateDatabaseIfMissing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	url := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
+	// With a pool parameter, which Open takes and the server would refuse.
+	url := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable&pool_max_conns=3", cfg.User, cfg.Host, cfg.Port, name)
 	t.Cleanup(func() {
 		conn, err := pgx.Connect(ctx, postgrestest.URL())
 		if err != nil {
