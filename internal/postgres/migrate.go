@@ -128,8 +128,17 @@ func apply(ctx context.Context, db TxBeginner, schema, source string, m migratio
 			return fmt.Errorf("lock schema: %w", err)
 		}
 		ident := pgx.Identifier{schema}.Sanitize()
-		if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+ident); err != nil {
-			return fmt.Errorf("create schema: %w", err)
+		// Created only when missing: CREATE SCHEMA IF NOT EXISTS asks for
+		// the database's CREATE privilege even when the schema exists, which
+		// a role given a schema made for it need not have.
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT to_regnamespace($1) IS NOT NULL`, ident).Scan(&exists); err != nil {
+			return fmt.Errorf("look up schema: %w", err)
+		}
+		if !exists {
+			if _, err := tx.Exec(ctx, "CREATE SCHEMA "+ident); err != nil {
+				return fmt.Errorf("create schema: %w", err)
+			}
 		}
 		if _, err := tx.Exec(ctx, "SELECT set_config('search_path', $1, true)", ident); err != nil {
 			return fmt.Errorf("set search_path: %w", err)

@@ -93,6 +93,53 @@ func TestMigrateAppliesOnceAndIsIdempotent(t *testing.T) {
 	}
 }
 
+// TestMigrateIntoASchemaMadeForTheRole: a role that owns a schema made for
+// it, and may not create schemas in the database, migrates it.
+func TestMigrateIntoASchemaMadeForTheRole(t *testing.T) {
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, postgrestest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := postgrestest.RandomSchema(t)
+	role := "ordermesh_" + schema
+	var pool *pgxpool.Pool
+	t.Cleanup(func() {
+		if pool != nil {
+			pool.Close()
+		}
+		for _, stmt := range []string{"DROP SCHEMA IF EXISTS " + schema + " CASCADE", "DROP ROLE IF EXISTS " + role} {
+			if _, err := admin.Exec(context.Background(), stmt); err != nil {
+				t.Errorf("%s: %v", stmt, err)
+			}
+		}
+		admin.Close(context.Background())
+	})
+	for _, stmt := range []string{
+		"CREATE ROLE " + role + " LOGIN",
+		"CREATE SCHEMA " + schema + " AUTHORIZATION " + role,
+	} {
+		if _, err := admin.Exec(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	var mayCreate bool
+	if err := admin.QueryRow(ctx, "SELECT has_database_privilege($1, current_database(), 'CREATE')", role).Scan(&mayCreate); err != nil || mayCreate {
+		t.Fatalf("the role may create schemas (%v); the test shows nothing", err)
+	}
+	cfg, err := pgxpool.ParseConfig(postgrestest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.User = role
+	if pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := postgres.Migrate(ctx, pool, schema, domain, platform); err != nil {
+		t.Fatalf("Migrate as the schema's owner: %v", err)
+	}
+}
+
 func TestMigrateConcurrentMigratorsDoNotCollide(t *testing.T) {
 	ctx := context.Background()
 	pool, schema := freshSchema(t)
