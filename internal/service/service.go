@@ -158,6 +158,8 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 	}
 	if s := cfg.DatabaseSchema; strings.TrimSpace(s) == "" || len(s) > 63 || strings.ContainsRune(s, 0) {
 		env.Fail("ORDERMESH_DATABASE_SCHEMA", fmt.Errorf("%q is not a schema name (1 to 63 bytes, not blank)", s))
+	} else if strings.HasPrefix(s, "pg_") {
+		env.Fail("ORDERMESH_DATABASE_SCHEMA", fmt.Errorf("%q: names starting with pg_ are PostgreSQL's own", s))
 	}
 	if p := cfg.TopologyPrefix; p != strings.TrimSpace(p) || len(p) > 100 || strings.IndexFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
 		env.Fail("ORDERMESH_TOPOLOGY_PREFIX", fmt.Errorf("%q is not a usable prefix (at most 100 bytes, no spaces around it, no control characters)", p))
