@@ -1,0 +1,68 @@
+package telemetry_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ordermesh/ordermesh/internal/telemetry"
+)
+
+// TestServeAdminStopsDuringAProfile: a CPU profile running when the
+// binary shuts down ends with it; ServeAdmin returns nil at once instead
+// of waiting out the profile and failing the shutdown.
+func TestServeAdminStopsDuringAProfile(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() {
+		served <- telemetry.ServeAdmin(ctx, slog.New(slog.DiscardHandler), lis, prometheus.NewRegistry())
+	}()
+	url := "http://" + lis.Addr().String()
+	// The profile is under way once a second request gets its answer
+	// after it: the server takes both.
+	profiled := make(chan struct{})
+	go func() {
+		defer close(profiled)
+		resp, err := http.Get(url + "/debug/pprof/profile?seconds=30")
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("ServeAdmin = %v, want nil", err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("ServeAdmin took %s to return after its context ended", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("ServeAdmin still running 10 s after its context ended")
+	}
+	select {
+	case <-profiled:
+	case <-time.After(5 * time.Second):
+		t.Error("the profile request still running after ServeAdmin returned")
+	}
+}
