@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -68,7 +69,18 @@ func (g *GroupCommit) run(ctx context.Context, batch []*unit) {
 	defer cancel()
 	err := WithTx(ctx, g.db, func(tx pgx.Tx) error {
 		for _, u := range batch {
-			u.err = WithTx(ctx, tx, func(sp pgx.Tx) error { return runUnit(ctx, sp, u.fn) })
+			u.err = WithTx(ctx, tx, func(sp pgx.Tx) error {
+				if err := runUnit(ctx, sp, u.fn); err != nil {
+					return err
+				}
+				// A unit that dropped a failed statement's error leaves
+				// the transaction failed; its savepoint must be rolled back
+				// (releasing it would fail, and fail every unit after it).
+				if sp.Conn().PgConn().TxStatus() == 'E' {
+					return errUnitLeftTxFailed
+				}
+				return nil
+			})
 		}
 		return nil
 	})
@@ -80,6 +92,10 @@ func (g *GroupCommit) run(ctx context.Context, batch []*unit) {
 		}
 	}
 }
+
+// errUnitLeftTxFailed is the error of a unit that returned nil with its
+// transaction failed: a statement of it failed and it dropped the error.
+var errUnitLeftTxFailed = errors.New("group-committed work returned no error, but a statement of it failed and left its transaction aborted")
 
 // runUnit runs fn, turning a panic into its error so that one unit cannot
 // take its batch's callers down with it.

@@ -42,6 +42,11 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 					// this unit's savepoint.
 					_, err := tx.Exec(ctx, `INSERT INTO items VALUES ($1)`, i)
 					return err
+				case 13:
+					// So does one whose error the unit drops: its
+					// transaction is failed all the same.
+					_, _ = tx.Exec(ctx, `INSERT INTO items VALUES ($1)`, i)
+					return nil
 				}
 				return nil
 			})
@@ -49,7 +54,7 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 	}
 	wg.Wait()
 	for i, err := range errs {
-		wantErr := i == 7 || i == 9 || i == 11
+		wantErr := i == 7 || i == 9 || i == 11 || i == 13
 		if (err != nil) != wantErr {
 			t.Errorf("unit %d: err = %v, want error %v", i, err, wantErr)
 		}
@@ -58,8 +63,8 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM items`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	if n != calls-3 {
-		t.Errorf("%d rows committed, want %d (every unit but the three failing ones)", n, calls-3)
+	if n != calls-4 {
+		t.Errorf("%d rows committed, want %d (every unit but the four failing ones)", n, calls-4)
 	}
 	batches, units := g.Stats()
 	if units != calls || batches >= calls {
