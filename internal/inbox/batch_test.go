@@ -439,6 +439,20 @@ func TestHandlersNetworkErrorsAreNoOutage(t *testing.T) {
 	}
 }
 
+// TestServerEndingTheConnectionIsAnOutage: a delivery failing because
+// the server ended its connection (a restart: SQLSTATE 57P01) is an
+// outage even when the database answers again by the time it is judged.
+func TestServerEndingTheConnectionIsAnOutage(t *testing.T) {
+	pool := newService(t)
+	d := newDelivery(t, "a@example.com", 1)
+	restart := &pgconn.PgError{Severity: "FATAL", Code: "57P01", Message: "terminating connection due to administrator command"}
+	var seen atomic.Int64
+	b := inbox.NewBatchRunner(inbox.NewRunner(pool, service, inbox.Metrics{}), batchHandler(map[string]error{d.meta.ID: fmt.Errorf("write: %w", restart)}, &seen), 16, 10*time.Second)
+	if _, err := b.Process(context.Background(), d.ev, d.meta); !errors.Is(err, restart) || !eventbus.IsUnavailable(err) {
+		t.Errorf("%v: want the server's error marked eventbus.Unavailable", err)
+	}
+}
+
 // TestTimeoutInABusyPoolIsNoOutage: a delivery that timed out waiting for
 // one of the pool's connections, all busy, while the database answers, is
 // not an outage: the check does not queue for the busy pool.

@@ -23,6 +23,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -308,7 +309,7 @@ func (r *Runner) settle(meta eventbus.Meta, err error) (Outcome, error) {
 		if r.metrics.Failed != nil {
 			r.metrics.Failed(meta, err)
 		}
-		if !eventbus.IsPermanent(err) && r.outage(err) {
+		if !eventbus.IsPermanent(err) && !eventbus.IsUnavailable(err) && r.outage(err) {
 			// The database was away: the bus retries the event without
 			// counting the attempt, however long the outage lasts.
 			err = eventbus.Unavailable(err)
@@ -326,13 +327,14 @@ const (
 
 // outage reports whether err, a delivery's failure, says the database was
 // out of reach rather than anything about the delivery: a connection to it
-// could not be opened (pgconn.ConnectError), or the error is one an outage
-// causes (a broken connection, a network error, a timeout: what
-// postgres.Unreachable names, or context.DeadlineExceeded) and the
-// database does not answer on a new connection either. The check matters:
-// a handler's own network errors (a mail server dropping its connection)
-// and a statement of the delivery's that kills its backend look the same
-// in the error chain, and a network that stops carrying packets ends in
+// could not be opened (pgconn.ConnectError), the server said it was
+// closing the connection or refusing it (SQLSTATE classes 08 and 57P: a
+// restart, a failover), or the error is one an outage causes (a broken
+// connection, a network error, a timeout: what postgres.Unreachable
+// names, or context.DeadlineExceeded) and the database does not answer on
+// a new connection either. The check matters: a handler's own network
+// errors (a mail server dropping its connection) look the same in the
+// error chain, and a network that stops carrying packets ends in
 // timeouts, not errors; a timeout while the database answers (a slow
 // handler, a lock held long) is the delivery's own failure. The check
 // opens a connection of its own rather than taking one from the pool,
@@ -340,6 +342,9 @@ const (
 // the deliveries that fail within pingReuse of it.
 func (r *Runner) outage(err error) bool {
 	if _, ok := errors.AsType[*pgconn.ConnectError](err); ok {
+		return true
+	}
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && (strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P")) {
 		return true
 	}
 	if !postgres.Unreachable(err) && !errors.Is(err, context.DeadlineExceeded) {
