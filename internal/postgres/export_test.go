@@ -9,3 +9,11 @@ func SetMigrationLockTimeout(d time.Duration) (restore func()) {
 	migrationLockTimeout = d
 	return func() { migrationLockTimeout = prev }
 }
+
+// SetMaintenanceDatabase sets the database CreateDatabaseIfMissing
+// creates others from until the returned function restores it.
+func SetMaintenanceDatabase(name string) (restore func()) {
+	prev := maintenanceDatabase
+	maintenanceDatabase = name
+	return func() { maintenanceDatabase = prev }
+}

@@ -228,6 +228,10 @@ func rollback(ctx context.Context, tx pgx.Tx) {
 	_ = tx.Rollback(ctx) // The transaction's own error, if any, is what matters to the caller.
 }
 
+// maintenanceDatabase is the database CreateDatabaseIfMissing connects to
+// to create another.
+var maintenanceDatabase = "postgres"
+
 // CreateDatabaseIfMissing creates the database named in url unless it
 // exists. The URL is read as Open reads it (pool_* parameters are the
 // pool's, not the server's). It connects to that database first, and only
@@ -248,13 +252,14 @@ func CreateDatabaseIfMissing(ctx context.Context, url string) error {
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err == nil {
-		return conn.Close(context.WithoutCancel(ctx))
+		_ = conn.Close(context.WithoutCancel(ctx)) // it exists: that was the question
+		return nil
 	}
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "3D000" { // invalid_catalog_name
 		return fmt.Errorf("connect to database %q: %w", name, err)
 	}
 	maint := cfg.Copy()
-	maint.Database = "postgres"
+	maint.Database = maintenanceDatabase
 	conn, err = pgx.ConnectConfig(ctx, maint)
 	if err != nil {
 		return fmt.Errorf("connect to maintenance database: %w", err)

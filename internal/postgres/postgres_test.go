@@ -425,6 +425,14 @@ func TestCreateDatabaseIfMissing(t *testing.T) {
 	if err := postgres.CreateDatabaseIfMissing(ctx, url); err != nil {
 		t.Fatalf("CreateDatabaseIfMissing on an existing database: %v", err)
 	}
+	// A database that exists needs no maintenance database: a role that
+	// may not connect to one can use it.
+	restore := postgres.SetMaintenanceDatabase("ordermesh_no_such_database")
+	err = postgres.CreateDatabaseIfMissing(ctx, url)
+	restore()
+	if err != nil {
+		t.Fatalf("CreateDatabaseIfMissing on an existing database, with no maintenance database: %v", err)
+	}
 	pool, err := postgres.Open(ctx, url, "")
 	if err != nil {
 		t.Fatalf("open created database: %v", err)
