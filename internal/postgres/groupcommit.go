@@ -64,6 +64,11 @@ func (g *GroupCommit) Stats() (batches, units int64) {
 	return g.b.Stats()
 }
 
+// Queued returns how many units wait for a transaction to carry them.
+func (g *GroupCommit) Queued() int {
+	return g.b.Queued()
+}
+
 func (g *GroupCommit) run(ctx context.Context, batch []*unit) {
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()

@@ -42,11 +42,6 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 					// this unit's savepoint.
 					_, err := tx.Exec(ctx, `INSERT INTO items VALUES ($1)`, i)
 					return err
-				case 13:
-					// So does one whose error the unit drops: its
-					// transaction is failed all the same.
-					_, _ = tx.Exec(ctx, `INSERT INTO items VALUES ($1)`, i)
-					return nil
 				}
 				return nil
 			})
@@ -54,7 +49,7 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 	}
 	wg.Wait()
 	for i, err := range errs {
-		wantErr := i == 7 || i == 9 || i == 11 || i == 13
+		wantErr := i == 7 || i == 9 || i == 11
 		if (err != nil) != wantErr {
 			t.Errorf("unit %d: err = %v, want error %v", i, err, wantErr)
 		}
@@ -63,14 +58,65 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM items`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	if n != calls-4 {
-		t.Errorf("%d rows committed, want %d (every unit but the four failing ones)", n, calls-4)
+	if n != calls-3 {
+		t.Errorf("%d rows committed, want %d (every unit but the three failing ones)", n, calls-3)
 	}
 	batches, units := g.Stats()
 	if units != calls || batches >= calls {
 		t.Errorf("%d units in %d transactions: want %d units sharing fewer transactions", units, batches, calls)
 	}
 	t.Logf("%d units in %d transactions", units, batches)
+}
+
+// TestGroupCommitUnitDroppingAFailedStatementFailsAlone: a unit that
+// drops the error of a statement that failed, which leaves its
+// transaction aborted, fails alone; the units batched with it commit.
+func TestGroupCommitUnitDroppingAFailedStatementFailsAlone(t *testing.T) {
+	pool, schema := postgrestest.NewSchema(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{schema}.Sanitize()+`; CREATE TABLE items (n int PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	g := postgres.NewGroupCommit(pool, 16, 1, 10*time.Second)
+	// The first unit holds the lane until the three behind it queued, so
+	// that they share one transaction.
+	release, started := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_ = g.Do(ctx, "k", func(context.Context, pgx.Tx) error { close(started); <-release; return nil })
+	})
+	<-started
+	errs := make([]error, 3)
+	for i := range errs {
+		wg.Go(func() {
+			errs[i] = g.Do(ctx, "k", func(ctx context.Context, tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, `INSERT INTO items VALUES ($1)`, i); err != nil {
+					return err
+				}
+				if i == 1 {
+					_, _ = tx.Exec(ctx, `INSERT INTO items VALUES ($1)`, i) // fails; the error dropped
+				}
+				return nil
+			})
+		})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for g.Queued() != 3 {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatalf("%d units queued, want 3", g.Queued())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	if errs[0] != nil || errs[2] != nil || errs[1] == nil {
+		t.Errorf("errors %v; want only unit 1's", errs)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM items`).Scan(&n); err != nil || n != 2 {
+		t.Errorf("%d rows committed (%v), want 2", n, err)
+	}
 }
 
 func TestGroupCommitFailsEveryUnitWhenTheDatabaseIsDown(t *testing.T) {
