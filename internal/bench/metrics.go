@@ -14,15 +14,18 @@ import (
 type HandlerStat struct {
 	Count   float64
 	Seconds float64
-	// Retried counts deliveries sent to the retry ladder.
-	Retried float64
+	// Retried counts deliveries sent to the retry ladder, and
+	// OutageRetried those sent there for an outage, counting no attempt.
+	Retried, OutageRetried float64
 }
 
 // handlerMetric is the eventbus histogram of handler durations, and
-// retriedMetric the counter of deliveries sent to the retry ladder.
+// retriedMetric and outageRetriedMetric the counters of deliveries sent
+// to the retry ladder.
 const (
-	handlerMetric = "ordermesh_eventbus_handle_seconds"
-	retriedMetric = "ordermesh_eventbus_retried_total"
+	handlerMetric       = "ordermesh_eventbus_handle_seconds"
+	retriedMetric       = "ordermesh_eventbus_retried_total"
+	outageRetriedMetric = "ordermesh_eventbus_outage_retried_total"
 )
 
 // HandlerStats scrapes the process's /metrics and returns the handler
@@ -63,6 +66,8 @@ func parseHandlerStats(r io.Reader) (map[string]HandlerStat, error) {
 			field, rest = "count", rest[len("_count"):]
 		case strings.HasPrefix(line, retriedMetric+"{"):
 			field, rest = "retried", line[len(retriedMetric):]
+		case strings.HasPrefix(line, outageRetriedMetric+"{"):
+			field, rest = "outage", line[len(outageRetriedMetric):]
 		default:
 			continue
 		}
@@ -81,6 +86,8 @@ func parseHandlerStats(r io.Reader) (map[string]HandlerStat, error) {
 			s.Seconds = v
 		case "count":
 			s.Count = v
+		case "outage":
+			s.OutageRetried = v
 		default:
 			s.Retried = v
 		}
@@ -110,7 +117,8 @@ func diffStats(before, after map[string]HandlerStat) map[string]HandlerStat {
 	out := map[string]HandlerStat{}
 	for k, a := range after {
 		b := before[k]
-		if d := (HandlerStat{Count: a.Count - b.Count, Seconds: a.Seconds - b.Seconds, Retried: a.Retried - b.Retried}); d.Count > 0 {
+		d := HandlerStat{Count: a.Count - b.Count, Seconds: a.Seconds - b.Seconds, Retried: a.Retried - b.Retried, OutageRetried: a.OutageRetried - b.OutageRetried}
+		if d.Count > 0 {
 			out[k] = d
 		}
 	}

@@ -327,8 +327,8 @@ func Markdown(r *Result, m Machine, command string) string {
 		p("")
 		p("Mean time inside each handler (the inbox transaction: inbox row, effect, outbox rows, commit), from the services' `%s` metric.", handlerMetric)
 		p("")
-		p("| service | routing key | events handled | mean ms | sent to retry |")
-		p("|---|---|---|---|---|")
+		p("| service | routing key | events handled | mean ms | sent to retry | sent to retry for an outage |")
+		p("|---|---|---|---|---|---|")
 		for _, svc := range Services {
 			stats := r.Handlers[svc]
 			keys := make([]string, 0, len(stats))
@@ -338,7 +338,7 @@ func Markdown(r *Result, m Machine, command string) string {
 			slices.Sort(keys)
 			for _, k := range keys {
 				st := stats[k]
-				p("| %s | %s | %.0f | %.1f | %.0f |", svc, k, st.Count, 1000*st.Seconds/st.Count, st.Retried)
+				p("| %s | %s | %.0f | %.1f | %.0f | %.0f |", svc, k, st.Count, 1000*st.Seconds/st.Count, st.Retried, st.OutageRetried)
 			}
 		}
 	}

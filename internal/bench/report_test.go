@@ -312,17 +312,18 @@ ordermesh_eventbus_handle_seconds_sum{routing_key="payment.succeeded",service="x
 ordermesh_eventbus_handle_seconds_count{routing_key="payment.succeeded",service="x"} 9
 ordermesh_eventbus_consumed_total{routing_key="stock.reserved"} 30
 ordermesh_eventbus_retried_total{routing_key="stock.reserved"} 4
+ordermesh_eventbus_outage_retried_total{routing_key="stock.reserved"} 6
 `
 	got, err := parseHandlerStats(strings.NewReader(text))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]HandlerStat{"stock.reserved": {Count: 30, Seconds: 1.5, Retried: 4}, "payment.succeeded": {Count: 9, Seconds: 2.25}}
+	want := map[string]HandlerStat{"stock.reserved": {Count: 30, Seconds: 1.5, Retried: 4, OutageRetried: 6}, "payment.succeeded": {Count: 9, Seconds: 2.25}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("parseHandlerStats (-want +got):\n%s", diff)
 	}
 	d := diffStats(map[string]HandlerStat{"stock.reserved": {Count: 10, Seconds: 0.5}}, got)
-	wantDiff := map[string]HandlerStat{"stock.reserved": {Count: 20, Seconds: 1, Retried: 4}, "payment.succeeded": {Count: 9, Seconds: 2.25}}
+	wantDiff := map[string]HandlerStat{"stock.reserved": {Count: 20, Seconds: 1, Retried: 4, OutageRetried: 6}, "payment.succeeded": {Count: 9, Seconds: 2.25}}
 	if diff := cmp.Diff(wantDiff, d); diff != "" {
 		t.Errorf("diffStats (-want +got):\n%s", diff)
 	}
