@@ -2,6 +2,7 @@ package telemetry_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -31,14 +32,19 @@ func TestServeAdminStopsDuringAProfile(t *testing.T) {
 	url := "http://" + lis.Addr().String()
 	// The profile is under way once a second request gets its answer
 	// after it: the server takes both.
-	profiled := make(chan struct{})
+	profiled := make(chan error, 1)
 	go func() {
-		defer close(profiled)
 		resp, err := http.Get(url + "/debug/pprof/profile?seconds=30")
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+		if err != nil {
+			profiled <- err
+			return
 		}
+		defer resp.Body.Close()
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err == nil && (resp.StatusCode != http.StatusOK || n == 0) {
+			err = fmt.Errorf("%s with %d bytes", resp.Status, n)
+		}
+		profiled <- err
 	}()
 	time.Sleep(300 * time.Millisecond)
 	resp, err := http.Get(url + "/metrics")
@@ -61,7 +67,11 @@ func TestServeAdminStopsDuringAProfile(t *testing.T) {
 		t.Fatal("ServeAdmin still running 10 s after its context ended")
 	}
 	select {
-	case <-profiled:
+	case err := <-profiled:
+		// Ended early, with what it had collected.
+		if err != nil {
+			t.Errorf("profile: %v, want a 200 with a profile", err)
+		}
 	case <-time.After(5 * time.Second):
 		t.Error("the profile request still running after ServeAdmin returned")
 	}
