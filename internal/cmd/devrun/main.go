@@ -100,7 +100,11 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	out := &lockedWriter{w: stdout}
 	say := func(format string, args ...any) { fmt.Fprintf(out, "devrun  | "+format+"\n", args...) }
 
-	// Preflight: the broker and the database.
+	// Preflight: settings the processes cannot share, the broker and the
+	// database.
+	if err := checkShared(getenv); err != nil {
+		return err
+	}
 	if err := checkRabbitMQ(ctx, cfg.amqpURL); err != nil {
 		return err
 	}
@@ -207,6 +211,24 @@ type child struct {
 	// done is closed once the process has exited; err is then its Wait's.
 	done chan struct{}
 	err  error
+}
+
+// perProcess are settings every process passes on from devrun's
+// environment but must not share: each service defaults to its own.
+var perProcess = []string{"ORDERMESH_ADMIN_ADDR", "ORDERMESH_DATABASE_SCHEMA"}
+
+// checkShared refuses to start when the environment sets a perProcess
+// variable: four services on one admin address would fail to start, and
+// four in one schema would share one outbox and inbox table.
+func checkShared(getenv func(string) string) error {
+	for _, k := range perProcess {
+		v := getenv(k)
+		if v == "" || (k == "ORDERMESH_ADMIN_ADDR" && strings.EqualFold(strings.TrimSpace(v), "off")) {
+			continue
+		}
+		return fmt.Errorf("%s=%q is set, and make run would give it to every service, which need one each: unset it (the services default to their own), or run the binaries yourself", k, v)
+	}
+	return nil
 }
 
 func checkRabbitMQ(ctx context.Context, rawURL string) error {

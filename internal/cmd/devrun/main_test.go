@@ -185,3 +185,21 @@ func TestStopGraceFollowsTheShutdownTimeout(t *testing.T) {
 		}
 	}
 }
+
+func TestSharedSettingsAreRefused(t *testing.T) {
+	for _, tt := range []struct {
+		env     map[string]string
+		refused bool
+	}{
+		{nil, false},
+		{map[string]string{"ORDERMESH_ADMIN_ADDR": "off"}, false},
+		{map[string]string{"ORDERMESH_ADMIN_ADDR": "127.0.0.1:9100"}, true},
+		{map[string]string{"ORDERMESH_DATABASE_SCHEMA": "shop"}, true},
+		{map[string]string{"ORDERMESH_LOG_LEVEL": "debug"}, false},
+	} {
+		err := checkShared(func(k string) string { return tt.env[k] })
+		if (err != nil) != tt.refused {
+			t.Errorf("%v: %v, want refused %v", tt.env, err, tt.refused)
+		}
+	}
+}
