@@ -15,6 +15,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -85,7 +86,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		ShutdownTimeout: env.PositiveDuration("ORDERMESH_SHUTDOWN_TIMEOUT", 10*time.Second),
 		DrainDelay:      env.Duration("ORDERMESH_DRAIN_DELAY", 0),
 	}
-	if v := env.String("ORDERMESH_ADMIN_ADDR", defaultAdminAddr); v != "off" {
+	if v := env.String("ORDERMESH_ADMIN_ADDR", defaultAdminAddr); !strings.EqualFold(strings.TrimSpace(v), "off") {
 		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", defaultAdminAddr)
 	}
 	level, err := telemetry.ParseLevel(env.String("ORDERMESH_LOG_LEVEL", "info"))

@@ -85,10 +85,14 @@ func TestReadConfigRejectsWhatTheBusOrDatabaseWould(t *testing.T) {
 	}
 	// And what they accept.
 	env := config.NewEnv(func(k string) string {
-		return map[string]string{"ORDERMESH_PREFETCH": "65535", "ORDERMESH_RETRY_DELAYS": "1ms,2s", "ORDERMESH_DATABASE_SCHEMA": "Order Two", "ORDERMESH_TOPOLOGY_PREFIX": "tenant-a."}[k]
+		return map[string]string{"ORDERMESH_PREFETCH": "65535", "ORDERMESH_RETRY_DELAYS": "1ms,2s", "ORDERMESH_DATABASE_SCHEMA": "Order Two",
+			"ORDERMESH_TOPOLOGY_PREFIX": "tenant-a.", "ORDERMESH_ADMIN_ADDR": " OFF"}[k]
 	})
-	service.ReadConfig(env, spec)
+	cfg := service.ReadConfig(env, spec)
 	if err := env.Err(); err != nil {
 		t.Errorf("valid values: %v", err)
+	}
+	if cfg.AdminAddr != "" {
+		t.Errorf("ORDERMESH_ADMIN_ADDR=\" OFF\": admin address %q, want none", cfg.AdminAddr)
 	}
 }

@@ -120,7 +120,7 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 		env.Fail("ORDERMESH_DRAIN_DELAY", fmt.Errorf("must be zero or more, got %v", cfg.DrainDelay))
 		cfg.DrainDelay = 0
 	}
-	if v := env.String("ORDERMESH_ADMIN_ADDR", spec.AdminAddr); v != "off" {
+	if v := env.String("ORDERMESH_ADMIN_ADDR", spec.AdminAddr); !strings.EqualFold(strings.TrimSpace(v), "off") {
 		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", spec.AdminAddr)
 	}
 	if env.String("GOGC", "") == "" {
