@@ -9,17 +9,26 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 )
 
-func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
+// itemsTable returns a pool on a schema of the test's own holding a table
+// items (n int PRIMARY KEY).
+func itemsTable(t *testing.T) *pgxpool.Pool {
+	t.Helper()
 	pool, schema := postgrestest.NewSchema(t)
-	ctx := context.Background()
-	if _, err := pool.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{schema}.Sanitize()+`; CREATE TABLE items (n int PRIMARY KEY)`); err != nil {
+	if _, err := pool.Exec(context.Background(), `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{schema}.Sanitize()+`; CREATE TABLE items (n int PRIMARY KEY)`); err != nil {
 		t.Fatal(err)
 	}
+	return pool
+}
+
+func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
+	pool := itemsTable(t)
+	ctx := context.Background()
 	g := postgres.NewGroupCommit(pool, 128, 1, 10*time.Second)
 	const calls = 64
 	errs := make([]error, calls)
@@ -72,11 +81,8 @@ func TestGroupCommitSharesTransactionsAndIsolatesFailures(t *testing.T) {
 // drops the error of a statement that failed, which leaves its
 // transaction aborted, fails alone; the units batched with it commit.
 func TestGroupCommitUnitDroppingAFailedStatementFailsAlone(t *testing.T) {
-	pool, schema := postgrestest.NewSchema(t)
+	pool := itemsTable(t)
 	ctx := context.Background()
-	if _, err := pool.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{schema}.Sanitize()+`; CREATE TABLE items (n int PRIMARY KEY)`); err != nil {
-		t.Fatal(err)
-	}
 	g := postgres.NewGroupCommit(pool, 16, 1, 10*time.Second)
 	// The first unit holds the lane until the three behind it queued, so
 	// that they share one transaction.
