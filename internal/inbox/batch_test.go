@@ -453,23 +453,25 @@ func TestServerEndingTheConnectionIsAnOutage(t *testing.T) {
 	}
 }
 
+// openService is newService with a pool of its own on url (the test
+// database, or a proxy in front of it), made with opts.
+func openService(t *testing.T, url string, opts ...postgres.Option) *pgxpool.Pool {
+	t.Helper()
+	_, schema := postgrestest.NewSchema(t, ledger, outbox.Migrations, inbox.Migrations)
+	pool, err := postgres.Open(context.Background(), url, schema, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
 // TestTimeoutInABusyPoolIsNoOutage: a delivery that timed out waiting for
 // one of the pool's connections, all busy, while the database answers, is
 // not an outage: the check does not queue for the busy pool.
 func TestTimeoutInABusyPoolIsNoOutage(t *testing.T) {
 	ctx := context.Background()
-	_, schema := postgrestest.NewSchema(t, ledger, outbox.Migrations, inbox.Migrations)
-	url := postgrestest.URL()
-	if strings.Contains(url, "?") {
-		url += "&pool_max_conns=1"
-	} else {
-		url += "?pool_max_conns=1"
-	}
-	pool, err := postgres.Open(ctx, url, schema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := openService(t, postgrestest.URL(), postgres.WithMaxConns(1))
 	held, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -489,13 +491,8 @@ func TestTimeoutInABusyPoolIsNoOutage(t *testing.T) {
 // while it answers (a handler too slow) is the delivery's own failure.
 func TestStalledDatabaseIsAnOutage(t *testing.T) {
 	ctx := context.Background()
-	_, schema := postgrestest.NewSchema(t, ledger, outbox.Migrations, inbox.Migrations)
 	proxy, url := postgrestest.Proxied(t)
-	pool, err := postgres.Open(ctx, url, schema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := openService(t, url)
 	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
 	var seen atomic.Int64
 	b := inbox.NewBatchRunner(runner, batchHandler(nil, &seen), 16, 2*time.Second)
