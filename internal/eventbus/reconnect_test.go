@@ -2,6 +2,7 @@ package eventbus
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -252,5 +253,63 @@ func TestResubscribeAfterQueueDeleted(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("message not consumed after resubscribe")
+	}
+}
+
+// TestRecoverFromLosingTheRepublishConnection: the connection retry copies
+// go out on can fail alone; the subscriber starts its session again, and
+// a failing delivery after that is still retried.
+func TestRecoverFromLosingTheRepublishConnection(t *testing.T) {
+	cfg := testConfig(t, "repub")
+	sub, err := NewSubscriber(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempts := make(chan int, 10)
+	if err := Handle(sub, func(_ context.Context, _ *orderv1.OrderCreated, meta Meta) error {
+		attempts <- meta.Attempt
+		if meta.Attempt == 1 {
+			return errorf("fails once")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startSubscriber(t, sub)
+	pub := startPublisher(t, cfg)
+
+	rctx, rcancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer rcancel()
+	var states stateRecorder
+	wg.Go(func() { states.run(rctx, sub.Watch) })
+	t0 := time.Now()
+	if n := closeTestConnections(t, cfg.connectionName("subscriber-republish")); n != 1 {
+		t.Fatalf("closed %d connections, want the subscriber's republishing one", n)
+	}
+	eventually(t, 10*time.Second, "subscriber down and up again", func() bool {
+		_, up, _ := states.outage(t0)
+		return !up.IsZero()
+	})
+	if _, _, reason := states.outage(t0); !strings.Contains(reason, "republish") {
+		t.Errorf("down reason %q, want the republish connection's loss", reason)
+	}
+
+	_, m := newOrderCreated(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, m); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	for want := 1; want <= 2; want++ {
+		select {
+		case got := <-attempts:
+			if got != want {
+				t.Fatalf("attempt %d, want %d", got, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("attempt %d never came: the retry copy was not sent", want)
+		}
 	}
 }
