@@ -49,6 +49,8 @@ const (
 	defaultOrderTimeout = 15 * time.Minute
 )
 
+const envDatabaseSchema = "ORDERMESH_DATABASE_SCHEMA"
+
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	var orderTimeout time.Duration
 	return service.Main(ctx, getenv, stdout, ready, service.Spec{
@@ -59,6 +61,11 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			orderTimeout = env.Duration(envOrderTimeout, defaultOrderTimeout)
 			if orderTimeout < 0 {
 				env.Fail(envOrderTimeout, fmt.Errorf("must not be negative, got %s", orderTimeout))
+			}
+			// Names over 63 bytes are refused for every service.
+			if s := env.String(envDatabaseSchema, app.Source); len(s) > store.MaxSchemaLen && len(s) <= 63 {
+				env.Fail(envDatabaseSchema, fmt.Errorf("%q is %d bytes; the order service's is at most %d (its change notifications' channel, orders.<schema>, is at most 63)",
+					s, len(s), store.MaxSchemaLen))
 			}
 		},
 		Migrations: []postgres.Source{store.Migrations},

@@ -18,6 +18,18 @@ func TestRunRefusesANegativeOrderTimeout(t *testing.T) {
 	}
 }
 
+func TestRunRefusesASchemaTooLongForItsChannel(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// 57 bytes: a schema name PostgreSQL takes, but "orders." and it make
+	// 64, longer than a channel name may be.
+	env := map[string]string{envDatabaseSchema: strings.Repeat("s", 57)}
+	err := run(ctx, func(k string) string { return env[k] }, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), envDatabaseSchema+`: "sss`) || !strings.Contains(err.Error(), "at most 56") {
+		t.Fatalf("run = %v, want an error naming %s and its limit", err, envDatabaseSchema)
+	}
+}
+
 func TestExpiryInterval(t *testing.T) {
 	for timeout, want := range map[time.Duration]time.Duration{
 		2 * time.Second:  time.Second,

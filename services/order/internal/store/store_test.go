@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,6 +134,28 @@ func TestLockManyReadsOrdersWithoutItems(t *testing.T) {
 		want.Items = nil
 		if diff := cmp.Diff(want, locked[o.ID]); diff != "" {
 			t.Errorf("LockMany's order %s differs from Get's without items (-want +got):\n%s", o.ID, diff)
+		}
+	}
+}
+
+// The orders table's trigger notifies the channel "orders.<schema>":
+// PostgreSQL must take it for a schema of MaxSchemaLen bytes, and refuses
+// one byte more.
+func TestMaxSchemaLenIsTheChannelNamesLimit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, postgrestest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for n, fits := range map[int]bool{store.MaxSchemaLen: true, store.MaxSchemaLen + 1: false} {
+		_, err := conn.Exec(ctx, `SELECT pg_notify($1, '')`, "orders."+strings.Repeat("s", n))
+		if fits && err != nil {
+			t.Errorf("schema of %d bytes: %v", n, err)
+		}
+		if !fits && err == nil {
+			t.Errorf("schema of %d bytes: pg_notify took its channel, want an error", n)
 		}
 	}
 }

@@ -34,12 +34,21 @@ type Watcher struct {
 // Listening reports whether the watcher currently listens for changes.
 func (w *Watcher) Listening() bool { return w.listening.Load() }
 
+// channelPrefix begins the name of every schema's order channel; the
+// orders table's trigger (migration 001) names it the same way.
+const channelPrefix = "orders."
+
+// MaxSchemaLen is the longest schema name, in bytes, whose order channel
+// PostgreSQL takes: a channel name is at most 63 bytes, and in a longer one
+// pg_notify fails, which would fail every update of an order.
+const MaxSchemaLen = 63 - len(channelPrefix)
+
 // NewWatcher returns a Watcher for the orders in schema of the database at
 // url; Run must be running for it to deliver anything.
 func NewWatcher(url, schema string, log *slog.Logger) *Watcher {
 	return &Watcher{
 		url:     url,
-		channel: "orders." + schema,
+		channel: channelPrefix + schema,
 		log:     log,
 		subs:    map[string]map[chan struct{}]struct{}{},
 	}
