@@ -255,9 +255,12 @@ func (s *Server) GRPC() *grpc.Server { return s.grpc }
 func (s *Server) Health() *health.Server { return s.health }
 
 // Draining returns a channel that is closed when Serve starts shutting
-// down. Long-lived streaming handlers (WatchOrder) should end when it is
+// down, after the drain delay (or when Serve returns, whichever is first).
+// Long-lived streaming handlers (WatchOrder) should end when it is
 // closed, for example with UNAVAILABLE, so clients reconnect to another
-// instance instead of holding up the graceful stop until its timeout.
+// instance instead of holding up the graceful stop until its timeout; what
+// those handlers need (WatchOrder's change notifications) should run until
+// then.
 func (s *Server) Draining() <-chan struct{} { return s.draining }
 
 // Serve accepts connections on lis until ctx ends, then shuts down in
@@ -271,6 +274,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	if !s.served.CompareAndSwap(false, true) {
 		return errors.New("serve grpc: Serve called twice")
 	}
+	defer s.drainOnce.Do(func() { close(s.draining) })
 	readiness, err := NewReadiness(s.log, s.health, s.serviceNames(), s.opts.checks, s.opts.healthInterval, s.opts.checkTimeout)
 	if err != nil {
 		return fmt.Errorf("serve grpc: %w", err)

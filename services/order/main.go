@@ -99,7 +99,22 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			// transaction at a time keeps an instance's batches from
 			// waiting on each other's order locks.
 			b := s.NewBatchRunner(a.Handle)
-			return []service.Task{watcher.Run, expire}, errors.Join(
+			// Watches are served until the server drains, for
+			// ORDERMESH_DRAIN_DELAY after ctx ends: the watcher listens
+			// until then, so they still see the changes.
+			watch := func(ctx context.Context) error {
+				wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+				defer cancel()
+				go func() {
+					select {
+					case <-s.GRPC.Draining():
+					case <-wctx.Done():
+					}
+					cancel()
+				}()
+				return watcher.Run(wctx)
+			}
+			return []service.Task{watch, expire}, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*inventoryv1.StockReserved](b)),
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*inventoryv1.StockReservationFailed](b)),
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*paymentv1.PaymentSucceeded](b)),
