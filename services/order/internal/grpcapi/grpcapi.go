@@ -140,7 +140,9 @@ func (s *Server) WatchOrder(req *orderv1.WatchOrderRequest, stream orderv1.Order
 	err := s.app.Watch(ctx, canonicalID(req.GetOrderId()), func(o order.Order) error {
 		return stream.Send(&orderv1.WatchOrderResponse{Order: app.OrderToProto(o)})
 	})
-	if errors.Is(context.Cause(ctx), errShuttingDown) {
+	// A watch that ended with the order's terminal status (err nil) ended
+	// normally, even if the server began draining meanwhile.
+	if err != nil && errors.Is(context.Cause(ctx), errShuttingDown) {
 		return grpcserver.Unavailable("server shutting down; watch again", 0)
 	}
 	return s.status(stream.Context(), err)
