@@ -50,8 +50,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			// in turn inside the batch's transaction, which is fine with
 			// the built-in provider: it answers at once. A remote provider
 			// would hold up the whole batch, and its lock on every order
-			// of it, for the sum of its calls; with one, the calls would
-			// have to be made concurrently, or batching reconsidered.
+			// of it, for the sum of its calls (Handle ends them before the
+			// batch's deadline, so that one that hangs fails alone); with
+			// one, the calls would have to be made concurrently, or
+			// batching reconsidered.
 			b := s.NewBatchRunner(a.Handle)
 			return nil, errors.Join(
 				eventbus.Handle(s.Subscriber, inbox.WrapBatch[*orderv1.OrderCreated](b)),

@@ -12,6 +12,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -81,6 +82,10 @@ func (a *App) Payment(ctx context.Context, id string) (payment.Payment, error) {
 // (Provider.FindCharge) and refunds one it finds, so no charge outlives
 // its order.
 //
+// The provider's calls end a little before ctx's deadline (see
+// commitReserve): one that hangs, and those after it, fail their
+// deliveries alone, retryably, with ctx's deadline error.
+//
 // Errors fail the delivery that caused them alone, which writes nothing,
 // while the batch's other deliveries take effect: a transient provider
 // failure (provider.ErrUnavailable) or an error of unknown kind is
@@ -112,6 +117,15 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 		return nil, err
 	}
 	payments := maps.Clone(loaded)
+	// The provider's calls end before the batch's deadline by commitReserve,
+	// so that a call that hangs fails its delivery alone (and the calls
+	// after it, retryably) and the batch's other outcomes still commit.
+	callCtx := ctx
+	if deadline, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		callCtx, cancel = context.WithDeadline(ctx, deadline.Add(-min(time.Until(deadline)/4, commitReserve)))
+		defer cancel()
+	}
 	for i, ev := range events {
 		if results[i].Err != nil {
 			continue
@@ -119,9 +133,9 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 		var p payment.Payment
 		switch ev.kind {
 		case orderCreated:
-			p, results[i].Events, results[i].Err = a.charge(ctx, payments[ev.orderID], ev)
+			p, results[i].Events, results[i].Err = a.charge(callCtx, payments[ev.orderID], ev)
 		case orderEnded:
-			p, results[i].Events, results[i].Err = a.refund(ctx, payments[ev.orderID])
+			p, results[i].Events, results[i].Err = a.refund(callCtx, payments[ev.orderID])
 		}
 		if results[i].Err == nil {
 			payments[ev.orderID] = p
@@ -138,6 +152,12 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 	}
 	return results, nil
 }
+
+// commitReserve is how long before the deadline of Handle's context (the
+// batch's transaction) its provider calls end, at most: a quarter of the
+// time left when the batch starts, up to this. Saving the batch's payments
+// and COMMIT then still fit.
+const commitReserve = 2 * time.Second
 
 // eventKind says what an order event asks of the payment service.
 type eventKind int

@@ -821,3 +821,55 @@ func TestThroughBatchRunners(t *testing.T) {
 	}
 	t.Logf("%d deliveries in %d transactions", deliveries, transactions)
 }
+
+// hangs is a provider whose charges of tokenHang never answer: they end
+// only with their context.
+type hangs struct{ *provider.Deterministic }
+
+const tokenHang = "tok_hang"
+
+func (p hangs) Charge(ctx context.Context, req provider.ChargeRequest) (provider.Charge, error) {
+	if req.Token == tokenHang {
+		<-ctx.Done()
+		return provider.Charge{}, fmt.Errorf("charge %s: %w", req.IdempotencyKey, ctx.Err())
+	}
+	return p.Deterministic.Charge(ctx, req)
+}
+
+// A provider call that hangs until the batch's deadline fails its
+// delivery alone, retryably; what the batch handled before it commits.
+func TestHangingProviderCallFailsItsDeliveryAlone(t *testing.T) {
+	pool, _ := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations, inbox.Migrations)
+	a := app.New(pool, hangs{provider.NewDeterministic()}, quiet)
+	paid, hung, after := uuid.NewString(), uuid.NewString(), uuid.NewString()
+	evs := []proto.Message{created(paid, "tok_visa"), created(hung, tokenHang), created(after, "tok_visa")}
+	ds := make([]inbox.Delivery, len(evs))
+	for i, ev := range evs {
+		ds[i] = inbox.Delivery{Event: ev, Meta: metaFor(ev)}
+	}
+	var results []inbox.Result
+	err := postgres.WithTx(context.Background(), pool, func(tx pgx.Tx) error {
+		// As the batch runner does: the handler's context has the
+		// transaction's deadline.
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		var err error
+		results, err = a.Handle(ctx, tx, ds)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("handle: %v; want the hanging call to fail its delivery alone", err)
+	}
+	if results[0].Err != nil {
+		t.Errorf("charge before the hanging one: %v", results[0].Err)
+	}
+	for i := 1; i < len(results); i++ {
+		if err := results[i].Err; err == nil || eventbus.IsPermanent(err) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("delivery %d: %v; want a retryable deadline error", i, err)
+		}
+	}
+	p, err := a.Payment(context.Background(), paid)
+	if err != nil || p.Status != payment.StatusCharged {
+		t.Errorf("payment of the first order: %+v, %v; want it charged and committed", p, err)
+	}
+}
