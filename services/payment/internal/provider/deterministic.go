@@ -44,7 +44,13 @@ const (
 // restart fails up to UnavailableAttempts more times, which can use up the
 // bus's retry ladder and park the order.created in the dead-letter queue —
 // and it accepts a refund of a well-formed charge id it no longer
-// remembers. No money moves, so that is harmless.
+// remembers. No money moves, so that is harmless. Nor does FindCharge
+// find a charge it no longer remembers: the payment service then has no
+// charge to refund for an order that ended while the record of its charge
+// had not committed (rare: the transaction failed after the charge, and
+// the order ended before its order.created came again). Against a real
+// provider, which keeps its charges, that charge is found and refunded.
+// Instances of the service do not share the record either.
 //
 // The record is bounded, so a long-running provider's memory does not grow
 // with every order: it is kept in two generations of at most
