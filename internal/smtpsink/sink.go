@@ -197,9 +197,10 @@ func (s *Sink) shutdown() error {
 	return s.closeErr
 }
 
-// Reject makes the sink answer RCPT TO for rcpt (compared without case)
-// with code and text instead of accepting it, e.g. 550 for an unknown
-// mailbox or 451 for a temporary failure. A code of 0 accepts rcpt again.
+// Reject makes the sink answer RCPT TO for rcpt, and MAIL FROM for it as
+// a sender (compared without case), with code and text instead of
+// accepting it, e.g. 550 for an unknown mailbox or 451 for a temporary
+// failure. A code of 0 accepts rcpt again.
 func (s *Sink) Reject(rcpt string, code int, text string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -318,6 +319,9 @@ func (*session) Auth(string) (sasl.Server, error) {
 }
 
 func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	if err := s.sink.rejection(from); err != nil {
+		return err
+	}
 	s.from = from
 	return nil
 }

@@ -96,11 +96,13 @@ const Source = "notification"
 // message): retrying cannot help.
 var ErrRejected = errors.New("email permanently rejected")
 
-// ErrUnreachable is wrapped by a Sender's error when no session with the
-// mail server could be opened (no connection, no greeting, a failed
-// STARTTLS or AUTH): the email was not sent and says nothing about it, so
-// the event is retried without counting an attempt (eventbus.Unavailable)
-// until the server is back or its configuration fixed.
+// ErrUnreachable is wrapped by a Sender's error when the mail server can
+// take no email as things stand: no session could be opened (no
+// connection, no greeting, a failed STARTTLS or AUTH), or the server
+// refuses the configured sender. The email was not sent and says nothing
+// about it, so the event is retried without counting an attempt
+// (eventbus.Unavailable) until the server is back or its configuration
+// fixed.
 var ErrUnreachable = errors.New("mail server unreachable")
 
 // Email is one email to send.

@@ -212,6 +212,11 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 		return fmt.Errorf("send email to %s: %w: %w", e.To, app.ErrRejected, err)
 	}
 	forwardPath := smtpPath(to)
+	if err := ctx.Err(); err != nil {
+		// Ended before it began (its batch ran out of time): this says
+		// nothing about the server.
+		return fmt.Errorf("send email to %s: %w", e.To, err)
+	}
 
 	deadline, _ := ctx.Deadline()
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
@@ -252,6 +257,8 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 		return nil
 	case rejected(err):
 		return fmt.Errorf("send email to %s via %s: %w: %w", e.To, m.cfg.Addr, app.ErrRejected, err)
+	case senderRefused(err):
+		return fmt.Errorf("send email to %s via %s: the server refuses the sender (ORDERMESH_SMTP_FROM): %w: %w", e.To, m.cfg.Addr, app.ErrUnreachable, err)
 	default:
 		return fmt.Errorf("send email to %s via %s: %w", e.To, m.cfg.Addr, err)
 	}
@@ -524,10 +531,10 @@ func retryable(err error) bool {
 }
 
 // rejected reports whether err is a permanent (5xx) SMTP reply to a
-// recipient or to the message data: the server will refuse this email
-// however often it is sent. A 5xx reply elsewhere (to MAIL FROM, or to
-// AUTH while connecting) points at the configuration instead, and is left
-// transient so that the email goes out once the configuration is fixed.
+// recipient or to the message data, or a 552 to MAIL FROM (the message's
+// size): the server will refuse this email however often it is sent. Any
+// other 5xx reply to MAIL FROM, like one to AUTH while connecting, points
+// at the configuration instead (senderRefused).
 func rejected(err error) bool {
 	var te *transactionError
 	if !errors.As(err, &te) {
@@ -536,7 +543,22 @@ func rejected(err error) bool {
 	switch te.stage {
 	case stageRcpt, stageData, stageAccept:
 		return te.code() >= 500 && te.code() < 600
+	case stageMail:
+		return te.code() == 552
 	default:
 		return false
 	}
+}
+
+// senderRefused reports whether err is a permanent (5xx) SMTP reply to
+// MAIL FROM other than 552: the server refuses the configured sender (or
+// wants authentication first), which every email meets until the
+// configuration is fixed, so it is reported as app.ErrUnreachable and the
+// emails wait, as when AUTH fails.
+func senderRefused(err error) bool {
+	var te *transactionError
+	if !errors.As(err, &te) {
+		return false
+	}
+	return te.stage == stageMail && te.code() >= 500 && te.code() < 600 && te.code() != 552
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	netmail "net/mail"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -285,6 +286,15 @@ func TestSendErrors(t *testing.T) {
 	s := startSink(t)
 	s.Reject("gone@example.com", 550, "mailbox unavailable")
 	s.Reject("busy@example.com", 451, "try again later")
+	// Sinks that refuse the mailer's sender (mailer.DefaultConfig's).
+	from := mailer.DefaultConfig().From
+	if a, err := netmail.ParseAddress(from); err == nil {
+		from = a.Address
+	}
+	noSender := startSink(t)
+	noSender.Reject(from, 550, "sender rejected")
+	tooLarge := startSink(t)
+	tooLarge.Reject(from, 552, "message size exceeds fixed limit")
 
 	// A closed port: nothing listens there.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -305,6 +315,9 @@ func TestSendErrors(t *testing.T) {
 		{name: "permanent 550 for the recipient", addr: s.Addr(), to: "gone@example.com", wantRejected: true},
 		{name: "temporary 451 for the recipient", addr: s.Addr(), to: "busy@example.com", wantRejected: false},
 		{name: "server unreachable", addr: closedAddr, to: "ada@example.com", wantUnreachable: true},
+		// Every email meets a refused sender: the configuration's fault.
+		{name: "permanent 550 for the sender", addr: noSender.Addr(), to: "ada@example.com", wantUnreachable: true},
+		{name: "552 for the sender: the message's size", addr: tooLarge.Addr(), to: "ada@example.com", wantRejected: true},
 		{name: "unparseable recipient", addr: s.Addr(), to: "not an address", wantRejected: true},
 		// The sink offers no TLS: the modes that demand it must refuse to
 		// send in plain text.
@@ -331,6 +344,23 @@ func TestSendErrors(t *testing.T) {
 	}
 	if n := len(s.Messages()); n != 0 {
 		t.Errorf("sink kept %d messages", n)
+	}
+}
+
+// A Send whose context ended before it began says nothing about the
+// server: it is not reported as unreachable.
+func TestSendWithAnEndedContextIsNoOutage(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	closedAddr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err = newMailer(t, closedAddr, 5*time.Second).Send(ctx, email("ada@example.com"))
+	if !errors.Is(err, context.Canceled) || errors.Is(err, app.ErrUnreachable) {
+		t.Fatalf("Send = %v; want context.Canceled, not ErrUnreachable", err)
 	}
 }
 
@@ -768,6 +798,15 @@ func TestSendDoesNotRetryWhenTheReplyToTheDataIsLost(t *testing.T) {
 func TestSendRejectionsOnAReusedSession(t *testing.T) {
 	s := startSink(t)
 	s.Reject("busy@example.com", 451, "try again later")
+	// Sinks that refuse the mailer's sender (mailer.DefaultConfig's).
+	from := mailer.DefaultConfig().From
+	if a, err := netmail.ParseAddress(from); err == nil {
+		from = a.Address
+	}
+	noSender := startSink(t)
+	noSender.Reject(from, 550, "sender rejected")
+	tooLarge := startSink(t)
+	tooLarge.Reject(from, 552, "message size exceeds fixed limit")
 	s.Reject("gone@example.com", 550, "mailbox unavailable")
 	p := newProxy(t, s.Addr())
 	m := newMailer(t, p.Addr(), 5*time.Second)
