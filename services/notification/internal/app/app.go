@@ -337,9 +337,10 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 		e := emails[k]
 		if results[e.delivery].Err != nil {
 			// Its email is not sent yet: retried, this delivery claims and
-			// sends it unless the first one's retry did.
-			results[i].Err = fmt.Errorf("%s email for order %s: not sent by event %s of the same batch",
-				e.notice.Kind, e.notice.OrderID, batch[e.delivery].Meta.ID)
+			// sends it unless the first one's retry did. It fails as the
+			// first did (an outage, a rejection: the same email).
+			results[i].Err = fmt.Errorf("%s email for order %s: not sent by event %s of the same batch: %w",
+				e.notice.Kind, e.notice.OrderID, batch[e.delivery].Meta.ID, results[e.delivery].Err)
 			continue
 		}
 		a.logNotice(ctx, slog.LevelInfo, "email already sent; skipping", e.notice, batch[i].Meta)

@@ -186,6 +186,25 @@ func TestBatchWithTheSameNoticeTwiceWhoseSendFails(t *testing.T) {
 	}
 }
 
+// The copy of a notice fails as the first delivery did: an outage as an
+// outage (no attempt counted), a rejection as a rejection.
+func TestBatchWithTheSameNoticeTwiceFailsAsTheFirst(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	sender.fail["down@example.com"] = fmt.Errorf("connect: %w: %w", app.ErrUnreachable, errors.New("connection refused"))
+	sender.fail["gone@example.com"] = fmt.Errorf("rcpt: %w", app.ErrRejected)
+	for _, tt := range []struct {
+		to                     string
+		unavailable, permanent bool
+	}{{"down@example.com", true, false}, {"gone@example.com", false, true}} {
+		ev := confirmed(uuid.NewString(), tt.to)
+		for i, r := range handle(t, pool, a, delivery(ev, newEventID(t)), delivery(ev, newEventID(t))) {
+			if r.Err == nil || eventbus.IsUnavailable(r.Err) != tt.unavailable || eventbus.IsPermanent(r.Err) != tt.permanent {
+				t.Errorf("%s, delivery %d: %v; want an error, unavailable %v, permanent %v", tt.to, i, r.Err, tt.unavailable, tt.permanent)
+			}
+		}
+	}
+}
+
 func TestBatchSendFailuresFailAlone(t *testing.T) {
 	pool, sender, a := newFakeApp(t)
 	sender.setFail("flaky@example.com", errors.New("451 try again later"))
