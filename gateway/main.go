@@ -171,7 +171,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 	}
 	lis, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
+		return fmt.Errorf("listen on %s (ORDERMESH_HTTP_ADDR): %w", cfg.HTTPAddr, err)
 	}
 	// Headers must arrive within ReadHeaderTimeout and a body within
 	// BodyTimeout (the handler's); an idle keep-alive connection is

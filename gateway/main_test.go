@@ -295,3 +295,18 @@ func TestRunServesMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestRunNamesTheAddressItCannotListenOn(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	env := map[string]string{"ORDERMESH_HTTP_ADDR": busy.Addr().String(), "ORDERMESH_ADMIN_ADDR": "off"}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = run(ctx, func(k string) string { return env[k] }, io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "ORDERMESH_HTTP_ADDR") {
+		t.Fatalf("run = %v, want an error naming ORDERMESH_HTTP_ADDR", err)
+	}
+}

@@ -384,7 +384,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.GRPCAddr, err)
+		return fmt.Errorf("listen on %s (ORDERMESH_GRPC_ADDR): %w", cfg.GRPCAddr, err)
 	}
 	if ready != nil {
 		ready <- lis.Addr()
