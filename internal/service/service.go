@@ -128,8 +128,11 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 	}
 	if env.String("GOMEMLIMIT", "") == "" {
 		if v := strings.TrimSpace(env.String("ORDERMESH_MEMORY_LIMIT", "")); v != "off" {
-			cfg.MemoryLimit = env.Bytes("ORDERMESH_MEMORY_LIMIT", spec.MemoryLimit)
-			if v != "" && cfg.MemoryLimit <= 0 {
+			// -1: invalid, which Bytes reports; then the default holds.
+			switch cfg.MemoryLimit = env.Bytes("ORDERMESH_MEMORY_LIMIT", -1); {
+			case v == "" || cfg.MemoryLimit < 0:
+				cfg.MemoryLimit = spec.MemoryLimit
+			case cfg.MemoryLimit == 0:
 				env.Fail("ORDERMESH_MEMORY_LIMIT", errors.New("must be positive, or off"))
 			}
 		}

@@ -225,6 +225,12 @@ func TestReadConfigMemoryLimit(t *testing.T) {
 			spec: spec, want: 18 << 20,
 			err: `ORDERMESH_MEMORY_LIMIT: invalid size "64MB": want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB`,
 		},
+		{
+			name: "ORDERMESH_MEMORY_LIMIT invalid without a default",
+			env:  map[string]string{"ORDERMESH_MEMORY_LIMIT": "64MB"},
+			spec: service.Spec{Name: "order", GRPCAddr: ":50051", AdminAddr: "127.0.0.1:9091"}, want: 0,
+			err: `ORDERMESH_MEMORY_LIMIT: invalid size "64MB": want a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 64MiB`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
