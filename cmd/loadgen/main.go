@@ -42,6 +42,8 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr, isTerminal(os.Stderr))
 	stop()
 	switch {
+	case errors.Is(err, flag.ErrHelp):
+		// -h asked for the help the flag package printed.
 	case errors.Is(err, errUsage):
 		os.Exit(2)
 	case err != nil:
@@ -107,6 +109,9 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (options
 	fs.BoolVar(&o.json, "json", false, "print the summary as one JSON object")
 	if err := fs.Parse(args); err != nil {
 		// The flag package printed the problem (or the help) already.
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
 		return o, errUsage
 	}
 	usage := func(msg string) (options, error) {

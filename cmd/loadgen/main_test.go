@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -57,6 +58,12 @@ func TestParse(t *testing.T) {
 			}
 		})
 	}
+	t.Run("help is no usage error", func(t *testing.T) {
+		var stderr bytes.Buffer
+		if _, err := parse([]string{"-h"}, noEnv, &stderr); !errors.Is(err, flag.ErrHelp) || !strings.Contains(stderr.String(), "-concurrency") {
+			t.Errorf("parse(-h) = %v, stderr %q; want flag.ErrHelp and the flags", err, stderr.String())
+		}
+	})
 	t.Run("addresses default from the environment", func(t *testing.T) {
 		env := map[string]string{"ORDERMESH_ADDR": "127.0.0.2:1", "ORDERMESH_HTTP_URL": "http://gw:9"}
 		o, err := parse([]string{"--concurrency", "1", "--count", "1"}, func(k string) string { return env[k] }, &bytes.Buffer{})
