@@ -36,8 +36,20 @@ func main() {
 	// make is stopped (kill, a closed terminal), devrun gets SIGTERM and
 	// stops everything as it does on Ctrl-C.
 	_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Getenv, os.Stdout)
+	// The first Ctrl-C or SIGTERM stops everything gracefully; a second one
+	// kills what is still running.
+	ctx, stop := context.WithCancel(context.Background())
+	hurry := make(chan struct{})
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		stop()
+		<-sigs
+		close(hurry)
+	}()
+	err := run(ctx, hurry, os.Getenv, os.Stdout)
+	signal.Stop(sigs)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ordermesh:", err)
@@ -95,7 +107,9 @@ func loadConfig(getenv func(string) string) config {
 	}
 }
 
-func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+// run starts the platform and stops it when ctx ends; once hurry is
+// closed, the processes still stopping are killed.
+func run(ctx context.Context, hurry <-chan struct{}, getenv func(string) string, stdout io.Writer) error {
 	cfg := loadConfig(getenv)
 	out := &lockedWriter{w: stdout}
 	say := func(format string, args ...any) { fmt.Fprintf(out, "devrun  | "+format+"\n", args...) }
@@ -157,7 +171,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 		if err := cmd.Start(); err != nil {
 			cancel()
-			_ = stopAll(children, cfg.stopGrace, out)
+			_ = stopAll(children, cfg.stopGrace, hurry, out)
 			return fmt.Errorf("start %s: %w", p.name, err)
 		}
 		c := &child{name: p.name, cmd: cmd, done: make(chan struct{})}
@@ -174,13 +188,13 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	stopped := false
 	defer func() {
 		if !stopped {
-			_ = stopAll(children, cfg.stopGrace, out)
+			_ = stopAll(children, cfg.stopGrace, hurry, out)
 		}
 	}()
 	shutDown := func() error {
 		stopped = true
 		say("shutting down")
-		err := stopAll(children, cfg.stopGrace, out)
+		err := stopAll(children, cfg.stopGrace, hurry, out)
 		if err == nil {
 			say("stopped")
 		}
@@ -300,10 +314,11 @@ func waitServing(ctx context.Context, procs []process, httpAddr string, exited <
 }
 
 // stopAll stops the gateway first, so no new requests arrive, then the
-// services: SIGTERM to each, and SIGKILL to one still running after grace.
-// It returns an error if a process had to be killed or did not exit
-// cleanly (one that had exited before, already reported, does not count).
-func stopAll(children []*child, grace time.Duration, out io.Writer) error {
+// services: SIGTERM to each, and SIGKILL to one still running after grace,
+// or once hurry is closed. It returns an error if a process had to be
+// killed or did not exit cleanly (one that had exited before, already
+// reported, does not count).
+func stopAll(children []*child, grace time.Duration, hurry <-chan struct{}, out io.Writer) error {
 	var failed []string
 	stop := func(cs []*child) {
 		var running []*child
@@ -321,6 +336,7 @@ func stopAll(children []*child, grace time.Duration, out io.Writer) error {
 			select {
 			case <-c.done:
 			case <-deadline.Done():
+			case <-hurry:
 			}
 			// Exited, or still running when the grace ran out: asked
 			// apart, so that one that exited is never taken for the other.
@@ -330,7 +346,11 @@ func stopAll(children []*child, grace time.Duration, out io.Writer) error {
 					failed = append(failed, fmt.Sprintf("%s (%v)", c.name, c.err))
 				}
 			default:
-				fmt.Fprintf(out, "devrun  | %s did not stop within %s; killing it\n", c.name, grace)
+				if deadline.Err() == nil {
+					fmt.Fprintf(out, "devrun  | %s is still stopping; killing it, as asked\n", c.name)
+				} else {
+					fmt.Fprintf(out, "devrun  | %s did not stop within %s; killing it\n", c.name, grace)
+				}
 				_ = c.cmd.Process.Kill()
 				<-c.done
 				failed = append(failed, c.name+" (killed)")

@@ -58,7 +58,7 @@ func TestRunSaysHowToStartWhatIsUnreachable(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			var out bytes.Buffer
-			err := run(ctx, func(k string) string { return tt.env[k] }, &out)
+			err := run(ctx, nil, func(k string) string { return tt.env[k] }, &out)
 			if err == nil {
 				t.Fatal("run succeeded with a service unreachable")
 			}
@@ -131,7 +131,7 @@ func TestStopAll(t *testing.T) {
 	gateway := startChild(t, "gateway", stopsOnTerm("gateway", 200*time.Millisecond))
 	order := startChild(t, "order", stopsOnTerm("order", 0))
 	var out bytes.Buffer
-	if err := stopAll([]*child{order, gateway}, 5*time.Second, &out); err != nil {
+	if err := stopAll([]*child{order, gateway}, 5*time.Second, nil, &out); err != nil {
 		t.Fatalf("stopAll: %v (%s)", err, out.String())
 	}
 	got, err := os.ReadFile(log)
@@ -146,7 +146,7 @@ func TestStopAll(t *testing.T) {
 	// not be taken for killed once the grace has run out.
 	stubborn := startChild(t, "payment", `trap '' TERM; sleep 30 & echo ready; wait`)
 	prompt := startChild(t, "notification", `trap 'exit 0' TERM; sleep 30 & echo ready; wait`)
-	err = stopAll([]*child{stubborn, prompt}, 300*time.Millisecond, &out)
+	err = stopAll([]*child{stubborn, prompt}, 300*time.Millisecond, nil, &out)
 	if err == nil || err.Error() != "shutdown: payment (killed)" {
 		t.Errorf("stopAll of a process that ignores SIGTERM and one that stops: %v, want only the first reported killed", err)
 	}
@@ -157,6 +157,28 @@ func TestStopAll(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "payment did not stop within 300ms; killing it") {
 		t.Errorf("output %q does not say what it killed", out.String())
+	}
+}
+
+// Once hurry is closed (a second Ctrl-C), what is still stopping is
+// killed rather than waited for until the grace runs out.
+func TestStopAllInAHurry(t *testing.T) {
+	stubborn := startChild(t, "payment", `trap '' TERM; sleep 60 & echo ready; wait`)
+	hurry := make(chan struct{})
+	time.AfterFunc(300*time.Millisecond, func() { close(hurry) })
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- stopAll([]*child{stubborn}, time.Minute, hurry, &out) }()
+	select {
+	case err := <-done:
+		if err == nil || err.Error() != "shutdown: payment (killed)" {
+			t.Errorf("stopAll = %v, want payment reported killed", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("stopAll still waits for the grace after hurry was closed")
+	}
+	if !strings.Contains(out.String(), "payment is still stopping; killing it, as asked") {
+		t.Errorf("output %q does not say why it killed", out.String())
 	}
 }
 
