@@ -47,6 +47,7 @@ test-services:
 
 ## generate: recreate third_party/proto and gen/ from scratch
 generate:
+	rm -rf third_party/proto
 	$(GO) run ./internal/cmd/protovendor -out third_party/proto
 	$(BUF) format -w third_party/proto
 	rm -rf gen
