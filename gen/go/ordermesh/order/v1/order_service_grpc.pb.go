@@ -40,7 +40,9 @@ type OrderServiceClient interface {
 	CreateOrder(ctx context.Context, in *CreateOrderRequest, opts ...grpc.CallOption) (*CreateOrderResponse, error)
 	// GetOrder returns one order, or NOT_FOUND.
 	GetOrder(ctx context.Context, in *GetOrderRequest, opts ...grpc.CallOption) (*GetOrderResponse, error)
-	// ListOrders returns orders newest first, a page at a time.
+	// ListOrders returns orders newest first, a page at a time. Orders placed
+	// at the same moment, which commit together, come in no set order among
+	// themselves.
 	ListOrders(ctx context.Context, in *ListOrdersRequest, opts ...grpc.CallOption) (*ListOrdersResponse, error)
 	// CancelOrder cancels a PENDING or CONFIRMED order; stock and payment are
 	// compensated. Cancelling a rejected or cancelled order fails with
@@ -155,7 +157,9 @@ type OrderServiceServer interface {
 	CreateOrder(context.Context, *CreateOrderRequest) (*CreateOrderResponse, error)
 	// GetOrder returns one order, or NOT_FOUND.
 	GetOrder(context.Context, *GetOrderRequest) (*GetOrderResponse, error)
-	// ListOrders returns orders newest first, a page at a time.
+	// ListOrders returns orders newest first, a page at a time. Orders placed
+	// at the same moment, which commit together, come in no set order among
+	// themselves.
 	ListOrders(context.Context, *ListOrdersRequest) (*ListOrdersResponse, error)
 	// CancelOrder cancels a PENDING or CONFIRMED order; stock and payment are
 	// compensated. Cancelling a rejected or cancelled order fails with
