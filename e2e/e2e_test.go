@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/jackc/pgx/v5"
 	"io"
 	"log/slog"
 	"net/http"
@@ -207,11 +208,12 @@ func TestOrdersEndToEnd(t *testing.T) {
 
 	// Nothing was dead-lettered: every event the services published was
 	// valid, and every handler took what it was given. An event still on
-	// the retry ladder could yet be, so first every service and retry
-	// queue and every outbox must be empty, three polls in a row.
+	// the retry ladder or being handled could yet be, so first every
+	// service and retry queue (ready and unacknowledged messages) and
+	// every outbox must be empty, three polls in a row.
 	quiet := 0
 	eventually(ctx, t, "queues and outboxes empty", func() error {
-		ready, err := pf.QueuesReady(ctx)
+		ready, err := pf.QueuesBusy(ctx)
 		if err != nil {
 			return err
 		}
@@ -370,41 +372,80 @@ func waitTerminal(ctx context.Context, t *testing.T, c orderv1.OrderServiceClien
 }
 
 func checkPayments(ctx context.Context, pf *platformtest.Platform, ps []*plan, final map[string]*orderv1.Order) error {
-	rows, done, err := pf.Query(ctx, `SELECT order_id::text, status FROM payment.payments`)
-	if err != nil {
-		return err
-	}
-	defer done()
-	status := map[string]string{}
-	for rows.Next() {
-		var id, st string
-		if err := rows.Scan(&id, &st); err != nil {
+	type payment struct{ status, charge string }
+	pays := map[string]payment{}
+	if err := queryRows(ctx, pf, `SELECT order_id::text, status, charge_id FROM payment.payments`, func(rows pgx.Rows) error {
+		var id string
+		var p payment
+		if err := rows.Scan(&id, &p.status, &p.charge); err != nil {
 			return err
 		}
-		status[id] = st
+		pays[id] = p
+		return nil
+	}); err != nil {
+		return err
 	}
-	if err := rows.Err(); err != nil {
+	// The charges and refunds each order saw, as the order service
+	// recorded their events (by event id, so a second charge of an order
+	// counts as one more).
+	events := map[string]map[string]int{}
+	if err := queryRows(ctx, pf, `SELECT order_id::text, routing_key, count(*) FROM "order".order_events
+		WHERE routing_key IN ('payment.succeeded', 'payment.refunded') GROUP BY 1, 2`, func(rows pgx.Rows) error {
+		var id, key string
+		var n int
+		if err := rows.Scan(&id, &key, &n); err != nil {
+			return err
+		}
+		if events[id] == nil {
+			events[id] = map[string]int{}
+		}
+		events[id][key] = n
+		return nil
+	}); err != nil {
 		return err
 	}
 	for _, p := range ps {
-		got := status[p.orderID]
+		got, charges, refunds := pays[p.orderID], events[p.orderID]["payment.succeeded"], events[p.orderID]["payment.refunded"]
 		switch final[p.orderID].GetStatus() {
 		case orderv1.OrderStatus_ORDER_STATUS_CONFIRMED:
-			if got != "CHARGED" {
-				return fmt.Errorf("confirmed order %d: payment %q, want CHARGED", p.n, got)
+			if got.status != "CHARGED" || charges != 1 || refunds != 0 {
+				return fmt.Errorf("confirmed order %d: payment %q, %d charges and %d refunds, want CHARGED, 1, 0", p.n, got.status, charges, refunds)
 			}
 		default:
 			// Declined: FAILED. Rejected for stock or cancelled: refunded
-			// if it had been charged, or never charged (BLOCKED, FAILED).
-			if got == "CHARGED" || got == "" {
-				return fmt.Errorf("%v order %d: payment %q, want no standing charge", p.outcome, p.n, got)
+			// once if it had been charged (once), or never charged
+			// (BLOCKED, FAILED).
+			if got.status == "CHARGED" || got.status == "" {
+				return fmt.Errorf("%v order %d: payment %q, want no standing charge", p.outcome, p.n, got.status)
 			}
-			if p.outcome == declined && got != "FAILED" {
-				return fmt.Errorf("declined order %d: payment %q, want FAILED", p.n, got)
+			if charges > 1 || refunds > 1 {
+				return fmt.Errorf("%v order %d: %d charges and %d refunds, want at most one of each", p.outcome, p.n, charges, refunds)
+			}
+			if (charges == 1 || got.charge != "") && (got.status != "REFUNDED" || refunds != 1) {
+				return fmt.Errorf("%v order %d was charged: payment %q with %d refunds, want REFUNDED once", p.outcome, p.n, got.status, refunds)
+			}
+			if p.outcome == declined && got.status != "FAILED" {
+				return fmt.Errorf("declined order %d: payment %q, want FAILED", p.n, got.status)
 			}
 		}
 	}
 	return nil
+}
+
+// queryRows runs query on the platform's database and calls each for
+// every row.
+func queryRows(ctx context.Context, pf *platformtest.Platform, query string, each func(pgx.Rows) error) error {
+	rows, done, err := pf.Query(ctx, query)
+	if err != nil {
+		return err
+	}
+	defer done()
+	for rows.Next() {
+		if err := each(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
 }
 
 // checkEmails compares each customer's mail with what the order's history

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -441,16 +442,36 @@ func (p *Platform) Stop() map[string]error {
 	return failed
 }
 
-// QueuesReady counts the messages ready in every service queue and retry
-// queue of the platform (not the dead-letter queues), by queue name;
-// messages a consumer holds unacknowledged are not counted.
-func (p *Platform) QueuesReady(ctx context.Context) (map[string]int, error) {
-	conn, err := amqp.DialConfig(p.opts.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(10 * time.Second)})
+// QueuesBusy counts, by queue name, the messages in every service queue
+// and retry queue of the platform (not the dead-letter queues): those
+// ready and those a consumer holds unacknowledged, so that a delivery
+// being handled counts. It asks the local RabbitMQ node (rabbitmqctl), as
+// CloseConnections does, and fails if a queue of the platform is missing
+// from the node's list (another node's broker, say).
+func (p *Platform) QueuesBusy(ctx context.Context) (map[string]int, error) {
+	uri, err := amqp.ParseURI(p.opts.AMQPURL)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("broker url: %w", err)
 	}
-	defer conn.Close()
-	out := map[string]int{}
+	out, err := exec.CommandContext(ctx, "rabbitmqctl", "-q", "list_queues", "-p", uri.Vhost, "--no-table-headers",
+		"name", "messages_ready", "messages_unacknowledged").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("rabbitmqctl list_queues: %w\n%s", err, out)
+	}
+	listed := map[string]int{}
+	for line := range strings.Lines(string(out)) {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		ready, err1 := strconv.Atoi(f[1])
+		unacked, err2 := strconv.Atoi(f[2])
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		listed[f[0]] = ready + unacked
+	}
+	busy := map[string]int{}
 	for _, s := range Services {
 		cfg := eventbus.Config{Prefix: p.Prefix, Service: s}
 		names := []string{cfg.QueueName()}
@@ -460,21 +481,14 @@ func (p *Platform) QueuesReady(ctx context.Context) (map[string]int, error) {
 			}
 		}
 		for _, name := range names {
-			// A channel per queue: a passive declare of a missing queue
-			// closes its channel.
-			ch, err := conn.Channel()
-			if err != nil {
-				return nil, err
+			n, ok := listed[name]
+			if !ok {
+				return nil, fmt.Errorf("queue %s is not among the local node's queues", name)
 			}
-			q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
-			_ = ch.Close()
-			if err != nil {
-				return nil, fmt.Errorf("inspect queue %s: %w", name, err)
-			}
-			out[name] = q.Messages
+			busy[name] = n
 		}
 	}
-	return out, nil
+	return busy, nil
 }
 
 // OutboxPending counts the rows waiting in every service's outbox.
