@@ -814,12 +814,39 @@ func TestThroughBatchRunners(t *testing.T) {
 	if c, r := len(f.provider.Charges()), len(f.provider.Refunds()); c != charged || r != refunded {
 		t.Errorf("provider: %d charges, %d refunds; want %d and %d", c, r, charged, refunded)
 	}
+	// The provider answers a repeated charge with the first one, so the
+	// counts above cannot see an order.created handled twice: the
+	// attempts and the outcomes published can.
+	published := map[string]int{}
+	for _, ev := range outboxEvents(t, f.pool) {
+		if o, ok := ev.(interface{ GetOrderId() string }); ok {
+			published[string(proto.MessageName(ev).Name())+" "+o.GetOrderId()]++
+		}
+	}
+	succeeded := 0
+	for _, id := range ids {
+		succeeded += published["PaymentSucceeded "+id]
+		if n := f.provider.ChargeAttempts(id); n > 1 {
+			t.Errorf("order %s: %d charge attempts, want at most 1", id, n)
+		}
+		for _, kind := range []string{"PaymentSucceeded", "PaymentFailed", "PaymentRefunded"} {
+			if n := published[kind+" "+id]; n > 1 {
+				t.Errorf("order %s: %d %s published, want at most 1", id, n, kind)
+			}
+		}
+	}
+	if succeeded != charged {
+		t.Errorf("%d PaymentSucceeded published, want one for each of the %d orders charged", succeeded, charged)
+	}
 	var transactions, deliveries int64
 	for _, b := range instances {
 		tx, d := b.Stats()
 		transactions, deliveries = transactions+tx, deliveries+d
 	}
-	t.Logf("%d deliveries in %d transactions", deliveries, transactions)
+	// Every delivery was handed over at once: batches were shared.
+	if transactions >= deliveries {
+		t.Errorf("%d deliveries in %d transactions, want fewer transactions than deliveries", deliveries, transactions)
+	}
 }
 
 // hangs is a provider whose charges of tokenHang never answer: they end
