@@ -38,6 +38,12 @@ type Message struct {
 	Raw []byte
 	// Received is when the sink received the message.
 	Received time.Time
+	// TLS reports whether the message came over an encrypted connection
+	// (STARTTLS or TLS from the start).
+	TLS bool
+	// User is the user name the client authenticated as (SMTP AUTH), or
+	// empty if it did not.
+	User string
 }
 
 // HasRecipient reports whether addr (compared without case) is one of the

@@ -296,13 +296,15 @@ func (s *Sink) add(m Message) {
 // backend starts a session per connection.
 type backend struct{ sink *Sink }
 
-func (b backend) NewSession(*smtp.Conn) (smtp.Session, error) {
-	return &session{sink: b.sink}, nil
+func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	return &session{sink: b.sink, conn: c}, nil
 }
 
 // session is one SMTP connection's transaction state.
 type session struct {
 	sink *Sink
+	conn *smtp.Conn
+	user string // authenticated as, if at all
 	from string
 	to   []string
 }
@@ -313,9 +315,12 @@ var _ smtp.AuthSession = (*session)(nil)
 // talk to the sink too.
 func (*session) AuthMechanisms() []string { return []string{sasl.Plain} }
 
-// Auth accepts any credentials.
-func (*session) Auth(string) (sasl.Server, error) {
-	return sasl.NewPlainServer(func(_, _, _ string) error { return nil }), nil
+// Auth accepts any credentials, and remembers the user name.
+func (s *session) Auth(string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(_, user, _ string) error {
+		s.user = user
+		return nil
+	}), nil
 }
 
 func (s *session) Mail(from string, _ *smtp.MailOptions) error {
@@ -348,6 +353,11 @@ func (s *session) Data(r io.Reader) error {
 	}
 	m := parse(raw)
 	m.From, m.To, m.Received = s.from, append([]string(nil), s.to...), time.Now()
+	// With implicit TLS every connection is encrypted (the tracking
+	// listener's wrapper hides its *tls.Conn from TLSConnectionState).
+	_, startedTLS := s.conn.TLSConnectionState()
+	m.TLS = startedTLS || s.sink.implicitTLS != nil
+	m.User = s.user
 	s.sink.add(m)
 	return nil
 }

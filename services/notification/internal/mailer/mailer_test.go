@@ -197,8 +197,12 @@ func TestSendOverTLS(t *testing.T) {
 			if err := send("localhost", ca.File); err != nil {
 				t.Fatalf("send with the CA trusted: %v", err)
 			}
-			if n := len(s.Messages()); n != 1 {
-				t.Fatalf("sink received %d messages, want 1", n)
+			msgs := s.Messages()
+			if len(msgs) != 1 {
+				t.Fatalf("sink received %d messages, want 1", len(msgs))
+			}
+			if !msgs[0].TLS || msgs[0].User != "shop" {
+				t.Errorf("message received with TLS %v as user %q, want encrypted and authenticated as shop", msgs[0].TLS, msgs[0].User)
 			}
 			for _, bad := range []struct{ what, host, caFile, want string }{
 				{"with the system's CAs", "localhost", "", "certificate signed by unknown authority"},
@@ -276,6 +280,9 @@ func TestSendDeliversTextAndHTML(t *testing.T) {
 	got.Raw, got.Header, got.Received = nil, nil, time.Time{}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("received (-want +got):\n%s", diff)
+	}
+	if msgs[0].TLS || msgs[0].User != "" {
+		t.Errorf("message received with TLS %v as user %q, want neither (none configured)", msgs[0].TLS, msgs[0].User)
 	}
 	if from := msgs[0].Header.Get("From"); from != `"ordermesh" <orders@ordermesh.localhost>` {
 		t.Errorf("From header = %q", from)
