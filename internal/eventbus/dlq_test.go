@@ -277,11 +277,18 @@ func TestDLQReplayStartsAttemptsAfresh(t *testing.T) {
 
 // TestDLQReplayToAVanishedQueueFails: a replay whose service queue went
 // away after the replay began is returned by the broker, not confirmed
-// and dropped, and the replay fails, so the dead letter is not acked.
+// and dropped, and the replay fails, so the dead letter is not acked: it
+// stays parked.
 func TestDLQReplayToAVanishedQueueFails(t *testing.T) {
 	cfg := testConfig(t, "dlqgone")
 	ch := rawChannel(t, rawConn(t))
-	if _, err := ch.QueueDeclare(cfg.QueueName(), true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+	for _, name := range []string{cfg.QueueName(), cfg.DLQName()} {
+		if _, err := ch.QueueDeclare(name, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	letter := amqp.Publishing{MessageId: "m-1", Type: "ordermesh.order.v1.OrderCreated", Headers: amqp.Table{HeaderRoutingKey: "order.created"}, Body: []byte{}}
+	if err := ch.Publish("", cfg.DLQName(), false, false, letter); err != nil {
 		t.Fatal(err)
 	}
 	q, err := NewDLQ(cfg, testLogger())
@@ -290,19 +297,21 @@ func TestDLQReplayToAVanishedQueueFails(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := q.open(ctx)
-	if err != nil {
-		t.Fatal(err)
+	parked := func() bool {
+		letters, err := q.List(ctx, 0)
+		return err == nil && len(letters) == 1 && letters[0].ID == "m-1"
 	}
-	defer s.close()
-	if err := q.prepareReplay(ctx, s); err != nil {
-		t.Fatal(err)
+	eventually(t, 10*time.Second, "the dead letter parked", parked)
+	// The service queue goes once the replay has checked it and taken the
+	// dead letter, before the letter is published to it.
+	moved, err := q.move(ctx, func(amqp.Delivery) bool {
+		if _, err := ch.QueueDelete(cfg.QueueName(), false, false, false); err != nil {
+			t.Errorf("delete the service queue: %v", err)
+		}
+		return true
+	}, true, false)
+	if moved != 0 || !errors.Is(err, ErrUnroutable) {
+		t.Fatalf("replay to a deleted queue: moved %d, %v; want none moved and ErrUnroutable", moved, err)
 	}
-	if _, err := ch.QueueDelete(cfg.QueueName(), false, false, false); err != nil {
-		t.Fatal(err)
-	}
-	d := amqp.Delivery{MessageId: "m-1", Type: "ordermesh.order.v1.OrderCreated", Headers: amqp.Table{HeaderRoutingKey: "order.created"}, Body: []byte{}}
-	if err := q.replayOne(ctx, s, d); !errors.Is(err, ErrUnroutable) {
-		t.Fatalf("replay to a deleted queue: %v, want ErrUnroutable", err)
-	}
+	eventually(t, 10*time.Second, "the dead letter still parked", parked)
 }

@@ -138,6 +138,12 @@ func TestMigrateIntoASchemaMadeForTheRole(t *testing.T) {
 	if err := postgres.Migrate(ctx, pool, schema, domain, platform); err != nil {
 		t.Fatalf("Migrate as the schema's owner: %v", err)
 	}
+	if n := count(t, pool, `SELECT count(*) FROM `+schema+`.schema_migrations`); n != 3 {
+		t.Errorf("schema_migrations has %d rows, want 3", n)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM `+schema+`.widgets`); n != 1 {
+		t.Errorf("widgets has %d rows, want the seeded 1", n)
+	}
 }
 
 func TestMigrateConcurrentMigratorsDoNotCollide(t *testing.T) {

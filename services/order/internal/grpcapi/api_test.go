@@ -518,7 +518,7 @@ func (e env) reject(t *testing.T, id string) {
 	}
 }
 
-func TestGRPCWatchSeesChangeFromAnotherConnection(t *testing.T) {
+func TestGRPCWatchSeesChangeFromAnotherCaller(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -535,7 +535,8 @@ func TestGRPCWatchSeesChangeFromAnotherConnection(t *testing.T) {
 	if err != nil || first.GetOrder().GetStatus() != orderv1.OrderStatus_ORDER_STATUS_PENDING {
 		t.Fatalf("first snapshot: %v, %v", first, err)
 	}
-	// The change comes through the gateway, another connection.
+	// The change comes through the gateway, another caller (the watch across
+	// instances is TestWatchSeesChangesFromAnotherInstance, in app).
 	if code, b := e.do(t, http.MethodPost, "/v1/orders/"+id+":cancel", `{}`); code != http.StatusOK {
 		t.Fatalf("cancel over REST = %d %s", code, b)
 	}
