@@ -113,6 +113,14 @@ func TestLagBench(t *testing.T) {
 	if _, err := readyMessages(conn, b.queue); err == nil {
 		t.Errorf("queue %s still exists after Close", b.queue)
 	}
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.ExchangeDeclarePassive(b.cfg.ExchangeName(), amqp.ExchangeTopic, true, false, false, false, nil); err == nil {
+		_ = ch.Close()
+		t.Errorf("exchange %s still exists after Close", b.cfg.ExchangeName())
+	}
 }
 
 // TestWaitDrained checks that WaitDrained waits for ready messages in the
