@@ -5,6 +5,12 @@
 //
 // # Delivery
 //
+// An order may be cancelled once confirmed, never confirmed once
+// cancelled; when its order.confirmed is handled after its order.cancelled (a retried or
+// redelivered confirmation, or both in one batch), the confirmation is not
+// emailed (see supersededBy), so that the customer's last email says what
+// became of the order.
+//
 // Handle is an inbox.BatchHandler: it runs inside the batch runner's
 // transaction, which records the batch's events in the inbox and commits
 // them together. For a batch, Handle, in this order:
@@ -252,6 +258,16 @@ var errUnexpectedEvent = errors.New("not an order event the notification service
 // the whole batch as they are (inbox.BatchHandler says what comes next).
 func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
 	results := make([]inbox.Result, len(batch))
+	notices := make([]Notice, len(batch))
+	// The orders whose cancellation the batch emails: their confirmation,
+	// if it is in the batch too, is moot.
+	cancelled := map[string]bool{}
+	for i, d := range batch {
+		notices[i], results[i].Err = noticeOf(d.Event)
+		if results[i].Err == nil && notices[i].Kind == KindCancelled {
+			cancelled[notices[i].OrderID] = true
+		}
+	}
 	// copyOf[i] is the index in emails of the email that delivery i
 	// repeats, or -1.
 	copyOf := make([]int, len(batch))
@@ -259,9 +275,12 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 	first := make(map[pair]int, len(batch))
 	for i, d := range batch {
 		copyOf[i] = -1
-		n, err := noticeOf(d.Event)
-		if err != nil {
-			results[i].Err = err
+		if results[i].Err != nil {
+			continue
+		}
+		n := notices[i]
+		if supersededBy(n.Kind) == KindCancelled && cancelled[n.OrderID] {
+			a.logNotice(ctx, slog.LevelInfo, "order cancelled; its confirmation is not emailed", n, d.Meta)
 			continue
 		}
 		if k, ok := first[pair{n.OrderID, n.Kind}]; ok {
@@ -287,6 +306,7 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 		ns[k] = store.Notification{
 			OrderID: e.notice.OrderID, Kind: string(e.notice.Kind), Recipient: e.notice.Recipient,
 			MessageID: e.email.MessageID, EventID: batch[e.delivery].Meta.ID,
+			SupersededBy: string(supersededBy(e.notice.Kind)),
 		}
 		sent[k] = e.sent
 	}
@@ -305,7 +325,11 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 		switch err := sendErrs[k]; {
 		case !claimed[k]:
 			drop = append(drop, e.sent.ID)
-			a.logNotice(ctx, slog.LevelInfo, "email already sent; skipping", e.notice, meta)
+			msg := "email already sent; skipping"
+			if supersededBy(e.notice.Kind) != "" {
+				msg = "email already sent, or the order's " + string(supersededBy(e.notice.Kind)) + " email; skipping"
+			}
+			a.logNotice(ctx, slog.LevelInfo, msg, e.notice, meta)
 		case err != nil:
 			release = append(release, ns[k])
 			drop = append(drop, e.sent.ID)
@@ -346,6 +370,18 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 		a.logNotice(ctx, slog.LevelInfo, "email already sent; skipping", e.notice, batch[i].Meta)
 	}
 	return results, nil
+}
+
+// supersededBy returns the kind of email that, once sent for an order,
+// makes an email of kind k moot, or "". An order may be cancelled once
+// confirmed, never confirmed once cancelled: when the confirmation comes
+// late (retried, or redelivered), the customer who was told of the
+// cancellation is not told the order is confirmed.
+func supersededBy(k Kind) Kind {
+	if k == KindConfirmed {
+		return KindCancelled
+	}
+	return ""
 }
 
 // noticeOf converts an order event to the notice it asks for, or returns

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -434,6 +435,48 @@ func TestUnreachableMailServerIsAnOutage(t *testing.T) {
 		err := results[i].Err
 		if err == nil || eventbus.IsUnavailable(err) != want.unavailable || eventbus.IsPermanent(err) != want.permanent {
 			t.Errorf("delivery %d: %v; want an error, unavailable %v, permanent %v", i, err, want.unavailable, want.permanent)
+		}
+	}
+}
+
+// An order's cancellation, once emailed, makes its confirmation moot: a
+// confirmation handled later, or in the same batch, is not emailed (the
+// customer's last email says what became of the order); one handled
+// before it was.
+func TestCancellationSupersedesALateConfirmation(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	const to = "ada@example.com"
+	cancelled := func(id string) *orderv1.OrderCancelled {
+		return &orderv1.OrderCancelled{OrderId: id, CustomerEmail: to}
+	}
+	late, together, inOrder := uuid.NewString(), uuid.NewString(), uuid.NewString()
+	for _, batch := range [][]proto.Message{
+		{cancelled(late)}, {confirmed(late, to)},
+		{confirmed(together, to), cancelled(together)},
+		{confirmed(inOrder, to)}, {cancelled(inOrder)},
+	} {
+		ds := make([]inbox.Delivery, len(batch))
+		for i, ev := range batch {
+			ds[i] = delivery(ev, newEventID(t))
+		}
+		for i, r := range handle(t, pool, a, ds...) {
+			if r.Err != nil {
+				t.Fatalf("%T of order %s: %v", batch[i], orderIDOf(batch[i]), r.Err)
+			}
+		}
+	}
+	for _, tt := range []struct {
+		name, id  string
+		confirmed int
+	}{{"confirmed after the cancellation", late, 0}, {"both in one batch", together, 0}, {"confirmed first", inOrder, 1}} {
+		if n := sender.sentFor(tt.id, app.KindConfirmed); n != tt.confirmed {
+			t.Errorf("%s: %d confirmation emails, want %d", tt.name, n, tt.confirmed)
+		}
+		if n := sender.sentFor(tt.id, app.KindCancelled); n != 1 {
+			t.Errorf("%s: %d cancellation emails, want 1", tt.name, n)
+		}
+		if kinds, rows := notified(t, pool, tt.id); len(kinds) != 1+tt.confirmed || rows != 1+tt.confirmed {
+			t.Errorf("%s: notifications %v and %d NotificationSent, want %d of each", tt.name, kinds, rows, 1+tt.confirmed)
 		}
 	}
 }

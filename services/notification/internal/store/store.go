@@ -39,20 +39,25 @@ type Notification struct {
 	MessageID string
 	// EventID is the id of the event that caused the email.
 	EventID string
+	// SupersededBy, if set, is a kind whose notification, once recorded
+	// for the order, makes this one moot: Claim does not claim it then.
+	SupersededBy string
 	// SentAt is set by the database; Claim ignores it.
 	SentAt time.Time
 }
 
 // Claim records ns in tx, each unless a notification of the same order
-// and kind is recorded already, and reports for each whether it recorded
-// it (claimed[i] for ns[i]). ns must not hold two notifications of the
-// same order and kind. It is one statement whatever ns holds.
+// and kind is recorded already, or one of the order and the kind it is
+// SupersededBy, and reports for each whether it recorded it (claimed[i]
+// for ns[i]). ns must not hold two notifications of the same order and
+// kind. It is one statement whatever ns holds.
 //
 // If another transaction has claimed one of the same orders and kinds and
 // not yet ended, Claim waits for it: that notification is then not
 // claimed if that transaction committed, and claimed if it rolled back.
 // So at most one transaction at a time holds a claim, and at most one
-// ever commits it. Claim inserts in (order id, kind) order, so two
+// ever commits it. A superseding notification counts once committed: one
+// a concurrent transaction holds does not stop the claim. Claim inserts in (order id, kind) order, so two
 // transactions claiming some of the same notifications wait for each
 // other in one order and cannot deadlock.
 //
@@ -68,24 +73,27 @@ func Claim(ctx context.Context, tx pgx.Tx, ns []Notification, then func(*pgx.Bat
 	if len(ns) == 0 {
 		return nil, nil
 	}
-	cols := struct{ order, kind, recipient, messageID, eventID []string }{}
+	cols := struct{ order, kind, recipient, messageID, eventID, supersededBy []string }{}
 	for _, n := range ns {
 		cols.order = append(cols.order, n.OrderID)
 		cols.kind = append(cols.kind, n.Kind)
 		cols.recipient = append(cols.recipient, n.Recipient)
 		cols.messageID = append(cols.messageID, n.MessageID)
 		cols.eventID = append(cols.eventID, n.EventID)
+		cols.supersededBy = append(cols.supersededBy, n.SupersededBy)
 	}
 	b := &pgx.Batch{}
 	b.Queue(`
 		INSERT INTO notifications (order_id, kind, recipient, message_id, event_id)
 		SELECT order_id, kind, recipient, message_id, event_id
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-			AS n(order_id, kind, recipient, message_id, event_id)
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+			AS n(order_id, kind, recipient, message_id, event_id, superseded_by)
+		WHERE superseded_by = '' OR NOT EXISTS (
+			SELECT FROM notifications s WHERE s.order_id = n.order_id AND s.kind = n.superseded_by)
 		ORDER BY order_id COLLATE "C", kind COLLATE "C"
 		ON CONFLICT (order_id, kind) DO NOTHING
 		RETURNING order_id, kind`,
-		cols.order, cols.kind, cols.recipient, cols.messageID, cols.eventID)
+		cols.order, cols.kind, cols.recipient, cols.messageID, cols.eventID, cols.supersededBy)
 	if then != nil {
 		if err := then(b); err != nil {
 			return nil, fmt.Errorf("claim %d notifications: %w", len(ns), err)

@@ -398,3 +398,32 @@ func TestReleaseByIndexAfterTheTableGrew(t *testing.T) {
 		t.Errorf("releasing 20 claims read %d notifications sequentially, want them read by index", n)
 	}
 }
+
+func TestClaimSupersededByARecordedKind(t *testing.T) {
+	pool, _ := postgrestest.NewSchema(t, store.Migrations)
+	ctx := context.Background()
+	confirmedOf := func(order string) store.Notification {
+		n := notification(order, "confirmed")
+		n.SupersededBy = "cancelled"
+		return n
+	}
+	early, late := uuid.NewString(), uuid.NewString()
+	for _, step := range []struct {
+		name string
+		ns   []store.Notification
+		want []bool
+	}{
+		{"confirmed before its order's cancellation", []store.Notification{confirmedOf(early)}, []bool{true}},
+		{"the cancellations", []store.Notification{notification(early, "cancelled"), notification(late, "cancelled")}, []bool{true, true}},
+		// Only the superseded kind: received is claimed.
+		{"confirmed after its order's cancellation", []store.Notification{confirmedOf(late), notification(late, "received")}, []bool{false, true}},
+	} {
+		got, err := claim(ctx, pool, step.ns...)
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if diff := cmp.Diff(step.want, got); diff != "" {
+			t.Errorf("%s: claimed (-want +got):\n%s", step.name, diff)
+		}
+	}
+}
