@@ -79,6 +79,8 @@ type Sink struct {
 	srv                   *smtp.Server
 	lis                   *trackingListener
 	done                  chan struct{} // closed when the serving goroutines have returned
+	served                chan struct{} // closed when Serve has returned
+	closing               atomic.Bool   // set when shutting down begins
 	// discard is set by WithoutKeeping.
 	discard bool
 	// received counts the messages accepted since Start.
@@ -100,6 +102,7 @@ func Start(ctx context.Context, addr string, opts ...Option) (*Sink, error) {
 	s := &Sink{
 		log:     slog.New(slog.DiscardHandler),
 		done:    make(chan struct{}),
+		served:  make(chan struct{}),
 		changed: make(chan struct{}),
 		rejects: map[string]*smtp.SMTPError{},
 	}
@@ -127,15 +130,14 @@ func Start(ctx context.Context, addr string, opts ...Option) (*Sink, error) {
 	s.srv.WriteTimeout = ioTimeout
 	s.srv.ErrorLog = errorLog{s.log}
 
-	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		defer close(stop)
-		// Serve returns nil after Shutdown; anything else means the
+		defer close(s.served)
+		// Serve returns when shutdown closes the listener; otherwise the
 		// listener broke, and the sink is of no use any more.
-		if err := s.srv.Serve(s.lis); err != nil {
+		if err := s.srv.Serve(s.lis); err != nil && !s.closing.Load() {
 			s.log.ErrorContext(ctx, "smtp sink stopped serving", slog.String("addr", s.Addr()), slog.Any("error", err))
 		}
 	}()
@@ -144,7 +146,7 @@ func Start(ctx context.Context, addr string, opts ...Option) (*Sink, error) {
 		select {
 		case <-ctx.Done():
 			_ = s.shutdown() // Close reports the error to whoever calls it.
-		case <-stop:
+		case <-s.served:
 		}
 	}()
 	go func() {
@@ -183,16 +185,19 @@ func (s *Sink) Close() error {
 
 func (s *Sink) shutdown() error {
 	s.closeOnce.Do(func() {
+		// Closing the listener closes every open connection (see
+		// trackingListener) and ends Serve, also one that had not started
+		// yet. Only then may the server's Shutdown wait for the
+		// connections' handlers: go-smtp counts a connection Serve
+		// accepted with a WaitGroup, whose Add must not race that Wait.
+		s.closing.Store(true)
+		_ = s.lis.Close()
+		<-s.served
 		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 		defer cancel()
-		// Shutdown closes the listener, which closes every open connection
-		// (see trackingListener), and then waits for their handlers.
 		if err := s.srv.Shutdown(ctx); err != nil {
 			s.closeErr = fmt.Errorf("close smtp sink: %w", err)
 		}
-		// Serve registers the listener with the server only when it runs;
-		// closing it here too stops a Serve that had not started yet.
-		_ = s.lis.Close()
 	})
 	return s.closeErr
 }
