@@ -20,7 +20,9 @@
 //     UUID) fails alone, permanently. A delivery of the same order and
 //     kind as an earlier one of the batch (the notice published twice)
 //     sends nothing: it succeeds if that one's email went out or had
-//     before, and fails, retryably, if that one's send failed;
+//     before, and fails as that one did if its send failed. A
+//     confirmation whose order's cancellation is in the batch too sends
+//     nothing either, and succeeds or fails as the cancellation does;
 //  2. claims every (order id, kind) of the batch in the notifications
 //     table, in one statement, and writes NotificationSent for each to the
 //     outbox in the same round trip (store.Claim). A claim that exists
@@ -99,7 +101,8 @@ const Source = "notification"
 
 // ErrRejected is wrapped by a Sender's error when the mail server
 // permanently refused the email (an SMTP 5xx reply to a recipient or to the
-// message): retrying cannot help.
+// message, or a 552 to MAIL FROM: the message's size): retrying cannot
+// help.
 var ErrRejected = errors.New("email permanently rejected")
 
 // ErrUnreachable is wrapped by a Sender's error when the mail server can
@@ -129,7 +132,8 @@ type Sender interface {
 	// Send delivers e to the mail server. It returns nil only once the
 	// server accepted the message. An error wrapping ErrRejected means the
 	// server permanently refused it, one wrapping ErrUnreachable that no
-	// session could be opened; any other error (temporary 4xx reply,
+	// session could be opened or the server refuses the sender; any other
+	// error (temporary 4xx reply,
 	// timeout, ctx ended) is presumed transient. Send
 	// must honour ctx and bound its own duration, and be safe for
 	// concurrent use.
@@ -230,6 +234,9 @@ type email struct {
 	email    Email
 	// sent is NotificationSent for the notice, as the outbox row to write.
 	sent eventbus.Message
+	// supersededBy is the kind whose email, once recorded for the order,
+	// makes this one moot (store.Notification.SupersededBy), or "".
+	supersededBy Kind
 }
 
 // pair is what the notifications table keeps one email of: an order and a
@@ -252,35 +259,56 @@ var errUnexpectedEvent = errors.New("not an order event the notification service
 // A delivery fails alone, and leaves no writes in tx: permanently for an
 // event that can never be sent (no recipient, an order id that is not a
 // UUID, an event type Handle does not handle) and for an email the server
-// refused for good (wrapping ErrRejected), retryably for a send that
-// failed otherwise, and for a delivery of the same order and kind as an
-// earlier delivery of the batch whose send failed. Database errors fail
-// the whole batch as they are (inbox.BatchHandler says what comes next).
+// refused for good (wrapping ErrRejected), without counting an attempt
+// when the mail server could take no email (ErrUnreachable), retryably for
+// a send that failed otherwise; a delivery of the same order and kind as
+// an earlier delivery of the batch, or a confirmation the batch's
+// cancellation replaces, fails as that delivery did. A confirmation
+// handled after its order's cancellation was emailed succeeds without an
+// email (see supersededBy). Database errors fail the whole batch as they
+// are (inbox.BatchHandler says what comes next).
 func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
 	results := make([]inbox.Result, len(batch))
 	notices := make([]Notice, len(batch))
-	// The orders whose cancellation the batch emails: their confirmation,
-	// if it is in the batch too, is moot.
-	cancelled := map[string]bool{}
+	// delivered[p] is the index of the batch's first delivery of order and
+	// kind p.
+	delivered := make(map[pair]int, len(batch))
 	for i, d := range batch {
 		notices[i], results[i].Err = noticeOf(d.Event)
-		if results[i].Err == nil && notices[i].Kind == KindCancelled {
-			cancelled[notices[i].OrderID] = true
+		p := pair{notices[i].OrderID, notices[i].Kind}
+		if _, ok := delivered[p]; !ok && results[i].Err == nil {
+			delivered[p] = i
 		}
 	}
+	// mootBy[i] is the index of the delivery whose email replaces delivery
+	// i's (see supersededBy): the order's cancellation in the same batch;
+	// or -1.
+	mootBy := make([]int, len(batch))
 	// copyOf[i] is the index in emails of the email that delivery i
 	// repeats, or -1.
 	copyOf := make([]int, len(batch))
 	emails := make([]email, 0, len(batch))
 	first := make(map[pair]int, len(batch))
 	for i, d := range batch {
-		copyOf[i] = -1
+		copyOf[i], mootBy[i] = -1, -1
 		if results[i].Err != nil {
 			continue
 		}
 		n := notices[i]
-		if supersededBy(n.Kind) == KindCancelled && cancelled[n.OrderID] {
-			a.logNotice(ctx, slog.LevelInfo, "order cancelled; its confirmation is not emailed", n, d.Meta)
+		// What this process sent lately is sent, whatever came after it
+		// (see recentSends): its claim is committed as any other.
+		by := supersededBy(n.Kind)
+		if by != "" && a.recent.has(pair{n.OrderID, n.Kind}) {
+			by = ""
+		}
+		if j, ok := delivered[pair{n.OrderID, by}]; by != "" && ok {
+			mootBy[i] = j
+			continue
+		}
+		if by != "" && a.recent.has(pair{n.OrderID, by}) {
+			// Sent by this process, its transaction may not have
+			// committed yet.
+			a.logNotice(ctx, slog.LevelInfo, "order's "+string(by)+" email sent; this one is not", n, d.Meta)
 			continue
 		}
 		if k, ok := first[pair{n.OrderID, n.Kind}]; ok {
@@ -292,11 +320,27 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 			results[i].Err = err
 			continue
 		}
-		e.delivery = i
+		e.delivery, e.supersededBy = i, by
 		first[pair{n.OrderID, n.Kind}] = len(emails)
 		emails = append(emails, e)
 	}
+	// A delivery whose email another of the batch replaces succeeds as
+	// that one does, once it has.
+	settleMoot := func() {
+		for i, j := range mootBy {
+			if j < 0 {
+				continue
+			}
+			if err := results[j].Err; err != nil {
+				results[i].Err = fmt.Errorf("%s email for order %s: replaced by the %s email of event %s of the same batch, whose delivery failed: %w",
+					notices[i].Kind, notices[i].OrderID, notices[j].Kind, batch[j].Meta.ID, err)
+				continue
+			}
+			a.logNotice(ctx, slog.LevelInfo, "order's "+string(notices[j].Kind)+" email sent; this one is not", notices[i], batch[i].Meta)
+		}
+	}
 	if len(emails) == 0 {
+		settleMoot()
 		return results, nil
 	}
 
@@ -306,7 +350,7 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 		ns[k] = store.Notification{
 			OrderID: e.notice.OrderID, Kind: string(e.notice.Kind), Recipient: e.notice.Recipient,
 			MessageID: e.email.MessageID, EventID: batch[e.delivery].Meta.ID,
-			SupersededBy: string(supersededBy(e.notice.Kind)),
+			SupersededBy: string(e.supersededBy),
 		}
 		sent[k] = e.sent
 	}
@@ -326,8 +370,8 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 		case !claimed[k]:
 			drop = append(drop, e.sent.ID)
 			msg := "email already sent; skipping"
-			if supersededBy(e.notice.Kind) != "" {
-				msg = "email already sent, or the order's " + string(supersededBy(e.notice.Kind)) + " email; skipping"
+			if e.supersededBy != "" {
+				msg = "email already sent, or the order's " + string(e.supersededBy) + " email; skipping"
 			}
 			a.logNotice(ctx, slog.LevelInfo, msg, e.notice, meta)
 		case err != nil:
@@ -369,6 +413,7 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 		}
 		a.logNotice(ctx, slog.LevelInfo, "email already sent; skipping", e.notice, batch[i].Meta)
 	}
+	settleMoot()
 	return results, nil
 }
 

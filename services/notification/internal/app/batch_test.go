@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
 	"github.com/ordermesh/ordermesh/internal/outbox"
+	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/services/notification/internal/app"
 	"github.com/ordermesh/ordermesh/services/notification/internal/store"
@@ -478,5 +480,85 @@ func TestCancellationSupersedesALateConfirmation(t *testing.T) {
 		if kinds, rows := notified(t, pool, tt.id); len(kinds) != 1+tt.confirmed || rows != 1+tt.confirmed {
 			t.Errorf("%s: notifications %v and %d NotificationSent, want %d of each", tt.name, kinds, rows, 1+tt.confirmed)
 		}
+	}
+}
+
+// handleRolledBack hands batch to the App in a transaction that then
+// fails to commit, as if COMMIT were lost after the sends; each delivery
+// must have succeeded.
+func handleRolledBack(t *testing.T, pool *pgxpool.Pool, a *app.App, batch ...inbox.Delivery) {
+	t.Helper()
+	errCommit := errors.New("commit lost")
+	err := postgres.WithTx(context.Background(), pool, func(tx pgx.Tx) error {
+		results, err := a.Handle(context.Background(), tx, batch)
+		if err != nil {
+			return err
+		}
+		for i, r := range results {
+			if r.Err != nil {
+				t.Errorf("delivery %d: %v", i, r.Err)
+			}
+		}
+		return errCommit
+	})
+	if !errors.Is(err, errCommit) {
+		t.Fatalf("handle = %v, want the simulated commit failure", err)
+	}
+}
+
+// What this process emailed counts, committed or not: a confirmation it
+// sent before the order's cancellation is recorded and announced when it
+// comes again, though the cancellation was recorded meanwhile; and a
+// confirmation that comes after a cancellation it sent is not emailed,
+// though that cancellation's transaction failed.
+func TestSupersedingFollowsWhatThisProcessSent(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	const to = "ada@example.com"
+	cancelled := func(id string) *orderv1.OrderCancelled {
+		return &orderv1.OrderCancelled{OrderId: id, CustomerEmail: to}
+	}
+
+	sentFirst := uuid.NewString()
+	confirmation := delivery(confirmed(sentFirst, to), newEventID(t))
+	handleRolledBack(t, pool, a, confirmation)
+	if r := handle(t, pool, a, delivery(cancelled(sentFirst), newEventID(t))); r[0].Err != nil {
+		t.Fatalf("cancellation: %v", r[0].Err)
+	}
+	if r := handle(t, pool, a, confirmation); r[0].Err != nil {
+		t.Fatalf("confirmation again: %v", r[0].Err)
+	}
+	if n := sender.sentFor(sentFirst, app.KindConfirmed); n != 1 {
+		t.Errorf("confirmation sent first: %d emails, want 1 (not sent again)", n)
+	}
+	if kinds, rows := notified(t, pool, sentFirst); len(kinds) != 2 || rows != 2 {
+		t.Errorf("confirmation sent first: notifications %v and %d NotificationSent, want 2 of each", kinds, rows)
+	}
+
+	cancelledFirst := uuid.NewString()
+	handleRolledBack(t, pool, a, delivery(cancelled(cancelledFirst), newEventID(t)))
+	if r := handle(t, pool, a, delivery(confirmed(cancelledFirst, to), newEventID(t))); r[0].Err != nil {
+		t.Fatalf("confirmation after the cancellation: %v", r[0].Err)
+	}
+	if n := sender.sentFor(cancelledFirst, app.KindConfirmed); n != 0 {
+		t.Errorf("confirmation after a cancellation sent: %d emails, want none", n)
+	}
+}
+
+// A confirmation the batch's cancellation replaces fails when that
+// cancellation's delivery does, as it does, so that it is not lost with a
+// cancellation that never goes out.
+func TestConfirmationFailsWithTheCancellationReplacingIt(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	const to = "flaky@example.com"
+	id := uuid.NewString()
+	sender.fail[to] = fmt.Errorf("connect: %w: %w", app.ErrUnreachable, errors.New("connection refused"))
+	results := handle(t, pool, a, delivery(confirmed(id, to), newEventID(t)), delivery(&orderv1.OrderCancelled{OrderId: id, CustomerEmail: to}, newEventID(t)))
+	for i, r := range results {
+		if r.Err == nil || !eventbus.IsUnavailable(r.Err) {
+			t.Errorf("delivery %d: %v; want the cancellation's outage", i, r.Err)
+		}
+	}
+	if kinds, rows := notified(t, pool, id); len(kinds) != 0 || rows != 0 {
+		t.Errorf("notifications %v and %d NotificationSent, want none", kinds, rows)
 	}
 }

@@ -189,9 +189,11 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 
 // Send delivers e. It returns an error wrapping app.ErrRejected when the
 // server answers a recipient or the message data with a permanent (5xx)
-// failure, and when e cannot be sent at all (an address that does not
-// parse, a Message-ID that is not one). A message the server accepted
-// counts as sent.
+// failure, or MAIL FROM with 552 (the message's size), and when e cannot
+// be sent at all (an address that does not parse, a Message-ID that is
+// not one); one wrapping app.ErrUnreachable when no session opens or the
+// server answers MAIL FROM with another 5xx (it refuses the sender). A
+// message the server accepted counts as sent.
 //
 // Connecting ends when ctx does, and at the latest after the configured
 // timeout; the exchange over a session ends after that timeout or at

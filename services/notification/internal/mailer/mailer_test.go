@@ -805,15 +805,6 @@ func TestSendDoesNotRetryWhenTheReplyToTheDataIsLost(t *testing.T) {
 func TestSendRejectionsOnAReusedSession(t *testing.T) {
 	s := startSink(t)
 	s.Reject("busy@example.com", 451, "try again later")
-	// Sinks that refuse the mailer's sender (mailer.DefaultConfig's).
-	from := mailer.DefaultConfig().From
-	if a, err := netmail.ParseAddress(from); err == nil {
-		from = a.Address
-	}
-	noSender := startSink(t)
-	noSender.Reject(from, 550, "sender rejected")
-	tooLarge := startSink(t)
-	tooLarge.Reject(from, 552, "message size exceeds fixed limit")
 	s.Reject("gone@example.com", 550, "mailbox unavailable")
 	p := newProxy(t, s.Addr())
 	m := newMailer(t, p.Addr(), 5*time.Second)
