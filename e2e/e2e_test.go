@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/jackc/pgx/v5"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
@@ -25,7 +25,6 @@ import (
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/platformtest"
-	"github.com/ordermesh/ordermesh/internal/smtpsink"
 )
 
 // Outcomes the test orders are designed to reach.
@@ -204,14 +203,15 @@ func TestOrdersEndToEnd(t *testing.T) {
 	eventually(ctx, t, "payments reconcile", func() error { return checkPayments(ctx, pf, originals(all), final) })
 
 	// Each customer got exactly the expected emails.
-	eventually(ctx, t, "emails", func() error { return checkEmails(ctx, orders, pf.Sink, originals(all), final) })
+	eventually(ctx, t, "emails", func() error { return checkEmails(ctx, pf, orders, originals(all), final) })
 
 	// Nothing was dead-lettered: every event the services published was
 	// valid, and every handler took what it was given. An event still on
 	// the retry ladder or being handled could yet be, so first every
 	// service and retry queue (ready and unacknowledged messages) and
-	// every outbox must be empty, three polls in a row.
-	quiet := 0
+	// every outbox must be empty, in every poll for longer than the
+	// broker's counts may lag.
+	var quietSince time.Time
 	eventually(ctx, t, "queues and outboxes empty", func() error {
 		ready, err := pf.QueuesBusy(ctx)
 		if err != nil {
@@ -223,18 +223,21 @@ func TestOrdersEndToEnd(t *testing.T) {
 		}
 		for name, n := range ready {
 			if n != 0 {
-				quiet = 0
+				quietSince = time.Time{}
 				return fmt.Errorf("%s holds %d messages", name, n)
 			}
 		}
 		for svc, n := range pending {
 			if n != 0 {
-				quiet = 0
+				quietSince = time.Time{}
 				return fmt.Errorf("%s outbox holds %d events", svc, n)
 			}
 		}
-		if quiet++; quiet < 3 {
-			return fmt.Errorf("empty %d polls in a row", quiet)
+		if quietSince.IsZero() {
+			quietSince = time.Now()
+		}
+		if d := time.Since(quietSince); d <= platformtest.QuorumStatsLag+time.Second {
+			return fmt.Errorf("empty for %s", d.Round(time.Millisecond))
 		}
 		return nil
 	})
@@ -451,12 +454,37 @@ func queryRows(ctx context.Context, pf *platformtest.Platform, query string, eac
 // checkEmails compares each customer's mail with what the order's history
 // calls for: received, plus confirmed (if it ever was; for a cancelled
 // order, possibly not), plus rejected or cancelled.
-func checkEmails(ctx context.Context, c orderv1.OrderServiceClient, sink *smtpsink.Sink, ps []*plan, final map[string]*orderv1.Order) error {
+func checkEmails(ctx context.Context, pf *platformtest.Platform, c orderv1.OrderServiceClient, ps []*plan, final map[string]*orderv1.Order) error {
 	got := map[string][]string{}
-	for _, m := range sink.Messages() {
+	for _, m := range pf.Sink.Messages() {
 		for _, to := range m.To {
 			got[to] = append(got[to], m.Subject)
 		}
+	}
+	// The emails the notification service recorded as sent, and the
+	// notification.sent events the order service keeps, by order.
+	recorded, announced := map[string][]string{}, map[string]int{}
+	if err := queryRows(ctx, pf, `SELECT order_id, kind FROM notification.notifications`, func(rows pgx.Rows) error {
+		var id, kind string
+		if err := rows.Scan(&id, &kind); err != nil {
+			return err
+		}
+		recorded[id] = append(recorded[id], "Order "+id+" "+kind)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := queryRows(ctx, pf, `SELECT order_id::text, count(*) FROM "order".order_events
+		WHERE routing_key = 'notification.sent' GROUP BY 1`, func(rows pgx.Rows) error {
+		var id string
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			return err
+		}
+		announced[id] = n
+		return nil
+	}); err != nil {
+		return err
 	}
 	for _, p := range ps {
 		id := p.orderID
@@ -473,8 +501,8 @@ func checkEmails(ctx context.Context, c orderv1.OrderServiceClient, sink *smtpsi
 		}
 		have := slices.Clone(got[p.email])
 		// A confirmation handled after the order's cancellation was
-		// emailed is not sent.
-		if confirmedOnce && (final[id].GetStatus() != orderv1.OrderStatus_ORDER_STATUS_CANCELLED || slices.Contains(have, "Order "+id+" confirmed")) {
+		// emailed is not sent, nor recorded.
+		if confirmedOnce && (final[id].GetStatus() != orderv1.OrderStatus_ORDER_STATUS_CANCELLED || slices.Contains(recorded[id], "Order "+id+" confirmed")) {
 			want = append(want, "Order "+id+" confirmed")
 		}
 		switch final[id].GetStatus() {
@@ -487,6 +515,9 @@ func checkEmails(ctx context.Context, c orderv1.OrderServiceClient, sink *smtpsi
 		sort.Strings(want)
 		if !slices.Equal(have, want) {
 			return fmt.Errorf("%s got %q, want %q", p.email, have, want)
+		}
+		if rec := slices.Sorted(slices.Values(recorded[id])); !slices.Equal(rec, want) || announced[id] != len(rec) {
+			return fmt.Errorf("order %d: notifications recorded %q and %d notification.sent, want %q and one each", p.n, rec, announced[id], want)
 		}
 	}
 	return nil

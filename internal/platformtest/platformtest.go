@@ -442,12 +442,19 @@ func (p *Platform) Stop() map[string]error {
 	return failed
 }
 
+// QuorumStatsLag is how stale the message counts rabbitmqctl reports for
+// a quorum queue may be: RabbitMQ refreshes them every 5 s (its quorum
+// queues' tick). A queue must look empty for longer than this before it
+// can be taken to be.
+const QuorumStatsLag = 5 * time.Second
+
 // QueuesBusy counts, by queue name, the messages in every service queue
 // and retry queue of the platform (not the dead-letter queues): those
-// ready and those a consumer holds unacknowledged, so that a delivery
-// being handled counts. It asks the local RabbitMQ node (rabbitmqctl), as
-// CloseConnections does, and fails if a queue of the platform is missing
-// from the node's list (another node's broker, say).
+// ready (as the queue reports them now) and those a consumer holds
+// unacknowledged, so that a delivery being handled counts. The latter come
+// from the local RabbitMQ node (rabbitmqctl), as CloseConnections does,
+// and lag by up to QuorumStatsLag; it fails if a queue of the platform is
+// missing from the node's list (another node's broker, say).
 func (p *Platform) QueuesBusy(ctx context.Context) (map[string]int, error) {
 	uri, err := amqp.ParseURI(p.opts.AMQPURL)
 	if err != nil {
@@ -471,6 +478,11 @@ func (p *Platform) QueuesBusy(ctx context.Context) (map[string]int, error) {
 		}
 		listed[f[0]] = ready + unacked
 	}
+	conn, err := amqp.DialConfig(p.opts.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(10 * time.Second)})
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
 	busy := map[string]int{}
 	for _, s := range Services {
 		cfg := eventbus.Config{Prefix: p.Prefix, Service: s}
@@ -485,7 +497,18 @@ func (p *Platform) QueuesBusy(ctx context.Context) (map[string]int, error) {
 			if !ok {
 				return nil, fmt.Errorf("queue %s is not among the local node's queues", name)
 			}
-			busy[name] = n
+			// A channel per queue: a passive declare of a missing queue
+			// closes its channel.
+			ch, err := conn.Channel()
+			if err != nil {
+				return nil, err
+			}
+			q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+			_ = ch.Close()
+			if err != nil {
+				return nil, fmt.Errorf("inspect queue %s: %w", name, err)
+			}
+			busy[name] = n + q.Messages
 		}
 	}
 	return busy, nil

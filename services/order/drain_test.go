@@ -38,7 +38,7 @@ func TestWatchSeesChangesDuringTheDrainDelay(t *testing.T) {
 		"ORDERMESH_RETRY_DELAYS":    "1s",
 		"ORDERMESH_GRPC_ADDR":       "127.0.0.1:0",
 		"ORDERMESH_ADMIN_ADDR":      "off",
-		"ORDERMESH_DRAIN_DELAY":     "4s",
+		"ORDERMESH_DRAIN_DELAY":     "8s",
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
