@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,6 +30,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/buildflags"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/healthcheck"
+	"github.com/ordermesh/ordermesh/internal/platformtest/privateinfra"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/internal/smtpsink"
@@ -465,19 +465,7 @@ func (p *Platform) QueuesBusy(ctx context.Context) (map[string]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rabbitmqctl list_queues: %w\n%s", err, out)
 	}
-	listed := map[string]int{}
-	for line := range strings.Lines(string(out)) {
-		f := strings.Fields(line)
-		if len(f) != 3 {
-			continue
-		}
-		ready, err1 := strconv.Atoi(f[1])
-		unacked, err2 := strconv.Atoi(f[2])
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		listed[f[0]] = ready + unacked
-	}
+	listed := privateinfra.ParseQueueStats(string(out))
 	conn, err := amqp.DialConfig(p.opts.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(10 * time.Second)})
 	if err != nil {
 		return nil, err
@@ -493,7 +481,7 @@ func (p *Platform) QueuesBusy(ctx context.Context) (map[string]int, error) {
 			}
 		}
 		for _, name := range names {
-			n, ok := listed[name]
+			counts, ok := listed[name]
 			if !ok {
 				return nil, fmt.Errorf("queue %s is not among the local node's queues", name)
 			}
@@ -508,7 +496,7 @@ func (p *Platform) QueuesBusy(ctx context.Context) (map[string]int, error) {
 			if err != nil {
 				return nil, fmt.Errorf("inspect queue %s: %w", name, err)
 			}
-			busy[name] = n + q.Messages
+			busy[name] = counts[0] + counts[1] + q.Messages
 		}
 	}
 	return busy, nil

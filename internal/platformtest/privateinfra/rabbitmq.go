@@ -274,8 +274,14 @@ func (r *RabbitMQ) Queues(ctx context.Context) (QueueStats, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ParseQueueStats(out), nil
+}
+
+// ParseQueueStats reads the output of `rabbitmqctl list_queues -q
+// --no-table-headers name messages_ready messages_unacknowledged`.
+func ParseQueueStats(out string) QueueStats {
 	stats := QueueStats{}
-	for _, line := range strings.Split(out, "\n") {
+	for line := range strings.Lines(out) {
 		f := strings.Fields(line)
 		if len(f) != 3 {
 			continue
@@ -287,7 +293,7 @@ func (r *RabbitMQ) Queues(ctx context.Context) (QueueStats, error) {
 		}
 		stats[f[0]] = [2]int{ready, unacked}
 	}
-	return stats, nil
+	return stats
 }
 
 // Close shuts the node down (killing it if it does not stop in time),
