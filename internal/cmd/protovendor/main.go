@@ -1,5 +1,6 @@
 // Command protovendor writes the third-party .proto files that ordermesh's
-// schemas import (buf/validate, google/api, the openapiv2 options) into a
+// schemas import (buf/validate, google/api's http annotations and field
+// behavior, the openapiv2 options) into a
 // directory, printed back from the file descriptors compiled into the pinned
 // Go modules. The buf.build registry is not needed, and the sources always
 // match the runtime packages the generated code links against.
@@ -37,6 +38,7 @@ var files = []struct {
 }{
 	{validate.File_buf_validate_validate_proto, "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"},
 	{annotations.File_google_api_annotations_proto, "google.golang.org/genproto/googleapis/api/annotations"},
+	{annotations.File_google_api_field_behavior_proto, "google.golang.org/genproto/googleapis/api/annotations"},
 	{annotations.File_google_api_http_proto, "google.golang.org/genproto/googleapis/api/annotations"},
 	{options.File_protoc_gen_openapiv2_options_annotations_proto, "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2/options"},
 	{options.File_protoc_gen_openapiv2_options_openapiv2_proto, "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2/options"},

@@ -93,7 +93,8 @@ type SetStockRequest struct {
 	// The product's SKU: not "." or "..", which a URL path cannot carry
 	// (the REST route would never reach the product).
 	ProductId string `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
-	// Units available to reserve, 0 to 1,000,000,000.
+	// Units available to reserve, 0 to 1,000,000,000. Unset is 0: a
+	// request without it empties the product's stock.
 	Available int64 `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
 	// When set, the units available the product must still have (0 for a
 	// product never stocked) for the change to happen: read the level with
@@ -299,24 +300,24 @@ var File_ordermesh_inventory_v1_inventory_service_proto protoreflect.FileDescrip
 
 const file_ordermesh_inventory_v1_inventory_service_proto_rawDesc = "" +
 	"\n" +
-	".ordermesh/inventory/v1/inventory_service.proto\x12\x16ordermesh.inventory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\"`\n" +
+	".ordermesh/inventory/v1/inventory_service.proto\x12\x16ordermesh.inventory.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"`\n" +
 	"\x05Stock\x12\x1d\n" +
 	"\n" +
 	"product_id\x18\x01 \x01(\tR\tproductId\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\x03R\tavailable\x12\x1a\n" +
-	"\breserved\x18\x03 \x01(\x03R\breserved\"\xf5\x01\n" +
-	"\x0fSetStockRequest\x12a\n" +
+	"\breserved\x18\x03 \x01(\x03R\breserved\"\xf8\x01\n" +
+	"\x0fSetStockRequest\x12d\n" +
 	"\n" +
-	"product_id\x18\x01 \x01(\tBB\xbaH?r=\x10\x01\x18@27^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$|^[.]{3,}$R\tproductId\x12+\n" +
+	"product_id\x18\x01 \x01(\tBE\xe0A\x02\xbaH?r=\x10\x01\x18@27^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$|^[.]{3,}$R\tproductId\x12+\n" +
 	"\tavailable\x18\x02 \x01(\x03B\r\xbaH\n" +
 	"\"\b\x18\x80\x94\xeb\xdc\x03(\x00R\tavailable\x12;\n" +
 	"\x12expected_available\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00H\x00R\x11expectedAvailable\x88\x01\x01B\x15\n" +
 	"\x13_expected_available\"G\n" +
 	"\x10SetStockResponse\x123\n" +
-	"\x05stock\x18\x01 \x01(\v2\x1d.ordermesh.inventory.v1.StockR\x05stock\"t\n" +
-	"\x0fGetStockRequest\x12a\n" +
+	"\x05stock\x18\x01 \x01(\v2\x1d.ordermesh.inventory.v1.StockR\x05stock\"w\n" +
+	"\x0fGetStockRequest\x12d\n" +
 	"\n" +
-	"product_id\x18\x01 \x01(\tBB\xbaH?r=\x10\x01\x18@27^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$|^[.]{3,}$R\tproductId\"G\n" +
+	"product_id\x18\x01 \x01(\tBE\xe0A\x02\xbaH?r=\x10\x01\x18@27^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$|^[.]{3,}$R\tproductId\"G\n" +
 	"\x10GetStockResponse\x123\n" +
 	"\x05stock\x18\x01 \x01(\v2\x1d.ordermesh.inventory.v1.StockR\x05stock2\x94\x02\n" +
 	"\x10InventoryService\x12\x80\x01\n" +

@@ -8,6 +8,7 @@ package moneyv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -92,9 +93,9 @@ var File_ordermesh_money_v1_money_proto protoreflect.FileDescriptor
 
 const file_ordermesh_money_v1_money_proto_rawDesc = "" +
 	"\n" +
-	"\x1eordermesh/money/v1/money.proto\x12\x12ordermesh.money.v1\x1a\x1bbuf/validate/validate.proto\"\xa1\x02\n" +
-	"\x05Money\x126\n" +
-	"\rcurrency_code\x18\x01 \x01(\tB\x11\xbaH\x0er\f2\n" +
+	"\x1eordermesh/money/v1/money.proto\x12\x12ordermesh.money.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xa4\x02\n" +
+	"\x05Money\x129\n" +
+	"\rcurrency_code\x18\x01 \x01(\tB\x14\xe0A\x02\xbaH\x0er\f2\n" +
 	"^[A-Z]{3}$R\fcurrencyCode\x12\x14\n" +
 	"\x05units\x18\x02 \x01(\x03R\x05units\x12,\n" +
 	"\x05nanos\x18\x03 \x01(\x05B\x16\xbaH\x13\x1a\x11\x18\xff\x93\xeb\xdc\x03(\x81씣\xfc\xff\xff\xff\xff\x01R\x05nanos:\x9b\x01\xbaH\x97\x01\x1a\x94\x01\n" +

@@ -9,6 +9,7 @@ package orderv1
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	v1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -264,7 +265,7 @@ var File_ordermesh_order_v1_order_proto protoreflect.FileDescriptor
 
 const file_ordermesh_order_v1_order_proto_rawDesc = "" +
 	"\n" +
-	"\x1eordermesh/order/v1/order.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/money/v1/money.proto\"\xba\x03\n" +
+	"\x1eordermesh/order/v1/order.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/money/v1/money.proto\"\xba\x03\n" +
 	"\x05Order\x12\x18\n" +
 	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\x124\n" +
 	"\x0ecustomer_email\x18\x02 \x01(\tB\r\xbaH\n" +
@@ -276,14 +277,13 @@ const file_ordermesh_order_v1_order_proto_rawDesc = "" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x93\x02\n" +
-	"\bLineItem\x12;\n" +
+	"updateTime\"\x9c\x02\n" +
+	"\bLineItem\x12>\n" +
 	"\n" +
-	"product_id\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x10\x01\x18@2\x11^[A-Za-z0-9._-]+$R\tproductId\x12&\n" +
-	"\bquantity\x18\x02 \x01(\x05B\n" +
-	"\xbaH\a\x1a\x05\x18\x90N(\x01R\bquantity\x12\xa1\x01\n" +
+	"product_id\x18\x01 \x01(\tB\x1f\xe0A\x02\xbaH\x19r\x17\x10\x01\x18@2\x11^[A-Za-z0-9._-]+$R\tproductId\x12)\n" +
+	"\bquantity\x18\x02 \x01(\x05B\r\xe0A\x02\xbaH\a\x1a\x05\x18\x90N(\x01R\bquantity\x12\xa4\x01\n" +
 	"\n" +
-	"unit_price\x18\x03 \x01(\v2\x19.ordermesh.money.v1.MoneyBg\xbaHd\xba\x01^\n" +
+	"unit_price\x18\x03 \x01(\v2\x19.ordermesh.money.v1.MoneyBj\xe0A\x02\xbaHd\xba\x01^\n" +
 	"\x17unit_price.non_negative\x12\x1funit_price must not be negative\x1a\"this.units >= 0 && this.nanos >= 0\xc8\x01\x01R\tunitPrice*\x98\x01\n" +
 	"\vOrderStatus\x12\x1c\n" +
 	"\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +

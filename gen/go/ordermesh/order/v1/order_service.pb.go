@@ -302,7 +302,9 @@ type ListOrdersRequest struct {
 	// so that any client can read it): only an empty next_page_token marks
 	// the last page.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// The next_page_token of the previous page; empty for the first page.
+	// The next_page_token of the previous page; empty for the first page. A
+	// token holds the filter it was issued for: with another status or
+	// customer_email it is refused (page_size and view may change).
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Only orders with this status; unspecified means any.
 	Status OrderStatus `protobuf:"varint,3,opt,name=status,proto3,enum=ordermesh.order.v1.OrderStatus" json:"status,omitempty"`
@@ -817,19 +819,18 @@ var File_ordermesh_order_v1_order_service_proto protoreflect.FileDescriptor
 
 const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\n" +
-	"&ordermesh/order/v1/order_service.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/order/v1/order.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xa1\x03\n" +
-	"\x12CreateOrderRequest\x12*\n" +
+	"&ordermesh/order/v1/order_service.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/order/v1/order.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xad\x03\n" +
+	"\x12CreateOrderRequest\x12-\n" +
 	"\n" +
-	"request_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\trequestId\x12\xe9\x01\n" +
-	"\x0ecustomer_email\x18\x02 \x01(\tB\xc1\x01\xbaH\xbd\x01\xba\x01\xaf\x01\n" +
-	"\x19customer_email.dot_string\x12Rthe part before the @ must not start or end with a dot, nor hold two dots in a row\x1a>!this.contains('@') || this.matches('^([^.@]+([.][^.@]+)*)?@')\xc8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12>\n" +
-	"\x05items\x18\x03 \x03(\v2\x1c.ordermesh.order.v1.LineItemB\n" +
-	"\xbaH\a\x92\x01\x04\b\x01\x10dR\x05items\x123\n" +
-	"\rpayment_token\x18\x04 \x01(\tB\x0e\xbaH\vr\t\x10\x01\x18\x80\x01\xba\x01\x01\x00R\fpaymentToken\"F\n" +
+	"request_id\x18\x01 \x01(\tB\x0e\xe0A\x02\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\trequestId\x12\xec\x01\n" +
+	"\x0ecustomer_email\x18\x02 \x01(\tB\xc4\x01\xe0A\x02\xbaH\xbd\x01\xba\x01\xaf\x01\n" +
+	"\x19customer_email.dot_string\x12Rthe part before the @ must not start or end with a dot, nor hold two dots in a row\x1a>!this.contains('@') || this.matches('^([^.@]+([.][^.@]+)*)?@')\xc8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12A\n" +
+	"\x05items\x18\x03 \x03(\v2\x1c.ordermesh.order.v1.LineItemB\r\xe0A\x02\xbaH\a\x92\x01\x04\b\x01\x10dR\x05items\x126\n" +
+	"\rpayment_token\x18\x04 \x01(\tB\x11\xe0A\x02\xbaH\vr\t\x10\x01\x18\x80\x01\xba\x01\x01\x00R\fpaymentToken\"F\n" +
 	"\x13CreateOrderResponse\x12/\n" +
-	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\"9\n" +
-	"\x0fGetOrderRequest\x12&\n" +
-	"\border_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\"C\n" +
+	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\"<\n" +
+	"\x0fGetOrderRequest\x12)\n" +
+	"\border_id\x18\x01 \x01(\tB\x0e\xe0A\x02\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\"C\n" +
 	"\x10GetOrderResponse\x12/\n" +
 	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\"\x9b\x02\n" +
 	"\x11ListOrdersRequest\x12'\n" +
@@ -843,18 +844,18 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\x04view\x18\x05 \x01(\x0e2\x1d.ordermesh.order.v1.OrderViewB\b\xbaH\x05\x82\x01\x02\x10\x01R\x04view\"o\n" +
 	"\x12ListOrdersResponse\x121\n" +
 	"\x06orders\x18\x01 \x03(\v2\x19.ordermesh.order.v1.OrderR\x06orders\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"b\n" +
-	"\x12CancelOrderRequest\x12&\n" +
-	"\border_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\x12$\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"e\n" +
+	"\x12CancelOrderRequest\x12)\n" +
+	"\border_id\x18\x01 \x01(\tB\x0e\xe0A\x02\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\x12$\n" +
 	"\x06reason\x18\x02 \x01(\tB\f\xbaH\tr\a\x18\x80\x04\xba\x01\x01\x00R\x06reason\"F\n" +
 	"\x13CancelOrderResponse\x12/\n" +
-	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\";\n" +
-	"\x11WatchOrderRequest\x12&\n" +
-	"\border_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\"E\n" +
+	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\">\n" +
+	"\x11WatchOrderRequest\x12)\n" +
+	"\border_id\x18\x01 \x01(\tB\x0e\xe0A\x02\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\"E\n" +
 	"\x12WatchOrderResponse\x12/\n" +
-	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\"@\n" +
-	"\x16ListOrderEventsRequest\x12&\n" +
-	"\border_id\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\"Q\n" +
+	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\"C\n" +
+	"\x16ListOrderEventsRequest\x12)\n" +
+	"\border_id\x18\x01 \x01(\tB\x0e\xe0A\x02\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\aorderId\"Q\n" +
 	"\x17ListOrderEventsResponse\x126\n" +
 	"\x06events\x18\x01 \x03(\v2\x1e.ordermesh.order.v1.OrderEventR\x06events\"\xbe\x01\n" +
 	"\n" +
@@ -880,11 +881,10 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\vCancelOrder\x12&.ordermesh.order.v1.CancelOrderRequest\x1a'.ordermesh.order.v1.CancelOrderResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/orders/{order_id}:cancel\x12\x90\x01\n" +
 	"\x0fListOrderEvents\x12*.ordermesh.order.v1.ListOrderEventsRequest\x1a+.ordermesh.order.v1.ListOrderEventsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/orders/{order_id}/events\x12\xaa\x01\n" +
 	"\n" +
-	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"K\x92A%:\x10application/json:\x11text/event-stream\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\x8e\n" +
-	"\x92A\xb3\b\x12V\n" +
-	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/jsonR\x9e\x01\n" +
-	"\x03400\x12\x96\x01\n" +
-	"|The request is invalid: details hold a google.rpc.BadRequest naming each field and what is wrong with it (INVALID_ARGUMENT).\x12\x16\n" +
+	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"K\x92A%:\x10application/json:\x11text/event-stream\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xee\f\x92A\x93\v\x12V\n" +
+	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/jsonR\xe5\x02\n" +
+	"\x03400\x12\xdd\x02\n" +
+	"\xc2\x02The request is invalid (INVALID_ARGUMENT). When fields break the request's rules, details hold a google.rpc.BadRequest (keys in proto names: field_violations, each with field and description) naming each. A body that is not JSON of the request's shape, or a query string that does not parse, gets a message and no details.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusRF\n" +
 	"\x03404\x12?\n" +
 	"%No such order or product (NOT_FOUND).\x12\x16\n" +
@@ -897,12 +897,12 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\x14\x1a\x12.google.rpc.StatusRi\n" +
 	"\x03413\x12b\n" +
 	"HThe request body is over the gateway's limit (ORDERMESH_MAX_BODY_BYTES).\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusRr\n" +
-	"\x03503\x12k\n" +
-	"QThe service is unavailable for now (UNAVAILABLE): retry with the same request_id.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusRx\n" +
-	"\x03504\x12q\n" +
-	"WThe service did not answer in time (DEADLINE_EXCEEDED): retry with the same request_id.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\xec\x01\n" +
+	"\x03503\x12\xe4\x01\n" +
+	"\xc9\x01The service is unavailable for now (UNAVAILABLE): retry, a CreateOrder with the same request_id. A retried CancelOrder, or SetStock with expected_available, whose first attempt took effect answers 409.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\x95\x01\n" +
+	"\x03504\x12\x8d\x01\n" +
+	"sThe service did not answer in time (DEADLINE_EXCEEDED): the request may have taken effect or not. Retry as for 503.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.Status\n" +
 	"\x16com.ordermesh.order.v1B\x11OrderServiceProtoP\x01Z@github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1;orderv1\xa2\x02\x03OOX\xaa\x02\x12Ordermesh.Order.V1\xca\x02\x12Ordermesh\\Order\\V1\xe2\x02\x1eOrdermesh\\Order\\V1\\GPBMetadata\xea\x02\x14Ordermesh::Order::V1b\x06proto3"
 

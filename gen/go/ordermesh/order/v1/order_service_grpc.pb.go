@@ -61,9 +61,12 @@ type OrderServiceClient interface {
 	// Over REST the stream is newline-delimited JSON, one {"result": ...}
 	// object per message, or Server-Sent Events ("data: {...}") when the
 	// client sends Accept: text/event-stream. An error that ends the stream
-	// after a message is its last object, {"error": Status}; one found
+	// after a message is its last object, {"error": Status}, with code 14
+	// (UNAVAILABLE) when the server is shutting down: watch again. One found
 	// before the first message (an invalid or unknown order id) is answered
-	// as any call's error: its HTTP status and a Status.
+	// as any call's error: its HTTP status and a Status. The stream has no
+	// end marker: it ends after the message with a terminal status, so a
+	// stream that ends otherwise was cut.
 	WatchOrder(ctx context.Context, in *WatchOrderRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchOrderResponse], error)
 }
 
@@ -178,9 +181,12 @@ type OrderServiceServer interface {
 	// Over REST the stream is newline-delimited JSON, one {"result": ...}
 	// object per message, or Server-Sent Events ("data: {...}") when the
 	// client sends Accept: text/event-stream. An error that ends the stream
-	// after a message is its last object, {"error": Status}; one found
+	// after a message is its last object, {"error": Status}, with code 14
+	// (UNAVAILABLE) when the server is shutting down: watch again. One found
 	// before the first message (an invalid or unknown order id) is answered
-	// as any call's error: its HTTP status and a Status.
+	// as any call's error: its HTTP status and a Status. The stream has no
+	// end marker: it ends after the message with a terminal status, so a
+	// stream that ends otherwise was cut.
 	WatchOrder(*WatchOrderRequest, grpc.ServerStreamingServer[WatchOrderResponse]) error
 	mustEmbedUnimplementedOrderServiceServer()
 }
