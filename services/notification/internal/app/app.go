@@ -22,7 +22,8 @@
 //     sends nothing: it succeeds if that one's email went out or had
 //     before, and fails as that one did if its send failed. A
 //     confirmation whose order's cancellation is in the batch too sends
-//     nothing either, and succeeds or fails as the cancellation does;
+//     nothing either, and succeeds or fails as the cancellation does
+//     (retryably, if the cancellation failed for good);
 //  2. claims every (order id, kind) of the batch in the notifications
 //     table, in one statement, and writes NotificationSent for each to the
 //     outbox in the same round trip (store.Claim). A claim that exists
@@ -332,8 +333,13 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 				continue
 			}
 			if err := results[j].Err; err != nil {
-				results[i].Err = fmt.Errorf("%s email for order %s: replaced by the %s email of event %s of the same batch, whose delivery failed: %w",
-					notices[i].Kind, notices[i].OrderID, notices[j].Kind, batch[j].Meta.ID, err)
+				format := "%s email for order %s: replaced by the %s email of event %s of the same batch, whose delivery failed: %w"
+				if eventbus.IsPermanent(err) {
+					// The replacing email will never go out; this one,
+					// never tried, may: it is retried, not dead-lettered.
+					format = "%s email for order %s: replaced by the %s email of event %s of the same batch, which failed for good: %v"
+				}
+				results[i].Err = fmt.Errorf(format, notices[i].Kind, notices[i].OrderID, notices[j].Kind, batch[j].Meta.ID, err)
 				continue
 			}
 			a.logNotice(ctx, slog.LevelInfo, "order's "+string(notices[j].Kind)+" email sent; this one is not", notices[i], batch[i].Meta)

@@ -36,6 +36,7 @@ type fakeSender struct {
 	fail                  map[string]error
 	hang                  map[string]bool
 	sent                  []app.Email
+	attempts              int
 	inFlight, maxInFlight int
 }
 
@@ -47,6 +48,7 @@ func newFakeSender() *fakeSender {
 
 func (s *fakeSender) Send(ctx context.Context, e app.Email) error {
 	s.mu.Lock()
+	s.attempts++
 	s.inFlight++
 	s.maxInFlight = max(s.maxInFlight, s.inFlight)
 	err, hang := s.fail[e.To], s.hang[e.To]
@@ -557,6 +559,22 @@ func TestConfirmationFailsWithTheCancellationReplacingIt(t *testing.T) {
 		if r.Err == nil || !eventbus.IsUnavailable(r.Err) {
 			t.Errorf("delivery %d: %v; want the cancellation's outage", i, r.Err)
 		}
+	}
+	if sender.attempts != 1 {
+		t.Errorf("%d sends tried, want 1: the cancellation's alone", sender.attempts)
+	}
+
+	// A cancellation refused for good is dead-lettered; the confirmation,
+	// never tried, is retried (and then, with no cancellation recorded,
+	// sent) rather than dead-lettered with it.
+	rejected := uuid.NewString()
+	sender.fail[to] = fmt.Errorf("data: %w", app.ErrRejected)
+	results = handle(t, pool, a, delivery(confirmed(rejected, to), newEventID(t)), delivery(&orderv1.OrderCancelled{OrderId: rejected, CustomerEmail: to}, newEventID(t)))
+	if err := results[1].Err; !eventbus.IsPermanent(err) {
+		t.Errorf("cancellation: %v; want permanent", err)
+	}
+	if err := results[0].Err; err == nil || eventbus.IsPermanent(err) {
+		t.Errorf("confirmation: %v; want a retryable error", err)
 	}
 	if kinds, rows := notified(t, pool, id); len(kinds) != 0 || rows != 0 {
 		t.Errorf("notifications %v and %d NotificationSent, want none", kinds, rows)
