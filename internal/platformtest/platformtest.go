@@ -496,7 +496,7 @@ func (p *Platform) QueuesBusy(ctx context.Context) (map[string]int, error) {
 			if err != nil {
 				return nil, fmt.Errorf("inspect queue %s: %w", name, err)
 			}
-			busy[name] = counts[0] + counts[1] + q.Messages
+			busy[name] = q.Messages + counts[1] // ready now, unacknowledged as last refreshed
 		}
 	}
 	return busy, nil
