@@ -881,10 +881,10 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\vCancelOrder\x12&.ordermesh.order.v1.CancelOrderRequest\x1a'.ordermesh.order.v1.CancelOrderResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/orders/{order_id}:cancel\x12\x90\x01\n" +
 	"\x0fListOrderEvents\x12*.ordermesh.order.v1.ListOrderEventsRequest\x1a+.ordermesh.order.v1.ListOrderEventsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/orders/{order_id}/events\x12\xaa\x01\n" +
 	"\n" +
-	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"K\x92A%:\x10application/json:\x11text/event-stream\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xee\f\x92A\x93\v\x12V\n" +
-	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/jsonR\xe5\x02\n" +
-	"\x03400\x12\xdd\x02\n" +
-	"\xc2\x02The request is invalid (INVALID_ARGUMENT). When fields break the request's rules, details hold a google.rpc.BadRequest (keys in proto names: field_violations, each with field and description) naming each. A body that is not JSON of the request's shape, or a query string that does not parse, gets a message and no details.\x12\x16\n" +
+	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"K\x92A%:\x10application/json:\x11text/event-stream\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xf2\f\x92A\x97\v\x12V\n" +
+	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/jsonR\xe9\x02\n" +
+	"\x03400\x12\xe1\x02\n" +
+	"\xc6\x02The request is invalid (INVALID_ARGUMENT). When fields break the request's rules, details hold a google.rpc.BadRequest (keys in proto names: field_violations, each with field and description) naming each. A body that is not JSON of the request's shape, or a query string that is not URL-encoded, gets a message and no details.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusRF\n" +
 	"\x03404\x12?\n" +
 	"%No such order or product (NOT_FOUND).\x12\x16\n" +
