@@ -59,6 +59,30 @@ func (r *stateRecorder) outage(t time.Time) (down, up time.Time, reason string) 
 	return down, up, reason
 }
 
+// recordStates records watch's link states until the test ends.
+func recordStates(t *testing.T, watch func() (LinkState, <-chan struct{})) *stateRecorder {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	t.Cleanup(cancel)
+	r := &stateRecorder{}
+	wg.Go(func() { r.run(ctx, watch) })
+	return r
+}
+
+// waitRecovered waits until the link went down at or after since and came
+// back up, and returns why it went down.
+func (r *stateRecorder) waitRecovered(t *testing.T, since time.Time, within time.Duration) string {
+	t.Helper()
+	eventually(t, within, "link down and up again", func() bool {
+		_, up, _ := r.outage(since)
+		return !up.IsZero()
+	})
+	_, _, reason := r.outage(since)
+	return reason
+}
+
 func TestReconnectAfterConnectionsClosed(t *testing.T) {
 	cfg := testConfig(t, "reconnect")
 	sub, err := NewSubscriber(cfg, testLogger())
@@ -218,22 +242,13 @@ func TestResubscribeAfterQueueDeleted(t *testing.T) {
 
 	// Deleting the queue cancels the consumer; the subscriber must
 	// re-declare the topology and re-subscribe.
-	rctx, rcancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer rcancel()
-	var states stateRecorder
-	wg.Go(func() { states.run(rctx, sub.Watch) })
+	states := recordStates(t, sub.Watch)
 	ch := rawChannel(t, rawConn(t))
 	t0 := time.Now()
 	if _, err := ch.QueueDelete(cfg.QueueName(), false, false, false); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "subscriber down and up again", func() bool {
-		_, up, _ := states.outage(t0)
-		return !up.IsZero()
-	})
-	if _, _, reason := states.outage(t0); reason != "consumer cancelled by broker" {
+	if reason := states.waitRecovered(t, t0, 5*time.Second); reason != "consumer cancelled by broker" {
 		t.Errorf("down reason %q", reason)
 	}
 	if !sub.Subscribed() {
@@ -278,21 +293,12 @@ func TestRecoverFromLosingTheRepublishConnection(t *testing.T) {
 	startSubscriber(t, sub)
 	pub := startPublisher(t, cfg)
 
-	rctx, rcancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer rcancel()
-	var states stateRecorder
-	wg.Go(func() { states.run(rctx, sub.Watch) })
+	states := recordStates(t, sub.Watch)
 	t0 := time.Now()
 	if n := closeTestConnections(t, cfg.connectionName("subscriber-republish")); n != 1 {
 		t.Fatalf("closed %d connections, want the subscriber's republishing one", n)
 	}
-	eventually(t, 10*time.Second, "subscriber down and up again", func() bool {
-		_, up, _ := states.outage(t0)
-		return !up.IsZero()
-	})
-	if _, _, reason := states.outage(t0); !strings.Contains(reason, "republish") {
+	if reason := states.waitRecovered(t, t0, 10*time.Second); !strings.Contains(reason, "republish") {
 		t.Errorf("down reason %q, want the republish connection's loss", reason)
 	}
 
