@@ -16,6 +16,10 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// ErrSchemaTaken reports a schema that already belongs to another set of
+// migration sources (another service).
+var ErrSchemaTaken = errors.New("schema belongs to another service")
+
 // MigrationsTable is the table, in each migrated schema, that records the
 // applied migrations.
 const MigrationsTable = "schema_migrations"
@@ -51,9 +55,20 @@ type migration struct {
 // transaction holding a transaction-level advisory lock keyed by the schema
 // name, so concurrent migrators (several replicas starting at once) apply
 // each migration exactly once and never interleave.
+//
+// A schema belongs to one set of sources: Migrate refuses a schema whose
+// migrations table records a source that sources does not name, as when
+// two services are given the same schema (their tables would not collide,
+// but their inbox would: each would take the other's events for
+// duplicates). Every migration's transaction checks, so of two migrators
+// with different sources starting on one empty schema, the second fails.
 func Migrate(ctx context.Context, db TxBeginner, schema string, sources ...Source) error {
 	if schema == "" {
 		return errors.New("migrate: empty schema name")
+	}
+	names := make([]string, len(sources))
+	for i, src := range sources {
+		names[i] = src.Name
 	}
 	for _, src := range sources {
 		migs, err := readSource(src)
@@ -61,7 +76,7 @@ func Migrate(ctx context.Context, db TxBeginner, schema string, sources ...Sourc
 			return err
 		}
 		for _, m := range migs {
-			if err := apply(ctx, db, schema, src.Name, m); err != nil {
+			if err := apply(ctx, db, schema, names, src.Name, m); err != nil {
 				return err
 			}
 		}
@@ -119,8 +134,9 @@ func readSource(src Source) ([]migration, error) {
 // it.
 var migrationLockTimeout = 10 * time.Second
 
-// apply runs one migration unless the schema already has it.
-func apply(ctx context.Context, db TxBeginner, schema, source string, m migration) error {
+// apply runs one migration unless the schema already has it. It fails when
+// the schema holds migrations of a source not among owned.
+func apply(ctx context.Context, db TxBeginner, schema string, owned []string, source string, m migration) error {
 	err := WithTx(ctx, db, func(tx pgx.Tx) error {
 		// Serialize migrators of this schema; the lock ends with the
 		// transaction.
@@ -153,8 +169,20 @@ func apply(ctx context.Context, db TxBeginner, schema, source string, m migratio
 		)`); err != nil {
 			return fmt.Errorf("create migrations table: %w", err)
 		}
+		var foreign []string
+		rows, err := tx.Query(ctx, `SELECT DISTINCT source FROM `+MigrationsTable+` WHERE source <> ALL($1) ORDER BY source`, owned)
+		if err == nil {
+			foreign, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		if err != nil {
+			return fmt.Errorf("read applied sources: %w", err)
+		}
+		if len(foreign) > 0 {
+			return fmt.Errorf("%w: it holds the migrations of %s, which this service does not have; give each service a schema of its own",
+				ErrSchemaTaken, strings.Join(foreign, ", "))
+		}
 		var applied string
-		err := tx.QueryRow(ctx, `SELECT checksum FROM `+MigrationsTable+` WHERE source = $1 AND version = $2`, source, m.version).Scan(&applied)
+		err = tx.QueryRow(ctx, `SELECT checksum FROM `+MigrationsTable+` WHERE source = $1 AND version = $2`, source, m.version).Scan(&applied)
 		switch {
 		case err == nil:
 			if applied != m.checksum {

@@ -214,6 +214,70 @@ func TestMigrationGivesUpWaitingForALock(t *testing.T) {
 	}
 }
 
+// TestMigrateRefusesASchemaOfOtherSources: two services given one schema
+// (the same platform source, different domain sources) would each take the
+// other's events for duplicates in their shared inbox; the second to
+// migrate is refused, whether it comes after the first or alongside it.
+func TestMigrateRefusesASchemaOfOtherSources(t *testing.T) {
+	other := postgres.Source{Name: "other", FS: fstest.MapFS{
+		"001_gadgets.sql": {Data: []byte(`CREATE TABLE gadgets (id bigint PRIMARY KEY);`)},
+	}}
+	ctx := context.Background()
+
+	t.Run("one after the other", func(t *testing.T) {
+		pool, schema := freshSchema(t)
+		if err := postgres.Migrate(ctx, pool, schema, domain, platform); err != nil {
+			t.Fatal(err)
+		}
+		err := postgres.Migrate(ctx, pool, schema, other, platform)
+		if !errors.Is(err, postgres.ErrSchemaTaken) || !strings.Contains(err.Error(), "domain") {
+			t.Fatalf("Migrate of other sources = %v, want ErrSchemaTaken naming source domain", err)
+		}
+		if got := count(t, pool, `SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'gadgets'`, schema); got != 0 {
+			t.Errorf("the refused source's table was created")
+		}
+		// The owner still migrates.
+		if err := postgres.Migrate(ctx, pool, schema, domain, platform); err != nil {
+			t.Fatalf("Migrate by the schema's own sources: %v", err)
+		}
+	})
+
+	t.Run("at once", func(t *testing.T) {
+		for range 5 {
+			pool, schema := freshSchema(t)
+			var wg sync.WaitGroup
+			errs := make([]error, 2)
+			for i, srcs := range [][]postgres.Source{{domain, platform}, {other, platform}} {
+				wg.Go(func() {
+					p, err := postgres.Open(ctx, postgrestest.URL(), schema, postgres.WithMaxConns(2))
+					if err != nil {
+						errs[i] = err
+						return
+					}
+					defer p.Close()
+					errs[i] = postgres.Migrate(ctx, p, schema, srcs...)
+				})
+			}
+			wg.Wait()
+			refused := 0
+			for _, err := range errs {
+				switch {
+				case errors.Is(err, postgres.ErrSchemaTaken):
+					refused++
+				case err != nil:
+					t.Fatalf("Migrate: %v", err)
+				}
+			}
+			if refused != 1 {
+				t.Fatalf("of two migrators with different sources on one empty schema, %d were refused, want 1 (errors: %v)", refused, errs)
+			}
+			if got := count(t, pool, `SELECT count(DISTINCT source) FROM schema_migrations WHERE source IN ('domain', 'other')`); got != 1 {
+				t.Fatalf("schema_migrations records %d of the two services' sources, want 1", got)
+			}
+		}
+	})
+}
+
 func TestMigrateFailingFileRollsBackAndStops(t *testing.T) {
 	ctx := context.Background()
 	pool, schema := freshSchema(t)
