@@ -542,6 +542,42 @@ func TestDrainPublishesEverything(t *testing.T) {
 	bk.waitFor(t, 5*time.Second, ids...)
 }
 
+// writingPublisher stands for other instances writing to the outbox while
+// a relay drains it: each Publish commits one more row, then confirms.
+type writingPublisher struct {
+	pool  *pgxpool.Pool
+	calls atomic.Int64
+}
+
+func (w *writingPublisher) Publish(ctx context.Context, msgs ...eventbus.Message) error {
+	w.calls.Add(1)
+	_, err := tryCommit(w.pool, 1)
+	return err
+}
+
+// TestDrainEndsWhileOthersKeepWriting: a drain at shutdown publishes the
+// rows written before it began and ends, though rows keep coming; one
+// that took every row it found would run until its deadline.
+func TestDrainEndsWhileOthersKeepWriting(t *testing.T) {
+	pool, _ := newOutbox(t)
+	pub := &writingPublisher{pool: pool}
+	relay := outbox.NewRelay(pool, pub, outbox.Config{BatchSize: 5})
+	commit(t, pool, 20)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := relay.Drain(ctx); err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+	// 20 rows in batches of 5; each batch wrote one more row, which the
+	// drain leaves.
+	if got := pub.calls.Load(); got != 4 {
+		t.Errorf("Drain made %d Publish calls, want 4 (the 20 rows it began with, 5 a batch)", got)
+	}
+	if n := pending(t, pool); n != 4 {
+		t.Errorf("outbox has %d rows after Drain, want the 4 written during it", n)
+	}
+}
+
 func TestRelaySurvivesBrokerConnectionLoss(t *testing.T) {
 	pool, _ := newOutbox(t)
 	bk := newBroker(t)

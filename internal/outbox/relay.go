@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"time"
 
@@ -155,13 +156,19 @@ func (r *Relay) Run(ctx context.Context) error {
 // Stats returns the backlog of the relay's outbox.
 func (r *Relay) Stats(ctx context.Context) (Stats, error) { return ReadStats(ctx, r.pool) }
 
-// Drain publishes batches until it finds no row left to claim, or ctx ends
-// or a batch fails. Rows another relay holds at that moment are not waited
-// for, nor rows put back to wait before their next attempt. It suits a
-// graceful shutdown ("flush the outbox") and tests.
+// Drain publishes batches until it finds no row left to claim among those
+// written before it began, or ctx ends or a batch fails. Rows another relay
+// holds at that moment are not waited for, nor rows put back to wait before
+// their next attempt, nor rows written after Drain began: with other
+// instances writing to the same outbox, a drain that took them too might
+// never end. It suits a graceful shutdown ("flush the outbox") and tests.
 func (r *Relay) Drain(ctx context.Context) error {
+	var last int64
+	if err := r.pool.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM outbox`).Scan(&last); err != nil {
+		return fmt.Errorf("drain outbox: read last row: %w", err)
+	}
 	for {
-		claimed, _, err := r.publishBatch(ctx)
+		claimed, _, err := r.publishBatchUpTo(ctx, last)
 		if err != nil {
 			return err
 		}
@@ -226,6 +233,12 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 
 // publishBatch is PublishBatch, also returning how many rows it claimed.
 func (r *Relay) publishBatch(ctx context.Context) (claimed, published int, err error) {
+	return r.publishBatchUpTo(ctx, math.MaxInt64)
+}
+
+// publishBatchUpTo is publishBatch, claiming only rows whose seq is at most
+// last.
+func (r *Relay) publishBatchUpTo(ctx context.Context, last int64) (claimed, published int, err error) {
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return 0, 0, fmt.Errorf("claim outbox rows: %w", err)
@@ -241,7 +254,7 @@ func (r *Relay) publishBatch(ctx context.Context) (claimed, published int, err e
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
 	b.Queue(`SET LOCAL synchronous_commit TO off`)
-	claim(b, r.cfg.BatchSize, &seqs, &msgs)
+	claim(b, r.cfg.BatchSize, last, &seqs, &msgs)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return 0, 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
@@ -335,16 +348,17 @@ func (r *Relay) failed(n int, err error) {
 	}
 }
 
-// claim queues on b the statement that locks up to limit rows no other
-// transaction holds; reading b's results decodes them into seqs and msgs.
-func claim(b *pgx.Batch, limit int, seqs *[]int64, msgs *[]eventbus.Message) {
+// claim queues on b the statement that locks up to limit rows, of seq at
+// most last, that no other transaction holds; reading b's results decodes
+// them into seqs and msgs.
+func claim(b *pgx.Batch, limit int, last int64, seqs *[]int64, msgs *[]eventbus.Message) {
 	b.Queue(`
 		SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
 		FROM outbox
-		WHERE next_attempt_at <= now()
+		WHERE next_attempt_at <= now() AND seq <= $2
 		ORDER BY seq
 		LIMIT $1
-		FOR UPDATE SKIP LOCKED`, limit,
+		FOR UPDATE SKIP LOCKED`, limit, last,
 	).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var (
