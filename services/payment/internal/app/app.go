@@ -84,12 +84,14 @@ func (a *App) Payment(ctx context.Context, id string) (payment.Payment, error) {
 //
 // The provider's calls end a little before ctx's deadline (see
 // commitReserve): one that hangs, and those after it, fail their
-// deliveries alone, retryably, with ctx's deadline error.
+// deliveries alone with ctx's deadline error, marked as an outage.
 //
 // Errors fail the delivery that caused them alone, which writes nothing,
-// while the batch's other deliveries take effect: a transient provider
-// failure (provider.ErrUnavailable) or an error of unknown kind is
-// retryable, so the bus retries the event through its retry ladder; a
+// while the batch's other deliveries take effect: an unreachable provider
+// (provider.ErrUnavailable, a call out of time) is an outage
+// (eventbus.Unavailable), which the bus retries without counting
+// attempts; an error of unknown kind is retryable, so the bus retries the
+// event through its retry ladder; a
 // request the provider can never accept (provider.ErrInvalidRequest,
 // provider.ErrIdempotencyConflict) or an event that can never be applied
 // (a malformed order id, an event type Handle does not handle) is
@@ -306,12 +308,20 @@ func (a *App) refundCharged(ctx context.Context, p payment.Payment) (payment.Pay
 }
 
 // providerError marks provider errors that retrying cannot fix as
-// permanent. Transient failures, ctx's errors and errors of unknown kind
-// stay retryable: the retry ladder bounds them, and a request the provider
+// permanent, and an unreachable provider (ErrUnavailable, or a call that
+// ran out of time) as an outage: the event waits in the retry queues,
+// its attempts not counted, until the provider answers, so an outage
+// longer than the retry ladder dead-letters no charge and no refund (a
+// refund parked there would leave the customer charged for an ended
+// order). Other errors (ctx's cancellation, errors of unknown kind) stay
+// retryable: the retry ladder bounds them, and a request the provider
 // might still accept is not given up early.
 func providerError(err error) error {
-	if errors.Is(err, provider.ErrInvalidRequest) || errors.Is(err, provider.ErrIdempotencyConflict) || errors.Is(err, provider.ErrDeclined) {
+	switch {
+	case errors.Is(err, provider.ErrInvalidRequest) || errors.Is(err, provider.ErrIdempotencyConflict) || errors.Is(err, provider.ErrDeclined):
 		return eventbus.Permanent(err)
+	case errors.Is(err, provider.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded):
+		return eventbus.Unavailable(err)
 	}
 	return err
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -231,8 +232,8 @@ func TestUnavailableProviderIsRetried(t *testing.T) {
 	id := uuid.NewString()
 	for attempt := 1; attempt <= provider.UnavailableAttempts; attempt++ {
 		err := inTx(t, f, created(id, provider.TokenUnavailable))
-		if !errors.Is(err, provider.ErrUnavailable) || eventbus.IsPermanent(err) {
-			t.Fatalf("attempt %d: err = %v, want a retryable ErrUnavailable", attempt, err)
+		if !errors.Is(err, provider.ErrUnavailable) || !eventbus.IsUnavailable(err) {
+			t.Fatalf("attempt %d: err = %v, want ErrUnavailable marked as an outage", attempt, err)
 		}
 		if p := f.payment(t, id); p.Status != payment.StatusNone {
 			t.Fatalf("attempt %d left a payment record %+v", attempt, p)
@@ -898,5 +899,76 @@ func TestHangingProviderCallFailsItsDeliveryAlone(t *testing.T) {
 	p, err := a.Payment(context.Background(), paid)
 	if err != nil || p.Status != payment.StatusCharged {
 		t.Errorf("payment of the first order: %+v, %v; want it charged and committed", p, err)
+	}
+}
+
+// down is a provider in an outage while its flag is set: refunds and
+// charge lookups fail with ErrUnavailable, as an adapter's do when the
+// provider does not answer.
+type down struct {
+	*provider.Deterministic
+	out *atomic.Bool
+}
+
+func (p down) Refund(ctx context.Context, req provider.RefundRequest) (provider.Refund, error) {
+	if p.out.Load() {
+		return provider.Refund{}, fmt.Errorf("refund %s: %w", req.IdempotencyKey, provider.ErrUnavailable)
+	}
+	return p.Deterministic.Refund(ctx, req)
+}
+
+func (p down) FindCharge(ctx context.Context, key string) (provider.Charge, bool, error) {
+	if p.out.Load() {
+		return provider.Charge{}, false, fmt.Errorf("find charge %s: %w", key, provider.ErrUnavailable)
+	}
+	return p.Deterministic.FindCharge(ctx, key)
+}
+
+// TestProviderOutageIsAnOutage: while the provider does not answer, the
+// refund an ended order needs (and the lookup of a charge the service has
+// no record of) fails as an outage, which the bus retries without
+// counting attempts; a counted failure would park the refund in the
+// dead-letter queue after the retry ladder and leave the customer charged.
+// A call that runs out of time is an outage too. Once the provider
+// answers, the refund goes through.
+func TestProviderOutageIsAnOutage(t *testing.T) {
+	f := newFixture(t)
+	var out atomic.Bool
+	f.app = app.New(f.pool, down{f.provider, &out}, quiet)
+	charged, unknown := uuid.NewString(), uuid.NewString()
+	mustTx(t, f, created(charged, "tok_visa"))
+
+	out.Store(true)
+	for _, ev := range []proto.Message{cancelled(charged), rejected(unknown)} {
+		err := inTx(t, f, ev)
+		if !eventbus.IsUnavailable(err) || !errors.Is(err, provider.ErrUnavailable) {
+			t.Errorf("%T while the provider is out: %v; want an outage (eventbus.Unavailable)", ev, err)
+		}
+	}
+	if p := f.payment(t, charged); p.Status != payment.StatusCharged {
+		t.Errorf("payment during the outage: %v, want still charged", p.Status)
+	}
+
+	out.Store(false)
+	mustTx(t, f, cancelled(charged))
+	mustTx(t, f, rejected(unknown))
+	if p := f.payment(t, charged); p.Status != payment.StatusRefunded {
+		t.Errorf("payment once the provider answers: %v, want refunded", p.Status)
+	}
+
+	pool, _ := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations, inbox.Migrations)
+	hung := app.New(pool, hangs{provider.NewDeterministic()}, quiet)
+	err := postgres.WithTx(context.Background(), pool, func(tx pgx.Tx) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		ev := created(uuid.NewString(), tokenHang)
+		results, err := hung.Handle(ctx, tx, []inbox.Delivery{{Event: ev, Meta: metaFor(ev)}})
+		if err != nil {
+			return err
+		}
+		return results[0].Err
+	})
+	if !eventbus.IsUnavailable(err) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a charge that ran out of time: %v; want an outage", err)
 	}
 }
