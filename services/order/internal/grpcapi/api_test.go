@@ -274,6 +274,16 @@ func TestGRPCValidation(t *testing.T) {
 		t.Errorf("cancel reason with a NUL: %v, want a violation of reason", err)
 	}
 
+	// A product no stock can be set for (SetStock refuses "." and "..")
+	// is refused rather than ordered and then rejected.
+	for _, id := range []string{".", ".."} {
+		dot := createRequest()
+		dot.Items[1].ProductId = id
+		if _, err := e.client.CreateOrder(ctx, dot); !contains(badRequestFields(t, err), "items") {
+			t.Errorf("product id %q: %v, want a violation of items", id, err)
+		}
+	}
+
 	// Rules of the domain rather than of the schema name their field too.
 	mixed := createRequest()
 	mixed.Items[1].UnitPrice.CurrencyCode = "USD"
