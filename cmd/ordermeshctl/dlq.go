@@ -68,7 +68,19 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 		for _, d := range dead {
 			c.emitDeadLetter(d)
 		}
-		if !c.opts.json {
+		if c.opts.json {
+			return nil
+		}
+		total := len(dead)
+		if *limit > 0 && len(dead) == *limit {
+			// The queue may hold more than the listing shows.
+			if total, err = q.Len(ctx); err != nil {
+				return err
+			}
+		}
+		if total > len(dead) {
+			fmt.Fprintf(c.out, "%d message(s) in %s's dead-letter queue; the first %d shown (--limit 0 lists all)\n", total, svc, len(dead))
+		} else {
 			fmt.Fprintf(c.out, "%d message(s) in %s's dead-letter queue\n", len(dead), svc)
 		}
 		return nil

@@ -101,6 +101,11 @@ func TestDLQCommands(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
+	// A listing cut short by --limit says how many the queue holds.
+	if out, code := ctl("dlq", "list", "dlqcli", "--limit", "1"); code != exitOK || !strings.Contains(out, "2 message(s) in dlqcli's dead-letter queue; the first 1 shown") {
+		t.Errorf("dlq list --limit 1 of 2 messages: exit %d, output %q; want it to say 2, the first 1 shown", code, out)
+	}
+
 	if out, code := ctl("dlq", "replay", "dlqcli"); code != exitUsage || !strings.Contains(out, "give a message id or --all") {
 		t.Errorf("dlq replay without an id: exit %d, output %q; want a usage error", code, out)
 	}

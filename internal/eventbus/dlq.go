@@ -118,6 +118,20 @@ func (s *dlqSession) get(ctx context.Context) (amqp.Delivery, bool, error) {
 	return d, ok, err
 }
 
+// Len returns how many messages the dead-letter queue holds.
+func (q *DLQ) Len(ctx context.Context) (int, error) {
+	s, err := q.open(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("count dead letters: %w", err)
+	}
+	defer s.close()
+	n, err := s.count(ctx, q.cfg.DLQName())
+	if err != nil {
+		return 0, fmt.Errorf("count dead letters: %w", err)
+	}
+	return n, nil
+}
+
 // List returns up to limit messages from the head of the dead-letter
 // queue (all of them if limit <= 0) with their reasons, leaving them in
 // the queue.
