@@ -51,8 +51,17 @@ const (
 
 const envDatabaseSchema = "ORDERMESH_DATABASE_SCHEMA"
 
+// WatchOrder streams open at once (ORDERMESH_MAX_WATCHES, 0 for no bound).
+const (
+	envMaxWatches     = "ORDERMESH_MAX_WATCHES"
+	defaultMaxWatches = 10000
+)
+
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
-	var orderTimeout time.Duration
+	var (
+		orderTimeout time.Duration
+		maxWatches   int
+	)
 	return service.Main(ctx, getenv, stdout, ready, service.Spec{
 		Name:      app.Source,
 		GRPCAddr:  ":50051",
@@ -61,6 +70,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			orderTimeout = env.Duration(envOrderTimeout, defaultOrderTimeout)
 			if orderTimeout < 0 {
 				env.Fail(envOrderTimeout, fmt.Errorf("must not be negative, got %s", orderTimeout))
+			}
+			maxWatches = env.Int(envMaxWatches, defaultMaxWatches)
+			if maxWatches < 0 {
+				env.Fail(envMaxWatches, fmt.Errorf("must not be negative, got %d", maxWatches))
 			}
 			// Names over 63 bytes are refused for every service.
 			if s := env.String(envDatabaseSchema, app.Source); len(s) > store.MaxSchemaLen && len(s) <= 63 {
@@ -87,7 +100,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			// PostgreSQL notifications.
 			watcher := store.NewWatcher(s.Config.DatabaseURL, s.Config.DatabaseSchema, s.Log)
 			a := app.New(s.Pool, watcher, s.Log, s.Relay.Wake)
-			orderv1.RegisterOrderServiceServer(s.GRPC, grpcapi.New(a, s.Log, s.GRPC.Draining()))
+			orderv1.RegisterOrderServiceServer(s.GRPC, grpcapi.New(a, s.Log, s.GRPC.Draining(), grpcapi.MaxWatches(maxWatches)))
 
 			expire := func(ctx context.Context) error {
 				return a.RunExpiry(ctx, orderTimeout, expiryInterval(orderTimeout))

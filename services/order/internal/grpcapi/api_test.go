@@ -58,7 +58,7 @@ type env struct {
 }
 
 // start runs the service on pool until the test ends.
-func start(t *testing.T, pool *pgxpool.Pool, schema string) env {
+func start(t *testing.T, pool *pgxpool.Pool, schema string, opts ...grpcapi.Option) env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -73,7 +73,7 @@ func start(t *testing.T, pool *pgxpool.Pool, schema string) env {
 	if err != nil {
 		t.Fatalf("new grpc server: %v", err)
 	}
-	orderv1.RegisterOrderServiceServer(srv, grpcapi.New(a, quiet, srv.Draining()))
+	orderv1.RegisterOrderServiceServer(srv, grpcapi.New(a, quiet, srv.Draining(), opts...))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
@@ -98,10 +98,10 @@ func start(t *testing.T, pool *pgxpool.Pool, schema string) env {
 	return e
 }
 
-func newEnv(t *testing.T) env {
+func newEnv(t *testing.T, opts ...grpcapi.Option) env {
 	t.Helper()
 	pool, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
-	return start(t, pool, schema)
+	return start(t, pool, schema, opts...)
 }
 
 func (e env) waitHealth(t *testing.T, service string, want healthpb.HealthCheckResponse_ServingStatus) {
@@ -556,6 +556,54 @@ func TestGRPCWatchSeesChangeFromAnotherCaller(t *testing.T) {
 	}
 	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
 		t.Fatalf("stream after terminal status: %v, want EOF", err)
+	}
+}
+
+// TestWatchesAreBounded: past MaxWatches open streams, a watch ends at once
+// with RESOURCE_EXHAUSTED (HTTP 429 through the gateway); once a watch
+// closes, the next is served.
+func TestWatchesAreBounded(t *testing.T) {
+	e := newEnv(t, grpcapi.MaxWatches(2))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	created, err := e.client.CreateOrder(ctx, createRequest())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	req := &orderv1.WatchOrderRequest{OrderId: created.GetOrder().GetId()}
+	open := func(ctx context.Context) (orderv1.OrderService_WatchOrderClient, error) {
+		stream, err := e.client.WatchOrder(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		_, err = stream.Recv() // the first snapshot, or the refusal
+		return stream, err
+	}
+	first, cancelFirst := context.WithCancel(ctx)
+	defer cancelFirst()
+	for i, c := range []context.Context{first, ctx} {
+		if _, err := open(c); err != nil {
+			t.Fatalf("watch %d of 2: %v", i+1, err)
+		}
+	}
+	if _, err := open(ctx); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("third watch: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if code, body := e.do(t, http.MethodGet, "/v1/orders/"+req.GetOrderId()+":watch", ""); code != http.StatusTooManyRequests {
+		t.Errorf("third watch over REST = %d %s, want 429", code, body)
+	}
+
+	cancelFirst()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := open(ctx)
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("watch after one closed: %v, want it served", err)
+		}
+		time.Sleep(20 * time.Millisecond) // the closed stream's handler is still returning
 	}
 }
 

@@ -8,9 +8,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -23,18 +25,37 @@ import (
 // Server implements orderv1.OrderServiceServer.
 type Server struct {
 	orderv1.UnimplementedOrderServiceServer
-	app      *app.App
-	log      *slog.Logger
-	draining <-chan struct{}
+	app        *app.App
+	log        *slog.Logger
+	draining   <-chan struct{}
+	maxWatches int64
+	watches    atomic.Int64
 }
 
 var _ orderv1.OrderServiceServer = (*Server)(nil)
 
+// Option tunes a Server.
+type Option func(*Server)
+
+// MaxWatches bounds the WatchOrder streams open at once; the stream past
+// the bound ends at once with RESOURCE_EXHAUSTED. Each open watch holds
+// goroutines and reads the order on every change of it, and a watch of
+// a pending order lasts until the order ends (ORDERMESH_ORDER_TIMEOUT),
+// so without a bound clients could hold any number. 0 (the default)
+// sets none.
+func MaxWatches(n int) Option {
+	return func(s *Server) { s.maxWatches = int64(max(n, 0)) }
+}
+
 // New returns the OrderService backed by a. WatchOrder streams end with
 // UNAVAILABLE when draining is closed (the server is shutting down), so
 // clients reconnect elsewhere instead of holding up the shutdown.
-func New(a *app.App, log *slog.Logger, draining <-chan struct{}) *Server {
-	return &Server{app: a, log: log, draining: draining}
+func New(a *app.App, log *slog.Logger, draining <-chan struct{}, opts ...Option) *Server {
+	s := &Server{app: a, log: log, draining: draining}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // errorCodes maps the application's sentinel errors to gRPC codes; the
@@ -126,6 +147,11 @@ func (s *Server) ListOrderEvents(ctx context.Context, req *orderv1.ListOrderEven
 // WatchOrder streams the order now and after every change until it is
 // terminal or the client leaves.
 func (s *Server) WatchOrder(req *orderv1.WatchOrderRequest, stream orderv1.OrderService_WatchOrderServer) error {
+	n := s.watches.Add(1)
+	defer s.watches.Add(-1)
+	if s.maxWatches > 0 && n > s.maxWatches {
+		return status.Errorf(codes.ResourceExhausted, "%d watches are open, the most this server takes; watch again later", s.maxWatches)
+	}
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
 	if s.draining != nil {

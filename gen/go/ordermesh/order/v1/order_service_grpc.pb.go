@@ -64,9 +64,11 @@ type OrderServiceClient interface {
 	// after a message is its last object, {"error": Status}, with code 14
 	// (UNAVAILABLE) when the server is shutting down: watch again. One found
 	// before the first message (an invalid or unknown order id) is answered
-	// as any call's error: its HTTP status and a Status. The stream has no
-	// end marker: it ends after the message with a terminal status, so a
-	// stream that ends otherwise was cut.
+	// as any call's error: its HTTP status and a Status; so is a server's
+	// refusal when it has as many watches open as it takes, RESOURCE_EXHAUSTED
+	// (HTTP 429): watch again later. The stream has no end marker: it ends
+	// after the message with a terminal status, so a stream that ends
+	// otherwise was cut.
 	WatchOrder(ctx context.Context, in *WatchOrderRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchOrderResponse], error)
 }
 
@@ -184,9 +186,11 @@ type OrderServiceServer interface {
 	// after a message is its last object, {"error": Status}, with code 14
 	// (UNAVAILABLE) when the server is shutting down: watch again. One found
 	// before the first message (an invalid or unknown order id) is answered
-	// as any call's error: its HTTP status and a Status. The stream has no
-	// end marker: it ends after the message with a terminal status, so a
-	// stream that ends otherwise was cut.
+	// as any call's error: its HTTP status and a Status; so is a server's
+	// refusal when it has as many watches open as it takes, RESOURCE_EXHAUSTED
+	// (HTTP 429): watch again later. The stream has no end marker: it ends
+	// after the message with a terminal status, so a stream that ends
+	// otherwise was cut.
 	WatchOrder(*WatchOrderRequest, grpc.ServerStreamingServer[WatchOrderResponse]) error
 	mustEmbedUnimplementedOrderServiceServer()
 }
