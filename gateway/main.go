@@ -62,6 +62,7 @@ type Config struct {
 	UpstreamTimeout time.Duration
 	MaxBodyBytes    int
 	BodyTimeout     time.Duration
+	WriteTimeout    time.Duration
 	ShutdownTimeout time.Duration
 	// DrainDelay is how long the gateway goes on serving, /healthz
 	// answering 503, once shutdown began.
@@ -83,6 +84,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		UpstreamTimeout: env.PositiveDuration("ORDERMESH_UPSTREAM_TIMEOUT", 10*time.Second),
 		MaxBodyBytes:    env.Int("ORDERMESH_MAX_BODY_BYTES", 1<<20),
 		BodyTimeout:     env.PositiveDuration("ORDERMESH_BODY_TIMEOUT", 30*time.Second),
+		WriteTimeout:    env.PositiveDuration("ORDERMESH_WRITE_TIMEOUT", 30*time.Second),
 		ShutdownTimeout: env.PositiveDuration("ORDERMESH_SHUTDOWN_TIMEOUT", 10*time.Second),
 		DrainDelay:      env.Duration("ORDERMESH_DRAIN_DELAY", 0),
 	}
@@ -161,6 +163,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 	handler, err := rest.NewHandler(ctx, log, rest.Upstreams{Order: orderConn, Inventory: invConn}, rest.Options{
 		MaxBodyBytes:    int64(cfg.MaxBodyBytes),
 		BodyTimeout:     cfg.BodyTimeout,
+		WriteTimeout:    cfg.WriteTimeout,
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		Streams:         streams,
 		Draining:        ctx.Done(),
@@ -174,7 +177,9 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		return fmt.Errorf("listen on %s (ORDERMESH_HTTP_ADDR): %w", cfg.HTTPAddr, err)
 	}
 	// Headers must arrive within ReadHeaderTimeout and a body within
-	// BodyTimeout (the handler's); an idle keep-alive connection is
+	// BodyTimeout, and a response, or a watch's message, must be taken
+	// within WriteTimeout (the handler's, not the server's, which would
+	// bound a watch's whole stream); an idle keep-alive connection is
 	// closed after IdleTimeout.
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	srv.RegisterOnShutdown(endStreams)

@@ -25,13 +25,14 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.HTTPAddr != ":8080" || cfg.OrderAddr != "127.0.0.1:50051" || cfg.BodyTimeout != 30*time.Second ||
+	if cfg.HTTPAddr != ":8080" || cfg.OrderAddr != "127.0.0.1:50051" || cfg.BodyTimeout != 30*time.Second || cfg.WriteTimeout != 30*time.Second ||
 		cfg.UpstreamTimeout != 10*time.Second || cfg.ShutdownTimeout != 10*time.Second || cfg.MaxBodyBytes != 1<<20 || cfg.DrainDelay != 0 {
 		t.Errorf("defaults: %+v", cfg)
 	}
 	_, err = loadConfig(func(k string) string {
 		return map[string]string{
 			"ORDERMESH_BODY_TIMEOUT":   "0s",
+			"ORDERMESH_WRITE_TIMEOUT":  "-1s",
 			"ORDERMESH_MAX_BODY_BYTES": "-1",
 			"ORDERMESH_HTTP_ADDR":      "nowhere",
 			"ORDERMESH_DRAIN_DELAY":    "-1s",
@@ -40,7 +41,7 @@ func TestLoadConfig(t *testing.T) {
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	for _, want := range []string{"ORDERMESH_BODY_TIMEOUT: must be positive", "ORDERMESH_MAX_BODY_BYTES: must be positive", "ORDERMESH_HTTP_ADDR", "ORDERMESH_DRAIN_DELAY: must be zero or more"} {
+	for _, want := range []string{"ORDERMESH_BODY_TIMEOUT: must be positive", "ORDERMESH_WRITE_TIMEOUT: must be positive", "ORDERMESH_MAX_BODY_BYTES: must be positive", "ORDERMESH_HTTP_ADDR", "ORDERMESH_DRAIN_DELAY: must be zero or more"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}

@@ -44,6 +44,12 @@ type Options struct {
 	// counted from when the handler starts; a slower one gets 408 and
 	// the connection is closed. Default 30 s.
 	BodyTimeout time.Duration
+	// WriteTimeout bounds the time the client may take to receive each
+	// write of a response, counted from the write's start: a unary
+	// response (one write), or one message of a WatchOrder stream. When
+	// it passes, the connection is closed. A watch itself lasts as long
+	// as its client keeps reading. Default 30 s.
+	WriteTimeout time.Duration
 	// HealthTimeout bounds the upstream health checks of /healthz. Default 2 s.
 	HealthTimeout time.Duration
 	// Streams, when set, ends every WatchOrder stream once it is done, so
@@ -65,6 +71,9 @@ func (o *Options) defaults() {
 	}
 	if o.BodyTimeout <= 0 {
 		o.BodyTimeout = 30 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 30 * time.Second
 	}
 	if o.HealthTimeout <= 0 {
 		o.HealthTimeout = 2 * time.Second
@@ -136,7 +145,7 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 	if opts.Metrics != nil {
 		h = opts.Metrics.wrap(h)
 	}
-	return h, nil
+	return boundWrites(opts.WriteTimeout, h), nil
 }
 
 // getOnly serves GET (and HEAD) requests with h and answers others 405,
