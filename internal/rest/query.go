@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/annotations"
@@ -194,10 +195,18 @@ func (q *queryRoute) names(key string) bool {
 
 // checkQuery is a mux middleware answering 400 INVALID_ARGUMENT, with a
 // field violation naming the parameter, to a request whose query names a
-// field its route does not take from the query (see queryRoutes).
+// field its route does not take from the query (see queryRoutes), or
+// holds a path or query parameter that is not UTF-8 once percent-decoded:
+// grpc-gateway would put it in a string field of the request as it is,
+// which the gRPC client then fails to marshal (an INTERNAL error, 500).
 func checkQuery(routes map[string]*queryRoute) runtime.Middleware {
 	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+			if name, ok := invalidPathParameter(params); ok {
+				writeStatus(w, http.StatusBadRequest, fieldViolation(
+					fmt.Sprintf("path parameter %q is not valid UTF-8", name), name, notUTF8))
+				return
+			}
 			if r.URL.RawQuery == "" {
 				next(w, r, params)
 				return
@@ -223,6 +232,13 @@ func checkQuery(routes map[string]*queryRoute) runtime.Middleware {
 				writeStatus(w, http.StatusBadRequest, status.New(codes.InvalidArgument, "malformed query string: "+err.Error()))
 				return
 			}
+			if key, ok := invalidQueryParameter(values); ok {
+				// The violation's field is a proto string, which must be
+				// UTF-8 itself.
+				writeStatus(w, http.StatusBadRequest, fieldViolation(
+					fmt.Sprintf("query parameter %q is not valid UTF-8", key), strings.ToValidUTF8(key, "\uFFFD"), notUTF8))
+				return
+			}
 			if key, ok := route.unknownParameter(values); ok {
 				writeStatus(w, http.StatusBadRequest, fieldViolation(
 					fmt.Sprintf("unknown query parameter %q: %s", key, route.takes),
@@ -232,4 +248,42 @@ func checkQuery(routes map[string]*queryRoute) runtime.Middleware {
 			next(w, r, params)
 		}
 	}
+}
+
+// notUTF8 describes the violation of a parameter that is not UTF-8.
+const notUTF8 = "not valid UTF-8 once percent-decoded"
+
+// invalidPathParameter returns the first path parameter (a variable of
+// the route's template), in sorted order, whose value is not valid UTF-8,
+// and whether there is one.
+func invalidPathParameter(params map[string]string) (string, bool) {
+	first, found := "", false
+	for name, v := range params {
+		if (!found || name < first) && !utf8.ValidString(v) {
+			first, found = name, true
+		}
+	}
+	return first, found
+}
+
+// invalidQueryParameter returns the first query parameter, in sorted
+// order, whose name or a value is not valid UTF-8, and whether there is
+// one.
+func invalidQueryParameter(values url.Values) (string, bool) {
+	first, found := "", false
+	for key, vs := range values {
+		if (!found || key < first) && !(utf8.ValidString(key) && allUTF8(vs)) {
+			first, found = key, true
+		}
+	}
+	return first, found
+}
+
+func allUTF8(vs []string) bool {
+	for _, v := range vs {
+		if !utf8.ValidString(v) {
+			return false
+		}
+	}
+	return true
 }

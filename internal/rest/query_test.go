@@ -54,7 +54,12 @@ type queryViolation struct {
 	} `json:"details"`
 }
 
-func TestQueryParametersMustNameAField(t *testing.T) {
+// TestRequestParametersAreChecked: a query parameter must name a field the
+// route takes from the query, and a parameter in the path or the query
+// must be UTF-8 once percent-decoded; else the answer is 400
+// INVALID_ARGUMENT with a violation naming the parameter, and no upstream
+// is called.
+func TestRequestParametersAreChecked(t *testing.T) {
 	orders := &listingOrders{}
 	base := gatewayOver(t, serveGRPC(t, func(srv *grpc.Server) { orderv1.RegisterOrderServiceServer(srv, orders) }), io.Discard)
 	do := func(method, path, body string) (int, []byte) {
@@ -83,6 +88,18 @@ func TestQueryParametersMustNameAField(t *testing.T) {
 	if code, b := do(http.MethodGet, "/v1/orders/0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f", ""); code != http.StatusOK {
 		t.Errorf("get without parameters = %d %s", code, b)
 	}
+	// UTF-8 beyond ASCII passes, in the path as in the query.
+	if code, b := do(http.MethodGet, "/v1/orders/caf%C3%A9", ""); code != http.StatusOK {
+		t.Errorf("get of a UTF-8 id = %d %s", code, b)
+	}
+	if code, b := do(http.MethodGet, "/v1/orders?customer_email=caf%C3%A9@example.com", ""); code != http.StatusOK {
+		t.Errorf("list by a UTF-8 email = %d %s", code, b)
+	}
+	orders.mu.Lock()
+	if orders.get.GetOrderId() != "café" || orders.list.GetCustomerEmail() != "café@example.com" {
+		t.Errorf("upstream got the id %q and the email %q, want café and café@example.com", orders.get.GetOrderId(), orders.list.GetCustomerEmail())
+	}
+	orders.mu.Unlock()
 
 	for _, tt := range []struct {
 		name, method, path, body, field, mention string
@@ -92,6 +109,17 @@ func TestQueryParametersMustNameAField(t *testing.T) {
 		{"parameter of a route taking none", http.MethodGet, "/v1/orders/0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f?view=FULL", "", "view", "takes no query parameters; its request comes from the path"},
 		{"query on a body route", http.MethodPost, "/v1/orders?dry_run=true&a=1", `{}`, "a", "takes no query parameters; its request comes from the body"},
 		{"escaped name on a body route", http.MethodPost, "/v1/orders/0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f:cancel?re%20ason=x", `{}`, "re ason", "the path and the body"},
+		{"path parameter not UTF-8", http.MethodGet, "/v1/orders/%FF", "", "order_id", "not valid UTF-8"},
+		{"watch's path parameter not UTF-8", http.MethodGet, "/v1/orders/%FF:watch", "", "order_id", "not valid UTF-8"},
+		{"events' path parameter not UTF-8", http.MethodGet, "/v1/orders/ab%C3%28/events", "", "order_id", "not valid UTF-8"},
+		{"path parameter of a body route not UTF-8", http.MethodPost, "/v1/orders/%FF:cancel", `{}`, "order_id", "not valid UTF-8"},
+		{"stock's path parameter not UTF-8", http.MethodGet, "/v1/stock/%FF", "", "product_id", "not valid UTF-8"},
+		{"stock's path parameter on a body route not UTF-8", http.MethodPut, "/v1/stock/SKU-%FF", `{"available": 1}`, "product_id", "not valid UTF-8"},
+		{"query value not UTF-8", http.MethodGet, "/v1/orders?customer_email=%FF", "", "customer_email", "not valid UTF-8"},
+		{"query value by its JSON name not UTF-8", http.MethodGet, "/v1/orders?page_size=5&customerEmail=ada%C0%80@example.com", "", "customerEmail", "not valid UTF-8"},
+		{"page token not UTF-8", http.MethodGet, "/v1/orders?page_token=%FF", "", "page_token", "not valid UTF-8"},
+		{"repeated value, one not UTF-8", http.MethodGet, "/v1/orders?page_token=a&page_token=%ED%A0%80", "", "page_token", "not valid UTF-8"},
+		{"query name not UTF-8", http.MethodGet, "/v1/orders?%FF=1", "", "\uFFFD", "not valid UTF-8"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			orders.mu.Lock()
