@@ -115,6 +115,17 @@ func loadConfig(getenv func(string) string) (Config, error) {
 
 // run serves until ctx ends. When ready is not nil it receives the
 // listener's address once the gateway accepts connections.
+// dialUpstream returns a client of the gRPC service at target. Calls go
+// round-robin over every address the name resolves to (a headless
+// Kubernetes Service, a DNS name with several records): gRPC's default,
+// pick_first, would send all of them to one instance.
+func dialUpstream(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return grpc.NewClient(target, append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"round_robin": {}}]}`),
+	}, opts...)...)
+}
+
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	cfg, err := loadConfig(getenv)
 	if err != nil {
@@ -128,13 +139,12 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 
 	// Upstream connections: created lazily by gRPC, so the gateway starts
 	// even while a service is still coming up (/healthz says so).
-	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	orderConn, err := grpc.NewClient(cfg.OrderAddr, dialOpts...)
+	orderConn, err := dialUpstream(cfg.OrderAddr)
 	if err != nil {
 		return fmt.Errorf("order service address: %w", err)
 	}
 	defer orderConn.Close()
-	invConn, err := grpc.NewClient(cfg.InventoryAddr, dialOpts...)
+	invConn, err := dialUpstream(cfg.InventoryAddr)
 	if err != nil {
 		return fmt.Errorf("inventory service address: %w", err)
 	}

@@ -8,12 +8,15 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -309,5 +312,57 @@ func TestRunNamesTheAddressItCannotListenOn(t *testing.T) {
 	err = run(ctx, func(k string) string { return env[k] }, io.Discard, nil)
 	if err == nil || !strings.Contains(err.Error(), "ORDERMESH_HTTP_ADDR") {
 		t.Fatalf("run = %v, want an error naming ORDERMESH_HTTP_ADDR", err)
+	}
+}
+
+// countingOrders answers CreateOrder and counts the calls it served.
+type countingOrders struct {
+	orderv1.UnimplementedOrderServiceServer
+	calls atomic.Int64
+}
+
+func (c *countingOrders) CreateOrder(ctx context.Context, req *orderv1.CreateOrderRequest) (*orderv1.CreateOrderResponse, error) {
+	c.calls.Add(1)
+	return &orderv1.CreateOrderResponse{Order: &orderv1.Order{Id: "0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70"}}, nil
+}
+
+// TestUpstreamCallsSpreadOverEveryAddress: an upstream name that resolves
+// to several instances gets calls on each of them, not all on the first
+// (gRPC's default policy, pick_first).
+func TestUpstreamCallsSpreadOverEveryAddress(t *testing.T) {
+	instances := make([]*countingOrders, 2)
+	var addrs []resolver.Address
+	for i := range instances {
+		instances[i] = &countingOrders{}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := grpc.NewServer()
+		orderv1.RegisterOrderServiceServer(srv, instances[i])
+		go func() { _ = srv.Serve(lis) }()
+		t.Cleanup(srv.Stop)
+		addrs = append(addrs, resolver.Address{Addr: lis.Addr().String()})
+	}
+	// A resolver of the test's own stands for DNS answering with both.
+	r := manual.NewBuilderWithScheme("orders")
+	r.InitialState(resolver.State{Addresses: addrs})
+	conn, err := dialUpstream("orders:///orders", grpc.WithResolvers(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := orderv1.NewOrderServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 20 {
+		if _, err := client.CreateOrder(ctx, &orderv1.CreateOrderRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, inst := range instances {
+		if n := inst.calls.Load(); n < 5 {
+			t.Errorf("instance %d served %d of 20 calls; want them spread over both", i, n)
+		}
 	}
 }
