@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -191,6 +193,11 @@ func streamErrorHandler(log *slog.Logger) runtime.StreamErrorHandlerFunc {
 // writeStatus writes st as JSON outside grpc-gateway (before routing), in
 // the shape errorHandler's responses have.
 func writeStatus(w http.ResponseWriter, code int, st *status.Status) {
+	if msg := st.Message(); !utf8.ValidString(msg) {
+		// A message quoting a path that is not UTF-8: JSON cannot carry
+		// it as it is.
+		st = status.New(st.Code(), strings.ToValidUTF8(msg, "\uFFFD"))
+	}
 	body, err := (&runtime.JSONPb{MarshalOptions: orderJSONOptions}).Marshal(st.Proto())
 	if err != nil {
 		http.Error(w, st.Message(), code)

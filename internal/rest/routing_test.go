@@ -96,6 +96,9 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 		{http.MethodPost, "/healthz", "GET, HEAD", http.StatusMethodNotAllowed},
 		{http.MethodDelete, "/openapi.json", "GET, HEAD", http.StatusMethodNotAllowed},
 		{http.MethodGet, "/nothing", "", http.StatusNotFound},
+		// Paths that are not UTF-8, which the message quotes.
+		{http.MethodGet, "/%FF", "", http.StatusNotFound},
+		{http.MethodPost, "/v1/orders/%FF", "GET", http.StatusMethodNotAllowed},
 	} {
 		req, err := http.NewRequest(tt.method, base+tt.path, nil)
 		if err != nil {
