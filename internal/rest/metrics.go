@@ -16,8 +16,9 @@ import (
 // path template of a REST route ("POST /v1/orders"), "/healthz",
 // "/openapi.json", or "other" for a request no route took (404, 405).
 type Metrics struct {
-	requests *prometheus.CounterVec
-	seconds  *prometheus.HistogramVec
+	requests   *prometheus.CounterVec
+	seconds    *prometheus.HistogramVec
+	unfinished *prometheus.CounterVec
 }
 
 // NewMetrics registers the gateway's request metrics on reg.
@@ -32,8 +33,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time from a request's arrival to the end of its response (a watch: its whole stream), by route.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"route"}),
+		unfinished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "ordermesh", Name: "gateway_responses_unfinished_total",
+			Help: "Responses whose writing failed, by route: the client went away, or took none of a write for ORDERMESH_WRITE_TIMEOUT. They count in gateway_requests_total too, with the status they began with.",
+		}, []string{"route"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.seconds} {
+	for _, c := range []prometheus.Collector{m.requests, m.seconds, m.unfinished} {
 		if err := reg.Register(c); err != nil {
 			return nil, errors.Join(errors.New("register gateway metrics"), err)
 		}
@@ -75,6 +80,9 @@ func (m *Metrics) wrap(next http.Handler) http.Handler {
 		}
 		m.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
 		m.seconds.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		if rec.failed {
+			m.unfinished.WithLabelValues(route).Inc()
+		}
 	})
 }
 
@@ -82,8 +90,9 @@ func (m *Metrics) wrap(next http.Handler) http.Handler {
 // and the route grpc-gateway matched for its request (routeOf).
 type requestRecorder struct {
 	http.ResponseWriter
-	code  int
-	route string
+	code   int
+	route  string
+	failed bool // a write or flush failed
 }
 
 func (w *requestRecorder) WriteHeader(code int) {
@@ -97,12 +106,16 @@ func (w *requestRecorder) Write(b []byte) (int, error) {
 	if w.code == 0 {
 		w.code = http.StatusOK
 	}
-	return w.ResponseWriter.Write(b)
+	n, err := w.ResponseWriter.Write(b)
+	w.failed = w.failed || err != nil
+	return n, err
 }
 
 // FlushError flushes what went out (streams flush after every message).
 func (w *requestRecorder) FlushError() error {
-	return http.NewResponseController(w.ResponseWriter).Flush()
+	err := http.NewResponseController(w.ResponseWriter).Flush()
+	w.failed = w.failed || err != nil
+	return err
 }
 
 // Unwrap lets http.ResponseController reach the connection.

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -117,7 +118,12 @@ func stalledRequest(t *testing.T, addr, path string) net.Conn {
 // the handler and the connection for good; what reaches it is a response
 // cut short.
 func TestStalledReaderIsCutOff(t *testing.T) {
-	addr, closed := serveForStalledReader(t, bulkyOrders{}, rest.Options{WriteTimeout: 200 * time.Millisecond})
+	reg := prometheus.NewRegistry()
+	m, err := rest.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, closed := serveForStalledReader(t, bulkyOrders{}, rest.Options{WriteTimeout: 200 * time.Millisecond, Metrics: m})
 	c := stalledRequest(t, addr, "/v1/orders?page_size=1000")
 	select {
 	case <-closed:
@@ -137,6 +143,17 @@ func TestStalledReaderIsCutOff(t *testing.T) {
 	n, err := io.Copy(io.Discard, resp.Body)
 	if resp.StatusCode != http.StatusOK || !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("response %d: read %d of %d bytes, %v; want 200 cut short", resp.StatusCode, n, resp.ContentLength, err)
+	}
+	// The gateway's metrics say so, once the handler has returned.
+	key := `route="GET /v1/orders"`
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		got := gatherFamily(t, reg, "ordermesh_gateway_responses_unfinished_total")
+		if m, ok := got[key]; ok && m.GetCounter().GetValue() == 1 && len(got) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ordermesh_gateway_responses_unfinished_total = %v, want 1 for %s", got, key)
+		}
 	}
 }
 
