@@ -65,7 +65,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			if m, err = mailer.New(smtp, s.Log, mailer.WithIdleSessions(s.Config.Concurrency)); err != nil {
 				return nil, err
 			}
-			a, err := app.New(m, s.Log, app.WithSends(s.Config.Concurrency))
+			a, err := app.New(m, s.Log, app.WithSends(s.Config.Concurrency), app.WithMessageIDDomain(m.Domain()))
 			if err != nil {
 				return nil, err
 			}

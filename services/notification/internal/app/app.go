@@ -213,6 +213,18 @@ func WithSends(n int) Option {
 	return func(a *App) { a.sends = max(n, 1) }
 }
 
+// WithMessageIDDomain ends the emails' Message-IDs with @domain, the
+// domain of the address they come from (mailer.Mailer.Domain), rather
+// than @DefaultMessageIDDomain, which is no domain: some mail filters
+// count that against an email.
+func WithMessageIDDomain(domain string) Option {
+	return func(a *App) {
+		if domain != "" {
+			a.renderer.domain = domain
+		}
+	}
+}
+
 // New returns an App sending its emails with sender.
 func New(sender Sender, log *slog.Logger, opts ...Option) (*App, error) {
 	r, err := NewRenderer()

@@ -687,3 +687,28 @@ func TestCommitFailureAfterSend(t *testing.T) {
 		})
 	}
 }
+
+// TestMessageIDsEndWithTheSendersDomain: with WithMessageIDDomain, as the
+// service sets it to the domain of ORDERMESH_SMTP_FROM, the Message-ID
+// ends with that domain, in the email and in the notification's record.
+func TestMessageIDsEndWithTheSendersDomain(t *testing.T) {
+	f := newFixture(t)
+	a, err := app.New(f.mailer, quiet, app.WithMessageIDDomain(f.mailer.Domain()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.batch = inbox.NewBatchRunner(f.runner, a.Handle, batchSize, 10*time.Second)
+	orderID := uuid.NewString()
+	if outcome, err := deliver(t, f, created(orderID, "ada@example.com"), newEventID(t)); err != nil || outcome != inbox.Processed {
+		t.Fatalf("deliver: %v, %v", outcome, err)
+	}
+	want := orderID + ".received@ordermesh.localhost" // mailer.DefaultFrom's domain
+	msgs := f.sink.Matching(toOrder(orderID))
+	if len(msgs) != 1 || msgs[0].MessageID != "<"+want+">" {
+		t.Fatalf("emails %+v, want one with Message-ID <%s>", msgs, want)
+	}
+	ns, err := store.List(context.Background(), f.pool, orderID)
+	if err != nil || len(ns) != 1 || ns[0].MessageID != want {
+		t.Errorf("notifications %+v, %v; want one recording Message-ID %s", ns, err, want)
+	}
+}

@@ -74,10 +74,13 @@ type Item struct {
 // before (testdata/templates) still say what the emails look like, and
 // TestRenderMatchesTemplates holds Render to them: a change of wording is
 // made in both.
-type Renderer struct{}
+type Renderer struct {
+	// domain ends the Message-IDs.
+	domain string
+}
 
 // NewRenderer returns a Renderer.
-func NewRenderer() (*Renderer, error) { return &Renderer{}, nil }
+func NewRenderer() (*Renderer, error) { return &Renderer{domain: DefaultMessageIDDomain}, nil }
 
 // Render returns the email for n: its subject, text and HTML bodies, and a
 // Message-ID derived from the order and kind, so that an email sent again
@@ -152,7 +155,7 @@ func (r *Renderer) Render(n Notice) (Email, error) {
 		Subject:   subj,
 		Text:      text.String(),
 		HTML:      html.String(),
-		MessageID: MessageID(n.OrderID, n.Kind),
+		MessageID: messageIDAt(n.OrderID, n.Kind, r.domain),
 	}, nil
 }
 
@@ -228,10 +231,18 @@ func writeEscaped(b *strings.Builder, s string) {
 	b.WriteString(s[written:])
 }
 
+// DefaultMessageIDDomain ends Message-IDs unless WithMessageIDDomain gives
+// the domain the emails come from.
+const DefaultMessageIDDomain = "ordermesh"
+
 // MessageID returns the Message-ID (without angle brackets) of the email of
-// kind k for order orderID.
+// kind k for order orderID, under DefaultMessageIDDomain.
 func MessageID(orderID string, k Kind) string {
-	return fmt.Sprintf("%s.%s@ordermesh", orderID, k)
+	return messageIDAt(orderID, k, DefaultMessageIDDomain)
+}
+
+func messageIDAt(orderID string, k Kind, domain string) string {
+	return fmt.Sprintf("%s.%s@%s", orderID, k, domain)
 }
 
 // itemsFromProto converts order lines to what an email shows.

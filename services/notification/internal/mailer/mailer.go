@@ -384,6 +384,10 @@ func checkMessageID(id string) error {
 	return nil
 }
 
+// Domain returns the domain of the address the emails come from
+// (Config.From).
+func (m *Mailer) Domain() string { return m.domain }
+
 // Close ends the idle sessions with QUIT and closes their connections, and
 // waits for sessions that idle timers are closing. Sessions in use are
 // closed when their Send returns; Sends after Close still work, each over
