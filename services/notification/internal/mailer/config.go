@@ -133,8 +133,12 @@ func (c Config) problems() []problem {
 	default:
 		ps = append(ps, problem{EnvTLS, fmt.Errorf("invalid TLS mode %q: want none, starttls or tls", c.TLS)})
 	}
-	if _, err := mail.ParseAddress(c.From); err != nil {
+	if from, err := mail.ParseAddress(c.From); err != nil {
 		ps = append(ps, problem{EnvFrom, fmt.Errorf("invalid address %q: %w", c.From, err)})
+	} else if !isASCII(from.Address) {
+		// The mailer does not ask for SMTPUTF8: a server would refuse
+		// every email at MAIL FROM, which waits as an outage.
+		ps = append(ps, problem{EnvFrom, fmt.Errorf("address %q is not ASCII (the display name may be anything)", from.Address)})
 	}
 	if c.Timeout <= 0 {
 		ps = append(ps, problem{EnvTimeout, fmt.Errorf("must be positive, got %s", c.Timeout)})
@@ -163,4 +167,14 @@ func readCAs(file string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", file)
 	}
 	return pool, nil
+}
+
+// isASCII reports whether s is 7-bit ASCII.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

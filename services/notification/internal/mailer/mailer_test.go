@@ -909,6 +909,20 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 	if _, err := mailer.New(cfg, quiet); err == nil || !strings.Contains(err.Error(), "ORDERMESH_SMTP_TLS") {
 		t.Errorf("err = %v, want one naming ORDERMESH_SMTP_TLS", err)
 	}
+	// An address the mailer cannot give without SMTPUTF8; a display name
+	// that is not ASCII is encoded, and fine.
+	cfg = mailer.DefaultConfig()
+	cfg.From = "Bestellungen <bestellungen@bäckerei.example>"
+	if _, err := mailer.New(cfg, quiet); err == nil || !strings.Contains(err.Error(), "ORDERMESH_SMTP_FROM") {
+		t.Errorf("From with a non-ASCII address: err = %v, want one naming ORDERMESH_SMTP_FROM", err)
+	}
+	cfg.From = "Bäckerei <orders@example.com>"
+	m, err := mailer.New(cfg, quiet)
+	if err != nil {
+		t.Errorf("From with a non-ASCII display name: %v", err)
+	} else {
+		m.Close()
+	}
 }
 
 func TestNewRejectsInvalidOptions(t *testing.T) {
