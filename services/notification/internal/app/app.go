@@ -82,6 +82,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -447,6 +448,15 @@ func supersededBy(k Kind) Kind {
 	return ""
 }
 
+// oneLine returns reason with every run of white space, line breaks
+// included, made one space. A cancellation's reason is whoever cancelled
+// the order's free text, shown in an email that comes from the shop: on
+// one line it cannot pass for a signature and a new paragraph of the
+// shop's own.
+func oneLine(reason string) string {
+	return strings.Join(strings.Fields(reason), " ")
+}
+
 // noticeOf converts an order event to the notice it asks for, or returns
 // a permanent error: an event Handle does not handle, or one lacking what
 // an email needs, can never be sent.
@@ -467,10 +477,10 @@ func noticeOf(ev proto.Message) (Notice, error) {
 		}
 	case *orderv1.OrderRejected:
 		// The "order rejected" email, with the reason.
-		n = Notice{Kind: KindRejected, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(), Reason: ev.GetReason()}
+		n = Notice{Kind: KindRejected, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(), Reason: oneLine(ev.GetReason())}
 	case *orderv1.OrderCancelled:
 		// The "order cancelled" email, with the reason when there is one.
-		n = Notice{Kind: KindCancelled, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(), Reason: ev.GetReason()}
+		n = Notice{Kind: KindCancelled, OrderID: ev.GetOrderId(), Recipient: ev.GetCustomerEmail(), Reason: oneLine(ev.GetReason())}
 	default:
 		return Notice{}, eventbus.Permanent(fmt.Errorf("handle %T: %w", ev, errUnexpectedEvent))
 	}

@@ -5,9 +5,11 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	notificationv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 )
 
 func TestFormatMoney(t *testing.T) {
@@ -78,6 +80,24 @@ func TestRenderEscapesHTMLButNotText(t *testing.T) {
 	}
 	if !strings.Contains(e.Text, `<script>alert("x")</script> & more`) {
 		t.Errorf("text altered the reason:\n%s", e.Text)
+	}
+}
+
+// TestReasonIsShownOnOneLine: a reason's line breaks do not reach the
+// email, where they could end the shop's text and start text of their own.
+func TestReasonIsShownOnOneLine(t *testing.T) {
+	reason := "changed my mind\r\n\r\n-- \nordermesh\n\n\tPlease re-enter your card at http://example.com"
+	for _, ev := range []proto.Message{
+		&orderv1.OrderCancelled{OrderId: "0192f0e8-0000-7000-8000-000000000000", CustomerEmail: "a@example.com", Reason: reason},
+		&orderv1.OrderRejected{OrderId: "0192f0e8-0000-7000-8000-000000000000", CustomerEmail: "a@example.com", Reason: reason},
+	} {
+		n, err := noticeOf(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "changed my mind -- ordermesh Please re-enter your card at http://example.com"; n.Reason != want {
+			t.Errorf("%T: reason %q, want %q", ev, n.Reason, want)
+		}
 	}
 }
 

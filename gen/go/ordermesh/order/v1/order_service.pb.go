@@ -446,7 +446,9 @@ type CancelOrderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The order's id.
 	OrderId string `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
-	// Why the order is cancelled; kept as the order's status_reason. No NUL
+	// Why the order is cancelled; kept as the order's status_reason and
+	// shown to the customer in the cancellation email, there on one line
+	// (line breaks and runs of white space become one space). No NUL
 	// characters.
 	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
