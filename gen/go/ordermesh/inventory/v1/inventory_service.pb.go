@@ -28,7 +28,9 @@ type Stock struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The product's SKU.
 	ProductId string `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
-	// Units that can be reserved.
+	// Units that can be reserved. Units a released reservation or a
+	// cancelled order returns are added to it, so it can pass the
+	// 1,000,000,000 SetStock takes.
 	Available int64 `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
 	// Units reserved for orders that are not yet confirmed.
 	Reserved      int64 `protobuf:"varint,3,opt,name=reserved,proto3" json:"reserved,omitempty"`
