@@ -15,7 +15,11 @@ import (
 // TestAlarmDoesNotStallAcks: in a memory alarm the broker stops reading
 // from every connection that publishes. A delivery whose retry copy is
 // held up by the alarm must not hold back the acks of the others: the
-// subscriber republishes on a connection of its own. The alarm is raised
+// subscriber republishes on a connection of its own. Nor may the alarm
+// make the delivery go round: its copy waits for the alarm to clear,
+// however much longer than ConfirmTimeout that takes, rather than being
+// given up, the delivery requeued, handled again and copied again, each
+// round a delivery count nearer the delivery limit. The alarm is raised
 // on a private node, since it blocks every publisher of the broker.
 func TestAlarmDoesNotStallAcks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -38,9 +42,9 @@ func TestAlarmDoesNotStallAcks(t *testing.T) {
 		URL:         node.URL,
 		Service:     "alarm",
 		RetryDelays: []time.Duration{50 * time.Millisecond},
-		// Longer than the test holds the alarm: the retry copy waits for
-		// its confirm instead of giving up and requeueing.
-		ConfirmTimeout: 2 * time.Minute,
+		// Far shorter than the test holds the alarm.
+		ConfirmTimeout: 300 * time.Millisecond,
+		DeliveryLimit:  3,
 		AckDelay:       -1, // each ack at once
 	}.WithDefaults()
 	if err != nil {
@@ -132,12 +136,38 @@ func TestAlarmDoesNotStallAcks(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
+	// It stays so for ten times ConfirmTimeout, the failed delivery
+	// handled once.
+	for end := time.Now().Add(10 * cfg.ConfirmTimeout); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		qs, err := node.Queues(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		n := calls["fail once"]
+		mu.Unlock()
+		if n != 1 || qs[queue] != [2]int{0, 1} {
+			t.Fatalf("during the alarm: fail once handled %d times, queue %s ready/unacked %v; want it handled once and waiting unacknowledged", n, queue, qs[queue])
+		}
+	}
+
 	// Once the alarm clears the retry goes out and the message is handled
-	// again.
+	// again, once, and nothing is dead-lettered.
 	clear()
 	eventually(t, 30*time.Second, "the retried message handled again", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return calls["fail once"] == 2
 	})
+	time.Sleep(time.Second) // for copies there should not be
+	qs, err := node.Queues(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	n := calls["fail once"]
+	mu.Unlock()
+	if n != 2 || qs[cfg.DLQName()] != [2]int{0, 0} {
+		t.Errorf("after the alarm: fail once handled %d times, dead-letter queue ready/unacked %v; want 2 and empty", n, qs[cfg.DLQName()])
+	}
 }

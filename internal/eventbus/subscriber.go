@@ -266,6 +266,7 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 	}
 	defer closeConn(pconn, cfg.CallTimeout)
 	pconnClosed := pconn.NotifyClose(make(chan *amqp.Error, 1))
+	pconnBlocked := pconn.NotifyBlocked(make(chan amqp.Blocking, 4))
 	var pch *amqp.Channel
 	if err := call(ctx, pconn, cfg.CallTimeout, "open republish channel", func() (err error) {
 		pch, err = pconn.Channel()
@@ -313,6 +314,7 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 		s.log.WarnContext(hctx, "send acks", "err", err)
 	})
 	stopping := make(chan struct{})
+	mv := newMover(cc, cfg.ConfirmTimeout, stopping)
 	var wg sync.WaitGroup
 	for range cfg.Concurrency {
 		wg.Go(func() {
@@ -326,7 +328,7 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 					continue
 				default:
 				}
-				s.process(hctx, d, acks, cc, handlers)
+				s.process(hctx, d, acks, mv, handlers)
 			}
 		})
 	}
@@ -338,21 +340,34 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 
 	var reason string
 	graceful := false
-	select {
-	case <-ctx.Done():
-		reason, graceful = "stopped", true
-	case e := <-connClosed:
-		reason = amqpReason("connection", e)
-	case e := <-cchClosed:
-		reason = amqpReason("consume channel", e)
-	case e := <-pchClosed:
-		reason = amqpReason("republish channel", e)
-	case e := <-pconnClosed:
-		reason = amqpReason("republish connection", e)
-	case <-cancelled:
-		reason = "consumer cancelled by broker"
-	case <-workersDone:
-		reason = "delivery stream ended"
+	for reason == "" {
+		select {
+		case <-ctx.Done():
+			reason, graceful = "stopped", true
+		case e := <-connClosed:
+			reason = amqpReason("connection", e)
+		case e := <-cchClosed:
+			reason = amqpReason("consume channel", e)
+		case e := <-pchClosed:
+			reason = amqpReason("republish channel", e)
+		case e := <-pconnClosed:
+			reason = amqpReason("republish connection", e)
+		case <-cancelled:
+			reason = "consumer cancelled by broker"
+		case <-workersDone:
+			reason = "delivery stream ended"
+		case bl, ok := <-pconnBlocked:
+			if !ok { // closed with the connection, which pconnClosed reports
+				pconnBlocked = nil
+				continue
+			}
+			if bl.Active {
+				s.log.WarnContext(ctx, "broker blocked publishing; retry and dead-letter copies wait", "reason", bl.Reason)
+			} else {
+				s.log.InfoContext(ctx, "broker takes publishes again")
+			}
+			mv.setBlocked(bl.Active)
+		}
 	}
 	s.subscribed.Store(false)
 	s.state.set(false, reason)
@@ -386,32 +401,32 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 }
 
 // process handles one delivery and settles it.
-func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, cc *confirmChannel, handlers map[string]*handlerEntry) {
+func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, mv *mover, handlers map[string]*handlerEntry) {
 	start := time.Now()
 	meta := metaFromDelivery(d)
 	labels := metricLabels(meta, handlers)
 	s.cfg.Metrics.Consumed(labels)
 
 	if meta.ID == "" {
-		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonMissingID, errors.New("message has no message_id"))
+		s.deadLetter(ctx, d, acks, mv, meta, labels, ReasonMissingID, errors.New("message has no message_id"))
 		return
 	}
 	h := handlers[meta.Type]
 	if h == nil {
-		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonUnknownType, fmt.Errorf("no handler for type %q", meta.Type))
+		s.deadLetter(ctx, d, acks, mv, meta, labels, ReasonUnknownType, fmt.Errorf("no handler for type %q", meta.Type))
 		return
 	}
 	if d.ContentType != "" && d.ContentType != ContentType {
-		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonUndecodable, fmt.Errorf("content type %q, want %q", d.ContentType, ContentType))
+		s.deadLetter(ctx, d, acks, mv, meta, labels, ReasonUndecodable, fmt.Errorf("content type %q, want %q", d.ContentType, ContentType))
 		return
 	}
 	msg, err := h.decode(d.Body)
 	if err != nil {
-		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonUndecodable, err)
+		s.deadLetter(ctx, d, acks, mv, meta, labels, ReasonUndecodable, err)
 		return
 	}
 	if err := s.validator.Validate(msg); err != nil {
-		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonInvalid, fmt.Errorf("validate %s: %w", meta.Type, err))
+		s.deadLetter(ctx, d, acks, mv, meta, labels, ReasonInvalid, fmt.Errorf("validate %s: %w", meta.Type, err))
 		return
 	}
 
@@ -424,7 +439,7 @@ func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, 
 		}
 		s.cfg.Metrics.Acked(labels, time.Since(start))
 	case IsPermanent(err):
-		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonPermanent, err)
+		s.deadLetter(ctx, d, acks, mv, meta, labels, ReasonPermanent, err)
 	case IsUnavailable(err):
 		outages, _ := headerInt(d.Headers, HeaderOutageRetries)
 		outages = max(outages, 0)
@@ -435,11 +450,11 @@ func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, 
 			"type", meta.Type, "attempt", meta.Attempt, "outage_retries", outages+1, "retry_queue", queue, "err", err)
 		h := republishHeaders(d, meta)
 		h[HeaderOutageRetries] = int32(outages + 1)
-		if s.republish(ctx, d, acks, cc, queue, h, labels) {
+		if s.republish(ctx, d, acks, mv, queue, h, labels) {
 			s.cfg.Metrics.OutageRetried(labels)
 		}
 	case meta.Attempt >= s.cfg.MaxAttempts:
-		s.deadLetter(ctx, d, acks, cc, meta, labels, ReasonRetriesExhausted, err)
+		s.deadLetter(ctx, d, acks, mv, meta, labels, ReasonRetriesExhausted, err)
 	default:
 		next := meta.Attempt + 1
 		queue := s.cfg.RetryQueueName(s.cfg.retryDelay(next))
@@ -448,7 +463,7 @@ func (s *Subscriber) process(ctx context.Context, d amqp.Delivery, acks *acker, 
 		h := republishHeaders(d, meta)
 		h[HeaderAttempt] = int32(next)
 		delete(h, HeaderOutageRetries)
-		if s.republish(ctx, d, acks, cc, queue, h, labels) {
+		if s.republish(ctx, d, acks, mv, queue, h, labels) {
 			s.cfg.Metrics.Retried(labels, next)
 		}
 	}
@@ -484,7 +499,7 @@ func metricLabels(meta Meta, handlers map[string]*handlerEntry) Labels {
 }
 
 // deadLetter sends d to the DLQ with why in its headers, then acks it.
-func (s *Subscriber) deadLetter(ctx context.Context, d amqp.Delivery, acks *acker, cc *confirmChannel, meta Meta, labels Labels, reason string, cause error) {
+func (s *Subscriber) deadLetter(ctx context.Context, d amqp.Delivery, acks *acker, mv *mover, meta Meta, labels Labels, reason string, cause error) {
 	s.log.WarnContext(ctx, "dead-lettering message", "message_id", meta.ID, "type", meta.Type,
 		"routing_key", meta.RoutingKey, "reason", reason, "attempt", meta.Attempt, "err", cause)
 	h := republishHeaders(d, meta)
@@ -492,7 +507,7 @@ func (s *Subscriber) deadLetter(ctx context.Context, d amqp.Delivery, acks *acke
 	h[HeaderError] = truncate(cause.Error(), maxErrorHeader)
 	h[HeaderAttempt] = int32(meta.Attempt)
 	h[HeaderDeadLetteredAt] = time.Now().UTC()
-	if s.republish(ctx, d, acks, cc, s.cfg.DLQName(), h, labels) {
+	if s.republish(ctx, d, acks, mv, s.cfg.DLQName(), h, labels) {
 		s.cfg.Metrics.DeadLettered(labels, reason)
 	}
 }
@@ -519,11 +534,9 @@ func copyOf(d amqp.Delivery, h amqp.Table) amqp.Publishing {
 // republish copies d to queue through the default exchange with headers h
 // and acks d once the copy is confirmed; if the copy fails d is requeued.
 // It reports whether d was moved.
-func (s *Subscriber) republish(ctx context.Context, d amqp.Delivery, acks *acker, cc *confirmChannel, queue string, h amqp.Table, labels Labels) bool {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConfirmTimeout)
-	defer cancel()
+func (s *Subscriber) republish(ctx context.Context, d amqp.Delivery, acks *acker, mv *mover, queue string, h amqp.Table, labels Labels) bool {
 	pub := copyOf(d, h)
-	err := cc.publish(ctx, []outgoing{{exchange: "", key: queue, msg: pub, labels: labels}})
+	err := mv.publish(ctx, []outgoing{{exchange: "", key: queue, msg: pub, labels: labels}})
 	if err != nil {
 		s.log.ErrorContext(ctx, "move message; requeueing", "message_id", d.MessageId, "queue", queue, "err", err)
 		if err := acks.nack(d.DeliveryTag, true); err != nil {
