@@ -49,8 +49,10 @@ type Config struct {
 	// consumer crash loop) is dead-lettered by the broker. Default 20.
 	DeliveryLimit int
 
-	// Heartbeat is the AMQP heartbeat interval; a silently dead connection
-	// is detected after three missed heartbeats. Default 1s, so a silently
+	// Heartbeat is the AMQP heartbeat interval, in whole seconds (the
+	// protocol's unit; at least 1s). RabbitMQ sends a heartbeat every half
+	// interval, and amqp091-go takes the connection for dead when nothing
+	// came for three of those: 1.5 × Heartbeat. Default 1s, so a silently
 	// lost link shows as down within the 5 s health services promise.
 	Heartbeat time.Duration
 	// DialTimeout bounds the TCP connect and the AMQP handshake. Default 5s.
@@ -152,7 +154,12 @@ func (c Config) WithDefaults() (Config, error) {
 			return c, fmt.Errorf("eventbus config: retry delay %s is below 1ms", d)
 		}
 	}
-	for _, d := range []time.Duration{c.Heartbeat, c.DialTimeout, c.CallTimeout, c.ConfirmTimeout, c.HandlerTimeout, c.ReconnectMin} {
+	if c.Heartbeat < time.Second || c.Heartbeat%time.Second != 0 {
+		// amqp091-go would take less than 1s for "the server's" (60s on
+		// RabbitMQ) and drop the fraction.
+		return c, fmt.Errorf("eventbus config: heartbeat %s is not a whole number of seconds, at least 1s", c.Heartbeat)
+	}
+	for _, d := range []time.Duration{c.DialTimeout, c.CallTimeout, c.ConfirmTimeout, c.HandlerTimeout, c.ReconnectMin} {
 		if d < 0 {
 			return c, fmt.Errorf("eventbus config: negative duration %s", d)
 		}

@@ -41,6 +41,9 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		{"negative attempts", Config{Service: "s", MaxAttempts: -1}},
 		{"tiny retry delay", Config{Service: "s", RetryDelays: []time.Duration{time.Microsecond}}},
 		{"backoff inverted", Config{Service: "s", ReconnectMin: time.Minute, ReconnectMax: time.Second}},
+		{"heartbeat under a second", Config{Service: "s", Heartbeat: 500 * time.Millisecond}},
+		{"heartbeat not whole seconds", Config{Service: "s", Heartbeat: 1500 * time.Millisecond}},
+		{"negative heartbeat", Config{Service: "s", Heartbeat: -time.Second}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
