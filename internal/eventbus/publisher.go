@@ -149,7 +149,13 @@ func (p *Publisher) session(ctx context.Context, b *backoff) string {
 			return amqpReason("connection", e)
 		case e := <-chClosed:
 			return amqpReason("channel", e)
-		case bl := <-blocked:
+		case bl, ok := <-blocked:
+			if !ok {
+				// Closed with the connection, which connClosed reports;
+				// a zero Blocking would read as unblocked.
+				blocked = nil
+				continue
+			}
 			if bl.Active {
 				reason := "broker blocked publishing: " + bl.Reason
 				cc.blocked.Store(&reason)
