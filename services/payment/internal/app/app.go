@@ -84,14 +84,14 @@ func (a *App) Payment(ctx context.Context, id string) (payment.Payment, error) {
 //
 // The provider's calls end a little before ctx's deadline (see
 // commitReserve): one that hangs, and those after it, fail their
-// deliveries alone with ctx's deadline error, marked as an outage.
+// deliveries alone, retryably, with ctx's deadline error.
 //
 // Errors fail the delivery that caused them alone, which writes nothing,
 // while the batch's other deliveries take effect: an unreachable provider
-// (provider.ErrUnavailable, a call out of time) is an outage
-// (eventbus.Unavailable), which the bus retries without counting
-// attempts; an error of unknown kind is retryable, so the bus retries the
-// event through its retry ladder; a
+// (provider.ErrUnavailable) is an outage (eventbus.Unavailable), which the
+// bus retries without counting attempts; a deadline or an error of
+// unknown kind is retryable, so the bus retries the event through its
+// retry ladder; a
 // request the provider can never accept (provider.ErrInvalidRequest,
 // provider.ErrIdempotencyConflict) or an event that can never be applied
 // (a malformed order id, an event type Handle does not handle) is
@@ -308,19 +308,22 @@ func (a *App) refundCharged(ctx context.Context, p payment.Payment) (payment.Pay
 }
 
 // providerError marks provider errors that retrying cannot fix as
-// permanent, and an unreachable provider (ErrUnavailable, or a call that
-// ran out of time) as an outage: the event waits in the retry queues,
-// its attempts not counted, until the provider answers, so an outage
-// longer than the retry ladder dead-letters no charge and no refund (a
-// refund parked there would leave the customer charged for an ended
-// order). Other errors (ctx's cancellation, errors of unknown kind) stay
-// retryable: the retry ladder bounds them, and a request the provider
-// might still accept is not given up early.
+// permanent, and an unreachable provider (ErrUnavailable) as an outage:
+// the event waits in the retry queues, its attempts not counted, until the
+// provider answers, so an outage longer than the retry ladder
+// dead-letters no charge and no refund (a refund parked there would leave
+// the customer charged for an ended order). Other errors stay retryable
+// and counted: ctx's (the batch's deadline is the service's, not the
+// provider's: a call that always hangs must end in the dead-letter queue,
+// not go round for ever; an adapter reports its own call timeouts as
+// ErrUnavailable) and errors of unknown kind, which the retry ladder
+// bounds without giving up early on a request the provider might still
+// accept.
 func providerError(err error) error {
 	switch {
 	case errors.Is(err, provider.ErrInvalidRequest) || errors.Is(err, provider.ErrIdempotencyConflict) || errors.Is(err, provider.ErrDeclined):
 		return eventbus.Permanent(err)
-	case errors.Is(err, provider.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, provider.ErrUnavailable):
 		return eventbus.Unavailable(err)
 	}
 	return err
