@@ -8,8 +8,12 @@ import (
 )
 
 // errStopping fails a copy a mover gave up on because its subscriber is
-// stopping.
-var errStopping = errors.New("subscriber stopping")
+// stopping, and errConfirmTimeout one whose confirm did not come within
+// the confirm timeout.
+var (
+	errStopping       = errors.New("subscriber stopping")
+	errConfirmTimeout = errors.New("no confirm within the confirm timeout")
+)
 
 // mover writes a subscriber session's retry and dead-letter copies on the
 // session's republish channel, and waits out the broker's alarms.
@@ -32,14 +36,14 @@ type mover struct {
 
 	mu sync.Mutex
 	// open is closed while the broker takes the connection's publishes,
-	// and replaced by an open channel while it blocks them.
-	open chan struct{}
+	// shut while it blocks them; the other is a channel not yet closed.
+	open, shut chan struct{}
 }
 
 func newMover(cc *confirmChannel, timeout time.Duration, stopping <-chan struct{}) *mover {
 	open := make(chan struct{})
 	close(open)
-	return &mover{cc: cc, timeout: timeout, stopping: stopping, open: open}
+	return &mover{cc: cc, timeout: timeout, stopping: stopping, open: open, shut: make(chan struct{})}
 }
 
 // setBlocked records the broker's connection.blocked (true) or
@@ -51,19 +55,22 @@ func (m *mover) setBlocked(blocked bool) {
 	case <-m.open: // not blocked
 		if blocked {
 			m.open = make(chan struct{})
+			close(m.shut)
 		}
 	default:
 		if !blocked {
+			m.shut = make(chan struct{})
 			close(m.open)
 		}
 	}
 }
 
-// unblocked returns a channel closed while the broker takes publishes.
-func (m *mover) unblocked() <-chan struct{} {
+// state returns a channel closed while the broker takes publishes, and one
+// closed while it blocks them: one of them is closed.
+func (m *mover) state() (open, shut <-chan struct{}) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.open
+	return m.open, m.shut
 }
 
 // publish writes msgs once the broker takes publishes and waits for their
@@ -71,13 +78,14 @@ func (m *mover) unblocked() <-chan struct{} {
 // blocked. It gives up when ctx ends, or when the session stops while the
 // broker blocks the connection.
 func (m *mover) publish(ctx context.Context, msgs []outgoing) error {
+	open, _ := m.state()
 	select {
-	case <-m.unblocked():
+	case <-open:
 	default:
 		// Blocked. (Checked first: a stop gives up only on a copy the
 		// alarm holds.)
 		select {
-		case <-m.unblocked():
+		case <-open:
 		case <-m.stopping:
 			return errStopping
 		case <-ctx.Done():
@@ -97,34 +105,39 @@ func (m *mover) publish(ctx context.Context, msgs []outgoing) error {
 }
 
 // watch cancels a copy's wait for its confirm, with the reason as cause,
-// once it has waited the mover's timeout while the connection was not
-// blocked, or the session stops while it is blocked (a stop does not give
-// up on a confirm that is coming); it returns when done is closed.
+// once it has waited the mover's timeout in all while the connection was
+// not blocked, or the session stops while it is blocked (a stop does not
+// give up on a confirm that is coming); it returns when done is closed.
 func (m *mover) watch(done <-chan struct{}, cancel context.CancelCauseFunc) {
-	t := time.NewTimer(m.timeout)
-	defer t.Stop()
+	left := m.timeout
 	for {
+		open, shut := m.state()
+		select {
+		case <-open:
+		default:
+			// Blocked: the copy waits unread, and its time with it.
+			select {
+			case <-done:
+				return
+			case <-m.stopping:
+				cancel(errStopping)
+				return
+			case <-open:
+				continue
+			}
+		}
+		start := time.Now()
+		t := time.NewTimer(left)
 		select {
 		case <-done:
+			t.Stop()
 			return
 		case <-t.C:
-		}
-		select {
-		case <-m.unblocked():
-			cancel(ErrNotConfirmed)
+			cancel(errConfirmTimeout)
 			return
-		default:
-		}
-		// Blocked: the copy waits unread; the time counts again once
-		// the broker reads it.
-		select {
-		case <-done:
-			return
-		case <-m.stopping:
-			cancel(errStopping)
-			return
-		case <-m.unblocked():
-			t.Reset(m.timeout)
+		case <-shut:
+			t.Stop()
+			left -= time.Since(start)
 		}
 	}
 }

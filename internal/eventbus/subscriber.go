@@ -361,12 +361,7 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 				pconnBlocked = nil
 				continue
 			}
-			if bl.Active {
-				s.log.WarnContext(ctx, "broker blocked publishing; retry and dead-letter copies wait", "reason", bl.Reason)
-			} else {
-				s.log.InfoContext(ctx, "broker takes publishes again")
-			}
-			mv.setBlocked(bl.Active)
+			s.blocked(ctx, mv, bl)
 		}
 	}
 	s.subscribed.Store(false)
@@ -393,11 +388,36 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 		}
 		closeConn(conn, cfg.CallTimeout)
 	}
-	<-workersDone
+	// The handlers still running may be copying deliveries: the mover
+	// goes on following the alarms, and amqp091-go's reader, which waits
+	// for a notice to be taken, is not held up.
+	for done := false; !done; {
+		select {
+		case <-workersDone:
+			done = true
+		case bl, ok := <-pconnBlocked:
+			if !ok {
+				pconnBlocked = nil
+				continue
+			}
+			s.blocked(hctx, mv, bl)
+		}
+	}
 	if err := acks.close(flush); err != nil {
 		s.log.WarnContext(hctx, "send acks", "err", err)
 	}
 	return reason
+}
+
+// blocked passes the broker's connection.blocked or unblocked notice for
+// the republish connection on to mv.
+func (s *Subscriber) blocked(ctx context.Context, mv *mover, bl amqp.Blocking) {
+	if bl.Active {
+		s.log.WarnContext(ctx, "broker blocked publishing; retry and dead-letter copies wait", "reason", bl.Reason)
+	} else {
+		s.log.InfoContext(ctx, "broker takes publishes again")
+	}
+	mv.setBlocked(bl.Active)
 }
 
 // process handles one delivery and settles it.
