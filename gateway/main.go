@@ -113,12 +113,12 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	return cfg, nil
 }
 
-// run serves until ctx ends. When ready is not nil it receives the
-// listener's address once the gateway accepts connections.
 // dialUpstream returns a client of the gRPC service at target. Calls go
 // round-robin over every address the name resolves to (a headless
 // Kubernetes Service, a DNS name with several records): gRPC's default,
-// pick_first, would send all of them to one instance.
+// pick_first, would send all of them to one instance. gRPC resolves the
+// name again when a connection to one of them fails, not on a schedule,
+// so an instance added later gets calls once that happens.
 func dialUpstream(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	return grpc.NewClient(target, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -126,6 +126,8 @@ func dialUpstream(target string, opts ...grpc.DialOption) (*grpc.ClientConn, err
 	}, opts...)...)
 }
 
+// run serves until ctx ends. When ready is not nil it receives the
+// listener's address once the gateway accepts connections.
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer, ready chan<- net.Addr) error {
 	cfg, err := loadConfig(getenv)
 	if err != nil {
