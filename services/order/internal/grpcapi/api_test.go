@@ -279,8 +279,8 @@ func TestGRPCValidation(t *testing.T) {
 	for _, id := range []string{".", ".."} {
 		dot := createRequest()
 		dot.Items[1].ProductId = id
-		if _, err := e.client.CreateOrder(ctx, dot); !contains(badRequestFields(t, err), "items") {
-			t.Errorf("product id %q: %v, want a violation of items", id, err)
+		if _, err := e.client.CreateOrder(ctx, dot); !contains(badRequestFields(t, err), "items[1].product_id") {
+			t.Errorf("product id %q: %v, want a violation of items[1].product_id", id, err)
 		}
 	}
 

@@ -162,6 +162,11 @@ func Total(items []LineItem) (Money, error) {
 		if it.ProductID == "" {
 			return Money{}, fmt.Errorf("total items: %w", fieldError(item+".product_id", "empty"))
 		}
+		if it.ProductID == "." || it.ProductID == ".." {
+			// SetStock refuses them (a URL path cannot carry them to it):
+			// the order could only be rejected.
+			return Money{}, fmt.Errorf("total items: %w", fieldError(item+".product_id", "%q: no stock can be set for it", it.ProductID))
+		}
 		if it.Quantity < 1 {
 			return Money{}, fmt.Errorf("total items: %w", fieldError(item+".quantity", "%d is below 1", it.Quantity))
 		}

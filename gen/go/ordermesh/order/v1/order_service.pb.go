@@ -824,14 +824,13 @@ var File_ordermesh_order_v1_order_service_proto protoreflect.FileDescriptor
 
 const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\n" +
-	"&ordermesh/order/v1/order_service.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/order/v1/order.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xc9\x04\n" +
+	"&ordermesh/order/v1/order_service.proto\x12\x12ordermesh.order.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eordermesh/order/v1/order.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xad\x03\n" +
 	"\x12CreateOrderRequest\x12-\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tB\x0e\xe0A\x02\xbaH\b\xc8\x01\x01r\x03\xb0\x01\x01R\trequestId\x12\xec\x01\n" +
 	"\x0ecustomer_email\x18\x02 \x01(\tB\xc4\x01\xe0A\x02\xbaH\xbd\x01\xba\x01\xaf\x01\n" +
-	"\x19customer_email.dot_string\x12Rthe part before the @ must not start or end with a dot, nor hold two dots in a row\x1a>!this.contains('@') || this.matches('^([^.@]+([.][^.@]+)*)?@')\xc8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12\xdc\x01\n" +
-	"\x05items\x18\x03 \x03(\v2\x1c.ordermesh.order.v1.LineItemB\xa7\x01\xe0A\x02\xbaH\xa0\x01\xba\x01\x95\x01\n" +
-	"\x17items.stockable_product\x12@a product id must not be \".\" or \"..\": no stock can be set for it\x1a8this.all(i, i.product_id != '.' && i.product_id != '..')\x92\x01\x04\b\x01\x10dR\x05items\x126\n" +
+	"\x19customer_email.dot_string\x12Rthe part before the @ must not start or end with a dot, nor hold two dots in a row\x1a>!this.contains('@') || this.matches('^([^.@]+([.][^.@]+)*)?@')\xc8\x01\x01r\x05\x18\xfe\x01`\x01R\rcustomerEmail\x12A\n" +
+	"\x05items\x18\x03 \x03(\v2\x1c.ordermesh.order.v1.LineItemB\r\xe0A\x02\xbaH\a\x92\x01\x04\b\x01\x10dR\x05items\x126\n" +
 	"\rpayment_token\x18\x04 \x01(\tB\x11\xe0A\x02\xbaH\vr\t\x10\x01\x18\x80\x01\xba\x01\x01\x00R\fpaymentToken\"F\n" +
 	"\x13CreateOrderResponse\x12/\n" +
 	"\x05order\x18\x01 \x01(\v2\x19.ordermesh.order.v1.OrderR\x05order\"<\n" +
