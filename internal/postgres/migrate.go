@@ -16,13 +16,17 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// ErrSchemaTaken reports a schema that already belongs to another set of
-// migration sources (another service).
+// ErrSchemaTaken reports a schema that already belongs to another service
+// (MigrateOwned).
 var ErrSchemaTaken = errors.New("schema belongs to another service")
 
 // MigrationsTable is the table, in each migrated schema, that records the
-// applied migrations.
-const MigrationsTable = "schema_migrations"
+// applied migrations, and OwnerTable the one that records the service the
+// schema belongs to (MigrateOwned).
+const (
+	MigrationsTable = "schema_migrations"
+	OwnerTable      = "schema_owner"
+)
 
 // Source is one set of migrations: a service's domain tables, or the
 // tables of a platform package such as the outbox or the inbox.
@@ -55,20 +59,9 @@ type migration struct {
 // transaction holding a transaction-level advisory lock keyed by the schema
 // name, so concurrent migrators (several replicas starting at once) apply
 // each migration exactly once and never interleave.
-//
-// A schema belongs to one set of sources: Migrate refuses a schema whose
-// migrations table records a source that sources does not name, as when
-// two services are given the same schema (their tables would not collide,
-// but their inbox would: each would take the other's events for
-// duplicates). Every migration's transaction checks, so of two migrators
-// with different sources starting on one empty schema, the second fails.
 func Migrate(ctx context.Context, db TxBeginner, schema string, sources ...Source) error {
 	if schema == "" {
 		return errors.New("migrate: empty schema name")
-	}
-	names := make([]string, len(sources))
-	for i, src := range sources {
-		names[i] = src.Name
 	}
 	for _, src := range sources {
 		migs, err := readSource(src)
@@ -76,7 +69,7 @@ func Migrate(ctx context.Context, db TxBeginner, schema string, sources ...Sourc
 			return err
 		}
 		for _, m := range migs {
-			if err := apply(ctx, db, schema, names, src.Name, m); err != nil {
+			if err := apply(ctx, db, schema, src.Name, m); err != nil {
 				return err
 			}
 		}
@@ -134,30 +127,82 @@ func readSource(src Source) ([]migration, error) {
 // it.
 var migrationLockTimeout = 10 * time.Second
 
-// apply runs one migration unless the schema already has it. It fails when
-// the schema holds migrations of a source not among owned.
-func apply(ctx context.Context, db TxBeginner, schema string, owned []string, source string, m migration) error {
+// MigrateOwned is Migrate for owner, the service whose schema it is. A
+// schema belongs to one service: its first MigrateOwned records the owner,
+// and a MigrateOwned for another owner is refused with ErrSchemaTaken, as
+// when two services are given the same schema (their tables would not
+// collide, but their inboxes would: each would take the other's events for
+// duplicates). The claim is made under the schema's migration lock, so of
+// two owners starting on one empty schema at once, the second is refused.
+// The sources may change from one version to the next (a rollback to a
+// version with fewer of them is no other owner).
+func MigrateOwned(ctx context.Context, db TxBeginner, schema, owner string, sources ...Source) error {
+	if schema == "" {
+		return errors.New("migrate: empty schema name")
+	}
+	if owner == "" {
+		return errors.New("migrate: empty owner")
+	}
 	err := WithTx(ctx, db, func(tx pgx.Tx) error {
-		// Serialize migrators of this schema; the lock ends with the
-		// transaction.
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, "ordermesh.migrate."+schema); err != nil {
-			return fmt.Errorf("lock schema: %w", err)
+		if err := lockSchema(ctx, tx, schema); err != nil {
+			return err
 		}
-		ident := pgx.Identifier{schema}.Sanitize()
-		// Created only when missing: CREATE SCHEMA IF NOT EXISTS asks for
-		// the database's CREATE privilege even when the schema exists, which
-		// a role given a schema made for it need not have.
-		var exists bool
-		if err := tx.QueryRow(ctx, `SELECT to_regnamespace($1) IS NOT NULL`, ident).Scan(&exists); err != nil {
-			return fmt.Errorf("look up schema: %w", err)
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+OwnerTable+` (
+			owner      text        PRIMARY KEY,
+			claimed_at timestamptz NOT NULL DEFAULT now()
+		)`); err != nil {
+			return fmt.Errorf("create owner table: %w", err)
 		}
-		if !exists {
-			if _, err := tx.Exec(ctx, "CREATE SCHEMA "+ident); err != nil {
-				return fmt.Errorf("create schema: %w", err)
-			}
+		var other string
+		err := tx.QueryRow(ctx, `SELECT owner FROM `+OwnerTable+` WHERE owner <> $1 LIMIT 1`, owner).Scan(&other)
+		switch {
+		case err == nil:
+			return fmt.Errorf("%w: it is %s's; give each service a schema of its own", ErrSchemaTaken, other)
+		case !errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("read owner: %w", err)
 		}
-		if _, err := tx.Exec(ctx, "SELECT set_config('search_path', $1, true)", ident); err != nil {
-			return fmt.Errorf("set search_path: %w", err)
+		if _, err := tx.Exec(ctx, `INSERT INTO `+OwnerTable+` (owner) VALUES ($1) ON CONFLICT DO NOTHING`, owner); err != nil {
+			return fmt.Errorf("record owner: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("claim schema %s for %s: %w", schema, owner, err)
+	}
+	return Migrate(ctx, db, schema, sources...)
+}
+
+// lockSchema takes, in tx, the lock that serializes the migrators of
+// schema (it ends with tx), creates the schema when missing, and sets
+// tx's search_path to it.
+func lockSchema(ctx context.Context, tx pgx.Tx, schema string) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, "ordermesh.migrate."+schema); err != nil {
+		return fmt.Errorf("lock schema: %w", err)
+	}
+	ident := pgx.Identifier{schema}.Sanitize()
+	// Created only when missing: CREATE SCHEMA IF NOT EXISTS asks for the
+	// database's CREATE privilege even when the schema exists, which a role
+	// given a schema made for it need not have.
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT to_regnamespace($1) IS NOT NULL`, ident).Scan(&exists); err != nil {
+		return fmt.Errorf("look up schema: %w", err)
+	}
+	if !exists {
+		if _, err := tx.Exec(ctx, "CREATE SCHEMA "+ident); err != nil {
+			return fmt.Errorf("create schema: %w", err)
+		}
+	}
+	if _, err := tx.Exec(ctx, "SELECT set_config('search_path', $1, true)", ident); err != nil {
+		return fmt.Errorf("set search_path: %w", err)
+	}
+	return nil
+}
+
+// apply runs one migration unless the schema already has it.
+func apply(ctx context.Context, db TxBeginner, schema, source string, m migration) error {
+	err := WithTx(ctx, db, func(tx pgx.Tx) error {
+		if err := lockSchema(ctx, tx, schema); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+MigrationsTable+` (
 			source     text        NOT NULL,
@@ -169,20 +214,8 @@ func apply(ctx context.Context, db TxBeginner, schema string, owned []string, so
 		)`); err != nil {
 			return fmt.Errorf("create migrations table: %w", err)
 		}
-		var foreign []string
-		rows, err := tx.Query(ctx, `SELECT DISTINCT source FROM `+MigrationsTable+` WHERE source <> ALL($1) ORDER BY source`, owned)
-		if err == nil {
-			foreign, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		}
-		if err != nil {
-			return fmt.Errorf("read applied sources: %w", err)
-		}
-		if len(foreign) > 0 {
-			return fmt.Errorf("%w: it holds the migrations of %s, which this service does not have; give each service a schema of its own",
-				ErrSchemaTaken, strings.Join(foreign, ", "))
-		}
 		var applied string
-		err = tx.QueryRow(ctx, `SELECT checksum FROM `+MigrationsTable+` WHERE source = $1 AND version = $2`, source, m.version).Scan(&applied)
+		err := tx.QueryRow(ctx, `SELECT checksum FROM `+MigrationsTable+` WHERE source = $1 AND version = $2`, source, m.version).Scan(&applied)
 		switch {
 		case err == nil:
 			if applied != m.checksum {

@@ -214,11 +214,12 @@ func TestMigrationGivesUpWaitingForALock(t *testing.T) {
 	}
 }
 
-// TestMigrateRefusesASchemaOfOtherSources: two services given one schema
-// (the same platform source, different domain sources) would each take the
-// other's events for duplicates in their shared inbox; the second to
-// migrate is refused, whether it comes after the first or alongside it.
-func TestMigrateRefusesASchemaOfOtherSources(t *testing.T) {
+// TestMigrateOwnedRefusesAnotherOwner: two services given one schema
+// would each take the other's events for duplicates in their shared
+// inbox; the second to migrate it is refused, whether it comes after the
+// first or alongside it. The owner itself may come back with other
+// sources (a newer version's, or an older one's after a rollback).
+func TestMigrateOwnedRefusesAnotherOwner(t *testing.T) {
 	other := postgres.Source{Name: "other", FS: fstest.MapFS{
 		"001_gadgets.sql": {Data: []byte(`CREATE TABLE gadgets (id bigint PRIMARY KEY);`)},
 	}}
@@ -226,19 +227,21 @@ func TestMigrateRefusesASchemaOfOtherSources(t *testing.T) {
 
 	t.Run("one after the other", func(t *testing.T) {
 		pool, schema := freshSchema(t)
-		if err := postgres.Migrate(ctx, pool, schema, domain, platform); err != nil {
+		if err := postgres.MigrateOwned(ctx, pool, schema, "widgets", domain, platform); err != nil {
 			t.Fatal(err)
 		}
-		err := postgres.Migrate(ctx, pool, schema, other, platform)
-		if !errors.Is(err, postgres.ErrSchemaTaken) || !strings.Contains(err.Error(), "domain") {
-			t.Fatalf("Migrate of other sources = %v, want ErrSchemaTaken naming source domain", err)
+		err := postgres.MigrateOwned(ctx, pool, schema, "gadgets", other, platform)
+		if !errors.Is(err, postgres.ErrSchemaTaken) || !strings.Contains(err.Error(), "widgets") {
+			t.Fatalf("MigrateOwned by another owner = %v, want ErrSchemaTaken naming widgets", err)
 		}
 		if got := count(t, pool, `SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'gadgets'`, schema); got != 0 {
-			t.Errorf("the refused source's table was created")
+			t.Errorf("the refused owner's table was created")
 		}
-		// The owner still migrates.
-		if err := postgres.Migrate(ctx, pool, schema, domain, platform); err != nil {
-			t.Fatalf("Migrate by the schema's own sources: %v", err)
+		// The owner comes back with fewer sources, and with more.
+		for _, srcs := range [][]postgres.Source{{domain}, {domain, platform, other}} {
+			if err := postgres.MigrateOwned(ctx, pool, schema, "widgets", srcs...); err != nil {
+				t.Fatalf("MigrateOwned by the schema's owner: %v", err)
+			}
 		}
 	})
 
@@ -247,7 +250,7 @@ func TestMigrateRefusesASchemaOfOtherSources(t *testing.T) {
 			pool, schema := freshSchema(t)
 			var wg sync.WaitGroup
 			errs := make([]error, 2)
-			for i, srcs := range [][]postgres.Source{{domain, platform}, {other, platform}} {
+			for i, owner := range []string{"widgets", "gadgets"} {
 				wg.Go(func() {
 					p, err := postgres.Open(ctx, postgrestest.URL(), schema, postgres.WithMaxConns(2))
 					if err != nil {
@@ -255,7 +258,7 @@ func TestMigrateRefusesASchemaOfOtherSources(t *testing.T) {
 						return
 					}
 					defer p.Close()
-					errs[i] = postgres.Migrate(ctx, p, schema, srcs...)
+					errs[i] = postgres.MigrateOwned(ctx, p, schema, owner, domain, platform)
 				})
 			}
 			wg.Wait()
@@ -265,14 +268,14 @@ func TestMigrateRefusesASchemaOfOtherSources(t *testing.T) {
 				case errors.Is(err, postgres.ErrSchemaTaken):
 					refused++
 				case err != nil:
-					t.Fatalf("Migrate: %v", err)
+					t.Fatalf("MigrateOwned: %v", err)
 				}
 			}
 			if refused != 1 {
-				t.Fatalf("of two migrators with different sources on one empty schema, %d were refused, want 1 (errors: %v)", refused, errs)
+				t.Fatalf("of two owners migrating one empty schema at once, %d were refused, want 1 (errors: %v)", refused, errs)
 			}
-			if got := count(t, pool, `SELECT count(DISTINCT source) FROM schema_migrations WHERE source IN ('domain', 'other')`); got != 1 {
-				t.Fatalf("schema_migrations records %d of the two services' sources, want 1", got)
+			if got := count(t, pool, `SELECT count(*) FROM schema_owner`); got != 1 {
+				t.Fatalf("schema_owner has %d rows, want 1", got)
 			}
 		}
 	})

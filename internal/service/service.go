@@ -297,7 +297,7 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	}
 	defer pool.Close()
 	migrations := append(append([]postgres.Source{}, spec.Migrations...), outbox.Migrations, inbox.Migrations)
-	if err := postgres.Migrate(ctx, pool, cfg.DatabaseSchema, migrations...); err != nil {
+	if err := postgres.MigrateOwned(ctx, pool, cfg.DatabaseSchema, spec.Name, migrations...); err != nil {
 		return fmt.Errorf("migrate schema %s: %w", cfg.DatabaseSchema, err)
 	}
 
