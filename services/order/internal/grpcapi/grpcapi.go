@@ -147,11 +147,10 @@ func (s *Server) ListOrderEvents(ctx context.Context, req *orderv1.ListOrderEven
 // WatchOrder streams the order now and after every change until it is
 // terminal or the client leaves.
 func (s *Server) WatchOrder(req *orderv1.WatchOrderRequest, stream orderv1.OrderService_WatchOrderServer) error {
-	n := s.watches.Add(1)
-	defer s.watches.Add(-1)
-	if s.maxWatches > 0 && n > s.maxWatches {
+	if !s.openWatch() {
 		return status.Errorf(codes.ResourceExhausted, "%d watches are open, the most this server takes; watch again later", s.maxWatches)
 	}
+	defer s.watches.Add(-1)
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
 	if s.draining != nil {
@@ -175,6 +174,21 @@ func (s *Server) WatchOrder(req *orderv1.WatchOrderRequest, stream orderv1.Order
 }
 
 var errShuttingDown = errors.New("server shutting down")
+
+// openWatch counts a watch in, unless MaxWatches are open. A refused one
+// is never counted, so it cannot crowd out a watch that comes as another
+// closes.
+func (s *Server) openWatch() bool {
+	for {
+		n := s.watches.Load()
+		if s.maxWatches > 0 && n >= s.maxWatches {
+			return false
+		}
+		if s.watches.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
 
 // canonicalID returns a UUID in its canonical lower-case form, so that
 // "0192F3A4-…" and "0192f3a4-…" name the same order or request (the
