@@ -35,7 +35,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"route"}),
 		unfinished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "ordermesh", Name: "gateway_responses_unfinished_total",
-			Help: "Responses whose writing failed, by route: the client went away, or took none of a write for ORDERMESH_WRITE_TIMEOUT. They count in gateway_requests_total too, with the status they began with.",
+			Help: "Responses a write or flush of which failed while the gateway was writing them, by route: the client went away, or took none of a write for ORDERMESH_WRITE_TIMEOUT (what net/http writes after the handler, a small response's body, is not seen). They count in gateway_requests_total too, with the status they began with.",
 		}, []string{"route"}),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.seconds, m.unfinished} {
