@@ -257,23 +257,24 @@ const notUTF8 = "not valid UTF-8 once percent-decoded"
 // the route's template), in sorted order, whose value is not valid UTF-8,
 // and whether there is one.
 func invalidPathParameter(params map[string]string) (string, bool) {
-	first, found := "", false
-	for name, v := range params {
-		if (!found || name < first) && !utf8.ValidString(v) {
-			first, found = name, true
-		}
-	}
-	return first, found
+	return firstKey(params, func(_, v string) bool { return !utf8.ValidString(v) })
 }
 
 // invalidQueryParameter returns the first query parameter, in sorted
 // order, whose name or a value is not valid UTF-8, and whether there is
 // one.
 func invalidQueryParameter(values url.Values) (string, bool) {
+	return firstKey(values, func(key string, vs []string) bool { return !utf8.ValidString(key) || !allUTF8(vs) })
+}
+
+// firstKey returns the first key of m, in sorted order, whose entry bad
+// holds for, and whether there is one; the answer does not depend on the
+// map's iteration order.
+func firstKey[V any](m map[string]V, bad func(string, V) bool) (string, bool) {
 	first, found := "", false
-	for key, vs := range values {
-		if (!found || key < first) && !(utf8.ValidString(key) && allUTF8(vs)) {
-			first, found = key, true
+	for k, v := range m {
+		if (!found || k < first) && bad(k, v) {
+			first, found = k, true
 		}
 	}
 	return first, found
