@@ -444,7 +444,8 @@ func (p *Platform) backlog(ctx context.Context, conn *amqp.Connection, db *pgx.C
 	}
 	for _, s := range services {
 		var n int64
-		if err := db.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{s, "outbox"}.Sanitize()).Scan(&n); err != nil {
+		if err := db.QueryRow(ctx, "SELECT (SELECT count(*) FROM "+pgx.Identifier{s, "outbox"}.Sanitize()+
+			") + (SELECT count(*) FROM "+pgx.Identifier{s, "outbox_deferred"}.Sanitize()+")").Scan(&n); err != nil {
 			return nil, fmt.Errorf("count %s outbox rows: %w", s, err)
 		}
 		if n > 0 {

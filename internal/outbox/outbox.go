@@ -162,12 +162,15 @@ type Lister interface {
 }
 
 // Pending returns up to limit messages waiting in the outbox reached by
-// db's search_path, oldest first, without claiming them: for inspection
-// and tests.
+// db's search_path, deferred ones included, oldest first, without claiming
+// them: for inspection and tests.
 func Pending(ctx context.Context, db Lister, limit int) ([]eventbus.Message, error) {
 	rows, err := db.Query(ctx, `
-		SELECT id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
-		FROM outbox ORDER BY seq LIMIT $1`, limit)
+		SELECT id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body FROM (
+			SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body FROM outbox
+			UNION ALL
+			SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body FROM outbox_deferred
+		) AS pending ORDER BY seq LIMIT $1`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list outbox: %w", err)
 	}
@@ -186,7 +189,8 @@ func Pending(ctx context.Context, db Lister, limit int) ([]eventbus.Message, err
 // Stats describes the outbox backlog.
 type Stats struct {
 	// Pending is the number of rows not yet confirmed by the broker,
-	// including rows a relay is publishing right now.
+	// including rows a relay is publishing right now and rows the broker
+	// refused, waiting for their next attempt.
 	Pending int64
 	// OldestAge is how long the oldest pending row has waited since its
 	// transaction wrote it; zero when nothing is pending. It is the relay's
@@ -200,8 +204,14 @@ func ReadStats(ctx context.Context, db Querier) (Stats, error) {
 	var s Stats
 	var age *float64
 	// created_at is the inserting transaction's start time: the age is an
-	// upper bound on the time since commit.
-	err := db.QueryRow(ctx, `SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox`).Scan(&s.Pending, &age)
+	// upper bound on the time since commit. The outbox's oldest row is
+	// read through its primary key (seq follows the inserts' order, near
+	// enough for an age), not found among all of its rows.
+	err := db.QueryRow(ctx, `
+		SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outbox_deferred),
+			extract(epoch FROM now() - least(
+				(SELECT created_at FROM outbox ORDER BY seq LIMIT 1),
+				(SELECT min(created_at) FROM outbox_deferred)))::float8`).Scan(&s.Pending, &age)
 	if err != nil {
 		return Stats{}, fmt.Errorf("read outbox stats: %w", err)
 	}
@@ -211,11 +221,11 @@ func ReadStats(ctx context.Context, db Querier) (Stats, error) {
 	return s, nil
 }
 
-// Empty reports whether the outbox has no pending rows: every committed
-// event has been confirmed by the broker.
+// Empty reports whether the outbox has no pending rows, deferred ones
+// included: every committed event has been confirmed by the broker.
 func Empty(ctx context.Context, db Querier) (bool, error) {
 	var exists bool
-	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM outbox)`).Scan(&exists); err != nil {
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM outbox) OR EXISTS (SELECT 1 FROM outbox_deferred)`).Scan(&exists); err != nil {
 		return false, fmt.Errorf("check outbox empty: %w", err)
 	}
 	return !exists, nil

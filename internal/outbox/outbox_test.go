@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"path"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
@@ -705,12 +708,12 @@ func TestRelayDefersUnroutableRowsWithoutHoldingUpOthers(t *testing.T) {
 					t.Errorf("event %s delivered %d times, want once", id, n)
 				}
 			}
-			var left, attempts int
-			if err := pool.QueryRow(context.Background(), `SELECT count(*), coalesce(min(attempts), 0) FROM outbox`).Scan(&left, &attempts); err != nil {
+			var left, deferred, attempts int
+			if err := pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM outbox), count(*), coalesce(min(attempts), 0) FROM outbox_deferred`).Scan(&left, &deferred, &attempts); err != nil {
 				t.Fatal(err)
 			}
-			if left != tt.strays || attempts < 1 {
-				t.Errorf("outbox holds %d rows (least attempts %d), want only the %d unroutable ones, each deferred", left, attempts, tt.strays)
+			if left != 0 || deferred != tt.strays || attempts < 1 {
+				t.Errorf("outbox holds %d rows and outbox_deferred %d (least attempts %d), want only the %d unroutable ones, each deferred", left, deferred, attempts, tt.strays)
 			}
 		})
 	}
@@ -807,8 +810,10 @@ func TestRelaySettlesEachRowByItsMessagesOutcome(t *testing.T) {
 		t.Fatalf("PublishBatch = %d, %v; want 1 published and an error for the 2 unanswered", n, err)
 	}
 	got := map[string]string{}
-	rows, err := pool.Query(ctx, `SELECT id, CASE WHEN attempts > 0 AND next_attempt_at > now() THEN 'waiting'
-		WHEN attempts = 0 AND next_attempt_at <= now() THEN 'due' ELSE 'other' END FROM outbox`)
+	rows, err := pool.Query(ctx, `
+		SELECT id, 'due' FROM outbox
+		UNION ALL
+		SELECT id, CASE WHEN attempts = 1 AND next_attempt_at > now() THEN 'waiting' ELSE 'other' END FROM outbox_deferred`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -844,7 +849,7 @@ func TestRelayKeepsUnansweredRowsAsTheyAre(t *testing.T) {
 		t.Error("Drain = nil, want the timeout: the flush at shutdown must say it failed")
 	}
 	var deferred int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE attempts > 0 OR next_attempt_at > now()`).Scan(&deferred); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox_deferred`).Scan(&deferred); err != nil {
 		t.Fatal(err)
 	}
 	if left := pending(t, pool); left != 5 || deferred != 0 {
@@ -879,12 +884,12 @@ func TestRelayBacksOffRefusedRowsUpToTheCap(t *testing.T) {
 			t.Fatalf("PublishBatch = %d, %v; want nothing published and no error (the row waits)", n, err)
 		}
 		var wait time.Duration
-		if err := pool.QueryRow(ctx, `SELECT next_attempt_at - now() FROM outbox`).Scan(&wait); err != nil {
+		if err := pool.QueryRow(ctx, `SELECT next_attempt_at - now() FROM outbox_deferred`).Scan(&wait); err != nil {
 			t.Fatal(err)
 		}
 		waits = append(waits, wait.Round(100*time.Millisecond))
 		// Due again at once, for the next round.
-		if _, err := pool.Exec(ctx, `UPDATE outbox SET next_attempt_at = now()`); err != nil {
+		if _, err := pool.Exec(ctx, `UPDATE outbox_deferred SET next_attempt_at = now()`); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -893,7 +898,7 @@ func TestRelayBacksOffRefusedRowsUpToTheCap(t *testing.T) {
 		t.Errorf("waits %v, want %v", waits, want)
 	}
 	var attempts int
-	if err := pool.QueryRow(ctx, `SELECT attempts FROM outbox`).Scan(&attempts); err != nil || attempts != 5 {
+	if err := pool.QueryRow(ctx, `SELECT attempts FROM outbox_deferred`).Scan(&attempts); err != nil || attempts != 5 {
 		t.Errorf("attempts = %d, %v; want 5", attempts, err)
 	}
 }
@@ -930,5 +935,91 @@ func TestRelayBoundsAPublishByPublishTimeout(t *testing.T) {
 	}
 	if got := pending(t, pool); got != 3 {
 		t.Errorf("outbox has %d rows, want all 3 kept", got)
+	}
+}
+
+// TestUpgradeMovesDeferredRows: rows an earlier version put back to wait
+// in the outbox itself move to outbox_deferred with the migration that
+// makes it, their attempts and due time kept; the others stay.
+func TestUpgradeMovesDeferredRows(t *testing.T) {
+	ctx := context.Background()
+	before := fstest.MapFS{}
+	err := fs.WalkDir(outbox.Migrations.FS, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasPrefix(path.Base(p), "004_") {
+			return err
+		}
+		body, err := fs.ReadFile(outbox.Migrations.FS, p)
+		before[p] = &fstest.MapFile{Data: body}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, schema := postgrestest.NewSchema(t)
+	if err := postgres.Migrate(ctx, pool, schema, postgres.Source{Name: outbox.Migrations.Name, FS: before}); err != nil {
+		t.Fatal(err)
+	}
+	ids := commit(t, pool, 2)
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET attempts = 3, next_attempt_at = now() + interval '1 hour' WHERE id = $1`, ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := postgres.Migrate(ctx, pool, schema, outbox.Migrations); err != nil {
+		t.Fatal(err)
+	}
+	var fresh, deferred string
+	var attempts int
+	var wait time.Duration
+	if err := pool.QueryRow(ctx, `SELECT (SELECT string_agg(id, ',') FROM outbox), id, attempts, next_attempt_at - now() FROM outbox_deferred`).Scan(&fresh, &deferred, &attempts, &wait); err != nil {
+		t.Fatal(err)
+	}
+	if fresh != ids[0] || deferred != ids[1] || attempts != 3 || wait < 59*time.Minute {
+		t.Errorf("after the upgrade: outbox %q, deferred %q with %d attempts due in %s; want %s, and %s with 3 due in an hour", fresh, deferred, attempts, wait, ids[0], ids[1])
+	}
+}
+
+// gatePublisher refuses every message, as a broker with no queue bound for
+// them does, until open is set; then it confirms them, counting them.
+type gatePublisher struct {
+	open     atomic.Bool
+	accepted atomic.Int64
+}
+
+func (g *gatePublisher) Publish(ctx context.Context, msgs ...eventbus.Message) error {
+	if !g.open.Load() {
+		return refusingPublisher{}.Publish(ctx, msgs...)
+	}
+	g.accepted.Add(int64(len(msgs)))
+	return nil
+}
+
+// TestRelayPublishesDeferredRowsOnceTakenIn: rows the broker refused wait
+// in outbox_deferred and go out, from a running relay, once the broker
+// takes them (a consumer bound its queue).
+func TestRelayPublishesDeferredRowsOnceTakenIn(t *testing.T) {
+	pool, _ := newOutbox(t)
+	pub := &gatePublisher{}
+	relay := outbox.NewRelay(pool, pub, outbox.Config{PollInterval: 50 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	runRelay(t, relay)
+	commit(t, pool, 3)
+	relay.Wake()
+	eventually := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10 s", what)
+			}
+		}
+	}
+	eventually("the refused rows deferred", func() bool {
+		var n int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox_deferred`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 3
+	})
+	pub.open.Store(true)
+	eventually("the deferred rows published", func() bool { return pending(t, pool) == 0 })
+	if n := pub.accepted.Load(); n != 3 {
+		t.Errorf("%d messages confirmed, want the 3 deferred", n)
 	}
 }

@@ -168,7 +168,7 @@ func (r *Relay) Drain(ctx context.Context) error {
 		return fmt.Errorf("drain outbox: read last row: %w", err)
 	}
 	for {
-		claimed, _, err := r.publishBatchUpTo(ctx, last)
+		claimed, _, _, err := r.publishFrom(ctx, outboxRows, last)
 		if err != nil {
 			return err
 		}
@@ -179,12 +179,19 @@ func (r *Relay) Drain(ctx context.Context) error {
 }
 
 // work publishes batches whenever woken or polled, backing off on failure.
+// Deferred rows that are due go out at most once a poll interval, after the
+// rows of the outbox.
 func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 	timer := time.NewTimer(r.cfg.PollInterval)
 	defer timer.Stop()
 	backoff := r.cfg.MinBackoff
+	var retryAt time.Time
 	for {
 		claimed, _, err := r.publishBatch(ctx)
+		if err == nil && claimed < r.cfg.BatchSize && !time.Now().Before(retryAt) {
+			retryAt = time.Now().Add(r.cfg.PollInterval)
+			err = r.retryDeferred(ctx)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -210,38 +217,65 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 	}
 }
 
-// PublishBatch claims up to BatchSize unclaimed rows that are due, oldest
-// first, publishes them and deletes them in one transaction, and returns
-// how many it published. A row is deleted only once the broker confirmed
-// it. Rows the broker refused (an unroutable event, a nack) are put back
-// with a growing delay before their next attempt, so they hold up
-// nothing, even when they fill the batch. Rows it left unanswered (the
-// link went down, the confirms timed out) stay as they were, due at once,
-// and PublishBatch returns an error saying how many, after settling the
-// others; when no row was confirmed or refused the transaction rolls back
-// and every row stays. Run calls it; it is exported for Drain-like uses
-// and tests.
+// PublishBatch claims up to BatchSize unclaimed rows of the outbox,
+// oldest first, or, when it has none, of the deferred rows that are due,
+// publishes them and deletes them in one transaction, and returns how
+// many it published. A row is deleted only once the broker confirmed it.
+// Rows the broker refused (an unroutable event, a nack) move to
+// outbox_deferred, with a delay before their next attempt that grows with
+// their refusals, so they hold up nothing, even when they fill the batch.
+// Rows it left unanswered (the link went down, the confirms timed out)
+// stay as they were, due at once, and PublishBatch returns an error
+// saying how many, after settling the others; when no row was confirmed
+// or refused the transaction rolls back and every row stays. Run calls
+// it; it is exported for Drain-like uses and tests.
 //
 // The transaction takes two round trips around the publishing: BEGIN
 // with the claim, and the DELETE with COMMIT. It is run on a connection
 // of its own rather than through pgx.Tx, which would spend a round trip
 // on COMMIT alone.
 func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
-	_, published, err := r.publishBatch(ctx)
+	claimed, published, err := r.publishBatch(ctx)
+	if err != nil || claimed > 0 {
+		return published, err
+	}
+	_, published, _, err = r.publishFrom(ctx, deferredRows, math.MaxInt64)
 	return published, err
 }
 
-// publishBatch is PublishBatch, also returning how many rows it claimed.
+// publishBatch publishes a batch of the outbox's rows and returns how many
+// it claimed and published.
 func (r *Relay) publishBatch(ctx context.Context) (claimed, published int, err error) {
-	return r.publishBatchUpTo(ctx, math.MaxInt64)
+	claimed, published, _, err = r.publishFrom(ctx, outboxRows, math.MaxInt64)
+	return claimed, published, err
 }
 
-// publishBatchUpTo is publishBatch, claiming only rows whose seq is at most
-// last.
-func (r *Relay) publishBatchUpTo(ctx context.Context, last int64) (claimed, published int, err error) {
+// retryDeferred publishes the deferred rows that are due, batch after
+// batch while whole batches go out.
+func (r *Relay) retryDeferred(ctx context.Context) error {
+	for {
+		claimed, _, refused, err := r.publishFrom(ctx, deferredRows, math.MaxInt64)
+		if err != nil || claimed < r.cfg.BatchSize || refused > 0 {
+			return err
+		}
+	}
+}
+
+// rowSource names where a batch's rows come from.
+type rowSource int
+
+const (
+	outboxRows   rowSource = iota // the outbox: rows not yet tried
+	deferredRows                  // outbox_deferred: rows the broker refused, once due
+)
+
+// publishFrom publishes a batch of from's rows whose seq is at most last,
+// and returns how many it claimed, how many the broker confirmed and how
+// many it refused.
+func (r *Relay) publishFrom(ctx context.Context, from rowSource, last int64) (claimed, published, refused int, err error) {
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
-		return 0, 0, fmt.Errorf("claim outbox rows: %w", err)
+		return 0, 0, 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
 	defer conn.Release()
 	defer postgres.RollbackConn(ctx, conn) // A no-op once committed.
@@ -254,12 +288,12 @@ func (r *Relay) publishBatchUpTo(ctx context.Context, last int64) (claimed, publ
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
 	b.Queue(`SET LOCAL synchronous_commit TO off`)
-	claim(b, r.cfg.BatchSize, last, &seqs, &msgs)
+	claim(b, from, r.cfg.BatchSize, last, &seqs, &msgs)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return 0, 0, fmt.Errorf("claim outbox rows: %w", err)
+		return 0, 0, 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
 	if len(msgs) == 0 {
-		return 0, 0, nil
+		return 0, 0, 0, nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	pubErr := r.pub.Publish(pctx, msgs...)
@@ -267,22 +301,41 @@ func (r *Relay) publishBatchUpTo(ctx context.Context, last int64) (claimed, publ
 	confirmed, failed, unanswered, known := settle(seqs, pubErr)
 	if !known {
 		r.failed(len(msgs), pubErr)
-		return len(msgs), 0, fmt.Errorf("publish %d outbox messages: %w", len(msgs), pubErr)
+		return len(msgs), 0, 0, fmt.Errorf("publish %d outbox messages: %w", len(msgs), pubErr)
 	}
 	// The broker has the confirmed messages now. Finish even if ctx just
 	// ended, so a graceful stop does not publish them a second time.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	b = &pgx.Batch{}
+	table := "outbox"
+	if from == deferredRows {
+		table = "outbox_deferred"
+	}
 	if len(confirmed) > 0 {
-		b.Queue(`DELETE FROM outbox WHERE seq = ANY($1)`, confirmed)
+		b.Queue(`DELETE FROM `+table+` WHERE seq = ANY($1)`, confirmed)
 	}
 	if len(failed) > 0 {
-		// Back off: 2^attempts × MinBackoff, at most MaxBackoff.
-		b.Queue(`
-			UPDATE outbox SET attempts = attempts + 1,
-				next_attempt_at = now() + least($2::interval * power(2, least(attempts, 20)), $3::interval)
-			WHERE seq = ANY($1)`, failed, r.cfg.MinBackoff, r.cfg.MaxBackoff)
+		// Back off: 2^attempts × MinBackoff, at most MaxBackoff, attempts
+		// counting the refusals before this one.
+		if from == deferredRows {
+			b.Queue(`
+				UPDATE outbox_deferred SET attempts = attempts + 1,
+					next_attempt_at = now() + least($2::interval * power(2, least(attempts, 20)), $3::interval)
+				WHERE seq = ANY($1)`, failed, r.cfg.MinBackoff, r.cfg.MaxBackoff)
+		} else {
+			b.Queue(`
+				WITH moved AS (
+					DELETE FROM outbox WHERE seq = ANY($1)
+					RETURNING seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state,
+						body, created_at, attempts
+				)
+				INSERT INTO outbox_deferred (seq, id, type, routing_key, source, correlation_id, event_time, trace_parent,
+					trace_state, body, created_at, attempts, next_attempt_at)
+				SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state,
+					body, created_at, attempts + 1, now() + least($2::interval * power(2, least(attempts, 20)), $3::interval)
+				FROM moved`, failed, r.cfg.MinBackoff, r.cfg.MaxBackoff)
+		}
 	}
 	b.Queue(`COMMIT`).Exec(func(tag pgconn.CommandTag) error {
 		if tag.String() != "COMMIT" {
@@ -292,7 +345,7 @@ func (r *Relay) publishBatchUpTo(ctx context.Context, last int64) (claimed, publ
 	})
 	if err := conn.SendBatch(dctx, b).Close(); err != nil {
 		r.failed(len(msgs), err)
-		return len(msgs), 0, fmt.Errorf("finish outbox batch (delete %d published rows, defer %d, commit): %w", len(confirmed), len(failed), err)
+		return len(msgs), 0, 0, fmt.Errorf("finish outbox batch (delete %d published rows, defer %d, commit): %w", len(confirmed), len(failed), err)
 	}
 	if r.cfg.Metrics.Published != nil && len(confirmed) > 0 {
 		r.cfg.Metrics.Published(len(confirmed))
@@ -306,9 +359,9 @@ func (r *Relay) publishBatchUpTo(ctx context.Context, last int64) (claimed, publ
 		// Left as they were, due at once: the broker said nothing against
 		// them, but the link that lost their answers needs the back-off.
 		r.failed(len(unanswered), pubErr)
-		return len(msgs), len(confirmed), fmt.Errorf("publish %d outbox messages: %d unanswered: %w", len(msgs), len(unanswered), pubErr)
+		return len(msgs), len(confirmed), len(failed), fmt.Errorf("publish %d outbox messages: %d unanswered: %w", len(msgs), len(unanswered), pubErr)
 	}
-	return len(msgs), len(confirmed), nil
+	return len(msgs), len(confirmed), len(failed), nil
 }
 
 // settle splits a batch's rows by the outcome of Publish: all confirmed
@@ -348,18 +401,28 @@ func (r *Relay) failed(n int, err error) {
 	}
 }
 
-// claim queues on b the statement that locks up to limit rows, of seq at
-// most last, that no other transaction holds; reading b's results decodes
-// them into seqs and msgs.
-func claim(b *pgx.Batch, limit int, last int64, seqs *[]int64, msgs *[]eventbus.Message) {
-	b.Queue(`
+// claim queues on b the statement that locks up to limit rows of from,
+// of seq at most last, that no other transaction holds: the outbox's
+// oldest first, or the deferred rows that are due, the longest due first.
+// Reading b's results decodes them into seqs and msgs.
+func claim(b *pgx.Batch, from rowSource, limit int, last int64, seqs *[]int64, msgs *[]eventbus.Message) {
+	query := `
 		SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
 		FROM outbox
-		WHERE next_attempt_at <= now() AND seq <= $2
+		WHERE seq <= $2
 		ORDER BY seq
 		LIMIT $1
-		FOR UPDATE SKIP LOCKED`, limit, last,
-	).Query(func(rows pgx.Rows) error {
+		FOR UPDATE SKIP LOCKED`
+	if from == deferredRows {
+		query = `
+		SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
+		FROM outbox_deferred
+		WHERE next_attempt_at <= now() AND seq <= $2
+		ORDER BY next_attempt_at
+		LIMIT $1
+		FOR UPDATE SKIP LOCKED`
+	}
+	b.Queue(query, limit, last).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var (
 				seq int64

@@ -502,7 +502,8 @@ func (p *Platform) QueuesBusy(ctx context.Context) (map[string]int, error) {
 	return busy, nil
 }
 
-// OutboxPending counts the rows waiting in every service's outbox.
+// OutboxPending counts the rows waiting in every service's outbox, those
+// the broker refused (outbox_deferred) included.
 func (p *Platform) OutboxPending(ctx context.Context) (map[string]int, error) {
 	conn, err := pgx.Connect(ctx, p.DatabaseURL)
 	if err != nil {
@@ -512,7 +513,8 @@ func (p *Platform) OutboxPending(ctx context.Context) (map[string]int, error) {
 	out := map[string]int{}
 	for _, s := range Services {
 		var n int
-		if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{s, "outbox"}.Sanitize()).Scan(&n); err != nil {
+		if err := conn.QueryRow(ctx, "SELECT (SELECT count(*) FROM "+pgx.Identifier{s, "outbox"}.Sanitize()+
+			") + (SELECT count(*) FROM "+pgx.Identifier{s, "outbox_deferred"}.Sanitize()+")").Scan(&n); err != nil {
 			return nil, fmt.Errorf("count %s outbox: %w", s, err)
 		}
 		out[s] = n
