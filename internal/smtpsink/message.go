@@ -44,6 +44,8 @@ type Message struct {
 	// User is the user name the client authenticated as (SMTP AUTH), or
 	// empty if it did not.
 	User string
+	// HELO is the name the client gave in its EHLO (or HELO) command.
+	HELO string
 }
 
 // HasRecipient reports whether addr (compared without case) is one of the

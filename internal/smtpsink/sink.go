@@ -363,6 +363,7 @@ func (s *session) Data(r io.Reader) error {
 	_, startedTLS := s.conn.TLSConnectionState()
 	m.TLS = startedTLS || s.sink.implicitTLS != nil
 	m.User = s.user
+	m.HELO = s.conn.Hostname()
 	s.sink.add(m)
 	return nil
 }

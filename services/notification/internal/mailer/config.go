@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/mail"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/ordermesh/ordermesh/internal/config"
@@ -35,6 +36,7 @@ const (
 	EnvFrom     = "ORDERMESH_SMTP_FROM"     // From header and envelope sender
 	EnvTimeout  = "ORDERMESH_SMTP_TIMEOUT"  // bound on one email's whole SMTP exchange
 	EnvCAFile   = "ORDERMESH_SMTP_CA_FILE"  // PEM file of the CAs to trust for TLS; empty: the system's
+	EnvHELO     = "ORDERMESH_SMTP_HELO"     // name given in EHLO; empty: the host's name
 
 	DefaultAddr    = "127.0.0.1:1025"
 	DefaultTLS     = TLSNone
@@ -54,6 +56,7 @@ const (
 //	ORDERMESH_SMTP_FROM      From      ordermesh <orders@ordermesh.localhost>
 //	ORDERMESH_SMTP_TIMEOUT   Timeout   10s
 //	ORDERMESH_SMTP_CA_FILE   CAFile    "" (the system's CAs)
+//	ORDERMESH_SMTP_HELO      HELO      "" (the host's name)
 type Config struct {
 	// Addr is the server's host:port.
 	Addr string
@@ -74,6 +77,11 @@ type Config struct {
 	CAFile string
 	// From is the sender, an RFC 5322 address with an optional name.
 	From string
+	// HELO is the name the client gives in EHLO: a fully qualified domain
+	// name, which servers that check it want (a container's host name is
+	// often a bare id, which they refuse, and a refused session waits as an
+	// outage). Empty: the host's name.
+	HELO string
 	// Timeout bounds one email: connecting, every command and the message
 	// data (twice that for an email sent again on a new connection, see
 	// the package documentation). A send that takes longer fails, and the
@@ -99,6 +107,7 @@ func ReadConfig(env *config.Env) Config {
 		From:     env.String(EnvFrom, def.From),
 		Timeout:  env.Duration(EnvTimeout, def.Timeout),
 		CAFile:   env.String(EnvCAFile, ""),
+		HELO:     env.String(EnvHELO, ""),
 	}
 	for _, p := range cfg.problems() {
 		env.Fail(p.name, p.err)
@@ -143,6 +152,9 @@ func (c Config) problems() []problem {
 	if c.Timeout <= 0 {
 		ps = append(ps, problem{EnvTimeout, fmt.Errorf("must be positive, got %s", c.Timeout)})
 	}
+	if !validHELO(c.HELO) {
+		ps = append(ps, problem{EnvHELO, fmt.Errorf("%q is not a host name (letters, digits, hyphens and dots) or an address literal ([192.0.2.1])", c.HELO)})
+	}
 	if c.Password != "" && c.Username == "" {
 		ps = append(ps, problem{EnvPassword, fmt.Errorf("set without %s", EnvUsername)})
 	}
@@ -174,6 +186,33 @@ func isASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= 0x80 {
 			return false
+		}
+	}
+	return true
+}
+
+// validHELO reports whether name can follow EHLO: empty (the host's name
+// then), a domain name of letters, digits, hyphens and dots, or an address
+// literal in brackets.
+func validHELO(name string) bool {
+	if name == "" {
+		return true
+	}
+	if len(name) > 255 {
+		return false
+	}
+	if strings.HasPrefix(name, "[") && strings.HasSuffix(name, "]") {
+		return net.ParseIP(strings.TrimPrefix(name[1:len(name)-1], "IPv6:")) != nil
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
 		}
 	}
 	return true

@@ -158,6 +158,9 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 	// ends them; the mail transactions are the Mailer's own (see the
 	// package documentation).
 	mopts := []mail.Option{mail.WithPort(port), mail.WithTimeout(cfg.Timeout), mail.WithDialContextFunc(m.dialContext)}
+	if cfg.HELO != "" {
+		mopts = append(mopts, mail.WithHELO(cfg.HELO))
+	}
 	if cfg.TLS != TLSNone {
 		m.tlsConfig = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
 		if cfg.CAFile != "" {

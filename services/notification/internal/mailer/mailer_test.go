@@ -51,10 +51,11 @@ func TestReadConfig(t *testing.T) {
 				"ORDERMESH_SMTP_ADDR": "smtp.example.com:587", "ORDERMESH_SMTP_USERNAME": "shop",
 				"ORDERMESH_SMTP_PASSWORD": "s3cret", "ORDERMESH_SMTP_TLS": "starttls",
 				"ORDERMESH_SMTP_FROM": "Shop <shop@example.com>", "ORDERMESH_SMTP_TIMEOUT": "3s",
+				"ORDERMESH_SMTP_HELO": "orders.example.com",
 			},
 			want: mailer.Config{
 				Addr: "smtp.example.com:587", Username: "shop", Password: "s3cret", TLS: mailer.TLSStartTLS,
-				From: "Shop <shop@example.com>", Timeout: 3 * time.Second,
+				From: "Shop <shop@example.com>", Timeout: 3 * time.Second, HELO: "orders.example.com",
 			},
 		},
 		{
@@ -62,9 +63,9 @@ func TestReadConfig(t *testing.T) {
 			env: map[string]string{
 				"ORDERMESH_SMTP_ADDR": "no-port", "ORDERMESH_SMTP_PASSWORD": "s3cret",
 				"ORDERMESH_SMTP_TLS": "ssl", "ORDERMESH_SMTP_FROM": "not an address",
-				"ORDERMESH_SMTP_TIMEOUT": "-1s",
+				"ORDERMESH_SMTP_TIMEOUT": "-1s", "ORDERMESH_SMTP_HELO": "orders example",
 			},
-			wantErr: []string{"ORDERMESH_SMTP_ADDR", "ORDERMESH_SMTP_PASSWORD", "ORDERMESH_SMTP_TLS", "ORDERMESH_SMTP_FROM", "ORDERMESH_SMTP_TIMEOUT"},
+			wantErr: []string{"ORDERMESH_SMTP_ADDR", "ORDERMESH_SMTP_PASSWORD", "ORDERMESH_SMTP_TLS", "ORDERMESH_SMTP_FROM", "ORDERMESH_SMTP_TIMEOUT", "ORDERMESH_SMTP_HELO"},
 		},
 		{
 			name:    "address without host",
@@ -277,6 +278,12 @@ func TestSendDeliversTextAndHTML(t *testing.T) {
 		Subject: "Order 42 confirmed — thanks", MessageID: "<42.confirmed@ordermesh>",
 		Text: "Your order 42 is confirmed.\r\n", HTML: "<p>Your order <b>42</b> is confirmed.</p>",
 	}
+	// Without ORDERMESH_SMTP_HELO, EHLO gives the host's name.
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.HELO = host
 	got.Raw, got.Header, got.Received = nil, nil, time.Time{}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("received (-want +got):\n%s", diff)
@@ -901,6 +908,32 @@ func TestIdleSessionsAreClosed(t *testing.T) {
 	}
 	expectOnce(t, s, "idle1@example.com")
 	expectOnce(t, s, "idle2@example.com")
+}
+
+// TestSendGivesTheConfiguredHELO: EHLO carries ORDERMESH_SMTP_HELO when
+// it is set; address literals are taken, other text is refused.
+func TestSendGivesTheConfiguredHELO(t *testing.T) {
+	s := startSink(t)
+	cfg := mailer.DefaultConfig()
+	cfg.Addr, cfg.Timeout, cfg.HELO = s.Addr(), 5*time.Second, "orders.example.com"
+	m, err := mailer.New(cfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Send(context.Background(), email("helo@example.com")); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if got := s.Messages()[0].HELO; got != "orders.example.com" {
+		t.Errorf("EHLO %q, want orders.example.com", got)
+	}
+	for name, ok := range map[string]bool{"[192.0.2.1]": true, "[IPv6:2001:db8::1]": true, "mail": true,
+		"orders example": false, "-mail.example.com": false, "mail..example.com": false, "[not-an-ip]": false, "mäil.example.com": false} {
+		cfg.HELO = name
+		if err := cfg.Validate(); (err == nil) != ok {
+			t.Errorf("HELO %q: Validate = %v, want accepted %v", name, err, ok)
+		}
+	}
 }
 
 func TestNewRejectsInvalidConfig(t *testing.T) {
