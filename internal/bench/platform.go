@@ -29,6 +29,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/healthcheck"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/smtpsink"
+	"github.com/ordermesh/ordermesh/internal/testport"
 )
 
 // Services are the platform's gRPC services in start order; "gateway" is
@@ -545,13 +546,16 @@ func (p *Proc) CPUProfile(ctx context.Context, d time.Duration, path string) err
 	return f.Close()
 }
 
+// freeAddr returns a loopback address for a child process to listen on,
+// its port below the kernel's ephemeral range (see internal/testport): a
+// port the kernel handed out for ":0" could be given to an outgoing
+// connection before the child binds it.
 func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := testport.Ports(1)
 	if err != nil {
 		return "", fmt.Errorf("find a free port: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), nil
 }
 
 // tail keeps the last max bytes written to it.
