@@ -150,22 +150,9 @@ func TestMigrateConcurrentMigratorsDoNotCollide(t *testing.T) {
 	ctx := context.Background()
 	pool, schema := freshSchema(t)
 
-	const migrators = 8
-	var wg sync.WaitGroup
-	errs := make([]error, migrators)
-	for i := range migrators {
-		wg.Go(func() {
-			// Each migrator has its own pool, like separate replicas.
-			p, err := postgres.Open(ctx, postgrestest.URL(), schema, postgres.WithMaxConns(2))
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			defer p.Close()
-			errs[i] = postgres.Migrate(ctx, p, schema, domain, platform)
-		})
-	}
-	wg.Wait()
+	errs := atOnce(schema, 8, func(p *pgxpool.Pool, _ int) error {
+		return postgres.Migrate(ctx, p, schema, domain, platform)
+	})
 	if err := errors.Join(errs...); err != nil {
 		t.Fatalf("concurrent Migrate: %v", err)
 	}
@@ -175,6 +162,26 @@ func TestMigrateConcurrentMigratorsDoNotCollide(t *testing.T) {
 	if got := count(t, pool, `SELECT count(*) FROM schema_migrations`); got != 3 {
 		t.Errorf("schema_migrations has %d rows, want 3", got)
 	}
+}
+
+// atOnce runs migrate n times at once, each with a pool of its own on
+// schema, like separate replicas, and returns their errors.
+func atOnce(schema string, n int, migrate func(p *pgxpool.Pool, i int) error) []error {
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			p, err := postgres.Open(context.Background(), postgrestest.URL(), schema, postgres.WithMaxConns(2))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer p.Close()
+			errs[i] = migrate(p, i)
+		})
+	}
+	wg.Wait()
+	return errs
 }
 
 // TestMigrationGivesUpWaitingForALock: a migration that needs a table a
@@ -248,20 +255,10 @@ func TestMigrateOwnedRefusesAnotherOwner(t *testing.T) {
 	t.Run("at once", func(t *testing.T) {
 		for range 5 {
 			pool, schema := freshSchema(t)
-			var wg sync.WaitGroup
-			errs := make([]error, 2)
-			for i, owner := range []string{"widgets", "gadgets"} {
-				wg.Go(func() {
-					p, err := postgres.Open(ctx, postgrestest.URL(), schema, postgres.WithMaxConns(2))
-					if err != nil {
-						errs[i] = err
-						return
-					}
-					defer p.Close()
-					errs[i] = postgres.MigrateOwned(ctx, p, schema, owner, domain, platform)
-				})
-			}
-			wg.Wait()
+			owners := []string{"widgets", "gadgets"}
+			errs := atOnce(schema, len(owners), func(p *pgxpool.Pool, i int) error {
+				return postgres.MigrateOwned(ctx, p, schema, owners[i], domain, platform)
+			})
 			refused := 0
 			for _, err := range errs {
 				switch {
