@@ -811,7 +811,7 @@ func TestRelaySettlesEachRowByItsMessagesOutcome(t *testing.T) {
 	}
 	got := map[string]string{}
 	rows, err := pool.Query(ctx, `
-		SELECT id, 'due' FROM outbox
+		SELECT id, CASE WHEN attempts = 0 AND next_attempt_at <= now() THEN 'due' ELSE 'other' END FROM outbox
 		UNION ALL
 		SELECT id, CASE WHEN attempts = 1 AND next_attempt_at > now() THEN 'waiting' ELSE 'other' END FROM outbox_deferred`)
 	if err != nil {
@@ -1021,5 +1021,55 @@ func TestRelayPublishesDeferredRowsOnceTakenIn(t *testing.T) {
 	eventually("the deferred rows published", func() bool { return pending(t, pool) == 0 })
 	if n := pub.accepted.Load(); n != 3 {
 		t.Errorf("%d messages confirmed, want the 3 deferred", n)
+	}
+}
+
+// recordingPublisher confirms every message and records their ids in the
+// order published.
+type recordingPublisher struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (p *recordingPublisher) Publish(_ context.Context, msgs ...eventbus.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range msgs {
+		p.ids = append(p.ids, m.ID)
+	}
+	return nil
+}
+
+// TestDeferredRowsDoNotWaitForTheOutboxToEmpty: due deferred rows go out
+// while the relay is still working through a backlog of whole batches, not
+// only once the outbox has run dry.
+func TestDeferredRowsDoNotWaitForTheOutboxToEmpty(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	deferred := commit(t, pool, 3)
+	if _, err := outbox.NewRelay(pool, refusingPublisher{}, outbox.Config{}).PublishBatch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE outbox_deferred SET next_attempt_at = now()`); err != nil {
+		t.Fatal(err)
+	}
+	fresh := commit(t, pool, 50)
+	pub := &recordingPublisher{}
+	runRelay(t, outbox.NewRelay(pool, pub, outbox.Config{BatchSize: 5}))
+	for deadline := time.Now().Add(10 * time.Second); pending(t, pool) > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the outbox did not empty within 10 s")
+		}
+	}
+	pub.mu.Lock()
+	defer pub.mu.Unlock()
+	lastDeferred := -1 // where the last of the deferred rows went out
+	for i, id := range pub.ids {
+		if slices.Contains(deferred, id) {
+			lastDeferred = i
+		}
+	}
+	if last := slices.Index(pub.ids, fresh[len(fresh)-1]); lastDeferred < 0 || lastDeferred > last {
+		t.Errorf("the last deferred row went out %dth of %d, after the backlog's last (%dth)", lastDeferred+1, len(pub.ids), last+1)
 	}
 }

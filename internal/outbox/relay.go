@@ -73,8 +73,9 @@ type Metrics struct {
 }
 
 // Relay publishes committed outbox rows of one schema (the pool's
-// search_path) through a Publisher, oldest first, and deletes them once
-// confirmed. Any number of relays, in one process or many, can run against
+// search_path) through a Publisher, oldest first (the rows the broker
+// refused, in outbox_deferred, the longest due first), and deletes them
+// once confirmed. Any number of relays, in one process or many, can run against
 // the same outbox: each row is claimed by one of them with FOR UPDATE SKIP
 // LOCKED.
 //
@@ -158,8 +159,8 @@ func (r *Relay) Stats(ctx context.Context) (Stats, error) { return ReadStats(ctx
 
 // Drain publishes batches until it finds no row left to claim among those
 // written before it began, or ctx ends or a batch fails. Rows another relay
-// holds at that moment are not waited for, nor rows put back to wait before
-// their next attempt, nor rows written after Drain began: with other
+// holds at that moment are not waited for, nor the rows the broker refused
+// (outbox_deferred, due or not), nor rows written after Drain began: with other
 // instances writing to the same outbox, a drain that took them too might
 // never end. It suits a graceful shutdown ("flush the outbox") and tests.
 func (r *Relay) Drain(ctx context.Context) error {
@@ -179,8 +180,8 @@ func (r *Relay) Drain(ctx context.Context) error {
 }
 
 // work publishes batches whenever woken or polled, backing off on failure.
-// Deferred rows that are due go out at most once a poll interval, after the
-// rows of the outbox.
+// Each poll interval (each worker's), the deferred rows that are due go out
+// too, between the outbox's batches, so that neither waits on the other.
 func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 	timer := time.NewTimer(r.cfg.PollInterval)
 	defer timer.Stop()
@@ -188,7 +189,7 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 	var retryAt time.Time
 	for {
 		claimed, _, err := r.publishBatch(ctx)
-		if err == nil && claimed < r.cfg.BatchSize && !time.Now().Before(retryAt) {
+		if err == nil && !time.Now().Before(retryAt) {
 			retryAt = time.Now().Add(r.cfg.PollInterval)
 			err = r.retryDeferred(ctx)
 		}
@@ -251,11 +252,12 @@ func (r *Relay) publishBatch(ctx context.Context) (claimed, published int, err e
 }
 
 // retryDeferred publishes the deferred rows that are due, batch after
-// batch while whole batches go out.
+// batch while batches are whole and the broker takes some of their rows
+// (what it refuses again waits again, out of the next batch's way).
 func (r *Relay) retryDeferred(ctx context.Context) error {
 	for {
-		claimed, _, refused, err := r.publishFrom(ctx, deferredRows, math.MaxInt64)
-		if err != nil || claimed < r.cfg.BatchSize || refused > 0 {
+		claimed, published, _, err := r.publishFrom(ctx, deferredRows, math.MaxInt64)
+		if err != nil || claimed < r.cfg.BatchSize || published == 0 {
 			return err
 		}
 	}
@@ -281,8 +283,9 @@ func (r *Relay) publishFrom(ctx context.Context, from rowSource, last int64) (cl
 	defer postgres.RollbackConn(ctx, conn) // A no-op once committed.
 
 	// The commit does not wait for its WAL flush: a crash can lose only
-	// the deletion of rows the broker has, which are then published again
-	// and absorbed by the consumers' inboxes.
+	// what the batch settled (the deletion of rows the broker has, which
+	// are then published again and absorbed by the consumers' inboxes; a
+	// refused row's move or back-off, which is tried again).
 	var seqs []int64
 	var msgs []eventbus.Message
 	b := &pgx.Batch{}
