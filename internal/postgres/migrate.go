@@ -135,7 +135,10 @@ var migrationLockTimeout = 10 * time.Second
 // duplicates). The claim is made under the schema's migration lock, so of
 // two owners starting on one empty schema at once, the second is refused.
 // The sources may change from one version to the next (a rollback to a
-// version with fewer of them is no other owner).
+// version with fewer of them is no other owner). A schema migrated before
+// owners were recorded is claimed by its first MigrateOwned, unless it
+// holds migrations of a source that is neither owner nor among sources:
+// another service's.
 func MigrateOwned(ctx context.Context, db TxBeginner, schema, owner string, sources ...Source) error {
 	if schema == "" {
 		return errors.New("migrate: empty schema name")
@@ -161,8 +164,15 @@ func MigrateOwned(ctx context.Context, db TxBeginner, schema, owner string, sour
 		case !errors.Is(err, pgx.ErrNoRows):
 			return fmt.Errorf("read owner: %w", err)
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO `+OwnerTable+` (owner) VALUES ($1) ON CONFLICT DO NOTHING`, owner); err != nil {
+		tag, err := tx.Exec(ctx, `INSERT INTO `+OwnerTable+` (owner) VALUES ($1) ON CONFLICT DO NOTHING`, owner)
+		if err != nil {
 			return fmt.Errorf("record owner: %w", err)
+		}
+		if tag.RowsAffected() == 1 {
+			// The first claim of a schema migrated before owners were
+			// recorded: one holding another service's migrations is not
+			// this one's to take.
+			return checkSources(ctx, tx, owner, sources)
 		}
 		return nil
 	})
@@ -170,6 +180,33 @@ func MigrateOwned(ctx context.Context, db TxBeginner, schema, owner string, sour
 		return fmt.Errorf("claim schema %s for %s: %w", schema, owner, err)
 	}
 	return Migrate(ctx, db, schema, sources...)
+}
+
+// checkSources returns ErrSchemaTaken when the schema tx's search_path
+// names has migrations of a source that is neither owner nor one of
+// sources (a service's domain source bears its name).
+func checkSources(ctx context.Context, tx pgx.Tx, owner string, sources []Source) error {
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, MigrationsTable).Scan(&exists); err != nil {
+		return fmt.Errorf("look up migrations table: %w", err)
+	}
+	if !exists {
+		return nil
+	}
+	names := []string{owner}
+	for _, src := range sources {
+		names = append(names, src.Name)
+	}
+	var other string
+	err := tx.QueryRow(ctx, `SELECT source FROM `+MigrationsTable+` WHERE source <> ALL($1) LIMIT 1`, names).Scan(&other)
+	switch {
+	case err == nil:
+		return fmt.Errorf("%w: it holds the migrations of %s; give each service a schema of its own", ErrSchemaTaken, other)
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil
+	default:
+		return fmt.Errorf("read applied sources: %w", err)
+	}
 }
 
 // lockSchema takes, in tx, the lock that serializes the migrators of

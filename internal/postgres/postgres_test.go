@@ -252,6 +252,23 @@ func TestMigrateOwnedRefusesAnotherOwner(t *testing.T) {
 		}
 	})
 
+	t.Run("a schema migrated before owners were recorded", func(t *testing.T) {
+		pool, schema := freshSchema(t)
+		if err := postgres.Migrate(ctx, pool, schema, domain, platform); err != nil {
+			t.Fatal(err)
+		}
+		err := postgres.MigrateOwned(ctx, pool, schema, "gadgets", other, platform)
+		if !errors.Is(err, postgres.ErrSchemaTaken) || !strings.Contains(err.Error(), "domain") {
+			t.Fatalf("MigrateOwned of a schema holding another service's migrations = %v, want ErrSchemaTaken naming domain", err)
+		}
+		if got := count(t, pool, `SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'schema_owner'`, schema); got != 0 {
+			t.Errorf("the refused claim was recorded")
+		}
+		if err := postgres.MigrateOwned(ctx, pool, schema, "domain", domain, platform); err != nil {
+			t.Fatalf("MigrateOwned by the service whose source the schema holds: %v", err)
+		}
+	})
+
 	t.Run("at once", func(t *testing.T) {
 		for range 5 {
 			pool, schema := freshSchema(t)
