@@ -192,8 +192,9 @@ func isASCII(s string) bool {
 }
 
 // validHELO reports whether name can follow EHLO: empty (the host's name
-// then), a domain name of letters, digits, hyphens and dots, or an address
-// literal in brackets.
+// then), a domain name of letters, digits, hyphens and dots (not all of its
+// labels digits), or an address literal as RFC 5321 writes one: [192.0.2.1]
+// or [IPv6:2001:db8::1].
 func validHELO(name string) bool {
 	if name == "" {
 		return true
@@ -202,7 +203,16 @@ func validHELO(name string) bool {
 		return false
 	}
 	if strings.HasPrefix(name, "[") && strings.HasSuffix(name, "]") {
-		return net.ParseIP(strings.TrimPrefix(name[1:len(name)-1], "IPv6:")) != nil
+		literal := name[1 : len(name)-1]
+		if len(literal) > 5 && strings.EqualFold(literal[:5], "IPv6:") {
+			ip := net.ParseIP(literal[5:])
+			return ip != nil && ip.To4() == nil
+		}
+		ip := net.ParseIP(literal)
+		return ip != nil && ip.To4() != nil && !strings.Contains(literal, ":")
+	}
+	if net.ParseIP(name) != nil {
+		return false // an address goes in brackets
 	}
 	for _, label := range strings.Split(name, ".") {
 		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {

@@ -927,8 +927,9 @@ func TestSendGivesTheConfiguredHELO(t *testing.T) {
 	if got := s.Messages()[0].HELO; got != "orders.example.com" {
 		t.Errorf("EHLO %q, want orders.example.com", got)
 	}
-	for name, ok := range map[string]bool{"[192.0.2.1]": true, "[IPv6:2001:db8::1]": true, "mail": true,
-		"orders example": false, "-mail.example.com": false, "mail..example.com": false, "[not-an-ip]": false, "mäil.example.com": false} {
+	for name, ok := range map[string]bool{"[192.0.2.1]": true, "[IPv6:2001:db8::1]": true, "[ipv6:2001:db8::1]": true, "mail": true,
+		"orders example": false, "-mail.example.com": false, "mail..example.com": false, "[not-an-ip]": false, "mäil.example.com": false,
+		"[2001:db8::1]": false, "[IPv6:192.0.2.1]": false, "192.0.2.1": false} {
 		cfg.HELO = name
 		if err := cfg.Validate(); (err == nil) != ok {
 			t.Errorf("HELO %q: Validate = %v, want accepted %v", name, err, ok)
