@@ -23,7 +23,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 )
 
 // floor is the lowest port handed out: above the registered ports most
@@ -60,9 +59,16 @@ func Ports(n int) ([]int, error) {
 	return ports, nil
 }
 
+// TB is the part of testing.TB that Addr uses; the package does not import
+// testing, so programs that are not tests (the benchmark) can use Ports.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
 // Addr returns "127.0.0.1:port" for a port from Ports, failing the test if
 // there is none.
-func Addr(t testing.TB) string {
+func Addr(t TB) string {
 	t.Helper()
 	ports, err := Ports(1)
 	if err != nil {
