@@ -117,8 +117,9 @@ type Order struct {
 // returns a Pending order with the given id, created and updated at now.
 //
 // Errors wrap ErrInvalid: for an empty id, request id, customer email or
-// payment token, no items, an item without product id or with a quantity
-// below 1, a unit price that is invalid (ErrInvalidMoney) or negative,
+// payment token, no items, an item without product id, with the product id
+// "." or ".." (no stock can be set for those), or with a quantity below 1,
+// a unit price that is invalid (ErrInvalidMoney) or negative,
 // items priced in several currencies (ErrMixedCurrency), or a total too
 // large for Money (ErrMoneyOverflow). Format rules (UUIDs, email syntax,
 // lengths) are the API's validation and are not repeated here.

@@ -65,6 +65,8 @@ func TestNewRejects(t *testing.T) {
 		{name: "empty token", mutate: func(r *Request) { r.PaymentToken = "" }, wantErrs: []error{ErrInvalid}, wantField: "payment_token"},
 		{name: "no items", mutate: func(r *Request) { r.Items = nil }, wantErrs: []error{ErrInvalid}, wantField: "items"},
 		{name: "empty product id", mutate: func(r *Request) { r.Items[1].ProductID = "" }, wantErrs: []error{ErrInvalid}, wantField: "items[1].product_id"},
+		{name: "product id .", mutate: func(r *Request) { r.Items[1].ProductID = "." }, wantErrs: []error{ErrInvalid}, wantField: "items[1].product_id"},
+		{name: "product id ..", mutate: func(r *Request) { r.Items[0].ProductID = ".." }, wantErrs: []error{ErrInvalid}, wantField: "items[0].product_id"},
 		{name: "zero quantity", mutate: func(r *Request) { r.Items[0].Quantity = 0 }, wantErrs: []error{ErrInvalid}, wantField: "items[0].quantity"},
 		{name: "negative quantity", mutate: func(r *Request) { r.Items[0].Quantity = -1 }, wantErrs: []error{ErrInvalid}, wantField: "items[0].quantity"},
 		{

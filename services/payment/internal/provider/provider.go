@@ -119,7 +119,12 @@ type Refund struct {
 //
 // Errors wrap ErrDeclined (permanent: the payment fails), ErrUnavailable
 // (transient: retry with the same key), ErrInvalidRequest or
-// ErrIdempotencyConflict (permanent), or are ctx's error.
+// ErrIdempotencyConflict (permanent), or are ctx's error. The service
+// waits out ErrUnavailable (an outage: retried without counting attempts,
+// however long it lasts), while ctx's deadline counts an attempt, and
+// after the retry ladder the event is dead-lettered: an adapter reports a
+// provider that does not answer, its own call timeouts included, as
+// ErrUnavailable.
 type Provider interface {
 	// Charge charges req.Amount to req.Token.
 	Charge(ctx context.Context, req ChargeRequest) (Charge, error)
