@@ -117,16 +117,22 @@ func TestAlarmDoesNotStallAcks(t *testing.T) {
 	// confirm: one message unacknowledged, none ready.
 	queue := cfg.QueueName()
 	var last [2]int
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	// state returns how many times the message with reason was handled,
+	// and the queue's ready and unacknowledged counts.
+	state := func(reason string) (int, [2]int) {
+		t.Helper()
 		qs, err := node.Queues(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		last = qs[queue]
 		mu.Lock()
-		fine := calls["fine"]
-		mu.Unlock()
+		defer mu.Unlock()
+		return calls[reason], qs[queue]
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var fine int
+		fine, last = state("fine")
 		if fine == 1 && last == [2]int{0, 1} {
 			break
 		}
@@ -139,15 +145,8 @@ func TestAlarmDoesNotStallAcks(t *testing.T) {
 	// It stays so for ten times ConfirmTimeout, the failed delivery
 	// handled once.
 	for end := time.Now().Add(10 * cfg.ConfirmTimeout); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		qs, err := node.Queues(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mu.Lock()
-		n := calls["fail once"]
-		mu.Unlock()
-		if n != 1 || qs[queue] != [2]int{0, 1} {
-			t.Fatalf("during the alarm: fail once handled %d times, queue %s ready/unacked %v; want it handled once and waiting unacknowledged", n, queue, qs[queue])
+		if n, q := state("fail once"); n != 1 || q != [2]int{0, 1} {
+			t.Fatalf("during the alarm: fail once handled %d times, queue %s ready/unacked %v; want it handled once and waiting unacknowledged", n, queue, q)
 		}
 	}
 
