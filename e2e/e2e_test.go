@@ -377,7 +377,7 @@ func waitTerminal(ctx context.Context, t *testing.T, c orderv1.OrderServiceClien
 func checkPayments(ctx context.Context, pf *platformtest.Platform, ps []*plan, final map[string]*orderv1.Order) error {
 	type payment struct{ status, charge string }
 	pays := map[string]payment{}
-	if err := queryRows(ctx, pf, `SELECT order_id::text, status, charge_id FROM payment.payments`, func(rows pgx.Rows) error {
+	if err := pf.EachRow(ctx, `SELECT order_id::text, status, charge_id FROM payment.payments`, func(rows pgx.Rows) error {
 		var id string
 		var p payment
 		if err := rows.Scan(&id, &p.status, &p.charge); err != nil {
@@ -392,7 +392,7 @@ func checkPayments(ctx context.Context, pf *platformtest.Platform, ps []*plan, f
 	// recorded their events (by event id, so a second charge of an order
 	// counts as one more).
 	events := map[string]map[string]int{}
-	if err := queryRows(ctx, pf, `SELECT order_id::text, routing_key, count(*) FROM "order".order_events
+	if err := pf.EachRow(ctx, `SELECT order_id::text, routing_key, count(*) FROM "order".order_events
 		WHERE routing_key IN ('payment.succeeded', 'payment.refunded') GROUP BY 1, 2`, func(rows pgx.Rows) error {
 		var id, key string
 		var n int
@@ -435,22 +435,6 @@ func checkPayments(ctx context.Context, pf *platformtest.Platform, ps []*plan, f
 	return nil
 }
 
-// queryRows runs query on the platform's database and calls each for
-// every row.
-func queryRows(ctx context.Context, pf *platformtest.Platform, query string, each func(pgx.Rows) error) error {
-	rows, done, err := pf.Query(ctx, query)
-	if err != nil {
-		return err
-	}
-	defer done()
-	for rows.Next() {
-		if err := each(rows); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
-}
-
 // checkEmails compares each customer's mail with what the order's history
 // calls for: received, plus confirmed (if it ever was; for a cancelled
 // order, possibly not), plus rejected or cancelled.
@@ -463,18 +447,12 @@ func checkEmails(ctx context.Context, pf *platformtest.Platform, c orderv1.Order
 	}
 	// The emails the notification service recorded as sent, and the
 	// notification.sent events the order service keeps, by order.
-	recorded, announced := map[string][]string{}, map[string]int{}
-	if err := queryRows(ctx, pf, `SELECT order_id, kind FROM notification.notifications`, func(rows pgx.Rows) error {
-		var id, kind string
-		if err := rows.Scan(&id, &kind); err != nil {
-			return err
-		}
-		recorded[id] = append(recorded[id], "Order "+id+" "+kind)
-		return nil
-	}); err != nil {
+	recorded, err := pf.RecordedEmails(ctx)
+	if err != nil {
 		return err
 	}
-	if err := queryRows(ctx, pf, `SELECT order_id::text, count(*) FROM "order".order_events
+	announced := map[string]int{}
+	if err := pf.EachRow(ctx, `SELECT order_id::text, count(*) FROM "order".order_events
 		WHERE routing_key = 'notification.sent' GROUP BY 1`, func(rows pgx.Rows) error {
 		var id string
 		var n int

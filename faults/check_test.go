@@ -270,29 +270,9 @@ func (s *scenario) queryRow(ctx context.Context, sql string, dest ...any) error 
 	return conn.QueryRow(ctx, sql).Scan(dest...)
 }
 
-// rowsOf runs sql and calls scan for each row.
-func (s *scenario) rowsOf(ctx context.Context, sql string, scan func(pgx.Rows) error) error {
-	conn, err := s.conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, sql)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		if err := scan(rows); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
-}
-
 func (s *scenario) orders(ctx context.Context) (map[string]dbOrder, error) {
 	out := map[string]dbOrder{}
-	err := s.rowsOf(ctx, `SELECT id::text, request_id::text, status, status_reason, customer_email,
+	err := s.pf.EachRow(ctx, `SELECT id::text, request_id::text, status, status_reason, customer_email,
 		(SELECT coalesce(sum((i->>'quantity')::bigint), 0) FROM jsonb_array_elements(items) i)
 		FROM "order".orders`, func(r pgx.Rows) error {
 		var o dbOrder
@@ -309,7 +289,7 @@ func (s *scenario) orders(ctx context.Context) (map[string]dbOrder, error) {
 // order service recorded them.
 func (s *scenario) eventCounts(ctx context.Context) (map[string]map[string]int, error) {
 	out := map[string]map[string]int{}
-	err := s.rowsOf(ctx, `SELECT order_id::text, routing_key, count(*) FROM "order".order_events GROUP BY 1, 2`, func(r pgx.Rows) error {
+	err := s.pf.EachRow(ctx, `SELECT order_id::text, routing_key, count(*) FROM "order".order_events GROUP BY 1, 2`, func(r pgx.Rows) error {
 		var id, key string
 		var n int
 		if err := r.Scan(&id, &key, &n); err != nil {
@@ -329,7 +309,7 @@ func (s *scenario) eventCounts(ctx context.Context) (map[string]map[string]int, 
 func (s *scenario) checkPayments(ctx context.Context, orders map[string]dbOrder, byRequest map[string]*order) error {
 	type payment struct{ status, charge, refund string }
 	pays := map[string]payment{}
-	if err := s.rowsOf(ctx, `SELECT order_id::text, status, charge_id, refund_id FROM payment.payments`, func(r pgx.Rows) error {
+	if err := s.pf.EachRow(ctx, `SELECT order_id::text, status, charge_id, refund_id FROM payment.payments`, func(r pgx.Rows) error {
 		var id string
 		var p payment
 		if err := r.Scan(&id, &p.status, &p.charge, &p.refund); err != nil {
@@ -385,7 +365,7 @@ func (s *scenario) checkStock(ctx context.Context, orders map[string]dbOrder) er
 		}
 	}
 	var problems []string
-	if err := s.rowsOf(ctx, `SELECT product_id, available, reserved FROM inventory.stock`, func(r pgx.Rows) error {
+	if err := s.pf.EachRow(ctx, `SELECT product_id, available, reserved FROM inventory.stock`, func(r pgx.Rows) error {
 		var sku string
 		var available, reserved int64
 		if err := r.Scan(&sku, &available, &reserved); err != nil {
@@ -403,7 +383,7 @@ func (s *scenario) checkStock(ctx context.Context, orders map[string]dbOrder) er
 	}); err != nil {
 		return err
 	}
-	if err := s.rowsOf(ctx, `SELECT order_id::text, status FROM inventory.reservations`, func(r pgx.Rows) error {
+	if err := s.pf.EachRow(ctx, `SELECT order_id::text, status FROM inventory.reservations`, func(r pgx.Rows) error {
 		var id, st string
 		if err := r.Scan(&id, &st); err != nil {
 			return err
@@ -448,15 +428,8 @@ func (s *scenario) checkEmails(ctx context.Context, orders map[string]dbOrder, a
 		return 0, 0, err
 	}
 	// The emails the notification service recorded as sent, by order.
-	recorded := map[string][]string{}
-	if err := s.rowsOf(ctx, `SELECT order_id, kind FROM notification.notifications`, func(r pgx.Rows) error {
-		var id, kind string
-		if err := r.Scan(&id, &kind); err != nil {
-			return err
-		}
-		recorded[id] = append(recorded[id], "Order "+id+" "+kind)
-		return nil
-	}); err != nil {
+	recorded, err := s.pf.RecordedEmails(ctx)
+	if err != nil {
 		return 0, 0, err
 	}
 	// Copies of each email, by recipient and subject, in the order the

@@ -536,6 +536,40 @@ func (p *Platform) Query(ctx context.Context, sql string, args ...any) (pgx.Rows
 	return rows, func() { rows.Close(); conn.Close(ctx) }, nil
 }
 
+// EachRow runs a query on the platform's database and calls each with
+// every row it returns, stopping at the first error.
+func (p *Platform) EachRow(ctx context.Context, sql string, each func(pgx.Rows) error) error {
+	rows, done, err := p.Query(ctx, sql)
+	if err != nil {
+		return err
+	}
+	defer done()
+	for rows.Next() {
+		if err := each(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// RecordedEmails returns the emails the notification service recorded as
+// sent, by order id, each as its subject: "Order <id> <kind>".
+func (p *Platform) RecordedEmails(ctx context.Context) (map[string][]string, error) {
+	recorded := map[string][]string{}
+	err := p.EachRow(ctx, `SELECT order_id, kind FROM notification.notifications`, func(rows pgx.Rows) error {
+		var id, kind string
+		if err := rows.Scan(&id, &kind); err != nil {
+			return err
+		}
+		recorded[id] = append(recorded[id], "Order "+id+" "+kind)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read recorded emails: %w", err)
+	}
+	return recorded, nil
+}
+
 // DumpLogs writes every process's output to the test log; call it when a
 // test fails.
 func (p *Platform) DumpLogs() {
