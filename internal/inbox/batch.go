@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -41,13 +42,14 @@ type Result struct {
 // runner drops its inbox row but cannot undo the handler's writes, so a
 // handler decides every delivery before it writes (in memory, say, writing
 // what the successful ones changed at the end). An error returned by the
-// handler itself fails the batch as a whole: nothing commits, and unless
-// the error is transient (postgres.Transient: an outage, a serialization
-// conflict) the runner hands the deliveries to the handler again in
-// halves, each in its own transaction, so that a delivery that fails every
-// batch it is in (one row a statement refuses, say) fails alone. A handler
-// may therefore see a delivery more than once, in rolled-back
-// transactions. Like a Handler, it must do all its effects through tx.
+// handler itself fails the batch as a whole: nothing commits. When it lost
+// a serialization conflict or a deadlock (postgres.Conflict) the runner
+// runs the batch again, a few times; unless the error is transient
+// (postgres.Transient: an outage, a conflict still lost) the runner hands
+// the deliveries to the handler again in halves, each in its own
+// transaction, so that a delivery that fails every batch it is in (one
+// row a statement refuses, say) fails alone. A handler may therefore see a
+// delivery more than once, in rolled-back transactions. Like a Handler, it must do all its effects through tx.
 type BatchHandler func(ctx context.Context, tx pgx.Tx, batch []Delivery) ([]Result, error)
 
 // BatchRunner processes deliveries like a Runner with batching: concurrent
@@ -148,7 +150,34 @@ func (b *BatchRunner) run(ctx context.Context, batch []*batchCall) {
 	}
 }
 
-// processApart is process, handling again in halves, each in a
+// conflictRetries is how many times a batch that lost a serialization
+// conflict or a deadlock to a concurrent transaction runs again at once,
+// before its deliveries fail. Sent to the retry queues instead, each would
+// wait there a second and spend one of its attempts on the conflict.
+const conflictRetries = 3
+
+// conflictPause is a random pause before the retry-th run again of a
+// batch that lost a conflict, growing with retry, so that the transactions
+// that conflicted do not meet again in step.
+func conflictPause(retry int) time.Duration {
+	return time.Duration(rand.Int64N(int64(10*time.Millisecond) << retry))
+}
+
+// pause waits d or until ctx ends, and reports whether d passed.
+func pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// processApart is process, running a batch again when it lost a
+// conflict with a concurrent transaction (up to conflictRetries times),
+// and handling again in halves, each in a
 // transaction of its own, deliveries whose transaction failed as a whole
 // for what it held rather than for an outage (see postgres.Transient): a
 // statement that one delivery's data makes fail, say. Otherwise that one
@@ -158,6 +187,12 @@ func (b *BatchRunner) run(ctx context.Context, batch []*batchCall) {
 // on their own in about 2·log2(n) transactions; the others succeed.
 func (b *BatchRunner) processApart(ctx context.Context, ds []Delivery) []error {
 	errs, whole := b.process(ctx, ds)
+	for try := 0; try < conflictRetries && postgres.Conflict(whole) && ctx.Err() == nil; try++ {
+		if !pause(ctx, conflictPause(try)) {
+			break
+		}
+		errs, whole = b.process(ctx, ds)
+	}
 	if whole == nil || len(ds) < 2 || ctx.Err() != nil || postgres.Transient(whole) {
 		return errs
 	}

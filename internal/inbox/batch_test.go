@@ -337,14 +337,14 @@ func TestBatchRunnerIsolatesADeliveryThatFailsItsBatch(t *testing.T) {
 }
 
 // TestBatchRunnerDoesNotSplitOnATransientFailure: a batch that fails for
-// an outage or a serialization conflict fails as a whole, without being
-// handled again in halves: that would not help, and an outage would take
-// about twice as many transactions to fail.
+// an outage or the server's shortage of resources fails as a whole,
+// without being handled again in halves: that would not help, and an
+// outage would take about twice as many transactions to fail.
 func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 	ctx := context.Background()
 	pool := newService(t)
 	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
-	conflict := &pgconn.PgError{Code: "40001", Message: "could not serialize access due to concurrent update"}
+	conflict := &pgconn.PgError{Code: "53300", Message: "sorry, too many clients already"}
 	var seen atomic.Int64
 	var batches atomic.Int64
 	release := make(chan struct{})
@@ -380,7 +380,7 @@ func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 	wg.Wait()
 	for i, err := range errs {
 		if !errors.Is(err, conflict) || eventbus.IsUnavailable(err) {
-			t.Errorf("delivery %d: err = %v, want the conflict, counted as an attempt (not eventbus.Unavailable)", i, err)
+			t.Errorf("delivery %d: err = %v, want the server's refusal, counted as an attempt (not eventbus.Unavailable)", i, err)
 		}
 	}
 	if n := seen.Load(); n != int64(len(ds)) {
@@ -556,5 +556,82 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not within a minute: %s", what)
 		}
+	}
+}
+
+// raiseDeadlock makes PostgreSQL abort tx as a deadlock would: the same
+// error (SQLSTATE 40P01) from the server, the transaction unusable after.
+func raiseDeadlock(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40P01', MESSAGE = 'deadlock detected (raised by the test)'; END $$`)
+	if err == nil {
+		return errors.New("the raised deadlock did not fail the statement")
+	}
+	return err
+}
+
+// TestBatchRunnerRunsABatchAgainAfterAConflict: a batch that lost a
+// deadlock or a serialization conflict runs again at once, in a new
+// transaction, and its deliveries succeed without going to the retry
+// queues (where each would wait and spend an attempt on the conflict).
+func TestBatchRunnerRunsABatchAgainAfterAConflict(t *testing.T) {
+	ctx := context.Background()
+	pool := newService(t)
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
+	var calls, seen atomic.Int64
+	apply := batchHandler(nil, &seen)
+	h := func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+		if calls.Add(1) <= 2 {
+			return nil, raiseDeadlock(ctx, tx)
+		}
+		return apply(ctx, tx, batch)
+	}
+	b := inbox.NewBatchRunner(runner, h, 16, 10*time.Second)
+	d := newDelivery(t, "a@example.com", 7)
+	out, err := b.Process(ctx, d.ev, d.meta)
+	if err != nil || out != inbox.Processed {
+		t.Fatalf("Process = %v, %v; want Processed after the conflicts", out, err)
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("handler ran %d times, want 3 (two conflicts, then the commit)", n)
+	}
+	var units int64
+	if err := pool.QueryRow(ctx, `SELECT units FROM totals WHERE customer = 'a@example.com'`).Scan(&units); err != nil {
+		t.Fatal(err)
+	}
+	if units != 7 {
+		t.Errorf("total = %d, want 7 (the event applied once)", units)
+	}
+	if out, err := b.Process(ctx, d.ev, d.meta); err != nil || out != inbox.Duplicate {
+		t.Errorf("redelivery: Process = %v, %v; want Duplicate", out, err)
+	}
+}
+
+// TestBatchRunnerGivesUpOnAConflictThatPersists: a batch that keeps
+// losing conflicts runs ConflictRetries times more, then fails as a whole
+// with the conflict (counted as an attempt, not an outage), not in halves.
+func TestBatchRunnerGivesUpOnAConflictThatPersists(t *testing.T) {
+	ctx := context.Background()
+	pool := newService(t)
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
+	var calls atomic.Int64
+	h := func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+		calls.Add(1)
+		return nil, raiseDeadlock(ctx, tx)
+	}
+	b := inbox.NewBatchRunner(runner, h, 16, 10*time.Second)
+	d := newDelivery(t, "a@example.com", 7)
+	_, err := b.Process(ctx, d.ev, d.meta)
+	if !postgres.Conflict(err) || eventbus.IsUnavailable(err) || eventbus.IsPermanent(err) {
+		t.Fatalf("Process error = %v; want the deadlock, neither permanent nor an outage", err)
+	}
+	if n, want := calls.Load(), int64(1+inbox.ConflictRetries); n != want {
+		t.Errorf("handler ran %d times, want %d", n, want)
+	}
+	var inboxRows int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM inbox`).Scan(&inboxRows); err != nil {
+		t.Fatal(err)
+	}
+	if inboxRows != 0 {
+		t.Errorf("%d inbox rows after the failed batch, want 0", inboxRows)
 	}
 }

@@ -51,3 +51,11 @@ func Transient(err error) bool {
 	pgErr, ok := errors.AsType[*pgconn.PgError](err)
 	return ok && (strings.HasPrefix(pgErr.Code, "40") || strings.HasPrefix(pgErr.Code, "53"))
 }
+
+// Conflict reports whether err is a transaction that lost to a concurrent
+// one: a serialization failure (SQLSTATE 40001) or a deadlock (40P01).
+// Running the same transaction again usually succeeds.
+func Conflict(err error) bool {
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	return ok && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+}

@@ -14,7 +14,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/postgres"
 )
 
-func TestUnreachableAndTransient(t *testing.T) {
+func TestUnreachableTransientAndConflict(t *testing.T) {
 	pgErr := func(code string) error {
 		return fmt.Errorf("insert: %w", &pgconn.PgError{Code: code, Message: "m"})
 	}
@@ -22,6 +22,7 @@ func TestUnreachableAndTransient(t *testing.T) {
 		name                   string
 		err                    error
 		unreachable, transient bool
+		conflict               bool
 	}{
 		{name: "nil"},
 		{name: "canceled", err: fmt.Errorf("query: %w", context.Canceled)},
@@ -31,8 +32,9 @@ func TestUnreachableAndTransient(t *testing.T) {
 		{name: "admin shutdown", err: pgErr("57P01"), unreachable: true, transient: true},
 		{name: "cannot connect now", err: pgErr("57P03"), unreachable: true, transient: true},
 		{name: "connection failure", err: pgErr("08006"), unreachable: true, transient: true},
-		{name: "serialization failure", err: pgErr("40001"), transient: true},
-		{name: "deadlock", err: pgErr("40P01"), transient: true},
+		{name: "serialization failure", err: pgErr("40001"), transient: true, conflict: true},
+		{name: "deadlock", err: pgErr("40P01"), transient: true, conflict: true},
+		{name: "deferred constraint failed at commit", err: pgErr("40002"), transient: true},
 		{name: "out of memory", err: pgErr("53200"), transient: true},
 		{name: "not null violation", err: pgErr("23502")},
 		{name: "invalid text", err: pgErr("22P02")},
@@ -45,6 +47,9 @@ func TestUnreachableAndTransient(t *testing.T) {
 			}
 			if got := postgres.Transient(tt.err); got != tt.transient {
 				t.Errorf("Transient(%v) = %v, want %v", tt.err, got, tt.transient)
+			}
+			if got := postgres.Conflict(tt.err); got != tt.conflict {
+				t.Errorf("Conflict(%v) = %v, want %v", tt.err, got, tt.conflict)
 			}
 		})
 	}

@@ -1,0 +1,4 @@
+package inbox
+
+// ConflictRetries is conflictRetries, for the tests.
+const ConflictRetries = conflictRetries
