@@ -25,7 +25,10 @@ type jsonMarshaler struct {
 	*runtime.JSONPb
 }
 
-var _ runtime.Marshaler = (*jsonMarshaler)(nil)
+var (
+	_ runtime.Marshaler         = (*jsonMarshaler)(nil)
+	_ runtime.StreamContentType = (*jsonMarshaler)(nil)
+)
 
 // Marshal renders a message with protojson, anything else as JSONPb does.
 func (m *jsonMarshaler) Marshal(v any) ([]byte, error) {
@@ -39,6 +42,14 @@ func (m *jsonMarshaler) Marshal(v any) ([]byte, error) {
 	}
 	return m.JSONPb.Marshal(v)
 }
+
+// ndjsonMIME is the media type of a stream of JSON values, one per line.
+const ndjsonMIME = "application/x-ndjson"
+
+// StreamContentType is the Content-Type of a stream's response (a watch):
+// newline-delimited JSON, not one JSON document. A stream that fails
+// before its first message is answered with an error, as application/json.
+func (m *jsonMarshaler) StreamContentType(any) string { return ndjsonMIME }
 
 // orderJSONOptions are the options appendOrderResponse writes as.
 var orderJSONOptions = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}

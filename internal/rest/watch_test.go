@@ -3,6 +3,7 @@ package rest_test
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -53,6 +54,39 @@ func TestWatchFailingBeforeItsFirstMessage(t *testing.T) {
 				t.Errorf("watch %s (Accept %q) = %d %s %s, want %d application/json with the status %v %q",
 					id, accept, resp.StatusCode, resp.Header.Get("Content-Type"), body, wantHTTP, want.Code(), want.Message())
 			}
+		}
+	}
+}
+
+// TestWatchStreamContentType: a watch's stream is labelled as what it is:
+// newline-delimited JSON (application/x-ndjson) by default, Server-Sent
+// Events for a client that accepts text/event-stream; each line of the
+// first is a JSON object of its own.
+func TestWatchStreamContentType(t *testing.T) {
+	base, _ := startGateway(t, pausingOrders{}, rest.Options{})
+	for accept, want := range map[string]string{"": "application/x-ndjson", "application/json": "application/x-ndjson", "text/event-stream": "text/event-stream"} {
+		req, err := http.NewRequest(http.MethodGet, base+"/v1/orders/0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70:watch", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if accept != "" {
+			req.Header.Set("Accept", accept)
+		}
+		resp, body := send(t, req)
+		if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK || ct != want {
+			t.Errorf("watch (Accept %q) = %d, Content-Type %q; want 200 %s", accept, resp.StatusCode, ct, want)
+		}
+		if want != "application/x-ndjson" {
+			continue
+		}
+		lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
+		for _, line := range lines {
+			if !json.Valid([]byte(line)) {
+				t.Errorf("watch line %q is not JSON", line)
+			}
+		}
+		if len(lines) != 2 {
+			t.Errorf("watch body %q: %d lines, want 2 (one per message)", body, len(lines))
 		}
 	}
 }

@@ -875,7 +875,7 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\tOrderView\x12\x1a\n" +
 	"\x16ORDER_VIEW_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10ORDER_VIEW_BASIC\x10\x01\x12\x13\n" +
-	"\x0fORDER_VIEW_FULL\x10\x022\xb6\x06\n" +
+	"\x0fORDER_VIEW_FULL\x10\x022\xcc\x06\n" +
 	"\fOrderService\x12u\n" +
 	"\vCreateOrder\x12&.ordermesh.order.v1.CreateOrderRequest\x1a'.ordermesh.order.v1.CreateOrderResponse\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
 	"/v1/orders\x12t\n" +
@@ -884,9 +884,9 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"ListOrders\x12%.ordermesh.order.v1.ListOrdersRequest\x1a&.ordermesh.order.v1.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
 	"/v1/orders\x12\x87\x01\n" +
 	"\vCancelOrder\x12&.ordermesh.order.v1.CancelOrderRequest\x1a'.ordermesh.order.v1.CancelOrderResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/orders/{order_id}:cancel\x12\x90\x01\n" +
-	"\x0fListOrderEvents\x12*.ordermesh.order.v1.ListOrderEventsRequest\x1a+.ordermesh.order.v1.ListOrderEventsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/orders/{order_id}/events\x12\xaa\x01\n" +
+	"\x0fListOrderEvents\x12*.ordermesh.order.v1.ListOrderEventsRequest\x1a+.ordermesh.order.v1.ListOrderEventsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/orders/{order_id}/events\x12\xc0\x01\n" +
 	"\n" +
-	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"K\x92A%:\x10application/json:\x11text/event-stream\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xf2\f\x92A\x97\v\x12V\n" +
+	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"a\x92A;:\x14application/x-ndjson:\x11text/event-stream:\x10application/json\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xf2\f\x92A\x97\v\x12V\n" +
 	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/jsonR\xe9\x02\n" +
 	"\x03400\x12\xe1\x02\n" +
 	"\xc6\x02The request is invalid (INVALID_ARGUMENT). When fields break the request's rules, details hold a google.rpc.BadRequest (keys in proto names: field_violations, each with field and description) naming each. A body that is not JSON of the request's shape, or a query string that is not URL-encoded, gets a message and no details.\x12\x16\n" +

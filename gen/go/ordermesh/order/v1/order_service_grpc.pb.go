@@ -58,9 +58,10 @@ type OrderServiceClient interface {
 	// CONFIRMED, REJECTED or CANCELLED. A CONFIRMED order can still be
 	// cancelled later; GetOrder shows that.
 	//
-	// Over REST the stream is newline-delimited JSON, one {"result": ...}
-	// object per message, or Server-Sent Events ("data: {...}") when the
-	// client sends Accept: text/event-stream. An error that ends the stream
+	// Over REST the stream is newline-delimited JSON (Content-Type
+	// application/x-ndjson), one {"result": ...} object per message, or
+	// Server-Sent Events ("data: {...}") when the client sends Accept:
+	// text/event-stream. An error that ends the stream
 	// after a message is its last object, {"error": Status}, with code 14
 	// (UNAVAILABLE) when the server is shutting down: watch again. One found
 	// before the first message (an invalid or unknown order id) is answered
@@ -180,9 +181,10 @@ type OrderServiceServer interface {
 	// CONFIRMED, REJECTED or CANCELLED. A CONFIRMED order can still be
 	// cancelled later; GetOrder shows that.
 	//
-	// Over REST the stream is newline-delimited JSON, one {"result": ...}
-	// object per message, or Server-Sent Events ("data: {...}") when the
-	// client sends Accept: text/event-stream. An error that ends the stream
+	// Over REST the stream is newline-delimited JSON (Content-Type
+	// application/x-ndjson), one {"result": ...} object per message, or
+	// Server-Sent Events ("data: {...}") when the client sends Accept:
+	// text/event-stream. An error that ends the stream
 	// after a message is its last object, {"error": Status}, with code 14
 	// (UNAVAILABLE) when the server is shutting down: watch again. One found
 	// before the first message (an invalid or unknown order id) is answered
