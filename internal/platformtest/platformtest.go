@@ -472,34 +472,42 @@ func (p *Platform) QueuesBusy(ctx context.Context) (map[string]int, error) {
 	}
 	defer conn.Close()
 	busy := map[string]int{}
+	for _, name := range p.QueueNames() {
+		counts, ok := listed[name]
+		if !ok {
+			return nil, fmt.Errorf("queue %s is not among the local node's queues", name)
+		}
+		// A channel per queue: a passive declare of a missing queue
+		// closes its channel.
+		ch, err := conn.Channel()
+		if err != nil {
+			return nil, err
+		}
+		q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		_ = ch.Close()
+		if err != nil {
+			return nil, fmt.Errorf("inspect queue %s: %w", name, err)
+		}
+		busy[name] = q.Messages + counts[1] // ready now, unacknowledged as last refreshed
+	}
+	return busy, nil
+}
+
+// QueueNames returns the names of every service queue and retry queue of
+// the platform (not the dead-letter queues): the queues its services
+// declare, which must all be there once they are up.
+func (p *Platform) QueueNames() []string {
+	var names []string
 	for _, s := range Services {
 		cfg := eventbus.Config{Prefix: p.Prefix, Service: s}
-		names := []string{cfg.QueueName()}
+		names = append(names, cfg.QueueName())
 		for _, d := range strings.Split(p.opts.RetryDelays, ",") {
 			if v, err := time.ParseDuration(strings.TrimSpace(d)); err == nil {
 				names = append(names, cfg.RetryQueueName(v))
 			}
 		}
-		for _, name := range names {
-			counts, ok := listed[name]
-			if !ok {
-				return nil, fmt.Errorf("queue %s is not among the local node's queues", name)
-			}
-			// A channel per queue: a passive declare of a missing queue
-			// closes its channel.
-			ch, err := conn.Channel()
-			if err != nil {
-				return nil, err
-			}
-			q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
-			_ = ch.Close()
-			if err != nil {
-				return nil, fmt.Errorf("inspect queue %s: %w", name, err)
-			}
-			busy[name] = q.Messages + counts[1] // ready now, unacknowledged as last refreshed
-		}
 	}
-	return busy, nil
+	return names
 }
 
 // OutboxPending counts the rows waiting in every service's outbox, those
