@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -199,12 +200,17 @@ func (s *scenario) check(ctx context.Context, sp spec, last time.Time) counts {
 		}
 		c.inbox[svc] = n
 	}
-	perQueue := map[string]int{}
+	var perQueue, distinct map[string]int
 	var tapErrs []string
-	c.events, c.copies, perQueue, tapErrs = s.tap.stats(s.bindings)
+	c.events, c.copies, perQueue, distinct, tapErrs = s.tap.stats(s.bindings)
 	c.routed = map[string]int{}
 	for _, svc := range platformtest.Services {
 		c.routed[svc] = perQueue[s.pf.Prefix+svc]
+		// Each event routed to a service's queue, however often, was
+		// processed once: its inbox holds one row for it.
+		if want := distinct[s.pf.Prefix+svc]; c.inbox[svc] != want {
+			t.Errorf("%s inbox holds %d events, want the %d distinct events routed to its queue", svc, c.inbox[svc], want)
+		}
 	}
 	if sp.router {
 		// The tap routed each copy twice instead of the exchange.
@@ -215,6 +221,9 @@ func (s *scenario) check(ctx context.Context, sp spec, last time.Time) counts {
 		}
 		if c.routerCopies = s.tap.routedCopies(); c.routerCopies < want {
 			t.Errorf("the router published %d copies, want at least %d (two of each event to each queue bound to its key)", c.routerCopies, want)
+		}
+		if n := s.tap.returnedCopies(); n != 0 {
+			t.Errorf("the broker returned %d of the router's copies as unroutable, want none", n)
 		}
 	}
 	c.tapErrors = len(tapErrs)
@@ -365,12 +374,14 @@ func (s *scenario) checkStock(ctx context.Context, orders map[string]dbOrder) er
 		}
 	}
 	var problems []string
+	seen := false
 	if err := s.pf.EachRow(ctx, `SELECT product_id, available, reserved FROM inventory.stock`, func(r pgx.Rows) error {
 		var sku string
 		var available, reserved int64
 		if err := r.Scan(&sku, &available, &reserved); err != nil {
 			return err
 		}
+		seen = seen || sku == skuStocked
 		want := int64(0)
 		if sku == skuStocked {
 			want = initialStock - consumed
@@ -382,6 +393,9 @@ func (s *scenario) checkStock(ctx context.Context, orders map[string]dbOrder) er
 		return nil
 	}); err != nil {
 		return err
+	}
+	if !seen {
+		problems = append(problems, skuStocked+": no stock row")
 	}
 	if err := s.pf.EachRow(ctx, `SELECT order_id::text, status FROM inventory.reservations`, func(r pgx.Rows) error {
 		var id, st string
@@ -449,6 +463,15 @@ func (s *scenario) checkEmails(ctx context.Context, orders map[string]dbOrder, a
 	s.mu.Unlock()
 	perFault := make([]int, len(windows))
 	var problems []string
+	customers := map[string]bool{}
+	for _, o := range orders {
+		customers[o.email] = true
+	}
+	for _, to := range slices.Sorted(maps.Keys(got)) {
+		if !customers[to] {
+			problems = append(problems, fmt.Sprintf("%s, the customer of no order, got %d emails", to, len(got[to])))
+		}
+	}
 	resent := 0
 	for id, o := range orders {
 		want := []string{"Order " + id + " received"}
@@ -584,13 +607,19 @@ const quietWithin = 60 * time.Second
 
 // quiet returns nil when no queue of the scenario's but the dead-letter
 // queues holds a message, ready or unacknowledged, and every outbox is
-// empty; else what is left.
+// empty; else what is left. A service, retry or tap queue missing from
+// the broker's list is not taken for an empty one.
 func (s *scenario) quiet(ctx context.Context) error {
 	qs, err := infra.rabbit.Queues(ctx)
 	if err != nil {
 		return err
 	}
 	var left []string
+	for _, name := range append(s.pf.QueueNames(), s.tap.queue) {
+		if _, ok := qs[name]; !ok {
+			left = append(left, name+": not among the broker's queues")
+		}
+	}
 	for _, name := range sortedKeys(qs) {
 		if !strings.HasPrefix(name, s.pf.Prefix) || strings.HasSuffix(name, ".dlq") {
 			continue

@@ -32,7 +32,10 @@ type tap struct {
 	copies map[string]int    // by event id
 	keys   map[string]string // event id → routing key
 	routed int               // copies the router published
-	errs   []string
+	// returned counts the router's copies the broker returned as
+	// unroutable (their queue was missing): copies no service got.
+	returned int
+	errs     []string
 
 	done chan struct{}
 }
@@ -101,6 +104,7 @@ func (tp *tap) session(ctx context.Context) error {
 		return fmt.Errorf("tap qos: %w", err)
 	}
 	var pub *amqp.Channel
+	var returns chan amqp.Return
 	if tp.route != nil {
 		if pub, err = conn.Channel(); err != nil {
 			return fmt.Errorf("router channel: %w", err)
@@ -108,6 +112,10 @@ func (tp *tap) session(ctx context.Context) error {
 		if err := pub.Confirm(false); err != nil {
 			return fmt.Errorf("router confirms: %w", err)
 		}
+		// The broker sends a copy's return before its confirm, so once a
+		// batch is confirmed its returns are here; the buffer holds more
+		// than a batch's copies, so the client never blocks on it.
+		returns = pub.NotifyReturn(make(chan amqp.Return, 4096))
 	}
 	deliveries, err := ch.Consume(tp.queue, "", false, false, false, false, nil)
 	if err != nil {
@@ -147,6 +155,7 @@ func (tp *tap) session(ctx context.Context) error {
 			if err := tp.forward(ctx, pub, batch); err != nil {
 				return err
 			}
+			tp.countReturns(returns)
 			batch = batch[:0]
 		}
 	}
@@ -209,6 +218,31 @@ func (tp *tap) forward(ctx context.Context, pub *amqp.Channel, batch []amqp.Deli
 	return batch[len(batch)-1].Ack(true)
 }
 
+// countReturns counts the copies the broker returned so far.
+func (tp *tap) countReturns(returns <-chan amqp.Return) {
+	for {
+		select {
+		case r := <-returns:
+			tp.mu.Lock()
+			tp.returned++
+			if len(tp.errs) < 20 {
+				tp.errs = append(tp.errs, fmt.Sprintf("router copy of %s returned by the broker: %d %s", r.MessageId, r.ReplyCode, r.ReplyText))
+			}
+			tp.mu.Unlock()
+		default:
+			return
+		}
+	}
+}
+
+// returnedCopies returns how many of the router's copies the broker
+// returned as unroutable.
+func (tp *tap) returnedCopies() int {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	return tp.returned
+}
+
 // routedCopies returns how many copies the router published.
 func (tp *tap) routedCopies() int {
 	tp.mu.Lock()
@@ -233,21 +267,23 @@ func (tp *tap) remove() error {
 }
 
 // stats returns the number of distinct events, of copies published, of
-// copies routed to the given bindings, and the tap's errors.
-func (tp *tap) stats(bindings []binding) (events, copies int, perQueue map[string]int, errs []string) {
+// copies and of distinct events routed to each queue of the given
+// bindings, and the tap's errors.
+func (tp *tap) stats(bindings []binding) (events, copies int, perQueue, distinct map[string]int, errs []string) {
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
-	perQueue = map[string]int{}
+	perQueue, distinct = map[string]int{}, map[string]int{}
 	for id, n := range tp.copies {
 		events++
 		copies += n
 		for _, b := range bindings {
 			if b.key == tp.keys[id] {
 				perQueue[b.queue] += n
+				distinct[b.queue]++
 			}
 		}
 	}
-	return events, copies, perQueue, append([]string(nil), tp.errs...)
+	return events, copies, perQueue, distinct, append([]string(nil), tp.errs...)
 }
 
 // listBindings returns the bindings from the platform's exchange to its
