@@ -1,6 +1,8 @@
 package contract
 
 import (
+	"io/fs"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -12,9 +14,12 @@ import (
 
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 
-	// The generated packages register their files with the global registry.
+	// The generated packages register their files with the global registry;
+	// TestEverySchemaIsChecked fails until a new package is imported here.
+	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/eventbus/v1"
 	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
+	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
 )
@@ -108,5 +113,39 @@ func TestRoutingKeyOfNonEvent(t *testing.T) {
 	}
 	if _, err := eventbus.RoutingKey(md.(protoreflect.MessageDescriptor)); err == nil {
 		t.Fatal("Order is not an event, but RoutingKey returned no error")
+	}
+}
+
+// TestEverySchemaIsChecked: every file under proto/ordermesh is in the
+// registry these tests walk (its generated package imported above), and
+// every package with events owns a routing key prefix. A new package's
+// events would otherwise pass every contract check unseen: a key that
+// collides with another's, or no fixture.
+func TestEverySchemaIsChecked(t *testing.T) {
+	root := filepath.Join("..", "..", "proto")
+	var files []string
+	err := filepath.WalkDir(filepath.Join(root, "ordermesh"), func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || filepath.Ext(path) != ".proto" {
+			return err
+		}
+		rel, err := filepath.Rel(root, path)
+		files = append(files, filepath.ToSlash(rel))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatalf("no .proto files under %s", root)
+	}
+	for _, f := range files {
+		fd, err := protoregistry.GlobalFiles.FindFileByPath(f)
+		if err != nil {
+			t.Errorf("%s is not registered: import its generated package in internal/contract/routing_test.go (%v)", f, err)
+			continue
+		}
+		if strings.HasSuffix(f, "/events.proto") && producerPrefix[fd.Package()] == "" {
+			t.Errorf("%s: package %s has events but no routing key prefix in producerPrefix", f, fd.Package())
+		}
 	}
 }
