@@ -2,9 +2,14 @@ package contract
 
 import (
 	"bytes"
+	"errors"
 	"flag"
+	"fmt"
+	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -79,6 +84,9 @@ func TestEventFixturesStillDecode(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		if err := writeRoutingKeys(dir); err != nil {
+			t.Fatal(err)
+		}
 	}
 	examples := map[protoreflect.FullName]proto.Message{}
 	for _, ev := range fixtureEvents() {
@@ -111,8 +119,20 @@ func TestEventFixturesStillDecode(t *testing.T) {
 			if err := v.Validate(msg); err != nil {
 				t.Errorf("old message no longer valid: %v", err)
 			}
-			if _, err := eventbus.RoutingKey(msg.ProtoReflect().Descriptor()); err != nil {
+			key, err := eventbus.RoutingKey(msg.ProtoReflect().Descriptor())
+			if err != nil {
 				t.Errorf("routing key: %v", err)
+			}
+			// The key is part of the contract: consumers bound to the old
+			// one would never see the event again.
+			keys, err := readRoutingKeys(filepath.Dir(f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stored, ok := keys[name]; !ok {
+				t.Errorf("%s has no routing key stored; run go test ./internal/contract -run Fixtures -update", filepath.Join(filepath.Dir(f), routingKeysFile))
+			} else if key != stored {
+				t.Errorf("routing key %q, but producers of this version sent it as %q: a renamed key is a breaking change", key, stored)
 			}
 			current := filepath.Base(filepath.Dir(f)) == fixtureVersion
 			if want := examples[name]; current && want != nil && !proto.Equal(msg, want) {
@@ -140,4 +160,56 @@ func TestEventFixturesStillDecode(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// routingKeysFile, beside a version's encodings, holds the routing key
+// each of its events was published with: "<full name> <key>" a line.
+const routingKeysFile = "routing-keys.txt"
+
+// readRoutingKeys reads dir's routingKeysFile; a missing file is empty.
+func readRoutingKeys(dir string) (map[protoreflect.FullName]string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, routingKeysFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	keys := map[protoreflect.FullName]string{}
+	for line := range strings.Lines(string(b)) {
+		name, key, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok {
+			return nil, fmt.Errorf("%s: line %q is not \"<full name> <routing key>\"", filepath.Join(dir, routingKeysFile), line)
+		}
+		keys[protoreflect.FullName(name)] = key
+	}
+	return keys, nil
+}
+
+// writeRoutingKeys adds the routing key of every example to dir's
+// routingKeysFile; like an encoding, a stored key is never rewritten.
+func writeRoutingKeys(dir string) error {
+	keys, err := readRoutingKeys(dir)
+	if err != nil {
+		return err
+	}
+	if keys == nil {
+		keys = map[protoreflect.FullName]string{}
+	}
+	for _, ev := range fixtureEvents() {
+		md := ev.ProtoReflect().Descriptor()
+		key, err := eventbus.RoutingKey(md)
+		if err != nil {
+			return err
+		}
+		if old, ok := keys[md.FullName()]; ok && old != key {
+			return fmt.Errorf("%s was stored with routing key %q, now %q: a renamed key is a breaking change", md.FullName(), old, key)
+		}
+		keys[md.FullName()] = key
+	}
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(keys)) {
+		fmt.Fprintf(&b, "%s %s\n", name, keys[name])
+	}
+	return os.WriteFile(filepath.Join(dir, routingKeysFile), []byte(b.String()), 0o644)
 }

@@ -18,8 +18,8 @@ import (
 	// TestEverySchemaIsChecked fails until a new package is imported here.
 	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/eventbus/v1"
 	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
-	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
 	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
+	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/notification/v1"
 	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	_ "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
 )
