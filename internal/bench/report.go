@@ -160,7 +160,11 @@ func Markdown(r *Result, m Machine, command string) string {
 	p("")
 	p("### Figures beside their raw ceilings")
 	p("")
-	p("Each create trial ran %d times and each bus trial %d times, interleaved with its ceiling; the best round of each side counts (all rounds are listed below).", r.Rounds, r.Rounds+1)
+	createRounds := 0
+	for _, t := range r.Create {
+		createRounds = max(createRounds, len(t.GRPC))
+	}
+	p("Each create trial ran %d times and each bus trial %d times, interleaved with its ceiling; the best round of each side counts (all rounds are listed below).", createRounds, len(r.Bus))
 	p("")
 	p("| figure | ordermesh | raw ceiling | ratio | goal |")
 	p("|---|---|---|---|---|")

@@ -46,6 +46,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	docSet := false
+	fs.Visit(func(f *flag.Flag) { docSet = docSet || f.Name == "doc" })
+	if (*quick || *skip != "") && *doc != "" {
+		// The report's verdicts would rest on short or missing trials.
+		if docSet {
+			return errors.New("-quick and -skip runs are not written to a document: their figures are not the benchmark's (pass -doc \"\")")
+		}
+		fmt.Fprintln(stderr, "bench: -quick or -skip: the report goes to stdout only, not to", *doc)
+		*doc = ""
+	}
 	root, err := os.Getwd()
 	if err != nil {
 		return fmt.Errorf("find module root: %w", err)
