@@ -27,7 +27,8 @@ func newScratchRepo(t *testing.T) *scratchRepo {
 		t.Fatal(err)
 	}
 	r := &scratchRepo{t: t, dir: t.TempDir()}
-	for _, p := range []string{".ci/breaking", "buf.yaml", "go.mod", "tools.mod", "tools.sum", "proto", "third_party/proto"} {
+	for _, p := range []string{".ci/breaking", "buf.yaml", "go.mod", "tools.mod", "tools.sum", "proto", "third_party/proto",
+		"gen/openapiv2/ordermesh.swagger.json", "internal/cmd/openapiroutes"} {
 		if err := os.MkdirAll(filepath.Dir(filepath.Join(r.dir, p)), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -171,5 +172,36 @@ func TestBreakingCheckAfterMergingADeclaredBreak(t *testing.T) {
 	r.git("commit", "-q", "-am", "notification: drop kind")
 	if out, ok := r.check(); ok || !strings.Contains(out, `"kind"`) {
 		t.Fatalf("an undeclared break after the merge passed:\n%s", out)
+	}
+}
+
+// TestBreakingCheckSeesARemovedRoute: a REST route that goes away (its
+// HTTP rule changed or its method removed, and the OpenAPI document
+// regenerated) fails the check, which buf's categories would pass; a
+// declared break passes.
+func TestBreakingCheckSeesARemovedRoute(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs buf several times")
+	}
+	r := newScratchRepo(t)
+	path := filepath.Join(r.dir, "gen/openapiv2/ordermesh.swagger.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const from, to = `"/v1/orders/{order_id}/events"`, `"/v1/orders/{order_id}/history"`
+	if !strings.Contains(string(b), from) {
+		t.Fatalf("%s has no route %s", path, from)
+	}
+	if err := os.WriteFile(path, []byte(strings.Replace(string(b), from, to, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.git("commit", "-q", "-am", "order: events are history")
+	if out, ok := r.check(); ok || !strings.Contains(out, "GET /v1/orders/{order_id}/events") {
+		t.Fatalf("a removed REST route passed, or failed for another reason:\n%s", out)
+	}
+	r.git("commit", "-q", "--amend", "-m", "order: events are history\n\nBreaking-Change: no client reads events yet")
+	if out, ok := r.check(); !ok {
+		t.Fatalf("a declared removal of a route failed the check:\n%s", out)
 	}
 }
