@@ -62,6 +62,8 @@ type Server struct {
 	served    atomic.Bool
 	draining  chan struct{}
 	drainOnce sync.Once
+	// failures are the requests that did not decode (requestCodec).
+	failures *decodeFailures
 }
 
 var _ grpc.ServiceRegistrar = (*Server)(nil)
@@ -161,7 +163,8 @@ var keepalivePolicy = keepalive.EnforcementPolicy{
 // first: logging (method, code and duration of every call; health checks at
 // debug level), panic recovery (the panic and stack are logged, the client
 // gets INTERNAL "internal error"), protovalidate validation of every request
-// message (INVALID_ARGUMENT, see ValidationStatus), then any interceptors
+// message (INVALID_ARGUMENT, see ValidationStatus; a request that did not
+// decode gets INVALID_ARGUMENT there too), then any interceptors
 // from the options. The health service and server reflection are
 // registered.
 func New(log *slog.Logger, opts ...Option) (*Server, error) {
@@ -179,24 +182,26 @@ func New(log *slog.Logger, opts ...Option) (*Server, error) {
 	}
 
 	calls := callLog{log: log}
+	failures := &decodeFailures{}
 	recoveryOpt := recovery.WithRecoveryHandlerContext(recoverPanic(log))
 
 	unary := append([]grpc.UnaryServerInterceptor{
 		calls.unary,
 		traceUnary,
 		recovery.UnaryServerInterceptor(recoveryOpt),
-		validateUnary(log, o.validator),
+		validateUnary(log, o.validator, failures),
 	}, o.unary...)
 	stream := append([]grpc.StreamServerInterceptor{
 		calls.stream,
 		traceStream,
 		recovery.StreamServerInterceptor(recoveryOpt),
-		validateStream(log, o.validator),
+		validateStream(log, o.validator, failures),
 	}, o.stream...)
 
 	serverOpts := append([]grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
+		grpc.ForceServerCodecV2(newRequestCodec(failures)),
 		grpc.KeepaliveParams(keepaliveParams),
 		grpc.KeepaliveEnforcementPolicy(keepalivePolicy),
 	}, o.serverOpts...)
@@ -207,6 +212,7 @@ func New(log *slog.Logger, opts ...Option) (*Server, error) {
 		grpc:     grpc.NewServer(serverOpts...),
 		health:   health.NewServer(),
 		draining: make(chan struct{}),
+		failures: failures,
 	}
 	// Until Serve has evaluated the checks nothing is known.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)

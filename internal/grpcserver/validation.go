@@ -22,9 +22,13 @@ import (
 // keep validator failures out of responses.
 
 // validateUnary returns a unary interceptor that validates every request
-// message with v before the handler runs.
-func validateUnary(log *slog.Logger, v protovalidate.Validator) grpc.UnaryServerInterceptor {
+// message with v before the handler runs, and refuses one that did not
+// decode (see requestCodec).
+func validateUnary(log *slog.Logger, v protovalidate.Validator, failures *decodeFailures) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if st := failures.take(req); st != nil {
+			return nil, st.Err()
+		}
 		if err := validateMessage(ctx, log, v, req); err != nil {
 			return nil, err
 		}
@@ -33,24 +37,28 @@ func validateUnary(log *slog.Logger, v protovalidate.Validator) grpc.UnaryServer
 }
 
 // validateStream returns a stream interceptor that validates every message
-// the handler receives with v.
-func validateStream(log *slog.Logger, v protovalidate.Validator) grpc.StreamServerInterceptor {
+// the handler receives with v, and refuses one that did not decode.
+func validateStream(log *slog.Logger, v protovalidate.Validator, failures *decodeFailures) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		return handler(srv, &validatingStream{ServerStream: ss, log: log, v: v})
+		return handler(srv, &validatingStream{ServerStream: ss, log: log, v: v, failures: failures})
 	}
 }
 
 // validatingStream validates each message received on the wrapped stream.
 type validatingStream struct {
 	grpc.ServerStream
-	log *slog.Logger
-	v   protovalidate.Validator
+	log      *slog.Logger
+	v        protovalidate.Validator
+	failures *decodeFailures
 }
 
 // RecvMsg receives the next message and validates it.
 func (s *validatingStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
+	}
+	if st := s.failures.take(m); st != nil {
+		return st.Err()
 	}
 	return validateMessage(s.Context(), s.log, s.v, m)
 }
