@@ -1,13 +1,14 @@
 package grpcserver
 
 import (
+	"bytes"
+	"crypto/rand"
 	"fmt"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -20,30 +21,43 @@ import (
 // requestCodec is grpc-go's proto codec, except for a request message that
 // does not decode: grpc-go answers that with INTERNAL ("grpc: error
 // unmarshalling request"), which tells the client the server failed, and
-// runs no interceptor. This codec reports success instead and keeps the
-// error, and the validation interceptors answer the call with
-// INVALID_ARGUMENT before its handler runs: malformed wire data, or a
-// string field that is not UTF-8 (which protobuf does not allow, and a
-// client in a language that does not check may send), named as a field
-// violation.
+// runs no interceptor. This codec reports success instead, leaving the
+// message empty but for a mark that carries the answer, and the validation
+// interceptors answer the call with it before its handler runs:
+// INVALID_ARGUMENT for malformed wire data, or for a string field that is
+// not UTF-8 (which protobuf does not allow, and a client in a language
+// that does not check may send), named as a field violation. The mark
+// lives in the message, so a call that ends before an interceptor sees it
+// (the client sent a second request, or reset the stream) leaves nothing
+// behind.
 type requestCodec struct {
 	encoding.CodecV2
-	failures *decodeFailures
+	mark *decodeMark
 }
 
-// decodeFailures holds the error of each request message that failed to
-// decode until the interceptor that answers its call takes it. Messages
-// are fresh for each call, so one is a key until then.
-type decodeFailures struct {
-	n sync.Map     // proto.Message → *status.Status
-	k atomic.Int64 // entries in n, so that calls skip the lookup
+// decodeMark marks a message that failed to decode: an unknown field of
+// the message holding the nonce and the status to answer with. The nonce,
+// random per server, keeps a client from marking its own requests.
+type decodeMark struct {
+	nonce [16]byte
 }
 
-func newRequestCodec(failures *decodeFailures) requestCodec {
-	return requestCodec{CodecV2: encoding.GetCodecV2("proto"), failures: failures}
+// markField is the field number of the mark: the largest there is, in no
+// message's schema.
+const markField protowire.Number = protowire.MaxValidNumber
+
+func newDecodeMark() *decodeMark {
+	var m decodeMark
+	_, _ = rand.Read(m.nonce[:]) // crypto/rand.Read never fails
+	return &m
 }
 
-// Unmarshal decodes data into v; a failure is kept for take.
+func newRequestCodec(mark *decodeMark) requestCodec {
+	return requestCodec{CodecV2: encoding.GetCodecV2("proto"), mark: mark}
+}
+
+// Unmarshal decodes data into v; a message that fails to decode is reset
+// and marked with the status for its call.
 func (c requestCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	err := c.CodecV2.Unmarshal(data, v)
 	if err == nil {
@@ -53,23 +67,41 @@ func (c requestCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return err
 	}
-	c.failures.n.Store(m, decodeStatus(m.ProtoReflect().Descriptor(), data.Materialize(), err))
-	c.failures.k.Add(1)
+	st := decodeStatus(m.ProtoReflect().Descriptor(), data.Materialize(), err)
+	b, merr := proto.Marshal(st.Proto())
+	if merr != nil {
+		return err
+	}
+	proto.Reset(m)
+	value := append(c.mark.nonce[:len(c.mark.nonce):len(c.mark.nonce)], b...)
+	m.ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, markField, protowire.BytesType), value))
 	return nil
 }
 
 // take returns the status answering the call whose request m failed to
 // decode, or nil when m decoded.
-func (f *decodeFailures) take(m any) *status.Status {
-	if f.k.Load() == 0 {
-		return nil
-	}
-	st, ok := f.n.LoadAndDelete(m)
+func (d *decodeMark) take(m any) *status.Status {
+	msg, ok := m.(proto.Message)
 	if !ok {
 		return nil
 	}
-	f.k.Add(-1)
-	return st.(*status.Status)
+	unknown := msg.ProtoReflect().GetUnknown()
+	if len(unknown) == 0 {
+		return nil
+	}
+	num, typ, n := protowire.ConsumeTag(unknown)
+	if n < 0 || num != markField || typ != protowire.BytesType {
+		return nil
+	}
+	value, n2 := protowire.ConsumeBytes(unknown[n:])
+	if n2 < 0 || n+n2 != len(unknown) || len(value) < len(d.nonce) || !bytes.Equal(value[:len(d.nonce)], d.nonce[:]) {
+		return nil
+	}
+	var st spb.Status
+	if err := proto.Unmarshal(value[len(d.nonce):], &st); err != nil {
+		return nil
+	}
+	return status.FromProto(&st)
 }
 
 // decodeStatus is the INVALID_ARGUMENT status for a request of type md

@@ -62,8 +62,6 @@ type Server struct {
 	served    atomic.Bool
 	draining  chan struct{}
 	drainOnce sync.Once
-	// failures are the requests that did not decode (requestCodec).
-	failures *decodeFailures
 }
 
 var _ grpc.ServiceRegistrar = (*Server)(nil)
@@ -182,26 +180,26 @@ func New(log *slog.Logger, opts ...Option) (*Server, error) {
 	}
 
 	calls := callLog{log: log}
-	failures := &decodeFailures{}
+	mark := newDecodeMark()
 	recoveryOpt := recovery.WithRecoveryHandlerContext(recoverPanic(log))
 
 	unary := append([]grpc.UnaryServerInterceptor{
 		calls.unary,
 		traceUnary,
 		recovery.UnaryServerInterceptor(recoveryOpt),
-		validateUnary(log, o.validator, failures),
+		validateUnary(log, o.validator, mark),
 	}, o.unary...)
 	stream := append([]grpc.StreamServerInterceptor{
 		calls.stream,
 		traceStream,
 		recovery.StreamServerInterceptor(recoveryOpt),
-		validateStream(log, o.validator, failures),
+		validateStream(log, o.validator, mark),
 	}, o.stream...)
 
 	serverOpts := append([]grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
-		grpc.ForceServerCodecV2(newRequestCodec(failures)),
+		grpc.ForceServerCodecV2(newRequestCodec(mark)),
 		grpc.KeepaliveParams(keepaliveParams),
 		grpc.KeepaliveEnforcementPolicy(keepalivePolicy),
 	}, o.serverOpts...)
@@ -212,7 +210,6 @@ func New(log *slog.Logger, opts ...Option) (*Server, error) {
 		grpc:     grpc.NewServer(serverOpts...),
 		health:   health.NewServer(),
 		draining: make(chan struct{}),
-		failures: failures,
 	}
 	// Until Serve has evaluated the checks nothing is known.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)

@@ -24,9 +24,9 @@ import (
 // validateUnary returns a unary interceptor that validates every request
 // message with v before the handler runs, and refuses one that did not
 // decode (see requestCodec).
-func validateUnary(log *slog.Logger, v protovalidate.Validator, failures *decodeFailures) grpc.UnaryServerInterceptor {
+func validateUnary(log *slog.Logger, v protovalidate.Validator, mark *decodeMark) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if st := failures.take(req); st != nil {
+		if st := mark.take(req); st != nil {
 			return nil, st.Err()
 		}
 		if err := validateMessage(ctx, log, v, req); err != nil {
@@ -38,18 +38,18 @@ func validateUnary(log *slog.Logger, v protovalidate.Validator, failures *decode
 
 // validateStream returns a stream interceptor that validates every message
 // the handler receives with v, and refuses one that did not decode.
-func validateStream(log *slog.Logger, v protovalidate.Validator, failures *decodeFailures) grpc.StreamServerInterceptor {
+func validateStream(log *slog.Logger, v protovalidate.Validator, mark *decodeMark) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		return handler(srv, &validatingStream{ServerStream: ss, log: log, v: v, failures: failures})
+		return handler(srv, &validatingStream{ServerStream: ss, log: log, v: v, mark: mark})
 	}
 }
 
 // validatingStream validates each message received on the wrapped stream.
 type validatingStream struct {
 	grpc.ServerStream
-	log      *slog.Logger
-	v        protovalidate.Validator
-	failures *decodeFailures
+	log  *slog.Logger
+	v    protovalidate.Validator
+	mark *decodeMark
 }
 
 // RecvMsg receives the next message and validates it.
@@ -57,7 +57,7 @@ func (s *validatingStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	if st := s.failures.take(m); st != nil {
+	if st := s.mark.take(m); st != nil {
 		return st.Err()
 	}
 	return validateMessage(s.Context(), s.log, s.v, m)
