@@ -162,14 +162,15 @@ func (tp *tap) session(ctx context.Context) error {
 }
 
 func (tp *tap) count(d amqp.Delivery) {
-	if d.Redelivered {
-		// Our own redelivery after a lost tap connection, already counted.
-		return
-	}
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
-	tp.copies[d.MessageId]++
+	// A delivery comes back redelivered after the tap's connection was
+	// lost: counted already if the tap had read it, else (dropped from the
+	// client's buffer) it is counted now.
 	tp.keys[d.MessageId] = d.RoutingKey
+	if !d.Redelivered || tp.copies[d.MessageId] == 0 {
+		tp.copies[d.MessageId]++
+	}
 }
 
 // forward publishes two copies of each delivery of batch to each queue
@@ -273,11 +274,12 @@ func (tp *tap) stats(bindings []binding) (events, copies int, perQueue, distinct
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
 	perQueue, distinct = map[string]int{}, map[string]int{}
-	for id, n := range tp.copies {
+	for id, key := range tp.keys {
+		n := tp.copies[id]
 		events++
 		copies += n
 		for _, b := range bindings {
-			if b.key == tp.keys[id] {
+			if b.key == key {
 				perQueue[b.queue] += n
 				distinct[b.queue]++
 			}
