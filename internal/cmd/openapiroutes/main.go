@@ -1,5 +1,7 @@
 // Command openapiroutes prints the operations of the OpenAPI (Swagger 2)
-// document on its standard input, "METHOD /path" a line, sorted. The
+// document on its standard input, "METHOD /path" a line, sorted, with the
+// names of path variables left out ({order_id} is {}: renaming one moves
+// no route). The
 // breaking-change check (.ci/breaking) compares them across versions of
 // gen/openapiv2: a REST route that goes away breaks its clients, which
 // buf's checks of the schemas do not see.
@@ -10,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 )
@@ -24,6 +27,9 @@ func main() {
 // methods are the keys of a path item that name operations.
 var methods = map[string]bool{"get": true, "put": true, "post": true, "delete": true, "options": true, "head": true, "patch": true}
 
+// pathVariable matches a variable of a path template.
+var pathVariable = regexp.MustCompile(`\{[^}]*\}`)
+
 func run(in io.Reader, out io.Writer) error {
 	var doc struct {
 		Paths map[string]map[string]json.RawMessage `json:"paths"`
@@ -35,7 +41,7 @@ func run(in io.Reader, out io.Writer) error {
 	for path, item := range doc.Paths {
 		for method := range item {
 			if methods[method] {
-				lines = append(lines, strings.ToUpper(method)+" "+path)
+				lines = append(lines, strings.ToUpper(method)+" "+pathVariable.ReplaceAllString(path, "{}"))
 			}
 		}
 	}
