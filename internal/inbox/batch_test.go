@@ -607,31 +607,60 @@ func TestBatchRunnerRunsABatchAgainAfterAConflict(t *testing.T) {
 }
 
 // TestBatchRunnerGivesUpOnAConflictThatPersists: a batch that keeps
-// losing conflicts runs ConflictRetries times more, then fails as a whole
-// with the conflict (counted as an attempt, not an outage), not in halves.
+// losing conflicts runs ConflictRetries times more, then its deliveries
+// fail with the conflict (counted as an attempt, not an outage), each once
+// per run: not handled again in halves.
 func TestBatchRunnerGivesUpOnAConflictThatPersists(t *testing.T) {
 	ctx := context.Background()
 	pool := newService(t)
 	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
-	var calls atomic.Int64
+	var calls, seen atomic.Int64
+	release := make(chan struct{})
 	h := func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
-		calls.Add(1)
+		if calls.Add(1) == 1 {
+			<-release // hold the first run so the others gather behind it
+		}
+		seen.Add(int64(len(batch)))
 		return nil, raiseDeadlock(ctx, tx)
 	}
 	b := inbox.NewBatchRunner(runner, h, 16, 10*time.Second)
-	d := newDelivery(t, "a@example.com", 7)
-	_, err := b.Process(ctx, d.ev, d.meta)
-	if !postgres.Conflict(err) || eventbus.IsUnavailable(err) || eventbus.IsPermanent(err) {
-		t.Fatalf("Process error = %v; want the deadlock, neither permanent nor an outage", err)
+	ds := make([]delivery, 9)
+	for i := range ds {
+		ds[i] = newDelivery(t, "a@example.com", int64(i+1))
 	}
-	if n, want := calls.Load(), int64(1+inbox.ConflictRetries); n != want {
-		t.Errorf("handler ran %d times, want %d", n, want)
+	errs := make([]error, len(ds))
+	var wg sync.WaitGroup
+	var releaseOnce sync.Once
+	releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
+	defer wg.Wait()
+	defer releaseAll()
+	wg.Go(func() { _, errs[0] = b.Process(ctx, ds[0].ev, ds[0].meta) })
+	waitUntil(t, "the first batch in the handler", func() bool { return calls.Load() > 0 })
+	for i := 1; i < len(ds); i++ {
+		wg.Go(func() { _, errs[i] = b.Process(ctx, ds[i].ev, ds[i].meta) })
+	}
+	waitUntil(t, fmt.Sprintf("%d deliveries queued behind the first batch", len(ds)-1), func() bool {
+		return b.Queued() == len(ds)-1
+	})
+	releaseAll()
+	wg.Wait()
+	for i, err := range errs {
+		if !postgres.Conflict(err) || eventbus.IsUnavailable(err) || eventbus.IsPermanent(err) {
+			t.Errorf("delivery %d: err = %v; want the deadlock, neither permanent nor an outage", i, err)
+		}
+	}
+	runs := int64(1 + inbox.ConflictRetries)
+	if n, want := seen.Load(), runs*int64(len(ds)); n != want {
+		t.Errorf("handler saw %d deliveries, want %d (each of the %d in each of %d runs of its batch)", n, want, len(ds), runs)
+	}
+	if n, want := calls.Load(), 2*runs; n != want {
+		t.Errorf("handler ran %d times, want %d (two batches, %d runs each)", n, want, runs)
 	}
 	var inboxRows int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM inbox`).Scan(&inboxRows); err != nil {
 		t.Fatal(err)
 	}
 	if inboxRows != 0 {
-		t.Errorf("%d inbox rows after the failed batch, want 0", inboxRows)
+		t.Errorf("%d inbox rows after the failed batches, want 0", inboxRows)
 	}
 }
