@@ -508,7 +508,12 @@ func checkEmails(ctx context.Context, pf *platformtest.Platform, ps []*plan, fin
 		id := p.orderID
 		want := []string{"Order " + id + " received"}
 		// A confirmation is sent unless the order's cancellation was
-		// handled first, or in the same transaction.
+		// handled first, or in the same transaction. (This reads the
+		// order of the transactions from their start times, which holds
+		// for one notification instance, whose transactions run one at a
+		// time, as long as none fails after its emails went out: that
+		// would be worth a look here, while the fault suite allows for
+		// it.)
 		confirmed, cancelled := handled[id]["order.confirmed"], handled[id]["order.cancelled"]
 		switch final[id].GetStatus() {
 		case orderv1.OrderStatus_ORDER_STATUS_CONFIRMED:
