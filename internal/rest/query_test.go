@@ -180,6 +180,9 @@ func TestEveryRouteRefusesAnUnknownParameter(t *testing.T) {
 	routes := 0
 	for _, path := range slices.Sorted(maps.Keys(spec.Paths)) {
 		for _, method := range slices.Sorted(maps.Keys(spec.Paths[path])) {
+			if method == "parameters" || strings.HasPrefix(method, "x-") {
+				continue // a path item's other keys
+			}
 			method := strings.ToUpper(method)
 			target := pathVariable.ReplaceAllString(path, "0190a5f4-6b5e-7d3c-9f1e-2a3b4c5d6e7f")
 			req, err := http.NewRequest(method, base+target+"?bogus=1", strings.NewReader("{}"))
