@@ -190,31 +190,64 @@ func Pending(ctx context.Context, db Lister, limit int) ([]eventbus.Message, err
 type Stats struct {
 	// Pending is the number of rows not yet confirmed by the broker,
 	// including rows a relay is publishing right now and rows the broker
-	// refused, waiting for their next attempt.
+	// refused, waiting for their next attempt. It is exact up to
+	// StatsExactUpTo rows in each table and an estimate beyond (see
+	// Estimated).
 	Pending int64
+	// Estimated reports that Pending is an estimate: the outbox's span of
+	// sequence numbers (an upper bound), and for refused rows the
+	// planner's count when it is higher than StatsExactUpTo.
+	Estimated bool
 	// OldestAge is how long the oldest pending row has waited since its
 	// transaction wrote it; zero when nothing is pending. It is the relay's
 	// lag.
 	OldestAge time.Duration
 }
 
+// StatsExactUpTo is how many rows ReadStats counts in each table before
+// it estimates instead: counting is a scan of every row, which a backlog
+// of millions (a long broker outage) would make take seconds at every
+// scrape, just when the database has the most to do.
+const StatsExactUpTo = 100_000
+
 // ReadStats returns the backlog of the outbox reached by db's search_path.
-// It is cheap enough to back a gauge scraped every few seconds.
+// It is cheap enough to back a gauge scraped every few seconds, however
+// large the backlog.
 func ReadStats(ctx context.Context, db Querier) (Stats, error) {
+	return readStats(ctx, db, StatsExactUpTo)
+}
+
+// readStats is ReadStats counting up to exactUpTo rows in each table.
+func readStats(ctx context.Context, db Querier, exactUpTo int64) (Stats, error) {
 	var s Stats
 	var age *float64
+	var outboxRows, span, deferredRows int64
+	var deferredPlanned float64
 	// created_at is the inserting transaction's start time: the age is an
 	// upper bound on the time since commit. The outbox's oldest row is
 	// read through its primary key (seq follows the inserts' order, near
-	// enough for an age), not found among all of its rows.
+	// enough for an age), not found among all of its rows, and so is its
+	// span of sequence numbers; likewise the oldest refused row.
 	err := db.QueryRow(ctx, `
-		SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outbox_deferred),
+		SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) AS o),
+			coalesce((SELECT max(seq) - min(seq) + 1 FROM outbox), 0),
+			(SELECT count(*) FROM (SELECT 1 FROM outbox_deferred LIMIT $1) AS d),
+			(SELECT reltuples FROM pg_class WHERE oid = 'outbox_deferred'::regclass),
 			extract(epoch FROM now() - least(
 				(SELECT created_at FROM outbox ORDER BY seq LIMIT 1),
-				(SELECT min(created_at) FROM outbox_deferred)))::float8`).Scan(&s.Pending, &age)
+				(SELECT created_at FROM outbox_deferred ORDER BY seq LIMIT 1)))::float8`, exactUpTo+1).
+		Scan(&outboxRows, &span, &deferredRows, &deferredPlanned, &age)
 	if err != nil {
 		return Stats{}, fmt.Errorf("read outbox stats: %w", err)
 	}
+	if outboxRows > exactUpTo {
+		// Rows leave about in the order they came, so the span is close.
+		outboxRows, s.Estimated = max(span, outboxRows), true
+	}
+	if deferredRows > exactUpTo {
+		deferredRows, s.Estimated = max(int64(deferredPlanned), deferredRows), true
+	}
+	s.Pending = outboxRows + deferredRows
 	if age != nil && *age > 0 {
 		s.OldestAge = time.Duration(*age * float64(time.Second))
 	}

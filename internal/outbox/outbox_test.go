@@ -1073,3 +1073,38 @@ func TestDeferredRowsDoNotWaitForTheOutboxToEmpty(t *testing.T) {
 		t.Errorf("the last deferred row went out %dth of %d, after the backlog's last (%dth)", lastDeferred+1, len(pub.ids), last+1)
 	}
 }
+
+// TestReadStatsEstimatesALargeBacklog: past the rows it counts, ReadStats
+// estimates the backlog from the outbox's span of sequence numbers (an
+// upper bound: a row gone from the middle still counts) and says so;
+// refused rows waiting in outbox_deferred count too.
+func TestReadStatsEstimatesALargeBacklog(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	commit(t, pool, 12)
+	s, err := outbox.ReadStatsUpTo(ctx, pool, 20)
+	if err != nil || s.Pending != 12 || s.Estimated {
+		t.Fatalf("ReadStats of 12 rows counting up to 20 = %+v, %v; want 12, exact", s, err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM outbox WHERE seq = (SELECT min(seq) + 5 FROM outbox)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `
+		WITH moved AS (DELETE FROM outbox WHERE seq = (SELECT max(seq) FROM outbox)
+			RETURNING seq, id, type, routing_key, source, event_time, body, created_at)
+		INSERT INTO outbox_deferred (seq, id, type, routing_key, source, event_time, body, created_at, attempts, next_attempt_at)
+		SELECT seq, id, type, routing_key, source, event_time, body, created_at, 1, now() FROM moved`); err != nil {
+		t.Fatal(err)
+	}
+	// 10 rows in the outbox over a span of 11 sequence numbers (one
+	// gone from the middle, the last one moved), 1 deferred.
+	if s, err := outbox.ReadStatsUpTo(ctx, pool, 20); err != nil || s.Pending != 11 || s.Estimated {
+		t.Errorf("ReadStats counting up to 20 = %+v, %v; want 11, exact", s, err)
+	}
+	if s, err := outbox.ReadStatsUpTo(ctx, pool, 4); err != nil || s.Pending != 12 || !s.Estimated {
+		t.Errorf("ReadStats counting up to 4 = %+v, %v; want 12 (the outbox's span of 11, and 1 deferred), estimated", s, err)
+	}
+	if s, err := outbox.ReadStats(ctx, pool); err != nil || s.Pending != 11 || s.Estimated || s.OldestAge <= 0 {
+		t.Errorf("ReadStats = %+v, %v; want 11, exact, with an age", s, err)
+	}
+}
