@@ -341,17 +341,13 @@ func TestBatchRunnerIsolatesADeliveryThatFailsItsBatch(t *testing.T) {
 // without being handled again in halves: that would not help, and an
 // outage would take about twice as many transactions to fail.
 func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
-	ctx := context.Background()
 	pool := newService(t)
 	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
 	conflict := &pgconn.PgError{Code: "53300", Message: "sorry, too many clients already"}
 	var seen atomic.Int64
-	var batches atomic.Int64
-	release := make(chan struct{})
+	gate := newHeldGate()
 	h := func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
-		if batches.Add(1) == 1 {
-			<-release // hold the first batch so the others gather behind it
-		}
+		gate.enter()
 		seen.Add(int64(len(batch)))
 		return nil, conflict
 	}
@@ -360,24 +356,7 @@ func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 	for i := range ds {
 		ds[i] = newDelivery(t, "a@example.com", int64(i+1))
 	}
-	errs := make([]error, len(ds))
-	var wg sync.WaitGroup
-	// Released on the way out too, should the test fail while holding it.
-	var releaseOnce sync.Once
-	releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
-	defer wg.Wait()
-	defer releaseAll()
-	wg.Go(func() { _, errs[0] = b.Process(ctx, ds[0].ev, ds[0].meta) })
-	waitUntil(t, "the first batch in the handler", func() bool { return batches.Load() > 0 })
-	for i := 1; i < len(ds); i++ {
-		wg.Go(func() { _, errs[i] = b.Process(ctx, ds[i].ev, ds[i].meta) })
-	}
-	// The others queue behind it.
-	waitUntil(t, fmt.Sprintf("%d deliveries queued behind the first batch", len(ds)-1), func() bool {
-		return b.Queued() == len(ds)-1
-	})
-	releaseAll()
-	wg.Wait()
+	errs := processBehindHeldBatch(t, b, gate, ds)
 	for i, err := range errs {
 		if !errors.Is(err, conflict) || eventbus.IsUnavailable(err) {
 			t.Errorf("delivery %d: err = %v, want the server's refusal, counted as an attempt (not eventbus.Unavailable)", i, err)
@@ -386,7 +365,7 @@ func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 	if n := seen.Load(); n != int64(len(ds)) {
 		t.Errorf("handler saw %d deliveries, want each of the %d once", n, len(ds))
 	}
-	if n := batches.Load(); n >= int64(len(ds)) {
+	if n := gate.calls.Load(); n >= int64(len(ds)) {
 		t.Errorf("%d batches for %d deliveries; want them sharing batches, or the test shows nothing", n, len(ds))
 	}
 }
@@ -614,12 +593,10 @@ func TestBatchRunnerGivesUpOnAConflictThatPersists(t *testing.T) {
 	ctx := context.Background()
 	pool := newService(t)
 	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
-	var calls, seen atomic.Int64
-	release := make(chan struct{})
+	var seen atomic.Int64
+	gate := newHeldGate()
 	h := func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
-		if calls.Add(1) == 1 {
-			<-release // hold the first run so the others gather behind it
-		}
+		gate.enter()
 		seen.Add(int64(len(batch)))
 		return nil, raiseDeadlock(ctx, tx)
 	}
@@ -628,22 +605,7 @@ func TestBatchRunnerGivesUpOnAConflictThatPersists(t *testing.T) {
 	for i := range ds {
 		ds[i] = newDelivery(t, "a@example.com", int64(i+1))
 	}
-	errs := make([]error, len(ds))
-	var wg sync.WaitGroup
-	var releaseOnce sync.Once
-	releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
-	defer wg.Wait()
-	defer releaseAll()
-	wg.Go(func() { _, errs[0] = b.Process(ctx, ds[0].ev, ds[0].meta) })
-	waitUntil(t, "the first batch in the handler", func() bool { return calls.Load() > 0 })
-	for i := 1; i < len(ds); i++ {
-		wg.Go(func() { _, errs[i] = b.Process(ctx, ds[i].ev, ds[i].meta) })
-	}
-	waitUntil(t, fmt.Sprintf("%d deliveries queued behind the first batch", len(ds)-1), func() bool {
-		return b.Queued() == len(ds)-1
-	})
-	releaseAll()
-	wg.Wait()
+	errs := processBehindHeldBatch(t, b, gate, ds)
 	for i, err := range errs {
 		if !postgres.Conflict(err) || eventbus.IsUnavailable(err) || eventbus.IsPermanent(err) {
 			t.Errorf("delivery %d: err = %v; want the deadlock, neither permanent nor an outage", i, err)
@@ -653,7 +615,7 @@ func TestBatchRunnerGivesUpOnAConflictThatPersists(t *testing.T) {
 	if n, want := seen.Load(), runs*int64(len(ds)); n != want {
 		t.Errorf("handler saw %d deliveries, want %d (each of the %d in each of %d runs of its batch)", n, want, len(ds), runs)
 	}
-	if n, want := calls.Load(), 2*runs; n != want {
+	if n, want := gate.calls.Load(), 2*runs; n != want {
 		t.Errorf("handler ran %d times, want %d (two batches, %d runs each)", n, want, runs)
 	}
 	var inboxRows int
@@ -663,4 +625,46 @@ func TestBatchRunnerGivesUpOnAConflictThatPersists(t *testing.T) {
 	if inboxRows != 0 {
 		t.Errorf("%d inbox rows after the failed batches, want 0", inboxRows)
 	}
+}
+
+// heldGate holds the first call of a handler until it is opened.
+type heldGate struct {
+	calls   atomic.Int64
+	release chan struct{}
+	once    sync.Once
+}
+
+func newHeldGate() *heldGate { return &heldGate{release: make(chan struct{})} }
+
+// enter counts a call of the handler and holds the first until open.
+func (g *heldGate) enter() {
+	if g.calls.Add(1) == 1 {
+		<-g.release
+	}
+}
+
+func (g *heldGate) open() { g.once.Do(func() { close(g.release) }) }
+
+// processBehindHeldBatch processes ds through b, whose handler enters g:
+// the first delivery alone, held in the handler until the others have
+// queued behind it, so that they share the next batch. It returns each
+// delivery's error.
+func processBehindHeldBatch(t *testing.T, b *inbox.BatchRunner, g *heldGate, ds []delivery) []error {
+	t.Helper()
+	ctx := context.Background()
+	errs := make([]error, len(ds))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer g.open() // on the way out too, should the test fail while holding it
+	wg.Go(func() { _, errs[0] = b.Process(ctx, ds[0].ev, ds[0].meta) })
+	waitUntil(t, "the first batch in the handler", func() bool { return g.calls.Load() > 0 })
+	for i := 1; i < len(ds); i++ {
+		wg.Go(func() { _, errs[i] = b.Process(ctx, ds[i].ev, ds[i].meta) })
+	}
+	waitUntil(t, fmt.Sprintf("%d deliveries queued behind the first batch", len(ds)-1), func() bool {
+		return b.Queued() == len(ds)-1
+	})
+	g.open()
+	wg.Wait()
+	return errs
 }
