@@ -352,10 +352,7 @@ func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 		return nil, conflict
 	}
 	b := inbox.NewBatchRunner(runner, h, 16, 10*time.Second)
-	ds := make([]delivery, 9)
-	for i := range ds {
-		ds[i] = newDelivery(t, "a@example.com", int64(i+1))
-	}
+	ds := newDeliveries(t, 9)
 	errs := processBehindHeldBatch(t, b, gate, ds)
 	for i, err := range errs {
 		if !errors.Is(err, conflict) || eventbus.IsUnavailable(err) {
@@ -601,10 +598,7 @@ func TestBatchRunnerGivesUpOnAConflictThatPersists(t *testing.T) {
 		return nil, raiseDeadlock(ctx, tx)
 	}
 	b := inbox.NewBatchRunner(runner, h, 16, 10*time.Second)
-	ds := make([]delivery, 9)
-	for i := range ds {
-		ds[i] = newDelivery(t, "a@example.com", int64(i+1))
-	}
+	ds := newDeliveries(t, 9)
 	errs := processBehindHeldBatch(t, b, gate, ds)
 	for i, err := range errs {
 		if !postgres.Conflict(err) || eventbus.IsUnavailable(err) || eventbus.IsPermanent(err) {
@@ -625,6 +619,15 @@ func TestBatchRunnerGivesUpOnAConflictThatPersists(t *testing.T) {
 	if inboxRows != 0 {
 		t.Errorf("%d inbox rows after the failed batches, want 0", inboxRows)
 	}
+}
+
+// newDeliveries returns n deliveries of distinct events, of one customer.
+func newDeliveries(t *testing.T, n int) []delivery {
+	ds := make([]delivery, n)
+	for i := range ds {
+		ds[i] = newDelivery(t, "a@example.com", int64(i+1))
+	}
+	return ds
 }
 
 // heldGate holds the first call of a handler until it is opened.
