@@ -105,9 +105,10 @@ func WrapBatch[PT proto.Message](b *BatchRunner) func(context.Context, PT, event
 // before, a zero Outcome and the error when it failed (errors from the
 // handler are wrapped, so errors.Is, errors.As and eventbus.IsPermanent see
 // through them). Copies of one event in the same batch share its outcome.
-// Process returns ctx's error at once if ctx ended before the delivery
-// joined a batch; after that it waits for the batch even when ctx ends,
-// because the batch belongs to all its callers.
+// Process returns ctx's error as soon as ctx ends while no batch has taken
+// the delivery (waiting behind the batch in flight, say); once one has, it
+// waits for the batch even when ctx ends, because the batch belongs to all
+// its callers.
 func (b *BatchRunner) Process(ctx context.Context, ev proto.Message, meta eventbus.Meta) (Outcome, error) {
 	if meta.ID == "" {
 		return b.r.settle(meta, eventbus.Permanent(fmt.Errorf("process %s: %w", meta.Type, ErrMissingID)))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -66,10 +67,12 @@ func NewBatcher[T any](batch, lanes int, flush func(ctx context.Context, items [
 
 // Do hands item to a flush shared with concurrent calls of the same lane
 // (chosen by key) and returns once that flush returned. It returns ctx's
-// error, without flushing item, if ctx has ended before the call; once
-// item is queued, Do waits for its flush even when ctx ends, because the
-// batch belongs to all its callers. A flush that panics fails its batch's
-// calls with ErrFlushPanicked and leaves the lane working.
+// error, without flushing item, if ctx ends before a batch takes item (a
+// call waiting behind the batch in flight gives up with its caller, so
+// nothing is done for a caller that has gone); once a batch has taken
+// item, Do waits for its flush even when ctx ends, because the batch
+// belongs to all its callers. A flush that panics fails its batch's calls
+// with ErrFlushPanicked and leaves the lane working.
 func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -84,6 +87,17 @@ func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 		case <-c.done:
 			return c.err
 		case <-c.lead:
+		case <-ctx.Done():
+			if l.leave(c) {
+				return ctx.Err()
+			}
+			// A batch took it, or it was handed the lead: as if ctx had
+			// not ended.
+			select {
+			case <-c.done:
+				return c.err
+			case <-c.lead:
+			}
 		}
 		l.mu.Lock()
 	}
@@ -105,6 +119,29 @@ func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 	// The leader is always in the batch it flushed: it was at the head of
 	// the queue when it took the lead.
 	return c.err
+}
+
+// leave takes c out of the lane's queue, if no batch has taken it, and
+// reports whether it did. Had c been handed the lead (it was at the head
+// of the queue), the lead goes on to the next call, or the lane is idle.
+func (l *batchLane[T]) leave(c *batchCall[T]) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	i := slices.Index(l.queue, c)
+	if i < 0 {
+		return false
+	}
+	l.queue = slices.Delete(l.queue, i, i+1)
+	select {
+	case <-c.lead:
+		if len(l.queue) > 0 {
+			close(l.queue[0].lead)
+		} else {
+			l.leading = false
+		}
+	default:
+	}
+	return true
 }
 
 // run flushes batch and releases its calls, turning a panic of flush into

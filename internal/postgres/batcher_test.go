@@ -3,6 +3,8 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -154,5 +156,119 @@ func TestBatcherSurvivesAPanickingFlush(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Do after a panicking flush still waits after 10 s: the lane is jammed")
+	}
+}
+
+// TestBatcherLetsAWaitingCallGo: a call waiting behind the batch in
+// flight returns its context's error as soon as the context ends, and its
+// item is never flushed; the lane goes on with the calls after it.
+func TestBatcherLetsAWaitingCallGo(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	var mu sync.Mutex
+	var flushed []int
+	b := postgres.NewBatcher(8, 1, func(_ context.Context, items []int) {
+		if slices.Contains(items, 1) {
+			close(entered)
+			<-release
+		}
+		mu.Lock()
+		flushed = append(flushed, items...)
+		mu.Unlock()
+	})
+	first := make(chan error, 1)
+	go func() { first <- b.Do(context.Background(), "k", 1) }()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first call's flush did not start")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	waiting := make(chan error, 1)
+	go func() { waiting <- b.Do(ctx, "k", 2) }()
+	waitFor(t, "the second call queued", func() bool { return b.Queued() == 1 })
+	cancel()
+	select {
+	case err := <-waiting:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("waiting call = %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a waiting call whose context ended is still waiting 5 s on")
+	}
+	if n := b.Queued(); n != 0 {
+		t.Errorf("%d calls queued after the waiting one left, want 0", n)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Do(context.Background(), "k", 3); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(flushed, []int{1, 3}) {
+		t.Errorf("flushed %v, want [1 3] (never the item whose call left)", flushed)
+	}
+}
+
+// TestBatcherCallsLeavingWhileTheLeadMoves: calls end their contexts at
+// random while batches come and go, some of them just as the lead is
+// handed to them: each call either returns nil with its item flushed
+// once, or its context's error with its item never flushed, and the lane
+// never stalls.
+func TestBatcherCallsLeavingWhileTheLeadMoves(t *testing.T) {
+	var mu sync.Mutex
+	times := map[int]int{}
+	b := postgres.NewBatcher(4, 1, func(_ context.Context, items []int) {
+		time.Sleep(200 * time.Microsecond)
+		mu.Lock()
+		for _, it := range items {
+			times[it]++
+		}
+		mu.Unlock()
+	})
+	const n = 2000
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(400))*time.Microsecond)
+			defer cancel()
+			errs[i] = b.Do(ctx, "k", i)
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("calls still waiting 30 s on: the lane stalled")
+	}
+	left := 0
+	for i, err := range errs {
+		switch {
+		case err == nil && times[i] != 1:
+			t.Errorf("call %d returned nil, its item flushed %d times", i, times[i])
+		case err != nil && (!errors.Is(err, context.DeadlineExceeded) || times[i] != 0):
+			t.Errorf("call %d returned %v, its item flushed %d times", i, err, times[i])
+		case err != nil:
+			left++
+		}
+	}
+	if left == 0 || left == n {
+		t.Errorf("%d of %d calls left before a batch took them; the test shows nothing unless some do and some do not", left, n)
+	}
+}
+
+// waitFor polls cond every millisecond for up to 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

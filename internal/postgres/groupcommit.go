@@ -50,7 +50,7 @@ func NewGroupCommit(db TxBeginner, batch, lanes int, timeout time.Duration) *Gro
 // or failed, or fn failed (its error). fn gets a context that does not
 // follow the caller's: a batch belongs to all its callers, so Do waits for
 // it even when ctx ends, bounded by the GroupCommit's timeout. Do returns
-// ctx's error at once if ctx has ended before the call joined a batch.
+// ctx's error as soon as ctx ends while no batch has taken the call.
 func (g *GroupCommit) Do(ctx context.Context, key string, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	u := &unit{fn: fn}
 	if err := g.b.Do(ctx, key, u); err != nil {
