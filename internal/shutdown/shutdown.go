@@ -15,7 +15,8 @@ import (
 
 // OnSignal returns a context that ends on the first SIGINT or SIGTERM. A
 // second one, once the first was taken, ends the process as the signal's
-// default action does. stop ends the context and releases the signals;
+// default action does. From the first on, SIGPIPE is ignored, so that the
+// drain outlives a reader of its output that has gone. stop ends the context and releases the signals;
 // call it before main returns.
 func OnSignal() (ctx context.Context, stop context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -27,6 +28,11 @@ func OnSignal() (ctx context.Context, stop context.CancelFunc) {
 		defer signal.Stop(caught)
 		select {
 		case <-caught:
+			// Whoever read the process's output may be gone too (a
+			// supervisor stopped with it): a log line written to a pipe
+			// nobody reads would then end the process by SIGPIPE mid-drain.
+			// Writes to it fail instead.
+			signal.Ignore(syscall.SIGPIPE)
 			cancel()
 		case <-stopped:
 			return

@@ -18,10 +18,62 @@ import (
 const childEnv = "ORDERMESH_SHUTDOWN_TEST_CHILD"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) != "" {
+	switch os.Getenv(childEnv) {
+	case "":
+	case "pipe":
+		os.Exit(pipeChild())
+	default:
 		os.Exit(child())
 	}
 	os.Exit(m.Run())
+}
+
+// pipeChild, after its first signal, writes to its output (which the test
+// no longer reads) for half a second, then exits 0.
+func pipeChild() int {
+	ctx, stop := shutdown.OnSignal()
+	defer stop()
+	fmt.Println("ready")
+	<-ctx.Done()
+	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); {
+		fmt.Println("draining")
+		time.Sleep(10 * time.Millisecond)
+	}
+	return 0
+}
+
+// TestDrainOutlivesItsOutputsReader: a process whose output pipe lost
+// its reader (a supervisor stopped with it) drains on after the signal and
+// exits 0, instead of being ended by SIGPIPE at its first log line.
+func TestDrainOutlivesItsOutputsReader(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=pipe")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start child: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("child said %q (%v), want ready", lines.Text(), lines.Err())
+	}
+	_ = out.Close()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("child ended with %v, want exit status 0 after its drain", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("child still running 10 s after SIGTERM")
+	}
 }
 
 // child reports each step on stdout and, after the first signal, "drains"

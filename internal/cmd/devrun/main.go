@@ -34,8 +34,12 @@ import (
 func main() {
 	// `make run` execs devrun in its place, but make stays its parent: if
 	// make is stopped (kill, a closed terminal), devrun gets SIGTERM and
-	// stops everything as it does on Ctrl-C.
+	// stops everything as it does on Ctrl-C. A closed terminal also sends
+	// SIGHUP to make and devrun: devrun ignores it, so that the SIGTERM
+	// of make's end is its first signal (a graceful stop), not a second
+	// one (which kills).
 	_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0)
+	signal.Ignore(syscall.SIGHUP)
 	// The first Ctrl-C or SIGTERM stops everything gracefully; a second one
 	// kills what is still running.
 	ctx, stop := context.WithCancel(context.Background())
