@@ -192,11 +192,13 @@ func run(ctx context.Context, hurry <-chan struct{}, getenv func(string) string,
 	stopped := false
 	defer func() {
 		if !stopped {
+			cancel() // what stops now was stopped, not lost
 			_ = stopAll(children, cfg.stopGrace, hurry, out)
 		}
 	}()
 	shutDown := func() error {
 		stopped = true
+		cancel()
 		say("shutting down")
 		err := stopAll(children, cfg.stopGrace, hurry, out)
 		if err == nil {
