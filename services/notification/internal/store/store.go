@@ -9,6 +9,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -56,10 +57,15 @@ type Notification struct {
 // not yet ended, Claim waits for it: that notification is then not
 // claimed if that transaction committed, and claimed if it rolled back.
 // So at most one transaction at a time holds a claim, and at most one
-// ever commits it. A superseding notification counts once committed: one
-// a concurrent transaction holds does not stop the claim. Claim inserts in (order id, kind) order, so two
-// transactions claiming some of the same notifications wait for each
-// other in one order and cannot deadlock.
+// ever commits it. Claim first takes a lock on each of ns's orders (a
+// transaction-level advisory lock keyed by the schema and the order id),
+// so it also waits for a transaction claiming another notification of one
+// of the orders: a superseding notification another instance is sending
+// (a cancellation) stops the claim once that transaction commits, instead
+// of going unseen while it runs. Claim locks the orders in id order and
+// inserts in (order id, kind) order, so two transactions claiming
+// notifications of some of the same orders wait for each other in one
+// order and cannot deadlock.
 //
 // If then is not nil, it queues statements on the batch that carries the
 // claims, and they run right after them, in the same round trip: what the
@@ -83,6 +89,12 @@ func Claim(ctx context.Context, tx pgx.Tx, ns []Notification, then func(*pgx.Bat
 		cols.supersededBy = append(cols.supersededBy, n.SupersededBy)
 	}
 	b := &pgx.Batch{}
+	// The subquery's ORDER BY keeps it from being flattened, so the locks
+	// are taken in its order.
+	b.Queue(`
+		SELECT pg_advisory_xact_lock(hashtextextended('ordermesh.notification.order/' || current_schema() || '/' || id, 0))
+		FROM (SELECT id FROM unnest($1::text[]) AS o(id) ORDER BY id COLLATE "C") AS o`,
+		slices.Compact(slices.Sorted(slices.Values(cols.order))))
 	b.Queue(`
 		INSERT INTO notifications (order_id, kind, recipient, message_id, event_id)
 		SELECT order_id, kind, recipient, message_id, event_id
@@ -113,8 +125,8 @@ func Claim(ctx context.Context, tx pgx.Tx, ns []Notification, then func(*pgx.Bat
 // key is a notification's primary key.
 type key struct{ orderID, kind string }
 
-// sendClaims sends b, the claims and what follows them, and returns the
-// keys of the notifications the claims inserted.
+// sendClaims sends b, the orders' locks, the claims and what follows
+// them, and returns the keys of the notifications the claims inserted.
 func sendClaims(ctx context.Context, tx pgx.Tx, b *pgx.Batch) (won map[key]bool, err error) {
 	br := tx.SendBatch(ctx, b)
 	defer func() {
@@ -124,6 +136,9 @@ func sendClaims(ctx context.Context, tx pgx.Tx, b *pgx.Batch) (won map[key]bool,
 			err = cerr
 		}
 	}()
+	if _, err := br.Exec(); err != nil { // the orders' locks
+		return nil, err
+	}
 	rows, err := br.Query()
 	if err != nil {
 		return nil, err

@@ -196,6 +196,36 @@ func TestClaimWaitsForAConcurrentClaim(t *testing.T) {
 	}
 }
 
+// TestClaimWaitsForASupersedingClaimInFlight: a confirmation claimed
+// while another transaction (another instance) holds the same order's
+// cancellation claim, and is sending its email, waits for it, and is not
+// claimed once that transaction commits: the customer's last email is
+// never a confirmation sent after the cancellation.
+func TestClaimWaitsForASupersedingClaimInFlight(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, _ := postgrestest.NewSchema(t, store.Migrations)
+	order := uuid.NewString()
+	first, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatalf("begin: %v", err)
+	}
+	defer first.Rollback(ctx)
+	if ok, err := store.Claim(ctx, first, []store.Notification{notification(order, "cancelled")}, nil); err != nil || !ok[0] {
+		t.Fatalf("cancellation claim: %v, %v", ok, err)
+	}
+	confirmed := notification(order, "confirmed")
+	confirmed.SupersededBy = "cancelled"
+	second := claimBlocked(ctx, t, pool, confirmed)
+	if err := first.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-second
+	if r.err != nil || len(r.claimed) != 1 || r.claimed[0] {
+		t.Errorf("confirmation claim = %v, %v; want it not claimed, the cancellation committed", r.claimed, r.err)
+	}
+}
+
 // TestClaimTakesItsClaimsInOrder: a transaction claiming C and A (in that
 // order) claims A first, so while it waits for A, held by another
 // transaction, it holds nothing that transaction could wait for: the other
