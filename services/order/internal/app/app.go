@@ -347,6 +347,14 @@ func (a *App) Cancel(ctx context.Context, id, reason string) (order.Order, error
 // change applies in to order id in a transaction of its own, with the
 // events it causes, and returns the order after it.
 func (a *App) change(ctx context.Context, id string, in order.Input) (order.Order, error) {
+	o, _, err := a.changed(ctx, id, in)
+	return o, err
+}
+
+// changed is change, also reporting whether in changed the order (it
+// published an event): an order another instance changed first is
+// returned as it is, unchanged.
+func (a *App) changed(ctx context.Context, id string, in order.Input) (order.Order, bool, error) {
 	var result order.Order
 	var published bool
 	err := postgres.WithTx(ctx, a.pool, func(tx pgx.Tx) error {
@@ -369,7 +377,7 @@ func (a *App) change(ctx context.Context, id string, in order.Input) (order.Orde
 	if err == nil && published {
 		a.wake()
 	}
-	return result, err
+	return result, err == nil && published, err
 }
 
 // Events returns order id's timeline, or an error wrapping

@@ -1047,6 +1047,49 @@ func TestExpirePendingRejectsOnlyStaleOrders(t *testing.T) {
 	}
 }
 
+// TestExpirePendingOnTwoInstances: two instances expiring the same stale
+// orders at once reject each once, and between them count each once.
+func TestExpirePendingOnTwoInstances(t *testing.T) {
+	f := newFixture(t)
+	other := newApp(t, f.pool, f.schema)
+	ctx := context.Background()
+	const n = 40
+	for range n {
+		if _, err := f.app.Create(ctx, request()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	counts := make([]int, 2)
+	var wg sync.WaitGroup
+	for i, a := range []*app.App{f.app, other} {
+		wg.Go(func() {
+			var err error
+			if counts[i], err = a.ExpirePending(ctx, 30*time.Minute, 100); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if counts[0]+counts[1] != n {
+		t.Errorf("the instances counted %d and %d rejected orders, want %d between them", counts[0], counts[1], n)
+	}
+	var rejected, events int
+	if err := f.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'REJECTED') FROM orders`).Scan(&rejected); err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range outboxTypes(t, f.pool) {
+		if typ == "ordermesh.order.v1.OrderRejected" {
+			events++
+		}
+	}
+	if rejected != n || events != n {
+		t.Errorf("%d orders rejected with %d order.rejected events, want %d of each", rejected, events, n)
+	}
+}
+
 func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()

@@ -18,7 +18,8 @@ const expireBatch = 500
 // in its own transaction with its order.rejected event, which has the
 // workers compensate whatever did succeed. It returns how many it
 // rejected. Instances of the service may run it at once: each order is
-// rejected once.
+// rejected once, and counted (and logged) by the instance that rejected
+// it.
 func (a *App) ExpirePending(ctx context.Context, timeout time.Duration, limit int) (int, error) {
 	ids, err := store.ListPendingSince(ctx, a.pool, a.now().Add(-timeout), limit)
 	if err != nil {
@@ -26,11 +27,13 @@ func (a *App) ExpirePending(ctx context.Context, timeout time.Duration, limit in
 	}
 	rejected := 0
 	for _, id := range ids {
-		next, err := a.change(ctx, id, order.Timeout{After: timeout})
+		next, changed, err := a.changed(ctx, id, order.Timeout{After: timeout})
 		if err != nil {
 			return rejected, fmt.Errorf("expire order %s: %w", id, unavailable(err))
 		}
-		if next.Status == order.StatusRejected {
+		// Not changed: another instance timed it out, or it ended
+		// otherwise since it was listed.
+		if changed && next.Status == order.StatusRejected {
 			rejected++
 			a.log.WarnContext(ctx, "order timed out", slog.String("order_id", id), slog.String("reason", next.StatusReason))
 		}
