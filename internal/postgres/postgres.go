@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +57,31 @@ func WithMinConns(n int32) Option {
 // pg_stat_activity.
 func WithApplicationName(name string) Option {
 	return func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["application_name"] = name }
+}
+
+// WithIdleInTransactionTimeout sets idle_in_transaction_session_timeout to
+// d on each connection where nothing else set it (it reads 0 there: not
+// set for the server, the database or the role, nor in the URL's
+// options). The server then ends a session whose transaction sat idle that
+// long, such as one whose client was cut off mid-transaction: otherwise it
+// would hold its locks (an inbox row, which every redelivery of that event
+// waits for) until TCP notices the client is gone, hours by default. d
+// must exceed the longest wait inside a transaction (a handler's calls, a
+// relay's wait for confirms). It costs a statement per new connection.
+func WithIdleInTransactionTimeout(d time.Duration) Option {
+	return func(c *pgxpool.Config) {
+		next := c.AfterConnect
+		c.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+			if _, err := conn.Exec(ctx, `SELECT set_config('idle_in_transaction_session_timeout', $1, false)
+				WHERE current_setting('idle_in_transaction_session_timeout') = '0'`, strconv.FormatInt(d.Milliseconds(), 10)); err != nil {
+				return fmt.Errorf("set idle_in_transaction_session_timeout: %w", err)
+			}
+			if next != nil {
+				return next(ctx, conn)
+			}
+			return nil
+		}
+	}
 }
 
 // Open returns a pool of connections to the database at url whose

@@ -746,3 +746,47 @@ func TestOpenWaitsForASlowFirstConnection(t *testing.T) {
 		t.Errorf("connect timeout %v, want PGCONNECT_TIMEOUT's 10s", got)
 	}
 }
+
+// TestIdleInTransactionTimeout: where nothing set it, the pool's
+// connections get the idle-in-transaction timeout, and the server ends a
+// session whose transaction sits idle past it (a client cut off
+// mid-transaction would otherwise hold its locks for hours); a value the
+// URL sets is kept.
+func TestIdleInTransactionTimeout(t *testing.T) {
+	ctx := context.Background()
+	pool, err := postgres.Open(ctx, postgrestest.URL(), "", postgres.WithIdleInTransactionTimeout(500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var setting string
+	if err := pool.QueryRow(ctx, `SHOW idle_in_transaction_session_timeout`).Scan(&setting); err != nil || setting != "500ms" {
+		t.Fatalf("idle_in_transaction_session_timeout = %q, %v; want 500ms", setting, err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := tx.Exec(ctx, `SELECT 1`); err == nil {
+		t.Error("a transaction idle for 1.5 s went on; want the server to have ended its session after 500ms")
+	}
+
+	sep := "?"
+	if strings.Contains(postgrestest.URL(), "?") {
+		sep = "&"
+	}
+	own, err := postgres.Open(ctx, postgrestest.URL()+sep+"options=-c%20idle_in_transaction_session_timeout%3D7s", "",
+		postgres.WithIdleInTransactionTimeout(500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	if err := own.QueryRow(ctx, `SHOW idle_in_transaction_session_timeout`).Scan(&setting); err != nil || setting != "7s" {
+		t.Errorf("with the URL's own value: idle_in_transaction_session_timeout = %q, %v; want 7s", setting, err)
+	}
+}

@@ -291,7 +291,11 @@ func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 
 	// Database: the service's schema with its tables, the outbox and the
 	// inbox.
-	pool, err := postgres.Open(ctx, cfg.DatabaseURL, cfg.DatabaseSchema, postgres.WithApplicationName("ordermesh-"+spec.Name))
+	// Transactions wait for handlers' calls (up to the handler timeout)
+	// and for a relay's confirms (up to 30 s): twice the longer of those.
+	idle := max(time.Minute, 2*cfg.HandlerTimeout)
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL, cfg.DatabaseSchema, postgres.WithApplicationName("ordermesh-"+spec.Name),
+		postgres.WithIdleInTransactionTimeout(idle))
 	if err != nil {
 		return fmt.Errorf("database at %s: %w", config.RedactURL(cfg.DatabaseURL), err)
 	}
