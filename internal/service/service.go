@@ -272,7 +272,18 @@ func Main(ctx context.Context, getenv func(string) string, stdout io.Writer, rea
 
 // Run runs the service until ctx ends, then shuts it down gracefully. If
 // ready is not nil it receives the gRPC listener's address once serving.
+// Ended while it was starting (a SIGTERM during its migrations, say), it
+// stops there and returns nil, as a stop asked for is no failure.
 func Run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready chan<- net.Addr) error {
+	err := run(ctx, spec, cfg, log, ready)
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		log.InfoContext(ctx, "stopped while starting", slog.Any("error", err))
+		return nil
+	}
+	return err
+}
+
+func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready chan<- net.Addr) error {
 	if cfg.HandlerTimeout <= 0 { // a Config built in code, not by ReadConfig
 		cfg.HandlerTimeout = cfg.ShutdownTimeout
 	}

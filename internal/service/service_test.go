@@ -426,3 +426,17 @@ func get(t *testing.T, url string) string {
 	}
 	return string(b)
 }
+
+// TestStopWhileStartingIsNoFailure: a service whose context ends while it
+// starts (a SIGTERM during its database checks) returns nil, so that its
+// binary exits 0, as for any stop asked for.
+func TestStopWhileStartingIsNoFailure(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	cfg := service.Config{GRPCAddr: "127.0.0.1:0", DatabaseURL: postgrestest.URL(), DatabaseSchema: "unused",
+		AMQPURL: platformtest.AMQPURL(), ShutdownTimeout: time.Second}
+	err := service.Run(ctx, service.Spec{Name: "starting"}, cfg, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Errorf("Run with its context ended = %v, want nil", err)
+	}
+}
