@@ -1067,7 +1067,7 @@ func TestExpirePendingOnTwoInstances(t *testing.T) {
 	for i, a := range []*app.App{f.app, other} {
 		wg.Go(func() {
 			var err error
-			if counts[i], err = a.ExpirePending(ctx, 30*time.Minute, 100); err != nil {
+			if counts[i], err = a.ExpirePending(ctx, 30*time.Minute, n); err != nil {
 				t.Error(err)
 			}
 		})
@@ -1088,6 +1088,63 @@ func TestExpirePendingOnTwoInstances(t *testing.T) {
 	if rejected != n || events != n {
 		t.Errorf("%d orders rejected with %d order.rejected events, want %d of each", rejected, events, n)
 	}
+}
+
+// TestRunExpiryGoesOnPastABatchOthersEnded: a sweep whose batch of
+// stale orders another instance ended meanwhile (here a transaction
+// holding them, which rejects them while the sweep waits for their locks)
+// rejected none of it itself, yet goes on to the next batch at once
+// rather than at its next tick (an hour off here).
+func TestRunExpiryGoesOnPastABatchOthersEnded(t *testing.T) {
+	f := newFixture(t)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var ids []string
+	for range 10 {
+		o, err := f.app.Create(ctx, request())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, o.ID)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	// The first five (oldest, so the first batch) are being ended by
+	// someone else.
+	other, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback(ctx)
+	var pid uint32
+	if err := other.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Exec(ctx, `UPDATE orders SET status = 'REJECTED' WHERE id = ANY($1::uuid[])`, ids[:5]); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
+	wg.Go(func() {
+		if err := f.app.RunExpiryBatches(ctx, 30*time.Minute, time.Hour, 5); err != nil {
+			t.Error(err)
+		}
+	})
+	waitFor(t, 10*time.Second, "the sweep waiting for the first batch's locks", func() bool {
+		var blocked bool
+		err := f.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))`, pid).Scan(&blocked)
+		return err == nil && blocked
+	})
+	if err := other.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the second batch rejected", func() bool {
+		var pending int
+		err := f.pool.QueryRow(ctx, `SELECT count(*) FROM orders WHERE status = 'PENDING'`).Scan(&pending)
+		return err == nil && pending == 0
+	})
 }
 
 func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {

@@ -1,5 +1,10 @@
 package app
 
+import (
+	"context"
+	"time"
+)
+
 // CreateBatches returns how many transactions Create calls have shared.
 func (a *App) CreateBatches() int64 {
 	batches, _ := a.creates.Stats()
@@ -8,3 +13,8 @@ func (a *App) CreateBatches() int64 {
 
 // Unavailable is unavailable, for tests of which errors it marks.
 var Unavailable = unavailable
+
+// RunExpiryBatches is RunExpiry with batches of at most batch orders.
+func (a *App) RunExpiryBatches(ctx context.Context, timeout, interval time.Duration, batch int) error {
+	return a.runExpiry(ctx, timeout, interval, batch)
+}

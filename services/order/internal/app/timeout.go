@@ -21,15 +21,22 @@ const expireBatch = 500
 // rejected once, and counted (and logged) by the instance that rejected
 // it.
 func (a *App) ExpirePending(ctx context.Context, timeout time.Duration, limit int) (int, error) {
+	rejected, _, err := a.expirePending(ctx, timeout, limit)
+	return rejected, err
+}
+
+// expirePending is ExpirePending, also returning how many orders it
+// listed as stale: when that is limit, more may be waiting, whoever
+// rejected the ones listed.
+func (a *App) expirePending(ctx context.Context, timeout time.Duration, limit int) (rejected, listed int, err error) {
 	ids, err := store.ListPendingSince(ctx, a.pool, a.now().Add(-timeout), limit)
 	if err != nil {
-		return 0, unavailable(err)
+		return 0, 0, unavailable(err)
 	}
-	rejected := 0
 	for _, id := range ids {
 		next, changed, err := a.changed(ctx, id, order.Timeout{After: timeout})
 		if err != nil {
-			return rejected, fmt.Errorf("expire order %s: %w", id, unavailable(err))
+			return rejected, len(ids), fmt.Errorf("expire order %s: %w", id, unavailable(err))
 		}
 		// Not changed: another instance timed it out, or it ended
 		// otherwise since it was listed.
@@ -38,32 +45,40 @@ func (a *App) ExpirePending(ctx context.Context, timeout time.Duration, limit in
 			a.log.WarnContext(ctx, "order timed out", slog.String("order_id", id), slog.String("reason", next.StatusReason))
 		}
 	}
-	return rejected, nil
+	return rejected, len(ids), nil
 }
 
-// RunExpiry calls ExpirePending every interval until ctx ends; a timeout
-// of 0 turns it off. Failures (the database away) are logged and tried
-// again at the next tick.
+// RunExpiry calls ExpirePending at once and then every interval until
+// ctx ends, each time until no whole batch of stale orders is left; a
+// timeout of 0 turns it off. Failures (the database away) are logged and
+// tried again at the next tick.
 func (a *App) RunExpiry(ctx context.Context, timeout, interval time.Duration) error {
+	return a.runExpiry(ctx, timeout, interval, expireBatch)
+}
+
+// runExpiry is RunExpiry with batches of at most batch orders.
+func (a *App) runExpiry(ctx context.Context, timeout, interval time.Duration, batch int) error {
 	if timeout <= 0 {
 		return nil
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		for ctx.Err() == nil {
+			// Again while a whole batch was stale: other instances may
+			// have rejected some of it, but more may wait behind it.
+			_, listed, err := a.expirePending(ctx, timeout, batch)
+			if err != nil && ctx.Err() == nil {
+				a.log.ErrorContext(ctx, "expire pending orders", slog.Any("error", err))
+			}
+			if err != nil || listed < batch {
+				break
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-		}
-		for {
-			n, err := a.ExpirePending(ctx, timeout, expireBatch)
-			if err != nil && ctx.Err() == nil {
-				a.log.ErrorContext(ctx, "expire pending orders", slog.Any("error", err))
-			}
-			if err != nil || n < expireBatch {
-				break
-			}
 		}
 	}
 }
