@@ -51,21 +51,23 @@ type Notification struct {
 // and kind is recorded already, or one of the order and the kind it is
 // SupersededBy, and reports for each whether it recorded it (claimed[i]
 // for ns[i]). ns must not hold two notifications of the same order and
-// kind. It is one statement whatever ns holds.
+// kind. It takes two statements, in one round trip, whatever ns holds.
 //
 // If another transaction has claimed one of the same orders and kinds and
 // not yet ended, Claim waits for it: that notification is then not
 // claimed if that transaction committed, and claimed if it rolled back.
 // So at most one transaction at a time holds a claim, and at most one
-// ever commits it. Claim first takes a lock on each of ns's orders (a
-// transaction-level advisory lock keyed by the schema and the order id),
-// so it also waits for a transaction claiming another notification of one
-// of the orders: a superseding notification another instance is sending
-// (a cancellation) stops the claim once that transaction commits, instead
-// of going unseen while it runs. Claim locks the orders in id order and
-// inserts in (order id, kind) order, so two transactions claiming
-// notifications of some of the same orders wait for each other in one
-// order and cannot deadlock.
+// ever commits it. Claim first takes a lock (a transaction-level advisory
+// lock keyed by the schema, the order id and the kind) on each
+// notification's order and kind, and on its order and the kind it is
+// SupersededBy, so a claim also waits for a transaction claiming the
+// notification that supersedes it: a cancellation another instance is
+// sending stops a confirmation's claim once that transaction commits,
+// instead of going unseen while it runs. Notifications of other kinds of
+// the same order do not wait for each other. Claim takes the locks in
+// (order id, kind) order and inserts in that order too, so two
+// transactions claiming some of the same notifications wait for each
+// other in one order and cannot deadlock.
 //
 // If then is not nil, it queues statements on the batch that carries the
 // claims, and they run right after them, in the same round trip: what the
@@ -92,9 +94,9 @@ func Claim(ctx context.Context, tx pgx.Tx, ns []Notification, then func(*pgx.Bat
 	// The subquery's ORDER BY keeps it from being flattened, so the locks
 	// are taken in its order.
 	b.Queue(`
-		SELECT pg_advisory_xact_lock(hashtextextended('ordermesh.notification.order/' || current_schema() || '/' || id, 0))
+		SELECT pg_advisory_xact_lock(hashtextextended('ordermesh.notification/' || current_schema() || '/' || id, 0))
 		FROM (SELECT id FROM unnest($1::text[]) AS o(id) ORDER BY id COLLATE "C") AS o`,
-		slices.Compact(slices.Sorted(slices.Values(cols.order))))
+		lockKeys(ns))
 	b.Queue(`
 		INSERT INTO notifications (order_id, kind, recipient, message_id, event_id)
 		SELECT order_id, kind, recipient, message_id, event_id
@@ -120,6 +122,20 @@ func Claim(ctx context.Context, tx pgx.Tx, ns []Notification, then func(*pgx.Bat
 		claimed[i] = won[key{n.OrderID, n.Kind}]
 	}
 	return claimed, nil
+}
+
+// lockKeys returns the keys Claim locks for ns, sorted: "order/kind" for
+// each notification, and "order/superseding kind" for those that have one.
+func lockKeys(ns []Notification) []string {
+	keys := make([]string, 0, 2*len(ns))
+	for _, n := range ns {
+		keys = append(keys, n.OrderID+"/"+n.Kind)
+		if n.SupersededBy != "" {
+			keys = append(keys, n.OrderID+"/"+n.SupersededBy)
+		}
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
 }
 
 // key is a notification's primary key.

@@ -226,6 +226,31 @@ func TestClaimWaitsForASupersedingClaimInFlight(t *testing.T) {
 	}
 }
 
+// TestClaimOfAnotherKindDoesNotWait: claims of an order's notifications
+// that do not supersede each other (received, confirmed) do not wait for
+// each other's transactions.
+func TestClaimOfAnotherKindDoesNotWait(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, _ := postgrestest.NewSchema(t, store.Migrations)
+	order := uuid.NewString()
+	first, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatalf("begin: %v", err)
+	}
+	defer first.Rollback(ctx)
+	if ok, err := store.Claim(ctx, first, []store.Notification{notification(order, "received")}, nil); err != nil || !ok[0] {
+		t.Fatalf("received claim: %v, %v", ok, err)
+	}
+	confirmed := notification(order, "confirmed")
+	confirmed.SupersededBy = "cancelled"
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if ok, err := claim(wctx, pool, confirmed); err != nil || !ok[0] {
+		t.Errorf("confirmation claim while the received one is in flight = %v, %v; want claimed at once", ok, err)
+	}
+}
+
 // TestClaimTakesItsClaimsInOrder: a transaction claiming C and A (in that
 // order) claims A first, so while it waits for A, held by another
 // transaction, it holds nothing that transaction could wait for: the other
