@@ -25,12 +25,13 @@
 //     nothing either, and succeeds or fails as the cancellation does
 //     (retryably, if the cancellation failed for good);
 //  2. claims every (order id, kind) of the batch in the notifications
-//     table, in one statement, and writes NotificationSent for each to the
-//     outbox in the same round trip (store.Claim). A claim that exists
-//     already means the email was sent: that delivery does nothing. A
-//     concurrent transaction holding one of the claims makes the statement
-//     wait until it ends; claims are taken in (order id, kind) order, so
-//     two such transactions cannot deadlock;
+//     table and writes NotificationSent for each to the outbox, in one
+//     round trip (store.Claim). A claim that exists already means the
+//     email was sent: that delivery does nothing. A concurrent transaction
+//     (another instance's) holding one of the claims, or the cancellation
+//     a confirmation's claim gives way to, makes the claim wait until it
+//     ends; locks and claims are taken in (order id, kind) order, so two
+//     such transactions cannot deadlock;
 //  3. hands the claimed emails to the SMTP server, several at once, each
 //     bounded by the Sender's own timeout and all ending a little before
 //     the transaction's deadline, so that an email that hangs fails alone;
