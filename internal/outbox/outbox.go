@@ -196,7 +196,8 @@ type Stats struct {
 	Pending int64
 	// Estimated reports that Pending is an estimate: the outbox's span of
 	// sequence numbers (an upper bound), and for refused rows the
-	// planner's count when it is higher than StatsExactUpTo.
+	// statistics' count of live rows when it is higher than
+	// StatsExactUpTo.
 	Estimated bool
 	// OldestAge is how long the oldest pending row has waited since its
 	// transaction wrote it; zero when nothing is pending. It is the relay's
@@ -222,7 +223,7 @@ func readStats(ctx context.Context, db Querier, exactUpTo int64) (Stats, error) 
 	var s Stats
 	var age *float64
 	var outboxRows, span, deferredRows int64
-	var deferredPlanned float64
+	var deferredLive int64
 	// created_at is the inserting transaction's start time: the age is an
 	// upper bound on the time since commit. The outbox's oldest row is
 	// read through its primary key (seq follows the inserts' order, near
@@ -232,11 +233,11 @@ func readStats(ctx context.Context, db Querier, exactUpTo int64) (Stats, error) 
 		SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) AS o),
 			coalesce((SELECT max(seq) - min(seq) + 1 FROM outbox), 0),
 			(SELECT count(*) FROM (SELECT 1 FROM outbox_deferred LIMIT $1) AS d),
-			(SELECT reltuples FROM pg_class WHERE oid = 'outbox_deferred'::regclass),
+			coalesce((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'outbox_deferred'::regclass), 0),
 			extract(epoch FROM now() - least(
 				(SELECT created_at FROM outbox ORDER BY seq LIMIT 1),
 				(SELECT created_at FROM outbox_deferred ORDER BY seq LIMIT 1)))::float8`, exactUpTo+1).
-		Scan(&outboxRows, &span, &deferredRows, &deferredPlanned, &age)
+		Scan(&outboxRows, &span, &deferredRows, &deferredLive, &age)
 	if err != nil {
 		return Stats{}, fmt.Errorf("read outbox stats: %w", err)
 	}
@@ -245,7 +246,7 @@ func readStats(ctx context.Context, db Querier, exactUpTo int64) (Stats, error) 
 		outboxRows, s.Estimated = max(span, outboxRows), true
 	}
 	if deferredRows > exactUpTo {
-		deferredRows, s.Estimated = max(int64(deferredPlanned), deferredRows), true
+		deferredRows, s.Estimated = max(deferredLive, deferredRows), true
 	}
 	s.Pending = outboxRows + deferredRows
 	if age != nil && *age > 0 {

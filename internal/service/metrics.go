@@ -138,7 +138,10 @@ type outboxCollector struct {
 }
 
 var (
-	outboxPendingDesc = prometheus.NewDesc("ordermesh_outbox_pending", "Outbox rows not yet confirmed by the broker.", nil, nil)
+	outboxPendingDesc = prometheus.NewDesc("ordermesh_outbox_pending",
+		"Outbox rows not yet confirmed by the broker: counted up to 100,000 a table, estimated beyond (see ordermesh_outbox_pending_estimated).", nil, nil)
+	outboxEstimatedDesc = prometheus.NewDesc("ordermesh_outbox_pending_estimated",
+		"1 when ordermesh_outbox_pending is an estimate (a backlog past 100,000 rows), 0 when it is a count.", nil, nil)
 	outboxAgeDesc     = prometheus.NewDesc("ordermesh_outbox_oldest_age_seconds", "Age of the oldest pending outbox row (relay lag).", nil, nil)
 	outboxStatsUpDesc = prometheus.NewDesc("ordermesh_outbox_stats_up",
 		"1 when the outbox gauges could be read at this scrape, 0 when the database did not answer (the gauges are then missing).", nil, nil)
@@ -146,6 +149,7 @@ var (
 
 func (c *outboxCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- outboxPendingDesc
+	ch <- outboxEstimatedDesc
 	ch <- outboxAgeDesc
 	ch <- outboxStatsUpDesc
 }
@@ -161,5 +165,10 @@ func (c *outboxCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(outboxStatsUpDesc, prometheus.GaugeValue, 1)
 	ch <- prometheus.MustNewConstMetric(outboxPendingDesc, prometheus.GaugeValue, float64(st.Pending))
+	estimated := 0.0
+	if st.Estimated {
+		estimated = 1
+	}
+	ch <- prometheus.MustNewConstMetric(outboxEstimatedDesc, prometheus.GaugeValue, estimated)
 	ch <- prometheus.MustNewConstMetric(outboxAgeDesc, prometheus.GaugeValue, st.OldestAge.Seconds())
 }
