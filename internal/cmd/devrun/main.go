@@ -409,16 +409,24 @@ func redact(raw string) string {
 	return u.Redacted()
 }
 
-// lockedWriter serializes whole writes from several processes.
+// lockedWriter serializes whole writes from several processes. Once a
+// write fails (the terminal closed) it drops what comes after, reporting
+// success: the processes' output pipes must go on being read, or a
+// process writing a log line while it stops would be ended by SIGPIPE.
 type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
+	failed bool
+	mu     sync.Mutex
+	w      io.Writer
 }
 
 func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.w.Write(p)
+	if !l.failed {
+		_, err := l.w.Write(p)
+		l.failed = err != nil
+	}
+	return len(p), nil
 }
 
 // prefixed returns a writer that writes each complete line to w prefixed

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -223,5 +224,29 @@ func TestSharedSettingsAreRefused(t *testing.T) {
 		if (err != nil) != tt.refused {
 			t.Errorf("%v: %v, want refused %v", tt.env, err, tt.refused)
 		}
+	}
+}
+
+// failingWriter fails every write, as a closed terminal does.
+type failingWriter struct{ writes int }
+
+func (f *failingWriter) Write([]byte) (int, error) {
+	f.writes++
+	return 0, errors.New("input/output error")
+}
+
+// TestOutputToAClosedTerminalIsDropped: once devrun's output fails, the
+// processes' lines are dropped, not failed, so their pipes go on being
+// read (a failed copy would leave them to SIGPIPE).
+func TestOutputToAClosedTerminalIsDropped(t *testing.T) {
+	f := &failingWriter{}
+	w := prefixed(&lockedWriter{w: f}, "order")
+	for range 3 {
+		if n, err := w.Write([]byte("a line\n")); err != nil || n != len("a line\n") {
+			t.Errorf("Write = %d, %v; want the line taken", n, err)
+		}
+	}
+	if f.writes != 1 {
+		t.Errorf("%d writes reached the failed output, want 1 (the one that failed)", f.writes)
 	}
 }
