@@ -67,11 +67,11 @@ func NewBatcher[T any](batch, lanes int, flush func(ctx context.Context, items [
 
 // Do hands item to a flush shared with concurrent calls of the same lane
 // (chosen by key) and returns once that flush returned. It returns ctx's
-// error, without flushing item, if ctx ends before a batch takes item (a
-// call waiting behind the batch in flight gives up with its caller, so
-// nothing is done for a caller that has gone); once a batch has taken
-// item, Do waits for its flush even when ctx ends, because the batch
-// belongs to all its callers. A flush that panics fails its batch's calls
+// error, without flushing item, if ctx has ended before the call, and
+// when ctx ends while the call waits behind the batch in flight (a caller
+// that has gone is not served later); a batch may still take an item
+// whose ctx ended just then, and once one has, Do waits for its flush
+// even when ctx ends, because the batch belongs to all its callers. A flush that panics fails its batch's calls
 // with ErrFlushPanicked and leaves the lane working.
 func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 	if err := ctx.Err(); err != nil {
@@ -98,6 +98,11 @@ func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 				return c.err
 			case <-c.lead:
 			}
+		}
+		// Handed the lead with ctx ended (both ready at once): it leaves
+		// too, handing the lead on.
+		if ctx.Err() != nil && l.leave(c) {
+			return ctx.Err()
 		}
 		l.mu.Lock()
 	}
