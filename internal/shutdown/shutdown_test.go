@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"syscall"
@@ -46,16 +47,7 @@ func pipeChild() int {
 // its reader (a supervisor stopped with it) drains on after the signal and
 // exits 0, instead of being ended by SIGPIPE at its first log line.
 func TestDrainOutlivesItsOutputsReader(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=pipe")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start child: %v", err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	cmd, out := startChild(t, "pipe")
 	lines := bufio.NewScanner(out)
 	if !lines.Scan() || lines.Text() != "ready" {
 		t.Fatalf("child said %q (%v), want ready", lines.Text(), lines.Err())
@@ -94,16 +86,7 @@ func child() int {
 // by the signal's default action, instead of being swallowed while the
 // drain goes on.
 func TestSecondSignalEndsTheProcess(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start child: %v", err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	cmd, out := startChild(t, "1")
 	lines := bufio.NewScanner(out)
 	expect := func(want string) {
 		t.Helper()
@@ -126,7 +109,7 @@ func TestSecondSignalEndsTheProcess(t *testing.T) {
 	for lines.Scan() {
 		t.Errorf("child went on after the second signal: %q", lines.Text())
 	}
-	err = cmd.Wait()
+	err := cmd.Wait()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) {
 		t.Fatalf("child exited with %v, want killed by SIGTERM", err)
@@ -134,4 +117,22 @@ func TestSecondSignalEndsTheProcess(t *testing.T) {
 	if ws, ok := exit.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
 		t.Fatalf("child ended with %v, want killed by SIGTERM", exit)
 	}
+}
+
+// startChild starts the test binary as a child of the given kind (see
+// TestMain) and returns it with its standard output; the child is killed
+// when the test ends.
+func startChild(t *testing.T, kind string) (*exec.Cmd, io.ReadCloser) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+kind)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start child: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return cmd, out
 }

@@ -77,6 +77,21 @@ func claimBlocked(ctx context.Context, t *testing.T, pool *pgxpool.Pool, ns ...s
 	}
 }
 
+// claimInFlight claims n in a transaction it leaves open (rolled back
+// when the test ends) and returns it.
+func claimInFlight(ctx context.Context, t *testing.T, pool *pgxpool.Pool, n store.Notification) pgx.Tx {
+	t.Helper()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatalf("begin: %v", err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if ok, err := store.Claim(ctx, tx, []store.Notification{n}, nil); err != nil || !ok[0] {
+		t.Fatalf("%s claim: %v, %v", n.Kind, ok, err)
+	}
+	return tx
+}
+
 // claim claims ns in a transaction of its own, which it commits.
 func claim(ctx context.Context, db postgres.TxBeginner, ns ...store.Notification) ([]bool, error) {
 	var claimed []bool
@@ -206,14 +221,7 @@ func TestClaimWaitsForASupersedingClaimInFlight(t *testing.T) {
 	defer cancel()
 	pool, _ := postgrestest.NewSchema(t, store.Migrations)
 	order := uuid.NewString()
-	first, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatalf("begin: %v", err)
-	}
-	defer first.Rollback(ctx)
-	if ok, err := store.Claim(ctx, first, []store.Notification{notification(order, "cancelled")}, nil); err != nil || !ok[0] {
-		t.Fatalf("cancellation claim: %v, %v", ok, err)
-	}
+	first := claimInFlight(ctx, t, pool, notification(order, "cancelled"))
 	confirmed := notification(order, "confirmed")
 	confirmed.SupersededBy = "cancelled"
 	second := claimBlocked(ctx, t, pool, confirmed)
@@ -234,14 +242,7 @@ func TestClaimOfAnotherKindDoesNotWait(t *testing.T) {
 	defer cancel()
 	pool, _ := postgrestest.NewSchema(t, store.Migrations)
 	order := uuid.NewString()
-	first, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatalf("begin: %v", err)
-	}
-	defer first.Rollback(ctx)
-	if ok, err := store.Claim(ctx, first, []store.Notification{notification(order, "received")}, nil); err != nil || !ok[0] {
-		t.Fatalf("received claim: %v, %v", ok, err)
-	}
+	claimInFlight(ctx, t, pool, notification(order, "received"))
 	confirmed := notification(order, "confirmed")
 	confirmed.SupersededBy = "cancelled"
 	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
