@@ -195,9 +195,10 @@ type Stats struct {
 	// Estimated).
 	Pending int64
 	// Estimated reports that Pending is an estimate: the outbox's span of
-	// sequence numbers (an upper bound), and for refused rows the
-	// statistics' count of live rows when it is higher than
-	// StatsExactUpTo.
+	// sequence numbers (an upper bound), and for refused rows the higher
+	// of the statistics' live rows (reset by a crash or failover) and the
+	// planner's count (-1 until the table was analyzed), when that is
+	// higher than StatsExactUpTo.
 	Estimated bool
 	// OldestAge is how long the oldest pending row has waited since its
 	// transaction wrote it; zero when nothing is pending. It is the relay's
@@ -233,7 +234,9 @@ func readStats(ctx context.Context, db Querier, exactUpTo int64) (Stats, error) 
 		SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) AS o),
 			coalesce((SELECT max(seq) - min(seq) + 1 FROM outbox), 0),
 			(SELECT count(*) FROM (SELECT 1 FROM outbox_deferred LIMIT $1) AS d),
-			coalesce((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'outbox_deferred'::regclass), 0),
+			greatest(
+				coalesce((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'outbox_deferred'::regclass), 0),
+				(SELECT reltuples::bigint FROM pg_class WHERE oid = 'outbox_deferred'::regclass)),
 			extract(epoch FROM now() - least(
 				(SELECT created_at FROM outbox ORDER BY seq LIMIT 1),
 				(SELECT created_at FROM outbox_deferred ORDER BY seq LIMIT 1)))::float8`, exactUpTo+1).

@@ -1104,6 +1104,11 @@ func TestReadStatsEstimatesALargeBacklog(t *testing.T) {
 	if s, err := outbox.ReadStatsUpTo(ctx, pool, 4); err != nil || s.Pending != 12 || !s.Estimated {
 		t.Errorf("ReadStats counting up to 4 = %+v, %v; want 12 (the outbox's span of 11, and 1 deferred), estimated", s, err)
 	}
+	// Counting none: both tables estimated (the deferred row's, from the
+	// statistics, no lower than the one counted).
+	if s, err := outbox.ReadStatsUpTo(ctx, pool, 0); err != nil || s.Pending != 12 || !s.Estimated {
+		t.Errorf("ReadStats counting up to 0 = %+v, %v; want 12 (a span of 11, 1 deferred row), estimated", s, err)
+	}
 	if s, err := outbox.ReadStats(ctx, pool); err != nil || s.Pending != 11 || s.Estimated || s.OldestAge <= 0 {
 		t.Errorf("ReadStats = %+v, %v; want 11, exact, with an age", s, err)
 	}

@@ -304,7 +304,7 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	// inbox.
 	// Transactions wait for handlers' calls (up to the handler timeout)
 	// and for a relay's confirms (up to 30 s): twice the longer of those.
-	// (At most a day: PostgreSQL takes no more than 2³¹ ms.)
+	// (At most a day: PostgreSQL takes no more than 2³¹ ms, about 24 days.)
 	idle := min(max(time.Minute, 2*cfg.HandlerTimeout), 24*time.Hour)
 	pool, err := postgres.Open(ctx, cfg.DatabaseURL, cfg.DatabaseSchema, postgres.WithApplicationName("ordermesh-"+spec.Name),
 		postgres.WithIdleInTransactionTimeout(idle))

@@ -40,6 +40,9 @@ func main() {
 	// one (which kills).
 	_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0)
 	signal.Ignore(syscall.SIGHUP)
+	// Output piped to a reader that has gone (`make run | tee`, Ctrl-C)
+	// fails its writes instead of ending devrun mid-stop.
+	signal.Ignore(syscall.SIGPIPE)
 	// The first Ctrl-C or SIGTERM stops everything gracefully; a second one
 	// kills what is still running.
 	ctx, stop := context.WithCancel(context.Background())
@@ -409,23 +412,19 @@ func redact(raw string) string {
 	return u.Redacted()
 }
 
-// lockedWriter serializes whole writes from several processes. Once a
-// write fails (the terminal closed) it drops what comes after, reporting
-// success: the processes' output pipes must go on being read, or a
-// process writing a log line while it stops would be ended by SIGPIPE.
+// lockedWriter serializes whole writes from several processes. A write
+// that fails (the terminal closed, the disk full) is dropped, reported as
+// done: the processes' output pipes must go on being read, or a process
+// writing a log line while it stops would be ended by SIGPIPE.
 type lockedWriter struct {
-	failed bool
-	mu     sync.Mutex
-	w      io.Writer
+	mu sync.Mutex
+	w  io.Writer
 }
 
 func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.failed {
-		_, err := l.w.Write(p)
-		l.failed = err != nil
-	}
+	_, _ = l.w.Write(p)
 	return len(p), nil
 }
 

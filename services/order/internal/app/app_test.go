@@ -1094,7 +1094,8 @@ func TestExpirePendingOnTwoInstances(t *testing.T) {
 // stale orders another instance ended meanwhile (here a transaction
 // holding them, which rejects them while the sweep waits for their locks)
 // rejected none of it itself, yet goes on to the next batch at once
-// rather than at its next tick (an hour off here).
+// rather than at its next tick (an hour off here; the first sweep is at
+// once).
 func TestRunExpiryGoesOnPastABatchOthersEnded(t *testing.T) {
 	f := newFixture(t)
 	ctx, stop := context.WithCancel(context.Background())
@@ -1128,7 +1129,7 @@ func TestRunExpiryGoesOnPastABatchOthersEnded(t *testing.T) {
 	defer wg.Wait()
 	defer stop()
 	wg.Go(func() {
-		if err := f.app.RunExpiryBatches(ctx, 30*time.Minute, time.Hour, 5); err != nil {
+		if err := f.app.RunExpiryBatches(ctx, 30*time.Minute, 0, time.Hour, 5); err != nil {
 			t.Error(err)
 		}
 	})
@@ -1145,6 +1146,31 @@ func TestRunExpiryGoesOnPastABatchOthersEnded(t *testing.T) {
 		err := f.pool.QueryRow(ctx, `SELECT count(*) FROM orders WHERE status = 'PENDING'`).Scan(&pending)
 		return err == nil && pending == 0
 	})
+}
+
+// TestRunExpiryWaitsAnIntervalFirst: the first sweep comes an interval
+// after the start, not at once: after a long stop, the outcomes of the
+// stale orders may be waiting in the service's queue.
+func TestRunExpiryWaitsAnIntervalFirst(t *testing.T) {
+	f := newFixture(t)
+	ctx, stop := context.WithCancel(context.Background())
+	stale, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour' WHERE id = $1`, stale.ID); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- f.app.RunExpiry(ctx, 30*time.Minute, time.Hour) }()
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.app.Get(context.Background(), stale.ID); err != nil || got.Status != order.StatusPending {
+		t.Errorf("stale order is %v (%v) before the first interval passed, want PENDING", got.Status, err)
+	}
 }
 
 func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {

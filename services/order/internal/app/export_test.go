@@ -14,7 +14,8 @@ func (a *App) CreateBatches() int64 {
 // Unavailable is unavailable, for tests of which errors it marks.
 var Unavailable = unavailable
 
-// RunExpiryBatches is RunExpiry with batches of at most batch orders.
-func (a *App) RunExpiryBatches(ctx context.Context, timeout, interval time.Duration, batch int) error {
-	return a.runExpiry(ctx, timeout, interval, batch)
+// RunExpiryBatches is RunExpiry with its first sweep after first and
+// batches of at most batch orders.
+func (a *App) RunExpiryBatches(ctx context.Context, timeout, first, interval time.Duration, batch int) error {
+	return a.runExpiry(ctx, timeout, first, interval, batch)
 }

@@ -48,22 +48,29 @@ func (a *App) expirePending(ctx context.Context, timeout time.Duration, limit in
 	return rejected, len(ids), nil
 }
 
-// RunExpiry calls ExpirePending at once and then every interval until
-// ctx ends, each time until no whole batch of stale orders is left; a
-// timeout of 0 turns it off. Failures (the database away) are logged and
-// tried again at the next tick.
+// RunExpiry calls ExpirePending every interval until ctx ends, each time
+// until no whole batch of stale orders is left; a timeout of 0 turns it
+// off. Failures (the database away) are logged and tried again at the
+// next tick. The first sweep waits an interval too: after a long stop,
+// the outcomes of stale orders may be waiting in the service's queue.
 func (a *App) RunExpiry(ctx context.Context, timeout, interval time.Duration) error {
-	return a.runExpiry(ctx, timeout, interval, expireBatch)
+	return a.runExpiry(ctx, timeout, interval, interval, expireBatch)
 }
 
-// runExpiry is RunExpiry with batches of at most batch orders.
-func (a *App) runExpiry(ctx context.Context, timeout, interval time.Duration, batch int) error {
+// runExpiry is RunExpiry with its first sweep after first and batches of
+// at most batch orders.
+func (a *App) runExpiry(ctx context.Context, timeout, first, interval time.Duration, batch int) error {
 	if timeout <= 0 {
 		return nil
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
+	wait := time.NewTimer(first)
+	defer wait.Stop()
 	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wait.C:
+		}
 		for ctx.Err() == nil {
 			// Again while a whole batch was stale: other instances may
 			// have rejected some of it, but more may wait behind it.
@@ -75,10 +82,6 @@ func (a *App) runExpiry(ctx context.Context, timeout, interval time.Duration, ba
 				break
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+		wait.Reset(interval)
 	}
 }
