@@ -88,21 +88,17 @@ func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 			return c.err
 		case <-c.lead:
 		case <-ctx.Done():
+		}
+		// With ctx ended (even as the lead came), the call leaves the
+		// queue, handing on the lead it may hold; if it is no longer
+		// queued, a batch took it (a call handed the lead stays at the
+		// head until it takes its batch), which it waits for.
+		if ctx.Err() != nil {
 			if l.leave(c) {
 				return ctx.Err()
 			}
-			// A batch took it, or it was handed the lead: as if ctx had
-			// not ended.
-			select {
-			case <-c.done:
-				return c.err
-			case <-c.lead:
-			}
-		}
-		// Handed the lead with ctx ended (both ready at once): it leaves
-		// too, handing the lead on.
-		if ctx.Err() != nil && l.leave(c) {
-			return ctx.Err()
+			<-c.done
+			return c.err
 		}
 		l.mu.Lock()
 	}
