@@ -303,9 +303,10 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	// Database: the service's schema with its tables, the outbox and the
 	// inbox.
 	// Transactions wait for handlers' calls (up to the handler timeout)
-	// and for a relay's confirms (up to 30 s): twice the longer of those.
-	// (At most a day: PostgreSQL takes no more than 2³¹ ms, about 24 days.)
-	idle := min(max(time.Minute, 2*cfg.HandlerTimeout), 24*time.Hour)
+	// and for a relay's confirms (up to its publish timeout): twice the
+	// longer of those. (At most a day: PostgreSQL takes no more than 2³¹
+	// ms, about 24 days.)
+	idle := min(2*max(cfg.HandlerTimeout, outbox.DefaultPublishTimeout), 24*time.Hour)
 	pool, err := postgres.Open(ctx, cfg.DatabaseURL, cfg.DatabaseSchema, postgres.WithApplicationName("ordermesh-"+spec.Name),
 		postgres.WithIdleInTransactionTimeout(idle))
 	if err != nil {
