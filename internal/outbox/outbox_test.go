@@ -1113,3 +1113,25 @@ func TestReadStatsEstimatesALargeBacklog(t *testing.T) {
 		t.Errorf("ReadStats = %+v, %v; want 11, exact, with an age", s, err)
 	}
 }
+
+// TestReadStatsEstimatesRefusedRows: past the rows it counts, refused
+// rows waiting in outbox_deferred are estimated from the table's
+// statistics, not reported as the number counted.
+func TestReadStatsEstimatesRefusedRows(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	commit(t, pool, 8)
+	if _, err := pool.Exec(ctx, `
+		WITH moved AS (DELETE FROM outbox
+			RETURNING seq, id, type, routing_key, source, event_time, body, created_at)
+		INSERT INTO outbox_deferred (seq, id, type, routing_key, source, event_time, body, created_at, attempts, next_attempt_at)
+		SELECT seq, id, type, routing_key, source, event_time, body, created_at, 1, now() FROM moved`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE outbox_deferred`); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := outbox.ReadStatsUpTo(ctx, pool, 2); err != nil || s.Pending != 8 || !s.Estimated {
+		t.Errorf("ReadStats counting up to 2 = %+v, %v; want the 8 refused rows, estimated", s, err)
+	}
+}
