@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -463,14 +462,12 @@ func (s *scenario) checkEmails(ctx context.Context, orders map[string]dbOrder, a
 	s.mu.Unlock()
 	perFault := make([]int, len(windows))
 	var problems []string
-	customers := map[string]bool{}
+	var customers []string
 	for _, o := range orders {
-		customers[o.email] = true
+		customers = append(customers, o.email)
 	}
-	for _, to := range slices.Sorted(maps.Keys(got)) {
-		if !customers[to] {
-			problems = append(problems, fmt.Sprintf("%s, the customer of no order, got %d emails", to, len(got[to])))
-		}
+	for _, to := range s.pf.Strangers(customers) {
+		problems = append(problems, fmt.Sprintf("%s, the customer of no order, got %d emails", to, len(got[to])))
 	}
 	resent := 0
 	for id, o := range orders {

@@ -27,6 +27,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/buildflags"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/healthcheck"
+	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/smtpsink"
 	"github.com/ordermesh/ordermesh/internal/testport"
@@ -444,10 +445,9 @@ func (p *Platform) backlog(ctx context.Context, conn *amqp.Connection, db *pgx.C
 		}
 	}
 	for _, s := range services {
-		var n int64
-		if err := db.QueryRow(ctx, "SELECT (SELECT count(*) FROM "+pgx.Identifier{s, "outbox"}.Sanitize()+
-			") + (SELECT count(*) FROM "+pgx.Identifier{s, "outbox_deferred"}.Sanitize()+")").Scan(&n); err != nil {
-			return nil, fmt.Errorf("count %s outbox rows: %w", s, err)
+		n, err := outbox.CountIn(ctx, db, s)
+		if err != nil {
+			return nil, err
 		}
 		if n > 0 {
 			left = append(left, fmt.Sprintf("%s outbox: %d rows", s, n))

@@ -258,6 +258,20 @@ func readStats(ctx context.Context, db Querier, exactUpTo int64) (Stats, error) 
 	return s, nil
 }
 
+// CountIn counts every row waiting in the outbox of schema, those the
+// broker refused (outbox_deferred) included: for harnesses that watch
+// several services' schemas on one connection. It scans both tables;
+// ReadStats is the cheap read for a service's own metrics.
+func CountIn(ctx context.Context, db Querier, schema string) (int64, error) {
+	var n int64
+	err := db.QueryRow(ctx, "SELECT (SELECT count(*) FROM "+pgx.Identifier{schema, "outbox"}.Sanitize()+
+		") + (SELECT count(*) FROM "+pgx.Identifier{schema, "outbox_deferred"}.Sanitize()+")").Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count the outbox of %s: %w", schema, err)
+	}
+	return n, nil
+}
+
 // Empty reports whether the outbox has no pending rows, deferred ones
 // included: every committed event has been confirmed by the broker.
 func Empty(ctx context.Context, db Querier) (bool, error) {

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,6 +31,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/buildflags"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/healthcheck"
+	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/platformtest/privateinfra"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
@@ -520,12 +522,11 @@ func (p *Platform) OutboxPending(ctx context.Context) (map[string]int, error) {
 	defer conn.Close(ctx)
 	out := map[string]int{}
 	for _, s := range Services {
-		var n int
-		if err := conn.QueryRow(ctx, "SELECT (SELECT count(*) FROM "+pgx.Identifier{s, "outbox"}.Sanitize()+
-			") + (SELECT count(*) FROM "+pgx.Identifier{s, "outbox_deferred"}.Sanitize()+")").Scan(&n); err != nil {
-			return nil, fmt.Errorf("count %s outbox: %w", s, err)
+		n, err := outbox.CountIn(ctx, conn, s)
+		if err != nil {
+			return nil, err
 		}
-		out[s] = n
+		out[s] = int(n)
 	}
 	return out, nil
 }
@@ -558,6 +559,26 @@ func (p *Platform) EachRow(ctx context.Context, sql string, each func(pgx.Rows) 
 		}
 	}
 	return rows.Err()
+}
+
+// Strangers returns, sorted, the recipients of the SMTP sink's mail that
+// are not among customers: mail no order called for.
+func (p *Platform) Strangers(customers []string) []string {
+	known := map[string]bool{}
+	for _, c := range customers {
+		known[c] = true
+	}
+	var out []string
+	for _, m := range p.Sink.Messages() {
+		for _, to := range m.To {
+			if !known[to] {
+				known[to] = true
+				out = append(out, to)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // RecordedEmails returns the emails the notification service recorded as
