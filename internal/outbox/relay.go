@@ -148,8 +148,8 @@ func (r *Relay) Wake() {
 // ends is rolled back unless the broker already confirmed it.
 func (r *Relay) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	for _, w := range r.wakes {
-		g.Go(func() error { return r.work(ctx, w) })
+	for i, w := range r.wakes {
+		g.Go(func() error { return r.work(ctx, w, i == 0) })
 	}
 	return g.Wait()
 }
@@ -169,7 +169,7 @@ func (r *Relay) Drain(ctx context.Context) error {
 		return fmt.Errorf("drain outbox: read last row: %w", err)
 	}
 	for {
-		claimed, _, _, err := r.publishFrom(ctx, outboxRows, last)
+		claimed, _, err := r.publishFrom(ctx, outboxRows, last)
 		if err != nil {
 			return err
 		}
@@ -180,16 +180,17 @@ func (r *Relay) Drain(ctx context.Context) error {
 }
 
 // work publishes batches whenever woken or polled, backing off on failure.
-// Each poll interval (each worker's), the deferred rows that are due go out
-// too, between the outbox's batches, so that neither waits on the other.
-func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
+// With retry set (one worker of the relay), each poll interval the
+// deferred rows that are due go out too, between the outbox's batches, so
+// that neither waits on the other.
+func (r *Relay) work(ctx context.Context, wake <-chan struct{}, retry bool) error {
 	timer := time.NewTimer(r.cfg.PollInterval)
 	defer timer.Stop()
 	backoff := r.cfg.MinBackoff
 	var retryAt time.Time
 	for {
-		claimed, _, err := r.publishBatch(ctx)
-		if err == nil && !time.Now().Before(retryAt) {
+		claimed, _, err := r.publishFrom(ctx, outboxRows, math.MaxInt64)
+		if err == nil && retry && !time.Now().Before(retryAt) {
 			retryAt = time.Now().Add(r.cfg.PollInterval)
 			err = r.retryDeferred(ctx)
 		}
@@ -218,66 +219,92 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}) error {
 	}
 }
 
-// PublishBatch claims up to BatchSize unclaimed rows of the outbox,
-// oldest first, or, when it has none, of the deferred rows that are due,
-// publishes them and deletes them in one transaction, and returns how
-// many it published. A row is deleted only once the broker confirmed it.
-// Rows the broker refused (an unroutable event, a nack) move to
-// outbox_deferred, with a delay before their next attempt that grows with
-// their refusals, so they hold up nothing, even when they fill the batch.
-// Rows it left unanswered (the link went down, the confirms timed out)
-// stay as they were, due at once, and PublishBatch returns an error
-// saying how many, after settling the others; when no row was confirmed
-// or refused the transaction rolls back and every row stays. Run calls
-// it; it is exported for Drain-like uses and tests.
-//
-// The transaction takes two round trips around the publishing: BEGIN
-// with the claim, and the DELETE with COMMIT. It is run on a connection
-// of its own rather than through pgx.Tx, which would spend a round trip
-// on COMMIT alone.
-func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
-	claimed, published, err := r.publishBatch(ctx)
-	if err != nil || claimed > 0 {
-		return published, err
-	}
-	_, published, _, err = r.publishFrom(ctx, deferredRows, math.MaxInt64)
-	return published, err
-}
-
-// publishBatch publishes a batch of the outbox's rows and returns how many
-// it claimed and published.
-func (r *Relay) publishBatch(ctx context.Context) (claimed, published int, err error) {
-	claimed, published, _, err = r.publishFrom(ctx, outboxRows, math.MaxInt64)
-	return claimed, published, err
-}
-
 // retryDeferred publishes the deferred rows that are due, batch after
 // batch while batches are whole and the broker takes some of their rows
 // (what it refuses again waits again, out of the next batch's way).
 func (r *Relay) retryDeferred(ctx context.Context) error {
 	for {
-		claimed, published, _, err := r.publishFrom(ctx, deferredRows, math.MaxInt64)
+		claimed, published, err := r.publishFrom(ctx, deferredRows, math.MaxInt64)
 		if err != nil || claimed < r.cfg.BatchSize || published == 0 {
 			return err
 		}
 	}
 }
 
-// rowSource names where a batch's rows come from.
-type rowSource int
+// rowSource is a table a batch's rows come from, with the statements
+// that claim them and that defer the ones the broker refused.
+type rowSource struct {
+	table string
+	// claim locks up to $1 rows of seq at most $2 that no other
+	// transaction holds, in the order they are due.
+	claim string
+	// refuse takes the refused rows ($1) out of the way until their next
+	// attempt: 2^attempts × MinBackoff ($2) from now, at most MaxBackoff
+	// ($3), attempts counting the refusals before this one.
+	refuse string
+}
 
-const (
-	outboxRows   rowSource = iota // the outbox: rows not yet tried
-	deferredRows                  // outbox_deferred: rows the broker refused, once due
+var (
+	// outboxRows are the rows not yet tried, oldest first; refused ones
+	// move to outbox_deferred.
+	outboxRows = &rowSource{
+		table: "outbox",
+		claim: `
+			SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
+			FROM outbox
+			WHERE seq <= $2
+			ORDER BY seq
+			LIMIT $1
+			FOR UPDATE SKIP LOCKED`,
+		refuse: `
+			WITH moved AS (
+				DELETE FROM outbox WHERE seq = ANY($1)
+				RETURNING seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state,
+					body, created_at, attempts
+			)
+			INSERT INTO outbox_deferred (seq, id, type, routing_key, source, correlation_id, event_time, trace_parent,
+				trace_state, body, created_at, attempts, next_attempt_at)
+			SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state,
+				body, created_at, attempts + 1, now() + least($2::interval * power(2, least(attempts, 20)), $3::interval)
+			FROM moved`,
+	}
+	// deferredRows are the rows the broker refused, once due, the longest
+	// due first; refused again, they wait longer.
+	deferredRows = &rowSource{
+		table: "outbox_deferred",
+		claim: `
+			SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
+			FROM outbox_deferred
+			WHERE next_attempt_at <= now() AND seq <= $2
+			ORDER BY next_attempt_at
+			LIMIT $1
+			FOR UPDATE SKIP LOCKED`,
+		refuse: `
+			UPDATE outbox_deferred SET attempts = attempts + 1,
+				next_attempt_at = now() + least($2::interval * power(2, least(attempts, 20)), $3::interval)
+			WHERE seq = ANY($1)`,
+	}
 )
 
-// publishFrom publishes a batch of from's rows whose seq is at most last,
-// and returns how many it claimed, how many the broker confirmed and how
-// many it refused.
-func (r *Relay) publishFrom(ctx context.Context, from rowSource, last int64) (claimed, published, refused int, err error) {
+// publishFrom claims up to BatchSize of from's rows whose seq is at most
+// last, publishes them and deletes them in one transaction, and returns how
+// many it claimed and how many the broker confirmed. A row is deleted only
+// once the broker confirmed it. Rows the broker refused (an unroutable
+// event, a nack) are deferred (from.refuse), with a delay before their next
+// attempt that grows with their refusals, so they hold up nothing, even
+// when they fill the batch. Rows it left unanswered (the link went down,
+// the confirms timed out) stay as they were, due at once, and publishFrom
+// returns an error saying how many, after settling the others; when no row
+// was confirmed or refused the transaction rolls back and every row stays.
+//
+// The transaction takes two round trips around the publishing: BEGIN with
+// the claim, and the DELETE with COMMIT. It is run on a connection of its
+// own rather than through pgx.Tx, which would spend a round trip on COMMIT
+// alone.
+func (r *Relay) publishFrom(ctx context.Context, from *rowSource, last int64) (claimed, published int, err error) {
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("claim outbox rows: %w", err)
+		return 0, 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
 	defer conn.Release()
 	defer postgres.RollbackConn(ctx, conn) // A no-op once committed.
@@ -293,10 +320,10 @@ func (r *Relay) publishFrom(ctx context.Context, from rowSource, last int64) (cl
 	b.Queue(`SET LOCAL synchronous_commit TO off`)
 	claim(b, from, r.cfg.BatchSize, last, &seqs, &msgs)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return 0, 0, 0, fmt.Errorf("claim outbox rows: %w", err)
+		return 0, 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
 	if len(msgs) == 0 {
-		return 0, 0, 0, nil
+		return 0, 0, nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	pubErr := r.pub.Publish(pctx, msgs...)
@@ -304,41 +331,18 @@ func (r *Relay) publishFrom(ctx context.Context, from rowSource, last int64) (cl
 	confirmed, failed, unanswered, known := settle(seqs, pubErr)
 	if !known {
 		r.failed(len(msgs), pubErr)
-		return len(msgs), 0, 0, fmt.Errorf("publish %d outbox messages: %w", len(msgs), pubErr)
+		return len(msgs), 0, fmt.Errorf("publish %d outbox messages: %w", len(msgs), pubErr)
 	}
 	// The broker has the confirmed messages now. Finish even if ctx just
 	// ended, so a graceful stop does not publish them a second time.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	b = &pgx.Batch{}
-	table := "outbox"
-	if from == deferredRows {
-		table = "outbox_deferred"
-	}
 	if len(confirmed) > 0 {
-		b.Queue(`DELETE FROM `+table+` WHERE seq = ANY($1)`, confirmed)
+		b.Queue(`DELETE FROM `+from.table+` WHERE seq = ANY($1)`, confirmed)
 	}
 	if len(failed) > 0 {
-		// Back off: 2^attempts × MinBackoff, at most MaxBackoff, attempts
-		// counting the refusals before this one.
-		if from == deferredRows {
-			b.Queue(`
-				UPDATE outbox_deferred SET attempts = attempts + 1,
-					next_attempt_at = now() + least($2::interval * power(2, least(attempts, 20)), $3::interval)
-				WHERE seq = ANY($1)`, failed, r.cfg.MinBackoff, r.cfg.MaxBackoff)
-		} else {
-			b.Queue(`
-				WITH moved AS (
-					DELETE FROM outbox WHERE seq = ANY($1)
-					RETURNING seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state,
-						body, created_at, attempts
-				)
-				INSERT INTO outbox_deferred (seq, id, type, routing_key, source, correlation_id, event_time, trace_parent,
-					trace_state, body, created_at, attempts, next_attempt_at)
-				SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state,
-					body, created_at, attempts + 1, now() + least($2::interval * power(2, least(attempts, 20)), $3::interval)
-				FROM moved`, failed, r.cfg.MinBackoff, r.cfg.MaxBackoff)
-		}
+		b.Queue(from.refuse, failed, r.cfg.MinBackoff, r.cfg.MaxBackoff)
 	}
 	b.Queue(`COMMIT`).Exec(func(tag pgconn.CommandTag) error {
 		if tag.String() != "COMMIT" {
@@ -348,7 +352,7 @@ func (r *Relay) publishFrom(ctx context.Context, from rowSource, last int64) (cl
 	})
 	if err := conn.SendBatch(dctx, b).Close(); err != nil {
 		r.failed(len(msgs), err)
-		return len(msgs), 0, 0, fmt.Errorf("finish outbox batch (delete %d published rows, defer %d, commit): %w", len(confirmed), len(failed), err)
+		return len(msgs), 0, fmt.Errorf("finish outbox batch (delete %d published rows, defer %d, commit): %w", len(confirmed), len(failed), err)
 	}
 	if r.cfg.Metrics.Published != nil && len(confirmed) > 0 {
 		r.cfg.Metrics.Published(len(confirmed))
@@ -362,9 +366,9 @@ func (r *Relay) publishFrom(ctx context.Context, from rowSource, last int64) (cl
 		// Left as they were, due at once: the broker said nothing against
 		// them, but the link that lost their answers needs the back-off.
 		r.failed(len(unanswered), pubErr)
-		return len(msgs), len(confirmed), len(failed), fmt.Errorf("publish %d outbox messages: %d unanswered: %w", len(msgs), len(unanswered), pubErr)
+		return len(msgs), len(confirmed), fmt.Errorf("publish %d outbox messages: %d unanswered: %w", len(msgs), len(unanswered), pubErr)
 	}
-	return len(msgs), len(confirmed), len(failed), nil
+	return len(msgs), len(confirmed), nil
 }
 
 // settle splits a batch's rows by the outcome of Publish: all confirmed
@@ -404,28 +408,10 @@ func (r *Relay) failed(n int, err error) {
 	}
 }
 
-// claim queues on b the statement that locks up to limit rows of from,
-// of seq at most last, that no other transaction holds: the outbox's
-// oldest first, or the deferred rows that are due, the longest due first.
+// claim queues on b from's claim of up to limit rows of seq at most last.
 // Reading b's results decodes them into seqs and msgs.
-func claim(b *pgx.Batch, from rowSource, limit int, last int64, seqs *[]int64, msgs *[]eventbus.Message) {
-	query := `
-		SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
-		FROM outbox
-		WHERE seq <= $2
-		ORDER BY seq
-		LIMIT $1
-		FOR UPDATE SKIP LOCKED`
-	if from == deferredRows {
-		query = `
-		SELECT seq, id, type, routing_key, source, correlation_id, event_time, trace_parent, trace_state, body
-		FROM outbox_deferred
-		WHERE next_attempt_at <= now() AND seq <= $2
-		ORDER BY next_attempt_at
-		LIMIT $1
-		FOR UPDATE SKIP LOCKED`
-	}
-	b.Queue(query, limit, last).Query(func(rows pgx.Rows) error {
+func claim(b *pgx.Batch, from *rowSource, limit int, last int64, seqs *[]int64, msgs *[]eventbus.Message) {
+	b.Queue(from.claim, limit, last).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var (
 				seq int64
