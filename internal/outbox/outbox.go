@@ -258,6 +258,24 @@ func readStats(ctx context.Context, db Querier, exactUpTo int64) (Stats, error) 
 	return s, nil
 }
 
+// OldestWaiting returns how long the outbox's oldest row not yet tried
+// has waited (0 when there is none): how far behind the relay is, or for
+// how long the broker has not been taking events. Rows the broker refused
+// (outbox_deferred) are not counted. It reads one row through the primary
+// key; the age is measured from the start of the row's transaction, on the
+// database's clock.
+func OldestWaiting(ctx context.Context, db Querier) (time.Duration, error) {
+	var age *float64
+	err := db.QueryRow(ctx, `SELECT extract(epoch FROM now() - (SELECT created_at FROM outbox ORDER BY seq LIMIT 1))::float8`).Scan(&age)
+	if err != nil {
+		return 0, fmt.Errorf("read the outbox's oldest row: %w", err)
+	}
+	if age == nil || *age <= 0 {
+		return 0, nil
+	}
+	return time.Duration(*age * float64(time.Second)), nil
+}
+
 // CountIn counts every row waiting in the outbox of schema, those the
 // broker refused (outbox_deferred) included: for harnesses that watch
 // several services' schemas on one connection. It scans both tables;

@@ -75,6 +75,8 @@ type App struct {
 	creates *postgres.Batcher[*createCall]
 	// wake is called after a commit that wrote outbox rows.
 	wake func()
+	// hold pauses the timeout while the outbox has a backlog.
+	hold expiryHold
 }
 
 // New returns an App storing orders in pool and watching changes with w.

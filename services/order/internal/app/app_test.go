@@ -1047,6 +1047,53 @@ func TestExpirePendingRejectsOnlyStaleOrders(t *testing.T) {
 	}
 }
 
+// TestExpirePendingWaitsForTheOutbox: an order placed an hour ago whose
+// events are still in the outbox (the broker away all that time) reached
+// no worker, so it does not time out; nor, once they are published, before
+// the workers had a timeout to answer.
+func TestExpirePendingWaitsForTheOutbox(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	f.app.SetClock(func() time.Time { return now })
+	stale, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE outbox SET created_at = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	status := func() order.Status {
+		t.Helper()
+		got, err := f.app.Get(ctx, stale.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Status
+	}
+	if n, err := f.app.ExpirePending(ctx, 30*time.Minute, 100); err != nil || n != 0 || status() != order.StatusPending {
+		t.Fatalf("with its order.created unpublished for an hour, ExpirePending = %d, %v and the order is %v; want nothing rejected",
+			n, err, status())
+	}
+	// The relay published it.
+	if _, err := f.pool.Exec(ctx, `DELETE FROM outbox`); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(29 * time.Minute)
+	if n, err := f.app.ExpirePending(ctx, 30*time.Minute, 100); err != nil || n != 0 || status() != order.StatusPending {
+		t.Fatalf("29 minutes after its events were published, ExpirePending = %d, %v and the order is %v; want nothing rejected",
+			n, err, status())
+	}
+	now = now.Add(2 * time.Minute)
+	if n, err := f.app.ExpirePending(ctx, 30*time.Minute, 100); err != nil || n != 1 || status() != order.StatusRejected {
+		t.Fatalf("a timeout after its events were published, ExpirePending = %d, %v and the order is %v; want it rejected",
+			n, err, status())
+	}
+}
+
 // TestExpirePendingOnTwoInstances: two instances expiring the same stale
 // orders at once reject each once, and between them count each once.
 func TestExpirePendingOnTwoInstances(t *testing.T) {

@@ -19,3 +19,6 @@ var Unavailable = unavailable
 func (a *App) RunExpiryBatches(ctx context.Context, timeout, first, interval time.Duration, batch int) error {
 	return a.runExpiry(ctx, timeout, first, interval, batch)
 }
+
+// SetClock replaces the clock the app stamps and times orders with.
+func (a *App) SetClock(now func() time.Time) { a.now = now }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
+	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/services/order/internal/order"
 	"github.com/ordermesh/ordermesh/services/order/internal/store"
 )
@@ -20,6 +22,11 @@ const expireBatch = 500
 // rejected. Instances of the service may run it at once: each order is
 // rejected once, and counted (and logged) by the instance that rejected
 // it.
+//
+// The timeout counts on the workers having had the order's events: while
+// the outbox holds events that have waited more than a tenth of timeout
+// (the broker away, say), and for timeout after that backlog was
+// published, ExpirePending rejects nothing (see expiryHold).
 func (a *App) ExpirePending(ctx context.Context, timeout time.Duration, limit int) (int, error) {
 	rejected, _, err := a.expirePending(ctx, timeout, limit)
 	return rejected, err
@@ -29,6 +36,9 @@ func (a *App) ExpirePending(ctx context.Context, timeout time.Duration, limit in
 // listed as stale: when that is limit, more may be waiting, whoever
 // rejected the ones listed.
 func (a *App) expirePending(ctx context.Context, timeout time.Duration, limit int) (rejected, listed int, err error) {
+	if held, err := a.expiryHeld(ctx, timeout); err != nil || held {
+		return 0, 0, err
+	}
 	ids, err := store.ListPendingSince(ctx, a.pool, a.now().Add(-timeout), limit)
 	if err != nil {
 		return 0, 0, unavailable(err)
@@ -84,4 +94,48 @@ func (a *App) runExpiry(ctx context.Context, timeout, first, interval time.Durat
 		}
 		wait.Reset(interval)
 	}
+}
+
+// expiryHold pauses the timeout while the broker is behind with the
+// service's events. An order whose order.created waits in the outbox (the
+// broker away for longer than the timeout, the relay far behind) has not
+// reached the workers, so its outcomes cannot have come: rejecting it
+// would have the workers reserve, charge, release and refund it for
+// nothing once the events go out, and the orders placed during an outage
+// would all be lost. Once the backlog is published, the workers need
+// time to work it off, so the pause lasts for a timeout after the last
+// sweep that saw it.
+type expiryHold struct {
+	mu    sync.Mutex
+	until time.Time // no order times out before then
+}
+
+// expiryHeld reports whether the timeout is paused now, looking at the
+// outbox: a row that has waited longer than a tenth of timeout is a
+// backlog, and holds the timeout until a timeout after now.
+func (a *App) expiryHeld(ctx context.Context, timeout time.Duration) (bool, error) {
+	age, err := outbox.OldestWaiting(ctx, a.pool)
+	if err != nil {
+		return false, unavailable(err)
+	}
+	now := a.now()
+	a.hold.mu.Lock()
+	defer a.hold.mu.Unlock()
+	if age > timeout/10 {
+		if !now.Before(a.hold.until) {
+			a.log.WarnContext(ctx, "order timeouts paused: the outbox holds events not yet published",
+				slog.Duration("oldest_waiting", age.Round(time.Second)), slog.Duration("timeout", timeout))
+		}
+		a.hold.until = now.Add(timeout)
+		return true, nil
+	}
+	if a.hold.until.IsZero() {
+		return false, nil
+	}
+	if now.Before(a.hold.until) {
+		return true, nil
+	}
+	a.hold.until = time.Time{}
+	a.log.InfoContext(ctx, "order timeouts resume: the outbox's backlog was published a timeout ago")
+	return false, nil
 }
