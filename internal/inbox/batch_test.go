@@ -339,7 +339,8 @@ func TestBatchRunnerIsolatesADeliveryThatFailsItsBatch(t *testing.T) {
 // TestBatchRunnerDoesNotSplitOnATransientFailure: a batch that fails for
 // an outage or the server's shortage of resources fails as a whole,
 // without being handled again in halves: that would not help, and an
-// outage would take about twice as many transactions to fail.
+// outage would take about twice as many transactions to fail. Its
+// deliveries' attempts do not count: the server was short, not they wrong.
 func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 	pool := newService(t)
 	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
@@ -355,8 +356,8 @@ func TestBatchRunnerDoesNotSplitOnATransientFailure(t *testing.T) {
 	ds := newDeliveries(t, 9)
 	errs := processBehindHeldBatch(t, b, gate, ds)
 	for i, err := range errs {
-		if !errors.Is(err, conflict) || eventbus.IsUnavailable(err) {
-			t.Errorf("delivery %d: err = %v, want the server's refusal, counted as an attempt (not eventbus.Unavailable)", i, err)
+		if !errors.Is(err, conflict) || !eventbus.IsUnavailable(err) {
+			t.Errorf("delivery %d: err = %v, want the server's refusal, not counted as an attempt (eventbus.Unavailable)", i, err)
 		}
 	}
 	if n := seen.Load(); n != int64(len(ds)) {
@@ -426,6 +427,39 @@ func TestServerEndingTheConnectionIsAnOutage(t *testing.T) {
 	b := inbox.NewBatchRunner(inbox.NewRunner(pool, service, inbox.Metrics{}), batchHandler(map[string]error{d.meta.ID: fmt.Errorf("write: %w", restart)}, &seen), 16, 10*time.Second)
 	if _, err := b.Process(context.Background(), d.ev, d.meta); !errors.Is(err, restart) || !eventbus.IsUnavailable(err) {
 		t.Errorf("%v: want the server's error marked eventbus.Unavailable", err)
+	}
+}
+
+// TestLockTimeoutIsNoCountedAttempt: a delivery whose transaction could
+// not have a lock within its lock_timeout (SQLSTATE 55P03; another
+// transaction held it) failed for the database's state, not its own: the
+// attempt does not count, so a compensation kept waiting does not reach
+// the dead-letter queue.
+func TestLockTimeoutIsNoCountedAttempt(t *testing.T) {
+	ctx := context.Background()
+	pool := newService(t)
+	holder, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Release()
+	const key = 7_104_233
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock($1)`, key); err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Exec(ctx, `SELECT pg_advisory_unlock($1)`, key)
+	h := func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '100ms'`); err != nil {
+			return nil, err
+		}
+		_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, key)
+		return make([]inbox.Result, len(batch)), err
+	}
+	b := inbox.NewBatchRunner(inbox.NewRunner(pool, service, inbox.Metrics{}), h, 16, 10*time.Second)
+	d := newDelivery(t, "a@example.com", 1)
+	_, err = b.Process(ctx, d.ev, d.meta)
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "55P03" || !eventbus.IsUnavailable(err) {
+		t.Errorf("Process = %v; want the lock timeout (55P03), not counted as an attempt (eventbus.Unavailable)", err)
 	}
 }
 
@@ -584,8 +618,9 @@ func TestBatchRunnerRunsABatchAgainAfterAConflict(t *testing.T) {
 
 // TestBatchRunnerGivesUpOnAConflictThatPersists: a batch that keeps
 // losing conflicts runs ConflictRetries times more, then its deliveries
-// fail with the conflict (counted as an attempt, not an outage), each once
-// per run: not handled again in halves.
+// fail with the conflict, each once per run: not handled again in halves.
+// The database was too busy, not the deliveries wrong: their attempts do
+// not count (eventbus.Unavailable).
 func TestBatchRunnerGivesUpOnAConflictThatPersists(t *testing.T) {
 	ctx := context.Background()
 	pool := newService(t)
@@ -601,8 +636,8 @@ func TestBatchRunnerGivesUpOnAConflictThatPersists(t *testing.T) {
 	ds := newDeliveries(t, 9)
 	errs := processBehindHeldBatch(t, b, gate, ds)
 	for i, err := range errs {
-		if !postgres.Conflict(err) || eventbus.IsUnavailable(err) || eventbus.IsPermanent(err) {
-			t.Errorf("delivery %d: err = %v; want the deadlock, neither permanent nor an outage", i, err)
+		if !postgres.Conflict(err) || !eventbus.IsUnavailable(err) || eventbus.IsPermanent(err) {
+			t.Errorf("delivery %d: err = %v; want the deadlock, retried without counting an attempt (eventbus.Unavailable)", i, err)
 		}
 	}
 	runs := int64(1 + inbox.ConflictRetries)

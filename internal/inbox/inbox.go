@@ -326,10 +326,14 @@ const (
 )
 
 // outage reports whether err, a delivery's failure, says the database was
-// out of reach rather than anything about the delivery: a connection to it
-// could not be opened (pgconn.ConnectError), the server said it was
-// closing the connection or refusing it (SQLSTATE classes 08 and 57P: a
-// restart, a failover), or the error is one an outage causes (a broken
+// out of reach or too busy rather than anything about the delivery: a
+// connection to it could not be opened (pgconn.ConnectError), the server
+// said it was closing the connection or refusing it (SQLSTATE classes 08
+// and 57P: a restart, a failover), it ran short of resources (class 53:
+// too many connections, a full disk), the transaction kept losing to
+// concurrent ones (40001, 40P01, once the batch runner's reruns are spent) or
+// could not have a lock in time (55P03, under a lock_timeout), or the
+// error is one an outage causes (a broken
 // connection, a network error, a timeout: what postgres.Unreachable
 // names, or context.DeadlineExceeded) and the database does not answer on
 // a new connection either. The check matters: a handler's own network
@@ -344,13 +348,31 @@ func (r *Runner) outage(err error) bool {
 	if _, ok := errors.AsType[*pgconn.ConnectError](err); ok {
 		return true
 	}
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && (strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P")) {
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && busyOrAway(pgErr.Code) {
 		return true
 	}
 	if !postgres.Unreachable(err) && !errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
 	return !r.answers()
+}
+
+// busyOrAway reports whether SQLSTATE code says the database could not do
+// the work then, whatever the work: the delivery waits in the retry
+// queues, its attempts not counted, rather than reaching the dead-letter
+// queue after a minute of a busy database (a compensation parked there
+// would leave stock reserved, or a customer charged, for an ended order).
+func busyOrAway(code string) bool {
+	for _, class := range []string{"08", "57P", "53"} {
+		if strings.HasPrefix(code, class) {
+			return true
+		}
+	}
+	switch code {
+	case "40001", "40P01", "55P03": // serialization failure, deadlock, lock not available
+		return true
+	}
+	return false
 }
 
 // answers reports whether the database answers on a new connection
