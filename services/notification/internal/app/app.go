@@ -45,7 +45,8 @@
 // retries the event (or parks it in the dead-letter queue when the server
 // refused the email for good, ErrRejected), and the next attempt sends the
 // email; the batch's other emails commit. Nothing is lost while the SMTP
-// server is unreachable: those retries count no attempt (ErrUnreachable).
+// server is unreachable, or defers the email (for up to MaxDeferral):
+// those retries count no attempt (ErrUnreachable, ErrDeferred).
 //
 // # The at-least-once window
 //
@@ -116,6 +117,18 @@ var ErrRejected = errors.New("email permanently rejected")
 // (eventbus.Unavailable) until the server is back or its configuration
 // fixed.
 var ErrUnreachable = errors.New("mail server unreachable")
+
+// ErrDeferred is wrapped by a Sender's error when the mail server refused
+// the email for now (an SMTP 4xx reply: greylisting, a rate limit, a full
+// mailbox). Like ErrUnreachable it says nothing against the email, so the
+// event is retried without counting an attempt, as a mail server retries a
+// deferred message, for up to MaxDeferral after the event was published;
+// after that its attempts count, and it ends in the dead-letter queue.
+var ErrDeferred = errors.New("email deferred by the mail server")
+
+// MaxDeferral is how long after its event an email the mail server keeps
+// deferring (ErrDeferred) is retried without counting attempts.
+const MaxDeferral = 24 * time.Hour
 
 // Email is one email to send.
 type Email struct {
@@ -275,7 +288,8 @@ var errUnexpectedEvent = errors.New("not an order event the notification service
 // event that can never be sent (no recipient, an order id that is not a
 // UUID, an event type Handle does not handle) and for an email the server
 // refused for good (wrapping ErrRejected), without counting an attempt
-// when the mail server could take no email (ErrUnreachable), retryably for
+// when the mail server could take no email (ErrUnreachable) or deferred
+// this one (ErrDeferred, up to MaxDeferral after the event), retryably for
 // a send that failed otherwise; a delivery of the same order and kind as
 // an earlier delivery of the batch, or a confirmation the batch's
 // cancellation replaces, fails as that delivery did. A confirmation
@@ -403,6 +417,9 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 				a.logNotice(ctx, slog.LevelWarn, "email rejected by the mail server", e.notice, meta, slog.Any("error", err))
 				err = eventbus.Permanent(err)
 			case errors.Is(err, ErrUnreachable):
+				err = eventbus.Unavailable(err)
+			case errors.Is(err, ErrDeferred) && time.Since(meta.Time) < MaxDeferral:
+				a.logNotice(ctx, slog.LevelWarn, "email deferred by the mail server; retried", e.notice, meta, slog.Any("error", err))
 				err = eventbus.Unavailable(err)
 			}
 			results[e.delivery].Err = err

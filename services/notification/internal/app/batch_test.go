@@ -422,20 +422,30 @@ func TestBatchRunnerSharesTransactions(t *testing.T) {
 }
 
 // TestUnreachableMailServerIsAnOutage: a send that found no mail server
-// to talk to (ErrUnreachable) fails its delivery as an outage, retried
-// without counting an attempt; one that failed once the session was open
-// (the connection dropped mid-message) counts, as does a refusal.
+// to talk to (ErrUnreachable), or that the server deferred (ErrDeferred:
+// a 4xx reply, greylisting say), fails its delivery as an outage, retried
+// without counting an attempt, but a deferral only up to MaxDeferral after
+// the event; one that failed once the session was open (the connection
+// dropped mid-message) counts, as does a refusal.
 func TestUnreachableMailServerIsAnOutage(t *testing.T) {
 	pool, sender, a := newFakeApp(t)
 	sender.fail["down@example.com"] = fmt.Errorf("connect: %w: %w", app.ErrUnreachable, errors.New("greeting: 421 try later"))
 	sender.fail["dropped@example.com"] = fmt.Errorf("smtp DATA: %w", io.EOF)
 	sender.fail["gone@example.com"] = fmt.Errorf("rcpt: %w", app.ErrRejected)
+	greylisted := fmt.Errorf("rcpt: %w: %w", app.ErrDeferred, errors.New("451 greylisted, try again later"))
+	sender.fail["greylisted@example.com"] = greylisted
+	sender.fail["deferred-for-days@example.com"] = greylisted
 	var batch []inbox.Delivery
-	for _, to := range []string{"down@example.com", "dropped@example.com", "gone@example.com"} {
-		batch = append(batch, delivery(confirmed(uuid.NewString(), to), newEventID(t)))
+	for _, to := range []string{"down@example.com", "dropped@example.com", "gone@example.com", "greylisted@example.com", "deferred-for-days@example.com"} {
+		d := delivery(confirmed(uuid.NewString(), to), newEventID(t))
+		d.Meta.Time = time.Now().Add(-time.Minute)
+		if to == "deferred-for-days@example.com" {
+			d.Meta.Time = time.Now().Add(-app.MaxDeferral - time.Hour)
+		}
+		batch = append(batch, d)
 	}
 	results := handle(t, pool, a, batch...)
-	for i, want := range []struct{ unavailable, permanent bool }{{true, false}, {false, false}, {false, true}} {
+	for i, want := range []struct{ unavailable, permanent bool }{{true, false}, {false, false}, {false, true}, {true, false}, {false, false}} {
 		err := results[i].Err
 		if err == nil || eventbus.IsUnavailable(err) != want.unavailable || eventbus.IsPermanent(err) != want.permanent {
 			t.Errorf("delivery %d: %v; want an error, unavailable %v, permanent %v", i, err, want.unavailable, want.permanent)

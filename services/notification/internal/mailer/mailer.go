@@ -195,8 +195,9 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Mailer, error) {
 // failure, or MAIL FROM with 552 (the message's size), and when e cannot
 // be sent at all (an address that does not parse, a Message-ID that is
 // not one); one wrapping app.ErrUnreachable when no session opens or the
-// server answers MAIL FROM with another 5xx (it refuses the sender). A
-// message the server accepted counts as sent.
+// server answers MAIL FROM with another 5xx (it refuses the sender); one
+// wrapping app.ErrDeferred when it answers the transaction with a
+// temporary (4xx) failure. A message the server accepted counts as sent.
 //
 // Connecting ends when ctx does, and at the latest after the configured
 // timeout; the exchange over a session ends after that timeout or at
@@ -264,6 +265,8 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 		return fmt.Errorf("send email to %s via %s: %w: %w", e.To, m.cfg.Addr, app.ErrRejected, err)
 	case senderRefused(err):
 		return fmt.Errorf("send email to %s via %s: the server refuses the sender (ORDERMESH_SMTP_FROM): %w: %w", e.To, m.cfg.Addr, app.ErrUnreachable, err)
+	case deferred(err):
+		return fmt.Errorf("send email to %s via %s: %w: %w", e.To, m.cfg.Addr, app.ErrDeferred, err)
 	default:
 		return fmt.Errorf("send email to %s via %s: %w", e.To, m.cfg.Addr, err)
 	}
@@ -557,6 +560,17 @@ func rejected(err error) bool {
 	default:
 		return false
 	}
+}
+
+// deferred reports whether err is a temporary (4xx) SMTP reply in the
+// mail transaction: the server will take the email later (greylisting, a
+// rate limit, a full mailbox, a 421 as it closes the session).
+func deferred(err error) bool {
+	var te *transactionError
+	if !errors.As(err, &te) {
+		return false
+	}
+	return te.code() >= 400 && te.code() < 500
 }
 
 // senderRefused reports whether err is a permanent (5xx) SMTP reply to

@@ -309,6 +309,8 @@ func TestSendErrors(t *testing.T) {
 	noSender.Reject(from, 550, "sender rejected")
 	tooLarge := startSink(t)
 	tooLarge.Reject(from, 552, "message size exceeds fixed limit")
+	rateLimited := startSink(t)
+	rateLimited.Reject(from, 421, "too many messages, closing")
 
 	// A closed port: nothing listens there.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -325,9 +327,11 @@ func TestSendErrors(t *testing.T) {
 		to              string
 		wantRejected    bool
 		wantUnreachable bool // no session could be opened
+		wantDeferred    bool // a temporary refusal
 	}{
 		{name: "permanent 550 for the recipient", addr: s.Addr(), to: "gone@example.com", wantRejected: true},
-		{name: "temporary 451 for the recipient", addr: s.Addr(), to: "busy@example.com", wantRejected: false},
+		{name: "temporary 451 for the recipient", addr: s.Addr(), to: "busy@example.com", wantDeferred: true},
+		{name: "temporary 421 for the sender", addr: rateLimited.Addr(), to: "ada@example.com", wantDeferred: true},
 		{name: "server unreachable", addr: closedAddr, to: "ada@example.com", wantUnreachable: true},
 		// Every email meets a refused sender: the configuration's fault.
 		{name: "permanent 550 for the sender", addr: noSender.Addr(), to: "ada@example.com", wantUnreachable: true},
@@ -353,6 +357,9 @@ func TestSendErrors(t *testing.T) {
 			}
 			if got := errors.Is(err, app.ErrUnreachable); got != tt.wantUnreachable {
 				t.Errorf("errors.Is(%v, ErrUnreachable) = %v, want %v", err, got, tt.wantUnreachable)
+			}
+			if got := errors.Is(err, app.ErrDeferred); got != tt.wantDeferred {
+				t.Errorf("errors.Is(%v, ErrDeferred) = %v, want %v", err, got, tt.wantDeferred)
 			}
 		})
 	}
