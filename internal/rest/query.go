@@ -33,6 +33,15 @@ type queryRoute struct {
 	fields map[string]bool
 	// takes lists fields for error messages.
 	takes string
+	// pathInBody maps each path variable that names a top-level field of
+	// a request read wholly from the body (`body: "*"`) to that field:
+	// the body may leave it out or repeat the path's value, nothing else
+	// (grpc-gateway would let the path's value win without a word).
+	pathInBody map[string]protoreflect.FieldDescriptor
+	// needsBody is set for a PUT that reads a body: an empty one would be
+	// a request for the resource's zero state (a SetStock of 0), more
+	// likely a client's mistake than meant.
+	needsBody bool
 }
 
 // queryRoutes maps "METHOD /path/template", the template as the matched
@@ -54,7 +63,9 @@ func queryRoutes(services ...protoreflect.ServiceDescriptor) map[string]*queryRo
 				if method == "" {
 					continue
 				}
-				routes[method+" "+patternString(path)] = newQueryRoute(m.Input(), path, r.GetBody())
+				q := newQueryRoute(m.Input(), path, r.GetBody())
+				q.needsBody = method == http.MethodPut && r.GetBody() != ""
+				routes[method+" "+patternString(path)] = q
 			}
 		}
 	}
@@ -98,6 +109,16 @@ func newQueryRoute(input protoreflect.MessageDescriptor, path, body string) *que
 		}
 		if len(names) > 0 {
 			q.takes = "this route takes " + strings.Join(names, ", ")
+		}
+	}
+	if body == "*" {
+		for _, v := range pathVariables(path) {
+			if fd := input.Fields().ByName(protoreflect.Name(v)); fd != nil && fd.Kind() == protoreflect.StringKind && !fd.IsList() {
+				if q.pathInBody == nil {
+					q.pathInBody = map[string]protoreflect.FieldDescriptor{}
+				}
+				q.pathInBody[v] = fd
+			}
 		}
 	}
 	if q.takes == "" {
@@ -199,16 +220,13 @@ func (q *queryRoute) names(key string) bool {
 // holds a path or query parameter that is not UTF-8 once percent-decoded:
 // grpc-gateway would put it in a string field of the request as it is,
 // which the gRPC client then fails to marshal (an INTERNAL error, 500).
+// It checks the route's body too (see checkBody).
 func checkQuery(routes map[string]*queryRoute) runtime.Middleware {
 	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
 			if name, ok := invalidPathParameter(params); ok {
 				writeStatus(w, http.StatusBadRequest, fieldViolation(
 					fmt.Sprintf("path parameter %q is not valid UTF-8", name), name, notUTF8))
-				return
-			}
-			if r.URL.RawQuery == "" {
-				next(w, r, params)
 				return
 			}
 			method := r.Method
@@ -222,6 +240,14 @@ func checkQuery(routes map[string]*queryRoute) runtime.Middleware {
 			}
 			route, ok := routes[method+" "+pattern.String()]
 			if !ok {
+				next(w, r, params)
+				return
+			}
+			if st := route.checkBody(r, params); st != nil {
+				writeStatus(w, http.StatusBadRequest, st)
+				return
+			}
+			if r.URL.RawQuery == "" {
 				next(w, r, params)
 				return
 			}

@@ -117,3 +117,67 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 		}
 	}
 }
+
+// TestBodyAgreesWithThePath: a route reading its whole request from the
+// body refuses a body that repeats a path variable's field with another
+// value (by its proto or its JSON name), rather than letting the path's
+// win without a word; one repeating the same value passes. A PUT needs a
+// body: an empty one is not taken as the zero state. Neither reaches the
+// upstream, and a body over the limit is still 413.
+func TestBodyAgreesWithThePath(t *testing.T) {
+	base, inv := gatewayWithInventory(t)
+	do := func(method, path, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, b := send(t, req)
+		return resp.StatusCode, b
+	}
+	for _, tt := range []struct {
+		name, method, path, body, field string
+	}{
+		{"stock of another product", http.MethodPut, "/v1/stock/SKU-1", `{"product_id": "SKU-2", "available": 7}`, "product_id"},
+		{"by its JSON name", http.MethodPut, "/v1/stock/SKU-1", `{"available": 7, "productId": "SKU-2"}`, "product_id"},
+		{"cancel of another order", http.MethodPost, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:cancel",
+			`{"order_id": "0192f3a4-5b6c-7d8e-9f01-000000000000"}`, "order_id"},
+		{"empty PUT", http.MethodPut, "/v1/stock/SKU-1", "", ""},
+		{"blank PUT", http.MethodPut, "/v1/stock/SKU-1", " \n", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, b := do(tt.method, tt.path, tt.body)
+			if code != http.StatusBadRequest {
+				t.Fatalf("%s %s %s = %d %s, want 400", tt.method, tt.path, tt.body, code, b)
+			}
+			var v queryViolation
+			if err := json.Unmarshal([]byte(b), &v); err != nil {
+				t.Fatalf("decode %s: %v", b, err)
+			}
+			switch {
+			case v.Code != 3:
+				t.Errorf("body %s, want INVALID_ARGUMENT", b)
+			case tt.field == "" && !strings.Contains(v.Message, "body is required"):
+				t.Errorf("body %s, want it to say the body is required", b)
+			case tt.field != "" && (len(v.Details) != 1 || len(v.Details[0].FieldViolations) != 1 || v.Details[0].FieldViolations[0].Field != tt.field):
+				t.Errorf("body %s, want one violation of %s", b, tt.field)
+			}
+		})
+	}
+	if n := inv.sets.Load(); n != 0 {
+		t.Fatalf("SetStock called %d times by refused requests", n)
+	}
+	if code, b := do(http.MethodPut, "/v1/stock/SKU-1", `{"product_id": "SKU-1", "available": 7}`); code != http.StatusOK {
+		t.Errorf("a body repeating the path's value = %d %s, want 200", code, b)
+	}
+	if code, b := do(http.MethodPut, "/v1/stock/SKU-1", `{"available": 7}`); code != http.StatusOK || inv.sets.Load() != 2 {
+		t.Errorf("a body without the path's field = %d %s (%d SetStock calls), want 200 and the call", code, b, inv.sets.Load())
+	}
+	// A cancel has a body of optional fields only: it may be left out.
+	if code, b := do(http.MethodPost, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:cancel", ""); code == http.StatusBadRequest {
+		t.Errorf("a cancel without a body = %d %s, want it to reach the upstream", code, b)
+	}
+	if code, b := do(http.MethodPut, "/v1/stock/SKU-1", `{"available": 7, "note": "`+strings.Repeat("x", 2<<20)+`"}`); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("an oversized body = %d %.200s, want 413", code, b)
+	}
+}
