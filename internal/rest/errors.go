@@ -133,9 +133,22 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 	}
 }
 
-// queryError matches grpc-gateway's errors for a query parameter it
-// could not parse into its field: `parsing field "page_size": …`.
-var queryError = regexp.MustCompile(`^parsing (?:field|list) "([a-z0-9_]+)": (.+)$`)
+// queryErrors match grpc-gateway's errors for a query parameter it could
+// not parse into its field, the field's name in the first group and what
+// was wrong in the second, or said by the entry's description.
+var queryErrors = []struct {
+	re          *regexp.Regexp
+	description string
+}{
+	// `parsing field "page_size": …`
+	{re: regexp.MustCompile(`^parsing (?:field|list) "([a-z0-9_]+)": (.+)$`)},
+	// ?status=A&status=B
+	{re: regexp.MustCompile(`^too many values for field "([a-z0-9_]+)": .*$`), description: "takes one value, given more than once"},
+	// ?page_size=5&pageSize=6: one field by its proto and its JSON name
+	{re: regexp.MustCompile(`^duplicate field "([a-z0-9_.]+)"$`), description: "given more than once, by its proto and its JSON name"},
+	// ?status[]=A, as some clients send lists
+	{re: regexp.MustCompile(`^field "([a-z0-9_]+)" is not a map$`), description: "is no map: name it without brackets (status=A)"},
+}
 
 // withQueryViolation returns st, an INVALID_ARGUMENT without details, with
 // a google.rpc.BadRequest naming the query parameter when st is the
@@ -143,11 +156,17 @@ var queryError = regexp.MustCompile(`^parsing (?:field|list) "([a-z0-9_]+)": (.+
 // invalid request; other statuses return as they are. The gateway's query
 // parameters are top-level fields, named as in the request message.
 func withQueryViolation(st *status.Status) *status.Status {
-	m := queryError.FindStringSubmatch(st.Message())
-	if m == nil {
-		return st
+	for _, e := range queryErrors {
+		m := e.re.FindStringSubmatch(st.Message())
+		if m == nil {
+			continue
+		}
+		if e.description != "" {
+			return fieldViolation(st.Message(), m[1], e.description)
+		}
+		return fieldViolation(st.Message(), m[1], m[2])
 	}
-	return fieldViolation(st.Message(), m[1], m[2])
+	return st
 }
 
 // fieldViolation returns an INVALID_ARGUMENT with message and a

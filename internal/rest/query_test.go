@@ -119,6 +119,10 @@ func TestRequestParametersAreChecked(t *testing.T) {
 		{"page token not UTF-8", http.MethodGet, "/v1/orders?page_token=%FF", "", "page_token", "not valid UTF-8"},
 		{"repeated value, one not UTF-8", http.MethodGet, "/v1/orders?page_token=a&page_token=%ED%A0%80", "", "page_token", "not valid UTF-8"},
 		{"query name not UTF-8", http.MethodGet, "/v1/orders?%FF=1", "", "\uFFFD", "not valid UTF-8"},
+		{"one value given twice", http.MethodGet, "/v1/orders?status=ORDER_STATUS_PENDING&status=ORDER_STATUS_CONFIRMED", "", "status", "more than once"},
+		{"a field by both its names", http.MethodGet, "/v1/orders?page_size=5&pageSize=6", "", "page_size", "its proto and its JSON name"},
+		{"list brackets", http.MethodGet, "/v1/orders?status[]=ORDER_STATUS_PENDING", "", "status", "without brackets"},
+		{"value that does not parse", http.MethodGet, "/v1/orders?page_size=many", "", "page_size", "many"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			orders.mu.Lock()
