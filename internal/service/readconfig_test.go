@@ -72,6 +72,8 @@ func TestReadConfigRejectsWhatTheBusOrDatabaseWould(t *testing.T) {
 		{"ORDERMESH_PREFETCH", "70000", "ORDERMESH_PREFETCH: must be at most 65535"},
 		{"ORDERMESH_RETRY_DELAYS", "1s,500us", `ORDERMESH_RETRY_DELAYS: "500us" is not a duration of 1ms or more`},
 		{"ORDERMESH_DATABASE_SCHEMA", "   ", "ORDERMESH_DATABASE_SCHEMA:"},
+		{"ORDERMESH_DATABASE_SCHEMA", "inventory ", `ORDERMESH_DATABASE_SCHEMA: "inventory " is not a schema name`},
+		{"ORDERMESH_RETRY_DELAYS", "60s,1s", "ORDERMESH_RETRY_DELAYS: 1s comes after 1m0s"},
 		{"ORDERMESH_DATABASE_SCHEMA", strings.Repeat("s", 64), "ORDERMESH_DATABASE_SCHEMA:"},
 		{"ORDERMESH_DATABASE_SCHEMA", "pg_orders", "ORDERMESH_DATABASE_SCHEMA:"},
 		{"ORDERMESH_TOPOLOGY_PREFIX", " test. ", "ORDERMESH_TOPOLOGY_PREFIX:"},

@@ -144,6 +144,11 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 			env.Fail("ORDERMESH_RETRY_DELAYS", fmt.Errorf("%q is not a duration of 1ms or more (want e.g. 1s,10s,60s)", d))
 			continue
 		}
+		if n := len(cfg.RetryDelays); n > 0 && v < cfg.RetryDelays[n-1] {
+			// Outage retries stay at the last delay, which must be the
+			// longest.
+			env.Fail("ORDERMESH_RETRY_DELAYS", fmt.Errorf("%v comes after %v: the delays must not get shorter (want e.g. 1s,10s,60s)", v, cfg.RetryDelays[n-1]))
+		}
 		cfg.RetryDelays = append(cfg.RetryDelays, v)
 	}
 	level, err := telemetry.ParseLevel(env.String("ORDERMESH_LOG_LEVEL", "info"))
@@ -159,8 +164,10 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 	if cfg.Prefetch > 65535 { // AMQP's prefetch count is 16 bits
 		env.Fail("ORDERMESH_PREFETCH", fmt.Errorf("must be at most 65535, got %d", cfg.Prefetch))
 	}
-	if s := cfg.DatabaseSchema; strings.TrimSpace(s) == "" || len(s) > 63 || strings.ContainsRune(s, 0) {
-		env.Fail("ORDERMESH_DATABASE_SCHEMA", fmt.Errorf("%q is not a schema name (1 to 63 bytes, not blank)", s))
+	if s := cfg.DatabaseSchema; s != strings.TrimSpace(s) || s == "" || len(s) > 63 || strings.ContainsRune(s, 0) {
+		// Spaces around it would name another, empty schema: an
+		// inventory with no stock, say.
+		env.Fail("ORDERMESH_DATABASE_SCHEMA", fmt.Errorf("%q is not a schema name (1 to 63 bytes, no spaces around it)", s))
 	} else if strings.HasPrefix(s, "pg_") {
 		env.Fail("ORDERMESH_DATABASE_SCHEMA", fmt.Errorf("%q: names starting with pg_ are PostgreSQL's own", s))
 	}
