@@ -18,6 +18,7 @@ build:
 	@mkdir -p $(BIN)
 	$(foreach s,$(BINARIES),$(GO) build $(TAGS) -o $(BIN)/$(s) ./services/$(s) &&) true
 	$(GO) build $(TAGS) -o $(BIN)/gateway ./gateway
+	$(GO) build $(TAGS) -o $(BIN)/ordermeshctl ./cmd/ordermeshctl
 
 ## run: start the platform locally (see README). devrun is built and run in
 ## make's place (not under `go run`, which would not pass SIGTERM on).
