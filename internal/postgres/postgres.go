@@ -14,6 +14,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -143,9 +144,10 @@ func SearchPath(schema string) string {
 	return pgx.Identifier{schema}.Sanitize()
 }
 
-// Ping reports whether the database answers a round trip, within
-// DefaultPingTimeout unless ctx ends sooner. It is meant for readiness
-// checks.
+// Ping reports whether the database answers a round trip on one of pool's
+// connections, within DefaultPingTimeout unless ctx ends sooner. With
+// every connection busy it waits for one; a readiness check wants a
+// Prober, which does not.
 func Ping(ctx context.Context, pool *pgxpool.Pool) error {
 	ctx, cancel := context.WithTimeout(ctx, DefaultPingTimeout)
 	defer cancel()
@@ -153,6 +155,68 @@ func Ping(ctx context.Context, pool *pgxpool.Pool) error {
 		return fmt.Errorf("ping database: %w", err)
 	}
 	return nil
+}
+
+// Prober checks that the database answers, on a connection of its own
+// rather than one of the pool's: under load every pooled connection may be
+// busy, and a check that queued for one would report a database that
+// answers as down (and a service as not serving) for as long as the load
+// lasts. It keeps its connection between pings, and opens a new one when
+// it has none or the one it has no longer answers. It is safe for
+// concurrent use; Close it when done.
+type Prober struct {
+	cfg  *pgx.ConnConfig
+	mu   sync.Mutex
+	conn *pgx.Conn
+}
+
+// NewProber returns a Prober connecting as pool's connections do.
+func NewProber(pool *pgxpool.Pool) *Prober {
+	return &Prober{cfg: pool.Config().ConnConfig.Copy()}
+}
+
+// Ping reports whether the database answers a round trip, within
+// DefaultPingTimeout unless ctx ends sooner, connecting first if need be.
+func (p *Prober) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, DefaultPingTimeout)
+	defer cancel()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn != nil {
+		if p.conn.Ping(ctx) == nil {
+			return nil
+		}
+		// The connection may be broken (the server ended it while idle,
+		// say) or mid-exchange: the answer is a new connection's.
+		p.closeLocked()
+	}
+	conn, err := pgx.ConnectConfig(ctx, p.cfg)
+	if err != nil {
+		return fmt.Errorf("ping database: %w", err)
+	}
+	if err := conn.Ping(ctx); err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
+		return fmt.Errorf("ping database: %w", err)
+	}
+	p.conn = conn
+	return nil
+}
+
+// Close closes the prober's connection; a later Ping opens another.
+func (p *Prober) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closeLocked()
+}
+
+func (p *Prober) closeLocked() {
+	if p.conn == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = p.conn.Close(ctx)
+	p.conn = nil
 }
 
 // TxBeginner starts transactions; *pgxpool.Pool, *pgx.Conn and pgx.Tx (as a

@@ -790,3 +790,62 @@ func TestIdleInTransactionTimeout(t *testing.T) {
 		t.Errorf("with the URL's own value: idle_in_transaction_session_timeout = %q, %v; want 7s", setting, err)
 	}
 }
+
+// TestProberDoesNotQueueForTheBusyPool: with every pooled connection busy
+// the database still answers the prober, on a connection of its own,
+// while a ping through the pool waits; a prober connection the server
+// ended is replaced within the same Ping; a database that cannot be
+// reached fails it.
+func TestProberDoesNotQueueForTheBusyPool(t *testing.T) {
+	ctx := context.Background()
+	_, schema := postgrestest.NewSchema(t)
+	// The name finds the prober's connection among the database's.
+	name := "prober-" + schema
+	u, err := url.Parse(postgrestest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("application_name", name)
+	u.RawQuery = q.Encode()
+	pool, err := postgres.Open(ctx, u.String(), schema, postgres.WithMaxConns(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	held, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release()
+
+	prober := postgres.NewProber(pool)
+	defer prober.Close()
+	if err := prober.Ping(ctx); err != nil {
+		t.Fatalf("prober with the pool busy: %v", err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if err := postgres.Ping(short, pool); err == nil {
+		t.Fatal("a ping through the busy pool answered: the test shows nothing")
+	}
+
+	// The server ends the prober's connection (an idle timeout, a restart).
+	var ended int
+	if err := held.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE application_name = $1 AND pid <> pg_backend_pid()`, name).Scan(&ended); err != nil || ended != 1 {
+		t.Fatalf("ended %d of the prober's connections (%v), want 1", ended, err)
+	}
+	if err := prober.Ping(ctx); err != nil {
+		t.Errorf("prober after the server ended its connection: %v", err)
+	}
+
+	gone, err := pgxpool.New(ctx, "postgres://postgres@127.0.0.1:1/none?connect_timeout=2&sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gone.Close)
+	if err := postgres.NewProber(gone).Ping(ctx); err == nil {
+		t.Error("prober of a database nothing serves answered nil")
+	}
+}

@@ -365,6 +365,11 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	})
 	m.observeLinks(log, pool, publisher, subscriber)
 
+	// The database's check has a connection of its own: one queued
+	// behind a busy pool would read as the database down.
+	prober := postgres.NewProber(pool)
+	defer prober.Close()
+
 	// gRPC server with health: the database gates everything; the broker
 	// link gates everything only for workers.
 	brokerLink := func(context.Context) error {
@@ -379,7 +384,7 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	checks := []grpcserver.Option{
 		grpcserver.WithShutdownTimeout(cfg.ShutdownTimeout),
 		grpcserver.WithDrainDelay(cfg.DrainDelay),
-		grpcserver.WithCheck(grpcserver.Check{Name: "database", Func: func(ctx context.Context) error { return postgres.Ping(ctx, pool) }}),
+		grpcserver.WithCheck(grpcserver.Check{Name: "database", Func: prober.Ping}),
 		// The link is always reported under its own name.
 		grpcserver.WithCheck(grpcserver.Check{Name: "broker", Func: brokerLink, Services: []string{BrokerHealthName}}),
 	}
