@@ -67,8 +67,12 @@ type Config struct {
 	// DrainDelay is how long the gateway goes on serving, /healthz
 	// answering 503, once shutdown began.
 	DrainDelay time.Duration
-	// AdminAddr serves /metrics and /debug/pprof/; empty for none.
+	// AdminAddr serves /metrics and, with Profiling, /debug/pprof/;
+	// empty for none.
 	AdminAddr string
+	// Profiling serves /debug/pprof/ on the admin endpoint
+	// (ORDERMESH_PPROF; by default only on a loopback address).
+	Profiling bool
 	LogLevel  slog.Level
 	// GOGC is the collector's setting: the environment's GOGC, or
 	// gcPercent.
@@ -90,6 +94,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	}
 	if v := env.String("ORDERMESH_ADMIN_ADDR", defaultAdminAddr); !strings.EqualFold(strings.TrimSpace(v), "off") {
 		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", defaultAdminAddr)
+		cfg.Profiling = env.Bool("ORDERMESH_PPROF", telemetry.ProfilingByDefault(cfg.AdminAddr))
 	}
 	level, err := telemetry.ParseLevel(env.String("ORDERMESH_LOG_LEVEL", "info"))
 	if err != nil {
@@ -204,7 +209,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 	// for in-flight requests up to the shutdown timeout.
 	g, gctx := errgroup.WithContext(ctx)
 	if adminLis != nil {
-		g.Go(func() error { return telemetry.ServeAdmin(gctx, log, adminLis, registry) })
+		g.Go(func() error { return telemetry.ServeAdmin(gctx, log, adminLis, registry, cfg.Profiling) })
 	}
 	g.Go(func() error {
 		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {

@@ -98,3 +98,34 @@ func TestReadConfigRejectsWhatTheBusOrDatabaseWould(t *testing.T) {
 		t.Errorf("ORDERMESH_ADMIN_ADDR=\" OFF\": admin address %q, want none", cfg.AdminAddr)
 	}
 }
+
+// TestProfilingOnlyOnLoopbackByDefault: the admin endpoint serves
+// /debug/pprof/ by default only on a loopback address; ORDERMESH_PPROF
+// says otherwise either way.
+func TestProfilingOnlyOnLoopbackByDefault(t *testing.T) {
+	spec := service.Spec{Name: "inventory", GRPCAddr: "127.0.0.1:50052", AdminAddr: "127.0.0.1:9092"}
+	for _, tt := range []struct {
+		addr, pprof string
+		want        bool
+	}{
+		{"", "", true}, // the spec's loopback default
+		{"0.0.0.0:9092", "", false},
+		{":9092", "", false},
+		{"[::1]:9092", "", true},
+		{"localhost:9092", "", true},
+		{"10.0.0.5:9092", "", false},
+		{"0.0.0.0:9092", "true", true},
+		{"127.0.0.1:9092", "false", false},
+	} {
+		env := config.NewEnv(func(k string) string {
+			return map[string]string{"ORDERMESH_ADMIN_ADDR": tt.addr, "ORDERMESH_PPROF": tt.pprof}[k]
+		})
+		cfg := service.ReadConfig(env, spec)
+		if err := env.Err(); err != nil {
+			t.Fatalf("ORDERMESH_ADMIN_ADDR=%q ORDERMESH_PPROF=%q: %v", tt.addr, tt.pprof, err)
+		}
+		if cfg.Profiling != tt.want {
+			t.Errorf("ORDERMESH_ADMIN_ADDR=%q ORDERMESH_PPROF=%q: profiling %v, want %v", tt.addr, tt.pprof, cfg.Profiling, tt.want)
+		}
+	}
+}

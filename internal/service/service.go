@@ -59,8 +59,11 @@ const WorkerMemoryLimit config.Bytes = 22 << 20
 
 // Config is the configuration every service reads from the environment.
 type Config struct {
-	GRPCAddr        string
-	AdminAddr       string
+	GRPCAddr  string
+	AdminAddr string
+	// Profiling serves /debug/pprof/ on the admin endpoint
+	// (ORDERMESH_PPROF; by default only on a loopback address).
+	Profiling       bool
 	DatabaseURL     string
 	DatabaseSchema  string
 	AMQPURL         string
@@ -122,6 +125,7 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 	}
 	if v := env.String("ORDERMESH_ADMIN_ADDR", spec.AdminAddr); !strings.EqualFold(strings.TrimSpace(v), "off") {
 		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", spec.AdminAddr)
+		cfg.Profiling = env.Bool("ORDERMESH_PPROF", telemetry.ProfilingByDefault(cfg.AdminAddr))
 	}
 	if env.String("GOGC", "") == "" {
 		cfg.GCPercent = spec.GCPercent
@@ -433,7 +437,7 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	g.Go(func() error { return srv.Serve(gctx, lis) })
 	g.Go(func() error { return subscriber.Run(gctx) })
 	if adminLis != nil {
-		g.Go(func() error { return telemetry.ServeAdmin(gctx, log, adminLis, m.registry) })
+		g.Go(func() error { return telemetry.ServeAdmin(gctx, log, adminLis, m.registry, cfg.Profiling) })
 	}
 	if cfg.InboxRetention > 0 {
 		g.Go(func() error { return pruneInbox(gctx, log, pool, cfg.InboxRetention) })

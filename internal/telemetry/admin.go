@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,19 +16,21 @@ import (
 )
 
 // ServeAdmin serves a binary's admin endpoint on lis until ctx ends:
-// /metrics (Prometheus, what metrics gathers) and /debug/pprof/. When ctx
-// ends, requests still running (a CPU profile takes 30 s unless told
-// otherwise) see their context end, and what has not finished within
-// adminDrain is cut off: a profile does not hold up, or fail, the
-// binary's shutdown.
-func ServeAdmin(ctx context.Context, log *slog.Logger, lis net.Listener, metrics prometheus.Gatherer) error {
+// /metrics (Prometheus, what metrics gathers) and, with profiling set,
+// /debug/pprof/ (see ProfilingByDefault). When ctx ends, requests still
+// running (a CPU profile takes 30 s unless told otherwise) see their
+// context end, and what has not finished within adminDrain is cut off: a
+// profile does not hold up, or fail, the binary's shutdown.
+func ServeAdmin(ctx context.Context, log *slog.Logger, lis net.Listener, metrics prometheus.Gatherer, profiling bool) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	base, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	srv := &http.Server{
@@ -35,7 +38,7 @@ func ServeAdmin(ctx context.Context, log *slog.Logger, lis net.Listener, metrics
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
-	log.InfoContext(ctx, "admin endpoint listening", slog.String("addr", lis.Addr().String()))
+	log.InfoContext(ctx, "admin endpoint listening", slog.String("addr", lis.Addr().String()), slog.Bool("pprof", profiling))
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(lis) }()
 	select {
@@ -59,3 +62,20 @@ func ServeAdmin(ctx context.Context, log *slog.Logger, lis net.Listener, metrics
 // adminDrain bounds how long ServeAdmin waits for running requests once
 // its context ended.
 const adminDrain = 5 * time.Second
+
+// ProfilingByDefault reports whether an admin endpoint on addr serves
+// /debug/pprof/ unless told (ORDERMESH_PPROF): only on a loopback address.
+// Profiles and traces cost the process while they run and show its
+// command line and code; opening /metrics to a scraper on the network
+// (0.0.0.0:9091) should not open them too.
+func ProfilingByDefault(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

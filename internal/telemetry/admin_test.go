@@ -27,7 +27,7 @@ func TestServeAdminStopsDuringAProfile(t *testing.T) {
 	defer cancel()
 	served := make(chan error, 1)
 	go func() {
-		served <- telemetry.ServeAdmin(ctx, slog.New(slog.DiscardHandler), lis, prometheus.NewRegistry())
+		served <- telemetry.ServeAdmin(ctx, slog.New(slog.DiscardHandler), lis, prometheus.NewRegistry(), true)
 	}()
 	url := "http://" + lis.Addr().String()
 	// The profile is under way once a second request gets its answer
@@ -74,5 +74,35 @@ func TestServeAdminStopsDuringAProfile(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("the profile request still running after ServeAdmin returned")
+	}
+}
+
+// TestServeAdminWithoutProfiling: with profiling off the endpoint serves
+// /metrics and no /debug/pprof/ page.
+func TestServeAdminWithoutProfiling(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- telemetry.ServeAdmin(ctx, slog.New(slog.DiscardHandler), lis, prometheus.NewRegistry(), false)
+	}()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("ServeAdmin = %v", err)
+		}
+	}()
+	for path, want := range map[string]int{"/metrics": http.StatusOK, "/debug/pprof/": http.StatusNotFound, "/debug/pprof/cmdline": http.StatusNotFound} {
+		resp, err := http.Get("http://" + lis.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s = %d, want %d", path, resp.StatusCode, want)
+		}
 	}
 }
