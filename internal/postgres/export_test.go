@@ -17,3 +17,11 @@ func SetMaintenanceDatabase(name string) (restore func()) {
 	maintenanceDatabase = name
 	return func() { maintenanceDatabase = prev }
 }
+
+// SetMigrationLockPatience sets migrationLockPatience until the returned
+// func restores it.
+func SetMigrationLockPatience(d time.Duration) (restore func()) {
+	prev := migrationLockPatience
+	migrationLockPatience = d
+	return func() { migrationLockPatience = prev }
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ErrSchemaTaken reports a schema that already belongs to another service
@@ -119,13 +120,17 @@ func readSource(src Source) ([]migration, error) {
 	return migs, nil
 }
 
-// migrationLockTimeout bounds how long a migration waits for a lock on
-// a table (lock_timeout): an ALTER TABLE queued behind a long
-// transaction would hold up every query on that table behind it, so a
-// migration that cannot get its locks fails instead, and the service's
-// start with it (to be retried once the table is quieter). Tests shorten
-// it.
-var migrationLockTimeout = 10 * time.Second
+// migrationLockTimeout bounds how long a migration's attempt waits for a
+// lock on a table (lock_timeout): an ALTER TABLE queued behind a long
+// transaction holds up every query on that table behind it, so an attempt
+// that cannot get its locks soon gives up, and the table serves its
+// queries until the next attempt, after a pause. Attempts go on for
+// migrationLockPatience; then the migration fails, and the service's
+// start with it. Tests shorten both.
+var (
+	migrationLockTimeout  = 2 * time.Second
+	migrationLockPatience = 2 * time.Minute
+)
 
 // MigrateOwned is Migrate for owner, the service whose schema it is. A
 // schema belongs to one service: its first MigrateOwned records the owner,
@@ -237,6 +242,29 @@ func lockSchema(ctx context.Context, tx pgx.Tx, schema string) error {
 
 // apply runs one migration unless the schema already has it.
 func apply(ctx context.Context, db TxBeginner, schema, source string, m migration) error {
+	giveUp := time.Now().Add(migrationLockPatience)
+	pause := migrationLockTimeout
+	for {
+		err := applyOnce(ctx, db, schema, source, m)
+		pgErr, ok := errors.AsType[*pgconn.PgError](err)
+		if !ok || pgErr.Code != "55P03" || time.Now().Add(pause).After(giveUp) {
+			return err
+		}
+		// A lock not had within migrationLockTimeout: let the table's
+		// queries through, then try again.
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		pause = min(2*pause, 15*time.Second)
+	}
+}
+
+// applyOnce is one attempt of apply.
+func applyOnce(ctx context.Context, db TxBeginner, schema, source string, m migration) error {
 	err := WithTx(ctx, db, func(tx pgx.Tx) error {
 		if err := lockSchema(ctx, tx, schema); err != nil {
 			return err

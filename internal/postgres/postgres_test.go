@@ -185,11 +185,13 @@ func atOnce(schema string, n int, migrate func(p *pgxpool.Pool, i int) error) []
 }
 
 // TestMigrationGivesUpWaitingForALock: a migration that needs a table a
-// long transaction holds fails after the lock timeout, rather than
-// queueing every later query on that table behind it; once the table is
-// free, the same migration applies.
+// long transaction holds fails once its attempts, each bounded by the lock
+// timeout, have gone on for the patience, rather than queueing every later
+// query on that table behind it; once the table is free, the same
+// migration applies.
 func TestMigrationGivesUpWaitingForALock(t *testing.T) {
 	defer postgres.SetMigrationLockTimeout(300 * time.Millisecond)()
+	defer postgres.SetMigrationLockPatience(time.Second)()
 	ctx := context.Background()
 	pool, schema := freshSchema(t)
 	first := postgres.Source{Name: "busy", FS: fstest.MapFS{"001_t.sql": {Data: []byte(`CREATE TABLE t (id int);`)}}}
@@ -218,6 +220,54 @@ func TestMigrationGivesUpWaitingForALock(t *testing.T) {
 	}
 	if err := postgres.Migrate(ctx, pool, schema, second); err != nil {
 		t.Fatalf("Migrate once the table is free: %v", err)
+	}
+}
+
+// TestMigrationTriesAgainForItsLock: a migration that could not have its
+// table's lock in time (a transaction held it) tries again after a pause,
+// each attempt waiting no longer than the lock timeout, and applies once
+// the table is free, without failing the start; meanwhile queries on the
+// table are held up only while an attempt waits.
+func TestMigrationTriesAgainForItsLock(t *testing.T) {
+	defer postgres.SetMigrationLockTimeout(200 * time.Millisecond)()
+	defer postgres.SetMigrationLockPatience(30 * time.Second)()
+	ctx := context.Background()
+	pool, schema := freshSchema(t)
+	first := postgres.Source{Name: "busy", FS: fstest.MapFS{"001_t.sql": {Data: []byte(`CREATE TABLE t (id int);`)}}}
+	if err := postgres.Migrate(ctx, pool, schema, first); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if _, err := holder.Exec(ctx, `SELECT * FROM t`); err != nil {
+		t.Fatal(err)
+	}
+	second := postgres.Source{Name: "busy", FS: fstest.MapFS{
+		"001_t.sql":     {Data: []byte(`CREATE TABLE t (id int);`)},
+		"002_alter.sql": {Data: []byte(`ALTER TABLE t ADD COLUMN name text;`)},
+	}}
+	migrated := make(chan error, 1)
+	go func() { migrated <- postgres.Migrate(ctx, pool, schema, second) }()
+	time.Sleep(time.Second) // several attempts
+	if _, err := pool.Exec(ctx, `INSERT INTO t (id) VALUES (1)`); err != nil {
+		t.Errorf("insert while the migration waits between attempts: %v", err)
+	}
+	select {
+	case err := <-migrated:
+		t.Fatalf("Migrate returned %v while the table was held", err)
+	default:
+	}
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-migrated; err != nil {
+		t.Fatalf("Migrate once the table was free: %v", err)
+	}
+	if _, err := pool.Exec(ctx, `SELECT name FROM t`); err != nil {
+		t.Errorf("the migration did not apply: %v", err)
 	}
 }
 
