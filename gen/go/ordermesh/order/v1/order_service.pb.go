@@ -886,7 +886,7 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\vCancelOrder\x12&.ordermesh.order.v1.CancelOrderRequest\x1a'.ordermesh.order.v1.CancelOrderResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/orders/{order_id}:cancel\x12\x90\x01\n" +
 	"\x0fListOrderEvents\x12*.ordermesh.order.v1.ListOrderEventsRequest\x1a+.ordermesh.order.v1.ListOrderEventsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/orders/{order_id}/events\x12\xc0\x01\n" +
 	"\n" +
-	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"a\x92A;:\x14application/x-ndjson:\x11text/event-stream:\x10application/json\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xf2\f\x92A\x97\v\x12V\n" +
+	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"a\x92A;:\x14application/x-ndjson:\x11text/event-stream:\x10application/json\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xb3\x0e\x92A\xd8\f\x12V\n" +
 	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/jsonR\xe9\x02\n" +
 	"\x03400\x12\xe1\x02\n" +
 	"\xc6\x02The request is invalid (INVALID_ARGUMENT). When fields break the request's rules, details hold a google.rpc.BadRequest (keys in proto names: field_violations, each with field and description) naming each. A body that is not JSON of the request's shape, or a query string that is not URL-encoded, gets a message and no details.\x12\x16\n" +
@@ -902,6 +902,9 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\x14\x1a\x12.google.rpc.StatusRi\n" +
 	"\x03413\x12b\n" +
 	"HThe request body is over the gateway's limit (ORDERMESH_MAX_BODY_BYTES).\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\xbe\x01\n" +
+	"\x03429\x12\xb6\x01\n" +
+	"\x9b\x01The service takes no more of these requests for now (RESOURCE_EXHAUSTED): a WatchOrder while the service has as many watches open as it takes. Retry later.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusR\xec\x01\n" +
 	"\x03503\x12\xe4\x01\n" +
 	"\xc9\x01The service is unavailable for now (UNAVAILABLE): retry, a CreateOrder with the same request_id. A retried CancelOrder, or SetStock with expected_available, whose first attempt took effect answers 409.\x12\x16\n" +
