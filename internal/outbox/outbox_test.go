@@ -1135,3 +1135,60 @@ func TestReadStatsEstimatesRefusedRows(t *testing.T) {
 		t.Errorf("ReadStats counting up to 2 = %+v, %v; want the 8 refused rows, estimated", s, err)
 	}
 }
+
+// countingPublisher counts its Publish calls and the messages in them, and
+// refuses them all while refuse is set (else confirms them).
+type countingPublisher struct {
+	refuse      bool
+	calls, msgs atomic.Int64
+}
+
+func (p *countingPublisher) Publish(ctx context.Context, msgs ...eventbus.Message) error {
+	p.calls.Add(1)
+	p.msgs.Add(int64(len(msgs)))
+	if p.refuse {
+		return refusingPublisher{}.Publish(ctx, msgs...)
+	}
+	return nil
+}
+
+// TestRelayRetriesDeferredRowsBatchAfterBatch: due deferred rows go out
+// batch after batch while batches are whole and the broker takes them; a
+// whole batch the broker refuses again ends the round (its rows wait
+// their back-off), rather than the relay going on to refuse the rest at
+// once, round after round. Only one of the relay's workers retries them.
+func TestRelayRetriesDeferredRowsBatchAfterBatch(t *testing.T) {
+	const batch, rows = 5, 15
+	for _, tt := range []struct {
+		name         string
+		refuse       bool
+		calls, msgs  int64
+		leftDeferred int
+	}{
+		{"taken", false, rows / batch, rows, 0},
+		{"refused", true, 1, batch, rows},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			pool, _ := newOutbox(t)
+			commit(t, pool, rows)
+			if _, err := outbox.NewRelay(pool, refusingPublisher{}, outbox.Config{BatchSize: rows}).PublishBatch(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pool.Exec(ctx, `UPDATE outbox_deferred SET next_attempt_at = now() - interval '1 second'`); err != nil {
+				t.Fatal(err)
+			}
+			pub := &countingPublisher{refuse: tt.refuse}
+			// Polls an hour apart: only the round at the start runs.
+			runRelay(t, outbox.NewRelay(pool, pub, outbox.Config{BatchSize: batch, Workers: 3, PollInterval: time.Hour}))
+			time.Sleep(500 * time.Millisecond)
+			if calls, msgs := pub.calls.Load(), pub.msgs.Load(); calls != tt.calls || msgs != tt.msgs {
+				t.Errorf("%d Publish calls of %d messages, want %d of %d", calls, msgs, tt.calls, tt.msgs)
+			}
+			var left int
+			if err := pool.QueryRow(ctx, `SELECT count(*) FROM outbox_deferred`).Scan(&left); err != nil || left != tt.leftDeferred {
+				t.Errorf("%d deferred rows left (%v), want %d", left, err, tt.leftDeferred)
+			}
+		})
+	}
+}
