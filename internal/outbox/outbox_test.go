@@ -1192,3 +1192,67 @@ func TestRelayRetriesDeferredRowsBatchAfterBatch(t *testing.T) {
 		})
 	}
 }
+
+// TestDeferredRowsStayWhenTheLinkFails: due deferred rows whose retry the
+// broker left unanswered (the link went down), whole or in part, stay as
+// they were: due at once, their refusals not counted again; the rows the
+// broker did settle in that batch are settled.
+func TestDeferredRowsStayWhenTheLinkFails(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	commit(t, pool, 4)
+	if _, err := outbox.NewRelay(pool, refusingPublisher{}, outbox.Config{}).PublishBatch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE outbox_deferred SET next_attempt_at = now() - interval '1 second'`); err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		seq      int64
+		attempts int
+		due      bool
+	}
+	rows := func() []row {
+		t.Helper()
+		r, err := pool.Query(ctx, `SELECT seq, attempts, next_attempt_at <= now() FROM outbox_deferred ORDER BY seq`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pgx.CollectRows(r, func(r pgx.CollectableRow) (row, error) {
+			var x row
+			return x, r.Scan(&x.seq, &x.attempts, &x.due)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	before := rows()
+	if n, err := outbox.NewRelay(pool, unansweredPublisher{}, outbox.Config{}).PublishBatch(ctx); err == nil || n != 0 {
+		t.Fatalf("PublishBatch over a dead link = %d, %v; want an error and nothing published", n, err)
+	}
+	if after := rows(); !slices.Equal(after, before) {
+		t.Errorf("deferred rows after a dead link: %v, want them as they were, %v", after, before)
+	}
+	// Message 0 refused again, 1 confirmed, 2 and 3 unanswered (the
+	// deferred rows go out the longest due first: all equally so here).
+	if _, err := outbox.NewRelay(pool, mixedPublisher{}, outbox.Config{}).PublishBatch(ctx); err == nil {
+		t.Fatal("PublishBatch with rows unanswered returned no error")
+	}
+	after := rows()
+	if len(after) != 3 {
+		t.Fatalf("deferred rows %v, want the confirmed one gone and 3 left", after)
+	}
+	var refusedAgain, untouched int
+	for _, r := range after {
+		switch {
+		case r.attempts == 2 && !r.due:
+			refusedAgain++
+		case r.attempts == 1 && r.due:
+			untouched++
+		}
+	}
+	if refusedAgain != 1 || untouched != 2 {
+		t.Errorf("deferred rows %v, want one refused again (2 attempts, not due) and two as they were (1 attempt, due)", after)
+	}
+}
