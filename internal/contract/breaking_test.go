@@ -10,8 +10,8 @@ import (
 )
 
 // scratchRepo is a git repository holding a copy of the schemas and of
-// .ci/breaking (make breaking), with the schemas committed as "v1 schemas"
-// on main.
+// .ci/breaking (make breaking) with the code it builds, with the schemas
+// committed as "v1 schemas" on main.
 type scratchRepo struct {
 	t   *testing.T
 	dir string
@@ -27,8 +27,8 @@ func newScratchRepo(t *testing.T) *scratchRepo {
 		t.Fatal(err)
 	}
 	r := &scratchRepo{t: t, dir: t.TempDir()}
-	for _, p := range []string{".ci/breaking", "buf.yaml", "go.mod", "tools.mod", "tools.sum", "proto", "third_party/proto",
-		"gen/openapiv2/ordermesh.swagger.json", "internal/cmd/openapiroutes"} {
+	for _, p := range []string{".ci/breaking", "buf.yaml", "go.mod", "go.sum", "tools.mod", "tools.sum", "proto", "third_party/proto",
+		"gen/openapiv2/ordermesh.swagger.json", "internal/cmd/openapiroutes", "internal/openapi"} {
 		if err := os.MkdirAll(filepath.Dir(filepath.Join(r.dir, p)), 0o755); err != nil {
 			t.Fatal(err)
 		}

@@ -8,13 +8,13 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"regexp"
 	"slices"
-	"strings"
+
+	"github.com/ordermesh/ordermesh/internal/openapi"
 )
 
 func main() {
@@ -24,26 +24,21 @@ func main() {
 	}
 }
 
-// methods are the keys of a path item that name operations.
-var methods = map[string]bool{"get": true, "put": true, "post": true, "delete": true, "options": true, "head": true, "patch": true}
-
 // pathVariable matches a variable of a path template.
 var pathVariable = regexp.MustCompile(`\{[^}]*\}`)
 
 func run(in io.Reader, out io.Writer) error {
-	var doc struct {
-		Paths map[string]map[string]json.RawMessage `json:"paths"`
-	}
-	if err := json.NewDecoder(in).Decode(&doc); err != nil {
+	doc, err := io.ReadAll(in)
+	if err != nil {
 		return fmt.Errorf("read the document: %w", err)
 	}
+	ops, err := openapi.Operations(doc)
+	if err != nil {
+		return err
+	}
 	var lines []string
-	for path, item := range doc.Paths {
-		for method := range item {
-			if methods[method] {
-				lines = append(lines, strings.ToUpper(method)+" "+pathVariable.ReplaceAllString(path, "{}"))
-			}
-		}
+	for _, op := range ops {
+		lines = append(lines, op.Method+" "+pathVariable.ReplaceAllString(op.Path, "{}"))
 	}
 	slices.Sort(lines)
 	for _, l := range lines {
