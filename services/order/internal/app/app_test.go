@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -1398,6 +1399,30 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 	for deadline := time.Now().Add(within); !cond(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not within %v: %s", within, what)
+		}
+	}
+}
+
+// TestWatcherTakesThePoolsURL: the database URL the service is given may
+// configure its pool (pool_max_conns); the watcher's own connection, made
+// from the same URL, still listens.
+func TestWatcherTakesThePoolsURL(t *testing.T) {
+	_, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
+	u, err := url.Parse(postgrestest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("pool_max_conns", "3")
+	u.RawQuery = q.Encode()
+	w := store.NewWatcher(u.String(), schema, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(10 * time.Second); !w.Listening(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher did not listen within 10 s of a URL with pool_max_conns")
 		}
 	}
 }

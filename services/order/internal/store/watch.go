@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Watcher tells subscribers when an order they watch may have changed. It
@@ -95,7 +96,14 @@ func (w *Watcher) Run(ctx context.Context) error {
 func (w *Watcher) listen(ctx context.Context) error {
 	setupCtx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(setupCtx, w.url)
+	// Parsed as the pool's URL is: pool_max_conns and the other pool_*
+	// parameters configure the pool, and PostgreSQL would refuse them as
+	// settings of the connection.
+	cfg, err := pgxpool.ParseConfig(w.url)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	conn, err := pgx.ConnectConfig(setupCtx, cfg.ConnConfig)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
