@@ -1221,9 +1221,15 @@ func TestRunExpiryWaitsAnIntervalFirst(t *testing.T) {
 	}
 }
 
+// TestRunExpiryRejectsStaleOrdersUntilStopped: RunExpiry rejects stale
+// orders at its ticks, but none until a timeout after it started (the
+// process cannot know what happened before), and returns when stopped.
 func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
+	var clock atomic.Int64 // the app's time, in Unix nanoseconds
+	clock.Store(time.Now().UnixNano())
+	f.app.SetClock(func() time.Time { return time.Unix(0, clock.Load()).UTC() })
 	stale, err := f.app.Create(ctx, request())
 	if err != nil {
 		t.Fatal(err)
@@ -1241,6 +1247,11 @@ func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- f.app.RunExpiry(runCtx, 30*time.Minute, 20*time.Millisecond) }()
+	time.Sleep(300 * time.Millisecond) // ticks, within the first timeout
+	if got, _ := f.app.Get(ctx, stale.ID); got.Status != order.StatusPending {
+		t.Fatalf("the order became %v before a timeout had passed since RunExpiry began", got.Status)
+	}
+	clock.Add(int64(31 * time.Minute))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		got, err := f.app.Get(ctx, stale.ID)

@@ -14,10 +14,10 @@ func (a *App) CreateBatches() int64 {
 // Unavailable is unavailable, for tests of which errors it marks.
 var Unavailable = unavailable
 
-// RunExpiryBatches is RunExpiry with its first sweep after first and
-// batches of at most batch orders.
+// RunExpiryBatches is RunExpiry with its first sweep after first, no
+// pause after its start, and batches of at most batch orders.
 func (a *App) RunExpiryBatches(ctx context.Context, timeout, first, interval time.Duration, batch int) error {
-	return a.runExpiry(ctx, timeout, first, interval, batch)
+	return a.runExpiry(ctx, timeout, first, interval, 0, batch)
 }
 
 // SetClock replaces the clock the app stamps and times orders with.

@@ -61,17 +61,26 @@ func (a *App) expirePending(ctx context.Context, timeout time.Duration, limit in
 // RunExpiry calls ExpirePending every interval until ctx ends, each time
 // until no whole batch of stale orders is left; a timeout of 0 turns it
 // off. Failures (the database away) are logged and tried again at the
-// next tick. The first sweep waits an interval too: after a long stop,
-// the outcomes of stale orders may be waiting in the service's queue.
+// next tick. No order times out until a timeout after RunExpiry began
+// (the sweeps before then only watch the outbox, see expiryHold): the
+// process knows nothing of what happened before it started, when the
+// outbox may have had a backlog that went out since, or when the service
+// was down while outcomes queued for it.
 func (a *App) RunExpiry(ctx context.Context, timeout, interval time.Duration) error {
-	return a.runExpiry(ctx, timeout, interval, interval, expireBatch)
+	return a.runExpiry(ctx, timeout, interval, interval, timeout, expireBatch)
 }
 
-// runExpiry is RunExpiry with its first sweep after first and batches of
-// at most batch orders.
-func (a *App) runExpiry(ctx context.Context, timeout, first, interval time.Duration, batch int) error {
+// runExpiry is RunExpiry with its first sweep after first, no order timed
+// out before hold has passed, and batches of at most batch orders.
+func (a *App) runExpiry(ctx context.Context, timeout, first, interval, hold time.Duration, batch int) error {
 	if timeout <= 0 {
 		return nil
+	}
+	if hold > 0 {
+		a.hold.mu.Lock()
+		a.hold.until = a.now().Add(hold)
+		a.hold.mu.Unlock()
+		a.log.InfoContext(ctx, "order timeouts start a timeout after the service", slog.Duration("timeout", timeout))
 	}
 	wait := time.NewTimer(first)
 	defer wait.Stop()
@@ -104,7 +113,8 @@ func (a *App) runExpiry(ctx context.Context, timeout, first, interval time.Durat
 // nothing once the events go out, and the orders placed during an outage
 // would all be lost. Once the backlog is published, the workers need
 // time to work it off, so the pause lasts for a timeout after the last
-// sweep that saw it.
+// sweep that saw it. RunExpiry starts paused for a timeout, so that a
+// process started after a backlog went out (that it never saw) waits too.
 type expiryHold struct {
 	mu    sync.Mutex
 	until time.Time // no order times out before then
