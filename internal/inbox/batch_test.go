@@ -461,6 +461,37 @@ func TestLockTimeoutIsNoCountedAttempt(t *testing.T) {
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "55P03" || !eventbus.IsUnavailable(err) {
 		t.Errorf("Process = %v; want the lock timeout (55P03), not counted as an attempt (eventbus.Unavailable)", err)
 	}
+	// A day after its event, a failure that lasting counts: the delivery
+	// reaches the dead-letter queue in the end rather than going round
+	// for ever.
+	old := newDelivery(t, "b@example.com", 2)
+	old.meta.Time = time.Now().Add(-25 * time.Hour)
+	_, err = b.Process(ctx, old.ev, old.meta)
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "55P03" || eventbus.IsUnavailable(err) {
+		t.Errorf("Process of a day-old event = %v; want the lock timeout (55P03), counted as an attempt", err)
+	}
+}
+
+// TestBatchTooBigIsHandledInHalves: a batch the server refuses for the
+// memory it took (53200, out of memory) is handled again in halves, which
+// may not need as much, rather than failing whole as an outage would.
+func TestBatchTooBigIsHandledInHalves(t *testing.T) {
+	pool := newService(t)
+	gate := newHeldGate()
+	h := func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+		gate.enter()
+		if len(batch) > 2 {
+			return nil, &pgconn.PgError{Code: "53200", Message: "out of memory"}
+		}
+		return make([]inbox.Result, len(batch)), nil
+	}
+	b := inbox.NewBatchRunner(inbox.NewRunner(pool, service, inbox.Metrics{}), h, 16, 10*time.Second)
+	ds := newDeliveries(t, 9)
+	for i, err := range processBehindHeldBatch(t, b, gate, ds) {
+		if err != nil {
+			t.Errorf("delivery %d: %v; want it handled in a smaller batch", i, err)
+		}
+	}
 }
 
 // openService is newService with a pool of its own on url (the test

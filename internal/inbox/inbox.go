@@ -309,9 +309,9 @@ func (r *Runner) settle(meta eventbus.Meta, err error) (Outcome, error) {
 		if r.metrics.Failed != nil {
 			r.metrics.Failed(meta, err)
 		}
-		if !eventbus.IsPermanent(err) && !eventbus.IsUnavailable(err) && r.outage(err) {
-			// The database was away: the bus retries the event without
-			// counting the attempt, however long the outage lasts.
+		if !eventbus.IsPermanent(err) && !eventbus.IsUnavailable(err) && r.outage(err, meta) {
+			// The database was away (or too busy): the bus retries the
+			// event without counting the attempt.
 			err = eventbus.Unavailable(err)
 		}
 		return 0, err
@@ -325,31 +325,39 @@ const (
 	pingReuse   = time.Second
 )
 
-// outage reports whether err, a delivery's failure, says the database was
-// out of reach or too busy rather than anything about the delivery: a
-// connection to it could not be opened (pgconn.ConnectError), the server
-// said it was closing the connection or refusing it (SQLSTATE classes 08
-// and 57P: a restart, a failover), it ran short of resources (class 53:
-// too many connections, a full disk), the transaction kept losing to
-// concurrent ones (40001, 40P01, once the batch runner's reruns are spent) or
-// could not have a lock in time (55P03, under a lock_timeout), or the
-// error is one an outage causes (a broken
-// connection, a network error, a timeout: what postgres.Unreachable
-// names, or context.DeadlineExceeded) and the database does not answer on
-// a new connection either. The check matters: a handler's own network
-// errors (a mail server dropping its connection) look the same in the
-// error chain, and a network that stops carrying packets ends in
-// timeouts, not errors; a timeout while the database answers (a slow
-// handler, a lock held long) is the delivery's own failure. The check
-// opens a connection of its own rather than taking one from the pool,
-// which may be busy with the very work that timed out; one check serves
-// the deliveries that fail within pingReuse of it.
-func (r *Runner) outage(err error) bool {
+// outage reports whether err, meta's delivery's failure, says the database
+// was out of reach or too busy rather than anything about the delivery.
+//
+// Out of reach, however long it lasts: a connection to it could not be
+// opened (pgconn.ConnectError), the server said it was closing the
+// connection or refusing it (SQLSTATE classes 08 and 57P: a restart, a
+// failover), or the error is one an outage causes (a broken connection, a
+// network error, a timeout: what postgres.Unreachable names, or
+// context.DeadlineExceeded) and the database does not answer on a new
+// connection either. The check matters: a handler's own network errors (a
+// mail server dropping its connection) look the same in the error chain,
+// and a network that stops carrying packets ends in timeouts, not errors;
+// a timeout while the database answers (a slow handler, a lock held long)
+// is the delivery's own failure. The check opens a connection of its own
+// rather than taking one from the pool, which may be busy with the very
+// work that timed out; one check serves the deliveries that fail within
+// pingReuse of it.
+//
+// Too busy (see busy), for up to busyFor after the event: after that a
+// failure so lasting is more likely the delivery's own, and its attempts
+// count, so that it reaches the dead-letter queue rather than going round
+// for ever.
+func (r *Runner) outage(err error, meta eventbus.Meta) bool {
 	if _, ok := errors.AsType[*pgconn.ConnectError](err); ok {
 		return true
 	}
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && busyOrAway(pgErr.Code) {
-		return true
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+		if strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P") {
+			return true
+		}
+		if busy(pgErr.Code) {
+			return time.Since(meta.Time) < busyFor
+		}
 	}
 	if !postgres.Unreachable(err) && !errors.Is(err, context.DeadlineExceeded) {
 		return false
@@ -357,19 +365,23 @@ func (r *Runner) outage(err error) bool {
 	return !r.answers()
 }
 
-// busyOrAway reports whether SQLSTATE code says the database could not do
-// the work then, whatever the work: the delivery waits in the retry
-// queues, its attempts not counted, rather than reaching the dead-letter
-// queue after a minute of a busy database (a compensation parked there
-// would leave stock reserved, or a customer charged, for an ended order).
-func busyOrAway(code string) bool {
-	for _, class := range []string{"08", "57P", "53"} {
-		if strings.HasPrefix(code, class) {
-			return true
-		}
-	}
+// busyFor is how long after its event a delivery failing because the
+// database was too busy is retried without counting attempts.
+const busyFor = 24 * time.Hour
+
+// busy reports whether SQLSTATE code says the database could not do the
+// work then, whatever the work: short of connections or disk (53000,
+// 53100, 53300), a transaction that kept losing to concurrent ones
+// (40001, 40P01, once the batch runner's reruns are spent), a lock not had
+// within a lock_timeout (55P03). The delivery waits in the retry queues,
+// its attempts not counted, rather than reaching the dead-letter queue
+// after a minute of a busy database (a compensation parked there would
+// leave stock reserved, or a customer charged, for an ended order). Out of
+// memory (53200) and a configuration limit (53400, temp_file_limit) are
+// not: the work itself may be too big.
+func busy(code string) bool {
 	switch code {
-	case "40001", "40P01", "55P03": // serialization failure, deadlock, lock not available
+	case "53000", "53100", "53300", "40001", "40P01", "55P03":
 		return true
 	}
 	return false
