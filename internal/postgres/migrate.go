@@ -64,13 +64,16 @@ func Migrate(ctx context.Context, db TxBeginner, schema string, sources ...Sourc
 	if schema == "" {
 		return errors.New("migrate: empty schema name")
 	}
+	// The migrations' attempts to have their tables' locks share one
+	// patience, however many of them wait.
+	giveUp := time.Now().Add(migrationLockPatience)
 	for _, src := range sources {
 		migs, err := readSource(src)
 		if err != nil {
 			return err
 		}
 		for _, m := range migs {
-			if err := apply(ctx, db, schema, src.Name, m); err != nil {
+			if err := apply(ctx, db, schema, src.Name, m, giveUp); err != nil {
 				return err
 			}
 		}
@@ -241,8 +244,9 @@ func lockSchema(ctx context.Context, tx pgx.Tx, schema string) error {
 }
 
 // apply runs one migration unless the schema already has it.
-func apply(ctx context.Context, db TxBeginner, schema, source string, m migration) error {
-	giveUp := time.Now().Add(migrationLockPatience)
+// A migration that could not have a table's lock in time is tried again
+// after a pause, until giveUp.
+func apply(ctx context.Context, db TxBeginner, schema, source string, m migration, giveUp time.Time) error {
 	pause := migrationLockTimeout
 	for {
 		err := applyOnce(ctx, db, schema, source, m)
@@ -256,7 +260,7 @@ func apply(ctx context.Context, db TxBeginner, schema, source string, m migratio
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return err
+			return fmt.Errorf("migrate %s %s/%s: stopped while waiting to try again: %w (after: %w)", schema, source, m.file, ctx.Err(), err)
 		case <-t.C:
 		}
 		pause = min(2*pause, 15*time.Second)

@@ -215,6 +215,15 @@ func TestMigrationGivesUpWaitingForALock(t *testing.T) {
 	if !errors.As(err, &pgErr) || pgErr.Code != "55P03" {
 		t.Fatalf("Migrate behind a transaction holding the table = %v, want lock_not_available (55P03)", err)
 	}
+	// Stopped while it waits to try again, it says so.
+	restore := postgres.SetMigrationLockPatience(time.Minute)
+	stopped, stop := context.WithTimeout(ctx, 500*time.Millisecond)
+	err = postgres.Migrate(stopped, pool, schema, second)
+	stop()
+	restore()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Migrate stopped while waiting for its lock = %v, want the context's error", err)
+	}
 	if err := holder.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -252,8 +261,16 @@ func TestMigrationTriesAgainForItsLock(t *testing.T) {
 	migrated := make(chan error, 1)
 	go func() { migrated <- postgres.Migrate(ctx, pool, schema, second) }()
 	time.Sleep(time.Second) // several attempts
-	if _, err := pool.Exec(ctx, `INSERT INTO t (id) VALUES (1)`); err != nil {
-		t.Errorf("insert while the migration waits between attempts: %v", err)
+	// A writer queues behind an attempt only while it waits for its lock:
+	// the insert is done long before the holder lets go.
+	if err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = '5s'`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO t (id) VALUES (1)`)
+		return err
+	}); err != nil {
+		t.Errorf("insert while the migration tries again: %v", err)
 	}
 	select {
 	case err := <-migrated:
