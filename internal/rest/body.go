@@ -46,8 +46,8 @@ func (q *queryRoute) checkBody(r *http.Request, params map[string]string) *statu
 		fd := q.pathInBody[v]
 		for _, name := range []string{string(fd.Name()), fd.JSONName()} {
 			raw, ok := fields[name]
-			if !ok {
-				continue
+			if !ok || string(bytes.TrimSpace(raw)) == "null" {
+				continue // null, as protojson reads it: left out
 			}
 			var got string
 			if json.Unmarshal(raw, &got) != nil {
