@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"time"
@@ -102,6 +103,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			a := app.New(s.Pool, watcher, s.Log, s.Relay.Wake)
 			orderv1.RegisterOrderServiceServer(s.GRPC, grpcapi.New(a, s.Log, s.GRPC.Draining(), grpcapi.MaxWatches(maxWatches)))
 
+			if ladder := ladderLength(s.Config.RetryDelays); orderTimeout > 0 && orderTimeout < ladder {
+				s.Log.WarnContext(ctx, "ORDERMESH_ORDER_TIMEOUT is shorter than the retry ladder (ORDERMESH_RETRY_DELAYS): orders whose outcomes are still being retried will be rejected",
+					slog.Duration("timeout", orderTimeout), slog.Duration("ladder", ladder))
+			}
 			expire := func(ctx context.Context) error {
 				return a.RunExpiry(ctx, orderTimeout, expiryInterval(orderTimeout))
 			}
@@ -138,6 +143,16 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 			)
 		},
 	})
+}
+
+// ladderLength is how long an event failing every attempt takes to climb
+// the retry ladder: the sum of its delays.
+func ladderLength(delays []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, d := range delays {
+		sum += d
+	}
+	return sum
 }
 
 // expiryInterval is how often pending orders are checked against timeout:

@@ -41,3 +41,12 @@ func TestExpiryInterval(t *testing.T) {
 		}
 	}
 }
+
+func TestLadderLength(t *testing.T) {
+	if got := ladderLength([]time.Duration{time.Second, 10 * time.Second, time.Minute}); got != 71*time.Second {
+		t.Errorf("ladderLength(1s,10s,60s) = %s, want 1m11s", got)
+	}
+	if got := ladderLength(nil); got != 0 {
+		t.Errorf("ladderLength() = %s, want 0", got)
+	}
+}
