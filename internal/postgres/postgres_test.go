@@ -184,14 +184,11 @@ func atOnce(schema string, n int, migrate func(p *pgxpool.Pool, i int) error) []
 	return errs
 }
 
-// TestMigrationGivesUpWaitingForALock: a migration that needs a table a
-// long transaction holds fails once its attempts, each bounded by the lock
-// timeout, have gone on for the patience, rather than queueing every later
-// query on that table behind it; once the table is free, the same
-// migration applies.
-func TestMigrationGivesUpWaitingForALock(t *testing.T) {
-	defer postgres.SetMigrationLockTimeout(300 * time.Millisecond)()
-	defer postgres.SetMigrationLockPatience(time.Second)()
+// heldTable returns a schema with table t, a transaction holding t (an
+// ACCESS SHARE lock, until it ends), and a source whose next migration
+// alters t, which needs the lock that transaction's conflicts with.
+func heldTable(t *testing.T) (*pgxpool.Pool, string, pgx.Tx, postgres.Source) {
+	t.Helper()
 	ctx := context.Background()
 	pool, schema := freshSchema(t)
 	first := postgres.Source{Name: "busy", FS: fstest.MapFS{"001_t.sql": {Data: []byte(`CREATE TABLE t (id int);`)}}}
@@ -202,14 +199,28 @@ func TestMigrationGivesUpWaitingForALock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer holder.Rollback(ctx)
-	if _, err := holder.Exec(ctx, `SELECT * FROM t`); err != nil { // holds ACCESS SHARE until it ends
+	t.Cleanup(func() { _ = holder.Rollback(context.Background()) })
+	if _, err := holder.Exec(ctx, `SELECT * FROM t`); err != nil {
 		t.Fatal(err)
 	}
 	second := postgres.Source{Name: "busy", FS: fstest.MapFS{
 		"001_t.sql":     {Data: []byte(`CREATE TABLE t (id int);`)},
 		"002_alter.sql": {Data: []byte(`ALTER TABLE t ADD COLUMN name text;`)},
 	}}
+	return pool, schema, holder, second
+}
+
+// TestMigrationGivesUpWaitingForALock: a migration that needs a table a
+// long transaction holds fails once its attempts, each bounded by the lock
+// timeout, have gone on for the patience, rather than queueing every later
+// query on that table behind it; once the table is free, the same
+// migration applies.
+func TestMigrationGivesUpWaitingForALock(t *testing.T) {
+	defer postgres.SetMigrationLockTimeout(300 * time.Millisecond)()
+	defer postgres.SetMigrationLockPatience(time.Second)()
+	ctx := context.Background()
+	pool, schema, holder, second := heldTable(t)
+	var err error
 	err = postgres.Migrate(ctx, pool, schema, second)
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "55P03" {
@@ -241,23 +252,7 @@ func TestMigrationTriesAgainForItsLock(t *testing.T) {
 	defer postgres.SetMigrationLockTimeout(200 * time.Millisecond)()
 	defer postgres.SetMigrationLockPatience(30 * time.Second)()
 	ctx := context.Background()
-	pool, schema := freshSchema(t)
-	first := postgres.Source{Name: "busy", FS: fstest.MapFS{"001_t.sql": {Data: []byte(`CREATE TABLE t (id int);`)}}}
-	if err := postgres.Migrate(ctx, pool, schema, first); err != nil {
-		t.Fatal(err)
-	}
-	holder, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Rollback(ctx)
-	if _, err := holder.Exec(ctx, `SELECT * FROM t`); err != nil {
-		t.Fatal(err)
-	}
-	second := postgres.Source{Name: "busy", FS: fstest.MapFS{
-		"001_t.sql":     {Data: []byte(`CREATE TABLE t (id int);`)},
-		"002_alter.sql": {Data: []byte(`ALTER TABLE t ADD COLUMN name text;`)},
-	}}
+	pool, schema, holder, second := heldTable(t)
 	migrated := make(chan error, 1)
 	go func() { migrated <- postgres.Migrate(ctx, pool, schema, second) }()
 	time.Sleep(time.Second) // several attempts
