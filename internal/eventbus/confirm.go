@@ -40,7 +40,7 @@ type confirmChannel struct {
 	sendSem chan struct{}
 
 	mu       sync.Mutex
-	pending  map[uint64]pendingPublish
+	pending  map[uint64]*pendingPublish
 	returned map[string][]amqp.Return // by message id
 	closed   bool
 
@@ -55,6 +55,11 @@ type pendingPublish struct {
 	idx    int
 	id     string
 	labels Labels
+	// dc is the library's record of the message's confirm: the broker's
+	// answer for this very message (see confirm). It is set once the
+	// publish returned, and then sent is closed.
+	dc   *amqp.DeferredConfirmation
+	sent chan struct{}
 }
 
 // publishBatch collects the outcome of one Publish call.
@@ -146,7 +151,7 @@ func newConfirmChannel(ctx context.Context, conn *amqp.Connection, bc *batchConn
 		ch:       ch,
 		conn:     bc,
 		metrics:  m,
-		pending:  make(map[uint64]pendingPublish),
+		pending:  make(map[uint64]*pendingPublish),
 		returned: make(map[string][]amqp.Return),
 		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 4096)),
 		returns:  ch.NotifyReturn(make(chan amqp.Return, 256)),
@@ -203,9 +208,13 @@ func (c *confirmChannel) recordReturn(r amqp.Return) {
 func (c *confirmChannel) confirm(conf amqp.Confirmation) {
 	c.mu.Lock()
 	p, ok := c.pending[conf.DeliveryTag]
+	if !ok {
+		c.mu.Unlock()
+		return
+	}
 	delete(c.pending, conf.DeliveryTag)
 	var ret *amqp.Return
-	if rs := c.returned[p.id]; ok && len(rs) > 0 {
+	if rs := c.returned[p.id]; len(rs) > 0 {
 		ret = &rs[0]
 		if len(rs) == 1 {
 			delete(c.returned, p.id)
@@ -214,12 +223,28 @@ func (c *confirmChannel) confirm(conf amqp.Confirmation) {
 		}
 	}
 	c.mu.Unlock()
-	if !ok {
-		return
+	// NotifyPublish reports an ack or nack with multiple set for every
+	// tag up to its own, even one the broker answered otherwise before
+	// (a nack held back until the tags before it were confirmed, then
+	// covered by a multiple ack for the messages still unconfirmed): a
+	// refused message would read as confirmed, and be dropped. The
+	// library's deferred confirmation of the message itself, settled
+	// before the notification is sent, has the broker's answer for it.
+	//
+	// A confirm covers only messages the broker has read whole, so the
+	// publish of this one is returning if it has not yet.
+	<-p.sent
+	ack := conf.Ack
+	if p.dc != nil {
+		select {
+		case <-p.dc.Done():
+			ack = p.dc.Acked()
+		default:
+		}
 	}
-	c.metrics.Confirmed(p.labels, conf.Ack)
+	c.metrics.Confirmed(p.labels, ack)
 	switch {
-	case !conf.Ack:
+	case !ack:
 		p.b.resolve(p.idx, fmt.Errorf("publish %s %s: %w", p.labels.RoutingKey, p.id, ErrNacked))
 	case ret != nil:
 		c.metrics.Returned(p.labels)
@@ -232,7 +257,7 @@ func (c *confirmChannel) confirm(conf amqp.Confirmation) {
 func (c *confirmChannel) failAll() {
 	c.mu.Lock()
 	pending := c.pending
-	c.pending = make(map[uint64]pendingPublish)
+	c.pending = make(map[uint64]*pendingPublish)
 	c.returned = make(map[string][]amqp.Return)
 	c.closed = true
 	c.mu.Unlock()
@@ -290,9 +315,13 @@ func (c *confirmChannel) write(ctx context.Context, b *publishBatch, msgs []outg
 			c.mu.Unlock()
 			return fmt.Errorf("publish %s: %w", o.key, ErrLinkDown)
 		}
-		c.pending[tag] = pendingPublish{b: b, idx: i, id: o.msg.MessageId, labels: o.labels}
+		p := &pendingPublish{b: b, idx: i, id: o.msg.MessageId, labels: o.labels, sent: make(chan struct{})}
+		c.pending[tag] = p
 		c.mu.Unlock()
-		if err := c.ch.Publish(o.exchange, o.key, true, false, o.msg); err != nil {
+		dc, err := c.ch.PublishWithDeferredConfirm(o.exchange, o.key, true, false, o.msg)
+		p.dc = dc
+		close(p.sent)
+		if err != nil {
 			c.mu.Lock()
 			delete(c.pending, tag)
 			c.mu.Unlock()

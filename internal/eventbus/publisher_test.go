@@ -268,3 +268,55 @@ func TestPublishReportsANackPerMessage(t *testing.T) {
 		t.Errorf("PublishError confirmed %v, refused %v; want the full queue's message refused, the other confirmed", pe.Confirmed, pe.Refused)
 	}
 }
+
+// TestPublishKeepsANackAnEarlierAckCovers: a batch whose middle message
+// the broker refuses at once (a full queue) while the others wait for a
+// quorum queue's commit gets its nack before their acks, and then one
+// ack with multiple set for the last: that ack covers only the messages
+// still unconfirmed, so the refused one stays refused (amqp091-go's
+// NotifyPublish reports every tag up to it as acked).
+func TestPublishKeepsANackAnEarlierAckCovers(t *testing.T) {
+	cfg := testConfig(t, "nackack")
+	full, quorum := cfg.Prefix+"full", cfg.Prefix+"quorum"
+	conn := rawConn(t)
+	ch := rawChannel(t, conn)
+	t.Cleanup(func() {
+		for _, q := range []string{full, quorum} {
+			if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		}
+	})
+	pub := startPublisher(t, cfg)
+	if _, err := ch.QueueDeclare(full, false, false, false, false, amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(quorum, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(full, "order.rejected", cfg.ExchangeName(), false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(quorum, "order.created", cfg.ExchangeName(), false, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rejected := sampleEvents()[2].(*orderv1.OrderRejected)
+	for round := range 20 {
+		_, first := newOrderCreated(t)
+		_, last := newOrderCreated(t)
+		refused, err := NewMessage(rejected, "order", rejected.GetOrderId())
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = pub.Publish(ctx, first, refused, last)
+		var pe *PublishError
+		if !errors.As(err, &pe) {
+			t.Fatalf("round %d: Publish = %v, want a PublishError for the refused message", round, err)
+		}
+		if !slices.Equal(pe.Confirmed, []bool{true, false, true}) || !slices.Equal(pe.Refused, []bool{false, true, false}) {
+			t.Fatalf("round %d: confirmed %v, refused %v; want the middle message refused, the others confirmed", round, pe.Confirmed, pe.Refused)
+		}
+	}
+}
