@@ -38,12 +38,27 @@ type mover struct {
 	// open is closed while the broker takes the connection's publishes,
 	// shut while it blocks them; the other is a channel not yet closed.
 	open, shut chan struct{}
+
+	// missing receives the name of a queue of the subscriber's own that a
+	// copy found gone (the broker returned it unroutable): deleted while
+	// the session ran. The session ends on it, and the next one declares
+	// the topology again; until then every failing delivery would be
+	// requeued and handled again at once.
+	missing chan string
 }
 
 func newMover(cc *confirmChannel, timeout time.Duration, stopping <-chan struct{}) *mover {
 	open := make(chan struct{})
 	close(open)
-	return &mover{cc: cc, timeout: timeout, stopping: stopping, open: open, shut: make(chan struct{})}
+	return &mover{cc: cc, timeout: timeout, stopping: stopping, open: open, shut: make(chan struct{}), missing: make(chan string, 1)}
+}
+
+// queueMissing reports queue gone; a report already waiting is enough.
+func (m *mover) queueMissing(queue string) {
+	select {
+	case m.missing <- queue:
+	default:
+	}
 }
 
 // setBlocked records the broker's connection.blocked (true) or

@@ -354,6 +354,8 @@ func (s *Subscriber) session(ctx context.Context, handlers map[string]*handlerEn
 			reason = amqpReason("republish connection", e)
 		case <-cancelled:
 			reason = "consumer cancelled by broker"
+		case q := <-mv.missing:
+			reason = "queue " + q + " is gone: declaring the topology again"
 		case <-workersDone:
 			reason = "delivery stream ended"
 		case bl, ok := <-pconnBlocked:
@@ -559,6 +561,9 @@ func (s *Subscriber) republish(ctx context.Context, d amqp.Delivery, acks *acker
 	err := mv.publish(ctx, []outgoing{{exchange: "", key: queue, msg: pub, labels: labels}})
 	if err != nil {
 		s.log.ErrorContext(ctx, "move message; requeueing", "message_id", d.MessageId, "queue", queue, "err", err)
+		if errors.Is(err, ErrUnroutable) {
+			mv.queueMissing(queue)
+		}
 		if err := acks.nack(d.DeliveryTag, true); err != nil {
 			s.log.WarnContext(ctx, "requeue", "message_id", d.MessageId, "err", err)
 		}

@@ -691,3 +691,39 @@ func awaitClosed(t *testing.T, done <-chan struct{}, what string) {
 		t.Fatal(what)
 	}
 }
+
+// TestGoneRetryQueueIsDeclaredAgain: a retry queue deleted while the
+// subscriber runs (an operator clearing old queues) is declared again by a
+// new session once a copy finds it gone, so a delivery that keeps failing
+// climbs the retry ladder to the dead-letter queue as usual, rather than
+// being requeued and handled again at once until the broker's delivery
+// limit dead-letters it for another reason.
+func TestGoneRetryQueueIsDeclaredAgain(t *testing.T) {
+	cfg := testConfig(t, "gone")
+	var calls atomic.Int64
+	pub, q := startWithDLQ(t, cfg, func(context.Context, *orderv1.OrderCreated, Meta) error {
+		calls.Add(1)
+		return errBoom
+	})
+	ch := rawChannel(t, rawConn(t))
+	retry := cfg.RetryQueueName(cfg.RetryDelays[0])
+	if _, err := ch.QueueDelete(retry, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	_, m := newOrderCreated(t)
+	if err := pub.Publish(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	dl := deadLetters(t, q, 1)[0]
+	if dl.Reason != ReasonRetriesExhausted || dl.Attempts != cfg.MaxAttempts {
+		t.Errorf("dead letter: reason %q after %d attempts, want %q after %d", dl.Reason, dl.Attempts, ReasonRetriesExhausted, cfg.MaxAttempts)
+	}
+	// The attempts, and the handling again of the first before the
+	// session ended: a few, not the delivery limit's 20.
+	if n := calls.Load(); n > int64(cfg.MaxAttempts)+3 {
+		t.Errorf("handler called %d times for %d attempts", n, cfg.MaxAttempts)
+	}
+	if _, err := ch.QueueDeclarePassive(retry, true, false, false, false, nil); err != nil {
+		t.Errorf("retry queue %s not declared again: %v", retry, err)
+	}
+}
