@@ -31,6 +31,12 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		return
 	}
 	allowed := allowedMethods(mux, r)
+	if len(allowed) == 0 {
+		// Only routes with an empty path parameter matched (see
+		// probeRoute): no resource is there.
+		writeStatus(w, http.StatusNotFound, noRoute(r))
+		return
+	}
 	w.Header().Set("Allow", strings.Join(allowed, ", "))
 	writeStatus(w, code, status.New(codes.Unimplemented,
 		fmt.Sprintf("method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allowed, ", "))))
@@ -45,7 +51,14 @@ type probeKey struct{}
 func probeRoute(next runtime.HandlerFunc) runtime.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
 		if found, ok := r.Context().Value(probeKey{}).(*bool); ok {
-			*found = true
+			*found = !emptyPathParameter(params)
+			return
+		}
+		if emptyPathParameter(params) {
+			// grpc-gateway matches a path variable to an empty segment:
+			// GET /v1/orders/ would read the order "", POST /v1/orders/
+			// be answered that only GET is allowed.
+			writeStatus(w, http.StatusNotFound, noRoute(r))
 			return
 		}
 		next(w, r, params)
@@ -75,3 +88,19 @@ type discard struct{ header http.Header }
 func (d discard) Header() http.Header       { return d.header }
 func (discard) Write(b []byte) (int, error) { return len(b), nil }
 func (discard) WriteHeader(int)             {}
+
+// emptyPathParameter reports whether a variable of the matched route's
+// path is empty (a trailing slash).
+func emptyPathParameter(params map[string]string) bool {
+	for _, v := range params {
+		if v == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// noRoute is the NOT_FOUND status of a request no route takes.
+func noRoute(r *http.Request) *status.Status {
+	return status.New(codes.NotFound, fmt.Sprintf("no route for %s %s", r.Method, strings.ToValidUTF8(r.URL.Path, "\uFFFD")))
+}

@@ -92,6 +92,10 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 		// A cancel without its ":cancel".
 		{http.MethodPost, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd", "GET", http.StatusMethodNotAllowed},
 		{http.MethodGet, "/v1/nothing", "", http.StatusNotFound},
+		// A trailing slash leaves a path variable empty: no resource.
+		{http.MethodGet, "/v1/orders/", "", http.StatusNotFound},
+		{http.MethodPost, "/v1/orders/", "", http.StatusNotFound},
+		{http.MethodPut, "/v1/stock/", "", http.StatusNotFound},
 		// Outside the API's routes too.
 		{http.MethodPost, "/healthz", "GET, HEAD", http.StatusMethodNotAllowed},
 		{http.MethodDelete, "/openapi.json", "GET, HEAD", http.StatusMethodNotAllowed},
