@@ -41,7 +41,7 @@ type confirmChannel struct {
 
 	mu       sync.Mutex
 	pending  map[uint64]*pendingPublish
-	returned map[string][]amqp.Return // by message id
+	returned map[string][]amqp.Return // by returnKey
 	closed   bool
 
 	confirms chan amqp.Confirmation
@@ -54,6 +54,7 @@ type pendingPublish struct {
 	b      *publishBatch
 	idx    int
 	id     string
+	key    string // returnKey of the message's id, exchange and routing key
 	labels Labels
 	// dc is the library's record of the message's confirm: the broker's
 	// answer for this very message (see confirm). It is set once the
@@ -202,7 +203,17 @@ func (c *confirmChannel) loop() {
 func (c *confirmChannel) recordReturn(r amqp.Return) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.returned[r.MessageId] = append(c.returned[r.MessageId], r)
+	k := returnKey(r.MessageId, r.Exchange, r.RoutingKey)
+	c.returned[k] = append(c.returned[k], r)
+}
+
+// returnKey is what matches a return to its publish: the message id (the
+// same event may be in flight twice: published again by the outbox, or
+// copied for two deliveries), with where it went, so that of two messages
+// with one id sent to different places the return goes to the one whose
+// place took nothing. Two sent to the same place are returned alike.
+func returnKey(id, exchange, routingKey string) string {
+	return id + "\x00" + exchange + "\x00" + routingKey
 }
 
 func (c *confirmChannel) confirm(conf amqp.Confirmation) {
@@ -214,12 +225,12 @@ func (c *confirmChannel) confirm(conf amqp.Confirmation) {
 	}
 	delete(c.pending, conf.DeliveryTag)
 	var ret *amqp.Return
-	if rs := c.returned[p.id]; len(rs) > 0 {
+	if rs := c.returned[p.key]; len(rs) > 0 {
 		ret = &rs[0]
 		if len(rs) == 1 {
-			delete(c.returned, p.id)
+			delete(c.returned, p.key)
 		} else {
-			c.returned[p.id] = rs[1:]
+			c.returned[p.key] = rs[1:]
 		}
 	}
 	c.mu.Unlock()
@@ -315,7 +326,7 @@ func (c *confirmChannel) write(ctx context.Context, b *publishBatch, msgs []outg
 			c.mu.Unlock()
 			return fmt.Errorf("publish %s: %w", o.key, ErrLinkDown)
 		}
-		p := &pendingPublish{b: b, idx: i, id: o.msg.MessageId, labels: o.labels, sent: make(chan struct{})}
+		p := &pendingPublish{b: b, idx: i, id: o.msg.MessageId, key: returnKey(o.msg.MessageId, o.exchange, o.key), labels: o.labels, sent: make(chan struct{})}
 		c.pending[tag] = p
 		c.mu.Unlock()
 		dc, err := c.ch.PublishWithDeferredConfirm(o.exchange, o.key, true, false, o.msg)

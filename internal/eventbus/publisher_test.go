@@ -320,3 +320,45 @@ func TestPublishKeepsANackAnEarlierAckCovers(t *testing.T) {
 		}
 	}
 }
+
+// TestPublishMatchesAReturnToItsPlace: of two messages with one id in
+// flight at once (an event published twice, say), one routed to a quorum
+// queue (whose confirm waits for its commit) and one that no queue takes,
+// the return goes to the one no queue took, not to the first confirm of
+// that id.
+func TestPublishMatchesAReturnToItsPlace(t *testing.T) {
+	cfg := testConfig(t, "returns")
+	quorum := cfg.Prefix + "quorum"
+	ch := rawChannel(t, rawConn(t))
+	t.Cleanup(func() {
+		if _, err := ch.QueueDelete(quorum, false, false, false); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	pub := startPublisher(t, cfg)
+	if _, err := ch.QueueDeclare(quorum, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(quorum, "order.created", cfg.ExchangeName(), false, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rejected := sampleEvents()[2].(*orderv1.OrderRejected)
+	for round := range 10 {
+		_, routed := newOrderCreated(t)
+		unroutable, err := NewMessage(rejected, "order", rejected.GetOrderId()) // no queue takes order.rejected
+		if err != nil {
+			t.Fatal(err)
+		}
+		unroutable.ID = routed.ID
+		err = pub.Publish(ctx, routed, unroutable)
+		var pe *PublishError
+		if !errors.As(err, &pe) || !errors.Is(err, ErrUnroutable) {
+			t.Fatalf("round %d: Publish = %v, want a PublishError for the unroutable message", round, err)
+		}
+		if !slices.Equal(pe.Confirmed, []bool{true, false}) || !slices.Equal(pe.Refused, []bool{false, true}) {
+			t.Fatalf("round %d: confirmed %v, refused %v; want the routed message confirmed, the other refused", round, pe.Confirmed, pe.Refused)
+		}
+	}
+}
