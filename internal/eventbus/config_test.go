@@ -106,6 +106,11 @@ func TestMetaFromDelivery(t *testing.T) {
 			d:    amqp.Delivery{Headers: amqp.Table{HeaderAttempt: int64(2)}},
 			want: Meta{Attempt: 2},
 		},
+		{
+			name: "retried for an outage",
+			d:    amqp.Delivery{Headers: amqp.Table{HeaderAttempt: int32(2), HeaderOutageRetries: int32(7)}},
+			want: Meta{Attempt: 2, OutageRetries: 7},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -63,6 +63,10 @@ type Meta struct {
 	TraceState  string
 	// Attempt counts deliveries through the retry ladder; 1 on the first.
 	Attempt int
+	// OutageRetries counts the retries in a row before this delivery that
+	// counted no attempt (the handler's dependency was unavailable); 0
+	// when the last retry, if any, counted one. Publishing ignores it.
+	OutageRetries int
 	// Redelivered is set when the broker redelivered the message.
 	Redelivered bool
 }

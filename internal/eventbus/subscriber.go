@@ -613,6 +613,9 @@ func metaFromDelivery(d amqp.Delivery) Meta {
 	if n, ok := headerInt(d.Headers, HeaderAttempt); ok && n > 0 {
 		m.Attempt = n
 	}
+	if n, ok := headerInt(d.Headers, HeaderOutageRetries); ok && n > 0 {
+		m.OutageRetries = n
+	}
 	return m
 }
 

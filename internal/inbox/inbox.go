@@ -343,10 +343,10 @@ const (
 // work that timed out; one check serves the deliveries that fail within
 // pingReuse of it.
 //
-// Too busy (see busy), for up to busyFor after the event: after that a
-// failure so lasting is more likely the delivery's own, and its attempts
-// count, so that it reaches the dead-letter queue rather than going round
-// for ever.
+// Too busy (see busy), for up to BusyRetries uncounted retries in a row:
+// after that a failure so lasting is more likely the delivery's own, and
+// its attempts count, so that it reaches the dead-letter queue rather than
+// going round for ever.
 func (r *Runner) outage(err error, meta eventbus.Meta) bool {
 	if _, ok := errors.AsType[*pgconn.ConnectError](err); ok {
 		return true
@@ -356,7 +356,7 @@ func (r *Runner) outage(err error, meta eventbus.Meta) bool {
 			return true
 		}
 		if busy(pgErr.Code) {
-			return time.Since(meta.Time) < busyFor
+			return meta.OutageRetries < BusyRetries
 		}
 	}
 	if !postgres.Unreachable(err) && !errors.Is(err, context.DeadlineExceeded) {
@@ -365,9 +365,13 @@ func (r *Runner) outage(err error, meta eventbus.Meta) bool {
 	return !r.answers()
 }
 
-// busyFor is how long after its event a delivery failing because the
-// database was too busy is retried without counting attempts.
-const busyFor = 24 * time.Hour
+// BusyRetries is how many retries in a row (eventbus.Meta.OutageRetries)
+// a delivery failing because the database was too busy makes without
+// counting attempts: a day at the default retry ladder's longest delay,
+// 60 s. Counted from the first such retry, not from the event's time, so
+// an old event (a backlog, a replay from the dead-letter queue) gets its
+// share too.
+const BusyRetries = 1440
 
 // busy reports whether SQLSTATE code says the database could not do the
 // work then, whatever the work: short of connections or disk (53000,

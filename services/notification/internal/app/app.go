@@ -45,7 +45,7 @@
 // retries the event (or parks it in the dead-letter queue when the server
 // refused the email for good, ErrRejected), and the next attempt sends the
 // email; the batch's other emails commit. Nothing is lost while the SMTP
-// server is unreachable, or defers the email (for up to MaxDeferral):
+// server is unreachable, or defers the email (for up to MaxDeferrals):
 // those retries count no attempt (ErrUnreachable, ErrDeferred).
 //
 // # The at-least-once window
@@ -122,13 +122,15 @@ var ErrUnreachable = errors.New("mail server unreachable")
 // the email for now (an SMTP 4xx reply: greylisting, a rate limit, a full
 // mailbox). Like ErrUnreachable it says nothing against the email, so the
 // event is retried without counting an attempt, as a mail server retries a
-// deferred message, for up to MaxDeferral after the event was published;
-// after that its attempts count, and it ends in the dead-letter queue.
+// deferred message, for up to MaxDeferrals retries in a row; after that
+// its attempts count, and it ends in the dead-letter queue.
 var ErrDeferred = errors.New("email deferred by the mail server")
 
-// MaxDeferral is how long after its event an email the mail server keeps
-// deferring (ErrDeferred) is retried without counting attempts.
-const MaxDeferral = 24 * time.Hour
+// MaxDeferrals is how many retries in a row (eventbus.Meta.OutageRetries)
+// an email the mail server keeps deferring (ErrDeferred) makes without
+// counting attempts: a day at the default retry ladder's longest delay,
+// 60 s.
+const MaxDeferrals = 1440
 
 // Email is one email to send.
 type Email struct {
@@ -289,7 +291,7 @@ var errUnexpectedEvent = errors.New("not an order event the notification service
 // UUID, an event type Handle does not handle) and for an email the server
 // refused for good (wrapping ErrRejected), without counting an attempt
 // when the mail server could take no email (ErrUnreachable) or deferred
-// this one (ErrDeferred, up to MaxDeferral after the event), retryably for
+// this one (ErrDeferred, up to MaxDeferrals retries in a row), retryably for
 // a send that failed otherwise; a delivery of the same order and kind as
 // an earlier delivery of the batch, or a confirmation the batch's
 // cancellation replaces, fails as that delivery did. A confirmation
@@ -418,7 +420,7 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 				err = eventbus.Permanent(err)
 			case errors.Is(err, ErrUnreachable):
 				err = eventbus.Unavailable(err)
-			case errors.Is(err, ErrDeferred) && time.Since(meta.Time) < MaxDeferral:
+			case errors.Is(err, ErrDeferred) && meta.OutageRetries < MaxDeferrals:
 				a.logNotice(ctx, slog.LevelWarn, "email deferred by the mail server; retried", e.notice, meta, slog.Any("error", err))
 				err = eventbus.Unavailable(err)
 			}

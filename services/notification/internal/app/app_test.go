@@ -535,12 +535,14 @@ func TestSMTPServerDownIsRetriedAndSendsOnce(t *testing.T) {
 
 func TestRecipientRejection(t *testing.T) {
 	tests := []struct {
-		name          string
-		code          int
-		wantPermanent bool
+		name                        string
+		code                        int
+		wantPermanent, wantDeferred bool
 	}{
 		{name: "permanent 550 goes to the dead-letter queue", code: 550, wantPermanent: true},
-		{name: "temporary 451 is retried", code: 451, wantPermanent: false},
+		// A deferral says nothing against the email: retried without
+		// counting an attempt (up to MaxDeferrals times in a row).
+		{name: "temporary 451 is retried", code: 451, wantDeferred: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -555,8 +557,11 @@ func TestRecipientRejection(t *testing.T) {
 			if got := eventbus.IsPermanent(err); got != tt.wantPermanent {
 				t.Errorf("IsPermanent(%v) = %v, want %v", err, got, tt.wantPermanent)
 			}
-			if eventbus.IsUnavailable(err) {
-				t.Errorf("IsUnavailable(%v): the server answered; the attempt counts", err)
+			if got := eventbus.IsUnavailable(err); got != tt.wantDeferred {
+				t.Errorf("IsUnavailable(%v) = %v, want %v", err, got, tt.wantDeferred)
+			}
+			if got := errors.Is(err, app.ErrDeferred); got != tt.wantDeferred {
+				t.Errorf("errors.Is(%v, ErrDeferred) = %v, want %v", err, got, tt.wantDeferred)
 			}
 			if got := errors.Is(err, app.ErrRejected); got != tt.wantPermanent {
 				t.Errorf("errors.Is(%v, ErrRejected) = %v, want %v", err, got, tt.wantPermanent)

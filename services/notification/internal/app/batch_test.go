@@ -424,8 +424,8 @@ func TestBatchRunnerSharesTransactions(t *testing.T) {
 // TestUnreachableMailServerIsAnOutage: a send that found no mail server
 // to talk to (ErrUnreachable), or that the server deferred (ErrDeferred:
 // a 4xx reply, greylisting say), fails its delivery as an outage, retried
-// without counting an attempt, but a deferral only up to MaxDeferral after
-// the event; one that failed once the session was open (the connection
+// without counting an attempt, but a deferral only up to MaxDeferrals
+// retries in a row; one that failed once the session was open (the connection
 // dropped mid-message) counts, as does a refusal.
 func TestUnreachableMailServerIsAnOutage(t *testing.T) {
 	pool, sender, a := newFakeApp(t)
@@ -438,9 +438,8 @@ func TestUnreachableMailServerIsAnOutage(t *testing.T) {
 	var batch []inbox.Delivery
 	for _, to := range []string{"down@example.com", "dropped@example.com", "gone@example.com", "greylisted@example.com", "deferred-for-days@example.com"} {
 		d := delivery(confirmed(uuid.NewString(), to), newEventID(t))
-		d.Meta.Time = time.Now().Add(-time.Minute)
 		if to == "deferred-for-days@example.com" {
-			d.Meta.Time = time.Now().Add(-app.MaxDeferral - time.Hour)
+			d.Meta.OutageRetries = app.MaxDeferrals
 		}
 		batch = append(batch, d)
 	}
