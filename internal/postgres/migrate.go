@@ -65,15 +65,15 @@ func Migrate(ctx context.Context, db TxBeginner, schema string, sources ...Sourc
 		return errors.New("migrate: empty schema name")
 	}
 	// The migrations' attempts to have their tables' locks share one
-	// patience, however many of them wait.
-	giveUp := time.Now().Add(migrationLockPatience)
+	// patience, however many of them wait, from the first that could not.
+	var giveUp time.Time
 	for _, src := range sources {
 		migs, err := readSource(src)
 		if err != nil {
 			return err
 		}
 		for _, m := range migs {
-			if err := apply(ctx, db, schema, src.Name, m, giveUp); err != nil {
+			if err := apply(ctx, db, schema, src.Name, m, &giveUp); err != nil {
 				return err
 			}
 		}
@@ -245,13 +245,20 @@ func lockSchema(ctx context.Context, tx pgx.Tx, schema string) error {
 
 // apply runs one migration unless the schema already has it.
 // A migration that could not have a table's lock in time is tried again
-// after a pause, until giveUp.
-func apply(ctx context.Context, db TxBeginner, schema, source string, m migration, giveUp time.Time) error {
+// after a pause, until *giveUp, which the first such failure of a Migrate
+// sets migrationLockPatience ahead.
+func apply(ctx context.Context, db TxBeginner, schema, source string, m migration, giveUp *time.Time) error {
 	pause := migrationLockTimeout
 	for {
 		err := applyOnce(ctx, db, schema, source, m)
 		pgErr, ok := errors.AsType[*pgconn.PgError](err)
-		if !ok || pgErr.Code != "55P03" || time.Now().Add(pause).After(giveUp) {
+		if !ok || pgErr.Code != "55P03" {
+			return err
+		}
+		if giveUp.IsZero() {
+			*giveUp = time.Now().Add(migrationLockPatience)
+		}
+		if time.Now().Add(pause).After(*giveUp) {
 			return err
 		}
 		// A lock not had within migrationLockTimeout: let the table's

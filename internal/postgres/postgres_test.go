@@ -283,6 +283,33 @@ func TestMigrationTriesAgainForItsLock(t *testing.T) {
 	}
 }
 
+// TestMigrationPatienceStartsAtTheFirstLockWait: the patience counts from
+// the first migration that could not have its lock, not from the start:
+// a long migration before it (an index build, a backfill) does not use
+// it up.
+func TestMigrationPatienceStartsAtTheFirstLockWait(t *testing.T) {
+	defer postgres.SetMigrationLockTimeout(200 * time.Millisecond)()
+	defer postgres.SetMigrationLockPatience(3 * time.Second)()
+	ctx := context.Background()
+	pool, schema, holder, _ := heldTable(t)
+	slowThenAlter := postgres.Source{Name: "busy", FS: fstest.MapFS{
+		"001_t.sql":     {Data: []byte(`CREATE TABLE t (id int);`)},
+		"002_slow.sql":  {Data: []byte(`SELECT pg_sleep(3.5);`)},
+		"003_alter.sql": {Data: []byte(`ALTER TABLE t ADD COLUMN name text;`)},
+	}}
+	migrated := make(chan error, 1)
+	go func() { migrated <- postgres.Migrate(ctx, pool, schema, slowThenAlter) }()
+	// The alter's first attempt fails at about 3.7 s; its patience lasts
+	// until about 6.7 s.
+	time.Sleep(4500 * time.Millisecond)
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-migrated; err != nil {
+		t.Fatalf("Migrate = %v; want the alter applied once the table was free, within its patience", err)
+	}
+}
+
 // TestMigrateOwnedRefusesAnotherOwner: two services given one schema
 // would each take the other's events for duplicates in their shared
 // inbox; the second to migrate it is refused, whether it comes after the
