@@ -118,6 +118,9 @@ func (a *App) runExpiry(ctx context.Context, timeout, first, interval, hold time
 type expiryHold struct {
 	mu    sync.Mutex
 	until time.Time // no order times out before then
+	// backlog is set while the hold is for a backlog seen, not only for
+	// the start.
+	backlog bool
 }
 
 // expiryHeld reports whether the timeout is paused now, looking at the
@@ -132,11 +135,11 @@ func (a *App) expiryHeld(ctx context.Context, timeout time.Duration) (bool, erro
 	a.hold.mu.Lock()
 	defer a.hold.mu.Unlock()
 	if age > timeout/10 {
-		if !now.Before(a.hold.until) {
+		if !a.hold.backlog {
 			a.log.WarnContext(ctx, "order timeouts paused: the outbox holds events not yet published",
 				slog.Duration("oldest_waiting", age.Round(time.Second)), slog.Duration("timeout", timeout))
 		}
-		a.hold.until = now.Add(timeout)
+		a.hold.until, a.hold.backlog = now.Add(timeout), true
 		return true, nil
 	}
 	if a.hold.until.IsZero() {
@@ -145,7 +148,11 @@ func (a *App) expiryHeld(ctx context.Context, timeout time.Duration) (bool, erro
 	if now.Before(a.hold.until) {
 		return true, nil
 	}
-	a.hold.until = time.Time{}
-	a.log.InfoContext(ctx, "order timeouts resume: the outbox's backlog was published a timeout ago")
+	if a.hold.backlog {
+		a.log.InfoContext(ctx, "order timeouts resume: the outbox's backlog was published a timeout ago")
+	} else {
+		a.log.InfoContext(ctx, "order timeouts begin: a timeout has passed since the service started")
+	}
+	a.hold.until, a.hold.backlog = time.Time{}, false
 	return false, nil
 }
