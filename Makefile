@@ -34,7 +34,7 @@ test: test-services
 test-faults:
 	ORDERMESH_FAULTS=1 $(GOTEST) -v -timeout 45m $(FAULTS_FLAGS) ./faults/
 
-## test-faults-ci: the short version of the fault suite CI runs: every scenario, with fewer orders and faults (about 6 minutes)
+## test-faults-ci: the short version of the fault suite CI runs: every fault scenario, with fewer orders and faults (about 6 minutes)
 test-faults-ci:
 	ORDERMESH_FAULTS=1 $(GOTEST) -v -short -timeout 15m ./faults/
 

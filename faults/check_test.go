@@ -14,6 +14,7 @@ import (
 
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/platformtest"
+	"github.com/ordermesh/ordermesh/internal/platformtest/privateinfra"
 )
 
 // counts is what a scenario observed, for its report.
@@ -164,7 +165,7 @@ func (s *scenario) check(ctx context.Context, sp spec, last time.Time) counts {
 		if quietSince.IsZero() {
 			quietSince = time.Now()
 		}
-		if d := time.Since(quietSince); d <= platformtest.QuorumStatsLag+time.Second {
+		if d := time.Since(quietSince); d <= privateinfra.QuorumStatsLag+time.Second {
 			return fmt.Errorf("quiet for %s", d.Round(time.Millisecond))
 		}
 		return nil

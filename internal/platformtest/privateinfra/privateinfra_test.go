@@ -2,8 +2,10 @@ package privateinfra_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,6 +39,11 @@ func TestRabbitMQKillRestartAndStopApp(t *testing.T) {
 	defer r.Close()
 	if r.Port == 5672 {
 		t.Fatal("private node took the shared port")
+	}
+	// Its quorum queues' counts refresh every QuorumStatsLag.
+	if out, err := r.Ctl(ctx, "eval", "application:get_env(rabbit, quorum_tick_interval)."); err != nil ||
+		!strings.Contains(out, fmt.Sprintf("{ok,%d}", privateinfra.QuorumStatsLag.Milliseconds())) {
+		t.Errorf("quorum_tick_interval: %q, %v; want %v", out, err, privateinfra.QuorumStatsLag)
 	}
 
 	declare := func() {

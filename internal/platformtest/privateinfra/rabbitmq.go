@@ -33,6 +33,13 @@ const RabbitMQHome = "/usr/lib/rabbitmq/bin"
 // shorter.
 const ctlTimeout = 30 * time.Second
 
+// QuorumStatsLag is how stale the message counts the private node reports
+// for a quorum queue may be: it refreshes them every second (its quorum
+// queues' tick, quorum_tick_interval, set so; RabbitMQ's default is 5 s,
+// platformtest.QuorumStatsLag), so a test waiting for its queues to look
+// empty for longer than this waits less.
+const QuorumStatsLag = time.Second
+
 // RabbitMQ is a private RabbitMQ node. Its methods are not safe for
 // concurrent use with each other, except Ctl.
 type RabbitMQ struct {
@@ -88,7 +95,8 @@ func StartRabbitMQ(ctx context.Context, dir string) (*RabbitMQ, error) {
 		filepath.Join(dir, "rabbitmq-env.conf"): "",
 		filepath.Join(dir, "enabled_plugins"):   "[].\n",
 		// No default listener: only the loopback port of this node.
-		filepath.Join(dir, "rabbitmq.conf"): fmt.Sprintf("listeners.tcp.1 = 127.0.0.1:%d\nloopback_users = none\n", r.Port),
+		filepath.Join(dir, "rabbitmq.conf"):   fmt.Sprintf("listeners.tcp.1 = 127.0.0.1:%d\nloopback_users = none\n", r.Port),
+		filepath.Join(dir, "advanced.config"): fmt.Sprintf("[{rabbit, [{quorum_tick_interval, %d}]}].\n", QuorumStatsLag.Milliseconds()),
 	}
 	for path, content := range files {
 		if err := os.WriteFile(path, []byte(content), 0o400); err != nil {
@@ -105,6 +113,7 @@ func StartRabbitMQ(ctx context.Context, dir string) (*RabbitMQ, error) {
 		"RABBITMQ_LOG_BASE="+filepath.Join(dir, "log"),
 		"RABBITMQ_CONF_ENV_FILE="+filepath.Join(dir, "rabbitmq-env.conf"),
 		"RABBITMQ_CONFIG_FILE="+filepath.Join(dir, "rabbitmq.conf"),
+		"RABBITMQ_ADVANCED_CONFIG_FILE="+filepath.Join(dir, "advanced.config"),
 		"RABBITMQ_ENABLED_PLUGINS_FILE="+filepath.Join(dir, "enabled_plugins"),
 		"RABBITMQ_PID_FILE="+filepath.Join(dir, "pid"),
 		"ERL_EPMD_PORT="+strconv.Itoa(r.EPMDPort),
