@@ -228,29 +228,8 @@ func TestPublishWhileDownFailsPromptly(t *testing.T) {
 // beside it, routed elsewhere, is confirmed.
 func TestPublishReportsANackPerMessage(t *testing.T) {
 	cfg := testConfig(t, "nack")
-	full, open := cfg.Prefix+"full", cfg.Prefix+"open"
-	conn := rawConn(t)
-	ch := rawChannel(t, conn)
-	t.Cleanup(func() {
-		for _, q := range []string{full, open} {
-			if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		}
-	})
 	pub := startPublisher(t, cfg)
-	if _, err := ch.QueueDeclare(full, false, false, false, false, amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare(open, false, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind(full, "order.rejected", cfg.ExchangeName(), false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind(open, "order.created", cfg.ExchangeName(), false, nil); err != nil {
-		t.Fatal(err)
-	}
+	bindQueues(t, cfg, testQueue{"full", "order.rejected", fullQueue}, testQueue{"open", "order.created", nil})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, ok := newOrderCreated(t)
@@ -277,29 +256,8 @@ func TestPublishReportsANackPerMessage(t *testing.T) {
 // NotifyPublish reports every tag up to it as acked).
 func TestPublishKeepsANackAnEarlierAckCovers(t *testing.T) {
 	cfg := testConfig(t, "nackack")
-	full, quorum := cfg.Prefix+"full", cfg.Prefix+"quorum"
-	conn := rawConn(t)
-	ch := rawChannel(t, conn)
-	t.Cleanup(func() {
-		for _, q := range []string{full, quorum} {
-			if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		}
-	})
 	pub := startPublisher(t, cfg)
-	if _, err := ch.QueueDeclare(full, false, false, false, false, amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare(quorum, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind(full, "order.rejected", cfg.ExchangeName(), false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind(quorum, "order.created", cfg.ExchangeName(), false, nil); err != nil {
-		t.Fatal(err)
-	}
+	bindQueues(t, cfg, testQueue{"full", "order.rejected", fullQueue}, testQueue{"quorum", "order.created", quorumQueue})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	rejected := sampleEvents()[2].(*orderv1.OrderRejected)
@@ -328,20 +286,8 @@ func TestPublishKeepsANackAnEarlierAckCovers(t *testing.T) {
 // that id.
 func TestPublishMatchesAReturnToItsPlace(t *testing.T) {
 	cfg := testConfig(t, "returns")
-	quorum := cfg.Prefix + "quorum"
-	ch := rawChannel(t, rawConn(t))
-	t.Cleanup(func() {
-		if _, err := ch.QueueDelete(quorum, false, false, false); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
 	pub := startPublisher(t, cfg)
-	if _, err := ch.QueueDeclare(quorum, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind(quorum, "order.created", cfg.ExchangeName(), false, nil); err != nil {
-		t.Fatal(err)
-	}
+	bindQueues(t, cfg, testQueue{"quorum", "order.created", quorumQueue})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	rejected := sampleEvents()[2].(*orderv1.OrderRejected)
@@ -359,6 +305,43 @@ func TestPublishMatchesAReturnToItsPlace(t *testing.T) {
 		}
 		if !slices.Equal(pe.Confirmed, []bool{true, false}) || !slices.Equal(pe.Refused, []bool{false, true}) {
 			t.Fatalf("round %d: confirmed %v, refused %v; want the routed message confirmed, the other refused", round, pe.Confirmed, pe.Refused)
+		}
+	}
+}
+
+// testQueue is a queue a test binds to cfg's exchange: its name after
+// cfg's prefix, the routing key it takes and its arguments.
+type testQueue struct {
+	name, key string
+	args      amqp.Table
+}
+
+// Arguments of testQueue: a queue that refuses every publish (full and
+// rejecting), and a quorum queue (whose confirms wait for its commit).
+var (
+	fullQueue   = amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"}
+	quorumQueue = amqp.Table{"x-queue-type": "quorum"}
+)
+
+// bindQueues declares qs, each bound to cfg's exchange by its key (the
+// publisher must have declared the exchange), and deletes them when the
+// test ends.
+func bindQueues(t *testing.T, cfg Config, qs ...testQueue) {
+	t.Helper()
+	ch := rawChannel(t, rawConn(t))
+	for _, q := range qs {
+		name := cfg.Prefix + q.name
+		t.Cleanup(func() {
+			if _, err := ch.QueueDelete(name, false, false, false); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		})
+		durable := q.args["x-queue-type"] == "quorum" // a quorum queue must be
+		if _, err := ch.QueueDeclare(name, durable, false, false, false, q.args); err != nil {
+			t.Fatal(err)
+		}
+		if err := ch.QueueBind(name, q.key, cfg.ExchangeName(), false, nil); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
