@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ordermesh/ordermesh/internal/eventbus"
@@ -177,14 +176,6 @@ func pause(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// tooBig reports whether err is the server's refusal of a transaction for
-// the resources it took (out of memory, 53200; a configuration limit such
-// as temp_file_limit, 53400), which halves of the batch may not need.
-func tooBig(err error) bool {
-	pgErr, ok := errors.AsType[*pgconn.PgError](err)
-	return ok && (pgErr.Code == "53200" || pgErr.Code == "53400")
-}
-
 // processApart is process, running a batch again when it lost a
 // conflict with a concurrent transaction (up to conflictRetries times),
 // and handling again in halves, each in a
@@ -203,7 +194,7 @@ func (b *BatchRunner) processApart(ctx context.Context, ds []Delivery) []error {
 		}
 		errs, whole = b.process(ctx, ds)
 	}
-	if whole == nil || len(ds) < 2 || ctx.Err() != nil || postgres.Transient(whole) && !tooBig(whole) {
+	if whole == nil || len(ds) < 2 || ctx.Err() != nil || postgres.Transient(whole) && !postgres.TooBig(whole) {
 		return errs
 	}
 	mid := len(ds) / 2

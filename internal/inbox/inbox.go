@@ -343,21 +343,23 @@ const (
 // work that timed out; one check serves the deliveries that fail within
 // pingReuse of it.
 //
-// Too busy (see busy), for up to BusyRetries uncounted retries in a row:
-// after that a failure so lasting is more likely the delivery's own, and
-// its attempts count, so that it reaches the dead-letter queue rather than
-// going round for ever.
+// Too busy (postgres.Busy: short of connections or disk, conflicts still
+// lost after the batch runner's reruns, a lock not had within a
+// lock_timeout), for up to BusyRetries uncounted retries in a row: a
+// compensation parked in the dead-letter queue after a minute of a busy
+// database would leave stock reserved, or a customer charged, for an
+// ended order. After that a failure so lasting is more likely the
+// delivery's own, and its attempts count, so that it reaches the
+// dead-letter queue rather than going round for ever.
 func (r *Runner) outage(err error, meta eventbus.Meta) bool {
 	if _, ok := errors.AsType[*pgconn.ConnectError](err); ok {
 		return true
 	}
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
-		if strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P") {
-			return true
-		}
-		if busy(pgErr.Code) {
-			return meta.OutageRetries < BusyRetries
-		}
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && (strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P")) {
+		return true
+	}
+	if postgres.Busy(err) {
+		return meta.OutageRetries < BusyRetries
 	}
 	if !postgres.Unreachable(err) && !errors.Is(err, context.DeadlineExceeded) {
 		return false
@@ -372,24 +374,6 @@ func (r *Runner) outage(err error, meta eventbus.Meta) bool {
 // an old event (a backlog, a replay from the dead-letter queue) gets its
 // share too.
 const BusyRetries = 1440
-
-// busy reports whether SQLSTATE code says the database could not do the
-// work then, whatever the work: short of connections or disk (53000,
-// 53100, 53300), a transaction that kept losing to concurrent ones
-// (40001, 40P01, once the batch runner's reruns are spent), a lock not had
-// within a lock_timeout (55P03). The delivery waits in the retry queues,
-// its attempts not counted, rather than reaching the dead-letter queue
-// after a minute of a busy database (a compensation parked there would
-// leave stock reserved, or a customer charged, for an ended order). Out of
-// memory (53200) and a configuration limit (53400, temp_file_limit) are
-// not: the work itself may be too big.
-func busy(code string) bool {
-	switch code {
-	case "53000", "53100", "53300", "40001", "40P01", "55P03":
-		return true
-	}
-	return false
-}
 
 // answers reports whether the database answers on a new connection
 // within pingTimeout, or, for a db that is no pool, a ping.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -56,6 +57,35 @@ func Transient(err error) bool {
 // one: a serialization failure (SQLSTATE 40001) or a deadlock (40P01).
 // Running the same transaction again usually succeeds.
 func Conflict(err error) bool {
+	return hasCode(err, "40001", "40P01")
+}
+
+// LockNotAvailable reports whether err is a statement that could not have
+// a lock within its lock_timeout (SQLSTATE 55P03): another transaction
+// held it that long.
+func LockNotAvailable(err error) bool {
+	return hasCode(err, "55P03")
+}
+
+// Busy reports whether err says the database could not do the work then,
+// whatever the work: short of connections or disk (SQLSTATE 53000, 53100,
+// 53300), a transaction that lost to concurrent ones (Conflict), a lock
+// not had in time (LockNotAvailable). Out of memory (53200) and a
+// configuration limit (53400, temp_file_limit) are not Busy but TooBig:
+// the work itself may be too much.
+func Busy(err error) bool {
+	return hasCode(err, "53000", "53100", "53300") || Conflict(err) || LockNotAvailable(err)
+}
+
+// TooBig reports whether err is the server's refusal of a transaction for
+// the resources it took: out of memory (SQLSTATE 53200) or a configuration
+// limit such as temp_file_limit (53400). Less of the same work may pass.
+func TooBig(err error) bool {
+	return hasCode(err, "53200", "53400")
+}
+
+// hasCode reports whether err is a PostgreSQL error with one of codes.
+func hasCode(err error, codes ...string) bool {
 	pgErr, ok := errors.AsType[*pgconn.PgError](err)
-	return ok && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+	return ok && slices.Contains(codes, pgErr.Code)
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/postgres"
 )
 
-func TestUnreachableTransientAndConflict(t *testing.T) {
+func TestErrorClasses(t *testing.T) {
 	pgErr := func(code string) error {
 		return fmt.Errorf("insert: %w", &pgconn.PgError{Code: code, Message: "m"})
 	}
@@ -22,7 +22,7 @@ func TestUnreachableTransientAndConflict(t *testing.T) {
 		name                   string
 		err                    error
 		unreachable, transient bool
-		conflict               bool
+		conflict, busy, tooBig bool
 	}{
 		{name: "nil"},
 		{name: "canceled", err: fmt.Errorf("query: %w", context.Canceled)},
@@ -32,10 +32,14 @@ func TestUnreachableTransientAndConflict(t *testing.T) {
 		{name: "admin shutdown", err: pgErr("57P01"), unreachable: true, transient: true},
 		{name: "cannot connect now", err: pgErr("57P03"), unreachable: true, transient: true},
 		{name: "connection failure", err: pgErr("08006"), unreachable: true, transient: true},
-		{name: "serialization failure", err: pgErr("40001"), transient: true, conflict: true},
-		{name: "deadlock", err: pgErr("40P01"), transient: true, conflict: true},
+		{name: "serialization failure", err: pgErr("40001"), transient: true, conflict: true, busy: true},
+		{name: "deadlock", err: pgErr("40P01"), transient: true, conflict: true, busy: true},
 		{name: "deferred constraint failed at commit", err: pgErr("40002"), transient: true},
-		{name: "out of memory", err: pgErr("53200"), transient: true},
+		{name: "out of memory", err: pgErr("53200"), transient: true, tooBig: true},
+		{name: "temp_file_limit", err: pgErr("53400"), transient: true, tooBig: true},
+		{name: "too many connections", err: pgErr("53300"), transient: true, busy: true},
+		{name: "disk full", err: pgErr("53100"), transient: true, busy: true},
+		{name: "lock timeout", err: pgErr("55P03"), busy: true},
 		{name: "not null violation", err: pgErr("23502")},
 		{name: "invalid text", err: pgErr("22P02")},
 		{name: "query canceled by statement timeout", err: pgErr("57014")},
@@ -50,6 +54,12 @@ func TestUnreachableTransientAndConflict(t *testing.T) {
 			}
 			if got := postgres.Conflict(tt.err); got != tt.conflict {
 				t.Errorf("Conflict(%v) = %v, want %v", tt.err, got, tt.conflict)
+			}
+			if got := postgres.Busy(tt.err); got != tt.busy {
+				t.Errorf("Busy(%v) = %v, want %v", tt.err, got, tt.busy)
+			}
+			if got := postgres.TooBig(tt.err); got != tt.tooBig {
+				t.Errorf("TooBig(%v) = %v, want %v", tt.err, got, tt.tooBig)
 			}
 		})
 	}

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ErrSchemaTaken reports a schema that already belongs to another service
@@ -251,8 +250,7 @@ func apply(ctx context.Context, db TxBeginner, schema, source string, m migratio
 	pause := migrationLockTimeout
 	for {
 		err := applyOnce(ctx, db, schema, source, m)
-		pgErr, ok := errors.AsType[*pgconn.PgError](err)
-		if !ok || pgErr.Code != "55P03" {
+		if !LockNotAvailable(err) {
 			return err
 		}
 		if giveUp.IsZero() {
