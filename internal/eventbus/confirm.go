@@ -41,7 +41,7 @@ type confirmChannel struct {
 
 	mu       sync.Mutex
 	pending  map[uint64]*pendingPublish
-	returned map[string][]amqp.Return // by returnKey
+	returned map[string][]amqp.Return // by message id
 	closed   bool
 
 	confirms chan amqp.Confirmation
@@ -51,11 +51,14 @@ type confirmChannel struct {
 }
 
 type pendingPublish struct {
-	b      *publishBatch
-	idx    int
-	id     string
-	key    string // returnKey of the message's id, exchange and routing key
-	labels Labels
+	b   *publishBatch
+	idx int
+	id  string
+	// exchange and key are where the message went: of two messages with
+	// one id in flight (an event published again by the outbox, copies
+	// for two deliveries), a return goes to the one sent where it was.
+	exchange, key string
+	labels        Labels
 	// dc is the library's record of the message's confirm: the broker's
 	// answer for this very message (see confirm). It is set once the
 	// publish returned, and then sent is closed.
@@ -203,17 +206,7 @@ func (c *confirmChannel) loop() {
 func (c *confirmChannel) recordReturn(r amqp.Return) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	k := returnKey(r.MessageId, r.Exchange, r.RoutingKey)
-	c.returned[k] = append(c.returned[k], r)
-}
-
-// returnKey is what matches a return to its publish: the message id (the
-// same event may be in flight twice: published again by the outbox, or
-// copied for two deliveries), with where it went, so that of two messages
-// with one id sent to different places the return goes to the one whose
-// place took nothing. Two sent to the same place are returned alike.
-func returnKey(id, exchange, routingKey string) string {
-	return id + "\x00" + exchange + "\x00" + routingKey
+	c.returned[r.MessageId] = append(c.returned[r.MessageId], r)
 }
 
 func (c *confirmChannel) confirm(conf amqp.Confirmation) {
@@ -225,12 +218,13 @@ func (c *confirmChannel) confirm(conf amqp.Confirmation) {
 	}
 	delete(c.pending, conf.DeliveryTag)
 	var ret *amqp.Return
-	if rs := c.returned[p.key]; len(rs) > 0 {
-		ret = &rs[0]
+	rs := c.returned[p.id]
+	if i := slices.IndexFunc(rs, func(r amqp.Return) bool { return r.Exchange == p.exchange && r.RoutingKey == p.key }); i >= 0 {
+		ret = &rs[i]
 		if len(rs) == 1 {
-			delete(c.returned, p.key)
+			delete(c.returned, p.id)
 		} else {
-			c.returned[p.key] = rs[1:]
+			c.returned[p.id] = slices.Delete(slices.Clone(rs), i, i+1)
 		}
 	}
 	c.mu.Unlock()
@@ -326,7 +320,7 @@ func (c *confirmChannel) write(ctx context.Context, b *publishBatch, msgs []outg
 			c.mu.Unlock()
 			return fmt.Errorf("publish %s: %w", o.key, ErrLinkDown)
 		}
-		p := &pendingPublish{b: b, idx: i, id: o.msg.MessageId, key: returnKey(o.msg.MessageId, o.exchange, o.key), labels: o.labels, sent: make(chan struct{})}
+		p := &pendingPublish{b: b, idx: i, id: o.msg.MessageId, exchange: o.exchange, key: o.key, labels: o.labels, sent: make(chan struct{})}
 		c.pending[tag] = p
 		c.mu.Unlock()
 		dc, err := c.ch.PublishWithDeferredConfirm(o.exchange, o.key, true, false, o.msg)
