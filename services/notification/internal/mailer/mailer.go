@@ -529,13 +529,11 @@ func (m *Mailer) discard(s *session) {
 // it again cannot duplicate it. Any other reply is the server's answer to
 // this email and is kept.
 func retryable(err error) bool {
-	var te *transactionError
-	if !errors.As(err, &te) {
+	st, code, ok := reply(err)
+	switch {
+	case !ok:
 		return false
-	}
-	switch te.stage {
-	case stageSession, stageMail, stageRcpt, stageData:
-		code := te.code()
+	case st == stageSession, st == stageMail, st == stageRcpt, st == stageData:
 		return code == 0 || code == 421
 	default:
 		return false
@@ -548,15 +546,14 @@ func retryable(err error) bool {
 // other 5xx reply to MAIL FROM, like one to AUTH while connecting, points
 // at the configuration instead (senderRefused).
 func rejected(err error) bool {
-	var te *transactionError
-	if !errors.As(err, &te) {
+	st, code, ok := reply(err)
+	switch {
+	case !ok:
 		return false
-	}
-	switch te.stage {
-	case stageRcpt, stageData, stageAccept:
-		return te.code() >= 500 && te.code() < 600
-	case stageMail:
-		return te.code() == 552
+	case st == stageRcpt, st == stageData, st == stageAccept:
+		return code >= 500 && code < 600
+	case st == stageMail:
+		return code == 552
 	default:
 		return false
 	}
@@ -566,11 +563,8 @@ func rejected(err error) bool {
 // mail transaction: the server will take the email later (greylisting, a
 // rate limit, a full mailbox, a 421 as it closes the session).
 func deferred(err error) bool {
-	var te *transactionError
-	if !errors.As(err, &te) {
-		return false
-	}
-	return te.code() >= 400 && te.code() < 500
+	_, code, ok := reply(err)
+	return ok && code >= 400 && code < 500
 }
 
 // senderRefused reports whether err is a permanent (5xx) SMTP reply to
@@ -579,9 +573,17 @@ func deferred(err error) bool {
 // configuration is fixed, so it is reported as app.ErrUnreachable and the
 // emails wait, as when AUTH fails.
 func senderRefused(err error) bool {
+	st, code, ok := reply(err)
+	return ok && st == stageMail && code >= 500 && code < 600 && code != 552
+}
+
+// reply returns the stage a mail transaction failed at and the server's
+// reply code (0 for a failure of the connection), with ok false when err
+// is no transaction's failure.
+func reply(err error) (st stage, code int, ok bool) {
 	var te *transactionError
 	if !errors.As(err, &te) {
-		return false
+		return "", 0, false
 	}
-	return te.stage == stageMail && te.code() >= 500 && te.code() < 600 && te.code() != 552
+	return te.stage, te.code(), true
 }
