@@ -10,6 +10,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/ordermesh/ordermesh/internal/ctxsleep"
 )
 
 // Connection management is owned here rather than delegated to
@@ -164,15 +166,7 @@ func (b *backoff) wait(ctx context.Context) bool {
 	} else {
 		b.cur = min(b.cur*2, b.max)
 	}
-	d := b.cur/2 + rand.N(b.cur/2+1)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	return ctxsleep.Sleep(ctx, b.cur/2+rand.N(b.cur/2+1))
 }
 
 // amqpReason describes why a connection or channel closed.

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ordermesh/ordermesh/internal/ctxsleep"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
@@ -164,18 +165,6 @@ func conflictPause(retry int) time.Duration {
 	return time.Duration(rand.Int64N(int64(10*time.Millisecond) << retry))
 }
 
-// pause waits d or until ctx ends, and reports whether d passed.
-func pause(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
 // processApart is process, running a batch again when it lost a
 // conflict with a concurrent transaction (up to conflictRetries times),
 // and handling again in halves, each in a
@@ -189,7 +178,7 @@ func pause(ctx context.Context, d time.Duration) bool {
 func (b *BatchRunner) processApart(ctx context.Context, ds []Delivery) []error {
 	errs, whole := b.process(ctx, ds)
 	for try := 0; try < conflictRetries && postgres.Conflict(whole) && ctx.Err() == nil; try++ {
-		if !pause(ctx, conflictPause(try)) {
+		if !ctxsleep.Sleep(ctx, conflictPause(try)) {
 			break
 		}
 		errs, whole = b.process(ctx, ds)

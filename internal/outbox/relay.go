@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ordermesh/ordermesh/internal/ctxsleep"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 )
@@ -199,7 +200,7 @@ func (r *Relay) work(ctx context.Context, wake <-chan struct{}, retry bool) erro
 		}
 		if err != nil {
 			r.log.WarnContext(ctx, "outbox relay: batch failed; rows kept for retry", "error", err, "retry_in", backoff)
-			if !sleep(ctx, jitter(backoff)) {
+			if !ctxsleep.Sleep(ctx, jitter(backoff)) {
 				return nil
 			}
 			backoff = min(2*backoff, r.cfg.MaxBackoff)
@@ -426,19 +427,6 @@ func claim(b *pgx.Batch, from *rowSource, limit int, last int64, seqs *[]int64, 
 		}
 		return rows.Err()
 	})
-}
-
-// sleep waits d, or less if ctx ends first; it reports whether ctx is still
-// live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // jitter spreads d by ±20% so relays that failed together do not retry in

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/ordermesh/ordermesh/internal/ctxsleep"
 )
 
 // ErrSchemaTaken reports a schema that already belongs to another service
@@ -261,12 +263,8 @@ func apply(ctx context.Context, db TxBeginner, schema, source string, m migratio
 		}
 		// A lock not had within migrationLockTimeout: let the table's
 		// queries through, then try again.
-		t := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !ctxsleep.Sleep(ctx, pause) {
 			return fmt.Errorf("migrate %s %s/%s: stopped while waiting to try again: %w (after: %w)", schema, source, m.file, ctx.Err(), err)
-		case <-t.C:
 		}
 		pause = min(2*pause, 15*time.Second)
 	}
