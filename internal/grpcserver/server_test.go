@@ -26,6 +26,8 @@ import (
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+
+	"github.com/ordermesh/ordermesh/internal/logtest"
 )
 
 const (
@@ -94,7 +96,7 @@ func (s *orderService) WatchOrder(req *orderv1.WatchOrderRequest, stream grpc.Se
 type testServer struct {
 	srv    *Server
 	conn   *grpc.ClientConn
-	logs   *syncBuffer
+	logs   *logtest.Buffer
 	cancel context.CancelFunc
 	errc   chan error
 }

@@ -1,7 +1,6 @@
 package service
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"github.com/ordermesh/ordermesh/internal/config"
+
+	"github.com/ordermesh/ordermesh/internal/logtest"
 )
 
 func TestLimitFloor(t *testing.T) {
@@ -64,35 +65,16 @@ func TestLimitFloor(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink the guard's goroutine writes while the test
-// reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestGuardMemoryLimit(t *testing.T) {
 	prev := debug.SetMemoryLimit(-1)
 	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
 
 	// start sets the memory limit and has the guard keep it until stop,
 	// which returns the limit the guard left; stop may be called again.
-	start := func(t *testing.T, limit int64) (log *syncBuffer, stop func() int64) {
+	start := func(t *testing.T, limit int64) (log *logtest.Buffer, stop func() int64) {
 		t.Helper()
 		debug.SetMemoryLimit(limit)
-		log = &syncBuffer{}
+		log = &logtest.Buffer{}
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() {
