@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,6 +28,7 @@ import (
 	paymentv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/payment/v1"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
+	"github.com/ordermesh/ordermesh/internal/logtest"
 	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
@@ -54,6 +56,12 @@ func newFixture(t *testing.T) fixture {
 // newApp starts another instance of the service on the same schema.
 func newApp(t *testing.T, pool *pgxpool.Pool, schema string) *app.App {
 	t.Helper()
+	return newAppLogging(t, pool, schema, quiet)
+}
+
+// newAppLogging is newApp with the instance logging to log.
+func newAppLogging(t *testing.T, pool *pgxpool.Pool, schema string, log *slog.Logger) *app.App {
+	t.Helper()
 	w := store.NewWatcher(postgrestest.URL(), schema, quiet)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -62,7 +70,7 @@ func newApp(t *testing.T, pool *pgxpool.Pool, schema string) *app.App {
 		_ = w.Run(ctx)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return app.New(pool, w, quiet, nil)
+	return app.New(pool, w, log, nil)
 }
 
 func request() order.Request {
@@ -1209,6 +1217,11 @@ func TestRunExpiryWaitsAnIntervalFirst(t *testing.T) {
 	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour' WHERE id = $1`, stale.ID); err != nil {
 		t.Fatal(err)
 	}
+	// An instance swept a moment ago: a sweep now would not be paused,
+	// and would reject the stale order.
+	if _, err := f.pool.Exec(ctx, `UPDATE expiry_hold SET swept_at = now()`); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- f.app.RunExpiry(ctx, 30*time.Minute, time.Hour) }()
 	time.Sleep(300 * time.Millisecond)
@@ -1222,14 +1235,12 @@ func TestRunExpiryWaitsAnIntervalFirst(t *testing.T) {
 }
 
 // TestRunExpiryRejectsStaleOrdersUntilStopped: RunExpiry rejects stale
-// orders at its ticks, but none until a timeout after it started (the
-// process cannot know what happened before), and returns when stopped.
+// orders at its ticks, but none while the timeout is paused for a
+// timeout after a first sweep that finds no instance swept before it
+// (here the first since the tables were made), and returns when stopped.
 func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	var clock atomic.Int64 // the app's time, in Unix nanoseconds
-	clock.Store(time.Now().UnixNano())
-	f.app.SetClock(func() time.Time { return time.Unix(0, clock.Load()).UTC() })
 	stale, err := f.app.Create(ctx, request())
 	if err != nil {
 		t.Fatal(err)
@@ -1244,27 +1255,26 @@ func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {
 		t.Fatalf("with the timeout off the order became %v", got.Status)
 	}
 
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- f.app.RunExpiry(runCtx, 30*time.Minute, 20*time.Millisecond) }()
-	time.Sleep(300 * time.Millisecond) // ticks, within the first timeout
-	if got, _ := f.app.Get(ctx, stale.ID); got.Status != order.StatusPending {
-		t.Fatalf("the order became %v before a timeout had passed since RunExpiry began", got.Status)
+	// The relay published the order's events (a backlog older than a
+	// tenth of the timeout would pause it).
+	if _, err := f.pool.Exec(ctx, `DELETE FROM outbox`); err != nil {
+		t.Fatal(err)
 	}
-	clock.Add(int64(31 * time.Minute))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	const timeout = 2 * time.Second
+	runCtx, stop := context.WithCancel(ctx)
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- f.app.RunExpiry(runCtx, timeout, 200*time.Millisecond) }()
+	time.Sleep(time.Second) // sweeps, within the pause
+	if got, _ := f.app.Get(ctx, stale.ID); got.Status != order.StatusPending {
+		t.Fatalf("the order became %v %v after RunExpiry began, before its first sweep's pause ended", got.Status, time.Since(start))
+	}
+	waitFor(t, 10*time.Second, "the stale order rejected", func() bool {
 		got, err := f.app.Get(ctx, stale.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got.Status == order.StatusRejected {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("order still %v after 10s of RunExpiry", got.Status)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return err == nil && got.Status == order.StatusRejected
+	})
+	if took := time.Since(start); took < timeout {
+		t.Errorf("the order was rejected %v after RunExpiry began, within the pause of %v", took, timeout)
 	}
 	stop()
 	select {
@@ -1275,6 +1285,119 @@ func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("RunExpiry did not return after its context ended")
 	}
+}
+
+// TestExpiryPauseIsSharedByInstances: the timeout's pause is the
+// service's, not a process's. An instance started after another saw the
+// outbox's backlog published waits as long as that one; an instance
+// started (or restarted) while another keeps sweeping does not wait at
+// all; a sweep after no instance swept for a while pauses every instance.
+func TestExpiryPauseIsSharedByInstances(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	const (
+		timeout = 30 * time.Minute
+		away    = 3 * time.Minute
+	)
+	now := time.Now().UTC()
+	clock := func() time.Time { return now }
+	log, logs := logtest.New()
+	first := newAppLogging(t, f.pool, f.schema, log)
+	first.SetClock(clock)
+	// stale places an order an hour old.
+	stale := func() string {
+		t.Helper()
+		o, err := first.Create(ctx, request())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour' WHERE id = $1`, o.ID); err != nil {
+			t.Fatal(err)
+		}
+		return o.ID
+	}
+	status := func(id string) order.Status {
+		t.Helper()
+		got, err := first.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Status
+	}
+	sweep := func(a *app.App, what string, want int) {
+		t.Helper()
+		if n, err := a.ExpirePendingAfter(ctx, timeout, away, 100); err != nil || n != want {
+			t.Fatalf("%s: the sweep rejected %d orders (%v), want %d", what, n, err, want)
+		}
+	}
+	// tick moves the clock a minute at a time, the first instance
+	// sweeping each minute, as RunExpiry would.
+	tick := func(minutes int) {
+		t.Helper()
+		for range minutes {
+			now = now.Add(time.Minute)
+			sweep(first, "a sweep while paused", 0)
+		}
+	}
+
+	a := stale()
+	sweep(first, "the first sweep since the tables were made", 0)
+	if !strings.Contains(logs.String(), "no instance swept for stale orders") {
+		t.Errorf("the pause after no sweep was not logged; the log:\n%s", logs.String())
+	}
+	tick(29)
+	now = now.Add(2 * time.Minute) // two minutes since the last sweep: not away
+	sweep(first, "a timeout after the first sweep", 1)
+	if status(a) != order.StatusRejected || !strings.Contains(logs.String(), "order timeouts resume") {
+		t.Fatalf("order %v, and the log:\n%s; want it rejected and the end of the pause logged", status(a), logs.String())
+	}
+
+	// An instance restarted while the first one keeps sweeping.
+	b := stale()
+	restarted := newApp(t, f.pool, f.schema)
+	restarted.SetClock(clock)
+	now = now.Add(time.Minute)
+	sweep(restarted, "a restarted instance's first sweep, the other's a minute before", 1)
+	if status(b) != order.StatusRejected {
+		t.Fatalf("order %v, want rejected", status(b))
+	}
+
+	// A backlog seen by one instance pauses the other, which never
+	// saw it, after it was published.
+	c := stale()
+	if _, err := f.pool.Exec(ctx, `UPDATE outbox SET created_at = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Minute)
+	sweep(first, "a sweep seeing the outbox's backlog", 0)
+	if !strings.Contains(logs.String(), "the outbox holds events not yet published") {
+		t.Errorf("the backlog's pause was not logged; the log:\n%s", logs.String())
+	}
+	if _, err := f.pool.Exec(ctx, `DELETE FROM outbox`); err != nil { // the relay published it
+		t.Fatal(err)
+	}
+	later := newApp(t, f.pool, f.schema)
+	later.SetClock(clock)
+	now = now.Add(time.Minute)
+	sweep(later, "an instance that never saw the backlog, a minute after it was published", 0)
+	tick(28)
+	if status(c) != order.StatusPending {
+		t.Fatalf("order %v during the backlog's pause, want PENDING", status(c))
+	}
+	now = now.Add(2 * time.Minute)
+	sweep(later, "that instance, a timeout after the backlog was seen", 1)
+
+	// No instance swept for ten minutes: the service (or its database)
+	// was away, and outcomes may be queued.
+	d := stale()
+	now = now.Add(10 * time.Minute)
+	sweep(later, "the first sweep after ten minutes without one", 0)
+	tick(29)
+	if status(d) != order.StatusPending {
+		t.Fatalf("order %v during the pause after an absence, want PENDING", status(d))
+	}
+	now = now.Add(2 * time.Minute)
+	sweep(later, "a timeout after the absence", 1)
 }
 
 // TestCreateOnTwoInstancesDoesNotDeadlock places two requests on two

@@ -15,9 +15,17 @@ func (a *App) CreateBatches() int64 {
 var Unavailable = unavailable
 
 // RunExpiryBatches is RunExpiry with its first sweep after first, no
-// pause after its start, and batches of at most batch orders.
+// pause for a sweep long after the previous, and batches of at most batch
+// orders.
 func (a *App) RunExpiryBatches(ctx context.Context, timeout, first, interval time.Duration, batch int) error {
 	return a.runExpiry(ctx, timeout, first, interval, 0, batch)
+}
+
+// ExpirePendingAfter is ExpirePending as RunExpiry sweeps: a sweep more
+// than away after the previous one of any instance pauses the timeout.
+func (a *App) ExpirePendingAfter(ctx context.Context, timeout, away time.Duration, limit int) (int, error) {
+	rejected, _, err := a.expirePending(ctx, timeout, away, limit)
+	return rejected, err
 }
 
 // SetClock replaces the clock the app stamps and times orders with.

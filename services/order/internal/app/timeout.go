@@ -26,17 +26,18 @@ const expireBatch = 500
 // The timeout counts on the workers having had the order's events: while
 // the outbox holds events that have waited more than a tenth of timeout
 // (the broker away, say), and for timeout after that backlog was
-// published, ExpirePending rejects nothing (see expiryHold).
+// published, no instance rejects anything (see expiryHeld).
 func (a *App) ExpirePending(ctx context.Context, timeout time.Duration, limit int) (int, error) {
-	rejected, _, err := a.expirePending(ctx, timeout, limit)
+	rejected, _, err := a.expirePending(ctx, timeout, 0, limit)
 	return rejected, err
 }
 
 // expirePending is ExpirePending, also returning how many orders it
 // listed as stale: when that is limit, more may be waiting, whoever
-// rejected the ones listed.
-func (a *App) expirePending(ctx context.Context, timeout time.Duration, limit int) (rejected, listed int, err error) {
-	if held, err := a.expiryHeld(ctx, timeout); err != nil || held {
+// rejected the ones listed. A sweep coming more than away after the
+// previous one of any instance pauses the timeout (0: never).
+func (a *App) expirePending(ctx context.Context, timeout, away time.Duration, limit int) (rejected, listed int, err error) {
+	if held, err := a.expiryHeld(ctx, timeout, away); err != nil || held {
 		return 0, 0, err
 	}
 	ids, err := store.ListPendingSince(ctx, a.pool, a.now().Add(-timeout), limit)
@@ -61,26 +62,24 @@ func (a *App) expirePending(ctx context.Context, timeout time.Duration, limit in
 // RunExpiry calls ExpirePending every interval until ctx ends, each time
 // until no whole batch of stale orders is left; a timeout of 0 turns it
 // off. Failures (the database away) are logged and tried again at the
-// next tick. No order times out until a timeout after RunExpiry began
-// (the sweeps before then only watch the outbox, see expiryHold): the
-// process knows nothing of what happened before it started, when the
-// outbox may have had a backlog that went out since, or when the service
-// was down while outcomes queued for it.
+// next tick. The first sweep comes an interval after the start, so that
+// outcomes queued while the process was stopped are handled first. A
+// sweep that comes more than three intervals after the previous sweep of
+// any instance pauses the timeout for a timeout (see expiryHeld): no
+// instance was watching the outbox meanwhile, the outcomes of that time
+// may still be queued, and the backlog of events that went out then may
+// still be worked off. Instances restarting one at a time, or one
+// restarting within an interval or two, leave the timeout running.
 func (a *App) RunExpiry(ctx context.Context, timeout, interval time.Duration) error {
-	return a.runExpiry(ctx, timeout, interval, interval, timeout, expireBatch)
+	return a.runExpiry(ctx, timeout, interval, interval, 3*interval, expireBatch)
 }
 
-// runExpiry is RunExpiry with its first sweep after first, no order timed
-// out before hold has passed, and batches of at most batch orders.
-func (a *App) runExpiry(ctx context.Context, timeout, first, interval, hold time.Duration, batch int) error {
+// runExpiry is RunExpiry with its first sweep after first, the timeout
+// paused by a sweep more than away after the previous one (0: never), and
+// batches of at most batch orders.
+func (a *App) runExpiry(ctx context.Context, timeout, first, interval, away time.Duration, batch int) error {
 	if timeout <= 0 {
 		return nil
-	}
-	if hold > 0 {
-		a.hold.mu.Lock()
-		a.hold.until = a.now().Add(hold)
-		a.hold.mu.Unlock()
-		a.log.InfoContext(ctx, "order timeouts start a timeout after the service", slog.Duration("timeout", timeout))
 	}
 	wait := time.NewTimer(first)
 	defer wait.Stop()
@@ -93,7 +92,7 @@ func (a *App) runExpiry(ctx context.Context, timeout, first, interval, hold time
 		for ctx.Err() == nil {
 			// Again while a whole batch was stale: other instances may
 			// have rejected some of it, but more may wait behind it.
-			_, listed, err := a.expirePending(ctx, timeout, batch)
+			_, listed, err := a.expirePending(ctx, timeout, away, batch)
 			if err != nil && ctx.Err() == nil {
 				a.log.ErrorContext(ctx, "expire pending orders", slog.Any("error", err))
 			}
@@ -105,54 +104,65 @@ func (a *App) runExpiry(ctx context.Context, timeout, first, interval, hold time
 	}
 }
 
-// expiryHold pauses the timeout while the broker is behind with the
-// service's events. An order whose order.created waits in the outbox (the
-// broker away for longer than the timeout, the relay far behind) has not
-// reached the workers, so its outcomes cannot have come: rejecting it
-// would have the workers reserve, charge, release and refund it for
-// nothing once the events go out, and the orders placed during an outage
-// would all be lost. Once the backlog is published, the workers need
-// time to work it off, so the pause lasts for a timeout after the last
-// sweep that saw it. RunExpiry starts paused for a timeout, so that a
-// process started after a backlog went out (that it never saw) waits too.
+// expiryHold is what the instance last saw of the timeout's pause, for
+// logging when it begins and ends. The pause itself is in the database,
+// shared by every instance (store.RecordSweep): an order whose
+// order.created waits in the outbox (the broker away for longer than the
+// timeout, the relay far behind) has not reached the workers, so its
+// outcomes cannot have come: rejecting it would have the workers reserve,
+// charge, release and refund it for nothing once the events go out, and
+// the orders placed during an outage would all be lost. Once the backlog
+// is published, the workers need time to work it off, so the pause lasts
+// for a timeout after the last sweep that saw it, whichever instance made
+// it. Restarting an instance neither starts nor ends a pause.
 type expiryHold struct {
-	mu    sync.Mutex
-	until time.Time // no order times out before then
-	// backlog is set while the hold is for a backlog seen, not only for
-	// the start.
+	mu   sync.Mutex
+	held bool // the last sweep found the timeout paused
+	// backlog is set while this instance has seen the outbox's backlog.
 	backlog bool
 }
 
-// expiryHeld reports whether the timeout is paused now, looking at the
-// outbox: a row that has waited longer than a tenth of timeout is a
-// backlog, and holds the timeout until a timeout after now.
-func (a *App) expiryHeld(ctx context.Context, timeout time.Duration) (bool, error) {
+// expiryHeld records the sweep and reports whether the timeout is paused
+// now: an outbox row that has waited longer than a tenth of timeout is a
+// backlog, and pauses the timeout until a timeout after now, as does a
+// previous sweep of any instance more than away ago (0: not judged).
+func (a *App) expiryHeld(ctx context.Context, timeout, away time.Duration) (bool, error) {
 	age, err := outbox.OldestWaiting(ctx, a.pool)
 	if err != nil {
 		return false, unavailable(err)
 	}
 	now := a.now()
+	var hold, awayBefore time.Time
+	backlog := age > timeout/10
+	if backlog {
+		hold = now.Add(timeout)
+	}
+	if away > 0 {
+		awayBefore = now.Add(-away)
+	}
+	sweep, err := store.RecordSweep(ctx, a.pool, now, hold, awayBefore, now.Add(timeout))
+	if err != nil {
+		return false, unavailable(err)
+	}
+	held := now.Before(sweep.HeldUntil)
 	a.hold.mu.Lock()
 	defer a.hold.mu.Unlock()
-	if age > timeout/10 {
-		if !a.hold.backlog {
-			a.log.WarnContext(ctx, "order timeouts paused: the outbox holds events not yet published",
-				slog.Duration("oldest_waiting", age.Round(time.Second)), slog.Duration("timeout", timeout))
+	switch {
+	case backlog && !a.hold.backlog:
+		a.log.WarnContext(ctx, "order timeouts paused: the outbox holds events not yet published",
+			slog.Duration("oldest_waiting", age.Round(time.Second)), slog.Duration("timeout", timeout))
+	case held && !a.hold.held && away > 0 && sweep.Previous.Before(awayBefore):
+		since := "never, since the service's tables were made"
+		if !sweep.Previous.IsZero() {
+			since = now.Sub(sweep.Previous).Round(time.Second).String() + " ago"
 		}
-		a.hold.until, a.hold.backlog = now.Add(timeout), true
-		return true, nil
+		a.log.InfoContext(ctx, "order timeouts paused: no instance swept for stale orders for a while, so outcomes may be queued",
+			slog.String("last_sweep", since), slog.Time("until", sweep.HeldUntil))
+	case held && !a.hold.held:
+		a.log.InfoContext(ctx, "order timeouts paused by another instance", slog.Time("until", sweep.HeldUntil))
+	case !held && a.hold.held:
+		a.log.InfoContext(ctx, "order timeouts resume")
 	}
-	if a.hold.until.IsZero() {
-		return false, nil
-	}
-	if now.Before(a.hold.until) {
-		return true, nil
-	}
-	if a.hold.backlog {
-		a.log.InfoContext(ctx, "order timeouts resume: the outbox's backlog was published a timeout ago")
-	} else {
-		a.log.InfoContext(ctx, "order timeouts begin: a timeout has passed since the service started")
-	}
-	a.hold.until, a.hold.backlog = time.Time{}, false
-	return false, nil
+	a.hold.held, a.hold.backlog = held, backlog
+	return held, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/services/order/internal/order"
@@ -441,4 +442,51 @@ func scanOrder(row pgx.Row, withItems bool) (order.Order, int64, error) {
 	}
 	o.CreateTime, o.UpdateTime = create.UTC(), upd.UTC()
 	return o, seq, nil
+}
+
+// Sweep is what RecordSweep learned.
+type Sweep struct {
+	// HeldUntil is when the timeout's pause ends (the zero time or one
+	// before the sweep's: none).
+	HeldUntil time.Time
+	// Previous is when an instance last swept before this one (the zero
+	// time: never, since the migration that made the record).
+	Previous time.Time
+}
+
+// RecordSweep records an expiry sweep at now in the record the service's
+// instances share: the pause lasts at least until hold (the zero time for
+// no new pause), and, when the previous sweep of any instance was before
+// awayBefore (none is judged absent when it is the zero time), until
+// awayHold. One statement, so that instances sweeping at once see each
+// other's pauses; times only move forward.
+func RecordSweep(ctx context.Context, q Querier, now, hold, awayBefore, awayHold time.Time) (Sweep, error) {
+	var s Sweep
+	var held, prev pgtype.Timestamptz
+	err := q.QueryRow(ctx, `
+		WITH prev AS (SELECT swept_at FROM expiry_hold)
+		UPDATE expiry_hold SET
+			swept_at = GREATEST(swept_at, $1::timestamptz),
+			held_until = GREATEST(held_until, $2::timestamptz,
+				CASE WHEN swept_at < $3::timestamptz THEN $4::timestamptz END)
+		RETURNING held_until, (SELECT swept_at FROM prev)`,
+		now, timeOrInfinity(hold), timeOrInfinity(awayBefore), awayHold).Scan(&held, &prev)
+	if err != nil {
+		return Sweep{}, fmt.Errorf("record the expiry sweep: %w", err)
+	}
+	if held.InfinityModifier == pgtype.Finite {
+		s.HeldUntil = held.Time
+	}
+	if prev.InfinityModifier == pgtype.Finite {
+		s.Previous = prev.Time
+	}
+	return s, nil
+}
+
+// timeOrInfinity is t, or -infinity for the zero time.
+func timeOrInfinity(t time.Time) pgtype.Timestamptz {
+	if t.IsZero() {
+		return pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+	}
+	return pgtype.Timestamptz{Time: t, Valid: true}
 }
