@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"io"
+	"maps"
 	"net"
 	"testing"
 	"time"
@@ -15,22 +15,34 @@ import (
 
 	moneyv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/money/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
+	"github.com/ordermesh/ordermesh/internal/logtest"
 	"github.com/ordermesh/ordermesh/internal/platformtest"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 )
 
-// During ORDERMESH_DRAIN_DELAY the service still serves WatchOrder; a
-// watch opened then must still see the order change.
-func TestWatchSeesChangesDuringTheDrainDelay(t *testing.T) {
+// started is an order service run by startService.
+type started struct {
+	addr net.Addr
+	logs *logtest.Buffer // what it wrote to stdout
+	stop context.CancelFunc
+	done <-chan struct{} // closed when run returned
+	err  *error          // what run returned, once done is closed
+}
+
+// startService runs the service, on a schema and a topology prefix of the
+// test's own, with env added to its environment, and waits until it
+// serves. The test stops it; it is stopped when the test ends otherwise.
+func startService(t *testing.T, env map[string]string) started {
+	t.Helper()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	prefix := "order-drain-" + hex.EncodeToString(b[:]) + "."
+	prefix := "order-main-" + hex.EncodeToString(b[:]) + "."
 	schema := postgrestest.RandomSchema(t)
 	t.Cleanup(func() { postgrestest.DropSchema(t, schema) })
 	t.Cleanup(func() {
 		platformtest.DeleteTopology(t, platformtest.AMQPURL(), prefix, []string{"order"}, []time.Duration{time.Second})
 	})
-	env := map[string]string{
+	full := map[string]string{
 		"ORDERMESH_DATABASE_URL":    postgrestest.URL(),
 		"ORDERMESH_DATABASE_SCHEMA": schema,
 		"ORDERMESH_AMQP_URL":        platformtest.AMQPURL(),
@@ -38,21 +50,41 @@ func TestWatchSeesChangesDuringTheDrainDelay(t *testing.T) {
 		"ORDERMESH_RETRY_DELAYS":    "1s",
 		"ORDERMESH_GRPC_ADDR":       "127.0.0.1:0",
 		"ORDERMESH_ADMIN_ADDR":      "off",
-		"ORDERMESH_DRAIN_DELAY":     "8s",
 	}
+	maps.Copy(full, env)
 	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
 	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard, ready) }()
-	var addr net.Addr
+	done := make(chan struct{})
+	var runErr error
+	logs := &logtest.Buffer{}
+	go func() {
+		defer close(done)
+		runErr = run(ctx, func(k string) string { return full[k] }, logs, ready)
+	}()
+	t.Cleanup(func() {
+		stop()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("the service did not stop")
+		}
+	})
 	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("run: %v", err)
+	case addr := <-ready:
+		return started{addr: addr, logs: logs, stop: stop, done: done, err: &runErr}
+	case <-done:
+		t.Fatalf("run: %v", runErr)
 	case <-time.After(30 * time.Second):
 		t.Fatal("the service did not start")
 	}
+	return started{}
+}
+
+// During ORDERMESH_DRAIN_DELAY the service still serves WatchOrder; a
+// watch opened then must still see the order change.
+func TestWatchSeesChangesDuringTheDrainDelay(t *testing.T) {
+	svc := startService(t, map[string]string{"ORDERMESH_DRAIN_DELAY": "8s"})
+	addr, stop := svc.addr, svc.stop
 	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -86,9 +118,9 @@ func TestWatchSeesChangesDuringTheDrainDelay(t *testing.T) {
 		t.Fatalf("second snapshot: %v, %v; want CANCELLED while the server drains", next, err)
 	}
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
+	case <-svc.done:
+		if *svc.err != nil {
+			t.Fatalf("run: %v", *svc.err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the service did not stop")

@@ -50,3 +50,18 @@ func TestLadderLength(t *testing.T) {
 		t.Errorf("ladderLength() = %s, want 0", got)
 	}
 }
+
+// TestRunWarnsOfATimeoutShorterThanTheLadder: an order timeout shorter
+// than the retry ladder rejects orders whose outcomes are still being
+// retried; the service starts, and says so.
+func TestRunWarnsOfATimeoutShorterThanTheLadder(t *testing.T) {
+	const warning = "ORDERMESH_ORDER_TIMEOUT is shorter than the retry ladder"
+	short := startService(t, map[string]string{envOrderTimeout: "30s", "ORDERMESH_RETRY_DELAYS": "1s,10s,60s"})
+	if !strings.Contains(short.logs.String(), warning) || !strings.Contains(short.logs.String(), `"ladder":71000000000`) {
+		t.Errorf("with a timeout of 30s and a ladder of 71s, the log did not warn; the log:\n%s", short.logs.String())
+	}
+	long := startService(t, map[string]string{envOrderTimeout: "2m", "ORDERMESH_RETRY_DELAYS": "1s,10s,60s"})
+	if strings.Contains(long.logs.String(), warning) {
+		t.Errorf("with a timeout of 2m and a ladder of 71s, the log warned; the log:\n%s", long.logs.String())
+	}
+}
