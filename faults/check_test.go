@@ -21,8 +21,10 @@ import (
 type counts struct {
 	placed, accepted, acceptedDespiteError int
 	errorCodes                             map[codes.Code]int
-	byStatus                               map[string]int
-	events, copies                         int
+	// cancelCodes counts CancelOrder's failures, by code.
+	cancelCodes    map[codes.Code]int
+	byStatus       map[string]int
+	events, copies int
 	// routed copies per service queue, inbox rows per service.
 	routed, inbox map[string]int
 	emails        int
@@ -36,8 +38,8 @@ type counts struct {
 
 func (c counts) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "orders placed=%d accepted=%d (plus %d committed although CreateOrder failed) errors=%v; final %v; ",
-		c.placed, c.accepted, c.acceptedDespiteError, c.errorCodes, c.byStatus)
+	fmt.Fprintf(&b, "orders placed=%d accepted=%d (plus %d committed although CreateOrder failed) errors=%v; cancel errors=%v; final %v; ",
+		c.placed, c.accepted, c.acceptedDespiteError, c.errorCodes, c.cancelCodes, c.byStatus)
 	fmt.Fprintf(&b, "events=%d published copies=%d (relay republished %d); ", c.events, c.copies, c.copies-c.events)
 	for _, svc := range platformtest.Services {
 		q := c.routed[svc]
@@ -61,7 +63,7 @@ type dbOrder struct {
 // where the invariant is about an end state, and returns the counts.
 func (s *scenario) check(ctx context.Context, sp spec, last time.Time) counts {
 	t := s.t
-	c := counts{errorCodes: map[codes.Code]int{}, byStatus: map[string]int{}, inbox: map[string]int{}, restarts: map[string]int{}}
+	c := counts{errorCodes: map[codes.Code]int{}, cancelCodes: map[codes.Code]int{}, byStatus: map[string]int{}, inbox: map[string]int{}, restarts: map[string]int{}}
 	placed := s.load.placed()
 	c.placed = len(placed)
 	byRequest := map[string]*order{}
@@ -69,6 +71,14 @@ func (s *scenario) check(ctx context.Context, sp spec, last time.Time) counts {
 		byRequest[o.requestID] = o
 		if o.code == codes.OK {
 			c.accepted++
+			// A cancel right after the create finds the order PENDING
+			// or CONFIRMED: it succeeds, or fails as the fault allows.
+			if o.kind == kindCancel && o.cancelCode != codes.OK {
+				c.cancelCodes[o.cancelCode]++
+				if !slices.Contains(sp.allowed, o.cancelCode) {
+					t.Errorf("order %d: CancelOrder = %v, want OK or one of %v", o.n, o.cancelCode, sp.allowed)
+				}
+			}
 			continue
 		}
 		c.errorCodes[o.code]++
