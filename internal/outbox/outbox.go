@@ -258,15 +258,18 @@ func readStats(ctx context.Context, db Querier, exactUpTo int64) (Stats, error) 
 	return s, nil
 }
 
-// OldestWaiting returns how long the outbox's oldest row not yet tried
-// has waited (0 when there is none): how far behind the relay is, or for
-// how long the broker has not been taking events. Rows the broker refused
-// (outbox_deferred) are not counted. It reads one row through the primary
-// key; the age is measured from the start of the row's transaction, on the
-// database's clock.
+// OldestWaiting returns how long the oldest event not yet published has
+// waited (0 when there is none): how far behind the relay is, or for how
+// long the broker has not been taking events. Rows the broker refused
+// (outbox_deferred: nacked, or unroutable while no queue is bound) count
+// too: their events have not gone out either. It reads a row of each
+// table through its primary key; the age is measured from the start of
+// the row's transaction, on the database's clock.
 func OldestWaiting(ctx context.Context, db Querier) (time.Duration, error) {
 	var age *float64
-	err := db.QueryRow(ctx, `SELECT extract(epoch FROM now() - (SELECT created_at FROM outbox ORDER BY seq LIMIT 1))::float8`).Scan(&age)
+	err := db.QueryRow(ctx, `SELECT extract(epoch FROM now() - least(
+		(SELECT created_at FROM outbox ORDER BY seq LIMIT 1),
+		(SELECT created_at FROM outbox_deferred ORDER BY seq LIMIT 1)))::float8`).Scan(&age)
 	if err != nil {
 		return 0, fmt.Errorf("read the outbox's oldest row: %w", err)
 	}

@@ -251,6 +251,37 @@ func TestReadStatsAndEmpty(t *testing.T) {
 	}
 }
 
+// TestOldestWaitingCountsRefusedRows: the oldest event not yet published
+// may be one the broker refused, waiting in outbox_deferred.
+func TestOldestWaitingCountsRefusedRows(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := newOutbox(t)
+	if age, err := outbox.OldestWaiting(ctx, pool); err != nil || age != 0 {
+		t.Fatalf("OldestWaiting on a new outbox = %v, %v; want 0", age, err)
+	}
+	commit(t, pool, 2)
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET created_at = now() - interval '1 minute'`); err != nil {
+		t.Fatal(err)
+	}
+	if age, err := outbox.OldestWaiting(ctx, pool); err != nil || age < time.Minute || age > 2*time.Minute {
+		t.Fatalf("OldestWaiting with rows a minute old = %v, %v; want a minute", age, err)
+	}
+	// The older row was refused an hour ago; the other is published.
+	if _, err := pool.Exec(ctx, `
+		WITH moved AS (DELETE FROM outbox WHERE seq = (SELECT min(seq) FROM outbox)
+			RETURNING seq, id, type, routing_key, source, event_time, body)
+		INSERT INTO outbox_deferred (seq, id, type, routing_key, source, event_time, body, created_at, attempts, next_attempt_at)
+		SELECT seq, id, type, routing_key, source, event_time, body, now() - interval '1 hour', 5, now() FROM moved`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM outbox`); err != nil {
+		t.Fatal(err)
+	}
+	if age, err := outbox.OldestWaiting(ctx, pool); err != nil || age < time.Hour || age > time.Hour+time.Minute {
+		t.Fatalf("OldestWaiting with a row refused an hour ago = %v, %v; want an hour", age, err)
+	}
+}
+
 func TestRelayPublishesOnWakeBeforePoll(t *testing.T) {
 	pool, _ := newOutbox(t)
 	bk := newBroker(t)

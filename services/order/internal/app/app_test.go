@@ -1103,6 +1103,33 @@ func TestExpirePendingWaitsForTheOutbox(t *testing.T) {
 	}
 }
 
+// TestExpirePendingWaitsForRefusedEvents: an order whose order.created
+// the broker has refused for an hour (a queue refusing messages, none
+// bound yet) reached no worker either, so it does not time out.
+func TestExpirePendingWaitsForRefusedEvents(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	stale, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `
+		WITH moved AS (DELETE FROM outbox RETURNING seq, id, type, routing_key, source, event_time, body)
+		INSERT INTO outbox_deferred (seq, id, type, routing_key, source, event_time, body, created_at, attempts, next_attempt_at)
+		SELECT seq, id, type, routing_key, source, event_time, body, now() - interval '1 hour', 12, now() FROM moved`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.app.ExpirePending(ctx, 30*time.Minute, 100); err != nil || n != 0 {
+		t.Fatalf("with its order.created refused for an hour, ExpirePending = %d, %v; want nothing rejected", n, err)
+	}
+	if got, err := f.app.Get(ctx, stale.ID); err != nil || got.Status != order.StatusPending {
+		t.Errorf("the order is %v (%v), want PENDING", got.Status, err)
+	}
+}
+
 // TestExpirePendingOnTwoInstances: two instances expiring the same stale
 // orders at once reject each once, and between them count each once.
 func TestExpirePendingOnTwoInstances(t *testing.T) {

@@ -25,8 +25,8 @@ const expireBatch = 500
 //
 // The timeout counts on the workers having had the order's events: while
 // the outbox holds events that have waited more than a tenth of timeout
-// (the broker away, say), and for timeout after that backlog was
-// published, no instance rejects anything (see expiryHeld).
+// (the broker away, or refusing them), and for timeout after that backlog
+// was published, no instance rejects anything (see expiryHeld).
 func (a *App) ExpirePending(ctx context.Context, timeout time.Duration, limit int) (int, error) {
 	rejected, _, err := a.expirePending(ctx, timeout, 0, limit)
 	return rejected, err
