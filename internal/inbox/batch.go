@@ -174,7 +174,10 @@ func conflictPause(retry int) time.Duration {
 // delivery would fail every delivery of its batch, which would go to the
 // retry queues together, come back together, fail together, and in the
 // end be dead-lettered together. Halving finds the deliveries that fail
-// on their own in about 2·log2(n) transactions; the others succeed.
+// on their own in about 2·log2(n) transactions; the others succeed. A
+// delivery whose transaction, alone, failed on the data it was given
+// (postgres.DataException) fails permanently: it goes to the dead-letter
+// queue at once rather than through the retry ladder.
 func (b *BatchRunner) processApart(ctx context.Context, ds []Delivery) []error {
 	errs, whole := b.process(ctx, ds)
 	for try := 0; try < conflictRetries && postgres.Conflict(whole) && ctx.Err() == nil; try++ {
@@ -183,7 +186,16 @@ func (b *BatchRunner) processApart(ctx context.Context, ds []Delivery) []error {
 		}
 		errs, whole = b.process(ctx, ds)
 	}
-	if whole == nil || len(ds) < 2 || ctx.Err() != nil || postgres.Transient(whole) && !postgres.TooBig(whole) {
+	if whole == nil || ctx.Err() != nil || postgres.Transient(whole) && !postgres.TooBig(whole) {
+		return errs
+	}
+	if len(ds) < 2 {
+		// Alone, its data made a statement fail (a NUL byte in a text
+		// field, a number out of range): it would fail the same way at
+		// every attempt.
+		if postgres.DataException(whole) && !eventbus.IsPermanent(errs[0]) {
+			errs[0] = eventbus.Permanent(errs[0])
+		}
 		return errs
 	}
 	mid := len(ds) / 2

@@ -336,6 +336,38 @@ func TestBatchRunnerIsolatesADeliveryThatFailsItsBatch(t *testing.T) {
 	}
 }
 
+// TestBatchRunnerDataExceptionIsPermanent: a delivery whose data a
+// statement cannot take (a NUL byte in text, SQLSTATE 22021) fails its
+// batch; handled alone it fails again, and permanently: it would fail
+// the same way at every attempt, so it goes to the dead-letter queue
+// rather than up the retry ladder. The others are processed.
+func TestBatchRunnerDataExceptionIsPermanent(t *testing.T) {
+	ctx := context.Background()
+	pool := newService(t)
+	runner := inbox.NewRunner(pool, service, inbox.Metrics{})
+	var seen atomic.Int64
+	b := inbox.NewBatchRunner(runner, batchHandler(nil, &seen), 16, 10*time.Second)
+	ds := newDeliveries(t, 8)
+	ds[3] = newDelivery(t, "a\x00b@example.com", 4)
+	errs := make([]error, len(ds))
+	var wg sync.WaitGroup
+	for i, d := range ds {
+		wg.Go(func() { _, errs[i] = b.Process(ctx, d.ev, d.meta) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		switch {
+		case i == 3 && (!eventbus.IsPermanent(err) || !postgres.DataException(err)):
+			t.Errorf("the delivery with a NUL byte: err = %v, want a permanent failure for its data", err)
+		case i != 3 && err != nil:
+			t.Errorf("delivery %d: %v", i, err)
+		}
+	}
+	if got := readState(t, pool); got.Applied != len(ds)-1 || got.Inbox != len(ds)-1 {
+		t.Errorf("%d events applied with %d inbox rows, want %d of each", got.Applied, got.Inbox, len(ds)-1)
+	}
+}
+
 // TestBatchRunnerDoesNotSplitOnATransientFailure: a batch that fails for
 // an outage or the server's shortage of resources fails as a whole,
 // without being handled again in halves: that would not help, and an

@@ -84,6 +84,15 @@ func TooBig(err error) bool {
 	return hasCode(err, "53200", "53400")
 }
 
+// DataException reports whether err is a statement that failed on the
+// data it was given (SQLSTATE class 22): text PostgreSQL cannot store (a
+// NUL byte), a number out of range, an invalid value for its type. The same
+// statement with the same data fails again, however often it runs.
+func DataException(err error) bool {
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	return ok && strings.HasPrefix(pgErr.Code, "22")
+}
+
 // hasCode reports whether err is a PostgreSQL error with one of codes.
 func hasCode(err error, codes ...string) bool {
 	pgErr, ok := errors.AsType[*pgconn.PgError](err)

@@ -23,6 +23,7 @@ func TestErrorClasses(t *testing.T) {
 		err                    error
 		unreachable, transient bool
 		conflict, busy, tooBig bool
+		dataException          bool
 	}{
 		{name: "nil"},
 		{name: "canceled", err: fmt.Errorf("query: %w", context.Canceled)},
@@ -41,7 +42,9 @@ func TestErrorClasses(t *testing.T) {
 		{name: "disk full", err: pgErr("53100"), transient: true, busy: true},
 		{name: "lock timeout", err: pgErr("55P03"), busy: true},
 		{name: "not null violation", err: pgErr("23502")},
-		{name: "invalid text", err: pgErr("22P02")},
+		{name: "invalid text", err: pgErr("22P02"), dataException: true},
+		{name: "NUL in text", err: pgErr("22021"), dataException: true},
+		{name: "numeric out of range", err: pgErr("22003"), dataException: true},
 		{name: "query canceled by statement timeout", err: pgErr("57014")},
 		{name: "a handler's own error", err: errors.New("unexpected event")},
 	} {
@@ -60,6 +63,9 @@ func TestErrorClasses(t *testing.T) {
 			}
 			if got := postgres.TooBig(tt.err); got != tt.tooBig {
 				t.Errorf("TooBig(%v) = %v, want %v", tt.err, got, tt.tooBig)
+			}
+			if got := postgres.DataException(tt.err); got != tt.dataException {
+				t.Errorf("DataException(%v) = %v, want %v", tt.err, got, tt.dataException)
 			}
 		})
 	}
