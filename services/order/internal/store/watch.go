@@ -75,13 +75,24 @@ func (w *Watcher) Subscribe(id string) (<-chan struct{}, func()) {
 	}
 }
 
+// Reconnect delays after the listening connection was lost: the first
+// try waits minBackoff, each failed one doubles it up to maxBackoff, and a
+// connection that listened starts the count again.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
 // Run listens until ctx ends, reconnecting after connection loss.
 func (w *Watcher) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
+	backoff := minBackoff
 	for {
-		err := w.listen(ctx)
+		listened, err := w.listen(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if listened {
+			backoff = minBackoff
 		}
 		w.log.WarnContext(ctx, "order watch connection lost; reconnecting", "error", err, "retry_in", backoff)
 		select {
@@ -89,11 +100,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		backoff = min(backoff*2, maxBackoff)
 	}
 }
 
-func (w *Watcher) listen(ctx context.Context) error {
+// listen listens on a connection of its own until ctx ends or the
+// connection fails, and reports whether it got as far as listening.
+func (w *Watcher) listen(ctx context.Context) (listened bool, err error) {
 	setupCtx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
 	// Parsed as the pool's URL is: pool_max_conns and the other pool_*
@@ -101,11 +114,11 @@ func (w *Watcher) listen(ctx context.Context) error {
 	// settings of the connection.
 	cfg, err := pgxpool.ParseConfig(w.url)
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return false, fmt.Errorf("connect: %w", err)
 	}
 	conn, err := pgx.ConnectConfig(setupCtx, cfg.ConnConfig)
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return false, fmt.Errorf("connect: %w", err)
 	}
 	defer func() {
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
@@ -113,7 +126,7 @@ func (w *Watcher) listen(ctx context.Context) error {
 		_ = conn.Close(closeCtx)
 	}()
 	if _, err := conn.Exec(setupCtx, "LISTEN "+pgx.Identifier{w.channel}.Sanitize()); err != nil {
-		return fmt.Errorf("listen %s: %w", w.channel, err)
+		return false, fmt.Errorf("listen %s: %w", w.channel, err)
 	}
 	w.listening.Store(true)
 	defer w.listening.Store(false)
@@ -127,16 +140,16 @@ func (w *Watcher) listen(ctx context.Context) error {
 		cancel()
 		switch {
 		case ctx.Err() != nil:
-			return nil
+			return true, nil
 		case errors.Is(err, context.DeadlineExceeded):
 			pingCtx, cancel := context.WithTimeout(ctx, pingTimeout)
 			err := conn.Ping(pingCtx)
 			cancel()
 			if err != nil {
-				return fmt.Errorf("ping listening connection: %w", err)
+				return true, fmt.Errorf("ping listening connection: %w", err)
 			}
 		case err != nil:
-			return fmt.Errorf("wait for notification: %w", err)
+			return true, fmt.Errorf("wait for notification: %w", err)
 		default:
 			w.signal(n.Payload)
 		}
