@@ -42,7 +42,11 @@ type OrderServiceClient interface {
 	GetOrder(ctx context.Context, in *GetOrderRequest, opts ...grpc.CallOption) (*GetOrderResponse, error)
 	// ListOrders returns orders newest first, a page at a time. Orders placed
 	// at the same moment, which commit together, come in no set order among
-	// themselves.
+	// themselves. A page token continues after the last order of its page: an
+	// order placed while a listing pages on is in a later page only if it
+	// comes after that order, so one whose placing committed late (its
+	// request waited for another instance's) can be missed. Listing again
+	// from the first page shows every order placed until then.
 	ListOrders(ctx context.Context, in *ListOrdersRequest, opts ...grpc.CallOption) (*ListOrdersResponse, error)
 	// CancelOrder cancels a PENDING or CONFIRMED order; stock and payment are
 	// compensated. Cancelling a rejected or cancelled order fails with
@@ -165,7 +169,11 @@ type OrderServiceServer interface {
 	GetOrder(context.Context, *GetOrderRequest) (*GetOrderResponse, error)
 	// ListOrders returns orders newest first, a page at a time. Orders placed
 	// at the same moment, which commit together, come in no set order among
-	// themselves.
+	// themselves. A page token continues after the last order of its page: an
+	// order placed while a listing pages on is in a later page only if it
+	// comes after that order, so one whose placing committed late (its
+	// request waited for another instance's) can be missed. Listing again
+	// from the first page shows every order placed until then.
 	ListOrders(context.Context, *ListOrdersRequest) (*ListOrdersResponse, error)
 	// CancelOrder cancels a PENDING or CONFIRMED order; stock and payment are
 	// compensated. Cancelling a rejected or cancelled order fails with
