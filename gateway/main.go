@@ -207,10 +207,13 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 
 	// Serve until ctx ends, then drain: Shutdown stops accepting and waits
 	// for in-flight requests up to the shutdown timeout.
-	g, gctx := errgroup.WithContext(ctx)
-	if adminLis != nil {
-		g.Go(func() error { return telemetry.ServeAdmin(gctx, log, adminLis, registry, cfg.Profiling) })
-	}
+	// The admin endpoint serves until the gateway has stopped, the drain
+	// included; its failure stops the gateway.
+	runCtx, failRun := context.WithCancelCause(ctx)
+	defer failRun(nil)
+	stopAdmin := telemetry.StartAdmin(ctx, log, adminLis, registry, cfg.Profiling, failRun)
+	defer func() { _ = stopAdmin() }()
+	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error {
 		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve http: %w", err)
@@ -237,8 +240,12 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		}
 		return nil
 	})
-	if err := g.Wait(); err != nil {
-		return err
+	runErr := g.Wait()
+	if err := stopAdmin(); err != nil && runErr == nil {
+		runErr = err
+	}
+	if runErr != nil {
+		return runErr
 	}
 	log.InfoContext(ctx, "stopped")
 	return nil

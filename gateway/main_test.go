@@ -169,24 +169,28 @@ func TestRunCutsOffWhatOutlastsTheDrain(t *testing.T) {
 }
 
 // TestRunDrainDelay: after shutdown began the gateway goes on answering
-// for ORDERMESH_DRAIN_DELAY, /healthz 503 NOT_SERVING, then stops.
+// for ORDERMESH_DRAIN_DELAY, /healthz 503 NOT_SERVING, then stops; its
+// admin endpoint serves metrics until then.
 func TestRunDrainDelay(t *testing.T) {
 	hs := health.NewServer()
 	hs.SetServingStatus("ordermesh.order.v1.OrderService", healthpb.HealthCheckResponse_SERVING)
 	const delay = time.Second
+	admin := testport.Addr(t)
 	gw := runGateway(t, func(srv *grpc.Server) { healthpb.RegisterHealthServer(srv, hs) }, map[string]string{
 		"ORDERMESH_DRAIN_DELAY": delay.String(),
+		"ORDERMESH_ADMIN_ADDR":  admin,
 	})
-	base := gw.base
-	healthz := func() (int, error) {
+	get := func(url string) (int, error) {
 		client := http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		resp, err := client.Get(base + "/healthz")
+		resp, err := client.Get(url)
 		if err != nil {
 			return 0, err
 		}
 		resp.Body.Close()
 		return resp.StatusCode, nil
 	}
+	healthz := func() (int, error) { return get(gw.base + "/healthz") }
+	metrics := func() (int, error) { return get("http://" + admin + "/metrics") }
 	if code, err := healthz(); code != http.StatusOK {
 		t.Fatalf("/healthz before shutdown: %d %v, want 200", code, err)
 	}
@@ -194,21 +198,34 @@ func TestRunDrainDelay(t *testing.T) {
 	gw.stop() // as SIGTERM does
 	stopped := time.Now()
 	var answered time.Duration
-	last := 0
+	last, scraped := 0, 0
 	for time.Since(stopped) < 30*time.Second {
 		code, err := healthz()
 		if err != nil {
 			break
 		}
 		answered, last = time.Since(stopped), code
+		if code == http.StatusServiceUnavailable {
+			if code, err := metrics(); code != http.StatusOK {
+				t.Errorf("/metrics %v after shutdown began, while the gateway drained: %d %v, want 200", time.Since(stopped).Round(time.Millisecond), code, err)
+			} else {
+				scraped++
+			}
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	// The lower bound is the delay the test configured, not a speed.
 	if answered < delay/2 || last != http.StatusServiceUnavailable {
 		t.Errorf("after shutdown began the gateway last answered %v after, /healthz %d; want 503 for about %v", answered.Round(time.Millisecond), last, delay)
 	}
+	if scraped == 0 {
+		t.Error("no /metrics answered while the gateway drained")
+	}
 	if err := gw.wait(t); err != nil {
 		t.Errorf("run = %v, want nil", err)
+	}
+	if _, err := metrics(); err == nil {
+		t.Error("/metrics answered after the gateway stopped")
 	}
 }
 

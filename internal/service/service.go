@@ -433,12 +433,17 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	relayDone := make(chan error, 1)
 	go func() { relayDone <- relay.Run(relayCtx) }()
 
-	g, gctx := errgroup.WithContext(ctx)
+	// The admin endpoint serves until the service has stopped, the drain
+	// delay, the consumers' stop and the outbox's flush included, so that
+	// its metrics show the shutdown; its failure stops the service.
+	runCtx, failRun := context.WithCancelCause(ctx)
+	defer failRun(nil)
+	stopAdmin := telemetry.StartAdmin(ctx, log, adminLis, m.registry, cfg.Profiling, failRun)
+	defer func() { _ = stopAdmin() }()
+
+	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return srv.Serve(gctx, lis) })
 	g.Go(func() error { return subscriber.Run(gctx) })
-	if adminLis != nil {
-		g.Go(func() error { return telemetry.ServeAdmin(gctx, log, adminLis, m.registry, cfg.Profiling) })
-	}
 	if cfg.InboxRetention > 0 {
 		g.Go(func() error { return pruneInbox(gctx, log, pool, cfg.InboxRetention) })
 	}
@@ -464,6 +469,9 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 		log.WarnContext(ctx, "outbox not flushed before shutdown; the rest is published after the next start", slog.Any("error", err))
 	}
 	cancel()
+	if err := stopAdmin(); err != nil && runErr == nil {
+		runErr = err
+	}
 	if runErr != nil {
 		return runErr
 	}

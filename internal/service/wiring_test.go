@@ -2,8 +2,10 @@ package service_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/platformtest"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/internal/service"
+	"github.com/ordermesh/ordermesh/internal/testport"
 )
 
 // TestHandlerTimeoutAndDrainDelayReachTheirParts runs a worker whose
@@ -23,13 +26,16 @@ import (
 // and which has a drain delay (ORDERMESH_DRAIN_DELAY): a batch runner from
 // Service.NewBatchRunner bounds its transactions by the handler timeout,
 // and on shutdown the gRPC server keeps answering, NOT_SERVING, for the
-// drain delay before it stops.
+// drain delay before it stops, and the admin endpoint serves metrics
+// meanwhile, until the service has stopped.
 func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
 	name := "wired"
 	prefix, schema := isolate(t, name, []time.Duration{time.Second})
 	const handlerTimeout = 2 * time.Second
+	adminAddr := testport.Addr(t)
 	cfg := service.Config{
 		GRPCAddr:    "127.0.0.1:0",
+		AdminAddr:   adminAddr,
 		DatabaseURL: postgrestest.URL(), DatabaseSchema: schema,
 		AMQPURL: platformtest.AMQPURL(), TopologyPrefix: prefix,
 		Prefetch: 10, Concurrency: 2, RetryDelays: []time.Duration{time.Second},
@@ -83,10 +89,29 @@ func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
 	// Shutdown: the server goes on answering, NOT_SERVING, for the drain
 	// delay; without it, it would stop answering within moments. (The
 	// lower bound is the delay the test configured, not a speed.)
+	metrics := func() error {
+		client := http.Client{Timeout: time.Second}
+		resp, err := client.Get("http://" + adminAddr + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %s", resp.Status)
+		}
+		return nil
+	}
+	if err := metrics(); err != nil {
+		t.Fatalf("GET /metrics while serving: %v", err)
+	}
 	svc.stop()
 	stopped := time.Now()
 	var answered time.Duration
 	var last healthpb.HealthCheckResponse_ServingStatus
+	var scrapedWhileDraining int
 	for time.Since(stopped) < 30*time.Second {
 		cctx, ccancel := context.WithTimeout(context.Background(), time.Second)
 		resp, err := health.Check(cctx, &healthpb.HealthCheckRequest{})
@@ -95,12 +120,25 @@ func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
 			break
 		}
 		answered, last = time.Since(stopped), resp.GetStatus()
+		if last == healthpb.HealthCheckResponse_NOT_SERVING {
+			if err := metrics(); err != nil {
+				t.Errorf("GET /metrics %v after shutdown began, while the server drained: %v", time.Since(stopped).Round(time.Millisecond), err)
+			} else {
+				scrapedWhileDraining++
+			}
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	if answered < cfg.DrainDelay/2 || last != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Errorf("after shutdown began the server last answered %v after, with %v; want NOT_SERVING answers for about the drain delay %v", answered.Round(time.Millisecond), last, cfg.DrainDelay)
 	}
+	if scrapedWhileDraining == 0 {
+		t.Error("no GET /metrics answered while the server drained")
+	}
 	if err := svc.wait(t); err != nil {
 		t.Errorf("run returned %v after shutdown", err)
+	}
+	if err := metrics(); err == nil {
+		t.Error("GET /metrics answered after the service stopped")
 	}
 }

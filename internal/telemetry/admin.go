@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,6 +58,32 @@ func ServeAdmin(ctx context.Context, log *slog.Logger, lis net.Listener, metrics
 		return fmt.Errorf("serve admin: %w", err)
 	}
 	return nil
+}
+
+// StartAdmin serves the admin endpoint on lis (see ServeAdmin) from now
+// until stop is called, whatever happens to the binary's own context: its
+// metrics show the binary's shutdown (the drain, the consumers' stop, the
+// outbox's flush) until the end. stop ends it and returns its error (later
+// calls return the same). Should
+// it fail before then, fail is called with the error, so that the binary
+// stops. With lis nil there is no endpoint, and stop returns nil.
+func StartAdmin(ctx context.Context, log *slog.Logger, lis net.Listener, metrics prometheus.Gatherer, profiling bool, fail func(error)) (stop func() error) {
+	if lis == nil {
+		return func() error { return nil }
+	}
+	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() {
+		err := ServeAdmin(actx, log, lis, metrics, profiling)
+		if err != nil {
+			fail(err)
+		}
+		done <- err
+	}()
+	return sync.OnceValue(func() error {
+		cancel()
+		return <-done
+	})
 }
 
 // adminDrain bounds how long ServeAdmin waits for running requests once
