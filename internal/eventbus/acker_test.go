@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -336,28 +337,56 @@ func TestAckerHeadSettledSendsTheRun(t *testing.T) {
 }
 
 // Acks held behind a slow delivery at different times each go out about
-// the delay after they were made: the timer is armed again for the later
-// ones.
+// the delay after they were made: the first fire of the timer sends only
+// the earlier one, and the timer is armed again for the later one. It runs
+// on synctest's fake clock, so the checks between the fires do not depend
+// on how loaded the machine is.
 func TestAckerTimerRearmsForLaterAcks(t *testing.T) {
-	const delay = 20 * time.Millisecond
-	a, b := takenAcker(t, 3, delay, 50)
-	if err := a.ack(2); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(delay / 2)
-	if err := a.ack(3); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for b.isOutstanding(2) || b.isOutstanding(3) {
-		if time.Now().After(deadline) {
-			t.Fatalf("held acks not sent 5s later: 2 outstanding %v, 3 outstanding %v", b.isOutstanding(2), b.isOutstanding(3))
+	synctest.Test(t, func(t *testing.T) {
+		const delay = 20 * time.Millisecond
+		a, b := takenAcker(t, 3, delay, 50)
+		start := time.Now()
+		// until waits until d after start, and until the acker's timer has
+		// done what fell due by then.
+		until := func(d time.Duration) {
+			time.Sleep(time.Until(start.Add(d)))
+			synctest.Wait()
 		}
-		time.Sleep(delay / 4)
-	}
-	if !b.isOutstanding(1) {
-		t.Fatal("the delivery still in its handler was acked")
-	}
+		// state reports which of the held acks are still outstanding.
+		state := func() string {
+			return fmt.Sprintf("2 outstanding %v, 3 outstanding %v", b.isOutstanding(2), b.isOutstanding(3))
+		}
+		if err := a.ack(2); err != nil {
+			t.Fatal(err)
+		}
+		until(delay / 2)
+		if err := a.ack(3); err != nil {
+			t.Fatal(err)
+		}
+
+		until(delay - time.Millisecond)
+		if !b.isOutstanding(2) || !b.isOutstanding(3) {
+			t.Fatalf("just before the first ack's delay: %s; want both held", state())
+		}
+		until(delay + time.Millisecond)
+		if b.isOutstanding(2) || !b.isOutstanding(3) {
+			t.Fatalf("after the timer's first fire: %s; want 2 acked and 3, made %s later, still held", state(), delay/2)
+		}
+		until(delay/2 + delay - time.Millisecond)
+		if !b.isOutstanding(3) {
+			t.Fatalf("just before the second ack's delay: %s; want 3 held", state())
+		}
+		until(delay/2 + delay + time.Millisecond)
+		if b.isOutstanding(3) {
+			t.Fatalf("after the second ack's delay: %s; want 3 acked (the timer armed again for it)", state())
+		}
+		if !b.isOutstanding(1) {
+			t.Fatal("the delivery still in its handler was acked")
+		}
+		if acks, multiples := b.counts(); acks != 2 || multiples != 0 {
+			t.Errorf("%d ack frames, %d with multiple; want 2 alone (the head is in its handler)", acks, multiples)
+		}
+	})
 }
 
 // failingChannel is a consume channel that has gone away: every settlement
