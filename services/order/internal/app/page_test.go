@@ -23,6 +23,17 @@ import (
 // such pages early, each well under that limit, and the pages still list
 // every order once.
 func TestListPagesStayReadable(t *testing.T) {
+	// grpcDefaultMaxRecv is the largest message a gRPC client reads unless
+	// told otherwise (grpc-go's defaultClientMaxReceiveMessageSize): it is
+	// the client's limit, not one of the code under test.
+	const grpcDefaultMaxRecv = 4 << 20
+	// What keeps every page readable is the bound being no more than the
+	// limit: List bounds a page by an estimate of its size above the real
+	// one (by about a fifth for these orders), so the pages below would
+	// stay under the limit with a bound a little past it.
+	if store.MaxPageBytes > grpcDefaultMaxRecv {
+		t.Errorf("pages are bounded at %d bytes, want at most the %d bytes a gRPC client reads by default", store.MaxPageBytes, grpcDefaultMaxRecv)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	f := newFixture(t)
@@ -50,7 +61,7 @@ func TestListPagesStayReadable(t *testing.T) {
 	}
 
 	seen := map[string]int{}
-	pages := 0
+	pages, largest := 0, 0
 	for token := ""; ; {
 		got, next, err := f.app.List(ctx, store.Filter{}, orders, token, true)
 		if err != nil {
@@ -62,14 +73,18 @@ func TestListPagesStayReadable(t *testing.T) {
 			seen[o.ID]++
 			resp.Orders = append(resp.Orders, app.OrderToProto(o))
 		}
-		if size := proto.Size(resp); size > store.MaxPageBytes {
+		// Within the bound, so within the client's limit.
+		size := proto.Size(resp)
+		if size > store.MaxPageBytes {
 			t.Errorf("page %d: %d orders in %d bytes, over the %d bytes a page may take", pages, len(got), size, store.MaxPageBytes)
 		}
+		largest = max(largest, size)
 		if next == "" {
 			break
 		}
 		token = next
 	}
+	t.Logf("%d pages, the largest %d bytes", pages, largest)
 	if len(seen) != orders || pages < 3 {
 		t.Errorf("%d pages listed %d distinct orders, want all %d over several pages", pages, len(seen), orders)
 	}
