@@ -410,16 +410,21 @@ func TestConcurrentDeliveriesSendOnce(t *testing.T) {
 	sameID := newEventID(t)
 
 	// Half the deliveries repeat one event id, half are distinct events of
-	// the same kind: all race for the same notification.
+	// the same kind: all race for the same notification. The ids are made
+	// here, as newEventID may end the test, which only the test's
+	// goroutine may do.
 	const n = 8
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = sameID
+		if i%2 == 1 {
+			ids[i] = newEventID(t)
+		}
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, n)
-	for i := range n {
+	for i, id := range ids {
 		wg.Go(func() {
-			id := sameID
-			if i%2 == 1 {
-				id = newEventID(t)
-			}
 			_, errs[i] = deliver(t, f, ev, id)
 		})
 	}
