@@ -39,6 +39,13 @@ const (
 	duplicate                   // repeats an earlier request id and payload
 )
 
+func (o outcome) String() string {
+	if names := []string{"confirmed", "out of stock", "declined", "cancelled", "flaky payment", "duplicate"}; int(o) < len(names) {
+		return names[o]
+	}
+	return fmt.Sprintf("outcome(%d)", int(o))
+}
+
 const (
 	skuStocked = "E2E-STOCKED"
 	skuEmpty   = "E2E-EMPTY"
@@ -71,11 +78,14 @@ func (p *plan) want() orderv1.OrderStatus {
 }
 
 // plans builds n requests: 50% confirmed, 10% each out of stock, declined,
-// cancelled, flaky payment and duplicate; every other one over REST.
+// cancelled, flaky payment and duplicate. The outcome follows i%10 and the
+// transport the tens (i/10), so every outcome goes over gRPC in one ten and
+// over REST in the next; a duplicate goes over the other transport than
+// its original. With n a multiple of 20, half go over each.
 func plans(n int) []*plan {
 	var out []*plan
 	for i := range n {
-		p := &plan{n: i, overREST: i%2 == 1, requestID: uuid.NewString(), token: "tok_visa",
+		p := &plan{n: i, overREST: (i/10)%2 == 1, requestID: uuid.NewString(), token: "tok_visa",
 			sku: skuStocked, quantity: int32(1 + i%3), email: fmt.Sprintf("customer-%03d@example.com", i)}
 		switch i % 10 {
 		case 5:
@@ -89,11 +99,44 @@ func plans(n int) []*plan {
 		case 9:
 			orig := out[i-9]
 			*p = *orig
-			p.n, p.outcome, p.of, p.overREST = i, duplicate, orig, i%2 == 1
+			p.n, p.outcome, p.of, p.overREST = i, duplicate, orig, !orig.overREST
 		}
 		out = append(out, p)
 	}
 	return out
+}
+
+// TestPlansUseBothTransports: the plans of TestOrdersEndToEnd place every
+// outcome, and cancel orders, over gRPC and over REST alike, half of them
+// over each, and send duplicates over both as well, each over the other
+// transport than its original.
+func TestPlansUseBothTransports(t *testing.T) {
+	all := plans(200)
+	type key struct {
+		outcome  outcome
+		overREST bool
+	}
+	count := map[key]int{}
+	rest := 0
+	for _, p := range all {
+		count[key{p.outcome, p.overREST}]++
+		if p.overREST {
+			rest++
+		}
+		if p.outcome == duplicate && p.overREST == p.of.overREST {
+			t.Errorf("duplicate %d goes over REST %v like its original %d, want the other transport", p.n, p.overREST, p.of.n)
+		}
+	}
+	if rest != len(all)/2 {
+		t.Errorf("%d of %d requests over REST, want half", rest, len(all))
+	}
+	for o := confirmed; o <= duplicate; o++ {
+		for _, overREST := range []bool{false, true} {
+			if n := count[key{o, overREST}]; n == 0 {
+				t.Errorf("no %s request with over REST %v, want both transports for every outcome", o, overREST)
+			}
+		}
+	}
 }
 
 func (p *plan) request() *orderv1.CreateOrderRequest {
@@ -123,24 +166,25 @@ func TestOrdersEndToEnd(t *testing.T) {
 	go func() { defer close(monitorDone); monitor.run(monitorCtx) }()
 
 	// Stock one product through REST, leave the other empty through gRPC.
-	if code, body := doJSON(t, http.MethodPut, pf.HTTPURL+"/v1/stock/"+skuStocked, fmt.Sprintf(`{"available": %d}`, stock)); code != http.StatusOK {
-		t.Fatalf("stock over REST = %d %s", code, body)
+	if code, body, err := doJSON(ctx, http.MethodPut, pf.HTTPURL+"/v1/stock/"+skuStocked, fmt.Sprintf(`{"available": %d}`, stock)); err != nil || code != http.StatusOK {
+		t.Fatalf("stock over REST = %d %s (err %v), want 200", code, body, err)
 	}
 	if _, err := inventory.SetStock(ctx, &inventoryv1.SetStockRequest{ProductId: skuEmpty, Available: 0}); err != nil {
 		t.Fatalf("stock over gRPC: %v", err)
 	}
 
 	// Place 200 orders, 16 at a time, half over gRPC and half over REST;
-	// duplicates go after their originals.
+	// duplicates go after their originals. place runs in the errgroup's
+	// goroutines, so it returns its errors rather than failing the test.
 	all := plans(200)
 	place := func(p *plan) error {
-		id, err := createOrder(ctx, t, pf.HTTPURL, orders, p)
+		id, err := createOrder(ctx, pf.HTTPURL, orders, p)
 		if err != nil {
 			return fmt.Errorf("order %d: %w", p.n, err)
 		}
 		p.orderID = id
 		if p.outcome == cancelled {
-			if err := cancelOrder(ctx, t, pf.HTTPURL, orders, p); err != nil {
+			if err := cancelOrder(ctx, pf.HTTPURL, orders, p); err != nil {
 				return fmt.Errorf("cancel order %d: %w", p.n, err)
 			}
 		}
@@ -295,7 +339,7 @@ func duplicates(all []*plan) []*plan {
 }
 
 // createOrder places p over gRPC or REST and returns the order id.
-func createOrder(ctx context.Context, t *testing.T, base string, c orderv1.OrderServiceClient, p *plan) (string, error) {
+func createOrder(ctx context.Context, base string, c orderv1.OrderServiceClient, p *plan) (string, error) {
 	if !p.overREST {
 		resp, err := c.CreateOrder(ctx, p.request())
 		if err != nil {
@@ -311,7 +355,10 @@ func createOrder(ctx context.Context, t *testing.T, base string, c orderv1.Order
 	if err != nil {
 		return "", err
 	}
-	code, b := doJSON(t, http.MethodPost, base+"/v1/orders", string(body))
+	code, b, err := doJSON(ctx, http.MethodPost, base+"/v1/orders", string(body))
+	if err != nil {
+		return "", fmt.Errorf("POST /v1/orders: %w", err)
+	}
 	if code != http.StatusOK {
 		return "", fmt.Errorf("POST /v1/orders = %d %s", code, b)
 	}
@@ -326,31 +373,41 @@ func createOrder(ctx context.Context, t *testing.T, base string, c orderv1.Order
 	return resp.Order.ID, nil
 }
 
-func cancelOrder(ctx context.Context, t *testing.T, base string, c orderv1.OrderServiceClient, p *plan) error {
+// cancelOrder cancels p's order over gRPC or REST, as p was placed.
+func cancelOrder(ctx context.Context, base string, c orderv1.OrderServiceClient, p *plan) error {
 	if !p.overREST {
 		_, err := c.CancelOrder(ctx, &orderv1.CancelOrderRequest{OrderId: p.orderID, Reason: "e2e"})
 		return err
 	}
-	if code, b := doJSON(t, http.MethodPost, base+"/v1/orders/"+p.orderID+":cancel", `{"reason": "e2e"}`); code != http.StatusOK {
+	code, b, err := doJSON(ctx, http.MethodPost, base+"/v1/orders/"+p.orderID+":cancel", `{"reason": "e2e"}`)
+	if err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	if code != http.StatusOK {
 		return fmt.Errorf("cancel = %d %s", code, b)
 	}
 	return nil
 }
 
-func doJSON(t *testing.T, method, url, body string) (int, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
+// doJSON sends body to url and returns the response's status and body.
+// It reports failures as errors, not through a *testing.T: it runs in the
+// goroutines that place the orders too.
+func doJSON(ctx context.Context, method, url, body string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
-		t.Fatalf("request: %v", err)
+		return 0, nil, fmt.Errorf("request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, []byte(err.Error())
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, b, fmt.Errorf("read response: %w", err)
+	}
+	return resp.StatusCode, b, nil
 }
 
 // waitTerminal polls until every planned order is terminal and returns the
