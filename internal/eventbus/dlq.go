@@ -12,8 +12,72 @@ import (
 )
 
 // ErrNotFound is returned by DLQ.Replay and DLQ.Discard for an id that is
-// not in the dead-letter queue.
+// not in the dead-letter queue (as a *NotFoundError, which matches it).
 var ErrNotFound = errors.New("message not in dead-letter queue")
+
+// QueueStat is what the broker reports of a queue at one moment (its
+// queue.declare-ok).
+type QueueStat struct {
+	// Ready is the number of messages ready for delivery: the ones a scan
+	// (List, Replay, Discard, ReplayAll, DiscardAll) covers. A message a
+	// consumer or another session (another ordermeshctl, say) has taken
+	// and not yet acknowledged is not ready: it is still parked, but no
+	// scan sees it until it is let go.
+	Ready int
+	// Consumers is the number of consumers of the queue; each may hold
+	// messages unacknowledged, which are then not ready.
+	Consumers int
+}
+
+// Scan describes one pass of Replay, Discard, ReplayAll or DiscardAll over
+// the dead-letter queue's ready messages.
+type Scan struct {
+	// Start is the queue as the scan began; the scan covers at most
+	// Start.Ready messages.
+	Start QueueStat
+	// Scanned is the number of messages the scan fetched: fewer than
+	// Start.Ready when a consumer or another session took some meanwhile
+	// (or when it stopped at its match).
+	Scanned int
+	// ReadyAfter is the number of messages ready as a Replay or Discard
+	// that found nothing ended, while it still held every message it
+	// fetched: messages that became ready during the scan (newly parked,
+	// or let go by another session), which it did not look at. It is 0
+	// when the scan found its message, or when that count failed.
+	ReadyAfter int
+}
+
+// NotFoundError is the error of Replay and Discard for an id that is not
+// among the messages they scanned: the ready ones. It matches ErrNotFound
+// (errors.Is) and says what may have hidden the message.
+type NotFoundError struct {
+	// ID is the message id looked for.
+	ID string
+	// Queue is the name of the dead-letter queue.
+	Queue string
+	// Scan is what the search saw.
+	Scan Scan
+}
+
+// Error says how many ready messages the search covered and, when the
+// broker showed it, that others may be held elsewhere.
+func (e *NotFoundError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v: not among the %d ready message(s) of %s", ErrNotFound, e.Scan.Scanned, e.Queue)
+	if n := e.Scan.Start.Consumers; n > 0 {
+		fmt.Fprintf(&b, "; the queue's %d consumer(s) may hold others, unacknowledged and so not ready", n)
+	}
+	if n := e.Scan.Start.Ready - e.Scan.Scanned; n > 0 {
+		fmt.Fprintf(&b, "; %d more were taken by a consumer or another session during the search", n)
+	}
+	if n := e.Scan.ReadyAfter; n > 0 {
+		fmt.Fprintf(&b, "; %d became ready during the search (newly parked, or let go by another session): try again", n)
+	}
+	return b.String()
+}
+
+// Unwrap makes a NotFoundError match ErrNotFound.
+func (e *NotFoundError) Unwrap() error { return ErrNotFound }
 
 // DeadLetter is a message parked in a service's dead-letter queue.
 type DeadLetter struct {
@@ -35,10 +99,13 @@ type DeadLetter struct {
 
 // DLQ inspects and drains one service's dead-letter queue
 // "<prefix><service>.dlq". Each operation opens its own short-lived
-// connection, bounded by Config.CallTimeout per broker call, so admin work
-// never disturbs the service's publisher or consumer. It is safe for
-// concurrent use, though concurrent operations on one queue see each
-// other's messages as temporarily missing.
+// connection (Config.DialTimeout), bounded by Config.CallTimeout per broker
+// call and Config.ConfirmTimeout per replay, so admin work never disturbs
+// the service's publisher or consumer. It is safe for concurrent use,
+// though concurrent operations on one queue see each other's messages as
+// temporarily missing. Every operation scans only the messages ready when
+// it starts (QueueStat.Ready): messages a consumer or another session holds
+// unacknowledged are invisible to it.
 type DLQ struct {
 	cfg Config
 	log *slog.Logger
@@ -92,14 +159,15 @@ func (s *dlqSession) close() {
 	}
 }
 
-func (s *dlqSession) count(ctx context.Context, queue string) (int, error) {
-	var n int
+// stat reports queue's ready messages and consumers (passive declare).
+func (s *dlqSession) stat(ctx context.Context, queue string) (QueueStat, error) {
+	var st QueueStat
 	err := call(ctx, s.conn, s.cfg.CallTimeout, "inspect "+queue, func() error {
 		q, err := s.ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-		n = q.Messages
+		st = QueueStat{Ready: q.Messages, Consumers: q.Consumers}
 		return err
 	})
-	return n, err
+	return st, err
 }
 
 // get fetches the next message without acking it.
@@ -118,33 +186,49 @@ func (s *dlqSession) get(ctx context.Context) (amqp.Delivery, bool, error) {
 	return d, ok, err
 }
 
-// Len returns how many messages the dead-letter queue holds.
+// Len returns how many messages the dead-letter queue holds ready (see
+// QueueStat.Ready).
 func (q *DLQ) Len(ctx context.Context) (int, error) {
+	st, err := q.Stat(ctx)
+	return st.Ready, err
+}
+
+// Stat reports the dead-letter queue's ready messages and consumers.
+func (q *DLQ) Stat(ctx context.Context) (QueueStat, error) {
 	s, err := q.open(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("count dead letters: %w", err)
+		return QueueStat{}, fmt.Errorf("count dead letters: %w", err)
 	}
 	defer s.close()
-	n, err := s.count(ctx, q.cfg.DLQName())
+	st, err := s.stat(ctx, q.cfg.DLQName())
 	if err != nil {
-		return 0, fmt.Errorf("count dead letters: %w", err)
+		return QueueStat{}, fmt.Errorf("count dead letters: %w", err)
 	}
-	return n, nil
+	return st, nil
 }
 
 // List returns up to limit messages from the head of the dead-letter
 // queue (all of them if limit <= 0) with their reasons, leaving them in
 // the queue.
 func (q *DLQ) List(ctx context.Context, limit int) ([]DeadLetter, error) {
+	out, _, err := q.ListStat(ctx, limit)
+	return out, err
+}
+
+// ListStat is List that also returns the queue's state as the listing
+// began: how many messages were ready (more than listed when limit cut
+// the listing short) and how many consumers it had.
+func (q *DLQ) ListStat(ctx context.Context, limit int) ([]DeadLetter, QueueStat, error) {
 	s, err := q.open(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list dead letters: %w", err)
+		return nil, QueueStat{}, fmt.Errorf("list dead letters: %w", err)
 	}
 	defer s.close()
-	n, err := s.count(ctx, q.cfg.DLQName())
+	st, err := s.stat(ctx, q.cfg.DLQName())
 	if err != nil {
-		return nil, fmt.Errorf("list dead letters: %w", err)
+		return nil, QueueStat{}, fmt.Errorf("list dead letters: %w", err)
 	}
+	n := st.Ready
 	if limit > 0 {
 		n = min(n, limit)
 	}
@@ -152,23 +236,23 @@ func (q *DLQ) List(ctx context.Context, limit int) ([]DeadLetter, error) {
 	for range n {
 		d, ok, err := s.get(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("list dead letters: %w", err)
+			return nil, st, fmt.Errorf("list dead letters: %w", err)
 		}
 		if !ok {
 			break
 		}
 		out = append(out, deadLetterFromDelivery(d, q.cfg.DeliveryLimit))
 	}
-	return out, nil
+	return out, st, nil
 }
 
 // Replay moves the message with id back to the service queue, with its
-// attempt count reset and its dead-letter headers removed. It returns
-// ErrNotFound if no such message is parked.
+// attempt count reset and its dead-letter headers removed. It returns a
+// *NotFoundError (matching ErrNotFound) if no such message is ready.
 func (q *DLQ) Replay(ctx context.Context, id string) error {
-	n, err := q.move(ctx, func(d amqp.Delivery) bool { return d.MessageId == id }, true, true)
+	n, scan, err := q.move(ctx, func(d amqp.Delivery) bool { return d.MessageId == id }, true, true)
 	if err == nil && n == 0 {
-		err = ErrNotFound
+		err = &NotFoundError{ID: id, Queue: q.cfg.DLQName(), Scan: scan}
 	}
 	if err != nil {
 		return fmt.Errorf("replay %s: %w", id, err)
@@ -179,7 +263,7 @@ func (q *DLQ) Replay(ctx context.Context, id string) error {
 // ReplayAll moves every message parked when it starts back to the service
 // queue and returns how many it moved.
 func (q *DLQ) ReplayAll(ctx context.Context) (int, error) {
-	n, err := q.move(ctx, func(amqp.Delivery) bool { return true }, true, false)
+	n, _, err := q.move(ctx, func(amqp.Delivery) bool { return true }, true, false)
 	if err != nil {
 		return n, fmt.Errorf("replay dead letters: %w", err)
 	}
@@ -187,11 +271,12 @@ func (q *DLQ) ReplayAll(ctx context.Context) (int, error) {
 }
 
 // Discard deletes the message with id from the dead-letter queue. It
-// returns ErrNotFound if no such message is parked.
+// returns a *NotFoundError (matching ErrNotFound) if no such message is
+// ready.
 func (q *DLQ) Discard(ctx context.Context, id string) error {
-	n, err := q.move(ctx, func(d amqp.Delivery) bool { return d.MessageId == id }, false, true)
+	n, scan, err := q.move(ctx, func(d amqp.Delivery) bool { return d.MessageId == id }, false, true)
 	if err == nil && n == 0 {
-		err = ErrNotFound
+		err = &NotFoundError{ID: id, Queue: q.cfg.DLQName(), Scan: scan}
 	}
 	if err != nil {
 		return fmt.Errorf("discard %s: %w", id, err)
@@ -199,8 +284,8 @@ func (q *DLQ) Discard(ctx context.Context, id string) error {
 	return nil
 }
 
-// DiscardAll purges the dead-letter queue and returns how many messages it
-// deleted.
+// DiscardAll purges the dead-letter queue's ready messages and returns how
+// many it deleted; messages held unacknowledged elsewhere stay.
 func (q *DLQ) DiscardAll(ctx context.Context) (int, error) {
 	s, err := q.open(ctx)
 	if err != nil {
@@ -217,45 +302,48 @@ func (q *DLQ) DiscardAll(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// move scans the messages parked when it starts; each one match accepts is
+// move scans the messages ready when it starts; each one match accepts is
 // replayed to the service queue (if replay) and then acked, the others are
-// requeued. With one it stops after the first match. It returns the
-// number of messages moved.
-func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, one bool) (int, error) {
+// requeued. With one it stops after the first match, and if there is
+// none it counts the messages that became ready meanwhile
+// (Scan.ReadyAfter). It returns the number of messages moved and what the
+// scan saw.
+func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, one bool) (int, Scan, error) {
+	var scan Scan
 	s, err := q.open(ctx)
 	if err != nil {
-		return 0, err
+		return 0, scan, err
 	}
 	defer s.close()
 	if replay {
 		if err := q.prepareReplay(ctx, s); err != nil {
-			return 0, err
+			return 0, scan, err
 		}
 	}
-	n, err := s.count(ctx, q.cfg.DLQName())
-	if err != nil {
-		return 0, err
+	if scan.Start, err = s.stat(ctx, q.cfg.DLQName()); err != nil {
+		return 0, scan, err
 	}
 	moved := 0
-	for range n {
+	for range scan.Start.Ready {
 		d, ok, err := s.get(ctx)
 		if err != nil {
-			return moved, err
+			return moved, scan, err
 		}
 		if !ok {
 			break
 		}
+		scan.Scanned++
 		if !match(d) {
 			continue
 		}
 		if replay {
 			if err := q.replayOne(ctx, s, d); err != nil {
-				return moved, err
+				return moved, scan, err
 			}
 		}
 		// Acked out of order while the messages before it stay held.
 		if err := d.Ack(false); err != nil {
-			return moved, fmt.Errorf("ack %s: %w", d.MessageId, err)
+			return moved, scan, fmt.Errorf("ack %s: %w", d.MessageId, err)
 		}
 		s.held = s.held[:len(s.held)-1]
 		if len(s.held) > 0 {
@@ -269,14 +357,22 @@ func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, 
 			break
 		}
 	}
-	return moved, nil
+	if one && moved == 0 {
+		// Every message fetched is still held, so any ready now became
+		// ready during the scan. Only a hint for the not-found error:
+		// a failed count leaves it 0.
+		if st, err := s.stat(ctx, q.cfg.DLQName()); err == nil {
+			scan.ReadyAfter = st.Ready
+		}
+	}
+	return moved, scan, nil
 }
 
 // prepareReplay checks that the service queue exists (a replay to a
 // missing queue fails anyway, but this says why before any message is
 // touched) and puts s's channel in confirm mode for the replays.
 func (q *DLQ) prepareReplay(ctx context.Context, s *dlqSession) error {
-	if _, err := s.count(ctx, q.cfg.QueueName()); err != nil {
+	if _, err := s.stat(ctx, q.cfg.QueueName()); err != nil {
 		return err
 	}
 	cc, err := newConfirmChannel(ctx, s.conn, nil, s.ch, q.cfg.CallTimeout, q.cfg.Metrics)

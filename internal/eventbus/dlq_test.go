@@ -3,6 +3,8 @@ package eventbus
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -304,7 +306,7 @@ func TestDLQReplayToAVanishedQueueFails(t *testing.T) {
 	eventually(t, 10*time.Second, "the dead letter parked", parked)
 	// The service queue goes once the replay has checked it and taken the
 	// dead letter, before the letter is published to it.
-	moved, err := q.move(ctx, func(amqp.Delivery) bool {
+	moved, _, err := q.move(ctx, func(amqp.Delivery) bool {
 		if _, err := ch.QueueDelete(cfg.QueueName(), false, false, false); err != nil {
 			t.Errorf("delete the service queue: %v", err)
 		}
@@ -314,4 +316,174 @@ func TestDLQReplayToAVanishedQueueFails(t *testing.T) {
 		t.Fatalf("replay to a deleted queue: moved %d, %v; want none moved and ErrUnroutable", moved, err)
 	}
 	eventually(t, 10*time.Second, "the dead letter still parked", parked)
+}
+
+// parkRaw declares cfg's service queue and dead-letter queue without the
+// bus and parks a letter with each of ids in the latter, confirmed.
+func parkRaw(t *testing.T, cfg Config, ids ...string) {
+	t.Helper()
+	ch := rawChannel(t, rawConn(t))
+	for _, q := range []struct {
+		name, kind string
+	}{{cfg.QueueName(), amqp.QueueTypeQuorum}, {cfg.DLQName(), amqp.QueueTypeClassic}} {
+		if _, err := ch.QueueDeclare(q.name, true, false, false, false, amqp.Table{amqp.QueueTypeArg: q.kind}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, id := range ids {
+		letter := amqp.Publishing{MessageId: id, Type: "ordermesh.order.v1.OrderCreated", Headers: amqp.Table{HeaderRoutingKey: "order.created"}, Body: []byte{}}
+		dc, err := ch.PublishWithDeferredConfirm("", cfg.DLQName(), true, false, letter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := dc.WaitContext(ctx); err != nil || !ok {
+			t.Fatalf("park %s: confirmed %v, %v", id, ok, err)
+		}
+	}
+}
+
+// waitStat waits until q's dead-letter queue reports want.
+func waitStat(t *testing.T, q *DLQ, want QueueStat) {
+	t.Helper()
+	var got QueueStat
+	eventually(t, 10*time.Second, fmt.Sprintf("the dead-letter queue at %+v", want), func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var err error
+		got, err = q.Stat(ctx)
+		return err == nil && got == want
+	})
+}
+
+// TestDLQNotFoundSaysAConsumerMayHoldIt: a message a consumer holds
+// unacknowledged is not ready, so Replay and Discard do not find it; their
+// error says how many ready messages they scanned and that the queue's
+// consumer may hold others. Once let go, it is found.
+func TestDLQNotFoundSaysAConsumerMayHoldIt(t *testing.T) {
+	cfg := testConfig(t, "dlqheld")
+	parkRaw(t, cfg, "m-1", "m-2")
+	q, err := NewDLQ(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStat(t, q, QueueStat{Ready: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if dls, st, err := q.ListStat(ctx, 1); err != nil || len(dls) != 1 || st != (QueueStat{Ready: 2}) {
+		t.Fatalf("ListStat(1) = %d letters, %+v, %v; want 1 letter of 2 ready", len(dls), st, err)
+	}
+
+	holder := rawChannel(t, rawConn(t))
+	if err := holder.Qos(1, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := holder.Consume(cfg.DLQName(), "", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-deliveries:
+		if d.MessageId != "m-1" {
+			t.Fatalf("the consumer took %s, want m-1", d.MessageId)
+		}
+	case <-ctx.Done():
+		t.Fatal("the consumer got nothing")
+	}
+	waitStat(t, q, QueueStat{Ready: 1, Consumers: 1})
+
+	for name, op := range map[string]func(context.Context, string) error{"Replay": q.Replay, "Discard": q.Discard} {
+		err := op(ctx, "m-1")
+		nf, ok := errors.AsType[*NotFoundError](err)
+		if !ok || !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s of a held message = %v, want a *NotFoundError matching ErrNotFound", name, err)
+		}
+		want := Scan{Start: QueueStat{Ready: 1, Consumers: 1}, Scanned: 1}
+		if nf.ID != "m-1" || nf.Queue != cfg.DLQName() || nf.Scan != want {
+			t.Errorf("%s: %+v, want id m-1, queue %s, scan %+v", name, nf, cfg.DLQName(), want)
+		}
+		for _, part := range []string{"not among the 1 ready message(s) of " + cfg.DLQName(), "the queue's 1 consumer(s) may hold others"} {
+			if !strings.Contains(err.Error(), part) {
+				t.Errorf("%s error %q does not say %q", name, err, part)
+			}
+		}
+	}
+	waitStat(t, q, QueueStat{Ready: 1, Consumers: 1}) // m-2 requeued, untouched
+
+	if err := holder.Close(); err != nil { // lets m-1 go
+		t.Fatal(err)
+	}
+	waitStat(t, q, QueueStat{Ready: 2})
+	if err := q.Discard(ctx, "m-1"); err != nil {
+		t.Fatalf("Discard of the message let go: %v", err)
+	}
+	if err := q.Replay(ctx, "nothing-like-it"); err == nil || strings.Contains(err.Error(), "consumer") || strings.Contains(err.Error(), "during the search") {
+		t.Errorf("Replay of an unknown id with no consumer = %v; want a plain not found", err)
+	}
+}
+
+// TestDLQNotFoundCountsWhatMovedDuringTheSearch: the scan covers the
+// messages ready as it starts. One another session takes meanwhile is
+// counted as taken, and one let go meanwhile (ready only after the scan
+// passed) as ready after; the not-found error says both.
+func TestDLQNotFoundCountsWhatMovedDuringTheSearch(t *testing.T) {
+	cfg := testConfig(t, "dlqmoving")
+	parkRaw(t, cfg, "m-1", "m-2")
+	q, err := NewDLQ(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStat(t, q, QueueStat{Ready: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	other := rawChannel(t, rawConn(t))
+	var held amqp.Delivery
+	readyNow := func() int {
+		st, err := other.QueueDeclarePassive(cfg.DLQName(), true, false, false, false, nil)
+		if err != nil {
+			t.Fatalf("inspect: %v", err)
+		}
+		return st.Messages
+	}
+
+	// Another session takes m-2 while the scan looks at m-1.
+	moved, scan, err := q.move(ctx, func(d amqp.Delivery) bool {
+		if d.MessageId == "m-1" {
+			var ok bool
+			var err error
+			if held, ok, err = other.Get(cfg.DLQName(), false); err != nil || !ok || held.MessageId != "m-2" {
+				t.Fatalf("the other session's get: %s, %v, %v; want m-2", held.MessageId, ok, err)
+			}
+		}
+		return false
+	}, false, true)
+	if want := (Scan{Start: QueueStat{Ready: 2}, Scanned: 1}); err != nil || moved != 0 || scan != want {
+		t.Fatalf("search while m-2 is taken: moved %d, %+v, %v; want none moved, %+v", moved, scan, err, want)
+	}
+	if msg := (&NotFoundError{ID: "x", Queue: cfg.DLQName(), Scan: scan}).Error(); !strings.Contains(msg, "not among the 1 ready message(s)") || !strings.Contains(msg, "1 more were taken by a consumer or another session during the search") {
+		t.Errorf("not-found error %q does not say 1 scanned and 1 taken meanwhile", msg)
+	}
+	waitStat(t, q, QueueStat{Ready: 1})
+
+	// The other session lets m-2 go while the scan holds m-1.
+	moved, scan, err = q.move(ctx, func(amqp.Delivery) bool {
+		if err := held.Nack(false, true); err != nil {
+			t.Fatalf("let m-2 go: %v", err)
+		}
+		eventually(t, 10*time.Second, "m-2 ready again", func() bool { return readyNow() == 1 })
+		return false
+	}, false, true)
+	if want := (Scan{Start: QueueStat{Ready: 1}, Scanned: 1, ReadyAfter: 1}); err != nil || moved != 0 || scan != want {
+		t.Fatalf("search while m-2 is let go: moved %d, %+v, %v; want none moved, %+v", moved, scan, err, want)
+	}
+	if msg := (&NotFoundError{ID: "x", Queue: cfg.DLQName(), Scan: scan}).Error(); !strings.Contains(msg, "1 became ready during the search") {
+		t.Errorf("not-found error %q does not say 1 became ready meanwhile", msg)
+	}
+	if err := q.Replay(ctx, "m-2"); err != nil {
+		t.Errorf("Replay of the message let go: %v", err)
+	}
 }
