@@ -43,10 +43,14 @@ Stock (InventoryService at --inventory-addr):
 Other:
   health [--service NAME] [--http URL]  check gRPC health of --addr, or an HTTP URL (exit 0 when healthy)
   demo                                stock products and drive orders to every outcome
-  dlq list SERVICE                    list a service's dead-lettered messages with their reasons
+  dlq list SERVICE [--limit N]        list a service's dead-lettered messages with their reasons:
+                                      the first N (default 100, 0 all), then how many are left
+                                      (with --json on stderr, stdout keeps one message per line)
   dlq replay SERVICE (ID|--all)       send them back to the service's queue
   dlq discard SERVICE (ID|--all --yes)  drop them for good
-                                      (dlq talks to RabbitMQ: --amqp-url, --prefix after SERVICE)
+                                      (dlq talks to RabbitMQ: --amqp-url, --prefix; its flags go
+                                      anywhere after "dlq". It sees only ready messages, not those
+                                      a consumer or another session holds unacknowledged)
 
 Flags (before the command):
 `
@@ -165,8 +169,13 @@ func exitCode(err error) int {
 	case errors.Is(err, eventbus.ErrNotFound):
 		return exitNotFound // dlq replay or discard of an id the queue does not hold
 	}
-	if ae, ok := errors.AsType[*amqp.Error](err); ok && ae.Code == amqp.NotFound {
-		return exitNotFound // dlq of a service with no dead-letter queue
+	if ae, ok := errors.AsType[*amqp.Error](err); ok {
+		switch {
+		case ae.Code == amqp.NotFound:
+			return exitNotFound // dlq of a service with no dead-letter queue
+		case brokerLost(ae):
+			return exitUnavailable // dlq lost the broker mid-operation
+		}
 	}
 	if _, ok := errors.AsType[net.Error](err); ok {
 		return exitUnavailable // the broker (dlq) could not be reached
@@ -180,6 +189,23 @@ func exitCode(err error) int {
 		return exitUnavailable
 	}
 	return exitFailure
+}
+
+// brokerLost reports whether an AMQP error says the connection is gone or
+// the broker cannot serve it now, which trying later may cure: the broker
+// closed it (320 CONNECTION_FORCED: shut down or closed by an operator),
+// the link broke (amqp091-go reports the read or write error as 501
+// FRAME_ERROR, and calls on the dead connection or channel as ErrClosed,
+// 504 CHANNEL_ERROR), or the broker failed (506 RESOURCE_ERROR, 541
+// INTERNAL_ERROR). Channel-level errors (404 NOT_FOUND, 403
+// ACCESS_REFUSED, 406 PRECONDITION_FAILED, ...) and protocol errors (502,
+// 503, 505, 540: a client or broker bug) are not.
+func brokerLost(ae *amqp.Error) bool {
+	switch ae.Code {
+	case amqp.ConnectionForced, amqp.FrameError, amqp.ChannelError, amqp.ResourceError, amqp.InternalError:
+		return true
+	}
+	return false
 }
 
 // describe renders an error for people: a gRPC status as its code and
