@@ -4,21 +4,27 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/postgres"
 )
 
-// rawSchema has the order service's orders table and the outbox table:
-// the raw ceiling writes one row into each per transaction.
-const rawSchema = `
+// rawOrders is the order service's orders table (its migration 001,
+// without the notification trigger, which fires on updates only); the
+// outbox is the platform's own, made by its migrations (outbox.Migrations).
+// The raw ceiling writes one row into each per transaction.
+const rawOrders = `
 CREATE TABLE orders (
     seq               bigint      GENERATED ALWAYS AS IDENTITY UNIQUE,
     id                uuid        PRIMARY KEY,
@@ -29,7 +35,8 @@ CREATE TABLE orders (
     total_units       bigint      NOT NULL,
     total_nanos       integer     NOT NULL,
     payment_token     text        NOT NULL,
-    status            text        NOT NULL,
+    status            text        NOT NULL
+        CHECK (status IN ('PENDING', 'CONFIRMED', 'REJECTED', 'CANCELLED')),
     status_reason     text        NOT NULL DEFAULT '',
     stock_reserved    boolean     NOT NULL DEFAULT false,
     payment_succeeded boolean     NOT NULL DEFAULT false,
@@ -38,23 +45,12 @@ CREATE TABLE orders (
     update_time       timestamptz NOT NULL
 );
 CREATE INDEX orders_customer_seq ON orders (customer_email, seq DESC);
-CREATE INDEX orders_status_seq ON orders (status, seq DESC);
-CREATE TABLE outbox (
-    seq            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id             text        NOT NULL,
-    type           text        NOT NULL,
-    routing_key    text        NOT NULL,
-    source         text        NOT NULL,
-    correlation_id text        NOT NULL DEFAULT '',
-    event_time     timestamptz NOT NULL,
-    trace_parent   text        NOT NULL DEFAULT '',
-    trace_state    text        NOT NULL DEFAULT '',
-    body           bytea       NOT NULL,
-    created_at     timestamptz NOT NULL DEFAULT now()
-);`
+CREATE INDEX orders_status_seq ON orders (status, seq DESC);`
 
 // RawPG is the raw PostgreSQL ceiling for CreateOrder: plain pgx
-// transactions that insert an order row and an outbox row and commit.
+// transactions that insert an order row and an outbox row and commit, each
+// sent in one round trip (BEGIN, the inserts and COMMIT pipelined), the
+// least a client can make of the same durable work.
 type RawPG struct {
 	url    string
 	schema string
@@ -73,10 +69,14 @@ func NewRawPG(ctx context.Context, url, schema string) (*RawPG, error) {
 	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
 		return nil, fmt.Errorf("create schema %s: %w", schema, err)
 	}
-	if _, err := admin.Exec(ctx, "SET search_path TO "+pgx.Identifier{schema}.Sanitize()+";"+rawSchema); err != nil {
-		return nil, fmt.Errorf("create raw tables: %w", err)
+	r := &RawPG{url: url, schema: schema}
+	if _, err := admin.Exec(ctx, "SET search_path TO "+pgx.Identifier{schema}.Sanitize()+";"+rawOrders); err != nil {
+		return nil, errors.Join(fmt.Errorf("create raw tables: %w", err), r.Close(ctx))
 	}
-	return &RawPG{url: url, schema: schema}, nil
+	if err := postgres.Migrate(ctx, admin, schema, outbox.Migrations); err != nil {
+		return nil, errors.Join(fmt.Errorf("create raw outbox: %w", err), r.Close(ctx))
+	}
+	return r, nil
 }
 
 // Close drops the schema.
@@ -159,33 +159,44 @@ func (r *RawPG) Run(ctx context.Context, clients, conns int, d time.Duration, wi
 	return float64(done.Load()) / elapsed.Seconds(), done.Load(), nil
 }
 
+// insert commits one order row and its outbox row, sent as one batch:
+// BEGIN, both inserts and COMMIT in one round trip, as the order service
+// pipelines its own. The customer is one of a thousand, as the load
+// generator's are.
 func insert(ctx context.Context, pool *pgxpool.Pool, items, body []byte) error {
 	id, err := uuid.NewV7()
 	if err != nil {
 		return err
 	}
 	now := time.Now().UTC()
-	tx, err := pool.Begin(ctx)
+	conn, err := pool.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("begin: %w", err)
+		return fmt.Errorf("acquire: %w", err)
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, `
+	defer conn.Release()
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`
 		INSERT INTO orders (id, request_id, customer_email, items, total_currency, total_units, total_nanos,
 			payment_token, status, status_reason, stock_reserved, payment_succeeded, payment_id, create_time, update_time)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
-		id, uuid.New(), "raw@example.com", items, "EUR", int64(9), int32(990000000), "tok_visa", "PENDING", "",
-		false, false, "", now, now); err != nil {
-		return fmt.Errorf("insert order: %w", err)
-	}
-	if _, err := tx.Exec(ctx, `
+		id, uuid.New(), fmt.Sprintf("raw-%03d@example.com", mrand.IntN(1000)), items, "EUR", int64(9), int32(990000000),
+		"tok_visa", "PENDING", "", false, false, "", now, now)
+	b.Queue(`
 		INSERT INTO outbox (id, type, routing_key, source, correlation_id, event_time, body)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		uuid.NewString(), "ordermesh.order.v1.OrderCreated", "order.created", "order", id.String(), now, body); err != nil {
-		return fmt.Errorf("insert outbox row: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
+		uuid.NewString(), "ordermesh.order.v1.OrderCreated", "order.created", "order", id.String(), now, body)
+	b.Queue(`COMMIT`).Exec(func(tag pgconn.CommandTag) error {
+		if tag.String() != "COMMIT" {
+			return pgx.ErrTxCommitRollback
+		}
+		return nil
+	})
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		// A failed statement leaves the transaction aborted; the
+		// connection goes back to the pool only once it is rolled back.
+		postgres.RollbackConn(ctx, conn)
+		return fmt.Errorf("insert order and outbox row: %w", err)
 	}
 	return nil
 }
