@@ -39,8 +39,12 @@ type BusBench struct {
 	cfg  eventbus.Config
 	msgs []eventbus.Message
 	pubs []amqp.Publishing
-	conn *amqp.Connection
-	log  *slog.Logger
+	// conn publishes and cconn consumes for the raw ceiling: connections
+	// of their own, as the eventbus Publisher and Subscriber have, so that
+	// the broker's flow control of the publishing connection does not hold
+	// up the consumer's acks.
+	conn, cconn *amqp.Connection
+	log         *slog.Logger
 }
 
 // NewBusBench declares the topology under prefix (a Subscriber's: exchange,
@@ -65,6 +69,10 @@ func NewBusBench(ctx context.Context, amqpURL, prefix string, n int) (*BusBench,
 		return nil, fmt.Errorf("dial broker: %w", err)
 	}
 	b.conn = conn
+	if b.cconn, err = amqp.DialConfig(amqpURL, amqp.Config{Properties: amqp.Table{"connection_name": prefix + "raw-consumer"}}); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("dial broker: %w", err)
+	}
 	// A subscriber run declares the topology; waiting for it to be up is
 	// enough.
 	if _, err := b.Bus(ctx, 0); err != nil {
@@ -94,11 +102,13 @@ func orderCreated() (eventbus.Message, error) {
 func (b *BusBench) Close() error {
 	err := deleteTopology(b.cfg.URL, b.cfg.Prefix, []string{busService}, busRetry)
 	_ = b.conn.Close()
+	_ = b.cconn.Close()
 	return err
 }
 
 // Raw publishes every message on one confirm-mode channel with up to
-// busWindow confirms in flight while one consumer (prefetch 200) acks the
+// busWindow confirms in flight while one consumer (prefetch 200), on a
+// connection of its own, acks the
 // deliveries in groups, as the eventbus Subscriber does (one ack with
 // multiple set per busAckGroup deliveries, and one for the rest), and
 // returns messages per second until the last delivery was received: as
@@ -113,7 +123,7 @@ func (b *BusBench) Raw(ctx context.Context) (float64, error) {
 	if err := pch.Confirm(false); err != nil {
 		return 0, fmt.Errorf("confirm mode: %w", err)
 	}
-	cch, err := b.conn.Channel()
+	cch, err := b.cconn.Channel()
 	if err != nil {
 		return 0, fmt.Errorf("open channel: %w", err)
 	}
