@@ -34,6 +34,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
@@ -392,6 +394,16 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 		}
 		return sum, nil
 	}
+	// settle lets the previous trial's work end before the next trial
+	// starts, whichever side it was: the order service's relay publishes
+	// what the trial left in the outbox, and a checkpoint writes out what
+	// it dirtied, so that no trial pays for the one before it.
+	settle := func() error {
+		if _, err := pf.WaitDrained(ctx, 2*time.Minute); err != nil {
+			return fmt.Errorf("settle between trials: %w", err)
+		}
+		return checkpoint(ctx, pf.DatabaseURL)
+	}
 	logf("create phase: warming up")
 	if _, err := trial("grpc", grpcCreator, 8); err != nil {
 		return err
@@ -399,7 +411,15 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 	if _, err := trial("rest", restCreator, 8); err != nil {
 		return err
 	}
+	for _, c := range CreateConcurrencies {
+		if _, _, err := raws[c].Run(ctx, c, c, o.Trial, nil); err != nil {
+			return fmt.Errorf("raw pgx warm-up at %d clients: %w", c, err)
+		}
+	}
 	rawTrial := func(round, c int) error {
+		if err := settle(); err != nil {
+			return err
+		}
 		rate, _, err := raws[c].Run(ctx, c, c, o.Trial, func() func(int64) {
 			w := startCPUWindow()
 			return func(n int64) { w.end(&res.Create[c].RawCPU, n) }
@@ -412,6 +432,9 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 		return nil
 	}
 	grpcTrial := func(round, c int) error {
+		if err := settle(); err != nil {
+			return err
+		}
 		w := startCPUWindow()
 		sum, err := trial("grpc", grpcCreator, c)
 		w.end(&res.Create[c].GRPCCPU, int64(sum.Created))
@@ -426,6 +449,9 @@ func runCreate(ctx context.Context, o Options, res *Result, binDir, id string, l
 		return nil
 	}
 	restTrial := func(round int) error {
+		if err := settle(); err != nil {
+			return err
+		}
 		w := startCPUWindow()
 		sum, err := trial("rest", restCreator, maxConc)
 		w.end(&res.RESTCPU, int64(sum.Created))
@@ -802,3 +828,28 @@ func randomID() (string, error) {
 	}
 	return hex.EncodeToString(b[:]), nil
 }
+
+// checkpoint has PostgreSQL write out every dirty buffer (CHECKPOINT), so
+// that a trial does not pay for the writes of the one before. Running it
+// takes a superuser or, from PostgreSQL 15, the pg_checkpoint role; without
+// either the trials go on unsettled, and the log says so once.
+func checkpoint(ctx context.Context, url string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42501" {
+			checkpointRefused.Do(func() {
+				fmt.Fprintln(os.Stderr, "bench: CHECKPOINT refused (needs a superuser or pg_checkpoint); trials run without one between them")
+			})
+			return nil
+		}
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
+}
+
+// checkpointRefused logs a refused CHECKPOINT once.
+var checkpointRefused sync.Once
