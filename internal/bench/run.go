@@ -631,6 +631,14 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 		if n := sum.Final["PENDING"] + sum.Missing; n > 0 || sum.Failed > 0 {
 			return sum, fmt.Errorf("%d CreateOrders failed (%v) and %d orders did not finish", sum.Failed, sum.Errors, n)
 		}
+		// Every order is of a stocked product with a token that pays: the
+		// figures (confirmed orders/s, create→confirmed) count confirmed
+		// orders, and a terminal latency is a confirmation's only so.
+		for status, n := range sum.Final {
+			if status != "CONFIRMED" && n > 0 {
+				return sum, fmt.Errorf("%d orders ended %s, want every one CONFIRMED (final statuses %v)", n, status, sum.Final)
+			}
+		}
 		return sum, nil
 	}
 
