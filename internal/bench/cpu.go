@@ -12,7 +12,10 @@ import (
 
 // machineCPU is the first line of /proc/stat: the CPU time of all CPUs
 // since boot, in clock ticks, busy and in total.
-type machineCPU struct{ busy, total uint64 }
+type machineCPU struct {
+	busy, total uint64 // clock ticks, all CPUs
+	cpus        int    // the CPUs /proc/stat lists (cpu0, cpu1, ...)
+}
 
 // readMachineCPU reads /proc/stat.
 func readMachineCPU() (machineCPU, error) {
@@ -44,7 +47,23 @@ func parseMachineCPU(stat string) (machineCPU, error) {
 			c.busy += n
 		}
 	}
+	for _, l := range strings.Split(stat, "\n")[1:] {
+		if len(l) > 3 && strings.HasPrefix(l, "cpu") && l[3] >= '0' && l[3] <= '9' {
+			c.cpus++
+		}
+	}
 	return c, nil
+}
+
+// busyTimeSince returns the CPU time the machine's CPUs were busy between
+// prev and c, all CPUs together: clock ticks of 1/100 s (USER_HZ), as in
+// /proc/<pid>/stat. Unlike a busy share times the process's CPU count, it
+// holds when the benchmark runs on fewer CPUs than the machine has.
+func (c machineCPU) busyTimeSince(prev machineCPU) time.Duration {
+	if c.busy <= prev.busy {
+		return 0
+	}
+	return time.Duration(c.busy-prev.busy) * 10 * time.Millisecond
 }
 
 // busySince returns the busy share of the CPU time between prev and c.
@@ -178,8 +197,9 @@ type CPUUse struct {
 // end closes the window, adding what was used in it and ops to u.
 func (w cpuWindow) end(u *CPUUse, ops int64) {
 	elapsed := time.Since(w.start)
-	if m, err := readMachineCPU(); err == nil && w.machineErr == nil {
-		u.Machine += time.Duration(m.busySince(w.machine) * float64(elapsed) * float64(runtime.NumCPU()))
+	m, err := readMachineCPU()
+	if err == nil && w.machineErr == nil {
+		u.Machine += m.busyTimeSince(w.machine)
 	}
 	if u.ByKind == nil {
 		u.ByKind = map[string]time.Duration{}
@@ -190,6 +210,9 @@ func (w cpuWindow) end(u *CPUUse, ops int64) {
 	u.Elapsed += elapsed
 	u.Ops += ops
 	u.CPUs = runtime.NumCPU()
+	if err == nil && m.cpus > 0 {
+		u.CPUs = m.cpus
+	}
 }
 
 // PerOp returns d per operation of u (0 without operations).

@@ -330,12 +330,12 @@ ordermesh_eventbus_outage_retried_total{routing_key="stock.reserved"} 6
 }
 
 func TestParseMachineCPU(t *testing.T) {
-	before, err := parseMachineCPU("cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 50 2 25 400 10 1 1 0 0 0\n")
+	before, err := parseMachineCPU("cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 50 2 25 400 10 1 1 0 0 0\ncpu1 50 3 25 400 10 2 1 0 0 0\nintr 1\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if before != (machineCPU{busy: 160, total: 980}) {
-		t.Errorf("before = %+v, want busy 160 of 980 ticks", before)
+	if before != (machineCPU{busy: 160, total: 980, cpus: 2}) {
+		t.Errorf("before = %+v, want busy 160 of 980 ticks on 2 CPUs", before)
 	}
 	after, err := parseMachineCPU("cpu  250 5 100 850 20 3 2 0 0 0\n")
 	if err != nil {
@@ -346,6 +346,9 @@ func TestParseMachineCPU(t *testing.T) {
 	}
 	if got := before.busySince(after); got != 0 {
 		t.Errorf("busy share going backwards = %v, want 0", got)
+	}
+	if got := after.busyTimeSince(before); got != 2*time.Second {
+		t.Errorf("busy time = %v, want 200 ticks of 10ms = 2s", got)
 	}
 	// Steal (the eighth field) is time the machine waited, not worked.
 	stolen, err := parseMachineCPU("cpu  100 5 50 800 20 3 2 40 0 0\n")

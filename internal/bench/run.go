@@ -28,7 +28,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -205,7 +204,7 @@ type CreateTrials struct {
 	GRPC        []float64
 	GRPCSummary loadgen.Summary // of the best gRPC trial
 	// RawCPU and GRPCCPU are where the machine's CPU went over all the
-	// rounds of each side (the profiled round included).
+	// rounds of each side (not the profiled trial, which no figure counts).
 	RawCPU, GRPCCPU CPUUse
 }
 
@@ -674,7 +673,7 @@ func runE2E(ctx context.Context, o Options, res *Result, binDir, id string, logf
 	}
 	if machineAfter, err := readMachineCPU(); err == nil && machineErr == nil {
 		res.MachineBusy = machineAfter.busySince(machineBefore)
-		res.MachineCPU = time.Duration(res.MachineBusy * float64(ended.Sub(windowStart)) * float64(runtime.NumCPU()))
+		res.MachineCPU = machineAfter.busyTimeSince(machineBefore)
 	}
 	res.E2EWindow = ended.Sub(windowStart)
 	services := map[int]bool{}
