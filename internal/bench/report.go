@@ -27,6 +27,20 @@ type Machine struct {
 	RabbitMQ   string
 	PostgreSQL string
 	Commit     string
+	// Env lists the variables of the run's environment that change how
+	// the services or Go's runtime behave (ORDERMESH_* but the benchmark's
+	// own ORDERMESH_TEST_*, GOGC, GOMEMLIMIT, GOMAXPROCS, GODEBUG): the
+	// services inherit them.
+	Env []string
+}
+
+// tuning reports whether the environment variable named name changes how
+// the services or Go's runtime behave.
+func tuning(name string) bool {
+	if strings.HasPrefix(name, "ORDERMESH_TEST_") { // the benchmark's own: where the servers are
+		return false
+	}
+	return strings.HasPrefix(name, "ORDERMESH_") || slices.Contains([]string{"GOGC", "GOMEMLIMIT", "GOMAXPROCS", "GODEBUG"}, name)
 }
 
 // DescribeMachine gathers the machine description: CPU count and model
@@ -41,6 +55,12 @@ func DescribeMachine(ctx context.Context, root, dbURL, amqpURL string, ignore ..
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		m.CPUModel = procField(string(b), "model name")
 	}
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); tuning(name) {
+			m.Env = append(m.Env, kv)
+		}
+	}
+	slices.Sort(m.Env)
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		var kb int64
 		if _, err := fmt.Sscanf(procField(string(b), "MemTotal"), "%d kB", &kb); err == nil {
@@ -157,6 +177,11 @@ func Markdown(r *Result, m Machine, command string) string {
 		m.CPUs, m.CPUModel, m.MemTotal, m.Kernel, r.LoadAvg[0], r.LoadAvg[1])
 	p("- **software**: %s, RabbitMQ %s, PostgreSQL %s", m.GoVersion, m.RabbitMQ, m.PostgreSQL)
 	p("- **command**: `%s`", command)
+	if len(m.Env) == 0 {
+		p("- **environment**: no ORDERMESH_* or Go runtime variable set (the services run with their defaults and the benchmark's settings)")
+	} else {
+		p("- **environment** (the services inherit it): `%s`", strings.Join(m.Env, "`, `"))
+	}
 	p("")
 	p("### Figures beside their raw ceilings")
 	p("")
@@ -301,7 +326,11 @@ func Markdown(r *Result, m Machine, command string) string {
 		if name != "order" && name != "gateway" {
 			goal = fmt.Sprintf("RSS < 40 MiB %s", verdict(e2e < GoalWorkerRSS))
 		}
-		p("| %s | %.1f MiB | %s | %.1f s | %s | %s |", name, float64(e2e)/mib, create, r.CPU[name].Seconds(), perOrder, goal)
+		label := name
+		if name == "gateway" {
+			label = "gateway (idle end to end: the load goes over gRPC)"
+		}
+		p("| %s | %.1f MiB | %s | %.1f s | %s | %s |", label, float64(e2e)/mib, create, r.CPU[name].Seconds(), perOrder, goal)
 	}
 	if all := r.MachineCPU; all > 0 && r.E2E.Created > 0 {
 		perOrder := func(d time.Duration) string {

@@ -91,6 +91,7 @@ func TestMarkdown(t *testing.T) {
 		"- **machine**: 2 CPUs (AMD EPYC), 23.5 GiB RAM, Linux 6",
 		"- **software**: go1.26.8, RabbitMQ 3.10.8, PostgreSQL 15.20",
 		"- **command**: `make bench`",
+		"- **environment**: no ORDERMESH_* or Go runtime variable set",
 		"| CreateOrder over gRPC, 8 clients (orders/s) | 1000 | 2500 (pgx: insert order + outbox row, commit) | 0.40 | ≥ 1.0 **not met** |",
 		"| CreateOrder over gRPC, 50 clients (orders/s) | 1200 | 4000 (pgx: insert order + outbox row, commit) | 0.30 | ≥ 1.0 **not met** |",
 		"| 10800 (eventbus Publisher + Subscriber) | 12000 (amqp091-go, pipelined confirms, prefetch 200) | 0.90 | ≥ 0.9 met |",
@@ -130,6 +131,23 @@ func TestMarkdown(t *testing.T) {
 		if strings.HasPrefix(line, "bench:") {
 			t.Errorf("report has a line starting with bench: (only the final line may): %q", line)
 		}
+	}
+}
+
+// TestMarkdownNamesTheEnvironment: variables the services inherit that
+// change how they run are named in the report; the benchmark's own server
+// addresses are not tuning, and are left out.
+func TestMarkdownNamesTheEnvironment(t *testing.T) {
+	t.Setenv("ORDERMESH_MEMORY_LIMIT", "off")
+	t.Setenv("GOGC", "400")
+	t.Setenv("ORDERMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+	m := DescribeMachine(context.Background(), t.TempDir(), "postgres://127.0.0.1:1/none", "amqp://127.0.0.1:1/")
+	md := Markdown(sampleResult(), m, "make bench")
+	if want := "- **environment** (the services inherit it): `GOGC=400`, `ORDERMESH_MEMORY_LIMIT=off`"; !strings.Contains(md, want) {
+		t.Errorf("report lacks %q:\n%s", want, md)
+	}
+	if strings.Contains(md, "ORDERMESH_TEST_") {
+		t.Errorf("report names the benchmark's own ORDERMESH_TEST_* variables:\n%s", md)
 	}
 }
 

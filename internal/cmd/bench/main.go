@@ -100,7 +100,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	report := bench.Markdown(res, machine, *command)
+	report := bench.Markdown(res, machine, recorded(fs, *command))
 	if *doc != "" {
 		if err := bench.WriteDoc(filepath.Join(root, *doc), report); err != nil {
 			return err
@@ -124,4 +124,18 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// recorded is the command the report names: command, followed by the
+// flags given other than -command and -doc (which change nothing measured),
+// so that a run with, say, -relay-rate 500 does not pass for the plain one.
+func recorded(fs *flag.FlagSet, command string) string {
+	var b strings.Builder
+	b.WriteString(command)
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name != "command" && f.Name != "doc" {
+			fmt.Fprintf(&b, " -%s=%s", f.Name, f.Value)
+		}
+	})
+	return b.String()
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
+	"io"
 	"strings"
 	"testing"
 )
@@ -20,5 +22,21 @@ func TestShortRunsAreNotWrittenToTheDocument(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "not written to a document") {
 			t.Errorf("bench %s: err = %v, want a refusal to write the document", strings.Join(args, " "), err)
 		}
+	}
+}
+
+// TestRecordedCommandNamesTheFlags: the report's command names the flags
+// that change what is measured, not -command or -doc.
+func TestRecordedCommandNamesTheFlags(t *testing.T) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Float64("relay-rate", 0, "")
+	command := fs.String("command", "make bench", "")
+	fs.String("doc", "docs/benchmarks.md", "")
+	if err := fs.Parse([]string{"-relay-rate", "500", "-doc", "x.md"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := recorded(fs, *command), "make bench -relay-rate=500"; got != want {
+		t.Errorf("recorded = %q, want %q", got, want)
 	}
 }
