@@ -125,8 +125,12 @@ type dlqSession struct {
 	cfg  Config
 	conn *amqp.Connection
 	ch   *amqp.Channel
-	// held are the deliveries fetched and not yet settled.
-	held []amqp.Delivery
+	// held counts the deliveries fetched and not yet settled, and
+	// lastHeld is the tag of the latest: one nack with multiple set up to
+	// it requeues them all. Only the tag is kept, not the deliveries, so
+	// scanning a large queue holds no message bodies.
+	held     int
+	lastHeld uint64
 	// cc publishes the replays, once prepareReplay ran.
 	cc *confirmChannel
 }
@@ -150,8 +154,8 @@ func (q *DLQ) open(ctx context.Context) (*dlqSession, error) {
 // close requeues every held message and closes the connection; closing
 // alone would requeue them too, this makes it explicit and prompt.
 func (s *dlqSession) close() {
-	if len(s.held) > 0 {
-		_ = s.ch.Nack(s.held[len(s.held)-1].DeliveryTag, true, true)
+	if s.held > 0 {
+		_ = s.ch.Nack(s.lastHeld, true, true)
 	}
 	closeConn(s.conn, s.cfg.CallTimeout)
 	if s.cc != nil {
@@ -181,7 +185,7 @@ func (s *dlqSession) get(ctx context.Context) (amqp.Delivery, bool, error) {
 		return err
 	})
 	if err == nil && ok {
-		s.held = append(s.held, d)
+		s.held, s.lastHeld = s.held+1, d.DeliveryTag
 	}
 	return d, ok, err
 }
@@ -325,6 +329,7 @@ func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, 
 	}
 	moved := 0
 	for range scan.Start.Ready {
+		skipped := s.lastHeld // the latest tag held before this get
 		d, ok, err := s.get(ctx)
 		if err != nil {
 			return moved, scan, err
@@ -345,12 +350,14 @@ func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, 
 		if err := d.Ack(false); err != nil {
 			return moved, scan, fmt.Errorf("ack %s: %w", d.MessageId, err)
 		}
-		s.held = s.held[:len(s.held)-1]
-		if len(s.held) > 0 {
-			// Requeue what was skipped so far now, so the last held tag
-			// below stays a valid "multiple" bound.
-			_ = s.ch.Nack(s.held[len(s.held)-1].DeliveryTag, true, true)
-			s.held = s.held[:0]
+		s.held--
+		if s.held > 0 {
+			// Requeue what was skipped so far now, so that a later
+			// "multiple" nack up to a held tag covers no acked one. The
+			// bound is the latest skipped tag, not d's: the broker refuses
+			// a tag it no longer holds.
+			_ = s.ch.Nack(skipped, true, true)
+			s.held = 0
 		}
 		moved++
 		if one {
