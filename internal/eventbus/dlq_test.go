@@ -347,6 +347,21 @@ func parkRaw(t *testing.T, cfg Config, ids ...string) {
 	}
 }
 
+// parkedDLQ parks letters with ids (parkRaw) in the dead-letter queue of
+// a service of the test's own called name, and returns its configuration
+// and its DLQ once the queue reports them ready.
+func parkedDLQ(t *testing.T, name string, ids ...string) (Config, *DLQ) {
+	t.Helper()
+	cfg := testConfig(t, name)
+	parkRaw(t, cfg, ids...)
+	q, err := NewDLQ(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStat(t, q, QueueStat{Ready: len(ids)})
+	return cfg, q
+}
+
 // waitStat waits until q's dead-letter queue reports want.
 func waitStat(t *testing.T, q *DLQ, want QueueStat) {
 	t.Helper()
@@ -365,13 +380,7 @@ func waitStat(t *testing.T, q *DLQ, want QueueStat) {
 // error says how many ready messages they scanned and that the queue's
 // consumer may hold others. Once let go, it is found.
 func TestDLQNotFoundSaysAConsumerMayHoldIt(t *testing.T) {
-	cfg := testConfig(t, "dlqheld")
-	parkRaw(t, cfg, "m-1", "m-2")
-	q, err := NewDLQ(cfg, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitStat(t, q, QueueStat{Ready: 2})
+	cfg, q := parkedDLQ(t, "dlqheld", "m-1", "m-2")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if dls, st, err := q.ListStat(ctx, 1); err != nil || len(dls) != 1 || st != (QueueStat{Ready: 2}) {
@@ -431,13 +440,7 @@ func TestDLQNotFoundSaysAConsumerMayHoldIt(t *testing.T) {
 // counted as taken, and one let go meanwhile (ready only after the scan
 // passed) as ready after; the not-found error says both.
 func TestDLQNotFoundCountsWhatMovedDuringTheSearch(t *testing.T) {
-	cfg := testConfig(t, "dlqmoving")
-	parkRaw(t, cfg, "m-1", "m-2")
-	q, err := NewDLQ(cfg, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitStat(t, q, QueueStat{Ready: 2})
+	cfg, q := parkedDLQ(t, "dlqmoving", "m-1", "m-2")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	other := rawChannel(t, rawConn(t))
