@@ -75,7 +75,7 @@ type App struct {
 	creates *postgres.Batcher[*createCall]
 	// wake is called after a commit that wrote outbox rows.
 	wake func()
-	// hold pauses the timeout while the outbox has a backlog.
+	// hold is what this instance last saw of the timeout's pause.
 	hold expiryHold
 }
 

@@ -1130,6 +1130,101 @@ func TestExpirePendingWaitsForRefusedEvents(t *testing.T) {
 	}
 }
 
+// TestExpiryPauseFollowsAShorterTimeout: a pause begun under a long
+// timeout ends no later than the current timeout after the first sweep
+// under it: cutting ORDERMESH_ORDER_TIMEOUT cuts the pause too.
+func TestExpiryPauseFollowsAShorterTimeout(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	f.app.SetClock(func() time.Time { return now })
+	stale, err := f.app.Create(ctx, request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '2 hours'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE outbox SET created_at = now() - interval '3 hours'`); err != nil {
+		t.Fatal(err)
+	}
+	sweep := func(timeout time.Duration, what string, want int) {
+		t.Helper()
+		if n, err := f.app.ExpirePending(ctx, timeout, 100); err != nil || n != want {
+			t.Fatalf("%s: the sweep rejected %d orders (%v), want %d", what, n, err, want)
+		}
+	}
+	sweep(24*time.Hour, "a sweep seeing a backlog under a timeout of a day", 0)
+	if _, err := f.pool.Exec(ctx, `DELETE FROM outbox`); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Minute)
+	sweep(30*time.Minute, "the first sweep under a timeout of 30m", 0)
+	now = now.Add(29 * time.Minute)
+	sweep(30*time.Minute, "29 minutes later", 0)
+	now = now.Add(2 * time.Minute)
+	sweep(30*time.Minute, "a timeout after the first sweep under it", 1)
+	if got, err := f.app.Get(ctx, stale.ID); err != nil || got.Status != order.StatusRejected {
+		t.Errorf("the order is %v (%v), want REJECTED", got.Status, err)
+	}
+}
+
+// TestALongSweepIsNoAbsence: the next sweep's gap counts from the end of
+// a sweep that took long (here the clock runs a minute a read while it
+// rejects ten orders), not from its start: otherwise a long sweep would
+// pause the timeout after it as if the service had been away.
+func TestALongSweepIsNoAbsence(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	const (
+		timeout = 30 * time.Minute
+		away    = 3 * time.Minute
+	)
+	var mu sync.Mutex
+	now, running := time.Now().UTC(), false
+	f.app.SetClock(func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		if running {
+			now = now.Add(time.Minute)
+		}
+		return now
+	})
+	set := func(advance time.Duration, run bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		now, running = now.Add(advance), run
+	}
+	stale := func(n int) {
+		t.Helper()
+		for range n {
+			if _, err := f.app.Create(ctx, request()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '2 hours' WHERE status = 'PENDING'`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.pool.Exec(ctx, `DELETE FROM outbox`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stale(10)
+	// An instance swept just now.
+	if _, err := f.pool.Exec(ctx, `UPDATE expiry_hold SET swept_at = $1`, f.app.Now()); err != nil {
+		t.Fatal(err)
+	}
+	set(0, true)
+	if n, err := f.app.ExpirePendingAfter(ctx, timeout, away, 100); err != nil || n != 10 {
+		t.Fatalf("the long sweep rejected %d orders (%v), want 10", n, err)
+	}
+	set(time.Minute, false)
+	stale(1)
+	if n, err := f.app.ExpirePendingAfter(ctx, timeout, away, 100); err != nil || n != 1 {
+		t.Fatalf("the sweep a minute after the long one ended rejected %d orders (%v), want 1", n, err)
+	}
+}
+
 // TestExpirePendingOnTwoInstances: two instances expiring the same stale
 // orders at once reject each once, and between them count each once.
 func TestExpirePendingOnTwoInstances(t *testing.T) {

@@ -28,5 +28,8 @@ func (a *App) ExpirePendingAfter(ctx context.Context, timeout, away time.Duratio
 	return rejected, err
 }
 
+// Now is the app's clock.
+func (a *App) Now() time.Time { return a.now() }
+
 // SetClock replaces the clock the app stamps and times orders with.
 func (a *App) SetClock(now func() time.Time) { a.now = now }

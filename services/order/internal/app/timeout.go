@@ -56,6 +56,13 @@ func (a *App) expirePending(ctx context.Context, timeout, away time.Duration, li
 			a.log.WarnContext(ctx, "order timed out", slog.String("order_id", id), slog.String("reason", next.StatusReason))
 		}
 	}
+	if len(ids) > 0 {
+		// A sweep through many orders takes a while: the next is judged
+		// from its end.
+		if err := store.TouchSweep(ctx, a.pool, a.clockShift()); err != nil {
+			return rejected, len(ids), unavailable(err)
+		}
+	}
 	return rejected, len(ids), nil
 }
 
@@ -65,11 +72,13 @@ func (a *App) expirePending(ctx context.Context, timeout, away time.Duration, li
 // next tick. The first sweep comes an interval after the start, so that
 // outcomes queued while the process was stopped are handled first. A
 // sweep that comes more than three intervals after the previous sweep of
-// any instance pauses the timeout for a timeout (see expiryHeld): no
+// any instance ended pauses the timeout for a timeout (see expiryHeld): no
 // instance was watching the outbox meanwhile, the outcomes of that time
 // may still be queued, and the backlog of events that went out then may
-// still be worked off. Instances restarting one at a time, or one
-// restarting within an interval or two, leave the timeout running.
+// still be worked off. Instances restarting one at a time leave the
+// timeout running, as does one instance down for less than about an
+// interval (its first sweep comes an interval after its start, up to an
+// interval after its last).
 func (a *App) RunExpiry(ctx context.Context, timeout, interval time.Duration) error {
 	return a.runExpiry(ctx, timeout, interval, interval, 3*interval, expireBatch)
 }
@@ -106,20 +115,23 @@ func (a *App) runExpiry(ctx context.Context, timeout, first, interval, away time
 
 // expiryHold is what the instance last saw of the timeout's pause, for
 // logging when it begins and ends. The pause itself is in the database,
-// shared by every instance (store.RecordSweep): an order whose
-// order.created waits in the outbox (the broker away for longer than the
-// timeout, the relay far behind) has not reached the workers, so its
-// outcomes cannot have come: rejecting it would have the workers reserve,
-// charge, release and refund it for nothing once the events go out, and
-// the orders placed during an outage would all be lost. Once the backlog
-// is published, the workers need time to work it off, so the pause lasts
-// for a timeout after the last sweep that saw it, whichever instance made
-// it. Restarting an instance neither starts nor ends a pause.
+// shared by every instance and timed by the database's clock
+// (store.RecordSweep): an order whose order.created waits in the outbox
+// (the broker away for longer than the timeout, the relay far behind) has
+// not reached the workers, so its outcomes cannot have come: rejecting it
+// would have the workers reserve, charge, release and refund it for
+// nothing once the events go out, and the orders placed during an outage
+// would all be lost. Once the backlog is published, the workers need time
+// to work it off, so the pause lasts for a timeout after the last sweep
+// that saw it, whichever instance made it. Restarting an instance neither
+// starts nor ends a pause; no pause outlasts the current timeout from now.
 type expiryHold struct {
 	mu   sync.Mutex
 	held bool // the last sweep found the timeout paused
-	// backlog is set while this instance has seen the outbox's backlog.
-	backlog bool
+	// backlogWarned is when this instance last warned of the outbox's
+	// backlog (the zero time: it has not seen one since the last sweep
+	// without); the warning is repeated every timeout while it lasts.
+	backlogWarned time.Time
 }
 
 // expiryHeld records the sweep and reports whether the timeout is paused
@@ -131,30 +143,23 @@ func (a *App) expiryHeld(ctx context.Context, timeout, away time.Duration) (bool
 	if err != nil {
 		return false, unavailable(err)
 	}
-	now := a.now()
-	var hold, awayBefore time.Time
 	backlog := age > timeout/10
-	if backlog {
-		hold = now.Add(timeout)
-	}
-	if away > 0 {
-		awayBefore = now.Add(-away)
-	}
-	sweep, err := store.RecordSweep(ctx, a.pool, now, hold, awayBefore, now.Add(timeout))
+	sweep, err := store.RecordSweep(ctx, a.pool, store.SweepRecord{Shift: a.clockShift(), Timeout: timeout, Backlog: backlog, Away: away})
 	if err != nil {
 		return false, unavailable(err)
 	}
-	held := now.Before(sweep.HeldUntil)
+	held := sweep.Held()
 	a.hold.mu.Lock()
 	defer a.hold.mu.Unlock()
 	switch {
-	case backlog && !a.hold.backlog:
+	case backlog && (a.hold.backlogWarned.IsZero() || sweep.Now.Sub(a.hold.backlogWarned) >= timeout):
 		a.log.WarnContext(ctx, "order timeouts paused: the outbox holds events not yet published",
 			slog.Duration("oldest_waiting", age.Round(time.Second)), slog.Duration("timeout", timeout))
-	case held && !a.hold.held && away > 0 && sweep.Previous.Before(awayBefore):
-		since := "never, since the service's tables were made"
+		a.hold.backlogWarned = sweep.Now
+	case held && !a.hold.held && away > 0 && sweep.Previous.Before(sweep.Now.Add(-away)):
+		since := "none since the service's expiry record was made"
 		if !sweep.Previous.IsZero() {
-			since = now.Sub(sweep.Previous).Round(time.Second).String() + " ago"
+			since = sweep.Now.Sub(sweep.Previous).Round(time.Second).String() + " ago"
 		}
 		a.log.InfoContext(ctx, "order timeouts paused: no instance swept for stale orders for a while, so outcomes may be queued",
 			slog.String("last_sweep", since), slog.Time("until", sweep.HeldUntil))
@@ -163,6 +168,14 @@ func (a *App) expiryHeld(ctx context.Context, timeout, away time.Duration) (bool
 	case !held && a.hold.held:
 		a.log.InfoContext(ctx, "order timeouts resume")
 	}
-	a.hold.held, a.hold.backlog = held, backlog
+	if !backlog {
+		a.hold.backlogWarned = time.Time{}
+	}
+	a.hold.held = held
 	return held, nil
 }
+
+// clockShift is how far the app's clock is from the system's: 0 but in
+// tests, which move the app's clock (SetClock); the pause's times, on the
+// database's clock, move with it.
+func (a *App) clockShift() time.Duration { return a.now().Sub(time.Now()) }

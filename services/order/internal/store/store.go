@@ -444,33 +444,62 @@ func scanOrder(row pgx.Row, withItems bool) (order.Order, int64, error) {
 	return o, seq, nil
 }
 
+// SweepRecord is what an expiry sweep records (see RecordSweep).
+type SweepRecord struct {
+	// Shift is added to the database's clock, the one every instance's
+	// sweeps are timed by: 0 but in tests.
+	Shift time.Duration
+	// Timeout is the order timeout: a pause the sweep starts lasts it,
+	// and no pause ends later than it from now, whatever timeout was in
+	// force when it began.
+	Timeout time.Duration
+	// Backlog is set when the sweep saw the outbox behind: the pause
+	// lasts at least Timeout from now.
+	Backlog bool
+	// Away is how long after the previous sweep of any instance a sweep
+	// finds the service to have been away, and pauses for Timeout from
+	// now; 0: not judged.
+	Away time.Duration
+}
+
 // Sweep is what RecordSweep learned.
 type Sweep struct {
+	// Now is the sweep's time: the database's clock, shifted.
+	Now time.Time
 	// HeldUntil is when the timeout's pause ends (the zero time or one
-	// before the sweep's: none).
+	// before Now: none).
 	HeldUntil time.Time
-	// Previous is when an instance last swept before this one (the zero
-	// time: never, since the migration that made the record).
+	// Previous is when an instance last swept before this one, as the
+	// statement's snapshot saw it (the zero time: none since the
+	// migration that made the record). With instances sweeping at once it
+	// may be older than the sweep the pause was judged by; it serves the
+	// logs only.
 	Previous time.Time
 }
 
-// RecordSweep records an expiry sweep at now in the record the service's
-// instances share: the pause lasts at least until hold (the zero time for
-// no new pause), and, when the previous sweep of any instance was before
-// awayBefore (none is judged absent when it is the zero time), until
-// awayHold. One statement, so that instances sweeping at once see each
-// other's pauses; times only move forward.
-func RecordSweep(ctx context.Context, q Querier, now, hold, awayBefore, awayHold time.Time) (Sweep, error) {
+// Held reports whether the timeout is paused at the sweep's time.
+func (s Sweep) Held() bool { return s.Now.Before(s.HeldUntil) }
+
+// RecordSweep records an expiry sweep in the record the service's
+// instances share, on the database's clock, and returns the pause in
+// force: one statement, so that instances sweeping at once see each
+// other's pauses.
+func RecordSweep(ctx context.Context, q Querier, r SweepRecord) (Sweep, error) {
 	var s Sweep
 	var held, prev pgtype.Timestamptz
 	err := q.QueryRow(ctx, `
-		WITH prev AS (SELECT swept_at FROM expiry_hold)
-		UPDATE expiry_hold SET
-			swept_at = GREATEST(swept_at, $1::timestamptz),
-			held_until = GREATEST(held_until, $2::timestamptz,
-				CASE WHEN swept_at < $3::timestamptz THEN $4::timestamptz END)
-		RETURNING held_until, (SELECT swept_at FROM prev)`,
-		now, timeOrInfinity(hold), timeOrInfinity(awayBefore), awayHold).Scan(&held, &prev)
+		WITH t AS (SELECT now() + $1::interval AS now),
+			prev AS (SELECT swept_at FROM expiry_hold)
+		UPDATE expiry_hold AS h SET
+			swept_at = GREATEST(h.swept_at, t.now),
+			held_until = LEAST(
+				GREATEST(h.held_until,
+					CASE WHEN $3::boolean THEN t.now + $2::interval END,
+					CASE WHEN $4::interval > interval '0' AND h.swept_at < t.now - $4::interval THEN t.now + $2::interval END),
+				t.now + $2::interval)
+		FROM t
+		RETURNING t.now, h.held_until, (SELECT swept_at FROM prev)`,
+		r.Shift, r.Timeout, r.Backlog, r.Away).Scan(&s.Now, &held, &prev)
 	if err != nil {
 		return Sweep{}, fmt.Errorf("record the expiry sweep: %w", err)
 	}
@@ -483,10 +512,11 @@ func RecordSweep(ctx context.Context, q Querier, now, hold, awayBefore, awayHold
 	return s, nil
 }
 
-// timeOrInfinity is t, or -infinity for the zero time.
-func timeOrInfinity(t time.Time) pgtype.Timestamptz {
-	if t.IsZero() {
-		return pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+// TouchSweep records that a sweep went on until now (the database's
+// clock, shifted by shift): a long sweep's own length is no absence.
+func TouchSweep(ctx context.Context, q Querier, shift time.Duration) error {
+	if _, err := q.Exec(ctx, `UPDATE expiry_hold SET swept_at = GREATEST(swept_at, now() + $1::interval)`, shift); err != nil {
+		return fmt.Errorf("record the expiry sweep's end: %w", err)
 	}
-	return pgtype.Timestamptz{Time: t, Valid: true}
+	return nil
 }
