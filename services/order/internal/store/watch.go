@@ -76,12 +76,18 @@ func (w *Watcher) Subscribe(id string) (<-chan struct{}, func()) {
 }
 
 // Reconnect delays after the listening connection was lost: the first
-// try waits minBackoff, each failed one doubles it up to maxBackoff, and a
-// connection that listened starts the count again.
+// try waits minBackoff, each one after doubles it up to maxBackoff, and a
+// connection that listened for healthyAfter starts the count again (one
+// lost at once, by a server or proxy that takes LISTEN and then drops
+// the connection, does not: every reconnect re-reads each watched order).
 const (
 	minBackoff = 100 * time.Millisecond
 	maxBackoff = 5 * time.Second
 )
+
+// healthyAfter is how long a connection must have listened for its loss
+// to start the reconnect delays again; a variable for tests.
+var healthyAfter = maxBackoff
 
 // Run listens until ctx ends, reconnecting after connection loss.
 func (w *Watcher) Run(ctx context.Context) error {
@@ -91,7 +97,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if listened {
+		if listened >= healthyAfter {
 			backoff = minBackoff
 		}
 		w.log.WarnContext(ctx, "order watch connection lost; reconnecting", "error", err, "retry_in", backoff)
@@ -105,8 +111,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 }
 
 // listen listens on a connection of its own until ctx ends or the
-// connection fails, and reports whether it got as far as listening.
-func (w *Watcher) listen(ctx context.Context) (listened bool, err error) {
+// connection fails, and returns how long it listened (0: it never did).
+func (w *Watcher) listen(ctx context.Context) (listened time.Duration, err error) {
 	setupCtx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
 	// Parsed as the pool's URL is: pool_max_conns and the other pool_*
@@ -114,11 +120,11 @@ func (w *Watcher) listen(ctx context.Context) (listened bool, err error) {
 	// settings of the connection.
 	cfg, err := pgxpool.ParseConfig(w.url)
 	if err != nil {
-		return false, fmt.Errorf("connect: %w", err)
+		return 0, fmt.Errorf("connect: %w", err)
 	}
 	conn, err := pgx.ConnectConfig(setupCtx, cfg.ConnConfig)
 	if err != nil {
-		return false, fmt.Errorf("connect: %w", err)
+		return 0, fmt.Errorf("connect: %w", err)
 	}
 	defer func() {
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
@@ -126,10 +132,11 @@ func (w *Watcher) listen(ctx context.Context) (listened bool, err error) {
 		_ = conn.Close(closeCtx)
 	}()
 	if _, err := conn.Exec(setupCtx, "LISTEN "+pgx.Identifier{w.channel}.Sanitize()); err != nil {
-		return false, fmt.Errorf("listen %s: %w", w.channel, err)
+		return 0, fmt.Errorf("listen %s: %w", w.channel, err)
 	}
 	w.listening.Store(true)
 	defer w.listening.Store(false)
+	since := time.Now()
 	// Changes made while no connection listened were missed.
 	w.signalAll()
 	for {
@@ -140,16 +147,16 @@ func (w *Watcher) listen(ctx context.Context) (listened bool, err error) {
 		cancel()
 		switch {
 		case ctx.Err() != nil:
-			return true, nil
+			return time.Since(since), nil
 		case errors.Is(err, context.DeadlineExceeded):
 			pingCtx, cancel := context.WithTimeout(ctx, pingTimeout)
 			err := conn.Ping(pingCtx)
 			cancel()
 			if err != nil {
-				return true, fmt.Errorf("ping listening connection: %w", err)
+				return time.Since(since), fmt.Errorf("ping listening connection: %w", err)
 			}
 		case err != nil:
-			return true, fmt.Errorf("wait for notification: %w", err)
+			return time.Since(since), fmt.Errorf("wait for notification: %w", err)
 		default:
 			w.signal(n.Payload)
 		}

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,11 +12,13 @@ import (
 	"github.com/ordermesh/ordermesh/services/order/internal/store"
 )
 
-// TestWatcherReconnectsAtOnceAfterEachLoss: a listening connection lost
-// again and again, each time after it listened, is each time reconnected
-// after the shortest delay; the delay grows only while reconnecting
-// fails.
-func TestWatcherReconnectsAtOnceAfterEachLoss(t *testing.T) {
+// TestWatcherReconnectDelays: a listening connection lost again and
+// again, each time after it had listened for a while, is each time
+// reconnected after the shortest delay; one lost as soon as it listened
+// (a server or proxy that takes LISTEN, then drops the connection) is
+// reconnected after delays that grow.
+func TestWatcherReconnectDelays(t *testing.T) {
+	store.SetHealthyAfter(t, 300*time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	pool, schema := postgrestest.NewSchema(t, store.Migrations)
@@ -36,38 +39,48 @@ func TestWatcherReconnectsAtOnceAfterEachLoss(t *testing.T) {
 			}
 		}
 	}
-	listening("after it started")
-	const losses = 5
-	for i := range losses {
-		// The watcher's connection is the one listening on its schema's
-		// channel.
+	// lose ends the watcher's connection, the one listening on its
+	// schema's channel, and waits until it has reconnected.
+	lose := func(i int) {
+		t.Helper()
 		var ended bool
 		err := pool.QueryRow(ctx, `
 			SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 			WHERE query LIKE 'LISTEN %' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()`, schema).Scan(&ended)
 		if err != nil || !ended {
-			t.Fatalf("end the watcher's connection (loss %d): %v, %v", i+1, ended, err)
+			t.Fatalf("end the watcher's connection (loss %d): %v, %v", i, ended, err)
 		}
 		for deadline := time.Now().Add(10 * time.Second); w.Listening(); time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
-				t.Fatalf("the watcher still listens 10s after its connection was ended (loss %d)", i+1)
+				t.Fatalf("the watcher still listens 10s after its connection was ended (loss %d)", i)
 			}
 		}
 		listening("after its connection was ended")
 	}
-	// Each loss logged its delay, in nanoseconds: all the shortest.
-	var delays []string
-	for line := range strings.Lines(logs.String()) {
-		if _, after, ok := strings.Cut(line, `"retry_in":`); ok {
-			delays = append(delays, strings.TrimRight(strings.SplitN(after, ",", 2)[0], "}\n"))
+	// delays returns the reconnect delays logged so far, in nanoseconds.
+	delays := func() []string {
+		var out []string
+		for line := range strings.Lines(logs.String()) {
+			if _, after, ok := strings.Cut(line, `"retry_in":`); ok {
+				out = append(out, strings.TrimRight(strings.SplitN(after, ",", 2)[0], "}\n"))
+			}
 		}
+		return out
 	}
-	if len(delays) != losses {
-		t.Fatalf("%d reconnects logged, want %d; the log:\n%s", len(delays), losses, logs.String())
+	listening("after it started")
+	for i := range 3 {
+		time.Sleep(400 * time.Millisecond) // listened for longer than healthyAfter
+		lose(i + 1)
 	}
-	for i, d := range delays {
-		if d != "100000000" {
-			t.Errorf("reconnect %d waited %s ns, want 100000000 (100ms) after a connection that listened", i+1, d)
-		}
+	if got, want := delays(), []string{"100000000", "100000000", "100000000"}; !slices.Equal(got, want) {
+		t.Errorf("after connections that had listened a while, reconnect delays %v ns, want %v", got, want)
+	}
+	// The delay doubles after each wait: the first of these waits twice
+	// the one before it.
+	for i := range 3 {
+		lose(i + 4) // at once
+	}
+	if got, want := delays()[3:], []string{"200000000", "400000000", "800000000"}; !slices.Equal(got, want) {
+		t.Errorf("after connections lost as soon as they listened, reconnect delays %v ns, want %v", got, want)
 	}
 }
