@@ -137,6 +137,12 @@ func StartPlatform(ctx context.Context, cfg PlatformConfig) (_ *Platform, err er
 	return p, nil
 }
 
+// platformSets are the variables start gives every process, whatever the
+// environment says.
+var platformSets = []string{"ORDERMESH_DATABASE_URL", "ORDERMESH_AMQP_URL", "ORDERMESH_TOPOLOGY_PREFIX",
+	"ORDERMESH_RETRY_DELAYS", "ORDERMESH_SMTP_ADDR", "ORDERMESH_SHUTDOWN_TIMEOUT", "ORDERMESH_HTTP_ADDR",
+	"ORDERMESH_ORDER_ADDR", "ORDERMESH_INVENTORY_ADDR", "ORDERMESH_GRPC_ADDR", "ORDERMESH_ADMIN_ADDR"}
+
 func (p *Platform) start(name, logDir string) error {
 	addr, err := freeAddr()
 	if err != nil {
@@ -146,7 +152,7 @@ func (p *Platform) start(name, logDir string) error {
 	if err != nil {
 		return err
 	}
-	env := append(os.Environ(),
+	env := append(os.Environ(), // the benchmark's settings after, and so over, the environment's
 		"ORDERMESH_DATABASE_URL="+p.DatabaseURL,
 		"ORDERMESH_AMQP_URL="+p.AMQPURL,
 		"ORDERMESH_TOPOLOGY_PREFIX="+p.Prefix,

@@ -29,18 +29,30 @@ type Machine struct {
 	Commit     string
 	// Env lists the variables of the run's environment that change how
 	// the services or Go's runtime behave (ORDERMESH_* but the benchmark's
-	// own ORDERMESH_TEST_*, GOGC, GOMEMLIMIT, GOMAXPROCS, GODEBUG): the
-	// services inherit them.
+	// own ORDERMESH_TEST_* and those it sets for every process, GOGC,
+	// GOMEMLIMIT, GOMAXPROCS, GODEBUG): the services inherit them. Values
+	// that may hold a credential are not shown.
 	Env []string
 }
 
 // tuning reports whether the environment variable named name changes how
 // the services or Go's runtime behave.
 func tuning(name string) bool {
-	if strings.HasPrefix(name, "ORDERMESH_TEST_") { // the benchmark's own: where the servers are
-		return false
+	if strings.HasPrefix(name, "ORDERMESH_TEST_") || slices.Contains(platformSets, name) {
+		return false // the benchmark's own: where the servers are, what it sets itself
 	}
 	return strings.HasPrefix(name, "ORDERMESH_") || slices.Contains([]string{"GOGC", "GOMEMLIMIT", "GOMAXPROCS", "GODEBUG"}, name)
+}
+
+// secret reports whether the value of the variable named name may hold a
+// credential, and is left out of the report.
+func secret(name string) bool {
+	for _, s := range []string{"URL", "PASSWORD", "USERNAME", "SECRET", "TOKEN", "KEY"} {
+		if strings.Contains(name, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // DescribeMachine gathers the machine description: CPU count and model
@@ -56,7 +68,12 @@ func DescribeMachine(ctx context.Context, root, dbURL, amqpURL string, ignore ..
 		m.CPUModel = procField(string(b), "model name")
 	}
 	for _, kv := range os.Environ() {
-		if name, _, _ := strings.Cut(kv, "="); tuning(name) {
+		name, _, _ := strings.Cut(kv, "=")
+		switch {
+		case !tuning(name):
+		case secret(name):
+			m.Env = append(m.Env, name+"=(set, not shown)")
+		default:
 			m.Env = append(m.Env, kv)
 		}
 	}

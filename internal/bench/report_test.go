@@ -135,19 +135,24 @@ func TestMarkdown(t *testing.T) {
 }
 
 // TestMarkdownNamesTheEnvironment: variables the services inherit that
-// change how they run are named in the report; the benchmark's own server
-// addresses are not tuning, and are left out.
+// change how they run are named in the report, a credential's value
+// hidden; the benchmark's own server addresses, and what it sets for every
+// process itself, are left out.
 func TestMarkdownNamesTheEnvironment(t *testing.T) {
 	t.Setenv("ORDERMESH_MEMORY_LIMIT", "off")
 	t.Setenv("GOGC", "400")
+	t.Setenv("ORDERMESH_SMTP_PASSWORD", "hunter2")
 	t.Setenv("ORDERMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+	t.Setenv("ORDERMESH_DATABASE_URL", "postgres://me:pw@db/ordermesh")
 	m := DescribeMachine(context.Background(), t.TempDir(), "postgres://127.0.0.1:1/none", "amqp://127.0.0.1:1/")
 	md := Markdown(sampleResult(), m, "make bench")
-	if want := "- **environment** (the services inherit it): `GOGC=400`, `ORDERMESH_MEMORY_LIMIT=off`"; !strings.Contains(md, want) {
+	if want := "- **environment** (the services inherit it): `GOGC=400`, `ORDERMESH_MEMORY_LIMIT=off`, `ORDERMESH_SMTP_PASSWORD=(set, not shown)`"; !strings.Contains(md, want) {
 		t.Errorf("report lacks %q:\n%s", want, md)
 	}
-	if strings.Contains(md, "ORDERMESH_TEST_") {
-		t.Errorf("report names the benchmark's own ORDERMESH_TEST_* variables:\n%s", md)
+	for _, leak := range []string{"ORDERMESH_TEST_", "hunter2", "ORDERMESH_DATABASE_URL"} {
+		if strings.Contains(md, leak) {
+			t.Errorf("report names %q: the benchmark's own variables, those it sets itself, or a credential:\n%s", leak, md)
+		}
 	}
 }
 
