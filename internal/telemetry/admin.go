@@ -64,9 +64,9 @@ func ServeAdmin(ctx context.Context, log *slog.Logger, lis net.Listener, metrics
 // until stop is called, whatever happens to the binary's own context: its
 // metrics show the binary's shutdown (the drain, the consumers' stop, the
 // outbox's flush) until the end. stop ends it and returns its error (later
-// calls return the same). Should
-// it fail before then, fail is called with the error, so that the binary
-// stops. With lis nil there is no endpoint, and stop returns nil.
+// calls return the same). Whenever it fails, fail is called with the error,
+// so that a binary still running stops. With lis nil there is no endpoint,
+// and stop returns nil.
 func StartAdmin(ctx context.Context, log *slog.Logger, lis net.Listener, metrics prometheus.Gatherer, profiling bool, fail func(error)) (stop func() error) {
 	if lis == nil {
 		return func() error { return nil }
