@@ -274,6 +274,32 @@ func (q *DLQ) ReplayAll(ctx context.Context) (int, error) {
 	return n, nil
 }
 
+// ReplayReason is ReplayAll for the messages dead-lettered for reason (one
+// of the Reason constants, as DeadLetter.Reason reads it): the others stay
+// parked, in their order.
+func (q *DLQ) ReplayReason(ctx context.Context, reason string) (int, error) {
+	n, _, err := q.move(ctx, q.ofReason(reason), true, false)
+	if err != nil {
+		return n, fmt.Errorf("replay dead letters of reason %s: %w", reason, err)
+	}
+	return n, nil
+}
+
+// DiscardReason deletes the messages dead-lettered for reason and returns
+// how many it deleted; the others stay parked, in their order.
+func (q *DLQ) DiscardReason(ctx context.Context, reason string) (int, error) {
+	n, _, err := q.move(ctx, q.ofReason(reason), false, false)
+	if err != nil {
+		return n, fmt.Errorf("discard dead letters of reason %s: %w", reason, err)
+	}
+	return n, nil
+}
+
+// ofReason matches the deliveries dead-lettered for reason.
+func (q *DLQ) ofReason(reason string) func(amqp.Delivery) bool {
+	return func(d amqp.Delivery) bool { return deadLetterFromDelivery(d, q.cfg.DeliveryLimit).Reason == reason }
+}
+
 // Discard deletes the message with id from the dead-letter queue. It
 // returns a *NotFoundError (matching ErrNotFound) if no such message is
 // ready.
@@ -308,7 +334,7 @@ func (q *DLQ) DiscardAll(ctx context.Context) (int, error) {
 
 // move scans the messages ready when it starts; each one match accepts is
 // replayed to the service queue (if replay) and then acked, the others are
-// requeued. With one it stops after the first match, and if there is
+// requeued, in their order, when it ends. With one it stops after the first match, and if there is
 // none it counts the messages that became ready meanwhile
 // (Scan.ReadyAfter). It returns the number of messages moved and what the
 // scan saw.
@@ -329,7 +355,7 @@ func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, 
 	}
 	moved := 0
 	for range scan.Start.Ready {
-		skipped := s.lastHeld // the latest tag held before this get
+		skipped := s.lastHeld // the latest tag still held before this get
 		d, ok, err := s.get(ctx)
 		if err != nil {
 			return moved, scan, err
@@ -350,15 +376,12 @@ func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, 
 		if err := d.Ack(false); err != nil {
 			return moved, scan, fmt.Errorf("ack %s: %w", d.MessageId, err)
 		}
-		s.held--
-		if s.held > 0 {
-			// Requeue what was skipped so far now, so that a later
-			// "multiple" nack up to a held tag covers no acked one. The
-			// bound is the latest skipped tag, not d's: the broker refuses
-			// a tag it no longer holds.
-			_ = s.ch.Nack(skipped, true, true)
-			s.held = 0
-		}
+		// The messages skipped stay held, so that the scan goes on past
+		// them (requeued now, they would come first again), and are
+		// requeued together at the end, up to the latest of them: d's
+		// tag is no bound any more, the broker refuses a tag it does not
+		// hold.
+		s.held, s.lastHeld = s.held-1, skipped
 		moved++
 		if one {
 			break

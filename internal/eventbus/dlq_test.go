@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -322,6 +323,20 @@ func TestDLQReplayToAVanishedQueueFails(t *testing.T) {
 // bus and parks a letter with each of ids in the latter, confirmed.
 func parkRaw(t *testing.T, cfg Config, ids ...string) {
 	t.Helper()
+	letters := make([]parked, len(ids))
+	for i, id := range ids {
+		letters[i] = parked{id: id}
+	}
+	parkLetters(t, cfg, letters...)
+}
+
+// parked is a letter parkLetters parks: its id and the reason it was
+// dead-lettered for (none when empty).
+type parked struct{ id, reason string }
+
+// parkLetters is parkRaw for letters with reasons.
+func parkLetters(t *testing.T, cfg Config, letters ...parked) {
+	t.Helper()
 	ch := rawChannel(t, rawConn(t))
 	for _, q := range []struct {
 		name, kind string
@@ -335,14 +350,18 @@ func parkRaw(t *testing.T, cfg Config, ids ...string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, id := range ids {
-		letter := amqp.Publishing{MessageId: id, Type: "ordermesh.order.v1.OrderCreated", Headers: amqp.Table{HeaderRoutingKey: "order.created"}, Body: []byte{}}
+	for _, l := range letters {
+		headers := amqp.Table{HeaderRoutingKey: "order.created"}
+		if l.reason != "" {
+			headers[HeaderReason] = l.reason
+		}
+		letter := amqp.Publishing{MessageId: l.id, Type: "ordermesh.order.v1.OrderCreated", Headers: headers, Body: []byte{}}
 		dc, err := ch.PublishWithDeferredConfirm("", cfg.DLQName(), true, false, letter)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if ok, err := dc.WaitContext(ctx); err != nil || !ok {
-			t.Fatalf("park %s: confirmed %v, %v", id, ok, err)
+			t.Fatalf("park %s: confirmed %v, %v", l.id, ok, err)
 		}
 	}
 }
@@ -373,6 +392,53 @@ func waitStat(t *testing.T, q *DLQ, want QueueStat) {
 		got, err = q.Stat(ctx)
 		return err == nil && got == want
 	})
+}
+
+// TestDLQReplayAndDiscardByReason: replaying, then discarding, the
+// letters of one reason, interleaved with others, moves each of them and
+// leaves the others parked in their order: the scan goes past the letters
+// it skips rather than meeting them again.
+func TestDLQReplayAndDiscardByReason(t *testing.T) {
+	cfg := testConfig(t, "dlqreason")
+	parkLetters(t, cfg,
+		parked{"m-1", ReasonRetriesExhausted}, parked{"m-2", ReasonPermanent}, parked{"m-3", ReasonRetriesExhausted},
+		parked{"m-4", ReasonRetriesExhausted}, parked{"m-5", ReasonPermanent}, parked{"m-6", ReasonRetriesExhausted},
+		parked{"m-7", ReasonPermanent}, parked{"m-8", ReasonInvalid})
+	q, err := NewDLQ(cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStat(t, q, QueueStat{Ready: 8})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ids := func() []string {
+		t.Helper()
+		dls, err := q.List(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, dl := range dls {
+			out = append(out, dl.ID)
+		}
+		return out
+	}
+	if n, err := q.ReplayReason(ctx, ReasonPermanent); err != nil || n != 3 {
+		t.Fatalf("ReplayReason(%s) = %d, %v; want the 3 of that reason", ReasonPermanent, n, err)
+	}
+	if got, want := ids(), []string{"m-1", "m-3", "m-4", "m-6", "m-8"}; !slices.Equal(got, want) {
+		t.Errorf("parked after the replay: %v, want %v", got, want)
+	}
+	ch := rawChannel(t, rawConn(t))
+	if st, err := ch.QueueDeclarePassive(cfg.QueueName(), true, false, false, false, nil); err != nil || st.Messages != 3 {
+		t.Errorf("the service queue holds %d messages (%v), want the 3 replayed", st.Messages, err)
+	}
+	if n, err := q.DiscardReason(ctx, ReasonRetriesExhausted); err != nil || n != 4 {
+		t.Fatalf("DiscardReason(%s) = %d, %v; want the 4 of that reason", ReasonRetriesExhausted, n, err)
+	}
+	if got, want := ids(), []string{"m-8"}; !slices.Equal(got, want) {
+		t.Errorf("parked after the discard: %v, want %v", got, want)
+	}
 }
 
 // TestDLQNotFoundSaysAConsumerMayHoldIt: a message a consumer holds

@@ -55,6 +55,11 @@ const (
 	ReasonDeliveryLimit = "delivery_limit"
 )
 
+// Reasons are the reasons a message is dead-lettered for, as
+// DeadLetter.Reason reads them.
+var Reasons = []string{ReasonMissingID, ReasonUnknownType, ReasonUndecodable, ReasonInvalid,
+	ReasonPermanent, ReasonRetriesExhausted, ReasonDeliveryLimit}
+
 // maxErrorHeader caps the error text carried in HeaderError.
 const maxErrorHeader = 2048
 
