@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
+	"strings"
 
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 )
@@ -23,6 +25,7 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 	all := fs.Bool("all", false, "replay or discard every message")
 	yes := fs.Bool("yes", false, "confirm discard --all, which cannot be undone")
 	limit := fs.Int("limit", 100, "most messages to list (0: all)")
+	reason := fs.String("reason", "", "with --all: only the messages dead-lettered for this `REASON` (as list shows it)")
 	// Flags may come anywhere: "dlq replay --all inventory" is
 	// "dlq replay inventory --all", not a service named "--all".
 	var positional []string
@@ -53,6 +56,10 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 		return usagef("dlq discard --all drops every message in %s's dead-letter queue for good: add --yes to confirm ('dlq list %s' shows them)", svc, svc)
 	case *limit < 0:
 		return usagef("dlq list: --limit must be 0 (no limit) or more, got %d", *limit)
+	case *reason != "" && !*all:
+		return usagef("dlq: --reason goes with replay --all or discard --all")
+	case *reason != "" && !slices.Contains(eventbus.Reasons, *reason):
+		return usagef("dlq: unknown --reason %q (one of %s)", *reason, strings.Join(eventbus.Reasons, ", "))
 	}
 	cfg := eventbus.Config{
 		URL: amqpURL.url, Prefix: *prefix, Service: svc,
@@ -72,6 +79,10 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 	case "list":
 		return c.dlqList(ctx, q, svc, *limit)
 	case "replay":
+		if *all && *reason != "" {
+			n, err := q.ReplayReason(ctx, *reason)
+			return c.dlqSwept(ctx, q, "replayed", svc, n, err)
+		}
 		if *all {
 			n, err := q.ReplayAll(ctx)
 			return c.dlqSwept(ctx, q, "replayed", svc, n, err)
@@ -82,6 +93,10 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 		c.dlqDone("replayed", svc, id, fmt.Sprintf("replayed %s to %s's queue", id, svc))
 		return nil
 	case "discard":
+		if *all && *reason != "" {
+			n, err := q.DiscardReason(ctx, *reason)
+			return c.dlqSwept(ctx, q, "discarded", svc, n, err)
+		}
 		if *all {
 			n, err := q.DiscardAll(ctx)
 			return c.dlqSwept(ctx, q, "discarded", svc, n, err)

@@ -136,9 +136,11 @@ func TestDLQCommands(t *testing.T) {
 		t.Errorf("dlq list with no broker there: exit %d, output %q; want %d (unavailable)", code, out.String()+errOut.String(), exitUnavailable)
 	}
 	for _, args := range [][]string{
-		{"dlq", "discard", "dlqcli", "--all"},       // not confirmed
-		{"dlq", "drop", "dlqcli", "--all", "--yes"}, // no such action
-		{"dlq", "list", "dlqcli", ids[1]},           // list takes no id
+		{"dlq", "discard", "dlqcli", "--all"},                              // not confirmed
+		{"dlq", "drop", "dlqcli", "--all", "--yes"},                        // no such action
+		{"dlq", "list", "dlqcli", ids[1]},                                  // list takes no id
+		{"dlq", "replay", "dlqcli", ids[1], "--reason", "permanent_error"}, // --reason needs --all
+		{"dlq", "replay", "dlqcli", "--all", "--reason", "no_such_reason"},
 	} {
 		if out, code := ctl(args...); code != exitUsage {
 			t.Errorf("%v: exit %d, output %q; want a usage error", args, code, out)
@@ -465,4 +467,17 @@ func TestDLQReplayAndDiscardConfirm(t *testing.T) {
 		t.Errorf("--json dlq discard m-2: exit %d, stdout %q (%v), stderr %q; want {action: discarded, service: %s, id: m-2}", code, stdout, err, stderr, f.svc)
 	}
 	f.waitStat(eventbus.QueueStat{})
+}
+
+// TestDLQReplayByReason: replay --all --reason moves only the messages of
+// that reason; the others stay parked.
+func TestDLQReplayByReason(t *testing.T) {
+	f := newDLQFixture(t, "dlqbyreason")
+	f.park("m-1", "m-2") // parked with no reason of ours
+	f.waitStat(eventbus.QueueStat{Ready: 2})
+	stdout, stderr, code := f.ctl(f.url, "--json", "dlq", "replay", f.svc, "--all", "--reason", "permanent_error")
+	var got map[string]any
+	if err := json.Unmarshal([]byte(stdout), &got); code != exitOK || err != nil || got["count"] != float64(0) || got["still_parked"] != float64(2) {
+		t.Errorf("--json dlq replay --all --reason permanent_error: exit %d, stdout %q (%v), stderr %q; want none replayed, 2 still parked", code, stdout, err, stderr)
+	}
 }

@@ -48,6 +48,7 @@ Other:
                                       (with --json on stderr, stdout keeps one message per line)
   dlq replay SERVICE (ID|--all)       send them back to the service's queue
   dlq discard SERVICE (ID|--all --yes)  drop them for good
+                                      (--all --reason R: only those dead-lettered for R)
                                       (dlq talks to RabbitMQ: --amqp-url, --prefix; its flags go
                                       anywhere after "dlq". It sees only ready messages, not those
                                       a consumer or another session holds unacknowledged)
