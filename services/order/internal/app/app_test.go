@@ -85,6 +85,26 @@ func request() order.Request {
 	}
 }
 
+// backdateOrders makes the orders with ids (every order when none is
+// given) placed ago: stale, for a timeout shorter than ago.
+func backdateOrders(t *testing.T, f fixture, ago time.Duration, ids ...string) {
+	t.Helper()
+	if _, err := f.pool.Exec(context.Background(), `
+		UPDATE orders SET create_time = now() - $1::interval
+		WHERE coalesce(cardinality($2::uuid[]), 0) = 0 OR id = ANY($2::uuid[])`, ago, ids); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// backdateOutbox makes every event waiting in the outbox written ago: a
+// backlog, for a timeout shorter than ten times ago.
+func backdateOutbox(t *testing.T, f fixture, ago time.Duration) {
+	t.Helper()
+	if _, err := f.pool.Exec(context.Background(), `UPDATE outbox SET created_at = now() - $1::interval`, ago); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // outboxTypes lists the event types waiting in the outbox, oldest first.
 func outboxTypes(t *testing.T, pool *pgxpool.Pool) []string {
 	t.Helper()
@@ -1022,10 +1042,7 @@ func TestExpirePendingRejectsOnlyStaleOrders(t *testing.T) {
 		t.Fatal(err)
 	}
 	// stale and done were placed an hour ago; stale half-way through.
-	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour' WHERE id = ANY($1::uuid[])`,
-		[]string{stale.ID, done.ID}); err != nil {
-		t.Fatal(err)
-	}
+	backdateOrders(t, f, time.Hour, stale.ID, done.ID)
 	if err := inTx(t, f, &inventoryv1.StockReserved{OrderId: stale.ID}); err != nil {
 		t.Fatal(err)
 	}
@@ -1069,12 +1086,8 @@ func TestExpirePendingWaitsForTheOutbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour'`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.pool.Exec(ctx, `UPDATE outbox SET created_at = now() - interval '1 hour'`); err != nil {
-		t.Fatal(err)
-	}
+	backdateOrders(t, f, time.Hour)
+	backdateOutbox(t, f, time.Hour)
 	status := func() order.Status {
 		t.Helper()
 		got, err := f.app.Get(ctx, stale.ID)
@@ -1113,9 +1126,7 @@ func TestExpirePendingWaitsForRefusedEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour'`); err != nil {
-		t.Fatal(err)
-	}
+	backdateOrders(t, f, time.Hour)
 	if _, err := f.pool.Exec(ctx, `
 		WITH moved AS (DELETE FROM outbox RETURNING seq, id, type, routing_key, source, event_time, body)
 		INSERT INTO outbox_deferred (seq, id, type, routing_key, source, event_time, body, created_at, attempts, next_attempt_at)
@@ -1142,12 +1153,8 @@ func TestExpiryPauseFollowsAShorterTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '2 hours'`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.pool.Exec(ctx, `UPDATE outbox SET created_at = now() - interval '3 hours'`); err != nil {
-		t.Fatal(err)
-	}
+	backdateOrders(t, f, 2*time.Hour)
+	backdateOutbox(t, f, 3*time.Hour)
 	sweep := func(timeout time.Duration, what string, want int) {
 		t.Helper()
 		if n, err := f.app.ExpirePending(ctx, timeout, 100); err != nil || n != want {
@@ -1202,9 +1209,7 @@ func TestALongSweepIsNoAbsence(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '2 hours' WHERE status = 'PENDING'`); err != nil {
-			t.Fatal(err)
-		}
+		backdateOrders(t, f, 2*time.Hour)
 		if _, err := f.pool.Exec(ctx, `DELETE FROM outbox`); err != nil {
 			t.Fatal(err)
 		}
@@ -1237,9 +1242,7 @@ func TestExpirePendingOnTwoInstances(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour'`); err != nil {
-		t.Fatal(err)
-	}
+	backdateOrders(t, f, time.Hour)
 	counts := make([]int, 2)
 	var wg sync.WaitGroup
 	for i, a := range []*app.App{f.app, other} {
@@ -1286,9 +1289,7 @@ func TestRunExpiryGoesOnPastABatchOthersEnded(t *testing.T) {
 		}
 		ids = append(ids, o.ID)
 	}
-	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour'`); err != nil {
-		t.Fatal(err)
-	}
+	backdateOrders(t, f, time.Hour)
 	// The first five (oldest, so the first batch) are being ended by
 	// someone else.
 	other, err := f.pool.Begin(ctx)
@@ -1336,9 +1337,7 @@ func TestRunExpiryWaitsAnIntervalFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour' WHERE id = $1`, stale.ID); err != nil {
-		t.Fatal(err)
-	}
+	backdateOrders(t, f, time.Hour, stale.ID)
 	// An instance swept a moment ago: a sweep now would not be paused,
 	// and would reject the stale order.
 	if _, err := f.pool.Exec(ctx, `UPDATE expiry_hold SET swept_at = now()`); err != nil {
@@ -1367,9 +1366,7 @@ func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour' WHERE id = $1`, stale.ID); err != nil {
-		t.Fatal(err)
-	}
+	backdateOrders(t, f, time.Hour, stale.ID)
 	if err := f.app.RunExpiry(ctx, 0, time.Millisecond); err != nil {
 		t.Fatalf("RunExpiry with the timeout off = %v, want nil at once", err)
 	}
@@ -1433,9 +1430,7 @@ func TestExpiryPauseIsSharedByInstances(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.pool.Exec(ctx, `UPDATE orders SET create_time = now() - interval '1 hour' WHERE id = $1`, o.ID); err != nil {
-			t.Fatal(err)
-		}
+		backdateOrders(t, f, time.Hour, o.ID)
 		return o.ID
 	}
 	status := func(id string) order.Status {
@@ -1487,9 +1482,7 @@ func TestExpiryPauseIsSharedByInstances(t *testing.T) {
 	// A backlog seen by one instance pauses the other, which never
 	// saw it, after it was published.
 	c := stale()
-	if _, err := f.pool.Exec(ctx, `UPDATE outbox SET created_at = now() - interval '1 hour'`); err != nil {
-		t.Fatal(err)
-	}
+	backdateOutbox(t, f, time.Hour)
 	now = now.Add(time.Minute)
 	sweep(first, "a sweep seeing the outbox's backlog", 0)
 	if !strings.Contains(logs.String(), "the outbox holds events not yet published") {
