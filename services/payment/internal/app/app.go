@@ -331,13 +331,15 @@ func providerError(err error) error {
 
 // declineReason returns the part of a decline error fit for the customer,
 // from the sentinel's text on ("payment declined: card declined"), as
-// valid UTF-8 (a proto string must be), at most MaxReasonLen bytes.
+// valid UTF-8 (a proto string must be) without NUL, at most MaxReasonLen bytes.
 func declineReason(err error) string {
 	msg := err.Error()
 	if i := strings.Index(msg, provider.ErrDeclined.Error()); i >= 0 {
 		msg = msg[i:]
 	}
-	msg = strings.ToValidUTF8(msg, "\uFFFD")
+	// PostgreSQL stores no NUL in text: the payment's row could not be
+	// written, nor could the order service record the reason.
+	msg = strings.ReplaceAll(strings.ToValidUTF8(msg, "\uFFFD"), "\x00", "\uFFFD")
 	if len(msg) > MaxReasonLen {
 		msg = msg[:MaxReasonLen]
 		for !utf8.ValidString(msg) {

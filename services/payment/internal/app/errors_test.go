@@ -49,6 +49,9 @@ func TestDeclineReason(t *testing.T) {
 		// A provider's text that is not UTF-8 could not be encoded into
 		// PaymentFailed (a proto string): each bad byte becomes U+FFFD.
 		{"invalid utf-8", fmt.Errorf("%w: carte refus\xe9e \xff", provider.ErrDeclined), "payment declined: carte refus\ufffde \ufffd"},
+		// Nor can PostgreSQL store a NUL in text: it would fail the
+		// payment's row and the order's.
+		{"NUL", fmt.Errorf("%w: no\x00funds", provider.ErrDeclined), "payment declined: no\ufffdfunds"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
