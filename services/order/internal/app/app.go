@@ -77,6 +77,12 @@ type App struct {
 	wake func()
 	// hold is what this instance last saw of the timeout's pause.
 	hold expiryHold
+	// watchReads bounds the reads of watched orders running at once to
+	// half the pool's connections: a change, or the watcher's reconnect,
+	// signals every watch at once (thousands with many open), and their
+	// reads would otherwise queue ahead of Create's batches and the
+	// handlers for every connection.
+	watchReads chan struct{}
 }
 
 // New returns an App storing orders in pool and watching changes with w.
@@ -90,7 +96,8 @@ func New(pool *pgxpool.Pool, w *store.Watcher, log *slog.Logger, wake func()) *A
 	}
 	a := &App{
 		pool: pool, watcher: w, log: log, wake: wake,
-		now: func() time.Time { return time.Now().UTC() },
+		now:        func() time.Time { return time.Now().UTC() },
+		watchReads: make(chan struct{}, max(1, pool.Config().MaxConns/2)),
 	}
 	a.creates = postgres.NewBatcher(createBatch, createLanes, a.insertBatch)
 	return a
@@ -486,9 +493,9 @@ func (a *App) Watch(ctx context.Context, id string, send func(order.Order) error
 	defer stop()
 	var last order.Order
 	for first := true; ; first = false {
-		o, err := store.Get(ctx, a.pool, id)
+		o, err := a.readWatched(ctx, id)
 		if err != nil {
-			return unavailable(err)
+			return err
 		}
 		if first || o.UpdateTime != last.UpdateTime || o.Status != last.Status {
 			if err := send(o); err != nil {
@@ -505,6 +512,22 @@ func (a *App) Watch(ctx context.Context, id string, send func(order.Order) error
 		case <-changed:
 		}
 	}
+}
+
+// readWatched reads order id for a watch, among at most cap(a.watchReads)
+// such reads at once.
+func (a *App) readWatched(ctx context.Context, id string) (order.Order, error) {
+	select {
+	case a.watchReads <- struct{}{}:
+	case <-ctx.Done():
+		return order.Order{}, ctx.Err()
+	}
+	defer func() { <-a.watchReads }()
+	o, err := store.Get(ctx, a.pool, id)
+	if err != nil {
+		return order.Order{}, unavailable(err)
+	}
+	return o, nil
 }
 
 // Page tokens are "<cursor>.<filter digest>" in unpadded base64url: opaque

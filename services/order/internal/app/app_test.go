@@ -554,6 +554,74 @@ func TestWatchSeesChangesFromAnotherInstance(t *testing.T) {
 	}
 }
 
+// TestWatchReadsAreBounded: when every watch is signalled at once, at
+// most half the pool's connections read the watched orders; the others
+// are left to Create and the handlers. The reads are held up here by a
+// lock on the orders table, and the watches signalled by notifications
+// sent by hand, which touch no table.
+func TestWatchReadsAreBounded(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bound := int(max(1, f.pool.Config().MaxConns/2))
+	watches := 4 * bound
+	var ids []string
+	for range watches {
+		o, err := f.app.Create(ctx, request())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, o.ID)
+	}
+	var g errgroup.Group
+	defer func() {
+		cancel()
+		_ = g.Wait()
+	}()
+	var snapshots atomic.Int64
+	for _, id := range ids {
+		g.Go(func() error {
+			return f.app.Watch(ctx, id, func(order.Order) error { snapshots.Add(1); return nil })
+		})
+	}
+	waitFor(t, 10*time.Second, "every watch's first snapshot", func() bool { return snapshots.Load() == int64(watches) })
+
+	lock, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(context.Background())
+	if _, err := lock.Exec(ctx, `LOCK TABLE orders IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	// A connection of the test's own: the pool's may all be taken.
+	conn, err := pgx.Connect(ctx, postgrestest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for _, id := range ids {
+		if _, err := conn.Exec(ctx, `SELECT pg_notify($1, $2)`, "orders."+f.schema, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// waiting counts the pool's connections waiting for the table's lock.
+	waiting := func() int {
+		var n int
+		if err := conn.QueryRow(ctx, `
+			SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = $1 AND wait_event_type = 'Lock'`, "ordermesh-test-"+f.schema).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	waitFor(t, 10*time.Second, "watch reads waiting for the lock", func() bool { return waiting() >= bound })
+	time.Sleep(500 * time.Millisecond) // time for more to start, were they not bounded
+	if n := waiting(); n != bound {
+		t.Errorf("%d watch reads at once for %d signalled watches, want %d: half the pool's %d connections", n, watches, bound, f.pool.Config().MaxConns)
+	}
+}
+
 func TestWatchUnknownOrder(t *testing.T) {
 	f := newFixture(t)
 	err := f.app.Watch(context.Background(), uuid.NewString(), func(order.Order) error { return nil })
