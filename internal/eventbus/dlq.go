@@ -251,10 +251,13 @@ func (q *DLQ) ListStat(ctx context.Context, limit int) ([]DeadLetter, QueueStat,
 }
 
 // Replay moves the message with id back to the service queue, with its
-// attempt count reset and its dead-letter headers removed. It returns a
-// *NotFoundError (matching ErrNotFound) if no such message is ready.
+// attempt count reset and its dead-letter headers removed: every copy of
+// it, as dead-lettering is at least once (a message whose dead-lettering
+// was not acknowledged in time is parked again), and the inbox absorbs
+// the copies. It returns a *NotFoundError (matching ErrNotFound) if no
+// such message is ready.
 func (q *DLQ) Replay(ctx context.Context, id string) error {
-	n, scan, err := q.move(ctx, func(d amqp.Delivery) bool { return d.MessageId == id }, true, true)
+	n, scan, err := q.move(ctx, func(d amqp.Delivery) bool { return d.MessageId == id }, true)
 	if err == nil && n == 0 {
 		err = &NotFoundError{ID: id, Queue: q.cfg.DLQName(), Scan: scan}
 	}
@@ -267,7 +270,7 @@ func (q *DLQ) Replay(ctx context.Context, id string) error {
 // ReplayAll moves every message parked when it starts back to the service
 // queue and returns how many it moved.
 func (q *DLQ) ReplayAll(ctx context.Context) (int, error) {
-	n, _, err := q.move(ctx, func(amqp.Delivery) bool { return true }, true, false)
+	n, _, err := q.move(ctx, func(amqp.Delivery) bool { return true }, true)
 	if err != nil {
 		return n, fmt.Errorf("replay dead letters: %w", err)
 	}
@@ -278,7 +281,7 @@ func (q *DLQ) ReplayAll(ctx context.Context) (int, error) {
 // of the Reason constants, as DeadLetter.Reason reads it): the others stay
 // parked, in their order.
 func (q *DLQ) ReplayReason(ctx context.Context, reason string) (int, error) {
-	n, _, err := q.move(ctx, q.ofReason(reason), true, false)
+	n, _, err := q.move(ctx, q.ofReason(reason), true)
 	if err != nil {
 		return n, fmt.Errorf("replay dead letters of reason %s: %w", reason, err)
 	}
@@ -288,7 +291,7 @@ func (q *DLQ) ReplayReason(ctx context.Context, reason string) (int, error) {
 // DiscardReason deletes the messages dead-lettered for reason and returns
 // how many it deleted; the others stay parked, in their order.
 func (q *DLQ) DiscardReason(ctx context.Context, reason string) (int, error) {
-	n, _, err := q.move(ctx, q.ofReason(reason), false, false)
+	n, _, err := q.move(ctx, q.ofReason(reason), false)
 	if err != nil {
 		return n, fmt.Errorf("discard dead letters of reason %s: %w", reason, err)
 	}
@@ -300,11 +303,11 @@ func (q *DLQ) ofReason(reason string) func(amqp.Delivery) bool {
 	return func(d amqp.Delivery) bool { return deadLetterFromDelivery(d, q.cfg.DeliveryLimit).Reason == reason }
 }
 
-// Discard deletes the message with id from the dead-letter queue. It
-// returns a *NotFoundError (matching ErrNotFound) if no such message is
-// ready.
+// Discard deletes the message with id from the dead-letter queue, every
+// copy of it (see Replay). It returns a *NotFoundError (matching
+// ErrNotFound) if no such message is ready.
 func (q *DLQ) Discard(ctx context.Context, id string) error {
-	n, scan, err := q.move(ctx, func(d amqp.Delivery) bool { return d.MessageId == id }, false, true)
+	n, scan, err := q.move(ctx, func(d amqp.Delivery) bool { return d.MessageId == id }, false)
 	if err == nil && n == 0 {
 		err = &NotFoundError{ID: id, Queue: q.cfg.DLQName(), Scan: scan}
 	}
@@ -334,11 +337,10 @@ func (q *DLQ) DiscardAll(ctx context.Context) (int, error) {
 
 // move scans the messages ready when it starts; each one match accepts is
 // replayed to the service queue (if replay) and then acked, the others are
-// requeued, in their order, when it ends. With one it stops after the first match, and if there is
-// none it counts the messages that became ready meanwhile
-// (Scan.ReadyAfter). It returns the number of messages moved and what the
-// scan saw.
-func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, one bool) (int, Scan, error) {
+// requeued, in their order, when it ends. When match accepted none, it
+// counts the messages that became ready meanwhile (Scan.ReadyAfter). It
+// returns the number of messages moved and what the scan saw.
+func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay bool) (int, Scan, error) {
 	var scan Scan
 	s, err := q.open(ctx)
 	if err != nil {
@@ -383,11 +385,8 @@ func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay, 
 		// hold.
 		s.held, s.lastHeld = s.held-1, skipped
 		moved++
-		if one {
-			break
-		}
 	}
-	if one && moved == 0 {
+	if moved == 0 {
 		// Every message fetched is still held, so any ready now became
 		// ready during the scan. Only a hint for the not-found error:
 		// a failed count leaves it 0.

@@ -312,7 +312,7 @@ func TestDLQReplayToAVanishedQueueFails(t *testing.T) {
 			t.Errorf("delete the service queue: %v", err)
 		}
 		return true
-	}, true, false)
+	}, true)
 	if moved != 0 || !errors.Is(err, ErrUnroutable) {
 		t.Fatalf("replay to a deleted queue: moved %d, %v; want none moved and ErrUnroutable", moved, err)
 	}
@@ -441,6 +441,43 @@ func TestDLQReplayAndDiscardByReason(t *testing.T) {
 	}
 }
 
+// TestDLQActsOnEveryCopyOfAnID: dead-lettering is at least once, so a
+// message can be parked twice; replaying or discarding its id takes every
+// copy, not the first only.
+func TestDLQActsOnEveryCopyOfAnID(t *testing.T) {
+	cfg, q := parkedDLQ(t, "dlqcopies", "m-1", "m-2", "m-1", "m-3", "m-2")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ids := func() []string {
+		t.Helper()
+		dls, err := q.List(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, dl := range dls {
+			out = append(out, dl.ID)
+		}
+		return out
+	}
+	if err := q.Discard(ctx, "m-1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(), []string{"m-2", "m-3", "m-2"}; !slices.Equal(got, want) {
+		t.Errorf("parked after discarding m-1: %v, want %v", got, want)
+	}
+	if err := q.Replay(ctx, "m-2"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(), []string{"m-3"}; !slices.Equal(got, want) {
+		t.Errorf("parked after replaying m-2: %v, want %v", got, want)
+	}
+	ch := rawChannel(t, rawConn(t))
+	if st, err := ch.QueueDeclarePassive(cfg.QueueName(), true, false, false, false, nil); err != nil || st.Messages != 2 {
+		t.Errorf("the service queue holds %d messages (%v), want m-2's 2 copies", st.Messages, err)
+	}
+}
+
 // TestDLQNotFoundSaysAConsumerMayHoldIt: a message a consumer holds
 // unacknowledged is not ready, so Replay and Discard do not find it; their
 // error says how many ready messages they scanned and that the queue's
@@ -529,7 +566,7 @@ func TestDLQNotFoundCountsWhatMovedDuringTheSearch(t *testing.T) {
 			}
 		}
 		return false
-	}, false, true)
+	}, false)
 	if want := (Scan{Start: QueueStat{Ready: 2}, Scanned: 1}); err != nil || moved != 0 || scan != want {
 		t.Fatalf("search while m-2 is taken: moved %d, %+v, %v; want none moved, %+v", moved, scan, err, want)
 	}
@@ -545,7 +582,7 @@ func TestDLQNotFoundCountsWhatMovedDuringTheSearch(t *testing.T) {
 		}
 		eventually(t, 10*time.Second, "m-2 ready again", func() bool { return readyNow() == 1 })
 		return false
-	}, false, true)
+	}, false)
 	if want := (Scan{Start: QueueStat{Ready: 1}, Scanned: 1, ReadyAfter: 1}); err != nil || moved != 0 || scan != want {
 		t.Fatalf("search while m-2 is let go: moved %d, %+v, %v; want none moved, %+v", moved, scan, err, want)
 	}
