@@ -319,22 +319,12 @@ func TestDLQReplayToAVanishedQueueFails(t *testing.T) {
 	eventually(t, 10*time.Second, "the dead letter still parked", parked)
 }
 
-// parkRaw declares cfg's service queue and dead-letter queue without the
-// bus and parks a letter with each of ids in the latter, confirmed.
-func parkRaw(t *testing.T, cfg Config, ids ...string) {
-	t.Helper()
-	letters := make([]parked, len(ids))
-	for i, id := range ids {
-		letters[i] = parked{id: id}
-	}
-	parkLetters(t, cfg, letters...)
-}
-
 // parked is a letter parkLetters parks: its id and the reason it was
 // dead-lettered for (none when empty).
 type parked struct{ id, reason string }
 
-// parkLetters is parkRaw for letters with reasons.
+// parkLetters declares cfg's service queue and dead-letter queue without
+// the bus and parks letters in the latter, confirmed.
 func parkLetters(t *testing.T, cfg Config, letters ...parked) {
 	t.Helper()
 	ch := rawChannel(t, rawConn(t))
@@ -366,19 +356,45 @@ func parkLetters(t *testing.T, cfg Config, letters ...parked) {
 	}
 }
 
-// parkedDLQ parks letters with ids (parkRaw) in the dead-letter queue of
+// parkedDLQ parks letters with ids (parkLetters) in the dead-letter queue of
 // a service of the test's own called name, and returns its configuration
 // and its DLQ once the queue reports them ready.
 func parkedDLQ(t *testing.T, name string, ids ...string) (Config, *DLQ) {
 	t.Helper()
+	letters := make([]parked, len(ids))
+	for i, id := range ids {
+		letters[i] = parked{id: id}
+	}
+	return parkedLetters(t, name, letters...)
+}
+
+// parkedLetters is parkedDLQ for letters with reasons.
+func parkedLetters(t *testing.T, name string, letters ...parked) (Config, *DLQ) {
+	t.Helper()
 	cfg := testConfig(t, name)
-	parkRaw(t, cfg, ids...)
+	parkLetters(t, cfg, letters...)
 	q, err := NewDLQ(cfg, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitStat(t, q, QueueStat{Ready: len(ids)})
+	waitStat(t, q, QueueStat{Ready: len(letters)})
 	return cfg, q
+}
+
+// listedIDs lists q's dead letters and returns their ids, in order.
+func listedIDs(t *testing.T, q *DLQ) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dls, err := q.List(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, dl := range dls {
+		out = append(out, dl.ID)
+	}
+	return out
 }
 
 // waitStat waits until q's dead-letter queue reports want.
@@ -399,34 +415,16 @@ func waitStat(t *testing.T, q *DLQ, want QueueStat) {
 // leaves the others parked in their order: the scan goes past the letters
 // it skips rather than meeting them again.
 func TestDLQReplayAndDiscardByReason(t *testing.T) {
-	cfg := testConfig(t, "dlqreason")
-	parkLetters(t, cfg,
+	cfg, q := parkedLetters(t, "dlqreason",
 		parked{"m-1", ReasonRetriesExhausted}, parked{"m-2", ReasonPermanent}, parked{"m-3", ReasonRetriesExhausted},
 		parked{"m-4", ReasonRetriesExhausted}, parked{"m-5", ReasonPermanent}, parked{"m-6", ReasonRetriesExhausted},
 		parked{"m-7", ReasonPermanent}, parked{"m-8", ReasonInvalid})
-	q, err := NewDLQ(cfg, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitStat(t, q, QueueStat{Ready: 8})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ids := func() []string {
-		t.Helper()
-		dls, err := q.List(ctx, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, dl := range dls {
-			out = append(out, dl.ID)
-		}
-		return out
-	}
 	if n, err := q.ReplayReason(ctx, ReasonPermanent); err != nil || n != 3 {
 		t.Fatalf("ReplayReason(%s) = %d, %v; want the 3 of that reason", ReasonPermanent, n, err)
 	}
-	if got, want := ids(), []string{"m-1", "m-3", "m-4", "m-6", "m-8"}; !slices.Equal(got, want) {
+	if got, want := listedIDs(t, q), []string{"m-1", "m-3", "m-4", "m-6", "m-8"}; !slices.Equal(got, want) {
 		t.Errorf("parked after the replay: %v, want %v", got, want)
 	}
 	ch := rawChannel(t, rawConn(t))
@@ -436,7 +434,7 @@ func TestDLQReplayAndDiscardByReason(t *testing.T) {
 	if n, err := q.DiscardReason(ctx, ReasonRetriesExhausted); err != nil || n != 4 {
 		t.Fatalf("DiscardReason(%s) = %d, %v; want the 4 of that reason", ReasonRetriesExhausted, n, err)
 	}
-	if got, want := ids(), []string{"m-8"}; !slices.Equal(got, want) {
+	if got, want := listedIDs(t, q), []string{"m-8"}; !slices.Equal(got, want) {
 		t.Errorf("parked after the discard: %v, want %v", got, want)
 	}
 }
@@ -448,28 +446,16 @@ func TestDLQActsOnEveryCopyOfAnID(t *testing.T) {
 	cfg, q := parkedDLQ(t, "dlqcopies", "m-1", "m-2", "m-1", "m-3", "m-2")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ids := func() []string {
-		t.Helper()
-		dls, err := q.List(ctx, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, dl := range dls {
-			out = append(out, dl.ID)
-		}
-		return out
-	}
 	if err := q.Discard(ctx, "m-1"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := ids(), []string{"m-2", "m-3", "m-2"}; !slices.Equal(got, want) {
+	if got, want := listedIDs(t, q), []string{"m-2", "m-3", "m-2"}; !slices.Equal(got, want) {
 		t.Errorf("parked after discarding m-1: %v, want %v", got, want)
 	}
 	if err := q.Replay(ctx, "m-2"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := ids(), []string{"m-3"}; !slices.Equal(got, want) {
+	if got, want := listedIDs(t, q), []string{"m-3"}; !slices.Equal(got, want) {
 		t.Errorf("parked after replaying m-2: %v, want %v", got, want)
 	}
 	ch := rawChannel(t, rawConn(t))
