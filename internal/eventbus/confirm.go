@@ -220,11 +220,12 @@ func (c *confirmChannel) confirm(conf amqp.Confirmation) {
 	var ret *amqp.Return
 	rs := c.returned[p.id]
 	if i := slices.IndexFunc(rs, func(r amqp.Return) bool { return r.Exchange == p.exchange && r.RoutingKey == p.key }); i >= 0 {
-		ret = &rs[i]
+		r := rs[i]
+		ret = &r
 		if len(rs) == 1 {
 			delete(c.returned, p.id)
 		} else {
-			c.returned[p.id] = slices.Delete(slices.Clone(rs), i, i+1)
+			c.returned[p.id] = slices.Delete(rs, i, i+1)
 		}
 	}
 	c.mu.Unlock()
