@@ -106,3 +106,64 @@ func TestServeAdminWithoutProfiling(t *testing.T) {
 		}
 	}
 }
+
+// TestStartAdmin: the endpoint serves until stop, whatever the context it
+// was started with does; stop returns what serving ended with, the same
+// each time; an endpoint that fails calls fail with its error; with no
+// listener there is nothing to serve or stop.
+func TestStartAdmin(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	if err := telemetry.StartAdmin(context.Background(), log, nil, prometheus.NewRegistry(), false, func(error) {
+		t.Error("fail called with no endpoint")
+	})(); err != nil {
+		t.Errorf("stop with no endpoint = %v, want nil", err)
+	}
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stop := telemetry.StartAdmin(ctx, log, lis, prometheus.NewRegistry(), false, func(err error) {
+		t.Errorf("fail(%v) while serving", err)
+	})
+	cancel() // the binary's context ends: its shutdown begins
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + lis.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics after the context ended: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /metrics after the context ended: %s, want 200", resp.Status)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("stop = %v, want nil", err)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("stop again = %v, want nil", err)
+	}
+	if _, err := client.Get("http://" + lis.Addr().String() + "/metrics"); err == nil {
+		t.Error("GET /metrics answered after stop")
+	}
+
+	// A listener closed under it: serving fails.
+	broken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken.Close()
+	failed := make(chan error, 1)
+	stop = telemetry.StartAdmin(context.Background(), log, broken, prometheus.NewRegistry(), false, func(err error) { failed <- err })
+	select {
+	case err := <-failed:
+		if err == nil {
+			t.Error("fail(nil), want the serving error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("fail not called for an endpoint that could not serve")
+	}
+	if err := stop(); err == nil {
+		t.Error("stop = nil after the endpoint failed, want its error")
+	}
+}
