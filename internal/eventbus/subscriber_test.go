@@ -732,3 +732,31 @@ func TestGoneRetryQueueIsDeclaredAgain(t *testing.T) {
 		t.Errorf("retry queue %s not declared again: %v", retry, err)
 	}
 }
+
+// TestGoneDeadLetterQueueIsDeclaredAgain: likewise for the dead-letter
+// queue: a message failing for good while it is gone is parked once a new
+// session has declared it again, not requeued and handled again at once
+// until the broker's delivery limit.
+func TestGoneDeadLetterQueueIsDeclaredAgain(t *testing.T) {
+	cfg := testConfig(t, "gonedlq")
+	var calls atomic.Int64
+	pub, q := startWithDLQ(t, cfg, func(context.Context, *orderv1.OrderCreated, Meta) error {
+		calls.Add(1)
+		return Permanent(errBoom)
+	})
+	ch := rawChannel(t, rawConn(t))
+	if _, err := ch.QueueDelete(cfg.DLQName(), false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	_, m := newOrderCreated(t)
+	if err := pub.Publish(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	dl := deadLetters(t, q, 1)[0]
+	if dl.ID != m.ID || dl.Reason != ReasonPermanent {
+		t.Errorf("dead letter %s: reason %q, want %s with %q", dl.ID, dl.Reason, m.ID, ReasonPermanent)
+	}
+	if n := calls.Load(); n > 3 {
+		t.Errorf("handler called %d times for a message failing for good, want a few, not the delivery limit's", n)
+	}
+}
