@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ordermesh/ordermesh/internal/ctxsleep"
 )
 
 // Watcher tells subscribers when an order they watch may have changed. It
@@ -101,10 +103,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 			backoff = minBackoff
 		}
 		w.log.WarnContext(ctx, "order watch connection lost; reconnecting", "error", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
+		if !ctxsleep.Sleep(ctx, backoff) {
 			return nil
-		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, maxBackoff)
 	}
