@@ -125,11 +125,10 @@ type dlqSession struct {
 	cfg  Config
 	conn *amqp.Connection
 	ch   *amqp.Channel
-	// held counts the deliveries fetched and not yet settled, and
-	// lastHeld is the tag of the latest: one nack with multiple set up to
-	// it requeues them all. Only the tag is kept, not the deliveries, so
-	// scanning a large queue holds no message bodies.
-	held     int
+	// lastHeld is the tag of the latest delivery fetched and not yet
+	// settled (0: none; tags start at 1): one nack with multiple set up
+	// to it requeues them all. Only the tag is kept, not the deliveries,
+	// so scanning a large queue holds no message bodies.
 	lastHeld uint64
 	// cc publishes the replays, once prepareReplay ran.
 	cc *confirmChannel
@@ -154,7 +153,7 @@ func (q *DLQ) open(ctx context.Context) (*dlqSession, error) {
 // close requeues every held message and closes the connection; closing
 // alone would requeue them too, this makes it explicit and prompt.
 func (s *dlqSession) close() {
-	if s.held > 0 {
+	if s.lastHeld != 0 {
 		_ = s.ch.Nack(s.lastHeld, true, true)
 	}
 	closeConn(s.conn, s.cfg.CallTimeout)
@@ -185,16 +184,9 @@ func (s *dlqSession) get(ctx context.Context) (amqp.Delivery, bool, error) {
 		return err
 	})
 	if err == nil && ok {
-		s.held, s.lastHeld = s.held+1, d.DeliveryTag
+		s.lastHeld = d.DeliveryTag
 	}
 	return d, ok, err
-}
-
-// Len returns how many messages the dead-letter queue holds ready (see
-// QueueStat.Ready).
-func (q *DLQ) Len(ctx context.Context) (int, error) {
-	st, err := q.Stat(ctx)
-	return st.Ready, err
 }
 
 // Stat reports the dead-letter queue's ready messages and consumers.
@@ -383,7 +375,7 @@ func (q *DLQ) move(ctx context.Context, match func(amqp.Delivery) bool, replay b
 		// requeued together at the end, up to the latest of them: d's
 		// tag is no bound any more, the broker refuses a tag it does not
 		// hold.
-		s.held, s.lastHeld = s.held-1, skipped
+		s.lastHeld = skipped
 		moved++
 	}
 	if moved == 0 {
