@@ -61,9 +61,9 @@ type pendingPublish struct {
 	labels        Labels
 	// dc is the library's record of the message's confirm: the broker's
 	// answer for this very message (see confirm). It is set once the
-	// publish returned, and then sent is closed.
+	// publish returned, and then sent is done.
 	dc   *amqp.DeferredConfirmation
-	sent chan struct{}
+	sent sync.WaitGroup
 }
 
 // publishBatch collects the outcome of one Publish call.
@@ -239,7 +239,7 @@ func (c *confirmChannel) confirm(conf amqp.Confirmation) {
 	//
 	// A confirm covers only messages the broker has read whole, so the
 	// publish of this one is returning if it has not yet.
-	<-p.sent
+	p.sent.Wait()
 	ack := conf.Ack
 	if p.dc != nil {
 		select {
@@ -321,12 +321,13 @@ func (c *confirmChannel) write(ctx context.Context, b *publishBatch, msgs []outg
 			c.mu.Unlock()
 			return fmt.Errorf("publish %s: %w", o.key, ErrLinkDown)
 		}
-		p := &pendingPublish{b: b, idx: i, id: o.msg.MessageId, exchange: o.exchange, key: o.key, labels: o.labels, sent: make(chan struct{})}
+		p := &pendingPublish{b: b, idx: i, id: o.msg.MessageId, exchange: o.exchange, key: o.key, labels: o.labels}
+		p.sent.Add(1)
 		c.pending[tag] = p
 		c.mu.Unlock()
 		dc, err := c.ch.PublishWithDeferredConfirm(o.exchange, o.key, true, false, o.msg)
 		p.dc = dc
-		close(p.sent)
+		p.sent.Done()
 		if err != nil {
 			c.mu.Lock()
 			delete(c.pending, tag)
