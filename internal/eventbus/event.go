@@ -71,6 +71,17 @@ type Meta struct {
 	Redelivered bool
 }
 
+// OutageRetryLimit is how many retries in a row (Meta.OutageRetries) a
+// handler lets a failure that may be its dependency's alone (a database
+// too busy, a mail server deferring an email) make without counting
+// attempts: a day at the default retry ladder's longest delay, 60 s.
+// Counted from the first such retry, not from the event's time, so that an
+// old event (a backlog, a replay from the dead-letter queue) gets its share
+// too. After that a failure so lasting is more likely the event's own: its
+// attempts count, and it reaches the dead-letter queue rather than going
+// round for ever. (An unreachable dependency has no limit.)
+const OutageRetryLimit = 1440
+
 // Message is an event encoded for the wire: what the outbox stores and the
 // publisher sends.
 type Message struct {

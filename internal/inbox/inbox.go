@@ -367,13 +367,9 @@ func (r *Runner) outage(err error, meta eventbus.Meta) bool {
 	return !r.answers()
 }
 
-// BusyRetries is how many retries in a row (eventbus.Meta.OutageRetries)
-// a delivery failing because the database was too busy makes without
-// counting attempts: a day at the default retry ladder's longest delay,
-// 60 s. Counted from the first such retry, not from the event's time, so
-// an old event (a backlog, a replay from the dead-letter queue) gets its
-// share too.
-const BusyRetries = 1440
+// BusyRetries is how many retries in a row a delivery failing because the
+// database was too busy makes without counting attempts.
+const BusyRetries = eventbus.OutageRetryLimit
 
 // answers reports whether the database answers on a new connection
 // within pingTimeout, or, for a db that is no pool, a ping.

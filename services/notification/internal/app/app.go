@@ -126,11 +126,9 @@ var ErrUnreachable = errors.New("mail server unreachable")
 // its attempts count, and it ends in the dead-letter queue.
 var ErrDeferred = errors.New("email deferred by the mail server")
 
-// MaxDeferrals is how many retries in a row (eventbus.Meta.OutageRetries)
-// an email the mail server keeps deferring (ErrDeferred) makes without
-// counting attempts: a day at the default retry ladder's longest delay,
-// 60 s.
-const MaxDeferrals = 1440
+// MaxDeferrals is how many retries in a row an email the mail server keeps
+// deferring (ErrDeferred) makes without counting attempts.
+const MaxDeferrals = eventbus.OutageRetryLimit
 
 // Email is one email to send.
 type Email struct {
