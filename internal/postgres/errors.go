@@ -36,6 +36,13 @@ func Unreachable(err error) bool {
 	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 		return true
 	}
+	return ServerEnding(err)
+}
+
+// ServerEnding reports whether err is the server refusing or ending the
+// connection (SQLSTATE classes 08 and 57P: a restart, a failover, an
+// administrator's command): the database was away, whatever the work.
+func ServerEnding(err error) bool {
 	pgErr, ok := errors.AsType[*pgconn.PgError](err)
 	return ok && (strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P"))
 }
@@ -89,8 +96,22 @@ func TooBig(err error) bool {
 // NUL byte), a number out of range, an invalid value for its type. The same
 // statement with the same data fails again, however often it runs.
 func DataException(err error) bool {
+	return hasClass(err, "22")
+}
+
+// DataRefused reports whether err is PostgreSQL refusing a statement for
+// its data: a DataException or an integrity constraint violation (class
+// 23: a unique key taken, a NOT NULL or check constraint) rather than the
+// connection or the server failing. Unlike a data exception, a violation
+// may depend on the rows a concurrent transaction wrote.
+func DataRefused(err error) bool {
+	return hasClass(err, "22") || hasClass(err, "23")
+}
+
+// hasClass reports whether err is a PostgreSQL error of SQLSTATE class.
+func hasClass(err error, class string) bool {
 	pgErr, ok := errors.AsType[*pgconn.PgError](err)
-	return ok && strings.HasPrefix(pgErr.Code, "22")
+	return ok && strings.HasPrefix(pgErr.Code, class)
 }
 
 // hasCode reports whether err is a PostgreSQL error with one of codes.

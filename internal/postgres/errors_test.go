@@ -24,15 +24,16 @@ func TestErrorClasses(t *testing.T) {
 		unreachable, transient bool
 		conflict, busy, tooBig bool
 		dataException          bool
+		serverEnding, refused  bool
 	}{
 		{name: "nil"},
 		{name: "canceled", err: fmt.Errorf("query: %w", context.Canceled)},
 		{name: "deadline", err: fmt.Errorf("query: %w", context.DeadlineExceeded)},
 		{name: "refused connection", err: &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}, unreachable: true, transient: true},
 		{name: "connection cut mid-reply", err: fmt.Errorf("read: %w", io.ErrUnexpectedEOF), unreachable: true, transient: true},
-		{name: "admin shutdown", err: pgErr("57P01"), unreachable: true, transient: true},
-		{name: "cannot connect now", err: pgErr("57P03"), unreachable: true, transient: true},
-		{name: "connection failure", err: pgErr("08006"), unreachable: true, transient: true},
+		{name: "admin shutdown", err: pgErr("57P01"), unreachable: true, transient: true, serverEnding: true},
+		{name: "cannot connect now", err: pgErr("57P03"), unreachable: true, transient: true, serverEnding: true},
+		{name: "connection failure", err: pgErr("08006"), unreachable: true, transient: true, serverEnding: true},
 		{name: "serialization failure", err: pgErr("40001"), transient: true, conflict: true, busy: true},
 		{name: "deadlock", err: pgErr("40P01"), transient: true, conflict: true, busy: true},
 		{name: "deferred constraint failed at commit", err: pgErr("40002"), transient: true},
@@ -41,10 +42,10 @@ func TestErrorClasses(t *testing.T) {
 		{name: "too many connections", err: pgErr("53300"), transient: true, busy: true},
 		{name: "disk full", err: pgErr("53100"), transient: true, busy: true},
 		{name: "lock timeout", err: pgErr("55P03"), busy: true},
-		{name: "not null violation", err: pgErr("23502")},
-		{name: "invalid text", err: pgErr("22P02"), dataException: true},
-		{name: "NUL in text", err: pgErr("22021"), dataException: true},
-		{name: "numeric out of range", err: pgErr("22003"), dataException: true},
+		{name: "not null violation", err: pgErr("23502"), refused: true},
+		{name: "invalid text", err: pgErr("22P02"), dataException: true, refused: true},
+		{name: "NUL in text", err: pgErr("22021"), dataException: true, refused: true},
+		{name: "numeric out of range", err: pgErr("22003"), dataException: true, refused: true},
 		{name: "query canceled by statement timeout", err: pgErr("57014")},
 		{name: "a handler's own error", err: errors.New("unexpected event")},
 	} {
@@ -66,6 +67,12 @@ func TestErrorClasses(t *testing.T) {
 			}
 			if got := postgres.DataException(tt.err); got != tt.dataException {
 				t.Errorf("DataException(%v) = %v, want %v", tt.err, got, tt.dataException)
+			}
+			if got := postgres.ServerEnding(tt.err); got != tt.serverEnding {
+				t.Errorf("ServerEnding(%v) = %v, want %v", tt.err, got, tt.serverEnding)
+			}
+			if got := postgres.DataRefused(tt.err); got != tt.refused {
+				t.Errorf("DataRefused(%v) = %v, want %v", tt.err, got, tt.refused)
 			}
 		})
 	}

@@ -19,7 +19,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
@@ -163,7 +162,7 @@ func (a *App) insertBatch(ctx context.Context, calls []*createCall) {
 	switch {
 	case err == nil:
 		a.wake()
-	case isDataError(err):
+	case postgres.DataRefused(err):
 		a.insertResolving(ctx, calls)
 	default:
 		for _, c := range calls {
@@ -225,7 +224,7 @@ func (a *App) insertResolving(ctx context.Context, calls []*createCall) {
 	if err == nil {
 		return
 	}
-	if len(calls) > 1 && isDataError(err) {
+	if len(calls) > 1 && postgres.DataRefused(err) {
 		for _, c := range calls {
 			c.err = nil
 			a.insertResolving(ctx, []*createCall{c})
@@ -298,17 +297,6 @@ func (a *App) insertOrders(ctx context.Context, calls []*createCall) (err error)
 		a.wake()
 	}
 	return nil
-}
-
-// isDataError reports whether err is PostgreSQL refusing a statement for
-// its data (SQLSTATE classes 22, data exception, and 23, integrity
-// constraint violation) rather than the connection or the server failing.
-func isDataError(err error) bool {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) {
-		return false
-	}
-	return strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23")
 }
 
 // orderEvent is an event the order service publishes about an order.
