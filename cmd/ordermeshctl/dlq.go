@@ -79,12 +79,8 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 	case "list":
 		return c.dlqList(ctx, q, svc, *limit)
 	case "replay":
-		if *all && *reason != "" {
-			n, err := q.ReplayReason(ctx, *reason)
-			return c.dlqSwept(ctx, q, "replayed", svc, n, err)
-		}
 		if *all {
-			n, err := q.ReplayAll(ctx)
+			n, err := q.ReplayAll(ctx, *reason)
 			return c.dlqSwept(ctx, q, "replayed", svc, n, err)
 		}
 		if err := q.Replay(ctx, id); err != nil {
@@ -93,12 +89,8 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 		c.dlqDone("replayed", svc, id, fmt.Sprintf("replayed %s to %s's queue", id, svc))
 		return nil
 	case "discard":
-		if *all && *reason != "" {
-			n, err := q.DiscardReason(ctx, *reason)
-			return c.dlqSwept(ctx, q, "discarded", svc, n, err)
-		}
 		if *all {
-			n, err := q.DiscardAll(ctx)
+			n, err := q.DiscardAll(ctx, *reason)
 			return c.dlqSwept(ctx, q, "discarded", svc, n, err)
 		}
 		if err := q.Discard(ctx, id); err != nil {

@@ -259,39 +259,24 @@ func (q *DLQ) Replay(ctx context.Context, id string) error {
 	return nil
 }
 
-// ReplayAll moves every message parked when it starts back to the service
-// queue and returns how many it moved.
-func (q *DLQ) ReplayAll(ctx context.Context) (int, error) {
-	n, _, err := q.move(ctx, func(amqp.Delivery) bool { return true }, true)
+// ReplayAll moves the messages parked when it starts back to the service
+// queue, and returns how many it moved: every one, or with reason set
+// only those dead-lettered for it (one of the Reason constants, as
+// DeadLetter.Reason reads it), the others staying parked in their order.
+func (q *DLQ) ReplayAll(ctx context.Context, reason string) (int, error) {
+	n, _, err := q.move(ctx, q.ofReason(reason), true)
 	if err != nil {
 		return n, fmt.Errorf("replay dead letters: %w", err)
 	}
 	return n, nil
 }
 
-// ReplayReason is ReplayAll for the messages dead-lettered for reason (one
-// of the Reason constants, as DeadLetter.Reason reads it): the others stay
-// parked, in their order.
-func (q *DLQ) ReplayReason(ctx context.Context, reason string) (int, error) {
-	n, _, err := q.move(ctx, q.ofReason(reason), true)
-	if err != nil {
-		return n, fmt.Errorf("replay dead letters of reason %s: %w", reason, err)
-	}
-	return n, nil
-}
-
-// DiscardReason deletes the messages dead-lettered for reason and returns
-// how many it deleted; the others stay parked, in their order.
-func (q *DLQ) DiscardReason(ctx context.Context, reason string) (int, error) {
-	n, _, err := q.move(ctx, q.ofReason(reason), false)
-	if err != nil {
-		return n, fmt.Errorf("discard dead letters of reason %s: %w", reason, err)
-	}
-	return n, nil
-}
-
-// ofReason matches the deliveries dead-lettered for reason.
+// ofReason matches the deliveries dead-lettered for reason, or every one
+// when reason is empty.
 func (q *DLQ) ofReason(reason string) func(amqp.Delivery) bool {
+	if reason == "" {
+		return func(amqp.Delivery) bool { return true }
+	}
 	return func(d amqp.Delivery) bool { return deadLetterFromDelivery(d, q.cfg.DeliveryLimit).Reason == reason }
 }
 
@@ -309,9 +294,18 @@ func (q *DLQ) Discard(ctx context.Context, id string) error {
 	return nil
 }
 
-// DiscardAll purges the dead-letter queue's ready messages and returns how
-// many it deleted; messages held unacknowledged elsewhere stay.
-func (q *DLQ) DiscardAll(ctx context.Context) (int, error) {
+// DiscardAll deletes the dead-letter queue's ready messages and returns how
+// many it deleted: every one (a purge), or with reason set only those
+// dead-lettered for it (see ReplayAll); messages held unacknowledged
+// elsewhere stay.
+func (q *DLQ) DiscardAll(ctx context.Context, reason string) (int, error) {
+	if reason != "" {
+		n, _, err := q.move(ctx, q.ofReason(reason), false)
+		if err != nil {
+			return n, fmt.Errorf("discard dead letters: %w", err)
+		}
+		return n, nil
+	}
 	s, err := q.open(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("discard dead letters: %w", err)

@@ -127,7 +127,7 @@ func TestDLQListReplayDiscard(t *testing.T) {
 		}
 	})
 	t.Run("replay all", func(t *testing.T) {
-		n, err := q.ReplayAll(ctx)
+		n, err := q.ReplayAll(ctx, "")
 		if err != nil || n != 1 {
 			t.Fatalf("ReplayAll = %d, %v; want 1", n, err)
 		}
@@ -146,7 +146,7 @@ func TestDLQListReplayDiscard(t *testing.T) {
 			}
 		}
 		deadLetters(t, q, 2)
-		n, err := q.DiscardAll(ctx)
+		n, err := q.DiscardAll(ctx, "")
 		if err != nil || n != 2 {
 			t.Fatalf("DiscardAll = %d, %v; want 2", n, err)
 		}
@@ -421,8 +421,8 @@ func TestDLQReplayAndDiscardByReason(t *testing.T) {
 		parked{"m-7", ReasonPermanent}, parked{"m-8", ReasonInvalid})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if n, err := q.ReplayReason(ctx, ReasonPermanent); err != nil || n != 3 {
-		t.Fatalf("ReplayReason(%s) = %d, %v; want the 3 of that reason", ReasonPermanent, n, err)
+	if n, err := q.ReplayAll(ctx, ReasonPermanent); err != nil || n != 3 {
+		t.Fatalf("ReplayAll(%s) = %d, %v; want the 3 of that reason", ReasonPermanent, n, err)
 	}
 	if got, want := listedIDs(t, q), []string{"m-1", "m-3", "m-4", "m-6", "m-8"}; !slices.Equal(got, want) {
 		t.Errorf("parked after the replay: %v, want %v", got, want)
@@ -431,8 +431,8 @@ func TestDLQReplayAndDiscardByReason(t *testing.T) {
 	if st, err := ch.QueueDeclarePassive(cfg.QueueName(), true, false, false, false, nil); err != nil || st.Messages != 3 {
 		t.Errorf("the service queue holds %d messages (%v), want the 3 replayed", st.Messages, err)
 	}
-	if n, err := q.DiscardReason(ctx, ReasonRetriesExhausted); err != nil || n != 4 {
-		t.Fatalf("DiscardReason(%s) = %d, %v; want the 4 of that reason", ReasonRetriesExhausted, n, err)
+	if n, err := q.DiscardAll(ctx, ReasonRetriesExhausted); err != nil || n != 4 {
+		t.Fatalf("DiscardAll(%s) = %d, %v; want the 4 of that reason", ReasonRetriesExhausted, n, err)
 	}
 	if got, want := listedIDs(t, q), []string{"m-8"}; !slices.Equal(got, want) {
 		t.Errorf("parked after the discard: %v, want %v", got, want)
