@@ -448,6 +448,35 @@ func TestHandlersNetworkErrorsAreNoOutage(t *testing.T) {
 	}
 }
 
+// TestOutageAsksTheProbe: with WithProbe, whether a delivery's timeout is
+// an outage is the probe's answer, not the pool's: the same failure is
+// the database's when the probe fails, and the delivery's own when it
+// answers.
+func TestOutageAsksTheProbe(t *testing.T) {
+	pool := newService(t)
+	for _, down := range []bool{true, false} {
+		d := newDelivery(t, "a@example.com", 1)
+		timeout := fmt.Errorf("write stock: %w", context.DeadlineExceeded)
+		var probes, seen atomic.Int64
+		probe := func(context.Context) error {
+			probes.Add(1)
+			if down {
+				return errors.New("connection refused")
+			}
+			return nil
+		}
+		r := inbox.NewRunner(pool, service, inbox.Metrics{}, inbox.WithProbe(probe))
+		b := inbox.NewBatchRunner(r, batchHandler(map[string]error{d.meta.ID: timeout}, &seen), 16, 10*time.Second)
+		_, err := b.Process(context.Background(), d.ev, d.meta)
+		if !errors.Is(err, context.DeadlineExceeded) || eventbus.IsUnavailable(err) != down {
+			t.Errorf("probe down=%v: %v: want the handler's error, marked eventbus.Unavailable only if the probe failed", down, err)
+		}
+		if probes.Load() != 1 {
+			t.Errorf("probe down=%v: asked %d times, want once", down, probes.Load())
+		}
+	}
+}
+
 // TestServerEndingTheConnectionIsAnOutage: a delivery failing because
 // the server ended its connection (a restart: SQLSTATE 57P01) is an
 // outage even when the database answers again by the time it is judged.

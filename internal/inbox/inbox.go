@@ -112,6 +112,8 @@ type Runner struct {
 	// committed, when set, is called after a transaction that processed a
 	// delivery commits.
 	committed func()
+	// probe, when set, checks that the database answers (WithProbe).
+	probe func(context.Context) error
 
 	processed, duplicates, failed atomic.Int64
 
@@ -165,6 +167,15 @@ func WithBatching(max, lanes int, timeout time.Duration) Option {
 // is not called for ProcessTx, whose caller commits.
 func OnCommit(f func()) Option {
 	return func(r *Runner) { r.committed = f }
+}
+
+// WithProbe has the runner check that the database answers with probe
+// (the service's postgres.Prober.Ping, which its health check uses too)
+// when a delivery fails in a way an outage could explain. Without it the
+// runner opens a connection of its own, as db's connections are opened,
+// for each check.
+func WithProbe(probe func(context.Context) error) Option {
+	return func(r *Runner) { r.probe = probe }
 }
 
 // Batches returns how many transactions the runner's deliveries shared and
@@ -370,8 +381,9 @@ func (r *Runner) outage(err error, meta eventbus.Meta) bool {
 // database was too busy makes without counting attempts.
 const BusyRetries = eventbus.OutageRetryLimit
 
-// answers reports whether the database answers on a new connection
-// within pingTimeout, or, for a db that is no pool, a ping.
+// answers reports whether the database answers within pingTimeout: the
+// probe's answer (WithProbe), or else that of a new connection, or for a
+// db that is no pool a ping.
 func (r *Runner) answers() bool {
 	r.ping.Lock()
 	defer r.ping.Unlock()
@@ -380,18 +392,20 @@ func (r *Runner) answers() bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
 	defer cancel()
-	switch db := r.db.(type) {
-	case interface{ Config() *pgxpool.Config }:
-		conn, err := pgx.ConnectConfig(ctx, db.Config().ConnConfig)
-		r.ping.ok = err == nil
-		if err == nil {
-			_ = conn.Close(ctx)
+	probe := r.probe
+	if probe == nil {
+		switch db := r.db.(type) {
+		case *pgxpool.Pool:
+			p := postgres.NewProber(db)
+			defer p.Close()
+			probe = p.Ping
+		case interface{ Ping(context.Context) error }:
+			probe = db.Ping
+		default:
+			probe = func(context.Context) error { return nil } // nothing to ask: count the attempt
 		}
-	case interface{ Ping(context.Context) error }:
-		r.ping.ok = db.Ping(ctx) == nil
-	default:
-		r.ping.ok = true // nothing to ask: count the attempt
 	}
+	r.ping.ok = probe(ctx) == nil
 	r.ping.at = time.Now()
 	return r.ping.ok
 }

@@ -410,7 +410,7 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 		Pool:       pool,
 		GRPC:       srv,
 		Subscriber: subscriber,
-		Inbox:      inbox.NewRunner(pool, spec.Name, m.inbox(), append(inboxOptions(spec, cfg), inbox.OnCommit(relay.Wake))...),
+		Inbox:      inbox.NewRunner(pool, spec.Name, m.inbox(), append(inboxOptions(spec, cfg), inbox.OnCommit(relay.Wake), inbox.WithProbe(prober.Ping))...),
 		Relay:      relay,
 	}
 	tasks, err := spec.Setup(ctx, svc)
