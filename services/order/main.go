@@ -99,7 +99,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
 			// Watchers see order changes from every instance through
 			// PostgreSQL notifications.
-			watcher := store.NewWatcher(s.Config.DatabaseURL, s.Config.DatabaseSchema, s.Log)
+			watcher := store.NewWatcher(s.Pool.Config().ConnConfig, s.Config.DatabaseSchema, s.Log)
 			a := app.New(s.Pool, watcher, s.Log, s.Relay.Wake)
 			orderv1.RegisterOrderServiceServer(s.GRPC, grpcapi.New(a, s.Log, s.GRPC.Draining(), grpcapi.MaxWatches(maxWatches)))
 

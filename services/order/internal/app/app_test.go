@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -62,7 +61,7 @@ func newApp(t *testing.T, pool *pgxpool.Pool, schema string) *app.App {
 // newAppLogging is newApp with the instance logging to log.
 func newAppLogging(t *testing.T, pool *pgxpool.Pool, schema string, log *slog.Logger) *app.App {
 	t.Helper()
-	w := store.NewWatcher(postgrestest.URL(), schema, quiet)
+	w := store.NewWatcher(pool.Config().ConnConfig, schema, quiet)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -150,7 +149,7 @@ func TestCreateComputesTotalAndWritesEvent(t *testing.T) {
 func TestCommitsWithEventsWakeTheRelay(t *testing.T) {
 	pool, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
 	var wakes atomic.Int64
-	a := app.New(pool, store.NewWatcher(postgrestest.URL(), schema, quiet), quiet, func() { wakes.Add(1) })
+	a := app.New(pool, store.NewWatcher(pool.Config().ConnConfig, schema, quiet), quiet, func() { wakes.Add(1) })
 	ctx := context.Background()
 	req := request()
 	o, err := a.Create(ctx, req)
@@ -1033,7 +1032,11 @@ func TestCreateWithDatabaseDownIsUnavailable(t *testing.T) {
 func TestWatchSurvivesSilentDatabaseLoss(t *testing.T) {
 	pool, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
 	proxy, proxied := postgrestest.Proxied(t)
-	w := store.NewWatcher(proxied, schema, quiet)
+	conn, err := pgx.ParseConfig(proxied)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := store.NewWatcher(conn, schema, quiet)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	done := make(chan struct{})
@@ -1716,30 +1719,6 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 	for deadline := time.Now().Add(within); !cond(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not within %v: %s", within, what)
-		}
-	}
-}
-
-// TestWatcherTakesThePoolsURL: the database URL the service is given may
-// configure its pool (pool_max_conns); the watcher's own connection, made
-// from the same URL, still listens.
-func TestWatcherTakesThePoolsURL(t *testing.T) {
-	_, schema := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations)
-	u, err := url.Parse(postgrestest.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("pool_max_conns", "3")
-	u.RawQuery = q.Encode()
-	w := store.NewWatcher(u.String(), schema, quiet)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	for deadline := time.Now().Add(10 * time.Second); !w.Listening(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the watcher did not listen within 10 s of a URL with pool_max_conns")
 		}
 	}
 }

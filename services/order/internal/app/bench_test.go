@@ -26,7 +26,7 @@ func BenchmarkCreate(b *testing.B) {
 	for _, clients := range []int{1, 8, 50} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
 			pool, schema := postgrestest.NewSchema(b, store.Migrations, outbox.Migrations)
-			a := app.New(pool, store.NewWatcher(postgrestest.URL(), schema, quiet), quiet, nil)
+			a := app.New(pool, store.NewWatcher(pool.Config().ConnConfig, schema, quiet), quiet, nil)
 			ctx := context.Background()
 			var next atomic.Int64
 			var failed atomic.Value
@@ -62,7 +62,7 @@ func BenchmarkCreate(b *testing.B) {
 func BenchmarkHandleOutcomes(b *testing.B) {
 	const batchOrders = 20
 	pool, schema := postgrestest.NewSchema(b, store.Migrations, outbox.Migrations)
-	a := app.New(pool, store.NewWatcher(postgrestest.URL(), schema, quiet), quiet, nil)
+	a := app.New(pool, store.NewWatcher(pool.Config().ConnConfig, schema, quiet), quiet, nil)
 	ctx := context.Background()
 	// The orders, placed by 50 concurrent callers (group commit).
 	ids := make([]string, b.N)

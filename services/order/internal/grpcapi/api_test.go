@@ -64,7 +64,7 @@ func start(t *testing.T, pool *pgxpool.Pool, schema string, opts ...grpcapi.Opti
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
-	w := store.NewWatcher(postgrestest.URL(), schema, quiet)
+	w := store.NewWatcher(pool.Config().ConnConfig, schema, quiet)
 	a := app.New(pool, w, quiet, nil)
 	srv, err := grpcserver.New(quiet,
 		grpcserver.WithHealthInterval(100*time.Millisecond),

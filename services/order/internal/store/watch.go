@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ordermesh/ordermesh/internal/ctxsleep"
 )
@@ -25,7 +24,7 @@ import (
 // the listening connection is lost and re-established every subscriber is
 // signalled, since changes in between were not seen.
 type Watcher struct {
-	url     string
+	conn    *pgx.ConnConfig
 	channel string
 	log     *slog.Logger
 
@@ -46,11 +45,13 @@ const channelPrefix = "orders."
 // pg_notify fails, which would fail every update of an order.
 const MaxSchemaLen = 63 - len(channelPrefix)
 
-// NewWatcher returns a Watcher for the orders in schema of the database at
-// url; Run must be running for it to deliver anything.
-func NewWatcher(url, schema string, log *slog.Logger) *Watcher {
+// NewWatcher returns a Watcher for the orders in schema, listening on a
+// connection of its own opened as conn says (the service pool's
+// pool.Config().ConnConfig, so that it connects as the pool's connections
+// do); Run must be running for it to deliver anything.
+func NewWatcher(conn *pgx.ConnConfig, schema string, log *slog.Logger) *Watcher {
 	return &Watcher{
-		url:     url,
+		conn:    conn.Copy(),
 		channel: channelPrefix + schema,
 		log:     log,
 		subs:    map[string]map[chan struct{}]struct{}{},
@@ -115,14 +116,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 func (w *Watcher) listen(ctx context.Context) (listened time.Duration, err error) {
 	setupCtx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
-	// Parsed as the pool's URL is: pool_max_conns and the other pool_*
-	// parameters configure the pool, and PostgreSQL would refuse them as
-	// settings of the connection.
-	cfg, err := pgxpool.ParseConfig(w.url)
-	if err != nil {
-		return 0, fmt.Errorf("connect: %w", err)
-	}
-	conn, err := pgx.ConnectConfig(setupCtx, cfg.ConnConfig)
+	conn, err := pgx.ConnectConfig(setupCtx, w.conn)
 	if err != nil {
 		return 0, fmt.Errorf("connect: %w", err)
 	}

@@ -23,7 +23,7 @@ func TestWatcherReconnectDelays(t *testing.T) {
 	defer cancel()
 	pool, schema := postgrestest.NewSchema(t, store.Migrations)
 	log, logs := logtest.New()
-	w := store.NewWatcher(postgrestest.URL(), schema, log)
+	w := store.NewWatcher(pool.Config().ConnConfig, schema, log)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- w.Run(runCtx) }()
