@@ -15,7 +15,6 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,13 +66,10 @@ type Config struct {
 	// DrainDelay is how long the gateway goes on serving, /healthz
 	// answering 503, once shutdown began.
 	DrainDelay time.Duration
-	// AdminAddr serves /metrics and, with Profiling, /debug/pprof/;
-	// empty for none.
-	AdminAddr string
-	// Profiling serves /debug/pprof/ on the admin endpoint
-	// (ORDERMESH_PPROF; by default only on a loopback address).
-	Profiling bool
-	LogLevel  slog.Level
+	// Admin is the admin endpoint: /metrics and, on a loopback address
+	// unless ORDERMESH_PPROF says otherwise, /debug/pprof/.
+	Admin    telemetry.Admin
+	LogLevel slog.Level
 	// GOGC is the collector's setting: the environment's GOGC, or
 	// gcPercent.
 	GOGC string
@@ -92,10 +88,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		ShutdownTimeout: env.PositiveDuration("ORDERMESH_SHUTDOWN_TIMEOUT", 10*time.Second),
 		DrainDelay:      env.Duration("ORDERMESH_DRAIN_DELAY", 0),
 	}
-	if v := env.String("ORDERMESH_ADMIN_ADDR", defaultAdminAddr); !strings.EqualFold(strings.TrimSpace(v), "off") {
-		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", defaultAdminAddr)
-		cfg.Profiling = env.Bool("ORDERMESH_PPROF", telemetry.ProfilingByDefault(cfg.AdminAddr))
-	}
+	cfg.Admin = telemetry.ReadAdmin(env, defaultAdminAddr)
 	level, err := telemetry.ParseLevel(env.String("ORDERMESH_LOG_LEVEL", "info"))
 	if err != nil {
 		env.Fail("ORDERMESH_LOG_LEVEL", err)
@@ -165,11 +158,11 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 	if err != nil {
 		return err
 	}
-	var adminLis net.Listener
-	if cfg.AdminAddr != "" {
-		if adminLis, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
-			return fmt.Errorf("listen on %s (ORDERMESH_ADMIN_ADDR): %w", cfg.AdminAddr, err)
-		}
+	adminLis, err := cfg.Admin.Listen()
+	if err != nil {
+		return err
+	}
+	if adminLis != nil {
 		defer adminLis.Close()
 	}
 
@@ -211,7 +204,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 	// included; its failure stops the gateway.
 	runCtx, failRun := context.WithCancelCause(ctx)
 	defer failRun(nil)
-	stopAdmin := telemetry.StartAdmin(ctx, log, adminLis, registry, cfg.Profiling, failRun)
+	stopAdmin := telemetry.StartAdmin(ctx, log, adminLis, registry, cfg.Admin.Profiling, failRun)
 	defer func() { _ = stopAdmin() }()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error {

@@ -94,8 +94,8 @@ func TestReadConfigRejectsWhatTheBusOrDatabaseWould(t *testing.T) {
 	if err := env.Err(); err != nil {
 		t.Errorf("valid values: %v", err)
 	}
-	if cfg.AdminAddr != "" {
-		t.Errorf("ORDERMESH_ADMIN_ADDR=\" OFF\": admin address %q, want none", cfg.AdminAddr)
+	if cfg.Admin.Addr != "" {
+		t.Errorf("ORDERMESH_ADMIN_ADDR=\" OFF\": admin address %q, want none", cfg.Admin.Addr)
 	}
 }
 
@@ -124,8 +124,8 @@ func TestProfilingOnlyOnLoopbackByDefault(t *testing.T) {
 		if err := env.Err(); err != nil {
 			t.Fatalf("ORDERMESH_ADMIN_ADDR=%q ORDERMESH_PPROF=%q: %v", tt.addr, tt.pprof, err)
 		}
-		if cfg.Profiling != tt.want {
-			t.Errorf("ORDERMESH_ADMIN_ADDR=%q ORDERMESH_PPROF=%q: profiling %v, want %v", tt.addr, tt.pprof, cfg.Profiling, tt.want)
+		if cfg.Admin.Profiling != tt.want {
+			t.Errorf("ORDERMESH_ADMIN_ADDR=%q ORDERMESH_PPROF=%q: profiling %v, want %v", tt.addr, tt.pprof, cfg.Admin.Profiling, tt.want)
 		}
 	}
 }

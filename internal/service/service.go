@@ -59,11 +59,10 @@ const WorkerMemoryLimit config.Bytes = 22 << 20
 
 // Config is the configuration every service reads from the environment.
 type Config struct {
-	GRPCAddr  string
-	AdminAddr string
-	// Profiling serves /debug/pprof/ on the admin endpoint
-	// (ORDERMESH_PPROF; by default only on a loopback address).
-	Profiling       bool
+	GRPCAddr string
+	// Admin is the admin endpoint: /metrics and, on a loopback address
+	// unless ORDERMESH_PPROF says otherwise, /debug/pprof/.
+	Admin           telemetry.Admin
 	DatabaseURL     string
 	DatabaseSchema  string
 	AMQPURL         string
@@ -123,10 +122,7 @@ func ReadConfig(env *config.Env, spec Spec) Config {
 		env.Fail("ORDERMESH_DRAIN_DELAY", fmt.Errorf("must be zero or more, got %v", cfg.DrainDelay))
 		cfg.DrainDelay = 0
 	}
-	if v := env.String("ORDERMESH_ADMIN_ADDR", spec.AdminAddr); !strings.EqualFold(strings.TrimSpace(v), "off") {
-		cfg.AdminAddr = env.Addr("ORDERMESH_ADMIN_ADDR", spec.AdminAddr)
-		cfg.Profiling = env.Bool("ORDERMESH_PPROF", telemetry.ProfilingByDefault(cfg.AdminAddr))
-	}
+	cfg.Admin = telemetry.ReadAdmin(env, spec.AdminAddr)
 	if env.String("GOGC", "") == "" {
 		cfg.GCPercent = spec.GCPercent
 	}
@@ -331,11 +327,11 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 
 	// Metrics, served with pprof on the admin address.
 	m := newMetrics()
-	var adminLis net.Listener
-	if cfg.AdminAddr != "" {
-		if adminLis, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
-			return fmt.Errorf("listen on %s (ORDERMESH_ADMIN_ADDR): %w", cfg.AdminAddr, err)
-		}
+	adminLis, err := cfg.Admin.Listen()
+	if err != nil {
+		return err
+	}
+	if adminLis != nil {
 		defer adminLis.Close()
 	}
 
@@ -438,7 +434,7 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	// its metrics show the shutdown; its failure stops the service.
 	runCtx, failRun := context.WithCancelCause(ctx)
 	defer failRun(nil)
-	stopAdmin := telemetry.StartAdmin(ctx, log, adminLis, m.registry, cfg.Profiling, failRun)
+	stopAdmin := telemetry.StartAdmin(ctx, log, adminLis, m.registry, cfg.Admin.Profiling, failRun)
 	defer func() { _ = stopAdmin() }()
 
 	g, gctx := errgroup.WithContext(runCtx)

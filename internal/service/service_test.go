@@ -34,6 +34,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/platformtest"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/internal/service"
+	"github.com/ordermesh/ordermesh/internal/telemetry"
 	"github.com/ordermesh/ordermesh/internal/testport"
 	"github.com/ordermesh/ordermesh/internal/testproxy"
 )
@@ -56,7 +57,7 @@ func TestWorkerRuntime(t *testing.T) {
 	broker.Host = proxy.Addr()
 	amqpURL := broker.String()
 	cfg := service.Config{
-		GRPCAddr: "127.0.0.1:0", AdminAddr: adminAddr,
+		GRPCAddr: "127.0.0.1:0", Admin: telemetry.Admin{Addr: adminAddr},
 		DatabaseURL: postgrestest.URL(), DatabaseSchema: schema,
 		AMQPURL: amqpURL, TopologyPrefix: prefix,
 		Prefetch: 10, Concurrency: 2, RetryDelays: []time.Duration{100 * time.Millisecond},

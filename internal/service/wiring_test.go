@@ -18,6 +18,7 @@ import (
 	"github.com/ordermesh/ordermesh/internal/platformtest"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/internal/service"
+	"github.com/ordermesh/ordermesh/internal/telemetry"
 	"github.com/ordermesh/ordermesh/internal/testport"
 )
 
@@ -35,7 +36,7 @@ func TestHandlerTimeoutAndDrainDelayReachTheirParts(t *testing.T) {
 	adminAddr := testport.Addr(t)
 	cfg := service.Config{
 		GRPCAddr:    "127.0.0.1:0",
-		AdminAddr:   adminAddr,
+		Admin:       telemetry.Admin{Addr: adminAddr},
 		DatabaseURL: postgrestest.URL(), DatabaseSchema: schema,
 		AMQPURL: platformtest.AMQPURL(), TopologyPrefix: prefix,
 		Prefetch: 10, Concurrency: 2, RetryDelays: []time.Duration{time.Second},

@@ -14,7 +14,42 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ordermesh/ordermesh/internal/config"
 )
+
+// Admin says where a binary's admin endpoint listens and what it serves.
+type Admin struct {
+	// Addr is the endpoint's address, empty for none.
+	Addr string
+	// Profiling serves /debug/pprof/ beside /metrics.
+	Profiling bool
+}
+
+// ReadAdmin reads the admin endpoint's settings: ORDERMESH_ADMIN_ADDR
+// (def unless set; "off" for none) and ORDERMESH_PPROF (by default
+// ProfilingByDefault of the address). Problems are recorded on env.
+func ReadAdmin(env *config.Env, def string) Admin {
+	if v := env.String("ORDERMESH_ADMIN_ADDR", def); strings.EqualFold(strings.TrimSpace(v), "off") {
+		return Admin{}
+	}
+	addr := env.Addr("ORDERMESH_ADMIN_ADDR", def)
+	return Admin{Addr: addr, Profiling: env.Bool("ORDERMESH_PPROF", ProfilingByDefault(addr))}
+}
+
+// Listen opens the endpoint's listener, for StartAdmin; with no address it
+// returns nil and no error. Binaries listen before they connect to
+// anything, so that a taken port fails them at once.
+func (a Admin) Listen() (net.Listener, error) {
+	if a.Addr == "" {
+		return nil, nil
+	}
+	lis, err := net.Listen("tcp", a.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s (ORDERMESH_ADMIN_ADDR): %w", a.Addr, err)
+	}
+	return lis, nil
+}
 
 // ServeAdmin serves a binary's admin endpoint on lis until ctx ends:
 // /metrics (Prometheus, what metrics gathers) and, with profiling set,
