@@ -139,9 +139,44 @@ func StartPlatform(ctx context.Context, cfg PlatformConfig) (_ *Platform, err er
 
 // platformSets are the variables start gives every process, whatever the
 // environment says.
-var platformSets = []string{"ORDERMESH_DATABASE_URL", "ORDERMESH_AMQP_URL", "ORDERMESH_TOPOLOGY_PREFIX",
-	"ORDERMESH_RETRY_DELAYS", "ORDERMESH_SMTP_ADDR", "ORDERMESH_SHUTDOWN_TIMEOUT", "ORDERMESH_HTTP_ADDR",
-	"ORDERMESH_ORDER_ADDR", "ORDERMESH_INVENTORY_ADDR", "ORDERMESH_GRPC_ADDR", "ORDERMESH_ADMIN_ADDR"}
+var platformSets = func() (names []string) {
+	var p Platform
+	for _, kv := range append(p.settings("order", "", ""), p.settings("gateway", "", "")...) {
+		if name, _, _ := strings.Cut(kv, "="); !slices.Contains(names, name) {
+			names = append(names, name)
+		}
+	}
+	return names
+}()
+
+// settings returns the variables start gives process name, listening on
+// addr with its admin endpoint on adminAddr: they come after, and so
+// override, the environment's.
+func (p *Platform) settings(name, addr, adminAddr string) []string {
+	smtp := ""
+	if p.sink != nil {
+		smtp = p.sink.Addr()
+	}
+	env := []string{
+		"ORDERMESH_DATABASE_URL=" + p.DatabaseURL,
+		"ORDERMESH_AMQP_URL=" + p.AMQPURL,
+		"ORDERMESH_TOPOLOGY_PREFIX=" + p.Prefix,
+		"ORDERMESH_RETRY_DELAYS=" + p.retryDelays,
+		"ORDERMESH_SMTP_ADDR=" + smtp,
+		"ORDERMESH_SHUTDOWN_TIMEOUT=" + shutdownTimeout.String(),
+		"ORDERMESH_ADMIN_ADDR=" + adminAddr,
+	}
+	if name != "gateway" {
+		return append(env, "ORDERMESH_GRPC_ADDR="+addr)
+	}
+	upstream := func(name string) string {
+		if pr := p.Procs[name]; pr != nil {
+			return pr.Addr
+		}
+		return "127.0.0.1:1" // not running: nothing answers there
+	}
+	return append(env, "ORDERMESH_HTTP_ADDR="+addr, "ORDERMESH_ORDER_ADDR="+upstream("order"), "ORDERMESH_INVENTORY_ADDR="+upstream("inventory"))
+}
 
 func (p *Platform) start(name, logDir string) error {
 	addr, err := freeAddr()
@@ -152,24 +187,7 @@ func (p *Platform) start(name, logDir string) error {
 	if err != nil {
 		return err
 	}
-	env := append(os.Environ(), // the benchmark's settings after, and so over, the environment's
-		"ORDERMESH_DATABASE_URL="+p.DatabaseURL,
-		"ORDERMESH_AMQP_URL="+p.AMQPURL,
-		"ORDERMESH_TOPOLOGY_PREFIX="+p.Prefix,
-		"ORDERMESH_RETRY_DELAYS="+p.retryDelays,
-		"ORDERMESH_SMTP_ADDR="+p.sink.Addr(),
-		"ORDERMESH_SHUTDOWN_TIMEOUT="+shutdownTimeout.String(),
-	)
-	if name == "gateway" {
-		inv := "127.0.0.1:1"
-		if pr := p.Procs["inventory"]; pr != nil {
-			inv = pr.Addr
-		}
-		env = append(env, "ORDERMESH_HTTP_ADDR="+addr, "ORDERMESH_ORDER_ADDR="+p.Procs["order"].Addr, "ORDERMESH_INVENTORY_ADDR="+inv)
-	} else {
-		env = append(env, "ORDERMESH_GRPC_ADDR="+addr)
-	}
-	env = append(env, "ORDERMESH_ADMIN_ADDR="+adminAddr)
+	env := append(os.Environ(), p.settings(name, addr, adminAddr)...)
 	logFile, err := os.Create(filepath.Join(logDir, p.Prefix+name+".log"))
 	if err != nil {
 		return fmt.Errorf("create log of %s: %w", name, err)

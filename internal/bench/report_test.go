@@ -144,12 +144,13 @@ func TestMarkdownNamesTheEnvironment(t *testing.T) {
 	t.Setenv("ORDERMESH_SMTP_PASSWORD", "hunter2")
 	t.Setenv("ORDERMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 	t.Setenv("ORDERMESH_DATABASE_URL", "postgres://me:pw@db/ordermesh")
+	t.Setenv("ORDERMESH_INVENTORY_ADDR", "10.0.0.9:50052") // set for the gateway alone
 	m := DescribeMachine(context.Background(), t.TempDir(), "postgres://127.0.0.1:1/none", "amqp://127.0.0.1:1/")
 	md := Markdown(sampleResult(), m, "make bench")
 	if want := "- **environment** (the services inherit it): `GOGC=400`, `ORDERMESH_MEMORY_LIMIT=off`, `ORDERMESH_SMTP_PASSWORD=(set, not shown)`"; !strings.Contains(md, want) {
 		t.Errorf("report lacks %q:\n%s", want, md)
 	}
-	for _, leak := range []string{"ORDERMESH_TEST_", "hunter2", "ORDERMESH_DATABASE_URL"} {
+	for _, leak := range []string{"ORDERMESH_TEST_", "hunter2", "ORDERMESH_DATABASE_URL", "ORDERMESH_INVENTORY_ADDR"} {
 		if strings.Contains(md, leak) {
 			t.Errorf("report names %q: the benchmark's own variables, those it sets itself, or a credential:\n%s", leak, md)
 		}
