@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
-	"slices"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -42,8 +40,8 @@ func (q *queryRoute) checkBody(r *http.Request, params map[string]string) *statu
 	if json.Unmarshal(body, &fields) != nil {
 		return nil // The handler's decoder says what is wrong with it.
 	}
-	for _, v := range slices.Sorted(maps.Keys(q.pathInBody)) {
-		fd := q.pathInBody[v]
+	for _, fd := range q.pathInBody {
+		v := string(fd.Name()) // the path variable's name
 		for _, name := range []string{string(fd.Name()), fd.JSONName()} {
 			raw, ok := fields[name]
 			if !ok || string(bytes.TrimSpace(raw)) == "null" {

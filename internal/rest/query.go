@@ -33,11 +33,12 @@ type queryRoute struct {
 	fields map[string]bool
 	// takes lists fields for error messages.
 	takes string
-	// pathInBody maps each path variable that names a top-level field of
-	// a request read wholly from the body (`body: "*"`) to that field:
-	// the body may leave it out or repeat the path's value, nothing else
-	// (grpc-gateway would let the path's value win without a word).
-	pathInBody map[string]protoreflect.FieldDescriptor
+	// pathInBody are the top-level fields of a request read wholly from
+	// the body (`body: "*"`) that path variables of the same names set, in
+	// the path's order: the body may leave them out or repeat the path's
+	// values, nothing else (grpc-gateway would let the path's value win
+	// without a word).
+	pathInBody []protoreflect.FieldDescriptor
 	// needsBody is set for a PUT that reads a body: an empty one would be
 	// a request for the resource's zero state (a SetStock of 0), more
 	// likely a client's mistake than meant.
@@ -114,10 +115,7 @@ func newQueryRoute(input protoreflect.MessageDescriptor, path, body string) *que
 	if body == "*" {
 		for _, v := range pathVariables(path) {
 			if fd := input.Fields().ByName(protoreflect.Name(v)); fd != nil && fd.Kind() == protoreflect.StringKind && !fd.IsList() {
-				if q.pathInBody == nil {
-					q.pathInBody = map[string]protoreflect.FieldDescriptor{}
-				}
-				q.pathInBody[v] = fd
+				q.pathInBody = append(q.pathInBody, fd)
 			}
 		}
 	}
