@@ -44,6 +44,17 @@ type fixture struct {
 	app    *app.App
 }
 
+// create places an order of request() on f's app, failing the test if it
+// cannot.
+func (f fixture) create(t *testing.T) order.Order {
+	t.Helper()
+	o, err := f.app.Create(context.Background(), request())
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	return o
+}
+
 // newFixture gives a test its own migrated schema and an App running its
 // watcher until the test ends.
 func newFixture(t *testing.T) fixture {
@@ -566,10 +577,7 @@ func TestWatchReadsAreBounded(t *testing.T) {
 	watches := 4 * bound
 	var ids []string
 	for range watches {
-		o, err := f.app.Create(ctx, request())
-		if err != nil {
-			t.Fatal(err)
-		}
+		o := f.create(t)
 		ids = append(ids, o.ID)
 	}
 	var g errgroup.Group
@@ -696,14 +704,8 @@ func timeline(t *testing.T, f fixture, id string) []string {
 func TestHandleAppliesABatchInArrivalOrder(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	confirmed, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rejected, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
+	confirmed := f.create(t)
+	rejected := f.create(t)
 	errs := handle(t, f,
 		&paymentv1.PaymentSucceeded{OrderId: confirmed.ID, PaymentId: "ch_1", Amount: &moneyv1.Money{CurrencyCode: "EUR", Units: 20}},
 		&inventoryv1.StockReservationFailed{OrderId: rejected.ID, Reason: "out of stock: SKU-2"},
@@ -749,10 +751,7 @@ func TestHandleAppliesABatchInArrivalOrder(t *testing.T) {
 func TestHandleFailsBadEventsAloneAndWritesNothingForThem(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	o, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
+	o := f.create(t)
 	errs := handle(t, f,
 		&inventoryv1.StockReserved{OrderId: uuid.NewString()},
 		&inventoryv1.StockReserved{OrderId: "not-a-uuid"},
@@ -1097,18 +1096,9 @@ func TestWatchSurvivesSilentDatabaseLoss(t *testing.T) {
 func TestExpirePendingRejectsOnlyStaleOrders(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	stale, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
-	fresh, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
+	stale := f.create(t)
+	fresh := f.create(t)
+	done := f.create(t)
 	if _, err := f.app.Cancel(ctx, done.ID, "changed my mind"); err != nil {
 		t.Fatal(err)
 	}
@@ -1153,10 +1143,7 @@ func TestExpirePendingWaitsForTheOutbox(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now().UTC()
 	f.app.SetClock(func() time.Time { return now })
-	stale, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
+	stale := f.create(t)
 	backdateOrders(t, f, time.Hour)
 	backdateOutbox(t, f, time.Hour)
 	status := func() order.Status {
@@ -1193,10 +1180,7 @@ func TestExpirePendingWaitsForTheOutbox(t *testing.T) {
 func TestExpirePendingWaitsForRefusedEvents(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	stale, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
+	stale := f.create(t)
 	backdateOrders(t, f, time.Hour)
 	if _, err := f.pool.Exec(ctx, `
 		WITH moved AS (DELETE FROM outbox RETURNING seq, id, type, routing_key, source, event_time, body)
@@ -1220,10 +1204,7 @@ func TestExpiryPauseFollowsAShorterTimeout(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now().UTC()
 	f.app.SetClock(func() time.Time { return now })
-	stale, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
+	stale := f.create(t)
 	backdateOrders(t, f, 2*time.Hour)
 	backdateOutbox(t, f, 3*time.Hour)
 	sweep := func(timeout time.Duration, what string, want int) {
@@ -1354,10 +1335,7 @@ func TestRunExpiryGoesOnPastABatchOthersEnded(t *testing.T) {
 	defer stop()
 	var ids []string
 	for range 10 {
-		o, err := f.app.Create(ctx, request())
-		if err != nil {
-			t.Fatal(err)
-		}
+		o := f.create(t)
 		ids = append(ids, o.ID)
 	}
 	backdateOrders(t, f, time.Hour)
@@ -1404,10 +1382,7 @@ func TestRunExpiryGoesOnPastABatchOthersEnded(t *testing.T) {
 func TestRunExpiryWaitsAnIntervalFirst(t *testing.T) {
 	f := newFixture(t)
 	ctx, stop := context.WithCancel(context.Background())
-	stale, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
+	stale := f.create(t)
 	backdateOrders(t, f, time.Hour, stale.ID)
 	// An instance swept a moment ago: a sweep now would not be paused,
 	// and would reject the stale order.
@@ -1433,10 +1408,7 @@ func TestRunExpiryWaitsAnIntervalFirst(t *testing.T) {
 func TestRunExpiryRejectsStaleOrdersUntilStopped(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	stale, err := f.app.Create(ctx, request())
-	if err != nil {
-		t.Fatal(err)
-	}
+	stale := f.create(t)
 	backdateOrders(t, f, time.Hour, stale.ID)
 	if err := f.app.RunExpiry(ctx, 0, time.Millisecond); err != nil {
 		t.Fatalf("RunExpiry with the timeout off = %v, want nil at once", err)
