@@ -71,6 +71,7 @@ func TestRetryDelayLadder(t *testing.T) {
 
 func TestMetaFromDelivery(t *testing.T) {
 	ts := time.Unix(1700000000, 0)
+	const traceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	tests := []struct {
 		name string
 		d    amqp.Delivery
@@ -79,9 +80,23 @@ func TestMetaFromDelivery(t *testing.T) {
 		{
 			name: "first delivery",
 			d: amqp.Delivery{MessageId: "id1", Type: "T", RoutingKey: "order.created", AppId: "order",
-				Timestamp: ts, CorrelationId: "o1", Headers: amqp.Table{"traceparent": "tp", "tracestate": "ts"}},
+				Timestamp: ts, CorrelationId: "o1", Headers: amqp.Table{"traceparent": traceParent, "tracestate": "k=v"}},
 			want: Meta{ID: "id1", Type: "T", RoutingKey: "order.created", Source: "order", Time: ts,
-				CorrelationID: "o1", TraceParent: "tp", TraceState: "ts", Attempt: 1},
+				CorrelationID: "o1", TraceParent: traceParent, TraceState: "k=v", Attempt: 1},
+		},
+		{
+			// What the handler's events would inherit, and PostgreSQL
+			// refuse in the outbox, is left out.
+			name: "correlation id and trace state that cannot be stored",
+			d: amqp.Delivery{MessageId: "id1", CorrelationId: "o1\x00",
+				Headers: amqp.Table{"traceparent": traceParent, "tracestate": "k=v\x00"}},
+			want: Meta{ID: "id1", TraceParent: traceParent, Attempt: 1},
+		},
+		{
+			name: "correlation id not UTF-8, trace parent malformed",
+			d: amqp.Delivery{MessageId: "id1", CorrelationId: "o\xff1",
+				Headers: amqp.Table{"traceparent": []byte("00-\x00"), "tracestate": "k=v"}},
+			want: Meta{ID: "id1", Attempt: 1},
 		},
 		{
 			name: "retried",

@@ -9,13 +9,17 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"buf.build/go/protovalidate"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/ordermesh/ordermesh/internal/telemetry"
 )
 
 // Header names the subscriber reads and writes on retried and
@@ -595,8 +599,15 @@ func republishHeaders(d amqp.Delivery, meta Meta) amqp.Table {
 }
 
 // metaFromDelivery reads the event metadata from AMQP properties and
-// headers.
+// headers. What a handler's outgoing events inherit (the correlation id
+// and the trace context) is kept only if it can be stored and sent on: a
+// trace context as telemetry.ParseTraceContext takes it, a correlation id
+// that is valid UTF-8 without NUL bytes. Those events are written to the
+// outbox after the handler's effects (a charge, a reservation), and a
+// value PostgreSQL refuses there would park the delivery in the
+// dead-letter queue with its effects made and its outcome never sent.
 func metaFromDelivery(d amqp.Delivery) Meta {
+	trace := telemetry.ParseTraceContext(headerString(d.Headers, HeaderTraceParent), headerString(d.Headers, HeaderTraceState))
 	m := Meta{
 		ID:            d.MessageId,
 		Type:          d.Type,
@@ -604,10 +615,13 @@ func metaFromDelivery(d amqp.Delivery) Meta {
 		Source:        d.AppId,
 		Time:          d.Timestamp,
 		CorrelationID: d.CorrelationId,
-		TraceParent:   headerString(d.Headers, HeaderTraceParent),
-		TraceState:    headerString(d.Headers, HeaderTraceState),
+		TraceParent:   trace.Parent,
+		TraceState:    trace.State,
 		Attempt:       1,
 		Redelivered:   d.Redelivered,
+	}
+	if !utf8.ValidString(m.CorrelationID) || strings.ContainsRune(m.CorrelationID, 0) {
+		m.CorrelationID = ""
 	}
 	if rk := headerString(d.Headers, HeaderRoutingKey); rk != "" {
 		m.RoutingKey = rk
