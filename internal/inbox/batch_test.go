@@ -448,6 +448,45 @@ func TestHandlersNetworkErrorsAreNoOutage(t *testing.T) {
 	}
 }
 
+// TestAWaitBehindASlowBatchIsNoAttempt: a delivery whose deadline passes
+// while it waits for the batch in flight never ran; its failure is marked
+// eventbus.Unavailable (no attempt counted), so a slow batch ahead of it
+// cannot walk it to the dead-letter queue.
+func TestAWaitBehindASlowBatchIsNoAttempt(t *testing.T) {
+	pool := newService(t)
+	slow, waiting := newDelivery(t, "a@example.com", 1), newDelivery(t, "b@example.com", 2)
+	started, release := make(chan struct{}), make(chan struct{})
+	var seen atomic.Int64
+	inner := batchHandler(nil, &seen)
+	h := func(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]inbox.Result, error) {
+		if batch[0].Meta.ID == slow.meta.ID {
+			close(started)
+			<-release
+		}
+		return inner(ctx, tx, batch)
+	}
+	b := inbox.NewBatchRunner(inbox.NewRunner(pool, service, inbox.Metrics{}), h, 16, 10*time.Second)
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Process(context.Background(), slow.ev, slow.meta)
+		done <- err
+	}()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := b.Process(ctx, waiting.ev, waiting.meta)
+	close(release)
+	if !errors.Is(err, postgres.ErrNotRun) || !errors.Is(err, context.DeadlineExceeded) || !eventbus.IsUnavailable(err) {
+		t.Errorf("the delivery waiting past its deadline: %v; want postgres.ErrNotRun with the deadline, marked eventbus.Unavailable", err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("the slow batch's delivery: %v", err)
+	}
+	if n := seen.Load(); n != 1 {
+		t.Errorf("the handler saw %d deliveries, want the slow batch's one", n)
+	}
+}
+
 // TestOutageAsksTheProbe: with WithProbe, whether a delivery's timeout is
 // an outage is the probe's answer, not the pool's: the same failure is
 // the database's when the probe fails, and the delivery's own when it

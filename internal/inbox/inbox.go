@@ -319,6 +319,11 @@ func (r *Runner) settle(meta eventbus.Meta, err error) (Outcome, error) {
 		if r.metrics.Failed != nil {
 			r.metrics.Failed(meta, err)
 		}
+		if errors.Is(err, postgres.ErrNotRun) && !eventbus.IsUnavailable(err) {
+			// It never ran: the transactions ahead of it took its time
+			// (a slow batch), which is no attempt of its own.
+			err = eventbus.Unavailable(err)
+		}
 		if !eventbus.IsPermanent(err) && !eventbus.IsUnavailable(err) && r.outage(err, meta) {
 			// The database was away (or too busy): the bus retries the
 			// event without counting the attempt.

@@ -51,6 +51,12 @@ type batchCall[T any] struct {
 // panicked; the items' results are then unknown.
 var ErrFlushPanicked = errors.New("batch flush panicked")
 
+// ErrNotRun marks Do's error for a call whose context ended before a batch
+// took it (with the context's error): its item was never flushed, so its
+// failure says nothing about the item, only that batches ahead of it
+// took too long.
+var ErrNotRun = errors.New("no batch took the call before its context ended")
+
 // NewBatcher returns a Batcher with lanes lanes (at least 1) handing at
 // most batch items (at least 1) at a time to flush. flush must deal with
 // every item it gets, reporting results through the items themselves (T
@@ -67,7 +73,8 @@ func NewBatcher[T any](batch, lanes int, flush func(ctx context.Context, items [
 
 // Do hands item to a flush shared with concurrent calls of the same lane
 // (chosen by key) and returns once that flush returned. It returns ctx's
-// error, without flushing item, if ctx has ended before the call, and
+// error, marked ErrNotRun, without flushing item, if ctx has ended before
+// the call, and
 // when ctx ends while the call waits behind the batch in flight (a caller
 // that has gone is not served later); a batch may still take an item
 // whose ctx ended just then, and once one has, Do waits for its flush
@@ -75,7 +82,7 @@ func NewBatcher[T any](batch, lanes int, flush func(ctx context.Context, items [
 // with ErrFlushPanicked and leaves the lane working.
 func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 	if err := ctx.Err(); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrNotRun, err)
 	}
 	l := b.lanes[laneOf(key, len(b.lanes))]
 	c := &batchCall[T]{item: item, done: make(chan struct{}), lead: make(chan struct{})}
@@ -95,7 +102,7 @@ func (b *Batcher[T]) Do(ctx context.Context, key string, item T) error {
 		// head until it takes its batch), which it waits for.
 		if ctx.Err() != nil {
 			if l.leave(c) {
-				return ctx.Err()
+				return fmt.Errorf("%w: %w", ErrNotRun, ctx.Err())
 			}
 			<-c.done
 			return c.err
