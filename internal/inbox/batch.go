@@ -39,9 +39,10 @@ type Result struct {
 // processed before, in the order they arrived; where order matters (two
 // events of one order) the handler applies them in that order.
 //
-// A delivery whose Result has an error must leave no writes in tx: the
-// runner drops its inbox row but cannot undo the handler's writes, so a
-// handler decides every delivery before it writes (in memory, say, writing
+// A delivery whose Result has an error must leave no writes in tx that
+// its retry does not expect: the runner drops its inbox row but cannot
+// undo the handler's writes, so a handler decides every delivery before it
+// writes (in memory, say, writing
 // what the successful ones changed at the end). An error returned by the
 // handler itself fails the batch as a whole: nothing commits. When it lost
 // a serialization conflict or a deadlock (postgres.Conflict) the runner

@@ -86,8 +86,11 @@ func (a *App) Payment(ctx context.Context, id string) (payment.Payment, error) {
 // commitReserve): one that hangs, and those after it, fail their
 // deliveries alone, retryably, with ctx's deadline error.
 //
-// Errors fail the delivery that caused them alone, which writes nothing,
-// while the batch's other deliveries take effect: an unreachable provider
+// Errors fail the delivery that caused them alone, which writes nothing
+// (but that an order rejected or cancelled before the service saw it is
+// blocked even when the provider could not be asked whether it holds a
+// charge: the delivery's retry asks again), while the batch's other
+// deliveries take effect: an unreachable provider
 // (provider.ErrUnavailable) is an outage (eventbus.Unavailable), which the
 // bus retries without counting attempts; a deadline or an error of
 // unknown kind is retryable, so the bus retries the event through its
@@ -139,7 +142,10 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 		case orderEnded:
 			p, results[i].Events, results[i].Err = a.refund(callCtx, payments[ev.orderID])
 		}
-		if results[i].Err == nil {
+		// A failed delivery changes nothing, but that an ended order is
+		// blocked (refund): no order.created handled before its retry may
+		// charge it.
+		if results[i].Err == nil || p.Status == payment.StatusBlocked {
 			payments[ev.orderID] = p
 		}
 	}
@@ -251,20 +257,29 @@ func (a *App) charge(ctx context.Context, p payment.Payment, ev orderEvent) (pay
 // refund applies order.rejected and order.cancelled to p, the order's
 // payment so far: a charged order is refunded in full, once, and returned
 // refunded with PaymentRefunded. An order with nothing charged (declined,
-// already refunded, blocked) is returned unchanged with no event. An order
-// not seen yet is returned blocked, so a later order.created never charges
-// it, unless the provider holds a charge for it whose record did not
-// commit: that charge is refunded as any other.
+// already refunded) is returned unchanged with no event. An order not seen
+// yet, or blocked, is returned blocked, so a later order.created never
+// charges it, unless the provider holds a charge for it whose record did
+// not commit: that charge is refunded as any other. When the provider
+// cannot be asked, or the refund fails, the order is returned blocked with
+// the error: the order ended all the same, and the delivery's retry asks
+// again.
 func (a *App) refund(ctx context.Context, p payment.Payment) (payment.Payment, []proto.Message, error) {
 	id := p.OrderID
 	switch payment.OnEnded(p.Status) {
 	case payment.ActionBlock:
+		blocked := payment.Payment{OrderID: id, Status: payment.StatusBlocked}
 		q, events, found, err := a.refundFound(ctx, p)
-		if err != nil || found {
-			return q, events, err
+		switch {
+		case err != nil:
+			return blocked, nil, err
+		case found:
+			return q, events, nil
 		}
-		a.log.InfoContext(ctx, "order blocked before it was created", slog.String("order_id", id))
-		return payment.Payment{OrderID: id, Status: payment.StatusBlocked}, nil, nil
+		if p.Status != payment.StatusBlocked {
+			a.log.InfoContext(ctx, "order blocked before it was created", slog.String("order_id", id))
+		}
+		return blocked, nil, nil
 	case payment.ActionRefund:
 		return a.refundCharged(ctx, p)
 	default:

@@ -442,6 +442,28 @@ func TestEndedAfterAChargeWhoseRecordDidNotCommit(t *testing.T) {
 			}
 			mustTx(t, f, cancelled(id))
 		}},
+		{"the provider was out when the order ended", func(t *testing.T, f fixture, id string) {
+			var out atomic.Bool
+			f.app = app.New(f.pool, down{f.provider, &out}, quiet)
+			err := postgres.WithTx(context.Background(), f.pool, func(tx pgx.Tx) error {
+				if _, err := handleBatchIn(t, f, tx, created(id, "tok_visa")); err != nil {
+					return err
+				}
+				return errors.New("commit lost")
+			})
+			if err == nil {
+				t.Fatal("the charging transaction committed")
+			}
+			out.Store(true)
+			if err := inTx(t, f, cancelled(id)); !eventbus.IsUnavailable(err) {
+				t.Fatalf("order.cancelled while the provider is out: %v, want an outage", err)
+			}
+			out.Store(false)
+			mustTx(t, f, cancelled(id)) // its retry finds the charge
+			if p := f.payment(t, id); p.Status != payment.StatusRefunded {
+				t.Fatalf("payment %v after order.cancelled's retry, want refunded", p.Status)
+			}
+		}},
 		{"order.created failed after the charge, order.rejected next in its batch", func(t *testing.T, f fixture, id string) {
 			// The provider charges, but its answer is lost.
 			f.app = app.New(f.pool, answerLost{f.provider}, quiet)
@@ -922,6 +944,43 @@ func (p down) FindCharge(ctx context.Context, key string) (provider.Charge, bool
 		return provider.Charge{}, false, fmt.Errorf("find charge %s: %w", key, provider.ErrUnavailable)
 	}
 	return p.Deterministic.FindCharge(ctx, key)
+}
+
+// TestOrderEndedWhileTheProviderIsOutIsNeverCharged: an order cancelled
+// before the service saw it, while the provider cannot say whether it
+// holds a charge for it, is blocked all the same: its order.created,
+// in the same batch or handled before the cancellation's retry, charges
+// nothing, and the retry looks for a charge again.
+func TestOrderEndedWhileTheProviderIsOutIsNeverCharged(t *testing.T) {
+	f := newFixture(t)
+	var out atomic.Bool
+	f.app = app.New(f.pool, down{f.provider, &out}, quiet)
+	sameBatch, later := uuid.NewString(), uuid.NewString()
+
+	out.Store(true)
+	results, err := handleBatch(t, f, cancelled(sameBatch), created(sameBatch, "tok_visa"), cancelled(later))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range results {
+		if !eventbus.IsUnavailable(r.Err) {
+			t.Errorf("delivery %d while the provider is out: %v; want an outage (eventbus.Unavailable)", i, r.Err)
+		}
+	}
+	out.Store(false)
+	mustTx(t, f, created(later, "tok_visa")) // before the cancellation's retry
+	mustTx(t, f, cancelled(later))           // the retry
+	mustTx(t, f, created(sameBatch, "tok_visa"))
+	mustTx(t, f, cancelled(sameBatch))
+	for _, id := range []string{sameBatch, later} {
+		if p := f.payment(t, id); p.Status != payment.StatusBlocked {
+			t.Errorf("payment of order %s: %v, want blocked", id, p.Status)
+		}
+		if c, found, err := f.provider.FindCharge(context.Background(), id); err != nil || found {
+			t.Errorf("order %s ended before it was created was charged: %+v, %v", id, c, err)
+		}
+	}
+	diffEvents(t, nil, f.pool)
 }
 
 // TestProviderOutageIsAnOutage: while the provider does not answer, the

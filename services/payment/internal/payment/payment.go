@@ -125,11 +125,13 @@ func OnCreated(s Status) Action {
 
 // OnEnded returns what order.rejected or order.cancelled does to a payment
 // in status s: a charged order is refunded, and an order not seen yet is
-// blocked from ever being charged. A failed, refunded or blocked order has
-// nothing to give back.
+// blocked from ever being charged. A blocked order is blocked again: the
+// check that comes with blocking (a charge the provider holds whose record
+// did not commit) may have failed the first time. A failed or refunded
+// order has nothing to give back.
 func OnEnded(s Status) Action {
 	switch s {
-	case StatusNone:
+	case StatusNone, StatusBlocked:
 		return ActionBlock
 	case StatusCharged:
 		return ActionRefund

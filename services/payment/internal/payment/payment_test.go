@@ -30,7 +30,7 @@ func TestActions(t *testing.T) {
 		{StatusCharged, ActionNone, ActionRefund, "charged: never again, refund on rejected/cancelled"},
 		{StatusFailed, ActionNone, ActionNone, "declined: nothing to charge again or refund"},
 		{StatusRefunded, ActionNone, ActionNone, "refunded: refund once only"},
-		{StatusBlocked, ActionNone, ActionNone, "blocked: never charged"},
+		{StatusBlocked, ActionNone, ActionBlock, "blocked: never charged, blocked again (looking for a charge again) on rejected/cancelled"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.status.String(), func(t *testing.T) {
