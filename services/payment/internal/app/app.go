@@ -83,8 +83,9 @@ func (a *App) Payment(ctx context.Context, id string) (payment.Payment, error) {
 // its order.
 //
 // The provider's calls end a little before ctx's deadline (see
-// commitReserve): one that hangs, and those after it, fail their
-// deliveries alone, retryably, with ctx's deadline error.
+// commitReserve): one that hangs fails its delivery alone, retryably,
+// with ctx's deadline error; the deliveries after it, whose calls never
+// started, are retried without counting an attempt (eventbus.Unavailable).
 //
 // Errors fail the delivery that caused them alone, which writes nothing
 // (but that an order rejected or cancelled before the service saw it is
@@ -133,6 +134,12 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 	}
 	for i, ev := range events {
 		if results[i].Err != nil {
+			continue
+		}
+		if err := callCtx.Err(); err != nil {
+			// The calls before this delivery's took the batch's time.
+			results[i].Err = eventbus.Unavailable(fmt.Errorf("handle %s of order %s: no time left for provider calls in its batch: %w",
+				batch[i].Meta.Type, ev.orderID, err))
 			continue
 		}
 		var p payment.Payment

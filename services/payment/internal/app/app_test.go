@@ -890,7 +890,8 @@ func (p hangs) Charge(ctx context.Context, req provider.ChargeRequest) (provider
 // delivery alone, retryably; what the batch handled before it commits.
 func TestHangingProviderCallFailsItsDeliveryAlone(t *testing.T) {
 	pool, _ := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations, inbox.Migrations)
-	a := app.New(pool, hangs{provider.NewDeterministic()}, quiet)
+	prov := provider.NewDeterministic()
+	a := app.New(pool, hangs{prov}, quiet)
 	paid, hung, after := uuid.NewString(), uuid.NewString(), uuid.NewString()
 	evs := []proto.Message{created(paid, "tok_visa"), created(hung, tokenHang), created(after, "tok_visa")}
 	ds := make([]inbox.Delivery, len(evs))
@@ -913,10 +914,15 @@ func TestHangingProviderCallFailsItsDeliveryAlone(t *testing.T) {
 	if results[0].Err != nil {
 		t.Errorf("charge before the hanging one: %v", results[0].Err)
 	}
-	for i := 1; i < len(results); i++ {
-		if err := results[i].Err; err == nil || eventbus.IsPermanent(err) || !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("delivery %d: %v; want a retryable deadline error", i, err)
-		}
+	if err := results[1].Err; err == nil || eventbus.IsPermanent(err) || eventbus.IsUnavailable(err) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("the hanging charge: %v; want a retryable deadline error, its attempt counted", err)
+	}
+	// The charge after it never started: no attempt of its own.
+	if err := results[2].Err; !eventbus.IsUnavailable(err) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("the charge after the hanging one: %v; want the deadline error marked eventbus.Unavailable", err)
+	}
+	if _, found, err := prov.FindCharge(context.Background(), after); err != nil || found {
+		t.Errorf("the charge after the hanging one was made (%v, %v); want it never started", found, err)
 	}
 	p, err := a.Payment(context.Background(), paid)
 	if err != nil || p.Status != payment.StatusCharged {
