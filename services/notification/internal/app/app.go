@@ -416,7 +416,7 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 			case errors.Is(err, ErrRejected):
 				a.logNotice(ctx, slog.LevelWarn, "email rejected by the mail server", e.notice, meta, slog.Any("error", err))
 				err = eventbus.Permanent(err)
-			case errors.Is(err, ErrUnreachable):
+			case errors.Is(err, ErrUnreachable), errors.Is(err, errNotStarted):
 				err = eventbus.Unavailable(err)
 			case errors.Is(err, ErrDeferred) && meta.OutageRetries < MaxDeferrals:
 				a.logNotice(ctx, slog.LevelWarn, "email deferred by the mail server; retried", e.notice, meta, slog.Any("error", err))
@@ -533,6 +533,12 @@ func (a *App) prepare(n Notice, meta eventbus.Meta) (email, error) {
 	return email{notice: n, email: e, sent: sent}, nil
 }
 
+// errNotStarted marks the error of an email whose send never started:
+// the batch's time for sending had run out waiting for a free send slot.
+// It is no attempt of the delivery's own, which is retried without
+// counting one.
+var errNotStarted = errors.New("no time left in the batch to send the email")
+
 // commitReserve is how long before the deadline of Handle's context (the
 // batch's transaction) its sends end, at most: a quarter of the time left
 // when they start, up to this. What follows them (one or two statements
@@ -563,6 +569,11 @@ func (a *App) sendAll(ctx context.Context, emails []email, claimed []bool) (errs
 			continue
 		}
 		g.Go(func() error {
+			if err := ctx.Err(); err != nil {
+				// The sends before it, hanging, took the batch's time.
+				errs[k] = fmt.Errorf("%w: %w", errNotStarted, err)
+				return nil
+			}
 			if errs[k] = a.sender.Send(ctx, emails[k].email); errs[k] == nil {
 				a.recent.add(p)
 			}

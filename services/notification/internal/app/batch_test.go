@@ -378,6 +378,30 @@ func TestHangingSendFailsAlone(t *testing.T) {
 	}
 }
 
+// TestSendsThatNeverStartedAreNoAttempt: with one send at a time, an
+// email queued behind one that hangs never starts before the batch's time
+// for sending runs out; its delivery is retried without counting an
+// attempt (eventbus.Unavailable), while the hanging one's counts.
+func TestSendsThatNeverStartedAreNoAttempt(t *testing.T) {
+	pool, sender, a := newFakeApp(t, app.WithSends(1))
+	sender.hang["stuck@example.com"] = true
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	results, err := handleTx(ctx, pool, a, []inbox.Delivery{
+		delivery(confirmed(uuid.NewString(), "stuck@example.com"), newEventID(t)),
+		delivery(confirmed(uuid.NewString(), "ada@example.com"), newEventID(t)),
+	})
+	if err != nil {
+		t.Fatalf("batch failed as a whole: %v", err)
+	}
+	if err := results[0].Err; err == nil || eventbus.IsPermanent(err) || eventbus.IsUnavailable(err) {
+		t.Errorf("hanging send: %v, want a retryable error, its attempt counted", err)
+	}
+	if err := results[1].Err; !eventbus.IsUnavailable(err) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("the send queued behind it: %v, want the deadline marked eventbus.Unavailable", err)
+	}
+}
+
 // TestBatchRunnerSharesTransactions delivers many events at once through
 // the batch runner, with the SMTP sink as the mail server: they share
 // transactions, and each email is sent once.
