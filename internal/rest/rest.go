@@ -122,19 +122,30 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		return nil, fmt.Errorf("register inventory routes: %w", err)
 	}
 
-	mux := http.NewServeMux()
-	mux.Handle("/v1/", gw)
-	mux.Handle("/openapi.json", getOnly(http.HandlerFunc(serveOpenAPI)))
-	mux.Handle("/healthz", getOnly(&healthHandler{
+	openAPI := getOnly(http.HandlerFunc(serveOpenAPI))
+	health := getOnly(&healthHandler{
 		timeout:  opts.HealthTimeout,
 		draining: opts.Draining,
 		checks: []healthCheck{
 			{name: orderServiceName, client: healthpb.NewHealthClient(up.Order), gates: true},
 			{name: "ordermesh.inventory.v1.InventoryService", client: healthpb.NewHealthClient(up.Inventory)},
 		},
-	}))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeStatus(w, http.StatusNotFound, status.New(codes.NotFound, "no route for "+r.URL.Path))
+	})
+	// Routed on the path as sent. An http.ServeMux would clean it first,
+	// and answer /v1/stock/SKU-1/../SKU-2 with a redirect to another
+	// product's route (a 307, which a client follows with its method and
+	// body), /v1//orders with one to /v1/orders, both in HTML.
+	mux := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch path := r.URL.Path; {
+		case strings.HasPrefix(path, "/v1/"):
+			gw.ServeHTTP(w, r)
+		case path == "/openapi.json":
+			openAPI.ServeHTTP(w, r)
+		case path == "/healthz":
+			health.ServeHTTP(w, r)
+		default:
+			writeStatus(w, http.StatusNotFound, noRoute(r))
+		}
 	})
 	// Every request's body is bounded, whatever its path: one the handler
 	// does not read is still read to its end before the response (net/http

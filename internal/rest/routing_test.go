@@ -47,6 +47,35 @@ func gatewayWithInventory(t *testing.T) (string, *countingInventory) {
 	return hs.URL, inv
 }
 
+// TestPathsAreRoutedAsSent: a path with dot segments or an empty one is
+// no route (a JSON 404), not redirected to the path it would clean to: a
+// client following PUT /v1/stock/SKU-1/../SKU-2 would set another
+// product.
+func TestPathsAreRoutedAsSent(t *testing.T) {
+	base, inv := gatewayWithInventory(t)
+	for _, tt := range []struct{ method, path string }{
+		{http.MethodPut, "/v1/stock/SKU-1/../SKU-2"},
+		{http.MethodPut, "/v1/stock/./SKU-2"},
+		{http.MethodPost, "/v1//orders"},
+		{http.MethodGet, "/v1/orders//events"},
+		{http.MethodGet, "/v1"},
+		{http.MethodGet, "/healthz/../openapi.json"},
+	} {
+		req, err := http.NewRequest(tt.method, base+tt.path, strings.NewReader(`{"available": 100}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, body := send(t, req)
+		var st struct{ Code int }
+		if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Content-Type") != "application/json" || json.Unmarshal([]byte(body), &st) != nil || st.Code != 5 {
+			t.Errorf("%s %s: %d %s %s; want a JSON 404 (NOT_FOUND)", tt.method, tt.path, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
+	}
+	if n := inv.sets.Load(); n != 0 {
+		t.Errorf("SetStock called %d times, want none", n)
+	}
+}
+
 // TestNoMethodStandsInForAnother: a form-encoded POST, with or without
 // X-HTTP-Method-Override, runs no route of another method, whose body
 // would be dropped: 405, and the upstream is not called.
