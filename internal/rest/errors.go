@@ -97,10 +97,12 @@ func tooSlow(timeout time.Duration) *status.Status {
 }
 
 // errorHandler writes errors as JSON in the shape of a google.rpc.Status
-// ({"code", "message", "details"}); validation failures keep their
-// google.rpc.BadRequest detail, which names each offending field.
+// ({"code", "message", "details"}), whatever the request's Accept header
+// asked for (text/event-stream would have it framed as an event);
+// validation failures keep their google.rpc.BadRequest detail, which
+// names each offending field.
 func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
-	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	return func(ctx context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 		st := status.Convert(err)
 		code := httpStatus(st.Code())
 		if hse, ok := errors.AsType[*runtime.HTTPStatusError](err); ok {
@@ -129,7 +131,7 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 		if st.Code() == codes.InvalidArgument && len(st.Details()) == 0 {
 			st = withQueryViolation(st)
 		}
-		runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: code, Err: st.Err()})
+		writeStatus(w, code, st)
 	}
 }
 

@@ -20,13 +20,18 @@ var routeMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, htt
 
 // routingError answers a request grpc-gateway found no route for. A path
 // that has routes for other methods gets 405 with the Allow header HTTP
-// requires (grpc-gateway's default answers 501 without one); the rest is
-// grpc-gateway's.
+// requires (grpc-gateway's default answers 501 without one), one that has
+// none the gateway's 404; the rest is grpc-gateway's.
 func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
 	if _, ok := ctx.Value(probeKey{}).(*bool); ok {
 		return // a probe of allowedMethods that found no route
 	}
-	if code != http.StatusMethodNotAllowed {
+	switch code {
+	case http.StatusNotFound:
+		writeStatus(w, code, noRoute(r))
+		return
+	case http.StatusMethodNotAllowed:
+	default:
 		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, code)
 		return
 	}

@@ -76,6 +76,39 @@ func TestPathsAreRoutedAsSent(t *testing.T) {
 	}
 }
 
+// TestErrorsAreJSONWhateverTheAcceptHeader: an error answers JSON even to
+// a client that accepts only server-sent events (the watch's framing),
+// and a path no route takes says so.
+func TestErrorsAreJSONWhateverTheAcceptHeader(t *testing.T) {
+	base, _ := gatewayWithInventory(t)
+	for _, tt := range []struct {
+		path string
+		code int
+		msg  string
+	}{
+		{"/v1/nope", http.StatusNotFound, "no route for GET /v1/nope"},
+		{"/v1/stock/SKU-1/", http.StatusNotFound, "no route for GET /v1/stock/SKU-1/"},
+		{"/v1/orders?bogus=1", http.StatusBadRequest, ""},
+		// The upstream's answer (this one implements no GetOrder).
+		{"/v1/orders/0190a5c4-0000-7000-8000-000000000000", http.StatusNotImplemented, "method GetOrder not implemented"},
+	} {
+		req, err := http.NewRequest(http.MethodGet, base+tt.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", "text/event-stream")
+		resp, body := send(t, req)
+		var st struct{ Message string }
+		if resp.StatusCode != tt.code || resp.Header.Get("Content-Type") != "application/json" || json.Unmarshal([]byte(body), &st) != nil {
+			t.Errorf("GET %s: %d %s %q; want %d as JSON", tt.path, resp.StatusCode, resp.Header.Get("Content-Type"), body, tt.code)
+			continue
+		}
+		if tt.msg != "" && st.Message != tt.msg {
+			t.Errorf("GET %s: message %q, want %q", tt.path, st.Message, tt.msg)
+		}
+	}
+}
+
 // TestNoMethodStandsInForAnother: a form-encoded POST, with or without
 // X-HTTP-Method-Override, runs no route of another method, whose body
 // would be dropped: 405, and the upstream is not called.
