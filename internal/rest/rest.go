@@ -87,6 +87,7 @@ const orderServiceName = "ordermesh.order.v1.OrderService"
 // /openapi.json and /healthz.
 func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Options) (http.Handler, error) {
 	opts.defaults()
+	var gw *runtime.ServeMux // made after its options, which refer to it
 	jsonpb := &runtime.JSONPb{
 		MarshalOptions:   orderJSONOptions,
 		UnmarshalOptions: protojson.UnmarshalOptions{},
@@ -103,7 +104,7 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		// SetStock of nothing, say).
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithDisableHTTPMethodOverride(),
-		runtime.WithMiddlewares(probeRoute, checkQuery(queryRoutes(orderv1.File_ordermesh_order_v1_order_service_proto.Services().ByName("OrderService"),
+		runtime.WithMiddlewares(probeRoute(func() *runtime.ServeMux { return gw }), checkQuery(queryRoutes(orderv1.File_ordermesh_order_v1_order_service_proto.Services().ByName("OrderService"),
 			inventoryv1.File_ordermesh_inventory_v1_inventory_service_proto.Services().ByName("InventoryService"))),
 			upstreamTimeout(opts.UpstreamTimeout, opts.Streams), noForwarding),
 		runtime.WithIncomingHeaderMatcher(traceHeaders),
@@ -114,7 +115,7 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		// Records each request's route for its metrics.
 		muxOpts = append(muxOpts, runtime.WithMetadata(routeOf))
 	}
-	gw := runtime.NewServeMux(muxOpts...)
+	gw = runtime.NewServeMux(muxOpts...)
 	if err := orderv1.RegisterOrderServiceHandlerClient(ctx, gw, orderv1.NewOrderServiceClient(up.Order)); err != nil {
 		return nil, fmt.Errorf("register order routes: %w", err)
 	}

@@ -13,9 +13,8 @@ import (
 
 // routeMethods are the methods a REST route may take. HEAD is not one:
 // grpc-gateway routes no HEAD, so Allow never lists it. Which methods a
-// path allows is grpc-gateway's matching: a GET of /v1/orders/x:cancel is
-// GetOrder of the order "x:cancel" (refused as not a UUID), so that path
-// allows GET as well as POST.
+// path allows is grpc-gateway's matching, but for the routes whose path
+// variables misfit (see misfits).
 var routeMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // routingError answers a request grpc-gateway found no route for. A path
@@ -37,7 +36,7 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 	}
 	allowed := allowedMethods(mux, r)
 	if len(allowed) == 0 {
-		// Only routes with an empty path parameter matched (see
+		// Only routes whose path variables misfit matched (see
 		// probeRoute): no resource is there.
 		writeStatus(w, http.StatusNotFound, noRoute(r))
 		return
@@ -51,25 +50,26 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 // whether a route takes it; its value is the *bool probeRoute sets.
 type probeKey struct{}
 
-// probeRoute is the mux's first middleware: on a probe it records that the
-// probe found a route and goes no further.
-func probeRoute(next runtime.HandlerFunc) runtime.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
-		if found, ok := r.Context().Value(probeKey{}).(*bool); ok {
-			*found = !emptyPathParameter(params)
-			return
+// probeRoute returns the mux's first middleware (mux returns the mux,
+// made after its middlewares): on a probe it records whether the probe
+// found a route and goes no further. A route whose path variables the
+// request's path does not fill (see misfits) does not take the request:
+// it is answered as if grpc-gateway had found no route of its method.
+func probeRoute(mux func() *runtime.ServeMux) runtime.Middleware {
+	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+			if found, ok := r.Context().Value(probeKey{}).(*bool); ok {
+				*found = !misfits(params)
+				return
+			}
+			if misfits(params) {
+				routingError(r.Context(), mux(), nil, w, r, http.StatusMethodNotAllowed)
+				return
+			}
+			next(w, r, params)
 		}
-		if emptyPathParameter(params) {
-			// grpc-gateway matches a path variable to an empty segment:
-			// GET /v1/orders/ would read the order "", POST /v1/orders/
-			// be answered that only GET is allowed.
-			writeStatus(w, http.StatusNotFound, noRoute(r))
-			return
-		}
-		next(w, r, params)
 	}
 }
-
 // allowedMethods returns the methods the mux routes r's path for, asking
 // the mux itself with a bodiless probe per method: the routes and their
 // matching stay grpc-gateway's.
@@ -94,11 +94,17 @@ func (d discard) Header() http.Header       { return d.header }
 func (discard) Write(b []byte) (int, error) { return len(b), nil }
 func (discard) WriteHeader(int)             {}
 
-// emptyPathParameter reports whether a variable of the matched route's
-// path is empty (a trailing slash).
-func emptyPathParameter(params map[string]string) bool {
+// misfits reports whether grpc-gateway matched a route's path variables
+// to what no route means them to take: an empty segment (GET /v1/orders/
+// would read the order "", POST /v1/orders/ be answered that only GET is
+// allowed), or a value holding a ':', which in these paths only begins a
+// custom verb (GET /v1/orders/ID:cancel would read the order "ID:cancel"
+// rather than say that :cancel takes POST; POST /v1/orders/ID:cancle that
+// GET is allowed rather than that there is no such verb). Neither an
+// order id nor a product id holds a ':'.
+func misfits(params map[string]string) bool {
 	for _, v := range params {
-		if v == "" {
+		if v == "" || strings.Contains(v, ":") {
 			return true
 		}
 	}

@@ -158,6 +158,14 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 		{http.MethodGet, "/v1/orders/", "", http.StatusNotFound},
 		{http.MethodPost, "/v1/orders/", "", http.StatusNotFound},
 		{http.MethodPut, "/v1/stock/", "", http.StatusNotFound},
+		// A custom verb on another method than its own, or one that
+		// does not exist: not an order id with a ':' in it.
+		{http.MethodGet, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:cancel", "POST", http.StatusMethodNotAllowed},
+		{http.MethodDelete, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:cancel", "POST", http.StatusMethodNotAllowed},
+		{http.MethodPost, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:watch", "GET", http.StatusMethodNotAllowed},
+		{http.MethodPost, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:cancle", "", http.StatusNotFound},
+		{http.MethodPost, "/v1/orders/:cancel", "", http.StatusNotFound},
+		{http.MethodGet, "/v1/stock/SKU:1", "", http.StatusNotFound},
 		// Outside the API's routes too.
 		{http.MethodPost, "/healthz", "GET, HEAD", http.StatusMethodNotAllowed},
 		{http.MethodDelete, "/openapi.json", "GET, HEAD", http.StatusMethodNotAllowed},
