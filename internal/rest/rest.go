@@ -103,6 +103,12 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		// X-HTTP-Method-Override header names, with its body dropped (a
 		// SetStock of nothing, say).
 		runtime.WithDisablePathLengthFallback(),
+		// Routes match the path as sent, and a path variable is decoded
+		// after: the default (legacy) mode decodes the whole path before
+		// matching, so POST /v1/orders/ID%3Acancel cancelled the order
+		// and GET /v1/stock/A%2FB found no route, where the product id
+		// "A/B" is refused for what it is.
+		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptReserved),
 		runtime.WithDisableHTTPMethodOverride(),
 		runtime.WithMiddlewares(probeRoute(func() *runtime.ServeMux { return gw }), checkQuery(queryRoutes(orderv1.File_ordermesh_order_v1_order_service_proto.Services().ByName("OrderService"),
 			inventoryv1.File_ordermesh_inventory_v1_inventory_service_proto.Services().ByName("InventoryService"))),

@@ -76,6 +76,41 @@ func TestPathsAreRoutedAsSent(t *testing.T) {
 	}
 }
 
+// TestEscapesAreRoutedAsSent: routes match the path as sent, before
+// percent-decoding, so an escaped ':' or '/' belongs to its path
+// variable: POST /v1/orders/ID%3Acancel is no CancelOrder (and an order
+// id holding a ':' fits no route), and PUT /v1/stock/A%2FB is SetStock of
+// the product "A/B", which the service refuses for what it is, not a
+// path with no route.
+func TestEscapesAreRoutedAsSent(t *testing.T) {
+	base, inv := gatewayWithInventory(t)
+	req, err := http.NewRequest(http.MethodPost, base+"/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd%3Acancel", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := send(t, req); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("POST …%%3Acancel: %d (%s); want 404, not CancelOrder", resp.StatusCode, body)
+	}
+	for path, want := range map[string]string{"/v1/stock/A%2FB": "A/B", "/v1/stock/SKU%2D1": "SKU-1"} {
+		req, err := http.NewRequest(http.MethodPut, base+path, strings.NewReader(`{"available": 1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, body := send(t, req)
+		var got struct {
+			Stock struct {
+				ProductID string `json:"product_id"`
+			} `json:"stock"`
+		}
+		if resp.StatusCode != http.StatusOK || json.Unmarshal([]byte(body), &got) != nil || got.Stock.ProductID != want {
+			t.Errorf("PUT %s: %d %s; want SetStock of the product %q", path, resp.StatusCode, body, want)
+		}
+	}
+	if n := inv.sets.Load(); n != 2 {
+		t.Errorf("SetStock called %d times, want 2", n)
+	}
+}
+
 // TestErrorsAreJSONWhateverTheAcceptHeader: an error answers JSON even to
 // a client that accepts only server-sent events (the watch's framing),
 // and a path no route takes says so.
