@@ -315,7 +315,10 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 }
 
 // gracefulStop stops the server, waiting up to the shutdown timeout for
-// in-flight RPCs before it closes the remaining connections.
+// in-flight RPCs before it closes the remaining connections. Either way it
+// returns once every handler has returned (GracefulStop waits for them,
+// and Stop ends their contexts): a call cut off still finishes what it
+// began, a transaction's commit, before the service's outbox flush.
 func (s *Server) gracefulStop(ctx context.Context) {
 	done := make(chan struct{})
 	go func() {

@@ -47,6 +47,10 @@ type orderService struct {
 	// created, when set, receives whether Draining was closed when a
 	// CreateOrder ran.
 	created chan bool
+	// linger is how long GetOrder goes on once its context ended (a
+	// transaction finishing), and returned is closed when it returns.
+	linger   time.Duration
+	returned chan struct{}
 }
 
 func newOrderService() *orderService {
@@ -74,6 +78,10 @@ func (s *orderService) GetOrder(ctx context.Context, req *orderv1.GetOrderReques
 	case <-s.release:
 		return &orderv1.GetOrderResponse{Order: &orderv1.Order{Id: req.GetOrderId()}}, nil
 	case <-ctx.Done():
+		if s.returned != nil {
+			time.Sleep(s.linger)
+			close(s.returned)
+		}
 		return nil, status.Error(codes.Canceled, "canceled")
 	}
 }
@@ -502,6 +510,28 @@ func TestGracefulStop(t *testing.T) {
 		}
 		if code := status.Code(<-done); code != codes.Unavailable && code != codes.Canceled {
 			t.Errorf("cut-off GetOrder code = %v, want Unavailable or Canceled", code)
+		}
+	})
+
+	t.Run("cut-off calls are waited for", func(t *testing.T) {
+		// What a call cut off at the timeout still does (a transaction
+		// it began commits) ends before Serve returns, and so before the
+		// service's outbox flush looks for what was committed.
+		svc := newOrderService()
+		defer close(svc.release)
+		svc.linger, svc.returned = 500*time.Millisecond, make(chan struct{})
+		ts := startServer(t, svc, WithShutdownTimeout(100*time.Millisecond))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		go func() { _, _ = orderv1.NewOrderServiceClient(ts.conn).GetOrder(ctx, &orderv1.GetOrderRequest{OrderId: validOrderID}) }()
+		<-svc.started
+		if err, _ := ts.stop(); err != nil {
+			t.Errorf("Serve() = %v, want nil", err)
+		}
+		select {
+		case <-svc.returned:
+		default:
+			t.Error("Serve returned while a call it cut off was still running")
 		}
 	})
 
