@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ordermesh/ordermesh/internal/config"
+	"github.com/ordermesh/ordermesh/internal/ctxsleep"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/grpcserver"
 	"github.com/ordermesh/ordermesh/internal/inbox"
@@ -461,7 +462,7 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 		runErr = err
 	}
 	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
-	if err := relay.Drain(flushCtx); err != nil {
+	if err := flush(flushCtx, publisher, relay); err != nil {
 		log.WarnContext(ctx, "outbox not flushed before shutdown; the rest is published after the next start", slog.Any("error", err))
 	}
 	cancel()
@@ -474,6 +475,29 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 	log.InfoContext(ctx, "stopped")
 	return nil
 }
+
+// flush publishes what the outbox holds (relay.Drain) until ctx ends,
+// waiting for the broker link when it is down: a broker restarting with
+// the deploy that stops the service would otherwise fail the flush at
+// once, with its time left.
+func flush(ctx context.Context, publisher *eventbus.Publisher, relay *outbox.Relay) error {
+	for {
+		if err := publisher.WaitUp(ctx); err != nil {
+			return err
+		}
+		err := relay.Drain(ctx)
+		if err == nil || !errors.Is(err, eventbus.ErrLinkDown) {
+			return err
+		}
+		// Lost again, or up but blocked by a broker alarm.
+		if !ctxsleep.Sleep(ctx, flushRetryDelay) {
+			return err
+		}
+	}
+}
+
+// flushRetryDelay is the pause between flushes the broker link failed.
+const flushRetryDelay = 250 * time.Millisecond
 
 // pruneInbox deletes processed-event records older than retention, once at
 // start and then hourly, so the inbox does not grow without bound. A

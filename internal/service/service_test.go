@@ -31,13 +31,76 @@ import (
 	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/eventbus"
 	"github.com/ordermesh/ordermesh/internal/inbox"
+	"github.com/ordermesh/ordermesh/internal/outbox"
 	"github.com/ordermesh/ordermesh/internal/platformtest"
+	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 	"github.com/ordermesh/ordermesh/internal/service"
 	"github.com/ordermesh/ordermesh/internal/telemetry"
 	"github.com/ordermesh/ordermesh/internal/testport"
 	"github.com/ordermesh/ordermesh/internal/testproxy"
 )
+
+// TestFlushWaitsForTheBroker: events left in the outbox at a stop while
+// the broker is out of reach are published once it is back within the
+// flush's time, rather than left for the next start.
+func TestFlushWaitsForTheBroker(t *testing.T) {
+	name := "flusher"
+	prefix, schema := isolate(t, name, []time.Duration{time.Second})
+	broker, err := url.Parse(platformtest.AMQPURL())
+	if err != nil {
+		t.Fatalf("broker url: %v", err)
+	}
+	proxy := testproxy.New(t, broker.Host)
+	broker.Host = proxy.Addr()
+	cfg := service.Config{
+		GRPCAddr: "127.0.0.1:0", DatabaseURL: postgrestest.URL(), DatabaseSchema: schema,
+		AMQPURL: broker.String(), TopologyPrefix: prefix,
+		Prefetch: 10, Concurrency: 2, RetryDelays: []time.Duration{time.Second},
+		RelayInterval: time.Minute, ShutdownTimeout: 20 * time.Second, HandlerTimeout: 5 * time.Second,
+	}
+	spec := service.Spec{
+		Name:               name,
+		BrokerGatesServing: true,
+		Setup: func(ctx context.Context, s *service.Service) ([]service.Task, error) {
+			h := func(context.Context, pgx.Tx, *orderv1.OrderCreated, eventbus.Meta) ([]proto.Message, error) {
+				return nil, nil
+			}
+			return nil, eventbus.Handle(s.Subscriber, inbox.Wrap(s.Inbox, h))
+		},
+	}
+	svc := runService(t, spec, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	health := svc.health(t)
+	waitHealth(t, health, "", healthpb.HealthCheckResponse_SERVING, 10*time.Second)
+
+	proxy.SetUp(false)
+	waitHealth(t, health, service.BrokerHealthName, healthpb.HealthCheckResponse_NOT_SERVING, time.Minute)
+	ctx := context.Background()
+	pool, err := postgres.Open(ctx, postgrestest.URL(), schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+		ev := orderCreated("tok")
+		return outbox.AddEvents(ctx, tx, name, ev.GetOrderId(), ev)
+	}); err != nil {
+		t.Fatalf("write an event: %v", err)
+	}
+	svc.stop()
+	time.Sleep(time.Second) // the stop reaches its flush, the broker still away
+	proxy.SetUp(true)
+	if err := svc.wait(t); err != nil {
+		t.Errorf("run returned %v after shutdown", err)
+	}
+	var left int
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outbox_deferred)`).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d events left in the outbox after the stop, want them published once the broker was back", left)
+	}
+}
 
 // TestWorkerRuntime runs a worker on the real broker and database: it
 // becomes SERVING, handles an event through the inbox, exports metrics,
