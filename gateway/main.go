@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +23,10 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	_ "google.golang.org/grpc/health" // client-side health checking (dialUpstream)
 
+	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
+	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/rest"
 	"github.com/ordermesh/ordermesh/internal/shutdown"
@@ -111,16 +115,27 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	return cfg, nil
 }
 
-// dialUpstream returns a client of the gRPC service at target. Calls go
+// dialUpstream returns a client of the gRPC service at target, whose
+// health (grpc.health.v1) it reports under the name service. Calls go
 // round-robin over every address the name resolves to (a headless
 // Kubernetes Service, a DNS name with several records): gRPC's default,
-// pick_first, would send all of them to one instance. gRPC resolves the
-// name again when a connection to one of them fails, not on a schedule,
-// so an instance added later gets calls once that happens.
-func dialUpstream(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+// pick_first, would send all of them to one instance. They go only to
+// instances whose health is SERVING, which each watches: an instance in
+// its drain delay (ORDERMESH_DRAIN_DELAY), or without its database, gets
+// none, and /healthz's check of the service asks one that serves. gRPC
+// resolves the name again when a connection to one of them fails, not on
+// a schedule, so an instance added later gets calls once that happens.
+func dialUpstream(target, service string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	cfg, err := json.Marshal(map[string]any{
+		"loadBalancingConfig": []any{map[string]any{"round_robin": map[string]any{}}},
+		"healthCheckConfig":   map[string]any{"serviceName": service},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("service config: %w", err)
+	}
 	return grpc.NewClient(target, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"round_robin": {}}]}`),
+		grpc.WithDefaultServiceConfig(string(cfg)),
 	}, opts...)...)
 }
 
@@ -139,12 +154,12 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 
 	// Upstream connections: created lazily by gRPC, so the gateway starts
 	// even while a service is still coming up (/healthz says so).
-	orderConn, err := dialUpstream(cfg.OrderAddr)
+	orderConn, err := dialUpstream(cfg.OrderAddr, orderv1.OrderService_ServiceDesc.ServiceName)
 	if err != nil {
 		return fmt.Errorf("order service address: %w", err)
 	}
 	defer orderConn.Close()
-	invConn, err := dialUpstream(cfg.InventoryAddr)
+	invConn, err := dialUpstream(cfg.InventoryAddr, inventoryv1.InventoryService_ServiceDesc.ServiceName)
 	if err != nil {
 		return fmt.Errorf("inventory service address: %w", err)
 	}

@@ -364,7 +364,7 @@ func TestUpstreamCallsSpreadOverEveryAddress(t *testing.T) {
 	// A resolver of the test's own stands for DNS answering with both.
 	r := manual.NewBuilderWithScheme("orders")
 	r.InitialState(resolver.State{Addresses: addrs})
-	conn, err := dialUpstream("orders:///orders", grpc.WithResolvers(r))
+	conn, err := dialUpstream("orders:///orders", orderv1.OrderService_ServiceDesc.ServiceName, grpc.WithResolvers(r))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,6 +384,64 @@ func TestUpstreamCallsSpreadOverEveryAddress(t *testing.T) {
 		}
 		if calls == 500 {
 			t.Fatalf("after %d calls the instances served %d and %d; want them spread over both", calls, instances[0].calls.Load(), instances[1].calls.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestUpstreamCallsGoToServingInstances: an instance whose health says
+// NOT_SERVING for its service (in its drain delay, say) gets no calls,
+// and the gateway's check of the service's health asks one that serves;
+// once it serves again it gets calls again.
+func TestUpstreamCallsGoToServingInstances(t *testing.T) {
+	name := orderv1.OrderService_ServiceDesc.ServiceName
+	instances := make([]*countingOrders, 2)
+	healths := make([]*health.Server, 2)
+	var addrs []resolver.Address
+	for i := range instances {
+		instances[i], healths[i] = &countingOrders{}, health.NewServer()
+		healths[i].SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := grpc.NewServer()
+		orderv1.RegisterOrderServiceServer(srv, instances[i])
+		healthpb.RegisterHealthServer(srv, healths[i])
+		go func() { _ = srv.Serve(lis) }()
+		t.Cleanup(srv.Stop)
+		addrs = append(addrs, resolver.Address{Addr: lis.Addr().String()})
+	}
+	healths[1].SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
+	r := manual.NewBuilderWithScheme("orders")
+	r.InitialState(resolver.State{Addresses: addrs})
+	conn, err := dialUpstream("orders:///orders", name, grpc.WithResolvers(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := orderv1.NewOrderServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 50 {
+		if _, err := client.CreateOrder(ctx, &orderv1.CreateOrderRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: name})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("health check through the gateway's client: %v, %v; want SERVING", resp.GetStatus(), err)
+		}
+	}
+	if n := instances[1].calls.Load(); n != 0 || instances[0].calls.Load() != 50 {
+		t.Fatalf("the NOT_SERVING instance got %d calls, the serving one %d; want none and 50", n, instances[0].calls.Load())
+	}
+	healths[1].SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	for calls := 1; instances[1].calls.Load() == 0; calls++ {
+		if _, err := client.CreateOrder(ctx, &orderv1.CreateOrderRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		if calls == 500 {
+			t.Fatal("the instance serving again got no call in 500")
 		}
 		time.Sleep(time.Millisecond)
 	}
