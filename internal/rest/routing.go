@@ -70,6 +70,7 @@ func probeRoute(mux func() *runtime.ServeMux) runtime.Middleware {
 		}
 	}
 }
+
 // allowedMethods returns the methods the mux routes r's path for, asking
 // the mux itself with a bodiless probe per method: the routes and their
 // matching stay grpc-gateway's.
