@@ -523,7 +523,9 @@ func TestGracefulStop(t *testing.T) {
 		ts := startServer(t, svc, WithShutdownTimeout(100*time.Millisecond))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		go func() { _, _ = orderv1.NewOrderServiceClient(ts.conn).GetOrder(ctx, &orderv1.GetOrderRequest{OrderId: validOrderID}) }()
+		go func() {
+			_, _ = orderv1.NewOrderServiceClient(ts.conn).GetOrder(ctx, &orderv1.GetOrderRequest{OrderId: validOrderID})
+		}()
 		<-svc.started
 		if err, _ := ts.stop(); err != nil {
 			t.Errorf("Serve() = %v, want nil", err)
