@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -224,7 +226,23 @@ func writeStatus(w http.ResponseWriter, code int, st *status.Status) {
 		http.Error(w, st.Message(), code)
 		return
 	}
+	if d, ok := retryDelay(st); ok {
+		// The google.rpc.RetryInfo's delay, for HTTP clients that read
+		// the header rather than the body's details.
+		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(d.Seconds())), 10))
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_, _ = w.Write(body)
+}
+
+// retryDelay returns the delay of st's google.rpc.RetryInfo, if it has
+// one.
+func retryDelay(st *status.Status) (time.Duration, bool) {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
+			return max(ri.GetRetryDelay().AsDuration(), 0), true
+		}
+	}
+	return 0, false
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -26,7 +27,7 @@ import (
 type unavailableOrders struct{ cannedOrders }
 
 func (unavailableOrders) GetOrder(context.Context, *orderv1.GetOrderRequest) (*orderv1.GetOrderResponse, error) {
-	return nil, grpcserver.Unavailable("order store unavailable; retry later", grpcserver.RetryDelay)
+	return nil, grpcserver.Unavailable("order store unavailable; retry later", 1500*time.Millisecond)
 }
 
 // gatewayTo serves the gateway in front of the upstream at addr and
@@ -90,9 +91,13 @@ func TestUnreachableUpstreamHidesItsAddress(t *testing.T) {
 	base, logged := gatewayTo(t, dead)
 	const id = "0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70"
 
-	code, body := get(t, base+"/v1/orders/"+id)
-	if code != http.StatusServiceUnavailable {
-		t.Fatalf("GET with the upstream down = %d %s, want 503", code, body)
+	req, err := http.NewRequest(http.MethodGet, base+"/v1/orders/"+id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := send(t, req)
+	if code := resp.StatusCode; code != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("GET with the upstream down = %d, Retry-After %q, %s; want 503, Retry-After 1", code, resp.Header.Get("Retry-After"), body)
 	}
 	var st struct{ Message string }
 	if err := json.Unmarshal([]byte(body), &st); err != nil || st.Message != "upstream service unavailable; retry later" {
@@ -115,9 +120,17 @@ func TestUnreachableUpstreamHidesItsAddress(t *testing.T) {
 func TestUpstreamUnavailablePassesUnchanged(t *testing.T) {
 	conn := startUpstream(t, unavailableOrders{})
 	base, _ := gatewayTo(t, conn.Target())
-	code, body := get(t, base+"/v1/orders/0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70")
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"order store unavailable; retry later"`) {
-		t.Errorf("GET = %d %s, want 503 with the order service's own message", code, body)
+	req, err := http.NewRequest(http.MethodGet, base+"/v1/orders/0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := send(t, req)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, `"order store unavailable; retry later"`) {
+		t.Errorf("GET = %d %s, want 503 with the order service's own message", resp.StatusCode, body)
+	}
+	// Its google.rpc.RetryInfo's delay, in whole seconds rounded up.
+	if got := resp.Header.Get("Retry-After"); got != "2" {
+		t.Errorf("Retry-After %q, want 2 (the service's 1.5 s)", got)
 	}
 }
 

@@ -586,11 +586,15 @@ func TestWatchesAreBounded(t *testing.T) {
 			t.Fatalf("watch %d of 2: %v", i+1, err)
 		}
 	}
-	if _, err := open(ctx); status.Code(err) != codes.ResourceExhausted {
+	_, err = open(ctx)
+	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("third watch: %v, want RESOURCE_EXHAUSTED", err)
 	}
-	if code, body := e.do(t, http.MethodGet, "/v1/orders/"+req.GetOrderId()+":watch", ""); code != http.StatusTooManyRequests {
-		t.Errorf("third watch over REST = %d %s, want 429", code, body)
+	if d := status.Convert(err).Details(); len(d) != 1 || d[0].(*errdetails.RetryInfo).GetRetryDelay().AsDuration() != 5*time.Second {
+		t.Errorf("third watch's details %v, want a google.rpc.RetryInfo of 5 s", d)
+	}
+	if code, body := e.do(t, http.MethodGet, "/v1/orders/"+req.GetOrderId()+":watch", ""); code != http.StatusTooManyRequests || !strings.Contains(string(body), `"retry_delay":"5s"`) {
+		t.Errorf("third watch over REST = %d %s, want 429 with the retry delay", code, body)
 	}
 
 	cancelFirst()

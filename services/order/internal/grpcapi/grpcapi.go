@@ -9,10 +9,13 @@ import (
 	"errors"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -144,11 +147,19 @@ func (s *Server) ListOrderEvents(ctx context.Context, req *orderv1.ListOrderEven
 	return resp, nil
 }
 
+// watchRetryDelay is when a watch refused for the watch limit may try
+// again, as its google.rpc.RetryInfo says (REST: Retry-After).
+const watchRetryDelay = 5 * time.Second
+
 // WatchOrder streams the order now and after every change until it is
 // terminal or the client leaves.
 func (s *Server) WatchOrder(req *orderv1.WatchOrderRequest, stream orderv1.OrderService_WatchOrderServer) error {
 	if !s.openWatch() {
-		return status.Errorf(codes.ResourceExhausted, "%d watches are open, the most this server takes; watch again later", s.maxWatches)
+		st := status.Newf(codes.ResourceExhausted, "%d watches are open, the most this server takes; watch again later", s.maxWatches)
+		if withInfo, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(watchRetryDelay)}); err == nil {
+			st = withInfo
+		}
+		return st.Err()
 	}
 	defer s.watches.Add(-1)
 	ctx, cancel := context.WithCancelCause(stream.Context())
