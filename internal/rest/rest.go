@@ -145,6 +145,12 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 	mux := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch path := r.URL.Path; {
 		case strings.HasPrefix(path, "/v1/"):
+			if r.Method == http.MethodHead && headable(path) {
+				// grpc-gateway routes no HEAD: the GET, whose body
+				// net/http leaves out of the response to a HEAD.
+				r = r.Clone(r.Context())
+				r.Method = http.MethodGet
+			}
 			gw.ServeHTTP(w, r)
 		case path == "/openapi.json":
 			openAPI.ServeHTTP(w, r)

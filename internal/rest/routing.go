@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -12,9 +13,9 @@ import (
 )
 
 // routeMethods are the methods a REST route may take. HEAD is not one:
-// grpc-gateway routes no HEAD, so Allow never lists it. Which methods a
-// path allows is grpc-gateway's matching, but for the routes whose path
-// variables misfit (see misfits).
+// grpc-gateway routes no HEAD; the gateway answers it as the GET (see
+// headable). Which methods a path allows is grpc-gateway's matching, but
+// for the routes whose path variables misfit (see misfits).
 var routeMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // routingError answers a request grpc-gateway found no route for. A path
@@ -35,6 +36,9 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		return
 	}
 	allowed := allowedMethods(mux, r)
+	if i := slices.Index(allowed, http.MethodGet); i >= 0 && headable(r.URL.Path) {
+		allowed = slices.Insert(allowed, i+1, http.MethodHead)
+	}
 	if len(allowed) == 0 {
 		// Only routes whose path variables misfit matched (see
 		// probeRoute): no resource is there.
@@ -45,6 +49,10 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 	writeStatus(w, code, status.New(codes.Unimplemented,
 		fmt.Sprintf("method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allowed, ", "))))
 }
+
+// headable reports whether a HEAD of the REST path is answered as its
+// GET: every GET route's but a watch's, which is a stream.
+func headable(path string) bool { return !strings.HasSuffix(path, ":watch") }
 
 // probeKey marks a request allowedMethods sends through the mux to learn
 // whether a route takes it; its value is the *bool probeRoute sets.

@@ -111,6 +111,29 @@ func TestEscapesAreRoutedAsSent(t *testing.T) {
 	}
 }
 
+// TestHeadIsTheGetWithoutItsBody: a HEAD of a GET route is answered as
+// the GET, status and headers, without the body.
+func TestHeadIsTheGetWithoutItsBody(t *testing.T) {
+	base, _ := gatewayWithInventory(t)
+	for _, tt := range []struct {
+		path string
+		code int
+	}{
+		{"/v1/stock/SKU-1", http.StatusNotImplemented}, // the upstream has no GetStock
+		{"/v1/orders?bogus=1", http.StatusBadRequest},
+		{"/v1/orders/", http.StatusNotFound},
+	} {
+		req, err := http.NewRequest(http.MethodHead, base+tt.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, body := send(t, req)
+		if resp.StatusCode != tt.code || resp.Header.Get("Content-Type") != "application/json" || body != "" {
+			t.Errorf("HEAD %s: %d %s %q; want %d, the GET's, without a body", tt.path, resp.StatusCode, resp.Header.Get("Content-Type"), body, tt.code)
+		}
+	}
+}
+
 // TestErrorsAreJSONWhateverTheAcceptHeader: an error answers JSON even to
 // a client that accepts only server-sent events (the watch's framing),
 // and a path no route takes says so.
@@ -184,10 +207,10 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 		method, path, allow string
 		code                int
 	}{
-		{http.MethodDelete, "/v1/orders", "GET, POST", http.StatusMethodNotAllowed},
-		{http.MethodPatch, "/v1/stock/SKU-1", "GET, PUT", http.StatusMethodNotAllowed},
+		{http.MethodDelete, "/v1/orders", "GET, HEAD, POST", http.StatusMethodNotAllowed},
+		{http.MethodPatch, "/v1/stock/SKU-1", "GET, HEAD, PUT", http.StatusMethodNotAllowed},
 		// A cancel without its ":cancel".
-		{http.MethodPost, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd", "GET", http.StatusMethodNotAllowed},
+		{http.MethodPost, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd", "GET, HEAD", http.StatusMethodNotAllowed},
 		{http.MethodGet, "/v1/nothing", "", http.StatusNotFound},
 		// A trailing slash leaves a path variable empty: no resource.
 		{http.MethodGet, "/v1/orders/", "", http.StatusNotFound},
@@ -198,6 +221,8 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 		{http.MethodGet, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:cancel", "POST", http.StatusMethodNotAllowed},
 		{http.MethodDelete, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:cancel", "POST", http.StatusMethodNotAllowed},
 		{http.MethodPost, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:watch", "GET", http.StatusMethodNotAllowed},
+		// A watch is a stream: no HEAD.
+		{http.MethodHead, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:watch", "GET", http.StatusMethodNotAllowed},
 		{http.MethodPost, "/v1/orders/0192f3a4-5b6c-7d8e-9f01-23456789abcd:cancle", "", http.StatusNotFound},
 		{http.MethodPost, "/v1/orders/:cancel", "", http.StatusNotFound},
 		{http.MethodGet, "/v1/stock/SKU:1", "", http.StatusNotFound},
@@ -207,7 +232,7 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 		{http.MethodGet, "/nothing", "", http.StatusNotFound},
 		// Paths that are not UTF-8, which the message quotes.
 		{http.MethodGet, "/%FF", "", http.StatusNotFound},
-		{http.MethodPost, "/v1/orders/%FF", "GET", http.StatusMethodNotAllowed},
+		{http.MethodPost, "/v1/orders/%FF", "GET, HEAD", http.StatusMethodNotAllowed},
 	} {
 		req, err := http.NewRequest(tt.method, base+tt.path, nil)
 		if err != nil {
@@ -221,7 +246,7 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 			Code    int    `json:"code"`
 			Message string `json:"message"`
 		}
-		if err := json.Unmarshal([]byte(body), &st); err != nil || st.Code == 0 || st.Message == "" {
+		if err := json.Unmarshal([]byte(body), &st); tt.method != http.MethodHead && (err != nil || st.Code == 0 || st.Message == "") {
 			t.Errorf("%s %s: body %q is not a JSON status", tt.method, tt.path, body)
 		}
 	}
