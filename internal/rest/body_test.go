@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -177,5 +178,42 @@ func (s slowOrders) CreateOrder(ctx context.Context, req *orderv1.CreateOrderReq
 		return s.cannedOrders.CreateOrder(ctx, req)
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// TestBodyOfTheWrongShapeNamesItsField: a body protojson refuses for one
+// of its fields (a value of the wrong type or range, a field the request
+// has not, one given twice) is a 400 whose google.rpc.BadRequest names
+// the field by its proto name (a nested one by its own name); a body
+// that is not JSON at all names none.
+func TestBodyOfTheWrongShapeNamesItsField(t *testing.T) {
+	base, _ := gatewayWithInventory(t)
+	for _, tt := range []struct{ body, field string }{
+		{`{"request_id": 5}`, "request_id"},
+		{`{"requestId": "x", "bogus": 1}`, "bogus"},
+		{`{"items": [{"quantity": 99999999999}]}`, "quantity"},
+		{`{"items": [{"productId": 7}]}`, "product_id"},
+		{`{"request_id": "a", "requestId": "b"}`, "request_id"},
+		{`{"request_id": "x"`, ""},
+	} {
+		req, err := http.NewRequest(http.MethodPost, base+"/v1/orders", strings.NewReader(tt.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, body := send(t, req)
+		var st queryViolation
+		if resp.StatusCode != http.StatusBadRequest || json.Unmarshal([]byte(body), &st) != nil || st.Code != 3 {
+			t.Errorf("%s: %d %s; want 400 INVALID_ARGUMENT", tt.body, resp.StatusCode, body)
+			continue
+		}
+		var fields []string
+		for _, d := range st.Details {
+			for _, v := range d.FieldViolations {
+				fields = append(fields, v.Field)
+			}
+		}
+		if want := []string{tt.field}; tt.field == "" && len(fields) != 0 || tt.field != "" && !slices.Equal(fields, want) {
+			t.Errorf("%s: field violations %v (%s); want %q", tt.body, fields, body, tt.field)
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // httpStatus maps a gRPC code to the HTTP status the gateway answers with.
@@ -103,7 +104,7 @@ func tooSlow(timeout time.Duration) *status.Status {
 // asked for (text/event-stream would have it framed as an event);
 // validation failures keep their google.rpc.BadRequest detail, which
 // names each offending field.
-func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
+func errorHandler(log *slog.Logger, names map[string]string) runtime.ErrorHandlerFunc {
 	return func(ctx context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 		st := status.Convert(err)
 		code := httpStatus(st.Code())
@@ -131,7 +132,7 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 		}
 		st = hideClientError(st)
 		if st.Code() == codes.InvalidArgument && len(st.Details()) == 0 {
-			st = withQueryViolation(st)
+			st = withBodyViolation(withQueryViolation(st), names)
 		}
 		writeStatus(w, code, st)
 	}
@@ -152,6 +153,79 @@ var queryErrors = []struct {
 	{re: regexp.MustCompile(`^duplicate field "([a-z0-9_.]+)"$`), description: "given more than once, by its proto and its JSON name"},
 	// ?status[]=A, as some clients send lists
 	{re: regexp.MustCompile(`^field "([a-z0-9_]+)" is not a map$`), description: "is no map: name it without brackets (status=A)"},
+}
+
+// bodyError matches protojson's errors for a request body of the wrong
+// shape that name a field, by its JSON name (the leaf's: not where in
+// the message it is), after the line and column: a value of the wrong
+// type or range, a field the request has not, one given twice. (The
+// space after "proto:" may be a no-break space: protobuf-go varies it.)
+var bodyError = regexp.MustCompile(`^proto:[ \x{00A0}]\(line \d+:\d+\): (?:invalid value for (\S+) field (\w+): |unknown field "([^"]+)"$|duplicate field "([^"]+)"$)`)
+
+// withBodyViolation returns st, an INVALID_ARGUMENT without details, with
+// a google.rpc.BadRequest naming the field when st is protojson's failure
+// to decode a request body for a reason that names one, so that it reads
+// like every other invalid request; other statuses return as they are.
+// names maps the JSON names of the requests' fields to their proto names,
+// which a violation names; a nested field is named by its own name alone.
+func withBodyViolation(st *status.Status, names map[string]string) *status.Status {
+	m := bodyError.FindStringSubmatch(st.Message())
+	if m == nil {
+		return st
+	}
+	proto := func(name string) string {
+		if p, ok := names[name]; ok {
+			return p
+		}
+		return name
+	}
+	switch {
+	case m[2] != "":
+		return fieldViolation(st.Message(), proto(m[2]), "must be a JSON value of type "+m[1])
+	case m[3] != "":
+		return fieldViolation(st.Message(), m[3], "no such field in the request")
+	default:
+		return fieldViolation(st.Message(), proto(m[4]), "given more than once, by its proto and its JSON name")
+	}
+}
+
+// protoNames maps the JSON name of every field of the services' requests,
+// nested messages' included, to its proto name, where they differ and no
+// two fields of that JSON name have different proto names.
+func protoNames(services ...protoreflect.ServiceDescriptor) map[string]string {
+	names := map[string]string{}
+	ambiguous := map[string]bool{}
+	seen := map[protoreflect.FullName]bool{}
+	var walk func(md protoreflect.MessageDescriptor)
+	walk = func(md protoreflect.MessageDescriptor) {
+		if seen[md.FullName()] {
+			return
+		}
+		seen[md.FullName()] = true
+		fields := md.Fields()
+		for i := range fields.Len() {
+			fd := fields.Get(i)
+			if json, name := fd.JSONName(), string(fd.Name()); json != name {
+				if p, ok := names[json]; ok && p != name {
+					ambiguous[json] = true
+				}
+				names[json] = name
+			}
+			if m := fd.Message(); m != nil {
+				walk(m)
+			}
+		}
+	}
+	for _, svc := range services {
+		methods := svc.Methods()
+		for i := range methods.Len() {
+			walk(methods.Get(i).Input())
+		}
+	}
+	for json := range ambiguous {
+		delete(names, json)
+	}
+	return names
 }
 
 // withQueryViolation returns st, an INVALID_ARGUMENT without details, with

@@ -16,7 +16,7 @@ import (
 // with its own HTTP status (a malformed escape in a path) keeps that
 // status and reads as INVALID_ARGUMENT, not as a 500 UNKNOWN.
 func TestErrorHandlerKeepsGatewayHTTPStatus(t *testing.T) {
-	h := errorHandler(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h := errorHandler(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodGet, "/v1/orders/x", nil)
 	mux := runtime.NewServeMux()

@@ -21,6 +21,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -88,6 +89,10 @@ const orderServiceName = "ordermesh.order.v1.OrderService"
 func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Options) (http.Handler, error) {
 	opts.defaults()
 	var gw *runtime.ServeMux // made after its options, which refer to it
+	services := []protoreflect.ServiceDescriptor{
+		orderv1.File_ordermesh_order_v1_order_service_proto.Services().ByName("OrderService"),
+		inventoryv1.File_ordermesh_inventory_v1_inventory_service_proto.Services().ByName("InventoryService"),
+	}
 	jsonpb := &runtime.JSONPb{
 		MarshalOptions:   orderJSONOptions,
 		UnmarshalOptions: protojson.UnmarshalOptions{},
@@ -95,7 +100,7 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 	muxOpts := []runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &jsonMarshaler{JSONPb: jsonpb}),
 		runtime.WithMarshalerOption(eventStreamMIME, &sseMarshaler{JSONPb: jsonpb}),
-		runtime.WithErrorHandler(errorHandler(log)),
+		runtime.WithErrorHandler(errorHandler(log, protoNames(services...))),
 		runtime.WithStreamErrorHandler(streamErrorHandler(log)),
 		runtime.WithRoutingErrorHandler(routingError),
 		// A POST stands in for no other method: grpc-gateway would
@@ -110,8 +115,7 @@ func NewHandler(ctx context.Context, log *slog.Logger, up Upstreams, opts Option
 		// "A/B" is refused for what it is.
 		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptReserved),
 		runtime.WithDisableHTTPMethodOverride(),
-		runtime.WithMiddlewares(probeRoute(func() *runtime.ServeMux { return gw }), checkQuery(queryRoutes(orderv1.File_ordermesh_order_v1_order_service_proto.Services().ByName("OrderService"),
-			inventoryv1.File_ordermesh_inventory_v1_inventory_service_proto.Services().ByName("InventoryService"))),
+		runtime.WithMiddlewares(probeRoute(func() *runtime.ServeMux { return gw }), checkQuery(queryRoutes(services...)),
 			upstreamTimeout(opts.UpstreamTimeout, opts.Streams), noForwarding),
 		runtime.WithIncomingHeaderMatcher(traceHeaders),
 		runtime.WithOutgoingHeaderMatcher(noHeaders),

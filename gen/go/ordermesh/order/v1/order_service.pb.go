@@ -886,28 +886,31 @@ const file_ordermesh_order_v1_order_service_proto_rawDesc = "" +
 	"\vCancelOrder\x12&.ordermesh.order.v1.CancelOrderRequest\x1a'.ordermesh.order.v1.CancelOrderResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/orders/{order_id}:cancel\x12\x90\x01\n" +
 	"\x0fListOrderEvents\x12*.ordermesh.order.v1.ListOrderEventsRequest\x1a+.ordermesh.order.v1.ListOrderEventsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/orders/{order_id}/events\x12\xc0\x01\n" +
 	"\n" +
-	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"a\x92A;:\x14application/x-ndjson:\x11text/event-stream:\x10application/json\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xb3\x0e\x92A\xd8\f\x12V\n" +
-	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/jsonR\xe9\x02\n" +
-	"\x03400\x12\xe1\x02\n" +
-	"\xc6\x02The request is invalid (INVALID_ARGUMENT). When fields break the request's rules, details hold a google.rpc.BadRequest (keys in proto names: field_violations, each with field and description) naming each. A body that is not JSON of the request's shape, or a query string that is not URL-encoded, gets a message and no details.\x12\x16\n" +
+	"WatchOrder\x12%.ordermesh.order.v1.WatchOrderRequest\x1a&.ordermesh.order.v1.WatchOrderResponse\"a\x92A;:\x14application/x-ndjson:\x11text/event-stream:\x10application/json\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/orders/{order_id}:watch0\x01B\xc6\x11\x92A\xeb\x0f\x12V\n" +
+	"\tordermesh\x12EOrder processing: place, read, cancel and watch orders; manage stock.2\x02v12\x10application/json:\x10application/jsonR\xa6\x04\n" +
+	"\x03400\x12\x9e\x04\n" +
+	"\x83\x04The request is invalid (INVALID_ARGUMENT). When fields break the request's rules, details hold a google.rpc.BadRequest (keys in proto names: field_violations, each with field and description) naming each. A body that is not JSON of the request's shape gets the decoder's message, and a google.rpc.BadRequest naming the field when the fault is one field's (a value of the wrong type, an unknown or repeated field; a nested field by its own name); a query string that is not URL-encoded gets a message and no details.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusRF\n" +
 	"\x03404\x12?\n" +
 	"%No such order or product (NOT_FOUND).\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusRp\n" +
-	"\x03408\x12i\n" +
-	"OThe request body did not arrive in time (the gateway's ORDERMESH_BODY_TIMEOUT).\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusRy\n" +
+	"\x03405\x12r\n" +
+	"XThe path takes other methods than this one; the Allow header lists them (HEAD with GET).\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\x82\x01\n" +
+	"\x03408\x12{\n" +
+	"aThe request body did not arrive in time (the gateway's ORDERMESH_BODY_TIMEOUT); nothing was done.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusR\x80\x02\n" +
 	"\x03409\x12\xf8\x01\n" +
 	"\xdd\x01The request conflicts with the resource's state: a request_id reused with another payload (ALREADY_EXISTS), an order that can no longer be cancelled, a stock level that is no longer the one expected (FAILED_PRECONDITION).\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusRi\n" +
 	"\x03413\x12b\n" +
 	"HThe request body is over the gateway's limit (ORDERMESH_MAX_BODY_BYTES).\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusR\xbe\x01\n" +
-	"\x03429\x12\xb6\x01\n" +
-	"\x9b\x01The service takes no more of these requests for now (RESOURCE_EXHAUSTED): a WatchOrder while the service has as many watches open as it takes. Retry later.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusR\xec\x01\n" +
-	"\x03503\x12\xe4\x01\n" +
-	"\xc9\x01The service is unavailable for now (UNAVAILABLE): retry, a CreateOrder with the same request_id. A retried CancelOrder, or SetStock with expected_available, whose first attempt took effect answers 409.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\xdf\x01\n" +
+	"\x03429\x12\xd7\x01\n" +
+	"\xbc\x01The service takes no more of these requests for now (RESOURCE_EXHAUSTED): a WatchOrder while the service has as many watches open as it takes. Retry after the Retry-After header's seconds.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\x93\x02\n" +
+	"\x03503\x12\x8b\x02\n" +
+	"\xf0\x01The service is unavailable for now (UNAVAILABLE): retry after the Retry-After header's seconds, a CreateOrder with the same request_id. A retried CancelOrder, or SetStock with expected_available, whose first attempt took effect answers 409.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusR\x95\x01\n" +
 	"\x03504\x12\x8d\x01\n" +
 	"sThe service did not answer in time (DEADLINE_EXCEEDED): the request may have taken effect or not. Retry as for 503.\x12\x16\n" +
