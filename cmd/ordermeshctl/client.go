@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,22 @@ func (c *client) flags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(c.errOut)
 	return fs
+}
+
+// parseAnywhere parses args with fs, flags before, between or after the
+// other arguments ("cancel --reason R ID" as "cancel ID --reason R"), and
+// returns the other arguments in order.
+func parseAnywhere(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for rest := args; ; rest = fs.Args()[1:] {
+		if err := fs.Parse(rest); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return positional, nil
+		}
+		positional = append(positional, fs.Arg(0))
+	}
 }
 
 func newClient(opts options, out, errOut io.Writer) (*client, error) {
@@ -93,14 +110,15 @@ func (c *client) place(ctx context.Context, args []string) error {
 	email := fs.String("email", "", "customer email (required)")
 	token := fs.String("token", "tok_visa", "payment token (tok_decline declines, tok_unavailable fails twice first)")
 	requestID := fs.String("request-id", "", "idempotency key (a UUID; default: a new one)")
-	if err := fs.Parse(args); err != nil {
+	args, err := parseAnywhere(fs, args)
+	if err != nil {
 		return usagef("place: %v", err)
 	}
-	if *email == "" || fs.NArg() == 0 {
+	if *email == "" || len(args) == 0 {
 		return usagef("place: need --email and at least one SKU:QTY:PRICE item")
 	}
-	items := make([]*orderv1.LineItem, 0, fs.NArg())
-	for _, arg := range fs.Args() {
+	items := make([]*orderv1.LineItem, 0, len(args))
+	for _, arg := range args {
 		it, err := parseItem(arg)
 		if err != nil {
 			return usagef("place: %v", err)
@@ -141,8 +159,14 @@ func (c *client) list(ctx context.Context, args []string) error {
 	st := fs.String("status", "", "only orders with this status: pending, confirmed, rejected, cancelled")
 	email := fs.String("email", "", "only orders of this customer")
 	limit := fs.Int("limit", 20, "most orders to show (0 = all)")
-	if err := fs.Parse(args); err != nil {
+	rest, err := parseAnywhere(fs, args)
+	switch {
+	case err != nil:
 		return usagef("list: %v", err)
+	case len(rest) > 0:
+		return usagef("list: takes no arguments, got %q (--status and --email filter)", rest)
+	case *limit < 0:
+		return usagef("list: --limit must be 0 (all) or more, got %d", *limit)
 	}
 	req := &orderv1.ListOrdersRequest{CustomerEmail: *email}
 	if *st != "" {
@@ -176,17 +200,18 @@ func (c *client) list(ctx context.Context, args []string) error {
 }
 
 func (c *client) cancel(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		return usagef("cancel: need an ORDER_ID")
-	}
 	fs := c.flags("cancel")
 	reason := fs.String("reason", "", "why the order is cancelled")
-	if err := fs.Parse(args[1:]); err != nil {
+	ids, err := parseAnywhere(fs, args)
+	if err != nil {
 		return usagef("cancel: %v", err)
+	}
+	if len(ids) != 1 {
+		return usagef("cancel: need exactly one ORDER_ID, got %d", len(ids))
 	}
 	ctx, cancel := c.call(ctx)
 	defer cancel()
-	resp, err := c.orders.CancelOrder(ctx, &orderv1.CancelOrderRequest{OrderId: args[0], Reason: *reason})
+	resp, err := c.orders.CancelOrder(ctx, &orderv1.CancelOrderRequest{OrderId: ids[0], Reason: *reason})
 	if err != nil {
 		return err
 	}
@@ -221,15 +246,19 @@ func (c *client) watch(ctx context.Context, args []string) error {
 	})
 }
 
-// watchOrder streams order id to fn until the stream ends.
+// watchOrder streams order id to fn until the stream ends, or ctx does
+// (Ctrl-C: the way to stop watching, no failure).
 func (c *client) watchOrder(ctx context.Context, id string, fn func(*orderv1.Order)) error {
 	stream, err := c.orders.WatchOrder(ctx, &orderv1.WatchOrderRequest{OrderId: id})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	for {
 		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) || (err != nil && ctx.Err() != nil) {
 			return nil
 		}
 		if err != nil {
@@ -289,8 +318,10 @@ func (c *client) health(ctx context.Context, args []string) error {
 	fs := c.flags("health")
 	service := fs.String("service", "", "health service name (default: the server overall)")
 	httpURL := fs.String("http", "", "check this HTTP URL (e.g. the gateway's /healthz) instead of gRPC health")
-	if err := fs.Parse(args); err != nil {
+	if rest, err := parseAnywhere(fs, args); err != nil {
 		return usagef("health: %v", err)
+	} else if len(rest) > 0 {
+		return usagef("health: takes no arguments, got %q (--service names a service)", rest)
 	}
 	ctx, cancel := c.call(ctx)
 	defer cancel()
@@ -347,26 +378,25 @@ func parseItem(s string) (*orderv1.LineItem, error) {
 // parseMoney reads an amount with up to nine decimals and a three-letter
 // currency code, e.g. 19.99EUR, exactly (no floating point).
 func parseMoney(s string) (*moneyv1.Money, error) {
-	if len(s) < 4 {
-		return nil, fmt.Errorf("price %q: want an amount and a currency, e.g. 19.99EUR", s)
+	m := moneyPattern.FindStringSubmatch(s)
+	if m == nil {
+		return nil, fmt.Errorf("price %q: want a non-negative amount with up to 9 decimals and a currency, e.g. 19.99EUR", s)
 	}
-	amount, currency := s[:len(s)-3], strings.ToUpper(s[len(s)-3:])
-	if strings.HasPrefix(amount, "-") || strings.HasPrefix(amount, "+") {
-		return nil, fmt.Errorf("price %q: want a non-negative amount without a sign", s)
-	}
-	whole, frac, _ := strings.Cut(amount, ".")
-	units, err := strconv.ParseInt(whole, 10, 64)
-	if err != nil || len(frac) > 9 || units < 0 {
-		return nil, fmt.Errorf("price %q: want a non-negative amount with up to 9 decimals", s)
+	units, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("price %q: amount too large", s)
 	}
 	var nanos int64
-	if frac != "" {
-		if nanos, err = strconv.ParseInt(frac+strings.Repeat("0", 9-len(frac)), 10, 32); err != nil {
-			return nil, fmt.Errorf("price %q: bad decimals", s)
-		}
+	if frac := m[2]; frac != "" {
+		// Nine digits at most: within int32.
+		nanos, _ = strconv.ParseInt(frac+strings.Repeat("0", 9-len(frac)), 10, 32)
 	}
-	return &moneyv1.Money{CurrencyCode: currency, Units: units, Nanos: int32(nanos)}, nil
+	return &moneyv1.Money{CurrencyCode: strings.ToUpper(m[3]), Units: units, Nanos: int32(nanos)}, nil
 }
+
+// moneyPattern is an amount, digits with up to nine decimals, and a
+// three-letter currency code.
+var moneyPattern = regexp.MustCompile(`^([0-9]+)(?:\.([0-9]{1,9}))?([A-Za-z]{3})$`)
 
 func formatMoney(m *moneyv1.Money) string {
 	frac := strings.TrimRight(fmt.Sprintf("%09d", m.GetNanos()), "0")

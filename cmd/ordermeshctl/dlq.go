@@ -28,15 +28,9 @@ func (c *client) dlq(ctx context.Context, args []string) error {
 	reason := fs.String("reason", "", "with --all: only the messages dead-lettered for this `REASON` (as list shows it)")
 	// Flags may come anywhere: "dlq replay --all inventory" is
 	// "dlq replay inventory --all", not a service named "--all".
-	var positional []string
-	for rest := args; ; rest = fs.Args()[1:] {
-		if err := fs.Parse(rest); err != nil {
-			return usagef("dlq: %v", err)
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		positional = append(positional, fs.Arg(0))
+	positional, err := parseAnywhere(fs, args)
+	if err != nil {
+		return usagef("dlq: %v", err)
 	}
 	if len(positional) < 2 {
 		return usagef("dlq: use 'dlq list SERVICE [--limit N]', 'dlq replay SERVICE (ID|--all)' or 'dlq discard SERVICE (ID|--all --yes)'")

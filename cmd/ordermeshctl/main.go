@@ -64,6 +64,10 @@ const (
 	exitNotFound    = 3
 	exitRefused     = 4
 	exitUnavailable = 5
+	// exitInterrupted is a command stopped by Ctrl-C (SIGINT) or SIGTERM
+	// before it was done, as shells report a process a signal ended; a
+	// watch stopped so ends 0, the way to stop it.
+	exitInterrupted = 130
 )
 
 func main() {
@@ -144,6 +148,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return exitUsage
 	}
 	if err := f(ctx, rest); err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(stderr, "ordermeshctl: interrupted")
+			return exitInterrupted
+		}
 		fmt.Fprintln(stderr, "ordermeshctl:", describe(err))
 		return exitCode(err)
 	}
@@ -186,8 +194,8 @@ func exitCode(err error) int {
 		return exitNotFound
 	case codes.InvalidArgument, codes.AlreadyExists, codes.FailedPrecondition, codes.OutOfRange:
 		return exitRefused
-	case codes.Unavailable, codes.DeadlineExceeded:
-		return exitUnavailable
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
+		return exitUnavailable // try again later
 	}
 	return exitFailure
 }

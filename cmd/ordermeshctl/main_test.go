@@ -32,6 +32,14 @@ func TestParseMoney(t *testing.T) {
 		{in: "+1EUR", wantErr: true},
 		{in: "EUR", wantErr: true},
 		{in: "x.yEUR", wantErr: true},
+		// A sign after the point was read into the decimals (1.+5 as
+		// 1.05); an amount without a currency was split into one.
+		{in: "1.+5EUR", wantErr: true},
+		{in: "0.-5EUR", wantErr: true},
+		{in: "19.9912", wantErr: true},
+		{in: "1999", wantErr: true},
+		{in: "1.EUR", wantErr: true},
+		{in: "1.5E1R", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -94,6 +102,7 @@ func TestExitCodes(t *testing.T) {
 		{"grpc not found", status.Error(codes.NotFound, "order not found"), exitNotFound},
 		{"grpc invalid", status.Error(codes.InvalidArgument, "bad"), exitRefused},
 		{"grpc unavailable", status.Error(codes.Unavailable, "down"), exitUnavailable},
+		{"grpc watch limit", status.Error(codes.ResourceExhausted, "watch again later"), exitUnavailable},
 		{"other", errors.New("boom"), exitFailure},
 	} {
 		if got := exitCode(tt.err); got != tt.want {
