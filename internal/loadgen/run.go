@@ -211,7 +211,10 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 					return nil
 				case <-t.C:
 				}
-				if _, err := tracker.Poll(gctx); err != nil && gctx.Err() == nil {
+				pctx, cancel := context.WithTimeout(gctx, cfg.RequestTimeout)
+				_, err := tracker.Poll(pctx)
+				cancel()
+				if err != nil && gctx.Err() == nil {
 					polls.add(err)
 				}
 			}
@@ -242,6 +245,9 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	if tracker != nil {
 		sum.Tracking = TrackingMethod
 		drain(ctx, cfg, tracker, &polls)
+		// Interrupted while draining too: the orders still pending were
+		// cut short, not given the whole drain timeout.
+		sum.Interrupted = ctx.Err() != nil
 		var out Outcome
 		// The final pass reads every order's state afresh, whatever the
 		// polls saw, and must run even when ctx was cancelled.
@@ -279,10 +285,18 @@ func (p *pollFailures) read() (int, string) {
 
 // drain polls until every tracked order is terminal, the drain timeout
 // passes or ctx ends. A failed poll is counted in polls and polled again.
+// Each poll is bounded by the request timeout and what is left of the
+// drain's: one the server never answers must not outlast the drain.
 func drain(ctx context.Context, cfg Config, tracker *Tracker, polls *pollFailures) {
 	deadline := time.Now().Add(cfg.DrainTimeout)
 	for {
-		pending, err := tracker.Poll(ctx)
+		pollEnd := time.Now().Add(cfg.RequestTimeout)
+		if deadline.Before(pollEnd) {
+			pollEnd = deadline
+		}
+		pctx, cancel := context.WithDeadline(ctx, pollEnd)
+		pending, err := tracker.Poll(pctx)
+		cancel()
 		if err != nil && ctx.Err() == nil {
 			polls.add(err)
 		}

@@ -26,6 +26,9 @@ type fakePlatform struct {
 	slow func(n int64) time.Duration
 	// failLists is how many ListOrders calls fail, the first ones.
 	failLists int
+	// pending, if set, is what a listing of PENDING orders does: hang
+	// until its context ends, or list every order as pending.
+	pending string
 
 	n      atomic.Int64
 	mu     sync.Mutex
@@ -53,7 +56,11 @@ func (c creator) CreateOrder(ctx context.Context, _ *orderv1.CreateOrderRequest)
 	return id, nil
 }
 
-func (f *fakePlatform) ListOrders(_ context.Context, req *orderv1.ListOrdersRequest, _ ...grpc.CallOption) (*orderv1.ListOrdersResponse, error) {
+func (f *fakePlatform) ListOrders(ctx context.Context, req *orderv1.ListOrdersRequest, _ ...grpc.CallOption) (*orderv1.ListOrdersResponse, error) {
+	if req.GetStatus() == orderv1.OrderStatus_ORDER_STATUS_PENDING && f.pending == "hang" {
+		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lists++
@@ -61,6 +68,9 @@ func (f *fakePlatform) ListOrders(_ context.Context, req *orderv1.ListOrdersRequ
 		return nil, status.Error(codes.Unavailable, "order store unavailable; retry later")
 	}
 	if req.GetStatus() == orderv1.OrderStatus_ORDER_STATUS_PENDING {
+		if f.pending == "all" {
+			return &orderv1.ListOrdersResponse{Orders: append([]*orderv1.Order(nil), f.orders...)}, nil
+		}
 		return &orderv1.ListOrdersResponse{}, nil // every order is confirmed
 	}
 	return &orderv1.ListOrdersResponse{Orders: append([]*orderv1.Order(nil), f.orders...)}, nil
@@ -82,6 +92,48 @@ func TestRunAfterAFailedPoll(t *testing.T) {
 	}
 	if sum.PollErrors < 1 || sum.LastPollError == "" {
 		t.Errorf("poll errors %d (%q), want the failed polls counted", sum.PollErrors, sum.LastPollError)
+	}
+}
+
+// TestRunDrainBoundsItsPolls: a poll the server never answers ends with
+// the drain timeout, not the request timeout or never.
+func TestRunDrainBoundsItsPolls(t *testing.T) {
+	f := &fakePlatform{pending: "hang"}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	begin := time.Now()
+	sum, err := Run(ctx, Config{
+		Creator: creator{f}, Orders: f, Concurrency: 2, Count: 5, Products: []string{"P"},
+		PollInterval: time.Hour, DrainTimeout: 300 * time.Millisecond, RequestTimeout: 20 * time.Second,
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("Run took %v with a drain timeout of 300ms", d)
+	}
+	if sum.Interrupted || sum.PollErrors == 0 || sum.Final["CONFIRMED"] != 5 {
+		t.Errorf("interrupted %v, %d poll errors, final %v; want the hanging poll counted and every order read at the end", sum.Interrupted, sum.PollErrors, sum.Final)
+	}
+}
+
+// TestRunInterruptedWhileDraining: ending ctx while the run waits for its
+// orders to end marks the run interrupted: the orders still pending were
+// cut short, not given the drain timeout.
+func TestRunInterruptedWhileDraining(t *testing.T) {
+	f := &fakePlatform{pending: "all"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sum, err := Run(ctx, Config{
+		Creator: creator{f}, Orders: f, Concurrency: 2, Count: 5, Products: []string{"P"},
+		PollInterval: 10 * time.Millisecond, DrainTimeout: time.Minute,
+		AfterLoad: func() { time.AfterFunc(200*time.Millisecond, cancel) },
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !sum.Interrupted {
+		t.Error("a run interrupted while draining is not marked interrupted")
 	}
 }
 
