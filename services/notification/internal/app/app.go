@@ -63,7 +63,8 @@
 // and, when a delivery failed, the runner's removal of its inbox row: one
 // round trip each); the mail client counts a message as sent as soon as
 // the server accepted its data, even if closing the connection fails
-// afterwards; within one process, an App remembers the last emails it sent
+// afterwards, and one whose data went out whole but whose reply was lost
+// as sent (ErrMaybeSent); within one process, an App remembers the last emails it sent
 // (recentSendsKept of them), and does not send one again whose
 // transaction failed when the same process handles its event again, in
 // halves at once or after a retry delay, so only a redelivery to another
@@ -102,6 +103,15 @@ import (
 
 // Source is the app_id of every event the notification service publishes.
 const Source = "notification"
+
+// ErrMaybeSent is wrapped by a Sender's error when the email's data went
+// out whole but the server's reply to it did not come (the connection was
+// reset, or the reply took longer than the time left): the server has
+// most likely taken the email. Handle counts it as sent, with a warning:
+// sending it again on each retry could give the customer a copy per
+// attempt, and, were the replies to keep going missing, still park the
+// event in the dead-letter queue.
+var ErrMaybeSent = errors.New("email sent, the server's acceptance unknown")
 
 // ErrRejected is wrapped by a Sender's error when the mail server
 // permanently refused the email (an SMTP 5xx reply to a recipient or to the
@@ -401,6 +411,9 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 	for k, e := range emails {
 		meta := batch[e.delivery].Meta
 		switch err := sendErrs[k]; {
+		case errors.Is(err, ErrMaybeSent):
+			a.logNotice(ctx, slog.LevelWarn, "email sent but the server's reply to it was lost; counted as sent", e.notice, meta,
+				slog.String("message_id", e.email.MessageID), slog.Any("error", err))
 		case !claimed[k]:
 			drop = append(drop, e.sent.ID)
 			msg := "email already sent; skipping"
@@ -574,7 +587,7 @@ func (a *App) sendAll(ctx context.Context, emails []email, claimed []bool) (errs
 				errs[k] = fmt.Errorf("%w: %w", errNotStarted, err)
 				return nil
 			}
-			if errs[k] = a.sender.Send(ctx, emails[k].email); errs[k] == nil {
+			if errs[k] = a.sender.Send(ctx, emails[k].email); errs[k] == nil || errors.Is(errs[k], ErrMaybeSent) {
 				a.recent.add(p)
 			}
 			return nil

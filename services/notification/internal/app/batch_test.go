@@ -378,6 +378,33 @@ func TestHangingSendFailsAlone(t *testing.T) {
 	}
 }
 
+// TestAnEmailWhoseReplyWasLostCountsAsSent: an email whose data went out
+// but whose acceptance reply was lost (ErrMaybeSent) is counted as sent:
+// its claim and NotificationSent commit, and it is not sent again when
+// its event comes again.
+func TestAnEmailWhoseReplyWasLostCountsAsSent(t *testing.T) {
+	pool, sender, a := newFakeApp(t)
+	sender.fail["lost@example.com"] = fmt.Errorf("send: reply lost: %w", app.ErrMaybeSent)
+	id := uuid.NewString()
+	for i, r := range handle(t, pool, a, delivery(confirmed(id, "lost@example.com"), newEventID(t))) {
+		if r.Err != nil {
+			t.Errorf("delivery %d: %v, want it counted as sent", i, r.Err)
+		}
+	}
+	if kinds, rows := notified(t, pool, id); len(kinds) != 1 || rows != 1 {
+		t.Errorf("notifications %v and %d NotificationSent, want 1 of each", kinds, rows)
+	}
+	delete(sender.fail, "lost@example.com")
+	for i, r := range handle(t, pool, a, delivery(confirmed(id, "lost@example.com"), newEventID(t))) {
+		if r.Err != nil {
+			t.Errorf("the event again, delivery %d: %v", i, r.Err)
+		}
+	}
+	if sender.attempts != 1 {
+		t.Errorf("%d send attempts, want 1", sender.attempts)
+	}
+}
+
 // TestSendsThatNeverStartedAreNoAttempt: with one send at a time, an
 // email queued behind one that hangs never starts before the batch's time
 // for sending runs out; its delivery is retried without counting an

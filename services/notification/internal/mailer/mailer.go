@@ -267,6 +267,8 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 		return fmt.Errorf("send email to %s via %s: the server refuses the sender (ORDERMESH_SMTP_FROM): %w: %w", e.To, m.cfg.Addr, app.ErrUnreachable, err)
 	case deferred(err):
 		return fmt.Errorf("send email to %s via %s: %w: %w", e.To, m.cfg.Addr, app.ErrDeferred, err)
+	case lostReply(err):
+		return fmt.Errorf("send email to %s via %s: the message went out, its reply did not come: %w: %w", e.To, m.cfg.Addr, app.ErrMaybeSent, err)
 	default:
 		return fmt.Errorf("send email to %s via %s: %w", e.To, m.cfg.Addr, err)
 	}
@@ -538,6 +540,14 @@ func retryable(err error) bool {
 	default:
 		return false
 	}
+}
+
+// lostReply reports whether err is the failure to read the server's reply
+// to the message data, which went out whole (the connection was reset or
+// timed out before the reply came): the server may well have taken it.
+func lostReply(err error) bool {
+	st, code, ok := reply(err)
+	return ok && st == stageAccept && code == 0
 }
 
 // rejected reports whether err is a permanent (5xx) SMTP reply to a

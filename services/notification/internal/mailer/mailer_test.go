@@ -796,8 +796,8 @@ func TestSendDoesNotRetryWhenTheReplyToTheDataIsLost(t *testing.T) {
 	if err == nil {
 		t.Fatal("send with the reply lost succeeded")
 	}
-	if errors.Is(err, app.ErrRejected) {
-		t.Errorf("lost reply reported as a rejection: %v", err)
+	if errors.Is(err, app.ErrRejected) || !errors.Is(err, app.ErrMaybeSent) {
+		t.Errorf("lost reply: %v, want app.ErrMaybeSent (not a rejection)", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
