@@ -115,14 +115,14 @@ var ErrMaybeSent = errors.New("email sent, the server's acceptance unknown")
 
 // ErrRejected is wrapped by a Sender's error when the mail server
 // permanently refused the email (an SMTP 5xx reply to a recipient or to the
-// message, or a 552 to MAIL FROM: the message's size): retrying cannot
-// help.
+// message, but 530, authentication required): retrying cannot help.
 var ErrRejected = errors.New("email permanently rejected")
 
 // ErrUnreachable is wrapped by a Sender's error when the mail server can
 // take no email as things stand: no session could be opened (no
-// connection, no greeting, a failed STARTTLS or AUTH), or the server
-// refuses the configured sender. The email was not sent and says nothing
+// connection, no greeting, a failed STARTTLS or AUTH), the server stopped
+// answering in the session before the message went out, refuses the
+// configured sender or wants authentication (530). The email was not sent and says nothing
 // about it, so the event is retried without counting an attempt
 // (eventbus.Unavailable) until the server is back or its configuration
 // fixed.

@@ -261,10 +261,12 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 	switch {
 	case err == nil:
 		return nil
+	case senderRefused(err):
+		return fmt.Errorf("send email to %s via %s: the server refuses the sender (ORDERMESH_SMTP_FROM) or wants authentication: %w: %w", e.To, m.cfg.Addr, app.ErrUnreachable, err)
 	case rejected(err):
 		return fmt.Errorf("send email to %s via %s: %w: %w", e.To, m.cfg.Addr, app.ErrRejected, err)
-	case senderRefused(err):
-		return fmt.Errorf("send email to %s via %s: the server refuses the sender (ORDERMESH_SMTP_FROM): %w: %w", e.To, m.cfg.Addr, app.ErrUnreachable, err)
+	case unanswered(err):
+		return fmt.Errorf("send email to %s via %s: the server stopped answering before the message went out: %w: %w", e.To, m.cfg.Addr, app.ErrUnreachable, err)
 	case deferred(err):
 		return fmt.Errorf("send email to %s via %s: %w: %w", e.To, m.cfg.Addr, app.ErrDeferred, err)
 	case lostReply(err):
@@ -551,10 +553,10 @@ func lostReply(err error) bool {
 }
 
 // rejected reports whether err is a permanent (5xx) SMTP reply to a
-// recipient or to the message data, or a 552 to MAIL FROM (the message's
-// size): the server will refuse this email however often it is sent. Any
-// other 5xx reply to MAIL FROM, like one to AUTH while connecting, points
-// at the configuration instead (senderRefused).
+// recipient or to the message data: the server will refuse this email
+// however often it is sent. A 5xx reply to MAIL FROM, or 530 at any
+// stage, like a refused AUTH while connecting, points at the
+// configuration instead (senderRefused).
 func rejected(err error) bool {
 	st, code, ok := reply(err)
 	switch {
@@ -562,11 +564,18 @@ func rejected(err error) bool {
 		return false
 	case st == stageRcpt, st == stageData, st == stageAccept:
 		return code >= 500 && code < 600
-	case st == stageMail:
-		return code == 552
 	default:
 		return false
 	}
+}
+
+// unanswered reports whether err is a failure of the connection (no
+// reply) before the message data went out: the server went quiet or away
+// in the session, which every email meets, and cannot have taken this
+// one, so it is reported as app.ErrUnreachable and the email waits.
+func unanswered(err error) bool {
+	st, code, ok := reply(err)
+	return ok && code == 0 && (st == stageSession || st == stageMail || st == stageRcpt || st == stageData)
 }
 
 // deferred reports whether err is a temporary (4xx) SMTP reply in the
@@ -578,13 +587,15 @@ func deferred(err error) bool {
 }
 
 // senderRefused reports whether err is a permanent (5xx) SMTP reply to
-// MAIL FROM other than 552: the server refuses the configured sender (or
-// wants authentication first), which every email meets until the
-// configuration is fixed, so it is reported as app.ErrUnreachable and the
-// emails wait, as when AUTH fails.
+// MAIL FROM, or a 530 (authentication required) at any stage: the server
+// refuses the configured sender, wants authentication first, or has no
+// room for any message (552: the mailer declares no size, so a 552 there
+// is not this message's), which every email meets until the
+// configuration or the server is fixed, so it is reported as
+// app.ErrUnreachable and the emails wait, as when AUTH fails.
 func senderRefused(err error) bool {
 	st, code, ok := reply(err)
-	return ok && st == stageMail && code >= 500 && code < 600 && code != 552
+	return ok && (code == 530 || st == stageMail && code >= 500 && code < 600)
 }
 
 // reply returns the stage a mail transaction failed at and the server's

@@ -296,10 +296,45 @@ func TestSendDeliversTextAndHTML(t *testing.T) {
 	}
 }
 
+// quietAfterGreeting serves an SMTP server that greets, answers EHLO and
+// then answers nothing, until the test ends, and returns its address.
+func quietAfterGreeting(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				_, _ = c.Write([]byte("220 quiet.example.com ESMTP\r\n"))
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if strings.HasPrefix(strings.ToUpper(line), "EHLO") || strings.HasPrefix(strings.ToUpper(line), "HELO") {
+						_, _ = c.Write([]byte("250 quiet.example.com\r\n"))
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
 func TestSendErrors(t *testing.T) {
 	s := startSink(t)
 	s.Reject("gone@example.com", 550, "mailbox unavailable")
 	s.Reject("busy@example.com", 451, "try again later")
+	s.Reject("locked@example.com", 530, "5.7.0 authentication required")
 	// Sinks that refuse the mailer's sender (mailer.DefaultConfig's).
 	from := mailer.DefaultConfig().From
 	if a, err := netmail.ParseAddress(from); err == nil {
@@ -311,6 +346,8 @@ func TestSendErrors(t *testing.T) {
 	tooLarge.Reject(from, 552, "message size exceeds fixed limit")
 	rateLimited := startSink(t)
 	rateLimited.Reject(from, 421, "too many messages, closing")
+
+	quiet := quietAfterGreeting(t)
 
 	// A closed port: nothing listens there.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -335,7 +372,11 @@ func TestSendErrors(t *testing.T) {
 		{name: "server unreachable", addr: closedAddr, to: "ada@example.com", wantUnreachable: true},
 		// Every email meets a refused sender: the configuration's fault.
 		{name: "permanent 550 for the sender", addr: noSender.Addr(), to: "ada@example.com", wantUnreachable: true},
-		{name: "552 for the sender: the message's size", addr: tooLarge.Addr(), to: "ada@example.com", wantRejected: true},
+		// The mailer declares no size: a 552 to MAIL FROM is the server's
+		// storage, not this message.
+		{name: "552 for the sender", addr: tooLarge.Addr(), to: "ada@example.com", wantUnreachable: true},
+		{name: "530 for the recipient: authentication required", addr: s.Addr(), to: "locked@example.com", wantUnreachable: true},
+		{name: "server quiet after its greeting", addr: quiet, to: "ada@example.com", wantUnreachable: true},
 		{name: "unparseable recipient", addr: s.Addr(), to: "not an address", wantRejected: true},
 		// The sink offers no TLS: the modes that demand it must refuse to
 		// send in plain text.
