@@ -747,6 +747,11 @@ func TestSendEncodesEachBody(t *testing.T) {
 				if html != "" && !strings.Contains(string(got.Raw), "Content-Transfer-Encoding: 7bit\r\nContent-Type: text/html; charset=UTF-8\r\n") {
 					t.Errorf("html part not 7bit:\n%s", got.Raw)
 				}
+				// A multipart entity with an 8bit part says it is 8bit
+				// (RFC 2045 6.4); one without says nothing (7bit).
+				if want := "Content-Transfer-Encoding: 8bit\r\nContent-Type: multipart/alternative;"; html != "" && strings.Contains(string(got.Raw), want) != (tt.wantEnc == "8bit") {
+					t.Errorf("multipart header with a %s text part: %q present = %v\n%s", tt.wantEnc, want, !(tt.wantEnc == "8bit"), got.Raw)
+				}
 				for i, line := range strings.Split(string(got.Raw), "\r\n") {
 					if len(line) > 998 {
 						t.Errorf("line %d is %d octets long", i+1, len(line))

@@ -108,6 +108,11 @@ func appendMessage(dst []byte, env envelope, e app.Email) []byte {
 		}
 		return append(dst, ".\r\n"...)
 	}
+	if bodyEncoding(e.Text, env.eightBit) == encoding8bit || bodyEncoding(e.HTML, env.eightBit) == encoding8bit {
+		// A multipart entity is 7bit unless it says otherwise, and must
+		// say so when a part is 8bit (RFC 2045 6.4).
+		dst = append(dst, "Content-Transfer-Encoding: 8bit\r\n"...)
+	}
 	dst = append(dst, "Content-Type: multipart/alternative;\r\n boundary="...)
 	dst = append(dst, env.boundary...)
 	dst = append(dst, "\r\n\r\n--"...)
