@@ -343,32 +343,45 @@ func (c *countingOrders) CreateOrder(ctx context.Context, req *orderv1.CreateOrd
 	return &orderv1.CreateOrderResponse{Order: &orderv1.Order{Id: "0190f0c4-6f2b-7c3e-9a1d-2b3c4d5e6f70"}}, nil
 }
 
-// TestUpstreamCallsSpreadOverEveryAddress: an upstream name that resolves
-// to several instances gets calls on each of them, not all on the first
-// (gRPC's default policy, pick_first).
-func TestUpstreamCallsSpreadOverEveryAddress(t *testing.T) {
-	instances := make([]*countingOrders, 2)
+// orderInstances serves n order service instances, each counting its
+// CreateOrder calls and reporting its health (SERVING), until the test
+// ends, and returns them, their health servers and the gateway's
+// connection to them all: dialUpstream of a name a resolver of the test's
+// own answers with every instance's address, as DNS would.
+func orderInstances(t *testing.T, n int) ([]*countingOrders, []*health.Server, *grpc.ClientConn) {
+	t.Helper()
+	name := orderv1.OrderService_ServiceDesc.ServiceName
+	instances, healths := make([]*countingOrders, n), make([]*health.Server, n)
 	var addrs []resolver.Address
 	for i := range instances {
-		instances[i] = &countingOrders{}
+		instances[i], healths[i] = &countingOrders{}, health.NewServer()
+		healths[i].SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		srv := grpc.NewServer()
 		orderv1.RegisterOrderServiceServer(srv, instances[i])
+		healthpb.RegisterHealthServer(srv, healths[i])
 		go func() { _ = srv.Serve(lis) }()
 		t.Cleanup(srv.Stop)
 		addrs = append(addrs, resolver.Address{Addr: lis.Addr().String()})
 	}
-	// A resolver of the test's own stands for DNS answering with both.
 	r := manual.NewBuilderWithScheme("orders")
 	r.InitialState(resolver.State{Addresses: addrs})
-	conn, err := dialUpstream("orders:///orders", orderv1.OrderService_ServiceDesc.ServiceName, grpc.WithResolvers(r))
+	conn, err := dialUpstream("orders:///orders", name, grpc.WithResolvers(r))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
+	return instances, healths, conn
+}
+
+// TestUpstreamCallsSpreadOverEveryAddress: an upstream name that resolves
+// to several instances gets calls on each of them, not all on the first
+// (gRPC's default policy, pick_first).
+func TestUpstreamCallsSpreadOverEveryAddress(t *testing.T) {
+	instances, _, conn := orderInstances(t, 2)
 	client := orderv1.NewOrderServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -395,31 +408,8 @@ func TestUpstreamCallsSpreadOverEveryAddress(t *testing.T) {
 // once it serves again it gets calls again.
 func TestUpstreamCallsGoToServingInstances(t *testing.T) {
 	name := orderv1.OrderService_ServiceDesc.ServiceName
-	instances := make([]*countingOrders, 2)
-	healths := make([]*health.Server, 2)
-	var addrs []resolver.Address
-	for i := range instances {
-		instances[i], healths[i] = &countingOrders{}, health.NewServer()
-		healths[i].SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := grpc.NewServer()
-		orderv1.RegisterOrderServiceServer(srv, instances[i])
-		healthpb.RegisterHealthServer(srv, healths[i])
-		go func() { _ = srv.Serve(lis) }()
-		t.Cleanup(srv.Stop)
-		addrs = append(addrs, resolver.Address{Addr: lis.Addr().String()})
-	}
+	instances, healths, conn := orderInstances(t, 2)
 	healths[1].SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
-	r := manual.NewBuilderWithScheme("orders")
-	r.InitialState(resolver.State{Addresses: addrs})
-	conn, err := dialUpstream("orders:///orders", name, grpc.WithResolvers(r))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	client := orderv1.NewOrderServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
