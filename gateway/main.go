@@ -25,7 +25,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	_ "google.golang.org/grpc/health" // client-side health checking (dialUpstream)
 
-	inventoryv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/inventory/v1"
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
 	"github.com/ordermesh/ordermesh/internal/config"
 	"github.com/ordermesh/ordermesh/internal/rest"
@@ -115,21 +114,22 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	return cfg, nil
 }
 
-// dialUpstream returns a client of the gRPC service at target, whose
-// health (grpc.health.v1) it reports under the name service. Calls go
+// dialUpstream returns a client of the gRPC service at target. Calls go
 // round-robin over every address the name resolves to (a headless
 // Kubernetes Service, a DNS name with several records): gRPC's default,
-// pick_first, would send all of them to one instance. They go only to
-// instances whose health is SERVING, which each watches: an instance in
-// its drain delay (ORDERMESH_DRAIN_DELAY), or without its database, gets
-// none, and /healthz's check of the service asks one that serves. gRPC
-// resolves the name again when a connection to one of them fails, not on
-// a schedule, so an instance added later gets calls once that happens.
+// pick_first, would send all of them to one instance. With service set
+// they go only to instances whose health (grpc.health.v1) under that name
+// is SERVING, which each watches: an instance in its drain delay
+// (ORDERMESH_DRAIN_DELAY), or without its database, gets none, and
+// /healthz's check of the service asks one that serves. gRPC resolves the
+// name again when a connection to one of them fails, not on a schedule,
+// so an instance added later gets calls once that happens.
 func dialUpstream(target, service string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
-	cfg, err := json.Marshal(map[string]any{
-		"loadBalancingConfig": []any{map[string]any{"round_robin": map[string]any{}}},
-		"healthCheckConfig":   map[string]any{"serviceName": service},
-	})
+	sc := map[string]any{"loadBalancingConfig": []any{map[string]any{"round_robin": map[string]any{}}}}
+	if service != "" {
+		sc["healthCheckConfig"] = map[string]any{"serviceName": service}
+	}
+	cfg, err := json.Marshal(sc)
 	if err != nil {
 		return nil, fmt.Errorf("service config: %w", err)
 	}
@@ -159,7 +159,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer, read
 		return fmt.Errorf("order service address: %w", err)
 	}
 	defer orderConn.Close()
-	invConn, err := dialUpstream(cfg.InventoryAddr, inventoryv1.InventoryService_ServiceDesc.ServiceName)
+	// Not by its health: the inventory service reports NOT_SERVING while
+	// its broker link is down, when SetStock and GetStock, which need
+	// only its database, still work.
+	invConn, err := dialUpstream(cfg.InventoryAddr, "")
 	if err != nil {
 		return fmt.Errorf("inventory service address: %w", err)
 	}
