@@ -477,20 +477,21 @@ func run(ctx context.Context, spec Spec, cfg Config, log *slog.Logger, ready cha
 }
 
 // flush publishes what the outbox holds (relay.Drain) until ctx ends,
-// waiting for the broker link when it is down: a broker restarting with
-// the deploy that stops the service would otherwise fail the flush at
-// once, with its time left.
+// waiting for the broker link when a publish finds it down: a broker
+// restarting with the deploy that stops the service would otherwise fail
+// the flush at once, with its time left. An empty outbox waits for
+// nothing.
 func flush(ctx context.Context, publisher *eventbus.Publisher, relay *outbox.Relay) error {
 	for {
-		if err := publisher.WaitUp(ctx); err != nil {
-			return err
-		}
 		err := relay.Drain(ctx)
 		if err == nil || !errors.Is(err, eventbus.ErrLinkDown) {
 			return err
 		}
-		// Lost again, or up but blocked by a broker alarm.
+		// Down, or up but blocked by a broker alarm.
 		if !ctxsleep.Sleep(ctx, flushRetryDelay) {
+			return err
+		}
+		if err := publisher.WaitUp(ctx); err != nil {
 			return err
 		}
 	}

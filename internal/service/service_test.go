@@ -43,8 +43,15 @@ import (
 
 // TestFlushWaitsForTheBroker: events left in the outbox at a stop while
 // the broker is out of reach are published once it is back within the
-// flush's time, rather than left for the next start.
+// flush's time, rather than left for the next start; with none left, the
+// stop does not wait for the broker.
 func TestFlushWaitsForTheBroker(t *testing.T) {
+	for _, events := range []int{1, 0} {
+		t.Run(fmt.Sprintf("%d events", events), func(t *testing.T) { testFlush(t, events) })
+	}
+}
+
+func testFlush(t *testing.T, events int) {
 	name := "flusher"
 	prefix, schema := isolate(t, name, []time.Duration{time.Second})
 	broker, err := url.Parse(platformtest.AMQPURL())
@@ -81,13 +88,25 @@ func TestFlushWaitsForTheBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	if err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
-		ev := orderCreated("tok")
-		return outbox.AddEvents(ctx, tx, name, ev.GetOrderId(), ev)
-	}); err != nil {
-		t.Fatalf("write an event: %v", err)
+	for range events {
+		if err := postgres.WithTx(ctx, pool, func(tx pgx.Tx) error {
+			ev := orderCreated("tok")
+			return outbox.AddEvents(ctx, tx, name, ev.GetOrderId(), ev)
+		}); err != nil {
+			t.Fatalf("write an event: %v", err)
+		}
 	}
+	begin := time.Now()
 	svc.stop()
+	if events == 0 {
+		if err := svc.wait(t); err != nil {
+			t.Errorf("run returned %v after shutdown", err)
+		}
+		if d := time.Since(begin); d > 10*time.Second {
+			t.Errorf("the stop took %v with nothing to flush, want it not to wait for the broker (20 s)", d)
+		}
+		return
+	}
 	time.Sleep(time.Second) // the stop reaches its flush, the broker still away
 	proxy.SetUp(true)
 	if err := svc.wait(t); err != nil {
