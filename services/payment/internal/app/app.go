@@ -140,6 +140,11 @@ func (a *App) Handle(ctx context.Context, tx pgx.Tx, batch []inbox.Delivery) ([]
 			// The calls before this delivery's took the batch's time.
 			results[i].Err = eventbus.Unavailable(fmt.Errorf("handle %s of order %s: no time left for provider calls in its batch: %w",
 				batch[i].Meta.Type, ev.orderID, err))
+			if ev.kind == orderEnded && payment.OnEnded(payments[ev.orderID].Status) == payment.ActionBlock {
+				// Ended all the same (see refund): blocked now, and the
+				// retry looks for a charge.
+				payments[ev.orderID] = payment.Payment{OrderID: ev.orderID, Status: payment.StatusBlocked}
+			}
 			continue
 		}
 		var p payment.Payment

@@ -892,8 +892,8 @@ func TestHangingProviderCallFailsItsDeliveryAlone(t *testing.T) {
 	pool, _ := postgrestest.NewSchema(t, store.Migrations, outbox.Migrations, inbox.Migrations)
 	prov := provider.NewDeterministic()
 	a := app.New(pool, hangs{prov}, quiet)
-	paid, hung, after := uuid.NewString(), uuid.NewString(), uuid.NewString()
-	evs := []proto.Message{created(paid, "tok_visa"), created(hung, tokenHang), created(after, "tok_visa")}
+	paid, hung, after, ended := uuid.NewString(), uuid.NewString(), uuid.NewString(), uuid.NewString()
+	evs := []proto.Message{created(paid, "tok_visa"), created(hung, tokenHang), created(after, "tok_visa"), rejected(ended)}
 	ds := make([]inbox.Delivery, len(evs))
 	for i, ev := range evs {
 		ds[i] = inbox.Delivery{Event: ev, Meta: metaFor(ev)}
@@ -917,9 +917,16 @@ func TestHangingProviderCallFailsItsDeliveryAlone(t *testing.T) {
 	if err := results[1].Err; err == nil || eventbus.IsPermanent(err) || eventbus.IsUnavailable(err) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("the hanging charge: %v; want a retryable deadline error, its attempt counted", err)
 	}
-	// The charge after it never started: no attempt of its own.
-	if err := results[2].Err; !eventbus.IsUnavailable(err) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("the charge after the hanging one: %v; want the deadline error marked eventbus.Unavailable", err)
+	// The calls after it never started: no attempt of their own.
+	for i := 2; i < len(results); i++ {
+		if err := results[i].Err; !eventbus.IsUnavailable(err) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("delivery %d, after the hanging one: %v; want the deadline error marked eventbus.Unavailable", i, err)
+		}
+	}
+	// An order that ended unseen is blocked all the same: its charge,
+	// were it to come before the rejection's retry, never goes through.
+	if p, err := a.Payment(context.Background(), ended); err != nil || p.Status != payment.StatusBlocked {
+		t.Errorf("payment of the order rejected after the hanging call: %+v, %v; want it blocked", p, err)
 	}
 	if _, found, err := prov.FindCharge(context.Background(), after); err != nil || found {
 		t.Errorf("the charge after the hanging one was made (%v, %v); want it never started", found, err)
