@@ -76,6 +76,10 @@ func TestArgumentsAreAllTaken(t *testing.T) {
 		{[]string{"list", "--limit", "-1"}, exitUsage},
 		{[]string{"health", "junk"}, exitUsage},
 		{[]string{"place", "SKU-1:1:1.+5EUR", "--email", "ada@example.com"}, exitUsage},
+		// After "--", arguments that start with '-' (a SKU may) are no
+		// flags: the place reaches the service, which implements none.
+		{[]string{"place", "--email", "ada@example.com", "--", "-A:1:1EUR", "-B:1:1EUR"}, exitFailure},
+		{[]string{"place", "--email", "ada@example.com", "-B:1:1EUR"}, exitUsage},
 	} {
 		var out, errOut bytes.Buffer
 		args := append([]string{"--addr", addr, "--timeout", "5s"}, tt.args...)

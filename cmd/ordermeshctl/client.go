@@ -47,7 +47,8 @@ func (c *client) flags(name string) *flag.FlagSet {
 
 // parseAnywhere parses args with fs, flags before, between or after the
 // other arguments ("cancel --reason R ID" as "cancel ID --reason R"), and
-// returns the other arguments in order.
+// returns the other arguments in order. After "--" every argument is one
+// of the others, those that start with '-' too (a SKU may).
 func parseAnywhere(fs *flag.FlagSet, args []string) ([]string, error) {
 	var positional []string
 	for rest := args; ; rest = fs.Args()[1:] {
@@ -56,6 +57,9 @@ func parseAnywhere(fs *flag.FlagSet, args []string) ([]string, error) {
 		}
 		if fs.NArg() == 0 {
 			return positional, nil
+		}
+		if taken := len(rest) - fs.NArg(); taken > 0 && rest[taken-1] == "--" {
+			return append(positional, fs.Args()...), nil
 		}
 		positional = append(positional, fs.Arg(0))
 	}
@@ -246,19 +250,21 @@ func (c *client) watch(ctx context.Context, args []string) error {
 	})
 }
 
-// watchOrder streams order id to fn until the stream ends, or ctx does
-// (Ctrl-C: the way to stop watching, no failure).
+// watchOrder streams order id to fn until the stream ends, or ctx is
+// cancelled (Ctrl-C: the way to stop watching, no failure; a deadline is
+// one).
 func (c *client) watchOrder(ctx context.Context, id string, fn func(*orderv1.Order)) error {
+	stopped := func() bool { return errors.Is(ctx.Err(), context.Canceled) }
 	stream, err := c.orders.WatchOrder(ctx, &orderv1.WatchOrderRequest{OrderId: id})
 	if err != nil {
-		if ctx.Err() != nil {
+		if stopped() {
 			return nil
 		}
 		return err
 	}
 	for {
 		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) || (err != nil && ctx.Err() != nil) {
+		if errors.Is(err, io.EOF) || (err != nil && stopped()) {
 			return nil
 		}
 		if err != nil {

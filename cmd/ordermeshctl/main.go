@@ -64,9 +64,9 @@ const (
 	exitNotFound    = 3
 	exitRefused     = 4
 	exitUnavailable = 5
-	// exitInterrupted is a command stopped by Ctrl-C (SIGINT) or SIGTERM
-	// before it was done, as shells report a process a signal ended; a
-	// watch stopped so ends 0, the way to stop it.
+	// exitInterrupted is a command stopped by a signal (Ctrl-C) before it
+	// was done, as shells report a process SIGINT ended; a watch stopped
+	// so ends 0, the way to stop it.
 	exitInterrupted = 130
 )
 
