@@ -110,11 +110,16 @@ const RetryDelay = time.Second
 // name internal addresses: the gateway passes on only those that carry
 // one.
 func Unavailable(msg string, retryAfter time.Duration) error {
-	st := status.New(codes.Unavailable, msg)
+	return WithRetryInfo(status.New(codes.Unavailable, msg), retryAfter).Err()
+}
+
+// WithRetryInfo returns st with a google.rpc.RetryInfo saying to try again
+// after retryAfter (REST clients of the gateway read it as Retry-After).
+func WithRetryInfo(st *status.Status, retryAfter time.Duration) *status.Status {
 	if withInfo, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfter)}); err == nil {
-		st = withInfo
+		return withInfo
 	}
-	return st.Err()
+	return st
 }
 
 // statusFromError returns the status of err or of the first error in its

@@ -12,10 +12,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orderv1 "github.com/ordermesh/ordermesh/gen/go/ordermesh/order/v1"
@@ -155,11 +153,8 @@ const watchRetryDelay = 5 * time.Second
 // terminal or the client leaves.
 func (s *Server) WatchOrder(req *orderv1.WatchOrderRequest, stream orderv1.OrderService_WatchOrderServer) error {
 	if !s.openWatch() {
-		st := status.Newf(codes.ResourceExhausted, "%d watches are open, the most this server takes; watch again later", s.maxWatches)
-		if withInfo, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(watchRetryDelay)}); err == nil {
-			st = withInfo
-		}
-		return st.Err()
+		return grpcserver.WithRetryInfo(status.Newf(codes.ResourceExhausted,
+			"%d watches are open, the most this server takes; watch again later", s.maxWatches), watchRetryDelay).Err()
 	}
 	defer s.watches.Add(-1)
 	ctx, cancel := context.WithCancelCause(stream.Context())
