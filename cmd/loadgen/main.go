@@ -103,7 +103,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (options
 	fs.BoolVar(&o.noTrack, "no-track", false, "do not follow orders to their terminal state")
 	fs.DurationVar(&o.poll, "poll", time.Second, "how often to list pending orders while tracking")
 	fs.DurationVar(&o.drain, "drain-timeout", 2*time.Minute, "how long to wait for orders to finish after the load")
-	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "bound on each CreateOrder")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "bound on each CreateOrder and each tracking poll")
 	fs.IntVar(&o.conns, "conns", 2, "gRPC connections to spread requests over")
 	fs.StringVar(&o.token, "token", "tok_visa", "payment token of every order (tok_decline: rejected orders)")
 	fs.BoolVar(&o.json, "json", false, "print the summary as one JSON object")

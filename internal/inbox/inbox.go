@@ -348,14 +348,14 @@ const (
 // connection or refusing it (SQLSTATE classes 08 and 57P: a restart, a
 // failover), or the error is one an outage causes (a broken connection, a
 // network error, a timeout: what postgres.Unreachable names, or
-// context.DeadlineExceeded) and the database does not answer on a new
-// connection either. The check matters: a handler's own network errors (a
+// context.DeadlineExceeded) and the database does not answer a ping
+// either (on the probe's connection, WithProbe, or a new one). The check matters: a handler's own network errors (a
 // mail server dropping its connection) look the same in the error chain,
 // and a network that stops carrying packets ends in timeouts, not errors;
 // a timeout while the database answers (a slow handler, a lock held long)
-// is the delivery's own failure. The check opens a connection of its own
-// rather than taking one from the pool, which may be busy with the very
-// work that timed out; one check serves the deliveries that fail within
+// is the delivery's own failure. The check pings on a connection of its
+// own rather than one of the pool's, which may be busy with the very work
+// that timed out; one check serves the deliveries that fail within
 // pingReuse of it.
 //
 // Too busy (postgres.Busy: short of connections or disk, conflicts still

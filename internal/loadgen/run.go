@@ -55,7 +55,8 @@ type Config struct {
 	Products []string
 	// PaymentToken is every order's token; default "tok_visa".
 	PaymentToken string
-	// RequestTimeout bounds each CreateOrder; default 10s.
+	// RequestTimeout bounds each CreateOrder, and each tracking poll (a
+	// listing of every pending order, in pages); default 10s.
 	RequestTimeout time.Duration
 
 	// PollInterval is how often the tracker lists pending orders during
