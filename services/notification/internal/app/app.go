@@ -120,9 +120,9 @@ var ErrRejected = errors.New("email permanently rejected")
 
 // ErrUnreachable is wrapped by a Sender's error when the mail server can
 // take no email as things stand: no session could be opened (no
-// connection, no greeting, a failed STARTTLS or AUTH), the server stopped
-// answering in the session before the message went out, refuses the
-// configured sender or wants authentication (530). The email was not sent and says nothing
+// connection, no greeting, a failed STARTTLS or AUTH), or the server
+// refuses the configured sender or wants authentication (530). The email
+// was not sent and says nothing
 // about it, so the event is retried without counting an attempt
 // (eventbus.Unavailable) until the server is back or its configuration
 // fixed.
@@ -130,7 +130,7 @@ var ErrUnreachable = errors.New("mail server unreachable")
 
 // ErrDeferred is wrapped by a Sender's error when the mail server refused
 // the email for now (an SMTP 4xx reply: greylisting, a rate limit, a full
-// mailbox). Like ErrUnreachable it says nothing against the email, so the
+// mailbox), or stopped answering before the message went out. Like ErrUnreachable it says nothing against the email, so the
 // event is retried without counting an attempt, as a mail server retries a
 // deferred message, for up to MaxDeferrals retries in a row; after that
 // its attempts count, and it ends in the dead-letter queue.

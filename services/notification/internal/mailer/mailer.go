@@ -266,7 +266,7 @@ func (m *Mailer) Send(ctx context.Context, e app.Email) error {
 	case rejected(err):
 		return fmt.Errorf("send email to %s via %s: %w: %w", e.To, m.cfg.Addr, app.ErrRejected, err)
 	case unanswered(err):
-		return fmt.Errorf("send email to %s via %s: the server stopped answering before the message went out: %w: %w", e.To, m.cfg.Addr, app.ErrUnreachable, err)
+		return fmt.Errorf("send email to %s via %s: the server stopped answering before the message went out: %w: %w", e.To, m.cfg.Addr, app.ErrDeferred, err)
 	case deferred(err):
 		return fmt.Errorf("send email to %s via %s: %w: %w", e.To, m.cfg.Addr, app.ErrDeferred, err)
 	case lostReply(err):
@@ -296,6 +296,10 @@ func (m *Mailer) transact(s *session, deadline time.Time, forwardPath string, ms
 	if timeout <= 0 {
 		return &transactionError{stage: stageSession, err: context.DeadlineExceeded}
 	}
+	// cut says the caller's deadline, not the server's own timeout,
+	// bounds the transaction: a wait for the last reply that it ended
+	// says nothing of the server.
+	cut := timeout < m.cfg.Timeout
 	if err := s.smtp.UpdateDeadline(timeout); err != nil {
 		return &transactionError{stage: stageSession, err: err}
 	}
@@ -334,7 +338,7 @@ func (m *Mailer) transact(s *session, deadline time.Time, forwardPath string, ms
 		return &transactionError{stage: stageMessage, err: err}
 	}
 	if _, _, err := text.ReadResponse(250); err != nil {
-		return &transactionError{stage: stageAccept, err: err}
+		return &transactionError{stage: stageAccept, err: err, cut: cut}
 	}
 	return nil
 }
@@ -358,6 +362,9 @@ const (
 type transactionError struct {
 	stage stage
 	err   error
+	// cut says the caller's deadline ended the transaction's time before
+	// the server's timeout would have.
+	cut bool
 }
 
 func (e *transactionError) Error() string {
@@ -545,11 +552,17 @@ func retryable(err error) bool {
 }
 
 // lostReply reports whether err is the failure to read the server's reply
-// to the message data, which went out whole (the connection was reset or
-// timed out before the reply came): the server may well have taken it.
+// to the message data, which went out whole: the connection was reset, or
+// the server did not reply within its whole timeout. The server may well
+// have taken the email. A wait the caller's deadline cut short is not one:
+// the server may have been deciding still, to refuse it as well.
 func lostReply(err error) bool {
-	st, code, ok := reply(err)
-	return ok && st == stageAccept && code == 0
+	var te *transactionError
+	if !errors.As(err, &te) || te.stage != stageAccept || te.code() != 0 {
+		return false
+	}
+	ne, isNet := errors.AsType[net.Error](te.err)
+	return !te.cut || !isNet || !ne.Timeout()
 }
 
 // rejected reports whether err is a permanent (5xx) SMTP reply to a
@@ -571,8 +584,10 @@ func rejected(err error) bool {
 
 // unanswered reports whether err is a failure of the connection (no
 // reply) before the message data went out: the server went quiet or away
-// in the session, which every email meets, and cannot have taken this
-// one, so it is reported as app.ErrUnreachable and the email waits.
+// in the session, or no time was left to begin. It cannot have taken the
+// email, so it is reported as app.ErrDeferred, retried uncounted for a
+// while (a server's or a network's trouble is every email's), but not for
+// ever (a server that hangs on one recipient is that email's).
 func unanswered(err error) bool {
 	st, code, ok := reply(err)
 	return ok && code == 0 && (st == stageSession || st == stageMail || st == stageRcpt || st == stageData)

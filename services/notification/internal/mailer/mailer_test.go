@@ -376,7 +376,7 @@ func TestSendErrors(t *testing.T) {
 		// storage, not this message.
 		{name: "552 for the sender", addr: tooLarge.Addr(), to: "ada@example.com", wantUnreachable: true},
 		{name: "530 for the recipient: authentication required", addr: s.Addr(), to: "locked@example.com", wantUnreachable: true},
-		{name: "server quiet after its greeting", addr: quiet, to: "ada@example.com", wantUnreachable: true},
+		{name: "server quiet after its greeting", addr: quiet, to: "ada@example.com", wantDeferred: true},
 		{name: "unparseable recipient", addr: s.Addr(), to: "not an address", wantRejected: true},
 		// The sink offers no TLS: the modes that demand it must refuse to
 		// send in plain text.
@@ -423,6 +423,59 @@ func TestSendWithAnEndedContextIsNoOutage(t *testing.T) {
 	err = newMailer(t, closedAddr, 5*time.Second).Send(ctx, email("ada@example.com"))
 	if !errors.Is(err, context.Canceled) || errors.Is(err, app.ErrUnreachable) {
 		t.Fatalf("Send = %v; want context.Canceled, not ErrUnreachable", err)
+	}
+}
+
+// slowToAccept serves an SMTP server that takes every email but answers
+// its data only after delay, until the test ends, and returns its
+// address.
+func slowToAccept(t *testing.T, delay time.Duration) string {
+	t.Helper()
+	return serveTCP(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		_, _ = c.Write([]byte("220 slow.example.com ESMTP\r\n"))
+		inData := false
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			cmd := strings.ToUpper(line)
+			switch {
+			case inData && line == ".\r\n":
+				inData = false
+				time.Sleep(delay)
+				_, _ = c.Write([]byte("250 queued\r\n"))
+			case inData:
+			case strings.HasPrefix(cmd, "DATA"):
+				inData = true
+				_, _ = c.Write([]byte("354 go on\r\n"))
+			case strings.HasPrefix(cmd, "QUIT"):
+				_, _ = c.Write([]byte("221 bye\r\n"))
+				return
+			default:
+				_, _ = c.Write([]byte("250 ok\r\n"))
+			}
+		}
+	})
+}
+
+// TestSendWhoseReplyCameTooLate: a reply to the data that does not come
+// within the SMTP timeout is a lost reply, the email likely taken
+// (app.ErrMaybeSent); one the caller's earlier deadline stopped waiting
+// for is not (the server may refuse the email still): a retryable
+// failure.
+func TestSendWhoseReplyCameTooLate(t *testing.T) {
+	addr := slowToAccept(t, 2*time.Second)
+	err := newMailer(t, addr, time.Second).Send(context.Background(), email("slow@example.com"))
+	if !errors.Is(err, app.ErrMaybeSent) {
+		t.Errorf("reply later than the SMTP timeout: %v, want app.ErrMaybeSent", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err = newMailer(t, addr, 10*time.Second).Send(ctx, email("slow@example.com"))
+	if err == nil || errors.Is(err, app.ErrMaybeSent) || errors.Is(err, app.ErrRejected) || errors.Is(err, app.ErrDeferred) || errors.Is(err, app.ErrUnreachable) {
+		t.Errorf("reply later than the caller's deadline: %v, want a plain (retryable, counted) failure", err)
 	}
 }
 
