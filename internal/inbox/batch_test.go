@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,18 @@ import (
 	"github.com/ordermesh/ordermesh/internal/postgres"
 	"github.com/ordermesh/ordermesh/internal/postgres/postgrestest"
 )
+
+// processAll hands every delivery of ds to b at once, each on its own
+// goroutine as the bus's handlers run, and returns their errors in order.
+func processAll(ctx context.Context, b *inbox.BatchRunner, ds []delivery) []error {
+	errs := make([]error, len(ds))
+	var wg sync.WaitGroup
+	for i, d := range ds {
+		wg.Go(func() { _, errs[i] = b.Process(ctx, d.ev, d.meta) })
+	}
+	wg.Wait()
+	return errs
+}
 
 // batchHandler is handleOrderCreated for a whole batch, with one statement
 // per table. The deliveries whose event ids are in fail fail with that
@@ -242,12 +255,7 @@ func TestBatchRunnerFailedBatchCommitsNothing(t *testing.T) {
 			runner := inbox.NewRunner(pool, service, inbox.Metrics{})
 			b := inbox.NewBatchRunner(runner, tt.h, 16, 10*time.Second)
 			ds := []delivery{newDelivery(t, "a@example.com", 1), newDelivery(t, "b@example.com", 2), newDelivery(t, "a@example.com", 4)}
-			errs := make([]error, len(ds))
-			var wg sync.WaitGroup
-			for i, d := range ds {
-				wg.Go(func() { _, errs[i] = b.Process(ctx, d.ev, d.meta) })
-			}
-			wg.Wait()
+			errs := processAll(ctx, b, ds)
 			for i, err := range errs {
 				if err == nil || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
 					t.Errorf("delivery %d: err = %v, want %v", i, err, tt.wantErr)
@@ -308,13 +316,7 @@ func TestBatchRunnerIsolatesADeliveryThatFailsItsBatch(t *testing.T) {
 	b := inbox.NewBatchRunner(runner, h, 16, 10*time.Second)
 	// Each event is delivered twice, so copies land in one half or in
 	// both: a copy whose twin committed in the other half is a duplicate.
-	errs := make([]error, 2*len(events))
-	var wg sync.WaitGroup
-	for i := range errs {
-		d := events[i%len(events)]
-		wg.Go(func() { _, errs[i] = b.Process(ctx, d.ev, d.meta) })
-	}
-	wg.Wait()
+	errs := processAll(ctx, b, append(slices.Clone(events), events...))
 	for i, err := range errs {
 		switch bad := i%len(events) == 17; {
 		case bad && (err == nil || !strings.Contains(err.Error(), "null value in column")):
@@ -349,12 +351,7 @@ func TestBatchRunnerDataExceptionIsPermanent(t *testing.T) {
 	b := inbox.NewBatchRunner(runner, batchHandler(nil, &seen), 16, 10*time.Second)
 	ds := newDeliveries(t, 8)
 	ds[3] = newDelivery(t, "a\x00b@example.com", 4)
-	errs := make([]error, len(ds))
-	var wg sync.WaitGroup
-	for i, d := range ds {
-		wg.Go(func() { _, errs[i] = b.Process(ctx, d.ev, d.meta) })
-	}
-	wg.Wait()
+	errs := processAll(ctx, b, ds)
 	for i, err := range errs {
 		switch {
 		case i == 3 && (!eventbus.IsPermanent(err) || !postgres.DataException(err)):
