@@ -346,9 +346,10 @@ func (c *countingOrders) CreateOrder(ctx context.Context, req *orderv1.CreateOrd
 // orderInstances serves n order service instances, each counting its
 // CreateOrder calls and reporting its health (SERVING), until the test
 // ends, and returns them, their health servers and the gateway's
-// connection to them all: dialUpstream of a name a resolver of the test's
-// own answers with every instance's address, as DNS would.
-func orderInstances(t *testing.T, n int) ([]*countingOrders, []*health.Server, *grpc.ClientConn) {
+// connection to them all: dialUpstream (with service, "" for none) of a
+// name a resolver of the test's own answers with every instance's
+// address, as DNS would.
+func orderInstances(t *testing.T, n int, service string) ([]*countingOrders, []*health.Server, *grpc.ClientConn) {
 	t.Helper()
 	name := orderv1.OrderService_ServiceDesc.ServiceName
 	instances, healths := make([]*countingOrders, n), make([]*health.Server, n)
@@ -369,7 +370,7 @@ func orderInstances(t *testing.T, n int) ([]*countingOrders, []*health.Server, *
 	}
 	r := manual.NewBuilderWithScheme("orders")
 	r.InitialState(resolver.State{Addresses: addrs})
-	conn, err := dialUpstream("orders:///orders", name, grpc.WithResolvers(r))
+	conn, err := dialUpstream("orders:///orders", service, grpc.WithResolvers(r))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,7 +382,7 @@ func orderInstances(t *testing.T, n int) ([]*countingOrders, []*health.Server, *
 // to several instances gets calls on each of them, not all on the first
 // (gRPC's default policy, pick_first).
 func TestUpstreamCallsSpreadOverEveryAddress(t *testing.T) {
-	instances, _, conn := orderInstances(t, 2)
+	instances, _, conn := orderInstances(t, 2, orderv1.OrderService_ServiceDesc.ServiceName)
 	client := orderv1.NewOrderServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -408,7 +409,7 @@ func TestUpstreamCallsSpreadOverEveryAddress(t *testing.T) {
 // once it serves again it gets calls again.
 func TestUpstreamCallsGoToServingInstances(t *testing.T) {
 	name := orderv1.OrderService_ServiceDesc.ServiceName
-	instances, healths, conn := orderInstances(t, 2)
+	instances, healths, conn := orderInstances(t, 2, name)
 	healths[1].SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
 	client := orderv1.NewOrderServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -432,6 +433,29 @@ func TestUpstreamCallsGoToServingInstances(t *testing.T) {
 		}
 		if calls == 500 {
 			t.Fatal("the instance serving again got no call in 500")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestUpstreamCallsWithoutAHealthName: with no health name, calls go to
+// every instance, NOT_SERVING
+// ones too: the inventory service's (NOT_SERVING without its broker, its
+// stock calls working still).
+func TestUpstreamCallsWithoutAHealthName(t *testing.T) {
+	instances, healths, conn := orderInstances(t, 2, "")
+	for _, h := range healths {
+		h.SetServingStatus(orderv1.OrderService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+	client := orderv1.NewOrderServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for calls := 1; instances[0].calls.Load() == 0 || instances[1].calls.Load() == 0; calls++ {
+		if _, err := client.CreateOrder(ctx, &orderv1.CreateOrderRequest{}); err != nil {
+			t.Fatalf("call %d to NOT_SERVING instances: %v", calls, err)
+		}
+		if calls == 500 {
+			t.Fatalf("after %d calls the instances served %d and %d; want both", calls, instances[0].calls.Load(), instances[1].calls.Load())
 		}
 		time.Sleep(time.Millisecond)
 	}
