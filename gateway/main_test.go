@@ -439,9 +439,8 @@ func TestUpstreamCallsGoToServingInstances(t *testing.T) {
 }
 
 // TestUpstreamCallsWithoutAHealthName: with no health name, calls go to
-// every instance, NOT_SERVING
-// ones too: the inventory service's (NOT_SERVING without its broker, its
-// stock calls working still).
+// every instance, NOT_SERVING ones too, as the inventory service's do (it
+// is NOT_SERVING without its broker, its stock calls working still).
 func TestUpstreamCallsWithoutAHealthName(t *testing.T) {
 	instances, healths, conn := orderInstances(t, 2, "")
 	for _, h := range healths {
